@@ -1,0 +1,122 @@
+/*
+ * YAML configuration (libyaml). See README "Configuration reference".
+ *
+ * The loaded configuration is immutable and owned by the caller of
+ * outboxd_config_load / outboxd_config_parse; free it with
+ * outboxd_config_destroy. Every string in it is NUL-terminated and owned by
+ * the config. Errors are reported as "FILE:LINE: KEY.PATH: message", e.g.
+ *   outboxd.yaml:14: sources[0].slot: must be a string
+ */
+#ifndef OUTBOXD_CONFIG_H
+#define OUTBOXD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef enum {
+    OUTBOXD_MODE_OUTBOX = 0,
+    OUTBOXD_MODE_CDC = 1, /* parsed; rejected by the relay until CDC lands */
+} outboxd_table_mode_t;
+
+/* What an UPDATE on an outbox table does (outbox rows should be immutable). */
+typedef enum {
+    OUTBOXD_UPDATE_SKIP = 0,   /* logged at WARN, counted, not published (default) */
+    OUTBOXD_UPDATE_PUBLISH,    /* the new row image is published as an event */
+    OUTBOXD_UPDATE_DEAD_LETTER /* the new row image goes to the dead-letter topic */
+} outboxd_update_policy_t;
+
+typedef struct outboxd_kv {
+    char *key;
+    char *value;
+} outboxd_kv_t;
+
+/* Column names of an outbox table; defaults match Debezium's outbox router. */
+typedef struct outboxd_outbox_columns {
+    char *id;            /* default "id" */
+    char *aggregatetype; /* default "aggregatetype" */
+    char *aggregateid;   /* default "aggregateid" */
+    char *type;          /* default "type" */
+    char *payload;       /* default "payload" */
+    char *timestamp;     /* default NULL: occurred-at falls back to commit time */
+} outboxd_outbox_columns_t;
+
+typedef struct outboxd_table_conf {
+    char *schema; /* "public" when the YAML gives an unqualified name */
+    char *name;
+    outboxd_table_mode_t mode;
+    char *topic;      /* template, "${column}" placeholders; default
+                         "outbox.event.${aggregatetype}" */
+    char *key_column; /* default: columns.aggregateid */
+    outboxd_outbox_columns_t columns;
+    char **header_columns; /* extra columns copied into Kafka headers */
+    size_t n_header_columns;
+    outboxd_update_policy_t on_update;
+    int line; /* line of this entry in the YAML, for messages */
+} outboxd_table_conf_t;
+
+/*
+ * pg_logical_emit_message(true, prefix, content) input. content is a JSON
+ * object with the same fields an outbox row has: id, aggregatetype,
+ * aggregateid, type, payload (any JSON), optional timestamp (RFC 3339).
+ */
+typedef struct outboxd_message_conf {
+    char *prefix;
+    char *topic; /* template over the JSON object's top-level fields */
+    int line;
+} outboxd_message_conf_t;
+
+typedef struct outboxd_source_conf {
+    char *name;
+    char *dsn;           /* libpq connection string, without the password */
+    char *password_file; /* may be NULL */
+    char *password;      /* read from password_file at load time; may be NULL */
+    char *slot;          /* default "outboxd_<name>" */
+    char *publication;   /* default "outboxd_<name>" */
+    bool create_slot;        /* default true */
+    bool create_publication; /* default true */
+    outboxd_table_conf_t *tables;
+    size_t n_tables;
+    outboxd_message_conf_t *messages;
+    size_t n_messages;
+    int line;
+} outboxd_source_conf_t;
+
+typedef struct outboxd_config {
+    char *path; /* as given to load, for messages */
+
+    /* kafka: */
+    char *bootstrap_servers;       /* required */
+    char *transactional_id_prefix; /* default "outboxd" */
+    outboxd_kv_t *kafka_properties; /* passed to librdkafka as-is */
+    size_t n_kafka_properties;
+
+    /* schema_registry: (reserved for the schema-registry issue) */
+    char *schema_registry_url; /* may be NULL */
+
+    /* relay: */
+    int commit_interval_ms;    /* default 20 */
+    int max_batch_events;      /* default 5000 */
+    size_t max_event_bytes;    /* default 1000000 */
+    char *checkpoint_topic;    /* default "outboxd.checkpoints" */
+    char *dead_letter_topic;   /* default "outboxd.dlt" */
+    int status_interval_ms;    /* default 10000: standby status update period */
+    int reconnect_max_backoff_ms; /* default 30000 */
+    char *log_level;           /* default "info" */
+
+    /* metrics: (reserved for the operations issue) */
+    char *metrics_listen; /* may be NULL */
+
+    outboxd_source_conf_t *sources;
+    size_t n_sources;
+} outboxd_config_t;
+
+/* Reads and validates a file. Returns NULL and fills errstr on error. */
+outboxd_config_t *outboxd_config_load(const char *path, char *errstr, size_t errstr_size);
+
+/* Same, from memory; name is used as the file name in messages. */
+outboxd_config_t *outboxd_config_parse(const char *text, size_t len, const char *name,
+                                       char *errstr, size_t errstr_size);
+
+void outboxd_config_destroy(outboxd_config_t *conf);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * PostgreSQL side of a source: connecting, and checking (and where configured,
+ * creating) what replication needs: wal_level=logical, the publication with
+ * the configured tables, the replication slot with the pgoutput plugin, and
+ * the outbox columns. Used by `outboxd check` and by each source at startup.
+ */
+#ifndef OUTBOXD_PGSETUP_H
+#define OUTBOXD_PGSETUP_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "outboxd/config.h"
+#include "outboxd/util.h"
+
+/*
+ * Opens a connection for src: its dsn plus password (from password_file) and
+ * session settings the decoder relies on (DateStyle=ISO, TimeZone=UTC,
+ * application_name=outboxd-<source>). replication=true opens a logical
+ * replication connection (replication=database). Returns NULL with errstr
+ * filled (the libpq message, without trailing newline) on failure.
+ */
+PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, char *errstr,
+                           size_t errstr_size);
+
+/*
+ * Checks a source on a normal connection. With create=true a missing
+ * publication (if src->create_publication) and slot (if src->create_slot) are
+ * created. Each problem is appended to report as one line: what is wrong and
+ * how to fix it, e.g.
+ *   source payment: wal_level is 'replica'; set wal_level = logical in postgresql.conf and restart
+ * Returns the number of problems (0 = ready), or -1 if it could not connect
+ * (the reason is appended to report).
+ */
+int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report);
+
+#endif

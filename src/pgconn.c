@@ -1,0 +1,49 @@
+/*
+ * Opening PostgreSQL connections for a source.
+ */
+#include "outboxd/pgsetup.h"
+
+#include <stdio.h>
+#include <string.h>
+
+PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, char *errstr,
+                           size_t errstr_size)
+{
+    char appname[128];
+    snprintf(appname, sizeof(appname), "outboxd-%s", src->name);
+    /* The walsender formats values with these settings, so timestamps in the
+     * stream are ISO and UTC regardless of the server's defaults. */
+    const char *keys[8];
+    const char *vals[8];
+    int i = 0;
+    keys[i] = "dbname";
+    vals[i++] = src->dsn; /* expand_dbname: the dsn is parsed as a conninfo */
+    keys[i] = "options";
+    vals[i++] = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3";
+    keys[i] = "application_name";
+    vals[i++] = appname;
+    if (src->password) {
+        keys[i] = "password";
+        vals[i++] = src->password;
+    }
+    if (replication) {
+        keys[i] = "replication";
+        vals[i++] = "database";
+    }
+    keys[i] = NULL;
+    vals[i] = NULL;
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
+    if (!conn) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    if (PQstatus(conn) != CONNECTION_OK) {
+        snprintf(errstr, errstr_size, "%s", PQerrorMessage(conn));
+        size_t n = strlen(errstr);
+        while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
+            errstr[--n] = '\0';
+        PQfinish(conn);
+        return NULL;
+    }
+    return conn;
+}

@@ -1,0 +1,115 @@
+/*
+ * Small shared helpers: growable buffer, LSN text, clocks.
+ */
+#include "outboxd/util.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+bool outboxd_buf_reserve(outboxd_buf_t *b, size_t extra)
+{
+    if (b->len + extra + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (!p)
+        return false;
+    b->data = p;
+    b->cap = cap;
+    return true;
+}
+
+bool outboxd_buf_append(outboxd_buf_t *b, const void *data, size_t len)
+{
+    if (!outboxd_buf_reserve(b, len))
+        return false;
+    if (len)
+        memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0'; /* always NUL-terminated for convenience */
+    return true;
+}
+
+bool outboxd_buf_append_str(outboxd_buf_t *b, const char *s)
+{
+    return outboxd_buf_append(b, s, strlen(s));
+}
+
+bool outboxd_buf_printf(outboxd_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || !outboxd_buf_reserve(b, (size_t)n))
+        return false;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return true;
+}
+
+void outboxd_buf_reset(outboxd_buf_t *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+void outboxd_buf_free(outboxd_buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+void outboxd_lsn_format(outboxd_lsn_t lsn, char *out)
+{
+    snprintf(out, OUTBOXD_LSN_STRLEN, "%X/%X", (uint32_t)(lsn >> 32), (uint32_t)lsn);
+}
+
+bool outboxd_lsn_parse(const char *s, outboxd_lsn_t *out)
+{
+    unsigned int hi, lo;
+    int n = 0;
+    if (!s || sscanf(s, "%X/%X%n", &hi, &lo, &n) != 2 || s[n] != '\0')
+        return false;
+    *out = ((uint64_t)hi << 32) | lo;
+    return true;
+}
+
+int64_t outboxd_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t outboxd_now_ms(void)
+{
+    return outboxd_now_us() / 1000;
+}
+
+int64_t outboxd_wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+char *outboxd_strndup(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (!p)
+        return NULL;
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
