@@ -1,0 +1,74 @@
+/*
+ * The PostgreSQL logical replication stream of one source (libpq, COPY BOTH).
+ *
+ * Wraps START_REPLICATION ... LOGICAL with pgoutput, reads XLogData and
+ * keepalive messages without blocking, and sends standby status updates.
+ * Decoding the XLogData payload is pgoutput.c's job.
+ */
+#ifndef OUTBOXD_REPL_H
+#define OUTBOXD_REPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "outboxd/config.h"
+#include "outboxd/util.h"
+
+typedef struct outboxd_repl outboxd_repl_t;
+
+typedef enum {
+    OUTBOXD_REPL_NONE = 0,      /* nothing to read right now: poll the fd */
+    OUTBOXD_REPL_DATA = 1,      /* an XLogData message */
+    OUTBOXD_REPL_KEEPALIVE = 2, /* a primary keepalive */
+} outboxd_repl_kind_t;
+
+typedef struct outboxd_repl_msg {
+    outboxd_repl_kind_t kind;
+    outboxd_lsn_t wal_start; /* DATA: WAL position of this message */
+    outboxd_lsn_t wal_end;   /* server's current end of WAL */
+    bool reply_requested;    /* KEEPALIVE: answer at once or be disconnected */
+    const uint8_t *data;     /* DATA: pgoutput payload, valid until the next call */
+    size_t len;
+} outboxd_repl_msg_t;
+
+/* Server identity, from IDENTIFY_SYSTEM. */
+typedef struct outboxd_repl_ident {
+    char system_id[32];
+    char database[64];
+    uint32_t timeline;
+    outboxd_lsn_t xlogpos;
+} outboxd_repl_ident_t;
+
+/*
+ * Connects (replication=database), identifies the system and starts
+ * streaming from the slot at start_lsn (0 = from the slot's confirmed
+ * position) with proto_version 1, the source's publication and messages on.
+ * Returns NULL with errstr filled on failure; *ident is filled on success.
+ */
+outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn_t start_lsn,
+                                   outboxd_repl_ident_t *ident, char *errstr, size_t errstr_size);
+
+/* Socket to poll for reading. */
+int outboxd_repl_fd(const outboxd_repl_t *r);
+
+/*
+ * Reads the next message without blocking. Returns 0 with out->kind set
+ * (NONE when nothing is buffered), or -1 when the stream failed or ended
+ * (errstr says why: server gone, slot dropped, protocol error).
+ */
+int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr,
+                      size_t errstr_size);
+
+/*
+ * Sends a standby status update: written = flushed = applied = lsn. The
+ * server may then recycle WAL up to lsn and will not resend transactions
+ * that committed before it. Returns 0, or -1 with errstr.
+ */
+int outboxd_repl_send_status(outboxd_repl_t *r, outboxd_lsn_t lsn, bool reply_requested,
+                             char *errstr, size_t errstr_size);
+
+/* Ends the stream and closes the connection. Accepts NULL. */
+void outboxd_repl_destroy(outboxd_repl_t *r);
+
+#endif

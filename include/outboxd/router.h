@@ -1,0 +1,85 @@
+/*
+ * Router: turns one decoded change (an outbox row, or a
+ * pg_logical_emit_message) into one Kafka record: an event for its topic, a
+ * dead-letter record, or nothing (deletes, updates under on_update: skip,
+ * tables and prefixes that are not configured).
+ *
+ * The record's buffers belong to the router and stay valid until the next
+ * route call; the sink copies what it produces.
+ */
+#ifndef OUTBOXD_ROUTER_H
+#define OUTBOXD_ROUTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "outboxd/config.h"
+#include "outboxd/pgoutput.h"
+#include "outboxd/util.h"
+
+#define OUTBOXD_MAX_HEADERS 32
+
+typedef struct outboxd_header {
+    const char *name; /* NUL-terminated */
+    const char *value;
+    size_t len;
+} outboxd_header_t;
+
+typedef struct outboxd_record {
+    const char *topic; /* NUL-terminated */
+    const char *key;   /* NULL: no key */
+    size_t key_len;
+    const void *value;
+    size_t value_len;
+    outboxd_header_t headers[OUTBOXD_MAX_HEADERS];
+    size_t n_headers;
+} outboxd_record_t;
+
+/* Where a change sits in the stream. */
+typedef struct outboxd_change_ctx {
+    outboxd_lsn_t lsn;        /* WAL position of the change */
+    outboxd_lsn_t commit_lsn; /* of its transaction */
+    uint32_t xid;
+    int64_t commit_time_us; /* Unix epoch */
+    int64_t change_index;   /* within its transaction */
+} outboxd_change_ctx_t;
+
+typedef enum {
+    OUTBOXD_ROUTE_IGNORE = 0,      /* nothing to publish */
+    OUTBOXD_ROUTE_EVENT = 1,       /* rec is an event */
+    OUTBOXD_ROUTE_DEAD_LETTER = 2, /* rec is a dead-letter record; reason in errstr */
+} outboxd_route_t;
+
+typedef struct outboxd_router outboxd_router_t;
+
+/* conf and src must outlive the router. database is copied. NULL + errstr on error. */
+outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf,
+                                     const outboxd_source_conf_t *src, const char *database,
+                                     char *errstr, size_t errstr_size);
+void outboxd_router_destroy(outboxd_router_t *rt);
+
+/*
+ * Routes an INSERT, UPDATE, DELETE, TRUNCATE or MESSAGE. Returns the route
+ * kind (>= 0), or -1 on an internal error (OOM, Avro failure) with errstr.
+ * For OUTBOXD_ROUTE_DEAD_LETTER, errstr holds the reason (also in a header).
+ */
+int outboxd_router_route(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
+                         const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
+                         size_t errstr_size);
+
+/* Counters since start, for logs and (later) metrics. */
+typedef struct outboxd_router_stats {
+    uint64_t events;
+    uint64_t dead_letters;
+    uint64_t ignored_deletes;
+    uint64_t skipped_updates;
+    uint64_t ignored_other;
+} outboxd_router_stats_t;
+void outboxd_router_stats(const outboxd_router_t *rt, outboxd_router_stats_t *out);
+
+/* Parses an ISO 8601 / PostgreSQL timestamp text ("2026-11-24 12:00:00.5+00",
+ * "2026-11-24T12:00:00Z"); no zone means UTC. Returns 0 and Unix microseconds,
+ * or -1. Exposed for tests. */
+int outboxd_parse_timestamp(const char *s, size_t len, int64_t *out_us);
+
+#endif

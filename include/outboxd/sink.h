@@ -1,0 +1,71 @@
+/*
+ * Kafka transactional sink of one source.
+ *
+ * One transactional producer (transactional.id = <prefix>.<source>). Events
+ * of whole PostgreSQL transactions and one checkpoint record are produced in
+ * one Kafka transaction; the caller confirms the LSN to PostgreSQL only
+ * after outboxd_sink_commit returned OUTBOXD_SINK_OK.
+ *
+ * Error classes (librdkafka's): retriable errors are retried inside the sink
+ * (calling the keepalive callback between attempts so the replication
+ * connection is not timed out); abortable errors abort the transaction and
+ * return OUTBOXD_SINK_ABORTED (the caller rewinds to the last committed
+ * checkpoint); fatal errors (fenced by a newer instance, authorization)
+ * return OUTBOXD_SINK_FATAL.
+ */
+#ifndef OUTBOXD_SINK_H
+#define OUTBOXD_SINK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "outboxd/checkpoint.h"
+#include "outboxd/config.h"
+#include "outboxd/router.h"
+
+typedef enum {
+    OUTBOXD_SINK_OK = 0,
+    OUTBOXD_SINK_ABORTED = 1, /* transaction aborted: rewind and retry */
+    OUTBOXD_SINK_RETRY = 2,   /* not started (e.g. broker unreachable): retry later */
+    OUTBOXD_SINK_FATAL = -1,  /* stop this source and exit non-zero */
+} outboxd_sink_status_t;
+
+typedef struct outboxd_sink outboxd_sink_t;
+
+/* Called between retries; also checked: *stop set means give up. */
+typedef void (*outboxd_keepalive_cb)(void *opaque);
+
+/* conf and src must outlive the sink. NULL + errstr on a configuration error. */
+outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
+                                 outboxd_keepalive_cb keepalive, void *opaque,
+                                 volatile int *stop, char *errstr, size_t errstr_size);
+void outboxd_sink_destroy(outboxd_sink_t *s);
+
+/*
+ * init_transactions (fences older instances with the same transactional.id
+ * and completes their open transaction), ensures the checkpoint topic
+ * exists (compacted), and reads this source's last committed checkpoint into
+ * *ck (zeroed when there is none). Must be called once before begin; may be
+ * called again after OUTBOXD_SINK_RETRY.
+ */
+outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck,
+                                        char *errstr, size_t errstr_size);
+
+/* Whether a Kafka transaction is open. */
+bool outboxd_sink_in_txn(const outboxd_sink_t *s);
+
+/* Produces one record, beginning a transaction if none is open. */
+outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_record_t *rec,
+                                           char *errstr, size_t errstr_size);
+
+/* Produces the checkpoint record and commits. */
+outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_checkpoint_t *ck,
+                                          char *errstr, size_t errstr_size);
+
+/* Aborts the open transaction, if any. */
+outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+
+/* Serves librdkafka callbacks (errors, logs); call from the source loop. */
+void outboxd_sink_poll(outboxd_sink_t *s);
+
+#endif

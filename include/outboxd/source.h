@@ -1,0 +1,36 @@
+/*
+ * One source: a PostgreSQL database relayed into Kafka by its own thread,
+ * with its own replication connection, slot, decoder, router and
+ * transactional producer. Sources share only the configuration and logging.
+ *
+ * The thread runs until *stop is set (then it commits the batch in hand and
+ * confirms it) or until a fatal error (fenced, bad configuration the relay
+ * cannot fix by retrying). PostgreSQL outages and abortable Kafka errors are
+ * retried with backoff and never end the thread.
+ */
+#ifndef OUTBOXD_SOURCE_H
+#define OUTBOXD_SOURCE_H
+
+#include <stdbool.h>
+
+#include "outboxd/config.h"
+
+typedef struct outboxd_source outboxd_source_t;
+
+/* conf and src must outlive the source; stop is shared by all sources. */
+outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf,
+                                     const outboxd_source_conf_t *src, volatile int *stop,
+                                     char *errstr, size_t errstr_size);
+
+/* Starts the thread. Returns 0, or -1 with errstr. */
+int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size);
+
+/* True once the thread has finished (without blocking). */
+bool outboxd_source_done(outboxd_source_t *s);
+
+/* Joins the thread; returns 0 for a clean stop, 1 after a fatal error. */
+int outboxd_source_join(outboxd_source_t *s);
+
+void outboxd_source_destroy(outboxd_source_t *s);
+
+#endif

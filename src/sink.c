@@ -1,0 +1,514 @@
+/*
+ * Kafka transactional sink (see sink.h). Error classification follows
+ * librdkafka's examples/transactions.c: fatal -> stop, txn_requires_abort ->
+ * abort and rewind, retriable -> retry the same call.
+ */
+#include "outboxd/sink.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "outboxd/log.h"
+
+/* How long one blocking transactional call may take before we retry it
+ * (keeping the replication connection alive in between). */
+#define TXN_CALL_TIMEOUT_MS 10000
+#define READ_CHECKPOINT_TIMEOUT_MS 30000
+
+struct outboxd_sink {
+    const outboxd_config_t *conf;
+    const outboxd_source_conf_t *src;
+    rd_kafka_t *rk;
+    char txnid[256];
+    bool initialized;
+    bool in_txn;
+    outboxd_keepalive_cb keepalive;
+    void *opaque;
+    volatile int *stop;
+    outboxd_buf_t ckbuf;
+};
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    outboxd_sink_t *s = opaque;
+    (void)rk;
+    /* Transport errors while the broker restarts are routine and retried by
+     * librdkafka; fatal ones are reported by the failing call too. */
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        LOG_ERROR(s->src->name, "kafka fatal error: %s", reason);
+    else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__TRANSPORT)
+        LOG_DEBUG(s->src->name, "kafka: %s", reason);
+    else
+        LOG_WARN(s->src->name, "kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    if (level <= 3)
+        LOG_ERROR("kafka", "%s: %s", fac, buf);
+    else if (level <= 4)
+        LOG_WARN("kafka", "%s: %s", fac, buf);
+    else
+        LOG_DEBUG("kafka", "%s: %s", fac, buf);
+}
+
+static bool producer_only(const char *key)
+{
+    static const char *prefixes[] = {"compression.", "linger.", "batch.", "queue.buffering.",
+                                     "acks", "request.required.acks", "enable.idempotence",
+                                     "transaction", "message.timeout", "retries",
+                                     "delivery.", "partitioner", "sticky."};
+    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+        if (strncmp(key, prefixes[i], strlen(prefixes[i])) == 0)
+            return true;
+    return false;
+}
+
+static int set(rd_kafka_conf_t *kc, const char *k, const char *v, char *errstr,
+               size_t errstr_size)
+{
+    char e[512];
+    if (rd_kafka_conf_set(kc, k, v, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
+        snprintf(errstr, errstr_size, "kafka property %s=%s: %s", k, v, e);
+        return -1;
+    }
+    return 0;
+}
+
+/* Base config shared by the producer and the checkpoint reader: the user's
+ * properties win over our defaults. */
+static rd_kafka_conf_t *base_conf(const outboxd_config_t *conf, bool consumer, char *errstr,
+                                  size_t errstr_size)
+{
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    if (set(kc, "bootstrap.servers", conf->bootstrap_servers, errstr, errstr_size) < 0)
+        goto fail;
+    rd_kafka_conf_set_log_cb(kc, log_cb);
+    for (size_t i = 0; i < conf->n_kafka_properties; i++) {
+        const outboxd_kv_t *kv = &conf->kafka_properties[i];
+        if (consumer && producer_only(kv->key))
+            continue;
+        if (set(kc, kv->key, kv->value, errstr, errstr_size) < 0)
+            goto fail;
+    }
+    return kc;
+fail:
+    rd_kafka_conf_destroy(kc);
+    return NULL;
+}
+
+static bool user_set(const outboxd_config_t *conf, const char *key)
+{
+    for (size_t i = 0; i < conf->n_kafka_properties; i++)
+        if (strcmp(conf->kafka_properties[i].key, key) == 0)
+            return true;
+    return false;
+}
+
+outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
+                                 outboxd_keepalive_cb keepalive, void *opaque,
+                                 volatile int *stop, char *errstr, size_t errstr_size)
+{
+    outboxd_sink_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    s->conf = conf;
+    s->src = src;
+    s->keepalive = keepalive;
+    s->opaque = opaque;
+    s->stop = stop;
+    snprintf(s->txnid, sizeof(s->txnid), "%s.%s", conf->transactional_id_prefix, src->name);
+
+    rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
+    if (!kc)
+        goto fail;
+    if (set(kc, "transactional.id", s->txnid, errstr, errstr_size) < 0) {
+        rd_kafka_conf_destroy(kc);
+        goto fail;
+    }
+    /* Bound what librdkafka may buffer: a huge PostgreSQL transaction is
+     * split into Kafka transactions of max_batch_events, so this is only
+     * reached with very large events. */
+    if (!user_set(conf, "queue.buffering.max.kbytes") &&
+        set(kc, "queue.buffering.max.kbytes", "65536", errstr, errstr_size) < 0) {
+        rd_kafka_conf_destroy(kc);
+        goto fail;
+    }
+    rd_kafka_conf_set_error_cb(kc, error_cb);
+    rd_kafka_conf_set_opaque(kc, s);
+    char e[512];
+    s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
+    if (!s->rk) {
+        snprintf(errstr, errstr_size, "creating Kafka producer: %s", e);
+        rd_kafka_conf_destroy(kc);
+        goto fail;
+    }
+    return s;
+fail:
+    free(s);
+    return NULL;
+}
+
+void outboxd_sink_destroy(outboxd_sink_t *s)
+{
+    if (!s)
+        return;
+    if (s->rk) {
+        if (s->in_txn) {
+            rd_kafka_error_t *err = rd_kafka_abort_transaction(s->rk, 5000);
+            if (err)
+                rd_kafka_error_destroy(err);
+        }
+        rd_kafka_flush(s->rk, 5000);
+        rd_kafka_destroy(s->rk);
+    }
+    outboxd_buf_free(&s->ckbuf);
+    free(s);
+}
+
+bool outboxd_sink_in_txn(const outboxd_sink_t *s)
+{
+    return s->in_txn;
+}
+
+void outboxd_sink_poll(outboxd_sink_t *s)
+{
+    rd_kafka_poll(s->rk, 0);
+}
+
+/* Maps a transactional API error to a status, logging it. */
+static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, const char *what,
+                                      char *errstr, size_t errstr_size)
+{
+    snprintf(errstr, errstr_size, "%s: %s", what, rd_kafka_error_string(err));
+    outboxd_sink_status_t st;
+    if (rd_kafka_error_is_fatal(err)) {
+        char reason[512];
+        rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(s->rk, reason, sizeof(reason));
+        if (ferr == RD_KAFKA_RESP_ERR__FENCED || ferr == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+            ferr == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
+            snprintf(errstr, errstr_size,
+                     "%s: fenced: another outboxd instance with transactional.id '%s' has "
+                     "started (%s); this instance stops so that only one publishes",
+                     what, s->txnid, reason);
+        else if (ferr)
+            snprintf(errstr, errstr_size, "%s: fatal Kafka error %s: %s", what,
+                     rd_kafka_err2name(ferr), reason);
+        st = OUTBOXD_SINK_FATAL;
+    } else if (rd_kafka_error_txn_requires_abort(err)) {
+        st = OUTBOXD_SINK_ABORTED;
+    } else {
+        st = OUTBOXD_SINK_RETRY;
+    }
+    rd_kafka_error_destroy(err);
+    return st;
+}
+
+/* Creates the compacted checkpoint topic if it does not exist. */
+static outboxd_sink_status_t ensure_checkpoint_topic(outboxd_sink_t *s, char *errstr,
+                                                     size_t errstr_size)
+{
+    char e[512];
+    rd_kafka_NewTopic_t *nt =
+        rd_kafka_NewTopic_new(s->conf->checkpoint_topic, 1, -1, e, sizeof(e));
+    if (!nt) {
+        snprintf(errstr, errstr_size, "checkpoint topic: %s", e);
+        return OUTBOXD_SINK_FATAL;
+    }
+    rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    /* Small segments so compaction keeps the topic (read at every start)
+     * short. */
+    rd_kafka_NewTopic_set_config(nt, "segment.ms", "600000");
+    rd_kafka_queue_t *q = rd_kafka_queue_new(s->rk);
+    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(s->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(opts, 15000, e, sizeof(e));
+    rd_kafka_CreateTopics(s->rk, &nt, 1, opts, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 20000);
+    outboxd_sink_status_t st = OUTBOXD_SINK_OK;
+    if (!ev) {
+        snprintf(errstr, errstr_size, "creating checkpoint topic %s: timed out",
+                 s->conf->checkpoint_topic);
+        st = OUTBOXD_SINK_RETRY;
+    } else if (rd_kafka_event_error(ev)) {
+        snprintf(errstr, errstr_size, "creating checkpoint topic %s: %s",
+                 s->conf->checkpoint_topic, rd_kafka_event_error_string(ev));
+        st = OUTBOXD_SINK_RETRY;
+    } else {
+        const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+        size_t n;
+        const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &n);
+        for (size_t i = 0; i < n; i++) {
+            rd_kafka_resp_err_t terr = rd_kafka_topic_result_error(tr[i]);
+            if (terr == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                LOG_INFO(s->src->name, "created checkpoint topic %s (compacted)",
+                         s->conf->checkpoint_topic);
+            } else if (terr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                snprintf(errstr, errstr_size, "creating checkpoint topic %s: %s",
+                         s->conf->checkpoint_topic, rd_kafka_topic_result_error_string(tr[i]));
+                st = (terr == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+                      terr == RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED)
+                         ? OUTBOXD_SINK_FATAL
+                         : OUTBOXD_SINK_RETRY;
+            }
+        }
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_queue_destroy(q);
+    return st;
+}
+
+/*
+ * Reads the checkpoint topic from the beginning with read_committed and keeps
+ * the last record keyed by our source name. Runs after init_transactions, so
+ * our own previous transaction is already committed or aborted.
+ */
+static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoint_t *ck,
+                                             char *errstr, size_t errstr_size)
+{
+    memset(ck, 0, sizeof(*ck));
+    rd_kafka_conf_t *kc = base_conf(s->conf, true, errstr, errstr_size);
+    if (!kc)
+        return OUTBOXD_SINK_FATAL;
+    char group[300];
+    snprintf(group, sizeof(group), "%s.checkpoint-reader", s->txnid);
+    if (set(kc, "group.id", group, errstr, errstr_size) < 0 ||
+        set(kc, "isolation.level", "read_committed", errstr, errstr_size) < 0 ||
+        set(kc, "enable.partition.eof", "true", errstr, errstr_size) < 0 ||
+        set(kc, "enable.auto.commit", "false", errstr, errstr_size) < 0) {
+        rd_kafka_conf_destroy(kc);
+        return OUTBOXD_SINK_FATAL;
+    }
+    char e[512];
+    rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
+    if (!c) {
+        snprintf(errstr, errstr_size, "creating checkpoint reader: %s", e);
+        rd_kafka_conf_destroy(kc);
+        return OUTBOXD_SINK_FATAL;
+    }
+    outboxd_sink_status_t st = OUTBOXD_SINK_RETRY;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(c, s->conf->checkpoint_topic, NULL);
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(c, 0, t, &md, 15000);
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (err || md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt < 1) {
+        snprintf(errstr, errstr_size, "checkpoint topic %s metadata: %s",
+                 s->conf->checkpoint_topic,
+                 rd_kafka_err2str(err ? err : (md && md->topic_cnt ? md->topics[0].err : 0)));
+        goto out;
+    }
+    int nparts = md->topics[0].partition_cnt;
+    parts = rd_kafka_topic_partition_list_new(nparts);
+    for (int i = 0; i < nparts; i++)
+        rd_kafka_topic_partition_list_add(parts, s->conf->checkpoint_topic,
+                                          md->topics[0].partitions[i].id)
+            ->offset = RD_KAFKA_OFFSET_BEGINNING;
+    if ((err = rd_kafka_assign(c, parts))) {
+        snprintf(errstr, errstr_size, "assigning checkpoint topic: %s", rd_kafka_err2str(err));
+        goto out;
+    }
+    int eofs = 0;
+    int64_t deadline = outboxd_now_ms() + READ_CHECKPOINT_TIMEOUT_MS;
+    size_t keylen = strlen(s->src->name);
+    long records = 0;
+    while (eofs < nparts) {
+        if (outboxd_now_ms() > deadline) {
+            snprintf(errstr, errstr_size, "reading checkpoint topic %s: timed out after %d ms",
+                     s->conf->checkpoint_topic, READ_CHECKPOINT_TIMEOUT_MS);
+            goto out;
+        }
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 200);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            eofs++;
+        } else if (m->err) {
+            LOG_DEBUG(s->src->name, "checkpoint reader: %s", rd_kafka_message_errstr(m));
+        } else if (m->key_len == keylen && memcmp(m->key, s->src->name, keylen) == 0 &&
+                   m->payload) {
+            outboxd_checkpoint_t c2;
+            char derr[256];
+            if (outboxd_checkpoint_decode(m->payload, m->len, &c2, derr, sizeof(derr)) == 0) {
+                *ck = c2;
+                records++;
+            } else {
+                LOG_WARN(s->src->name, "skipping unreadable checkpoint at offset %lld: %s",
+                         (long long)m->offset, derr);
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    LOG_DEBUG(s->src->name, "read %ld checkpoint records", records);
+    st = OUTBOXD_SINK_OK;
+out:
+    if (parts)
+        rd_kafka_topic_partition_list_destroy(parts);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(t);
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    return st;
+}
+
+outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck,
+                                        char *errstr, size_t errstr_size)
+{
+    if (!s->initialized) {
+        rd_kafka_error_t *err = rd_kafka_init_transactions(s->rk, 30000);
+        if (err)
+            return classify(s, err, "init_transactions", errstr, errstr_size);
+        s->initialized = true;
+    }
+    outboxd_sink_status_t st = ensure_checkpoint_topic(s, errstr, errstr_size);
+    if (st != OUTBOXD_SINK_OK)
+        return st;
+    return read_checkpoint(s, ck, errstr, errstr_size);
+}
+
+static void pause_briefly(outboxd_sink_t *s, int attempt)
+{
+    if (s->keepalive)
+        s->keepalive(s->opaque);
+    int ms = 100 << (attempt < 5 ? attempt : 5);
+    usleep((useconds_t)ms * 1000);
+}
+
+outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    if (!s->in_txn)
+        return OUTBOXD_SINK_OK;
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_error_t *err = rd_kafka_abort_transaction(s->rk, TXN_CALL_TIMEOUT_MS);
+        if (!err) {
+            s->in_txn = false;
+            return OUTBOXD_SINK_OK;
+        }
+        outboxd_sink_status_t st = classify(s, err, "abort_transaction", errstr, errstr_size);
+        if (st == OUTBOXD_SINK_FATAL)
+            return st;
+        LOG_WARN(s->src->name, "%s; retrying", errstr);
+        pause_briefly(s, attempt);
+    }
+}
+
+/* After an abortable error: abort, report ABORTED (or FATAL). */
+static outboxd_sink_status_t abort_after(outboxd_sink_t *s, outboxd_sink_status_t st,
+                                         char *errstr, size_t errstr_size)
+{
+    if (st == OUTBOXD_SINK_FATAL)
+        return st;
+    char why[512];
+    snprintf(why, sizeof(why), "%s", errstr);
+    char aerr[512];
+    if (outboxd_sink_abort(s, aerr, sizeof(aerr)) == OUTBOXD_SINK_FATAL) {
+        snprintf(errstr, errstr_size, "%s", aerr);
+        return OUTBOXD_SINK_FATAL;
+    }
+    snprintf(errstr, errstr_size, "%s (transaction aborted)", why);
+    return OUTBOXD_SINK_ABORTED;
+}
+
+static outboxd_sink_status_t begin(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    rd_kafka_error_t *err = rd_kafka_begin_transaction(s->rk);
+    if (err) {
+        outboxd_sink_status_t st = classify(s, err, "begin_transaction", errstr, errstr_size);
+        return st == OUTBOXD_SINK_FATAL ? st : OUTBOXD_SINK_ABORTED;
+    }
+    s->in_txn = true;
+    return OUTBOXD_SINK_OK;
+}
+
+static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, const void *key,
+                                         size_t key_len, const void *value, size_t value_len,
+                                         const outboxd_header_t *hdrs, size_t n_hdrs,
+                                         char *errstr, size_t errstr_size)
+{
+    if (!s->in_txn) {
+        outboxd_sink_status_t st = begin(s, errstr, errstr_size);
+        if (st != OUTBOXD_SINK_OK)
+            return st;
+    }
+    for (;;) {
+        rd_kafka_headers_t *h = NULL;
+        if (n_hdrs) {
+            h = rd_kafka_headers_new(n_hdrs);
+            for (size_t i = 0; i < n_hdrs; i++)
+                rd_kafka_header_add(h, hdrs[i].name, -1, hdrs[i].value, (ssize_t)hdrs[i].len);
+        }
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+            RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+        if (!err)
+            return OUTBOXD_SINK_OK;
+        if (h)
+            rd_kafka_headers_destroy(h);
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            /* Back-pressure: let librdkafka send, keep PostgreSQL informed. */
+            rd_kafka_poll(s->rk, 10);
+            if (s->keepalive)
+                s->keepalive(s->opaque);
+            continue;
+        }
+        char reason[512];
+        rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(s->rk, reason, sizeof(reason));
+        if (ferr) {
+            snprintf(errstr, errstr_size, "producing to %s: fatal Kafka error %s: %s", topic,
+                     rd_kafka_err2name(ferr), reason);
+            return OUTBOXD_SINK_FATAL;
+        }
+        snprintf(errstr, errstr_size, "producing to %s: %s", topic, rd_kafka_err2str(err));
+        return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
+    }
+}
+
+outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_record_t *rec,
+                                           char *errstr, size_t errstr_size)
+{
+    return produce_raw(s, rec->topic, rec->key, rec->key ? rec->key_len : 0, rec->value,
+                       rec->value_len, rec->headers, rec->n_headers, errstr, errstr_size);
+}
+
+outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_checkpoint_t *ck,
+                                          char *errstr, size_t errstr_size)
+{
+    outboxd_buf_reset(&s->ckbuf);
+    if (outboxd_checkpoint_encode(s->src->name, ck, &s->ckbuf) < 0) {
+        snprintf(errstr, errstr_size, "out of memory encoding checkpoint");
+        return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
+    }
+    outboxd_sink_status_t st =
+        produce_raw(s, s->conf->checkpoint_topic, s->src->name, strlen(s->src->name),
+                    s->ckbuf.data, s->ckbuf.len, NULL, 0, errstr, errstr_size);
+    if (st != OUTBOXD_SINK_OK)
+        return st;
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_error_t *err = rd_kafka_commit_transaction(s->rk, TXN_CALL_TIMEOUT_MS);
+        if (!err) {
+            s->in_txn = false;
+            return OUTBOXD_SINK_OK;
+        }
+        st = classify(s, err, "commit_transaction", errstr, errstr_size);
+        if (st != OUTBOXD_SINK_RETRY)
+            return abort_after(s, st, errstr, errstr_size);
+        if (s->stop && *s->stop && attempt >= 3) {
+            /* Shutting down and the broker does not answer: give up; nothing
+             * was confirmed to PostgreSQL, so nothing is lost. */
+            return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
+        }
+        LOG_WARN(s->src->name, "%s; retrying commit", errstr);
+        pause_briefly(s, attempt);
+    }
+}

@@ -1,0 +1,565 @@
+/*
+ * The per-source relay loop (see source.h and DESIGN.md section 3).
+ *
+ * Positions: ck_committed is what Kafka durably holds (events + checkpoint
+ * committed together). confirm_lsn is what we tell PostgreSQL it may forget:
+ * only the end LSN of transactions whose events are committed in Kafka, or a
+ * keepalive's WAL end when nothing is in flight. After any failure we
+ * reconnect; PostgreSQL resends from the slot's confirmed position and every
+ * change already covered by ck_committed is skipped.
+ */
+#include "outboxd/source.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "outboxd/checkpoint.h"
+#include "outboxd/log.h"
+#include "outboxd/pgoutput.h"
+#include "outboxd/pgsetup.h"
+#include "outboxd/repl.h"
+#include "outboxd/router.h"
+#include "outboxd/sink.h"
+
+#define STATS_LOG_INTERVAL_MS 30000
+
+struct outboxd_source {
+    const outboxd_config_t *conf;
+    const outboxd_source_conf_t *src;
+    const char *name;
+    volatile int *stop;
+    pthread_t thread;
+    bool started;
+    atomic_bool done;
+    int result; /* 0 clean, 1 fatal */
+
+    outboxd_repl_t *repl;
+    outboxd_repl_ident_t ident;
+    outboxd_pgo_decoder_t *dec;
+    outboxd_router_t *router;
+    outboxd_sink_t *sink;
+    bool sink_ready;
+
+    outboxd_checkpoint_t ck_committed; /* last checkpoint committed in Kafka */
+    outboxd_checkpoint_t batch_ck;     /* last whole transaction in the open batch */
+    bool batch_open;                   /* a Kafka transaction holds events */
+    int batch_events;
+    int64_t batch_deadline_ms;
+
+    /* The PostgreSQL transaction being received. */
+    bool in_txn;
+    bool skip_txn; /* wholly covered by ck_committed */
+    outboxd_lsn_t txn_commit_lsn;
+    uint32_t txn_xid;
+    int64_t txn_commit_time_us;
+    int64_t change_idx;
+
+    outboxd_lsn_t confirm_lsn;
+    outboxd_lsn_t sent_lsn;
+    int64_t last_status_ms;
+
+    /* Counters for the periodic log line. */
+    uint64_t n_events, n_dead, n_commits, n_aborts, n_skipped;
+    int64_t last_stats_ms;
+    uint64_t logged_events;
+};
+
+outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf,
+                                     const outboxd_source_conf_t *src, volatile int *stop,
+                                     char *errstr, size_t errstr_size)
+{
+    outboxd_source_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    s->conf = conf;
+    s->src = src;
+    s->name = src->name;
+    s->stop = stop;
+    atomic_init(&s->done, false);
+    s->dec = outboxd_pgo_decoder_new();
+    if (!s->dec) {
+        snprintf(errstr, errstr_size, "out of memory");
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static bool stopping(const outboxd_source_t *s)
+{
+    return *s->stop != 0;
+}
+
+/* Sends a standby status update if due (or forced). Errors surface on the
+ * next read, so they are only logged here. */
+static void send_status(outboxd_source_t *s, bool force)
+{
+    if (!s->repl)
+        return;
+    int64_t now = outboxd_now_ms();
+    if (!force && s->sent_lsn == s->confirm_lsn && now - s->last_status_ms < s->conf->status_interval_ms)
+        return;
+    char err[512];
+    if (outboxd_repl_send_status(s->repl, s->confirm_lsn, false, err, sizeof(err)) < 0) {
+        LOG_DEBUG(s->name, "%s", err);
+        return;
+    }
+    s->sent_lsn = s->confirm_lsn;
+    s->last_status_ms = now;
+}
+
+/* Called by the sink between retries of blocking Kafka calls, so that
+ * wal_sender_timeout does not end our replication connection meanwhile. */
+static void keepalive(void *opaque)
+{
+    outboxd_source_t *s = opaque;
+    if (!s->repl)
+        return;
+    if (outboxd_now_ms() - s->last_status_ms >= 1000)
+        send_status(s, true);
+}
+
+static void confirm(outboxd_source_t *s, outboxd_lsn_t lsn)
+{
+    if (lsn > s->confirm_lsn)
+        s->confirm_lsn = lsn;
+}
+
+static void close_stream(outboxd_source_t *s)
+{
+    outboxd_repl_destroy(s->repl);
+    s->repl = NULL;
+    outboxd_pgo_decoder_reset(s->dec);
+    s->in_txn = false;
+    s->skip_txn = false;
+}
+
+/* Aborts what is in flight; the stream must be reopened afterwards. */
+static int rewind_stream(outboxd_source_t *s, const char *why)
+{
+    char err[512];
+    if (outboxd_sink_in_txn(s->sink)) {
+        s->n_aborts++;
+        if (outboxd_sink_abort(s->sink, err, sizeof(err)) == OUTBOXD_SINK_FATAL) {
+            LOG_ERROR(s->name, "%s", err);
+            return -2;
+        }
+    }
+    char lsn[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(s->ck_committed.commit_lsn, lsn);
+    LOG_WARN(s->name, "%s; rewinding to checkpoint %s (changes %lld) and reconnecting", why, lsn,
+             (long long)s->ck_committed.changes);
+    s->batch_open = false;
+    s->batch_events = 0;
+    close_stream(s);
+    return -1;
+}
+
+/* Commits the open batch. Returns 0, -1 (rewound), -2 (fatal). */
+static int commit_batch(outboxd_source_t *s)
+{
+    if (!s->batch_open)
+        return 0;
+    outboxd_checkpoint_t ck;
+    if (s->in_txn) {
+        /* Mid-transaction (batch full or interval over): record how many of
+         * its changes are covered; nothing new can be confirmed yet. */
+        ck = s->ck_committed;
+        ck.commit_lsn = s->txn_commit_lsn;
+        ck.end_lsn = 0;
+        ck.changes = s->change_idx;
+    } else {
+        ck = s->batch_ck;
+    }
+    snprintf(ck.system_id, sizeof(ck.system_id), "%s", s->ident.system_id);
+    snprintf(ck.database, sizeof(ck.database), "%s", s->ident.database);
+    snprintf(ck.slot, sizeof(ck.slot), "%s", s->src->slot);
+    char err[512];
+    outboxd_sink_status_t st = outboxd_sink_commit(s->sink, &ck, err, sizeof(err));
+    if (st == OUTBOXD_SINK_FATAL) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    if (st != OUTBOXD_SINK_OK) {
+        s->n_aborts++;
+        s->batch_open = false;
+        s->batch_events = 0;
+        return rewind_stream(s, err);
+    }
+    s->n_commits++;
+    if (outboxd_log_get_level() <= OUTBOXD_LOG_DEBUG) {
+        char lsn[OUTBOXD_LSN_STRLEN];
+        outboxd_lsn_format(ck.commit_lsn, lsn);
+        LOG_DEBUG(s->name, "committed %d events, checkpoint %s changes %lld", s->batch_events,
+                  lsn, (long long)ck.changes);
+    }
+    s->ck_committed = ck;
+    s->batch_open = false;
+    s->batch_events = 0;
+    if (ck.changes < 0) {
+        confirm(s, ck.end_lsn);
+        send_status(s, true);
+    }
+    return 0;
+}
+
+static int publish(outboxd_source_t *s, const outboxd_record_t *rec)
+{
+    char err[512];
+    outboxd_sink_status_t st = outboxd_sink_produce(s->sink, rec, err, sizeof(err));
+    if (st == OUTBOXD_SINK_FATAL) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    if (st != OUTBOXD_SINK_OK)
+        return rewind_stream(s, err);
+    if (!s->batch_open) {
+        s->batch_open = true;
+        s->batch_deadline_ms = outboxd_now_ms() + s->conf->commit_interval_ms;
+    }
+    s->batch_events++;
+    return 0;
+}
+
+static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg,
+                         outboxd_lsn_t wal_start)
+{
+    if (msg->kind == OUTBOXD_PGO_MESSAGE && !msg->u.message.transactional && !s->in_txn) {
+        /* Sent outside any transaction; the router warns and ignores it. */
+        outboxd_change_ctx_t ctx = {.lsn = wal_start};
+        outboxd_record_t rec;
+        char err[512];
+        (void)outboxd_router_route(s->router, msg, &ctx, &rec, err, sizeof(err));
+        return 0;
+    }
+    if (!s->in_txn) {
+        LOG_ERROR(s->name, "protocol error: %s outside a transaction",
+                  outboxd_pgo_kind_name(msg->kind));
+        return rewind_stream(s, "unexpected message");
+    }
+    int64_t idx = s->change_idx++;
+    if (s->skip_txn || outboxd_checkpoint_covers(&s->ck_committed, s->txn_commit_lsn, idx)) {
+        s->n_skipped++;
+        return 0;
+    }
+    outboxd_change_ctx_t ctx = {
+        .lsn = wal_start,
+        .commit_lsn = s->txn_commit_lsn,
+        .xid = s->txn_xid,
+        .commit_time_us = s->txn_commit_time_us,
+        .change_index = idx,
+    };
+    outboxd_record_t rec;
+    char err[512];
+    int r = outboxd_router_route(s->router, msg, &ctx, &rec, err, sizeof(err));
+    if (r < 0) {
+        /* Not a property of the row (OOM, Avro library failure): retry. */
+        return rewind_stream(s, err);
+    }
+    if (r == OUTBOXD_ROUTE_IGNORE)
+        return 0;
+    if (r == OUTBOXD_ROUTE_DEAD_LETTER) {
+        char lsn[OUTBOXD_LSN_STRLEN];
+        outboxd_lsn_format(wal_start, lsn);
+        LOG_WARN(s->name, "change at %s (xid %u) sent to dead-letter topic %s: %s", lsn,
+                 s->txn_xid, s->conf->dead_letter_topic, err);
+        s->n_dead++;
+    } else {
+        s->n_events++;
+    }
+    int rc = publish(s, &rec);
+    if (rc < 0)
+        return rc;
+    if (s->batch_events >= s->conf->max_batch_events)
+        return commit_batch(s);
+    return 0;
+}
+
+/* Returns 0, -1 (stream closed, reconnect), -2 (fatal). */
+static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
+{
+    outboxd_pgo_msg_t msg;
+    char err[512];
+    if (outboxd_pgo_decode(s->dec, m->data, m->len, &msg, err, sizeof(err)) < 0)
+        return rewind_stream(s, err);
+    switch (msg.kind) {
+    case OUTBOXD_PGO_BEGIN:
+        s->in_txn = true;
+        s->txn_commit_lsn = msg.u.begin.final_lsn;
+        s->txn_xid = msg.u.begin.xid;
+        s->txn_commit_time_us = msg.u.begin.commit_ts + OUTBOXD_PG_EPOCH_OFFSET_US;
+        s->change_idx = 0;
+        s->skip_txn = outboxd_checkpoint_covers(&s->ck_committed, s->txn_commit_lsn, -1);
+        return 0;
+    case OUTBOXD_PGO_COMMIT:
+        if (!s->in_txn)
+            return rewind_stream(s, "protocol error: Commit without Begin");
+        s->in_txn = false;
+        if (s->batch_open) {
+            s->batch_ck.commit_lsn = s->txn_commit_lsn;
+            s->batch_ck.end_lsn = msg.u.commit.end_lsn;
+            s->batch_ck.changes = -1;
+        } else {
+            /* Nothing of it is in flight: skipped, ignored, or committed
+             * already in earlier parts. */
+            confirm(s, msg.u.commit.end_lsn);
+        }
+        return 0;
+    case OUTBOXD_PGO_INSERT:
+    case OUTBOXD_PGO_UPDATE:
+    case OUTBOXD_PGO_DELETE:
+    case OUTBOXD_PGO_TRUNCATE:
+    case OUTBOXD_PGO_MESSAGE:
+        return handle_change(s, &msg, m->wal_start);
+    case OUTBOXD_PGO_RELATION:
+    case OUTBOXD_PGO_TYPE:
+    case OUTBOXD_PGO_ORIGIN:
+        return 0; /* the decoder keeps what it needs */
+    default:
+        /* Streaming and two-phase messages are not requested (proto 1). */
+        snprintf(err, sizeof(err), "unexpected pgoutput message %s",
+                 outboxd_pgo_kind_name(msg.kind));
+        return rewind_stream(s, err);
+    }
+}
+
+static void log_stats(outboxd_source_t *s, bool force)
+{
+    int64_t now = outboxd_now_ms();
+    if (!force && now - s->last_stats_ms < STATS_LOG_INTERVAL_MS)
+        return;
+    s->last_stats_ms = now;
+    if (!force && s->n_events + s->n_dead == s->logged_events)
+        return;
+    s->logged_events = s->n_events + s->n_dead;
+    char lsn[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(s->confirm_lsn, lsn);
+    LOG_INFO(s->name,
+             "published %llu events, %llu dead-lettered, %llu Kafka transactions (%llu aborted), "
+             "%llu changes skipped as already published; confirmed %s",
+             (unsigned long long)s->n_events, (unsigned long long)s->n_dead,
+             (unsigned long long)s->n_commits, (unsigned long long)s->n_aborts,
+             (unsigned long long)s->n_skipped, lsn);
+}
+
+/* Reads and handles messages until the stream fails or we are stopped.
+ * Returns 0 (stopped), -1 (reconnect), -2 (fatal). */
+static int stream(outboxd_source_t *s)
+{
+    char err[512];
+    for (;;) {
+        if (stopping(s))
+            return 0;
+        outboxd_repl_msg_t m;
+        if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0)
+            return rewind_stream(s, err);
+        int rc = 0;
+        int64_t now = outboxd_now_ms();
+        switch (m.kind) {
+        case OUTBOXD_REPL_DATA:
+            rc = handle_data(s, &m);
+            break;
+        case OUTBOXD_REPL_KEEPALIVE:
+            if (!s->in_txn && !s->batch_open)
+                confirm(s, m.wal_end); /* idle: don't pin WAL */
+            if (m.reply_requested)
+                send_status(s, true);
+            break;
+        case OUTBOXD_REPL_NONE: {
+            if (s->batch_open && now >= s->batch_deadline_ms) {
+                rc = commit_batch(s);
+                break;
+            }
+            int timeout = 100;
+            if (s->batch_open) {
+                int64_t left = s->batch_deadline_ms - now;
+                timeout = left < 0 ? 0 : (int)(left < 100 ? left : 100);
+            }
+            struct pollfd pfd = {.fd = outboxd_repl_fd(s->repl), .events = POLLIN};
+            if (poll(&pfd, 1, timeout) < 0 && errno != EINTR)
+                return rewind_stream(s, strerror(errno));
+            outboxd_sink_poll(s->sink);
+            log_stats(s, false);
+            break;
+        }
+        }
+        if (rc < 0)
+            return rc;
+        if (s->batch_open && outboxd_now_ms() >= s->batch_deadline_ms) {
+            if ((rc = commit_batch(s)) < 0)
+                return rc;
+        }
+        send_status(s, false);
+    }
+}
+
+/* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
+static int connect_source(outboxd_source_t *s)
+{
+    char err[1024];
+    outboxd_buf_t report = {0};
+    int problems = outboxd_pgsetup_check(s->src, true, &report);
+    if (problems != 0) {
+        char *line = report.data, *save = NULL;
+        for (line = strtok_r(line, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+            LOG_ERROR(s->name, "%s", line);
+        outboxd_buf_free(&report);
+        return -1;
+    }
+    outboxd_buf_free(&report);
+
+    s->repl = outboxd_repl_start(s->src, 0, &s->ident, err, sizeof(err));
+    if (!s->repl) {
+        if (strstr(err, "is active for PID"))
+            LOG_ERROR(s->name,
+                      "%s: another process (probably another outboxd with this configuration) "
+                      "holds slot '%s'; this instance waits for it",
+                      err, s->src->slot);
+        else
+            LOG_ERROR(s->name, "%s", err);
+        return -1;
+    }
+    s->last_status_ms = outboxd_now_ms();
+    if (!s->router) {
+        s->router = outboxd_router_new(s->conf, s->src, s->ident.database, err, sizeof(err));
+        if (!s->router) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -2;
+        }
+    }
+    if (!s->sink) {
+        s->sink = outboxd_sink_new(s->conf, s->src, keepalive, s, s->stop, err, sizeof(err));
+        if (!s->sink) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -2;
+        }
+    }
+    if (!s->sink_ready) {
+        outboxd_checkpoint_t ck;
+        outboxd_sink_status_t st = outboxd_sink_init(s->sink, &ck, err, sizeof(err));
+        if (st == OUTBOXD_SINK_FATAL) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -2;
+        }
+        if (st != OUTBOXD_SINK_OK) {
+            LOG_ERROR(s->name, "Kafka not ready: %s", err);
+            close_stream(s);
+            return -1;
+        }
+        if (ck.commit_lsn && ck.system_id[0] && strcmp(ck.system_id, s->ident.system_id) != 0)
+            LOG_WARN(s->name,
+                     "last checkpoint was written for PostgreSQL system %s, this is %s "
+                     "(restored or failed-over database?); resuming by LSN anyway",
+                     ck.system_id, s->ident.system_id);
+        s->ck_committed = ck;
+        s->sink_ready = true;
+    }
+    char ckl[OUTBOXD_LSN_STRLEN], pos[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);
+    outboxd_lsn_format(s->ident.xlogpos, pos);
+    LOG_INFO(s->name,
+             "streaming slot %s of database %s (system %s, server WAL at %s); last checkpoint "
+             "commit %s%s",
+             s->src->slot, s->ident.database, s->ident.system_id, pos,
+             s->ck_committed.commit_lsn ? ckl : "(none)",
+             s->ck_committed.changes >= 0 && s->ck_committed.commit_lsn ? " (partial)" : "");
+    return 0;
+}
+
+static void sleep_interruptible(outboxd_source_t *s, int ms)
+{
+    while (ms > 0 && !stopping(s)) {
+        int step = ms < 100 ? ms : 100;
+        usleep((useconds_t)step * 1000);
+        ms -= step;
+        if (s->sink)
+            outboxd_sink_poll(s->sink);
+    }
+}
+
+static void *run(void *arg)
+{
+    outboxd_source_t *s = arg;
+    int backoff = 500;
+    int rc = 0;
+    while (!stopping(s)) {
+        if (!s->repl) {
+            rc = connect_source(s);
+            if (rc == -2)
+                break;
+            if (rc < 0) {
+                LOG_INFO(s->name, "retrying in %d ms", backoff);
+                sleep_interruptible(s, backoff);
+                backoff = backoff * 2 > s->conf->reconnect_max_backoff_ms
+                              ? s->conf->reconnect_max_backoff_ms
+                              : backoff * 2;
+                continue;
+            }
+            backoff = 500;
+        }
+        rc = stream(s);
+        if (rc == -2)
+            break;
+        if (rc == -1 && !stopping(s))
+            sleep_interruptible(s, 200); /* brief pause before reconnecting */
+    }
+    if (rc != -2 && s->repl && s->sink) {
+        /* Stopping: finish the batch in hand, then tell PostgreSQL. */
+        if (commit_batch(s) == -2)
+            rc = -2;
+        send_status(s, true);
+    }
+    log_stats(s, true);
+    close_stream(s);
+    s->result = rc == -2 ? 1 : 0;
+    atomic_store(&s->done, true);
+    return NULL;
+}
+
+int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size)
+{
+    int e = pthread_create(&s->thread, NULL, run, s);
+    if (e) {
+        snprintf(errstr, errstr_size, "pthread_create: %s", strerror(e));
+        return -1;
+    }
+    s->started = true;
+    return 0;
+}
+
+bool outboxd_source_done(outboxd_source_t *s)
+{
+    return atomic_load(&s->done);
+}
+
+int outboxd_source_join(outboxd_source_t *s)
+{
+    if (s->started) {
+        pthread_join(s->thread, NULL);
+        s->started = false;
+    }
+    return s->result;
+}
+
+void outboxd_source_destroy(outboxd_source_t *s)
+{
+    if (!s)
+        return;
+    outboxd_source_join(s);
+    close_stream(s);
+    outboxd_sink_destroy(s->sink);
+    outboxd_router_destroy(s->router);
+    outboxd_pgo_decoder_destroy(s->dec);
+    free(s);
+}
