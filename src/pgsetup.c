@@ -1,0 +1,921 @@
+/*
+ * Checking a source's PostgreSQL side, and creating what is missing when asked:
+ * wal_level and replication settings, the role's replication privilege, the
+ * configured tables and their outbox columns, the publication and the logical
+ * replication slot.
+ *
+ * Every problem becomes one line of the report ("source NAME: what is wrong;
+ * how to fix it") and counts toward the return value. What outboxd creates is
+ * logged at INFO. Conditions that do not stop the relay today but deserve
+ * attention (a slot that is about to lose WAL) are logged at WARN and neither
+ * reported nor counted, so a zero return always means "ready".
+ *
+ * Beyond the basics it catches setups that look fine but break at run time:
+ * a payload column of a non-text type, a table without replica identity in a
+ * publication that publishes updates or deletes (the application's UPDATE and
+ * DELETE would start failing), a partitioned table published without
+ * publish_via_partition_root, a PostgreSQL 15 column list that leaves out
+ * configured columns, and a slot older than the publication this check just
+ * created (pgoutput cannot decode the changes in between).
+ *
+ * max_replication_slots = 0 and max_wal_senders = 0 are counted as problems,
+ * not warnings: with either, the relay cannot hold a slot or open its
+ * replication connection, so reporting the source as ready would be wrong.
+ *
+ * All values go to the server as parameters; identifiers pasted into DDL are
+ * quoted with PQescapeIdentifier, and literals shown in suggested SQL with
+ * PQescapeLiteral.
+ */
+#include "outboxd/pgsetup.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "outboxd/log.h"
+
+/* Type OIDs from PostgreSQL's pg_type.dat; they never change between versions. */
+#define TEXT_OID    25
+#define JSON_OID    114
+#define VARCHAR_OID 1043
+#define JSONB_OID   3802
+
+typedef struct table_state {
+    bool found;        /* exists and is a table or a partitioned table */
+    bool partitioned;  /* relkind 'p' */
+    bool has_identity; /* UPDATE/DELETE keep working when updates/deletes are published */
+    char oid[16];
+} table_state_t;
+
+typedef struct check {
+    const outboxd_source_conf_t *src;
+    PGconn *conn;
+    bool create;
+    outboxd_buf_t *report;
+    int problems;
+    int server_version;
+    bool conn_lost;
+    bool wal_ok;    /* wal_level = logical and slots can exist */
+    bool role_ok;   /* may create a logical slot */
+    bool tables_ok; /* every configured table exists and is a table */
+    bool any_partitioned;
+    bool pub_exists;          /* the publication exists (possibly created by this check) */
+    char pub_created_lsn[32]; /* WAL position just after this check created it, or "" */
+    table_state_t *tables;
+} check_t;
+
+/* One configured column name of an outbox table and the key that set it. */
+typedef struct colref {
+    const char *name;
+    const char *key;     /* YAML key: "columns.payload", "key", "headers" */
+    size_t header_index; /* for headers */
+} colref_t;
+
+/*
+ * Appends s with line breaks (and the indentation libpq puts after them)
+ * turned into "; ", so a multi-line server or libpq message stays one report
+ * line.
+ */
+static void append_flat(outboxd_buf_t *b, const char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        n--;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\n') {
+            while (i + 1 < n && isspace((unsigned char)s[i + 1]))
+                i++;
+            outboxd_buf_append_str(b, "; ");
+        } else if (s[i] == '\t' || s[i] == '\r') {
+            outboxd_buf_append(b, " ", 1);
+        } else {
+            outboxd_buf_append(b, &s[i], 1);
+        }
+    }
+}
+
+static void problem(check_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void problem(check_t *c, const char *fmt, ...)
+{
+    char *text = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&text, fmt, ap);
+    va_end(ap);
+    c->problems++;
+    outboxd_buf_printf(c->report, "source %s: ", c->src->name);
+    append_flat(c->report, n >= 0 ? text : "out of memory while describing a problem");
+    outboxd_buf_append_str(c->report, "\n");
+    if (n >= 0)
+        free(text);
+}
+
+/* The server's primary message plus its hint, or libpq's message when the
+ * failure happened before the server answered. */
+static void result_error(PGconn *conn, const PGresult *res, char *out, size_t size)
+{
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+    if (!msg)
+        msg = PQerrorMessage(conn);
+    if (hint)
+        snprintf(out, size, "%s (hint: %s)", msg, hint);
+    else
+        snprintf(out, size, "%s", msg);
+}
+
+/* Runs sql with text parameters. Returns the result on success; on failure
+ * returns NULL with the reason in err. */
+static PGresult *run(check_t *c, const char *sql, int nparams, const char *const *params, char *err,
+                     size_t errsize)
+{
+    PGresult *res = PQexecParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        return res;
+    result_error(c->conn, res, err, errsize);
+    PQclear(res);
+    if (PQstatus(c->conn) == CONNECTION_BAD)
+        c->conn_lost = true;
+    return NULL;
+}
+
+/*
+ * Runs a catalog query. A failed query is itself a problem: the check cannot
+ * tell whether the source is ready. Once the connection is gone, later steps
+ * are skipped silently instead of each adding the same failure.
+ */
+static PGresult *query(check_t *c, const char *what, const char *sql, int nparams,
+                       const char *const *params)
+{
+    if (c->conn_lost)
+        return NULL;
+    char err[1024];
+    PGresult *res = run(c, sql, nparams, params, err, sizeof(err));
+    if (!res)
+        problem(c, "could not %s: %s", what, err);
+    return res;
+}
+
+static bool field_true(const PGresult *res, int row, int col)
+{
+    return !PQgetisnull(res, row, col) && PQgetvalue(res, row, col)[0] == 't';
+}
+
+static bool append_ident(PGconn *conn, outboxd_buf_t *b, const char *s)
+{
+    char *q = PQescapeIdentifier(conn, s, strlen(s));
+    if (!q)
+        return false;
+    bool ok = outboxd_buf_append_str(b, q);
+    PQfreemem(q);
+    return ok;
+}
+
+static bool append_literal(PGconn *conn, outboxd_buf_t *b, const char *s)
+{
+    char *q = PQescapeLiteral(conn, s, strlen(s));
+    if (!q)
+        return false;
+    bool ok = outboxd_buf_append_str(b, q);
+    PQfreemem(q);
+    return ok;
+}
+
+static bool append_table(PGconn *conn, outboxd_buf_t *b, const outboxd_table_conf_t *t)
+{
+    return append_ident(conn, b, t->schema) && outboxd_buf_append_str(b, ".") &&
+           append_ident(conn, b, t->name);
+}
+
+/* Where a table entry sits in the configuration, for "fix the name" hints. */
+static void table_where(const outboxd_table_conf_t *t, char *out, size_t size)
+{
+    if (t->line > 0)
+        snprintf(out, size, " (line %d of the configuration)", t->line);
+    else
+        out[0] = '\0';
+}
+
+static void notice_to_log(void *arg, const char *message)
+{
+    const check_t *c = arg;
+    char line[1024];
+    snprintf(line, sizeof(line), "%s", message);
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == ' '))
+        line[--n] = '\0';
+    /* Server notices during the check (e.g. CREATE PUBLICATION warning about
+     * wal_level) repeat what the report already says; keep them for debugging
+     * instead of letting libpq print them to stderr. */
+    LOG_DEBUG(c->src->name, "server: %s", line);
+}
+
+/* 1. wal_level and the settings replication cannot work without. */
+static void check_settings(check_t *c)
+{
+    int v = c->server_version;
+    if (v < 100000)
+        problem(c,
+                "PostgreSQL %d.%d is too old; outboxd needs PostgreSQL 10 or later (the pgoutput "
+                "plugin)",
+                v / 10000, (v / 100) % 100);
+    else if (c->src->n_messages > 0 && v < 140000)
+        problem(c,
+                "PostgreSQL %d does not pass logical decoding messages through pgoutput, which "
+                "messages: needs; upgrade to PostgreSQL 14 or later",
+                v / 10000);
+
+    PGresult *res = query(c, "read the server settings",
+                          "SELECT current_setting('wal_level'), "
+                          "current_setting('max_replication_slots')::int, "
+                          "current_setting('max_wal_senders')::int",
+                          0, NULL);
+    if (!res)
+        return;
+    const char *wal_level = PQgetvalue(res, 0, 0);
+    int max_slots = atoi(PQgetvalue(res, 0, 1));
+    int max_senders = atoi(PQgetvalue(res, 0, 2));
+    c->wal_ok = true;
+    if (strcmp(wal_level, "logical") != 0) {
+        problem(c,
+                "wal_level is '%s' but must be 'logical'; set wal_level = logical in "
+                "postgresql.conf (or run ALTER SYSTEM SET wal_level = logical) and restart "
+                "PostgreSQL",
+                wal_level);
+        c->wal_ok = false;
+    }
+    if (max_slots == 0) {
+        problem(c, "max_replication_slots is 0, so no replication slot can exist; set "
+                   "max_replication_slots = 10 (at least one per source) in postgresql.conf and "
+                   "restart PostgreSQL");
+        c->wal_ok = false;
+    }
+    if (max_senders == 0)
+        problem(c, "max_wal_senders is 0, so the server accepts no replication connection; set "
+                   "max_wal_senders = 10 (at least one per source) in postgresql.conf and restart "
+                   "PostgreSQL");
+    PQclear(res);
+}
+
+/* 2. The role may create a logical slot and start replication. */
+static void check_role(check_t *c)
+{
+    PGresult *res = query(c, "read the role's privileges",
+                          "SELECT rolname, rolreplication, rolsuper FROM pg_catalog.pg_roles "
+                          "WHERE rolname = current_user",
+                          0, NULL);
+    if (!res)
+        return;
+    if (PQntuples(res) == 1) {
+        c->role_ok = field_true(res, 0, 1) || field_true(res, 0, 2);
+        if (!c->role_ok) {
+            const char *role = PQgetvalue(res, 0, 0);
+            outboxd_buf_t sql = {0};
+            outboxd_buf_append_str(&sql, "ALTER ROLE ");
+            bool ok = append_ident(c->conn, &sql, role);
+            outboxd_buf_append_str(&sql, " WITH REPLICATION");
+            problem(c,
+                    "role '%s' may not use replication (it has neither REPLICATION nor "
+                    "SUPERUSER); grant it with: %s",
+                    role, ok && sql.data ? sql.data : "ALTER ROLE <role> WITH REPLICATION");
+            outboxd_buf_free(&sql);
+        }
+    }
+    PQclear(res);
+}
+
+static const char *relkind_name(char kind)
+{
+    switch (kind) {
+    case 'v':
+        return "a view";
+    case 'm':
+        return "a materialized view";
+    case 'f':
+        return "a foreign table";
+    case 'S':
+        return "a sequence";
+    case 'i':
+    case 'I':
+        return "an index";
+    default:
+        return "not a table";
+    }
+}
+
+/* 3. Each configured table exists and is a plain or partitioned table. */
+static void check_tables(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    /* format('%I.%I') quotes like the server parses, so to_regclass finds
+     * mixed-case and otherwise odd names exactly as configured. A table
+     * without replica identity makes UPDATE and DELETE on it fail once a
+     * publication publishes them; partitioned tables are left out of that
+     * test because their partitions carry the identity. */
+    static const char *sql =
+        "SELECT c.oid, c.relkind, "
+        "c.relkind = 'p' OR CASE c.relreplident "
+        "  WHEN 'f' THEN true "
+        "  WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+        "                        WHERE i.indrelid = c.oid AND i.indisprimary) "
+        "  WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+        "                        WHERE i.indrelid = c.oid AND i.indisreplident) "
+        "  ELSE false END "
+        "FROM pg_catalog.pg_class c "
+        "WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1::text, $2::text))";
+    c->tables_ok = true;
+    for (size_t i = 0; i < src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &src->tables[i];
+        table_state_t *ts = &c->tables[i];
+        const char *params[2] = {t->schema, t->name};
+        PGresult *res = query(c, "look up a configured table", sql, 2, params);
+        if (!res) {
+            c->tables_ok = false;
+            continue;
+        }
+        char where[64];
+        table_where(t, where, sizeof(where));
+        if (PQntuples(res) == 0) {
+            problem(c, "table %s.%s does not exist; create it, or correct its name%s", t->schema,
+                    t->name, where);
+            c->tables_ok = false;
+        } else {
+            char kind = PQgetvalue(res, 0, 1)[0];
+            if (kind == 'r' || kind == 'p') {
+                ts->found = true;
+                ts->partitioned = kind == 'p';
+                ts->has_identity = field_true(res, 0, 2);
+                snprintf(ts->oid, sizeof(ts->oid), "%s", PQgetvalue(res, 0, 0));
+                if (ts->partitioned)
+                    c->any_partitioned = true;
+            } else {
+                problem(c,
+                        "%s.%s is %s, not a table, and cannot be published; configure the "
+                        "underlying table instead%s",
+                        t->schema, t->name, relkind_name(kind), where);
+                c->tables_ok = false;
+            }
+        }
+        PQclear(res);
+    }
+}
+
+static void colref_key(const colref_t *r, char *out, size_t size)
+{
+    if (strcmp(r->key, "headers") == 0)
+        snprintf(out, size, "headers[%zu]", r->header_index);
+    else
+        snprintf(out, size, "%s", r->key);
+}
+
+static size_t add_colref(colref_t *refs, size_t n, const char *name, const char *key,
+                         size_t header_index)
+{
+    if (!name || !*name)
+        return n;
+    /* key usually repeats columns.aggregateid: check each name once */
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(refs[i].name, name) == 0)
+            return n;
+    refs[n].name = name;
+    refs[n].key = key;
+    refs[n].header_index = header_index;
+    return n + 1;
+}
+
+/* The distinct column names an outbox table entry refers to, in config order.
+ * refs must hold 7 + n_header_columns entries. */
+static size_t table_colrefs(const outboxd_table_conf_t *t, colref_t *refs)
+{
+    size_t n = 0;
+    n = add_colref(refs, n, t->columns.id, "columns.id", 0);
+    n = add_colref(refs, n, t->columns.aggregatetype, "columns.aggregatetype", 0);
+    n = add_colref(refs, n, t->columns.aggregateid, "columns.aggregateid", 0);
+    n = add_colref(refs, n, t->columns.type, "columns.type", 0);
+    n = add_colref(refs, n, t->columns.payload, "columns.payload", 0);
+    n = add_colref(refs, n, t->columns.timestamp, "columns.timestamp", 0);
+    n = add_colref(refs, n, t->key_column, "key", 0);
+    for (size_t h = 0; h < t->n_header_columns; h++)
+        n = add_colref(refs, n, t->header_columns[h], "headers", h);
+    return n;
+}
+
+static colref_t *alloc_colrefs(const outboxd_table_conf_t *t)
+{
+    return calloc(7 + t->n_header_columns, sizeof(colref_t));
+}
+
+/* 4. Every configured column of an outbox table exists; payload is text-like. */
+static void check_columns(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    /* Domains are resolved one level, enough for "CREATE DOMAIN x AS jsonb". */
+    static const char *sql = "SELECT a.attname, "
+                             "(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END), "
+                             "pg_catalog.format_type(a.atttypid, a.atttypmod) "
+                             "FROM pg_catalog.pg_attribute a "
+                             "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
+                             "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped";
+    for (size_t i = 0; i < src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &src->tables[i];
+        if (t->mode != OUTBOXD_MODE_OUTBOX || !c->tables[i].found)
+            continue;
+        const char *params[1] = {c->tables[i].oid};
+        PGresult *res = query(c, "read a table's columns", sql, 1, params);
+        if (!res)
+            continue;
+        colref_t *refs = alloc_colrefs(t);
+        if (!refs) {
+            problem(c, "out of memory while checking the columns of %s.%s", t->schema, t->name);
+            PQclear(res);
+            continue;
+        }
+        size_t nrefs = table_colrefs(t, refs);
+        int rows = PQntuples(res);
+        for (size_t r = 0; r < nrefs; r++) {
+            int row = -1;
+            for (int k = 0; k < rows && row < 0; k++)
+                if (strcmp(PQgetvalue(res, k, 0), refs[r].name) == 0)
+                    row = k;
+            char key[64];
+            colref_key(&refs[r], key, sizeof(key));
+            if (row < 0) {
+                problem(c,
+                        "table %s.%s has no column '%s' (configured as %s); add it or set %s to "
+                        "the column's name",
+                        t->schema, t->name, refs[r].name, key, key);
+                continue;
+            }
+            if (t->columns.payload && strcmp(refs[r].name, t->columns.payload) == 0) {
+                long type = atol(PQgetvalue(res, row, 1));
+                /* The payload is relayed as JSON text; other types (bytea in
+                 * particular) would arrive as their text output, which is
+                 * not what a consumer expects. */
+                if (type != JSONB_OID && type != JSON_OID && type != TEXT_OID &&
+                    type != VARCHAR_OID)
+                    problem(c,
+                            "column '%s' of %s.%s (configured as %s) is %s, but the payload "
+                            "must be jsonb, json, text or varchar; change the column's type "
+                            "(jsonb is recommended)",
+                            refs[r].name, t->schema, t->name, key, PQgetvalue(res, row, 2));
+            }
+        }
+        free(refs);
+        PQclear(res);
+    }
+}
+
+/* "CREATE PUBLICATION ..." for this source's tables, as run and as suggested. */
+static bool create_publication_sql(check_t *c, outboxd_buf_t *sql)
+{
+    const outboxd_source_conf_t *src = c->src;
+    bool ok = outboxd_buf_append_str(sql, "CREATE PUBLICATION ") &&
+              append_ident(c->conn, sql, src->publication);
+    /* Without tables (messages: only) an empty publication is still needed:
+     * pgoutput refuses to start without publication_names. */
+    for (size_t i = 0; ok && i < src->n_tables; i++)
+        ok = outboxd_buf_append_str(sql, i == 0 ? " FOR TABLE " : ", ") &&
+             append_table(c->conn, sql, &src->tables[i]);
+    /* Otherwise rows of a partitioned outbox arrive under the partitions'
+     * names, which match no configured table. */
+    if (ok && c->any_partitioned && c->server_version >= 130000)
+        ok = outboxd_buf_append_str(sql, " WITH (publish_via_partition_root = true)");
+    return ok;
+}
+
+static bool alter_add_table_sql(check_t *c, const outboxd_table_conf_t *t, outboxd_buf_t *sql)
+{
+    return outboxd_buf_append_str(sql, "ALTER PUBLICATION ") &&
+           append_ident(c->conn, sql, c->src->publication) &&
+           outboxd_buf_append_str(sql, " ADD TABLE ") && append_table(c->conn, sql, t);
+}
+
+static void identity_problem(check_t *c, const outboxd_table_conf_t *t, const char *what)
+{
+    outboxd_buf_t sql = {0};
+    bool ok = outboxd_buf_append_str(&sql, "ALTER TABLE ") && append_table(c->conn, &sql, t) &&
+              outboxd_buf_append_str(&sql, " REPLICA IDENTITY FULL");
+    problem(c,
+            "table %s.%s has no replica identity (no primary key), so UPDATE and DELETE on it "
+            "fail while publication '%s' publishes updates or deletes%s; add a primary key, "
+            "or run: %s",
+            t->schema, t->name, c->src->publication, what,
+            ok ? sql.data : "ALTER TABLE <table> REPLICA IDENTITY FULL");
+    outboxd_buf_free(&sql);
+}
+
+static void missing_publication(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    outboxd_buf_t sql = {0};
+    if (!create_publication_sql(c, &sql)) {
+        problem(c, "publication '%s' does not exist (out of memory building its SQL)",
+                src->publication);
+        outboxd_buf_free(&sql);
+        return;
+    }
+    /* A new publication publishes updates and deletes (the default), so it
+     * must not be created over a table that would then refuse them. */
+    bool identity_ok = true;
+    for (size_t i = 0; i < src->n_tables; i++) {
+        if (c->tables[i].found && !c->tables[i].has_identity) {
+            identity_problem(c, &src->tables[i], " (once the publication is created)");
+            identity_ok = false;
+        }
+    }
+    if (!(c->create && src->create_publication)) {
+        problem(c, "publication '%s' does not exist; create it with: %s", src->publication,
+                sql.data);
+    } else if (!c->tables_ok || !identity_ok || c->conn_lost) {
+        problem(c,
+                "publication '%s' does not exist; it is created once the problems above are "
+                "fixed (or create it with: %s)",
+                src->publication, sql.data);
+    } else {
+        char err[1024];
+        PGresult *res = run(c, sql.data, 0, NULL, err, sizeof(err));
+        if (res) {
+            LOG_INFO(src->name, "created publication %s: %s", src->publication, sql.data);
+            c->pub_exists = true;
+            PQclear(res);
+            res = run(c, "SELECT pg_catalog.pg_current_wal_lsn()::text", 0, NULL, err, sizeof(err));
+            if (res) {
+                snprintf(c->pub_created_lsn, sizeof(c->pub_created_lsn), "%s",
+                         PQgetvalue(res, 0, 0));
+                PQclear(res);
+            }
+        } else {
+            problem(c,
+                    "could not create publication '%s': %s; create it as a role that owns the "
+                    "tables and has CREATE on the database, with: %s",
+                    src->publication, err, sql.data);
+        }
+    }
+    outboxd_buf_free(&sql);
+}
+
+/* The publish list an existing publication needs: what it has plus inserts
+ * (outbox rows) and updates (when on_update wants them). */
+static void publish_ops_problem(check_t *c, const PGresult *pub, bool need_insert, bool need_update)
+{
+    bool ins = field_true(pub, 0, 0), upd = field_true(pub, 0, 1);
+    bool del = field_true(pub, 0, 2), trunc = field_true(pub, 0, 3);
+    if ((!need_insert || ins) && (!need_update || upd))
+        return;
+    outboxd_buf_t sql = {0};
+    outboxd_buf_append_str(&sql, "ALTER PUBLICATION ");
+    bool ok = append_ident(c->conn, &sql, c->src->publication);
+    const char *ops[4] = {(ins || need_insert) ? "insert" : NULL,
+                          (upd || need_update) ? "update" : NULL, del ? "delete" : NULL,
+                          trunc ? "truncate" : NULL};
+    outboxd_buf_append_str(&sql, " SET (publish = '");
+    bool first = true;
+    for (int i = 0; i < 4; i++) {
+        if (!ops[i])
+            continue;
+        outboxd_buf_printf(&sql, "%s%s", first ? "" : ", ", ops[i]);
+        first = false;
+    }
+    ok = outboxd_buf_append_str(&sql, "')") && ok;
+    problem(c, "publication '%s' does not publish %s; run: %s", c->src->publication,
+            need_insert && !ins ? (need_update && !upd ? "inserts and updates" : "inserts")
+                                : "updates (needed by on_update)",
+            ok ? sql.data : "ALTER PUBLICATION <publication> SET (publish = 'insert, update')");
+    outboxd_buf_free(&sql);
+}
+
+/* Configured columns of an outbox table that a PostgreSQL 15 column list
+ * leaves out: the relay would see them as NULL. One line per table. */
+static void check_column_list(check_t *c, const outboxd_table_conf_t *t, const table_state_t *ts)
+{
+    const char *params[4] = {c->src->publication, t->schema, t->name, ts->oid};
+    PGresult *res = query(c, "read the publication's column list",
+                          "SELECT a.attname FROM pg_catalog.pg_attribute a, "
+                          "pg_catalog.pg_publication_tables p "
+                          "WHERE p.pubname = $1 AND p.schemaname = $2 AND p.tablename = $3 "
+                          "AND a.attrelid = $4::oid AND a.attnum > 0 AND NOT a.attisdropped "
+                          "AND NOT (a.attname = ANY (p.attnames))",
+                          4, params);
+    if (!res)
+        return;
+    colref_t *refs = PQntuples(res) > 0 ? alloc_colrefs(t) : NULL;
+    size_t nrefs = refs ? table_colrefs(t, refs) : 0;
+    outboxd_buf_t cols = {0};
+    for (size_t r = 0; r < nrefs; r++)
+        for (int k = 0; k < PQntuples(res); k++)
+            if (strcmp(PQgetvalue(res, k, 0), refs[r].name) == 0)
+                outboxd_buf_printf(&cols, "%s'%s'", cols.len ? ", " : "", refs[r].name);
+    if (cols.len) {
+        outboxd_buf_t tbl = {0}, pub = {0};
+        bool ok =
+            append_table(c->conn, &tbl, t) && append_ident(c->conn, &pub, c->src->publication);
+        /* Dropping and re-adding in one transaction removes the column list
+         * without a moment in which the table's rows go unpublished. */
+        problem(c,
+                "publication '%s' has a column list for %s.%s that leaves out configured "
+                "column(s) %s; publish all columns with: BEGIN; ALTER PUBLICATION %s DROP "
+                "TABLE %s; ALTER PUBLICATION %s ADD TABLE %s; COMMIT",
+                c->src->publication, t->schema, t->name, cols.data, ok ? pub.data : "<publication>",
+                ok ? tbl.data : "<table>", ok ? pub.data : "<publication>",
+                ok ? tbl.data : "<table>");
+        outboxd_buf_free(&tbl);
+        outboxd_buf_free(&pub);
+    }
+    outboxd_buf_free(&cols);
+    free(refs);
+    PQclear(res);
+}
+
+/* A configured table the existing publication does not carry. */
+static void add_missing_table(check_t *c, const outboxd_table_conf_t *t, bool publishes_upd_del,
+                              bool has_identity)
+{
+    outboxd_buf_t sql = {0};
+    if (!alter_add_table_sql(c, t, &sql)) {
+        problem(c, "publication '%s' does not include %s.%s (out of memory building its SQL)",
+                c->src->publication, t->schema, t->name);
+        outboxd_buf_free(&sql);
+        return;
+    }
+    bool identity_ok = has_identity || !publishes_upd_del;
+    if (!identity_ok)
+        identity_problem(c, t, " (once the table is added)");
+    if (c->create && c->src->create_publication && identity_ok) {
+        char err[1024];
+        PGresult *res = run(c, sql.data, 0, NULL, err, sizeof(err));
+        if (res) {
+            LOG_INFO(c->src->name, "added %s.%s to publication %s: %s", t->schema, t->name,
+                     c->src->publication, sql.data);
+            PQclear(res);
+        } else {
+            problem(c,
+                    "publication '%s' does not include %s.%s and adding it failed: %s; run as "
+                    "the owner of the publication and the table: %s",
+                    c->src->publication, t->schema, t->name, err, sql.data);
+        }
+    } else {
+        problem(c, "publication '%s' does not include %s.%s; run: %s", c->src->publication,
+                t->schema, t->name, sql.data);
+    }
+    outboxd_buf_free(&sql);
+}
+
+/* 5. The publication exists, publishes inserts, and carries every table. */
+static void check_publication(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    if (c->server_version < 100000)
+        return;
+    /* pubtruncate is PostgreSQL 11+, pubviaroot 13+. */
+    const char *sql =
+        c->server_version >= 130000
+            ? "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, puballtables, pubviaroot "
+              "FROM pg_catalog.pg_publication WHERE pubname = $1"
+            : "SELECT pubinsert, pubupdate, pubdelete, false, puballtables, false "
+              "FROM pg_catalog.pg_publication WHERE pubname = $1";
+    const char *params[1] = {src->publication};
+    PGresult *pub = query(c, "look up the publication", sql, 1, params);
+    if (!pub)
+        return;
+    if (PQntuples(pub) == 0) {
+        PQclear(pub);
+        missing_publication(c);
+        return;
+    }
+    c->pub_exists = true;
+    bool need_update = false;
+    for (size_t i = 0; i < src->n_tables; i++)
+        if (src->tables[i].on_update != OUTBOXD_UPDATE_SKIP)
+            need_update = true;
+    publish_ops_problem(c, pub, src->n_tables > 0, need_update);
+    bool publishes_upd_del = field_true(pub, 0, 1) || field_true(pub, 0, 2);
+    bool viaroot = field_true(pub, 0, 5);
+    PQclear(pub);
+
+    for (size_t i = 0; i < src->n_tables && !c->conn_lost; i++) {
+        const outboxd_table_conf_t *t = &src->tables[i];
+        const table_state_t *ts = &c->tables[i];
+        if (!ts->found)
+            continue; /* reported in step 3 */
+        if (ts->partitioned && !viaroot) {
+            /* pg_publication_tables lists the partitions then, not the
+             * configured table, so membership is not checked until fixed. */
+            outboxd_buf_t fix = {0};
+            outboxd_buf_append_str(&fix, "ALTER PUBLICATION ");
+            bool ok = append_ident(c->conn, &fix, src->publication) &&
+                      outboxd_buf_append_str(&fix, " SET (publish_via_partition_root = true)");
+            problem(c,
+                    "publication '%s' would publish rows of partitioned table %s.%s under "
+                    "its partitions' names; run: %s",
+                    src->publication, t->schema, t->name,
+                    ok ? fix.data
+                       : "ALTER PUBLICATION <publication> SET (publish_via_partition_root = "
+                         "true)");
+            outboxd_buf_free(&fix);
+            continue;
+        }
+        const char *mparams[3] = {src->publication, t->schema, t->name};
+        PGresult *res = query(c, "check the publication's tables",
+                              "SELECT 1 FROM pg_catalog.pg_publication_tables "
+                              "WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                              3, mparams);
+        if (!res)
+            continue;
+        bool member = PQntuples(res) > 0;
+        PQclear(res);
+        if (!member) {
+            add_missing_table(c, t, publishes_upd_del, ts->has_identity);
+            continue;
+        }
+        if (!ts->has_identity && publishes_upd_del)
+            identity_problem(c, t, "");
+        if (t->mode == OUTBOXD_MODE_OUTBOX && c->server_version >= 150000)
+            check_column_list(c, t, ts);
+    }
+}
+
+static void missing_slot(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    outboxd_buf_t shown = {0};
+    bool ok = outboxd_buf_append_str(&shown, "SELECT pg_create_logical_replication_slot(") &&
+              append_literal(c->conn, &shown, src->slot) &&
+              outboxd_buf_append_str(&shown, ", 'pgoutput')");
+    const char *sql = ok ? shown.data
+                         : "SELECT pg_create_logical_replication_slot(<slot>, "
+                           "'pgoutput')";
+    if (!(c->create && src->create_slot)) {
+        problem(c, "replication slot '%s' does not exist; create it%s with: %s", src->slot,
+                c->pub_exists ? "" : " after the publication", sql);
+    } else if (!c->wal_ok || !c->role_ok || !c->pub_exists || c->conn_lost) {
+        /* Besides failing outright without wal_level/privilege, a slot made
+         * before its publication cannot decode changes made in between:
+         * pgoutput looks the publication up as of each change. */
+        problem(c,
+                "replication slot '%s' does not exist; it is created once the problems above "
+                "are fixed (or create it with: %s)",
+                src->slot, sql);
+    } else {
+        /* Waits for transactions already running to finish, as any logical
+         * slot creation does. */
+        const char *params[1] = {src->slot};
+        char err[1024];
+        PGresult *res = run(c,
+                            "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot($1, "
+                            "'pgoutput')",
+                            1, params, err, sizeof(err));
+        if (res) {
+            LOG_INFO(src->name, "created replication slot %s (pgoutput) at %s", src->slot,
+                     PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "?");
+            PQclear(res);
+        } else {
+            problem(c, "could not create replication slot '%s': %s; create it with: %s", src->slot,
+                    err, sql);
+        }
+    }
+    outboxd_buf_free(&shown);
+}
+
+/*
+ * A slot that already existed when this check created the publication:
+ * pgoutput looks the publication up as of each change it decodes, so any
+ * change between the slot's position and the publication's creation fails
+ * with "publication does not exist" and the relay never gets past it.
+ * Nothing in that range was published, so skipping it loses no event.
+ */
+static void check_slot_predates(check_t *c)
+{
+    const char *params[2] = {c->src->slot, c->pub_created_lsn};
+    PGresult *res = query(c, "read the replication slot's position",
+                          "SELECT confirmed_flush_lsn < $2::pg_lsn "
+                          "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                          2, params);
+    if (!res)
+        return;
+    if (PQntuples(res) > 0 && field_true(res, 0, 0)) {
+        outboxd_buf_t sql = {0};
+        bool ok = outboxd_buf_append_str(&sql, "SELECT pg_replication_slot_advance(") &&
+                  append_literal(c->conn, &sql, c->src->slot) &&
+                  outboxd_buf_printf(&sql, ", '%s')", c->pub_created_lsn);
+        problem(c,
+                "replication slot '%s' is older than publication '%s', which was just "
+                "created, so pgoutput cannot decode the changes in between; skip them (none "
+                "of them was published) with: %s",
+                c->src->slot, c->src->publication,
+                ok ? sql.data : "SELECT pg_replication_slot_advance(<slot>, <lsn>)");
+        outboxd_buf_free(&sql);
+    }
+    PQclear(res);
+}
+
+/* 6. The slot exists (or is created), is logical with pgoutput, belongs to
+ * this database and still has its WAL. */
+static void check_slot(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    if (c->server_version < 100000)
+        return;
+    /* wal_status is PostgreSQL 13+. */
+    const char *sql = c->server_version >= 130000
+                          ? "SELECT slot_type, plugin, database, current_database(), wal_status "
+                            "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1"
+                          : "SELECT slot_type, plugin, database, current_database(), NULL "
+                            "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
+    const char *params[1] = {src->slot};
+    PGresult *res = query(c, "look up the replication slot", sql, 1, params);
+    if (!res)
+        return;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        missing_slot(c);
+        return;
+    }
+    const char *type = PQgetvalue(res, 0, 0);
+    const char *plugin = PQgetvalue(res, 0, 1);
+    const char *db = PQgetvalue(res, 0, 2);
+    const char *curdb = PQgetvalue(res, 0, 3);
+    const char *wal_status = PQgetisnull(res, 0, 4) ? "" : PQgetvalue(res, 0, 4);
+    outboxd_buf_t drop = {0};
+    bool ok = outboxd_buf_append_str(&drop, "SELECT pg_drop_replication_slot(") &&
+              append_literal(c->conn, &drop, src->slot) && outboxd_buf_append_str(&drop, ")");
+    const char *drop_sql = ok ? drop.data : "SELECT pg_drop_replication_slot(<slot>)";
+    if (strcmp(type, "logical") != 0) {
+        problem(c,
+                "replication slot '%s' is a %s slot, but outboxd needs a logical one; set slot "
+                "to another name, or drop it with: %s",
+                src->slot, type, drop_sql);
+    } else {
+        if (strcmp(plugin, "pgoutput") != 0)
+            problem(c,
+                    "replication slot '%s' uses plugin '%s', but outboxd needs 'pgoutput'; set "
+                    "slot to another name, or drop it (its unread changes are lost) with: %s",
+                    src->slot, plugin, drop_sql);
+        /* a lost slot is recreated anyway, advancing it would not help */
+        if (c->pub_created_lsn[0] && strcmp(wal_status, "lost") != 0)
+            check_slot_predates(c);
+        if (strcmp(db, curdb) != 0)
+            problem(c,
+                    "replication slot '%s' belongs to database '%s' but the dsn connects to "
+                    "database '%s'; point the dsn at '%s' or set slot to another name",
+                    src->slot, db, curdb, db);
+        if (strcmp(wal_status, "lost") == 0)
+            problem(c,
+                    "replication slot '%s' has lost required WAL; drop and recreate it (events "
+                    "written since it was lost cannot be relayed): %s",
+                    src->slot, drop_sql);
+        else if (strcmp(wal_status, "unreserved") == 0)
+            LOG_WARN(src->name,
+                     "replication slot %s is beyond max_slot_wal_keep_size (wal_status "
+                     "unreserved); its WAL will be removed at the next checkpoint unless "
+                     "outboxd catches up",
+                     src->slot);
+    }
+    outboxd_buf_free(&drop);
+    PQclear(res);
+}
+
+int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report)
+{
+    char err[1024];
+    PGconn *conn = outboxd_pg_connect(src, false, err, sizeof(err));
+    if (!conn) {
+        outboxd_buf_printf(report, "source %s: cannot connect to PostgreSQL: ", src->name);
+        append_flat(report, err);
+        if (src->password_file)
+            outboxd_buf_printf(report,
+                               "; check the dsn (host, port, dbname, user) and the password in "
+                               "%s\n",
+                               src->password_file);
+        else
+            outboxd_buf_append_str(report, "; check the dsn (host, port, dbname, user), and set "
+                                           "password_file if the server asks for a password\n");
+        return -1;
+    }
+    check_t c = {
+        .src = src,
+        .conn = conn,
+        .create = create,
+        .report = report,
+        .server_version = PQserverVersion(conn),
+    };
+    PQsetNoticeProcessor(conn, notice_to_log, &c);
+    c.tables = calloc(src->n_tables ? src->n_tables : 1, sizeof(table_state_t));
+    if (!c.tables) {
+        problem(&c, "out of memory while checking PostgreSQL");
+        PQfinish(conn);
+        return c.problems;
+    }
+    check_settings(&c);
+    check_role(&c);
+    check_tables(&c);
+    check_columns(&c);
+    check_publication(&c);
+    check_slot(&c);
+    PQfinish(conn);
+    free(c.tables);
+    return c.problems;
+}

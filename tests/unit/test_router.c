@@ -1,0 +1,416 @@
+/*
+ * Router: outbox rows and messages -> records (topic template, key, headers,
+ * Avro value, dead-letter reasons), plus timestamp parsing and the checkpoint
+ * skip rule.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "outboxd/avro.h"
+#include "outboxd/checkpoint.h"
+#include "outboxd/config.h"
+#include "outboxd/router.h"
+
+static const char *CONFIG = "kafka:\n"
+                            "  bootstrap_servers: 127.0.0.1:9\n"
+                            "relay:\n"
+                            "  max_event_bytes: 2048\n"
+                            "sources:\n"
+                            "  - name: shop\n"
+                            "    dsn: \"dbname=shop\"\n"
+                            "    tables:\n"
+                            "      - table: public.outbox\n"
+                            "        columns: { timestamp: ts }\n"
+                            "        headers: [tenant]\n"
+                            "      - table: public.outbox_pub\n"
+                            "        on_update: publish\n"
+                            "        topic: \"fixed.${type}\"\n"
+                            "      - table: public.outbox_dlt\n"
+                            "        on_update: dead_letter\n"
+                            "    messages:\n"
+                            "      - prefix: outbox\n";
+
+static outboxd_pgo_column_t COLS[] = {
+    {"id", 2950, -1, true},       {"aggregatetype", 25, -1, false},
+    {"aggregateid", 25, -1, false}, {"type", 25, -1, false},
+    {"payload", 3802, -1, false}, {"ts", 1184, -1, false},
+    {"tenant", 25, -1, false},
+};
+
+typedef struct fixture {
+    outboxd_config_t *conf;
+    outboxd_router_t *rt;
+    outboxd_avro_t *av;
+    outboxd_pgo_relation_t rel, rel_pub, rel_dlt, rel_other;
+    outboxd_pgo_datum_t vals[7];
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    char err[512];
+    f->conf = outboxd_config_parse(CONFIG, strlen(CONFIG), "test.yaml", err, sizeof(err));
+    if (!f->conf)
+        fail_msg("config: %s", err);
+    f->rt = outboxd_router_new(f->conf, &f->conf->sources[0], "shopdb", err, sizeof(err));
+    if (!f->rt)
+        fail_msg("router: %s", err);
+    f->av = outboxd_avro_new(err, sizeof(err));
+    outboxd_pgo_relation_t base = {16384, "public", "outbox", 'd', 7, COLS};
+    f->rel = base;
+    f->rel_pub = base;
+    f->rel_pub.oid = 16385;
+    f->rel_pub.relname = "outbox_pub";
+    f->rel_dlt = base;
+    f->rel_dlt.oid = 16386;
+    f->rel_dlt.relname = "outbox_dlt";
+    f->rel_other = base;
+    f->rel_other.oid = 16387;
+    f->rel_other.relname = "unrelated";
+    const char *v[] = {"5b1c7c1e-4f0e-4d6b-9a55-000000000001",
+                       "order",
+                       "order-42",
+                       "OrderCreated",
+                       "{\"total\": 10}",
+                       "2026-11-24 12:00:00.25+00",
+                       "acme"};
+    for (int i = 0; i < 7; i++) {
+        f->vals[i].kind = 't';
+        f->vals[i].data = v[i];
+        f->vals[i].len = (uint32_t)strlen(v[i]);
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_router_destroy(f->rt);
+    outboxd_avro_destroy(f->av);
+    outboxd_config_destroy(f->conf);
+    free(f);
+    return 0;
+}
+
+static const outboxd_change_ctx_t CTX = {.lsn = 0x1000020,
+                                         .commit_lsn = 0x1000100,
+                                         .xid = 777,
+                                         .commit_time_us = 1764000000000000LL,
+                                         .change_index = 0};
+
+static int route_kind(fixture_t *f, outboxd_pgo_kind_t kind, const outboxd_pgo_relation_t *rel,
+                      outboxd_record_t *rec, char *err)
+{
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = kind;
+    m.u.change.rel = rel;
+    m.u.change.new_tuple.ncols = 7;
+    m.u.change.new_tuple.cols = f->vals;
+    if (kind == OUTBOXD_PGO_DELETE) {
+        m.u.change.old_kind = 'K';
+        m.u.change.old_tuple = m.u.change.new_tuple;
+        m.u.change.new_tuple.ncols = 0;
+    }
+    return outboxd_router_route(f->rt, &m, &CTX, rec, err, 512);
+}
+
+static const char *header(const outboxd_record_t *rec, const char *name, size_t *len)
+{
+    for (size_t i = 0; i < rec->n_headers; i++)
+        if (strcmp(rec->headers[i].name, name) == 0) {
+            *len = rec->headers[i].len;
+            return rec->headers[i].value;
+        }
+    return NULL;
+}
+
+static void assert_header(const outboxd_record_t *rec, const char *name, const char *want)
+{
+    size_t len = 0;
+    const char *v = header(rec, name, &len);
+    if (!v)
+        fail_msg("header %s missing", name);
+    if (len != strlen(want) || memcmp(v, want, len) != 0)
+        fail_msg("header %s = '%.*s', want '%s'", name, (int)len, v, want);
+}
+
+static json_t *decode(fixture_t *f, const outboxd_record_t *rec)
+{
+    char err[512];
+    char *text = outboxd_avro_decode_to_json(f->av, rec->value, rec->value_len, err, sizeof(err));
+    if (!text)
+        fail_msg("decode: %s", err);
+    json_t *o = json_loads(text, 0, NULL);
+    free(text);
+    assert_non_null(o);
+    return o;
+}
+
+static void test_insert_event(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
+    assert_string_equal(rec.topic, "outbox.event.order");
+    assert_int_equal(rec.key_len, 8);
+    assert_memory_equal(rec.key, "order-42", 8);
+    assert_header(&rec, "id", "5b1c7c1e-4f0e-4d6b-9a55-000000000001");
+    assert_header(&rec, "type", "OrderCreated");
+    assert_header(&rec, "tenant", "acme");
+    json_t *o = decode(f, &rec);
+    assert_string_equal(json_string_value(json_object_get(o, "type")), "OrderCreated");
+    assert_string_equal(json_string_value(json_object_get(o, "aggregate_id")), "order-42");
+    /* 2026-11-24T12:00:00.25Z in microseconds */
+    assert_int_equal(json_integer_value(json_object_get(o, "occurred_at")), 1795521600250000LL);
+    json_t *src = json_object_get(o, "source");
+    assert_string_equal(json_string_value(json_object_get(src, "name")), "shop");
+    assert_string_equal(json_string_value(json_object_get(src, "database")), "shopdb");
+    assert_string_equal(json_string_value(json_object_get(src, "table")), "public.outbox");
+    assert_int_equal(json_integer_value(json_object_get(src, "lsn")), 0x1000020);
+    assert_int_equal(json_integer_value(json_object_get(src, "commit_lsn")), 0x1000100);
+    assert_int_equal(json_integer_value(json_object_get(src, "xid")), 777);
+    json_t *payload = json_object_get(o, "payload");
+    assert_int_equal(json_integer_value(json_object_get(payload, "total")), 10);
+    json_decref(o);
+}
+
+static void test_null_payload_dead_letter(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    f->vals[4].kind = 'n';
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    f->vals[4].kind = 't';
+    assert_string_equal(rec.topic, "outboxd.dlt");
+    assert_header(&rec, "outboxd.reason", "payload column 'payload' is NULL");
+    assert_header(&rec, "outboxd.table", "public.outbox");
+    assert_header(&rec, "outboxd.lsn", "0/1000020");
+    assert_header(&rec, "outboxd.xid", "777");
+    assert_header(&rec, "id", "5b1c7c1e-4f0e-4d6b-9a55-000000000001");
+    json_t *row = json_loadb(rec.value, rec.value_len, 0, NULL);
+    assert_non_null(row);
+    assert_true(json_is_null(json_object_get(row, "payload")));
+    assert_string_equal(json_string_value(json_object_get(row, "aggregateid")), "order-42");
+    json_decref(row);
+}
+
+static void test_null_key_dead_letter(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    f->vals[2].kind = 'n';
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    f->vals[2].kind = 't';
+    assert_null(rec.key);
+    assert_non_null(strstr(err, "'aggregateid' is NULL"));
+}
+
+static void test_oversized_dead_letter(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    char *big = malloc(5000);
+    memset(big, 'x', 5000);
+    big[0] = '"';
+    big[4999] = '"';
+    f->vals[4].data = big;
+    f->vals[4].len = 5000;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "exceeds relay.max_event_bytes (2048)"));
+    /* The dead-letter value itself respects the limit: big columns omitted. */
+    assert_true(rec.value_len <= 2048);
+    assert_non_null(strstr(rec.value, "(omitted: 5000 bytes)"));
+    f->vals[4].data = "{}";
+    f->vals[4].len = 2;
+    free(big);
+}
+
+static void test_bad_timestamp_and_topic(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    f->vals[5].data = "yesterday";
+    f->vals[5].len = 9;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "not a timestamp"));
+    f->vals[5].kind = 'n'; /* NULL timestamp: commit time is used */
+    f->vals[1].data = "bad topic/name";
+    f->vals[1].len = 14;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "not a valid Kafka topic name"));
+    f->vals[1].data = "order";
+    f->vals[1].len = 5;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
+    json_t *o = decode(f, &rec);
+    assert_int_equal(json_integer_value(json_object_get(o, "occurred_at")), CTX.commit_time_us);
+    json_decref(o);
+    f->vals[5].kind = 't';
+}
+
+static void test_update_delete_policies(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_UPDATE, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_IGNORE);
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_UPDATE, &f->rel_pub, &rec, err),
+                     OUTBOXD_ROUTE_EVENT);
+    assert_string_equal(rec.topic, "fixed.OrderCreated");
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_UPDATE, &f->rel_dlt, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_DELETE, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_IGNORE);
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel_other, &rec, err),
+                     OUTBOXD_ROUTE_IGNORE);
+    outboxd_router_stats_t st;
+    outboxd_router_stats(f->rt, &st);
+    assert_int_equal(st.skipped_updates, 1);
+    assert_int_equal(st.ignored_deletes, 1);
+}
+
+static void test_missing_column(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    outboxd_pgo_relation_t narrow = f->rel;
+    narrow.ncols = 4; /* no payload, ts, tenant */
+    narrow.oid = 99;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &narrow, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "column 'payload' (columns.payload) is missing"));
+}
+
+static int route_message(fixture_t *f, const char *prefix, const char *content, bool txn,
+                         outboxd_record_t *rec, char *err)
+{
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_MESSAGE;
+    m.u.message.transactional = txn;
+    m.u.message.prefix = prefix;
+    m.u.message.content = content;
+    m.u.message.content_len = (uint32_t)strlen(content);
+    return outboxd_router_route(f->rt, &m, &CTX, rec, err, 512);
+}
+
+static void test_messages(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    const char *good = "{\"id\":\"m-1\",\"aggregatetype\":\"payment\",\"aggregateid\":7,"
+                       "\"type\":\"PaymentPending\",\"payload\":{\"amount\":5}}";
+    assert_int_equal(route_message(f, "outbox", good, true, &rec, err), OUTBOXD_ROUTE_EVENT);
+    assert_string_equal(rec.topic, "outbox.event.payment");
+    assert_int_equal(rec.key_len, 1);
+    assert_memory_equal(rec.key, "7", 1);
+    assert_header(&rec, "id", "m-1");
+    json_t *o = decode(f, &rec);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "source"), "table")),
+                        "message:outbox");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "payload"), "amount")),
+                     5);
+    json_decref(o);
+    assert_int_equal(route_message(f, "outbox", good, false, &rec, err), OUTBOXD_ROUTE_IGNORE);
+    assert_int_equal(route_message(f, "other", good, true, &rec, err), OUTBOXD_ROUTE_IGNORE);
+    assert_int_equal(route_message(f, "outbox", "not json", true, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_string_equal(rec.topic, "outboxd.dlt");
+    assert_int_equal(rec.value_len, 8);
+    assert_int_equal(route_message(f, "outbox", "{\"id\":\"x\"}", true, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "'aggregatetype' is missing"));
+}
+
+static void test_timestamps(void **state)
+{
+    (void)state;
+    int64_t us;
+    assert_int_equal(outboxd_parse_timestamp("1970-01-01 00:00:00+00", 22, &us), 0);
+    assert_int_equal(us, 0);
+    const char *s = "2000-01-01T00:00:00.000001Z";
+    assert_int_equal(outboxd_parse_timestamp(s, strlen(s), &us), 0);
+    assert_int_equal(us, 946684800000001LL);
+    s = "2026-11-24 14:30:00+02:30";
+    assert_int_equal(outboxd_parse_timestamp(s, strlen(s), &us), 0);
+    assert_int_equal(us, 1795521600000000LL);
+    s = "2026-11-24 12:00:00";
+    assert_int_equal(outboxd_parse_timestamp(s, strlen(s), &us), 0);
+    assert_int_equal(us, 1795521600000000LL);
+    const char *bad[] = {"", "2026-11-24", "2026-13-01 00:00:00", "2026-11-24 12:00:00+",
+                         "2026-11-24 12:00:00.", "2026-11-24 12:00:00 junk"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(outboxd_parse_timestamp(bad[i], strlen(bad[i]), &us), -1);
+}
+
+static void test_checkpoint(void **state)
+{
+    (void)state;
+    outboxd_checkpoint_t ck = {.commit_lsn = 0x500, .end_lsn = 0x540, .changes = -1};
+    strcpy(ck.system_id, "7311");
+    strcpy(ck.database, "pay");
+    strcpy(ck.slot, "s");
+    outboxd_buf_t b = {0};
+    assert_int_equal(outboxd_checkpoint_encode("pay", &ck, &b), 0);
+    outboxd_checkpoint_t back;
+    char err[256];
+    assert_int_equal(outboxd_checkpoint_decode(b.data, b.len, &back, err, sizeof(err)), 0);
+    assert_int_equal(back.commit_lsn, 0x500);
+    assert_int_equal(back.end_lsn, 0x540);
+    assert_int_equal(back.changes, -1);
+    assert_string_equal(back.system_id, "7311");
+    outboxd_buf_free(&b);
+    assert_int_equal(outboxd_checkpoint_decode("{}", 2, &back, err, sizeof(err)), -1);
+    assert_int_equal(outboxd_checkpoint_decode("nope", 4, &back, err, sizeof(err)), -1);
+
+    /* whole transaction at 0x500 published */
+    assert_true(outboxd_checkpoint_covers(&ck, 0x400, -1));
+    assert_true(outboxd_checkpoint_covers(&ck, 0x500, -1));
+    assert_true(outboxd_checkpoint_covers(&ck, 0x500, 3));
+    assert_false(outboxd_checkpoint_covers(&ck, 0x501, 0));
+    /* first 10 changes of the transaction at 0x500 published */
+    ck.changes = 10;
+    assert_false(outboxd_checkpoint_covers(&ck, 0x500, -1));
+    assert_true(outboxd_checkpoint_covers(&ck, 0x500, 9));
+    assert_false(outboxd_checkpoint_covers(&ck, 0x500, 10));
+    assert_true(outboxd_checkpoint_covers(&ck, 0x4ff, 100));
+    outboxd_checkpoint_t none = {0};
+    assert_false(outboxd_checkpoint_covers(&none, 1, 0));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_insert_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_null_payload_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_null_key_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_timestamp_and_topic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_delete_policies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_column, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_messages, setup, teardown),
+        cmocka_unit_test(test_timestamps),
+        cmocka_unit_test(test_checkpoint),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
