@@ -48,7 +48,9 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
-    if (level <= 3)
+    if (strcmp(fac, "FAIL") == 0)
+        LOG_DEBUG("kafka", "%s: %s", fac, buf); /* error_cb reports these too */
+    else if (level <= 3)
         LOG_ERROR("kafka", "%s: %s", fac, buf);
     else if (level <= 4)
         LOG_WARN("kafka", "%s: %s", fac, buf);
@@ -211,10 +213,29 @@ static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, 
 }
 
 /* Creates the compacted checkpoint topic if it does not exist. */
+static bool topic_exists(outboxd_sink_t *s, const char *name)
+{
+    const rd_kafka_metadata_t *md = NULL;
+    bool exists = false;
+    /* all_topics=0 with a topic handle: brokers with auto-create enabled
+     * would create it with the default (non-compacted) policy, so ask for
+     * all topics instead. */
+    rd_kafka_resp_err_t err = rd_kafka_metadata(s->rk, 1, NULL, &md, 10000);
+    if (!err) {
+        for (int i = 0; i < md->topic_cnt; i++)
+            if (strcmp(md->topics[i].topic, name) == 0 && !md->topics[i].err)
+                exists = true;
+        rd_kafka_metadata_destroy(md);
+    }
+    return exists;
+}
+
 static outboxd_sink_status_t ensure_checkpoint_topic(outboxd_sink_t *s, char *errstr,
                                                      size_t errstr_size)
 {
     char e[512];
+    if (topic_exists(s, s->conf->checkpoint_topic))
+        return OUTBOXD_SINK_OK;
     rd_kafka_NewTopic_t *nt =
         rd_kafka_NewTopic_new(s->conf->checkpoint_topic, 1, -1, e, sizeof(e));
     if (!nt) {

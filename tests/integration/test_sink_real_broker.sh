@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The sink tests of tests/unit/test_mock_sink.c against the real broker:
+# checkpoint round trip, and fencing of an older instance by a newer one with
+# the same transactional.id (the mock cluster does not fence).
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+OUTBOXD_TEST_KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP "$OUTBOXD_TOOLS/../test_mock_sink" >"$WORK/out.log" 2>&1 || {
+    cat "$WORK/out.log" >&2
+    fail "sink tests failed against the real broker"
+}
+grep -E '^\[' "$WORK/out.log" >&2
+grep -q '\[       OK \] test_fencing' "$WORK/out.log" || fail "fencing test did not run"
+log "PASS"
