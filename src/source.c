@@ -492,6 +492,7 @@ static void *run(void *arg)
 {
     outboxd_source_t *s = arg;
     int backoff = 500;
+    s->last_stats_ms = outboxd_now_ms();
     int rc = 0;
     while (!stopping(s)) {
         if (!s->repl) {

@@ -1,0 +1,186 @@
+# Shared helpers for integration tests. Source it; it loads the stack's env
+# (tests/stack/stack.sh start must have run: ctest's fixture does that).
+set -euo pipefail
+
+: "${STACK_DIR:?STACK_DIR must be set (ctest sets it)}"
+: "${OUTBOXD_BIN:?OUTBOXD_BIN must be set}"
+: "${OUTBOXD_TOOLS:?OUTBOXD_TOOLS must be set}"
+# shellcheck disable=SC1091
+source "$STACK_DIR/env"
+export PGHOST PGPORT PGUSER
+export PATH="$PG_BIN:$PATH"
+
+TEST_NAME=$(basename "$0" .sh)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/outboxd-${TEST_NAME}.XXXXXX")
+RELAY_PIDS=()
+BG_PIDS=()
+
+log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "$TEST_NAME" "$*" >&2; }
+fail() {
+    log "FAIL: $*"
+    exit 1
+}
+
+cleanup() {
+    local rc=$?
+    for p in "${BG_PIDS[@]}" "${RELAY_PIDS[@]}"; do
+        kill -9 "$p" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [ $rc -ne 0 ]; then
+        log "exit $rc; relay logs follow (last 60 lines each)"
+        for f in "$WORK"/relay*.log; do
+            [ -f "$f" ] && { echo "--- $f" >&2; tail -n 60 "$f" >&2; }
+        done
+    fi
+    rm -rf "$WORK"
+    exit $rc
+}
+trap cleanup EXIT
+
+psql_db() { # psql_db DB SQL...
+    local db=$1
+    shift
+    psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" "$@"
+}
+
+# A unique prefix so tests sharing one broker never read each other's topics.
+RUN_ID="t$(date +%s%N | tail -c 9)$$"
+
+# create_outbox_db DB: a database with a Debezium-style outbox table and a
+# write_events() function that writes N rows for one key in the caller's
+# transaction, numbering them per key (the row lock on seqs serializes
+# writers of one key, so seq order is commit order).
+create_outbox_db() {
+    local db=$1
+    psql_db postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+    psql_db postgres -c "CREATE DATABASE \"$db\"" >/dev/null
+    psql_db "$db" <<'SQL'
+CREATE TABLE outbox (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    aggregatetype text NOT NULL,
+    aggregateid text,
+    type text NOT NULL,
+    payload jsonb,
+    "timestamp" timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE seqs (aggregateid text PRIMARY KEY, n bigint NOT NULL);
+CREATE FUNCTION write_events(aggtype text, agg text, nrows int) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE s bigint;
+BEGIN
+    FOR i IN 1..nrows LOOP
+        INSERT INTO seqs VALUES (agg, 1)
+            ON CONFLICT (aggregateid) DO UPDATE SET n = seqs.n + 1 RETURNING n INTO s;
+        INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+        VALUES (aggtype, agg, 'Tested', jsonb_build_object('seq', s, 'key', agg, 'pad', repeat('x', 64)));
+    END LOOP;
+END $$;
+SQL
+}
+
+# drop_slot_and_pub DB SLOT: leaves nothing behind in the shared server.
+drop_source() {
+    local db=$1 slot=$2
+    psql_db "$db" -c "SELECT pg_drop_replication_slot('$slot') FROM pg_replication_slots WHERE slot_name = '$slot'" >/dev/null 2>&1 || true
+}
+
+# write_config FILE SOURCE_DB... : one source per database, outbox table
+# public.outbox, topics "$RUN_ID.${aggregatetype}".
+write_config() {
+    local file=$1
+    shift
+    {
+        cat <<EOF2
+kafka:
+  bootstrap_servers: "$KAFKA_BOOTSTRAP"
+  transactional_id_prefix: "outboxd-$RUN_ID"
+relay:
+  commit_interval_ms: ${COMMIT_INTERVAL_MS:-20}
+  max_batch_events: ${MAX_BATCH_EVENTS:-5000}
+  checkpoint_topic: "$RUN_ID.checkpoints"
+  dead_letter_topic: "$RUN_ID.dlt"
+  log_level: ${RELAY_LOG_LEVEL:-info}
+sources:
+EOF2
+        for db in "$@"; do
+            cat <<EOF2
+  - name: $db
+    dsn: "host=$PGHOST port=$PGPORT dbname=$db user=$PGUSER"
+    slot: "${db}_${RUN_ID}"
+    publication: "outboxd_pub"
+    tables:
+      - table: public.outbox
+        topic: "$RUN_ID.ev.\${aggregatetype}"
+    messages:
+      - prefix: outbox
+        topic: "$RUN_ID.ev.\${aggregatetype}"
+EOF2
+        done
+    } >"$file"
+}
+
+# prepare_sources CONFIG: `outboxd check` creates each publication and slot,
+# so rows written from now on are decoded even before the relay first runs.
+prepare_sources() {
+    "$OUTBOXD_BIN" check -c "$1" >"$WORK/check.log" 2>&1 || {
+        cat "$WORK/check.log" >&2
+        fail "outboxd check failed"
+    }
+}
+
+# start_relay CONFIG LOGNAME: runs outboxd in the background; sets RELAY_PID.
+start_relay() {
+    local conf=$1 name=${2:-relay}
+    "$OUTBOXD_BIN" run -c "$conf" >>"$WORK/$name.log" 2>&1 &
+    RELAY_PID=$!
+    RELAY_PIDS+=("$RELAY_PID")
+}
+
+# stop_relay PID: SIGTERM and wait; returns the relay's exit status.
+stop_relay() {
+    local pid=$1 rc=0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 600); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "relay $pid did not stop within 60 s; killing"
+        kill -9 "$pid"
+        wait "$pid" 2>/dev/null || true
+        return 99
+    fi
+    wait "$pid" || rc=$?
+    return $rc
+}
+
+# wait_drained DB SLOT [TIMEOUT_S]: until the slot has confirmed everything
+# written so far (the relay confirms only what Kafka has committed).
+wait_drained() {
+    local db=$1 slot=$2 timeout=${3:-300}
+    local target
+    target=$(psql_db "$db" -c "SELECT pg_current_wal_lsn()")
+    for _ in $(seq 1 $((timeout * 5))); do
+        local ok
+        ok=$(psql_db "$db" -c "SELECT coalesce(confirmed_flush_lsn >= '$target', false) FROM pg_replication_slots WHERE slot_name = '$slot'")
+        [ "$ok" = "t" ] && return 0
+        sleep 0.2
+    done
+    fail "slot $slot did not reach $target within ${timeout}s"
+}
+
+# expected_events DB FILE: append id, key, topic, seq of every outbox row.
+expected_events() {
+    local db=$1 file=$2
+    psql_db "$db" -F $'\t' -c "SELECT id, aggregateid, '$RUN_ID.ev.' || aggregatetype, payload->>'seq' FROM outbox WHERE payload IS NOT NULL AND aggregateid IS NOT NULL" >>"$file"
+}
+
+# check_exactly_once FILE: every expected event exactly once, in order per key.
+check_exactly_once() {
+    local file=$1
+    "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -T "^$RUN_ID\\.ev\\..*" \
+        --idle-ms "${IDLE_MS:-4000}" --timeout-ms 600000 --expect "$file"
+}
+
+peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }

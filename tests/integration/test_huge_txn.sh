@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# A 1,000,000-row PostgreSQL transaction flows through with bounded memory:
+# it is split into Kafka transactions of max_batch_events, each with a
+# checkpoint that records how many of its changes are published. Prints the
+# relay's peak RSS and fails above 256 MB. The relay is also SIGKILLed once
+# in the middle, so the resume-inside-a-transaction path is exercised.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+ROWS=${HUGE_ROWS:-1000000}
+DB=hpay_$RUN_ID
+create_outbox_db "$DB"
+write_config "$WORK/outboxd.yaml" "$DB"
+prepare_sources "$WORK/outboxd.yaml"
+
+log "writing $ROWS rows in one transaction"
+psql_db "$DB" -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+    SELECT '$DB', '$DB-' || (i % 100), 'Bulk', jsonb_build_object('seq', i, 'pad', repeat('p', 100))
+    FROM generate_series(1, $ROWS) AS i"
+start_relay "$WORK/outboxd.yaml" relay1
+first=$RELAY_PID
+# Kill it once part of the transaction is committed in Kafka.
+for _ in $(seq 1 600); do
+    grep -q "partial" "$WORK/relay1.log" 2>/dev/null && break
+    grep -q "changes [1-9]" "$WORK/relay1.log" 2>/dev/null && break
+    sleep 0.1
+    [ -n "$(psql_db postgres -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = '${DB}_${RUN_ID}' AND active")" ] || continue
+    sleep 3
+    break
+done
+kill -9 "$first"
+wait "$first" 2>/dev/null || true
+log "relay SIGKILLed mid-transaction; restarting"
+start_relay "$WORK/outboxd.yaml" relay2
+relay=$RELAY_PID
+peak=0
+t0=$(date +%s)
+target=$(psql_db "$DB" -c "SELECT pg_current_wal_lsn()")
+while :; do
+    rss=$(peak_rss_kb "$relay")
+    [ "${rss:-0}" -gt "$peak" ] && peak=$rss
+    done_=$(psql_db "$DB" -c "SELECT coalesce(confirmed_flush_lsn >= '$target', false) FROM pg_replication_slots WHERE slot_name = '${DB}_${RUN_ID}'")
+    [ "$done_" = "t" ] && break
+    [ $(($(date +%s) - t0)) -lt 900 ] || fail "not drained in 900 s"
+    sleep 0.5
+done
+rss=$(peak_rss_kb "$relay")
+[ "${rss:-0}" -gt "$peak" ] && peak=$rss
+log "drained $ROWS rows in $(($(date +%s) - t0)) s after restart; relay peak RSS ${peak} kB ($((peak / 1024)) MB)"
+grep -h "partial" "$WORK"/relay*.log | sed 's/^.*\] //' | head -n 2 >&2 || true
+echo "huge_txn_rows=$ROWS peak_rss_kb=$peak" >&2
+
+: >"$WORK/expected.tsv"
+expected_events "$DB" "$WORK/expected.tsv"
+IDLE_MS=8000 check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed for the huge transaction"
+rc=0
+stop_relay "$relay" || rc=$?
+[ $rc -eq 0 ] || fail "relay exited $rc after SIGTERM"
+[ "$peak" -lt $((256 * 1024)) ] || fail "peak RSS ${peak} kB is over 256 MB"
+drop_source "$DB" "${DB}_${RUN_ID}"
+log "PASS"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A second relay on the same configuration is refused (its source cannot
+# take the replication slot the first one holds) and publishes nothing; when
+# the first stops, the second takes over from the committed checkpoint
+# (init_transactions fences any leftover of the first). Every event exactly
+# once throughout.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+source "$here/writers.sh"
+
+DB=spay_$RUN_ID
+create_outbox_db "$DB"
+write_config "$WORK/outboxd.yaml" "$DB"
+prepare_sources "$WORK/outboxd.yaml"
+
+start_relay "$WORK/outboxd.yaml" relayA
+a=$RELAY_PID
+start_writers "$DB" 2 1500 250
+writer=$WRITER_PID
+sleep 2
+start_relay "$WORK/outboxd.yaml" relayB
+b=$RELAY_PID
+sleep 4
+kill -0 "$b" || fail "second relay exited instead of waiting"
+grep -q "holds slot" "$WORK/relayB.log" || fail "second relay did not report the slot in use"
+grep -q "streaming slot" "$WORK/relayB.log" && fail "second relay streamed while the first ran"
+log "second relay refused: $(grep -m1 'holds slot' "$WORK/relayB.log" | sed 's/^.*\] //')"
+
+rc=0
+stop_relay "$a" || rc=$?
+[ $rc -eq 0 ] || fail "first relay exited $rc after SIGTERM"
+wait_writers "$writer"
+wait_drained "$DB" "${DB}_${RUN_ID}" 300
+grep -q "streaming slot" "$WORK/relayB.log" || fail "second relay never took over"
+
+: >"$WORK/expected.tsv"
+expected_events "$DB" "$WORK/expected.tsv"
+log "rows written: $(wc -l <"$WORK/expected.tsv")"
+check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed across the handover"
+rc=0
+stop_relay "$b" || rc=$?
+[ $rc -eq 0 ] || fail "second relay exited $rc after SIGTERM"
+drop_source "$DB" "${DB}_${RUN_ID}"
+log "PASS"
