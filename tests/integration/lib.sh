@@ -23,6 +23,7 @@ fail() {
 
 cleanup() {
     local rc=$?
+    if declare -F extra_cleanup >/dev/null; then extra_cleanup || true; fi
     for p in "${BG_PIDS[@]}" "${RELAY_PIDS[@]}"; do
         kill -9 "$p" 2>/dev/null || true
     done
@@ -184,3 +185,16 @@ check_exactly_once() {
 }
 
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# free_port: a TCP port on 127.0.0.1 nobody listens on.
+free_port() {
+    local p
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 20000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    fail "no free port"
+}

@@ -17,17 +17,17 @@ log "writing $ROWS rows in one transaction"
 psql_db "$DB" -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
     SELECT '$DB', '$DB-' || (i % 100), 'Bulk', jsonb_build_object('seq', i, 'pad', repeat('p', 100))
     FROM generate_series(1, $ROWS) AS i"
-start_relay "$WORK/outboxd.yaml" relay1
+RELAY_LOG_LEVEL=debug write_config "$WORK/debug.yaml" "$DB"
+start_relay "$WORK/debug.yaml" relay1
 first=$RELAY_PID
-# Kill it once part of the transaction is committed in Kafka.
-for _ in $(seq 1 600); do
-    grep -q "partial" "$WORK/relay1.log" 2>/dev/null && break
-    grep -q "changes [1-9]" "$WORK/relay1.log" 2>/dev/null && break
+# Kill it once part of the transaction is committed in Kafka (a checkpoint
+# with a change count), so the restart resumes inside the transaction.
+for _ in $(seq 1 1200); do
+    grep -q "checkpoint .* changes [1-9]" "$WORK/relay1.log" 2>/dev/null && break
     sleep 0.1
-    [ -n "$(psql_db postgres -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = '${DB}_${RUN_ID}' AND active")" ] || continue
-    sleep 3
-    break
 done
+grep -q "checkpoint .* changes [1-9]" "$WORK/relay1.log" || fail "no partial checkpoint within 120 s"
+sleep 1
 kill -9 "$first"
 wait "$first" 2>/dev/null || true
 log "relay SIGKILLed mid-transaction; restarting"
@@ -47,7 +47,8 @@ done
 rss=$(peak_rss_kb "$relay")
 [ "${rss:-0}" -gt "$peak" ] && peak=$rss
 log "drained $ROWS rows in $(($(date +%s) - t0)) s after restart; relay peak RSS ${peak} kB ($((peak / 1024)) MB)"
-grep -h "partial" "$WORK"/relay*.log | sed 's/^.*\] //' | head -n 2 >&2 || true
+grep -h "streaming slot" "$WORK/relay2.log" | sed 's/^.*\] //' >&2
+grep -q "(partial)" "$WORK/relay2.log" || fail "restart did not resume from a partial checkpoint"
 echo "huge_txn_rows=$ROWS peak_rss_kb=$peak" >&2
 
 : >"$WORK/expected.tsv"

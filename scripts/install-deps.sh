@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# scripts/install-deps.sh - install everything outboxd needs to build and test
+# on Debian 12 (run as root; idempotent: does nothing that is already done).
+#
+#   scripts/install-deps.sh            # packages + Kafka classpath for tests
+#   INSTALL_DEPS_SKIP_KAFKA=1 scripts/install-deps.sh   # packages only
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+PACKAGES=(
+  # build
+  build-essential cmake ninja-build pkg-config
+  # libraries
+  libpq-dev librdkafka-dev libavro-dev libyaml-dev libcmocka-dev libjansson-dev
+  # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
+  postgresql postgresql-contrib openjdk-17-jre-headless maven
+  # tools used by the scripts and tests
+  clang-format procps iproute2
+)
+
+say() { printf 'install-deps: %s\n' "$*"; }
+
+SUDO=()
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null 2>&1 || {
+    say "must run as root (or with sudo available)" >&2
+    exit 1
+  }
+  SUDO=(sudo)
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) != installed ]]; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  say "all ${#PACKAGES[@]} Debian packages already installed"
+else
+  say "missing packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  say "apt-get update"
+  "${SUDO[@]}" apt-get update -q
+  say "apt-get install ${missing[*]}"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ${INSTALL_DEPS_SKIP_KAFKA:-0} == 1 ]]; then
+  say "skipping the Kafka classpath (INSTALL_DEPS_SKIP_KAFKA=1)"
+  exit 0
+fi
+
+# Resolve (and cache) the Kafka broker classpath now, so the first test run
+# does not pay for maven. The jars go to ~/.m2, the classpath file to
+# ~/.cache/outboxd (see tests/stack/stack.sh).
+say "resolving the Kafka classpath (tests/stack/pom.xml)"
+cp_file=$(env -u STACK_KAFKA_CP "$ROOT/tests/stack/stack.sh" classpath)
+say "Kafka classpath: $cp_file ($(tr ':' '\n' <"$cp_file" | wc -l) jars)"
+say "done"
