@@ -14,9 +14,8 @@ int outboxd_checkpoint_encode(const char *source, const outboxd_checkpoint_t *ck
     outboxd_lsn_format(ck->commit_lsn, commit);
     outboxd_lsn_format(ck->end_lsn, end);
     json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "v", 1, "source", source,
-                          "system_id", ck->system_id, "database", ck->database, "slot",
-                          ck->slot, "commit_lsn", commit, "end_lsn", end, "changes",
-                          (json_int_t)ck->changes);
+                          "system_id", ck->system_id, "database", ck->database, "slot", ck->slot,
+                          "commit_lsn", commit, "end_lsn", end, "changes", (json_int_t)ck->changes);
     if (!o)
         return -1;
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -34,8 +33,8 @@ static void copy_str(char *dst, size_t size, json_t *o, const char *key)
     snprintf(dst, size, "%s", s ? s : "");
 }
 
-int outboxd_checkpoint_decode(const void *data, size_t len, outboxd_checkpoint_t *ck,
-                              char *errstr, size_t errstr_size)
+int outboxd_checkpoint_decode(const void *data, size_t len, outboxd_checkpoint_t *ck, char *errstr,
+                              size_t errstr_size)
 {
     json_error_t jerr;
     json_t *o = json_loadb(data, len, 0, &jerr);

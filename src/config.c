@@ -769,6 +769,8 @@ static const key_spec_t relay_spec[] = {
      .min = 100, .max = 60000},
     {KEY("reconnect_max_backoff_ms", K_INT, outboxd_config_t, reconnect_max_backoff_ms),
      .def_num = 30000, .min = 100, .max = 3600000},
+    {KEY("producers_per_source", K_INT, outboxd_config_t, producers_per_source), .def_num = 2,
+     .min = 1, .max = 4},
     {KEY("log_level", K_STR, outboxd_config_t, log_level), .def_str = "info",
      .hint = "debug, info, warn or error", .check = check_log_level},
     {0}};

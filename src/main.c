@@ -39,29 +39,28 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: outboxd [run] -c FILE [--log-level LEVEL]\n"
-            "       outboxd check -c FILE\n"
-            "       outboxd --help | --version\n"
-            "\n"
-            "Relays transactional outbox rows from PostgreSQL (logical replication,\n"
-            "pgoutput) into Kafka with exactly-once delivery to read_committed consumers.\n"
-            "\n"
-            "Commands:\n"
-            "  run     relay until SIGTERM/SIGINT (the default)\n"
-            "  check   validate the configuration, then connect to every source and\n"
-            "          check wal_level, the publication, the slot and the outbox\n"
-            "          columns (creating the publication and slot where configured);\n"
-            "          prints what to fix, or 'configuration OK'\n"
-            "\n"
-            "Options:\n"
-            "  -c, --config FILE     configuration file (YAML)\n"
-            "  -l, --log-level LVL   debug, info, warn or error (overrides relay.log_level)\n"
-            "  -h, --help            this text\n"
-            "  -V, --version         version\n"
-            "\n"
-            "Exit status: 0 after a clean stop, 1 on a fatal error (e.g. fenced by\n"
-            "another instance), 2 on a usage or configuration error.\n");
+    fprintf(f, "Usage: outboxd [run] -c FILE [--log-level LEVEL]\n"
+               "       outboxd check -c FILE\n"
+               "       outboxd --help | --version\n"
+               "\n"
+               "Relays transactional outbox rows from PostgreSQL (logical replication,\n"
+               "pgoutput) into Kafka with exactly-once delivery to read_committed consumers.\n"
+               "\n"
+               "Commands:\n"
+               "  run     relay until SIGTERM/SIGINT (the default)\n"
+               "  check   validate the configuration, then connect to every source and\n"
+               "          check wal_level, the publication, the slot and the outbox\n"
+               "          columns (creating the publication and slot where configured);\n"
+               "          prints what to fix, or 'configuration OK'\n"
+               "\n"
+               "Options:\n"
+               "  -c, --config FILE     configuration file (YAML)\n"
+               "  -l, --log-level LVL   debug, info, warn or error (overrides relay.log_level)\n"
+               "  -h, --help            this text\n"
+               "  -V, --version         version\n"
+               "\n"
+               "Exit status: 0 after a clean stop, 1 on a fatal error (e.g. fenced by\n"
+               "another instance), 2 on a usage or configuration error.\n");
 }
 
 static int cmd_check(const outboxd_config_t *conf)
@@ -88,8 +87,8 @@ static int cmd_check(const outboxd_config_t *conf)
     if (rd_kafka_conf_set(kc, "bootstrap.servers", conf->bootstrap_servers, e, sizeof(e)) ==
         RD_KAFKA_CONF_OK) {
         for (size_t i = 0; i < conf->n_kafka_properties; i++)
-            rd_kafka_conf_set(kc, conf->kafka_properties[i].key, conf->kafka_properties[i].value,
-                              e, sizeof(e));
+            rd_kafka_conf_set(kc, conf->kafka_properties[i].key, conf->kafka_properties[i].value, e,
+                              sizeof(e));
         rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
     }
     if (!rk) {

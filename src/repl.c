@@ -130,8 +130,7 @@ static int read_result_after_copy(outboxd_repl_t *r, char *errstr, size_t errstr
     /* The COPY ended: the server says why in the following result. */
     PGresult *res = PQgetResult(r->conn);
     if (res && PQresultStatus(res) != PGRES_COMMAND_OK)
-        snprintf(errstr, errstr_size, "replication stream ended: %s",
-                 PQresultErrorMessage(res));
+        snprintf(errstr, errstr_size, "replication stream ended: %s", PQresultErrorMessage(res));
     else
         snprintf(errstr, errstr_size, "replication stream ended by the server: %s",
                  PQerrorMessage(r->conn));
@@ -140,8 +139,7 @@ static int read_result_after_copy(outboxd_repl_t *r, char *errstr, size_t errstr
     return -1;
 }
 
-int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr,
-                      size_t errstr_size)
+int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr, size_t errstr_size)
 {
     memset(out, 0, sizeof(*out));
     if (r->copybuf) {
@@ -155,8 +153,7 @@ int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr,
             if (attempt == 0) {
                 /* Nothing buffered: pull what the socket has, then retry once. */
                 if (!PQconsumeInput(r->conn))
-                    return conn_error(r->conn, "reading replication stream", errstr,
-                                      errstr_size);
+                    return conn_error(r->conn, "reading replication stream", errstr, errstr_size);
                 continue;
             }
             out->kind = OUTBOXD_REPL_NONE;

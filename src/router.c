@@ -36,7 +36,7 @@ typedef struct binding {
     int c_id, c_aggtype, c_aggid, c_type, c_payload, c_ts, c_key;
     int *c_headers;
     tpl_t topic;
-    char *missing; /* a configured column the table lacks, or NULL */
+    char *missing;    /* a configured column the table lacks, or NULL */
     char *table_name; /* "schema.name" */
 } binding_t;
 
@@ -60,7 +60,7 @@ struct outboxd_router {
     outboxd_buf_t scratch; /* NUL-terminated copies and header text */
     char lsnbuf[3][OUTBOXD_LSN_STRLEN];
     char xidbuf[16];
-    char *msg_text;        /* message-input field strings, freed per call */
+    char *msg_text; /* message-input field strings, freed per call */
     json_t *msg_json;
     outboxd_router_stats_t stats;
     bool warned_update;
@@ -135,9 +135,8 @@ static bool valid_topic(const char *t, size_t len)
 
 /* ---- construction ---- */
 
-outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf,
-                                     const outboxd_source_conf_t *src, const char *database,
-                                     char *errstr, size_t errstr_size)
+outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
+                                     const char *database, char *errstr, size_t errstr_size)
 {
     outboxd_router_t *rt = calloc(1, sizeof(*rt));
     if (!rt) {
@@ -432,8 +431,7 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
                          "send (set REPLICA IDENTITY FULL on the table)",
                          required[i].what, name);
             else
-                snprintf(reason, sizeof(reason), "%s column '%s' is NULL", required[i].what,
-                         name);
+                snprintf(reason, sizeof(reason), "%s column '%s' is NULL", required[i].what, name);
             return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
         }
     }
@@ -491,9 +489,8 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
     if (outboxd_avro_encode(rt->avro, &ev, &rt->value, errstr, errstr_size) < 0)
         return -1;
     if (rt->value.len > rt->conf->max_event_bytes) {
-        snprintf(reason, sizeof(reason),
-                 "event of %zu bytes exceeds relay.max_event_bytes (%zu)", rt->value.len,
-                 rt->conf->max_event_bytes);
+        snprintf(reason, sizeof(reason), "event of %zu bytes exceeds relay.max_event_bytes (%zu)",
+                 rt->value.len, rt->conf->max_event_bytes);
         return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     }
 
@@ -538,10 +535,9 @@ static long field_text(outboxd_router_t *rt, json_t *obj, const char *name)
     return off;
 }
 
-static int dead_letter_message(outboxd_router_t *rt, msg_binding_t *m,
-                               const outboxd_pgo_msg_t *msg, const char *reason,
-                               const outboxd_change_ctx_t *ctx, outboxd_record_t *rec,
-                               char *errstr, size_t errstr_size)
+static int dead_letter_message(outboxd_router_t *rt, msg_binding_t *m, const outboxd_pgo_msg_t *msg,
+                               const char *reason, const outboxd_change_ctx_t *ctx,
+                               outboxd_record_t *rec, char *errstr, size_t errstr_size)
 {
     size_t len = msg->u.message.content_len;
     if (len > rt->conf->max_event_bytes)
@@ -611,8 +607,7 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     for (int i = 0; i < 5; i++) {
         off[i] = field_text(rt, o, names[i]);
         if (off[i] < 0) {
-            snprintf(reason, sizeof(reason), "message field '%s' is missing or null",
-                     names[i]);
+            snprintf(reason, sizeof(reason), "message field '%s' is missing or null", names[i]);
             return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
         }
     }
@@ -634,8 +629,7 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
         outboxd_buf_append_str(&rt->topic, rt->scratch.data + f);
     }
     const char *sc = rt->scratch.data;
-    if (ts_off >= 0 &&
-        outboxd_parse_timestamp(sc + ts_off, strlen(sc + ts_off), &occurred) < 0) {
+    if (ts_off >= 0 && outboxd_parse_timestamp(sc + ts_off, strlen(sc + ts_off), &occurred) < 0) {
         snprintf(reason, sizeof(reason), "message field 'timestamp' is not a timestamp");
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
     }
@@ -663,9 +657,8 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     if (outboxd_avro_encode(rt->avro, &ev, &rt->value, errstr, errstr_size) < 0)
         return -1;
     if (rt->value.len > rt->conf->max_event_bytes) {
-        snprintf(reason, sizeof(reason),
-                 "event of %zu bytes exceeds relay.max_event_bytes (%zu)", rt->value.len,
-                 rt->conf->max_event_bytes);
+        snprintf(reason, sizeof(reason), "event of %zu bytes exceeds relay.max_event_bytes (%zu)",
+                 rt->value.len, rt->conf->max_event_bytes);
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
     }
     rec->topic = rt->topic.data;
@@ -746,14 +739,14 @@ int outboxd_parse_timestamp(const char *s, size_t len, int64_t *out_us)
 {
     const char *p = s, *end = s + len;
     int y, mo, d, h, mi, sec;
-    if (digits(&p, end, 4, &y) || p >= end || *p++ != '-' || digits(&p, end, 2, &mo) ||
-        p >= end || *p++ != '-' || digits(&p, end, 2, &d))
+    if (digits(&p, end, 4, &y) || p >= end || *p++ != '-' || digits(&p, end, 2, &mo) || p >= end ||
+        *p++ != '-' || digits(&p, end, 2, &d))
         return -1;
     if (p >= end || (*p != ' ' && *p != 'T'))
         return -1;
     p++;
-    if (digits(&p, end, 2, &h) || p >= end || *p++ != ':' || digits(&p, end, 2, &mi) ||
-        p >= end || *p++ != ':' || digits(&p, end, 2, &sec))
+    if (digits(&p, end, 2, &h) || p >= end || *p++ != ':' || digits(&p, end, 2, &mi) || p >= end ||
+        *p++ != ':' || digits(&p, end, 2, &sec))
         return -1;
     int64_t frac = 0;
     if (p < end && *p == '.') {

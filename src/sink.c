@@ -15,14 +15,32 @@
 
 /* How long one blocking transactional call may take before we retry it
  * (keeping the replication connection alive in between). */
-#define TXN_CALL_TIMEOUT_MS 10000
+#define TXN_CALL_TIMEOUT_MS        10000
 #define READ_CHECKPOINT_TIMEOUT_MS 30000
+#define MAX_PRODUCERS              4
 
+/*
+ * Why several producers: right after EndTxn the broker's transaction
+ * coordinator is still writing commit markers, and an AddPartitionsToTxn for
+ * the next transaction of the same transactional.id is answered with
+ * CONCURRENT_TRANSACTIONS, which librdkafka 2.0 retries after a fixed 20 ms.
+ * Back-to-back transactions therefore cost 20 ms each. Using a small ring of
+ * producers (transactional.id <prefix>.<source>, <prefix>.<source>.1, ...)
+ * in turn gives each one a whole commit cycle to settle. Transactions are
+ * still strictly sequential (the next one begins only after the previous
+ * commit returned), so events keep their order in every partition, and the
+ * checkpoint records of all producers land in one partition (same key) in
+ * commit order. init_transactions on every id fences every producer of an
+ * older instance.
+ */
 struct outboxd_sink {
     const outboxd_config_t *conf;
     const outboxd_source_conf_t *src;
-    rd_kafka_t *rk;
-    char txnid[256];
+    rd_kafka_t *rk; /* the producer of the current/next transaction */
+    rd_kafka_t *rks[MAX_PRODUCERS];
+    int n_rks;
+    int cur;
+    char txnid[256]; /* of rks[0]; the others append .1, .2, ... */
     bool initialized;
     bool in_txn;
     outboxd_keepalive_cb keepalive;
@@ -45,6 +63,17 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         LOG_WARN(s->src->name, "kafka: %s: %s", rd_kafka_err2name(err), reason);
 }
 
+/* Delivery failures surface as an abortable commit_transaction error; the
+ * callback is registered because librdkafka's flush inside
+ * commit_transaction wakes up on delivery reports instead of polling in
+ * 10 ms steps, which shortens every commit by several milliseconds. */
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)m;
+    (void)opaque;
+}
+
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
@@ -60,18 +89,26 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static bool producer_only(const char *key)
 {
-    static const char *prefixes[] = {"compression.", "linger.", "batch.", "queue.buffering.",
-                                     "acks", "request.required.acks", "enable.idempotence",
-                                     "transaction", "message.timeout", "retries",
-                                     "delivery.", "partitioner", "sticky."};
+    static const char *prefixes[] = {"compression.",
+                                     "linger.",
+                                     "batch.",
+                                     "queue.buffering.",
+                                     "acks",
+                                     "request.required.acks",
+                                     "enable.idempotence",
+                                     "transaction",
+                                     "message.timeout",
+                                     "retries",
+                                     "delivery.",
+                                     "partitioner",
+                                     "sticky."};
     for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
         if (strncmp(key, prefixes[i], strlen(prefixes[i])) == 0)
             return true;
     return false;
 }
 
-static int set(rd_kafka_conf_t *kc, const char *k, const char *v, char *errstr,
-               size_t errstr_size)
+static int set(rd_kafka_conf_t *kc, const char *k, const char *v, char *errstr, size_t errstr_size)
 {
     char e[512];
     if (rd_kafka_conf_set(kc, k, v, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
@@ -111,9 +148,39 @@ static bool user_set(const outboxd_config_t *conf, const char *key)
     return false;
 }
 
+static rd_kafka_t *new_producer(outboxd_sink_t *s, const char *txnid, char *errstr,
+                                size_t errstr_size)
+{
+    const outboxd_config_t *conf = s->conf;
+    rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
+    if (!kc)
+        return NULL;
+    if (set(kc, "transactional.id", txnid, errstr, errstr_size) < 0)
+        goto fail;
+    /* Bound what librdkafka may buffer: a huge PostgreSQL transaction is
+     * split into Kafka transactions of max_batch_events, so this is only
+     * reached with very large events. */
+    if (!user_set(conf, "queue.buffering.max.kbytes") &&
+        set(kc, "queue.buffering.max.kbytes", "65536", errstr, errstr_size) < 0)
+        goto fail;
+    rd_kafka_conf_set_error_cb(kc, error_cb);
+    rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
+    rd_kafka_conf_set_opaque(kc, s);
+    char e[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
+    if (!rk) {
+        snprintf(errstr, errstr_size, "creating Kafka producer: %s", e);
+        goto fail;
+    }
+    return rk;
+fail:
+    rd_kafka_conf_destroy(kc);
+    return NULL;
+}
+
 outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                                 outboxd_keepalive_cb keepalive, void *opaque,
-                                 volatile int *stop, char *errstr, size_t errstr_size)
+                                 outboxd_keepalive_cb keepalive, void *opaque, volatile int *stop,
+                                 char *errstr, size_t errstr_size)
 {
     outboxd_sink_t *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -127,32 +194,27 @@ outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_sou
     s->stop = stop;
     snprintf(s->txnid, sizeof(s->txnid), "%s.%s", conf->transactional_id_prefix, src->name);
 
-    rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
-    if (!kc)
-        goto fail;
-    if (set(kc, "transactional.id", s->txnid, errstr, errstr_size) < 0) {
-        rd_kafka_conf_destroy(kc);
-        goto fail;
+    s->n_rks = conf->producers_per_source;
+    if (s->n_rks < 1)
+        s->n_rks = 1;
+    if (s->n_rks > MAX_PRODUCERS)
+        s->n_rks = MAX_PRODUCERS;
+    for (int i = 0; i < s->n_rks; i++) {
+        char txnid[300];
+        if (i == 0)
+            snprintf(txnid, sizeof(txnid), "%s", s->txnid);
+        else
+            snprintf(txnid, sizeof(txnid), "%s.%d", s->txnid, i);
+        s->rks[i] = new_producer(s, txnid, errstr, errstr_size);
+        if (!s->rks[i])
+            goto fail;
     }
-    /* Bound what librdkafka may buffer: a huge PostgreSQL transaction is
-     * split into Kafka transactions of max_batch_events, so this is only
-     * reached with very large events. */
-    if (!user_set(conf, "queue.buffering.max.kbytes") &&
-        set(kc, "queue.buffering.max.kbytes", "65536", errstr, errstr_size) < 0) {
-        rd_kafka_conf_destroy(kc);
-        goto fail;
-    }
-    rd_kafka_conf_set_error_cb(kc, error_cb);
-    rd_kafka_conf_set_opaque(kc, s);
-    char e[512];
-    s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
-    if (!s->rk) {
-        snprintf(errstr, errstr_size, "creating Kafka producer: %s", e);
-        rd_kafka_conf_destroy(kc);
-        goto fail;
-    }
+    s->rk = s->rks[0];
     return s;
 fail:
+    for (int i = 0; i < s->n_rks; i++)
+        if (s->rks[i])
+            rd_kafka_destroy(s->rks[i]);
     free(s);
     return NULL;
 }
@@ -161,14 +223,14 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
 {
     if (!s)
         return;
-    if (s->rk) {
-        if (s->in_txn) {
-            rd_kafka_error_t *err = rd_kafka_abort_transaction(s->rk, 5000);
-            if (err)
-                rd_kafka_error_destroy(err);
-        }
-        rd_kafka_flush(s->rk, 5000);
-        rd_kafka_destroy(s->rk);
+    if (s->rk && s->in_txn) {
+        rd_kafka_error_t *err = rd_kafka_abort_transaction(s->rk, 5000);
+        if (err)
+            rd_kafka_error_destroy(err);
+    }
+    for (int i = 0; i < s->n_rks; i++) {
+        rd_kafka_flush(s->rks[i], 5000);
+        rd_kafka_destroy(s->rks[i]);
     }
     outboxd_buf_free(&s->ckbuf);
     free(s);
@@ -181,7 +243,16 @@ bool outboxd_sink_in_txn(const outboxd_sink_t *s)
 
 void outboxd_sink_poll(outboxd_sink_t *s)
 {
-    rd_kafka_poll(s->rk, 0);
+    for (int i = 0; i < s->n_rks; i++)
+        rd_kafka_poll(s->rks[i], 0);
+}
+
+/* After a transaction ended (committed or aborted): the next one goes to
+ * the next producer of the ring. */
+static void rotate(outboxd_sink_t *s)
+{
+    s->cur = (s->cur + 1) % s->n_rks;
+    s->rk = s->rks[s->cur];
 }
 
 /* Maps a transactional API error to a status, logging it. */
@@ -236,8 +307,7 @@ static outboxd_sink_status_t ensure_checkpoint_topic(outboxd_sink_t *s, char *er
     char e[512];
     if (topic_exists(s, s->conf->checkpoint_topic))
         return OUTBOXD_SINK_OK;
-    rd_kafka_NewTopic_t *nt =
-        rd_kafka_NewTopic_new(s->conf->checkpoint_topic, 1, -1, e, sizeof(e));
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(s->conf->checkpoint_topic, 1, -1, e, sizeof(e));
     if (!nt) {
         snprintf(errstr, errstr_size, "checkpoint topic: %s", e);
         return OUTBOXD_SINK_FATAL;
@@ -247,7 +317,8 @@ static outboxd_sink_status_t ensure_checkpoint_topic(outboxd_sink_t *s, char *er
      * short. */
     rd_kafka_NewTopic_set_config(nt, "segment.ms", "600000");
     rd_kafka_queue_t *q = rd_kafka_queue_new(s->rk);
-    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(s->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_t *opts =
+        rd_kafka_AdminOptions_new(s->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(opts, 15000, e, sizeof(e));
     rd_kafka_CreateTopics(s->rk, &nt, 1, opts, q);
     rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 20000);
@@ -257,8 +328,8 @@ static outboxd_sink_status_t ensure_checkpoint_topic(outboxd_sink_t *s, char *er
                  s->conf->checkpoint_topic);
         st = OUTBOXD_SINK_RETRY;
     } else if (rd_kafka_event_error(ev)) {
-        snprintf(errstr, errstr_size, "creating checkpoint topic %s: %s",
-                 s->conf->checkpoint_topic, rd_kafka_event_error_string(ev));
+        snprintf(errstr, errstr_size, "creating checkpoint topic %s: %s", s->conf->checkpoint_topic,
+                 rd_kafka_event_error_string(ev));
         st = OUTBOXD_SINK_RETRY;
     } else {
         const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
@@ -321,8 +392,7 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
     rd_kafka_resp_err_t err = rd_kafka_metadata(c, 0, t, &md, 15000);
     rd_kafka_topic_partition_list_t *parts = NULL;
     if (err || md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt < 1) {
-        snprintf(errstr, errstr_size, "checkpoint topic %s metadata: %s",
-                 s->conf->checkpoint_topic,
+        snprintf(errstr, errstr_size, "checkpoint topic %s metadata: %s", s->conf->checkpoint_topic,
                  rd_kafka_err2str(err ? err : (md && md->topic_cnt ? md->topics[0].err : 0)));
         goto out;
     }
@@ -382,14 +452,20 @@ out:
     return st;
 }
 
-outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck,
-                                        char *errstr, size_t errstr_size)
+outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck, char *errstr,
+                                        size_t errstr_size)
 {
-    if (!s->initialized) {
+    while (!s->initialized) {
+        /* s->cur counts the producers initialized so far. */
+        s->rk = s->rks[s->cur];
         rd_kafka_error_t *err = rd_kafka_init_transactions(s->rk, 30000);
         if (err)
             return classify(s, err, "init_transactions", errstr, errstr_size);
-        s->initialized = true;
+        if (++s->cur == s->n_rks) {
+            s->cur = 0;
+            s->rk = s->rks[0];
+            s->initialized = true;
+        }
     }
     outboxd_sink_status_t st = ensure_checkpoint_topic(s, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
@@ -413,6 +489,7 @@ outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t
         rd_kafka_error_t *err = rd_kafka_abort_transaction(s->rk, TXN_CALL_TIMEOUT_MS);
         if (!err) {
             s->in_txn = false;
+            rotate(s);
             return OUTBOXD_SINK_OK;
         }
         outboxd_sink_status_t st = classify(s, err, "abort_transaction", errstr, errstr_size);
@@ -424,8 +501,8 @@ outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t
 }
 
 /* After an abortable error: abort, report ABORTED (or FATAL). */
-static outboxd_sink_status_t abort_after(outboxd_sink_t *s, outboxd_sink_status_t st,
-                                         char *errstr, size_t errstr_size)
+static outboxd_sink_status_t abort_after(outboxd_sink_t *s, outboxd_sink_status_t st, char *errstr,
+                                         size_t errstr_size)
 {
     if (st == OUTBOXD_SINK_FATAL)
         return st;
@@ -453,8 +530,8 @@ static outboxd_sink_status_t begin(outboxd_sink_t *s, char *errstr, size_t errst
 
 static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, const void *key,
                                          size_t key_len, const void *value, size_t value_len,
-                                         const outboxd_header_t *hdrs, size_t n_hdrs,
-                                         char *errstr, size_t errstr_size)
+                                         const outboxd_header_t *hdrs, size_t n_hdrs, char *errstr,
+                                         size_t errstr_size)
 {
     if (!s->in_txn) {
         outboxd_sink_status_t st = begin(s, errstr, errstr_size);
@@ -511,14 +588,15 @@ outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_check
         return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
     }
     outboxd_sink_status_t st =
-        produce_raw(s, s->conf->checkpoint_topic, s->src->name, strlen(s->src->name),
-                    s->ckbuf.data, s->ckbuf.len, NULL, 0, errstr, errstr_size);
+        produce_raw(s, s->conf->checkpoint_topic, s->src->name, strlen(s->src->name), s->ckbuf.data,
+                    s->ckbuf.len, NULL, 0, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
         return st;
     for (int attempt = 0;; attempt++) {
         rd_kafka_error_t *err = rd_kafka_commit_transaction(s->rk, TXN_CALL_TIMEOUT_MS);
         if (!err) {
             s->in_txn = false;
+            rotate(s);
             return OUTBOXD_SINK_OK;
         }
         st = classify(s, err, "commit_transaction", errstr, errstr_size);

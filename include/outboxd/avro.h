@@ -33,7 +33,7 @@ typedef struct outboxd_envelope {
     outboxd_str_t aggregate_type;
     outboxd_str_t aggregate_id;
     bool payload_null;
-    outboxd_str_t payload; /* JSON text */
+    outboxd_str_t payload;  /* JSON text */
     int64_t occurred_at_us; /* Unix epoch microseconds */
     outboxd_str_t source_name;
     outboxd_str_t database;

@@ -37,8 +37,8 @@ int outboxd_checkpoint_encode(const char *source, const outboxd_checkpoint_t *ck
                               outboxd_buf_t *out);
 
 /* Parses a value. Returns 0, or -1 with errstr filled. */
-int outboxd_checkpoint_decode(const void *data, size_t len, outboxd_checkpoint_t *ck,
-                              char *errstr, size_t errstr_size);
+int outboxd_checkpoint_decode(const void *data, size_t len, outboxd_checkpoint_t *ck, char *errstr,
+                              size_t errstr_size);
 
 /*
  * Whether change number change_index (0-based, counting every change message

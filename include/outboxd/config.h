@@ -67,11 +67,11 @@ typedef struct outboxd_message_conf {
 
 typedef struct outboxd_source_conf {
     char *name;
-    char *dsn;           /* libpq connection string, without the password */
-    char *password_file; /* may be NULL */
-    char *password;      /* read from password_file at load time; may be NULL */
-    char *slot;          /* default "outboxd_<name>" */
-    char *publication;   /* default "outboxd_<name>" */
+    char *dsn;               /* libpq connection string, without the password */
+    char *password_file;     /* may be NULL */
+    char *password;          /* read from password_file at load time; may be NULL */
+    char *slot;              /* default "outboxd_<name>" */
+    char *publication;       /* default "outboxd_<name>" */
     bool create_slot;        /* default true */
     bool create_publication; /* default true */
     outboxd_table_conf_t *tables;
@@ -85,8 +85,8 @@ typedef struct outboxd_config {
     char *path; /* as given to load, for messages */
 
     /* kafka: */
-    char *bootstrap_servers;       /* required */
-    char *transactional_id_prefix; /* default "outboxd" */
+    char *bootstrap_servers;        /* required */
+    char *transactional_id_prefix;  /* default "outboxd" */
     outboxd_kv_t *kafka_properties; /* passed to librdkafka as-is */
     size_t n_kafka_properties;
 
@@ -94,14 +94,18 @@ typedef struct outboxd_config {
     char *schema_registry_url; /* may be NULL */
 
     /* relay: */
-    int commit_interval_ms;    /* default 20 */
-    int max_batch_events;      /* default 5000 */
-    size_t max_event_bytes;    /* default 1000000 */
-    char *checkpoint_topic;    /* default "outboxd.checkpoints" */
-    char *dead_letter_topic;   /* default "outboxd.dlt" */
-    int status_interval_ms;    /* default 10000: standby status update period */
+    int commit_interval_ms;       /* default 20 */
+    int max_batch_events;         /* default 5000 */
+    size_t max_event_bytes;       /* default 1000000 */
+    char *checkpoint_topic;       /* default "outboxd.checkpoints" */
+    char *dead_letter_topic;      /* default "outboxd.dlt" */
+    int status_interval_ms;       /* default 10000: standby status update period */
     int reconnect_max_backoff_ms; /* default 30000 */
-    char *log_level;           /* default "info" */
+    char *log_level;              /* default "info" */
+    /* Transactional producers per source used in turn (default 2), so a
+     * transaction never waits for the broker to finish writing the previous
+     * one's commit markers (see sink.c). */
+    int producers_per_source;
 
     /* metrics: (reserved for the operations issue) */
     char *metrics_listen; /* may be NULL */
@@ -114,8 +118,8 @@ typedef struct outboxd_config {
 outboxd_config_t *outboxd_config_load(const char *path, char *errstr, size_t errstr_size);
 
 /* Same, from memory; name is used as the file name in messages. */
-outboxd_config_t *outboxd_config_parse(const char *text, size_t len, const char *name,
-                                       char *errstr, size_t errstr_size);
+outboxd_config_t *outboxd_config_parse(const char *text, size_t len, const char *name, char *errstr,
+                                       size_t errstr_size);
 
 void outboxd_config_destroy(outboxd_config_t *conf);
 

@@ -107,7 +107,7 @@ typedef struct outboxd_pgo_msg {
             char old_kind;
             outboxd_pgo_tuple_t old_tuple; /* ncols 0 when absent */
             outboxd_pgo_tuple_t new_tuple; /* ncols 0 for DELETE */
-        } change; /* INSERT, UPDATE, DELETE */
+        } change;                          /* INSERT, UPDATE, DELETE */
         struct {
             uint8_t options; /* 1 CASCADE, 2 RESTART IDENTITY */
             int nrels;
@@ -177,7 +177,7 @@ int outboxd_pgo_decode(outboxd_pgo_decoder_t *dec, const uint8_t *buf, size_t le
 
 /* Cached relation by oid, or NULL. */
 const outboxd_pgo_relation_t *outboxd_pgo_relation_get(const outboxd_pgo_decoder_t *dec,
-                                                        uint32_t oid);
+                                                       uint32_t oid);
 
 /* Human-readable name of a message kind ("Begin", "Stream Commit", ...). */
 const char *outboxd_pgo_kind_name(outboxd_pgo_kind_t kind);

@@ -57,8 +57,7 @@ int outboxd_repl_fd(const outboxd_repl_t *r);
  * (NONE when nothing is buffered), or -1 when the stream failed or ended
  * (errstr says why: server gone, slot dropped, protocol error).
  */
-int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr,
-                      size_t errstr_size);
+int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr, size_t errstr_size);
 
 /*
  * Sends a standby status update: written = flushed = applied = lsn. The

@@ -53,9 +53,8 @@ typedef enum {
 typedef struct outboxd_router outboxd_router_t;
 
 /* conf and src must outlive the router. database is copied. NULL + errstr on error. */
-outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf,
-                                     const outboxd_source_conf_t *src, const char *database,
-                                     char *errstr, size_t errstr_size);
+outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
+                                     const char *database, char *errstr, size_t errstr_size);
 void outboxd_router_destroy(outboxd_router_t *rt);
 
 /*

@@ -37,8 +37,8 @@ typedef void (*outboxd_keepalive_cb)(void *opaque);
 
 /* conf and src must outlive the sink. NULL + errstr on a configuration error. */
 outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                                 outboxd_keepalive_cb keepalive, void *opaque,
-                                 volatile int *stop, char *errstr, size_t errstr_size);
+                                 outboxd_keepalive_cb keepalive, void *opaque, volatile int *stop,
+                                 char *errstr, size_t errstr_size);
 void outboxd_sink_destroy(outboxd_sink_t *s);
 
 /*
@@ -48,8 +48,8 @@ void outboxd_sink_destroy(outboxd_sink_t *s);
  * *ck (zeroed when there is none). Must be called once before begin; may be
  * called again after OUTBOXD_SINK_RETRY.
  */
-outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck,
-                                        char *errstr, size_t errstr_size);
+outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck, char *errstr,
+                                        size_t errstr_size);
 
 /* Whether a Kafka transaction is open. */
 bool outboxd_sink_in_txn(const outboxd_sink_t *s);

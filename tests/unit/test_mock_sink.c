@@ -179,8 +179,7 @@ static void test_aborted_transaction_invisible(void **state)
 
     /* The next produce fails permanently: the transaction must abort and
      * its checkpoint must not become visible. */
-    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1,
-                                      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
     assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
     outboxd_checkpoint_t c2 = ck_at(0x300, 0x340, -1);
     assert_int_equal(outboxd_sink_commit(a, &c2, err, sizeof(err)), OUTBOXD_SINK_ABORTED);

@@ -37,9 +37,8 @@ static const char *CONFIG = "kafka:\n"
                             "      - prefix: outbox\n";
 
 static outboxd_pgo_column_t COLS[] = {
-    {"id", 2950, -1, true},       {"aggregatetype", 25, -1, false},
-    {"aggregateid", 25, -1, false}, {"type", 25, -1, false},
-    {"payload", 3802, -1, false}, {"ts", 1184, -1, false},
+    {"id", 2950, -1, true},    {"aggregatetype", 25, -1, false}, {"aggregateid", 25, -1, false},
+    {"type", 25, -1, false},   {"payload", 3802, -1, false},     {"ts", 1184, -1, false},
     {"tenant", 25, -1, false},
 };
 
@@ -270,15 +269,13 @@ static void test_update_delete_policies(void **state)
     fixture_t *f = *state;
     outboxd_record_t rec;
     char err[512];
-    assert_int_equal(route_kind(f, OUTBOXD_PGO_UPDATE, &f->rel, &rec, err),
-                     OUTBOXD_ROUTE_IGNORE);
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_UPDATE, &f->rel, &rec, err), OUTBOXD_ROUTE_IGNORE);
     assert_int_equal(route_kind(f, OUTBOXD_PGO_UPDATE, &f->rel_pub, &rec, err),
                      OUTBOXD_ROUTE_EVENT);
     assert_string_equal(rec.topic, "fixed.OrderCreated");
     assert_int_equal(route_kind(f, OUTBOXD_PGO_UPDATE, &f->rel_dlt, &rec, err),
                      OUTBOXD_ROUTE_DEAD_LETTER);
-    assert_int_equal(route_kind(f, OUTBOXD_PGO_DELETE, &f->rel, &rec, err),
-                     OUTBOXD_ROUTE_IGNORE);
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_DELETE, &f->rel, &rec, err), OUTBOXD_ROUTE_IGNORE);
     assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel_other, &rec, err),
                      OUTBOXD_ROUTE_IGNORE);
     outboxd_router_stats_t st;
@@ -357,8 +354,12 @@ static void test_timestamps(void **state)
     s = "2026-11-24 12:00:00";
     assert_int_equal(outboxd_parse_timestamp(s, strlen(s), &us), 0);
     assert_int_equal(us, 1795521600000000LL);
-    const char *bad[] = {"", "2026-11-24", "2026-13-01 00:00:00", "2026-11-24 12:00:00+",
-                         "2026-11-24 12:00:00.", "2026-11-24 12:00:00 junk"};
+    const char *bad[] = {"",
+                         "2026-11-24",
+                         "2026-13-01 00:00:00",
+                         "2026-11-24 12:00:00+",
+                         "2026-11-24 12:00:00.",
+                         "2026-11-24 12:00:00 junk"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(outboxd_parse_timestamp(bad[i], strlen(bad[i]), &us), -1);
 }

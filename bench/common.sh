@@ -1,0 +1,69 @@
+# Shared setup for benchmarks: a private stack (tests/stack/stack.sh) that is
+# stopped on exit, the built binaries, and an outbox database. Source it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build}
+OUTBOXD_BIN=$BUILD/outboxd
+OKCAT=$BUILD/tests/tools/okcat
+[ -x "$OUTBOXD_BIN" ] && [ -x "$OKCAT" ] || {
+    echo "bench: build first (cmake -S . -B build -G Ninja && ninja -C build)" >&2
+    exit 2
+}
+export STACK_DIR=${BENCH_STACK_DIR:-/tmp/outboxd-bench-$$}
+export STACK_OWNER_PID=$$
+WORK=$(mktemp -d /tmp/outboxd-bench-work.XXXXXX)
+BG=()
+bench_cleanup() {
+    for p in "${BG[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "${BENCH_STACK_DIR:-}" ] || "$ROOT/tests/stack/stack.sh" stop --clean >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap bench_cleanup EXIT
+"$ROOT/tests/stack/stack.sh" start >&2
+# shellcheck disable=SC1091
+source "$STACK_DIR/env"
+export PGHOST PGPORT PGUSER PATH="$PG_BIN:$PATH"
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
+
+# bench_db NAME: a fresh database with the outbox table and a publication.
+bench_db() {
+    DB=$1
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null 2>&1
+    q -c "CREATE TABLE outbox (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            aggregatetype text NOT NULL,
+            aggregateid text NOT NULL,
+            type text NOT NULL,
+            payload jsonb)" -c "CREATE PUBLICATION bench_pub FOR TABLE outbox"
+}
+
+# bench_config FILE SLOT: relay configuration for database $DB.
+bench_config() {
+    printf '%s\n' \
+        "kafka:" \
+        "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" \
+        "  transactional_id_prefix: bench" \
+        "relay:" \
+        "  checkpoint_topic: bench.checkpoints" \
+        "  dead_letter_topic: bench.dlt" \
+        "  producers_per_source: ${BENCH_PRODUCERS:-2}" \
+        "sources:" \
+        "  - name: $DB" \
+        "    dsn: \"host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER\"" \
+        "    slot: $2" \
+        "    publication: bench_pub" \
+        "    tables:" \
+        "      - table: public.outbox" \
+        "        topic: \"bench.\${aggregatetype}\"" >"$1"
+}
+
+# slot_done SLOT LSN: true once the slot has confirmed LSN.
+slot_done() {
+    [ "$(q -c "SELECT coalesce(confirmed_flush_lsn >= '$2', false) FROM pg_replication_slots WHERE slot_name = '$1'")" = t ]
+}
+
+peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+now_ms() { date +%s%3N; }
