@@ -404,6 +404,47 @@ static outboxd_str_t cstr(const char *s)
     return r;
 }
 
+/*
+ * Fills the source part of ev, encodes it into rt->value and checks the size.
+ * Returns 0, -1 on an encoder failure (errstr), or 1 when the event is over
+ * max_event_bytes (reason filled: the caller dead-letters the change).
+ */
+static int encode_event(outboxd_router_t *rt, outboxd_envelope_t *ev, const char *table,
+                        const outboxd_change_ctx_t *ctx, char *reason, size_t reason_size,
+                        char *errstr, size_t errstr_size)
+{
+    ev->source_name = cstr(rt->src->name);
+    ev->database = cstr(rt->database);
+    ev->table = cstr(table);
+    ev->lsn = ctx->lsn;
+    ev->commit_lsn = ctx->commit_lsn;
+    ev->xid = ctx->xid;
+    ev->commit_time_us = ctx->commit_time_us;
+    outboxd_buf_reset(&rt->value);
+    if (outboxd_avro_encode(rt->avro, ev, &rt->value, errstr, errstr_size) < 0)
+        return -1;
+    if (rt->value.len > rt->conf->max_event_bytes) {
+        snprintf(reason, reason_size, "event of %zu bytes exceeds relay.max_event_bytes (%zu)",
+                 rt->value.len, rt->conf->max_event_bytes);
+        return 1;
+    }
+    return 0;
+}
+
+/* The event record: templated topic, key, Avro value, id and type headers. */
+static void event_record(outboxd_router_t *rt, outboxd_record_t *rec, const outboxd_envelope_t *ev,
+                         outboxd_str_t key)
+{
+    rec->topic = rt->topic.data;
+    rec->key = key.ptr;
+    rec->key_len = key.len;
+    rec->value = rt->value.data;
+    rec->value_len = rt->value.len;
+    add_header(rec, "id", ev->id.ptr, ev->id.len);
+    add_header(rec, "type", ev->type.ptr, ev->type.len);
+    rt->stats.events++;
+}
+
 static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
                      const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                      size_t errstr_size)
@@ -477,37 +518,19 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
         .payload_null = false,
         .payload = dstr(datum(t, b->c_payload)),
         .occurred_at_us = occurred,
-        .source_name = cstr(rt->src->name),
-        .database = cstr(rt->database),
-        .table = cstr(b->table_name),
-        .lsn = ctx->lsn,
-        .commit_lsn = ctx->commit_lsn,
-        .xid = ctx->xid,
-        .commit_time_us = ctx->commit_time_us,
     };
-    outboxd_buf_reset(&rt->value);
-    if (outboxd_avro_encode(rt->avro, &ev, &rt->value, errstr, errstr_size) < 0)
+    int enc =
+        encode_event(rt, &ev, b->table_name, ctx, reason, sizeof(reason), errstr, errstr_size);
+    if (enc < 0)
         return -1;
-    if (rt->value.len > rt->conf->max_event_bytes) {
-        snprintf(reason, sizeof(reason), "event of %zu bytes exceeds relay.max_event_bytes (%zu)",
-                 rt->value.len, rt->conf->max_event_bytes);
+    if (enc > 0)
         return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
-    }
-
-    const outboxd_pgo_datum_t *key = datum(t, b->c_key);
-    rec->topic = rt->topic.data;
-    rec->key = key->data;
-    rec->key_len = key->len;
-    rec->value = rt->value.data;
-    rec->value_len = rt->value.len;
-    add_header(rec, "id", id->data, id->len);
-    add_header(rec, "type", type->data, type->len);
+    event_record(rt, rec, &ev, dstr(datum(t, b->c_key)));
     for (size_t h = 0; h < b->tc->n_header_columns; h++) {
         const outboxd_pgo_datum_t *d = datum(t, b->c_headers[h]);
         if (has_text(d))
             add_header(rec, b->tc->header_columns[h], d->data, d->len);
     }
-    rt->stats.events++;
     return OUTBOXD_ROUTE_EVENT;
 }
 
@@ -645,30 +668,14 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
         .type = cstr(sc + off[3]),
         .payload = cstr(sc + off[4]),
         .occurred_at_us = occurred,
-        .source_name = cstr(rt->src->name),
-        .database = cstr(rt->database),
-        .table = cstr(m->table_name),
-        .lsn = ctx->lsn,
-        .commit_lsn = ctx->commit_lsn,
-        .xid = ctx->xid,
-        .commit_time_us = ctx->commit_time_us,
     };
-    outboxd_buf_reset(&rt->value);
-    if (outboxd_avro_encode(rt->avro, &ev, &rt->value, errstr, errstr_size) < 0)
+    int enc =
+        encode_event(rt, &ev, m->table_name, ctx, reason, sizeof(reason), errstr, errstr_size);
+    if (enc < 0)
         return -1;
-    if (rt->value.len > rt->conf->max_event_bytes) {
-        snprintf(reason, sizeof(reason), "event of %zu bytes exceeds relay.max_event_bytes (%zu)",
-                 rt->value.len, rt->conf->max_event_bytes);
+    if (enc > 0)
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
-    }
-    rec->topic = rt->topic.data;
-    rec->key = sc + off[2];
-    rec->key_len = strlen(sc + off[2]);
-    rec->value = rt->value.data;
-    rec->value_len = rt->value.len;
-    add_header(rec, "id", sc + off[0], strlen(sc + off[0]));
-    add_header(rec, "type", sc + off[3], strlen(sc + off[3]));
-    rt->stats.events++;
+    event_record(rt, rec, &ev, cstr(sc + off[2]));
     return OUTBOXD_ROUTE_EVENT;
 }
 

@@ -64,8 +64,10 @@ struct outboxd_source {
     outboxd_lsn_t sent_lsn;
     int64_t last_status_ms;
 
-    /* Counters for the periodic log line. */
+    /* Counters for the periodic log line; events and dead letters count
+     * once their Kafka transaction committed. */
     uint64_t n_events, n_dead, n_commits, n_aborts, n_skipped;
+    uint64_t batch_n_events, batch_n_dead;
     int64_t last_stats_ms;
     uint64_t logged_events;
 };
@@ -159,6 +161,7 @@ static int rewind_stream(outboxd_source_t *s, const char *why)
              (long long)s->ck_committed.changes);
     s->batch_open = false;
     s->batch_events = 0;
+    s->batch_n_events = s->batch_n_dead = 0;
     close_stream(s);
     return -1;
 }
@@ -196,6 +199,9 @@ static int commit_batch(outboxd_source_t *s)
         return rewind_stream(s, err);
     }
     s->n_commits++;
+    s->n_events += s->batch_n_events;
+    s->n_dead += s->batch_n_dead;
+    s->batch_n_events = s->batch_n_dead = 0;
     if (outboxd_log_get_level() <= OUTBOXD_LOG_DEBUG) {
         char lsn[OUTBOXD_LSN_STRLEN];
         outboxd_lsn_format(ck.commit_lsn, lsn);
@@ -272,9 +278,9 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         outboxd_lsn_format(wal_start, lsn);
         LOG_WARN(s->name, "change at %s (xid %u) sent to dead-letter topic %s: %s", lsn, s->txn_xid,
                  s->conf->dead_letter_topic, err);
-        s->n_dead++;
+        s->batch_n_dead++;
     } else {
-        s->n_events++;
+        s->batch_n_events++;
     }
     int rc = publish(s, &rec);
     if (rc < 0)
