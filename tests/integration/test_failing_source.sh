@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# labels: asan
 # One failing source does not stop the others: source B points at a database
 # that does not exist yet; A relays its events meanwhile while B is retried
 # with backoff. Once B's database appears, B catches up. SIGINT stops the

@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# labels: asan
 # Three databases, ~10,000 outbox rows written concurrently (single- and
 # multi-row transactions), one relay: a read_committed consumer gets every
 # event exactly once, on the templated topic, keyed by aggregate id, in commit

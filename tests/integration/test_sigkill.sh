@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# labels: asan
 # Exactly-once across crashes: the relay is killed with SIGKILL at random
 # moments (6 times) while two databases are being written; after a final
 # clean run every event is in Kafka exactly once and in order per key.
