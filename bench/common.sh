@@ -49,6 +49,7 @@ bench_config() {
         "relay:" \
         "  checkpoint_topic: bench.checkpoints" \
         "  dead_letter_topic: bench.dlt" \
+        "  log_level: ${BENCH_LOG_LEVEL:-info}" \
         "  producers_per_source: ${BENCH_PRODUCERS:-2}" \
         "sources:" \
         "  - name: $DB" \

@@ -42,3 +42,4 @@ grep -E "^okcat: (latency|consumed)" "$WORK/okcat.out" | sed 's/^okcat: /latency
 grep -E "^tps" "$WORK/pgbench.log" | sed 's/^/latency: pgbench: /'
 echo "latency: rows written=$written (incl. 1 warm-up); relay peak RSS = $((peak / 1024)) MB"
 grep -o 'published.*' "$WORK/relay.log" | tail -n 1 | sed 's/^/latency: relay: /'
+[ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"

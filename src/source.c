@@ -68,6 +68,7 @@ struct outboxd_source {
      * once their Kafka transaction committed. */
     uint64_t n_events, n_dead, n_commits, n_aborts, n_skipped;
     uint64_t batch_n_events, batch_n_dead;
+    int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
 };
@@ -187,6 +188,7 @@ static int commit_batch(outboxd_source_t *s)
     snprintf(ck.slot, sizeof(ck.slot), "%s", s->src->slot);
     char err[512];
     int64_t t0 = outboxd_now_us();
+    int64_t wall0 = outboxd_wall_us();
     outboxd_sink_status_t st = outboxd_sink_commit(s->sink, &ck, err, sizeof(err));
     if (st == OUTBOXD_SINK_FATAL) {
         LOG_ERROR(s->name, "%s", err);
@@ -205,9 +207,13 @@ static int commit_batch(outboxd_source_t *s)
     if (outboxd_log_get_level() <= OUTBOXD_LOG_DEBUG) {
         char lsn[OUTBOXD_LSN_STRLEN];
         outboxd_lsn_format(ck.commit_lsn, lsn);
-        LOG_DEBUG(s->name, "committed %d events in %.1f ms, checkpoint %s changes %lld",
-                  s->batch_events, (double)(outboxd_now_us() - t0) / 1000.0, lsn,
-                  (long long)ck.changes);
+        /* How far behind PostgreSQL's commit the batch started (WAL send +
+         * decode + wait for the previous Kafka commit), and the commit itself. */
+        LOG_DEBUG(s->name,
+                  "committed %d events in %.1f ms (commit began %.1f ms after the batch's first "
+                  "PostgreSQL commit), checkpoint %s changes %lld",
+                  s->batch_events, (double)(outboxd_now_us() - t0) / 1000.0,
+                  (double)(wall0 - s->batch_first_commit_us) / 1000.0, lsn, (long long)ck.changes);
     }
     s->ck_committed = ck;
     s->batch_open = false;
@@ -232,6 +238,7 @@ static int publish(outboxd_source_t *s, const outboxd_record_t *rec)
     if (!s->batch_open) {
         s->batch_open = true;
         s->batch_deadline_ms = outboxd_now_ms() + s->conf->commit_interval_ms;
+        s->batch_first_commit_us = s->txn_commit_time_us;
     }
     s->batch_events++;
     return 0;
