@@ -34,6 +34,11 @@ run_suite() { # run_suite BUILD_DIR CMAKE_ARGS... -- CTEST_ARGS...
     ninja -C "$dir"
     stacks+=("$(cmake -L -N "$dir" 2>/dev/null | sed -n 's/^STACK_DIR:PATH=//p')")
     (cd "$dir" && ctest --output-on-failure -j "$jobs" "$@")
+    # The numbers the integration tests measured (counts of lost and
+    # duplicated events, peak RSS), so they show in a passing run too.
+    echo "--- measured by the integration tests ($dir)"
+    grep -hE "^okcat: expected=|huge_txn_rows=|second relay refused|second signal:|rows written|relay killed|drained [0-9]+ rows" \
+        "$dir/Testing/Temporary/LastTest.log" | sed 's/^/    /' || true
 }
 
 echo "=== build and test (RelWithDebInfo)"
