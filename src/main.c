@@ -69,7 +69,7 @@ static int cmd_check(const outboxd_config_t *conf)
     for (size_t i = 0; i < conf->n_sources; i++) {
         const outboxd_source_conf_t *src = &conf->sources[i];
         outboxd_buf_t report = {0};
-        int n = outboxd_pgsetup_check(src, true, &report);
+        int n = outboxd_pgsetup_check(src, true, &report, NULL);
         if (report.len)
             fputs(report.data, stdout);
         if (report.len && report.data[report.len - 1] != '\n')

@@ -64,6 +64,7 @@ typedef struct check {
     bool pub_exists;          /* the publication exists (possibly created by this check) */
     char pub_created_lsn[32]; /* WAL position just after this check created it, or "" */
     table_state_t *tables;
+    bool slot_created; /* this call created the replication slot */
 } check_t;
 
 /* One configured column name of an outbox table and the key that set it. */
@@ -771,6 +772,7 @@ static void missing_slot(check_t *c)
         if (res) {
             LOG_INFO(src->name, "created replication slot %s (pgoutput) at %s", src->slot,
                      PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "?");
+            c->slot_created = true;
             PQclear(res);
         } else {
             problem(c, "could not create replication slot '%s': %s; create it with: %s", src->slot,
@@ -878,8 +880,11 @@ static void check_slot(check_t *c)
     PQclear(res);
 }
 
-int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report)
+int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
+                          bool *created_slot)
 {
+    if (created_slot)
+        *created_slot = false;
     char err[1024];
     PGconn *conn = outboxd_pg_connect(src, false, err, sizeof(err));
     if (!conn) {
@@ -917,5 +922,7 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
     check_slot(&c);
     PQfinish(conn);
     free(c.tables);
+    if (created_slot)
+        *created_slot = c.slot_created;
     return c.problems;
 }

@@ -68,6 +68,7 @@ struct outboxd_source {
      * once their Kafka transaction committed. */
     uint64_t n_events, n_dead, n_commits, n_aborts, n_skipped;
     uint64_t batch_n_events, batch_n_dead;
+    uint64_t n_slot_recreated;
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
@@ -419,7 +420,8 @@ static int connect_source(outboxd_source_t *s)
 {
     char err[1024];
     outboxd_buf_t report = {0};
-    int problems = outboxd_pgsetup_check(s->src, true, &report);
+    bool created_slot = false;
+    int problems = outboxd_pgsetup_check(s->src, true, &report, &created_slot);
     if (problems != 0) {
         char *line = report.data, *save = NULL;
         for (line = strtok_r(line, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
@@ -477,6 +479,21 @@ static int connect_source(outboxd_source_t *s)
                      ck.system_id, s->ident.system_id);
         s->ck_committed = ck;
         s->sink_ready = true;
+    }
+    if (created_slot && s->ck_committed.commit_lsn) {
+        /* The slot vanished (dropped, or lost in a failover) after this
+         * source had published: whatever was committed in between was never
+         * decoded and cannot be relayed. Say so loudly; the rows are still
+         * in the outbox table unless the services delete them. */
+        char ckl[OUTBOXD_LSN_STRLEN];
+        outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);
+        LOG_ERROR(s->name,
+                  "replication slot %s was missing and has been created again at the current "
+                  "WAL position, but this source had published up to commit %s: outbox rows "
+                  "committed in between were not relayed (they remain in the outbox table "
+                  "unless deleted; republish them by hand)",
+                  s->src->slot, ckl);
+        s->n_slot_recreated++;
     }
     char ckl[OUTBOXD_LSN_STRLEN], pos[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);

@@ -30,8 +30,10 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
  * how to fix it, e.g.
  *   source payment: wal_level is 'replica'; set wal_level = logical in postgresql.conf and restart
  * Returns the number of problems (0 = ready), or -1 if it could not connect
- * (the reason is appended to report).
+ * (the reason is appended to report). *created_slot (may be NULL) tells
+ * whether this call created the replication slot.
  */
-int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report);
+int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
+                          bool *created_slot);
 
 #endif

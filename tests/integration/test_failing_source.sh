@@ -2,8 +2,9 @@
 # One failing source does not stop the others: source B points at a database
 # that does not exist yet; A relays its events meanwhile while B is retried
 # with backoff. Once B's database appears, B catches up. SIGINT stops the
-# relay with status 0. Then: a second signal exits at once even while a
-# source is stuck (Kafka unreachable).
+# relay with status 0. A slot dropped behind the relay's back is reported.
+# Then: a second signal exits at once even while a source is stuck (Kafka
+# unreachable).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -43,6 +44,24 @@ kill -INT "$relay"
 rc=0
 wait "$relay" || rc=$?
 [ $rc -eq 0 ] || fail "relay exited $rc after SIGINT"
+
+# A replication slot that disappears after the source published is created
+# again, and the relay says loudly that rows committed meanwhile were not
+# relayed.
+psql_db "$A" -c "SELECT pg_drop_replication_slot('${A}_${RUN_ID}')" >/dev/null
+psql_db "$A" -c "SELECT write_events('$A', '$A-lost', 3)" >/dev/null
+start_relay "$WORK/outboxd.yaml" relay-lostslot
+lost=$RELAY_PID
+for _ in $(seq 1 100); do
+    grep -q "was missing and has been created again" "$WORK/relay-lostslot.log" && break
+    sleep 0.2
+done
+grep -q "\[$A\].*was missing and has been created again" "$WORK/relay-lostslot.log" ||
+    fail "a re-created slot was not reported"
+log "lost slot reported: $(grep -m1 'was missing' "$WORK/relay-lostslot.log" | sed 's/^.*\] //' | cut -c1-120)..."
+rc=0
+stop_relay "$lost" || rc=$?
+[ $rc -eq 0 ] || fail "relay exited $rc after SIGTERM"
 
 # Second signal: with Kafka unreachable the source is stuck in
 # init_transactions; the first SIGTERM asks for a clean stop, the second
