@@ -10,6 +10,7 @@
 #include <getopt.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,7 @@
 
 static volatile sig_atomic_t got_signal = 0;
 /* Read by every source thread; set by main once a signal was seen. */
-static volatile int stop_flag = 0;
+static atomic_int stop_flag = 0;
 
 static void on_signal(int sig)
 {
@@ -133,25 +134,25 @@ static int cmd_run(const outboxd_config_t *conf)
         sources[i] = outboxd_source_new(conf, &conf->sources[i], &stop_flag, err, sizeof(err));
         if (!sources[i] || outboxd_source_start(sources[i], err, sizeof(err)) < 0) {
             LOG_ERROR(conf->sources[i].name, "%s", err);
-            stop_flag = 1;
+            atomic_store(&stop_flag, 1);
             rc = 1;
             break;
         }
         started++;
     }
     /* Wait for a signal, or for a source to end on its own (fatal). */
-    while (!stop_flag) {
+    while (!atomic_load(&stop_flag)) {
         if (got_signal) {
             LOG_INFO(NULL, "signal %d: committing the batch in hand, then stopping",
                      (int)got_signal);
-            stop_flag = 1;
+            atomic_store(&stop_flag, 1);
             break;
         }
         for (size_t i = 0; i < started; i++) {
             if (outboxd_source_done(sources[i])) {
                 LOG_ERROR(NULL, "source %s stopped on a fatal error; stopping all sources",
                           conf->sources[i].name);
-                stop_flag = 1;
+                atomic_store(&stop_flag, 1);
                 rc = 1;
             }
         }

@@ -204,7 +204,14 @@ int outboxd_repl_send_status(outboxd_repl_t *r, outboxd_lsn_t lsn, bool reply_re
     put_u64(msg + 17, lsn); /* applied */
     put_u64(msg + 25, (uint64_t)(outboxd_wall_us() - OUTBOXD_PG_EPOCH_OFFSET_US));
     msg[33] = reply_requested ? 1 : 0;
-    if (PQputCopyData(r->conn, msg, sizeof(msg)) <= 0)
+    int rc = PQputCopyData(r->conn, msg, sizeof(msg));
+    if (rc == 0) {
+        /* Nonblocking and the output buffer is full: push it out, retry. */
+        if (PQflush(r->conn) < 0)
+            return conn_error(r->conn, "sending standby status update", errstr, errstr_size);
+        rc = PQputCopyData(r->conn, msg, sizeof(msg));
+    }
+    if (rc <= 0)
         return conn_error(r->conn, "sending standby status update", errstr, errstr_size);
     /* Nonblocking: a partial flush finishes on a later call. */
     if (PQflush(r->conn) < 0)

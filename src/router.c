@@ -221,6 +221,15 @@ void outboxd_router_destroy(outboxd_router_t *rt)
     free(rt);
 }
 
+void outboxd_router_forget(outboxd_router_t *rt, uint32_t oid)
+{
+    /* The decoder may hand out the new relation at the old one's address,
+     * so the pointer alone cannot tell that the columns changed. */
+    for (size_t i = 0; i < rt->n_bindings; i++)
+        if (rt->bindings[i].oid == oid)
+            rt->bindings[i].rel = NULL;
+}
+
 void outboxd_router_stats(const outboxd_router_t *rt, outboxd_router_stats_t *out)
 {
     *out = rt->stats;
@@ -300,6 +309,18 @@ static void add_header(outboxd_record_t *rec, const char *name, const char *valu
     rec->n_headers++;
 }
 
+/* What the record costs against a message size limit, counted generously
+ * (librdkafka adds per-record and per-header framing to key + value), so
+ * that a record within max_event_bytes is never refused by a producer or
+ * broker limit of the same size. */
+static size_t record_size(const outboxd_record_t *rec)
+{
+    size_t n = 512 + rec->value_len + (rec->key ? rec->key_len : 0);
+    for (size_t i = 0; i < rec->n_headers; i++)
+        n += 64 + strlen(rec->headers[i].name) + rec->headers[i].len;
+    return n;
+}
+
 static const outboxd_pgo_datum_t *datum(const outboxd_pgo_tuple_t *t, int i)
 {
     if (i < 0 || i >= t->ncols)
@@ -338,14 +359,17 @@ static int dead_letter_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo
                            outboxd_record_t *rec, char *errstr, size_t errstr_size)
 {
     const outboxd_pgo_relation_t *rel = b->rel;
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 3; pass++) {
         json_t *cols = json_object();
         if (!cols)
             goto oom;
         for (int i = 0; i < rel->ncols && i < t->ncols; i++) {
             const outboxd_pgo_datum_t *d = &t->cols[i];
             json_t *v;
-            if (d->kind == 'n')
+            if (pass == 2 && strcmp(rel->cols[i].name, b->tc->columns.id) != 0) {
+                /* Still too large with big columns left out: keep the id. */
+                continue;
+            } else if (d->kind == 'n')
                 v = json_null();
             else if (d->kind == 'u')
                 v = json_string("(unchanged TOASTed value, not sent by the server)");
@@ -366,7 +390,7 @@ static int dead_letter_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo
         free(text);
         if (!ok)
             goto oom;
-        if (rt->value.len <= rt->conf->max_event_bytes)
+        if (rt->value.len + 1024 <= rt->conf->max_event_bytes) /* room for headers */
             break;
     }
     rec->topic = rt->conf->dead_letter_topic;
@@ -531,6 +555,15 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
         if (has_text(d))
             add_header(rec, b->tc->header_columns[h], d->data, d->len);
     }
+    if (record_size(rec) > rt->conf->max_event_bytes) {
+        snprintf(reason, sizeof(reason),
+                 "event with key and headers of about %zu bytes exceeds relay.max_event_bytes "
+                 "(%zu)",
+                 record_size(rec), rt->conf->max_event_bytes);
+        rt->stats.events--;
+        memset(rec, 0, sizeof(*rec));
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    }
     return OUTBOXD_ROUTE_EVENT;
 }
 
@@ -676,6 +709,15 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     if (enc > 0)
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
     event_record(rt, rec, &ev, cstr(sc + off[2]));
+    if (record_size(rec) > rt->conf->max_event_bytes) {
+        snprintf(reason, sizeof(reason),
+                 "event with key and headers of about %zu bytes exceeds relay.max_event_bytes "
+                 "(%zu)",
+                 record_size(rec), rt->conf->max_event_bytes);
+        rt->stats.events--;
+        memset(rec, 0, sizeof(*rec));
+        return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
+    }
     return OUTBOXD_ROUTE_EVENT;
 }
 

@@ -6,6 +6,7 @@
 #include "outboxd/sink.h"
 
 #include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,12 +41,14 @@ struct outboxd_sink {
     rd_kafka_t *rks[MAX_PRODUCERS];
     int n_rks;
     int cur;
-    char txnid[256]; /* of rks[0]; the others append .1, .2, ... */
+    int extra_fenced; /* ids above n_rks fenced so far (see outboxd_sink_init) */
+    char txnid[256];  /* of rks[0]; the others append .1, .2, ... */
+    char txnids[MAX_PRODUCERS][300];
     bool initialized;
     bool in_txn;
     outboxd_keepalive_cb keepalive;
     void *opaque;
-    volatile int *stop;
+    atomic_int *stop;
     outboxd_buf_t ckbuf;
 };
 
@@ -179,7 +182,7 @@ fail:
 }
 
 outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                                 outboxd_keepalive_cb keepalive, void *opaque, volatile int *stop,
+                                 outboxd_keepalive_cb keepalive, void *opaque, atomic_int *stop,
                                  char *errstr, size_t errstr_size)
 {
     outboxd_sink_t *s = calloc(1, sizeof(*s));
@@ -199,13 +202,14 @@ outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_sou
         s->n_rks = 1;
     if (s->n_rks > MAX_PRODUCERS)
         s->n_rks = MAX_PRODUCERS;
-    for (int i = 0; i < s->n_rks; i++) {
-        char txnid[300];
+    for (int i = 0; i < MAX_PRODUCERS; i++) {
         if (i == 0)
-            snprintf(txnid, sizeof(txnid), "%s", s->txnid);
+            snprintf(s->txnids[i], sizeof(s->txnids[i]), "%s", s->txnid);
         else
-            snprintf(txnid, sizeof(txnid), "%s.%d", s->txnid, i);
-        s->rks[i] = new_producer(s, txnid, errstr, errstr_size);
+            snprintf(s->txnids[i], sizeof(s->txnids[i]), "%s.%d", s->txnid, i);
+    }
+    for (int i = 0; i < s->n_rks; i++) {
+        s->rks[i] = new_producer(s, s->txnids[i], errstr, errstr_size);
         if (!s->rks[i])
             goto fail;
     }
@@ -269,15 +273,19 @@ static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, 
             snprintf(errstr, errstr_size,
                      "%s: fenced: another outboxd instance with transactional.id '%s' has "
                      "started (%s); this instance stops so that only one publishes",
-                     what, s->txnid, reason);
+                     what, s->txnids[s->cur], reason);
         else if (ferr)
             snprintf(errstr, errstr_size, "%s: fatal Kafka error %s: %s", what,
                      rd_kafka_err2name(ferr), reason);
         st = OUTBOXD_SINK_FATAL;
     } else if (rd_kafka_error_txn_requires_abort(err)) {
         st = OUTBOXD_SINK_ABORTED;
-    } else {
+    } else if (rd_kafka_error_is_retriable(err)) {
         st = OUTBOXD_SINK_RETRY;
+    } else {
+        /* Neither retriable nor abortable: librdkafka's examples treat it
+         * as fatal (the producer's state is not what we think). */
+        st = OUTBOXD_SINK_FATAL;
     }
     rd_kafka_error_destroy(err);
     return st;
@@ -406,14 +414,52 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
         snprintf(errstr, errstr_size, "assigning checkpoint topic: %s", rd_kafka_err2str(err));
         goto out;
     }
-    int eofs = 0;
+    /*
+     * read_committed reports the end of a partition at its last stable
+     * offset, which an open transaction of another source (sharing this
+     * topic) holds back. Stopping there could return an older checkpoint of
+     * ours, so read each partition up to the high watermark taken now: all
+     * our own checkpoints are below it (init_transactions has completed our
+     * previous transactions), and the other source's transaction ends within
+     * its transaction timeout.
+     */
+    int64_t *target = calloc((size_t)nparts, sizeof(int64_t));
+    bool *done = calloc((size_t)nparts, sizeof(bool));
+    if (!target || !done) {
+        free(target);
+        free(done);
+        snprintf(errstr, errstr_size, "out of memory");
+        goto out;
+    }
+    int remaining = nparts;
+    for (int i = 0; i < nparts; i++) {
+        int64_t lo = 0, hi = 0;
+        err = rd_kafka_query_watermark_offsets(c, s->conf->checkpoint_topic,
+                                               parts->elems[i].partition, &lo, &hi, 10000);
+        if (err) {
+            snprintf(errstr, errstr_size, "checkpoint topic %s watermarks: %s",
+                     s->conf->checkpoint_topic, rd_kafka_err2str(err));
+            free(target);
+            free(done);
+            goto out;
+        }
+        target[i] = hi;
+        if (hi <= lo) {
+            done[i] = true; /* empty */
+            remaining--;
+        }
+    }
     int64_t deadline = outboxd_now_ms() + READ_CHECKPOINT_TIMEOUT_MS;
     size_t keylen = strlen(s->src->name);
     long records = 0;
-    while (eofs < nparts) {
+    while (remaining > 0) {
         if (outboxd_now_ms() > deadline) {
-            snprintf(errstr, errstr_size, "reading checkpoint topic %s: timed out after %d ms",
+            snprintf(errstr, errstr_size,
+                     "reading checkpoint topic %s: not at its end after %d ms (another "
+                     "producer's transaction open on it?)",
                      s->conf->checkpoint_topic, READ_CHECKPOINT_TIMEOUT_MS);
+            free(target);
+            free(done);
             goto out;
         }
         if (s->keepalive)
@@ -421,24 +467,38 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 200);
         if (!m)
             continue;
+        int idx = -1;
+        for (int i = 0; i < nparts; i++)
+            if (parts->elems[i].partition == m->partition)
+                idx = i;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            eofs++;
+            if (idx >= 0 && !done[idx] && m->offset >= target[idx]) {
+                done[idx] = true;
+                remaining--;
+            }
         } else if (m->err) {
             LOG_DEBUG(s->src->name, "checkpoint reader: %s", rd_kafka_message_errstr(m));
-        } else if (m->key_len == keylen && memcmp(m->key, s->src->name, keylen) == 0 &&
-                   m->payload) {
-            outboxd_checkpoint_t c2;
-            char derr[256];
-            if (outboxd_checkpoint_decode(m->payload, m->len, &c2, derr, sizeof(derr)) == 0) {
-                *ck = c2;
-                records++;
-            } else {
-                LOG_WARN(s->src->name, "skipping unreadable checkpoint at offset %lld: %s",
-                         (long long)m->offset, derr);
+        } else {
+            if (m->key_len == keylen && memcmp(m->key, s->src->name, keylen) == 0 && m->payload) {
+                outboxd_checkpoint_t c2;
+                char derr[256];
+                if (outboxd_checkpoint_decode(m->payload, m->len, &c2, derr, sizeof(derr)) == 0) {
+                    *ck = c2;
+                    records++;
+                } else {
+                    LOG_WARN(s->src->name, "skipping unreadable checkpoint at offset %lld: %s",
+                             (long long)m->offset, derr);
+                }
+            }
+            if (idx >= 0 && !done[idx] && m->offset + 1 >= target[idx]) {
+                done[idx] = true;
+                remaining--;
             }
         }
         rd_kafka_message_destroy(m);
     }
+    free(target);
+    free(done);
     LOG_DEBUG(s->src->name, "read %ld checkpoint records", records);
     st = OUTBOXD_SINK_OK;
 out:
@@ -456,9 +516,13 @@ outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t 
                                         size_t errstr_size)
 {
     while (!s->initialized) {
-        /* s->cur counts the producers initialized so far. */
+        /* s->cur counts the producers initialized so far. A short timeout
+         * and the keepalive in between keep the replication connection
+         * alive; a timed-out init is resumed by the next call. */
         s->rk = s->rks[s->cur];
-        rd_kafka_error_t *err = rd_kafka_init_transactions(s->rk, 30000);
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        rd_kafka_error_t *err = rd_kafka_init_transactions(s->rk, TXN_CALL_TIMEOUT_MS);
         if (err)
             return classify(s, err, "init_transactions", errstr, errstr_size);
         if (++s->cur == s->n_rks) {
@@ -466,6 +530,29 @@ outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t 
             s->rk = s->rks[0];
             s->initialized = true;
         }
+    }
+    /* Fence the ids this instance does not use (an older instance may have
+     * run with a larger producers_per_source): a throwaway producer per id,
+     * whose init_transactions aborts any transaction left open under it. */
+    while (s->n_rks + s->extra_fenced < MAX_PRODUCERS) {
+        int i = s->n_rks + s->extra_fenced;
+        rd_kafka_t *rk = new_producer(s, s->txnids[i], errstr, errstr_size);
+        if (!rk)
+            return OUTBOXD_SINK_FATAL;
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        rd_kafka_error_t *err = rd_kafka_init_transactions(rk, TXN_CALL_TIMEOUT_MS);
+        outboxd_sink_status_t st = OUTBOXD_SINK_OK;
+        if (err) {
+            snprintf(errstr, errstr_size, "init_transactions (fencing %s): %s", s->txnids[i],
+                     rd_kafka_error_string(err));
+            st = rd_kafka_error_is_fatal(err) ? OUTBOXD_SINK_FATAL : OUTBOXD_SINK_RETRY;
+            rd_kafka_error_destroy(err);
+        }
+        rd_kafka_destroy(rk);
+        if (st != OUTBOXD_SINK_OK)
+            return st;
+        s->extra_fenced++;
     }
     outboxd_sink_status_t st = ensure_checkpoint_topic(s, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
@@ -495,6 +582,13 @@ outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t
         outboxd_sink_status_t st = classify(s, err, "abort_transaction", errstr, errstr_size);
         if (st == OUTBOXD_SINK_FATAL)
             return st;
+        if (s->stop && atomic_load(s->stop) && attempt >= 3) {
+            /* Shutting down: leave it; the next instance's
+             * init_transactions (or the transaction timeout) aborts it. */
+            LOG_WARN(s->src->name, "%s; giving up on shutdown", errstr);
+            s->in_txn = false;
+            return OUTBOXD_SINK_OK;
+        }
         LOG_WARN(s->src->name, "%s; retrying", errstr);
         pause_briefly(s, attempt);
     }
@@ -553,7 +647,7 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
             return OUTBOXD_SINK_OK;
         if (h)
             rd_kafka_headers_destroy(h);
-        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !(s->stop && atomic_load(s->stop))) {
             /* Back-pressure: let librdkafka send, keep PostgreSQL informed. */
             rd_kafka_poll(s->rk, 10);
             if (s->keepalive)
@@ -602,10 +696,13 @@ outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_check
         st = classify(s, err, "commit_transaction", errstr, errstr_size);
         if (st != OUTBOXD_SINK_RETRY)
             return abort_after(s, st, errstr, errstr_size);
-        if (s->stop && *s->stop && attempt >= 3) {
-            /* Shutting down and the broker does not answer: give up; nothing
-             * was confirmed to PostgreSQL, so nothing is lost. */
-            return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
+        if (s->stop && atomic_load(s->stop) && attempt >= 3) {
+            /* Shutting down and the broker does not answer: give up without
+             * an abort (it would conflict with the pending commit call).
+             * Nothing was confirmed to PostgreSQL, so nothing is lost; the
+             * next instance's init_transactions settles the transaction. */
+            s->in_txn = false;
+            return OUTBOXD_SINK_ABORTED;
         }
         LOG_WARN(s->src->name, "%s; retrying commit", errstr);
         pause_briefly(s, attempt);

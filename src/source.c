@@ -33,7 +33,7 @@ struct outboxd_source {
     const outboxd_config_t *conf;
     const outboxd_source_conf_t *src;
     const char *name;
-    volatile int *stop;
+    atomic_int *stop;
     pthread_t thread;
     bool started;
     atomic_bool done;
@@ -75,7 +75,7 @@ struct outboxd_source {
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                                     volatile int *stop, char *errstr, size_t errstr_size)
+                                     atomic_int *stop, char *errstr, size_t errstr_size)
 {
     outboxd_source_t *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -98,7 +98,7 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
 
 static bool stopping(const outboxd_source_t *s)
 {
-    return *s->stop != 0;
+    return atomic_load(s->stop) != 0;
 }
 
 /* Sends a standby status update if due (or forced). Errors surface on the
@@ -307,6 +307,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         return rewind_stream(s, err);
     switch (msg.kind) {
     case OUTBOXD_PGO_BEGIN:
+        if (s->in_txn)
+            return rewind_stream(s, "protocol error: Begin inside a transaction");
         s->in_txn = true;
         s->txn_commit_lsn = msg.u.begin.final_lsn;
         s->txn_xid = msg.u.begin.xid;
@@ -335,9 +337,12 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
     case OUTBOXD_PGO_MESSAGE:
         return handle_change(s, &msg, m->wal_start);
     case OUTBOXD_PGO_RELATION:
+        /* The table may have changed: bind its columns again. */
+        outboxd_router_forget(s->router, msg.u.relation->oid);
+        return 0;
     case OUTBOXD_PGO_TYPE:
     case OUTBOXD_PGO_ORIGIN:
-        return 0; /* the decoder keeps what it needs */
+        return 0;
     default:
         /* Streaming and two-phase messages are not requested (proto 1). */
         snprintf(err, sizeof(err), "unexpected pgoutput message %s",
@@ -365,14 +370,35 @@ static void log_stats(outboxd_source_t *s, bool force)
              (unsigned long long)s->n_skipped, lsn);
 }
 
+/*
+ * A Kafka transaction holds whole PostgreSQL transactions. It is cut inside
+ * one only when it reaches max_batch_events (bounded memory for huge
+ * transactions) or has been open for SPLIT_AFTER_MS (a slow transaction made
+ * mostly of ignored changes must not run into transaction.timeout.ms).
+ */
+#define SPLIT_AFTER_MS 10000
+
+static bool split_due(const outboxd_source_t *s)
+{
+    return outboxd_now_ms() - (s->batch_deadline_ms - s->conf->commit_interval_ms) >=
+           SPLIT_AFTER_MS;
+}
+
 /* Reads and handles messages until the stream fails or we are stopped.
  * Returns 0 (stopped), -1 (reconnect), -2 (fatal). */
 static int stream(outboxd_source_t *s)
 {
     char err[512];
+    int64_t stop_seen_ms = 0;
     for (;;) {
-        if (stopping(s))
-            return 0;
+        if (stopping(s)) {
+            /* Finish the PostgreSQL transaction being received first, so
+             * the last Kafka transaction holds it whole (bounded wait). */
+            if (!stop_seen_ms)
+                stop_seen_ms = outboxd_now_ms();
+            if (!s->in_txn || outboxd_now_ms() - stop_seen_ms > 5000)
+                return 0;
+        }
         outboxd_repl_msg_t m;
         if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0)
             return rewind_stream(s, err);
@@ -392,7 +418,7 @@ static int stream(outboxd_source_t *s)
              * so waiting would only add latency. Under load the socket is
              * rarely empty and batches grow up to max_batch_events or
              * commit_interval_ms, whichever comes first. */
-            if (s->batch_open) {
+            if (s->batch_open && (!s->in_txn || split_due(s))) {
                 rc = commit_batch(s);
                 break;
             }
@@ -407,7 +433,8 @@ static int stream(outboxd_source_t *s)
         }
         if (rc < 0)
             return rc;
-        if (s->batch_open && outboxd_now_ms() >= s->batch_deadline_ms) {
+        if (s->batch_open && outboxd_now_ms() >= s->batch_deadline_ms &&
+            (!s->in_txn || split_due(s))) {
             if ((rc = commit_batch(s)) < 0)
                 return rc;
         }
@@ -472,11 +499,16 @@ static int connect_source(outboxd_source_t *s)
             close_stream(s);
             return -1;
         }
-        if (ck.commit_lsn && ck.system_id[0] && strcmp(ck.system_id, s->ident.system_id) != 0)
+        if (ck.commit_lsn && ck.system_id[0] && strcmp(ck.system_id, s->ident.system_id) != 0) {
+            /* LSNs of another cluster say nothing about this one: skipping
+             * by them could drop new events. Prefer possible duplicates. */
             LOG_WARN(s->name,
                      "last checkpoint was written for PostgreSQL system %s, this is %s "
-                     "(restored or failed-over database?); resuming by LSN anyway",
+                     "(a different or restored cluster): not skipping by its LSN; events the "
+                     "slot resends may be published again",
                      ck.system_id, s->ident.system_id);
+            memset(&ck, 0, sizeof(ck));
+        }
         s->ck_committed = ck;
         s->sink_ready = true;
     }
@@ -494,6 +526,10 @@ static int connect_source(outboxd_source_t *s)
                   "unless deleted; republish them by hand)",
                   s->src->slot, ckl);
         s->n_slot_recreated++;
+        /* A new slot cannot resend anything published before, and after a
+         * failover its LSNs may be below the old checkpoint: skipping by it
+         * would drop new events. */
+        memset(&s->ck_committed, 0, sizeof(s->ck_committed));
     }
     char ckl[OUTBOXD_LSN_STRLEN], pos[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);

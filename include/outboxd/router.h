@@ -66,6 +66,10 @@ int outboxd_router_route(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
                          const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                          size_t errstr_size);
 
+/* A Relation message for oid arrived: the next change of that table binds
+ * the configured columns to the (possibly changed) relation again. */
+void outboxd_router_forget(outboxd_router_t *rt, uint32_t oid);
+
 /* Counters since start, for logs and (later) metrics. */
 typedef struct outboxd_router_stats {
     uint64_t events;

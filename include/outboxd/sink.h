@@ -16,6 +16,7 @@
 #ifndef OUTBOXD_SINK_H
 #define OUTBOXD_SINK_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -37,7 +38,7 @@ typedef void (*outboxd_keepalive_cb)(void *opaque);
 
 /* conf and src must outlive the sink. NULL + errstr on a configuration error. */
 outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                                 outboxd_keepalive_cb keepalive, void *opaque, volatile int *stop,
+                                 outboxd_keepalive_cb keepalive, void *opaque, atomic_int *stop,
                                  char *errstr, size_t errstr_size);
 void outboxd_sink_destroy(outboxd_sink_t *s);
 

@@ -11,6 +11,7 @@
 #ifndef OUTBOXD_SOURCE_H
 #define OUTBOXD_SOURCE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include "outboxd/config.h"
@@ -19,7 +20,7 @@ typedef struct outboxd_source outboxd_source_t;
 
 /* conf and src must outlive the source; stop is shared by all sources. */
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                                     volatile int *stop, char *errstr, size_t errstr_size);
+                                     atomic_int *stop, char *errstr, size_t errstr_size);
 
 /* Starts the thread. Returns 0, or -1 with errstr. */
 int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size);

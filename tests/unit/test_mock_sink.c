@@ -13,6 +13,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -33,7 +34,7 @@ typedef struct fixture {
     char events_topic[64];
 } fixture_t;
 
-static volatile int stop_flag = 0;
+static atomic_int stop_flag = 0;
 static const char *events_topic;
 
 /*

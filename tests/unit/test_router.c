@@ -297,6 +297,50 @@ static void test_missing_column(void **state)
     assert_non_null(strstr(err, "column 'payload' (columns.payload) is missing"));
 }
 
+/* The decoder may put a changed relation at the old address: after
+ * outboxd_router_forget the columns are bound again by name. */
+static void test_relation_change_same_address(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
+    /* Same struct, columns now in another order (type and aggregateid swapped). */
+    outboxd_pgo_column_t swapped[7];
+    memcpy(swapped, COLS, sizeof(swapped));
+    swapped[2] = COLS[3];
+    swapped[3] = COLS[2];
+    f->rel.cols = swapped;
+    outboxd_pgo_datum_t tmp = f->vals[2];
+    f->vals[2] = f->vals[3];
+    f->vals[3] = tmp;
+    outboxd_router_forget(f->rt, f->rel.oid);
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
+    assert_int_equal(rec.key_len, 8);
+    assert_memory_equal(rec.key, "order-42", 8);
+    assert_header(&rec, "type", "OrderCreated");
+    f->rel.cols = COLS;
+}
+
+/* Key and headers count against max_event_bytes too. */
+static void test_headers_count_toward_size(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    char *tenant = malloc(1900);
+    memset(tenant, 't', 1900);
+    f->vals[6].data = tenant;
+    f->vals[6].len = 1900;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "with key and headers"));
+    assert_string_equal(rec.topic, "outboxd.dlt");
+    f->vals[6].data = "acme";
+    f->vals[6].len = 4;
+    free(tenant);
+}
+
 static int route_message(fixture_t *f, const char *prefix, const char *content, bool txn,
                          outboxd_record_t *rec, char *err)
 {
@@ -410,6 +454,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_update_delete_policies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_column, setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relation_change_same_address, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_headers_count_toward_size, setup, teardown),
         cmocka_unit_test(test_timestamps),
         cmocka_unit_test(test_checkpoint),
     };
