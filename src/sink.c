@@ -432,15 +432,31 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
         goto out;
     }
     int remaining = nparts;
+    /* ListOffsets answers with the isolation level of the asking client:
+     * read_committed would give the stable offset again, so ask through a
+     * read_uncommitted handle for the true high watermark. */
+    rd_kafka_t *w = NULL;
+    rd_kafka_conf_t *wc = base_conf(s->conf, true, errstr, errstr_size);
+    if (wc && set(wc, "isolation.level", "read_uncommitted", errstr, errstr_size) == 0)
+        w = rd_kafka_new(RD_KAFKA_CONSUMER, wc, e, sizeof(e));
+    if (!w) {
+        if (wc)
+            rd_kafka_conf_destroy(wc);
+        snprintf(errstr, errstr_size, "creating watermark reader: %s", e);
+        free(target);
+        free(done);
+        goto out;
+    }
     for (int i = 0; i < nparts; i++) {
         int64_t lo = 0, hi = 0;
-        err = rd_kafka_query_watermark_offsets(c, s->conf->checkpoint_topic,
+        err = rd_kafka_query_watermark_offsets(w, s->conf->checkpoint_topic,
                                                parts->elems[i].partition, &lo, &hi, 10000);
         if (err) {
             snprintf(errstr, errstr_size, "checkpoint topic %s watermarks: %s",
                      s->conf->checkpoint_topic, rd_kafka_err2str(err));
             free(target);
             free(done);
+            rd_kafka_destroy(w);
             goto out;
         }
         target[i] = hi;
@@ -449,6 +465,7 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
             remaining--;
         }
     }
+    rd_kafka_destroy(w);
     int64_t deadline = outboxd_now_ms() + READ_CHECKPOINT_TIMEOUT_MS;
     size_t keylen = strlen(s->src->name);
     long records = 0;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The sink tests of tests/unit/test_mock_sink.c against the real broker:
-# checkpoint round trip, and fencing of an older instance by a newer one with
+# checkpoint round trip, a checkpoint read past another source's open
+# transaction, and fencing of an older instance by a newer one with
 # the same transactional.id (the mock cluster does not fence).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -10,4 +11,5 @@ OUTBOXD_TEST_KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP "$OUTBOXD_TOOLS/../test_mock_sink"
 }
 grep -E '^\[' "$WORK/out.log" >&2
 grep -q '\[       OK \] test_fencing' "$WORK/out.log" || fail "fencing test did not run"
+grep -q "\[       OK \] test_checkpoint_behind_open_transaction" "$WORK/out.log" || fail "open-transaction checkpoint test did not run"
 log "PASS"
