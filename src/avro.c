@@ -772,37 +772,6 @@ bad:
     return false;
 }
 
-static size_t utf8_seq_len(const unsigned char *p, size_t left)
-{
-    unsigned char c = p[0];
-    size_t n;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else
-        return 0;
-    if (left < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return n;
-}
-
 /* A JSON string for s; bytes that are not UTF-8 become U+FFFD, since the
  * decoder is for looking at data, which should not fail on one bad byte. */
 static json_t *json_text(const char *s, size_t len)
@@ -814,7 +783,7 @@ static json_t *json_text(const char *s, size_t len)
     const unsigned char *p = (const unsigned char *)s;
     bool ok = true;
     for (size_t i = 0; i < len && ok;) {
-        size_t n = utf8_seq_len(p + i, len - i);
+        size_t n = outboxd_utf8_len(p + i, len - i);
         if (n) {
             ok = outboxd_buf_append(&b, p + i, n);
             i += n;

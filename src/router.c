@@ -469,6 +469,21 @@ static void event_record(outboxd_router_t *rt, outboxd_record_t *rec, const outb
     rt->stats.events++;
 }
 
+/* When rec with its key and headers is over max_event_bytes: fills reason,
+ * clears rec for the dead-letter record that replaces it, returns true. */
+static bool too_large(outboxd_router_t *rt, outboxd_record_t *rec, char *reason, size_t reason_size)
+{
+    size_t size = record_size(rec);
+    if (size <= rt->conf->max_event_bytes)
+        return false;
+    snprintf(reason, reason_size,
+             "event with key and headers of about %zu bytes exceeds relay.max_event_bytes (%zu)",
+             size, rt->conf->max_event_bytes);
+    rt->stats.events--;
+    memset(rec, 0, sizeof(*rec));
+    return true;
+}
+
 static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
                      const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                      size_t errstr_size)
@@ -555,15 +570,8 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
         if (has_text(d))
             add_header(rec, b->tc->header_columns[h], d->data, d->len);
     }
-    if (record_size(rec) > rt->conf->max_event_bytes) {
-        snprintf(reason, sizeof(reason),
-                 "event with key and headers of about %zu bytes exceeds relay.max_event_bytes "
-                 "(%zu)",
-                 record_size(rec), rt->conf->max_event_bytes);
-        rt->stats.events--;
-        memset(rec, 0, sizeof(*rec));
+    if (too_large(rt, rec, reason, sizeof(reason)))
         return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
-    }
     return OUTBOXD_ROUTE_EVENT;
 }
 
@@ -709,15 +717,8 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     if (enc > 0)
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
     event_record(rt, rec, &ev, cstr(sc + off[2]));
-    if (record_size(rec) > rt->conf->max_event_bytes) {
-        snprintf(reason, sizeof(reason),
-                 "event with key and headers of about %zu bytes exceeds relay.max_event_bytes "
-                 "(%zu)",
-                 record_size(rec), rt->conf->max_event_bytes);
-        rt->stats.events--;
-        memset(rec, 0, sizeof(*rec));
+    if (too_large(rt, rec, reason, sizeof(reason)))
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
-    }
     return OUTBOXD_ROUTE_EVENT;
 }
 

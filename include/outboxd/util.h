@@ -42,6 +42,11 @@ int64_t outboxd_wall_us(void);
 /* PostgreSQL timestamps count microseconds from 2000-01-01. */
 #define OUTBOXD_PG_EPOCH_OFFSET_US 946684800000000LL
 
+/* Length of the valid UTF-8 sequence at p (at most left bytes), or 0 when
+ * there is none (overlong forms, surrogates and values past U+10FFFF are
+ * invalid). */
+size_t outboxd_utf8_len(const unsigned char *p, size_t left);
+
 /* strdup / strndup that return NULL on OOM (no abort). */
 char *outboxd_strndup(const char *s, size_t n);
 

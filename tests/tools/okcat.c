@@ -351,39 +351,6 @@ static void *tmap_next(const tmap_t *m, size_t *i)
 
 /* ---- text escaping for one-line output */
 
-/* Length of the valid UTF-8 sequence at p, or 0 if there is none. */
-static size_t utf8_len(const unsigned char *p, size_t left)
-{
-    unsigned c = p[0];
-    size_t n;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (left < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
 /* Appends s so that it stays on one tab-separated field: control characters,
  * backslashes and bytes that are not UTF-8 become escapes. */
 static void append_escaped(outboxd_buf_t *b, const char *s, size_t len)
@@ -392,7 +359,7 @@ static void append_escaped(outboxd_buf_t *b, const char *s, size_t len)
     size_t i = 0;
     while (i < len) {
         unsigned c = p[i];
-        size_t n = utf8_len(p + i, len - i);
+        size_t n = outboxd_utf8_len(p + i, len - i);
         bool ok;
         if (c == '\\')
             ok = outboxd_buf_append(b, "\\\\", 2);
