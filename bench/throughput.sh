@@ -48,13 +48,18 @@ r=$(peak_rss_kb "$relay")
 relay_ms=$((t1 - t0))
 kill -TERM "$relay"
 wait "$relay" || true
+# Startup (connect, init_transactions of every producer id, checkpoint read)
+# ends with the "streaming slot" line; the drain rate counts from there.
+ts=$(grep -m1 "streaming slot" "$WORK/relay.log" | cut -d' ' -f1)
+stream_ms=$(($(date -d "$ts" +%s%3N) - t0))
+drain_ms=$((relay_ms - stream_ms))
 
 n_kafka=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --idle-ms 3000 2>/dev/null | sed -n 's/^okcat: consumed=//p')
-awk -v n="$N" -v a="$recv_ms" -v b="$relay_ms" -v rss="$peak" -v k="$n_kafka" 'BEGIN {
-    ra = n / (a / 1000); rb = n / (b / 1000);
+awk -v n="$N" -v a="$recv_ms" -v b="$relay_ms" -v d="$drain_ms" -v rss="$peak" -v k="$n_kafka" 'BEGIN {
+    ra = n / (a / 1000); rb = n / (b / 1000); rd = n / (d / 1000);
     printf "throughput: transactions=%d\n", n;
     printf "throughput: pg_recvlogical (decoding limit): %.0f txn/s (%.2f s)\n", ra, a / 1000;
-    printf "throughput: outboxd exactly-once into Kafka: %.0f events/s (%.2f s, startup included)\n", rb, b / 1000;
-    printf "throughput: ratio outboxd / decoding limit = %.2f (target >= 0.80)\n", rb / ra;
+    printf "throughput: outboxd exactly-once into Kafka: %.0f events/s draining (%.2f s), %.0f events/s with its %.2f s startup\n", rd, d / 1000, rb, (b - d) / 1000;
+    printf "throughput: ratio outboxd / decoding limit = %.2f draining, %.2f with startup (target >= 0.80)\n", rd / ra, rb / ra;
     printf "throughput: outboxd peak RSS = %.1f MB; events read back from Kafka (read_committed) = %d\n", rss / 1024, k;
 }'
