@@ -722,6 +722,25 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     return OUTBOXD_ROUTE_EVENT;
 }
 
+int outboxd_router_dead_letter(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
+                               const outboxd_change_ctx_t *ctx, const char *reason,
+                               outboxd_record_t *rec, char *errstr, size_t errstr_size)
+{
+    memset(rec, 0, sizeof(*rec));
+    if ((msg->kind == OUTBOXD_PGO_INSERT || msg->kind == OUTBOXD_PGO_UPDATE)) {
+        binding_t *b = bind(rt, msg->u.change.rel);
+        if (b)
+            return dead_letter_row(rt, b, &msg->u.change.new_tuple, reason, ctx, rec, errstr,
+                                   errstr_size);
+    } else if (msg->kind == OUTBOXD_PGO_MESSAGE) {
+        for (size_t i = 0; i < rt->n_msgs; i++)
+            if (strcmp(rt->msgs[i].mc->prefix, msg->u.message.prefix) == 0)
+                return dead_letter_message(rt, &rt->msgs[i], msg, reason, ctx, rec, errstr,
+                                           errstr_size);
+    }
+    return OUTBOXD_ROUTE_IGNORE;
+}
+
 int outboxd_router_route(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
                          const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                          size_t errstr_size)

@@ -7,6 +7,7 @@
 
 #include <librdkafka/rdkafka.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,14 @@ struct outboxd_sink {
     int extra_fenced; /* ids above n_rks fenced so far (see outboxd_sink_init) */
     char txnid[256];  /* of rks[0]; the others append .1, .2, ... */
     char txnids[MAX_PRODUCERS][300];
+    /* Records of the open transaction are numbered 1, 2, ... in produce
+     * order (the number rides as the message opaque). refused_seq is the
+     * record the broker refused for a reason retrying cannot fix, so the
+     * source can dead-letter it after the rewind instead of looping. */
+    uint64_t seq;
+    uint64_t refused_seq;
+    size_t refused_size;
+    char refused_reason[256];
     bool initialized;
     bool in_txn;
     outboxd_keepalive_cb keepalive;
@@ -70,11 +79,41 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
  * callback is registered because librdkafka's flush inside
  * commit_transaction wakes up on delivery reports instead of polling in
  * 10 ms steps, which shortens every commit by several milliseconds. */
+static bool refused_for_good(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Remembers the refused record; of several (a whole batch refused as too
+ * large), the largest is the likely culprit. */
+static void note_refused(outboxd_sink_t *s, uint64_t seq, size_t size, rd_kafka_resp_err_t err,
+                         const char *topic)
+{
+    if (s->refused_seq && size <= s->refused_size)
+        return;
+    s->refused_seq = seq;
+    s->refused_size = size;
+    snprintf(s->refused_reason, sizeof(s->refused_reason), "Kafka refused the record for %s: %s",
+             topic, rd_kafka_err2str(err));
+}
+
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
+    outboxd_sink_t *s = opaque;
     (void)rk;
-    (void)m;
-    (void)opaque;
+    if (m->err && refused_for_good(m->err) && m->_private)
+        note_refused(s, (uint64_t)(uintptr_t)m->_private, m->len + m->key_len, m->err,
+                     rd_kafka_topic_name(m->rkt));
 }
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -636,6 +675,9 @@ static outboxd_sink_status_t begin(outboxd_sink_t *s, char *errstr, size_t errst
         return st == OUTBOXD_SINK_FATAL ? st : OUTBOXD_SINK_ABORTED;
     }
     s->in_txn = true;
+    s->seq = 0;
+    s->refused_seq = 0;
+    s->refused_size = 0;
     return OUTBOXD_SINK_OK;
 }
 
@@ -656,14 +698,19 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
             for (size_t i = 0; i < n_hdrs; i++)
                 rd_kafka_header_add(h, hdrs[i].name, -1, hdrs[i].value, (ssize_t)hdrs[i].len);
         }
-        rd_kafka_resp_err_t err = rd_kafka_producev(
-            s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
-            RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (!err)
+        rd_kafka_resp_err_t err =
+            rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+                              RD_KAFKA_V_VALUE((void *)value, value_len),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+                              RD_KAFKA_V_OPAQUE((void *)(uintptr_t)(s->seq + 1)), RD_KAFKA_V_END);
+        if (!err) {
+            s->seq++;
             return OUTBOXD_SINK_OK;
+        }
         if (h)
             rd_kafka_headers_destroy(h);
+        if (refused_for_good(err))
+            note_refused(s, s->seq + 1, value_len + key_len, err, topic);
         if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !(s->stop && atomic_load(s->stop))) {
             /* Back-pressure: let librdkafka send, keep PostgreSQL informed. */
             rd_kafka_poll(s->rk, 10);
@@ -681,6 +728,13 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
         snprintf(errstr, errstr_size, "producing to %s: %s", topic, rd_kafka_err2str(err));
         return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
     }
+}
+
+uint64_t outboxd_sink_refused(const outboxd_sink_t *s, char *reason, size_t reason_size)
+{
+    if (s->refused_seq)
+        snprintf(reason, reason_size, "%s", s->refused_reason);
+    return s->refused_seq;
 }
 
 outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_record_t *rec,

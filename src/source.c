@@ -69,6 +69,23 @@ struct outboxd_source {
     uint64_t n_events, n_dead, n_commits, n_aborts, n_skipped;
     uint64_t batch_n_events, batch_n_dead;
     uint64_t n_slot_recreated;
+
+    /* Position of every record produced in the open Kafka transaction, in
+     * produce order, to find the change behind a record Kafka refused. */
+    outboxd_change_ctx_t *batch_pos;
+    size_t n_batch_pos;
+    bool pending_pos; /* batch_pos[n_batch_pos] is the record being produced */
+    /* A change whose record Kafka refused for good: dead-lettered when the
+     * rewound stream reaches it again. */
+    bool refused_set;
+    outboxd_lsn_t refused_commit_lsn;
+    int64_t refused_idx;
+    char refused_reason[256];
+    /* The last change dead-lettered that way: if its dead-letter record is
+     * refused as well, retrying cannot help. */
+    bool forced_set;
+    outboxd_lsn_t forced_commit_lsn;
+    int64_t forced_idx;
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
@@ -88,7 +105,10 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     s->stop = stop;
     atomic_init(&s->done, false);
     s->dec = outboxd_pgo_decoder_new();
-    if (!s->dec) {
+    s->batch_pos = calloc((size_t)conf->max_batch_events + 1, sizeof(*s->batch_pos));
+    if (!s->dec || !s->batch_pos) {
+        outboxd_pgo_decoder_destroy(s->dec);
+        free(s->batch_pos);
         snprintf(errstr, errstr_size, "out of memory");
         free(s);
         return NULL;
@@ -146,6 +166,39 @@ static void close_stream(outboxd_source_t *s)
     s->skip_txn = false;
 }
 
+/*
+ * After an aborted Kafka transaction: if Kafka refused one of its records for
+ * good, remember that change so it goes to the dead-letter topic on replay
+ * instead of failing the same way forever. Returns -2 when the refused record
+ * was already such a dead letter (the dead-letter topic refuses too).
+ */
+static int note_refused(outboxd_source_t *s)
+{
+    char reason[256];
+    uint64_t seq = outboxd_sink_refused(s->sink, reason, sizeof(reason));
+    size_t known = s->n_batch_pos + (s->pending_pos ? 1 : 0);
+    if (!seq || seq > known)
+        return 0; /* none, or the checkpoint record itself */
+    const outboxd_change_ctx_t *pos = &s->batch_pos[seq - 1];
+    char lsn[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(pos->lsn, lsn);
+    if (s->forced_set && s->forced_commit_lsn == pos->commit_lsn &&
+        s->forced_idx == pos->change_index) {
+        LOG_ERROR(s->name,
+                  "the dead-letter record for the change at %s was refused too (%s); fix the "
+                  "dead-letter topic %s (size limit, permissions) and restart",
+                  lsn, reason, s->conf->dead_letter_topic);
+        return -2;
+    }
+    s->refused_set = true;
+    s->refused_commit_lsn = pos->commit_lsn;
+    s->refused_idx = pos->change_index;
+    snprintf(s->refused_reason, sizeof(s->refused_reason), "%s", reason);
+    LOG_WARN(s->name, "%s: the change at %s (xid %u) goes to the dead-letter topic on replay",
+             reason, lsn, pos->xid);
+    return 0;
+}
+
 /* Aborts what is in flight; the stream must be reopened afterwards. */
 static int rewind_stream(outboxd_source_t *s, const char *why)
 {
@@ -157,6 +210,9 @@ static int rewind_stream(outboxd_source_t *s, const char *why)
             return -2;
         }
     }
+    if (note_refused(s) < 0)
+        return -2;
+    s->n_batch_pos = 0;
     char lsn[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, lsn);
     LOG_WARN(s->name, "%s; rewinding to checkpoint %s (changes %lld) and reconnecting", why, lsn,
@@ -226,22 +282,36 @@ static int commit_batch(outboxd_source_t *s)
     return 0;
 }
 
-static int publish(outboxd_source_t *s, const outboxd_record_t *rec)
+static int publish(outboxd_source_t *s, const outboxd_record_t *rec,
+                   const outboxd_change_ctx_t *ctx)
 {
+    if (!s->batch_open)
+        s->n_batch_pos = 0;
     char err[512];
+    /* Room for one more entry is reserved, so a record refused by the
+     * produce call itself is found too. */
+    s->batch_pos[s->n_batch_pos] = *ctx;
+    s->pending_pos = true;
     outboxd_sink_status_t st = outboxd_sink_produce(s->sink, rec, err, sizeof(err));
     if (st == OUTBOXD_SINK_FATAL) {
+        s->pending_pos = false;
         LOG_ERROR(s->name, "%s", err);
         return -2;
     }
-    if (st != OUTBOXD_SINK_OK)
-        return rewind_stream(s, err);
+    if (st != OUTBOXD_SINK_OK) {
+        int rc = rewind_stream(s, err);
+        s->pending_pos = false;
+        return rc;
+    }
+    s->pending_pos = false;
     if (!s->batch_open) {
         s->batch_open = true;
         s->batch_deadline_ms = outboxd_now_ms() + s->conf->commit_interval_ms;
         s->batch_first_commit_us = s->txn_commit_time_us;
     }
     s->batch_events++;
+    if (s->n_batch_pos < (size_t)s->conf->max_batch_events)
+        s->n_batch_pos++;
     return 0;
 }
 
@@ -274,7 +344,17 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
     };
     outboxd_record_t rec;
     char err[512];
-    int r = outboxd_router_route(s->router, msg, &ctx, &rec, err, sizeof(err));
+    int r;
+    if (s->refused_set && s->refused_commit_lsn == s->txn_commit_lsn && s->refused_idx == idx) {
+        s->refused_set = false;
+        s->forced_set = true;
+        s->forced_commit_lsn = s->txn_commit_lsn;
+        s->forced_idx = idx;
+        r = outboxd_router_dead_letter(s->router, msg, &ctx, s->refused_reason, &rec, err,
+                                       sizeof(err));
+    } else {
+        r = outboxd_router_route(s->router, msg, &ctx, &rec, err, sizeof(err));
+    }
     if (r < 0) {
         /* Not a property of the row (OOM, Avro library failure): retry. */
         return rewind_stream(s, err);
@@ -290,7 +370,7 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
     } else {
         s->batch_n_events++;
     }
-    int rc = publish(s, &rec);
+    int rc = publish(s, &rec, &ctx);
     if (rc < 0)
         return rc;
     if (s->batch_events >= s->conf->max_batch_events)
@@ -628,5 +708,6 @@ void outboxd_source_destroy(outboxd_source_t *s)
     outboxd_sink_destroy(s->sink);
     outboxd_router_destroy(s->router);
     outboxd_pgo_decoder_destroy(s->dec);
+    free(s->batch_pos);
     free(s);
 }

@@ -66,6 +66,16 @@ int outboxd_router_route(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
                          const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                          size_t errstr_size);
 
+/*
+ * Builds the dead-letter record for a change that routes to an event but
+ * that Kafka refused (see outboxd_sink_refused), with reason in its headers.
+ * Returns OUTBOXD_ROUTE_DEAD_LETTER, OUTBOXD_ROUTE_IGNORE for a change that
+ * is not an outbox row or configured message, or -1 with errstr.
+ */
+int outboxd_router_dead_letter(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
+                               const outboxd_change_ctx_t *ctx, const char *reason,
+                               outboxd_record_t *rec, char *errstr, size_t errstr_size);
+
 /* A Relation message for oid arrived: the next change of that table binds
  * the configured columns to the (possibly changed) relation again. */
 void outboxd_router_forget(outboxd_router_t *rt, uint32_t oid);

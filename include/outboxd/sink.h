@@ -18,6 +18,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include "outboxd/checkpoint.h"
@@ -62,6 +63,15 @@ outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_reco
 /* Produces the checkpoint record and commits. */
 outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_checkpoint_t *ck,
                                           char *errstr, size_t errstr_size);
+
+/*
+ * After OUTBOXD_SINK_ABORTED: the number (1 = first record produced in the
+ * aborted transaction, counting every outboxd_sink_produce call) of a record
+ * Kafka refused for a reason that retrying cannot fix (too large for the
+ * broker or topic, invalid, not authorized), with the reason; 0 if none.
+ * Valid until the next transaction begins.
+ */
+uint64_t outboxd_sink_refused(const outboxd_sink_t *s, char *reason, size_t reason_size);
 
 /* Aborts the open transaction, if any. */
 outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t errstr_size);
