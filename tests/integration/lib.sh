@@ -156,6 +156,18 @@ stop_relay() {
     return $rc
 }
 
+# stop_relay_ok PID [WHAT]: SIGTERM; fails the test unless the relay exits 0.
+stop_relay_ok() {
+    local rc=0
+    stop_relay "$1" || rc=$?
+    [ $rc -eq 0 ] || fail "${2:-relay} exited $rc after SIGTERM"
+}
+
+# consume_json OKCAT_ARGS... : every record as one JSON line (report lines dropped).
+consume_json() {
+    "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" --idle-ms 3000 --json "$@" | grep '^{' || true
+}
+
 # wait_drained DB SLOT [TIMEOUT_S]: until the slot has confirmed everything
 # written so far (the relay confirms only what Kafka has committed).
 wait_drained() {

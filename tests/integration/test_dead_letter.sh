@@ -41,7 +41,7 @@ printf 'msg-%s\t%s-m\t%s.ev.%s\t1\n' "$RUN_ID" "$DB" "$RUN_ID" "$DB" >>"$WORK/ex
 # The two inserted-then-deleted rows are not in the table any more: counted
 # separately below.
 n_expected=$(( $(psql_db "$DB" -c "SELECT count(*) FROM outbox WHERE type = 'Tested'") + 1 ))
-"$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -T "^$RUN_ID\\.ev\\..*" --idle-ms 3000 --json | grep '^{' >"$WORK/events.json"
+consume_json -T "^$RUN_ID\\.ev\\..*" >"$WORK/events.json"
 n_events=$(wc -l <"$WORK/events.json")
 log "events: $n_events (good rows still in the table + message: $n_expected, plus 2 deleted rows)"
 [ "$n_events" -eq $((n_expected + 2)) ] || fail "expected $((n_expected + 2)) events, got $n_events"
@@ -49,7 +49,7 @@ grep -q '"ViaMessage"' "$WORK/events.json" || fail "message input not relayed"
 [ "$(grep -c "\"$DB-3\"" "$WORK/events.json")" -ge 2 ] || fail "insert-then-delete rows not relayed"
 grep -q 'Broken\|NoKey\|Huge' "$WORK/events.json" && fail "a bad row reached an event topic"
 
-"$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$RUN_ID.dlt" --idle-ms 3000 --json | grep '^{' >"$WORK/dlt.json"
+consume_json -t "$RUN_ID.dlt" >"$WORK/dlt.json"
 cat "$WORK/dlt.json" >&2
 [ "$(wc -l <"$WORK/dlt.json")" -eq 3 ] || fail "expected 3 dead-letter records"
 grep -q "payload column 'payload' is NULL" "$WORK/dlt.json" || fail "no NULL-payload reason"
@@ -58,8 +58,6 @@ grep -q "exceeds relay.max_event_bytes" "$WORK/dlt.json" || fail "no oversize re
 grep -q '"outboxd.lsn"' "$WORK/dlt.json" || fail "no position header"
 grep -q "dead-letter topic" "$WORK/relay.log" || fail "dead letters not logged"
 
-rc=0
-stop_relay "$relay" || rc=$?
-[ $rc -eq 0 ] || fail "relay exited $rc after SIGTERM"
+stop_relay_ok "$relay"
 drop_source "$DB" "${DB}_${RUN_ID}"
 log "PASS"

@@ -30,13 +30,11 @@ wait_drained "$DB" "${DB}_${RUN_ID}" 120
 : >"$WORK/expected.tsv"
 psql_db "$DB" -F $'\t' -c "SELECT id, aggregateid, '$RUN_ID.ev.' || aggregatetype, payload->>'seq' FROM outbox WHERE type = 'Tested'" >>"$WORK/expected.tsv"
 check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed around a refused record"
-"$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$RUN_ID.dlt" --idle-ms 3000 --json | grep '^{' >"$WORK/dlt.json" || true
+consume_json -t "$RUN_ID.dlt" >"$WORK/dlt.json"
 cut -c1-400 "$WORK/dlt.json" >&2
 [ "$(wc -l <"$WORK/dlt.json")" -eq 1 ] || fail "expected 1 dead-letter record"
 grep -q "Kafka refused the record for $RUN_ID.ev.tiny" "$WORK/dlt.json" || fail "no broker reason in the dead letter"
 grep -q "goes to the dead-letter topic on replay" "$WORK/relay.log" || fail "refusal not logged"
-rc=0
-stop_relay "$relay" || rc=$?
-[ $rc -eq 0 ] || fail "relay exited $rc after SIGTERM"
+stop_relay_ok "$relay"
 drop_source "$DB" "${DB}_${RUN_ID}"
 log "PASS"

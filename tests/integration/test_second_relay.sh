@@ -26,9 +26,7 @@ grep -q "holds slot" "$WORK/relayB.log" || fail "second relay did not report the
 grep -q "streaming slot" "$WORK/relayB.log" && fail "second relay streamed while the first ran"
 log "second relay refused: $(grep -m1 'holds slot' "$WORK/relayB.log" | sed 's/^.*\] //')"
 
-rc=0
-stop_relay "$a" || rc=$?
-[ $rc -eq 0 ] || fail "first relay exited $rc after SIGTERM"
+stop_relay_ok "$a" "first relay"
 wait_writers "$writer"
 wait_drained "$DB" "${DB}_${RUN_ID}" 300
 grep -q "streaming slot" "$WORK/relayB.log" || fail "second relay never took over"
@@ -37,8 +35,6 @@ grep -q "streaming slot" "$WORK/relayB.log" || fail "second relay never took ove
 expected_events "$DB" "$WORK/expected.tsv"
 log "rows written: $(wc -l <"$WORK/expected.tsv")"
 check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed across the handover"
-rc=0
-stop_relay "$b" || rc=$?
-[ $rc -eq 0 ] || fail "second relay exited $rc after SIGTERM"
+stop_relay_ok "$b" "second relay"
 drop_source "$DB" "${DB}_${RUN_ID}"
 log "PASS"
