@@ -30,7 +30,7 @@ run_suite() { # run_suite BUILD_DIR CMAKE_ARGS... -- CTEST_ARGS...
     local cargs=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do cargs+=("$1"); shift; done
     [ $# -gt 0 ] && shift
-    cmake -S "$ROOT" -B "$dir" -G Ninja "${cargs[@]}" >/dev/null
+    cmake -S "$ROOT" -B "$dir" -G Ninja -DOUTBOXD_WERROR=ON "${cargs[@]}" >/dev/null
     ninja -C "$dir"
     stacks+=("$(cmake -L -N "$dir" 2>/dev/null | sed -n 's/^STACK_DIR:PATH=//p')")
     (cd "$dir" && ctest --output-on-failure -j "$jobs" "$@")

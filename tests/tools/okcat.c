@@ -27,8 +27,8 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
-#include "outboxd/avro.h"
-#include "outboxd/util.h"
+#include "outboxd/common/avro.h"
+#include "outboxd/common/util.h"
 
 #define EXIT_VIOLATION 1
 #define EXIT_SETUP     2

@@ -28,7 +28,7 @@
 
 #include <libpq-fe.h>
 
-#include "outboxd/util.h"
+#include "outboxd/common/util.h"
 
 static uint64_t rd64(const char *p)
 {

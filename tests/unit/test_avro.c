@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "outboxd/avro.h"
-#include "outboxd/util.h"
+#include "outboxd/common/avro.h"
+#include "outboxd/common/util.h"
 
 typedef struct vector {
     const char *id;

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "outboxd/config.h"
+#include "outboxd/relay/config.h"
 
 #define BAD_DIR       TEST_DATA_DIR "/config/bad"
 #define TEST_DATA_DIR OUTBOXD_TEST_DATA_DIR

@@ -19,9 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "outboxd/config.h"
-#include "outboxd/log.h"
-#include "outboxd/sink.h"
+#include "outboxd/relay/config.h"
+#include "outboxd/common/log.h"
+#include "outboxd/relay/sink.h"
 
 /* Kafka protocol API keys (librdkafka's RD_KAFKAP_* enum is not public). */
 #define API_PRODUCE 0

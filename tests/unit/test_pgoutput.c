@@ -22,7 +22,7 @@
 
 #include <cmocka.h>
 
-#include "outboxd/pgoutput.h"
+#include "outboxd/relay/pgoutput.h"
 
 #define FIXTURE_DIR OUTBOXD_TEST_DATA_DIR "/pgoutput/"
 

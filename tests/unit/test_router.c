@@ -12,10 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "outboxd/avro.h"
-#include "outboxd/checkpoint.h"
-#include "outboxd/config.h"
-#include "outboxd/router.h"
+#include "outboxd/common/avro.h"
+#include "outboxd/relay/checkpoint.h"
+#include "outboxd/relay/config.h"
+#include "outboxd/relay/router.h"
 
 static const char *CONFIG = "kafka:\n"
                             "  bootstrap_servers: 127.0.0.1:9\n"

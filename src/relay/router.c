@@ -6,7 +6,7 @@
  * binding is redone whenever the server sends a new Relation message (the
  * decoder then hands out a new relation pointer).
  */
-#include "outboxd/router.h"
+#include "outboxd/relay/router.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -14,8 +14,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "outboxd/avro.h"
-#include "outboxd/log.h"
+#include "outboxd/common/avro.h"
+#include "outboxd/common/log.h"
 
 /* A compiled topic template: literal text and placeholders, in order. */
 typedef struct tpl_part {

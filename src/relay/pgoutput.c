@@ -6,7 +6,7 @@
  * Decoder state (relation cache, stream state) only changes after a message
  * has been decoded completely, so a failed decode leaves the decoder as it was.
  */
-#include "outboxd/pgoutput.h"
+#include "outboxd/relay/pgoutput.h"
 
 #include <inttypes.h>
 #include <stdarg.h>

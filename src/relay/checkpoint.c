@@ -1,7 +1,7 @@
 /*
  * Checkpoint record encoding and the skip rule (see checkpoint.h).
  */
-#include "outboxd/checkpoint.h"
+#include "outboxd/relay/checkpoint.h"
 
 #include <jansson.h>
 #include <stdio.h>

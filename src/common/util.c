@@ -1,7 +1,7 @@
 /*
  * Small shared helpers: growable buffer, LSN text, clocks.
  */
-#include "outboxd/util.h"
+#include "outboxd/common/util.h"
 
 #include <inttypes.h>
 #include <stdarg.h>

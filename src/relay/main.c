@@ -16,10 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "outboxd/config.h"
-#include "outboxd/log.h"
-#include "outboxd/pgsetup.h"
-#include "outboxd/source.h"
+#include "outboxd/relay/config.h"
+#include "outboxd/common/log.h"
+#include "outboxd/relay/pgsetup.h"
+#include "outboxd/relay/source.h"
 
 static volatile sig_atomic_t got_signal = 0;
 /* Read by every source thread; set by main once a signal was seen. */

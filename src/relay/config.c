@@ -21,8 +21,8 @@
  * place is easier to review, and the error can then point at the right line.
  * Anchors (&name) without aliases have no effect and are ignored.
  */
-#include "outboxd/config.h"
-#include "outboxd/util.h"
+#include "outboxd/relay/config.h"
+#include "outboxd/common/util.h"
 
 #include <ctype.h>
 #include <errno.h>

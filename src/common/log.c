@@ -2,7 +2,7 @@
  * Line-oriented logging to stderr. Each line is formatted into a local buffer
  * and written with one write(2), so lines from source threads never interleave.
  */
-#include "outboxd/log.h"
+#include "outboxd/common/log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>

@@ -10,18 +10,8 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 
-#include "outboxd/config.h"
-#include "outboxd/util.h"
-
-/*
- * Opens a connection for src: its dsn plus password (from password_file) and
- * session settings the decoder relies on (DateStyle=ISO, TimeZone=UTC,
- * application_name=outboxd-<source>). replication=true opens a logical
- * replication connection (replication=database). Returns NULL with errstr
- * filled (the libpq message, without trailing newline) on failure.
- */
-PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, char *errstr,
-                           size_t errstr_size);
+#include "outboxd/relay/config.h"
+#include "outboxd/common/util.h"
 
 /*
  * Checks a source on a normal connection. With create=true a missing

@@ -12,8 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "outboxd/config.h"
-#include "outboxd/util.h"
+#include "outboxd/relay/config.h"
+#include "outboxd/common/util.h"
 
 typedef struct outboxd_repl outboxd_repl_t;
 

@@ -14,7 +14,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-#include "outboxd/config.h"
+#include "outboxd/relay/config.h"
 
 typedef struct outboxd_source outboxd_source_t;
 

@@ -8,7 +8,7 @@
  * reconnect; PostgreSQL resends from the slot's confirmed position and every
  * change already covered by ck_committed is skipped.
  */
-#include "outboxd/source.h"
+#include "outboxd/relay/source.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -19,13 +19,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "outboxd/checkpoint.h"
-#include "outboxd/log.h"
-#include "outboxd/pgoutput.h"
-#include "outboxd/pgsetup.h"
-#include "outboxd/repl.h"
-#include "outboxd/router.h"
-#include "outboxd/sink.h"
+#include "outboxd/relay/checkpoint.h"
+#include "outboxd/common/log.h"
+#include "outboxd/relay/pgoutput.h"
+#include "outboxd/relay/pgsetup.h"
+#include "outboxd/relay/repl.h"
+#include "outboxd/relay/router.h"
+#include "outboxd/relay/sink.h"
 
 #define STATS_LOG_INTERVAL_MS 30000
 

@@ -26,7 +26,8 @@
  * quoted with PQescapeIdentifier, and literals shown in suggested SQL with
  * PQescapeLiteral.
  */
-#include "outboxd/pgsetup.h"
+#include "outboxd/relay/pgsetup.h"
+#include "outboxd/relay/pgconn.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -34,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "outboxd/log.h"
+#include "outboxd/common/log.h"
 
 /* Type OIDs from PostgreSQL's pg_type.dat; they never change between versions. */
 #define TEXT_OID    25

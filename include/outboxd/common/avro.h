@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "outboxd/util.h"
+#include "outboxd/common/util.h"
 
 /* The envelope schema text (config/avro/outbox_envelope.avsc), embedded. */
 extern const char outboxd_envelope_schema_json[];

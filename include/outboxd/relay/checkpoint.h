@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "outboxd/util.h"
+#include "outboxd/common/util.h"
 
 typedef struct outboxd_checkpoint {
     outboxd_lsn_t commit_lsn; /* 0: nothing published yet */

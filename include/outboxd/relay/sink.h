@@ -21,9 +21,9 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#include "outboxd/checkpoint.h"
-#include "outboxd/config.h"
-#include "outboxd/router.h"
+#include "outboxd/relay/checkpoint.h"
+#include "outboxd/relay/config.h"
+#include "outboxd/relay/router.h"
 
 typedef enum {
     OUTBOXD_SINK_OK = 0,

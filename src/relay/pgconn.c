@@ -1,7 +1,7 @@
 /*
  * Opening PostgreSQL connections for a source.
  */
-#include "outboxd/pgsetup.h"
+#include "outboxd/relay/pgconn.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * librdkafka's examples/transactions.c: fatal -> stop, txn_requires_abort ->
  * abort and rewind, retriable -> retry the same call.
  */
-#include "outboxd/sink.h"
+#include "outboxd/relay/sink.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdatomic.h>
@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "outboxd/log.h"
+#include "outboxd/common/log.h"
 
 /* How long one blocking transactional call may take before we retry it
  * (keeping the replication connection alive in between). */

@@ -6,7 +6,7 @@
  * avro_schema_to_json drops logicalType and defaults, so a schema written out
  * by avro-c is not the schema we publish.
  */
-#include "outboxd/avro.h"
+#include "outboxd/common/avro.h"
 
 #include <avro.h>
 #include <errno.h>

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "outboxd/util.h"
+#include "outboxd/common/util.h"
 
 typedef enum {
     OUTBOXD_PGO_BEGIN = 'B',

@@ -13,9 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "outboxd/config.h"
-#include "outboxd/pgoutput.h"
-#include "outboxd/util.h"
+#include "outboxd/relay/config.h"
+#include "outboxd/relay/pgoutput.h"
+#include "outboxd/common/util.h"
 
 #define OUTBOXD_MAX_HEADERS 32
 

@@ -4,15 +4,15 @@
  * Shape follows pg_recvlogical: PQgetCopyData in async mode, PQconsumeInput
  * when the socket is readable, keepalive replies as soon as one asks for it.
  */
-#include "outboxd/repl.h"
+#include "outboxd/relay/repl.h"
 
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "outboxd/log.h"
-#include "outboxd/pgsetup.h"
+#include "outboxd/common/log.h"
+#include "outboxd/relay/pgconn.h"
 
 struct outboxd_repl {
     PGconn *conn;
