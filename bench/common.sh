@@ -40,7 +40,8 @@ bench_db() {
             payload jsonb)" -c "CREATE PUBLICATION bench_pub FOR TABLE outbox"
 }
 
-# bench_config FILE SLOT: relay configuration for database $DB.
+# bench_config FILE SLOT [SOURCE [TOPIC_PREFIX]]: relay configuration for
+# database $DB (source name default $DB, topics "bench.<aggregatetype>").
 bench_config() {
     printf '%s\n' \
         "kafka:" \
@@ -52,13 +53,13 @@ bench_config() {
         "  log_level: ${BENCH_LOG_LEVEL:-info}" \
         "  producers_per_source: ${BENCH_PRODUCERS:-2}" \
         "sources:" \
-        "  - name: $DB" \
+        "  - name: ${3:-$DB}" \
         "    dsn: \"host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER\"" \
         "    slot: $2" \
         "    publication: bench_pub" \
         "    tables:" \
         "      - table: public.outbox" \
-        "        topic: \"bench.\${aggregatetype}\"" >"$1"
+        "        topic: \"${4:-bench}.\${aggregatetype}\"" >"$1"
 }
 
 # slot_done SLOT LSN: true once the slot has confirmed LSN.

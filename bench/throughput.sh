@@ -1,65 +1,131 @@
 #!/usr/bin/env bash
-# Throughput: a backlog of N single-row outbox transactions (default 200,000)
-# in one database, drained
+# Throughput: a backlog of N outbox events (default 200,000) in one database,
+# drained
 #   (a) by pg_recvlogical with pgoutput into /dev/null: the server's decoding
-#       limit, our baseline, measured in the same run;
+#       limit, the baseline, measured in the same run: BENCH_RUNS times
+#       before outboxd and BENCH_RUNS times after it (one slow baseline run
+#       once made a 0.3 ratio look like 1.0, so a single run is no limit);
 #   (b) by outboxd into Kafka with exactly-once on (transactional producer,
-#       events visible to read_committed consumers).
-# Prints both rates, the ratio (target: >= 0.8) and outboxd's peak RSS.
-#   bench/throughput.sh [N]
+#       events visible to read_committed consumers), BENCH_RUNS times, each
+#       run with its own slot, source name and topic, all slots created
+#       before the backlog so every run decodes the same WAL.
+# Prints every run, the best, median and spread ((worst - best) / best) of
+# each side, the ratio of the bests (target: >= 0.80) and of the medians,
+# events/s and payload MB/s, outboxd's peak RSS, and the count read back
+# from Kafka per run (must equal N).
+#
+#   bench/throughput.sh [N] [ROWS_PER_TXN] [PAYLOAD_BYTES]
+#     N              events in the backlog (default 200000)
+#     ROWS_PER_TXN   outbox rows per PostgreSQL transaction (default 1)
+#     PAYLOAD_BYTES  0 (default): a small JSON payload of about 60 bytes;
+#                    else a payload of about that many bytes of incompressible
+#                    text (e.g. 10240 for 10 KB events)
+#   BENCH_RUNS (default 3)
 source "$(dirname "$0")/common.sh"
 N=${1:-200000}
+ROWS=${2:-1}
+PAYLOAD=${3:-0}
+RUNS=${BENCH_RUNS:-3}
+[ "$ROWS" -ge 1 ] && [ $((N % (4 * ROWS))) -eq 0 ] || {
+    echo "bench: N must be a multiple of 4 * ROWS_PER_TXN (4 writer clients)" >&2
+    exit 2
+}
 bench_db bench_tp
-q -c "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null
-q -c "SELECT pg_create_logical_replication_slot('bench_relay', 'pgoutput')" >/dev/null
+for i in $(seq 1 "$RUNS"); do
+    for slot in recv_a$i relay_$i recv_b$i; do
+        q -c "SELECT pg_create_logical_replication_slot('$slot', 'pgoutput')" >/dev/null
+    done
+done
 
-say "writing $N single-row transactions"
+if [ "$PAYLOAD" -eq 0 ]; then
+    payload_sql="'{\"amount\": 12, \"currency\": \"EUR\", \"items\": [1, 2, 3]}'::jsonb"
+    payload_bytes=52
+else
+    # md5 of a different text per 32 bytes: TOAST cannot compress it, so the
+    # WAL and the stream carry the full size.
+    payload_sql="jsonb_build_object('data', (SELECT string_agg(md5(random()::text || g || h), '') FROM generate_series(1, $((PAYLOAD / 32))) h))"
+    payload_bytes=$((PAYLOAD / 32 * 32 + 11))
+fi
+say "writing $N events: $((N / ROWS)) transactions of $ROWS row(s), payload ~$payload_bytes bytes"
 printf '%s\n' '\set k random(1, 1000)' \
-    "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'order-' || :k, 'OrderCreated', '{\"amount\": 12, \"currency\": \"EUR\", \"items\": [1, 2, 3]}');" \
+    "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT 'order', 'order-' || (:k + g), 'OrderCreated', $payload_sql FROM generate_series(1, $ROWS) g;" \
     >"$WORK/insert.sql"
-pgbench -n -c 4 -j 2 -t $((N / 4)) -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench.log" 2>&1
+pgbench -n -c 4 -j 2 -t $((N / ROWS / 4)) -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench.log" 2>&1 || {
+    cat "$WORK/pgbench.log" >&2
+    exit 1
+}
 END=$(q -c "SELECT pg_current_wal_lsn()")
 say "backlog written, WAL end $END"
 
-# (a) decoding limit
-t0=$(now_ms)
-pg_recvlogical -d "$DB" --slot bench_recv --start --endpos "$END" --no-loop \
-    -o proto_version=1 -o publication_names=bench_pub -f /dev/null
-t1=$(now_ms)
-recv_ms=$((t1 - t0))
+recv_run() { # recv_run SLOT -> milliseconds
+    local t0 t1
+    t0=$(now_ms)
+    pg_recvlogical -d "$DB" --slot "$1" --start --endpos "$END" --no-loop \
+        -o proto_version=1 -o publication_names=bench_pub -f /dev/null
+    t1=$(now_ms)
+    echo $((t1 - t0))
+}
 
-# (b) outboxd, exactly-once into Kafka; the clock runs from process start
-# (startup included) until the slot has confirmed the whole backlog, which
-# the relay does only after the Kafka transaction holding it committed.
-bench_config "$WORK/outboxd.yaml" bench_relay
-t0=$(now_ms)
-"$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" 2>"$WORK/relay.log" &
-relay=$!
-BG+=("$relay")
-peak=0
-until slot_done bench_relay "$END"; do
+# outboxd: the clock runs from process start until the slot has confirmed the
+# whole backlog, which the relay does only after the Kafka transaction holding
+# it committed. Startup (connect, init_transactions of every producer id,
+# checkpoint read) ends with the "streaming slot" line; the drain rate counts
+# from there. Prints "drain_ms total_ms peak_kb consumed".
+relay_run() { # relay_run I
+    local i=$1 cfg=$WORK/outboxd.$1.yaml log=$WORK/relay.$1.log t0 t1 relay peak r ts stream_ms n
+    bench_config "$cfg" "relay_$i" "bench_tp_$i" "bench$i"
+    t0=$(now_ms)
+    "$OUTBOXD_BIN" run -c "$cfg" 2>"$log" &
+    relay=$!
+    BG+=("$relay")
+    peak=0
+    until slot_done "relay_$i" "$END"; do
+        r=$(peak_rss_kb "$relay")
+        [ "${r:-0}" -gt "$peak" ] && peak=$r
+        kill -0 "$relay" 2>/dev/null || { tail -n 20 "$log" >&2; return 1; }
+        sleep 0.05
+    done
+    t1=$(now_ms)
     r=$(peak_rss_kb "$relay")
     [ "${r:-0}" -gt "$peak" ] && peak=$r
-    sleep 0.05
-done
-t1=$(now_ms)
-r=$(peak_rss_kb "$relay")
-[ "${r:-0}" -gt "$peak" ] && peak=$r
-relay_ms=$((t1 - t0))
-kill -TERM "$relay"
-wait "$relay" || true
-# Startup (connect, init_transactions of every producer id, checkpoint read)
-# ends with the "streaming slot" line; the drain rate counts from there.
-ts=$(grep -m1 "streaming slot" "$WORK/relay.log" | cut -d' ' -f1)
-stream_ms=$(($(date -d "$ts" +%s%3N) - t0))
-drain_ms=$((relay_ms - stream_ms))
+    kill -TERM "$relay"
+    wait "$relay" || true
+    ts=$(grep -m1 "streaming slot" "$log" | cut -d' ' -f1)
+    stream_ms=$(($(date -d "$ts" +%s%3N) - t0))
+    n=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t "bench$i.order" --idle-ms 3000 2>/dev/null | sed -n 's/^okcat: consumed=//p')
+    echo "$((t1 - t0 - stream_ms)) $((t1 - t0)) $peak ${n:-0}"
+}
 
-n_kafka=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --idle-ms 3000 2>/dev/null | sed -n 's/^okcat: consumed=//p')
-awk -v n="$N" -v a="$recv_ms" -v b="$relay_ms" -v d="$drain_ms" -v rss="$peak" -v k="$n_kafka" 'BEGIN {
-    ra = n / (a / 1000); rb = n / (b / 1000); rd = n / (d / 1000);
-    printf "throughput: transactions=%d\n", n;
-    printf "throughput: pg_recvlogical (decoding limit): %.0f txn/s (%.2f s)\n", ra, a / 1000;
-    printf "throughput: outboxd exactly-once into Kafka: %.0f events/s draining (%.2f s), %.0f events/s with its %.2f s startup\n", rd, d / 1000, rb, (b - d) / 1000;
-    printf "throughput: ratio outboxd / decoding limit = %.2f draining, %.2f with startup (target >= 0.80)\n", rd / ra, rb / ra;
-    printf "throughput: outboxd peak RSS = %.1f MB; events read back from Kafka (read_committed) = %d\n", rss / 1024, k;
-}'
+: >"$WORK/results"
+for i in $(seq 1 "$RUNS"); do
+    ms=$(recv_run "recv_a$i")
+    echo "throughput: run pg_recvlogical before #$i: $ms ms" >&2
+    echo "recv $ms" >>"$WORK/results"
+done
+for i in $(seq 1 "$RUNS"); do
+    read -r drain total peak n < <(relay_run "$i")
+    echo "throughput: run outboxd #$i: drain $drain ms, with startup $total ms, peak RSS $((peak / 1024)) MB, read back $n" >&2
+    echo "relay $drain $total $peak $n" >>"$WORK/results"
+done
+for i in $(seq 1 "$RUNS"); do
+    ms=$(recv_run "recv_b$i")
+    echo "throughput: run pg_recvlogical after #$i: $ms ms" >&2
+    echo "recv $ms" >>"$WORK/results"
+done
+
+awk -v n="$N" -v rows="$ROWS" -v pb="$payload_bytes" -v runs="$RUNS" '
+function sort(a, k,   i, j, t) { for (i = 2; i <= k; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t } }
+$1 == "recv" { r[++nr] = $2 }
+$1 == "relay" { d[++nd] = $2; t[nd] = $3; if ($4 > peak) peak = $4; if ($5 != n) bad++ }
+END {
+    sort(r, nr); sort(d, nd); sort(t, nd);
+    rbest = n / (r[1] / 1000); rmed = n / (r[int((nr + 1) / 2)] / 1000); rworst = n / (r[nr] / 1000);
+    dbest = n / (d[1] / 1000); dmed = n / (d[int((nd + 1) / 2)] / 1000); dworst = n / (d[nd] / 1000);
+    tbest = n / (t[1] / 1000);
+    printf "throughput: events=%d in transactions of %d row(s), payload ~%d bytes; %d runs each\n", n, rows, pb, runs;
+    printf "throughput: pg_recvlogical (decoding limit), %d runs before and %d after outboxd: best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%)\n", runs, runs, rbest, rmed, rworst, 100 * (rbest - rworst) / rbest;
+    printf "throughput: outboxd exactly-once into Kafka, draining: best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%); best with startup %.0f events/s\n", dbest, dmed, dworst, 100 * (dbest - dworst) / dbest, tbest;
+    printf "throughput: payload MB/s: pg_recvlogical best %.1f, outboxd best %.1f\n", rbest * pb / 1e6, dbest * pb / 1e6;
+    printf "throughput: ratio outboxd / decoding limit: best/best %.2f, median/median %.2f (target >= 0.80)\n", dbest / rbest, dmed / rmed;
+    printf "throughput: outboxd peak RSS %.1f MB; runs whose read-back count from Kafka (read_committed) differed from %d: %d\n", peak / 1024, n, bad;
+}' "$WORK/results"

@@ -74,6 +74,10 @@ static const char usage_text[] =
     "  --latency             report receipt time minus the event's source.commit_time\n"
     "  --latency-from-timestamp\n"
     "                        same, but from the Kafka message timestamp\n"
+    "  --ready-file FILE     create FILE once partitions are assigned and every one\n"
+    "                        has reached its end (a benchmark starts its clock then)\n"
+    "  --warmup-ms N         with --latency: events committed before N ms after that\n"
+    "                        moment are reported apart, as warm-up (default 0)\n"
     "  -h, --help            this text\n"
     "\n"
     "The event id is the Kafka header \"id\", else the \"id\" field of the value.\n"
@@ -82,6 +86,7 @@ static const char usage_text[] =
     "Report lines go to stdout after the message lines, the last one always\n"
     "\"okcat: consumed=N\":\n"
     "  okcat: latency_ms p50=X p90=X p99=X max=X n=N           (--latency)\n"
+    "  okcat: warmup_latency_ms p50=X p90=X p99=X max=X n=N    (--latency --warmup-ms)\n"
     "  okcat:   missing|duplicate|unexpected|...: EXAMPLE       (--expect, <= 10 each)\n"
     "  okcat: expected=N received=N unique=N missing=N duplicates=N unexpected=N\n"
     "         wrong_topic=N wrong_key=N order_violations=N      (--expect, one line)\n"
@@ -410,6 +415,8 @@ typedef struct opts {
     bool print, json;
     const char *expect_file;
     bool latency, latency_ts;
+    const char *ready_file; /* created once assigned and caught up */
+    int64_t warmup_ms;
 } opts_t;
 
 typedef struct examples {
@@ -743,14 +750,14 @@ static double percentile_ms(const samples_t *s, double q)
     return (double)s->v[rank - 1] / 1000.0;
 }
 
-static void report_latency(samples_t *s)
+static void report_latency(samples_t *s, const char *name)
 {
     if (s->n == 0) {
-        printf("okcat: latency_ms p50=- p90=- p99=- max=- n=0\n");
+        printf("okcat: %s p50=- p90=- p99=- max=- n=0\n", name);
         return;
     }
     qsort(s->v, s->n, sizeof(*s->v), cmp_i64);
-    printf("okcat: latency_ms p50=%.3f p90=%.3f p99=%.3f max=%.3f n=%zu\n", percentile_ms(s, 0.50),
+    printf("okcat: %s p50=%.3f p90=%.3f p99=%.3f max=%.3f n=%zu\n", name, percentile_ms(s, 0.50),
            percentile_ms(s, 0.90), percentile_ms(s, 0.99), (double)s->v[s->n - 1] / 1000.0, s->n);
 }
 
@@ -894,6 +901,8 @@ typedef struct run {
     outboxd_avro_t *av;
     checker_t *chk; /* NULL without --expect */
     samples_t lat;
+    samples_t warm;    /* --warmup-ms: latencies of events committed before steady_us */
+    int64_t steady_us; /* wall clock; 0 until ready */
     outboxd_buf_t line;
     uint64_t consumed;
     arena_t arena;
@@ -902,6 +911,16 @@ typedef struct run {
     bool fast;    /* envelope_peek usable */
     uint64_t fingerprint;
 } run_t;
+
+/* Events committed before the consumer was ready (plus --warmup-ms) measure
+ * the consumer's own start (first fetches, group join), not the relay: they
+ * are kept apart so a steady-state figure is not a warm-up figure. */
+static void add_latency(run_t *r, int64_t committed_us, int64_t recv_wall_us)
+{
+    bool warm = r->o->warmup_ms > 0 &&
+                (r->steady_us == 0 || committed_us < r->steady_us + r->o->warmup_ms * 1000);
+    samples_add(warm ? &r->warm : &r->lat, recv_wall_us - committed_us);
+}
 
 static pstate_t *part_state(run_t *r, const char *topic, int32_t partition)
 {
@@ -1090,6 +1109,8 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         OPT_EXPECT,
         OPT_LATENCY,
         OPT_LATENCY_TS,
+        OPT_READY_FILE,
+        OPT_WARMUP_MS,
     };
     static const struct option longopts[] = {
         {"bootstrap", required_argument, NULL, 'b'},
@@ -1103,6 +1124,8 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"expect", required_argument, NULL, OPT_EXPECT},
         {"latency", no_argument, NULL, OPT_LATENCY},
         {"latency-from-timestamp", no_argument, NULL, OPT_LATENCY_TS},
+        {"ready-file", required_argument, NULL, OPT_READY_FILE},
+        {"warmup-ms", required_argument, NULL, OPT_WARMUP_MS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1157,6 +1180,16 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             break;
         case OPT_EXPECT:
             o->expect_file = optarg;
+            break;
+        case OPT_READY_FILE:
+            o->ready_file = optarg;
+            break;
+        case OPT_WARMUP_MS:
+            if (!parse_i64(optarg, 1, &o->warmup_ms)) {
+                fprintf(stderr, "okcat: --warmup-ms needs a positive integer, got \"%s\"\n",
+                        optarg);
+                return -1;
+            }
             break;
         case OPT_LATENCY:
             o->latency = true;
@@ -1265,9 +1298,9 @@ static void handle_message(run_t *r, const rd_kafka_message_t *m, int64_t recv_w
             rd_kafka_timestamp_type_t tt;
             int64_t ts_ms = rd_kafka_message_timestamp(m, &tt);
             if (ts_ms >= 0)
-                samples_add(&r->lat, recv_wall_us - ts_ms * 1000);
+                add_latency(r, ts_ms * 1000, recv_wall_us);
         } else if (have_commit) {
-            samples_add(&r->lat, recv_wall_us - commit_us);
+            add_latency(r, commit_us, recv_wall_us);
         }
     }
 
@@ -1415,6 +1448,16 @@ int main(int argc, char **argv)
             stopped = "idle";
             break;
         }
+        if (!r.steady_us && caught_up(&r)) {
+            r.steady_us = outboxd_wall_us();
+            if (o.ready_file) {
+                FILE *f = fopen(o.ready_file, "w");
+                if (f)
+                    fclose(f);
+                else
+                    fprintf(stderr, "okcat: cannot create %s: %s\n", o.ready_file, strerror(errno));
+            }
+        }
         int64_t wait = o.timeout_ms - (now - start_ms);
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, wait < 100 ? (int)wait : 100);
         if (!m) {
@@ -1448,8 +1491,11 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     rc = 0;
-    if (o.latency)
-        report_latency(&r.lat);
+    if (o.latency) {
+        report_latency(&r.lat, "latency_ms");
+        if (o.warmup_ms > 0)
+            report_latency(&r.warm, "warmup_latency_ms");
+    }
     if (r.chk && !report_expect(r.chk))
         rc = EXIT_VIOLATION;
     if (o.count && r.consumed < (uint64_t)o.count)
@@ -1474,6 +1520,7 @@ out:
     free(r.parts.slots);
     arena_free(&r.arena);
     free(r.lat.v);
+    free(r.warm.v);
     outboxd_buf_free(&r.line);
     free(o.topics);
     free(o.props);
