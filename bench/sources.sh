@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Many sources in one process: N databases (default 50), each with its own
+# outbox table, publication and slot, relayed by one outboxd.
+# Prints: time from start until every source streams, resident memory
+# (current and peak), the process's thread count, its CPU use while idle
+# (share of one core over BENCH_IDLE_S seconds, default 10), and a check
+# that one row written in every database arrives (read_committed count).
+#   bench/sources.sh [N]
+source "$(dirname "$0")/common.sh"
+N=${1:-50}
+IDLE_S=${BENCH_IDLE_S:-10}
+
+# Each source holds a walsender and a slot; the stack's defaults are for tests.
+psql -X -q -d postgres -c "ALTER SYSTEM SET max_replication_slots = $((N + 20))" \
+    -c "ALTER SYSTEM SET max_wal_senders = $((N + 20))" \
+    -c "ALTER SYSTEM SET max_connections = $((2 * N + 50))" >/dev/null
+"$ROOT/tests/stack/stack.sh" restart-pg >&2
+
+say "creating $N databases"
+bench_db bench_src_tpl
+for i in $(seq 1 "$N"); do
+    psql -X -q -d postgres -c "CREATE DATABASE bench_src_$i TEMPLATE bench_src_tpl" >/dev/null
+    psql -X -q -At -d "bench_src_$i" -c "SELECT pg_create_logical_replication_slot('bench_src_$i', 'pgoutput')" >/dev/null
+done
+
+{
+    printf '%s\n' "kafka:" "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" "  transactional_id_prefix: benchsrc" \
+        "relay:" "  checkpoint_topic: bench.checkpoints" "  dead_letter_topic: bench.dlt" \
+        "  producers_per_source: ${BENCH_PRODUCERS:-2}" "sources:"
+    for i in $(seq 1 "$N"); do
+        printf '%s\n' "  - name: src$i" \
+            "    dsn: \"host=$PGHOST port=$PGPORT dbname=bench_src_$i user=$PGUSER\"" \
+            "    slot: bench_src_$i" "    publication: bench_pub" "    tables:" \
+            "      - table: public.outbox" "        topic: \"benchsrc.\${aggregatetype}\""
+    done
+} >"$WORK/outboxd.yaml"
+
+t0=$(now_ms)
+"$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" 2>"$WORK/relay.log" &
+relay=$!
+BG+=("$relay")
+until [ "$(grep -c "streaming slot" "$WORK/relay.log")" -ge "$N" ]; do
+    kill -0 "$relay" 2>/dev/null || { tail -n 30 "$WORK/relay.log" >&2; exit 1; }
+    [ $(($(now_ms) - t0)) -lt 600000 ] || { say "not all sources streaming after 600 s"; exit 1; }
+    sleep 0.05
+done
+t1=$(now_ms)
+sleep 2 # let startup work (producer connections, metadata) settle
+ticks() { awk '{print $14 + $15}' "/proc/$relay/stat"; }
+c0=$(ticks)
+sleep "$IDLE_S"
+c1=$(ticks)
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$relay/status")
+threads=$(awk '/Threads/ {print $2}' "/proc/$relay/status")
+
+for i in $(seq 1 "$N"); do
+    psql -X -q -d "bench_src_$i" -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'k$i', 'Ping', '{}')" >/dev/null
+done
+got=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t benchsrc.order --count "$N" --timeout-ms 120000 2>/dev/null | sed -n 's/^okcat: consumed=//p')
+peak=$(peak_rss_kb "$relay")
+kill -TERM "$relay"
+wait "$relay" || true
+hz=$(getconf CLK_TCK)
+echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2}"
+echo "sources: all streaming $((t1 - t0)) ms after start"
+awk -v c=$((c1 - c0)) -v hz="$hz" -v s="$IDLE_S" 'BEGIN { printf "sources: idle cpu %.1f%% of one core over %d s\n", 100 * c / hz / s, s }'
+echo "sources: resident $((rss / 1024)) MB when idle, peak $((peak / 1024)) MB; threads $threads"
+echo "sources: one row per database written, $got of $N read back (read_committed)"
