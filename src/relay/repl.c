@@ -172,16 +172,18 @@ int outboxd_repl_timeline_end(outboxd_repl_t *r, uint32_t server_tli, uint32_t t
     return 0;
 }
 
-int outboxd_repl_slot_confirmed(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *confirmed,
-                                char *errstr, size_t errstr_size)
+int outboxd_repl_slot_state(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *confirmed,
+                            int *active_pid, char *errstr, size_t errstr_size)
 {
     *confirmed = 0;
+    *active_pid = 0;
     char *lit = PQescapeLiteral(r->conn, slot, strlen(slot));
     if (!lit)
         return conn_error(r->conn, "escaping the slot name", errstr, errstr_size);
     char sql[512];
     snprintf(sql, sizeof(sql),
-             "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+             "SELECT confirmed_flush_lsn, active_pid FROM pg_catalog.pg_replication_slots "
+             "WHERE slot_name = %s",
              lit);
     PQfreemem(lit);
     PGresult *res = PQexec(r->conn, sql);
@@ -192,6 +194,8 @@ int outboxd_repl_slot_confirmed(outboxd_repl_t *r, const char *slot, outboxd_lsn
     }
     if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
         outboxd_lsn_parse(PQgetvalue(res, 0, 0), confirmed);
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 1))
+        *active_pid = atoi(PQgetvalue(res, 0, 1));
     PQclear(res);
     return 0;
 }

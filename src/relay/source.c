@@ -81,6 +81,8 @@ struct outboxd_source {
         char *name;
     } * rels;
     size_t n_rels;
+    PGconn *watch_conn; /* normal connection for the periodic catalog check */
+    int64_t last_watch_ms;
 
     /* Position of every record produced in the open Kafka transaction, in
      * produce order, to find the change behind a record Kafka refused. */
@@ -558,6 +560,31 @@ static void log_stats(outboxd_source_t *s, bool force)
 }
 
 /*
+ * Every status interval: are the configured tables still there and in the
+ * publication? A table dropped and created again (migration tools do) or
+ * renamed into place is otherwise not in a FOR TABLE publication, and its
+ * rows would be lost without a word.
+ */
+static void watch_catalog(outboxd_source_t *s)
+{
+    int64_t now = outboxd_now_ms();
+    if (s->src->n_tables == 0 || now - s->last_watch_ms < s->conf->status_interval_ms)
+        return;
+    s->last_watch_ms = now;
+    outboxd_buf_t report = {0};
+    int problems = outboxd_pgsetup_watch(s->src, &s->watch_conn, &report);
+    char *save = NULL;
+    for (char *line = report.data ? strtok_r(report.data, "\n", &save) : NULL; line;
+         line = strtok_r(NULL, "\n", &save)) {
+        if (problems < 0)
+            LOG_DEBUG(s->name, "%s", line); /* the stream notices an unreachable server */
+        else
+            LOG_ERROR(s->name, "%s", line);
+    }
+    outboxd_buf_free(&report);
+}
+
+/*
  * A Kafka transaction holds whole PostgreSQL transactions. It is cut inside
  * one only when it reaches max_batch_events (bounded memory for huge
  * transactions) or has been open for SPLIT_AFTER_MS (a slow transaction made
@@ -615,6 +642,7 @@ static int stream(outboxd_source_t *s)
                 return rewind_stream(s, strerror(errno));
             outboxd_sink_poll(s->sink);
             log_stats(s, false);
+            watch_catalog(s);
             break;
         }
         }
@@ -658,7 +686,8 @@ static int judge_checkpoint(outboxd_source_t *s, bool created_slot)
         return -1;
     }
     outboxd_lsn_t slot_pos = 0;
-    if (outboxd_repl_slot_confirmed(s->repl, s->src->slot, &slot_pos, err, sizeof(err)) < 0) {
+    int pid = 0;
+    if (outboxd_repl_slot_state(s->repl, s->src->slot, &slot_pos, &pid, err, sizeof(err)) < 0) {
         LOG_ERROR(s->name, "%s", err);
         return -1;
     }
@@ -732,6 +761,21 @@ static int open_kafka(outboxd_source_t *s)
     return 0;
 }
 
+/* Another outboxd (a second instance for failover) holds the slot; waiting
+ * is normal there, so say it once. */
+static void slot_busy(outboxd_source_t *s, const char *err)
+{
+    if (!s->slot_busy_logged)
+        LOG_WARN(s->name,
+                 "%s: another process (probably another outboxd with this configuration) holds "
+                 "slot '%s'; this instance waits for it",
+                 err, s->src->slot);
+    else
+        LOG_DEBUG(s->name, "%s", err);
+    s->slot_busy_logged = true;
+    s->quiet_retry = true;
+}
+
 /* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
 static int connect_source(outboxd_source_t *s)
 {
@@ -748,14 +792,37 @@ static int connect_source(outboxd_source_t *s)
     }
     outboxd_buf_free(&report);
 
-    int rc = open_kafka(s);
-    if (rc < 0)
-        return rc;
-
+    /* The replication connection waits in command mode (no
+     * wal_sender_timeout runs) while Kafka is set up: starting the stream
+     * first would leave it unanswered during Kafka's slow calls. */
     s->repl = outboxd_repl_connect(s->src, &s->ident, err, sizeof(err));
     if (!s->repl) {
         LOG_ERROR(s->name, "%s", err);
         return -1;
+    }
+    if (!s->sink_ready) {
+        /* Kafka's first init fences the producers of any other instance
+         * with this configuration: while another process streams from the
+         * slot, wait instead of fencing it. */
+        outboxd_lsn_t pos;
+        int pid = 0;
+        if (outboxd_repl_slot_state(s->repl, s->src->slot, &pos, &pid, err, sizeof(err)) < 0) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -1;
+        }
+        if (pid) {
+            snprintf(err, sizeof(err), "replication slot \"%s\" is active for PID %d", s->src->slot,
+                     pid);
+            close_stream(s);
+            slot_busy(s, err);
+            return -1;
+        }
+        int rc = open_kafka(s);
+        if (rc < 0) {
+            close_stream(s);
+            return rc;
+        }
     }
     if (!s->router) {
         s->router = outboxd_router_new(s->conf, s->src, s->ident.database, err, sizeof(err));
@@ -776,17 +843,7 @@ static int connect_source(outboxd_source_t *s)
     if (outboxd_repl_stream(s->repl, s->src, 0, err, sizeof(err)) < 0) {
         close_stream(s);
         if (strstr(err, "is active for PID")) {
-            /* Another outboxd (a second instance for failover) holds the
-             * slot; waiting is normal there, so say it once. */
-            if (!s->slot_busy_logged)
-                LOG_WARN(s->name,
-                         "%s: another process (probably another outboxd with this "
-                         "configuration) holds slot '%s'; this instance waits for it",
-                         err, s->src->slot);
-            else
-                LOG_DEBUG(s->name, "%s", err);
-            s->slot_busy_logged = true;
-            s->quiet_retry = true;
+            slot_busy(s, err);
         } else {
             LOG_ERROR(s->name, "%s", err);
         }
@@ -902,5 +959,7 @@ void outboxd_source_destroy(outboxd_source_t *s)
     for (size_t i = 0; i < s->n_rels; i++)
         free(s->rels[i].name);
     free(s->rels);
+    if (s->watch_conn)
+        PQfinish(s->watch_conn);
     free(s);
 }

@@ -72,9 +72,10 @@ outboxd_lsn_t outboxd_repl_history_switchpoint(const char *history, uint32_t tli
 int outboxd_repl_timeline_end(outboxd_repl_t *r, uint32_t server_tli, uint32_t tli,
                               outboxd_lsn_t *end, char *errstr, size_t errstr_size);
 
-/* Before streaming: the slot's confirmed_flush_lsn (0 if none). 0, or -1. */
-int outboxd_repl_slot_confirmed(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *confirmed,
-                                char *errstr, size_t errstr_size);
+/* Before streaming: the slot's confirmed_flush_lsn (0 if none) and the pid
+ * of the process streaming from it (0 if none). 0, or -1 with errstr. */
+int outboxd_repl_slot_state(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *confirmed,
+                            int *active_pid, char *errstr, size_t errstr_size);
 
 /*
  * START_REPLICATION from the slot at start_lsn (0 = the slot's confirmed
