@@ -265,6 +265,9 @@ static int commit_batch(outboxd_source_t *s)
     snprintf(ck.database, sizeof(ck.database), "%s", s->ident.database);
     snprintf(ck.slot, sizeof(ck.slot), "%s", s->src->slot);
     char err[512];
+    /* The commit can block for a while (a broker that just came back):
+     * give wal_sender_timeout a fresh start first. */
+    keepalive(s);
     int64_t t0 = outboxd_now_us();
     int64_t wall0 = outboxd_wall_us();
     outboxd_sink_status_t st = outboxd_sink_commit(s->sink, &ck, err, sizeof(err));
@@ -713,6 +716,20 @@ static int judge_checkpoint(outboxd_source_t *s, bool created_slot)
          * would drop new events. */
         memset(ck, 0, sizeof(*ck));
         return 0;
+    }
+    outboxd_lsn_t upto = ck->end_lsn ? ck->end_lsn : ck->commit_lsn;
+    if (trusted && ck->timeline && ck->timeline != s->ident.timeline && slot_pos > upto) {
+        /* Written before this server's history left the checkpoint's
+         * timeline, so the LSNs agree; but the slot here (a promoted
+         * standby has no copy of the old primary's slot) starts after
+         * the checkpoint, and what committed in between was never
+         * decoded by it. */
+        LOG_ERROR(s->name,
+                  "the last checkpoint (published up to %s on timeline %u) is older than slot "
+                  "%s on this server (timeline %u), which starts at %s: outbox rows committed "
+                  "between %s and %s may not have been relayed; compare the outbox table with "
+                  "the topics and republish missing rows by hand",
+                  ckl, ck->timeline, s->src->slot, s->ident.timeline, sl, ckl, sl);
     }
     if (trusted)
         return 0;

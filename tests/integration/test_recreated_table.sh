@@ -63,11 +63,11 @@ for _ in $(seq 1 600); do
 done
 grep -q "ERROR.*\[$DBT\] published table public.outbox (oid [0-9]*) was renamed to public.outbox_old" "$WORK/relay.log" ||
     fail "the rename was not reported as an ERROR"
-grep -q "ERROR.*\[$DBT\] table public.outbox (oid [0-9]*) was not in publication 'outboxd_pub'.*has been added now" "$WORK/relay.log" ||
+grep -q "ERROR.*\[$DBT\] source $DBT: table public.outbox (oid [0-9]*) was not in publication 'outboxd_pub'.*has been added now" "$WORK/relay.log" ||
     fail "the re-created table missing from the publication was not found and reported"
 grep -q "ERROR.*\[$DBA\] published table public.outbox (oid [0-9]*) was renamed" "$WORK/relay.log" ||
     fail "the rename was not reported for the FOR ALL TABLES source"
-if grep -q "\[$DBA\] table public.outbox .*was not in publication" "$WORK/relay.log"; then
+if grep -q "\[$DBA\] source $DBA: table public.outbox .*was not in publication" "$WORK/relay.log"; then
     fail "FOR ALL TABLES covers the new table, yet it was reported missing"
 fi
 
