@@ -738,6 +738,11 @@ static const enum_name_t update_names[] = {{"skip", OUTBOXD_UPDATE_SKIP},
                                            {"dead_letter", OUTBOXD_UPDATE_DEAD_LETTER},
                                            {NULL, 0}};
 
+static const enum_name_t pub_scope_names[] = {{"tables", OUTBOXD_PUB_TABLES},
+                                              {"schema", OUTBOXD_PUB_SCHEMA},
+                                              {"all", OUTBOXD_PUB_ALL},
+                                              {NULL, 0}};
+
 static const key_spec_t kafka_spec[] = {
     {KEY("bootstrap_servers", K_STR, outboxd_config_t, bootstrap_servers), .required = true,
      .hint = "host:port[,host:port...]"},
@@ -808,6 +813,8 @@ static const key_spec_t source_spec[] = {
      .check = check_publication},
     {KEY("create_slot", K_BOOL, outboxd_source_conf_t, create_slot), .def_num = 1},
     {KEY("create_publication", K_BOOL, outboxd_source_conf_t, create_publication), .def_num = 1},
+    {KEY("publication_scope", K_ENUM, outboxd_source_conf_t, publication_scope),
+     .names = pub_scope_names, .def_num = OUTBOXD_PUB_TABLES},
     {.key = "tables", .kind = K_CUSTOM, .custom = parse_tables, .hint = "a list of tables"},
     {.key = "messages",
      .kind = K_CUSTOM,

@@ -230,6 +230,12 @@ static void check_settings(check_t *c)
                 "PostgreSQL %d does not pass logical decoding messages through pgoutput, which "
                 "messages: needs; upgrade to PostgreSQL 14 or later",
                 v / 10000);
+    if (c->src->publication_scope == OUTBOXD_PUB_SCHEMA && v < 150000)
+        problem(c,
+                "publication_scope: schema needs PostgreSQL 15 or later (FOR TABLES IN SCHEMA); "
+                "this is PostgreSQL %d: use publication_scope: all (decodes every table) or "
+                "tables",
+                v / 10000);
 
     PGresult *res = query(c, "read the server settings",
                           "SELECT current_setting('wal_level'), "
@@ -471,17 +477,39 @@ static void check_columns(check_t *c)
     }
 }
 
+/* Whether schema name already appears among the first n tables. */
+static bool schema_seen(const outboxd_source_conf_t *src, size_t n, const char *schema)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(src->tables[i].schema, schema) == 0)
+            return true;
+    return false;
+}
+
 /* "CREATE PUBLICATION ..." for this source's tables, as run and as suggested. */
 static bool create_publication_sql(check_t *c, outboxd_buf_t *sql)
 {
     const outboxd_source_conf_t *src = c->src;
     bool ok = outboxd_buf_append_str(sql, "CREATE PUBLICATION ") &&
               append_ident(c->conn, sql, src->publication);
-    /* Without tables (messages: only) an empty publication is still needed:
-     * pgoutput refuses to start without publication_names. */
-    for (size_t i = 0; ok && i < src->n_tables; i++)
-        ok = outboxd_buf_append_str(sql, i == 0 ? " FOR TABLE " : ", ") &&
-             append_table(c->conn, sql, &src->tables[i]);
+    if (src->publication_scope == OUTBOXD_PUB_ALL) {
+        /* Covers tables created later (a re-created outbox) from their
+         * creation on; the relay keeps only the configured ones. */
+        ok = ok && outboxd_buf_append_str(sql, " FOR ALL TABLES");
+    } else if (src->publication_scope == OUTBOXD_PUB_SCHEMA && src->n_tables > 0) {
+        for (size_t i = 0; ok && i < src->n_tables; i++) {
+            if (schema_seen(src, i, src->tables[i].schema))
+                continue;
+            ok = outboxd_buf_append_str(sql, i == 0 ? " FOR TABLES IN SCHEMA " : ", ") &&
+                 append_ident(c->conn, sql, src->tables[i].schema);
+        }
+    } else {
+        /* Without tables (messages: only) an empty publication is still
+         * needed: pgoutput refuses to start without publication_names. */
+        for (size_t i = 0; ok && i < src->n_tables; i++)
+            ok = outboxd_buf_append_str(sql, i == 0 ? " FOR TABLE " : ", ") &&
+                 append_table(c->conn, sql, &src->tables[i]);
+    }
     /* Otherwise rows of a partitioned outbox arrive under the partitions'
      * names, which match no configured table. */
     if (ok && c->any_partitioned && c->server_version >= 130000)
@@ -666,6 +694,56 @@ static void add_missing_table(check_t *c, const outboxd_table_conf_t *t, bool pu
     outboxd_buf_free(&sql);
 }
 
+/*
+ * An existing publication narrower than publication_scope asks for. Not a
+ * problem (the relay works with what the publication has), but a re-created
+ * table would not be covered from its creation as configured.
+ */
+static void scope_mismatch(check_t *c, bool alltables)
+{
+    const outboxd_source_conf_t *src = c->src;
+    if (alltables || src->publication_scope == OUTBOXD_PUB_TABLES)
+        return;
+    outboxd_buf_t pub = {0};
+    if (!append_ident(c->conn, &pub, src->publication)) {
+        outboxd_buf_free(&pub);
+        return;
+    }
+    if (src->publication_scope == OUTBOXD_PUB_ALL) {
+        LOG_WARN(src->name,
+                 "publication %s lists tables, but publication_scope is all; re-create it to "
+                 "cover tables created later (with the relay stopped): DROP PUBLICATION %s; "
+                 "CREATE PUBLICATION %s FOR ALL TABLES",
+                 src->publication, pub.data, pub.data);
+    } else if (c->server_version >= 150000) {
+        for (size_t i = 0; i < src->n_tables && !c->conn_lost; i++) {
+            const char *schema = src->tables[i].schema;
+            if (schema_seen(src, i, schema))
+                continue;
+            const char *params[2] = {src->publication, schema};
+            PGresult *res = query(c, "read the publication's schemas",
+                                  "SELECT 1 FROM pg_catalog.pg_publication_namespace pn "
+                                  "JOIN pg_catalog.pg_publication p ON p.oid = pn.pnpubid "
+                                  "JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid "
+                                  "WHERE p.pubname = $1 AND n.nspname = $2",
+                                  2, params);
+            if (!res)
+                continue;
+            if (PQntuples(res) == 0) {
+                outboxd_buf_t nsp = {0};
+                if (append_ident(c->conn, &nsp, schema))
+                    LOG_WARN(src->name,
+                             "publication %s does not cover schema %s, but publication_scope is "
+                             "schema; run: ALTER PUBLICATION %s ADD TABLES IN SCHEMA %s",
+                             src->publication, schema, pub.data, nsp.data);
+                outboxd_buf_free(&nsp);
+            }
+            PQclear(res);
+        }
+    }
+    outboxd_buf_free(&pub);
+}
+
 /* 5. The publication exists, publishes inserts, and carries every table. */
 static void check_publication(check_t *c)
 {
@@ -696,7 +774,9 @@ static void check_publication(check_t *c)
     publish_ops_problem(c, pub, src->n_tables > 0, need_update);
     bool publishes_upd_del = field_true(pub, 0, 1) || field_true(pub, 0, 2);
     bool viaroot = field_true(pub, 0, 5);
+    bool alltables = field_true(pub, 0, 4);
     PQclear(pub);
+    scope_mismatch(c, alltables);
 
     for (size_t i = 0; i < src->n_tables && !c->conn_lost; i++) {
         const outboxd_table_conf_t *t = &src->tables[i];
@@ -925,5 +1005,113 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
     free(c.tables);
     if (created_slot)
         *created_slot = c.slot_created;
+    return c.problems;
+}
+
+int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **connp, outboxd_buf_t *report)
+{
+    char err[1024];
+    if (!*connp) {
+        PGconn *conn = outboxd_pg_connect(src, false, err, sizeof(err));
+        if (!conn) {
+            outboxd_buf_printf(report, "source %s: catalog check could not connect: ", src->name);
+            append_flat(report, err);
+            outboxd_buf_append_str(report, "\n");
+            return -1;
+        }
+        /* A stuck catalog must not hold up the stream for long. */
+        PGresult *res = PQexec(conn, "SET statement_timeout = 5000");
+        PQclear(res);
+        *connp = conn;
+    }
+    check_t c = {
+        .src = src,
+        .conn = *connp,
+        .create = true,
+        .report = report,
+        .server_version = PQserverVersion(*connp),
+    };
+    PQsetNoticeProcessor(c.conn, notice_to_log, &c);
+    /* One row per configured table: exists, partitioned, member of the
+     * publication, has a replica identity, and whether the publication
+     * publishes updates or deletes (then adding a table without one would
+     * break the application's UPDATE and DELETE). */
+    static const char *sql =
+        "SELECT c.oid IS NOT NULL, coalesce(c.relkind = 'p', false), "
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt "
+        "        WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3), "
+        "coalesce(CASE c.relreplident "
+        "  WHEN 'f' THEN true "
+        "  WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+        "                        WHERE i.indrelid = c.oid AND i.indisprimary) "
+        "  WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+        "                        WHERE i.indrelid = c.oid AND i.indisreplident) "
+        "  ELSE false END, false), "
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_publication p WHERE p.pubname = $1 "
+        "        AND (p.pubupdate OR p.pubdelete)), c.oid "
+        "FROM (SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', $2::text, $3::text)) "
+        "      AS oid) r LEFT JOIN pg_catalog.pg_class c ON c.oid = r.oid";
+    for (size_t i = 0; i < src->n_tables && !c.conn_lost; i++) {
+        const outboxd_table_conf_t *t = &src->tables[i];
+        const char *params[3] = {src->publication, t->schema, t->name};
+        PGresult *res = run(&c, sql, 3, params, err, sizeof(err));
+        if (!res) {
+            outboxd_buf_printf(report, "source %s: catalog check failed: ", src->name);
+            append_flat(report, err);
+            outboxd_buf_append_str(report, "\n");
+            c.problems++;
+            break;
+        }
+        bool exists = field_true(res, 0, 0), partitioned = field_true(res, 0, 1);
+        bool member = field_true(res, 0, 2), identity = field_true(res, 0, 3);
+        bool upd_del = field_true(res, 0, 4);
+        char oid[16];
+        snprintf(oid, sizeof(oid), "%s", PQgetisnull(res, 0, 5) ? "" : PQgetvalue(res, 0, 5));
+        PQclear(res);
+        if (!exists) {
+            problem(&c,
+                    "configured table %s.%s does not exist any more (dropped or renamed?): rows "
+                    "written under its new name are not relayed; rename it back, or create it "
+                    "again and it is added to publication '%s'%s",
+                    t->schema, t->name, src->publication,
+                    src->create_publication ? "" : " by hand");
+            continue;
+        }
+        if (member || partitioned) /* partitions carry membership without viaroot */
+            continue;
+        outboxd_buf_t add = {0};
+        bool ok = alter_add_table_sql(&c, t, &add);
+        if (src->create_publication && ok && (identity || !upd_del)) {
+            PGresult *r2 = run(&c, add.data, 0, NULL, err, sizeof(err));
+            if (r2) {
+                PQclear(r2);
+                problem(&c,
+                        "table %s.%s (oid %s) was not in publication '%s' (re-created or renamed "
+                        "into place while the relay ran?) and has been added now (%s): rows "
+                        "written to it before this moment were NOT relayed and never will be; "
+                        "republish them by hand (e.g. INSERT them again)",
+                        t->schema, t->name, oid, src->publication, add.data);
+            } else {
+                problem(&c,
+                        "table %s.%s is not in publication '%s', so its rows are NOT relayed, "
+                        "and adding it failed: %s; run: %s",
+                        t->schema, t->name, src->publication, err, add.data);
+            }
+        } else if (ok && !identity && upd_del) {
+            problem(&c,
+                    "table %s.%s is not in publication '%s', so its rows are NOT relayed; it has "
+                    "no replica identity, so add a primary key first, then run: %s",
+                    t->schema, t->name, src->publication, add.data);
+        } else {
+            problem(&c,
+                    "table %s.%s is not in publication '%s', so its rows are NOT relayed; run: %s",
+                    t->schema, t->name, src->publication, ok ? add.data : "ALTER PUBLICATION ...");
+        }
+        outboxd_buf_free(&add);
+    }
+    if (c.conn_lost) {
+        PQfinish(*connp);
+        *connp = NULL;
+    }
     return c.problems;
 }

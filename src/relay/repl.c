@@ -18,6 +18,7 @@ struct outboxd_repl {
     PGconn *conn;
     char *copybuf; /* last buffer from PQgetCopyData, freed on the next call */
     const char *scope;
+    bool streaming; /* START_REPLICATION done: status updates may be sent */
 };
 
 static uint64_t get_u64(const char *p)
@@ -51,8 +52,20 @@ static int conn_error(PGconn *conn, const char *what, char *errstr, size_t errst
     return -1;
 }
 
-outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn_t start_lsn,
-                                   outboxd_repl_ident_t *ident, char *errstr, size_t errstr_size)
+void outboxd_repl_start_options(int server_version, bool want_messages, const char *publit,
+                                outboxd_buf_t *out)
+{
+    /* proto_version 1 is understood by every pgoutput (10+) and never
+     * streams in-progress transactions. "messages" exists from 14 on; an
+     * older pgoutput rejects the whole command for it, and a newer one would
+     * decode messages nobody configured. */
+    outboxd_buf_printf(out, "proto_version '1', publication_names %s", publit);
+    if (want_messages && server_version >= 140000)
+        outboxd_buf_append_str(out, ", messages 'true'");
+}
+
+outboxd_repl_t *outboxd_repl_connect(const outboxd_source_conf_t *src, outboxd_repl_ident_t *ident,
+                                     char *errstr, size_t errstr_size)
 {
     PGconn *conn = outboxd_pg_connect(src, true, errstr, errstr_size);
     if (!conn)
@@ -70,44 +83,8 @@ outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn
     ident->timeline = (uint32_t)strtoul(PQgetvalue(res, 0, 1), NULL, 10);
     outboxd_lsn_parse(PQgetvalue(res, 0, 2), &ident->xlogpos);
     snprintf(ident->database, sizeof(ident->database), "%s", PQgetvalue(res, 0, 3));
+    ident->server_version = PQserverVersion(conn);
     PQclear(res);
-
-    char *slot = PQescapeIdentifier(conn, src->slot, strlen(src->slot));
-    /* publication_names is a string literal holding a list of identifiers. */
-    char *pubident = PQescapeIdentifier(conn, src->publication, strlen(src->publication));
-    char *publit = pubident ? PQescapeLiteral(conn, pubident, strlen(pubident)) : NULL;
-    if (!slot || !pubident || !publit) {
-        conn_error(conn, "escaping slot/publication name", errstr, errstr_size);
-        PQfreemem(slot);
-        PQfreemem(pubident);
-        PQfreemem(publit);
-        PQfinish(conn);
-        return NULL;
-    }
-    char lsn[OUTBOXD_LSN_STRLEN];
-    outboxd_lsn_format(start_lsn, lsn);
-    char sql[1024];
-    snprintf(sql, sizeof(sql),
-             "START_REPLICATION SLOT %s LOGICAL %s (proto_version '1', publication_names %s, "
-             "messages 'true')",
-             slot, lsn, publit);
-    PQfreemem(slot);
-    PQfreemem(pubident);
-    PQfreemem(publit);
-
-    res = PQexec(conn, sql);
-    if (PQresultStatus(res) != PGRES_COPY_BOTH) {
-        conn_error(conn, "START_REPLICATION failed", errstr, errstr_size);
-        PQclear(res);
-        PQfinish(conn);
-        return NULL;
-    }
-    PQclear(res);
-    if (PQsetnonblocking(conn, 1) != 0) {
-        conn_error(conn, "PQsetnonblocking", errstr, errstr_size);
-        PQfinish(conn);
-        return NULL;
-    }
 
     outboxd_repl_t *r = calloc(1, sizeof(*r));
     if (!r) {
@@ -120,6 +97,164 @@ outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn
     return r;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+outboxd_lsn_t outboxd_repl_history_switchpoint(const char *history, uint32_t tli)
+{
+    /* Lines "parentTLI <tab> switchpoint <tab> reason"; '#' starts a comment. */
+    const char *p = history;
+    while (p && *p) {
+        const char *eol = strchr(p, '\n');
+        size_t n = eol ? (size_t)(eol - p) : strlen(p);
+        char line[256];
+        snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) - 1 ? n : sizeof(line) - 1), p);
+        char *end = NULL;
+        unsigned long parent = strtoul(line, &end, 10);
+        if (end != line && parent == tli) {
+            while (*end == ' ' || *end == '\t')
+                end++;
+            char lsn[32];
+            size_t k = 0;
+            while (end[k] && end[k] != ' ' && end[k] != '\t' && k < sizeof(lsn) - 1) {
+                lsn[k] = end[k];
+                k++;
+            }
+            lsn[k] = '\0';
+            outboxd_lsn_t v = 0;
+            if (outboxd_lsn_parse(lsn, &v))
+                return v;
+        }
+        p = eol ? eol + 1 : NULL;
+    }
+    return 0;
+}
+
+int outboxd_repl_timeline_end(outboxd_repl_t *r, uint32_t server_tli, uint32_t tli,
+                              outboxd_lsn_t *end, char *errstr, size_t errstr_size)
+{
+    *end = 0;
+    if (tli >= server_tli || server_tli < 2)
+        return 0;
+    char sql[64];
+    snprintf(sql, sizeof(sql), "TIMELINE_HISTORY %u", server_tli);
+    PGresult *res = PQexec(r->conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 2) {
+        conn_error(r->conn, "TIMELINE_HISTORY failed", errstr, errstr_size);
+        PQclear(res);
+        return -1;
+    }
+    const char *content = PQgetvalue(res, 0, 1);
+    char *text = NULL;
+    if (content[0] == '\\' && content[1] == 'x') {
+        /* bytea (PostgreSQL 16+) in hex output */
+        size_t n = strlen(content + 2) / 2;
+        text = malloc(n + 1);
+        if (text) {
+            for (size_t i = 0; i < n; i++) {
+                int hi = hexval(content[2 + 2 * i]), lo = hexval(content[3 + 2 * i]);
+                text[i] = (char)(hi < 0 || lo < 0 ? ' ' : (hi << 4 | lo));
+            }
+            text[n] = '\0';
+        }
+    }
+    *end = outboxd_repl_history_switchpoint(text ? text : content, tli);
+    free(text);
+    PQclear(res);
+    return 0;
+}
+
+int outboxd_repl_slot_state(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *confirmed,
+                            int *active_pid, char *errstr, size_t errstr_size)
+{
+    *confirmed = 0;
+    *active_pid = 0;
+    char *lit = PQescapeLiteral(r->conn, slot, strlen(slot));
+    if (!lit)
+        return conn_error(r->conn, "escaping the slot name", errstr, errstr_size);
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT confirmed_flush_lsn, active_pid FROM pg_catalog.pg_replication_slots "
+             "WHERE slot_name = %s",
+             lit);
+    PQfreemem(lit);
+    PGresult *res = PQexec(r->conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        conn_error(r->conn, "reading the slot's position", errstr, errstr_size);
+        PQclear(res);
+        return -1;
+    }
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+        outboxd_lsn_parse(PQgetvalue(res, 0, 0), confirmed);
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 1))
+        *active_pid = atoi(PQgetvalue(res, 0, 1));
+    PQclear(res);
+    return 0;
+}
+
+int outboxd_repl_stream(outboxd_repl_t *r, const outboxd_source_conf_t *src,
+                        outboxd_lsn_t start_lsn, char *errstr, size_t errstr_size)
+{
+    PGconn *conn = r->conn;
+    char *slot = PQescapeIdentifier(conn, src->slot, strlen(src->slot));
+    /* publication_names is a string literal holding a list of identifiers. */
+    char *pubident = PQescapeIdentifier(conn, src->publication, strlen(src->publication));
+    char *publit = pubident ? PQescapeLiteral(conn, pubident, strlen(pubident)) : NULL;
+    if (!slot || !pubident || !publit) {
+        conn_error(conn, "escaping slot/publication name", errstr, errstr_size);
+        PQfreemem(slot);
+        PQfreemem(pubident);
+        PQfreemem(publit);
+        return -1;
+    }
+    char lsn[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(start_lsn, lsn);
+    outboxd_buf_t sql = {0};
+    outboxd_buf_printf(&sql, "START_REPLICATION SLOT %s LOGICAL %s (", slot, lsn);
+    outboxd_repl_start_options(PQserverVersion(conn), src->n_messages > 0, publit, &sql);
+    bool ok = outboxd_buf_append_str(&sql, ")");
+    PQfreemem(slot);
+    PQfreemem(pubident);
+    PQfreemem(publit);
+    if (!ok || !sql.data) {
+        outboxd_buf_free(&sql);
+        snprintf(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+
+    PGresult *res = PQexec(conn, sql.data);
+    outboxd_buf_free(&sql);
+    if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+        conn_error(conn, "START_REPLICATION failed", errstr, errstr_size);
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    if (PQsetnonblocking(conn, 1) != 0)
+        return conn_error(conn, "PQsetnonblocking", errstr, errstr_size);
+    r->streaming = true;
+    return 0;
+}
+
+outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn_t start_lsn,
+                                   outboxd_repl_ident_t *ident, char *errstr, size_t errstr_size)
+{
+    outboxd_repl_t *r = outboxd_repl_connect(src, ident, errstr, errstr_size);
+    if (r && outboxd_repl_stream(r, src, start_lsn, errstr, errstr_size) < 0) {
+        outboxd_repl_destroy(r);
+        return NULL;
+    }
+    return r;
+}
+
 int outboxd_repl_fd(const outboxd_repl_t *r)
 {
     return PQsocket(r->conn);
@@ -129,11 +264,18 @@ static int read_result_after_copy(outboxd_repl_t *r, char *errstr, size_t errstr
 {
     /* The COPY ended: the server says why in the following result. */
     PGresult *res = PQgetResult(r->conn);
-    if (res && PQresultStatus(res) != PGRES_COMMAND_OK)
+    if (res && PQresultStatus(res) != PGRES_COMMAND_OK) {
         snprintf(errstr, errstr_size, "replication stream ended: %s", PQresultErrorMessage(res));
-    else
+    } else {
+        /* A clean end of COPY (the server shutting down, or the walsender
+         * ending the stream) often carries no message at all. */
+        char reason[256];
+        snprintf(reason, sizeof(reason), "%s", PQerrorMessage(r->conn));
+        chomp_error(reason);
         snprintf(errstr, errstr_size, "replication stream ended by the server: %s",
-                 PQerrorMessage(r->conn));
+                 reason[0] ? reason
+                           : "no reason given (the server may be shutting down or restarting)");
+    }
     chomp_error(errstr);
     PQclear(res);
     return -1;
@@ -197,6 +339,8 @@ int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr, 
 int outboxd_repl_send_status(outboxd_repl_t *r, outboxd_lsn_t lsn, bool reply_requested,
                              char *errstr, size_t errstr_size)
 {
+    if (!r->streaming)
+        return 0; /* not streaming yet: nothing to confirm, no timeout runs */
     char msg[34];
     msg[0] = 'r';
     put_u64(msg + 1, lsn);  /* written */

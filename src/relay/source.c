@@ -59,6 +59,8 @@ struct outboxd_source {
     uint32_t txn_xid;
     int64_t txn_commit_time_us;
     int64_t change_idx;
+    outboxd_lsn_t change_lsn;   /* WAL position of the last change received */
+    int64_t change_lsn_ordinal; /* its ordinal among changes at that position */
 
     outboxd_lsn_t confirm_lsn;
     outboxd_lsn_t sent_lsn;
@@ -69,6 +71,18 @@ struct outboxd_source {
     uint64_t n_events, n_dead, n_commits, n_aborts, n_skipped;
     uint64_t batch_n_events, batch_n_dead;
     uint64_t n_slot_recreated;
+    uint64_t n_untrusted;  /* connects that found the checkpoint's LSNs unusable */
+    bool slot_busy_logged; /* waiting for a slot another process holds */
+    bool quiet_retry;      /* the next "retrying" line is not news */
+    /* Relations pgoutput described in this process (oid and qualified
+     * name), to tell a renamed table from a new one. */
+    struct rel_name {
+        uint32_t oid;
+        char *name;
+    } * rels;
+    size_t n_rels;
+    PGconn *watch_conn; /* normal connection for the periodic catalog check */
+    int64_t last_watch_ms;
 
     /* Position of every record produced in the open Kafka transaction, in
      * produce order, to find the change behind a record Kafka refused. */
@@ -237,13 +251,23 @@ static int commit_batch(outboxd_source_t *s)
         ck.commit_lsn = s->txn_commit_lsn;
         ck.end_lsn = 0;
         ck.changes = s->change_idx;
+        /* The position of the last change received (and so covered) is
+         * what a replay skips by; the count is kept for older readers. */
+        ck.last_lsn = s->change_idx > 0 ? s->change_lsn : 0;
+        ck.last_lsn_n = s->change_idx > 0 ? s->change_lsn_ordinal + 1 : 0;
     } else {
         ck = s->batch_ck;
+        ck.last_lsn = 0;
+        ck.last_lsn_n = 0;
     }
+    ck.timeline = s->ident.timeline;
     snprintf(ck.system_id, sizeof(ck.system_id), "%s", s->ident.system_id);
     snprintf(ck.database, sizeof(ck.database), "%s", s->ident.database);
     snprintf(ck.slot, sizeof(ck.slot), "%s", s->src->slot);
     char err[512];
+    /* The commit can block for a while (a broker that just came back):
+     * give wal_sender_timeout a fresh start first. */
+    keepalive(s);
     int64_t t0 = outboxd_now_us();
     int64_t wall0 = outboxd_wall_us();
     outboxd_sink_status_t st = outboxd_sink_commit(s->sink, &ck, err, sizeof(err));
@@ -315,6 +339,11 @@ static int publish(outboxd_source_t *s, const outboxd_record_t *rec,
     return 0;
 }
 
+static bool batch_full(const outboxd_source_t *s)
+{
+    return s->batch_open && s->batch_events >= s->conf->max_batch_events;
+}
+
 static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outboxd_lsn_t wal_start)
 {
     if (msg->kind == OUTBOXD_PGO_MESSAGE && !msg->u.message.transactional && !s->in_txn) {
@@ -330,8 +359,22 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
                   outboxd_pgo_kind_name(msg->kind));
         return rewind_stream(s, "unexpected message");
     }
+    if (batch_full(s)) {
+        int rc = commit_batch(s); /* split here: the transaction goes on */
+        if (rc < 0)
+            return rc;
+    }
     int64_t idx = s->change_idx++;
-    if (s->skip_txn || outboxd_checkpoint_covers(&s->ck_committed, s->txn_commit_lsn, idx)) {
+    if (idx > 0 && wal_start == s->change_lsn) {
+        s->change_lsn_ordinal++;
+    } else {
+        s->change_lsn = wal_start;
+        s->change_lsn_ordinal = 0;
+    }
+    outboxd_change_pos_t cpos = {
+        .index = idx, .lsn = wal_start, .lsn_ordinal = s->change_lsn_ordinal};
+    if (s->skip_txn ||
+        outboxd_checkpoint_covers_change(&s->ck_committed, s->txn_commit_lsn, &cpos)) {
         s->n_skipped++;
         return 0;
     }
@@ -370,11 +413,72 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
     } else {
         s->batch_n_events++;
     }
-    int rc = publish(s, &rec, &ctx);
-    if (rc < 0)
-        return rc;
-    if (s->batch_events >= s->conf->max_batch_events)
-        return commit_batch(s);
+    /* A full batch is committed when the next message shows whether this
+     * change ended its transaction (then the checkpoint covers it whole). */
+    return publish(s, &rec, &ctx);
+}
+
+static bool is_configured(const outboxd_source_t *s, const char *nsp, const char *rel)
+{
+    for (size_t i = 0; i < s->src->n_tables; i++)
+        if (strcmp(s->src->tables[i].schema, nsp) == 0 && strcmp(s->src->tables[i].name, rel) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Remembers the name of each relation pgoutput describes. A known oid under a
+ * new name is a renamed table: when the old or the new name is a configured
+ * table, rows now go somewhere the configuration does not say (a renamed
+ * outbox's rows are ignored under its new name, a new table under the old
+ * name is not in a FOR TABLE publication), so say it loudly.
+ */
+static int note_relation(outboxd_source_t *s, const outboxd_pgo_relation_t *rel)
+{
+    char name[300];
+    snprintf(name, sizeof(name), "%s.%s", rel->nspname, rel->relname);
+    for (size_t i = 0; i < s->n_rels; i++) {
+        if (s->rels[i].oid != rel->oid)
+            continue;
+        if (strcmp(s->rels[i].name, name) != 0) {
+            const char *dot = strchr(s->rels[i].name, '.');
+            char oldnsp[300];
+            snprintf(oldnsp, sizeof(oldnsp), "%.*s", dot ? (int)(dot - s->rels[i].name) : 0,
+                     s->rels[i].name);
+            bool old_conf = dot && is_configured(s, oldnsp, dot + 1);
+            bool new_conf = is_configured(s, rel->nspname, rel->relname);
+            if (old_conf || new_conf)
+                LOG_ERROR(s->name,
+                          "published table %s (oid %u) was renamed to %s: %s; rename it back, or "
+                          "configure the table under its new name (and add the new table %s to "
+                          "publication %s if one was created)",
+                          s->rels[i].name, rel->oid, name,
+                          new_conf ? "its rows are now relayed as the configured table of that "
+                                     "name"
+                                   : "its rows (changes at this point on) are NOT relayed, and "
+                                     "rows of a table created under the old name reach this "
+                                     "source only if the publication includes it",
+                          s->rels[i].name, s->src->publication);
+            char *copy = strdup(name);
+            if (copy) {
+                free(s->rels[i].name);
+                s->rels[i].name = copy;
+            }
+        }
+        return 0;
+    }
+    struct rel_name *grown = realloc(s->rels, (s->n_rels + 1) * sizeof(*grown));
+    char *copy = strdup(name);
+    if (!grown || !copy) {
+        free(copy);
+        if (grown)
+            s->rels = grown;
+        return 0; /* only a diagnostic is lost */
+    }
+    s->rels = grown;
+    s->rels[s->n_rels].oid = rel->oid;
+    s->rels[s->n_rels].name = copy;
+    s->n_rels++;
     return 0;
 }
 
@@ -394,6 +498,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         s->txn_xid = msg.u.begin.xid;
         s->txn_commit_time_us = msg.u.begin.commit_ts + OUTBOXD_PG_EPOCH_OFFSET_US;
         s->change_idx = 0;
+        s->change_lsn = 0;
+        s->change_lsn_ordinal = 0;
         s->skip_txn = outboxd_checkpoint_covers(&s->ck_committed, s->txn_commit_lsn, -1);
         return 0;
     case OUTBOXD_PGO_COMMIT:
@@ -404,6 +510,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
             s->batch_ck.commit_lsn = s->txn_commit_lsn;
             s->batch_ck.end_lsn = msg.u.commit.end_lsn;
             s->batch_ck.changes = -1;
+            if (batch_full(s))
+                return commit_batch(s);
         } else {
             /* Nothing of it is in flight: skipped, ignored, or committed
              * already in earlier parts. */
@@ -419,7 +527,7 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
     case OUTBOXD_PGO_RELATION:
         /* The table may have changed: bind its columns again. */
         outboxd_router_forget(s->router, msg.u.relation->oid);
-        return 0;
+        return note_relation(s, msg.u.relation);
     case OUTBOXD_PGO_TYPE:
     case OUTBOXD_PGO_ORIGIN:
         return 0;
@@ -437,17 +545,46 @@ static void log_stats(outboxd_source_t *s, bool force)
     if (!force && now - s->last_stats_ms < STATS_LOG_INTERVAL_MS)
         return;
     s->last_stats_ms = now;
-    if (!force && s->n_events + s->n_dead == s->logged_events)
-        return;
+    /* Every interval, changed or not: an unchanged line is news too (an
+     * idle outbox, or a stalled stream). */
     s->logged_events = s->n_events + s->n_dead;
+    outboxd_router_stats_t rs = {0};
+    if (s->router)
+        outboxd_router_stats(s->router, &rs);
     char lsn[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->confirm_lsn, lsn);
     LOG_INFO(s->name,
              "published %llu events, %llu dead-lettered, %llu Kafka transactions (%llu aborted), "
-             "%llu changes skipped as already published; confirmed %s",
+             "%llu changes skipped as already published, %llu updates skipped (on_update: "
+             "skip); confirmed %s",
              (unsigned long long)s->n_events, (unsigned long long)s->n_dead,
              (unsigned long long)s->n_commits, (unsigned long long)s->n_aborts,
-             (unsigned long long)s->n_skipped, lsn);
+             (unsigned long long)s->n_skipped, (unsigned long long)rs.skipped_updates, lsn);
+}
+
+/*
+ * Every status interval: are the configured tables still there and in the
+ * publication? A table dropped and created again (migration tools do) or
+ * renamed into place is otherwise not in a FOR TABLE publication, and its
+ * rows would be lost without a word.
+ */
+static void watch_catalog(outboxd_source_t *s)
+{
+    int64_t now = outboxd_now_ms();
+    if (s->src->n_tables == 0 || now - s->last_watch_ms < s->conf->status_interval_ms)
+        return;
+    s->last_watch_ms = now;
+    outboxd_buf_t report = {0};
+    int problems = outboxd_pgsetup_watch(s->src, &s->watch_conn, &report);
+    char *save = NULL;
+    for (char *line = report.data ? strtok_r(report.data, "\n", &save) : NULL; line;
+         line = strtok_r(NULL, "\n", &save)) {
+        if (problems < 0)
+            LOG_DEBUG(s->name, "%s", line); /* the stream notices an unreachable server */
+        else
+            LOG_ERROR(s->name, "%s", line);
+    }
+    outboxd_buf_free(&report);
 }
 
 /*
@@ -508,6 +645,7 @@ static int stream(outboxd_source_t *s)
                 return rewind_stream(s, strerror(errno));
             outboxd_sink_poll(s->sink);
             log_stats(s, false);
+            watch_catalog(s);
             break;
         }
         }
@@ -520,6 +658,139 @@ static int stream(outboxd_source_t *s)
         }
         send_status(s, false);
     }
+}
+
+/*
+ * Judges the committed checkpoint against the server this connection reached
+ * (every connect: a failover or a restore can happen between any two). When
+ * its LSNs cannot be trusted to name the same transactions here, it is
+ * dropped: nothing is skipped by it, so what the slot sends is published,
+ * possibly again, and never lost to a stale position. Returns -1 when the
+ * server could not be asked.
+ */
+static int judge_checkpoint(outboxd_source_t *s, bool created_slot)
+{
+    outboxd_checkpoint_t *ck = &s->ck_committed;
+    if (!ck->commit_lsn)
+        return 0;
+    char err[512];
+    outboxd_server_pos_t srv = {
+        .system_id = s->ident.system_id,
+        .database = s->ident.database,
+        .slot = s->src->slot,
+        .timeline = s->ident.timeline,
+        .wal_pos = s->ident.xlogpos,
+    };
+    if (ck->timeline && ck->timeline < s->ident.timeline &&
+        (!ck->system_id[0] || strcmp(ck->system_id, s->ident.system_id) == 0) &&
+        outboxd_repl_timeline_end(s->repl, s->ident.timeline, ck->timeline, &srv.ck_timeline_end,
+                                  err, sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -1;
+    }
+    outboxd_lsn_t slot_pos = 0;
+    int pid = 0;
+    if (outboxd_repl_slot_state(s->repl, s->src->slot, &slot_pos, &pid, err, sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -1;
+    }
+    char why[512];
+    bool trusted = outboxd_checkpoint_trusted(ck, &srv, why, sizeof(why));
+    char ckl[OUTBOXD_LSN_STRLEN], sl[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(ck->end_lsn ? ck->end_lsn : ck->commit_lsn, ckl);
+    outboxd_lsn_format(slot_pos, sl);
+    if (created_slot) {
+        /* The slot vanished (dropped, or lost in a failover) after this
+         * source had published: whatever was committed in between was never
+         * decoded and cannot be relayed. Say so loudly; the rows are still
+         * in the outbox table unless the services delete them. */
+        LOG_ERROR(s->name,
+                  "replication slot %s was missing and has been created again at %s, but this "
+                  "source had published up to %s: outbox rows committed in between were not "
+                  "relayed (they remain in the outbox table unless deleted; republish them by "
+                  "hand)",
+                  s->src->slot, sl, ckl);
+        s->n_slot_recreated++;
+        /* A new slot cannot resend anything published before, and after a
+         * failover its LSNs may be below the old checkpoint: skipping by it
+         * would drop new events. */
+        memset(ck, 0, sizeof(*ck));
+        return 0;
+    }
+    outboxd_lsn_t upto = ck->end_lsn ? ck->end_lsn : ck->commit_lsn;
+    if (trusted && ck->timeline && ck->timeline != s->ident.timeline && slot_pos > upto) {
+        /* Written before this server's history left the checkpoint's
+         * timeline, so the LSNs agree; but the slot here (a promoted
+         * standby has no copy of the old primary's slot) starts after
+         * the checkpoint, and what committed in between was never
+         * decoded by it. */
+        LOG_ERROR(s->name,
+                  "the last checkpoint (published up to %s on timeline %u) is older than slot "
+                  "%s on this server (timeline %u), which starts at %s: outbox rows committed "
+                  "between %s and %s may not have been relayed; compare the outbox table with "
+                  "the topics and republish missing rows by hand",
+                  ckl, ck->timeline, s->src->slot, s->ident.timeline, sl, ckl, sl);
+    }
+    if (trusted)
+        return 0;
+    s->n_untrusted++;
+    char from[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(srv.ck_timeline_end ? srv.ck_timeline_end : 0, from);
+    LOG_ERROR(s->name,
+              "the last checkpoint (published up to %s) cannot be trusted on this server: %s. "
+              "Not skipping by its LSNs: everything slot %s sends from its position %s is "
+              "published, possibly again (consumers must be idempotent). Outbox rows committed "
+              "on this server before %s%s%s that this slot never decoded may be missing: "
+              "compare the outbox table with the topics and republish missing rows by hand",
+              ckl, why, s->src->slot, sl, sl, srv.ck_timeline_end ? " and after " : "",
+              srv.ck_timeline_end ? from : "");
+    memset(ck, 0, sizeof(*ck));
+    return 0;
+}
+
+/* The Kafka side, once: producers fenced and the last checkpoint read, before
+ * any replication connection exists (so its slow calls cannot run into
+ * wal_sender_timeout). 0, -1 retry, -2 fatal. */
+static int open_kafka(outboxd_source_t *s)
+{
+    char err[1024];
+    if (!s->sink) {
+        s->sink = outboxd_sink_new(s->conf, s->src, keepalive, s, s->stop, err, sizeof(err));
+        if (!s->sink) {
+            LOG_ERROR(s->name, "%s", err);
+            return -2;
+        }
+    }
+    if (s->sink_ready)
+        return 0;
+    outboxd_checkpoint_t ck;
+    outboxd_sink_status_t st = outboxd_sink_init(s->sink, &ck, err, sizeof(err));
+    if (st == OUTBOXD_SINK_FATAL) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    if (st != OUTBOXD_SINK_OK) {
+        LOG_ERROR(s->name, "Kafka not ready: %s", err);
+        return -1;
+    }
+    s->ck_committed = ck;
+    s->sink_ready = true;
+    return 0;
+}
+
+/* Another outboxd (a second instance for failover) holds the slot; waiting
+ * is normal there, so say it once. */
+static void slot_busy(outboxd_source_t *s, const char *err)
+{
+    if (!s->slot_busy_logged)
+        LOG_WARN(s->name,
+                 "%s: another process (probably another outboxd with this configuration) holds "
+                 "slot '%s'; this instance waits for it",
+                 err, s->src->slot);
+    else
+        LOG_DEBUG(s->name, "%s", err);
+    s->slot_busy_logged = true;
+    s->quiet_retry = true;
 }
 
 /* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
@@ -538,18 +809,38 @@ static int connect_source(outboxd_source_t *s)
     }
     outboxd_buf_free(&report);
 
-    s->repl = outboxd_repl_start(s->src, 0, &s->ident, err, sizeof(err));
+    /* The replication connection waits in command mode (no
+     * wal_sender_timeout runs) while Kafka is set up: starting the stream
+     * first would leave it unanswered during Kafka's slow calls. */
+    s->repl = outboxd_repl_connect(s->src, &s->ident, err, sizeof(err));
     if (!s->repl) {
-        if (strstr(err, "is active for PID"))
-            LOG_ERROR(s->name,
-                      "%s: another process (probably another outboxd with this configuration) "
-                      "holds slot '%s'; this instance waits for it",
-                      err, s->src->slot);
-        else
-            LOG_ERROR(s->name, "%s", err);
+        LOG_ERROR(s->name, "%s", err);
         return -1;
     }
-    s->last_status_ms = outboxd_now_ms();
+    if (!s->sink_ready) {
+        /* Kafka's first init fences the producers of any other instance
+         * with this configuration: while another process streams from the
+         * slot, wait instead of fencing it. */
+        outboxd_lsn_t pos;
+        int pid = 0;
+        if (outboxd_repl_slot_state(s->repl, s->src->slot, &pos, &pid, err, sizeof(err)) < 0) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -1;
+        }
+        if (pid) {
+            snprintf(err, sizeof(err), "replication slot \"%s\" is active for PID %d", s->src->slot,
+                     pid);
+            close_stream(s);
+            slot_busy(s, err);
+            return -1;
+        }
+        int rc = open_kafka(s);
+        if (rc < 0) {
+            close_stream(s);
+            return rc;
+        }
+    }
     if (!s->router) {
         s->router = outboxd_router_new(s->conf, s->src, s->ident.database, err, sizeof(err));
         if (!s->router) {
@@ -558,66 +849,35 @@ static int connect_source(outboxd_source_t *s)
             return -2;
         }
     }
-    if (!s->sink) {
-        s->sink = outboxd_sink_new(s->conf, s->src, keepalive, s, s->stop, err, sizeof(err));
-        if (!s->sink) {
+    if (judge_checkpoint(s, created_slot) < 0) {
+        close_stream(s);
+        return -1;
+    }
+    /* What was confirmed on an earlier connection may be a position of
+     * another server's history (after a failover): never send it here. */
+    s->confirm_lsn = 0;
+    s->sent_lsn = 0;
+    if (outboxd_repl_stream(s->repl, s->src, 0, err, sizeof(err)) < 0) {
+        close_stream(s);
+        if (strstr(err, "is active for PID")) {
+            slot_busy(s, err);
+        } else {
             LOG_ERROR(s->name, "%s", err);
-            close_stream(s);
-            return -2;
         }
+        return -1;
     }
-    if (!s->sink_ready) {
-        outboxd_checkpoint_t ck;
-        outboxd_sink_status_t st = outboxd_sink_init(s->sink, &ck, err, sizeof(err));
-        if (st == OUTBOXD_SINK_FATAL) {
-            LOG_ERROR(s->name, "%s", err);
-            close_stream(s);
-            return -2;
-        }
-        if (st != OUTBOXD_SINK_OK) {
-            LOG_ERROR(s->name, "Kafka not ready: %s", err);
-            close_stream(s);
-            return -1;
-        }
-        if (ck.commit_lsn && ck.system_id[0] && strcmp(ck.system_id, s->ident.system_id) != 0) {
-            /* LSNs of another cluster say nothing about this one: skipping
-             * by them could drop new events. Prefer possible duplicates. */
-            LOG_WARN(s->name,
-                     "last checkpoint was written for PostgreSQL system %s, this is %s "
-                     "(a different or restored cluster): not skipping by its LSN; events the "
-                     "slot resends may be published again",
-                     ck.system_id, s->ident.system_id);
-            memset(&ck, 0, sizeof(ck));
-        }
-        s->ck_committed = ck;
-        s->sink_ready = true;
+    if (s->slot_busy_logged) {
+        LOG_INFO(s->name, "acquired replication slot %s", s->src->slot);
+        s->slot_busy_logged = false;
     }
-    if (created_slot && s->ck_committed.commit_lsn) {
-        /* The slot vanished (dropped, or lost in a failover) after this
-         * source had published: whatever was committed in between was never
-         * decoded and cannot be relayed. Say so loudly; the rows are still
-         * in the outbox table unless the services delete them. */
-        char ckl[OUTBOXD_LSN_STRLEN];
-        outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);
-        LOG_ERROR(s->name,
-                  "replication slot %s was missing and has been created again at the current "
-                  "WAL position, but this source had published up to commit %s: outbox rows "
-                  "committed in between were not relayed (they remain in the outbox table "
-                  "unless deleted; republish them by hand)",
-                  s->src->slot, ckl);
-        s->n_slot_recreated++;
-        /* A new slot cannot resend anything published before, and after a
-         * failover its LSNs may be below the old checkpoint: skipping by it
-         * would drop new events. */
-        memset(&s->ck_committed, 0, sizeof(s->ck_committed));
-    }
+    s->last_status_ms = outboxd_now_ms();
     char ckl[OUTBOXD_LSN_STRLEN], pos[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);
     outboxd_lsn_format(s->ident.xlogpos, pos);
     LOG_INFO(s->name,
-             "streaming slot %s of database %s (system %s, server WAL at %s); last checkpoint "
-             "commit %s%s",
-             s->src->slot, s->ident.database, s->ident.system_id, pos,
+             "streaming slot %s of database %s (system %s, timeline %u, server WAL at %s); last "
+             "checkpoint commit %s%s",
+             s->src->slot, s->ident.database, s->ident.system_id, s->ident.timeline, pos,
              s->ck_committed.commit_lsn ? ckl : "(none)",
              s->ck_committed.changes >= 0 && s->ck_committed.commit_lsn ? " (partial)" : "");
     return 0;
@@ -646,7 +906,11 @@ static void *run(void *arg)
             if (rc == -2)
                 break;
             if (rc < 0) {
-                LOG_INFO(s->name, "retrying in %d ms", backoff);
+                if (s->quiet_retry)
+                    LOG_DEBUG(s->name, "retrying in %d ms", backoff);
+                else
+                    LOG_INFO(s->name, "retrying in %d ms", backoff);
+                s->quiet_retry = false;
                 sleep_interruptible(s, backoff);
                 backoff = backoff * 2 > s->conf->reconnect_max_backoff_ms
                               ? s->conf->reconnect_max_backoff_ms
@@ -709,5 +973,10 @@ void outboxd_source_destroy(outboxd_source_t *s)
     outboxd_router_destroy(s->router);
     outboxd_pgo_decoder_destroy(s->dec);
     free(s->batch_pos);
+    for (size_t i = 0; i < s->n_rels; i++)
+        free(s->rels[i].name);
+    free(s->rels);
+    if (s->watch_conn)
+        PQfinish(s->watch_conn);
     free(s);
 }

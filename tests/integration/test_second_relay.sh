@@ -30,6 +30,12 @@ stop_relay_ok "$a" "first relay"
 wait_writers "$writer"
 wait_drained "$DB" "${DB}_${RUN_ID}" 300
 grep -q "streaming slot" "$WORK/relayB.log" || fail "second relay never took over"
+# Waiting for the slot is normal for a standby instance: one WARN, no ERROR
+# per retry, and an INFO once it has the slot.
+n=$(grep -c "holds slot" "$WORK/relayB.log" || true)
+[ "$n" -eq 1 ] || fail "the wait for the busy slot was logged $n times (want once)"
+grep "ERROR" "$WORK/relayB.log" >&2 && fail "the second relay logged errors while waiting"
+grep -q "INFO .*acquired replication slot" "$WORK/relayB.log" || fail "taking the slot over was not logged"
 
 : >"$WORK/expected.tsv"
 expected_events "$DB" "$WORK/expected.tsv"

@@ -25,6 +25,13 @@ typedef enum {
     OUTBOXD_UPDATE_DEAD_LETTER /* the new row image goes to the dead-letter topic */
 } outboxd_update_policy_t;
 
+/* What a publication created by outboxd covers (publication_scope). */
+typedef enum {
+    OUTBOXD_PUB_TABLES = 0, /* FOR TABLE the configured tables (default) */
+    OUTBOXD_PUB_SCHEMA = 1, /* FOR TABLES IN SCHEMA of the configured tables (PostgreSQL 15+) */
+    OUTBOXD_PUB_ALL = 2,    /* FOR ALL TABLES, the relay keeps the configured ones */
+} outboxd_pub_scope_t;
+
 typedef struct outboxd_kv {
     char *key;
     char *value;
@@ -74,6 +81,7 @@ typedef struct outboxd_source_conf {
     char *publication;       /* default "outboxd_<name>" */
     bool create_slot;        /* default true */
     bool create_publication; /* default true */
+    int publication_scope;   /* outboxd_pub_scope_t, default tables */
     outboxd_table_conf_t *tables;
     size_t n_tables;
     outboxd_message_conf_t *messages;

@@ -26,4 +26,16 @@
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot);
 
+/*
+ * The cheap check a running source repeats every status interval on its own
+ * normal connection (*conn, opened on first use, closed and NULLed when
+ * lost; the caller PQfinishes it at the end): every configured table still
+ * exists and is in the publication. A table missing from the publication
+ * (re-created or renamed into place) is added when create_publication
+ * allows and the table has a replica identity, and reported either way,
+ * with which rows cannot be relayed. Returns the number of problems (one
+ * report line each), or -1 when it could not connect.
+ */
+int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **conn, outboxd_buf_t *report);
+
 #endif

@@ -38,12 +38,55 @@ typedef struct outboxd_repl_ident {
     char database[64];
     uint32_t timeline;
     outboxd_lsn_t xlogpos;
+    int server_version; /* PQserverVersion, e.g. 150004 */
 } outboxd_repl_ident_t;
 
 /*
- * Connects (replication=database), identifies the system and starts
- * streaming from the slot at start_lsn (0 = from the slot's confirmed
- * position) with proto_version 1, the source's publication and messages on.
+ * The option list of START_REPLICATION for pgoutput (without parentheses),
+ * appended to out: proto_version 1 and the publication (publit: an escaped
+ * string literal), plus messages 'true' only when the source configures
+ * messages and the server (PostgreSQL 14+) knows the option.
+ */
+void outboxd_repl_start_options(int server_version, bool want_messages, const char *publit,
+                                outboxd_buf_t *out);
+
+/*
+ * Connects (replication=database) and identifies the system, without
+ * streaming yet: the connection waits for commands, so no wal_sender_timeout
+ * runs while the caller does slow work (Kafka) before outboxd_repl_stream.
+ */
+outboxd_repl_t *outboxd_repl_connect(const outboxd_source_conf_t *src, outboxd_repl_ident_t *ident,
+                                     char *errstr, size_t errstr_size);
+
+/*
+ * From a timeline history file's text: the LSN at which timeline tli ended
+ * (the switchpoint of its line), or 0 if tli is not in it.
+ */
+outboxd_lsn_t outboxd_repl_history_switchpoint(const char *history, uint32_t tli);
+
+/*
+ * Before streaming: where timeline tli (older than the server's server_tli)
+ * ended in this server's history (TIMELINE_HISTORY), in *end; 0 when tli is
+ * not an ancestor. Returns 0, or -1 with errstr.
+ */
+int outboxd_repl_timeline_end(outboxd_repl_t *r, uint32_t server_tli, uint32_t tli,
+                              outboxd_lsn_t *end, char *errstr, size_t errstr_size);
+
+/* Before streaming: the slot's confirmed_flush_lsn (0 if none) and the pid
+ * of the process streaming from it (0 if none). 0, or -1 with errstr. */
+int outboxd_repl_slot_state(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *confirmed,
+                            int *active_pid, char *errstr, size_t errstr_size);
+
+/*
+ * START_REPLICATION from the slot at start_lsn (0 = the slot's confirmed
+ * position) with outboxd_repl_start_options. Returns 0, or -1 with errstr
+ * (the handle must then be destroyed).
+ */
+int outboxd_repl_stream(outboxd_repl_t *r, const outboxd_source_conf_t *src,
+                        outboxd_lsn_t start_lsn, char *errstr, size_t errstr_size);
+
+/*
+ * outboxd_repl_connect followed by outboxd_repl_stream.
  * Returns NULL with errstr filled on failure; *ident is filled on success.
  */
 outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn_t start_lsn,
@@ -62,7 +105,8 @@ int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr, 
 /*
  * Sends a standby status update: written = flushed = applied = lsn. The
  * server may then recycle WAL up to lsn and will not resend transactions
- * that committed before it. Returns 0, or -1 with errstr.
+ * that committed before it. Does nothing before outboxd_repl_stream.
+ * Returns 0, or -1 with errstr.
  */
 int outboxd_repl_send_status(outboxd_repl_t *r, outboxd_lsn_t lsn, bool reply_requested,
                              char *errstr, size_t errstr_size);

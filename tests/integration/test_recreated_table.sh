@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# A renamed or re-created outbox table must never lose rows silently. While
+# the relay runs, as a migration tool would:
+#   ALTER TABLE outbox RENAME TO outbox_old; INSERT INTO outbox_old ...;
+#   CREATE TABLE outbox (...); INSERT INTO outbox ...
+# With publication_scope: tables (default) the relay reports the rename as an
+# ERROR, finds the new table missing from the publication within the status
+# interval, adds it (create_publication) and says which rows were not relayed;
+# rows written after that are published. With publication_scope: all the new
+# table is covered from its creation, so its first row is published too.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+DBT=prt_$RUN_ID  # publication_scope: tables
+DBA=pra_$RUN_ID  # publication_scope: all
+create_outbox_db "$DBT"
+create_outbox_db "$DBA"
+write_config "$WORK/outboxd.yaml" "$DBT" "$DBA"
+# status_interval_ms bounds how soon a missing table is found.
+sed -i '/^relay:/a\  status_interval_ms: 2000' "$WORK/outboxd.yaml"
+# publication_scope for the second source only (its entry follows its dsn line).
+sed -i "/dbname=$DBA /a\    publication_scope: all" "$WORK/outboxd.yaml"
+prepare_sources "$WORK/outboxd.yaml"
+grep -q "FOR ALL TABLES" "$WORK/check.log" || {
+    cat "$WORK/check.log" >&2
+    fail "check did not create a FOR ALL TABLES publication for publication_scope: all"
+}
+
+insert() { # insert DB TABLE KEY SEQ
+    psql_db "$1" -c "INSERT INTO $2 (aggregatetype, aggregateid, type, payload) VALUES ('rt', '$3', 'Tested', jsonb_build_object('seq', $4))" >/dev/null
+}
+
+start_relay "$WORK/outboxd.yaml"
+relay=$RELAY_PID
+for db in "$DBT" "$DBA"; do
+    for i in 1 2 3; do insert "$db" outbox before "$i"; done
+    wait_drained "$db" "${db}_${RUN_ID}" 300
+done
+
+log "rename the outbox away, write to it, create a new outbox, write to that"
+for db in "$DBT" "$DBA"; do
+    psql_db "$db" <<'SQL'
+ALTER TABLE outbox RENAME TO outbox_old;
+INSERT INTO outbox_old (aggregatetype, aggregateid, type, payload) VALUES ('rt', 'old', 'Tested', '{"seq": 1}');
+CREATE TABLE outbox (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    aggregatetype text NOT NULL,
+    aggregateid text,
+    type text NOT NULL,
+    payload jsonb,
+    "timestamp" timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('rt', 'new', 'Tested', '{"seq": 1}');
+SQL
+done
+
+# The rename is reported when the renamed table's next change is decoded; the
+# new table is found missing from the (tables) publication by the catalog check.
+for _ in $(seq 1 600); do
+    grep -q "was renamed to public.outbox_old" "$WORK/relay.log" &&
+        grep -q "has been added now" "$WORK/relay.log" && break
+    sleep 0.1
+done
+grep -q "ERROR.*\[$DBT\] published table public.outbox (oid [0-9]*) was renamed to public.outbox_old" "$WORK/relay.log" ||
+    fail "the rename was not reported as an ERROR"
+grep -q "ERROR.*\[$DBT\] source $DBT: table public.outbox (oid [0-9]*) was not in publication 'outboxd_pub'.*has been added now" "$WORK/relay.log" ||
+    fail "the re-created table missing from the publication was not found and reported"
+grep -q "ERROR.*\[$DBA\] published table public.outbox (oid [0-9]*) was renamed" "$WORK/relay.log" ||
+    fail "the rename was not reported for the FOR ALL TABLES source"
+if grep -q "\[$DBA\] source $DBA: table public.outbox .*was not in publication" "$WORK/relay.log"; then
+    fail "FOR ALL TABLES covers the new table, yet it was reported missing"
+fi
+
+log "rows written to the new table from now on are published"
+for db in "$DBT" "$DBA"; do
+    for i in 2 3 4; do insert "$db" outbox new "$i"; done
+    wait_drained "$db" "${db}_${RUN_ID}" 300
+done
+
+# Expected: the rows before the rename, and the new table's rows; its first row
+# (written before the catalog check added it) only with publication_scope: all.
+# The row written to outbox_old is not relayed under either scope (reported).
+: >"$WORK/expected.tsv"
+psql_db "$DBT" -F $'\t' -c "SELECT id, aggregateid, '$RUN_ID.ev.rt', '-' FROM outbox_old WHERE aggregateid = 'before' UNION ALL SELECT id, aggregateid, '$RUN_ID.ev.rt', '-' FROM outbox WHERE (payload->>'seq')::int > 1" >>"$WORK/expected.tsv"
+psql_db "$DBA" -F $'\t' -c "SELECT id, aggregateid, '$RUN_ID.ev.rt', '-' FROM outbox_old WHERE aggregateid = 'before' UNION ALL SELECT id, aggregateid, '$RUN_ID.ev.rt', '-' FROM outbox" >>"$WORK/expected.tsv"
+log "rows expected: $(wc -l <"$WORK/expected.tsv")"
+check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed"
+stop_relay_ok "$relay"
+grep -E "renamed|added now" "$WORK/relay.log" | sed 's/^.*\] //' | cut -c1-200 >&2
+drop_source "$DBT" "${DBT}_${RUN_ID}"
+drop_source "$DBA" "${DBA}_${RUN_ID}"
+log "PASS"
