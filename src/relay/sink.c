@@ -858,6 +858,15 @@ static outboxd_sink_status_t check_topic(outboxd_sink_t *s, const char *topic, c
     if (strcmp(topic, s->conf->checkpoint_topic) == 0 || is_known(s, topic))
         return OUTBOXD_SINK_OK;
     topic_state_t st = topic_state(s, topic);
+    /* A broker that creates topics automatically still answers the request
+     * that triggered the creation with UNKNOWN_TOPIC_OR_PART (KRaft): ask
+     * again briefly before calling the topic missing. */
+    for (int wait_ms = 250; st == TOPIC_MISSING && wait_ms <= 1000; wait_ms *= 2) {
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        usleep((useconds_t)wait_ms * 1000);
+        st = topic_state(s, topic);
+    }
     if (st == TOPIC_UNSURE)
         return OUTBOXD_SINK_OK;
     if (st == TOPIC_MISSING) {
