@@ -759,15 +759,17 @@ static void sleep_interruptible(outboxd_source_t *s, int ms)
 /*
  * The pause before reconnecting after a rewind. It doubles, up to
  * reconnect_max_backoff_ms, while rewinds repeat without progress (no Kafka
- * commit, no confirmed position, a stream shorter than the cap), so a
+ * commit, no newly confirmed position, a short stream), so a
  * failure that lasts (a missing topic, a broker refusing every transaction)
  * does not spin; a successful reconnect alone does not reset it.
  */
 static int next_rewind_backoff(outboxd_source_t *s)
 {
-    bool progress = s->n_commits != s->commits_at_rewind ||
-                    s->confirm_lsn != s->confirm_at_rewind ||
-                    outboxd_now_ms() - s->stream_start_ms > s->conf->reconnect_max_backoff_ms;
+    /* A stream that ran for a minute on top of the longest backoff is taken
+     * as healthy even without commits (an idle outbox). */
+    bool progress =
+        s->n_commits != s->commits_at_rewind || s->confirm_lsn != s->confirm_at_rewind ||
+        outboxd_now_ms() - s->stream_start_ms > 60000 + (int64_t)s->conf->reconnect_max_backoff_ms;
     if (progress || s->rewind_backoff_ms == 0)
         s->rewind_backoff_ms = REWIND_MIN_BACKOFF_MS;
     else if (s->rewind_backoff_ms < s->conf->reconnect_max_backoff_ms)

@@ -43,7 +43,7 @@ grep -q 'Hijack' "$WORK/cp.json" && fail "a row reached the checkpoint topic"
 psql_db "$DB" -F $'\t' -c "SELECT id, aggregateid, '$RUN_ID.ev.' || aggregatetype, payload->>'seq' FROM outbox WHERE type = 'Tested'" >>"$WORK/expected.tsv"
 "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$RUN_ID.ev.ok" --idle-ms 4000 --timeout-ms 600000 \
     --expect "$WORK/expected.tsv" || fail "exactly-once check failed"
-grep -q "ERROR" "$WORK/relay.log" && fail "an ERROR was logged (a new topic on an auto-creating broker is not missing)"
+grep -q "ERROR .*does not exist" "$WORK/relay.log" && fail "an ERROR was logged (a new topic on an auto-creating broker is not missing)"
 # The checkpoint is intact: a restart resumes from it.
 start_relay "$WORK/outboxd.yaml" relay2
 relay=$RELAY_PID
