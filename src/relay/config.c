@@ -27,6 +27,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <libpq-fe.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,12 +42,18 @@
 #define MAX_SECRET_BYTES 65536
 #define PG_NAME_MAX      63 /* NAMEDATALEN - 1 */
 #define TOPIC_NAME_MAX   249
+/* Producers use "<prefix>.<source>" and "<prefix>.<source>.<n>" (source
+ * names are at most PG_NAME_MAX and have no dots, so ids of two sources never
+ * collide); the prefix bound keeps every id and the checkpoint reader's group
+ * id well inside the sink's buffers and Kafka's limits, never truncated. */
+#define TXN_PREFIX_MAX 128
 
 #define DEFAULT_TOPIC_TEMPLATE "outbox.event.${aggregatetype}"
 
 /* Enum fields are written through an int pointer by the key tables. */
 _Static_assert(sizeof(outboxd_table_mode_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(outboxd_update_policy_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(outboxd_missing_topic_t) == sizeof(int), "enum size");
 
 /* ---- parse tree ---------------------------------------------------------- */
 
@@ -616,6 +623,48 @@ static bool check_template(ctx_t *c, const char *v, const char *path, int line)
     return true;
 }
 
+/* allowed_topics: a POSIX extended regex, matched against the whole topic. */
+static bool check_topic_regex(ctx_t *c, const char *v, const char *path, int line)
+{
+    size_t n = strlen(v);
+    char *anchored = malloc(n + 5);
+    if (!anchored)
+        return oom(c, line, path);
+    snprintf(anchored, n + 5, "^(%s)$", v);
+    regex_t re;
+    int rc = regcomp(&re, anchored, REG_EXTENDED | REG_NOSUB);
+    free(anchored);
+    if (rc != 0) {
+        char msg[256];
+        regerror(rc, &re, msg, sizeof(msg));
+        return fail(c, line, path,
+                    "invalid regular expression '%.100s': %s (expected a POSIX extended regex "
+                    "matched against the whole topic name, e.g. \"orders\\..*\")",
+                    v, msg);
+    }
+    regfree(&re);
+    return true;
+}
+
+static bool check_txn_prefix(ctx_t *c, const char *v, const char *path, int line)
+{
+    size_t n = strlen(v);
+    if (n > TXN_PREFIX_MAX)
+        return fail(c, line, path,
+                    "transactional_id_prefix of %zu characters is too long (expected at most %d, "
+                    "so that every producer id '<prefix>.<source>.<n>' is used whole)",
+                    n, TXN_PREFIX_MAX);
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)v[i] <= 0x20 || (unsigned char)v[i] >= 0x7f)
+            return fail(c, line, path,
+                        "transactional_id_prefix '%.100s' contains a space or a non-printable "
+                        "character (expected printable ASCII, e.g. letters, digits, '.', '_', "
+                        "'-')",
+                        v);
+    }
+    return true;
+}
+
 static bool check_log_level(ctx_t *c, const char *v, const char *path, int line)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -729,6 +778,7 @@ static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, 
 static bool parse_messages(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_table_name(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 
 static const enum_name_t mode_names[] = {
     {"outbox", OUTBOXD_MODE_OUTBOX}, {"cdc", OUTBOXD_MODE_CDC}, {NULL, 0}};
@@ -743,15 +793,25 @@ static const enum_name_t pub_scope_names[] = {{"tables", OUTBOXD_PUB_TABLES},
                                               {"all", OUTBOXD_PUB_ALL},
                                               {NULL, 0}};
 
+static const enum_name_t missing_topic_names[] = {
+    {"wait", OUTBOXD_MISSING_TOPIC_WAIT},
+    {"dead_letter", OUTBOXD_MISSING_TOPIC_DEAD_LETTER},
+    {"create", OUTBOXD_MISSING_TOPIC_CREATE},
+    {NULL, 0}};
+
 static const key_spec_t kafka_spec[] = {
     {KEY("bootstrap_servers", K_STR, outboxd_config_t, bootstrap_servers), .required = true,
      .hint = "host:port[,host:port...]"},
     {KEY("transactional_id_prefix", K_STR, outboxd_config_t, transactional_id_prefix),
-     .def_str = "outboxd", .hint = "a string"},
+     .def_str = "outboxd", .hint = "a string", .check = check_txn_prefix},
     {.key = "properties",
      .kind = K_CUSTOM,
      .custom = parse_properties,
      .hint = "a mapping of librdkafka properties"},
+    {.key = "secret_properties_file",
+     .kind = K_CUSTOM,
+     .custom = parse_secret_file,
+     .hint = "a file of key=value librdkafka properties"},
     {0}};
 
 static const key_spec_t schema_registry_spec[] = {
@@ -776,6 +836,15 @@ static const key_spec_t relay_spec[] = {
      .def_num = 30000, .min = 100, .max = 3600000},
     {KEY("producers_per_source", K_INT, outboxd_config_t, producers_per_source), .def_num = 2,
      .min = 1, .max = 4},
+    {KEY("missing_topic", K_ENUM, outboxd_config_t, missing_topic), .names = missing_topic_names,
+     .def_num = OUTBOXD_MISSING_TOPIC_WAIT},
+    /* Defaults (-1) leave the choice to the broker (num.partitions,
+     * default.replication.factor); an explicit value must be positive. */
+    {KEY("create_topic_partitions", K_INT, outboxd_config_t, create_topic_partitions),
+     .def_num = -1, .min = 1, .max = 100000},
+    {KEY("create_topic_replication_factor", K_INT, outboxd_config_t,
+         create_topic_replication_factor),
+     .def_num = -1, .min = 1, .max = 32767},
     {KEY("log_level", K_STR, outboxd_config_t, log_level), .def_str = "info",
      .hint = "debug, info, warn or error", .check = check_log_level},
     {0}};
@@ -853,6 +922,8 @@ static const key_spec_t table_spec[] = {
     {.key = "headers", .kind = K_CUSTOM, .custom = parse_headers, .hint = "a list of column names"},
     {KEY("on_update", K_ENUM, outboxd_table_conf_t, on_update), .names = update_names,
      .def_num = OUTBOXD_UPDATE_SKIP},
+    {KEY("allowed_topics", K_STR, outboxd_table_conf_t, allowed_topics),
+     .hint = "a regular expression", .check = check_topic_regex},
     {0}};
 
 static const key_spec_t message_spec[] = {
@@ -860,6 +931,8 @@ static const key_spec_t message_spec[] = {
      .hint = "a pg_logical_emit_message prefix"},
     {KEY("topic", K_TOPIC, outboxd_message_conf_t, topic), .def_str = DEFAULT_TOPIC_TEMPLATE,
      .hint = "a topic template"},
+    {KEY("allowed_topics", K_STR, outboxd_message_conf_t, allowed_topics),
+     .hint = "a regular expression", .check = check_topic_regex},
     {0}};
 
 static size_t spec_count(const key_spec_t *spec)
@@ -1065,6 +1138,74 @@ static bool parse_mapping(ctx_t *c, const node_t *n, const char *path, int line,
  * kafka.properties: librdkafka settings, string to scalar, in file order. The
  * two that outboxd sets itself are refused rather than silently overridden.
  */
+/* Properties that hold secrets: never written inline in the file. */
+static bool secret_property(const char *key)
+{
+    size_t n = strlen(key);
+    return strstr(key, "password") || strstr(key, "secret") ||
+           (n >= 8 && strcmp(key + n - 8, ".key.pem") == 0);
+}
+
+/* A value that is exactly one ${NAME} reference: the secret comes from the
+ * environment. (${NAME:-default} would put a default secret inline.) */
+static bool env_reference(const char *raw)
+{
+    size_t n = strlen(raw);
+    if (n < 4 || raw[0] != '$' || raw[1] != '{' || raw[n - 1] != '}' || !is_var_start(raw[2]))
+        return false;
+    for (size_t i = 3; i < n - 1; i++)
+        if (!is_var_char(raw[i]))
+            return false;
+    return true;
+}
+
+/* Checks a property name against the reserved ones and those already set;
+ * on success appends an entry with the key (value still NULL). */
+static outboxd_kv_t *add_property(ctx_t *c, outboxd_config_t *conf, const char *key, int line,
+                                  const char *path)
+{
+    if (strcmp(key, "bootstrap.servers") == 0 || strcmp(key, "metadata.broker.list") == 0) {
+        fail(c, line, path, "set by outboxd (expected kafka.bootstrap_servers instead)");
+        return NULL;
+    }
+    if (strcmp(key, "transactional.id") == 0) {
+        fail(c, line, path,
+             "set by outboxd per source (expected kafka.transactional_id_prefix instead)");
+        return NULL;
+    }
+    for (size_t j = 0; j < conf->n_kafka_properties; j++) {
+        if (strcmp(conf->kafka_properties[j].key, key) == 0) {
+            fail(c, line, path,
+                 "duplicate key '%.100s' (set both in kafka.properties and in "
+                 "kafka.secret_properties_file, or twice)",
+                 key);
+            return NULL;
+        }
+    }
+    outboxd_kv_t *kv = realloc(conf->kafka_properties,
+                               (conf->n_kafka_properties + 1) * sizeof(*conf->kafka_properties));
+    if (!kv) {
+        oom(c, line, path);
+        return NULL;
+    }
+    conf->kafka_properties = kv;
+    kv = &conf->kafka_properties[conf->n_kafka_properties];
+    kv->value = NULL;
+    kv->key = strdup(key);
+    if (!kv->key) {
+        oom(c, line, path);
+        return NULL;
+    }
+    conf->n_kafka_properties++;
+    return kv;
+}
+
+/*
+ * kafka.properties: librdkafka settings, string to scalar, in file order. The
+ * two that outboxd sets itself are refused rather than silently overridden,
+ * and so are secrets written inline (as for dsn passwords): a secret property
+ * must be a ${ENV} reference or live in kafka.secret_properties_file.
+ */
 static bool parse_properties(ctx_t *c, const node_t *n, const char *path, int line, void *base)
 {
     outboxd_config_t *conf = base;
@@ -1073,11 +1214,6 @@ static bool parse_properties(ctx_t *c, const node_t *n, const char *path, int li
     if (!want(c, n, N_MAP, path, line, "a mapping of librdkafka properties"))
         return false;
     size_t count = n->n_kids / 2;
-    if (count == 0)
-        return true;
-    conf->kafka_properties = calloc(count, sizeof(*conf->kafka_properties));
-    if (!conf->kafka_properties)
-        return oom(c, line, path);
     char child[PATH_LEN];
     for (size_t i = 0; i < count; i++) {
         const node_t *key = n->kids[2 * i];
@@ -1086,27 +1222,101 @@ static bool parse_properties(ctx_t *c, const node_t *n, const char *path, int li
             return fail(c, key->line, path, "keys must be plain names, got %s", node_kind(key));
         join_key(child, path, key->value);
         for (size_t j = 0; j < i; j++) {
-            if (strcmp(conf->kafka_properties[j].key, key->value) == 0)
+            if (strcmp(n->kids[2 * j]->value, key->value) == 0)
                 return fail(c, key->line, child, "duplicate key '%.100s' (first at line %d)",
                             key->value, n->kids[2 * j]->line);
         }
-        if (strcmp(key->value, "bootstrap.servers") == 0 ||
-            strcmp(key->value, "metadata.broker.list") == 0)
+        if (secret_property(key->value) && val->type == N_SCALAR && !is_null(val) &&
+            !env_reference(val->value))
             return fail(c, key->line, child,
-                        "set by outboxd (expected kafka.bootstrap_servers instead)");
-        if (strcmp(key->value, "transactional.id") == 0)
-            return fail(c, key->line, child,
-                        "set by outboxd per source (expected kafka.transactional_id_prefix "
-                        "instead)");
-        outboxd_kv_t *kv = &conf->kafka_properties[i];
-        kv->key = strdup(key->value);
-        if (!kv->key)
-            return oom(c, key->line, child);
-        conf->n_kafka_properties = i + 1;
+                        "a secret written inline (expected no secrets inline: write ${ENV_VAR} "
+                        "naming an environment variable that holds it, or put the property in "
+                        "kafka.secret_properties_file)");
+        outboxd_kv_t *kv = add_property(c, conf, key->value, key->line, child);
+        if (!kv)
+            return false;
         if (!scalar_text(c, val, child, key->line, "a scalar value", true, true, &kv->value))
             return false;
     }
     return true;
+}
+
+/*
+ * kafka.secret_properties_file: librdkafka properties (for secrets such as
+ * sasl.password) read from a file, one "key=value" per line; blank lines and
+ * lines starting with '#' are skipped. Values are taken as written (no ${}
+ * expansion), like password_file.
+ */
+static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_config_t *conf = base;
+    char *file;
+    if (!scalar_text(c, n, path, line, "a file path", true, false, &file))
+        return false;
+    conf->kafka_secret_properties_file = file;
+    FILE *f = fopen(file, "rb");
+    if (!f)
+        return fail(c, line, path, "cannot read %.200s: %s", file, strerror(errno));
+    outboxd_buf_t b = {0};
+    char chunk[4096];
+    size_t got;
+    bool ok = true;
+    while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        if (b.len + got > MAX_SECRET_BYTES) {
+            ok = fail(c, line, path, "%.200s is larger than %d bytes (expected a few properties)",
+                      file, MAX_SECRET_BYTES);
+            break;
+        }
+        if (!outboxd_buf_append(&b, chunk, got)) {
+            ok = oom(c, line, path);
+            break;
+        }
+    }
+    if (ok && ferror(f))
+        ok = fail(c, line, path, "cannot read %.200s: %s", file, strerror(errno));
+    fclose(f);
+    explicit_bzero(chunk, sizeof(chunk));
+    if (ok && b.len && memchr(b.data, '\0', b.len))
+        ok = fail(c, line, path, "%.200s contains a NUL byte (expected key=value lines)", file);
+    int fline = 0;
+    char *next = ok ? b.data : NULL;
+    while (ok && next) {
+        char *l = next;
+        char *nl = strchr(l, '\n');
+        if (nl)
+            *nl = '\0';
+        next = nl ? nl + 1 : NULL;
+        fline++;
+        size_t len = strlen(l);
+        while (len && (l[len - 1] == '\r' || l[len - 1] == ' ' || l[len - 1] == '\t'))
+            l[--len] = '\0';
+        while (*l == ' ' || *l == '\t')
+            l++;
+        if (!*l || *l == '#')
+            continue;
+        char *eq = strchr(l, '=');
+        if (!eq || eq == l) {
+            ok = fail(c, line, path, "%.200s:%d: not a key=value line (expected key=value)", file,
+                      fline);
+            break;
+        }
+        char *kend = eq;
+        while (kend > l && (kend[-1] == ' ' || kend[-1] == '\t'))
+            kend--;
+        *kend = '\0';
+        char *v = eq + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        char child[PATH_LEN];
+        join_key(child, "kafka.properties", l);
+        outboxd_kv_t *kv = add_property(c, conf, l, line, child);
+        if (!kv || !(kv->value = strdup(v)))
+            ok = kv ? oom(c, line, path) : false;
+    }
+    if (b.data)
+        explicit_bzero(b.data, b.cap);
+    outboxd_buf_free(&b);
+    return ok;
 }
 
 static bool parse_table_name(ctx_t *c, const node_t *n, const char *path, int line, void *base)
@@ -1502,6 +1712,7 @@ static void free_table(outboxd_table_conf_t *t)
     free(t->columns.type);
     free(t->columns.payload);
     free(t->columns.timestamp);
+    free(t->allowed_topics);
     for (size_t i = 0; i < t->n_header_columns; i++)
         free(t->header_columns[i]);
     free(t->header_columns);
@@ -1516,9 +1727,15 @@ void outboxd_config_destroy(outboxd_config_t *conf)
     free(conf->transactional_id_prefix);
     for (size_t i = 0; i < conf->n_kafka_properties; i++) {
         free(conf->kafka_properties[i].key);
-        free(conf->kafka_properties[i].value);
+        if (conf->kafka_properties[i].value) {
+            /* may be a secret */
+            explicit_bzero(conf->kafka_properties[i].value,
+                           strlen(conf->kafka_properties[i].value));
+            free(conf->kafka_properties[i].value);
+        }
     }
     free(conf->kafka_properties);
+    free(conf->kafka_secret_properties_file);
     free(conf->schema_registry_url);
     free(conf->checkpoint_topic);
     free(conf->dead_letter_topic);
@@ -1541,6 +1758,7 @@ void outboxd_config_destroy(outboxd_config_t *conf)
         for (size_t j = 0; j < s->n_messages; j++) {
             free(s->messages[j].prefix);
             free(s->messages[j].topic);
+            free(s->messages[j].allowed_topics);
         }
         free(s->messages);
     }

@@ -9,6 +9,8 @@
 #include "outboxd/relay/router.h"
 
 #include <jansson.h>
+#include <regex.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,12 +40,16 @@ typedef struct binding {
     tpl_t topic;
     char *missing;    /* a configured column the table lacks, or NULL */
     char *table_name; /* "schema.name" */
+    regex_t allowed;  /* tc->allowed_topics, anchored; valid when has_allowed */
+    bool has_allowed;
 } binding_t;
 
 typedef struct msg_binding {
     const outboxd_message_conf_t *mc;
     tpl_t topic;
     char *table_name; /* "message:<prefix>" */
+    regex_t allowed;
+    bool has_allowed;
 } msg_binding_t;
 
 struct outboxd_router {
@@ -64,7 +70,90 @@ struct outboxd_router {
     json_t *msg_json;
     outboxd_router_stats_t stats;
     bool warned_update;
+    /* Dead-letter records are built to fit this many bytes, key and headers
+     * included (see dead_letter_limit). */
+    size_t dl_max;
+    char dl_note[256]; /* text of the outboxd.truncated header */
 };
+
+/* Producer default of librdkafka's message.max.bytes: larger records are
+ * refused by the client itself, whatever the topic allows. */
+#define RDKAFKA_MESSAGE_MAX_BYTES 1000000
+
+/*
+ * A dead-letter record must always be accepted, or the row behind it blocks
+ * the stream: it is kept within max_event_bytes and within the producer's
+ * message.max.bytes (a broker's default limit is about the same, 1 MiB).
+ */
+static size_t dead_letter_limit(const outboxd_config_t *conf)
+{
+    size_t limit = RDKAFKA_MESSAGE_MAX_BYTES;
+    for (size_t i = 0; i < conf->n_kafka_properties; i++) {
+        if (strcmp(conf->kafka_properties[i].key, "message.max.bytes") == 0) {
+            char *end;
+            unsigned long long v = strtoull(conf->kafka_properties[i].value, &end, 10);
+            if (*end == '\0' && v >= 4096)
+                limit = (size_t)v;
+        }
+    }
+    return limit < conf->max_event_bytes ? limit : conf->max_event_bytes;
+}
+
+/* Compiles allowed_topics as a whole-name match. */
+static int compile_allowed(const char *pattern, regex_t *re, bool *has, char *errstr,
+                           size_t errstr_size)
+{
+    if (!pattern)
+        return 0;
+    size_t n = strlen(pattern) + 5;
+    char *anchored = malloc(n);
+    if (!anchored) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    snprintf(anchored, n, "^(%s)$", pattern);
+    int rc = regcomp(re, anchored, REG_EXTENDED | REG_NOSUB);
+    free(anchored);
+    if (rc != 0) {
+        char msg[256];
+        regerror(rc, re, msg, sizeof(msg));
+        snprintf(errstr, errstr_size, "allowed_topics '%.100s': %s", pattern, msg);
+        return -1;
+    }
+    *has = true;
+    return 0;
+}
+
+/*
+ * Whether a templated topic may be used: never the relay's own checkpoint or
+ * dead-letter topic (a row could overwrite a source's progress), and, when
+ * allowed_topics is set, only a matching name. Fills reason when not.
+ */
+static bool topic_allowed(const outboxd_router_t *rt, const char *topic, const regex_t *re,
+                          bool has_re, const char *pattern, char *reason, size_t reason_size)
+{
+    if (strcmp(topic, rt->conf->checkpoint_topic) == 0) {
+        snprintf(reason, reason_size,
+                 "topic '%.200s' made by the template is the relay's checkpoint topic "
+                 "(relay.checkpoint_topic); events may never be published there",
+                 topic);
+        return false;
+    }
+    if (strcmp(topic, rt->conf->dead_letter_topic) == 0) {
+        snprintf(reason, reason_size,
+                 "topic '%.200s' made by the template is the relay's dead-letter topic "
+                 "(relay.dead_letter_topic); events may never be published there",
+                 topic);
+        return false;
+    }
+    if (has_re && regexec(re, topic, 0, NULL, 0) != 0) {
+        snprintf(reason, reason_size,
+                 "topic '%.200s' made by the template does not match allowed_topics '%.200s'",
+                 topic, pattern);
+        return false;
+    }
+    return true;
+}
 
 /* ---- topic templates ---- */
 
@@ -145,6 +234,7 @@ outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd
     }
     rt->conf = conf;
     rt->src = src;
+    rt->dl_max = dead_letter_limit(conf);
     rt->database = strdup(database ? database : "");
     rt->avro = outboxd_avro_new(errstr, errstr_size);
     if (!rt->database || !rt->avro)
@@ -174,7 +264,9 @@ outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd
             goto fail;
         }
         snprintf(b->table_name, n, "%s.%s", tc->schema, tc->name);
-        if (tpl_compile(&b->topic, tc->topic, errstr, errstr_size) < 0)
+        if (tpl_compile(&b->topic, tc->topic, errstr, errstr_size) < 0 ||
+            compile_allowed(tc->allowed_topics, &b->allowed, &b->has_allowed, errstr, errstr_size) <
+                0)
             goto fail;
     }
     for (size_t i = 0; i < src->n_messages; i++) {
@@ -187,7 +279,9 @@ outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd
             goto fail;
         }
         snprintf(m->table_name, n, "message:%s", m->mc->prefix);
-        if (tpl_compile(&m->topic, m->mc->topic, errstr, errstr_size) < 0)
+        if (tpl_compile(&m->topic, m->mc->topic, errstr, errstr_size) < 0 ||
+            compile_allowed(m->mc->allowed_topics, &m->allowed, &m->has_allowed, errstr,
+                            errstr_size) < 0)
             goto fail;
     }
     return rt;
@@ -205,10 +299,14 @@ void outboxd_router_destroy(outboxd_router_t *rt)
         free(rt->bindings[i].c_headers);
         free(rt->bindings[i].missing);
         free(rt->bindings[i].table_name);
+        if (rt->bindings[i].has_allowed)
+            regfree(&rt->bindings[i].allowed);
     }
     for (size_t i = 0; i < rt->n_msgs; i++) {
         tpl_free(&rt->msgs[i].topic);
         free(rt->msgs[i].table_name);
+        if (rt->msgs[i].has_allowed)
+            regfree(&rt->msgs[i].allowed);
     }
     free(rt->bindings);
     free(rt->msgs);
@@ -348,67 +446,141 @@ static void add_position_headers(outboxd_router_t *rt, outboxd_record_t *rec,
     add_header(rec, "outboxd.xid", rt->xidbuf, strlen(rt->xidbuf));
 }
 
+/* Length of the longest prefix of s[0..n) that ends on a UTF-8 character
+ * boundary (so a cut never splits a character). */
+static size_t utf8_cut(const char *s, size_t n)
+{
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
+/* Key and id header of a dead-letter record are cut to this many bytes, so
+ * that they can never make the record too large themselves. */
+#define DL_ID_MAX 1024
+/* Room left for the outboxd.truncated header when sizing a value. */
+#define DL_NOTE_ROOM 256
+
+/* The row as a JSON object {"column": "text" | null, ...}, every value
+ * longer than cap bytes cut to cap with a marker saying how much was kept.
+ * NULL on OOM (or a value jansson cannot encode). */
+static char *row_json(const outboxd_pgo_relation_t *rel, const outboxd_pgo_tuple_t *t, size_t cap)
+{
+    json_t *cols = json_object();
+    if (!cols)
+        return NULL;
+    for (int i = 0; i < rel->ncols && i < t->ncols; i++) {
+        const outboxd_pgo_datum_t *d = &t->cols[i];
+        json_t *v;
+        if (d->kind == 'n') {
+            v = json_null();
+        } else if (d->kind == 'u') {
+            v = json_string("(unchanged TOASTed value, not sent by the server)");
+        } else if (d->len > cap) {
+            size_t keep = utf8_cut(d->data, cap);
+            char note[96];
+            int nn = snprintf(note, sizeof(note), "...[outboxd: truncated, %zu of %u bytes kept]",
+                              keep, d->len);
+            char *tmp = malloc(keep + (size_t)nn + 1);
+            if (!tmp) {
+                json_decref(cols);
+                return NULL;
+            }
+            memcpy(tmp, d->data, keep);
+            memcpy(tmp + keep, note, (size_t)nn + 1);
+            v = json_stringn_nocheck(tmp, keep + (size_t)nn);
+            free(tmp);
+        } else {
+            v = json_stringn_nocheck(d->data, d->len);
+        }
+        if (!v || json_object_set_new(cols, rel->cols[i].name, v) < 0) {
+            json_decref(cols);
+            return NULL;
+        }
+    }
+    char *text = json_dumps(cols, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(cols);
+    return text;
+}
+
 /*
- * Dead-letter value: the row as JSON ({"column": "text" | null, ...}) so that
- * nothing of it is lost. If that alone exceeds max_event_bytes, columns over
- * 1 KiB are replaced by a note with their size (the row is still in the
- * outbox table unless the service deletes it).
+ * Dead-letter value: the row as JSON, so that nothing of it is lost. The
+ * whole record (value, key, headers) must fit rt->dl_max, or Kafka would
+ * refuse it and the row would block the stream: when the JSON is too large,
+ * the longest values are cut (each with a marker) to the largest length that
+ * fits, and the header outboxd.truncated says so. The row is still in the
+ * outbox table unless the service deletes it.
  */
 static int dead_letter_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
                            const char *reason, const outboxd_change_ctx_t *ctx,
                            outboxd_record_t *rec, char *errstr, size_t errstr_size)
 {
     const outboxd_pgo_relation_t *rel = b->rel;
-    for (int pass = 0; pass < 3; pass++) {
-        json_t *cols = json_object();
-        if (!cols)
-            goto oom;
-        for (int i = 0; i < rel->ncols && i < t->ncols; i++) {
-            const outboxd_pgo_datum_t *d = &t->cols[i];
-            json_t *v;
-            if (pass == 2 && strcmp(rel->cols[i].name, b->tc->columns.id) != 0) {
-                /* Still too large with big columns left out: keep the id. */
-                continue;
-            } else if (d->kind == 'n')
-                v = json_null();
-            else if (d->kind == 'u')
-                v = json_string("(unchanged TOASTed value, not sent by the server)");
-            else if (pass == 1 && d->len > 1024) {
-                char note[96];
-                snprintf(note, sizeof(note), "(omitted: %u bytes)", d->len);
-                v = json_string(note);
-            } else
-                v = json_stringn_nocheck(d->data, d->len);
-            json_object_set_new(cols, rel->cols[i].name, v);
-        }
-        char *text = json_dumps(cols, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        json_decref(cols);
-        if (!text)
-            goto oom;
-        outboxd_buf_reset(&rt->value);
-        bool ok = outboxd_buf_append_str(&rt->value, text);
-        free(text);
-        if (!ok)
-            goto oom;
-        if (rt->value.len + 1024 <= rt->conf->max_event_bytes) /* room for headers */
-            break;
-    }
     rec->topic = rt->conf->dead_letter_topic;
-    rec->value = rt->value.data;
-    rec->value_len = rt->value.len;
+    size_t id_max = rt->dl_max / 8 < DL_ID_MAX ? rt->dl_max / 8 : DL_ID_MAX;
     const outboxd_pgo_datum_t *key = datum(t, b->c_key);
     if (has_text(key)) {
         rec->key = key->data;
-        rec->key_len = key->len;
+        rec->key_len = key->len > id_max ? utf8_cut(key->data, id_max) : key->len;
     }
     const outboxd_pgo_datum_t *id = datum(t, b->c_id);
     if (has_text(id))
-        add_header(rec, "id", id->data, id->len);
+        add_header(rec, "id", id->data, id->len > id_max ? utf8_cut(id->data, id_max) : id->len);
     snprintf(errstr, errstr_size, "%s", reason);
     outboxd_buf_reset(&rt->scratch);
-    outboxd_buf_append_str(&rt->scratch, reason);
+    if (!outboxd_buf_append_str(&rt->scratch, reason))
+        goto oom;
     add_header(rec, "outboxd.reason", rt->scratch.data, rt->scratch.len);
     add_position_headers(rt, rec, ctx, b->table_name);
+
+    size_t overhead = record_size(rec) + DL_NOTE_ROOM;
+    size_t budget = rt->dl_max > overhead ? rt->dl_max - overhead : 0;
+    char *text = row_json(rel, t, SIZE_MAX);
+    if (!text)
+        goto oom;
+    size_t full = strlen(text);
+    if (full > budget) {
+        /* The largest per-value cap that fits (the size grows with it). */
+        size_t lo = 0, hi = 0;
+        for (int i = 0; i < rel->ncols && i < t->ncols; i++)
+            if (t->cols[i].kind != 'n' && t->cols[i].kind != 'u' && t->cols[i].len > hi)
+                hi = t->cols[i].len;
+        free(text);
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo + 1) / 2;
+            char *try = row_json(rel, t, mid);
+            if (!try)
+                goto oom;
+            if (strlen(try) <= budget)
+                lo = mid;
+            else
+                hi = mid - 1;
+            free(try);
+        }
+        text = row_json(rel, t, lo);
+        if (!text)
+            goto oom;
+        if (strlen(text) > budget) {
+            /* Even the column names do not fit: keep only the marker. */
+            free(text);
+            text = strdup("{\"outboxd.truncated\":\"row omitted: too large for the dead-letter "
+                          "record\"}");
+            if (!text)
+                goto oom;
+        }
+        snprintf(rt->dl_note, sizeof(rt->dl_note),
+                 "row JSON of %zu bytes cut to %zu bytes (dead-letter records are kept within "
+                 "%zu bytes); values ending in ...[outboxd: truncated, ...] are incomplete",
+                 full, strlen(text), rt->dl_max);
+        add_header(rec, "outboxd.truncated", rt->dl_note, strlen(rt->dl_note));
+    }
+    outboxd_buf_reset(&rt->value);
+    bool ok = outboxd_buf_append_str(&rt->value, text);
+    free(text);
+    if (!ok)
+        goto oom;
+    rec->value = rt->value.data;
+    rec->value_len = rt->value.len;
     rt->stats.dead_letters++;
     return OUTBOXD_ROUTE_DEAD_LETTER;
 oom:
@@ -521,7 +693,8 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
     for (size_t p = 0; p < b->topic.n; p++) {
         const tpl_part_t *part = &b->topic.parts[p];
         if (!part->is_var) {
-            outboxd_buf_append_str(&rt->topic, part->text);
+            if (!outboxd_buf_append_str(&rt->topic, part->text))
+                goto oom;
             continue;
         }
         const outboxd_pgo_datum_t *d = datum(t, part->col);
@@ -529,7 +702,8 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
             snprintf(reason, sizeof(reason), "topic template column '%s' is NULL", part->text);
             return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
         }
-        outboxd_buf_append(&rt->topic, d->data, d->len);
+        if (!outboxd_buf_append(&rt->topic, d->data, d->len))
+            goto oom;
     }
     if (!rt->topic.data || !valid_topic(rt->topic.data, rt->topic.len)) {
         snprintf(reason, sizeof(reason),
@@ -538,6 +712,9 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
                  rt->topic.data ? rt->topic.data : "");
         return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     }
+    if (!topic_allowed(rt, rt->topic.data, &b->allowed, b->has_allowed, b->tc->allowed_topics,
+                       reason, sizeof(reason)))
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
 
     int64_t occurred = ctx->commit_time_us;
     const outboxd_pgo_datum_t *ts = datum(t, b->c_ts);
@@ -573,13 +750,17 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
     if (too_large(rt, rec, reason, sizeof(reason)))
         return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     return OUTBOXD_ROUTE_EVENT;
+oom:
+    snprintf(errstr, errstr_size, "out of memory building a topic name");
+    return -1;
 }
 
 /* ---- pg_logical_emit_message input ---- */
 
 /* Text of a top-level JSON field: strings as-is, numbers and booleans
  * formatted, objects/arrays as compact JSON. Appends to scratch; returns the
- * offset of the NUL-terminated text, or -1 when absent or null. */
+ * offset of the NUL-terminated text, -1 when absent or null, -2 when out of
+ * memory. */
 static long field_text(outboxd_router_t *rt, json_t *obj, const char *name)
 {
     json_t *v = json_object_get(obj, name);
@@ -587,15 +768,19 @@ static long field_text(outboxd_router_t *rt, json_t *obj, const char *name)
         return -1;
     long off = (long)rt->scratch.len;
     if (json_is_string(v)) {
-        outboxd_buf_append(&rt->scratch, json_string_value(v), json_string_length(v));
+        if (!outboxd_buf_append(&rt->scratch, json_string_value(v), json_string_length(v)))
+            return -2;
     } else {
         char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
         if (!s)
-            return -1;
-        outboxd_buf_append_str(&rt->scratch, s);
+            return -2;
+        bool ok = outboxd_buf_append_str(&rt->scratch, s);
         free(s);
+        if (!ok)
+            return -2;
     }
-    outboxd_buf_append(&rt->scratch, "", 1); /* keep the NUL inside len */
+    if (!outboxd_buf_append(&rt->scratch, "", 1)) /* keep the NUL inside len */
+        return -2;
     return off;
 }
 
@@ -603,27 +788,33 @@ static int dead_letter_message(outboxd_router_t *rt, msg_binding_t *m, const out
                                const char *reason, const outboxd_change_ctx_t *ctx,
                                outboxd_record_t *rec, char *errstr, size_t errstr_size)
 {
-    size_t len = msg->u.message.content_len;
-    if (len > rt->conf->max_event_bytes)
-        len = rt->conf->max_event_bytes; /* the rest is lost: say so in the reason */
-    outboxd_buf_reset(&rt->value);
-    if (!outboxd_buf_append(&rt->value, msg->u.message.content, len))
-        goto oom;
     rec->topic = rt->conf->dead_letter_topic;
-    rec->value = rt->value.data;
-    rec->value_len = rt->value.len;
     char full[600];
-    if (len < msg->u.message.content_len)
-        snprintf(full, sizeof(full), "%s (content truncated from %u bytes)", reason,
-                 msg->u.message.content_len);
-    else
-        snprintf(full, sizeof(full), "%s", reason);
+    snprintf(full, sizeof(full), "%s", reason);
     snprintf(errstr, errstr_size, "%s", full);
     outboxd_buf_reset(&rt->topic);
     if (!outboxd_buf_append_str(&rt->topic, full))
         goto oom;
     add_header(rec, "outboxd.reason", rt->topic.data, rt->topic.len);
     add_position_headers(rt, rec, ctx, m->table_name);
+    /* The whole record must fit (see dead_letter_row); the rest of the
+     * content is lost, which outboxd.truncated says. */
+    size_t overhead = record_size(rec) + DL_NOTE_ROOM;
+    size_t budget = rt->dl_max > overhead ? rt->dl_max - overhead : 0;
+    size_t len = msg->u.message.content_len;
+    if (len > budget) {
+        len = utf8_cut(msg->u.message.content, budget);
+        snprintf(rt->dl_note, sizeof(rt->dl_note),
+                 "message content of %u bytes cut to %zu bytes (dead-letter records are kept "
+                 "within %zu bytes)",
+                 msg->u.message.content_len, len, rt->dl_max);
+        add_header(rec, "outboxd.truncated", rt->dl_note, strlen(rt->dl_note));
+    }
+    outboxd_buf_reset(&rt->value);
+    if (!outboxd_buf_append(&rt->value, msg->u.message.content, len))
+        goto oom;
+    rec->value = rt->value.data;
+    rec->value_len = rt->value.len;
     rt->stats.dead_letters++;
     return OUTBOXD_ROUTE_DEAD_LETTER;
 oom:
@@ -670,6 +861,8 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     long off[5];
     for (int i = 0; i < 5; i++) {
         off[i] = field_text(rt, o, names[i]);
+        if (off[i] == -2)
+            goto oom;
         if (off[i] < 0) {
             snprintf(reason, sizeof(reason), "message field '%s' is missing or null", names[i]);
             return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
@@ -677,20 +870,26 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     }
     int64_t occurred = ctx->commit_time_us;
     long ts_off = field_text(rt, o, "timestamp");
+    if (ts_off == -2)
+        goto oom;
     outboxd_buf_reset(&rt->topic);
     for (size_t p = 0; p < m->topic.n; p++) {
         const tpl_part_t *part = &m->topic.parts[p];
         if (!part->is_var) {
-            outboxd_buf_append_str(&rt->topic, part->text);
+            if (!outboxd_buf_append_str(&rt->topic, part->text))
+                goto oom;
             continue;
         }
         long f = field_text(rt, o, part->text);
+        if (f == -2)
+            goto oom;
         if (f < 0) {
             snprintf(reason, sizeof(reason), "topic template field '%s' is missing or null",
                      part->text);
             return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
         }
-        outboxd_buf_append_str(&rt->topic, rt->scratch.data + f);
+        if (!outboxd_buf_append_str(&rt->topic, rt->scratch.data + f))
+            goto oom;
     }
     const char *sc = rt->scratch.data;
     if (ts_off >= 0 && outboxd_parse_timestamp(sc + ts_off, strlen(sc + ts_off), &occurred) < 0) {
@@ -702,6 +901,9 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
                  rt->topic.data ? rt->topic.data : "");
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
     }
+    if (!topic_allowed(rt, rt->topic.data, &m->allowed, m->has_allowed, m->mc->allowed_topics,
+                       reason, sizeof(reason)))
+        return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
     outboxd_envelope_t ev = {
         .id = cstr(sc + off[0]),
         .aggregate_type = cstr(sc + off[1]),
@@ -720,6 +922,22 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
     if (too_large(rt, rec, reason, sizeof(reason)))
         return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
     return OUTBOXD_ROUTE_EVENT;
+oom:
+    snprintf(errstr, errstr_size, "out of memory routing a message");
+    return -1;
+}
+
+int outboxd_router_dead_letter_max(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
+                                   const outboxd_change_ctx_t *ctx, const char *reason,
+                                   size_t max_bytes, outboxd_record_t *rec, char *errstr,
+                                   size_t errstr_size)
+{
+    size_t saved = rt->dl_max;
+    if (max_bytes && max_bytes < rt->dl_max)
+        rt->dl_max = max_bytes;
+    int r = outboxd_router_dead_letter(rt, msg, ctx, reason, rec, errstr, errstr_size);
+    rt->dl_max = saved;
+    return r;
 }
 
 int outboxd_router_dead_letter(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,

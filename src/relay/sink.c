@@ -53,6 +53,20 @@ struct outboxd_sink {
     uint64_t refused_seq;
     size_t refused_size;
     char refused_reason[256];
+    uint64_t n_refused; /* records refused for good in the open transaction */
+    uint64_t ck_seq;    /* number of the checkpoint record; 0 before commit */
+    bool ck_refused;    /* Kafka refused the checkpoint record itself */
+    char ck_refused_reason[256];
+    /* Replaying a transaction whose refused records could not be told apart
+     * (a whole batch refused): every record waits for its delivery report
+     * before the next is produced, so a refusal names exactly one record. */
+    bool one_by_one;
+    /* Topics seen to exist (names), so that only a new name costs a
+     * metadata request; missing_topic is one a delivery failed for as
+     * unknown (deleted while in use). */
+    char **known;
+    size_t n_known, cap_known;
+    char missing_topic[256];
     bool initialized;
     bool in_txn;
     outboxd_keepalive_cb keepalive;
@@ -94,11 +108,19 @@ static bool refused_for_good(rd_kafka_resp_err_t err)
     }
 }
 
-/* Remembers the refused record; of several (a whole batch refused as too
- * large), the largest is the likely culprit. */
+/* Remembers a refused record. Of several (a whole batch refused as too
+ * large: max.message.bytes applies to a batch), the largest is reported, and
+ * the count tells the caller it cannot be sure (outboxd_sink_refused). */
 static void note_refused(outboxd_sink_t *s, uint64_t seq, size_t size, rd_kafka_resp_err_t err,
                          const char *topic)
 {
+    if (seq && seq == s->ck_seq) {
+        s->ck_refused = true;
+        snprintf(s->ck_refused_reason, sizeof(s->ck_refused_reason),
+                 "Kafka refused the checkpoint record for %s: %s", topic, rd_kafka_err2str(err));
+        return;
+    }
+    s->n_refused++;
     if (s->refused_seq && size <= s->refused_size)
         return;
     s->refused_seq = seq;
@@ -107,13 +129,37 @@ static void note_refused(outboxd_sink_t *s, uint64_t seq, size_t size, rd_kafka_
              topic, rd_kafka_err2str(err));
 }
 
+static bool unknown_topic(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+           err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+}
+
+static void forget_topic(outboxd_sink_t *s, const char *topic)
+{
+    for (size_t i = 0; i < s->n_known; i++) {
+        if (strcmp(s->known[i], topic) == 0) {
+            free(s->known[i]);
+            s->known[i] = s->known[--s->n_known];
+            return;
+        }
+    }
+}
+
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     outboxd_sink_t *s = opaque;
     (void)rk;
-    if (m->err && refused_for_good(m->err) && m->_private)
-        note_refused(s, (uint64_t)(uintptr_t)m->_private, m->len + m->key_len, m->err,
-                     rd_kafka_topic_name(m->rkt));
+    if (!m->err || !m->_private)
+        return;
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    if (refused_for_good(m->err)) {
+        note_refused(s, (uint64_t)(uintptr_t)m->_private, m->len + m->key_len, m->err, topic);
+    } else if (unknown_topic(m->err)) {
+        /* Deleted while in use: checked again (and reported) on replay. */
+        forget_topic(s, topic);
+        snprintf(s->missing_topic, sizeof(s->missing_topic), "%s", topic);
+    }
 }
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -276,6 +322,9 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
         rd_kafka_destroy(s->rks[i]);
     }
     outboxd_buf_free(&s->ckbuf);
+    for (size_t i = 0; i < s->n_known; i++)
+        free(s->known[i]);
+    free(s->known);
     free(s);
 }
 
@@ -678,6 +727,189 @@ static outboxd_sink_status_t begin(outboxd_sink_t *s, char *errstr, size_t errst
     s->seq = 0;
     s->refused_seq = 0;
     s->refused_size = 0;
+    s->n_refused = 0;
+    s->ck_seq = 0;
+    s->ck_refused = false;
+    s->missing_topic[0] = '\0';
+    return OUTBOXD_SINK_OK;
+}
+
+/* ---- topics that may not exist ---- */
+
+static bool is_known(const outboxd_sink_t *s, const char *topic)
+{
+    for (size_t i = 0; i < s->n_known; i++)
+        if (strcmp(s->known[i], topic) == 0)
+            return true;
+    return false;
+}
+
+static void remember_topic(outboxd_sink_t *s, const char *topic)
+{
+    if (s->n_known == s->cap_known) {
+        size_t cap = s->cap_known ? s->cap_known * 2 : 16;
+        char **k = realloc(s->known, cap * sizeof(*k));
+        if (!k)
+            return; /* only a cache: asked again next time */
+        s->known = k;
+        s->cap_known = cap;
+    }
+    char *dup = strdup(topic);
+    if (dup)
+        s->known[s->n_known++] = dup;
+}
+
+typedef enum { TOPIC_EXISTS, TOPIC_MISSING, TOPIC_UNSURE } topic_state_t;
+
+/*
+ * Asks the broker about one topic, as a produce would: a broker with
+ * auto.create.topics.enable creates it on this request (then it exists),
+ * one without answers UNKNOWN_TOPIC_OR_PART. Anything else (timeout,
+ * broker down) is left to the produce path.
+ */
+static topic_state_t topic_state(outboxd_sink_t *s, const char *topic)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(s->rk, topic, NULL);
+    if (!t)
+        return TOPIC_UNSURE;
+    const rd_kafka_metadata_t *md = NULL;
+    topic_state_t st = TOPIC_UNSURE;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(s->rk, 0, t, &md, 5000);
+    if (!err && md->topic_cnt == 1) {
+        rd_kafka_resp_err_t terr = md->topics[0].err;
+        if (terr == RD_KAFKA_RESP_ERR_NO_ERROR || terr == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
+            st = TOPIC_EXISTS;
+        else if (unknown_topic(terr))
+            st = TOPIC_MISSING;
+    }
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(t);
+    return st;
+}
+
+/* CreateTopics with the configured partitions and replication factor (-1:
+ * the broker's defaults). 0 on success or when it exists already. */
+static int create_topic(outboxd_sink_t *s, const char *topic, char *errstr, size_t errstr_size)
+{
+    char e[512];
+    rd_kafka_NewTopic_t *nt =
+        rd_kafka_NewTopic_new(topic, s->conf->create_topic_partitions,
+                              s->conf->create_topic_replication_factor, e, sizeof(e));
+    if (!nt) {
+        snprintf(errstr, errstr_size, "creating topic %.249s: %.200s", topic, e);
+        return -1;
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(s->rk);
+    rd_kafka_AdminOptions_t *opts =
+        rd_kafka_AdminOptions_new(s->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(opts, 10000, e, sizeof(e));
+    rd_kafka_CreateTopics(s->rk, &nt, 1, opts, q);
+    rd_kafka_event_t *ev = NULL;
+    /* Poll in short steps so the replication connection stays alive. */
+    for (int i = 0; i < 15 && !ev; i++) {
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        ev = rd_kafka_queue_poll(q, 1000);
+    }
+    int rc = -1;
+    if (!ev) {
+        snprintf(errstr, errstr_size, "creating topic %.249s: timed out", topic);
+    } else if (rd_kafka_event_error(ev)) {
+        snprintf(errstr, errstr_size, "creating topic %.249s: %.200s", topic,
+                 rd_kafka_event_error_string(ev));
+    } else {
+        size_t n = 0;
+        const rd_kafka_topic_result_t **tr =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+        rd_kafka_resp_err_t terr =
+            n ? rd_kafka_topic_result_error(tr[0]) : RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (terr == RD_KAFKA_RESP_ERR_NO_ERROR || terr == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+            if (terr == RD_KAFKA_RESP_ERR_NO_ERROR)
+                LOG_INFO(s->src->name,
+                         "created topic %s (partitions %d, replication factor %d; -1: "
+                         "the broker's default)",
+                         topic, s->conf->create_topic_partitions,
+                         s->conf->create_topic_replication_factor);
+            rc = 0;
+        } else {
+            snprintf(errstr, errstr_size, "creating topic %.249s: %.200s", topic,
+                     rd_kafka_topic_result_error_string(tr[0]));
+        }
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_queue_destroy(q);
+    return rc;
+}
+
+/*
+ * Before the first record for a topic name: does it exist? A missing one is
+ * created when relay.missing_topic is create (and always for the relay's own
+ * dead-letter topic); otherwise OUTBOXD_SINK_MISSING_TOPIC tells the caller
+ * to apply its policy. Producing blindly would instead hold the record for
+ * topic.metadata.propagation.max.ms and then fail the whole transaction.
+ */
+static outboxd_sink_status_t check_topic(outboxd_sink_t *s, const char *topic, char *errstr,
+                                         size_t errstr_size)
+{
+    if (strcmp(topic, s->conf->checkpoint_topic) == 0 || is_known(s, topic))
+        return OUTBOXD_SINK_OK;
+    topic_state_t st = topic_state(s, topic);
+    /* A broker that creates topics automatically still answers the request
+     * that triggered the creation with UNKNOWN_TOPIC_OR_PART (KRaft): ask
+     * again briefly before calling the topic missing. */
+    for (int wait_ms = 250; st == TOPIC_MISSING && wait_ms <= 1000; wait_ms *= 2) {
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        usleep((useconds_t)wait_ms * 1000);
+        st = topic_state(s, topic);
+    }
+    if (st == TOPIC_UNSURE)
+        return OUTBOXD_SINK_OK;
+    if (st == TOPIC_MISSING) {
+        bool create = s->conf->missing_topic == OUTBOXD_MISSING_TOPIC_CREATE ||
+                      strcmp(topic, s->conf->dead_letter_topic) == 0;
+        if (!create) {
+            snprintf(errstr, errstr_size,
+                     "topic '%s' does not exist (and the broker does not create topics "
+                     "automatically)",
+                     topic);
+            return OUTBOXD_SINK_MISSING_TOPIC;
+        }
+        char cerr[512];
+        if (create_topic(s, topic, cerr, sizeof(cerr)) < 0) {
+            snprintf(errstr, errstr_size,
+                     "topic '%.249s' does not exist and could not be created: %.480s", topic, cerr);
+            return OUTBOXD_SINK_MISSING_TOPIC;
+        }
+    }
+    remember_topic(s, topic);
+    return OUTBOXD_SINK_OK;
+}
+
+/* In one_by_one mode: waits for the record just produced to be delivered,
+ * and aborts at once when Kafka refused it, so that the refusal names it. */
+static outboxd_sink_status_t await_delivery(outboxd_sink_t *s, const char *topic, char *errstr,
+                                            size_t errstr_size)
+{
+    while (rd_kafka_flush(s->rk, 1000) == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+        if (s->stop && atomic_load(s->stop))
+            break; /* the commit (or its abort) settles it */
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+    }
+    if (s->n_refused || s->ck_refused) {
+        snprintf(errstr, errstr_size, "%s",
+                 s->ck_refused ? s->ck_refused_reason : s->refused_reason);
+        return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
+    }
+    if (s->missing_topic[0]) {
+        snprintf(errstr, errstr_size, "producing to %s: unknown topic", topic);
+        return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
+    }
     return OUTBOXD_SINK_OK;
 }
 
@@ -686,6 +918,9 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
                                          const outboxd_header_t *hdrs, size_t n_hdrs, char *errstr,
                                          size_t errstr_size)
 {
+    outboxd_sink_status_t cst = check_topic(s, topic, errstr, errstr_size);
+    if (cst != OUTBOXD_SINK_OK)
+        return cst; /* nothing produced; the open transaction stays as it is */
     if (!s->in_txn) {
         outboxd_sink_status_t st = begin(s, errstr, errstr_size);
         if (st != OUTBOXD_SINK_OK)
@@ -705,12 +940,16 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
                               RD_KAFKA_V_OPAQUE((void *)(uintptr_t)(s->seq + 1)), RD_KAFKA_V_END);
         if (!err) {
             s->seq++;
-            return OUTBOXD_SINK_OK;
+            return s->one_by_one ? await_delivery(s, topic, errstr, errstr_size) : OUTBOXD_SINK_OK;
         }
         if (h)
             rd_kafka_headers_destroy(h);
         if (refused_for_good(err))
             note_refused(s, s->seq + 1, value_len + key_len, err, topic);
+        else if (unknown_topic(err)) {
+            forget_topic(s, topic);
+            snprintf(s->missing_topic, sizeof(s->missing_topic), "%s", topic);
+        }
         if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !(s->stop && atomic_load(s->stop))) {
             /* Back-pressure: let librdkafka send, keep PostgreSQL informed. */
             rd_kafka_poll(s->rk, 10);
@@ -730,11 +969,31 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
     }
 }
 
-uint64_t outboxd_sink_refused(const outboxd_sink_t *s, char *reason, size_t reason_size)
+uint64_t outboxd_sink_refused(const outboxd_sink_t *s, char *reason, size_t reason_size,
+                              uint64_t *count)
 {
     if (s->refused_seq)
         snprintf(reason, reason_size, "%s", s->refused_reason);
+    if (count)
+        *count = s->n_refused;
     return s->refused_seq;
+}
+
+bool outboxd_sink_checkpoint_refused(const outboxd_sink_t *s, char *reason, size_t reason_size)
+{
+    if (s->ck_refused)
+        snprintf(reason, reason_size, "%s", s->ck_refused_reason);
+    return s->ck_refused;
+}
+
+const char *outboxd_sink_missing_topic(const outboxd_sink_t *s)
+{
+    return s->missing_topic[0] ? s->missing_topic : NULL;
+}
+
+void outboxd_sink_set_one_by_one(outboxd_sink_t *s, bool on)
+{
+    s->one_by_one = on;
 }
 
 outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_record_t *rec,
@@ -752,6 +1011,7 @@ outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_check
         snprintf(errstr, errstr_size, "out of memory encoding checkpoint");
         return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
     }
+    s->ck_seq = s->seq + 1;
     outboxd_sink_status_t st =
         produce_raw(s, s->conf->checkpoint_topic, s->src->name, strlen(s->src->name), s->ckbuf.data,
                     s->ckbuf.len, NULL, 0, errstr, errstr_size);

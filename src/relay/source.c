@@ -28,6 +28,11 @@
 #include "outboxd/relay/sink.h"
 
 #define STATS_LOG_INTERVAL_MS 30000
+/* First pause before reconnecting after a rewind; it doubles while the same
+ * failure repeats without progress, up to reconnect_max_backoff_ms. */
+#define REWIND_MIN_BACKOFF_MS 200
+/* A dead-letter record Kafka refused is sent again cut to this size. */
+#define SMALL_DEAD_LETTER_BYTES 4096
 
 struct outboxd_source {
     const outboxd_config_t *conf;
@@ -100,6 +105,21 @@ struct outboxd_source {
     bool forced_set;
     outboxd_lsn_t forced_commit_lsn;
     int64_t forced_idx;
+    int forced_level;      /* 0: dead letter of normal size; 1: a small one */
+    bool dlt_error_logged; /* the dead-letter topic refuses even small records */
+    /* Several records were refused together (a whole batch): the changes up
+     * to isolate_until are replayed one record per request to find the one
+     * Kafka refuses, instead of dead-lettering a guess. */
+    bool isolating;
+    outboxd_change_ctx_t isolate_until;
+    /* relay.missing_topic: wait: the topic waited for (ERROR logged once). */
+    char waiting_topic[256];
+    char missing_err[512];
+    /* Backoff of rewinds that repeat without progress (see run). */
+    int rewind_backoff_ms;
+    uint64_t commits_at_rewind;
+    outboxd_lsn_t confirm_at_rewind;
+    int64_t stream_start_ms;
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
@@ -183,38 +203,80 @@ static void close_stream(outboxd_source_t *s)
 /*
  * After an aborted Kafka transaction: if Kafka refused one of its records for
  * good, remember that change so it goes to the dead-letter topic on replay
- * instead of failing the same way forever. Returns -2 when the refused record
- * was already such a dead letter (the dead-letter topic refuses too).
+ * instead of failing the same way forever. When several records were refused
+ * together (max.message.bytes applies to a whole batch, so with linger.ms
+ * valid records fail beside the culprit), the transaction is first replayed
+ * one record per request to find the one Kafka refuses. A dead-letter record
+ * refused too is sent again cut small; if even that is refused the source
+ * retries with backoff (never exits: the same row would stop it at every
+ * start). Returns -2 only when the checkpoint record itself was refused.
  */
 static int note_refused(outboxd_source_t *s)
 {
     char reason[256];
-    uint64_t seq = outboxd_sink_refused(s->sink, reason, sizeof(reason));
+    if (outboxd_sink_checkpoint_refused(s->sink, reason, sizeof(reason))) {
+        LOG_ERROR(s->name,
+                  "%s: the checkpoint topic %s is misconfigured (it must accept this source's "
+                  "checkpoint records of a few hundred bytes: check its max.message.bytes and "
+                  "the ACLs of this producer); fix it and restart",
+                  reason, s->conf->checkpoint_topic);
+        return -2;
+    }
+    uint64_t count = 0;
+    uint64_t seq = outboxd_sink_refused(s->sink, reason, sizeof(reason), &count);
     size_t known = s->n_batch_pos + (s->pending_pos ? 1 : 0);
     if (!seq || seq > known)
-        return 0; /* none, or the checkpoint record itself */
+        return 0;
+    if (count > 1 && !s->isolating) {
+        s->isolating = true;
+        s->isolate_until = s->batch_pos[known - 1];
+        outboxd_sink_set_one_by_one(s->sink, true);
+        LOG_WARN(s->name,
+                 "Kafka refused %llu records of one transaction together (%s; max.message.bytes "
+                 "applies to a whole batch): replaying them one record per request to find the "
+                 "one it refuses",
+                 (unsigned long long)count, reason);
+        return 0;
+    }
     const outboxd_change_ctx_t *pos = &s->batch_pos[seq - 1];
     char lsn[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(pos->lsn, lsn);
     if (s->forced_set && s->forced_commit_lsn == pos->commit_lsn &&
         s->forced_idx == pos->change_index) {
-        LOG_ERROR(s->name,
-                  "the dead-letter record for the change at %s was refused too (%s); fix the "
-                  "dead-letter topic %s (size limit, permissions) and restart",
-                  lsn, reason, s->conf->dead_letter_topic);
-        return -2;
+        /* The dead-letter record of that change was refused as well. */
+        if (s->forced_level == 0) {
+            s->forced_level = 1;
+            LOG_WARN(s->name,
+                     "the dead-letter record for the change at %s was refused too (%s); sending it "
+                     "again cut to %d bytes",
+                     lsn, reason, SMALL_DEAD_LETTER_BYTES);
+        } else if (!s->dlt_error_logged) {
+            s->dlt_error_logged = true;
+            LOG_ERROR(s->name,
+                      "the dead-letter topic %s refuses even a %d-byte record for the change at "
+                      "%s (%s): fix the dead-letter topic (max.message.bytes, ACLs); this source "
+                      "retries with backoff, the others go on",
+                      s->conf->dead_letter_topic, SMALL_DEAD_LETTER_BYTES, lsn, reason);
+        }
+        s->refused_set = true;
+        s->refused_commit_lsn = pos->commit_lsn;
+        s->refused_idx = pos->change_index;
+        return 0;
     }
     s->refused_set = true;
     s->refused_commit_lsn = pos->commit_lsn;
     s->refused_idx = pos->change_index;
+    s->forced_level = 0;
+    s->dlt_error_logged = false;
     snprintf(s->refused_reason, sizeof(s->refused_reason), "%s", reason);
     LOG_WARN(s->name, "%s: the change at %s (xid %u) goes to the dead-letter topic on replay",
              reason, lsn, pos->xid);
     return 0;
 }
 
-/* Aborts what is in flight; the stream must be reopened afterwards. */
-static int rewind_stream(outboxd_source_t *s, const char *why)
+/* Aborts what is in flight; the stream must be reopened afterwards. quiet:
+ * an expected repeat (waiting for a topic), logged at info. */
+static int rewind_stream_as(outboxd_source_t *s, const char *why, bool quiet)
 {
     char err[512];
     if (outboxd_sink_in_txn(s->sink)) {
@@ -229,13 +291,43 @@ static int rewind_stream(outboxd_source_t *s, const char *why)
     s->n_batch_pos = 0;
     char lsn[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, lsn);
-    LOG_WARN(s->name, "%s; rewinding to checkpoint %s (changes %lld) and reconnecting", why, lsn,
-             (long long)s->ck_committed.changes);
+    if (quiet)
+        LOG_INFO(s->name, "%s; rewinding to checkpoint %s (changes %lld) and reconnecting", why,
+                 lsn, (long long)s->ck_committed.changes);
+    else
+        LOG_WARN(s->name, "%s; rewinding to checkpoint %s (changes %lld) and reconnecting", why,
+                 lsn, (long long)s->ck_committed.changes);
     s->batch_open = false;
     s->batch_events = 0;
     s->batch_n_events = s->batch_n_dead = 0;
     close_stream(s);
     return -1;
+}
+
+static int rewind_stream(outboxd_source_t *s, const char *why)
+{
+    return rewind_stream_as(s, why, false);
+}
+
+/*
+ * relay.missing_topic: wait. One ERROR per topic naming it and the fix; the
+ * source then rewinds with a growing backoff (see run) and tries again, so
+ * the event is published as soon as the topic exists. Other sources go on.
+ */
+static int wait_for_topic(outboxd_source_t *s, const char *topic)
+{
+    if (strcmp(s->waiting_topic, topic) != 0) {
+        snprintf(s->waiting_topic, sizeof(s->waiting_topic), "%s", topic);
+        LOG_ERROR(s->name,
+                  "%s: this source waits for it (relay.missing_topic: wait) and retries with "
+                  "backoff up to relay.reconnect_max_backoff_ms; fix: create topic '%s' "
+                  "(kafka-topics.sh --create --topic %s ...), or set relay.missing_topic to "
+                  "create (outboxd creates missing topics) or dead_letter (their rows go to %s)",
+                  s->missing_err, topic, topic, s->conf->dead_letter_topic);
+    }
+    char why[600];
+    snprintf(why, sizeof(why), "waiting for topic '%s' to be created", topic);
+    return rewind_stream_as(s, why, true);
 }
 
 /* Commits the open batch. Returns 0, -1 (rewound), -2 (fatal). */
@@ -299,6 +391,12 @@ static int commit_batch(outboxd_source_t *s)
     s->ck_committed = ck;
     s->batch_open = false;
     s->batch_events = 0;
+    if (s->isolating && outboxd_checkpoint_covers(&ck, s->isolate_until.commit_lsn,
+                                                  s->isolate_until.change_index)) {
+        s->isolating = false;
+        outboxd_sink_set_one_by_one(s->sink, false);
+        LOG_INFO(s->name, "the refused transaction is replayed; producing in batches again");
+    }
     if (ck.changes < 0) {
         confirm(s, ck.end_lsn);
         send_status(s, true);
@@ -322,12 +420,22 @@ static int publish(outboxd_source_t *s, const outboxd_record_t *rec,
         LOG_ERROR(s->name, "%s", err);
         return -2;
     }
+    if (st == OUTBOXD_SINK_MISSING_TOPIC) {
+        /* Nothing produced; the caller applies relay.missing_topic. */
+        s->pending_pos = false;
+        snprintf(s->missing_err, sizeof(s->missing_err), "%s", err);
+        return -3;
+    }
     if (st != OUTBOXD_SINK_OK) {
         int rc = rewind_stream(s, err);
         s->pending_pos = false;
         return rc;
     }
     s->pending_pos = false;
+    if (s->waiting_topic[0] && strcmp(rec->topic, s->waiting_topic) == 0) {
+        LOG_INFO(s->name, "topic '%s' exists now; its events flow again", s->waiting_topic);
+        s->waiting_topic[0] = '\0';
+    }
     if (!s->batch_open) {
         s->batch_open = true;
         s->batch_deadline_ms = outboxd_now_ms() + s->conf->commit_interval_ms;
@@ -393,8 +501,9 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         s->forced_set = true;
         s->forced_commit_lsn = s->txn_commit_lsn;
         s->forced_idx = idx;
-        r = outboxd_router_dead_letter(s->router, msg, &ctx, s->refused_reason, &rec, err,
-                                       sizeof(err));
+        r = outboxd_router_dead_letter_max(s->router, msg, &ctx, s->refused_reason,
+                                           s->forced_level ? SMALL_DEAD_LETTER_BYTES : 0, &rec, err,
+                                           sizeof(err));
     } else {
         r = outboxd_router_route(s->router, msg, &ctx, &rec, err, sizeof(err));
     }
@@ -404,6 +513,22 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
     }
     if (r == OUTBOXD_ROUTE_IGNORE)
         return 0;
+    int rc = publish(s, &rec, &ctx);
+    if (rc == -3 && r == OUTBOXD_ROUTE_EVENT &&
+        s->conf->missing_topic == OUTBOXD_MISSING_TOPIC_DEAD_LETTER) {
+        char reason[600];
+        snprintf(reason, sizeof(reason), "%s (relay.missing_topic: dead_letter)", s->missing_err);
+        r = outboxd_router_dead_letter(s->router, msg, &ctx, reason, &rec, err, sizeof(err));
+        if (r < 0)
+            return rewind_stream(s, err);
+        rc = r == OUTBOXD_ROUTE_DEAD_LETTER ? publish(s, &rec, &ctx) : 0;
+        if (r != OUTBOXD_ROUTE_DEAD_LETTER)
+            return 0;
+    }
+    if (rc == -3)
+        return wait_for_topic(s, rec.topic);
+    if (rc < 0)
+        return rc;
     if (r == OUTBOXD_ROUTE_DEAD_LETTER) {
         char lsn[OUTBOXD_LSN_STRLEN];
         outboxd_lsn_format(wal_start, lsn);
@@ -415,7 +540,7 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
     }
     /* A full batch is committed when the next message shows whether this
      * change ended its transaction (then the checkpoint covers it whole). */
-    return publish(s, &rec, &ctx);
+    return 0;
 }
 
 static bool is_configured(const outboxd_source_t *s, const char *nsp, const char *rel)
@@ -894,6 +1019,34 @@ static void sleep_interruptible(outboxd_source_t *s, int ms)
     }
 }
 
+/*
+ * The pause before reconnecting after a rewind. It doubles, up to
+ * reconnect_max_backoff_ms, while rewinds repeat without progress (no Kafka
+ * commit, no newly confirmed position, a short stream), so a
+ * failure that lasts (a missing topic, a broker refusing every transaction)
+ * does not spin; a successful reconnect alone does not reset it.
+ */
+static int next_rewind_backoff(outboxd_source_t *s)
+{
+    /* A stream that ran for a minute on top of the longest backoff is taken
+     * as healthy even without commits (an idle outbox). */
+    bool progress =
+        s->n_commits != s->commits_at_rewind || s->confirm_lsn != s->confirm_at_rewind ||
+        outboxd_now_ms() - s->stream_start_ms > 60000 + (int64_t)s->conf->reconnect_max_backoff_ms;
+    if (progress || s->rewind_backoff_ms == 0)
+        s->rewind_backoff_ms = REWIND_MIN_BACKOFF_MS;
+    else if (s->rewind_backoff_ms < s->conf->reconnect_max_backoff_ms)
+        s->rewind_backoff_ms = s->rewind_backoff_ms * 2 > s->conf->reconnect_max_backoff_ms
+                                   ? s->conf->reconnect_max_backoff_ms
+                                   : s->rewind_backoff_ms * 2;
+    s->commits_at_rewind = s->n_commits;
+    s->confirm_at_rewind = s->confirm_lsn;
+    if (s->rewind_backoff_ms > REWIND_MIN_BACKOFF_MS)
+        LOG_INFO(s->name, "rewound again without progress; reconnecting in %d ms",
+                 s->rewind_backoff_ms);
+    return s->rewind_backoff_ms;
+}
+
 static void *run(void *arg)
 {
     outboxd_source_t *s = arg;
@@ -919,11 +1072,12 @@ static void *run(void *arg)
             }
             backoff = 500;
         }
+        s->stream_start_ms = outboxd_now_ms();
         rc = stream(s);
         if (rc == -2)
             break;
         if (rc == -1 && !stopping(s))
-            sleep_interruptible(s, 200); /* brief pause before reconnecting */
+            sleep_interruptible(s, next_rewind_backoff(s));
     }
     if (rc != -2 && s->repl && s->sink) {
         /* Stopping: finish the batch in hand, then tell PostgreSQL. */

@@ -13,6 +13,8 @@
 #   STACK_TIMEOUT    bound for every wait, seconds (default 90)
 #   STACK_KAFKA_CP   use this Kafka classpath instead of resolving tests/stack/pom.xml
 #   STACK_KAFKA_HEAP JVM heap options of the broker (default "-Xmx1G -Xms256m")
+#   STACK_KAFKA_AUTO_CREATE  the broker's auto.create.topics.enable (default
+#                    true; false as in production, for missing-topic tests)
 #   STACK_PG_OS_USER OS user owning the cluster when run as root (default postgres)
 #   PG_BIN           PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #   JAVA             java binary (default $JAVA_HOME/bin/java or java)
@@ -413,7 +415,7 @@ controller.listener.names=CONTROLLER
 log.dirs=$KAFKA_DATA
 num.partitions=3
 default.replication.factor=1
-auto.create.topics.enable=true
+auto.create.topics.enable=${STACK_KAFKA_AUTO_CREATE:-true}
 delete.topic.enable=true
 min.insync.replicas=1
 offsets.topic.replication.factor=1

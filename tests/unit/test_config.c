@@ -449,6 +449,109 @@ static void test_password_file(void **state)
     assert_non_null(strstr(errbuf, "No such file or directory"));
 }
 
+/* Secret librdkafka properties: from ${ENV} or kafka.secret_properties_file,
+ * never inline (the inline cases are in the bad corpus, 70-73). */
+static void test_kafka_secrets(void **state)
+{
+    (void)state;
+    setenv("OUTBOXD_TEST_SASL_PW", "from-env", 1);
+    outboxd_config_t *c = parse("kafka:\n"
+                                "  bootstrap_servers: b:1\n"
+                                "  properties: { sasl.username: u, sasl.password: "
+                                "\"${OUTBOXD_TEST_SASL_PW}\" }\n"
+                                "sources: [ { name: p, dsn: dbname=p, messages: [ { prefix: o } "
+                                "] } ]\n");
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_int_equal(c->n_kafka_properties, 2);
+    assert_string_equal(c->kafka_properties[1].key, "sasl.password");
+    assert_string_equal(c->kafka_properties[1].value, "from-env");
+    outboxd_config_destroy(c);
+
+    char path[] = "/tmp/outboxd-test-kafka-secrets-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char body[] = "# SASL credentials\n\nsasl.password = p=w d\r\nssl.key.password=k\n";
+    assert_int_equal(write(fd, body, strlen(body)), (ssize_t)strlen(body));
+    close(fd);
+    char text[1024];
+    snprintf(text, sizeof(text),
+             "kafka:\n"
+             "  bootstrap_servers: b:1\n"
+             "  secret_properties_file: %s\n"
+             "  properties: { sasl.username: u }\n"
+             "sources: [ { name: p, dsn: dbname=p, messages: [ { prefix: o } ] } ]\n",
+             path);
+    c = parse(text);
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_string_equal(c->kafka_secret_properties_file, path);
+    assert_int_equal(c->n_kafka_properties, 3);
+    assert_string_equal(c->kafka_properties[0].key, "sasl.password");
+    assert_string_equal(c->kafka_properties[0].value, "p=w d");
+    assert_string_equal(c->kafka_properties[1].key, "ssl.key.password");
+    assert_string_equal(c->kafka_properties[1].value, "k");
+    assert_string_equal(c->kafka_properties[2].key, "sasl.username");
+    outboxd_config_destroy(c);
+
+    /* The same property in both places, a reserved one, a malformed line. */
+    snprintf(text, sizeof(text),
+             "kafka:\n"
+             "  bootstrap_servers: b:1\n"
+             "  secret_properties_file: %s\n"
+             "  properties: { sasl.password: \"${OUTBOXD_TEST_SASL_PW}\" }\n"
+             "sources: [ { name: p, dsn: dbname=p, messages: [ { prefix: o } ] } ]\n",
+             path);
+    parse_fails(text, "test.yaml:4: kafka.properties.sasl.password: duplicate key");
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("transactional.id=x\n", f);
+    fclose(f);
+    parse_fails(text, "test.yaml:3: kafka.properties.transactional.id: set by outboxd per source");
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("# ok\nsasl.password\n", f);
+    fclose(f);
+    parse_fails(text, ":2: not a key=value line");
+    unlink(path);
+    unsetenv("OUTBOXD_TEST_SASL_PW");
+}
+
+/* relay.missing_topic, create_topic_*, allowed_topics: defaults and values. */
+static void test_topic_policies(void **state)
+{
+    (void)state;
+    outboxd_config_t *c = parse("kafka: { bootstrap_servers: b:1 }\n"
+                                "sources: [ { name: p, dsn: dbname=p, tables: [ { table: t } ], "
+                                "messages: [ { prefix: o } ] } ]\n");
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_int_equal(c->missing_topic, OUTBOXD_MISSING_TOPIC_WAIT);
+    assert_int_equal(c->create_topic_partitions, -1);
+    assert_int_equal(c->create_topic_replication_factor, -1);
+    assert_null(c->sources[0].tables[0].allowed_topics);
+    assert_null(c->sources[0].messages[0].allowed_topics);
+    outboxd_config_destroy(c);
+    c = parse("kafka: { bootstrap_servers: b:1, transactional_id_prefix: a.b-c_d }\n"
+              "relay: { missing_topic: create, create_topic_partitions: 6, "
+              "create_topic_replication_factor: 3 }\n"
+              "sources: [ { name: p, dsn: dbname=p, tables: [ { table: t, allowed_topics: "
+              "'orders\\.(created|paid)' } ], messages: [ { prefix: o, allowed_topics: 'x.*' } "
+              "] } ]\n");
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_int_equal(c->missing_topic, OUTBOXD_MISSING_TOPIC_CREATE);
+    assert_int_equal(c->create_topic_partitions, 6);
+    assert_int_equal(c->create_topic_replication_factor, 3);
+    assert_string_equal(c->sources[0].tables[0].allowed_topics, "orders\\.(created|paid)");
+    assert_string_equal(c->sources[0].messages[0].allowed_topics, "x.*");
+    outboxd_config_destroy(c);
+    parse_fails("kafka: { bootstrap_servers: b:1 }\nrelay: { missing_topic: dead_letter }\n"
+                "sources: [ { name: p, dsn: dbname=p, messages: [ { prefix: o, allowed_topics: "
+                "'[' } ] } ]\n",
+                "test.yaml:3: sources[0].messages[0].allowed_topics: invalid regular expression");
+}
+
 static void test_misc_errors(void **state)
 {
     (void)state;
@@ -497,6 +600,8 @@ int main(void)
         cmocka_unit_test(test_env_expansion),
         cmocka_unit_test(test_password_file),
         cmocka_unit_test(test_misc_errors),
+        cmocka_unit_test(test_kafka_secrets),
+        cmocka_unit_test(test_topic_policies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

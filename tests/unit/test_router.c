@@ -141,6 +141,15 @@ static void assert_header(const outboxd_record_t *rec, const char *name, const c
         fail_msg("header %s = '%.*s', want '%s'", name, (int)len, v, want);
 }
 
+/* What a record weighs: value, key, header names and values. */
+static size_t record_bytes(const outboxd_record_t *rec)
+{
+    size_t n = rec->value_len + (rec->key ? rec->key_len : 0);
+    for (size_t i = 0; i < rec->n_headers; i++)
+        n += strlen(rec->headers[i].name) + rec->headers[i].len;
+    return n;
+}
+
 static json_t *decode(fixture_t *f, const outboxd_record_t *rec)
 {
     char err[512];
@@ -231,9 +240,50 @@ static void test_oversized_dead_letter(void **state)
     assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
                      OUTBOXD_ROUTE_DEAD_LETTER);
     assert_non_null(strstr(err, "exceeds relay.max_event_bytes (2048)"));
-    /* The dead-letter value itself respects the limit: big columns omitted. */
-    assert_true(rec.value_len <= 2048);
-    assert_non_null(strstr(rec.value, "(omitted: 5000 bytes)"));
+    /* The dead-letter record itself respects the limit: big values cut
+     * with a marker, reason and position kept. */
+    assert_true(record_bytes(&rec) <= 2048);
+    assert_non_null(strstr(rec.value, "...[outboxd: truncated, "));
+    assert_non_null(strstr(rec.value, " of 5000 bytes kept]"));
+    json_t *row = json_loadb(rec.value, rec.value_len, 0, NULL);
+    assert_non_null(row);
+    assert_string_equal(json_string_value(json_object_get(row, "aggregateid")), "order-42");
+    json_decref(row);
+    size_t len;
+    assert_non_null(header(&rec, "outboxd.truncated", &len));
+    assert_header(&rec, "outboxd.lsn", "0/1000020");
+    assert_non_null(header(&rec, "outboxd.reason", &len));
+
+    /* A huge key (and id) must not push the record over the limit either:
+     * both count, and are cut. */
+    char *bigkey = malloc(3000);
+    memset(bigkey, 'k', 3000);
+    f->vals[2].data = bigkey;
+    f->vals[2].len = 3000;
+    f->vals[0].data = bigkey;
+    f->vals[0].len = 3000;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_true(record_bytes(&rec) <= 2048);
+    assert_non_null(header(&rec, "outboxd.reason", &len));
+    assert_non_null(header(&rec, "outboxd.commit_lsn", &len));
+    /* A caller-given lower limit (after Kafka refused a dead letter). */
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_INSERT;
+    m.u.change.rel = &f->rel;
+    m.u.change.new_tuple.ncols = 7;
+    m.u.change.new_tuple.cols = f->vals;
+    assert_int_equal(
+        outboxd_router_dead_letter_max(f->rt, &m, &CTX, "refused", 1500, &rec, err, sizeof(err)),
+        OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_true(record_bytes(&rec) <= 1500);
+    assert_header(&rec, "outboxd.reason", "refused");
+    f->vals[2].data = "order-42";
+    f->vals[2].len = 8;
+    f->vals[0].data = "5b1c7c1e-4f0e-4d6b-9a55-000000000001";
+    f->vals[0].len = 36;
+    free(bigkey);
     f->vals[4].data = "{}";
     f->vals[4].len = 2;
     free(big);
@@ -383,6 +433,133 @@ static void test_messages(void **state)
     assert_non_null(strstr(err, "'aggregatetype' is missing"));
 }
 
+/* A big message dead-lettered: content cut so the record fits. */
+static void test_message_dead_letter_fits(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    char *big = malloc(6001);
+    memset(big, 'z', 6000);
+    big[6000] = '\0';
+    assert_int_equal(route_message(f, "outbox", big, true, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_true(record_bytes(&rec) <= 2048);
+    size_t len;
+    assert_non_null(header(&rec, "outboxd.truncated", &len));
+    assert_non_null(header(&rec, "outboxd.reason", &len));
+    free(big);
+}
+
+/*
+ * Topic safety: a template never resolves to the relay's checkpoint or
+ * dead-letter topic, and allowed_topics (anchored POSIX ERE) dead-letters
+ * any topic outside it, for tables and messages alike.
+ */
+static void test_topic_safety(void **state)
+{
+    (void)state;
+    static const char *conf_text = "kafka: { bootstrap_servers: 127.0.0.1:9 }\n"
+                                   "relay: { checkpoint_topic: relay.cp, dead_letter_topic: "
+                                   "relay.dlt }\n"
+                                   "sources:\n"
+                                   "  - name: shop\n"
+                                   "    dsn: dbname=shop\n"
+                                   "    tables:\n"
+                                   "      - table: public.outbox\n"
+                                   "        topic: \"${aggregatetype}\"\n"
+                                   "      - table: public.outbox_pub\n"
+                                   "        topic: \"${aggregatetype}\"\n"
+                                   "        allowed_topics: 'orders\\.(created|paid)|audit'\n"
+                                   "    messages:\n"
+                                   "      - prefix: outbox\n"
+                                   "        topic: \"${aggregatetype}\"\n"
+                                   "        allowed_topics: 'msg\\..*'\n";
+    char err[512];
+    outboxd_config_t *conf =
+        outboxd_config_parse(conf_text, strlen(conf_text), "t.yaml", err, sizeof(err));
+    if (!conf)
+        fail_msg("config: %s", err);
+    outboxd_router_t *rt = outboxd_router_new(conf, &conf->sources[0], "shopdb", err, sizeof(err));
+    if (!rt)
+        fail_msg("router: %s", err);
+    outboxd_pgo_relation_t rel = {16384, "public", "outbox", 'd', 7, COLS};
+    outboxd_pgo_relation_t rel_pub = rel;
+    rel_pub.oid = 16385;
+    rel_pub.relname = "outbox_pub";
+    outboxd_pgo_datum_t vals[7];
+    const char *v[] = {"id-1", "x", "agg-1", "T", "{}", "2026-11-24 12:00:00+00", "acme"};
+    for (int i = 0; i < 7; i++) {
+        vals[i].kind = 't';
+        vals[i].data = v[i];
+        vals[i].len = (uint32_t)strlen(v[i]);
+    }
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_INSERT;
+    m.u.change.new_tuple.ncols = 7;
+    m.u.change.new_tuple.cols = vals;
+    outboxd_record_t rec;
+    struct {
+        const outboxd_pgo_relation_t *rel;
+        const char *aggtype;
+        int want;
+        const char *why;
+    } cases[] = {
+        {&rel, "orders.created", OUTBOXD_ROUTE_EVENT, NULL},
+        {&rel, "relay.cp", OUTBOXD_ROUTE_DEAD_LETTER, "is the relay's checkpoint topic"},
+        {&rel, "relay.dlt", OUTBOXD_ROUTE_DEAD_LETTER, "is the relay's dead-letter topic"},
+        {&rel_pub, "orders.created", OUTBOXD_ROUTE_EVENT, NULL},
+        {&rel_pub, "audit", OUTBOXD_ROUTE_EVENT, NULL},
+        /* anchored: a prefix or a suffix match is not enough */
+        {&rel_pub, "orders.created.x", OUTBOXD_ROUTE_DEAD_LETTER, "does not match allowed_topics"},
+        {&rel_pub, "xaudit", OUTBOXD_ROUTE_DEAD_LETTER, "does not match allowed_topics"},
+        {&rel_pub, "payments.command", OUTBOXD_ROUTE_DEAD_LETTER,
+         "topic 'payments.command' made by the template does not match allowed_topics "
+         "'orders\\.(created|paid)|audit'"},
+        {&rel_pub, "relay.cp", OUTBOXD_ROUTE_DEAD_LETTER, "is the relay's checkpoint topic"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        m.u.change.rel = cases[i].rel;
+        vals[1].data = cases[i].aggtype;
+        vals[1].len = (uint32_t)strlen(cases[i].aggtype);
+        err[0] = '\0';
+        int r = outboxd_router_route(rt, &m, &CTX, &rec, err, sizeof(err));
+        if (r != cases[i].want)
+            fail_msg("case %zu (%s): route %d, want %d (%s)", i, cases[i].aggtype, r, cases[i].want,
+                     err);
+        if (cases[i].want == OUTBOXD_ROUTE_DEAD_LETTER) {
+            assert_string_equal(rec.topic, "relay.dlt");
+            if (!strstr(err, cases[i].why))
+                fail_msg("case %zu: reason '%s' lacks '%s'", i, err, cases[i].why);
+        } else {
+            assert_string_equal(rec.topic, cases[i].aggtype);
+        }
+    }
+    outboxd_pgo_msg_t mm;
+    memset(&mm, 0, sizeof(mm));
+    mm.kind = OUTBOXD_PGO_MESSAGE;
+    mm.u.message.transactional = true;
+    mm.u.message.prefix = "outbox";
+    const char *msgs[] = {
+        "{\"id\":\"1\",\"aggregatetype\":\"msg.ok\",\"aggregateid\":\"a\",\"type\":\"T\","
+        "\"payload\":{}}",
+        "{\"id\":\"1\",\"aggregatetype\":\"relay.cp\",\"aggregateid\":\"a\",\"type\":\"T\","
+        "\"payload\":{}}",
+        "{\"id\":\"1\",\"aggregatetype\":\"other\",\"aggregateid\":\"a\",\"type\":\"T\","
+        "\"payload\":{}}"};
+    int want[] = {OUTBOXD_ROUTE_EVENT, OUTBOXD_ROUTE_DEAD_LETTER, OUTBOXD_ROUTE_DEAD_LETTER};
+    for (size_t i = 0; i < 3; i++) {
+        mm.u.message.content = msgs[i];
+        mm.u.message.content_len = (uint32_t)strlen(msgs[i]);
+        int r = outboxd_router_route(rt, &mm, &CTX, &rec, err, sizeof(err));
+        if (r != want[i])
+            fail_msg("message %zu: route %d, want %d (%s)", i, r, want[i], err);
+    }
+    assert_non_null(strstr(err, "does not match allowed_topics 'msg\\..*'"));
+    outboxd_router_destroy(rt);
+    outboxd_config_destroy(conf);
+}
+
 static void test_timestamps(void **state)
 {
     (void)state;
@@ -456,6 +633,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relation_change_same_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_headers_count_toward_size, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_message_dead_letter_fits, setup, teardown),
+        cmocka_unit_test(test_topic_safety),
         cmocka_unit_test(test_timestamps),
         cmocka_unit_test(test_checkpoint),
     };

@@ -32,6 +32,13 @@ typedef enum {
     OUTBOXD_PUB_ALL = 2,    /* FOR ALL TABLES, the relay keeps the configured ones */
 } outboxd_pub_scope_t;
 
+/* What happens to an event whose topic does not exist (see README). */
+typedef enum {
+    OUTBOXD_MISSING_TOPIC_WAIT = 0,    /* the source waits, with backoff, until it exists */
+    OUTBOXD_MISSING_TOPIC_DEAD_LETTER, /* the row goes to the dead-letter topic */
+    OUTBOXD_MISSING_TOPIC_CREATE       /* outboxd creates it (AdminClient CreateTopics) */
+} outboxd_missing_topic_t;
+
 typedef struct outboxd_kv {
     char *key;
     char *value;
@@ -58,6 +65,9 @@ typedef struct outboxd_table_conf {
     char **header_columns; /* extra columns copied into Kafka headers */
     size_t n_header_columns;
     outboxd_update_policy_t on_update;
+    /* POSIX extended regex a templated topic must match as a whole (NULL:
+     * any topic); others are dead-lettered. */
+    char *allowed_topics;
     int line; /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 
@@ -68,7 +78,8 @@ typedef struct outboxd_table_conf {
  */
 typedef struct outboxd_message_conf {
     char *prefix;
-    char *topic; /* template over the JSON object's top-level fields */
+    char *topic;          /* template over the JSON object's top-level fields */
+    char *allowed_topics; /* as for tables */
     int line;
 } outboxd_message_conf_t;
 
@@ -95,8 +106,10 @@ typedef struct outboxd_config {
     /* kafka: */
     char *bootstrap_servers;        /* required */
     char *transactional_id_prefix;  /* default "outboxd" */
-    outboxd_kv_t *kafka_properties; /* passed to librdkafka as-is */
+    outboxd_kv_t *kafka_properties; /* passed to librdkafka as-is; includes the
+                                       entries of kafka_secret_properties_file */
     size_t n_kafka_properties;
+    char *kafka_secret_properties_file; /* may be NULL */
 
     /* schema_registry: (reserved for the schema-registry issue) */
     char *schema_registry_url; /* may be NULL */
@@ -114,6 +127,9 @@ typedef struct outboxd_config {
      * transaction never waits for the broker to finish writing the previous
      * one's commit markers (see sink.c). */
     int producers_per_source;
+    outboxd_missing_topic_t missing_topic; /* default wait */
+    int create_topic_partitions;           /* for missing_topic: create; -1 = broker default */
+    int create_topic_replication_factor;   /* same; -1 = broker default */
 
     /* metrics: (reserved for the operations issue) */
     char *metrics_listen; /* may be NULL */

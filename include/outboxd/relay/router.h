@@ -76,6 +76,17 @@ int outboxd_router_dead_letter(outboxd_router_t *rt, const outboxd_pgo_msg_t *ms
                                const outboxd_change_ctx_t *ctx, const char *reason,
                                outboxd_record_t *rec, char *errstr, size_t errstr_size);
 
+/*
+ * Same, with the whole dead-letter record (value, key, headers) kept within
+ * max_bytes (0: the default limit, min(relay.max_event_bytes, the producer's
+ * message.max.bytes)); a value that does not fit is cut with a marker and an
+ * outboxd.truncated header. Used when Kafka refused a dead-letter record.
+ */
+int outboxd_router_dead_letter_max(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
+                                   const outboxd_change_ctx_t *ctx, const char *reason,
+                                   size_t max_bytes, outboxd_record_t *rec, char *errstr,
+                                   size_t errstr_size);
+
 /* A Relation message for oid arrived: the next change of that table binds
  * the configured columns to the (possibly changed) relation again. */
 void outboxd_router_forget(outboxd_router_t *rt, uint32_t oid);

@@ -29,7 +29,10 @@ typedef enum {
     OUTBOXD_SINK_OK = 0,
     OUTBOXD_SINK_ABORTED = 1, /* transaction aborted: rewind and retry */
     OUTBOXD_SINK_RETRY = 2,   /* not started (e.g. broker unreachable): retry later */
-    OUTBOXD_SINK_FATAL = -1,  /* stop this source and exit non-zero */
+    /* The record's topic does not exist (and relay.missing_topic is not
+     * create): nothing was produced, the open transaction is untouched. */
+    OUTBOXD_SINK_MISSING_TOPIC = 3,
+    OUTBOXD_SINK_FATAL = -1, /* stop this source and exit non-zero */
 } outboxd_sink_status_t;
 
 typedef struct outboxd_sink outboxd_sink_t;
@@ -69,9 +72,27 @@ outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_check
  * aborted transaction, counting every outboxd_sink_produce call) of a record
  * Kafka refused for a reason that retrying cannot fix (too large for the
  * broker or topic, invalid, not authorized), with the reason; 0 if none.
- * Valid until the next transaction begins.
+ * *count (if not NULL) is how many records were refused: more than one
+ * usually means a whole batch was refused (max.message.bytes applies to a
+ * batch) and the returned one, the largest, is only a guess; replay with
+ * outboxd_sink_set_one_by_one to find the culprit. Valid until the next
+ * transaction begins.
  */
-uint64_t outboxd_sink_refused(const outboxd_sink_t *s, char *reason, size_t reason_size);
+uint64_t outboxd_sink_refused(const outboxd_sink_t *s, char *reason, size_t reason_size,
+                              uint64_t *count);
+
+/* After OUTBOXD_SINK_ABORTED: whether Kafka refused the checkpoint record
+ * itself (the checkpoint topic is misconfigured; retrying cannot help). */
+bool outboxd_sink_checkpoint_refused(const outboxd_sink_t *s, char *reason, size_t reason_size);
+
+/* After OUTBOXD_SINK_ABORTED: a topic a record failed for as unknown (deleted
+ * while in use), or NULL. */
+const char *outboxd_sink_missing_topic(const outboxd_sink_t *s);
+
+/* One record per request: each produce waits for its delivery report (and
+ * aborts when it is refused), so a refusal identifies exactly one record.
+ * Slow; for replaying a transaction that failed with several refusals. */
+void outboxd_sink_set_one_by_one(outboxd_sink_t *s, bool on);
 
 /* Aborts the open transaction, if any. */
 outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t errstr_size);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# A checkpoint topic that refuses the relay's checkpoint records (here its
+# max.message.bytes is below a checkpoint record's size) cannot be fixed by
+# retrying: the relay stops with a clear error naming the topic, instead of
+# aborting and rewinding forever.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+DB=ckref_$RUN_ID
+create_outbox_db "$DB"
+write_config "$WORK/outboxd.yaml" "$DB"
+prepare_sources "$WORK/outboxd.yaml"
+"$STACK_SH" topic-create "$RUN_ID.checkpoints" 1 cleanup.policy=compact max.message.bytes=64 >&2
+
+start_relay "$WORK/outboxd.yaml"
+relay=$RELAY_PID
+psql_db "$DB" -c "SELECT write_events('$DB', 'k-1', 2)" >/dev/null
+rc=""
+for _ in $(seq 1 1200); do
+    if ! kill -0 "$relay" 2>/dev/null; then
+        rc=0
+        wait "$relay" || rc=$?
+        break
+    fi
+    sleep 0.1
+done
+[ -n "$rc" ] || fail "relay still running 120 s after its checkpoint record was refused"
+grep "checkpoint" "$WORK/relay.log" | cut -c1-400 >&2
+[ "$rc" -eq 1 ] || fail "relay exited $rc, expected 1"
+grep -q "ERROR .*Kafka refused the checkpoint record for $RUN_ID.checkpoints: .*the checkpoint topic $RUN_ID.checkpoints is misconfigured" "$WORK/relay.log" ||
+    fail "no clear error about the checkpoint topic"
+n_rewinds=$(grep -c "rewinding to checkpoint" "$WORK/relay.log" || true)
+[ "$n_rewinds" -le 1 ] || fail "$n_rewinds rewinds: the refused checkpoint record was retried"
+drop_source "$DB" "${DB}_${RUN_ID}"
+log "PASS"

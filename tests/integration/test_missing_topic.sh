@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# A row routed to a topic that does not exist, on a broker that does not
+# create topics (auto.create.topics.enable=false, as in production):
+#  - relay.missing_topic: wait (default): one ERROR naming the topic and the
+#    fix, rewinds back off exponentially up to reconnect_max_backoff_ms
+#    (no hot loop), another source goes on meanwhile, and once the topic is
+#    created every event arrives exactly once;
+#  - dead_letter: the row goes to the dead-letter topic with the reason;
+#  - create: outboxd creates the topic with create_topic_partitions.
+# The broker is a second stack of this test's own (the shared one
+# auto-creates topics); PostgreSQL is the shared stack's.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+STACK2=/tmp/outboxd-nac-$RUN_ID
+extra_cleanup() {
+    STACK_DIR=$STACK2 "$STACK_SH" stop --clean >/dev/null 2>&1 || true
+}
+log "starting a broker with auto.create.topics.enable=false in $STACK2"
+STACK_DIR=$STACK2 STACK_KAFKA_AUTO_CREATE=false STACK_OWNER_PID=$$ STACK_OWNER_CLEAN=1 \
+    STACK_KAFKA_HEAP="-Xmx512m -Xms128m" "$STACK_SH" start >&2
+KAFKA_BOOTSTRAP=$(. "$STACK2/env" && echo "$KAFKA_BOOTSTRAP")
+grep -q '^auto.create.topics.enable=false$' "$STACK2/server.properties" ||
+    fail "second broker does not have auto-creation off"
+topic_create() { STACK_DIR=$STACK2 "$STACK_SH" topic-create "$@" >&2; }
+
+DBA=mta_$RUN_ID
+DBB=mtb_$RUN_ID
+create_outbox_db "$DBA"
+create_outbox_db "$DBB"
+write_config "$WORK/outboxd.yaml" "$DBA" "$DBB"
+sed -i 's/^relay:/relay:\n  reconnect_max_backoff_ms: 4000/' "$WORK/outboxd.yaml"
+prepare_sources "$WORK/outboxd.yaml"
+topic_create "$RUN_ID.ev.$DBA" 1
+topic_create "$RUN_ID.ev.$DBB" 1
+
+# Before the row with the missing topic, in its own transaction: a good one.
+psql_db "$DBA" -c "SELECT write_events('$DBA', '$DBA-1', 3)" >/dev/null
+psql_db "$DBA" <<SQL >/dev/null
+BEGIN;
+SELECT write_events('$DBA', '$DBA-2', 2);
+SELECT write_events('missing1', 'm-1', 1);
+SELECT write_events('$DBA', '$DBA-2', 2);
+COMMIT;
+SQL
+psql_db "$DBA" -c "SELECT write_events('$DBA', '$DBA-1', 3)" >/dev/null
+
+start_relay "$WORK/outboxd.yaml"
+relay=$RELAY_PID
+t0=$(date +%s)
+# The other source is not held up: its rows arrive while A waits.
+psql_db "$DBB" -c "SELECT write_events('$DBB', '$DBB-1', 20)" >/dev/null
+wait_drained "$DBB" "${DBB}_${RUN_ID}" 120
+log "source B drained while A waits for its topic"
+
+# Let A wait until its backoff has reached the cap (4000 ms) twice, then
+# look at how it waited. A hot loop never gets there.
+capped=0
+for _ in $(seq 1 1800); do
+    capped=$(grep -c "\[$DBA\] rewound again without progress; reconnecting in 4000 ms" "$WORK/relay.log" || true)
+    [ "$capped" -ge 2 ] && break
+    kill -0 "$relay" 2>/dev/null || fail "relay exited while waiting for a topic"
+    sleep 0.1
+done
+waited=$(($(date +%s) - t0))
+n_error=$(grep -c "ERROR \[$DBA\].*topic '$RUN_ID.ev.missing1' does not exist.*create topic '$RUN_ID.ev.missing1'" "$WORK/relay.log" || true)
+n_rewind=$(grep -c "\[$DBA\] waiting for topic '$RUN_ID.ev.missing1' to be created; rewinding" "$WORK/relay.log" || true)
+backoffs=$(grep "\[$DBA\] rewound again without progress; reconnecting in" "$WORK/relay.log" |
+    sed 's/.*reconnecting in \([0-9]*\) ms.*/\1/' | tr '\n' ' ' || true)
+log "waited ${waited} s: $n_error ERROR line(s) naming the topic, $n_rewind rewinds, backoffs (ms): $backoffs"
+[ "$capped" -ge 2 ] || fail "the rewind backoff did not reach reconnect_max_backoff_ms (4000) within 180 s"
+[ "$n_error" -eq 1 ] || fail "expected exactly one ERROR naming the missing topic and the fix, got $n_error"
+# 200, 400, ..., 3200, 4000, 4000 (plus one restart of the sequence when
+# the transaction before the missing topic commits).
+[ "$n_rewind" -le 16 ] || fail "$n_rewind rewinds before the backoff reached its cap: not backing off"
+kill -0 "$relay" 2>/dev/null || fail "relay exited while waiting for a topic"
+
+log "creating the missing topic"
+topic_create "$RUN_ID.ev.missing1" 1
+wait_drained "$DBA" "${DBA}_${RUN_ID}" 120
+grep -q "topic '$RUN_ID.ev.missing1' exists now" "$WORK/relay.log" || fail "recovery not logged"
+: >"$WORK/expected.tsv"
+expected_events "$DBA" "$WORK/expected.tsv"
+expected_events "$DBB" "$WORK/expected.tsv"
+check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed after the topic appeared"
+stop_relay_ok "$relay" "relay (missing_topic: wait)"
+
+log "missing_topic: dead_letter"
+sed -i 's/^relay:/relay:\n  missing_topic: dead_letter/' "$WORK/outboxd.yaml"
+start_relay "$WORK/outboxd.yaml" relay2
+relay=$RELAY_PID
+psql_db "$DBA" <<SQL >/dev/null
+BEGIN;
+SELECT write_events('$DBA', '$DBA-3', 1);
+SELECT write_events('missing2', 'm-2', 1);
+SELECT write_events('$DBA', '$DBA-3', 1);
+COMMIT;
+SQL
+wait_drained "$DBA" "${DBA}_${RUN_ID}" 120
+consume_json -t "$RUN_ID.dlt" >"$WORK/dlt.json"
+cut -c1-600 "$WORK/dlt.json" >&2
+[ "$(grep -c "missing2" "$WORK/dlt.json")" -eq 1 ] || fail "the missing2 row is not in the dead-letter topic once"
+grep -q "topic '$RUN_ID.ev.missing2' does not exist.*relay.missing_topic: dead_letter" "$WORK/dlt.json" ||
+    fail "no missing-topic reason in the dead letter"
+stop_relay_ok "$relay" "relay (missing_topic: dead_letter)"
+
+log "missing_topic: create"
+sed -i 's/^  missing_topic: dead_letter/  missing_topic: create\n  create_topic_partitions: 2/' "$WORK/outboxd.yaml"
+start_relay "$WORK/outboxd.yaml" relay3
+relay=$RELAY_PID
+psql_db "$DBA" -c "SELECT write_events('missing3', 'm-3', 2)" >/dev/null
+wait_drained "$DBA" "${DBA}_${RUN_ID}" 120
+grep -q "created topic $RUN_ID.ev.missing3 (partitions 2" "$WORK/relay3.log" || fail "topic creation not logged"
+STACK_DIR=$STACK2 "$STACK_SH" topics --describe --topic "$RUN_ID.ev.missing3" >"$WORK/describe.txt"
+grep -q "PartitionCount: 2" "$WORK/describe.txt" || { cat "$WORK/describe.txt" >&2; fail "created topic does not have 2 partitions"; }
+: >"$WORK/expected.tsv"
+expected_events "$DBA" "$WORK/expected.tsv"
+expected_events "$DBB" "$WORK/expected.tsv"
+grep -v "missing2" "$WORK/expected.tsv" >"$WORK/expected2.tsv"
+check_exactly_once "$WORK/expected2.tsv" || fail "exactly-once check failed at the end"
+stop_relay_ok "$relay" "relay (missing_topic: create)"
+drop_source "$DBA" "${DBA}_${RUN_ID}"
+drop_source "$DBB" "${DBB}_${RUN_ID}"
+log "PASS"
