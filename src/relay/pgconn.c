@@ -50,12 +50,25 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
         PQfinish(conn);
         return NULL;
     }
+    /* A SQL_ASCII database stores any bytes and cannot convert them: asked
+     * for UTF8, its walsender validates each value and stops the stream at
+     * the first bad byte, for good. Take its bytes as they are instead; the
+     * router dead-letters values that are not UTF-8. */
+    const char *server_enc = PQparameterStatus(conn, "server_encoding");
+    const char *want = server_enc && strcmp(server_enc, "SQL_ASCII") == 0 ? "SQL_ASCII" : "UTF8";
     const char *enc = PQparameterStatus(conn, "client_encoding");
-    if (!enc || strcmp(enc, "UTF8") != 0) {
+    if ((!enc || strcmp(enc, want) != 0) && PQsetClientEncoding(conn, want) != 0) {
+        snprintf(errstr, errstr_size, "cannot set client_encoding to %s: %s", want,
+                 PQerrorMessage(conn));
+        PQfinish(conn);
+        return NULL;
+    }
+    enc = PQparameterStatus(conn, "client_encoding");
+    if (!enc || strcmp(enc, want) != 0) {
         snprintf(errstr, errstr_size,
-                 "the server did not accept client_encoding UTF8 (it reports '%s'); outboxd "
+                 "the server did not accept client_encoding %s (it reports '%s'); outboxd "
                  "needs text as UTF-8",
-                 enc ? enc : "nothing");
+                 want, enc ? enc : "nothing");
         PQfinish(conn);
         return NULL;
     }
