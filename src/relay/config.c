@@ -1095,6 +1095,7 @@ static bool parse_properties(ctx_t *c, const node_t *n, const char *path, int li
         kv->key = strdup(key->value);
         if (!kv->key)
             return oom(c, key->line, child);
+        kv->line = key->line;
         conf->n_kafka_properties = i + 1;
         if (!scalar_text(c, val, child, key->line, "a scalar value", true, true, &kv->value))
             return false;
