@@ -411,6 +411,8 @@ static colref_t *alloc_colrefs(const outboxd_table_conf_t *t)
     return calloc(7 + t->n_header_columns, sizeof(colref_t));
 }
 
+static void check_topic_columns(check_t *c, const outboxd_table_conf_t *t, const PGresult *cols);
+
 /* 4. Every configured column of an outbox table exists; payload is text-like. */
 static void check_columns(check_t *c)
 {
@@ -467,7 +469,35 @@ static void check_columns(check_t *c)
             }
         }
         free(refs);
+        check_topic_columns(c, t, res);
         PQclear(res);
+    }
+}
+
+/* 4b. Every ${column} of the topic template exists: otherwise every row of
+ * the table would go to the dead-letter topic. cols: the table's columns
+ * (name in field 0). */
+static void check_topic_columns(check_t *c, const outboxd_table_conf_t *t, const PGresult *cols)
+{
+    char where[64];
+    table_where(t, where, sizeof(where));
+    for (const char *p = t->topic; p && (p = strstr(p, "${")) != NULL;) {
+        const char *end = strchr(p + 2, '}');
+        if (!end)
+            break; /* the config loader refuses this already */
+        int len = (int)(end - p - 2);
+        bool found = false;
+        for (int k = 0; k < PQntuples(cols) && !found; k++) {
+            const char *name = PQgetvalue(cols, k, 0);
+            found = (int)strlen(name) == len && strncmp(name, p + 2, (size_t)len) == 0;
+        }
+        if (!found)
+            problem(c,
+                    "table %s.%s has no column '%.*s', which the topic template '%s' names, so "
+                    "every row would go to the dead-letter topic; add the column or correct "
+                    "topic%s",
+                    t->schema, t->name, len, p + 2, t->topic, where);
+        p = end + 1;
     }
 }
 

@@ -116,9 +116,19 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
                      rd_kafka_topic_name(m->rkt));
 }
 
+/* The source of the throw-away clients outboxd_sink_check_conf builds. */
+static char check_name[] = "kafka";
+static const outboxd_source_conf_t check_src = {.name = check_name};
+
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    (void)rk;
+    const outboxd_sink_t *s = rk ? rd_kafka_opaque(rk) : NULL;
+    if (s && s->src == &check_src) {
+        /* A configuration check: its client is destroyed at once, so that
+         * the broker is down or slow says nothing yet. */
+        LOG_DEBUG("kafka", "%s: %s", fac, buf);
+        return;
+    }
     if (strcmp(fac, "FAIL") == 0)
         LOG_DEBUG("kafka", "%s: %s", fac, buf); /* error_cb reports these too */
     else if (level <= 3)
@@ -782,20 +792,20 @@ outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_check
 
 /* ---- configuration checks (outboxd check, and run before sources start) ---- */
 
+static void probe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
 int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t errstr_size)
 {
     /* The clients exactly as the sink makes them: rd_kafka_new refuses
      * combinations no single property shows (acks=1 or
      * enable.idempotence=false with the transactions the sink needs). */
-    static char name[] = "kafka";
-    outboxd_source_conf_t src = {.name = name};
     outboxd_sink_t *tmp = calloc(1, sizeof(*tmp));
     if (!tmp) {
         snprintf(errstr, errstr_size, "out of memory");
         return -1;
     }
     tmp->conf = conf;
-    tmp->src = &src;
+    tmp->src = &check_src;
     char txnid[300];
     snprintf(txnid, sizeof(txnid), "%s.check", conf->transactional_id_prefix);
     rd_kafka_t *rk = new_producer(tmp, txnid, errstr, errstr_size);
@@ -807,6 +817,7 @@ int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t e
     rd_kafka_conf_t *kc = base_conf(conf, true, errstr, errstr_size);
     if (!kc)
         return -1;
+    rd_kafka_conf_set_log_cb(kc, probe_log_cb);
     char e[512];
     rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
     if (!rk) {

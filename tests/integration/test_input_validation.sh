@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
 SEED=${SEED:-$RANDOM}
-PARTS=${PARTS:-1 2 3} # a subset runs alone, e.g. PARTS=2
+PARTS=${PARTS:-1 2 3 4} # a subset runs alone, e.g. PARTS=2
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 log "seed $SEED (payload contents; SEED=$SEED reproduces)"
 
@@ -170,7 +170,33 @@ stop_relay_ok "$relay"
 drop_source "$DB" "${DB}_${RUN_ID}"
 }
 
+# ---- 4. a LATIN1 database: text arrives converted to UTF-8 ----
+# The relay asks for client_encoding UTF8; without it the walsender sends the
+# database's bytes (0xe9 for 'é'), which are not UTF-8.
+test_latin1() {
+DB=ilatin_$RUN_ID
+psql_db postgres -c "CREATE DATABASE \"$DB\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" >/dev/null
+outbox_ddl outbox | psql_db "$DB" >/dev/null
+write_config "$WORK/latin.yaml" "$DB"
+sed -i "s/$RUN_ID.dlt/$RUN_ID.dlt4/" "$WORK/latin.yaml"
+prepare_sources "$WORK/latin.yaml"
+start_relay "$WORK/latin.yaml" relay_latin
+relay=$RELAY_PID
+PGCLIENTENCODING=UTF8 psql_db "$DB" -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('$DB', 'café', 'Accented', '{\"name\": \"café\"}')"
+[ "$(psql_db "$DB" -c "SELECT encode(convert_to(aggregateid, 'LATIN1'), 'hex') FROM outbox")" = 636166e9 ] ||
+    fail "the row is not stored as LATIN1"
+wait_drained "$DB" "${DB}_${RUN_ID}" 120
+consume_json -t "$RUN_ID.ev.$DB" >"$WORK/latin_events.json"
+cat "$WORK/latin_events.json" >&2
+[ "$(wc -l <"$WORK/latin_events.json")" -eq 1 ] || fail "expected the LATIN1 row as one event"
+[ "$(jq -r '.value.payload.name' "$WORK/latin_events.json")" = "café" ] || fail "payload text not converted to UTF-8"
+[ "$(jq -r '.value.aggregate_id' "$WORK/latin_events.json")" = "café" ] || fail "aggregate id not converted to UTF-8"
+stop_relay_ok "$relay"
+drop_source "$DB" "${DB}_${RUN_ID}"
+}
+
 if part 1; then test_utf8; fi
+if part 4; then test_latin1; fi
 if part 2; then test_toast; fi
 if part 3; then test_memory; fi
 log "PASS"
