@@ -75,6 +75,8 @@ static int cmd_check(const outboxd_config_t *conf)
         const outboxd_source_conf_t *src = &conf->sources[i];
         outboxd_buf_t report = {0};
         int n = outboxd_pgsetup_check(src, true, &report, NULL);
+        if (n >= 0)
+            n += outboxd_pgsetup_check_topics(src, &report);
         if (report.len)
             fputs(report.data, stdout);
         if (report.len && report.data[report.len - 1] != '\n')

@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
 SEED=${SEED:-$RANDOM}
-PARTS=${PARTS:-1 2 3 4} # a subset runs alone, e.g. PARTS=2
+PARTS=${PARTS:-1 2 3 4 5} # a subset runs alone, e.g. PARTS=2
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 log "seed $SEED (payload contents; SEED=$SEED reproduces)"
 
@@ -195,7 +195,33 @@ stop_relay_ok "$relay"
 drop_source "$DB" "${DB}_${RUN_ID}"
 }
 
+# ---- 5. a topic template naming a missing column, at run time ----
+# check reports it (test_check.sh); run does not refuse the source: each row
+# is dead-lettered and one ERROR names the column.
+test_template_column() {
+DB=itpl_$RUN_ID
+create_outbox_db "$DB"
+write_config "$WORK/tpl.yaml" "$DB"
+sed -i 's/^        topic: "\(.*\)\.ev\.\${aggregatetype}"$/        topic: "\1.ev.${tenant}"/; s/'"$RUN_ID"'.dlt/'"$RUN_ID"'.dlt5/' "$WORK/tpl.yaml"
+grep -q 'ev.${tenant}' "$WORK/tpl.yaml" || fail "test setup: template not replaced"
+rc=0
+"$OUTBOXD_BIN" check -c "$WORK/tpl.yaml" >"$WORK/tpl_check.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] && grep -q "has no column 'tenant'" "$WORK/tpl_check.out" || fail "check did not report the template column (exit $rc)"
+start_relay "$WORK/tpl.yaml" relay_tpl
+relay=$RELAY_PID
+psql_db "$DB" -c "SELECT write_events('$DB', 'k', 3)" >/dev/null
+wait_drained "$DB" "${DB}_${RUN_ID}" 120
+[ "$(consume_json -t "$RUN_ID.dlt5" | grep -c "column 'tenant' (named in the topic template) is missing")" -eq 3 ] ||
+    fail "expected the 3 rows dead-lettered with the missing template column"
+n_err=$(grep -c "ERROR.*column 'tenant' (named in the topic template) is missing" "$WORK/relay_tpl.log" || true)
+log "template column: 3 rows dead-lettered, $n_err ERROR line(s)"
+[ "$n_err" -eq 1 ] || fail "expected one ERROR for the relation, got $n_err"
+stop_relay_ok "$relay"
+drop_source "$DB" "${DB}_${RUN_ID}"
+}
+
 if part 1; then test_utf8; fi
+if part 5; then test_template_column; fi
 if part 4; then test_latin1; fi
 if part 2; then test_toast; fi
 if part 3; then test_memory; fi

@@ -26,4 +26,12 @@
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot);
 
+/*
+ * For `outboxd check`: each ${column} of an outbox table's topic template
+ * names a column of the table (otherwise every row would be dead-lettered).
+ * One report line per missing column; returns their number (0 also when the
+ * server cannot be reached: outboxd_pgsetup_check reports that).
+ */
+int outboxd_pgsetup_check_topics(const outboxd_source_conf_t *src, outboxd_buf_t *report);
+
 #endif
