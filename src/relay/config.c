@@ -1191,6 +1191,7 @@ static outboxd_kv_t *add_property(ctx_t *c, outboxd_config_t *conf, const char *
     conf->kafka_properties = kv;
     kv = &conf->kafka_properties[conf->n_kafka_properties];
     kv->value = NULL;
+    kv->line = line;
     kv->key = strdup(key);
     if (!kv->key) {
         oom(c, line, path);

@@ -19,7 +19,11 @@
 #include "outboxd/relay/config.h"
 #include "outboxd/common/log.h"
 #include "outboxd/relay/pgsetup.h"
+#include "outboxd/relay/preflight.h"
+#include "outboxd/relay/sink.h"
 #include "outboxd/relay/source.h"
+
+#define KAFKA_PROBE_TIMEOUT_MS 10000
 
 static volatile sig_atomic_t got_signal = 0;
 /* Read by every source thread; set by main once a signal was seen. */
@@ -71,6 +75,8 @@ static int cmd_check(const outboxd_config_t *conf)
         const outboxd_source_conf_t *src = &conf->sources[i];
         outboxd_buf_t report = {0};
         int n = outboxd_pgsetup_check(src, true, &report, NULL);
+        if (n >= 0)
+            n += outboxd_pgsetup_check_topics(src, &report);
         if (report.len)
             fputs(report.data, stdout);
         if (report.len && report.data[report.len - 1] != '\n')
@@ -81,34 +87,17 @@ static int cmd_check(const outboxd_config_t *conf)
                    src->publication);
         problems += n < 0 ? 1 : n;
     }
-    /* Kafka reachability: a metadata request within 10 seconds. */
+    /* Kafka reachability: a metadata request within 10 seconds, with the
+     * client the sink would build; one line, not librdkafka's own. */
     char e[512];
-    rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    rd_kafka_t *rk = NULL;
-    if (rd_kafka_conf_set(kc, "bootstrap.servers", conf->bootstrap_servers, e, sizeof(e)) ==
-        RD_KAFKA_CONF_OK) {
-        for (size_t i = 0; i < conf->n_kafka_properties; i++)
-            rd_kafka_conf_set(kc, conf->kafka_properties[i].key, conf->kafka_properties[i].value, e,
-                              sizeof(e));
-        rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
-    }
-    if (!rk) {
-        printf("kafka: cannot create a client: %s\n", e);
-        rd_kafka_conf_destroy(kc);
+    int brokers = outboxd_sink_probe(conf, KAFKA_PROBE_TIMEOUT_MS, e, sizeof(e));
+    if (brokers < 0) {
+        printf("kafka: cannot reach %s within %d s: %s; is the broker running? (check "
+               "kafka.bootstrap_servers)\n",
+               conf->bootstrap_servers, KAFKA_PROBE_TIMEOUT_MS / 1000, e);
         problems++;
     } else {
-        const rd_kafka_metadata_t *md;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, 10000);
-        if (err) {
-            printf("kafka: cannot reach %s: %s; check kafka.bootstrap_servers and that the "
-                   "broker is up\n",
-                   conf->bootstrap_servers, rd_kafka_err2str(err));
-            problems++;
-        } else {
-            printf("kafka: OK (%d broker(s) at %s)\n", md->broker_cnt, conf->bootstrap_servers);
-            rd_kafka_metadata_destroy(md);
-        }
-        rd_kafka_destroy(rk);
+        printf("kafka: OK (%d broker(s) at %s)\n", brokers, conf->bootstrap_servers);
     }
     if (problems == 0) {
         printf("configuration OK\n");
@@ -230,6 +219,17 @@ int main(int argc, char **argv)
         return 2;
     }
     outboxd_log_set_level(lvl);
+
+    /* What the YAML loader cannot see (kafka.properties librdkafka refuses,
+     * mode: cdc) is a configuration error for run and check alike. */
+    outboxd_buf_t pre = {0};
+    if (outboxd_preflight_check(conf, &pre) > 0) {
+        fputs(pre.data, stderr);
+        outboxd_buf_free(&pre);
+        outboxd_config_destroy(conf);
+        return 2;
+    }
+    outboxd_buf_free(&pre);
 
     int rc;
     if (strcmp(command, "check") == 0) {

@@ -22,6 +22,11 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
     vals[i++] = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3";
     keys[i] = "application_name";
     vals[i++] = appname;
+    /* Text reaches us converted to UTF-8 (pgoutput converts to the client
+     * encoding), which the Avro strings and the dead-letter JSON need. After
+     * the dsn, so it wins over a client_encoding given there. */
+    keys[i] = "client_encoding";
+    vals[i++] = "UTF8";
     if (src->password) {
         keys[i] = "password";
         vals[i++] = src->password;
@@ -42,6 +47,28 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
         size_t n = strlen(errstr);
         while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
             errstr[--n] = '\0';
+        PQfinish(conn);
+        return NULL;
+    }
+    /* A SQL_ASCII database stores any bytes and cannot convert them: asked
+     * for UTF8, its walsender validates each value and stops the stream at
+     * the first bad byte, for good. Take its bytes as they are instead; the
+     * router dead-letters values that are not UTF-8. */
+    const char *server_enc = PQparameterStatus(conn, "server_encoding");
+    const char *want = server_enc && strcmp(server_enc, "SQL_ASCII") == 0 ? "SQL_ASCII" : "UTF8";
+    const char *enc = PQparameterStatus(conn, "client_encoding");
+    if ((!enc || strcmp(enc, want) != 0) && PQsetClientEncoding(conn, want) != 0) {
+        snprintf(errstr, errstr_size, "cannot set client_encoding to %s: %s", want,
+                 PQerrorMessage(conn));
+        PQfinish(conn);
+        return NULL;
+    }
+    enc = PQparameterStatus(conn, "client_encoding");
+    if (!enc || strcmp(enc, want) != 0) {
+        snprintf(errstr, errstr_size,
+                 "the server did not accept client_encoding %s (it reports '%s'); outboxd "
+                 "needs text as UTF-8",
+                 want, enc ? enc : "nothing");
         PQfinish(conn);
         return NULL;
     }

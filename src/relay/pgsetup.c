@@ -1115,3 +1115,59 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **connp, outb
     }
     return c.problems;
 }
+
+/*
+ * The ${column} placeholders of each outbox table's topic template against
+ * the table's columns. Only `outboxd check` asks: at run time such rows go
+ * to the dead-letter topic (the router logs one ERROR per relation) rather
+ * than the source refusing to start.
+ */
+int outboxd_pgsetup_check_topics(const outboxd_source_conf_t *src, outboxd_buf_t *report)
+{
+    char err[1024];
+    PGconn *conn = outboxd_pg_connect(src, false, err, sizeof(err));
+    if (!conn)
+        return 0; /* outboxd_pgsetup_check reports the connection */
+    check_t c = {.src = src, .conn = conn, .report = report};
+    PQsetNoticeProcessor(conn, notice_to_log, &c);
+    static const char *sql = "SELECT a.attname FROM pg_catalog.pg_attribute a "
+                             "WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format("
+                             "'%I.%I', $1::text, $2::text)) AND a.attnum > 0 "
+                             "AND NOT a.attisdropped";
+    for (size_t i = 0; i < src->n_tables && !c.conn_lost; i++) {
+        const outboxd_table_conf_t *t = &src->tables[i];
+        if (t->mode != OUTBOXD_MODE_OUTBOX || !t->topic)
+            continue;
+        const char *params[2] = {t->schema, t->name};
+        PGresult *res = query(&c, "read a table's columns", sql, 2, params);
+        if (!res)
+            continue;
+        if (PQntuples(res) == 0) { /* no such table: reported by the main check */
+            PQclear(res);
+            continue;
+        }
+        char where[64];
+        table_where(t, where, sizeof(where));
+        for (const char *p = t->topic; (p = strstr(p, "${")) != NULL;) {
+            const char *end = strchr(p + 2, '}');
+            if (!end)
+                break; /* the config loader refuses this already */
+            int len = (int)(end - p - 2);
+            bool found = false;
+            for (int k = 0; k < PQntuples(res) && !found; k++) {
+                const char *name = PQgetvalue(res, k, 0);
+                found = (int)strlen(name) == len && strncmp(name, p + 2, (size_t)len) == 0;
+            }
+            if (!found)
+                problem(&c,
+                        "table %s.%s has no column '%.*s', which the topic template '%s' "
+                        "names, so every row would go to the dead-letter topic; add the column "
+                        "or correct topic%s",
+                        t->schema, t->name, len, p + 2, t->topic, where);
+            p = end + 1;
+        }
+        PQclear(res);
+    }
+    PQfinish(conn);
+    return c.problems;
+}

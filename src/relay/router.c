@@ -74,6 +74,10 @@ struct outboxd_router {
      * included (see dead_letter_limit). */
     size_t dl_max;
     char dl_note[256]; /* text of the outboxd.truncated header */
+    /* UPDATE row image with unchanged TOASTed values taken from the old
+     * tuple (REPLICA IDENTITY FULL); grows to the widest table seen. */
+    outboxd_pgo_datum_t *merged;
+    int merged_cap;
 };
 
 /* Producer default of librdkafka's message.max.bytes: larger records are
@@ -316,6 +320,7 @@ void outboxd_router_destroy(outboxd_router_t *rt)
     outboxd_buf_free(&rt->value);
     outboxd_buf_free(&rt->scratch);
     json_decref(rt->msg_json);
+    free(rt->merged);
     free(rt);
 }
 
@@ -384,7 +389,8 @@ static binding_t *bind(outboxd_router_t *rt, const outboxd_pgo_relation_t *rel)
             b->c_headers[h] = need_col(b, rel, b->tc->header_columns[h], "headers");
         for (size_t p = 0; p < b->topic.n; p++)
             if (b->topic.parts[p].is_var)
-                b->topic.parts[p].col = need_col(b, rel, b->topic.parts[p].text, "topic");
+                b->topic.parts[p].col =
+                    need_col(b, rel, b->topic.parts[p].text, "named in the topic template");
         b->rel = rel;
         b->oid = rel->oid;
         if (b->missing)
@@ -429,6 +435,60 @@ static const outboxd_pgo_datum_t *datum(const outboxd_pgo_tuple_t *t, int i)
 static bool has_text(const outboxd_pgo_datum_t *d)
 {
     return d && (d->kind == 't' || d->kind == 'b');
+}
+
+/* Offset of the first byte of s that does not start a valid UTF-8 sequence,
+ * or -1 when all of s is UTF-8. PostgreSQL converts text to the client
+ * encoding (UTF8, see pgconn.c) except from a SQL_ASCII database, whose
+ * bytes pass through unchecked. */
+static long utf8_invalid_at(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < len;) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = outboxd_utf8_len(p + i, len - i);
+        if (n == 0)
+            return (long)i;
+        i += n;
+    }
+    return -1;
+}
+
+/* Standard base64 (RFC 4648, padded) of len bytes; NULL on OOM. */
+static char *base64(const char *data, size_t len)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = (const unsigned char *)data;
+    char *out = malloc((len + 2) / 3 * 4 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        out[o++] = tab[(v >> 18) & 63];
+        out[o++] = tab[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? tab[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* Bytes of column data a tuple holds, before any copy or encoding. */
+static size_t tuple_bytes(const outboxd_pgo_tuple_t *t)
+{
+    size_t n = 0;
+    for (int i = 0; i < t->ncols; i++)
+        if (has_text(&t->cols[i]))
+            n += t->cols[i].len;
+    return n;
 }
 
 /* Position headers that every dead-letter record carries. */
@@ -476,6 +536,12 @@ static char *row_json(const outboxd_pgo_relation_t *rel, const outboxd_pgo_tuple
             v = json_null();
         } else if (d->kind == 'u') {
             v = json_string("(unchanged TOASTed value, not sent by the server)");
+        } else if (utf8_invalid_at(d->data, d->len) >= 0) {
+            /* jansson (and any JSON reader) refuses such a string: keep the
+             * bytes (up to cap), in a shape no text column can take. */
+            char *b64 = base64(d->data, d->len > cap ? cap : d->len);
+            v = b64 ? json_pack("{s:s}", "base64", b64) : NULL;
+            free(b64);
         } else if (d->len > cap) {
             size_t keep = utf8_cut(d->data, cap);
             char note[96];
@@ -526,19 +592,33 @@ static int dead_letter_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo
     const outboxd_pgo_datum_t *id = datum(t, b->c_id);
     if (has_text(id))
         add_header(rec, "id", id->data, id->len > id_max ? utf8_cut(id->data, id_max) : id->len);
-    snprintf(errstr, errstr_size, "%s", reason);
+    bool as_base64 = false;
+    for (int i = 0; i < rel->ncols && i < t->ncols; i++)
+        if (t->cols[i].kind == 't' && utf8_invalid_at(t->cols[i].data, t->cols[i].len) >= 0)
+            as_base64 = true;
     outboxd_buf_reset(&rt->scratch);
-    if (!outboxd_buf_append_str(&rt->scratch, reason))
+    if (!outboxd_buf_append_str(&rt->scratch, reason) ||
+        (as_base64 &&
+         !outboxd_buf_append_str(&rt->scratch, "; columns that are not valid UTF-8 are given "
+                                               "in this value as {\"base64\": \"<raw bytes>\"}")))
         goto oom;
+    snprintf(errstr, errstr_size, "%s", rt->scratch.data);
     add_header(rec, "outboxd.reason", rt->scratch.data, rt->scratch.len);
     add_position_headers(rt, rec, ctx, b->table_name);
 
     size_t overhead = record_size(rec) + DL_NOTE_ROOM;
     size_t budget = rt->dl_max > overhead ? rt->dl_max - overhead : 0;
-    char *text = row_json(rel, t, SIZE_MAX);
-    if (!text)
-        goto oom;
-    size_t full = strlen(text);
+    /* A row far over the budget is never rendered whole (memory stays
+     * bounded by the limit, not by the row): its size is estimated from the
+     * raw column lengths instead. */
+    char *text = NULL;
+    size_t full = tuple_bytes(t);
+    if (full <= budget) {
+        text = row_json(rel, t, SIZE_MAX);
+        if (!text)
+            goto oom;
+        full = strlen(text);
+    }
     if (full > budget) {
         /* The largest per-value cap that fits (the size grows with it). */
         size_t lo = 0, hi = 0;
@@ -546,6 +626,7 @@ static int dead_letter_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo
             if (t->cols[i].kind != 'n' && t->cols[i].kind != 'u' && t->cols[i].len > hi)
                 hi = t->cols[i].len;
         free(text);
+        text = NULL;
         while (lo < hi) {
             size_t mid = lo + (hi - lo + 1) / 2;
             char *try = row_json(rel, t, mid);
@@ -656,6 +737,38 @@ static bool too_large(outboxd_router_t *rt, outboxd_record_t *rec, char *reason,
     return true;
 }
 
+/* Why a column's value is missing from an UPDATE: pgoutput sends 'u' for an
+ * unchanged TOASTed value, which only a full old row image carries. */
+static void unsent_reason(const binding_t *b, const char *what, const char *name, char *reason,
+                          size_t reason_size)
+{
+    snprintf(reason, reason_size,
+             "%s column '%s' is an unchanged TOASTed value that PostgreSQL does not send in an "
+             "UPDATE unless the table has REPLICA IDENTITY FULL; run: ALTER TABLE %s REPLICA "
+             "IDENTITY FULL",
+             what, name, b->table_name);
+}
+
+/* The name of a configured optional column (timestamp, headers, topic
+ * placeholders) whose value the server did not send, or NULL. */
+static const char *unsent_optional(const binding_t *b, const outboxd_pgo_tuple_t *t)
+{
+    const outboxd_pgo_datum_t *d = datum(t, b->c_ts);
+    if (d && d->kind == 'u')
+        return b->rel->cols[b->c_ts].name;
+    for (size_t h = 0; h < b->tc->n_header_columns; h++) {
+        d = datum(t, b->c_headers[h]);
+        if (d && d->kind == 'u')
+            return b->rel->cols[b->c_headers[h]].name;
+    }
+    for (size_t p = 0; p < b->topic.n; p++) {
+        d = b->topic.parts[p].is_var ? datum(t, b->topic.parts[p].col) : NULL;
+        if (d && d->kind == 'u')
+            return b->rel->cols[b->topic.parts[p].col].name;
+    }
+    return NULL;
+}
+
 static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
                      const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                      size_t errstr_size)
@@ -678,12 +791,54 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
         if (!has_text(d)) {
             const char *name = b->rel->cols[required[i].col].name;
             if (d && d->kind == 'u')
-                snprintf(reason, sizeof(reason),
-                         "%s column '%s' is an unchanged TOASTed value the server did not "
-                         "send (set REPLICA IDENTITY FULL on the table)",
-                         required[i].what, name);
+                unsent_reason(b, required[i].what, name, reason, sizeof(reason));
             else
                 snprintf(reason, sizeof(reason), "%s column '%s' is NULL", required[i].what, name);
+            return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+        }
+    }
+    /* The optional columns too: a timestamp, header or topic column whose
+     * value was not sent has no value to use (and must not be faked). */
+    const char *unsent = unsent_optional(b, t);
+    if (unsent) {
+        unsent_reason(b, "configured", unsent, reason, sizeof(reason));
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    }
+
+    /* Size first, from the raw lengths: a row whose columns alone exceed the
+     * limit is dead-lettered without being copied or encoded, so memory
+     * does not grow with the size of a bad row. */
+    size_t raw = 0;
+    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+        raw += datum(t, required[i].col)->len;
+    for (size_t h = 0; h < b->tc->n_header_columns; h++) {
+        const outboxd_pgo_datum_t *d = datum(t, b->c_headers[h]);
+        if (has_text(d))
+            raw += d->len;
+    }
+    if (raw > rt->conf->max_event_bytes) {
+        snprintf(reason, sizeof(reason),
+                 "row of %zu bytes (payload column '%s' %u bytes) exceeds "
+                 "relay.max_event_bytes (%zu)",
+                 raw, b->rel->cols[b->c_payload].name, datum(t, b->c_payload)->len,
+                 rt->conf->max_event_bytes);
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    }
+
+    /* Avro strings are UTF-8 by definition; consumers would fail on (or
+     * silently alter) anything else. The key and headers are bytes. */
+    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
+        if (strcmp(required[i].what, "key") == 0)
+            continue;
+        const outboxd_pgo_datum_t *d = datum(t, required[i].col);
+        long bad = utf8_invalid_at(d->data, d->len);
+        if (bad >= 0) {
+            snprintf(reason, sizeof(reason),
+                     "%s column '%s' is not valid UTF-8 (byte 0x%02x at offset %ld), which an "
+                     "Avro string must be; the database is probably SQL_ASCII and a writer "
+                     "stored raw bytes: write UTF-8 text (or use a UTF8 database)",
+                     required[i].what, b->rel->cols[required[i].col].name,
+                     (unsigned char)d->data[bad], bad);
             return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
         }
     }
@@ -845,9 +1000,17 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
         return OUTBOXD_ROUTE_IGNORE;
     }
     json_decref(rt->msg_json);
+    rt->msg_json = NULL;
+    char reason[512];
+    if (msg->u.message.content_len > rt->conf->max_event_bytes) {
+        /* Not parsed: the JSON tree and the fields taken from it would cost
+         * several times the content's size. */
+        snprintf(reason, sizeof(reason), "message of %u bytes exceeds relay.max_event_bytes (%zu)",
+                 msg->u.message.content_len, rt->conf->max_event_bytes);
+        return dead_letter_message(rt, m, msg, reason, ctx, rec, errstr, errstr_size);
+    }
     json_error_t jerr;
     rt->msg_json = json_loadb(msg->u.message.content, msg->u.message.content_len, 0, &jerr);
-    char reason[512];
     if (!rt->msg_json || !json_is_object(rt->msg_json)) {
         snprintf(reason, sizeof(reason), "message content is not a JSON object: %s",
                  rt->msg_json ? "not an object" : jerr.text);
@@ -940,6 +1103,40 @@ int outboxd_router_dead_letter_max(outboxd_router_t *rt, const outboxd_pgo_msg_t
     return r;
 }
 
+/*
+ * The row image an INSERT or UPDATE publishes. pgoutput sends an unchanged
+ * TOASTed value of an UPDATE as 'u' (no data); under REPLICA IDENTITY FULL
+ * the old image ('O') carries it in full, so it is taken from there. Without
+ * it the 'u' stays and the row is dead-lettered, saying how to fix it.
+ * Returns NULL on OOM.
+ */
+static const outboxd_pgo_tuple_t *row_image(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
+                                            outboxd_pgo_tuple_t *merged)
+{
+    const outboxd_pgo_tuple_t *nt = &msg->u.change.new_tuple;
+    const outboxd_pgo_tuple_t *ot = &msg->u.change.old_tuple;
+    if (msg->kind != OUTBOXD_PGO_UPDATE || msg->u.change.old_kind != 'O')
+        return nt;
+    bool any = false;
+    for (int i = 0; i < nt->ncols && i < ot->ncols; i++)
+        if (nt->cols[i].kind == 'u' && ot->cols[i].kind != 'u')
+            any = true;
+    if (!any)
+        return nt;
+    if (nt->ncols > rt->merged_cap) {
+        outboxd_pgo_datum_t *m = realloc(rt->merged, (size_t)nt->ncols * sizeof(*m));
+        if (!m)
+            return NULL;
+        rt->merged = m;
+        rt->merged_cap = nt->ncols;
+    }
+    for (int i = 0; i < nt->ncols; i++)
+        rt->merged[i] = (nt->cols[i].kind == 'u' && i < ot->ncols) ? ot->cols[i] : nt->cols[i];
+    merged->ncols = nt->ncols;
+    merged->cols = rt->merged;
+    return merged;
+}
+
 int outboxd_router_dead_letter(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
                                const outboxd_change_ctx_t *ctx, const char *reason,
                                outboxd_record_t *rec, char *errstr, size_t errstr_size)
@@ -947,9 +1144,14 @@ int outboxd_router_dead_letter(outboxd_router_t *rt, const outboxd_pgo_msg_t *ms
     memset(rec, 0, sizeof(*rec));
     if ((msg->kind == OUTBOXD_PGO_INSERT || msg->kind == OUTBOXD_PGO_UPDATE)) {
         binding_t *b = bind(rt, msg->u.change.rel);
+        outboxd_pgo_tuple_t merged;
+        const outboxd_pgo_tuple_t *t = b ? row_image(rt, msg, &merged) : NULL;
+        if (b && !t) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return -1;
+        }
         if (b)
-            return dead_letter_row(rt, b, &msg->u.change.new_tuple, reason, ctx, rec, errstr,
-                                   errstr_size);
+            return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     } else if (msg->kind == OUTBOXD_PGO_MESSAGE) {
         for (size_t i = 0; i < rt->n_msgs; i++)
             if (strcmp(rt->msgs[i].mc->prefix, msg->u.message.prefix) == 0)
@@ -972,6 +1174,12 @@ int outboxd_router_route(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
             rt->stats.ignored_other++;
             return OUTBOXD_ROUTE_IGNORE;
         }
+        outboxd_pgo_tuple_t merged;
+        const outboxd_pgo_tuple_t *t = row_image(rt, msg, &merged);
+        if (!t) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return -1;
+        }
         if (msg->kind == OUTBOXD_PGO_UPDATE) {
             switch (b->tc->on_update) {
             case OUTBOXD_UPDATE_SKIP:
@@ -985,14 +1193,14 @@ int outboxd_router_route(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
                 rt->stats.skipped_updates++;
                 return OUTBOXD_ROUTE_IGNORE;
             case OUTBOXD_UPDATE_DEAD_LETTER:
-                return dead_letter_row(rt, b, &msg->u.change.new_tuple,
+                return dead_letter_row(rt, b, t,
                                        "UPDATE on an outbox table (on_update: dead_letter)", ctx,
                                        rec, errstr, errstr_size);
             case OUTBOXD_UPDATE_PUBLISH:
                 break;
             }
         }
-        return route_row(rt, b, &msg->u.change.new_tuple, ctx, rec, errstr, errstr_size);
+        return route_row(rt, b, t, ctx, rec, errstr, errstr_size);
     }
     case OUTBOXD_PGO_DELETE:
         /* Services may insert and delete in one transaction to keep the

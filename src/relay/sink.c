@@ -162,9 +162,19 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     }
 }
 
+/* The source of the throw-away clients outboxd_sink_check_conf builds. */
+static char check_name[] = "kafka";
+static const outboxd_source_conf_t check_src = {.name = check_name};
+
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    (void)rk;
+    const outboxd_sink_t *s = rk ? rd_kafka_opaque(rk) : NULL;
+    if (s && s->src == &check_src) {
+        /* A configuration check: its client is destroyed at once, so that
+         * the broker is down or slow says nothing yet. */
+        LOG_DEBUG("kafka", "%s: %s", fac, buf);
+        return;
+    }
     if (strcmp(fac, "FAIL") == 0)
         LOG_DEBUG("kafka", "%s: %s", fac, buf); /* error_cb reports these too */
     else if (level <= 3)
@@ -1038,4 +1048,96 @@ outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_check
         LOG_WARN(s->src->name, "%s; retrying commit", errstr);
         pause_briefly(s, attempt);
     }
+}
+
+/* ---- configuration checks (outboxd check, and run before sources start) ---- */
+
+static void probe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
+int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t errstr_size)
+{
+    /* The clients exactly as the sink makes them: rd_kafka_new refuses
+     * combinations no single property shows (acks=1 or
+     * enable.idempotence=false with the transactions the sink needs). */
+    outboxd_sink_t *tmp = calloc(1, sizeof(*tmp));
+    if (!tmp) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    tmp->conf = conf;
+    tmp->src = &check_src;
+    char txnid[300];
+    snprintf(txnid, sizeof(txnid), "%s.check", conf->transactional_id_prefix);
+    rd_kafka_t *rk = new_producer(tmp, txnid, errstr, errstr_size);
+    if (rk)
+        rd_kafka_destroy(rk);
+    free(tmp);
+    if (!rk)
+        return -1;
+    rd_kafka_conf_t *kc = base_conf(conf, true, errstr, errstr_size);
+    if (!kc)
+        return -1;
+    rd_kafka_conf_set_log_cb(kc, probe_log_cb);
+    char e[512];
+    rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
+    if (!rk) {
+        snprintf(errstr, errstr_size, "creating the checkpoint reader: %s", e);
+        rd_kafka_conf_destroy(kc);
+        return -1;
+    }
+    rd_kafka_destroy(rk);
+    return 0;
+}
+
+typedef struct probe {
+    char reason[512];
+} probe_t;
+
+static void probe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    probe_t *p = opaque;
+    (void)rk;
+    (void)err;
+    if (!p->reason[0])
+        snprintf(p->reason, sizeof(p->reason), "%s", reason);
+}
+
+static void probe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    /* The caller prints one line with the reason (error_cb); librdkafka's
+     * own lines would repeat it, so they only go to the debug log. */
+    (void)rk;
+    (void)level;
+    LOG_DEBUG("kafka", "%s: %s", fac, buf);
+}
+
+int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errstr,
+                       size_t errstr_size)
+{
+    rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
+    if (!kc)
+        return -1;
+    probe_t p = {{0}};
+    rd_kafka_conf_set_log_cb(kc, probe_log_cb);
+    rd_kafka_conf_set_error_cb(kc, probe_error_cb);
+    rd_kafka_conf_set_opaque(kc, &p);
+    char e[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
+    if (!rk) {
+        snprintf(errstr, errstr_size, "cannot create a client: %s", e);
+        rd_kafka_conf_destroy(kc);
+        return -1;
+    }
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, timeout_ms);
+    int brokers = -1;
+    if (err) {
+        rd_kafka_poll(rk, 0); /* serves error_cb: the transport's reason */
+        snprintf(errstr, errstr_size, "%s", p.reason[0] ? p.reason : rd_kafka_err2str(err));
+    } else {
+        brokers = md->broker_cnt;
+        rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_destroy(rk);
+    return brokers;
 }

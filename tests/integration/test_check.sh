@@ -2,8 +2,11 @@
 # `outboxd check` names what is wrong and how to fix it: a missing outbox
 # column, a missing publication (not created when create_publication is
 # false), wal_level not logical (on a second server initdb'd here with
-# wal_level=replica). A correct setup prints "configuration OK". Also the
-# command line: --help, --version, a bad file (exit 2, file:line).
+# wal_level=replica), a topic template naming a missing column, and Kafka
+# down (one line, no raw librdkafka output). A correct setup prints
+# "configuration OK". Configuration errors exit 2 for check and run alike: a
+# bad file (file:line), kafka.properties librdkafka refuses (alone or in
+# combination), mode: cdc. Also the command line: --help, --version.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -73,5 +76,71 @@ rc=0
 "$OUTBOXD_BIN" -c "$WORK/nonexistent.yaml" 2>"$WORK/none.err" || rc=$?
 [ $rc -eq 2 ] && grep -q "nonexistent.yaml" "$WORK/none.err" || fail "missing file not reported"
 
-for db in "$DB" "$DB2" "$DB3"; do drop_source "$db" "${db}_${RUN_ID}"; done
+# 6. A topic template naming a column the table lacks: every row would be
+#    dead-lettered, so check says so (before: "configuration OK").
+DB6=ctpl_$RUN_ID
+create_outbox_db "$DB6"
+write_config "$WORK/tpl.yaml" "$DB6"
+sed -i 's/^        topic: "\(.*\)\.ev\.\${aggregatetype}"$/        topic: "\1.ev.${tenant}"/' "$WORK/tpl.yaml"
+grep -q 'ev.${tenant}' "$WORK/tpl.yaml" || fail "test setup: template not replaced"
+expect_check "$WORK/tpl.yaml" 1 "has no column 'tenant', which the topic template" "problem(s) found"
+
+# 7. kafka.properties librdkafka refuses: a configuration error (exit 2) for
+#    check and run alike, with file:line; before, check ignored them and run
+#    exited 1 from the source thread.
+bad_props() { # bad_props FILE PROPERTIES_YAML
+    cat >"$1" <<EOF2
+kafka:
+  bootstrap_servers: "$KAFKA_BOOTSTRAP"
+  properties:
+$2
+sources:
+  - name: props
+    dsn: "host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER"
+    slot: "${DB}_${RUN_ID}"
+    publication: "outboxd_pub"
+    tables: [ { table: public.outbox } ]
+EOF2
+}
+expect_run() { # expect_run CONFIG EXIT_CODE PATTERN...
+    local conf=$1 want=$2 rc=0
+    shift 2
+    timeout 60 "$OUTBOXD_BIN" run -c "$conf" >"$WORK/run.out" 2>&1 || rc=$?
+    cat "$WORK/run.out" >&2
+    [ "$rc" -eq "$want" ] || fail "run exited $rc, expected $want"
+    for pat in "$@"; do
+        grep -q -- "$pat" "$WORK/run.out" || fail "run output lacks: $pat"
+    done
+}
+bad_props "$WORK/unknown.yaml" '    compression.type: lz4
+    no.such.property: "1"'
+expect_check "$WORK/unknown.yaml" 2 "unknown.yaml:5: kafka.properties.no.such.property: No such configuration property"
+expect_run "$WORK/unknown.yaml" 2 "unknown.yaml:5: kafka.properties.no.such.property"
+bad_props "$WORK/badval.yaml" '    linger.ms: "soon"'
+expect_check "$WORK/badval.yaml" 2 "badval.yaml:4: kafka.properties.linger.ms: Invalid value"
+# Valid one by one, refused together with the transactions the sink needs.
+bad_props "$WORK/acks.yaml" '    acks: "1"'
+expect_check "$WORK/acks.yaml" 2 "acks.yaml: kafka.properties: .*acks.* must be set to .all."
+expect_run "$WORK/acks.yaml" 2 "acks.yaml: kafka.properties"
+
+# 8. mode: cdc is parsed but not supported yet: check and run say so (exit 2).
+bad_props "$WORK/cdc.yaml" '    compression.type: lz4'
+sed -i 's/tables: \[ { table: public.outbox } \]/tables: [ { table: public.outbox, mode: cdc, topic: cdc.t } ]/' "$WORK/cdc.yaml"
+expect_check "$WORK/cdc.yaml" 2 "cdc.yaml:10: sources\[0\].tables\[0\].mode: cdc is not supported yet"
+expect_run "$WORK/cdc.yaml" 2 "mode: cdc is not supported yet"
+
+# 9. Kafka down: one clear line, none of librdkafka's raw log lines.
+cat >"$WORK/nokafka.yaml" <<EOF2
+kafka: { bootstrap_servers: "127.0.0.1:$(free_port)" }
+sources:
+  - name: nokafka
+    dsn: "host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER"
+    slot: "${DB}_${RUN_ID}"
+    publication: "outboxd_pub"
+    tables: [ { table: public.outbox } ]
+EOF2
+expect_check "$WORK/nokafka.yaml" 1 "kafka: cannot reach 127.0.0.1:[0-9]* within 10 s: .*; is the broker running?" "1 problem(s) found"
+grep -q '^%[0-9]|\|rdkafka#\|\[kafka\]' "$WORK/check.out" && fail "check printed librdkafka's log lines"
+
+for db in "$DB" "$DB2" "$DB3" "$DB6"; do drop_source "$db" "${db}_${RUN_ID}"; done
 log "PASS"

@@ -31,6 +31,7 @@ static const char *CONFIG = "kafka:\n"
                             "      - table: public.outbox_pub\n"
                             "        on_update: publish\n"
                             "        topic: \"fixed.${type}\"\n"
+                            "        headers: [tenant]\n"
                             "      - table: public.outbox_dlt\n"
                             "        on_update: dead_letter\n"
                             "    messages:\n"
@@ -620,6 +621,205 @@ static void test_checkpoint(void **state)
     assert_false(outboxd_checkpoint_covers(&none, 1, 0));
 }
 
+/* Bytes that are not UTF-8 (a SQL_ASCII database passes them through) never
+ * reach an Avro string: the row is dead-lettered, and the dead-letter value
+ * is valid JSON that keeps the raw bytes as base64. Before the fix the row
+ * was published with the bytes in Avro strings, and with any other reason to
+ * dead-letter it the router failed with "out of memory" (a rewind loop). */
+static void test_invalid_utf8(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    f->vals[4].data = "{\"a\": \"\xff\xfe\"}";
+    f->vals[4].len = 11;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_string_equal(rec.topic, "outboxd.dlt");
+    assert_non_null(
+        strstr(err, "payload column 'payload' is not valid UTF-8 (byte 0xff at offset 7)"));
+    assert_non_null(strstr(err, "{\"base64\": \"<raw bytes>\"}"));
+    json_t *row = json_loadb(rec.value, rec.value_len, 0, NULL);
+    assert_non_null(row);
+    /* base64 of {"a": "\xff\xfe"} */
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(row, "payload"), "base64")),
+        "eyJhIjogIv/+In0=");
+    assert_string_equal(json_string_value(json_object_get(row, "aggregateid")), "order-42");
+    json_decref(row);
+
+    /* In the key column (aggregateid) with another reason to dead-letter
+     * (NULL type): still a valid dead-letter record, not an internal error. */
+    f->vals[4].data = "{}";
+    f->vals[4].len = 2;
+    f->vals[2].data = "ord\xff\xfe";
+    f->vals[2].len = 5;
+    f->vals[3].kind = 'n';
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "type column 'type' is NULL"));
+    row = json_loadb(rec.value, rec.value_len, 0, NULL);
+    assert_non_null(row);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(row, "aggregateid"), "base64")),
+        "b3Jk//4=");
+    json_decref(row);
+    f->vals[3].kind = 't';
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "aggregateid column 'aggregateid' is not valid UTF-8"));
+    /* An overlong form and a lone continuation byte are invalid too. */
+    f->vals[2].data = "\xc0\xaf";
+    f->vals[2].len = 2;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    f->vals[2].data = "caf\xc3\xa9"; /* valid two-byte sequence */
+    f->vals[2].len = 5;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
+    f->vals[2].data = "order-42";
+    f->vals[2].len = 8;
+}
+
+static int route_update(fixture_t *f, const outboxd_pgo_relation_t *rel, outboxd_pgo_datum_t *newv,
+                        char old_kind, outboxd_pgo_datum_t *oldv, outboxd_record_t *rec, char *err)
+{
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_UPDATE;
+    m.u.change.rel = rel;
+    m.u.change.new_tuple.ncols = 7;
+    m.u.change.new_tuple.cols = newv;
+    m.u.change.old_kind = old_kind;
+    if (old_kind) {
+        m.u.change.old_tuple.ncols = 7;
+        m.u.change.old_tuple.cols = oldv;
+    }
+    return outboxd_router_route(f->rt, &m, &CTX, rec, err, 512);
+}
+
+/* on_update: publish with an unchanged TOASTed payload ('u' in the new
+ * image): under REPLICA IDENTITY FULL the old image holds the value and it
+ * is used (before the fix: dead-lettered, telling the user to set the FULL
+ * that was already set); without FULL, dead-lettered with the fix. */
+static void test_toast_update(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    outboxd_pgo_datum_t newv[7], oldv[7];
+    memcpy(newv, f->vals, sizeof(newv));
+    memcpy(oldv, f->vals, sizeof(oldv));
+    newv[4].kind = 'u';
+    newv[4].data = NULL;
+    newv[4].len = 0;
+    oldv[4].data = "{\"big\": \"toasted\"}";
+    oldv[4].len = (uint32_t)strlen(oldv[4].data);
+    assert_int_equal(route_update(f, &f->rel_pub, newv, 'O', oldv, &rec, err), OUTBOXD_ROUTE_EVENT);
+    json_t *o = decode(f, &rec);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "payload"), "big")),
+                        "toasted");
+    json_decref(o);
+
+    /* Key-only old image (default replica identity): no value to use. */
+    assert_int_equal(route_update(f, &f->rel_pub, newv, 'K', oldv, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "payload column 'payload' is an unchanged TOASTed value"));
+    assert_non_null(strstr(err, "ALTER TABLE public.outbox_pub REPLICA IDENTITY FULL"));
+    json_t *row = json_loadb(rec.value, rec.value_len, 0, NULL);
+    assert_non_null(row);
+    assert_non_null(strstr(json_string_value(json_object_get(row, "payload")), "not sent"));
+    json_decref(row);
+    assert_int_equal(route_update(f, &f->rel_pub, newv, 0, NULL, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+
+    /* A header column that was not sent is not silently left out. */
+    memcpy(newv, f->vals, sizeof(newv));
+    newv[6].kind = 'u';
+    assert_int_equal(route_update(f, &f->rel_pub, newv, 0, NULL, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "configured column 'tenant' is an unchanged TOASTed value"));
+}
+
+/* A row over max_event_bytes is dead-lettered from its raw size, before any
+ * copy: the reason names the size, and the dead-letter value cuts the big
+ * column (before the fix the payload was Avro-encoded and then copied
+ * into JSON before the limit was noticed). */
+static void test_size_checked_before_encoding(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    size_t n = 100000;
+    char *big = malloc(n);
+    memset(big, 'x', n);
+    big[0] = '"';
+    big[n - 1] = '"';
+    big[10] = '\xff'; /* not even looked at: the size decides first */
+    f->vals[4].data = big;
+    f->vals[4].len = (uint32_t)n;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "payload column 'payload' 100000 bytes) exceeds "
+                                "relay.max_event_bytes (2048)"));
+    assert_true(rec.value_len <= 2048);
+    /* The big column is cut (kept as base64, since it is not valid UTF-8),
+     * and a header says the row was cut. */
+    assert_non_null(strstr(rec.value, "\"base64\""));
+    bool truncated = false;
+    for (size_t i = 0; i < rec.n_headers; i++)
+        truncated |= strcmp(rec.headers[i].name, "outboxd.truncated") == 0;
+    assert_true(truncated);
+    f->vals[4].data = "{}";
+    f->vals[4].len = 2;
+
+    /* A message over the limit is not parsed (this one is not even JSON). */
+    big[n - 1] = '\0';
+    assert_int_equal(route_message(f, "outbox", big, true, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "message of 99999 bytes exceeds relay.max_event_bytes (2048)"));
+    assert_true(rec.value_len <= 2048);
+    free(big);
+}
+
+/* A topic template naming a column the table does not have: every row is
+ * dead-lettered with the reason (outboxd check reports it beforehand). */
+static void test_topic_column_missing(void **state)
+{
+    (void)state;
+    static const char *conf_text = "kafka: { bootstrap_servers: 127.0.0.1:9 }\n"
+                                   "sources:\n"
+                                   "  - name: s\n"
+                                   "    dsn: \"dbname=s\"\n"
+                                   "    tables:\n"
+                                   "      - table: public.outbox\n"
+                                   "        topic: \"t.${tenant_id}\"\n";
+    char err[512];
+    outboxd_config_t *conf =
+        outboxd_config_parse(conf_text, strlen(conf_text), "t.yaml", err, sizeof(err));
+    assert_non_null(conf);
+    outboxd_router_t *rt = outboxd_router_new(conf, &conf->sources[0], "db", err, sizeof(err));
+    assert_non_null(rt);
+    outboxd_pgo_relation_t rel = {16384, "public", "outbox", 'd', 7, COLS};
+    outboxd_pgo_datum_t vals[7];
+    for (int i = 0; i < 7; i++) {
+        vals[i].kind = 't';
+        vals[i].data = "x";
+        vals[i].len = 1;
+    }
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_INSERT;
+    m.u.change.rel = &rel;
+    m.u.change.new_tuple.ncols = 7;
+    m.u.change.new_tuple.cols = vals;
+    outboxd_record_t rec;
+    assert_int_equal(outboxd_router_route(rt, &m, &CTX, &rec, err, sizeof(err)),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "column 'tenant_id'"));
+    assert_non_null(strstr(err, "topic"));
+    outboxd_router_destroy(rt);
+    outboxd_config_destroy(conf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -635,6 +835,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_headers_count_toward_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_message_dead_letter_fits, setup, teardown),
         cmocka_unit_test(test_topic_safety),
+        cmocka_unit_test_setup_teardown(test_invalid_utf8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_toast_update, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_size_checked_before_encoding, setup, teardown),
+        cmocka_unit_test(test_topic_column_missing),
         cmocka_unit_test(test_timestamps),
         cmocka_unit_test(test_checkpoint),
     };

@@ -42,6 +42,7 @@ typedef enum {
 typedef struct outboxd_kv {
     char *key;
     char *value;
+    int line; /* of the key in the YAML, for messages */
 } outboxd_kv_t;
 
 /* Column names of an outbox table; defaults match Debezium's outbox router. */

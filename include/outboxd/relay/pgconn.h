@@ -14,7 +14,9 @@
 /*
  * Opens a connection for src: its dsn plus password (from password_file) and
  * session settings the decoder relies on (DateStyle=ISO, TimeZone=UTC,
- * application_name=outboxd-<source>). replication=true opens a logical
+ * client_encoding=UTF8, checked after connecting; SQL_ASCII for a SQL_ASCII
+ * database, which cannot convert), and
+ * application_name=outboxd-<source>. replication=true opens a logical
  * replication connection (replication=database). Returns NULL with errstr
  * filled (the libpq message, without trailing newline) on failure.
  */

@@ -38,4 +38,12 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
  */
 int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **conn, outboxd_buf_t *report);
 
+/*
+ * For `outboxd check`: each ${column} of an outbox table's topic template
+ * names a column of the table (otherwise every row would be dead-lettered).
+ * One report line per missing column; returns their number (0 also when the
+ * server cannot be reached: outboxd_pgsetup_check reports that).
+ */
+int outboxd_pgsetup_check_topics(const outboxd_source_conf_t *src, outboxd_buf_t *report);
+
 #endif

@@ -100,4 +100,20 @@ outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t
 /* Serves librdkafka callbacks (errors, logs); call from the source loop. */
 void outboxd_sink_poll(outboxd_sink_t *s);
 
+/*
+ * Builds the producer and the checkpoint reader from conf exactly as the
+ * sink does (the same property code, then rd_kafka_new, which refuses
+ * invalid combinations) and destroys them again; nothing is contacted on
+ * purpose. Returns 0, or -1 with errstr (a configuration error).
+ */
+int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t errstr_size);
+
+/*
+ * Asks the brokers for metadata within timeout_ms, with librdkafka's log
+ * lines kept at debug. Returns the number of brokers, or -1 with the
+ * transport's reason in errstr.
+ */
+int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errstr,
+                       size_t errstr_size);
+
 #endif
