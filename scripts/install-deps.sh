@@ -13,10 +13,14 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   # libraries
   libpq-dev librdkafka-dev libavro-dev libyaml-dev libcmocka-dev libjansson-dev
+  libcurl4-openssl-dev
   # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests
   clang-format procps iproute2
+  # schema registry tests: curl, unzip (tests/stack/registry.sh), a Python
+  # venv for the fastavro / confluent-kafka consumers
+  curl unzip python3-venv
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
