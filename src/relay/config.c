@@ -768,10 +768,8 @@ static const key_spec_t schema_registry_spec[] = {
     {KEY("subject_name_strategy", K_ENUM, outboxd_config_t, subject_name_strategy),
      .names = strategy_names, .def_num = OUTBOXD_SUBJECT_TOPIC_NAME},
     {KEY("basic_auth_user", K_STR, outboxd_config_t, registry_user), .hint = "a user name"},
-    {KEY("password_file", K_STR, outboxd_config_t, registry_password_file),
-     .hint = "a file path"},
-    {KEY("bearer_token_file", K_STR, outboxd_config_t, registry_token_file),
-     .hint = "a file path"},
+    {KEY("password_file", K_STR, outboxd_config_t, registry_password_file), .hint = "a file path"},
+    {KEY("bearer_token_file", K_STR, outboxd_config_t, registry_token_file), .hint = "a file path"},
     {KEY("ca_file", K_STR, outboxd_config_t, registry_ca_file), .hint = "a PEM file path"},
     {KEY("timeout_ms", K_INT, outboxd_config_t, registry_timeout_ms), .def_num = 5000, .min = 100,
      .max = 600000},
@@ -877,8 +875,8 @@ static const key_spec_t table_spec[] = {
     {.key = "headers", .kind = K_CUSTOM, .custom = parse_headers, .hint = "a list of column names"},
     {KEY("on_update", K_ENUM, outboxd_table_conf_t, on_update), .names = update_names,
      .def_num = OUTBOXD_UPDATE_SKIP},
-    {KEY("value_format", K_ENUM, outboxd_table_conf_t, value_format),
-     .names = value_format_names, .def_num = OUTBOXD_VALUE_ENVELOPE},
+    {KEY("value_format", K_ENUM, outboxd_table_conf_t, value_format), .names = value_format_names,
+     .def_num = OUTBOXD_VALUE_ENVELOPE},
     {0}};
 
 static const key_spec_t message_spec[] = {

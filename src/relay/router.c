@@ -601,8 +601,8 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
         .payload = dstr(datum(t, b->c_payload)),
         .occurred_at_us = occurred,
     };
-    int enc = encode_event(rt, &ev, b->table_name, (outboxd_value_format_t)b->tc->value_format,
-                           ctx, reason, sizeof(reason), errstr, errstr_size);
+    int enc = encode_event(rt, &ev, b->table_name, (outboxd_value_format_t)b->tc->value_format, ctx,
+                           reason, sizeof(reason), errstr, errstr_size);
     if (enc < 0)
         return -1;
     if (enc > 0)

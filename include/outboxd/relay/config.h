@@ -104,15 +104,15 @@ typedef struct outboxd_config {
     size_t n_kafka_properties;
 
     /* schema_registry: (optional; see README "Schema registry") */
-    char *schema_registry_url;      /* may be NULL: no registry */
-    int subject_name_strategy;      /* outboxd_subject_strategy_t, default topic-name */
-    char *registry_user;            /* basic_auth_user, or NULL */
-    char *registry_password_file;   /* with basic_auth_user */
-    char *registry_token_file;      /* bearer_token_file, or NULL */
-    char *registry_ca_file;         /* ca_file, or NULL */
-    int registry_timeout_ms;        /* default 5000 */
-    int registry_cache_ttl_ms;      /* default 300000 */
-    bool registry_auto_register;    /* default true */
+    char *schema_registry_url;    /* may be NULL: no registry */
+    int subject_name_strategy;    /* outboxd_subject_strategy_t, default topic-name */
+    char *registry_user;          /* basic_auth_user, or NULL */
+    char *registry_password_file; /* with basic_auth_user */
+    char *registry_token_file;    /* bearer_token_file, or NULL */
+    char *registry_ca_file;       /* ca_file, or NULL */
+    int registry_timeout_ms;      /* default 5000 */
+    int registry_cache_ttl_ms;    /* default 300000 */
+    bool registry_auto_register;  /* default true */
 
     /* relay: */
     int commit_interval_ms;       /* default 20 */
@@ -128,9 +128,9 @@ typedef struct outboxd_config {
      * one's commit markers (see sink.c). */
     int producers_per_source;
     /* Typed payloads and schemas (relative paths: to the config file). */
-    char *schemas_dir;       /* <type>.avsc per event type, or NULL */
-    char *schema_store_dir;  /* without a registry: <fingerprint>.avsc written here, or NULL */
-    int dead_letter_format;  /* outboxd_dlt_format_t, default json */
+    char *schemas_dir;      /* <type>.avsc per event type, or NULL */
+    char *schema_store_dir; /* without a registry: <fingerprint>.avsc written here, or NULL */
+    int dead_letter_format; /* outboxd_dlt_format_t, default json */
 
     /* metrics: (reserved for the operations issue) */
     char *metrics_listen; /* may be NULL */
