@@ -1136,8 +1136,13 @@ static int enc_record(enc_t *e, const node_t *n, const json_t *v, bool is_defaul
 
 static int enc_union(enc_t *e, const node_t *n, const json_t *v, bool is_default, int depth)
 {
-    if (is_default) /* a union's default is a value of its first branch */
-        return n->n ? enc_value(e, n->branches[0], v, true, depth + 1) : 1;
+    if (is_default) { /* a union's default is a value of its first branch */
+        if (!n->n)
+            return mismatch(e, n, v, NULL);
+        if (!out_ok(e, outboxd_avro_write_long(e->out, 0)))
+            return -1;
+        return enc_value(e, n->branches[0], v, true, depth + 1);
+    }
     size_t mark = e->out->len;
     int first_rc = 1, tried = 0;
     char first_err[512] = "";
