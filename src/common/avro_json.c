@@ -662,7 +662,8 @@ static bool json_int64(const json_t *v, int64_t *out)
     }
     if (json_is_real(v)) {
         double d = json_real_value(v);
-        if (d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0)
+        /* Beyond 2^53 a double need not be the integer that was written. */
+        if (d != floor(d) || fabs(d) > 9007199254740992.0)
             return false;
         *out = (int64_t)d;
         return true;
@@ -1210,7 +1211,11 @@ static int enc_value(enc_t *e, const node_t *n, const json_t *v, bool is_default
         if (!json_is_number(v))
             return mismatch(e, n, v, NULL);
         if (!json_int64(v, &i))
-            return mismatch(e, n, v, "not an integer");
+            return mismatch(e, n, v,
+                            json_is_integer(v) || floor(json_real_value(v)) != json_real_value(v)
+                                ? "not an integer"
+                                : "not exactly an integer: beyond 2^53 write it without a "
+                                  "fraction or exponent");
         if (n->kind == T_INT && (i < INT32_MIN || i > INT32_MAX))
             return mismatch(e, n, v, "out of range");
         return out_ok(e, outboxd_avro_write_long(out, i)) ? 0 : -1;

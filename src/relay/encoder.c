@@ -567,6 +567,12 @@ static int typed_payload(type_entry_t *t, const outboxd_envelope_t *ev, outboxd_
     json_error_t jerr;
     json_t *v =
         json_loadb(ev->payload.ptr ? ev->payload.ptr : "", ev->payload.len, JSON_DECODE_ANY, &jerr);
+    if (!v && strstr(jerr.text, "too big integer"))
+        /* PostgreSQL's jsonb writes 1e308 as a 309-digit integer, which
+         * jansson refuses as an integer: read numbers as doubles then
+         * (avro_json rejects doubles beyond 2^53 for int and long fields). */
+        v = json_loadb(ev->payload.ptr, ev->payload.len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
+                       &jerr);
     if (!v) {
         snprintf(reason, reason_size, "payload: not valid JSON for type %s: %s", t->type,
                  jerr.text);
