@@ -495,18 +495,14 @@ static int frame(outboxd_encoder_t *enc, schema_t *s, const char *topic, outboxd
         return 0;
     }
     outboxd_buf_reset(&enc->subject);
+    /* A primitive schema's name is its type, as Confluent's serializers
+     * name it for the record strategies ("<topic>-string"). */
     const char *name = outboxd_avsc_fullname(s->avsc);
+    if (!name)
+        name = "string";
     if (!outboxd_registry_subject((outboxd_subject_strategy_t)enc->conf->subject_name_strategy,
-                                  topic, name, &enc->subject)) {
-        if (!name) {
-            snprintf(reason, reason_size,
-                     "schema_registry.subject_name_strategy needs a record name, but the value "
-                     "schema is not a record (value_format: payload without an .avsc for the "
-                     "type): use topic-name or add the .avsc");
-            return 1;
-        }
+                                  topic, name, &enc->subject))
         goto oom;
-    }
     int32_t id = 0;
     char err[700];
     outboxd_registry_status_t st = outboxd_registry_id(
@@ -518,8 +514,8 @@ static int frame(outboxd_encoder_t *enc, schema_t *s, const char *topic, outboxd
     }
     enc->backoff_ms = 0;
     if (st == OUTBOXD_REGISTRY_REJECTED) {
-        snprintf(reason, reason_size, "schema %s (fingerprint %016" PRIx64 "): %s",
-                 name ? name : "string", outboxd_avsc_fingerprint(s->avsc), err);
+        snprintf(reason, reason_size, "schema %s (fingerprint %016" PRIx64 "): %s", name,
+                 outboxd_avsc_fingerprint(s->avsc), err);
         if (!s->rejected_logged) {
             LOG_ERROR("registry", "%s; rows with this schema go to the dead-letter topic", reason);
             s->rejected_logged = true;
@@ -561,18 +557,81 @@ static bool put_source(outboxd_buf_t *out, const char *name, const char *db, con
            outboxd_avro_write_long(out, (int64_t)xid) && outboxd_avro_write_long(out, commit_time);
 }
 
+/*
+ * PostgreSQL's jsonb writes a number like 1e308 as a 309-digit integer,
+ * which jansson refuses ("too big integer"). Copies s with ".0" after every
+ * integer outside the int64 range, so such numbers are read as doubles and
+ * every other integer stays exact. NULL on OOM.
+ */
+static char *bigints_as_reals(const char *s, size_t len, size_t *out_len)
+{
+    outboxd_buf_t b = {0};
+    bool in_str = false, ok = true;
+    for (size_t i = 0; i < len && ok;) {
+        char ch = s[i];
+        if (in_str) {
+            size_t n = (ch == '\\' && i + 1 < len) ? 2 : 1;
+            if (ch == '"')
+                in_str = false;
+            ok = outboxd_buf_append(&b, s + i, n);
+            i += n;
+            continue;
+        }
+        if (ch == '"') {
+            in_str = true;
+        } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+            /* a whole number token: -?digits(.digits)?([eE][+-]?digits)? */
+            size_t j = i + (ch == '-'), d0 = j;
+            while (j < len && s[j] >= '0' && s[j] <= '9')
+                j++;
+            size_t nd = j - d0;
+            bool integer = true;
+            if (j < len && s[j] == '.') {
+                integer = false;
+                for (j++; j < len && s[j] >= '0' && s[j] <= '9'; j++)
+                    ;
+            }
+            if (j < len && (s[j] == 'e' || s[j] == 'E')) {
+                integer = false;
+                j++;
+                if (j < len && (s[j] == '+' || s[j] == '-'))
+                    j++;
+                while (j < len && s[j] >= '0' && s[j] <= '9')
+                    j++;
+            }
+            const char *lim = ch == '-' ? "9223372036854775808" : "9223372036854775807";
+            bool big = integer && (nd > 19 || (nd == 19 && memcmp(s + d0, lim, 19) > 0));
+            ok = outboxd_buf_append(&b, s + i, j - i) && (!big || outboxd_buf_append(&b, ".0", 2));
+            i = j;
+            continue;
+        }
+        ok = outboxd_buf_append(&b, s + i, 1);
+        i++;
+    }
+    if (!ok) {
+        outboxd_buf_free(&b);
+        return NULL;
+    }
+    *out_len = b.len;
+    return b.data ? b.data : strdup("");
+}
+
 static int typed_payload(type_entry_t *t, const outboxd_envelope_t *ev, outboxd_buf_t *out,
                          char *reason, size_t reason_size, char *errstr, size_t errstr_size)
 {
     json_error_t jerr;
     json_t *v =
         json_loadb(ev->payload.ptr ? ev->payload.ptr : "", ev->payload.len, JSON_DECODE_ANY, &jerr);
-    if (!v && strstr(jerr.text, "too big integer"))
-        /* PostgreSQL's jsonb writes 1e308 as a 309-digit integer, which
-         * jansson refuses as an integer: read numbers as doubles then
-         * (avro_json rejects doubles beyond 2^53 for int and long fields). */
-        v = json_loadb(ev->payload.ptr, ev->payload.len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
-                       &jerr);
+    if (!v && strstr(jerr.text, "too big")) { /* "too big [negative] integer" */
+        size_t n = 0;
+        char *fixed = bigints_as_reals(ev->payload.ptr, ev->payload.len, &n);
+        if (!fixed) {
+            snprintf(errstr, errstr_size, "out of memory reading a payload");
+            return -1;
+        }
+        v = json_loadb(fixed, n, JSON_DECODE_ANY, &jerr);
+        free(fixed);
+    }
     if (!v) {
         snprintf(reason, reason_size, "payload: not valid JSON for type %s: %s", t->type,
                  jerr.text);
