@@ -273,8 +273,8 @@ static outboxd_registry_status_t request(outboxd_registry_t *reg, const char *su
     } else if (status == 409) {
         set_err(errstr, errstr_size,
                 "schema registry rejected the schema for subject %s as incompatible with the "
-                "registered versions: %s (make the change compatible, or change the subject's "
-                "compatibility level)",
+                "registered versions (make the change compatible, or change the subject's "
+                "compatibility level): %s",
                 subject, msg);
         st = OUTBOXD_REGISTRY_REJECTED;
     } else if (status == 422) {
