@@ -95,7 +95,7 @@ consume "$RUN_ID.b.pl" single "$WORK/b-pl.jsonl"
 "$PY" "$here/registry_typed.py" check "$WORK/expected.json" "$WORK/b-pl.jsonl" payload
 
 # Nothing dead-lettered; the subjects follow topic-record-name.
-grep -q "dead-letter" "$WORK/relay-a.log" "$WORK/relay-b.log" && fail "rows were dead-lettered"
+grep -q "sent to dead-letter topic" "$WORK/relay-a.log" "$WORK/relay-b.log" && fail "rows were dead-lettered"
 subjects=$(curl -sf "$REGISTRY_URL/subjects")
 log "registry subjects: $subjects"
 for s in "$RUN_ID.a.env-io.outboxd.test.AllTypesEnvelope" "$RUN_ID.a.env-io.outboxd.OutboxEvent" \
