@@ -352,6 +352,49 @@ outboxd_registry_status_t outboxd_registry_id(outboxd_registry_t *reg, const cha
     return st;
 }
 
+int outboxd_registry_ping(outboxd_registry_t *reg, char *errstr, size_t errstr_size)
+{
+    outboxd_buf_t url = {0};
+    if (!outboxd_buf_printf(&url, "%s/subjects", reg->url)) {
+        set_err(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    CURL *c = reg->curl;
+    curl_easy_reset(c);
+    outboxd_buf_reset(&reg->resp);
+    curl_easy_setopt(c, CURLOPT_URL, url.data);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, reg->headers);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reg->resp);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, reg->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (reg->username) {
+        curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        curl_easy_setopt(c, CURLOPT_USERNAME, reg->username);
+        curl_easy_setopt(c, CURLOPT_PASSWORD, reg->password ? reg->password : "");
+    }
+    if (reg->ca_file)
+        curl_easy_setopt(c, CURLOPT_CAINFO, reg->ca_file);
+    reg->requests++;
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    int ret = 0;
+    if (rc != CURLE_OK) {
+        set_err(errstr, errstr_size, "cannot reach %s: %s", url.data, curl_easy_strerror(rc));
+        ret = -1;
+    } else if (status != 200) {
+        char msg[300];
+        error_text(&reg->resp, msg, sizeof(msg));
+        set_err(errstr, errstr_size, "%s answered HTTP %ld: %s%s", url.data, status, msg,
+                status == 401 || status == 403 ? " (check the schema_registry credentials)" : "");
+        ret = -1;
+    }
+    outboxd_buf_free(&url);
+    return ret;
+}
+
 bool outboxd_registry_subject(outboxd_subject_strategy_t strategy, const char *topic,
                               const char *record_name, outboxd_buf_t *out)
 {

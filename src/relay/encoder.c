@@ -408,6 +408,19 @@ void outboxd_encoder_destroy(outboxd_encoder_t *enc)
     free(enc);
 }
 
+int outboxd_encoder_check(outboxd_encoder_t *enc, char *msg, size_t msg_size)
+{
+    char err[600];
+    if (enc->reg && outboxd_registry_ping(enc->reg, err, sizeof(err)) < 0) {
+        snprintf(msg, msg_size, "schema registry: %s", err);
+        return -1;
+    }
+    snprintf(msg, msg_size, "schemas: OK (%zu typed payload schema(s)%s%s%s)", enc->n_types,
+             enc->reg ? ", registry " : "", enc->reg ? enc->conf->schema_registry_url : "",
+             enc->reg ? " answers" : "");
+    return 0;
+}
+
 size_t outboxd_encoder_n_types(const outboxd_encoder_t *enc)
 {
     return enc->n_types;

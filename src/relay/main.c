@@ -18,6 +18,7 @@
 
 #include "outboxd/relay/config.h"
 #include "outboxd/common/log.h"
+#include "outboxd/relay/encoder.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/source.h"
 
@@ -81,8 +82,17 @@ static int cmd_check(const outboxd_config_t *conf)
                    src->publication);
         problems += n < 0 ? 1 : n;
     }
-    /* Kafka reachability: a metadata request within 10 seconds. */
+    /* Typed payload schemas parse, registry secrets read, registry answers. */
     char e[512];
+    outboxd_encoder_t *enc = outboxd_encoder_new(conf, e, sizeof(e));
+    if (!enc || outboxd_encoder_check(enc, e, sizeof(e)) < 0) {
+        printf("%s\n", e);
+        problems++;
+    } else {
+        printf("%s\n", e);
+    }
+    outboxd_encoder_destroy(enc);
+    /* Kafka reachability: a metadata request within 10 seconds. */
     rd_kafka_conf_t *kc = rd_kafka_conf_new();
     rd_kafka_t *rk = NULL;
     if (rd_kafka_conf_set(kc, "bootstrap.servers", conf->bootstrap_servers, e, sizeof(e)) ==

@@ -97,6 +97,8 @@ curl -sf -X POST -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
     fail "could not register the old Evolving version"
 
 prepare_sources "$WORK/outboxd.yaml"
+grep -qF "schemas: OK (2 typed payload schema(s), registry $REGISTRY_URL answers)" "$WORK/check.log" ||
+    fail "outboxd check did not report the schemas and the registry: $(cat "$WORK/check.log")"
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
 

@@ -65,6 +65,10 @@ outboxd_registry_status_t outboxd_registry_id(outboxd_registry_t *reg, const cha
                                               const char *schema_text, int32_t *id, char *errstr,
                                               size_t errstr_size);
 
+/* GET {url}/subjects: reachable, and the credentials are accepted. 0, or -1
+ * with errstr (for outboxd check; changes nothing in the registry). */
+int outboxd_registry_ping(outboxd_registry_t *reg, char *errstr, size_t errstr_size);
+
 /* Drops every cached id and rejection. */
 void outboxd_registry_forget(outboxd_registry_t *reg);
 

@@ -34,6 +34,10 @@ outboxd_encoder_t *outboxd_encoder_new(const outboxd_config_t *conf, char *errst
                                        size_t errstr_size);
 void outboxd_encoder_destroy(outboxd_encoder_t *enc);
 
+/* For outboxd check: a line about the schemas loaded and, with a registry,
+ * whether it answers. 0, or -1 when the registry does not. */
+int outboxd_encoder_check(outboxd_encoder_t *enc, char *msg, size_t msg_size);
+
 /* Number of typed payload schemas loaded (for logs and tests). */
 size_t outboxd_encoder_n_types(const outboxd_encoder_t *enc);
 
