@@ -656,6 +656,87 @@ static void test_encoder_bad_schema_file(void **state)
     outboxd_config_destroy(conf);
 }
 
+/* Registry secrets and files are read at start; a missing one is named. */
+static void test_encoder_registry_files(void **state)
+{
+    (void)state;
+    struct {
+        const char *yaml, *err;
+    } cases[] = {
+        {"schema_registry: {url: \"http://127.0.0.1:1\", basic_auth_user: u, password_file: "
+         "/nonexistent/pw}\n",
+         "schema_registry.password_file: cannot read /nonexistent/pw"},
+        {"schema_registry: {url: \"http://127.0.0.1:1\", bearer_token_file: /nonexistent/tok}\n",
+         "schema_registry.bearer_token_file: cannot read /nonexistent/tok"},
+        {"schema_registry: {url: \"http://127.0.0.1:1\", ca_file: /nonexistent/ca.pem}\n",
+         "schema_registry.ca_file: cannot read /nonexistent/ca.pem"},
+        {"schema_registry: {url: \"http://127.0.0.1:1\", basic_auth_user: u}\n",
+         "schema_registry.basic_auth_user needs schema_registry.password_file"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char yaml[1024], err[512];
+        snprintf(yaml, sizeof(yaml),
+                 "kafka: {bootstrap_servers: 127.0.0.1:9}\n%s"
+                 "sources:\n  - name: s\n    dsn: \"host=x\"\n    tables:\n      - table: outbox\n",
+                 cases[i].yaml);
+        outboxd_config_t *conf =
+            outboxd_config_parse(yaml, strlen(yaml), "t.yaml", err, sizeof(err));
+        if (!conf)
+            fail_msg("config %zu: %s", i, err);
+        outboxd_encoder_t *enc = outboxd_encoder_new(conf, err, sizeof(err));
+        if (enc || !strstr(err, cases[i].err))
+            fail_msg("case %zu: expected '%s', got '%s'", i, cases[i].err, enc ? "success" : err);
+        outboxd_config_destroy(conf);
+    }
+}
+
+/* jsonb writes 1e308 as a 309-digit integer: the payload still converts,
+ * and the longs beside it stay exact. */
+static void test_encoder_giant_integers(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/outboxd-test-schemas.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[300];
+    snprintf(path, sizeof(path), "%s/Big.avsc", dir);
+    FILE *f = fopen(path, "w");
+    fputs("{\"type\":\"record\",\"name\":\"Big\",\"fields\":[{\"name\":\"d\",\"type\":"
+          "\"double\"},{\"name\":\"l\",\"type\":\"long\"},{\"name\":\"f\",\"type\":\"double\"}]}",
+          f);
+    fclose(f);
+    char relay[400];
+    snprintf(relay, sizeof(relay), "  schemas_dir: %s\n", dir);
+    outboxd_config_t *conf = config_with(relay);
+    char err[512], reason[512];
+    outboxd_encoder_t *enc = outboxd_encoder_new(conf, err, sizeof(err));
+    assert_non_null(enc);
+    outboxd_buf_t payload = {0};
+    outboxd_buf_append_str(&payload, "{\"d\": -1");
+    for (int i = 0; i < 308; i++)
+        outboxd_buf_append_str(&payload, "0");
+    outboxd_buf_append_str(&payload,
+                           ", \"l\": 9223372036854775807, \"f\": 0.000000000000000000001}");
+    outboxd_envelope_t ev = sample_event("Big", payload.data);
+    outboxd_buf_t b = {0};
+    int rc = outboxd_encoder_event(enc, &ev, OUTBOXD_VALUE_PAYLOAD, "t", &b, reason, sizeof(reason),
+                                   err, sizeof(err));
+    if (rc)
+        fail_msg("rc %d: %s", rc, reason);
+    assert_int_equal(b.len, 10 + 8 + 10 + 8);
+    double d;
+    memcpy(&d, b.data + 10, 8); /* little-endian host */
+    assert_true(d == -1e308);
+    assert_memory_equal(b.data + 18, "\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01", 10);
+    memcpy(&d, b.data + 28, 8);
+    assert_true(d == 1e-21);
+    outboxd_buf_free(&b);
+    outboxd_buf_free(&payload);
+    outboxd_encoder_destroy(enc);
+    outboxd_config_destroy(conf);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -669,6 +750,8 @@ int main(void)
         cmocka_unit_test(test_encoder_envelope_matches_avro_c),
         cmocka_unit_test(test_encoder_typed),
         cmocka_unit_test(test_encoder_bad_schema_file),
+        cmocka_unit_test(test_encoder_registry_files),
+        cmocka_unit_test(test_encoder_giant_integers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
