@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -466,7 +467,9 @@ static int store_schema(outboxd_encoder_t *enc, schema_t *s, char *errstr, size_
         s->stored = true;
         return 0;
     }
-    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+    /* sources are threads of one process: the temporary name is per thread */
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld.%lx", path, (long)getpid(),
+             (unsigned long)pthread_self());
     FILE *f = fopen(tmp, "wb");
     const char *text = outboxd_avsc_text(s->avsc);
     bool ok = f && fwrite(text, 1, strlen(text), f) == strlen(text);
