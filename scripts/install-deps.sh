@@ -21,7 +21,7 @@ PACKAGES=(
   clang-format procps iproute2
   # schema registry tests: curl, unzip (tests/stack/registry.sh), a Python
   # venv for the fastavro / confluent-kafka consumers
-  curl unzip python3-venv
+  curl unzip python3-venv openssl
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
