@@ -4,6 +4,7 @@
 #
 #   scripts/install-deps.sh            # packages + Kafka classpath for tests
 #   INSTALL_DEPS_SKIP_KAFKA=1 scripts/install-deps.sh   # packages only
+#   INSTALL_DEPS_SKIP_REGISTRY=1 ...   # without the test registry and venv
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,10 +14,14 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   # libraries
   libpq-dev librdkafka-dev libavro-dev libyaml-dev libcmocka-dev libjansson-dev
+  libcurl4-openssl-dev
   # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests
   clang-format procps iproute2
+  # schema registry tests: curl, unzip (tests/stack/registry.sh), a Python
+  # venv for the fastavro / confluent-kafka consumers
+  curl unzip python3-venv openssl
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
@@ -60,4 +65,13 @@ fi
 say "resolving the Kafka classpath (tests/stack/pom.xml)"
 cp_file=$(env -u STACK_KAFKA_CP "$ROOT/tests/stack/stack.sh" classpath)
 say "Kafka classpath: $cp_file ($(tr ':' '\n' <"$cp_file" | wc -l) jars)"
+
+# The schema registry of the test stack (Apicurio, built once from Maven
+# Central: ~2 minutes cold) and the Python venv of the registry tests'
+# consumers (fastavro, confluent-kafka from PyPI).
+if [[ ${INSTALL_DEPS_SKIP_REGISTRY:-0} != 1 ]]; then
+  say "building the test schema registry (tests/stack/registry.sh build)"
+  say "registry jar: $("$ROOT/tests/stack/registry.sh" build)"
+  say "Python venv: $("$ROOT/tests/stack/pyvenv.sh")"
+fi
 say "done"

@@ -22,6 +22,7 @@
  * Anchors (&name) without aliases have no effect and are ignored.
  */
 #include "outboxd/relay/config.h"
+#include "outboxd/common/registry.h"
 #include "outboxd/common/util.h"
 
 #include <ctype.h>
@@ -799,6 +800,18 @@ static const enum_name_t missing_topic_names[] = {
     {"create", OUTBOXD_MISSING_TOPIC_CREATE},
     {NULL, 0}};
 
+static const enum_name_t strategy_names[] = {
+    {"topic-name", OUTBOXD_SUBJECT_TOPIC_NAME},
+    {"record-name", OUTBOXD_SUBJECT_RECORD_NAME},
+    {"topic-record-name", OUTBOXD_SUBJECT_TOPIC_RECORD_NAME},
+    {NULL, 0}};
+
+static const enum_name_t value_format_names[] = {
+    {"envelope", OUTBOXD_VALUE_ENVELOPE}, {"payload", OUTBOXD_VALUE_PAYLOAD}, {NULL, 0}};
+
+static const enum_name_t dlt_format_names[] = {
+    {"json", OUTBOXD_DLT_JSON}, {"avro", OUTBOXD_DLT_AVRO}, {NULL, 0}};
+
 static const key_spec_t kafka_spec[] = {
     {KEY("bootstrap_servers", K_STR, outboxd_config_t, bootstrap_servers), .required = true,
      .hint = "host:port[,host:port...]"},
@@ -817,6 +830,17 @@ static const key_spec_t kafka_spec[] = {
 static const key_spec_t schema_registry_spec[] = {
     {KEY("url", K_STR, outboxd_config_t, schema_registry_url), .required = true,
      .hint = "http://host:port", .check = check_url},
+    {KEY("subject_name_strategy", K_ENUM, outboxd_config_t, subject_name_strategy),
+     .names = strategy_names, .def_num = OUTBOXD_SUBJECT_TOPIC_NAME},
+    {KEY("basic_auth_user", K_STR, outboxd_config_t, registry_user), .hint = "a user name"},
+    {KEY("password_file", K_STR, outboxd_config_t, registry_password_file), .hint = "a file path"},
+    {KEY("bearer_token_file", K_STR, outboxd_config_t, registry_token_file), .hint = "a file path"},
+    {KEY("ca_file", K_STR, outboxd_config_t, registry_ca_file), .hint = "a PEM file path"},
+    {KEY("timeout_ms", K_INT, outboxd_config_t, registry_timeout_ms), .def_num = 5000, .min = 100,
+     .max = 600000},
+    {KEY("cache_ttl_ms", K_INT, outboxd_config_t, registry_cache_ttl_ms), .def_num = 300000,
+     .min = 0, .max = 86400000},
+    {KEY("auto_register", K_BOOL, outboxd_config_t, registry_auto_register), .def_num = 1},
     {0}};
 
 static const key_spec_t relay_spec[] = {
@@ -847,6 +871,11 @@ static const key_spec_t relay_spec[] = {
      .def_num = -1, .min = 1, .max = 32767},
     {KEY("log_level", K_STR, outboxd_config_t, log_level), .def_str = "info",
      .hint = "debug, info, warn or error", .check = check_log_level},
+    {KEY("schemas_dir", K_STR, outboxd_config_t, schemas_dir), .hint = "a directory path"},
+    {KEY("schema_store_dir", K_STR, outboxd_config_t, schema_store_dir),
+     .hint = "a directory path"},
+    {KEY("dead_letter_format", K_ENUM, outboxd_config_t, dead_letter_format),
+     .names = dlt_format_names, .def_num = OUTBOXD_DLT_JSON},
     {0}};
 
 static const key_spec_t metrics_spec[] = {{KEY("listen", K_STR, outboxd_config_t, metrics_listen),
@@ -924,6 +953,8 @@ static const key_spec_t table_spec[] = {
      .def_num = OUTBOXD_UPDATE_SKIP},
     {KEY("allowed_topics", K_STR, outboxd_table_conf_t, allowed_topics),
      .hint = "a regular expression", .check = check_topic_regex},
+    {KEY("value_format", K_ENUM, outboxd_table_conf_t, value_format), .names = value_format_names,
+     .def_num = OUTBOXD_VALUE_ENVELOPE},
     {0}};
 
 static const key_spec_t message_spec[] = {
@@ -1738,6 +1769,12 @@ void outboxd_config_destroy(outboxd_config_t *conf)
     free(conf->kafka_properties);
     free(conf->kafka_secret_properties_file);
     free(conf->schema_registry_url);
+    free(conf->registry_user);
+    free(conf->registry_password_file);
+    free(conf->registry_token_file);
+    free(conf->registry_ca_file);
+    free(conf->schemas_dir);
+    free(conf->schema_store_dir);
     free(conf->checkpoint_topic);
     free(conf->dead_letter_topic);
     free(conf->log_level);

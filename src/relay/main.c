@@ -18,6 +18,7 @@
 
 #include "outboxd/relay/config.h"
 #include "outboxd/common/log.h"
+#include "outboxd/relay/encoder.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/preflight.h"
 #include "outboxd/relay/sink.h"
@@ -87,9 +88,18 @@ static int cmd_check(const outboxd_config_t *conf)
                    src->publication);
         problems += n < 0 ? 1 : n;
     }
+    /* Typed payload schemas parse, registry secrets read, registry answers. */
+    char e[512];
+    outboxd_encoder_t *enc = outboxd_encoder_new(conf, e, sizeof(e));
+    if (!enc || outboxd_encoder_check(enc, e, sizeof(e)) < 0) {
+        printf("%s\n", e);
+        problems++;
+    } else {
+        printf("%s\n", e);
+    }
+    outboxd_encoder_destroy(enc);
     /* Kafka reachability: a metadata request within 10 seconds, with the
      * client the sink would build; one line, not librdkafka's own. */
-    char e[512];
     int brokers = outboxd_sink_probe(conf, KAFKA_PROBE_TIMEOUT_MS, e, sizeof(e));
     if (brokers < 0) {
         printf("kafka: cannot reach %s within %d s: %s; is the broker running? (check "

@@ -18,6 +18,7 @@
 
 #include "outboxd/common/avro.h"
 #include "outboxd/common/log.h"
+#include "outboxd/relay/encoder.h"
 
 /* A compiled topic template: literal text and placeholders, in order. */
 typedef struct tpl_part {
@@ -78,6 +79,8 @@ struct outboxd_router {
      * tuple (REPLICA IDENTITY FULL); grows to the widest table seen. */
     outboxd_pgo_datum_t *merged;
     int merged_cap;
+    outboxd_encoder_t *enc; /* event values: envelope or typed, registry or not */
+    outboxd_buf_t dlt;      /* Avro dead-letter value (relay.dead_letter_format: avro) */
 };
 
 /* Producer default of librdkafka's message.max.bytes: larger records are
@@ -243,6 +246,9 @@ outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd
     rt->avro = outboxd_avro_new(errstr, errstr_size);
     if (!rt->database || !rt->avro)
         goto fail;
+    rt->enc = outboxd_encoder_new(conf, errstr, errstr_size);
+    if (!rt->enc)
+        goto fail;
     rt->bindings = calloc(src->n_tables ? src->n_tables : 1, sizeof(binding_t));
     rt->msgs = calloc(src->n_messages ? src->n_messages : 1, sizeof(msg_binding_t));
     if (!rt->bindings || !rt->msgs) {
@@ -316,6 +322,8 @@ void outboxd_router_destroy(outboxd_router_t *rt)
     free(rt->msgs);
     free(rt->database);
     outboxd_avro_destroy(rt->avro);
+    outboxd_encoder_destroy(rt->enc);
+    outboxd_buf_free(&rt->dlt);
     outboxd_buf_free(&rt->topic);
     outboxd_buf_free(&rt->value);
     outboxd_buf_free(&rt->scratch);
@@ -569,6 +577,36 @@ static char *row_json(const outboxd_pgo_relation_t *rel, const outboxd_pgo_tuple
     return text;
 }
 
+/* With relay.dead_letter_format: avro, the JSON value rec carries becomes the
+ * original field of a dead_letter.avsc record. 0, or -1 with errstr. */
+static int avro_dead_letter(outboxd_router_t *rt, outboxd_record_t *rec, const char *reason,
+                            const outboxd_change_ctx_t *ctx, const char *table, char *errstr,
+                            size_t errstr_size)
+{
+    if (rt->conf->dead_letter_format != OUTBOXD_DLT_AVRO)
+        return 0;
+    outboxd_dead_letter_t dl = {
+        .reason = reason,
+        .key = {rec->key, rec->key_len},
+        .original = {rec->value, rec->value_len},
+        .source_name = rt->src->name,
+        .database = rt->database,
+        .table = table,
+        .lsn = ctx->lsn,
+        .commit_lsn = ctx->commit_lsn,
+        .xid = ctx->xid,
+        .commit_time_us = ctx->commit_time_us,
+    };
+    for (size_t i = 0; i < rec->n_headers; i++)
+        if (strcmp(rec->headers[i].name, "id") == 0)
+            dl.event_id = (outboxd_str_t){rec->headers[i].value, rec->headers[i].len};
+    if (outboxd_encoder_dead_letter(rt->enc, &dl, &rt->dlt, errstr, errstr_size) < 0)
+        return -1;
+    rec->value = rt->dlt.data;
+    rec->value_len = rt->dlt.len;
+    return 0;
+}
+
 /*
  * Dead-letter value: the row as JSON, so that nothing of it is lost. The
  * whole record (value, key, headers) must fit rt->dl_max, or Kafka would
@@ -662,6 +700,8 @@ static int dead_letter_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo
         goto oom;
     rec->value = rt->value.data;
     rec->value_len = rt->value.len;
+    if (avro_dead_letter(rt, rec, reason, ctx, b->table_name, errstr, errstr_size) < 0)
+        return -1;
     rt->stats.dead_letters++;
     return OUTBOXD_ROUTE_DEAD_LETTER;
 oom:
@@ -682,13 +722,15 @@ static outboxd_str_t cstr(const char *s)
 }
 
 /*
- * Fills the source part of ev, encodes it into rt->value and checks the size.
- * Returns 0, -1 on an encoder failure (errstr), or 1 when the event is over
- * max_event_bytes (reason filled: the caller dead-letters the change).
+ * Fills the source part of ev, encodes it into rt->value (for the topic in
+ * rt->topic) and checks the size. Returns 0, -1 to try again later (errstr:
+ * registry unreachable, OOM), or 1 when the change cannot become an event
+ * (reason filled: payload does not match its schema, registry rejects the
+ * schema, over max_event_bytes; the caller dead-letters the change).
  */
 static int encode_event(outboxd_router_t *rt, outboxd_envelope_t *ev, const char *table,
-                        const outboxd_change_ctx_t *ctx, char *reason, size_t reason_size,
-                        char *errstr, size_t errstr_size)
+                        outboxd_value_format_t format, const outboxd_change_ctx_t *ctx,
+                        char *reason, size_t reason_size, char *errstr, size_t errstr_size)
 {
     ev->source_name = cstr(rt->src->name);
     ev->database = cstr(rt->database);
@@ -697,9 +739,10 @@ static int encode_event(outboxd_router_t *rt, outboxd_envelope_t *ev, const char
     ev->commit_lsn = ctx->commit_lsn;
     ev->xid = ctx->xid;
     ev->commit_time_us = ctx->commit_time_us;
-    outboxd_buf_reset(&rt->value);
-    if (outboxd_avro_encode(rt->avro, ev, &rt->value, errstr, errstr_size) < 0)
-        return -1;
+    int rc = outboxd_encoder_event(rt->enc, ev, format, rt->topic.data, &rt->value, reason,
+                                   reason_size, errstr, errstr_size);
+    if (rc != 0)
+        return rc;
     if (rt->value.len > rt->conf->max_event_bytes) {
         snprintf(reason, reason_size, "event of %zu bytes exceeds relay.max_event_bytes (%zu)",
                  rt->value.len, rt->conf->max_event_bytes);
@@ -890,8 +933,8 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
         .payload = dstr(datum(t, b->c_payload)),
         .occurred_at_us = occurred,
     };
-    int enc =
-        encode_event(rt, &ev, b->table_name, ctx, reason, sizeof(reason), errstr, errstr_size);
+    int enc = encode_event(rt, &ev, b->table_name, (outboxd_value_format_t)b->tc->value_format, ctx,
+                           reason, sizeof(reason), errstr, errstr_size);
     if (enc < 0)
         return -1;
     if (enc > 0)
@@ -970,6 +1013,8 @@ static int dead_letter_message(outboxd_router_t *rt, msg_binding_t *m, const out
         goto oom;
     rec->value = rt->value.data;
     rec->value_len = rt->value.len;
+    if (avro_dead_letter(rt, rec, full, ctx, m->table_name, errstr, errstr_size) < 0)
+        return -1;
     rt->stats.dead_letters++;
     return OUTBOXD_ROUTE_DEAD_LETTER;
 oom:
@@ -1075,8 +1120,8 @@ static int route_message(outboxd_router_t *rt, const outboxd_pgo_msg_t *msg,
         .payload = cstr(sc + off[4]),
         .occurred_at_us = occurred,
     };
-    int enc =
-        encode_event(rt, &ev, m->table_name, ctx, reason, sizeof(reason), errstr, errstr_size);
+    int enc = encode_event(rt, &ev, m->table_name, OUTBOXD_VALUE_ENVELOPE, ctx, reason,
+                           sizeof(reason), errstr, errstr_size);
     if (enc < 0)
         return -1;
     if (enc > 0)

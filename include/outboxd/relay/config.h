@@ -39,6 +39,18 @@ typedef enum {
     OUTBOXD_MISSING_TOPIC_CREATE       /* outboxd creates it (AdminClient CreateTopics) */
 } outboxd_missing_topic_t;
 
+/* The Kafka value of an outbox event (tables[].value_format). */
+typedef enum {
+    OUTBOXD_VALUE_ENVELOPE = 0, /* the outboxd envelope (payload typed when an .avsc exists) */
+    OUTBOXD_VALUE_PAYLOAD = 1,  /* the payload alone, as Avro (typed, or an Avro string) */
+} outboxd_value_format_t;
+
+/* relay.dead_letter_format */
+typedef enum {
+    OUTBOXD_DLT_JSON = 0, /* the row as a JSON object (default) */
+    OUTBOXD_DLT_AVRO = 1, /* config/avro/dead_letter.avsc */
+} outboxd_dlt_format_t;
+
 typedef struct outboxd_kv {
     char *key;
     char *value;
@@ -69,7 +81,8 @@ typedef struct outboxd_table_conf {
     /* POSIX extended regex a templated topic must match as a whole (NULL:
      * any topic); others are dead-lettered. */
     char *allowed_topics;
-    int line; /* line of this entry in the YAML, for messages */
+    int value_format; /* outboxd_value_format_t, default envelope */
+    int line;         /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 
 /*
@@ -112,8 +125,16 @@ typedef struct outboxd_config {
     size_t n_kafka_properties;
     char *kafka_secret_properties_file; /* may be NULL */
 
-    /* schema_registry: (reserved for the schema-registry issue) */
-    char *schema_registry_url; /* may be NULL */
+    /* schema_registry: (optional; see README "Schema registry") */
+    char *schema_registry_url;    /* may be NULL: no registry */
+    int subject_name_strategy;    /* outboxd_subject_strategy_t, default topic-name */
+    char *registry_user;          /* basic_auth_user, or NULL */
+    char *registry_password_file; /* with basic_auth_user */
+    char *registry_token_file;    /* bearer_token_file, or NULL */
+    char *registry_ca_file;       /* ca_file, or NULL */
+    int registry_timeout_ms;      /* default 5000 */
+    int registry_cache_ttl_ms;    /* default 300000 */
+    bool registry_auto_register;  /* default true */
 
     /* relay: */
     int commit_interval_ms;       /* default 20 */
@@ -131,6 +152,10 @@ typedef struct outboxd_config {
     outboxd_missing_topic_t missing_topic; /* default wait */
     int create_topic_partitions;           /* for missing_topic: create; -1 = broker default */
     int create_topic_replication_factor;   /* same; -1 = broker default */
+    /* Typed payloads and schemas (relative paths: to the config file). */
+    char *schemas_dir;      /* <type>.avsc per event type, or NULL */
+    char *schema_store_dir; /* without a registry: <fingerprint>.avsc written here, or NULL */
+    int dead_letter_format; /* outboxd_dlt_format_t, default json */
 
     /* metrics: (reserved for the operations issue) */
     char *metrics_listen; /* may be NULL */
