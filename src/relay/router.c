@@ -663,6 +663,11 @@ static int dead_letter_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo
         for (int i = 0; i < rel->ncols && i < t->ncols; i++)
             if (t->cols[i].kind != 'n' && t->cols[i].kind != 'u' && t->cols[i].len > hi)
                 hi = t->cols[i].len;
+        /* No value longer than the whole budget can fit, so every attempt
+         * renders at most about ncols * budget bytes (memory bounded by the
+         * limit, not by the row). */
+        if (hi > budget)
+            hi = budget;
         free(text);
         text = NULL;
         while (lo < hi) {
