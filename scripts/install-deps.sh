@@ -13,6 +13,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   # libraries
   libpq-dev librdkafka-dev libavro-dev libyaml-dev libcmocka-dev libjansson-dev
+  libmicrohttpd-dev libsystemd-dev
   # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests

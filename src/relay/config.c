@@ -773,11 +773,19 @@ static const key_spec_t relay_spec[] = {
      .min = 1, .max = 4},
     {KEY("log_level", K_STR, outboxd_config_t, log_level), .def_str = "info",
      .hint = "debug, info, warn or error", .check = check_log_level},
+    {KEY("max_slot_lag_bytes", K_SIZE, outboxd_config_t, max_slot_lag_bytes), .def_num = 0,
+     .min = 0, .max = 1LL << 50},
     {0}};
 
 static const key_spec_t metrics_spec[] = {{KEY("listen", K_STR, outboxd_config_t, metrics_listen),
                                            .required = true, .hint = "host:port",
                                            .check = check_listen},
+                                          {KEY("stall_timeout_ms", K_INT, outboxd_config_t,
+                                               metrics_stall_timeout_ms),
+                                           .def_num = 60000, .min = 1000, .max = 3600000},
+                                          {KEY("ready_min_sources", K_INT, outboxd_config_t,
+                                               metrics_ready_min_sources),
+                                           .def_num = 0, .min = 0, .max = 10000},
                                           {0}};
 
 static const key_spec_t root_spec[] = {

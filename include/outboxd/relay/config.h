@@ -107,8 +107,11 @@ typedef struct outboxd_config {
      * one's commit markers (see sink.c). */
     int producers_per_source;
 
-    /* metrics: (reserved for the operations issue) */
-    char *metrics_listen; /* may be NULL */
+    /* metrics: HTTP endpoint (metrics.h); no server when listen is NULL */
+    char *metrics_listen;          /* may be NULL */
+    int metrics_stall_timeout_ms;  /* default 60000: /healthz and watchdog limit */
+    int metrics_ready_min_sources; /* default 0: /readyz needs every source */
+    size_t max_slot_lag_bytes;     /* relay.max_slot_lag_bytes, default 0: no limit */
 
     outboxd_source_conf_t *sources;
     size_t n_sources;
