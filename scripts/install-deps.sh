@@ -17,7 +17,7 @@ PACKAGES=(
   # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests
-  clang-format procps iproute2
+  clang-format procps iproute2 curl python3-venv
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
