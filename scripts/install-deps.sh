@@ -18,6 +18,8 @@ PACKAGES=(
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests
   clang-format procps iproute2 curl python3-venv
+  # systemd-analyze verify/security for the deploy/systemd units
+  systemd
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
