@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# deploy/k8s: the Go checker (deploy/k8s/check) decodes every manifest
+# strictly into its k8s.io/api type and evaluates the pod template against
+# the restricted Pod Security Standard; the manifests pass. Then three
+# broken copies must fail, each for its own reason: a misspelt field, a
+# container allowed to escalate privileges, and a sidecar that is not native.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
+command -v go >/dev/null || fail "no Go toolchain (1.22 or newer) in PATH"
+K8S="$OUTBOXD_SOURCE_DIR/deploy/k8s"
+# Modules come from the Go proxy into the module cache, as go.sum pins them.
+(cd "$K8S/check" && go build -o "$WORK/k8scheck" .) >"$WORK/go-build.log" 2>&1 ||
+    fail "building the checker: $(tail -n 20 "$WORK/go-build.log")"
+
+"$WORK/k8scheck" "$K8S" >"$WORK/ok.out" 2>&1 || fail "manifests rejected: $(cat "$WORK/ok.out")"
+log "$(cat "$WORK/ok.out")"
+
+# mutate NAME SED_EXPR FILE EXPECTED_MESSAGE
+mutate() {
+    local name=$1 expr=$2 file=$3 want=$4
+    rm -rf "$WORK/$name"
+    cp -r "$K8S" "$WORK/$name"
+    sed -i "$expr" "$WORK/$name/$file"
+    cmp -s "$K8S/$file" "$WORK/$name/$file" && fail "$name: the mutation changed nothing"
+    if "$WORK/k8scheck" "$WORK/$name" >"$WORK/$name.out" 2>&1; then
+        fail "$name: accepted"
+    fi
+    grep -q -- "$want" "$WORK/$name.out" || fail "$name: expected '$want', got: $(cat "$WORK/$name.out")"
+    log "$name rejected: $(grep -m1 -- "$want" "$WORK/$name.out")"
+}
+mutate typo 's/terminationGracePeriodSeconds:/terminationGracePeriodSecond:/' deployment.yaml \
+    'unknown field'
+mutate escalation '0,/allowPrivilegeEscalation: false/s//allowPrivilegeEscalation: true/' \
+    deployment.yaml 'restricted Pod Security Standard'
+mutate not_native '/restartPolicy: Always/d' deployment.yaml 'not a native sidecar'
+mutate no_key 's/^  payment-db: /  other-db: /' secret.yaml 'has no key payment-db'
+log "PASS"
