@@ -4,7 +4,8 @@
 # quarter second and every scrape parses with prometheus_client's parser; afterwards
 # the event counter equals the rows written, lag (bytes and seconds) falls to
 # zero, the confirmed LSN matches the slot's confirmed_flush_lsn, the commit
-# histogram counts every committed Kafka transaction. The relay logs JSON
+# histogram counts every committed Kafka transaction, and every metric the
+# Grafana dashboard (deploy/grafana) queries is exported. The relay logs JSON
 # lines (--log-format json), every one of which parses.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -95,6 +96,19 @@ python3 -c "import sys; sys.exit(0 if float('$bytes') > 100 * $ROWS else 1)" ||
 # The slot may have moved on by a keepalive since the scrape, never back.
 python3 -c "import sys; sys.exit(0 if 0 < int(float('$confirmed')) <= int('$slot_lsn') else 1)" ||
     fail "confirmed_lsn metric $confirmed is not at or before the slot's confirmed_flush_lsn $slot_lsn"
+
+# Every metric the Grafana dashboard queries is one the relay exports.
+"$PROM_VENV/bin/python" - "$OUTBOXD_SOURCE_DIR/deploy/grafana/outboxd.json" "$final" <<'PY' ||
+import json, re, sys
+dash = json.load(open(sys.argv[1]))
+exported = {line.split("{")[0] for line in open(sys.argv[2])}
+exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+used = {m for e in exprs for m in re.findall(r"outboxd_[a-z_]+", e)}
+missing = sorted(used - exported)
+assert not missing, f"dashboard uses metrics the relay does not export: {missing}"
+print(f"dashboard: {len(exprs)} queries over {len(used)} metrics, all exported", file=sys.stderr)
+PY
+    fail "Grafana dashboard out of date"
 
 # And the events really are in Kafka, once each.
 expected_events "$DB" "$WORK/expected.tsv"
