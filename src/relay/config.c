@@ -816,6 +816,8 @@ static const key_spec_t source_spec[] = {
      .check = check_publication},
     {KEY("create_slot", K_BOOL, outboxd_source_conf_t, create_slot), .def_num = 1},
     {KEY("create_publication", K_BOOL, outboxd_source_conf_t, create_publication), .def_num = 1},
+    {KEY("heartbeat_interval_ms", K_INT, outboxd_source_conf_t, heartbeat_interval_ms),
+     .def_num = 0, .min = 0, .max = 3600000},
     {.key = "tables", .kind = K_CUSTOM, .custom = parse_tables, .hint = "a list of tables"},
     {.key = "messages",
      .kind = K_CUSTOM,

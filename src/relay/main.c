@@ -21,6 +21,7 @@
 #include "outboxd/common/log.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/source.h"
+#include "outboxd/relay/heartbeat.h"
 #include "outboxd/relay/metrics.h"
 #include "outboxd/relay/notify.h"
 #include "outboxd/relay/status.h"
@@ -225,6 +226,15 @@ static int cmd_run(const outboxd_config_t *conf)
         }
         started++;
     }
+    outboxd_heartbeat_t *heartbeat = NULL;
+    if (rc == 0) {
+        heartbeat = outboxd_heartbeat_start(conf, metrics, &stop_flag, err, sizeof(err));
+        if (!heartbeat && err[0]) {
+            LOG_ERROR(NULL, "%s", err);
+            atomic_store(&stop_flag, 1);
+            rc = 1;
+        }
+    }
     /* Wait for a signal, or for a source to end on its own (fatal). */
     while (!atomic_load(&stop_flag)) {
         if (got_signal) {
@@ -253,6 +263,7 @@ static int cmd_run(const outboxd_config_t *conf)
         outboxd_source_destroy(sources[i]);
     }
     free(sources);
+    outboxd_heartbeat_stop(heartbeat);
     /* The endpoint answers until the sources are gone, so a scrape during
      * shutdown sees the stopping states. */
     outboxd_http_destroy(http);

@@ -116,6 +116,7 @@ PICK(bytes)
 PICK(dead_letters)
 PICK(skipped)
 PICK(reconnects)
+PICK(heartbeats)
 PICK(confirmed_lsn)
 PICK(wal_end_lsn)
 PICK(lag_bytes)
@@ -195,6 +196,9 @@ bool outboxd_metrics_render(outboxd_metrics_t *m, outboxd_buf_t *b)
     ok = ok &&
          per_source(b, "outboxd_source_reconnects_total", "counter",
                     "Connection attempts after the first one.", snaps, sts, n, pick_reconnects) &&
+         per_source(b, "outboxd_source_heartbeats_total", "counter",
+                    "Heartbeat messages written (sources[].heartbeat_interval_ms).", snaps, sts, n,
+                    pick_heartbeats) &&
          per_source(b, "outboxd_source_confirmed_lsn", "gauge",
                     "WAL position last confirmed to PostgreSQL (as a number).", snaps, sts, n,
                     pick_confirmed_lsn) &&

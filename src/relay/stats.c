@@ -20,7 +20,7 @@ struct outboxd_stats {
     atomic_bool connected_before;
     atomic_int_least64_t last_tick_ms; /* monotonic */
     atomic_uint_least64_t events, bytes, dead_letters, skipped;
-    atomic_uint_least64_t txn_committed, txn_aborted, reconnects;
+    atomic_uint_least64_t txn_committed, txn_aborted, reconnects, heartbeats;
     atomic_uint_least64_t confirmed_lsn, wal_end_lsn;
     /* Commit time (Unix us) of the oldest transaction received and not yet
      * in Kafka; 0 when caught up. */
@@ -150,6 +150,12 @@ void outboxd_stats_rewound(outboxd_stats_t *st)
         st->open_bytes = 0;
 }
 
+void outboxd_stats_heartbeat(outboxd_stats_t *st)
+{
+    if (st)
+        ADD(st->heartbeats, 1);
+}
+
 void outboxd_stats_skipped(outboxd_stats_t *st, uint64_t n)
 {
     if (st)
@@ -168,6 +174,7 @@ void outboxd_stats_read(const outboxd_stats_t *cst, outboxd_stats_snapshot_t *ou
     out->txn_committed = LOAD(st->txn_committed);
     out->txn_aborted = LOAD(st->txn_aborted);
     out->reconnects = LOAD(st->reconnects);
+    out->heartbeats = LOAD(st->heartbeats);
     out->confirmed_lsn = LOAD(st->confirmed_lsn);
     out->wal_end_lsn = LOAD(st->wal_end_lsn);
     out->lag_bytes = out->wal_end_lsn > out->confirmed_lsn && out->confirmed_lsn

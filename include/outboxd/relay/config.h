@@ -74,6 +74,8 @@ typedef struct outboxd_source_conf {
     char *publication;       /* default "outboxd_<name>" */
     bool create_slot;        /* default true */
     bool create_publication; /* default true */
+    /* default 0: no heartbeat messages (heartbeat.h) */
+    int heartbeat_interval_ms;
     outboxd_table_conf_t *tables;
     size_t n_tables;
     outboxd_message_conf_t *messages;

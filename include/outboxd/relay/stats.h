@@ -65,6 +65,8 @@ void outboxd_stats_committed(outboxd_stats_t *st, uint64_t events, uint64_t dead
 void outboxd_stats_aborted(outboxd_stats_t *st);
 /* The stream rewound: what was produced and not committed does not count. */
 void outboxd_stats_rewound(outboxd_stats_t *st);
+/* A heartbeat message was written (heartbeat.h). */
+void outboxd_stats_heartbeat(outboxd_stats_t *st);
 /* Changes skipped because an earlier run had published them. */
 void outboxd_stats_skipped(outboxd_stats_t *st, uint64_t n);
 
@@ -73,7 +75,7 @@ void outboxd_stats_skipped(outboxd_stats_t *st, uint64_t n);
 typedef struct outboxd_stats_snapshot {
     outboxd_source_state_t state;
     uint64_t events, bytes, dead_letters, skipped;
-    uint64_t txn_committed, txn_aborted, reconnects;
+    uint64_t txn_committed, txn_aborted, reconnects, heartbeats;
     outboxd_lsn_t confirmed_lsn, wal_end_lsn;
     uint64_t lag_bytes;   /* wal_end - confirmed, 0 when unknown or ahead */
     double lag_seconds;   /* 0 when caught up */
