@@ -1,6 +1,8 @@
 // Command check validates outboxd's Kubernetes manifests without a cluster.
 //
 //	go run . ../            (from deploy/k8s/check; exit status 1 on any problem)
+//	go run . -extract OUT ../   also write every ConfigMap key to OUT/<key>, so
+//	                            the relay's own parser can check outboxd.yaml
 //
 // Every document listed by kustomization.yaml is decoded strictly into its
 // k8s.io/api type (sigs.k8s.io/yaml: unknown or duplicate fields are errors,
@@ -14,6 +16,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -272,11 +275,13 @@ func (c *checker) checkRelayConfig(where, text string, port int32) {
 }
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: check DIR (the folder with kustomization.yaml)")
+	extract := flag.String("extract", "", "write every ConfigMap key to this folder")
+	flag.Parse()
+	if flag.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: check [-extract OUT] DIR (the folder with kustomization.yaml)")
 		os.Exit(2)
 	}
-	dir := os.Args[1]
+	dir := flag.Arg(0)
 	c := &checker{cms: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{}}
 	kdata, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
 	if err != nil {
@@ -306,6 +311,15 @@ func main() {
 	}
 	for _, d := range c.deploys {
 		c.checkDeployment(d)
+	}
+	if *extract != "" {
+		for _, cm := range c.cms {
+			for key, text := range cm.Data {
+				if err := os.WriteFile(filepath.Join(*extract, key), []byte(text), 0o644); err != nil {
+					c.fail("extract: %v", err)
+				}
+			}
+		}
 	}
 	for _, p := range c.problems {
 		fmt.Fprintln(os.Stderr, "check:", p)
