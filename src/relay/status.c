@@ -19,6 +19,7 @@
 #include "outboxd/common/util.h"
 #include "outboxd/relay/checkpoint.h"
 #include "outboxd/relay/pgconn.h"
+#include "outboxd/relay/stats.h"
 
 #define KAFKA_TIMEOUT_MS 20000
 
@@ -196,7 +197,8 @@ static int fetch_metrics(const char *listen, outboxd_buf_t *body, char *errstr, 
     return 0;
 }
 
-/* The value of metric{source="name"...} in an exposition text, or NAN-less -1. */
+/* The value of the sample metric{source="name"EXTRA in an exposition text,
+ * where EXTRA is more labels and the closing brace (NULL: just "}"). */
 static bool metric_value(const char *text, const char *metric, const char *source,
                          const char *extra, double *out)
 {
@@ -316,19 +318,18 @@ int outboxd_status_report(const outboxd_config_t *conf, FILE *out)
                         c, (long long)ck->changes, ts,
                         (double)(now_ms - found[i].timestamp_ms) / 1000.0);
         }
-        double lag_s = 0, streaming = 0;
+        double lag_s = 0, streaming = 0; /* streaming: a state sample's value */
         if (have_metrics &&
             metric_value(metrics.data, "outboxd_source_lag_seconds", src->name, NULL, &lag_s)) {
             const char *state = "unknown";
-            static const char *states[] = {"starting", "connecting", "streaming", "backoff",
-                                           "stopping", "stopped",    "failed"};
-            for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
+            for (int k = 0; k < OUTBOXD_SRC_N_STATES; k++) {
+                const char *name = outboxd_source_state_name((outboxd_source_state_t)k);
                 char extra[64];
-                snprintf(extra, sizeof(extra), ",state=\"%s\"}", states[k]);
+                snprintf(extra, sizeof(extra), ",state=\"%s\"}", name);
                 if (metric_value(metrics.data, "outboxd_source_state", src->name, extra,
                                  &streaming) &&
                     streaming == 1)
-                    state = states[k];
+                    state = name;
             }
             fprintf(out, "  relay_state:      %s\n", state);
             fprintf(out, "  lag_seconds:      %.3f\n", lag_s);
