@@ -10,7 +10,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
 command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
-command -v go >/dev/null || fail "no Go toolchain (1.22 or newer) in PATH"
+command -v go >/dev/null ||
+    fail "no Go toolchain in PATH: Go 1.21 or newer is needed (it fetches the 1.22 toolchain go.mod asks for from the Go module proxy; Debian 12 golang-go 1.19 is too old)"
 K8S="$OUTBOXD_SOURCE_DIR/deploy/k8s"
 # Modules come from the Go proxy into the module cache, as go.sum pins them.
 (cd "$K8S/check" && go build -o "$WORK/k8scheck" .) >"$WORK/go-build.log" 2>&1 ||
