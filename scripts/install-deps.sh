@@ -14,14 +14,16 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   # libraries
   libpq-dev librdkafka-dev libavro-dev libyaml-dev libcmocka-dev libjansson-dev
-  libcurl4-openssl-dev
+  libcurl4-openssl-dev libmicrohttpd-dev libsystemd-dev
   # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests
   clang-format procps iproute2
   # schema registry tests: curl, unzip (tests/stack/registry.sh), a Python
-  # venv for the fastavro / confluent-kafka consumers
+  # venv for the fastavro / confluent-kafka / prometheus_client tools
   curl unzip python3-venv openssl
+  # systemd-analyze verify/security for the deploy/systemd units
+  systemd
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

@@ -876,12 +876,18 @@ static const key_spec_t relay_spec[] = {
      .hint = "a directory path"},
     {KEY("dead_letter_format", K_ENUM, outboxd_config_t, dead_letter_format),
      .names = dlt_format_names, .def_num = OUTBOXD_DLT_JSON},
+    {KEY("max_slot_lag_bytes", K_SIZE, outboxd_config_t, max_slot_lag_bytes), .def_num = 0,
+     .min = 0, .max = 1LL << 50},
     {0}};
 
-static const key_spec_t metrics_spec[] = {{KEY("listen", K_STR, outboxd_config_t, metrics_listen),
-                                           .required = true, .hint = "host:port",
-                                           .check = check_listen},
-                                          {0}};
+static const key_spec_t metrics_spec[] = {
+    {KEY("listen", K_STR, outboxd_config_t, metrics_listen), .required = true, .hint = "host:port",
+     .check = check_listen},
+    {KEY("stall_timeout_ms", K_INT, outboxd_config_t, metrics_stall_timeout_ms), .def_num = 60000,
+     .min = 1000, .max = 3600000},
+    {KEY("ready_min_sources", K_INT, outboxd_config_t, metrics_ready_min_sources), .def_num = 0,
+     .min = 0, .max = 10000},
+    {0}};
 
 static const key_spec_t root_spec[] = {
     {.key = "kafka",
@@ -913,6 +919,8 @@ static const key_spec_t source_spec[] = {
     {KEY("create_publication", K_BOOL, outboxd_source_conf_t, create_publication), .def_num = 1},
     {KEY("publication_scope", K_ENUM, outboxd_source_conf_t, publication_scope),
      .names = pub_scope_names, .def_num = OUTBOXD_PUB_TABLES},
+    {KEY("heartbeat_interval_ms", K_INT, outboxd_source_conf_t, heartbeat_interval_ms),
+     .def_num = 0, .min = 0, .max = 3600000},
     {.key = "tables", .kind = K_CUSTOM, .custom = parse_tables, .hint = "a list of tables"},
     {.key = "messages",
      .kind = K_CUSTOM,

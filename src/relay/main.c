@@ -3,6 +3,7 @@
  *
  *   outboxd run -c FILE      relay (also: outboxd -c FILE)
  *   outboxd check -c FILE    validate the file, then check every source
+ *   outboxd status -c FILE   slots, checkpoints and lag of every source
  *
  * Only main() exits. Signal handlers only set a flag; a second SIGTERM or
  * SIGINT exits at once.
@@ -23,6 +24,10 @@
 #include "outboxd/relay/preflight.h"
 #include "outboxd/relay/sink.h"
 #include "outboxd/relay/source.h"
+#include "outboxd/relay/heartbeat.h"
+#include "outboxd/relay/metrics.h"
+#include "outboxd/relay/notify.h"
+#include "outboxd/relay/status.h"
 
 #define KAFKA_PROBE_TIMEOUT_MS 10000
 
@@ -45,8 +50,9 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: outboxd [run] -c FILE [--log-level LEVEL]\n"
+    fprintf(f, "Usage: outboxd [run] -c FILE [--log-level LEVEL] [--log-format text|json]\n"
                "       outboxd check -c FILE\n"
+               "       outboxd status -c FILE\n"
                "       outboxd --help | --version\n"
                "\n"
                "Relays transactional outbox rows from PostgreSQL (logical replication,\n"
@@ -58,10 +64,14 @@ static void usage(FILE *f)
                "          check wal_level, the publication, the slot and the outbox\n"
                "          columns (creating the publication and slot where configured);\n"
                "          prints what to fix, or 'configuration OK'\n"
+               "  status  per source: replication slot (active, confirmed LSN, lag, WAL\n"
+               "          retained), last checkpoint in Kafka, and the running relay's\n"
+               "          state and lag in seconds (from metrics.listen); read-only\n"
                "\n"
                "Options:\n"
                "  -c, --config FILE     configuration file (YAML)\n"
                "  -l, --log-level LVL   debug, info, warn or error (overrides relay.log_level)\n"
+               "      --log-format FMT  text (default) or json (one JSON object per line)\n"
                "  -h, --help            this text\n"
                "  -V, --version         version\n"
                "\n"
@@ -117,6 +127,48 @@ static int cmd_check(const outboxd_config_t *conf)
     return 1;
 }
 
+/*
+ * Health as systemd sees it: READY=1 once every source streams; WATCHDOG=1
+ * at half the watchdog period, only while every source loop turns (the same
+ * test as /healthz), so a stuck loop gets the service restarted.
+ */
+typedef struct supervisor {
+    outboxd_metrics_t *metrics;
+    bool ready_sent;
+    int last_streaming;
+    uint64_t watchdog_usec;
+    int64_t last_watchdog_ms;
+    int64_t last_check_ms;
+} supervisor_t;
+
+static void supervise(supervisor_t *sv)
+{
+    int64_t now = outboxd_now_ms();
+    int total, streaming;
+    outboxd_metrics_counts(sv->metrics, &total, &streaming);
+    if (streaming != sv->last_streaming) {
+        char status[128];
+        snprintf(status, sizeof(status), "%d of %d sources streaming", streaming, total);
+        if (!sv->ready_sent && total > 0 && streaming == total) {
+            outboxd_notify_ready(status);
+            sv->ready_sent = true;
+        } else {
+            outboxd_notify_status(status);
+        }
+        sv->last_streaming = streaming;
+    }
+    if (sv->watchdog_usec && now - sv->last_watchdog_ms >= (int64_t)(sv->watchdog_usec / 2000)) {
+        if (outboxd_metrics_healthy(sv->metrics, NULL)) {
+            outboxd_notify_watchdog();
+            sv->last_watchdog_ms = now;
+        }
+    }
+    if (now - sv->last_check_ms >= 1000) {
+        outboxd_metrics_check(sv->metrics);
+        sv->last_check_ms = now;
+    }
+}
+
 static int cmd_run(const outboxd_config_t *conf)
 {
     outboxd_source_t **sources = calloc(conf->n_sources, sizeof(*sources));
@@ -126,11 +178,45 @@ static int cmd_run(const outboxd_config_t *conf)
         LOG_ERROR(NULL, "out of memory");
         return 1;
     }
+    outboxd_metrics_options_t mopts = {
+        .stall_timeout_ms =
+            conf->metrics_stall_timeout_ms > 0 ? conf->metrics_stall_timeout_ms : 60000,
+        .ready_min_sources = conf->metrics_ready_min_sources,
+        .max_slot_lag_bytes = conf->max_slot_lag_bytes,
+    };
+    outboxd_metrics_t *metrics = outboxd_metrics_new(&mopts);
+    outboxd_http_t *http = NULL;
+    if (!metrics) {
+        LOG_ERROR(NULL, "out of memory");
+        free(sources);
+        return 1;
+    }
+    for (size_t i = 0; i < conf->n_sources; i++)
+        outboxd_metrics_source(metrics, conf->sources[i].name);
+    if (conf->metrics_listen) {
+        outboxd_http_options_t hopts = {.listen = conf->metrics_listen};
+        http = outboxd_http_new(&hopts, outboxd_metrics_http_handler, metrics, err, sizeof(err));
+        if (!http) {
+            LOG_ERROR(NULL, "metrics.listen: %s", err);
+            outboxd_metrics_destroy(metrics);
+            free(sources);
+            return 1;
+        }
+        LOG_INFO(NULL, "serving /metrics, /healthz and /readyz on %s (port %d)",
+                 conf->metrics_listen, outboxd_http_port(http));
+    }
+    supervisor_t sv = {
+        .metrics = metrics, .last_streaming = -1, .watchdog_usec = outboxd_notify_watchdog_usec()};
+    if (sv.watchdog_usec)
+        LOG_INFO(NULL, "systemd watchdog every %.1f s", (double)sv.watchdog_usec / 1e6);
     LOG_INFO(NULL, "outboxd %s starting with %zu source(s), Kafka at %s", OUTBOXD_VERSION,
              conf->n_sources, conf->bootstrap_servers);
     size_t started = 0;
     for (size_t i = 0; i < conf->n_sources; i++) {
         sources[i] = outboxd_source_new(conf, &conf->sources[i], &stop_flag, err, sizeof(err));
+        if (sources[i])
+            outboxd_source_set_stats(sources[i],
+                                     outboxd_metrics_source(metrics, conf->sources[i].name));
         if (!sources[i] || outboxd_source_start(sources[i], err, sizeof(err)) < 0) {
             LOG_ERROR(conf->sources[i].name, "%s", err);
             atomic_store(&stop_flag, 1);
@@ -139,11 +225,21 @@ static int cmd_run(const outboxd_config_t *conf)
         }
         started++;
     }
+    outboxd_heartbeat_t *heartbeat = NULL;
+    if (rc == 0) {
+        heartbeat = outboxd_heartbeat_start(conf, metrics, &stop_flag, err, sizeof(err));
+        if (!heartbeat && err[0]) {
+            LOG_ERROR(NULL, "%s", err);
+            atomic_store(&stop_flag, 1);
+            rc = 1;
+        }
+    }
     /* Wait for a signal, or for a source to end on its own (fatal). */
     while (!atomic_load(&stop_flag)) {
         if (got_signal) {
             LOG_INFO(NULL, "signal %d: committing the batch in hand, then stopping",
                      (int)got_signal);
+            outboxd_notify_stopping("committing the batch in hand, then stopping");
             atomic_store(&stop_flag, 1);
             break;
         }
@@ -155,14 +251,22 @@ static int cmd_run(const outboxd_config_t *conf)
                 rc = 1;
             }
         }
+        supervise(&sv);
         usleep(50 * 1000);
     }
+    if (!got_signal)
+        outboxd_notify_stopping("a source failed; stopping");
     for (size_t i = 0; i < conf->n_sources; i++) {
         if (sources[i] && outboxd_source_join(sources[i]) != 0)
             rc = 1;
         outboxd_source_destroy(sources[i]);
     }
     free(sources);
+    outboxd_heartbeat_stop(heartbeat);
+    /* The endpoint answers until the sources are gone, so a scrape during
+     * shutdown sees the stopping states. */
+    outboxd_http_destroy(http);
+    outboxd_metrics_destroy(metrics);
     LOG_INFO(NULL, "stopped%s", rc ? " after a fatal error" : "");
     return rc;
 }
@@ -174,18 +278,19 @@ int main(int argc, char **argv)
         command = argv[1];
         argv++;
         argc--;
-        if (strcmp(command, "run") != 0 && strcmp(command, "check") != 0) {
-            fprintf(stderr, "outboxd: unknown command '%s' (expected run or check)\n", command);
+        if (strcmp(command, "run") != 0 && strcmp(command, "check") != 0 &&
+            strcmp(command, "status") != 0) {
+            fprintf(stderr, "outboxd: unknown command '%s' (expected run, check or status)\n",
+                    command);
             usage(stderr);
             return 2;
         }
     }
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"log-level", required_argument, NULL, 'l'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {"version", no_argument, NULL, 'V'},
-                                         {NULL, 0, NULL, 0}};
-    const char *path = NULL, *level = NULL;
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},     {"log-level", required_argument, NULL, 'l'},
+        {"log-format", required_argument, NULL, 'F'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},          {NULL, 0, NULL, 0}};
+    const char *path = NULL, *level = NULL, *format = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "c:l:hV", opts, NULL)) != -1) {
         switch (c) {
@@ -194,6 +299,9 @@ int main(int argc, char **argv)
             break;
         case 'l':
             level = optarg;
+            break;
+        case 'F':
+            format = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -214,6 +322,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "outboxd: no configuration file; use -c FILE\n");
         usage(stderr);
         return 2;
+    }
+    if (format) {
+        outboxd_log_format_t fmt;
+        if (!outboxd_log_format_parse(format, &fmt)) {
+            fprintf(stderr, "outboxd: unknown log format '%s' (text or json)\n", format);
+            return 2;
+        }
+        outboxd_log_set_format(fmt);
     }
     char err[1024];
     outboxd_config_t *conf = outboxd_config_load(path, err, sizeof(err));
@@ -241,9 +357,22 @@ int main(int argc, char **argv)
     }
     outboxd_buf_free(&pre);
 
+    if (conf->metrics_ready_min_sources > (int)conf->n_sources) {
+        fprintf(stderr,
+                "%s: metrics.ready_min_sources: %d is more than the %zu configured source(s) "
+                "(expected 0 for all, or at most %zu)\n",
+                conf->path, conf->metrics_ready_min_sources, conf->n_sources, conf->n_sources);
+        outboxd_config_destroy(conf);
+        return 2;
+    }
     int rc;
     if (strcmp(command, "check") == 0) {
         rc = cmd_check(conf);
+    } else if (strcmp(command, "status") == 0) {
+        int problems = outboxd_status_report(conf, stdout);
+        if (problems)
+            printf("%d problem(s) found\n", problems);
+        rc = problems ? 1 : 0;
     } else {
         struct sigaction sa;
         memset(&sa, 0, sizeof(sa));

@@ -26,6 +26,7 @@
 #include "outboxd/relay/repl.h"
 #include "outboxd/relay/router.h"
 #include "outboxd/relay/sink.h"
+#include "outboxd/relay/stats.h"
 
 #define STATS_LOG_INTERVAL_MS 30000
 /* First pause before reconnecting after a rewind; it doubles while the same
@@ -123,6 +124,7 @@ struct outboxd_source {
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
+    outboxd_stats_t *stats; /* owned by the metrics registry; may be NULL */
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -172,6 +174,7 @@ static void send_status(outboxd_source_t *s, bool force)
     }
     s->sent_lsn = s->confirm_lsn;
     s->last_status_ms = now;
+    outboxd_stats_confirmed(s->stats, s->sent_lsn);
 }
 
 /* Called by the sink between retries of blocking Kafka calls, so that
@@ -179,6 +182,7 @@ static void send_status(outboxd_source_t *s, bool force)
 static void keepalive(void *opaque)
 {
     outboxd_source_t *s = opaque;
+    outboxd_stats_tick(s->stats); /* a blocking Kafka call is still progress */
     if (!s->repl)
         return;
     if (outboxd_now_ms() - s->last_status_ms >= 1000)
@@ -279,8 +283,10 @@ static int note_refused(outboxd_source_t *s)
 static int rewind_stream_as(outboxd_source_t *s, const char *why, bool quiet)
 {
     char err[512];
+    outboxd_stats_rewound(s->stats);
     if (outboxd_sink_in_txn(s->sink)) {
         s->n_aborts++;
+        outboxd_stats_aborted(s->stats);
         if (outboxd_sink_abort(s->sink, err, sizeof(err)) == OUTBOXD_SINK_FATAL) {
             LOG_ERROR(s->name, "%s", err);
             return -2;
@@ -369,11 +375,15 @@ static int commit_batch(outboxd_source_t *s)
     }
     if (st != OUTBOXD_SINK_OK) {
         s->n_aborts++;
+        outboxd_stats_aborted(s->stats);
         s->batch_open = false;
         s->batch_events = 0;
         return rewind_stream(s, err);
     }
     s->n_commits++;
+    outboxd_stats_committed(s->stats, s->batch_n_events, s->batch_n_dead, outboxd_now_us() - t0);
+    if (!s->in_txn)
+        outboxd_stats_caught_up(s->stats);
     s->n_events += s->batch_n_events;
     s->n_dead += s->batch_n_dead;
     s->batch_n_events = s->batch_n_dead = 0;
@@ -436,6 +446,7 @@ static int publish(outboxd_source_t *s, const outboxd_record_t *rec,
         LOG_INFO(s->name, "topic '%s' exists now; its events flow again", s->waiting_topic);
         s->waiting_topic[0] = '\0';
     }
+    outboxd_stats_produced(s->stats, rec->key_len + rec->value_len);
     if (!s->batch_open) {
         s->batch_open = true;
         s->batch_deadline_ms = outboxd_now_ms() + s->conf->commit_interval_ms;
@@ -484,6 +495,7 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
     if (s->skip_txn ||
         outboxd_checkpoint_covers_change(&s->ck_committed, s->txn_commit_lsn, &cpos)) {
         s->n_skipped++;
+        outboxd_stats_skipped(s->stats, 1);
         return 0;
     }
     outboxd_change_ctx_t ctx = {
@@ -625,6 +637,7 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         s->change_idx = 0;
         s->change_lsn = 0;
         s->change_lsn_ordinal = 0;
+        outboxd_stats_txn_begin(s->stats, s->txn_commit_time_us);
         s->skip_txn = outboxd_checkpoint_covers(&s->ck_committed, s->txn_commit_lsn, -1);
         return 0;
     case OUTBOXD_PGO_COMMIT:
@@ -641,6 +654,7 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
             /* Nothing of it is in flight: skipped, ignored, or committed
              * already in earlier parts. */
             confirm(s, msg.u.commit.end_lsn);
+            outboxd_stats_caught_up(s->stats);
         }
         return 0;
     case OUTBOXD_PGO_INSERT:
@@ -741,9 +755,12 @@ static int stream(outboxd_source_t *s)
             if (!s->in_txn || outboxd_now_ms() - stop_seen_ms > 5000)
                 return 0;
         }
+        outboxd_stats_tick(s->stats);
         outboxd_repl_msg_t m;
         if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0)
             return rewind_stream(s, err);
+        if (m.kind != OUTBOXD_REPL_NONE)
+            outboxd_stats_wal_end(s->stats, m.wal_end);
         int rc = 0;
         switch (m.kind) {
         case OUTBOXD_REPL_DATA:
@@ -1014,6 +1031,7 @@ static void sleep_interruptible(outboxd_source_t *s, int ms)
         int step = ms < 100 ? ms : 100;
         usleep((useconds_t)step * 1000);
         ms -= step;
+        outboxd_stats_tick(s->stats);
         if (s->sink)
             outboxd_sink_poll(s->sink);
     }
@@ -1055,10 +1073,12 @@ static void *run(void *arg)
     int rc = 0;
     while (!stopping(s)) {
         if (!s->repl) {
+            outboxd_stats_state(s->stats, OUTBOXD_SRC_CONNECTING);
             rc = connect_source(s);
             if (rc == -2)
                 break;
             if (rc < 0) {
+                outboxd_stats_state(s->stats, OUTBOXD_SRC_BACKOFF);
                 if (s->quiet_retry)
                     LOG_DEBUG(s->name, "retrying in %d ms", backoff);
                 else
@@ -1071,6 +1091,7 @@ static void *run(void *arg)
                 continue;
             }
             backoff = 500;
+            outboxd_stats_state(s->stats, OUTBOXD_SRC_STREAMING);
         }
         s->stream_start_ms = outboxd_now_ms();
         rc = stream(s);
@@ -1079,6 +1100,7 @@ static void *run(void *arg)
         if (rc == -1 && !stopping(s))
             sleep_interruptible(s, next_rewind_backoff(s));
     }
+    outboxd_stats_state(s->stats, OUTBOXD_SRC_STOPPING);
     if (rc != -2 && s->repl && s->sink) {
         /* Stopping: finish the batch in hand, then tell PostgreSQL. */
         if (commit_batch(s) == -2)
@@ -1088,8 +1110,14 @@ static void *run(void *arg)
     log_stats(s, true);
     close_stream(s);
     s->result = rc == -2 ? 1 : 0;
+    outboxd_stats_state(s->stats, s->result ? OUTBOXD_SRC_FAILED : OUTBOXD_SRC_STOPPED);
     atomic_store(&s->done, true);
     return NULL;
+}
+
+void outboxd_source_set_stats(outboxd_source_t *s, outboxd_stats_t *stats)
+{
+    s->stats = stats;
 }
 
 int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size)

@@ -1,6 +1,8 @@
 /*
  * Logging to stderr, one line per event of interest:
  *   2026-11-24T12:00:00.123Z INFO  [payment] message
+ * or, in the JSON format (one object per line, for log collectors):
+ *   {"ts":"2026-11-24T12:00:00.123Z","level":"info","scope":"payment","msg":"message"}
  * Thread-safe (one write(2) per line).
  */
 #ifndef OUTBOXD_LOG_H
@@ -15,6 +17,15 @@ typedef enum {
 
 void outboxd_log_set_level(outboxd_log_level_t level);
 outboxd_log_level_t outboxd_log_get_level(void);
+typedef enum {
+    OUTBOXD_LOG_FORMAT_TEXT = 0,
+    OUTBOXD_LOG_FORMAT_JSON = 1,
+} outboxd_log_format_t;
+
+void outboxd_log_set_format(outboxd_log_format_t format);
+/* Returns false for an unknown name ("text", "json"). */
+int outboxd_log_format_parse(const char *name, outboxd_log_format_t *out);
+
 /* Returns false for an unknown name ("debug", "info", "warn", "error"). */
 int outboxd_log_level_parse(const char *name, outboxd_log_level_t *out);
 

@@ -107,6 +107,8 @@ typedef struct outboxd_source_conf {
     bool create_slot;        /* default true */
     bool create_publication; /* default true */
     int publication_scope;   /* outboxd_pub_scope_t, default tables */
+    /* default 0: no heartbeat messages (heartbeat.h) */
+    int heartbeat_interval_ms;
     outboxd_table_conf_t *tables;
     size_t n_tables;
     outboxd_message_conf_t *messages;
@@ -157,8 +159,11 @@ typedef struct outboxd_config {
     char *schema_store_dir; /* without a registry: <fingerprint>.avsc written here, or NULL */
     int dead_letter_format; /* outboxd_dlt_format_t, default json */
 
-    /* metrics: (reserved for the operations issue) */
-    char *metrics_listen; /* may be NULL */
+    /* metrics: HTTP endpoint (metrics.h); no server when listen is NULL */
+    char *metrics_listen;          /* may be NULL */
+    int metrics_stall_timeout_ms;  /* default 60000: /healthz and watchdog limit */
+    int metrics_ready_min_sources; /* default 0: /readyz needs every source */
+    size_t max_slot_lag_bytes;     /* relay.max_slot_lag_bytes, default 0: no limit */
 
     outboxd_source_conf_t *sources;
     size_t n_sources;

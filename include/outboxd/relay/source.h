@@ -15,12 +15,17 @@
 #include <stdbool.h>
 
 #include "outboxd/relay/config.h"
+#include "outboxd/relay/stats.h"
 
 typedef struct outboxd_source outboxd_source_t;
 
 /* conf and src must outlive the source; stop is shared by all sources. */
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
                                      atomic_int *stop, char *errstr, size_t errstr_size);
+
+/* Where the source reports its statistics (metrics.h); call before
+ * outboxd_source_start. stats must outlive the source; NULL for none. */
+void outboxd_source_set_stats(outboxd_source_t *s, outboxd_stats_t *stats);
 
 /* Starts the thread. Returns 0, or -1 with errstr. */
 int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size);

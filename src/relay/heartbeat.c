@@ -1,0 +1,130 @@
+/*
+ * Heartbeat writer (heartbeat.h).
+ */
+#include "outboxd/relay/heartbeat.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "outboxd/common/log.h"
+#include "outboxd/relay/pgconn.h"
+
+typedef struct beat {
+    const outboxd_source_conf_t *src;
+    outboxd_stats_t *stats;
+    PGconn *pg;
+    int64_t next_ms;
+    bool failing; /* the last attempt failed: log again only on recovery */
+} beat_t;
+
+struct outboxd_heartbeat {
+    atomic_int *stop;
+    beat_t *beats;
+    size_t n;
+    pthread_t thread;
+};
+
+static void beat_once(beat_t *b)
+{
+    char err[512];
+    if (b->pg && PQstatus(b->pg) != CONNECTION_OK) {
+        PQfinish(b->pg);
+        b->pg = NULL;
+    }
+    if (!b->pg) {
+        b->pg = outboxd_pg_connect(b->src, false, err, sizeof(err));
+        if (!b->pg) {
+            if (!b->failing)
+                LOG_WARN(b->src->name, "heartbeat: %s; retrying every %d ms", err,
+                         b->src->heartbeat_interval_ms);
+            b->failing = true;
+            return;
+        }
+    }
+    PGresult *res = PQexec(b->pg, "SELECT pg_logical_emit_message(true, '" OUTBOXD_HEARTBEAT_PREFIX
+                                  "', ''::text)");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        if (!b->failing)
+            LOG_WARN(b->src->name, "heartbeat: pg_logical_emit_message failed: %s",
+                     PQerrorMessage(b->pg));
+        b->failing = true;
+        PQfinish(b->pg); /* reconnect next time */
+        b->pg = NULL;
+    } else {
+        if (b->failing)
+            LOG_INFO(b->src->name, "heartbeat: writing again");
+        b->failing = false;
+        outboxd_stats_heartbeat(b->stats);
+    }
+    PQclear(res);
+}
+
+static void *run(void *arg)
+{
+    outboxd_heartbeat_t *hb = arg;
+    while (!atomic_load(hb->stop)) {
+        int64_t now = outboxd_now_ms();
+        for (size_t i = 0; i < hb->n && !atomic_load(hb->stop); i++) {
+            beat_t *b = &hb->beats[i];
+            if (now >= b->next_ms) {
+                beat_once(b);
+                b->next_ms = outboxd_now_ms() + b->src->heartbeat_interval_ms;
+            }
+        }
+        usleep(50 * 1000);
+    }
+    return NULL;
+}
+
+outboxd_heartbeat_t *outboxd_heartbeat_start(const outboxd_config_t *conf,
+                                             outboxd_metrics_t *metrics, atomic_int *stop,
+                                             char *errstr, size_t errstr_size)
+{
+    errstr[0] = '\0';
+    size_t n = 0;
+    for (size_t i = 0; i < conf->n_sources; i++)
+        n += conf->sources[i].heartbeat_interval_ms > 0;
+    if (n == 0)
+        return NULL;
+    outboxd_heartbeat_t *hb = calloc(1, sizeof(*hb));
+    if (hb)
+        hb->beats = calloc(n, sizeof(*hb->beats));
+    if (!hb || !hb->beats) {
+        free(hb);
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    hb->stop = stop;
+    int64_t now = outboxd_now_ms();
+    for (size_t i = 0; i < conf->n_sources; i++) {
+        const outboxd_source_conf_t *src = &conf->sources[i];
+        if (src->heartbeat_interval_ms <= 0)
+            continue;
+        beat_t *b = &hb->beats[hb->n++];
+        b->src = src;
+        b->stats = metrics ? outboxd_metrics_source(metrics, src->name) : NULL;
+        b->next_ms = now + src->heartbeat_interval_ms;
+    }
+    int e = pthread_create(&hb->thread, NULL, run, hb);
+    if (e) {
+        snprintf(errstr, errstr_size, "heartbeat thread: %s", strerror(e));
+        free(hb->beats);
+        free(hb);
+        return NULL;
+    }
+    return hb;
+}
+
+void outboxd_heartbeat_stop(outboxd_heartbeat_t *hb)
+{
+    if (!hb)
+        return;
+    pthread_join(hb->thread, NULL);
+    for (size_t i = 0; i < hb->n; i++)
+        PQfinish(hb->beats[i].pg);
+    free(hb->beats);
+    free(hb);
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# sd_notify against a socket this test listens on (as systemd would):
+# two sources, the second one's database does not exist yet. While only the
+# first streams, the relay reports "1 of 2 sources streaming" and feeds the
+# watchdog, but does not send READY=1. Once the database is created the
+# second source streams and READY=1 arrives with "2 of 2"; WATCHDOG=1 keeps
+# coming at half of WATCHDOG_USEC; SIGTERM brings STOPPING=1 and exit 0.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+DB1=na_$RUN_ID
+DB2=nb_$RUN_ID
+create_outbox_db "$DB1"
+psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB2\" WITH (FORCE)" >/dev/null
+write_config "$WORK/outboxd.yaml" "$DB1" "$DB2"
+sed -i 's/^relay:$/relay:\n  reconnect_max_backoff_ms: 1000/' "$WORK/outboxd.yaml"
+
+SOCK="$WORK/notify.sock"
+MSGS="$WORK/notify.log"
+python3 "$OUTBOXD_SOURCE_DIR/tests/tools/notify_listen.py" "$SOCK" "$MSGS" &
+BG_PIDS+=("$!")
+for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+[ -S "$SOCK" ] || fail "notify listener did not start"
+
+count() { grep -c -- "$1" "$MSGS" || true; }
+# wait_msg PATTERN TIMEOUT_S
+wait_msg() {
+    for _ in $(seq 1 $(($2 * 10))); do
+        grep -q -- "$1" "$MSGS" && return 0
+        sleep 0.1
+    done
+    fail "no '$1' notification within $2 s; got: $(cut -f2 "$MSGS" | sort | uniq -c)"
+}
+
+# A 2 s watchdog: WATCHDOG=1 every second while the loops turn.
+NOTIFY_SOCKET=$SOCK WATCHDOG_USEC=2000000 "$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" \
+    >>"$WORK/relay.log" 2>&1 &
+relay=$!
+RELAY_PIDS+=("$relay")
+
+wait_msg "STATUS=1 of 2 sources streaming" 120
+# The second source keeps failing; the relay is alive and says so, not ready.
+w0=$(count "WATCHDOG=1")
+sleep 4
+w1=$(count "WATCHDOG=1")
+grep -q "database \"$DB2\" does not exist" "$WORK/relay.log" || fail "second source did not fail as set up"
+[ "$(count READY=1)" = 0 ] || fail "READY=1 sent while a source was not streaming"
+[ $((w1 - w0)) -ge 2 ] || fail "watchdog not fed while one source retries ($w0 -> $w1 in 4 s)"
+log "one source streaming: no READY, $((w1 - w0)) watchdog pings in 4 s"
+
+created_ms=$(($(date +%s%N) / 1000000))
+create_outbox_db "$DB2"
+wait_msg "READY=1" 120
+ready_line=$(grep -- "READY=1" "$MSGS")
+ready_ms=${ready_line%%$'\t'*}
+log "READY: $ready_line"
+[ "$ready_ms" -ge "$created_ms" ] || fail "READY=1 before the second database existed"
+[[ $ready_line == *"STATUS=2 of 2 sources streaming"* ]] || fail "READY without the 2 of 2 status"
+[ "$(count READY=1)" = 1 ] || fail "READY=1 sent more than once"
+
+w0=$(count "WATCHDOG=1")
+sleep 5
+w1=$(count "WATCHDOG=1")
+[ $((w1 - w0)) -ge 3 ] || fail "watchdog: only $((w1 - w0)) pings in 5 s after READY"
+log "streaming: $((w1 - w0)) watchdog pings in 5 s"
+
+[ "$(count STOPPING=1)" = 0 ] || fail "STOPPING=1 before SIGTERM"
+stop_relay_ok "$relay"
+wait_msg "STOPPING=1" 5
+log "notifications: $(cut -f2 "$MSGS" | sed 's/WATCHDOG=1/WATCHDOG/' | uniq -c | tr -s ' ' | tr '\n' ';')"
+drop_source "$DB1" "${DB1}_${RUN_ID}"
+drop_source "$DB2" "${DB2}_${RUN_ID}"
+log "PASS"
