@@ -227,8 +227,9 @@ static void check_settings(check_t *c)
                 v / 10000, (v / 100) % 100);
     else if (c->src->n_messages > 0 && v < 140000)
         problem(c,
-                "PostgreSQL %d does not pass logical decoding messages through pgoutput, which "
-                "messages: needs; upgrade to PostgreSQL 14 or later",
+                "PostgreSQL %d does not pass logical decoding messages through pgoutput (the "
+                "messages option exists from 14 on), which messages: needs; upgrade to "
+                "PostgreSQL 14 or later, or remove the messages: entries of this source",
                 v / 10000);
     if (c->src->publication_scope == OUTBOXD_PUB_SCHEMA && v < 150000)
         problem(c,

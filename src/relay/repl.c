@@ -108,9 +108,9 @@ static int hexval(char c)
     return -1;
 }
 
-outboxd_lsn_t outboxd_repl_history_switchpoint(const char *history, uint32_t tli)
+/* Lines "parentTLI <tab> switchpoint <tab> reason"; '#' starts a comment. */
+static outboxd_lsn_t switchpoint_in_text(const char *history, uint32_t tli)
 {
-    /* Lines "parentTLI <tab> switchpoint <tab> reason"; '#' starts a comment. */
     const char *p = history;
     while (p && *p) {
         const char *eol = strchr(p, '\n');
@@ -138,6 +138,26 @@ outboxd_lsn_t outboxd_repl_history_switchpoint(const char *history, uint32_t tli
     return 0;
 }
 
+outboxd_lsn_t outboxd_repl_history_switchpoint(const char *history, uint32_t tli)
+{
+    if (history[0] != '\\' || history[1] != 'x')
+        return switchpoint_in_text(history, tli);
+    /* The same file as bytea in hex output (a server that sends the
+     * column through the bytea output function). */
+    size_t n = strlen(history + 2) / 2;
+    char *text = malloc(n + 1);
+    if (!text)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(history[2 + 2 * i]), lo = hexval(history[3 + 2 * i]);
+        text[i] = (char)(hi < 0 || lo < 0 ? ' ' : (hi << 4 | lo));
+    }
+    text[n] = '\0';
+    outboxd_lsn_t v = switchpoint_in_text(text, tli);
+    free(text);
+    return v;
+}
+
 int outboxd_repl_timeline_end(outboxd_repl_t *r, uint32_t server_tli, uint32_t tli,
                               outboxd_lsn_t *end, char *errstr, size_t errstr_size)
 {
@@ -152,22 +172,7 @@ int outboxd_repl_timeline_end(outboxd_repl_t *r, uint32_t server_tli, uint32_t t
         PQclear(res);
         return -1;
     }
-    const char *content = PQgetvalue(res, 0, 1);
-    char *text = NULL;
-    if (content[0] == '\\' && content[1] == 'x') {
-        /* bytea (PostgreSQL 16+) in hex output */
-        size_t n = strlen(content + 2) / 2;
-        text = malloc(n + 1);
-        if (text) {
-            for (size_t i = 0; i < n; i++) {
-                int hi = hexval(content[2 + 2 * i]), lo = hexval(content[3 + 2 * i]);
-                text[i] = (char)(hi < 0 || lo < 0 ? ' ' : (hi << 4 | lo));
-            }
-            text[n] = '\0';
-        }
-    }
-    *end = outboxd_repl_history_switchpoint(text ? text : content, tli);
-    free(text);
+    *end = outboxd_repl_history_switchpoint(PQgetvalue(res, 0, 1), tli);
     PQclear(res);
     return 0;
 }

@@ -231,6 +231,9 @@ static void test_history_switchpoint(void **state)
     assert_int_equal(outboxd_repl_history_switchpoint(h, 2), 0x5A000000);
     assert_int_equal(outboxd_repl_history_switchpoint(h, 3), 0);
     assert_int_equal(outboxd_repl_history_switchpoint("", 1), 0);
+    /* "1\t0/3000060\tx\n" as bytea in hex output */
+    assert_int_equal(outboxd_repl_history_switchpoint("\\x3109302f333030303036300978200a", 1),
+                     0x3000060);
 }
 
 int main(void)
