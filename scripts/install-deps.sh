@@ -17,6 +17,8 @@ PACKAGES=(
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests
   clang-format procps iproute2
+  # the shop (src/shop): HTTP server, Redis client, and the demo's Redis, gateway, HTTP client
+  libmicrohttpd-dev libhiredis-dev redis-server nginx curl jq
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

@@ -499,7 +499,11 @@ static void *consumer_main(void *arg)
         if (!m)
             continue;
         if (m->err) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            /* Right after the kit created a topic the broker may not list it
+             * yet: not worth a warning. */
+            if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                LOG_DEBUG(c->scope, "consumer: %s", rd_kafka_message_errstr(m));
+            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 LOG_WARN(c->scope, "consumer: %s", rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
             continue;
