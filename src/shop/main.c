@@ -58,8 +58,13 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
 {
     wrap_t *w = opaque;
     if (strcmp(req->method, "GET") == 0 && strcmp(req->path, "/health") == 0) {
-        *status = 200;
-        return json_pack("{s:s,s:s}", "service", w->def->name, "status", "ok");
+        size_t assigned = 0;
+        for (size_t i = 0; i < w->n; i++)
+            assigned += outboxd_shop_consumer_assigned(w->consumers[i]);
+        *status = assigned == w->n ? 200 : 503;
+        return json_pack("{s:s,s:s,s:I,s:I}", "service", w->def->name, "status",
+                         assigned == w->n ? "ok" : "waiting for partition assignment", "consumers",
+                         (json_int_t)w->n, "assigned", (json_int_t)assigned);
     }
     if (strcmp(req->method, "GET") == 0 && strcmp(req->path, "/stats") == 0) {
         json_t *arr = json_array();

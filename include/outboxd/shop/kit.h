@@ -107,6 +107,9 @@ outboxd_shop_consumer_t *outboxd_shop_consumer_new(const outboxd_shop_conf_t *co
 int outboxd_shop_consumer_start(outboxd_shop_consumer_t *c, char *errstr, size_t errstr_size);
 void outboxd_shop_consumer_stats(outboxd_shop_consumer_t *c, outboxd_shop_consumer_stats_t *out);
 const char *outboxd_shop_consumer_name(const outboxd_shop_consumer_t *c);
+/* True once the group has assigned partitions to this consumer (before that,
+ * events wait on the broker: a service is "ready" when all its consumers are). */
+bool outboxd_shop_consumer_assigned(outboxd_shop_consumer_t *c);
 /* Stops the thread (if started) and frees everything. */
 void outboxd_shop_consumer_destroy(outboxd_shop_consumer_t *c);
 

@@ -129,6 +129,16 @@ const char *outboxd_shop_consumer_name(const outboxd_shop_consumer_t *c)
     return c->name;
 }
 
+bool outboxd_shop_consumer_assigned(outboxd_shop_consumer_t *c)
+{
+    rd_kafka_topic_partition_list_t *l = NULL;
+    if (rd_kafka_assignment(c->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || !l)
+        return false;
+    bool any = l->cnt > 0;
+    rd_kafka_topic_partition_list_destroy(l);
+    return any;
+}
+
 void outboxd_shop_consumer_stats(outboxd_shop_consumer_t *c, outboxd_shop_consumer_stats_t *out)
 {
     pthread_mutex_lock(&c->mu);
