@@ -149,8 +149,8 @@ echo "  orders:"
 shop_db order "SELECT '    order ' || id || ' (member ' || member_id || '): ' || status || coalesce(' (last failure: ' || last_failure || ')', '') FROM orders ORDER BY id"
 
 # notification and the data platform consume the outcomes asynchronously
-shop_wait_for "notifications" 60 test "$(shop_db notification 'SELECT count(*) FROM notifications')" = 2
-shop_wait_for "the data platform" 60 test "$(shop_db platform 'SELECT count(*) FROM received_orders')" = 1
+shop_wait_eq "notifications" 60 2 shop_db notification 'SELECT count(*) FROM notifications'
+shop_wait_eq "the data platform" 60 1 shop_db platform 'SELECT count(*) FROM received_orders'
 echo "  notifications sent:"
 shop_db notification "SELECT '    to member ' || member_id || ': ' || message FROM notifications ORDER BY id"
 echo "  external data platform received:"

@@ -24,11 +24,12 @@ shop_die() {
 }
 
 # shop_free_port: a TCP port on 127.0.0.1 nobody listens on (and not yet
-# handed out by this run).
+# handed out by this run), below Linux's ephemeral range (32768-60999) so an
+# outgoing connection cannot take it between now and the bind.
 shop_free_port() {
     local p
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((12000 + RANDOM % 20000))
         grep -qx "$p" "$SHOP_WORK/ports" 2>/dev/null && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p" >>"$SHOP_WORK/ports"
@@ -118,7 +119,20 @@ shop_wait_ready() {
 
 shop_start_services() {
     for s in "${SHOP_SERVICES[@]}"; do shop_start_service "$s"; done
-    for s in "${SHOP_SERVICES[@]}"; do shop_wait_ready "$s" || return 1; done
+    for s in "${SHOP_SERVICES[@]}"; do
+        # On a shared machine another process may take a port between the
+        # check and the bind: then try another port (twice).
+        local try
+        for try in 1 2 3; do
+            shop_wait_ready "$s" && continue 2
+            grep -q 'cannot listen' "$SHOP_WORK/$s.log" || return 1
+            [ $try = 3 ] && return 1
+            shop_log "port ${SHOP_PORT[$s]} of $s was taken; trying another"
+            : >"$SHOP_WORK/$s.log"
+            SHOP_PORT[$s]=$(shop_free_port)
+            shop_start_service "$s"
+        done
+    done
 }
 
 # shop_stop_service SERVICE [SIGNAL]: default TERM and wait; KILL for a crash.
@@ -231,6 +245,20 @@ shop_svc_api() {
     [ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data "$body")
     SHOP_CODE=$(curl "${args[@]}" "http://127.0.0.1:${SHOP_PORT[$s]}$path") || SHOP_CODE=000
     cat "$SHOP_WORK/api.body" 2>/dev/null
+}
+
+# shop_wait_eq DESCRIPTION TIMEOUT_S EXPECTED COMMAND...: until COMMAND
+# (run again each time) prints EXPECTED.
+shop_wait_eq() {
+    local what=$1 timeout=$2 want=$3
+    shift 3
+    local end=$((SECONDS + timeout)) got=""
+    while ((SECONDS < end)); do
+        got=$("$@" 2>/dev/null) || true
+        [ "$got" = "$want" ] && return 0
+        sleep 0.2
+    done
+    shop_die "timed out after ${timeout}s waiting for: $what (last: ${got:0:300})"
 }
 
 # shop_wait_for DESCRIPTION TIMEOUT_S COMMAND...: until COMMAND succeeds.

@@ -78,7 +78,7 @@ payment_status() { # payment_status ID
 
 # wait_payment ID STATUS [TIMEOUT_S]
 wait_payment() {
-    shop_wait_for "payment $1 $2" "${3:-120}" test "$(payment_status "$1")" = "$2" ||
+    shop_wait_eq "payment $1 $2" "${3:-120}" "$2" payment_status "$1" ||
         fail "payment $1 is $(payment_status "$1"), expected $2"
 }
 
@@ -114,8 +114,7 @@ wait_outbox_drained() {
 
 # settle: the system is quiet: relay drained and no payment in flight.
 settle() {
-    shop_wait_for "no saga in flight" 120 test \
-        "$(shop_db payment "SELECT count(*) FROM payments WHERE status IN ('PENDING', 'COMPENSATING')")" = 0 ||
+    shop_wait_eq "no saga in flight" 120 0 shop_db payment "SELECT count(*) FROM payments WHERE status IN ('PENDING', 'COMPENSATING')" ||
         fail "sagas still in flight: $(shop_db payment "SELECT id, status FROM payments WHERE status IN ('PENDING', 'COMPENSATING')")"
     wait_outbox_drained
 }

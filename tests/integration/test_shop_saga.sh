@@ -32,9 +32,9 @@ PID=$(jq -r .paymentId <<<"$P")
 [ "$(shop_db member "SELECT balance FROM members WHERE id = $KIM")" = 8100 ] || fail "kim's balance is not 8100"
 [ "$(shop_db product "SELECT stock FROM products WHERE id = $KB")" = 8 ] || fail "stock is not 8"
 [ "$(shop_db coupon "SELECT status FROM member_coupons WHERE coupon_id = $CPN AND member_id = $KIM")" = USED ] || fail "coupon not USED"
-shop_wait_for "order COMPLETED" 60 test "$(shop_db order "SELECT status FROM orders WHERE id = $O")" = COMPLETED || fail "order not COMPLETED"
-shop_wait_for "notification" 60 test "$(shop_db notification "SELECT count(*) FROM notifications WHERE payment_id = '$PID' AND kind = 'PAYMENT_COMPLETED'")" = 1 || fail "no notification"
-shop_wait_for "data platform" 60 test "$(shop_db platform "SELECT count(*) FROM received_orders WHERE payment_id = '$PID'")" = 1 || fail "the data platform did not receive the order"
+shop_wait_eq "order COMPLETED" 60 COMPLETED shop_db order "SELECT status FROM orders WHERE id = $O" || fail "order not COMPLETED"
+shop_wait_eq "notification" 60 1 shop_db notification "SELECT count(*) FROM notifications WHERE payment_id = '$PID' AND kind = 'PAYMENT_COMPLETED'" || fail "no notification"
+shop_wait_eq "data platform" 60 1 shop_db platform "SELECT count(*) FROM received_orders WHERE payment_id = '$PID'" || fail "the data platform did not receive the order"
 shop_wait_for "popular products" 60 sh -c "curl -s '$SHOP_GATEWAY/api/popular?days=3' | jq -e '.top[0] == {\"productId\": $KB, \"quantity\": 2}'" ||
     fail "popular products: $(shop_api GET '/api/popular?days=3')"
 TRACE=$(api GET "/api/payments/$PID/trace" "$KIM_T")
@@ -69,7 +69,7 @@ fail_case() {
     after=$(snapshot)
     [ "$before" = "$after" ] || fail "$name: state changed: $(diff <(echo "$before") <(echo "$after"))"
     FAILED_PIDS+=("$name=$pid")
-    shop_wait_for "failure notification" 60 test "$(shop_db notification "SELECT count(*) FROM notifications WHERE payment_id = '$pid'")" = 1 ||
+    shop_wait_eq "failure notification" 60 1 shop_db notification "SELECT count(*) FROM notifications WHERE payment_id = '$pid'" ||
         fail "$name: no failure notification"
 }
 
