@@ -24,6 +24,17 @@ extra_cleanup() {
         done
     fi
     shop_stop_all
+    # Under ASan/UBSan (OUTBOXD_SANITIZE) a report in any service's log fails
+    # the test (rc is lib.sh cleanup()'s exit status).
+    local bad
+    bad=$(grep -l -E 'ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:' "$SHOP_WORK"/*.log 2>/dev/null || true)
+    if [ -n "$bad" ]; then
+        for f in $bad; do
+            echo "--- sanitizer report in $f" >&2
+            grep -A 30 -E 'Sanitizer|runtime error:' "$f" | head -60 >&2
+        done
+        rc=1
+    fi
 }
 fail() {
     SHOP_FAILED=1
