@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "outboxd/common/log.h"
+#include "outboxd/common/util.h"
 #include "shop.h"
 
 bool shop_jint(json_t *o, const char *key, long long *out, char *errstr, size_t errstr_size)
@@ -63,6 +65,16 @@ static int write_result(shop_svc_t *svc, PGconn *conn, const outboxd_shop_event_
         json_object_set(p, "orderId", oid);
     json_object_set_new(p, "service", json_string(service));
     json_object_set_new(p, "success", json_boolean(ok));
+    /* when the participant did its step, for the saga's trace */
+    char at[64];
+    int64_t us = outboxd_wall_us();
+    time_t secs = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(at, sizeof(at), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(us % 1000000 / 1000));
+    json_object_set_new(p, "at", json_string(at));
     if (!ok)
         json_object_set_new(p, "reason", json_string(reason));
     int rc = outboxd_shop_outbox_write(conn, &svc->conf, "payment-result", payment_id,

@@ -230,7 +230,10 @@ int main(int argc, char **argv)
     outboxd_shop_http_t *http = NULL;
     PGconn *conn = outboxd_shop_connect(svc.conf.dsn, errstr, sizeof(errstr));
     if (!conn) {
-        LOG_ERROR(def->name, "%s (create the database first; see deploy/shop)", errstr);
+        LOG_ERROR(def->name,
+                  "%s (is PostgreSQL up and the database created? deploy/shop/shop.sh creates one "
+                  "per service)",
+                  errstr);
         return 1;
     }
     if (outboxd_shop_schema_ensure(conn, errstr, sizeof(errstr)) < 0 ||

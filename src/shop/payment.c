@@ -293,9 +293,10 @@ static int on_result(shop_svc_t *svc, PGconn *conn, const outboxd_shop_event_t *
     snprintf(prev, sizeof(prev), "%s", PQgetvalue(res, 0, 0));
     snprintf(late, sizeof(late), "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
-    char detail[600];
-    snprintf(detail, sizeof(detail), "%s%s%s", ok ? "success" : "failure", reason ? ": " : "",
-             reason ? reason : "");
+    char detail[700];
+    const char *at = json_string_value(json_object_get(ev->payload, "at"));
+    snprintf(detail, sizeof(detail), "%s%s%s%s%s%s", ok ? "success" : "failure", reason ? ": " : "",
+             reason ? reason : "", at ? " (done at " : "", at ? at + 11 : "", at ? ")" : "");
     if (strcmp(prev, "SUCCESS") == 0 || strcmp(prev, "FAIL") == 0 || *late) {
         rc = trace(conn, payment_id, service, "duplicate result ignored", detail, errstr,
                    errstr_size);
