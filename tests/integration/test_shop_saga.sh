@@ -12,7 +12,7 @@
 source "$(dirname "$0")/shop_lib.sh"
 
 # a low gateway rate, so that the rate limit can be seen below
-SHOP_GATEWAY_RATE=50 SHOP_GATEWAY_BURST=100
+SHOP_GATEWAY_RATE=20 SHOP_GATEWAY_BURST=40
 shop_up
 
 PRICE=1000
@@ -120,7 +120,7 @@ shop_api GET "/api/members/$LEE" "$KIM_T" >/dev/null
 [ "$SHOP_CODE" = 403 ] || fail "kim reading lee's account: HTTP $SHOP_CODE, expected 403"
 shop_api POST /api/products "" '{"name": "x", "price": 1, "stock": 1}' >/dev/null
 [ "$SHOP_CODE" = 403 ] || fail "POST on the public catalogue: HTTP $SHOP_CODE, expected 403"
-# the rate limit: 50 r/s with a burst of 100 per client and token
+# the rate limit: 20 r/s with a burst of 40 per client and token
 # (one curl process on one kept-alive connection: fast enough on a loaded machine)
 urls=()
 for _ in $(seq 1 400); do urls+=(-o /dev/null "$SHOP_GATEWAY/api/products"); done
