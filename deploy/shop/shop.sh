@@ -72,12 +72,26 @@ shop_db() { # shop_db SERVICE SQL: one value per line, fields separated by |
 }
 
 shop_start_redis() {
+    local try
+    for try in 1 2 3; do
+        _shop_start_redis && return 0
+        grep -q 'Address already in use' "$SHOP_WORK/redis.log" 2>/dev/null || return 1
+        shop_log "port $SHOP_REDIS_PORT of redis was taken; trying another"
+        SHOP_REDIS_PORT=$(shop_free_port)
+    done
+    return 1
+}
+
+_shop_start_redis() {
+    : >"$SHOP_WORK/redis.log"
     redis-server --port "$SHOP_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$SHOP_WORK" --logfile "$SHOP_WORK/redis.log" --daemonize no &
     SHOP_PID[redis]=$!
     _shop_track redis $!
+    local pid=$!
     for _ in $(seq 1 100); do
         redis-cli -p "$SHOP_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
     shop_die "redis did not answer on port $SHOP_REDIS_PORT (see $SHOP_WORK/redis.log)"
@@ -161,6 +175,18 @@ shop_start_relay() {
 }
 
 shop_start_nginx() {
+    local try
+    for try in 1 2 3; do
+        _shop_start_nginx && return 0
+        grep -q 'Address already in use' "$SHOP_WORK/nginx-error.log" "$SHOP_WORK/nginx.out" 2>/dev/null || return 1
+        shop_log "port $SHOP_GATEWAY_PORT of the gateway was taken; trying another"
+        SHOP_GATEWAY_PORT=$(shop_free_port)
+        SHOP_GATEWAY="http://127.0.0.1:$SHOP_GATEWAY_PORT"
+    done
+    return 1
+}
+
+_shop_start_nginx() {
     mkdir -p "$SHOP_WORK/nginx-tmp"
     sed -e "s|@WORK@|$SHOP_WORK|g" \
         -e "s|@GATEWAY_PORT@|$SHOP_GATEWAY_PORT|g" \
@@ -179,8 +205,10 @@ shop_start_nginx() {
     nginx -p "$SHOP_WORK" -c "$SHOP_WORK/nginx.conf" >>"$SHOP_WORK/nginx.out" 2>&1 &
     SHOP_PID[nginx]=$!
     _shop_track nginx $!
+    # nginx's own answer, not just an open port (another process may hold it)
     for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$SHOP_GATEWAY_PORT") 2>/dev/null && return 0
+        kill -0 "${SHOP_PID[nginx]}" 2>/dev/null || return 1
+        curl -s -m 2 "$SHOP_GATEWAY/" 2>/dev/null | grep -q 'no such route' && return 0
         sleep 0.1
     done
     shop_die "nginx did not listen on $SHOP_GATEWAY_PORT (see $SHOP_WORK/nginx-error.log)"
