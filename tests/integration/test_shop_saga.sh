@@ -46,6 +46,10 @@ jq -e '.trace[-1].step == "COMPLETED"' <<<"$TRACE" >/dev/null || fail "trace doe
 settle
 [ "$(topic_count complete-order "$PID")" = 1 ] || fail "complete-order not exactly once"
 [ "$(topic_count payment-pending "$PID")" = 1 ] || fail "payment-pending not exactly once"
+# the saga's trace id (the payment id) travels in the trace_id header, from
+# the coordinator's outbox through each participant's answer
+topic_dump payment-result | grep "$PID" | jq -s -e --arg p "$PID" 'length == 4 and (map(.headers.trace_id == $p) | all)' >/dev/null ||
+    fail "payment-result records lack the trace_id header: $(topic_dump payment-result | grep "$PID" | head -n 1)"
 
 # ------------------------------------------------- each participant failing
 # fail_case NAME FAILING_SERVICE TOKEN ORDER QTY AMOUNT COUPON DISCOUNT
