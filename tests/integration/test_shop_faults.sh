@@ -3,7 +3,8 @@
 #  - redelivery: every event consumed again from offset zero (new consumer
 #    groups) changes nothing: each consumer finds all in its inbox;
 #  - a poison message lands on <topic>.dlt after the retries, once per
-#    consumer, with the error, and the consumers go on;
+#    consumer, with the error, and the consumers go on; a value that is not
+#    outboxd's Avro at all is dead-lettered without retries;
 #  - timeout: product stopped, the saga fails by timeout and compensates the
 #    others; product comes back, its late success is compensated too;
 #  - the coordinator SIGKILLed with sagas open, restarted: all finish;
@@ -70,9 +71,18 @@ for s in order member coupon product; do
     d=$(curl -s "http://127.0.0.1:${SHOP_PORT[$s]}/stats" | jq '.consumers[] | select(.consumer == "pending") | .deadLetters')
     [ "$d" = 1 ] || fail "$s dead-lettered $d events, expected 1"
 done
+log "poison: a value that is not outboxd's Avro at all (written straight to Kafka)"
+"$OUTBOXD_TOOLS/shop_produce" "$KAFKA_BOOTSTRAP" "${SHOP_TOPIC_PREFIX}payment-pending" raw '{"not": "avro"}' ||
+    fail "could not produce the raw message"
+raw_count() { topic_dump payment-pending.dlt | grep -c 'avro decode: magic' || true; }
+shop_wait_eq "4 dead letters of the undecodable value" 120 4 raw_count ||
+    fail "undecodable value dead-lettered $(raw_count) times, expected 4"
+# not decodable is not retried: the first attempt never ran a handler
+topic_dump payment-pending.dlt | grep 'avro decode: magic' | jq -s -e 'map(.value.payload.attempts == 0) | all' >/dev/null ||
+    fail "undecodable value was retried"
 O=$(order "$KIM_T" "$KB" 1 1000 null 0)
 P=$(pay "$KIM_T" "$O" "$KB" 1 1000 null 0)
-[ "$(jq -r .status <<<"$P")" = COMPLETED ] || fail "payment after the poison message: $P"
+[ "$(jq -r .status <<<"$P")" = COMPLETED ] || fail "payment after the poison messages: $P"
 
 # ----------------------------------------------------------------- timeout
 log "timeout: product stopped, saga times out after 5 s; product back, its late success is undone"
