@@ -1,85 +1,161 @@
 #!/usr/bin/env bash
-# The main job, on a fresh machine: installs what is needed, builds, starts a
-# local PostgreSQL and Kafka (tests/stack/stack.sh), creates the payment,
-# order and member databases with their outbox tables, runs outboxd on
-# config/outboxd.example.yaml, writes a small payment run as outbox rows
-# (and one pg_logical_emit_message), and prints the decoded events as a
-# read_committed consumer receives them. Everything is stopped at the end;
-# with --keep the stack and the relay stay up (stop them with
-# `STACK_DIR=/tmp/outboxd-demo tests/stack/stack.sh stop`).
+# The main job: the seed's shop running on outboxd (README "The shop (payment
+# SAGA)"). On a fresh machine it installs what is needed, builds, starts a
+# local PostgreSQL and Kafka (tests/stack/stack.sh), Redis, the eight shop
+# services (each its own process and database), outboxd relaying every
+# service's outbox, and nginx as the API gateway, all on free ports. Then,
+# through the gateway: seeds products, a coupon and two members; runs a
+# payment that succeeds and one that fails on stock (and is compensated);
+# prints each saga's trace and the final balances, stock, coupon and order
+# states. Everything is stopped at the end (also on Ctrl-C or an error).
 #
-#   scripts/demo.sh [--keep]
+#   scripts/demo.sh [--keep]     --keep: leave it all running, print how to stop
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 KEEP=0
 [ "${1:-}" = "--keep" ] && KEEP=1
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+bold() { printf '\033[1m%s\033[0m\n' "$*"; }
+step() { printf '\n'; bold "== $*"; }
 
 step "installing dependencies"
 scripts/install-deps.sh
 step "building"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-ninja -C build outboxd okcat
+ninja -C build outboxd outboxd-shop
 
 export STACK_DIR=/tmp/outboxd-demo
-RELAY=""
+SHOP_ROOT=$ROOT
+SHOP_BIN=$ROOT/build/src/shop/outboxd-shop
+OUTBOXD_BIN=$ROOT/build/outboxd
+SHOP_WORK=$STACK_DIR/shop
+SHOP_PREFIX=demo
+# shellcheck source=deploy/shop/shop.sh
+source deploy/shop/shop.sh
+
 finish() {
-    if [ "$KEEP" = 1 ]; then
-        echo "kept running: relay pid ${RELAY:-none}, stack in $STACK_DIR"
+    local rc=$?
+    if [ "$KEEP" = 1 ] && [ $rc = 0 ]; then
+        echo
+        echo "kept running (gateway $SHOP_GATEWAY, admin token $SHOP_ADMIN_TOKEN);"
+        echo "stop with: kill \$(awk '{print \$2}' $SHOP_WORK/pids); STACK_DIR=$STACK_DIR tests/stack/stack.sh stop --clean"
         return
     fi
-    [ -n "$RELAY" ] && kill -TERM "$RELAY" 2>/dev/null && wait "$RELAY" 2>/dev/null || true
+    if [ $rc != 0 ] && [ -d "$SHOP_WORK" ]; then
+        echo "demo failed; last lines of each log in $SHOP_WORK:" >&2
+        for f in "$SHOP_WORK"/*.log; do
+            [ -s "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }
+        done
+    fi
+    step "stopping everything"
+    shop_stop_all
     tests/stack/stack.sh stop --clean >/dev/null 2>&1 || true
+    echo "stopped: services, outboxd, nginx, Redis, Kafka, PostgreSQL"
 }
 trap finish EXIT
-[ "$KEEP" = 1 ] || export STACK_OWNER_PID=$$
+trap 'exit 130' INT TERM
+[ "$KEEP" = 1 ] || export STACK_OWNER_PID=$$ STACK_OWNER_CLEAN=1
+
 step "starting PostgreSQL and Kafka"
 tests/stack/stack.sh start
 # shellcheck disable=SC1091
 source "$STACK_DIR/env"
 export PGHOST PGPORT PGUSER KAFKA_BOOTSTRAP PATH="$PG_BIN:$PATH"
 
-step "creating the payment, order and member databases with an outbox table each"
-for db in payment order member; do
-    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
-    psql -X -q -d "$db" -c "CREATE TABLE outbox (
-        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-        aggregatetype text NOT NULL,
-        aggregateid text NOT NULL,
-        type text NOT NULL,
-        payload jsonb NOT NULL,
-        \"timestamp\" timestamptz NOT NULL DEFAULT now())"
+step "starting Redis, the services, outboxd and the nginx gateway"
+rm -rf "$SHOP_WORK"
+SHOP_SAGA_TIMEOUT_MS=${SHOP_SAGA_TIMEOUT_MS:-30000}
+shop_init
+shop_start_all
+for s in "${SHOP_SERVICES[@]}"; do
+    printf '  %-13s pid %-7s http 127.0.0.1:%s  database %s\n' "$s" "${SHOP_PID[$s]}" \
+        "${SHOP_PORT[$s]}" "${SHOP_DB_PREFIX}$s"
 done
+printf '  %-13s pid %-7s (deploy/shop/outboxd.yaml: 8 sources)\n' outboxd "${SHOP_PID[outboxd]}"
+printf '  %-13s pid %-7s gateway %s\n' nginx "${SHOP_PID[nginx]}" "$SHOP_GATEWAY"
+printf '  %-13s pid %-7s port %s\n' redis "${SHOP_PID[redis]}" "$SHOP_REDIS_PORT"
 
-step "outboxd check (creates each publication and slot)"
-build/outboxd check -c config/outboxd.example.yaml
+api() { # api METHOD PATH TOKEN [JSON]: a call through the gateway; fails on a non-2xx
+    local out
+    shop_api "$@" >"$SHOP_WORK/api.out"
+    out=$(cat "$SHOP_WORK/api.out")
+    printf '  %s %s -> %s\n' "$1" "$2" "$SHOP_CODE" >&2
+    case $SHOP_CODE in 2*) ;; *)
+        echo "  unexpected answer: $out" >&2
+        return 1
+        ;;
+    esac
+    echo "$out"
+}
 
-step "starting outboxd"
-build/outboxd run -c config/outboxd.example.yaml 2> >(sed -u 's/^/  relay | /' >&2) &
-RELAY=$!
-sleep 2
+step "seeding through the gateway (admin routes need the admin token)"
+A=$SHOP_ADMIN_TOKEN
+KEYBOARD=$(api POST /api/admin/products "$A" '{"name": "mechanical keyboard", "price": 39800, "stock": 10}' | jq .id)
+MONITOR=$(api POST /api/admin/products "$A" '{"name": "4K monitor", "price": 250000, "stock": 1}' | jq .id)
+COUPON=$(api POST /api/admin/coupons "$A" '{"name": "WELCOME5000", "discount": 5000, "total": 3}' | jq .id)
+KIM=$(api POST /api/members '' '{"name": "kim"}')
+KIM_ID=$(jq .id <<<"$KIM") KIM_TOKEN=$(jq -r .token <<<"$KIM")
+LEE=$(api POST /api/members '' '{"name": "lee"}')
+LEE_ID=$(jq .id <<<"$LEE") LEE_TOKEN=$(jq -r .token <<<"$LEE")
+api POST "/api/members/$KIM_ID/charge" "$KIM_TOKEN" '{"amount": 100000}' >/dev/null
+api POST "/api/members/$LEE_ID/charge" "$LEE_TOKEN" '{"amount": 600000}' >/dev/null
+api POST "/api/coupons/$COUPON/issue" "$KIM_TOKEN" >/dev/null
 
-step "a payment run, written as outbox rows in each service's own transaction"
-psql -X -q -d payment -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES
-    ('payment', 'order-1001', 'PaymentPending', '{\"orderId\": 1001, \"memberId\": 7, \"productId\": 42, \"quantity\": 2, \"couponId\": 5, \"amount\": 39800}')"
-psql -X -q -d order -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES
-    ('payment-result', 'order-1001', 'PaymentResult', '{\"orderId\": 1001, \"service\": \"order\", \"success\": true}')"
-psql -X -q -d member -c "BEGIN;
-    INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES
-    ('payment-result', 'order-1001', 'PaymentResult', '{\"orderId\": 1001, \"service\": \"member\", \"success\": true, \"balanceAfter\": 60200}');
-    COMMIT;"
-psql -X -q -d payment -c "SELECT pg_logical_emit_message(true, 'outbox',
-    '{\"id\": \"5d0f4a52-0000-4000-8000-000000001001\", \"aggregatetype\": \"complete-order\", \"aggregateid\": \"order-1001\", \"type\": \"CompleteOrder\", \"payload\": {\"orderId\": 1001, \"status\": \"COMPLETED\"}}')" >/dev/null
+step "the gateway refuses what it should"
+shop_api POST "/api/payments" "" '{}' >/dev/null
+echo "  no token                  -> $SHOP_CODE"
+shop_api GET "/api/orders" "not-a-token" >/dev/null
+echo "  wrong token               -> $SHOP_CODE"
+shop_api POST /api/admin/products "$KIM_TOKEN" '{"name": "x", "price": 1, "stock": 1}' >/dev/null
+echo "  a user on an admin route  -> $SHOP_CODE"
 
-step "events as a read_committed consumer sees them (decoded from Avro)"
-build/tests/tools/okcat -b "$KAFKA_BOOTSTRAP" -T '^outbox\.event\..*' --count 4 --idle-ms 3000 --json |
-    grep '^{' | sed 's/^/  /'
+# pay TOKEN MEMBER PRODUCT QTY PRICE COUPON DISCOUNT: order, then pay and wait.
+pay() {
+    local token=$1 member=$2 product=$3 qty=$4 price=$5 coupon=$6 discount=$7
+    local amount=$((price * qty - discount)) order body
+    body="\"productId\": $product, \"quantity\": $qty, \"couponId\": $coupon, \"amount\": $amount, \"discount\": $discount"
+    order=$(api POST /api/orders "$token" "{$body}" | jq .id)
+    api POST "/api/payments?wait=20s" "$token" "{\"orderId\": $order, \"memberId\": $member, $body}"
+}
 
-step "stopping outboxd with SIGTERM"
-kill -TERM "$RELAY"
-rc=0
-wait "$RELAY" || rc=$?
-RELAY=""
-echo "outboxd exited with status $rc"
+print_saga() { # print_saga PAYMENT_JSON TOKEN
+    local id
+    id=$(jq -r .paymentId <<<"$1")
+    jq -r '"  payment \(.paymentId): \(.status) in \(.elapsedMs) ms" + (if .reason then " (\(.reason))" else "" end)' <<<"$1"
+    jq -r '.participants[] | "    \(.service | .+"        " | .[:8]) \(.result)\(if .compensation then ", compensation \(.compensation)" else "" end)"' <<<"$1"
+    echo "  trace (GET /api/payments/$id/trace):"
+    api GET "/api/payments/$id/trace" "$2" 2>/dev/null |
+        jq -r '.trace[] | "    \(.at[11:23])  \(.service | .+"         " | .[:9]) \(.step)\(if .detail then ": \(.detail)" else "" end)"'
+}
+
+step "payment 1: kim buys 2 keyboards with the coupon (79600 - 5000 = 74600)"
+P1=$(pay "$KIM_TOKEN" "$KIM_ID" "$KEYBOARD" 2 39800 "$COUPON" 5000)
+print_saga "$P1" "$KIM_TOKEN"
+
+step "payment 2: lee buys 2 monitors, only 1 in stock: product fails, the others are compensated"
+P2=$(pay "$LEE_TOKEN" "$LEE_ID" "$MONITOR" 2 250000 null 0)
+print_saga "$P2" "$LEE_TOKEN"
+
+step "final state (each read from its own service's database)"
+echo "  balances:"
+shop_db member "SELECT '    ' || name || ': ' || balance FROM members WHERE role = 'user' ORDER BY id"
+echo "  stock:"
+shop_db product "SELECT '    ' || name || ': ' || stock FROM products ORDER BY id"
+echo "  coupon WELCOME5000:"
+shop_db coupon "SELECT '    issued ' || issued || ' of ' || total FROM coupons WHERE id = $COUPON"
+shop_db coupon "SELECT '    member ' || member_id || ': ' || status FROM member_coupons WHERE coupon_id = $COUPON ORDER BY member_id"
+echo "  orders:"
+shop_db order "SELECT '    order ' || id || ' (member ' || member_id || '): ' || status || coalesce(' (last failure: ' || last_failure || ')', '') FROM orders ORDER BY id"
+
+# notification and the data platform consume the outcomes asynchronously
+shop_wait_eq "notifications" 60 2 shop_db notification 'SELECT count(*) FROM notifications'
+shop_wait_eq "the data platform" 60 1 shop_db platform 'SELECT count(*) FROM received_orders'
+echo "  notifications sent:"
+shop_db notification "SELECT '    to member ' || member_id || ': ' || message FROM notifications ORDER BY id"
+echo "  external data platform received:"
+shop_db platform "SELECT '    order ' || order_id || ', amount ' || (payload->>'amount') FROM received_orders"
+shop_wait_for "popular products" 60 sh -c "curl -s '$SHOP_GATEWAY/api/popular?days=3' | jq -e '.top | length > 0'"
+echo "  popular products, last 3 days (Redis):"
+shop_api GET "/api/popular?days=3&limit=5" | jq -r '.top[] | "    product \(.productId): \(.quantity) sold"'
+echo "  outboxd relayed $(for s in "${SHOP_SERVICES[@]}"; do shop_db "$s" 'SELECT count(*) FROM outbox'; done | awk "{ s += \$1 } END { print s }") outbox rows"

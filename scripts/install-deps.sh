@@ -24,6 +24,8 @@ PACKAGES=(
   curl unzip python3-venv openssl
   # systemd-analyze verify/security for the deploy/systemd units
   systemd
+  # the shop (src/shop): Redis client, and the demo's Redis, gateway and JSON tool
+  libhiredis-dev redis-server nginx jq
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

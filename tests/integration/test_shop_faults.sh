@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# The shop under faults (real PostgreSQL, Kafka, outboxd, Redis, nginx):
+#  - redelivery: every event consumed again from offset zero (new consumer
+#    groups) changes nothing: each consumer finds all in its inbox;
+#  - a poison message lands on <topic>.dlt after the retries, once per
+#    consumer, with the error, and the consumers go on; a value that is not
+#    outboxd's Avro at all is dead-lettered without retries;
+#  - timeout: product stopped, the saga fails by timeout and compensates the
+#    others; product comes back, its late success is compensated too;
+#  - the coordinator SIGKILLed with sagas open, restarted: all finish;
+#  - outboxd SIGKILLed with sagas open, restarted: same outcomes, each
+#    complete-order exactly once.
+# shellcheck disable=SC1091
+source "$(dirname "$0")/shop_lib.sh"
+
+SHOP_SAGA_TIMEOUT_MS=120000
+shop_up
+
+KB=$(new_product keyboard 1000 1000)
+read -r KIM KIM_T <<<"$(new_member kim 1000000)"
+
+# ------------------------------------------------------------- redelivery
+log "redelivery: one good and one failed payment, then every consumer again from offset 0"
+O=$(order "$KIM_T" "$KB" 1 1000 null 0)
+P=$(pay "$KIM_T" "$O" "$KB" 1 1000 null 0)
+[ "$(jq -r .status <<<"$P")" = COMPLETED ] || fail "first payment: $P"
+O=$(order "$KIM_T" "$KB" 5000 5000000 null 0)
+P=$(pay "$KIM_T" "$O" "$KB" 5000 5000000 null 0)
+[ "$(jq -r .status <<<"$P")" = FAILED ] || fail "second payment should fail: $P"
+settle
+before=$(snapshot)
+REPLAY=(--group-prefix "${SHOP_TOPIC_PREFIX}replay.")
+for s in "${SHOP_SERVICES[@]}"; do
+    shop_stop_service "$s"
+    shop_start_service "$s" "${REPLAY[@]}"
+done
+for s in "${SHOP_SERVICES[@]}"; do shop_wait_ready "$s" || fail "$s did not restart"; done
+# each consumer must find every event it had handled already in its inbox
+replayed() {
+    local s=$1 stats c want got handled
+    stats=$(curl -s "http://127.0.0.1:${SHOP_PORT[$s]}/stats") || return 1
+    for c in $(jq -r '.consumers[].consumer' <<<"$stats"); do
+        want=$(shop_db "$s" "SELECT count(*) FROM inbox WHERE consumer = '$c'")
+        got=$(jq --arg c "$c" '.consumers[] | select(.consumer == $c) | .duplicates' <<<"$stats")
+        handled=$(jq --arg c "$c" '.consumers[] | select(.consumer == $c) | .handled' <<<"$stats")
+        [ "$handled" = 0 ] || fail "$s/$c applied $handled event(s) again on redelivery"
+        [ "$got" = "$want" ] || return 1
+    done
+}
+total=0
+for s in "${SHOP_SERVICES[@]}"; do
+    shop_wait_for "$s to re-read everything" 120 replayed "$s" ||
+        fail "$s did not see every event again: $(curl -s "http://127.0.0.1:${SHOP_PORT[$s]}/stats")"
+    total=$((total + $(curl -s "http://127.0.0.1:${SHOP_PORT[$s]}/stats" | jq '[.consumers[].duplicates] | add // 0')))
+done
+settle
+after=$(snapshot)
+[ "$before" = "$after" ] || fail "redelivery changed state: $(diff <(echo "$before") <(echo "$after"))"
+log "redelivery: $total events delivered twice, none applied twice"
+
+# ------------------------------------------------------------------ poison
+log "poison: a payment-pending without the fields any participant needs"
+shop_db payment "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+    VALUES (gen_random_uuid(), '${SHOP_TOPIC_PREFIX}payment-pending', 'poison', 'payment-pending', '{\"garbage\": true}')" >/dev/null
+dlt_count() { topic_dump payment-pending.dlt | grep -c 'field \\"paymentId\\" is missing' || true; }
+shop_wait_eq "4 dead letters (one per participant)" 120 4 dlt_count ||
+    fail "payment-pending.dlt holds $(dlt_count) dead letters, expected 4: $(topic_dump payment-pending.dlt | head -c 2000)"
+topic_dump payment-pending.dlt | head -n 1 | jq -e '.value.payload.attempts == 4 and .value.payload.event.payload.garbage == true' >/dev/null ||
+    fail "dead letter lacks attempts or the original event: $(topic_dump payment-pending.dlt | head -n 1)"
+for s in order member coupon product; do
+    d=$(curl -s "http://127.0.0.1:${SHOP_PORT[$s]}/stats" | jq '.consumers[] | select(.consumer == "pending") | .deadLetters')
+    [ "$d" = 1 ] || fail "$s dead-lettered $d events, expected 1"
+done
+log "poison: a value that is not outboxd's Avro at all (written straight to Kafka)"
+"$OUTBOXD_TOOLS/shop_produce" "$KAFKA_BOOTSTRAP" "${SHOP_TOPIC_PREFIX}payment-pending" raw '{"not": "avro"}' ||
+    fail "could not produce the raw message"
+raw_count() { topic_dump payment-pending.dlt | grep -c 'avro decode: magic' || true; }
+shop_wait_eq "4 dead letters of the undecodable value" 120 4 raw_count ||
+    fail "undecodable value dead-lettered $(raw_count) times, expected 4"
+# not decodable is not retried: the first attempt never ran a handler
+topic_dump payment-pending.dlt | grep 'avro decode: magic' | jq -s -e 'map(.value.payload.attempts == 0) | all' >/dev/null ||
+    fail "undecodable value was retried"
+O=$(order "$KIM_T" "$KB" 1 1000 null 0)
+P=$(pay "$KIM_T" "$O" "$KB" 1 1000 null 0)
+[ "$(jq -r .status <<<"$P")" = COMPLETED ] || fail "payment after the poison messages: $P"
+
+# ----------------------------------------------------------------- timeout
+log "timeout: product stopped, saga times out after 5 s; product back, its late success is undone"
+shop_stop_service payment
+SHOP_SAGA_TIMEOUT_MS=5000 shop_start_service payment "${REPLAY[@]}"
+shop_wait_ready payment || fail "payment did not restart"
+O=$(order "$KIM_T" "$KB" 2 2000 null 0)
+settle
+before=$(snapshot)
+shop_stop_service product
+P=$(pay "$KIM_T" "$O" "$KB" 2 2000 null 0 60s)
+PID=$(jq -r .paymentId <<<"$P")
+[ "$(jq -r .status <<<"$P")" = FAILED ] || fail "timed-out payment: $P"
+jq -e '.participants[] | select(.service == "product") | .result == "TIMEOUT"' <<<"$P" >/dev/null || fail "product not TIMEOUT: $P"
+jq -e '[.participants[] | select(.service != "product") | .compensation] | all(. == "DONE")' <<<"$P" >/dev/null ||
+    fail "the others were not compensated: $P"
+shop_start_service product "${REPLAY[@]}"
+shop_wait_ready product || fail "product did not restart"
+shop_wait_eq "the late product result compensated" 120 SUCCESS/DONE shop_db payment "SELECT late_result || '/' || compensation FROM saga_steps WHERE payment_id = '$PID' AND service = 'product'" ||
+    fail "late result: $(shop_db payment "SELECT * FROM saga_steps WHERE payment_id = '$PID'")"
+settle
+after=$(snapshot)
+[ "$before" = "$after" ] || fail "timeout left state changed: $(diff <(echo "$before") <(echo "$after"))"
+[ "$(payment_status "$PID")" = FAILED ] || fail "payment is $(payment_status "$PID") after the late result"
+[ "$(topic_count payment-failed "$PID")" = 1 ] || fail "payment-failed not exactly once after the late result"
+[ "$(shop_db product "SELECT state FROM payment_ops WHERE payment_id = '$PID'")" = COMPENSATED ] || fail "product's step not COMPENSATED"
+
+# ------------------------------------------- coordinator killed mid-saga
+# start_batch N: N orders paid without waiting, with product stopped so that
+# every saga is surely open (three results in, product's missing) when the
+# fault hits; prints the payment ids. product is started again by the caller.
+start_batch() {
+    local i o p orders=()
+    for i in $(seq 1 "$1"); do orders+=("$(order "$KIM_T" "$KB" 1 1000 null 0)"); done
+    shop_stop_service product
+    for o in "${orders[@]}"; do
+        p=$(pay "$KIM_T" "$o" "$KB" 1 1000 null 0 0s)
+        jq -r .paymentId <<<"$p"
+    done
+}
+shop_stop_service payment
+shop_start_service payment "${REPLAY[@]}"
+shop_wait_ready payment || fail "payment did not restart"
+settle
+stock0=$(shop_db product "SELECT stock FROM products WHERE id = $KB")
+log "coordinator: 10 payments open, then SIGKILL the payment service"
+mapfile -t PIDS < <(start_batch 10)
+[ ${#PIDS[@]} = 10 ] || fail "could not start 10 payments"
+IN1=$(printf "'%s'," "${PIDS[@]}" | sed 's/,$//')
+shop_wait_eq "3 results in for all 10" 120 30 shop_db payment "SELECT count(*) FROM saga_steps WHERE result IS NOT NULL AND payment_id IN ($IN1)" ||
+    fail "results: $(shop_db payment "SELECT count(*) FROM saga_steps WHERE result IS NOT NULL AND payment_id IN ($IN1)")"
+shop_stop_service payment KILL
+open=$(shop_db payment "SELECT count(*) FROM payments WHERE status IN ('PENDING', 'COMPENSATING')")
+[ "$open" = 10 ] || fail "expected 10 open sagas at the kill, found $open"
+log "coordinator killed with $open sagas open; product's results arrive while it is down"
+shop_start_service product "${REPLAY[@]}"
+shop_wait_ready product || fail "product did not restart"
+shop_wait_eq "product answered all 10" 120 10 shop_db product "SELECT count(*) FROM payment_ops WHERE state = 'APPLIED' AND payment_id IN ($IN1)" ||
+    fail "product did not answer"
+shop_start_service payment "${REPLAY[@]}"
+for p in "${PIDS[@]}"; do wait_payment "$p" COMPLETED 180; done
+settle
+[ "$(shop_db product "SELECT stock FROM products WHERE id = $KB")" = $((stock0 - 10)) ] || fail "stock after the coordinator restart"
+
+# ------------------------------------------------ outboxd killed mid-saga
+log "outboxd: 10 payments open, then SIGKILL outboxd"
+mapfile -t PIDS2 < <(start_batch 10)
+[ ${#PIDS2[@]} = 10 ] || fail "could not start 10 payments"
+IN2=$(printf "'%s'," "${PIDS2[@]}" | sed 's/,$//')
+shop_wait_eq "3 results in for the new 10" 120 30 shop_db payment "SELECT count(*) FROM saga_steps WHERE result IS NOT NULL AND payment_id IN ($IN2)" ||
+    fail "results: $(shop_db payment "SELECT count(*) FROM saga_steps WHERE result IS NOT NULL AND payment_id IN ($IN2)")"
+shop_stop_service outboxd KILL
+open=$(shop_db payment "SELECT count(*) FROM payments WHERE status IN ('PENDING', 'COMPENSATING')")
+[ "$open" = 10 ] || fail "expected 10 open sagas at the kill, found $open"
+log "outboxd killed with $open sagas open; product answers into its outbox while the relay is down"
+shop_start_service product "${REPLAY[@]}"
+shop_wait_ready product || fail "product did not restart"
+shop_wait_eq "product answered the new 10" 120 10 shop_db product "SELECT count(*) FROM payment_ops WHERE state = 'APPLIED' AND payment_id IN ($IN2)" ||
+    fail "product did not answer"
+"$OUTBOXD_BIN" run -c "$SHOP_ROOT/deploy/shop/outboxd.yaml" >>"$SHOP_WORK/outboxd.log" 2>&1 &
+SHOP_PID[outboxd]=$!
+echo "outboxd $!" >>"$SHOP_WORK/pids"
+for p in "${PIDS2[@]}"; do wait_payment "$p" COMPLETED 180; done
+settle
+[ "$(shop_db product "SELECT stock FROM products WHERE id = $KB")" = $((stock0 - 20)) ] || fail "stock after the relay restart"
+topic_dump complete-order >"$WORK/complete.json"
+for p in "${PIDS[@]}" "${PIDS2[@]}"; do
+    [ "$(grep -c "$p" "$WORK/complete.json")" = 1 ] || fail "complete-order for $p not exactly once"
+done
+shop_wait_eq "the data platform got 22 orders" 60 22 shop_db platform "SELECT count(*) FROM received_orders" ||
+    fail "data platform: $(shop_db platform "SELECT count(*) FROM received_orders") orders, expected 22"
+
+log "PASS in $((SECONDS - T0)) s"
