@@ -67,6 +67,9 @@ struct outboxd_sink {
     char **known;
     size_t n_known, cap_known;
     char missing_topic[256];
+    /* A fatal producer-state error another producer can recover from (see
+     * recoverable_fatal): the producers are recreated at the API boundary. */
+    bool reset_needed;
     bool initialized;
     bool in_txn;
     outboxd_keepalive_cb keepalive;
@@ -357,6 +360,22 @@ static void rotate(outboxd_sink_t *s)
     s->rk = s->rks[s->cur];
 }
 
+/*
+ * Fatal errors of the producer's own transactional state, seen when a topic
+ * is deleted while a transaction uses it (AddPartitionsToTxn fails, then
+ * librdkafka 2.0's abort ends in INVALID_TXN_STATE). A new producer with the
+ * same transactional.id fences the old one and aborts what it left open, so
+ * the source can rewind and go on. Fenced and authorization errors stay
+ * fatal.
+ */
+static bool recoverable_fatal(rd_kafka_resp_err_t ferr)
+{
+    return ferr == RD_KAFKA_RESP_ERR_INVALID_TXN_STATE ||
+           ferr == RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID ||
+           ferr == RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER ||
+           ferr == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_ID_MAPPING;
+}
+
 /* Maps a transactional API error to a status, logging it. */
 static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, const char *what,
                                       char *errstr, size_t errstr_size)
@@ -375,6 +394,8 @@ static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, 
         else if (ferr)
             snprintf(errstr, errstr_size, "%s: fatal Kafka error %s: %s", what,
                      rd_kafka_err2name(ferr), reason);
+        if (recoverable_fatal(ferr))
+            s->reset_needed = true;
         st = OUTBOXD_SINK_FATAL;
     } else if (rd_kafka_error_txn_requires_abort(err)) {
         st = OUTBOXD_SINK_ABORTED;
@@ -683,7 +704,70 @@ static void pause_briefly(outboxd_sink_t *s, int attempt)
     usleep((useconds_t)ms * 1000);
 }
 
+/* Replaces every producer by a new one with the same transactional.id; the
+ * caller must run outboxd_sink_init again (see outboxd_sink_ready). */
+static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    for (int i = 0; i < s->n_rks; i++) {
+        rd_kafka_purge(s->rks[i], RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_destroy(s->rks[i]);
+        s->rks[i] = NULL;
+    }
+    for (size_t i = 0; i < s->n_known; i++)
+        free(s->known[i]);
+    s->n_known = 0;
+    s->in_txn = false;
+    s->initialized = false;
+    s->cur = 0;
+    for (int i = 0; i < s->n_rks; i++) {
+        s->rks[i] = new_producer(s, s->txnids[i], errstr, errstr_size);
+        if (!s->rks[i]) {
+            while (--i >= 0) {
+                rd_kafka_destroy(s->rks[i]);
+                s->rks[i] = NULL;
+            }
+            s->n_rks = 0;
+            s->rk = NULL;
+            return -1;
+        }
+    }
+    s->rk = s->rks[0];
+    return 0;
+}
+
+/* At the API boundary: a recoverable fatal error becomes ABORTED with new
+ * producers (the caller rewinds and initializes the sink again). */
+static outboxd_sink_status_t settle(outboxd_sink_t *s, outboxd_sink_status_t st, char *errstr,
+                                    size_t errstr_size)
+{
+    if (st != OUTBOXD_SINK_FATAL || !s->reset_needed)
+        return st;
+    s->reset_needed = false;
+    char e[512];
+    if (recreate_producers(s, e, sizeof(e)) < 0) {
+        size_t n = strlen(errstr);
+        snprintf(errstr + n, errstr_size - n, "; recreating the producer failed: %s", e);
+        return OUTBOXD_SINK_FATAL;
+    }
+    LOG_WARN(s->src->name,
+             "%s; replacing the producers (the new ones abort what the old ones left open)",
+             errstr);
+    return OUTBOXD_SINK_ABORTED;
+}
+
+bool outboxd_sink_ready(const outboxd_sink_t *s)
+{
+    return s->initialized;
+}
+
+static outboxd_sink_status_t abort_txn(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+
 outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    return settle(s, abort_txn(s, errstr, errstr_size), errstr, errstr_size);
+}
+
+static outboxd_sink_status_t abort_txn(outboxd_sink_t *s, char *errstr, size_t errstr_size)
 {
     if (!s->in_txn)
         return OUTBOXD_SINK_OK;
@@ -972,6 +1056,8 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
         if (ferr) {
             snprintf(errstr, errstr_size, "producing to %s: fatal Kafka error %s: %s", topic,
                      rd_kafka_err2name(ferr), reason);
+            if (recoverable_fatal(ferr))
+                s->reset_needed = true;
             return OUTBOXD_SINK_FATAL;
         }
         snprintf(errstr, errstr_size, "producing to %s: %s", topic, rd_kafka_err2str(err));
@@ -1009,12 +1095,23 @@ void outboxd_sink_set_one_by_one(outboxd_sink_t *s, bool on)
 outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_record_t *rec,
                                            char *errstr, size_t errstr_size)
 {
-    return produce_raw(s, rec->topic, rec->key, rec->key ? rec->key_len : 0, rec->value,
-                       rec->value_len, rec->headers, rec->n_headers, errstr, errstr_size);
+    return settle(s,
+                  produce_raw(s, rec->topic, rec->key, rec->key ? rec->key_len : 0, rec->value,
+                              rec->value_len, rec->headers, rec->n_headers, errstr, errstr_size),
+                  errstr, errstr_size);
 }
+
+static outboxd_sink_status_t commit_txn(outboxd_sink_t *s, const outboxd_checkpoint_t *ck,
+                                        char *errstr, size_t errstr_size);
 
 outboxd_sink_status_t outboxd_sink_commit(outboxd_sink_t *s, const outboxd_checkpoint_t *ck,
                                           char *errstr, size_t errstr_size)
+{
+    return settle(s, commit_txn(s, ck, errstr, errstr_size), errstr, errstr_size);
+}
+
+static outboxd_sink_status_t commit_txn(outboxd_sink_t *s, const outboxd_checkpoint_t *ck,
+                                        char *errstr, size_t errstr_size)
 {
     outboxd_buf_reset(&s->ckbuf);
     if (outboxd_checkpoint_encode(s->src->name, ck, &s->ckbuf) < 0) {

@@ -294,6 +294,8 @@ static int rewind_stream_as(outboxd_source_t *s, const char *why, bool quiet)
     }
     if (note_refused(s) < 0)
         return -2;
+    if (!outboxd_sink_ready(s->sink))
+        s->sink_ready = false; /* new producers: init and read the checkpoint again */
     s->n_batch_pos = 0;
     char lsn[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, lsn);

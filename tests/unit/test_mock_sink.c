@@ -320,6 +320,61 @@ static void test_checkpoint_behind_open_transaction(void **state)
     outboxd_sink_destroy(ord);
 }
 
+/*
+ * One record per request (the replay of a transaction whose refused records
+ * could not be told apart): a refusal aborts at once and names exactly the
+ * refused record, counted once.
+ */
+static void test_one_by_one_names_refused_record(void **state)
+{
+    fixture_t *f = *state;
+    if (!f->mc)
+        skip(); /* needs error injection */
+    char err[512];
+    outboxd_checkpoint_t ck;
+    outboxd_sink_t *a = new_sink(f, &ck);
+    outboxd_sink_set_one_by_one(a, true);
+    assert_int_equal(produce_n(a, 2, err, sizeof(err)), OUTBOXD_SINK_OK);
+    /* The third record's produce request is refused for good. */
+    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    assert_int_equal(produce_n(a, 1, err, sizeof(err)), OUTBOXD_SINK_ABORTED);
+    assert_false(outboxd_sink_in_txn(a));
+    char reason[256] = "";
+    uint64_t count = 0;
+    assert_int_equal(outboxd_sink_refused(a, reason, sizeof(reason), &count), 3);
+    assert_int_equal(count, 1);
+    if (!strstr(reason, "Kafka refused the record for events-"))
+        fail_msg("reason: %s", reason);
+    char ckr[256];
+    assert_false(outboxd_sink_checkpoint_refused(a, ckr, sizeof(ckr)));
+    outboxd_sink_destroy(a);
+}
+
+/* A refused checkpoint record is reported as such (the source stops: its
+ * topic is misconfigured), never as a refused event to dead-letter. */
+static void test_checkpoint_record_refused(void **state)
+{
+    fixture_t *f = *state;
+    if (!f->mc)
+        skip(); /* needs error injection */
+    char err[512];
+    outboxd_checkpoint_t ck;
+    outboxd_sink_t *a = new_sink(f, &ck);
+    outboxd_sink_set_one_by_one(a, true); /* the event is delivered before the checkpoint */
+    assert_int_equal(produce_n(a, 1, err, sizeof(err)), OUTBOXD_SINK_OK);
+    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    outboxd_checkpoint_t c1 = ck_at(0x100, 0x140, -1);
+    assert_int_equal(outboxd_sink_commit(a, &c1, err, sizeof(err)), OUTBOXD_SINK_ABORTED);
+    char reason[256] = "";
+    assert_true(outboxd_sink_checkpoint_refused(a, reason, sizeof(reason)));
+    if (!strstr(reason, "Kafka refused the checkpoint record for ckpt-"))
+        fail_msg("reason: %s", reason);
+    uint64_t count = 9;
+    assert_int_equal(outboxd_sink_refused(a, reason, sizeof(reason), &count), 0);
+    assert_int_equal(count, 0);
+    outboxd_sink_destroy(a);
+}
+
 int main(void)
 {
     outboxd_log_set_level(OUTBOXD_LOG_ERROR);
@@ -328,6 +383,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_aborted_transaction_invisible, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fencing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retriable_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_by_one_names_refused_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint_record_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_behind_open_transaction, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -94,6 +94,11 @@ const char *outboxd_sink_missing_topic(const outboxd_sink_t *s);
  * Slow; for replaying a transaction that failed with several refusals. */
 void outboxd_sink_set_one_by_one(outboxd_sink_t *s, bool on);
 
+/* False after the sink replaced its producers (a fatal producer-state error
+ * other than fencing, reported as OUTBOXD_SINK_ABORTED): call
+ * outboxd_sink_init again before producing. */
+bool outboxd_sink_ready(const outboxd_sink_t *s);
+
 /* Aborts the open transaction, if any. */
 outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t errstr_size);
 
