@@ -37,7 +37,7 @@
 #include <yaml.h>
 
 #define MAX_DEPTH        32
-#define MAX_KEYS         16
+#define MAX_KEYS         64 /* keys of one mapping (the relay: section has the most) */
 #define PATH_LEN         256
 #define MAX_FILE_BYTES   (16u * 1024 * 1024)
 #define MAX_SECRET_BYTES 65536
