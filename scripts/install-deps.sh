@@ -17,6 +17,8 @@ PACKAGES=(
   postgresql postgresql-contrib openjdk-17-jre-headless maven
   # tools used by the scripts and tests
   clang-format procps iproute2
+  # fuzzing (tests/fuzz, bench/fuzz.sh): clang 14 with libFuzzer
+  clang-14 libfuzzer-14-dev libclang-rt-14-dev
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
