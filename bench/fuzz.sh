@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # bench/fuzz.sh [SECONDS] - builds the libFuzzer targets (tests/fuzz) with
 # clang 14 + ASan + UBSan and runs each for SECONDS (default 600), seeded from
-# the captured fixtures and committed inputs. Prints per target: executions,
-# coverage (cov = edges, ft = features, from libFuzzer's final stats), corpus
-# size and crashes; exits 1 if any target crashed. A crash stops its target;
+# the captured fixtures and committed inputs. Prints per target: wall and CPU
+# seconds, executions, coverage (cov = edges, ft = features, from libFuzzer's
+# final stats), corpus size and crashes; exits 1 if any target crashed. A crash stops its target;
 # the input is kept (path printed) and must become a regression input under
 # tests/data/fuzz-regress/<target>/ (replayed by ctest fuzz_regress.<target>)
 # with its fix.
@@ -79,10 +79,13 @@ run_one() { # run_one TARGET
     local dict_arg=()
     [ -s "$dir/dict" ] && dict_arg=(-dict="$dir/dict")
     # stdin from /dev/null: a fuzzed config may name /dev/stdin as a file.
-    (cd "$dir" && nice "$BUILD/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_PER_TARGET" \
+    # The CPU time it got is printed too: on a shared machine a wall-clock
+    # run of SECONDS may get far less.
+    local TIMEFORMAT='%U %S'
+    { time (cd "$dir" && nice "$BUILD/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_PER_TARGET" \
         -seed="$SEED" -print_final_stats=1 -timeout=25 -rss_limit_mb=2560 -max_len=65536 \
         -artifact_prefix="$dir/artifacts/" "${dict_arg[@]}" "$dir/corpus" "$dir/seeds" \
-        </dev/null >"$dir/log" 2>&1) || true
+        </dev/null >"$dir/log" 2>&1 || true); } 2>"$dir/cpu"
 }
 
 start=$(date +%s)
@@ -98,7 +101,7 @@ for t in $TARGETS; do
 done
 wait || true
 
-printf '%-11s %9s %11s %8s %6s %7s %8s %8s\n' target seconds execs exec/s cov ft corpus crashes
+printf '%-11s %7s %7s %11s %8s %6s %7s %8s %8s\n' target seconds cpu_s execs exec/s cov ft corpus crashes
 failed=0
 for t in $TARGETS; do
     dir=$WORK/$t
@@ -111,7 +114,8 @@ for t in $TARGETS; do
     corpus=$(find "$dir/corpus" -type f | wc -l)
     crashes=$(find "$dir/artifacts" -type f | wc -l)
     secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
-    printf '%-11s %9s %11s %8s %6s %7s %8s %8s\n' "$t" "${secs:--}" "${execs:--}" "${rate:--}" \
+    cpu=$(awk '{ printf "%.0f", $1 + $2 }' "$dir/cpu" 2>/dev/null || true)
+    printf '%-11s %7s %7s %11s %8s %6s %7s %8s %8s\n' "$t" "${secs:--}" "${cpu:--}" "${execs:--}" "${rate:--}" \
         "${cov:--}" "${ft:--}" "$corpus" "$crashes"
     if [ "$crashes" -gt 0 ] || [ -z "$execs" ]; then
         failed=1
