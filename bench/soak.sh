@@ -11,7 +11,8 @@
 # integration tests use it) compares Kafka with the outbox tables: it prints
 # the lost (missing) and duplicated counts. Also printed: the relay's RSS
 # at the start and at the end (VmRSS, and the process it was measured in, as
-# a relay-kill starts a new one). Exits 1 on a lost or duplicated event.
+# a relay-kill starts a new one). Exits 1 on a lost, duplicated or
+# out-of-order (per key) event.
 #
 #   bench/soak.sh 3
 #   SOAK_RATE=50 SOAK_SEED=1234 bench/soak.sh 10    (transactions/s per database)
@@ -52,18 +53,23 @@ prepare_sources "$WORK/outboxd.yaml"
 # PostgreSQL restart ends pgbench's connections, so it is started again
 # for the time left (the rows it committed are in the table, which is what
 # the check compares against).
-printf '%s\n' '\set k random(1, 50)' \
-    "SELECT write_events('order', 'order-' || :k, 1);" >"$WORK/writer.sql"
+# Keys are per database (okcat checks the order per key against its seq,
+# which each database counts on its own).
+writer_sql() { # writer_sql DB
+    printf '%s\n' '\set k random(1, 50)' \
+        "SELECT write_events('order', '$1-order-' || :k, 1);" >"$WORK/writer-$1.sql"
+}
 T0=$(date +%s)
 END=$((T0 + MINUTES * 60))
 writer_loop() {
     local db=$1 left
     while left=$((END - $(date +%s))) && [ "$left" -gt 0 ]; do
-        pgbench -n -c 2 -j 2 -T "$left" -R "$RATE" -f "$WORK/writer.sql" "$db" >>"$WORK/pgbench-$db.log" 2>&1 || sleep 1
+        pgbench -n -c 2 -j 2 -T "$left" -R "$RATE" -f "$WORK/writer-$db.sql" "$db" >>"$WORK/pgbench-$db.log" 2>&1 || sleep 1
     done
 }
 writers=()
 for db in "${DBS[@]}"; do
+    writer_sql "$db"
     writer_loop "$db" &
     writers+=($!)
     BG_PIDS+=($!)
@@ -123,11 +129,12 @@ stop_relay "$RELAY_PID" || log "relay exited $? after SIGTERM"
 lost=$(sed -n 's/.* missing=\([0-9]*\).*/\1/p' "$WORK/okcat.out")
 dups=$(sed -n 's/.* duplicates=\([0-9]*\).*/\1/p' "$WORK/okcat.out")
 echo "soak: seed=$SEED minutes=$MINUTES rate=${RATE}/s/db rows=$(wc -l <"$WORK/expected.tsv") relay_starts=$relay_starts"
-echo "soak: lost=${lost:-?} duplicated=${dups:-?}"
+order=$(sed -n 's/.* order_violations=\([0-9]*\).*/\1/p' "$WORK/okcat.out")
+echo "soak: lost=${lost:-?} duplicated=${dups:-?} out_of_order=${order:-?}"
 if [ "$rss_start_pid" = "$RELAY_PID" ]; then
     echo "soak: relay RSS start=${rss_start}kB end=${rss_end}kB peak=${hwm_end}kB (same process, pid $RELAY_PID)"
 else
     echo "soak: relay RSS start=${rss_start}kB (pid $rss_start_pid) end=${rss_end}kB peak=${hwm_end}kB (pid $RELAY_PID, started after a relay-kill)"
 fi
 for db in "${DBS[@]}"; do drop_source "$db" "${db}_${RUN_ID}"; done
-[ "$rc" -eq 0 ] && [ "${lost:-1}" = 0 ] && [ "${dups:-1}" = 0 ]
+[ "$rc" -eq 0 ] && [ "${lost:-1}" = 0 ] && [ "${dups:-1}" = 0 ] && [ "${order:-1}" = 0 ]
