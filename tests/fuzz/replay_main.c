@@ -96,7 +96,8 @@ int main(int argc, char **argv)
                 snprintf(names[nn++], l, "%s/%s", argv[i], e->d_name);
         }
         closedir(d);
-        qsort(names, nn, sizeof(*names), cmp);
+        if (nn > 1) /* qsort must not be given NULL, even for 0 items */
+            qsort(names, nn, sizeof(*names), cmp);
         for (size_t k = 0; k < nn; k++) {
             struct stat fs;
             if (stat(names[k], &fs) == 0 && S_ISREG(fs.st_mode)) {
