@@ -26,6 +26,8 @@ PACKAGES=(
   systemd
   # the shop (src/shop): Redis client, and the demo's Redis, gateway and JSON tool
   libhiredis-dev redis-server nginx jq
+  # fuzzing (tests/fuzz, bench/fuzz.sh): clang 14 with libFuzzer
+  clang-14 libfuzzer-14-dev libclang-rt-14-dev
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

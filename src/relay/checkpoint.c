@@ -43,7 +43,18 @@ int outboxd_checkpoint_encode(const char *source, const outboxd_checkpoint_t *ck
 static void copy_str(char *dst, size_t size, json_t *o, const char *key)
 {
     const char *s = json_string_value(json_object_get(o, key));
-    snprintf(dst, size, "%s", s ? s : "");
+    size_t n = s ? strlen(s) : 0;
+    if (n >= size) {
+        /* Longer than any value this relay writes (PostgreSQL names are at
+         * most 63 bytes): keep a prefix that ends on a whole UTF-8
+         * character, or the checkpoint would no longer encode as JSON. */
+        n = size - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--;
+    }
+    if (n > 0)
+        memcpy(dst, s, n);
+    dst[n] = '\0';
 }
 
 int outboxd_checkpoint_decode(const void *data, size_t len, outboxd_checkpoint_t *ck, char *errstr,

@@ -27,7 +27,7 @@ wait_drained "$DB" "${DB}_${RUN_ID}" 300
 
 : >"$WORK/expected.tsv"
 expected_events "$DB" "$WORK/expected.tsv"
-log "rows written: $(wc -l <"$WORK/expected.tsv")"
+assert_rows_written "$WORK/expected.tsv" "$DB"
 check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed after PostgreSQL restart"
 stop_relay_ok "$relay"
 grep -q "rewinding" "$WORK/relay.log" || fail "the relay never saw the restart"

@@ -39,7 +39,7 @@ grep -q "INFO .*acquired replication slot" "$WORK/relayB.log" || fail "taking th
 
 : >"$WORK/expected.tsv"
 expected_events "$DB" "$WORK/expected.tsv"
-log "rows written: $(wc -l <"$WORK/expected.tsv")"
+assert_rows_written "$WORK/expected.tsv" "$DB"
 check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed across the handover"
 stop_relay_ok "$b" "second relay"
 drop_source "$DB" "${DB}_${RUN_ID}"
