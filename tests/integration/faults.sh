@@ -215,3 +215,11 @@ SQL
 
 # pg_log_has OFFSET REGEX: the stack's server log has REGEX past byte OFFSET.
 pg_log_has() { tail -c +"$(($1 + 1))" "$STACK_DIR/pg.log" | grep -Eq "$2"; }
+
+# slot_lsn DB SLOT: the slot's confirmed position now.
+slot_lsn() { psql_db "$1" -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$2'"; }
+# wait_publishing DB SLOT LSN0: until the relay confirmed past LSN0 (taken
+# before it started), i.e. it has committed its first Kafka transaction.
+wait_publishing() {
+    wait_until 90 "the relay to commit its first Kafka transaction through the proxy" slot_confirmed_past "$1" "$2" "$3"
+}

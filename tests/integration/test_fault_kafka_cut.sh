@@ -13,11 +13,12 @@ create_outbox_db "$DB"
 write_proxied_config "$WORK/outboxd.yaml" "$DB"
 prepare_sources "$WORK/outboxd.yaml"
 
+lsn0=$(slot_lsn "$DB" "${DB}_${RUN_ID}")
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
 start_fixed_writers "$DB" 2 900 2 40 # 3,600 rows over ~45 s
 writer=$WRITER_PID
-wait_until 60 "the relay to publish through the proxy" slot_confirmed_past "$DB" "${DB}_${RUN_ID}" 0/0
+wait_publishing "$DB" "${DB}_${RUN_ID}" "$lsn0"
 sleep 3
 log "cutting relay -> broker for ${CUT_S:=30} s"
 toxi disable kafka

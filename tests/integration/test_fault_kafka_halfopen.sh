@@ -17,11 +17,12 @@ write_proxied_config "$WORK/outboxd.yaml" "$DB"
 config_kafka_properties "$WORK/outboxd.yaml" "transaction.timeout.ms=$TXN_TIMEOUT_MS"
 prepare_sources "$WORK/outboxd.yaml"
 
+lsn0=$(slot_lsn "$DB" "${DB}_${RUN_ID}")
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
 start_fixed_writers "$DB" 2 600 2 40 # 2,400 rows over ~30 s
 writer=$WRITER_PID
-wait_until 60 "the relay to publish through the proxy" slot_confirmed_past "$DB" "${DB}_${RUN_ID}" 0/0
+wait_publishing "$DB" "${DB}_${RUN_ID}" "$lsn0"
 sleep 3
 hold_s=$((TXN_TIMEOUT_MS / 1000 + 5))
 log "relay -> broker half-open (data dropped both ways, no RST) for $hold_s s"

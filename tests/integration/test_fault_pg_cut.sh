@@ -18,11 +18,12 @@ prepare_sources "$WORK/outboxd.yaml"
 set_wal_sender_timeout 5s
 pg_log_off=$(stat -c %s "$STACK_DIR/pg.log")
 
+lsn0=$(slot_lsn "$DB" "${DB}_${RUN_ID}")
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
 start_fixed_writers "$DB" 2 600 2 40 # 2,400 rows over ~30 s
 writer=$WRITER_PID
-wait_until 60 "the relay to publish through the proxy" slot_confirmed_past "$DB" "${DB}_${RUN_ID}" 0/0
+wait_publishing "$DB" "${DB}_${RUN_ID}" "$lsn0"
 sleep 3
 log "relay -> PostgreSQL silent (data dropped both ways) for 12 s, wal_sender_timeout 5 s"
 toxi toxic pg timeout upstream timeout=0
