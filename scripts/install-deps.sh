@@ -4,6 +4,7 @@
 #
 #   scripts/install-deps.sh            # packages + Kafka classpath for tests
 #   INSTALL_DEPS_SKIP_KAFKA=1 scripts/install-deps.sh   # packages only
+#   INSTALL_DEPS_SKIP_TOXIPROXY=1 ...   # without Toxiproxy (fault tests)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,8 +16,9 @@ PACKAGES=(
   libpq-dev librdkafka-dev libavro-dev libyaml-dev libcmocka-dev libjansson-dev
   # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
   postgresql postgresql-contrib openjdk-17-jre-headless maven
-  # tools used by the scripts and tests
-  clang-format procps iproute2
+  # tools used by the scripts and tests (curl drives Toxiproxy; unzip and
+  # xz-utils unpack other PostgreSQL versions, tests/stack/stack.sh)
+  clang-format procps iproute2 curl unzip xz-utils
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
@@ -47,6 +49,12 @@ else
   say "apt-get install ${missing[*]}"
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Toxiproxy for the fault tests (tests/stack/toxiproxy.sh), built once from
+# the Go module proxy into ~/.cache/outboxd (needs Go >= 1.23 on PATH).
+if [[ ${INSTALL_DEPS_SKIP_TOXIPROXY:-0} != 1 ]]; then
+  say "toxiproxy: $("$ROOT/tests/stack/toxiproxy.sh" install)"
 fi
 
 if [[ ${INSTALL_DEPS_SKIP_KAFKA:-0} == 1 ]]; then
