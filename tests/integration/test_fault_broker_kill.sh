@@ -15,7 +15,7 @@ prepare_sources "$WORK/outboxd.yaml"
 lsn0=$(slot_lsn "$DB" "${DB}_${RUN_ID}")
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
-start_fixed_writers "$DB" 2 600 2 40 # 2,400 rows over ~30 s
+start_fixed_writers "$DB" 2 500 2 40 # 2,000 rows over ~25 s
 writer=$WRITER_PID
 wait_publishing "$DB" "${DB}_${RUN_ID}" "$lsn0"
 sleep 3
@@ -32,4 +32,5 @@ RELAY_WATCH=$relay finish_case "$DB"
 stop_relay_ok "$relay"
 log_grep "$WORK/relay.log" "(ERROR|WARN).*(Connection refused|Disconnected|disconnect|brokers are down|transport|timed out|Timed out|retrying commit)" "the relay lost the broker"
 drop_source "$DB" "${DB}_${RUN_ID}"
+psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
 log "PASS"

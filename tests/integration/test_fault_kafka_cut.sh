@@ -16,7 +16,7 @@ prepare_sources "$WORK/outboxd.yaml"
 lsn0=$(slot_lsn "$DB" "${DB}_${RUN_ID}")
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
-start_fixed_writers "$DB" 2 900 2 40 # 3,600 rows over ~45 s
+start_fixed_writers "$DB" 2 800 2 40 # 3,200 rows over ~40 s
 writer=$WRITER_PID
 wait_publishing "$DB" "${DB}_${RUN_ID}" "$lsn0"
 sleep 3
@@ -31,4 +31,5 @@ RELAY_WATCH=$relay finish_case "$DB"
 stop_relay_ok "$relay"
 log_grep "$WORK/relay.log" "(ERROR|WARN).*(Kafka|kafka|broker|transaction|Broker|Local:)" "the relay saw the broker cut"
 drop_source "$DB" "${DB}_${RUN_ID}"
+psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
 log "PASS"

@@ -80,4 +80,5 @@ check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed acros
 stop_relay_ok "$relay"
 log_grep "$WORK/relay.log" "ERROR.*(cannot be trusted|were not relayed|may be missing)" "the relay reported the gap"
 drop_source "$DB" "$SLOT"
+psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
 log "PASS"

@@ -66,4 +66,5 @@ RELAY_WATCH=$b finish_case "$DB"
 stop_relay_ok "$b" "relay B"
 reset_wal_sender_timeout
 drop_source "$DB" "${DB}_${RUN_ID}"
+psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
 log "PASS"
