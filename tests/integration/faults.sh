@@ -223,3 +223,17 @@ slot_lsn() { psql_db "$1" -c "SELECT confirmed_flush_lsn FROM pg_replication_slo
 wait_publishing() {
     wait_until 90 "the relay to commit its first Kafka transaction through the proxy" slot_confirmed_past "$1" "$2" "$3"
 }
+
+# drop_case DB SLOT: drops the slot and the database once the relay's
+# walsender is gone (through a slow proxy the server learns of a closed
+# connection late), so tests leave the shared server as they found it.
+drop_case() {
+    local db=$1 slot=$2 i
+    for i in $(seq 1 150); do
+        [ "$(psql_db "$db" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot' AND active")" = 0 ] && break
+        [ "$i" = 100 ] && psql_db "$db" -c "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '$slot' AND active" >/dev/null
+        sleep 0.2
+    done
+    psql_db "$db" -c "SELECT pg_drop_replication_slot('$slot') FROM pg_replication_slots WHERE slot_name = '$slot'" >/dev/null
+    psql_db postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+}

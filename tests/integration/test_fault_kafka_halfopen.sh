@@ -38,6 +38,5 @@ wait_writers "$writer"
 RELAY_WATCH=$relay finish_case "$DB"
 stop_relay_ok "$relay"
 log_grep "$WORK/relay.log" "(ERROR|WARN).*(timed out|Timed out|timeout|expired)" "the relay's requests timed out"
-drop_source "$DB" "${DB}_${RUN_ID}"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+drop_case "$DB" "${DB}_${RUN_ID}"
 log "PASS"

@@ -41,6 +41,5 @@ stop_relay_ok "$relay"
 reset_wal_sender_timeout
 log_grep "$WORK/relay.log" "(ERROR|WARN).*(replication|stream|connection|server)" "the relay lost its replication connection"
 log_grep "$WORK/relay.log" "streaming slot.*last checkpoint commit [0-9A-F]+/" "the relay reconnected from its checkpoint"
-drop_source "$DB" "${DB}_${RUN_ID}"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+drop_case "$DB" "${DB}_${RUN_ID}"
 log "PASS"

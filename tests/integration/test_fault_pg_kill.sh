@@ -32,6 +32,5 @@ RELAY_WATCH=$relay finish_case "$DB"
 stop_relay_ok "$relay"
 log_grep "$WORK/relay.log" "(ERROR|WARN).*(connection|server|terminat)" "the relay lost PostgreSQL"
 log_grep "$WORK/relay.log" "streaming slot.*last checkpoint commit [0-9A-F]+/" "the relay reconnected from its checkpoint"
-drop_source "$DB" "${DB}_${RUN_ID}"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+drop_case "$DB" "${DB}_${RUN_ID}"
 log "PASS"

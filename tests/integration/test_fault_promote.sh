@@ -79,6 +79,5 @@ n=$(wc -l <"$WORK/expected.tsv")
 check_exactly_once "$WORK/expected.tsv" || fail "exactly-once check failed across the failover (rows committed on the new primary below the old checkpoint were skipped?)"
 stop_relay_ok "$relay"
 log_grep "$WORK/relay.log" "ERROR.*(cannot be trusted|were not relayed|may be missing)" "the relay reported the gap"
-drop_source "$DB" "$SLOT"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+drop_case "$DB" "$SLOT"
 log "PASS"

@@ -31,6 +31,5 @@ stop_relay_ok "$relay"
 # Evidence the links were slow: the proxy's toxics were in place throughout,
 # and a Kafka transaction cannot commit faster than its round trips.
 toxi list | grep -q '"latency":200' || fail "latency toxic missing at the end"
-drop_source "$DB" "${DB}_${RUN_ID}"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+drop_case "$DB" "${DB}_${RUN_ID}"
 log "PASS"

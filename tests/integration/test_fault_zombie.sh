@@ -65,6 +65,5 @@ wait_writers "$writer"
 RELAY_WATCH=$b finish_case "$DB"
 stop_relay_ok "$b" "relay B"
 reset_wal_sender_timeout
-drop_source "$DB" "${DB}_${RUN_ID}"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+drop_case "$DB" "${DB}_${RUN_ID}"
 log "PASS"
