@@ -9,6 +9,7 @@
 #
 #   tests/pg_versions.sh [BUILD_DIR] [VERSION...]    default: build 13 14 16 17
 #   PG_VERSIONS_TESTS="multi_db sigkill pg_restart huge_txn" tests/pg_versions.sh
+#   PG_VERSIONS_TESTS="fault_pg_cut fault_pg_kill" tests/pg_versions.sh build 17
 #
 # Prints one line per version and test, then "N passed, N failed".
 set -euo pipefail
@@ -37,7 +38,9 @@ for v in "${VERSIONS[@]}"; do
   current=/tmp/outboxd-pgv-$v-$$
   export STACK_DIR=$current
   echo "=== PostgreSQL $v (stack $STACK_DIR)"
-  if ! STACK_PG_VERSION=$v "$ROOT/tests/stack/stack.sh" start >"$LOGS/stack-$v.log" 2>&1; then
+  # The proxied listener lets the fault tests run too:
+  #   PG_VERSIONS_TESTS="fault_kafka_cut fault_pg_kill ..." tests/pg_versions.sh
+  if ! STACK_PG_VERSION=$v STACK_KAFKA_PROXY=1 "$ROOT/tests/stack/stack.sh" start >"$LOGS/stack-$v.log" 2>&1; then
     tail -n 20 "$LOGS/stack-$v.log"
     results+=("pg$v stack_start FAILED")
     failed=$((failed + 1))
