@@ -16,9 +16,11 @@ PACKAGES=(
   libpq-dev librdkafka-dev libavro-dev libyaml-dev libcmocka-dev libjansson-dev
   # test stack: PostgreSQL 15 and a Kafka broker run from Maven Central jars
   postgresql postgresql-contrib openjdk-17-jre-headless maven
-  # tools used by the scripts and tests (curl drives Toxiproxy; unzip and
-  # xz-utils unpack other PostgreSQL versions, tests/stack/stack.sh)
-  clang-format procps iproute2 curl unzip xz-utils
+  # tools used by the scripts and tests
+  clang-format procps iproute2
+  # fault tests and PostgreSQL versions: curl drives Toxiproxy, unzip and
+  # xz-utils unpack other servers (tests/stack/toxiproxy.sh, stack.sh)
+  curl unzip xz-utils
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
