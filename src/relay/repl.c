@@ -260,6 +260,11 @@ outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn
     return r;
 }
 
+int outboxd_repl_backend_pid(const outboxd_repl_t *r)
+{
+    return PQbackendPID(r->conn);
+}
+
 int outboxd_repl_fd(const outboxd_repl_t *r)
 {
     return PQsocket(r->conn);

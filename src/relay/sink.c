@@ -70,6 +70,8 @@ struct outboxd_sink {
     /* A fatal producer-state error another producer can recover from (see
      * recoverable_fatal): the producers are recreated at the API boundary. */
     bool reset_needed;
+    /* The last fatal error was fencing: see outboxd_sink_fenced. */
+    bool fenced;
     bool initialized;
     bool in_txn;
     outboxd_keepalive_cb keepalive;
@@ -376,6 +378,12 @@ static bool recoverable_fatal(rd_kafka_resp_err_t ferr)
            ferr == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_ID_MAPPING;
 }
 
+static bool is_fencing(rd_kafka_resp_err_t ferr)
+{
+    return ferr == RD_KAFKA_RESP_ERR__FENCED || ferr == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+           ferr == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
 /* Maps a transactional API error to a status, logging it. */
 static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, const char *what,
                                       char *errstr, size_t errstr_size)
@@ -385,12 +393,13 @@ static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, 
     if (rd_kafka_error_is_fatal(err)) {
         char reason[512];
         rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(s->rk, reason, sizeof(reason));
-        if (ferr == RD_KAFKA_RESP_ERR__FENCED || ferr == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
-            ferr == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
+        s->fenced = is_fencing(ferr);
+        if (s->fenced)
             snprintf(errstr, errstr_size,
-                     "%s: fenced: another outboxd instance with transactional.id '%s' has "
-                     "started (%s); this instance stops so that only one publishes",
-                     what, s->txnids[s->cur], reason);
+                     "%s: fenced (%s): another outboxd instance with transactional.id '%s' "
+                     "has started, or the broker aborted a transaction of ours that outlived "
+                     "transaction.timeout.ms",
+                     what, reason, s->txnids[s->cur]);
         else if (ferr)
             snprintf(errstr, errstr_size, "%s: fatal Kafka error %s: %s", what,
                      rd_kafka_err2name(ferr), reason);
@@ -718,6 +727,7 @@ static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_siz
     s->n_known = 0;
     s->in_txn = false;
     s->initialized = false;
+    s->fenced = false;
     s->cur = 0;
     for (int i = 0; i < s->n_rks; i++) {
         s->rks[i] = new_producer(s, s->txnids[i], errstr, errstr_size);
@@ -758,6 +768,16 @@ static outboxd_sink_status_t settle(outboxd_sink_t *s, outboxd_sink_status_t st,
 bool outboxd_sink_ready(const outboxd_sink_t *s)
 {
     return s->initialized;
+}
+
+bool outboxd_sink_fenced(const outboxd_sink_t *s)
+{
+    return s->fenced;
+}
+
+int outboxd_sink_replace_producers(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    return recreate_producers(s, errstr, errstr_size);
 }
 
 static outboxd_sink_status_t abort_txn(outboxd_sink_t *s, char *errstr, size_t errstr_size);
@@ -1056,6 +1076,7 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
         if (ferr) {
             snprintf(errstr, errstr_size, "producing to %s: fatal Kafka error %s: %s", topic,
                      rd_kafka_err2name(ferr), reason);
+            s->fenced = is_fencing(ferr);
             if (recoverable_fatal(ferr))
                 s->reset_needed = true;
             return OUTBOXD_SINK_FATAL;

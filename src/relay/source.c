@@ -22,6 +22,7 @@
 #include "outboxd/relay/checkpoint.h"
 #include "outboxd/common/log.h"
 #include "outboxd/relay/pgoutput.h"
+#include "outboxd/relay/pgconn.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/repl.h"
 #include "outboxd/relay/router.h"
@@ -1067,6 +1068,77 @@ static int next_rewind_backoff(outboxd_source_t *s)
     return s->rewind_backoff_ms;
 }
 
+/* pid of the process holding this source's slot (0: none), on a normal
+ * connection (the replication one is streaming); -1 when it cannot tell. */
+static int slot_holder(outboxd_source_t *s)
+{
+    char err[512];
+    PGconn *conn = s->watch_conn;
+    if (!conn)
+        conn = outboxd_pg_connect(s->src, false, err, sizeof(err));
+    if (!conn)
+        return -1;
+    const char *params[1] = {s->src->slot};
+    PGresult *res =
+        PQexecParams(conn,
+                     "SELECT coalesce(active_pid, 0) FROM pg_catalog.pg_replication_slots "
+                     "WHERE slot_name = $1",
+                     1, NULL, params, NULL, NULL, 0);
+    int pid = -1;
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        pid = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (conn != s->watch_conn)
+        PQfinish(conn);
+    return pid;
+}
+
+/*
+ * After a fatal Kafka error that was fencing. When the link to the broker was
+ * silent for longer than transaction.timeout.ms, the broker aborts our open
+ * transaction itself and bumps the producer epoch, and librdkafka reports
+ * exactly what it reports when another instance with the same
+ * transactional.id has started. Only one process can stream a replication
+ * slot, so while this source's walsender still holds the slot no other
+ * instance is publishing for it: new producers (their init_transactions
+ * finish whatever is left open) and a rewind to the last checkpoint are
+ * safe. A zombie instance has lost the slot (its walsender timed out and
+ * another relay took it over) and still stops, as it must. Returns true when
+ * the source recovered.
+ */
+static bool recover_fenced(outboxd_source_t *s)
+{
+    if (!s->sink || !s->repl || !outboxd_sink_fenced(s->sink) || stopping(s))
+        return false;
+    int holder = slot_holder(s);
+    int mine = outboxd_repl_backend_pid(s->repl);
+    if (holder <= 0 || holder != mine) {
+        LOG_ERROR(s->name, "fenced, and slot %s is %s: another instance has taken over; stopping",
+                  s->src->slot, holder > 0 ? "held by another process" : "not held by this relay");
+        return false;
+    }
+    char err[512];
+    if (outboxd_sink_replace_producers(s->sink, err, sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "replacing the fenced producers failed: %s", err);
+        return false;
+    }
+    LOG_WARN(s->name,
+             "fenced while this relay still holds slot %s (walsender pid %d): the broker aborted "
+             "a transaction that outlived transaction.timeout.ms (the link to it was silent); "
+             "replacing the producers and rewinding to the last checkpoint",
+             s->src->slot, mine);
+    s->n_aborts++;
+    outboxd_stats_aborted(s->stats);
+    outboxd_stats_rewound(s->stats);
+    s->sink_ready = false; /* init_transactions and read the checkpoint again */
+    s->batch_open = false;
+    s->batch_events = 0;
+    s->batch_n_events = s->batch_n_dead = 0;
+    s->n_batch_pos = 0;
+    close_stream(s);
+    return true;
+}
+
 static void *run(void *arg)
 {
     outboxd_source_t *s = arg;
@@ -1097,6 +1169,8 @@ static void *run(void *arg)
         }
         s->stream_start_ms = outboxd_now_ms();
         rc = stream(s);
+        if (rc == -2 && recover_fenced(s))
+            rc = -1;
         if (rc == -2)
             break;
         if (rc == -1 && !stopping(s))

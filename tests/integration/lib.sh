@@ -34,6 +34,10 @@ cleanup() {
             [ -f "$f" ] && { echo "--- $f" >&2; tail -n 60 "$f" >&2; }
         done
     fi
+    # TEST_KEEP_LOGS=DIR: keep the relay logs of a passing run too.
+    if [ -n "${TEST_KEEP_LOGS:-}" ]; then
+        mkdir -p "$TEST_KEEP_LOGS" && cp "$WORK"/relay*.log "$TEST_KEEP_LOGS"/ 2>/dev/null || true
+    fi
     rm -rf "$WORK"
     exit $rc
 }

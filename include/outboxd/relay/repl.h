@@ -92,6 +92,10 @@ int outboxd_repl_stream(outboxd_repl_t *r, const outboxd_source_conf_t *src,
 outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn_t start_lsn,
                                    outboxd_repl_ident_t *ident, char *errstr, size_t errstr_size);
 
+/* Process id of the walsender serving this connection (what
+ * pg_replication_slots.active_pid shows while it streams the slot). */
+int outboxd_repl_backend_pid(const outboxd_repl_t *r);
+
 /* Socket to poll for reading. */
 int outboxd_repl_fd(const outboxd_repl_t *r);
 

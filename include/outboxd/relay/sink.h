@@ -99,6 +99,21 @@ void outboxd_sink_set_one_by_one(outboxd_sink_t *s, bool on);
  * outboxd_sink_init again before producing. */
 bool outboxd_sink_ready(const outboxd_sink_t *s);
 
+/*
+ * After OUTBOXD_SINK_FATAL: whether the error was fencing. That is either
+ * another producer with the same transactional.id (another instance), or the
+ * broker's transaction coordinator aborting a transaction of ours that
+ * outlived transaction.timeout.ms (a link to the broker silent that long),
+ * which bumps the producer epoch the same way. The caller tells them apart
+ * (see source.c: who holds the replication slot).
+ */
+bool outboxd_sink_fenced(const outboxd_sink_t *s);
+
+/* Replaces every producer by a new one with the same transactional.id (their
+ * init_transactions finish what the old ones left open); the sink must be
+ * initialized again with outboxd_sink_init. Returns 0, or -1 with errstr. */
+int outboxd_sink_replace_producers(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+
 /* Aborts the open transaction, if any. */
 outboxd_sink_status_t outboxd_sink_abort(outboxd_sink_t *s, char *errstr, size_t errstr_size);
 
