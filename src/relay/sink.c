@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "outboxd/common/log.h"
+#include "outboxd/relay/connhint.h"
 
 /* How long one blocking transactional call may take before we retry it
  * (keeping the replication connection alive in between). */
@@ -79,6 +80,15 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     outboxd_sink_t *s = opaque;
     (void)rk;
+    /* A TLS or SASL failure does not heal by retrying: say so at ERROR with
+     * the property to fix (librdkafka reports it once per broker, not per
+     * retry). */
+    char hint[512];
+    if (outboxd_connhint_kafka(reason, hint, sizeof(hint))) {
+        LOG_ERROR(s->src->name, "kafka: %s", hint);
+        LOG_DEBUG(s->src->name, "kafka: %s", reason);
+        return;
+    }
     /* Transport errors while the broker restarts are routine and retried by
      * librdkafka; fatal ones are reported by the failing call too. */
     if (err == RD_KAFKA_RESP_ERR__FATAL)
@@ -1091,6 +1101,7 @@ int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t e
 
 typedef struct probe {
     char reason[512];
+    char hint[512]; /* a TLS or SASL failure, told as cause and fix */
 } probe_t;
 
 static void probe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -1100,6 +1111,8 @@ static void probe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
     (void)err;
     if (!p->reason[0])
         snprintf(p->reason, sizeof(p->reason), "%s", reason);
+    if (!p->hint[0])
+        outboxd_connhint_kafka(reason, p->hint, sizeof(p->hint));
 }
 
 static void probe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -1117,7 +1130,7 @@ int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errst
     rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
     if (!kc)
         return -1;
-    probe_t p = {{0}};
+    probe_t p = {{0}, {0}};
     rd_kafka_conf_set_log_cb(kc, probe_log_cb);
     rd_kafka_conf_set_error_cb(kc, probe_error_cb);
     rd_kafka_conf_set_opaque(kc, &p);
@@ -1129,11 +1142,28 @@ int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errst
         return -1;
     }
     const rd_kafka_metadata_t *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, timeout_ms);
+    rd_kafka_resp_err_t err;
+    /* In steps, so a TLS or SASL failure (which retrying does not heal) ends
+     * the wait at once instead of at the timeout. */
+    int64_t deadline = outboxd_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - outboxd_now_ms();
+        err = rd_kafka_metadata(rk, 0, NULL, &md, (int)(left < 500 ? (left > 0 ? left : 1) : 500));
+        if (!err || err != RD_KAFKA_RESP_ERR__TIMED_OUT || left <= 500)
+            break;
+        rd_kafka_poll(rk, 0);
+        if (p.hint[0])
+            break;
+    }
     int brokers = -1;
     if (err) {
         rd_kafka_poll(rk, 0); /* serves error_cb: the transport's reason */
-        snprintf(errstr, errstr_size, "%s", p.reason[0] ? p.reason : rd_kafka_err2str(err));
+        if (p.hint[0]) {
+            snprintf(errstr, errstr_size, "%s", p.hint);
+            brokers = -2;
+        } else {
+            snprintf(errstr, errstr_size, "%s", p.reason[0] ? p.reason : rd_kafka_err2str(err));
+        }
     } else {
         brokers = md->broker_cnt;
         rd_kafka_metadata_destroy(md);

@@ -168,7 +168,7 @@ check_says "$WORK/pgwrongpw.yaml" 1 'password authentication failed for user "tl
 check_says "$WORK/kwrongpw.yaml" 1 "SASL authentication failed" "check sasl.username and sasl.password"
 # Without TLS the role is refused outright (pg_hba hostnossl reject).
 sed 's/sslmode=verify-full/sslmode=disable/' "$WORK/good.yaml" >"$WORK/nossl.yaml"
-check_says "$WORK/nossl.yaml" 1 'no encryption'
+check_says "$WORK/nossl.yaml" 1 'no encryption; the server accepts this user only over TLS; set sslmode=verify-full'
 
 # --- run: events over TLS + SCRAM, at log level debug ---------------------
 start_relay "$WORK/good.yaml" relay
@@ -180,7 +180,9 @@ n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
 [ "$n" -eq 100 ] || fail "expected 100 events in Kafka, found $n"
 log "100 events published through SASL_SSL (SCRAM-SHA-512) from a verify-full connection"
 ssl=$(psql_db "$DB" -c "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'tlsuser'")
-[[ $ssl =~ ^([1-9][0-9]*)\|\1$ ]] || fail "relay connections not all TLS (encrypted|all: $ssl)"
+[ "${ssl%|*}" = "${ssl#*|}" ] && [ "${ssl#*|}" -ge 2 ] || fail "relay connections not all TLS (encrypted|all: $ssl)"
+[ "$(psql_db "$DB" -c "SELECT string_agg(s.ssl::text || ' ' || s.version, ',') FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.usename = 'tlsuser'")" = "true TLSv1.3" ] ||
+    fail "the replication connection is not TLS"
 log "relay's PostgreSQL connections encrypted (pg_stat_ssl encrypted|all: $ssl)"
 
 scrape "$METRICS_PORT" "$WORK/metrics.samples"
