@@ -1149,10 +1149,13 @@ int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errst
     for (;;) {
         int64_t left = deadline - outboxd_now_ms();
         err = rd_kafka_metadata(rk, 0, NULL, &md, (int)(left < 500 ? (left > 0 ? left : 1) : 500));
-        if (!err || err != RD_KAFKA_RESP_ERR__TIMED_OUT || left <= 500)
+        if (!err)
             break;
-        rd_kafka_poll(rk, 0);
-        if (p.hint[0])
+        /* A failed SASL exchange fails the request as a transport error
+         * before its error_cb is queued: poll a little for the reason. */
+        rd_kafka_poll(rk, err == RD_KAFKA_RESP_ERR__TIMED_OUT ? 0 : 100);
+        if (p.hint[0] || left <= 500 ||
+            (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT))
             break;
     }
     int brokers = -1;
