@@ -41,16 +41,12 @@ int outboxd_connhint_kafka(const char *r, char *out, size_t out_size)
         return 0;
     const char *cause = NULL, *fix = NULL;
     if (strstr(r, "certificate verify failed")) {
-        if (strstr(r, "hostname mismatch") || strstr(r, "Hostname mismatch")) {
-            cause = "TLS handshake failed: the broker's certificate does not name the host "
-                    "connected to";
-            fix = "check kafka.bootstrap_servers against the certificate's subjectAltName "
-                  "(or ssl.endpoint.identification.algorithm)";
-        } else {
-            cause = "TLS handshake failed: certificate verify failed";
-            fix = "check ssl.ca.location (the PEM file of the CA that signed the broker's "
-                  "certificate)";
-        }
+        /* librdkafka says the same when the CA is wrong and when the
+         * certificate does not name the host connected to. */
+        cause = "TLS handshake failed: certificate verify failed";
+        fix = "check ssl.ca.location (the PEM file of the CA that signed the broker's "
+              "certificate), and that the certificate names the host in "
+              "kafka.bootstrap_servers (subjectAltName)";
     } else if (strstr(r, "SSL handshake failed") || strstr(r, "SSL transport error")) {
         cause = "TLS handshake failed";
         fix = "check security.protocol (SSL or SASL_SSL for a TLS listener, PLAINTEXT or "

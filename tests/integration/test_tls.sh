@@ -166,6 +166,9 @@ check_says "$WORK/pgwrongca.yaml" 1 "certificate verify failed" "check sslrootce
 check_says "$WORK/kwrongca.yaml" 1 "TLS handshake failed: certificate verify failed; check ssl.ca.location"
 check_says "$WORK/pgwrongpw.yaml" 1 'password authentication failed for user "tlsuser"' "check password_file"
 check_says "$WORK/kwrongpw.yaml" 1 "SASL authentication failed" "check sasl.username and sasl.password"
+# verify-full checks the name: the server's certificate does not name this host.
+sed 's/host=127.0.0.1 /host=db.invalid hostaddr=127.0.0.1 /' "$WORK/good.yaml" >"$WORK/pgwronghost.yaml"
+check_says "$WORK/pgwronghost.yaml" 1 'does not match host name "db.invalid"' "check host in the dsn"
 # Without TLS the role is refused outright (pg_hba hostnossl reject).
 sed 's/sslmode=verify-full/sslmode=disable/' "$WORK/good.yaml" >"$WORK/nossl.yaml"
 check_says "$WORK/nossl.yaml" 1 'no encryption; the server accepts this user only over TLS; set sslmode=verify-full'
@@ -207,8 +210,16 @@ wait_log() { # wait_log FILE PATTERN SECONDS
 start_relay "$WORK/kwrongca.yaml" relay-kwrongca
 OUTPUTS+=("$WORK/relay-kwrongca.log")
 wait_log "$WORK/relay-kwrongca.log" "certificate verify failed; check ssl.ca.location" 60
+sleep 5 # (only to count repeats: librdkafka retries the connection meanwhile)
 kill -TERM "$RELAY_PID"
 wait "$RELAY_PID" 2>/dev/null || true
+log "run, Kafka wrong CA: $(grep -c 'ERROR.*check ssl.ca.location' "$WORK/relay-kwrongca.log") ERROR line(s) naming ssl.ca.location in $(grep -c ' ERROR ' "$WORK/relay-kwrongca.log") ERROR line(s)"
+rc=0
+"$OUTBOXD_BIN" status -c "$WORK/kwrongca.yaml" >"$WORK/status-kwrongca.out" 2>&1 || rc=$?
+OUTPUTS+=("$WORK/status-kwrongca.out")
+grep -qF "certificate verify failed; check ssl.ca.location" "$WORK/status-kwrongca.out" && [ $rc -ne 0 ] ||
+    fail "status with a wrong Kafka CA (exit $rc): $(cat "$WORK/status-kwrongca.out")"
+log "status, Kafka wrong CA: $(grep -F 'check ssl.ca.location' "$WORK/status-kwrongca.out" | head -1 | cut -c1-220)"
 log "run, Kafka wrong CA: $(grep -F 'check ssl.ca.location' "$WORK/relay-kwrongca.log" | head -1 | cut -c1-220)"
 start_relay "$WORK/pgwrongca.yaml" relay-pgwrongca
 OUTPUTS+=("$WORK/relay-pgwrongca.log")
@@ -224,6 +235,6 @@ for f in "${OUTPUTS[@]}"; do
         ! grep -qF -- "$s" "$f" || fail "a password appears in $f: $(grep -nF -- "$s" "$f" | head -3)"
     done
 done
-log "no password in ${#OUTPUTS[@]} outputs ($(cat "${OUTPUTS[@]}" | wc -l) lines: check x9, run at debug x3, status, /metrics)"
+log "no password in ${#OUTPUTS[@]} outputs ($(cat "${OUTPUTS[@]}" | wc -l) lines: $(printf '%s\n' "${OUTPUTS[@]}" | xargs -n1 basename | tr '\n' ' '))"
 drop_source "$DB" "${DB}_slot"
 log "PASS"

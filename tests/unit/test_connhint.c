@@ -49,7 +49,8 @@ static void kafka_hints(void **state)
         1);
     assert_string_equal(out, "TLS handshake failed: certificate verify failed; check "
                              "ssl.ca.location (the PEM file of the CA that signed the broker's "
-                             "certificate)");
+                             "certificate), and that the certificate names the host in "
+                             "kafka.bootstrap_servers (subjectAltName)");
     assert_int_equal(
         outboxd_connhint_kafka("sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: "
                                "Authentication failed during authentication due to invalid "
