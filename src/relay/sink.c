@@ -80,9 +80,8 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     outboxd_sink_t *s = opaque;
     (void)rk;
-    /* A TLS or SASL failure does not heal by retrying: say so at ERROR with
-     * the property to fix (librdkafka reports it once per broker, not per
-     * retry). */
+    /* A TLS or SASL failure does not heal by retrying: ERROR, with the
+     * property to fix instead of librdkafka's wording (kept at debug). */
     char hint[512];
     if (outboxd_connhint_kafka(reason, hint, sizeof(hint))) {
         LOG_ERROR(s->src->name, "kafka: %s", hint);
