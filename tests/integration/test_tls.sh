@@ -231,6 +231,7 @@ log "run, PostgreSQL wrong CA: $(grep -F 'check sslrootcert' "$WORK/relay-pgwron
 # --- no secret anywhere ---------------------------------------------------
 for f in "${OUTPUTS[@]}"; do
     [ -s "$f" ] || fail "$f is empty: nothing was checked"
+    ! grep -qE 'AddressSanitizer|runtime error:' "$f" || fail "sanitizer report in $f"
     for s in "$PG_SECRET" "$KAFKA_SECRET" "$WRONG_SECRET"; do
         ! grep -qF -- "$s" "$f" || fail "a password appears in $f: $(grep -nF -- "$s" "$f" | head -3)"
     done
