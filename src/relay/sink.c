@@ -74,6 +74,11 @@ struct outboxd_sink {
     void *opaque;
     atomic_int *stop;
     outboxd_buf_t ckbuf;
+    /* The last TLS/SASL failure logged at ERROR (error_cb): librdkafka
+     * reports every reconnect attempt, so repeats within 30 s only count. */
+    char conn_hint[512];
+    int64_t conn_hint_ms;
+    unsigned conn_hint_repeats;
 };
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -84,8 +89,20 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
      * property to fix instead of librdkafka's wording (kept at debug). */
     char hint[512];
     if (outboxd_connhint_kafka(reason, hint, sizeof(hint))) {
-        LOG_ERROR(s->src->name, "kafka: %s", hint);
+        int64_t now = outboxd_now_ms();
         LOG_DEBUG(s->src->name, "kafka: %s", reason);
+        if (strcmp(hint, s->conn_hint) == 0 && now - s->conn_hint_ms < 30000) {
+            s->conn_hint_repeats++;
+            return;
+        }
+        if (s->conn_hint_repeats && strcmp(hint, s->conn_hint) == 0)
+            LOG_ERROR(s->src->name, "kafka: %s (%u more time(s) in the last %lld s)", hint,
+                      s->conn_hint_repeats, (long long)((now - s->conn_hint_ms) / 1000));
+        else
+            LOG_ERROR(s->src->name, "kafka: %s", hint);
+        snprintf(s->conn_hint, sizeof(s->conn_hint), "%s", hint);
+        s->conn_hint_ms = now;
+        s->conn_hint_repeats = 0;
         return;
     }
     /* Transport errors while the broker restarts are routine and retried by
