@@ -86,9 +86,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     outboxd_sink_t *s = opaque;
     (void)rk;
     /* A TLS or SASL failure does not heal by retrying: ERROR, with the
-     * property to fix instead of librdkafka's wording (kept at debug). */
+     * property to fix instead of librdkafka's wording (kept at debug). Only
+     * for these codes: a broker restarting also cuts handshakes short
+     * (_TRANSPORT), which is routine. */
     char hint[512];
-    if (outboxd_connhint_kafka(reason, hint, sizeof(hint))) {
+    if ((err == RD_KAFKA_RESP_ERR__SSL || err == RD_KAFKA_RESP_ERR__AUTHENTICATION) &&
+        outboxd_connhint_kafka(reason, hint, sizeof(hint))) {
         int64_t now = outboxd_now_ms();
         LOG_DEBUG(s->src->name, "kafka: %s", reason);
         if (strcmp(hint, s->conn_hint) == 0 && now - s->conn_hint_ms < 30000) {

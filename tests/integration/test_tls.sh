@@ -227,6 +227,12 @@ grep -qF "certificate verify failed; check ssl.ca.location" "$WORK/status-kwrong
     fail "status with a wrong Kafka CA (exit $rc): $(cat "$WORK/status-kwrongca.out")"
 log "status, Kafka wrong CA: $(grep -F 'check ssl.ca.location' "$WORK/status-kwrongca.out" | head -1 | cut -c1-220)"
 log "run, Kafka wrong CA: $(grep -F 'check ssl.ca.location' "$WORK/relay-kwrongca.log" | head -1 | cut -c1-220)"
+start_relay "$WORK/kwrongpw.yaml" relay-kwrongpw
+OUTPUTS+=("$WORK/relay-kwrongpw.log")
+wait_log "$WORK/relay-kwrongpw.log" "SASL authentication failed; check sasl.username and sasl.password" 60
+kill -TERM "$RELAY_PID"
+wait "$RELAY_PID" 2>/dev/null || true
+log "run, Kafka wrong SASL password: $(grep -F 'SASL authentication failed' "$WORK/relay-kwrongpw.log" | head -1 | cut -c1-200)"
 start_relay "$WORK/pgwrongca.yaml" relay-pgwrongca
 OUTPUTS+=("$WORK/relay-pgwrongca.log")
 wait_log "$WORK/relay-pgwrongca.log" "check sslrootcert" 60
