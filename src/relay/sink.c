@@ -391,6 +391,16 @@ static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, 
                                       char *errstr, size_t errstr_size)
 {
     snprintf(errstr, errstr_size, "%s: %s", what, rd_kafka_error_string(err));
+    /* A timeout says nothing of why: add a TLS/SASL failure seen lately
+     * (the poll serves error_cb reports queued during the blocking call;
+     * only before init completes, when no delivery report can be pending). */
+    if (rd_kafka_error_code(err) == RD_KAFKA_RESP_ERR__TIMED_OUT && s->rk && !s->initialized)
+        rd_kafka_poll(s->rk, 0);
+    if (rd_kafka_error_code(err) == RD_KAFKA_RESP_ERR__TIMED_OUT && s->conn_hint[0] &&
+        outboxd_now_ms() - s->conn_hint_ms < 60000) {
+        size_t n = strlen(errstr);
+        snprintf(errstr + n, errstr_size - n, " (last connection error: %s)", s->conn_hint);
+    }
     outboxd_sink_status_t st;
     if (rd_kafka_error_is_fatal(err)) {
         char reason[512];

@@ -215,11 +215,13 @@ wait_log "$WORK/relay-kwrongca.log" "certificate verify failed; check ssl.ca.loc
 sleep 5 # not a synchronisation: only lets the retries happen
 kill -TERM "$RELAY_PID"
 wait "$RELAY_PID" 2>/dev/null || true
-n_err=$(grep -c 'ERROR.*check ssl.ca.location' "$WORK/relay-kwrongca.log")
+n_err=$(grep -c 'ERROR .*] kafka: TLS handshake failed' "$WORK/relay-kwrongca.log")
 n_dbg=$(grep -c 'DEBUG.*SSL handshake failed' "$WORK/relay-kwrongca.log")
-log "run, Kafka wrong CA: $n_err ERROR line(s) naming ssl.ca.location for $n_dbg handshake failure(s) at debug"
+log "run, Kafka wrong CA: $n_err ERROR line(s) \"kafka: TLS handshake failed ...\" for $n_dbg handshake failure(s) at debug"
 grep ' ERROR ' "$WORK/relay-kwrongca.log" | cut -c26-200 | sort | uniq -c | sort -rn | head -n 5 >&2
 [ "$n_err" -le 4 ] || fail "the TLS failure is logged at ERROR $n_err times within seconds"
+grep -q 'init_transactions: .*(last connection error: TLS handshake failed: certificate verify failed; check ssl.ca.location' "$WORK/relay-kwrongca.log" ||
+    fail "the init_transactions timeout does not name the TLS failure"
 rc=0
 "$OUTBOXD_BIN" status -c "$WORK/kwrongca.yaml" >"$WORK/status-kwrongca.out" 2>&1 || rc=$?
 OUTPUTS+=("$WORK/status-kwrongca.out")
