@@ -111,7 +111,10 @@ static int cmd_check(const outboxd_config_t *conf)
     /* Kafka reachability: a metadata request within 10 seconds, with the
      * client the sink would build; one line, not librdkafka's own. */
     int brokers = outboxd_sink_probe(conf, KAFKA_PROBE_TIMEOUT_MS, e, sizeof(e));
-    if (brokers < 0) {
+    if (brokers == -2) {
+        printf("kafka: cannot connect to %s: %s\n", conf->bootstrap_servers, e);
+        problems++;
+    } else if (brokers < 0) {
         printf("kafka: cannot reach %s within %d s: %s; is the broker running? (check "
                "kafka.bootstrap_servers)\n",
                conf->bootstrap_servers, KAFKA_PROBE_TIMEOUT_MS / 1000, e);

@@ -3,6 +3,8 @@
  */
 #include "outboxd/relay/pgconn.h"
 
+#include "outboxd/relay/connhint.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -47,6 +49,11 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
         size_t n = strlen(errstr);
         while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
             errstr[--n] = '\0';
+        /* libpq's TLS and authentication failures name no setting; add the
+         * dsn key or file that fixes them. */
+        const char *hint = outboxd_connhint_pg(errstr);
+        if (hint && n + 2 < errstr_size)
+            snprintf(errstr + n, errstr_size - n, "; %s", hint);
         PQfinish(conn);
         return NULL;
     }

@@ -28,6 +28,7 @@
  */
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/pgconn.h"
+#include "outboxd/relay/connhint.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -972,7 +973,9 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
     if (!conn) {
         outboxd_buf_printf(report, "source %s: cannot connect to PostgreSQL: ", src->name);
         append_flat(report, err);
-        if (src->password_file)
+        if (outboxd_connhint_pg(err))
+            outboxd_buf_append_str(report, "\n"); /* pgconn named the fix */
+        else if (src->password_file)
             outboxd_buf_printf(report,
                                "; check the dsn (host, port, dbname, user) and the password in "
                                "%s\n",

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "outboxd/common/log.h"
+#include "outboxd/relay/connhint.h"
 
 /* How long one blocking transactional call may take before we retry it
  * (keeping the replication connection alive in between). */
@@ -78,12 +79,40 @@ struct outboxd_sink {
     void *opaque;
     atomic_int *stop;
     outboxd_buf_t ckbuf;
+    /* The last TLS/SASL failure logged at ERROR (error_cb): librdkafka
+     * reports every reconnect attempt, so repeats within 30 s only count. */
+    char conn_hint[512];
+    int64_t conn_hint_ms;
+    unsigned conn_hint_repeats;
 };
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     outboxd_sink_t *s = opaque;
     (void)rk;
+    /* A TLS or SASL failure does not heal by retrying: ERROR, with the
+     * property to fix instead of librdkafka's wording (kept at debug). Only
+     * for these codes: a broker restarting also cuts handshakes short
+     * (_TRANSPORT), which is routine. */
+    char hint[512];
+    if ((err == RD_KAFKA_RESP_ERR__SSL || err == RD_KAFKA_RESP_ERR__AUTHENTICATION) &&
+        outboxd_connhint_kafka(reason, hint, sizeof(hint))) {
+        int64_t now = outboxd_now_ms();
+        LOG_DEBUG(s->src->name, "kafka: %s", reason);
+        if (strcmp(hint, s->conn_hint) == 0 && now - s->conn_hint_ms < 30000) {
+            s->conn_hint_repeats++;
+            return;
+        }
+        if (s->conn_hint_repeats && strcmp(hint, s->conn_hint) == 0)
+            LOG_ERROR(s->src->name, "kafka: %s (%u more time(s) in the last %lld s)", hint,
+                      s->conn_hint_repeats, (long long)((now - s->conn_hint_ms) / 1000));
+        else
+            LOG_ERROR(s->src->name, "kafka: %s", hint);
+        snprintf(s->conn_hint, sizeof(s->conn_hint), "%s", hint);
+        s->conn_hint_ms = now;
+        s->conn_hint_repeats = 0;
+        return;
+    }
     /* Transport errors while the broker restarts are routine and retried by
      * librdkafka; fatal ones are reported by the failing call too. */
     if (err == RD_KAFKA_RESP_ERR__FATAL)
@@ -389,6 +418,16 @@ static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, 
                                       char *errstr, size_t errstr_size)
 {
     snprintf(errstr, errstr_size, "%s: %s", what, rd_kafka_error_string(err));
+    /* A timeout says nothing of why: add a TLS/SASL failure seen lately
+     * (the poll serves error_cb reports queued during the blocking call;
+     * only before init completes, when no delivery report can be pending). */
+    if (rd_kafka_error_code(err) == RD_KAFKA_RESP_ERR__TIMED_OUT && s->rk && !s->initialized)
+        rd_kafka_poll(s->rk, 0);
+    if (rd_kafka_error_code(err) == RD_KAFKA_RESP_ERR__TIMED_OUT && s->conn_hint[0] &&
+        outboxd_now_ms() - s->conn_hint_ms < 60000) {
+        size_t n = strlen(errstr);
+        snprintf(errstr + n, errstr_size - n, " (last connection error: %s)", s->conn_hint);
+    }
     outboxd_sink_status_t st;
     if (rd_kafka_error_is_fatal(err)) {
         char reason[512];
@@ -1209,6 +1248,7 @@ int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t e
 
 typedef struct probe {
     char reason[512];
+    char hint[512]; /* a TLS or SASL failure, told as cause and fix */
 } probe_t;
 
 static void probe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -1218,6 +1258,8 @@ static void probe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
     (void)err;
     if (!p->reason[0])
         snprintf(p->reason, sizeof(p->reason), "%s", reason);
+    if (!p->hint[0])
+        outboxd_connhint_kafka(reason, p->hint, sizeof(p->hint));
 }
 
 static void probe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -1235,7 +1277,7 @@ int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errst
     rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
     if (!kc)
         return -1;
-    probe_t p = {{0}};
+    probe_t p = {{0}, {0}};
     rd_kafka_conf_set_log_cb(kc, probe_log_cb);
     rd_kafka_conf_set_error_cb(kc, probe_error_cb);
     rd_kafka_conf_set_opaque(kc, &p);
@@ -1247,11 +1289,31 @@ int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errst
         return -1;
     }
     const rd_kafka_metadata_t *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, timeout_ms);
+    rd_kafka_resp_err_t err;
+    /* In steps, so a TLS or SASL failure (which retrying does not heal) ends
+     * the wait at once instead of at the timeout. */
+    int64_t deadline = outboxd_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - outboxd_now_ms();
+        err = rd_kafka_metadata(rk, 0, NULL, &md, (int)(left < 500 ? (left > 0 ? left : 1) : 500));
+        if (!err)
+            break;
+        /* A failed SASL exchange fails the request as a transport error
+         * before its error_cb is queued: poll a little for the reason. */
+        rd_kafka_poll(rk, err == RD_KAFKA_RESP_ERR__TIMED_OUT ? 0 : 100);
+        if (p.hint[0] || left <= 500 ||
+            (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT))
+            break;
+    }
     int brokers = -1;
     if (err) {
         rd_kafka_poll(rk, 0); /* serves error_cb: the transport's reason */
-        snprintf(errstr, errstr_size, "%s", p.reason[0] ? p.reason : rd_kafka_err2str(err));
+        if (p.hint[0]) {
+            snprintf(errstr, errstr_size, "%s", p.hint);
+            brokers = -2;
+        } else {
+            snprintf(errstr, errstr_size, "%s", p.reason[0] ? p.reason : rd_kafka_err2str(err));
+        }
     } else {
         brokers = md->broker_cnt;
         rd_kafka_metadata_destroy(md);

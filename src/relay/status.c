@@ -18,6 +18,7 @@
 #include "outboxd/common/http.h"
 #include "outboxd/common/util.h"
 #include "outboxd/relay/checkpoint.h"
+#include "outboxd/relay/connhint.h"
 #include "outboxd/relay/pgconn.h"
 #include "outboxd/relay/stats.h"
 
@@ -28,6 +29,17 @@ typedef struct found_ck {
     outboxd_checkpoint_t ck;
     int64_t timestamp_ms; /* Kafka record timestamp: when the relay committed it */
 } found_ck_t;
+
+/* Keeps the first TLS or SASL failure, told as cause and fix (connhint.h):
+ * a timeout alone would not say why the broker did not answer. */
+static void status_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    char *hint = opaque;
+    (void)rk;
+    (void)err;
+    if (!hint[0])
+        outboxd_connhint_kafka(reason, hint, 512);
+}
 
 /*
  * Reads the whole checkpoint topic with read_committed up to its end and keeps
@@ -59,6 +71,9 @@ static int read_checkpoints(const outboxd_config_t *conf, found_ck_t *found, cha
             return -1;
         }
     }
+    char hint[512] = "";
+    rd_kafka_conf_set_error_cb(kc, status_error_cb);
+    rd_kafka_conf_set_opaque(kc, hint);
     rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
     if (!c) {
         snprintf(errstr, errstr_size, "kafka: %.400s", e);
@@ -71,8 +86,13 @@ static int read_checkpoints(const outboxd_config_t *conf, found_ck_t *found, cha
     rd_kafka_topic_partition_list_t *parts = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(c, 0, t, &md, 10000);
     if (err) {
-        snprintf(errstr, errstr_size, "kafka: cannot reach %s: %s", conf->bootstrap_servers,
-                 rd_kafka_err2str(err));
+        rd_kafka_poll(c, 100); /* serves status_error_cb */
+        if (hint[0])
+            snprintf(errstr, errstr_size, "kafka: cannot connect to %s: %s",
+                     conf->bootstrap_servers, hint);
+        else
+            snprintf(errstr, errstr_size, "kafka: cannot reach %s: %s", conf->bootstrap_servers,
+                     rd_kafka_err2str(err));
         goto out;
     }
     if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt < 1) {

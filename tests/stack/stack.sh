@@ -16,6 +16,17 @@
 #   STACK_KAFKA_AUTO_CREATE  the broker's auto.create.topics.enable (default
 #                    true; false as in production, for missing-topic tests)
 #   STACK_PG_OS_USER OS user owning the cluster when run as root (default postgres)
+#   STACK_PG_SSL_CERT, STACK_PG_SSL_KEY  PEM files: copied into the cluster
+#                    (owned by its OS user) and served with ssl = on (TLS tests)
+#   STACK_PG_HBA_FIRST  file of pg_hba.conf lines put before the stack's
+#                    trust lines (e.g. hostssl ... scram-sha-256 for one role)
+#   STACK_KAFKA_EXTRA_LISTENERS  comma-separated NAME://127.0.0.1:PORT added to
+#                    the broker's listeners (NAME is also the protocol: SSL,
+#                    SASL_SSL, SASL_PLAINTEXT); ports chosen by the caller
+#   STACK_KAFKA_EXTRA_PROPS  file of server.properties lines appended (TLS
+#                    keystore, sasl.enabled.mechanisms, listener.name.* ...)
+#   STACK_KAFKA_SCRAM  SCRAM credentials created at format time, e.g.
+#                    'SCRAM-SHA-512=[name=u,password=p]' (kafka-storage --add-scram)
 #   PG_BIN           PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #   STACK_PG_VERSION another server version at `start` (13, 14, 16, 17 or a
 #                    full version such as 14.15.0) from Maven Central, see
@@ -402,7 +413,32 @@ logging_collector = off         # stderr goes to $PG_LOG (pg_ctl -l)
 log_line_prefix = '%m [%p] %q%u@%d '
 log_replication_commands = on
 EOF
+  pg_write_tls_conf
   is_root && chown "$PG_OS_USER:" "$PGDATA_DIR/stack.conf"
+  return 0
+}
+
+# Opt-in (TLS tests): the server's certificate and key, and pg_hba lines
+# that take precedence over the stack's trust lines.
+pg_write_tls_conf() {
+  if [[ -n ${STACK_PG_SSL_CERT:-} ]]; then
+    [[ -f $STACK_PG_SSL_CERT && -f ${STACK_PG_SSL_KEY:-} ]] ||
+      die "STACK_PG_SSL_CERT and STACK_PG_SSL_KEY must both name PEM files"
+    install -m 600 "$STACK_PG_SSL_CERT" "$PGDATA_DIR/stack-server.crt"
+    install -m 600 "$STACK_PG_SSL_KEY" "$PGDATA_DIR/stack-server.key"
+    is_root && chown "$PG_OS_USER:" "$PGDATA_DIR/stack-server.crt" "$PGDATA_DIR/stack-server.key"
+    printf "ssl = on\nssl_cert_file = 'stack-server.crt'\nssl_key_file = 'stack-server.key'\n" \
+      >>"$PGDATA_DIR/stack.conf"
+  fi
+  if [[ -n ${STACK_PG_HBA_FIRST:-} ]]; then
+    [[ -f $STACK_PG_HBA_FIRST ]] || die "STACK_PG_HBA_FIRST=$STACK_PG_HBA_FIRST is not a file"
+    {
+      cat "$STACK_PG_HBA_FIRST"
+      grep -v '^#' "$PGDATA_DIR/pg_hba.conf"
+    } >"$PGDATA_DIR/stack_hba.conf"
+    is_root && chown "$PG_OS_USER:" "$PGDATA_DIR/stack_hba.conf"
+    printf "hba_file = '%s'\n" "$PGDATA_DIR/stack_hba.conf" >>"$PGDATA_DIR/stack.conf"
+  fi
   return 0
 }
 
@@ -504,14 +540,19 @@ kafka_stray_pids() {
 }
 
 kafka_write_config() {
+  local extra="" map="" l
+  if [[ -n ${STACK_KAFKA_EXTRA_LISTENERS:-} ]]; then
+    extra=",$STACK_KAFKA_EXTRA_LISTENERS"
+    for l in ${STACK_KAFKA_EXTRA_LISTENERS//,/ }; do map+=",${l%%://*}:${l%%://*}"; done
+  fi
   cat >"$KAFKA_PROPS" <<EOF
 # outboxd test stack: single-node KRaft broker+controller (rewritten at every start)
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CTRL_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTRL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTRL_PORT$extra
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$extra
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$map
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$KAFKA_DATA
@@ -533,6 +574,10 @@ num.recovery.threads.per.data.dir=1
 broker.heartbeat.interval.ms=500
 broker.session.timeout.ms=4000
 EOF
+  if [[ -n ${STACK_KAFKA_EXTRA_PROPS:-} ]]; then
+    [[ -f $STACK_KAFKA_EXTRA_PROPS ]] || die "STACK_KAFKA_EXTRA_PROPS=$STACK_KAFKA_EXTRA_PROPS is not a file"
+    cat "$STACK_KAFKA_EXTRA_PROPS" >>"$KAFKA_PROPS"
+  fi
   cat >"$STACK_DIR/kafka-log4j.properties" <<EOF
 log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -595,7 +640,9 @@ kafka_format() {
   done
   mkdir -p "$KAFKA_DATA"
   log "formatting Kafka storage (cluster id $id)"
-  java_tool kafka.tools.StorageTool format -t "$id" -c "$KAFKA_PROPS" --ignore-formatted \
+  local scram=()
+  [[ -n ${STACK_KAFKA_SCRAM:-} ]] && scram=(--add-scram "$STACK_KAFKA_SCRAM")
+  java_tool kafka.tools.StorageTool format -t "$id" -c "$KAFKA_PROPS" --ignore-formatted "${scram[@]}" \
     </dev/null >"$STACK_DIR/kafka-format.log" 2>&1 ||
     die_log "$STACK_DIR/kafka-format.log" "kafka storage format failed"
 }

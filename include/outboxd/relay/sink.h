@@ -130,8 +130,9 @@ int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t e
 
 /*
  * Asks the brokers for metadata within timeout_ms, with librdkafka's log
- * lines kept at debug. Returns the number of brokers, or -1 with the
- * transport's reason in errstr.
+ * lines kept at debug. Returns the number of brokers, -1 with the
+ * transport's reason in errstr, or -2 when a broker answered but TLS, SASL or
+ * security.protocol failed (errstr: the cause and the property to fix).
  */
 int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errstr,
                        size_t errstr_size);
