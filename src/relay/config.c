@@ -23,6 +23,7 @@
  */
 #include "outboxd/relay/config.h"
 #include "outboxd/common/registry.h"
+#include "outboxd/relay/debezium.h"
 #include "outboxd/common/util.h"
 
 #include <ctype.h>
@@ -778,6 +779,7 @@ static bool parse_sources(ctx_t *c, const node_t *n, const char *path, int line,
 static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_messages(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_debezium(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_table_name(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 
@@ -963,6 +965,10 @@ static const key_spec_t table_spec[] = {
      .hint = "a regular expression", .check = check_topic_regex},
     {KEY("value_format", K_ENUM, outboxd_table_conf_t, value_format), .names = value_format_names,
      .def_num = OUTBOXD_VALUE_ENVELOPE},
+    {.key = "debezium",
+     .kind = K_CUSTOM,
+     .custom = parse_debezium,
+     .hint = "a mapping of Debezium EventRouter and converter properties"},
     {0}};
 
 static const key_spec_t message_spec[] = {
@@ -1422,6 +1428,52 @@ static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line,
     return true;
 }
 
+/*
+ * tables[].debezium: Debezium's property names and values verbatim (a
+ * connector config's transforms.<name>.* and converter entries); checked
+ * here by the module that renders them, so a mistake is reported at load.
+ */
+static bool parse_debezium(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_table_conf_t *t = base;
+    if (is_null(n))
+        return true;
+    if (!want(c, n, N_MAP, path, line, "a mapping of Debezium properties"))
+        return false;
+    size_t count = n->n_kids / 2;
+    t->debezium = calloc(count ? count : 1, sizeof(*t->debezium));
+    if (!t->debezium)
+        return oom(c, line, path);
+    char child[PATH_LEN];
+    for (size_t i = 0; i < count; i++) {
+        const node_t *key = n->kids[2 * i];
+        const node_t *val = n->kids[2 * i + 1];
+        if (key->type != N_SCALAR || is_null(key))
+            return fail(c, key->line, path, "keys must be plain names, got %s", node_kind(key));
+        join_key(child, path, key->value);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(n->kids[2 * j]->value, key->value) == 0)
+                return fail(c, key->line, child, "duplicate key '%.100s' (first at line %d)",
+                            key->value, n->kids[2 * j]->line);
+        }
+        outboxd_kv_t *kv = &t->debezium[i];
+        kv->line = key->line;
+        kv->key = strdup(key->value);
+        t->n_debezium = i + 1;
+        if (!kv->key)
+            return oom(c, key->line, child);
+        /* Not expanded: ${routedByValue} and ${group} are Debezium's. */
+        if (!scalar_text(c, val, child, key->line, "a scalar value", false, true, &kv->value))
+            return false;
+    }
+    char err[512];
+    outboxd_dbz_t *d = outboxd_dbz_new(t->debezium, t->n_debezium, err, sizeof(err));
+    if (!d)
+        return fail(c, line, path, "%s", err);
+    outboxd_dbz_destroy(d);
+    return true;
+}
+
 static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, void *base)
 {
     outboxd_source_conf_t *s = base;
@@ -1756,6 +1808,11 @@ static void free_table(outboxd_table_conf_t *t)
     for (size_t i = 0; i < t->n_header_columns; i++)
         free(t->header_columns[i]);
     free(t->header_columns);
+    for (size_t i = 0; i < t->n_debezium; i++) {
+        free(t->debezium[i].key);
+        free(t->debezium[i].value);
+    }
+    free(t->debezium);
 }
 
 void outboxd_config_destroy(outboxd_config_t *conf)
