@@ -971,8 +971,12 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     /* Key and header texts go to buffers first: pointers are taken once
      * they no longer move. */
     const outboxd_pgo_datum_t *kd = datum(t, b->c_key);
-    if (has_text(kd) &&
-        outboxd_dbz_key(d, kd->data, kd->len, rel->cols[b->c_key].type_oid, &rt->dbz_key) < 0)
+    /* A NULL key: no key with StringConverter, the bytes null with
+     * JsonConverter (the key field has a schema). */
+    bool has_key = has_text(kd) || d->key_json;
+    if (has_key &&
+        outboxd_dbz_key(d, has_text(kd) ? (kd->data ? kd->data : "") : NULL,
+                        has_text(kd) ? kd->len : 0, rel->cols[b->c_key].type_oid, &rt->dbz_key) < 0)
         goto oom;
     size_t off[OUTBOXD_MAX_HEADERS], len[OUTBOXD_MAX_HEADERS];
     bool null[OUTBOXD_MAX_HEADERS];
@@ -997,7 +1001,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
         goto oom;
 
     rec->topic = rt->topic.data;
-    if (has_text(kd)) {
+    if (has_key) {
         rec->key = rt->dbz_key.data ? rt->dbz_key.data : "";
         rec->key_len = rt->dbz_key.len;
     }

@@ -71,7 +71,8 @@ void outboxd_dbz_destroy(outboxd_dbz_t *d);
 int outboxd_dbz_topic(const outboxd_dbz_t *d, const char *v, size_t len, outboxd_buf_t *out);
 
 /* A column value as the key converter renders it (type_oid: its
- * PostgreSQL type). 0, or -1 (OOM). */
+ * PostgreSQL type; v NULL: SQL NULL, which only JsonConverter renders, as
+ * the bytes null). 0, or -1 (OOM). */
 int outboxd_dbz_key(const outboxd_dbz_t *d, const char *v, size_t len, uint32_t type_oid,
                     outboxd_buf_t *out);
 
