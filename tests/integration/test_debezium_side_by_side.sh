@@ -7,11 +7,17 @@
 # records must be the same field for field: topic (after a per-side prefix:
 # both write to one broker), partition, key bytes, value bytes, headers,
 # timestamp, and the order of events within each partition.
-# Rows cover: 4 aggregate types routed by a two-group Java regex, NULL keys,
-# NULL payloads (tombstones), non-ASCII and control characters, null JSON
-# fields (dropped by Debezium), fractional numbers, headers with NULL
-# values, booleans, envelope fields, an explicit partition column on some
-# rows (the rest by the murmur2 partitioner), the event timestamp column.
+# Two tables, a connector each (and two tables in outboxd's one source):
+# - outbox, JsonConverter key and value, expanded payload: 4 aggregate types
+#   routed by a two-group Java regex, NULL keys, NULL payloads (tombstones),
+#   non-ASCII and control characters, null JSON fields (dropped by
+#   Debezium), fractional numbers, headers with NULL values, booleans,
+#   envelope fields, an explicit partition column on some rows (the rest by
+#   the murmur2 partitioner), the event timestamp column;
+# - outbox_s, StringConverter key and value: the jsonb text as PostgreSQL
+#   prints it, NULL payloads (null values), routed by the type column with
+#   the default regex, the id header from another column, an integer header,
+#   the default (processing) timestamp, which is not compared.
 # Slow (a Connect JVM): ctest label "sidebyside".
 source "$(dirname "$0")/lib.sh"
 ROOT=${OUTBOXD_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -27,6 +33,7 @@ CONNECTOR="outbox_$RUN_ID"
 
 extra_cleanup() {
     "$DBZ" delete "$CONNECTOR" >/dev/null 2>&1 || true
+    "$DBZ" delete "${CONNECTOR}_s" >/dev/null 2>&1 || true
     [ -n "${STARTED_CONNECT:-}" ] && "$DBZ" stop >/dev/null 2>&1
     for p in "${RELAY_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     # The connector's task lets go of its slot a moment after the delete.
@@ -38,6 +45,7 @@ extra_cleanup() {
     sleep 0.5
     drop_source "$DB" "obx_$RUN_ID"
     drop_source "$DB" "dbz_$RUN_ID"
+    drop_source "$DB" "dbz2_$RUN_ID"
     psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
 }
 
@@ -56,14 +64,23 @@ CREATE TABLE outbox (
     version int4,
     part int4,
     ts timestamp(6) NOT NULL);
-CREATE PUBLICATION dbz_pub FOR TABLE outbox;
+CREATE TABLE outbox_s (
+    event_id uuid PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid text NOT NULL,
+    type text NOT NULL,
+    payload jsonb,
+    seq int8 NOT NULL);
+CREATE PUBLICATION dbz_pub FOR TABLE outbox, outbox_s;
 SQL
-psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('dbz_$RUN_ID', 'pgoutput')" >/dev/null
+psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('dbz_$RUN_ID', 'pgoutput')" \
+    -c "SELECT pg_create_logical_replication_slot('dbz2_$RUN_ID', 'pgoutput')" >/dev/null
 
 # Topics: TYPE -> <prefix>.<letters of TYPE>.x<rest> (route.topic.regex below).
 SUFFIXES=(.order.x .customer.x .Shipment.x .invoice.x_v2)
+SUFFIXES_S=(s.Created s.Updated s.Cancelled)
 TOPICS=()
-for s in "${SUFFIXES[@]}"; do TOPICS+=("$DPFX$s" "$OPFX$s"); done
+for s in "${SUFFIXES[@]}" "${SUFFIXES_S[@]}"; do TOPICS+=("$DPFX$s" "$OPFX$s"); done
 "$PY" "$(dirname "$0")/dbz_compare.py" create "$KAFKA_BOOTSTRAP" 3 "${TOPICS[@]}"
 
 # The EventRouter properties, shared verbatim by both sides.
@@ -97,6 +114,14 @@ sources:
           transforms.outbox.route.tombstone.on.empty.payload: "true"
           transforms.outbox.table.field.event.timestamp: ts
           transforms.outbox.table.fields.additional.placement: "$PLACEMENT"
+      - table: public.outbox_s
+        debezium:
+          key.converter: org.apache.kafka.connect.storage.StringConverter
+          value.converter: org.apache.kafka.connect.storage.StringConverter
+          route.by.field: type
+          route.topic.replacement: "${OPFX}s.\${routedByValue}"
+          table.field.event.id: event_id
+          table.fields.additional.placement: "seq:header:sequence,aggregatetype:header"
 EOF
 cat >"$WORK/dbz.json" <<EOF
 {
@@ -124,6 +149,28 @@ cat >"$WORK/dbz.json" <<EOF
  "transforms.outbox.table.fields.additional.placement": "$PLACEMENT"
 }
 EOF
+cat >"$WORK/dbz_s.json" <<EOF
+{
+ "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+ "tasks.max": "1",
+ "database.hostname": "$PGHOST", "database.port": "$PGPORT", "database.user": "$PGUSER",
+ "database.password": "unused", "database.dbname": "$DB",
+ "topic.prefix": "${RUN_ID}s",
+ "plugin.name": "pgoutput", "slot.name": "dbz2_$RUN_ID", "publication.name": "dbz_pub",
+ "publication.autocreate.mode": "disabled",
+ "table.include.list": "public.outbox_s",
+ "snapshot.mode": "no_data",
+ "exactly.once.support": "required",
+ "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+ "value.converter": "org.apache.kafka.connect.storage.StringConverter",
+ "transforms": "outbox",
+ "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+ "transforms.outbox.route.by.field": "type",
+ "transforms.outbox.route.topic.replacement": "${DPFX}s.\${routedByValue}",
+ "transforms.outbox.table.field.event.id": "event_id",
+ "transforms.outbox.table.fields.additional.placement": "seq:header:sequence,aggregatetype:header"
+}
+EOF
 "$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check.log" 2>&1 || {
     cat "$WORK/check.log" >&2
     fail "outboxd check failed"
@@ -135,6 +182,7 @@ fi
 t0=$(date +%s)
 "$DBZ" start
 "$DBZ" register "$CONNECTOR" "$WORK/dbz.json"
+"$DBZ" register "${CONNECTOR}_s" "$WORK/dbz_s.json"
 log "Debezium connector RUNNING after $(($(date +%s) - t0)) s"
 start_relay "$WORK/outboxd.yaml" relay
 
@@ -170,14 +218,25 @@ SELECT i,
 FROM generate_series(1, $N) AS i;
 SQL
 for ((t = 0; t < N / PER_TXN; t++)); do
-    echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts FROM src WHERE i > $((t * PER_TXN)) AND i <= $(((t + 1) * PER_TXN)) ORDER BY i;"
+    w="i > $((t * PER_TXN)) AND i <= $(((t + 1) * PER_TXN))"
+    echo "BEGIN;"
+    echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts FROM src WHERE $w ORDER BY i;"
+    echo "INSERT INTO outbox_s SELECT md5('s' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, i * 1000000007 FROM src WHERE $w ORDER BY i;"
+    echo "COMMIT;"
 done >"$WORK/inserts.sql"
 psql_db "$DB" -f "$WORK/inserts.sql" >/dev/null
 log "wrote $N rows; comparing"
 
+log "outbox (JsonConverter, expanded payload, envelope, partition, event timestamp):"
 "$PY" "$(dirname "$0")/dbz_compare.py" compare "$KAFKA_BOOTSTRAP" "$N" 600 "$DPFX" "$OPFX" \
     "${SUFFIXES[@]}" | tee "$WORK/compare.log" >&2
-rc=${PIPESTATUS[0]}
-[ "$rc" -eq 0 ] || fail "records differ (see above)"
-grep -q " 0 differences" "$WORK/compare.log" || fail "no comparison summary"
-log "PASS: $N records identical field for field"
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "outbox: records differ (see above)"
+log "outbox_s (StringConverter, jsonb text, routed by type; timestamps not compared):"
+DBZ_COMPARE_NO_TIMESTAMP=1 "$PY" "$(dirname "$0")/dbz_compare.py" compare "$KAFKA_BOOTSTRAP" "$N" 600 \
+    "$DPFX" "$OPFX" "${SUFFIXES_S[@]}" | tee "$WORK/compare_s.log" >&2
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "outbox_s: records differ (see above)"
+grep -q " 0 differences" "$WORK/compare.log" || fail "no comparison summary (outbox)"
+grep -q " 0 differences" "$WORK/compare_s.log" || fail "no comparison summary (outbox_s)"
+stop_relay_ok "$RELAY_PID" "outboxd"
+if grep -q "dead-letter topic" "$WORK/relay.log"; then fail "outboxd dead-lettered rows"; fi
+log "PASS: 2 x $N records identical field for field"
