@@ -1474,6 +1474,47 @@ static bool parse_debezium(ctx_t *c, const node_t *n, const char *path, int line
     return true;
 }
 
+static bool set_col(char **field, const char *v)
+{
+    free(*field);
+    *field = v ? strdup(v) : NULL;
+    return !v || *field;
+}
+
+/*
+ * A debezium table's columns are the EventRouter's: they replace columns,
+ * key and headers, so every module that checks or reports a table's columns
+ * (outboxd check in particular) sees the ones the table needs.
+ */
+static bool debezium_columns(ctx_t *c, outboxd_table_conf_t *t, int line, const char *path)
+{
+    char err[512];
+    outboxd_dbz_t *d = outboxd_dbz_new(t->debezium, t->n_debezium, err, sizeof(err));
+    if (!d)
+        return fail(c, line, path, "%s", err);
+    bool ok = set_col(&t->columns.id, d->col_id) &&
+              set_col(&t->columns.aggregatetype, d->col_route) &&
+              set_col(&t->columns.aggregateid, d->col_key) && set_col(&t->columns.type, NULL) &&
+              set_col(&t->columns.payload, d->col_payload) &&
+              set_col(&t->columns.timestamp, d->col_ts) && set_col(&t->key_column, d->col_key);
+    for (size_t i = 0; i < t->n_header_columns; i++)
+        free(t->header_columns[i]);
+    free(t->header_columns);
+    t->header_columns = NULL;
+    t->n_header_columns = 0;
+    if (ok && d->error_on_missing && d->n_places) {
+        t->header_columns = calloc(d->n_places, sizeof(char *));
+        ok = t->header_columns != NULL;
+        for (size_t i = 0; ok && i < d->n_places; i++) {
+            t->header_columns[i] = strdup(d->places[i].column);
+            ok = t->header_columns[i] != NULL;
+            t->n_header_columns = i + 1;
+        }
+    }
+    outboxd_dbz_destroy(d);
+    return ok || oom(c, line, path);
+}
+
 static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, void *base)
 {
     outboxd_source_conf_t *s = base;
@@ -1514,6 +1555,8 @@ static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, 
             if (!t->key_column)
                 return oom(c, item->line, item_path);
         }
+        if (t->n_debezium && !debezium_columns(c, t, item->line, item_path))
+            return false;
         for (size_t j = 0; j < i; j++) {
             const outboxd_table_conf_t *o = &s->tables[j];
             if (strcmp(o->schema, t->schema) == 0 && strcmp(o->name, t->name) == 0) {

@@ -221,7 +221,7 @@ for ((t = 0; t < N / PER_TXN; t++)); do
     w="i > $((t * PER_TXN)) AND i <= $(((t + 1) * PER_TXN))"
     echo "BEGIN;"
     echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts FROM src WHERE $w ORDER BY i;"
-    echo "INSERT INTO outbox_s SELECT md5('s' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, i * 1000000007 FROM src WHERE $w ORDER BY i;"
+    echo "INSERT INTO outbox_s SELECT md5('s' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, i::int8 * 1000000007 FROM src WHERE $w ORDER BY i;"
     echo "COMMIT;"
 done >"$WORK/inserts.sql"
 psql_db "$DB" -f "$WORK/inserts.sql" >/dev/null
