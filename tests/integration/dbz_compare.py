@@ -22,7 +22,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 def create(bootstrap, parts, topics):
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    fs = admin.create_topics([NewTopic(t, int(parts), 1) for t in topics])
+    # The rows' event timestamps are months old: without retention.ms -1 the
+    # broker's time-based retention may delete what was just written.
+    fs = admin.create_topics([NewTopic(t, int(parts), 1, config={"retention.ms": "-1"})
+                              for t in topics])
     for t, f in fs.items():
         try:
             f.result(60)
@@ -45,8 +48,19 @@ def read_side(bootstrap, topics, n, deadline):
     while len(recs) < n and time.time() < deadline:
         for m in c.consume(500, 1.0):
             if m.error():
+                print("consumer: %s" % m.error())
                 continue
             recs.append(m)
+    if len(recs) < n:
+        # What the broker holds against what was read, per partition.
+        got = {}
+        for m in recs:
+            got[(m.topic(), m.partition())] = got.get((m.topic(), m.partition()), 0) + 1
+        for tp in tps:
+            lo, hi = c.get_watermark_offsets(tp, timeout=10, cached=False)
+            pos = c.position([TopicPartition(tp.topic, tp.partition)])[0].offset
+            print("  %s[%d]: read %d, watermarks %d..%d, position %d" %
+                  (tp.topic, tp.partition, got.get((tp.topic, tp.partition), 0), lo, hi, pos))
     c.close()
     return recs
 

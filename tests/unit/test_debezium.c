@@ -412,6 +412,80 @@ static void test_router_dead_letters(void **state)
     assert_non_null(strstr(err, "not a valid Kafka topic name"));
 }
 
+/* StringConverter for both, custom columns, a placement whose column the
+ * table lacks with error.on.missing false, no timestamp column. */
+static void test_router_string_converters(void **state)
+{
+    (void)state;
+    const char *conf_text =
+        "kafka:\n"
+        "  bootstrap_servers: 127.0.0.1:9\n"
+        "sources:\n"
+        "  - name: shop\n"
+        "    dsn: \"dbname=shop\"\n"
+        "    tables:\n"
+        "      - table: public.outbox\n"
+        "        debezium:\n"
+        "          key.converter: org.apache.kafka.connect.storage.StringConverter\n"
+        "          value.converter: org.apache.kafka.connect.storage.StringConverter\n"
+        "          table.field.event.id: tenant\n"
+        "          table.field.event.key: region\n"
+        "          table.field.event.payload: type\n"
+        "          route.by.field: aggregateid\n"
+        "          table.fields.additional.error.on.missing: \"false\"\n"
+        "          table.fields.additional.placement: \"nope:header,part:header:p\"\n";
+    char err[512];
+    outboxd_config_t *conf =
+        outboxd_config_parse(conf_text, strlen(conf_text), "t.yaml", err, sizeof(err));
+    if (!conf)
+        fail_msg("config: %s", err);
+    /* outboxd check sees the EventRouter's columns. */
+    const outboxd_table_conf_t *tc = &conf->sources[0].tables[0];
+    assert_string_equal(tc->columns.id, "tenant");
+    assert_string_equal(tc->key_column, "region");
+    assert_string_equal(tc->columns.payload, "type");
+    assert_string_equal(tc->columns.aggregatetype, "aggregateid");
+    assert_null(tc->columns.type);
+    assert_int_equal(tc->n_header_columns, 0); /* error.on.missing false: not required */
+    outboxd_router_t *rt = outboxd_router_new(conf, &conf->sources[0], "db", err, sizeof(err));
+    if (!rt)
+        fail_msg("router: %s", err);
+    outboxd_pgo_datum_t vals[NCOLS];
+    const char *v[] = {"x", "order", "agg1", NULL, "{}", "2026-01-01 00:00:00", "t-1", NULL, "7"};
+    for (int i = 0; i < NCOLS; i++) {
+        vals[i].kind = v[i] ? 't' : 'n';
+        vals[i].data = v[i];
+        vals[i].len = v[i] ? (uint32_t)strlen(v[i]) : 0;
+    }
+    outboxd_pgo_relation_t rel = {16384, "public", "outbox", 'd', NCOLS, COLS};
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_INSERT;
+    m.u.change.rel = &rel;
+    m.u.change.new_tuple.ncols = NCOLS;
+    m.u.change.new_tuple.cols = vals;
+    outboxd_record_t rec;
+    assert_int_equal(outboxd_router_route(rt, &m, &CTX, &rec, err, sizeof(err)),
+                     OUTBOXD_ROUTE_EVENT);
+    assert_string_equal(rec.topic, "outbox.event.agg1");
+    assert_null(rec.key);   /* NULL key with StringConverter: no key */
+    assert_null(rec.value); /* NULL payload with StringConverter: a null value */
+    assert_int_equal(rec.timestamp_ms, 0);
+    assert_int_equal(rec.n_headers, 2);
+    assert_string_equal(rec.headers[0].name, "id");
+    assert_bytes(rec.headers[0].value, rec.headers[0].len, "t-1");
+    assert_string_equal(rec.headers[1].name, "p");
+    assert_bytes(rec.headers[1].value, rec.headers[1].len, "7");
+    vals[3].kind = 't';
+    vals[3].data = "{\"a\": [1, 2]}";
+    vals[3].len = (uint32_t)strlen(vals[3].data);
+    assert_int_equal(outboxd_router_route(rt, &m, &CTX, &rec, err, sizeof(err)),
+                     OUTBOXD_ROUTE_EVENT);
+    assert_bytes(rec.value, rec.value_len, "{\"a\": [1, 2]}"); /* the text as is */
+    outboxd_router_destroy(rt);
+    outboxd_config_destroy(conf);
+}
+
 static void test_config_block_errors(void **state)
 {
     (void)state;
@@ -444,6 +518,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_router_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_router_nulls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_router_dead_letters, setup, teardown),
+        cmocka_unit_test(test_router_string_converters),
         cmocka_unit_test(test_config_block_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
