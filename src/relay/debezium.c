@@ -129,6 +129,13 @@ static int translate_regex(const char *java, outboxd_buf_t *ere, char ***names, 
             outboxd_buf_append_str(ere, "(");
             continue;
         }
+        if (strchr("*+?}", *p) && p[1] && strchr("?+", p[1])) {
+            snprintf(errstr, errstr_size,
+                     "'%.200s' uses a lazy or possessive quantifier (%c%c), which POSIX regular "
+                     "expressions do not have",
+                     java, *p, p[1]);
+            return -1;
+        }
         outboxd_buf_append(ere, p, 1);
     }
     outboxd_buf_append_str(ere, ")$");

@@ -122,6 +122,10 @@ static void test_config_errors(void **state)
     const char *look[] = {"value.converter", STRCONV, "route.topic.regex", "(?=x).*", NULL};
     assert_null(dbz(look, err));
     assert_non_null(strstr(err, "route.topic.regex"));
+    const char *lazy[] = {"value.converter", STRCONV, "route.topic.regex", "(?<routedByValue>.*?)x",
+                          NULL};
+    assert_null(dbz(lazy, err));
+    assert_non_null(strstr(err, "lazy or possessive"));
     const char *badbool[] = {"value.converter", STRCONV, "route.tombstone.on.empty.payload", "yes",
                              NULL};
     assert_null(dbz(badbool, err));
