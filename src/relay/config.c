@@ -23,6 +23,7 @@
  */
 #include "outboxd/relay/config.h"
 #include "outboxd/common/registry.h"
+#include "outboxd/relay/debezium.h"
 #include "outboxd/common/util.h"
 
 #include <ctype.h>
@@ -778,6 +779,7 @@ static bool parse_sources(ctx_t *c, const node_t *n, const char *path, int line,
 static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_messages(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_debezium(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_table_name(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 
@@ -963,6 +965,10 @@ static const key_spec_t table_spec[] = {
      .hint = "a regular expression", .check = check_topic_regex},
     {KEY("value_format", K_ENUM, outboxd_table_conf_t, value_format), .names = value_format_names,
      .def_num = OUTBOXD_VALUE_ENVELOPE},
+    {.key = "debezium",
+     .kind = K_CUSTOM,
+     .custom = parse_debezium,
+     .hint = "a mapping of Debezium EventRouter and converter properties"},
     {0}};
 
 static const key_spec_t message_spec[] = {
@@ -1422,6 +1428,93 @@ static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line,
     return true;
 }
 
+/*
+ * tables[].debezium: Debezium's property names and values verbatim (a
+ * connector config's transforms.<name>.* and converter entries); checked
+ * here by the module that renders them, so a mistake is reported at load.
+ */
+static bool parse_debezium(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_table_conf_t *t = base;
+    if (is_null(n))
+        return true;
+    if (!want(c, n, N_MAP, path, line, "a mapping of Debezium properties"))
+        return false;
+    size_t count = n->n_kids / 2;
+    t->debezium = calloc(count ? count : 1, sizeof(*t->debezium));
+    if (!t->debezium)
+        return oom(c, line, path);
+    char child[PATH_LEN];
+    for (size_t i = 0; i < count; i++) {
+        const node_t *key = n->kids[2 * i];
+        const node_t *val = n->kids[2 * i + 1];
+        if (key->type != N_SCALAR || is_null(key))
+            return fail(c, key->line, path, "keys must be plain names, got %s", node_kind(key));
+        join_key(child, path, key->value);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(n->kids[2 * j]->value, key->value) == 0)
+                return fail(c, key->line, child, "duplicate key '%.100s' (first at line %d)",
+                            key->value, n->kids[2 * j]->line);
+        }
+        outboxd_kv_t *kv = &t->debezium[i];
+        kv->line = key->line;
+        kv->key = strdup(key->value);
+        t->n_debezium = i + 1;
+        if (!kv->key)
+            return oom(c, key->line, child);
+        /* Not expanded: ${routedByValue} and ${group} are Debezium's. */
+        if (!scalar_text(c, val, child, key->line, "a scalar value", false, true, &kv->value))
+            return false;
+    }
+    char err[512];
+    outboxd_dbz_t *d = outboxd_dbz_new(t->debezium, t->n_debezium, err, sizeof(err));
+    if (!d)
+        return fail(c, line, path, "%s", err);
+    outboxd_dbz_destroy(d);
+    return true;
+}
+
+static bool set_col(char **field, const char *v)
+{
+    free(*field);
+    *field = v ? strdup(v) : NULL;
+    return !v || *field;
+}
+
+/*
+ * A debezium table's columns are the EventRouter's: they replace columns,
+ * key and headers, so every module that checks or reports a table's columns
+ * (outboxd check in particular) sees the ones the table needs.
+ */
+static bool debezium_columns(ctx_t *c, outboxd_table_conf_t *t, int line, const char *path)
+{
+    char err[512];
+    outboxd_dbz_t *d = outboxd_dbz_new(t->debezium, t->n_debezium, err, sizeof(err));
+    if (!d)
+        return fail(c, line, path, "%s", err);
+    bool ok = set_col(&t->columns.id, d->col_id) &&
+              set_col(&t->columns.aggregatetype, d->col_route) &&
+              set_col(&t->columns.aggregateid, d->col_key) && set_col(&t->columns.type, NULL) &&
+              set_col(&t->columns.payload, d->col_payload) &&
+              set_col(&t->columns.timestamp, d->col_ts) && set_col(&t->key_column, d->col_key);
+    for (size_t i = 0; i < t->n_header_columns; i++)
+        free(t->header_columns[i]);
+    free(t->header_columns);
+    t->header_columns = NULL;
+    t->n_header_columns = 0;
+    if (ok && d->error_on_missing && d->n_places) {
+        t->header_columns = calloc(d->n_places, sizeof(char *));
+        ok = t->header_columns != NULL;
+        for (size_t i = 0; ok && i < d->n_places; i++) {
+            t->header_columns[i] = strdup(d->places[i].column);
+            ok = t->header_columns[i] != NULL;
+            t->n_header_columns = i + 1;
+        }
+    }
+    outboxd_dbz_destroy(d);
+    return ok || oom(c, line, path);
+}
+
 static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, void *base)
 {
     outboxd_source_conf_t *s = base;
@@ -1462,6 +1555,8 @@ static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, 
             if (!t->key_column)
                 return oom(c, item->line, item_path);
         }
+        if (t->n_debezium && !debezium_columns(c, t, item->line, item_path))
+            return false;
         for (size_t j = 0; j < i; j++) {
             const outboxd_table_conf_t *o = &s->tables[j];
             if (strcmp(o->schema, t->schema) == 0 && strcmp(o->name, t->name) == 0) {
@@ -1756,6 +1851,11 @@ static void free_table(outboxd_table_conf_t *t)
     for (size_t i = 0; i < t->n_header_columns; i++)
         free(t->header_columns[i]);
     free(t->header_columns);
+    for (size_t i = 0; i < t->n_debezium; i++) {
+        free(t->debezium[i].key);
+        free(t->debezium[i].value);
+    }
+    free(t->debezium);
 }
 
 void outboxd_config_destroy(outboxd_config_t *conf)

@@ -18,6 +18,7 @@
 
 #include "outboxd/common/avro.h"
 #include "outboxd/common/log.h"
+#include "outboxd/relay/debezium.h"
 #include "outboxd/relay/encoder.h"
 
 /* A compiled topic template: literal text and placeholders, in order. */
@@ -43,6 +44,9 @@ typedef struct binding {
     char *table_name; /* "schema.name" */
     regex_t allowed;  /* tc->allowed_topics, anchored; valid when has_allowed */
     bool has_allowed;
+    outboxd_dbz_t *dbz; /* tables[].debezium: a Debezium drop-in table, or NULL */
+    int c_route;        /* its route.by.field column */
+    int *c_place;       /* its placement columns (-1: missing, allowed) */
 } binding_t;
 
 typedef struct msg_binding {
@@ -81,6 +85,8 @@ struct outboxd_router {
     int merged_cap;
     outboxd_encoder_t *enc; /* event values: envelope or typed, registry or not */
     outboxd_buf_t dlt;      /* Avro dead-letter value (relay.dead_letter_format: avro) */
+    outboxd_buf_t dbz_key;  /* Debezium drop-in: the rendered key */
+    outboxd_buf_t dbz_hdr;  /* and header texts */
 };
 
 /* Producer default of librdkafka's message.max.bytes: larger records are
@@ -274,6 +280,19 @@ outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd
             goto fail;
         }
         snprintf(b->table_name, n, "%s.%s", tc->schema, tc->name);
+        if (tc->n_debezium) {
+            char why[512];
+            b->dbz = outboxd_dbz_new(tc->debezium, tc->n_debezium, why, sizeof(why));
+            if (!b->dbz) {
+                snprintf(errstr, errstr_size, "table %s: debezium: %s", b->table_name, why);
+                goto fail;
+            }
+            b->c_place = calloc(b->dbz->n_places ? b->dbz->n_places : 1, sizeof(int));
+            if (!b->c_place) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+            }
+        }
         if (tpl_compile(&b->topic, tc->topic, errstr, errstr_size) < 0 ||
             compile_allowed(tc->allowed_topics, &b->allowed, &b->has_allowed, errstr, errstr_size) <
                 0)
@@ -309,6 +328,8 @@ void outboxd_router_destroy(outboxd_router_t *rt)
         free(rt->bindings[i].c_headers);
         free(rt->bindings[i].missing);
         free(rt->bindings[i].table_name);
+        outboxd_dbz_destroy(rt->bindings[i].dbz);
+        free(rt->bindings[i].c_place);
         if (rt->bindings[i].has_allowed)
             regfree(&rt->bindings[i].allowed);
     }
@@ -324,6 +345,8 @@ void outboxd_router_destroy(outboxd_router_t *rt)
     outboxd_avro_destroy(rt->avro);
     outboxd_encoder_destroy(rt->enc);
     outboxd_buf_free(&rt->dlt);
+    outboxd_buf_free(&rt->dbz_key);
+    outboxd_buf_free(&rt->dbz_hdr);
     outboxd_buf_free(&rt->topic);
     outboxd_buf_free(&rt->value);
     outboxd_buf_free(&rt->scratch);
@@ -372,6 +395,27 @@ static int need_col(binding_t *b, const outboxd_pgo_relation_t *rel, const char 
     return i;
 }
 
+/* A Debezium drop-in table: the EventRouter's columns (topic templates,
+ * columns: and headers: do not apply). */
+static void bind_dbz(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_relation_t *rel)
+{
+    const outboxd_dbz_t *d = b->dbz;
+    b->c_id = need_col(b, rel, d->col_id, "table.field.event.id");
+    b->c_key = need_col(b, rel, d->col_key, "table.field.event.key");
+    b->c_payload = need_col(b, rel, d->col_payload, "table.field.event.payload");
+    b->c_route = need_col(b, rel, d->col_route, "route.by.field");
+    b->c_ts = d->col_ts ? need_col(b, rel, d->col_ts, "table.field.event.timestamp") : -1;
+    for (size_t i = 0; i < d->n_places; i++)
+        b->c_place[i] = d->error_on_missing ? need_col(b, rel, d->places[i].column,
+                                                       "table.fields.additional.placement")
+                                            : col_index(rel, d->places[i].column);
+    b->rel = rel;
+    b->oid = rel->oid;
+    if (b->missing)
+        LOG_ERROR(rt->src->name, "table %s: %s; its rows go to the dead-letter topic",
+                  b->table_name, b->missing);
+}
+
 static binding_t *bind(outboxd_router_t *rt, const outboxd_pgo_relation_t *rel)
 {
     for (size_t i = 0; i < rt->n_bindings; i++) {
@@ -386,6 +430,10 @@ static binding_t *bind(outboxd_router_t *rt, const outboxd_pgo_relation_t *rel)
         const outboxd_outbox_columns_t *c = &b->tc->columns;
         free(b->missing);
         b->missing = NULL;
+        if (b->dbz) {
+            bind_dbz(rt, b, rel);
+            return b;
+        }
         b->c_id = need_col(b, rel, c->id, "columns.id");
         b->c_aggtype = need_col(b, rel, c->aggregatetype, "columns.aggregatetype");
         b->c_aggid = need_col(b, rel, c->aggregateid, "columns.aggregateid");
@@ -817,6 +865,185 @@ static const char *unsent_optional(const binding_t *b, const outboxd_pgo_tuple_t
     return NULL;
 }
 
+/*
+ * A row of a Debezium drop-in table: the record Debezium's EventRouter would
+ * write through the configured converters (debezium.h). Rows Debezium could
+ * not route (NULL route.by.field value, a topic Kafka cannot take, payload
+ * that is not JSON with table.expand.json.payload) are dead-lettered.
+ */
+static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
+                         const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
+                         size_t errstr_size)
+{
+    const outboxd_dbz_t *d = b->dbz;
+    const outboxd_pgo_relation_t *rel = b->rel;
+    char reason[512];
+    int used[4 + OUTBOXD_MAX_HEADERS];
+    size_t n_used = 0;
+    used[n_used++] = b->c_id;
+    used[n_used++] = b->c_key;
+    used[n_used++] = b->c_payload;
+    used[n_used++] = b->c_route;
+    for (size_t i = 0; i < d->n_places && n_used < sizeof(used) / sizeof(used[0]); i++)
+        used[n_used++] = b->c_place[i];
+    size_t raw = 0;
+    for (size_t i = 0; i < n_used + 1; i++) {
+        int col = i < n_used ? used[i] : b->c_ts;
+        const outboxd_pgo_datum_t *v = datum(t, col);
+        if (v && v->kind == 'u') {
+            unsent_reason(b, "configured", rel->cols[col].name, reason, sizeof(reason));
+            return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+        }
+        if (has_text(v)) {
+            raw += v->len;
+            long bad = v->kind == 't' ? utf8_invalid_at(v->data, v->len) : -1;
+            if (bad >= 0) {
+                snprintf(reason, sizeof(reason),
+                         "column '%s' is not valid UTF-8 (byte 0x%02x at offset %ld): write "
+                         "UTF-8 text (or use a UTF8 database)",
+                         rel->cols[col].name, (unsigned char)v->data[bad], bad);
+                return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+            }
+        }
+    }
+    if (raw > rt->conf->max_event_bytes) {
+        snprintf(reason, sizeof(reason), "row of %zu bytes exceeds relay.max_event_bytes (%zu)",
+                 raw, rt->conf->max_event_bytes);
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    }
+    const outboxd_pgo_datum_t *route = datum(t, b->c_route);
+    if (!has_text(route)) {
+        snprintf(reason, sizeof(reason), "route.by.field column '%s' is NULL", d->col_route);
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    }
+    if (outboxd_dbz_topic(d, route->data, route->len, &rt->topic) < 0)
+        goto oom;
+    if (!valid_topic(rt->topic.data, rt->topic.len)) {
+        snprintf(reason, sizeof(reason),
+                 "topic '%.200s' made by route.topic.replacement is not a valid Kafka topic "
+                 "name (letters, digits, '.', '_', '-'; at most 249)",
+                 rt->topic.data);
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    }
+    if (!topic_allowed(rt, rt->topic.data, &b->allowed, b->has_allowed, b->tc->allowed_topics,
+                       reason, sizeof(reason)))
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+
+    /* Value: the payload, and the envelope placements in configured order. */
+    const outboxd_pgo_datum_t *pd = datum(t, b->c_payload);
+    outboxd_dbz_field_t payload = {d->col_payload, has_text(pd) ? pd->data : NULL,
+                                   has_text(pd) ? pd->len : 0, rel->cols[b->c_payload].type_oid};
+    if (payload.data == NULL && has_text(pd))
+        payload.data = ""; /* an empty text is not NULL */
+    outboxd_dbz_field_t env[OUTBOXD_MAX_HEADERS];
+    size_t n_env = 0;
+    for (size_t i = 0; i < d->n_places && n_env < OUTBOXD_MAX_HEADERS; i++) {
+        if (d->places[i].where != OUTBOXD_DBZ_ENVELOPE || b->c_place[i] < 0)
+            continue;
+        const outboxd_pgo_datum_t *v = datum(t, b->c_place[i]);
+        env[n_env++] =
+            (outboxd_dbz_field_t){d->places[i].alias, has_text(v) ? (v->data ? v->data : "") : NULL,
+                                  has_text(v) ? v->len : 0, rel->cols[b->c_place[i]].type_oid};
+    }
+    bool tombstone = false;
+    int rc =
+        outboxd_dbz_value(d, &payload, env, n_env, &rt->value, &tombstone, reason, sizeof(reason));
+    if (rc < 0)
+        goto oom;
+    if (rc > 0)
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    if (!tombstone && !outboxd_buf_append(&rt->value, "", 1))
+        goto oom;
+    if (!tombstone)
+        rt->value.len--; /* a non-NULL pointer even for an empty value */
+
+    /* Timestamp: the event timestamp column in ms, else the producer's now
+     * (Debezium's default is its processing time). */
+    const outboxd_pgo_datum_t *ts = datum(t, b->c_ts);
+    int64_t ts_us = 0;
+    if (has_text(ts) && outboxd_parse_timestamp(ts->data, ts->len, &ts_us) < 0) {
+        snprintf(reason, sizeof(reason),
+                 "table.field.event.timestamp column '%s' value '%.*s' is not a timestamp",
+                 d->col_ts, (int)(ts->len > 64 ? 64 : ts->len), ts->data);
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    }
+
+    /* Key and header texts go to buffers first: pointers are taken once
+     * they no longer move. */
+    const outboxd_pgo_datum_t *kd = datum(t, b->c_key);
+    /* A NULL key: no key with StringConverter, the bytes null with
+     * JsonConverter (the key field has a schema). */
+    bool has_key = has_text(kd) || d->key_json;
+    if (has_key &&
+        outboxd_dbz_key(d, has_text(kd) ? (kd->data ? kd->data : "") : NULL,
+                        has_text(kd) ? kd->len : 0, rel->cols[b->c_key].type_oid, &rt->dbz_key) < 0)
+        goto oom;
+    size_t off[OUTBOXD_MAX_HEADERS], len[OUTBOXD_MAX_HEADERS];
+    bool null[OUTBOXD_MAX_HEADERS];
+    const char *name[OUTBOXD_MAX_HEADERS];
+    size_t n_h = 0;
+    outboxd_buf_reset(&rt->dbz_hdr);
+    for (size_t i = 0; i <= d->n_places && n_h < OUTBOXD_MAX_HEADERS; i++) {
+        int col = i == 0 ? b->c_id : b->c_place[i - 1];
+        if (i > 0 && (d->places[i - 1].where != OUTBOXD_DBZ_HEADER || col < 0))
+            continue;
+        const outboxd_pgo_datum_t *v = datum(t, col);
+        name[n_h] = i == 0 ? "id" : d->places[i - 1].alias;
+        off[n_h] = rt->dbz_hdr.len;
+        null[n_h] = !has_text(v);
+        if (has_text(v) &&
+            outboxd_dbz_header_text(v->data, v->len, rel->cols[col].type_oid, &rt->dbz_hdr) < 0)
+            goto oom;
+        len[n_h] = rt->dbz_hdr.len - off[n_h];
+        n_h++;
+    }
+    if (!outboxd_buf_append(&rt->dbz_hdr, "", 1))
+        goto oom;
+
+    rec->topic = rt->topic.data;
+    if (has_key) {
+        rec->key = rt->dbz_key.data ? rt->dbz_key.data : "";
+        rec->key_len = rt->dbz_key.len;
+    }
+    rec->value = tombstone ? NULL : rt->value.data;
+    rec->value_len = tombstone ? 0 : rt->value.len;
+    for (size_t i = 0; i < n_h; i++)
+        add_header(rec, name[i], null[i] ? NULL : rt->dbz_hdr.data + off[i], len[i]);
+    for (size_t i = 0; i < d->n_places; i++) {
+        if (d->places[i].where != OUTBOXD_DBZ_PARTITION || b->c_place[i] < 0)
+            continue;
+        const outboxd_pgo_datum_t *v = datum(t, b->c_place[i]);
+        if (!has_text(v))
+            continue; /* NULL: the partitioner decides, as with Debezium */
+        char tmp[16], *end;
+        long p = -1;
+        if (v->len < sizeof(tmp)) {
+            memcpy(tmp, v->data, v->len);
+            tmp[v->len] = '\0';
+            p = strtol(tmp, &end, 10);
+            if (*end != '\0')
+                p = -1;
+        }
+        if (p < 0 || p > INT32_MAX) {
+            snprintf(reason, sizeof(reason),
+                     "partition column '%s' is not a partition number (a non-negative integer)",
+                     d->places[i].column);
+            memset(rec, 0, sizeof(*rec));
+            return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+        }
+        rec->has_partition = true;
+        rec->partition = (int32_t)p;
+    }
+    rec->timestamp_ms = ts_us / 1000; /* Java's integer division: toward zero */
+    rt->stats.events++;
+    if (too_large(rt, rec, reason, sizeof(reason)))
+        return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    return OUTBOXD_ROUTE_EVENT;
+oom:
+    snprintf(errstr, errstr_size, "out of memory building a Debezium record");
+    return -1;
+}
+
 static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
                      const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                      size_t errstr_size)
@@ -824,6 +1051,8 @@ static int route_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple
     char reason[512];
     if (b->missing)
         return dead_letter_row(rt, b, t, b->missing, ctx, rec, errstr, errstr_size);
+    if (b->dbz)
+        return route_dbz_row(rt, b, t, ctx, rec, errstr, errstr_size);
 
     struct {
         int col;

@@ -1068,7 +1068,8 @@ static outboxd_sink_status_t await_delivery(outboxd_sink_t *s, const char *topic
 
 static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, const void *key,
                                          size_t key_len, const void *value, size_t value_len,
-                                         const outboxd_header_t *hdrs, size_t n_hdrs, char *errstr,
+                                         const outboxd_header_t *hdrs, size_t n_hdrs,
+                                         int32_t partition, int64_t timestamp_ms, char *errstr,
                                          size_t errstr_size)
 {
     outboxd_sink_status_t cst = check_topic(s, topic, errstr, errstr_size);
@@ -1089,6 +1090,7 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
         rd_kafka_resp_err_t err =
             rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
                               RD_KAFKA_V_VALUE((void *)value, value_len),
+                              RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_TIMESTAMP(timestamp_ms),
                               RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
                               RD_KAFKA_V_OPAQUE((void *)(uintptr_t)(s->seq + 1)), RD_KAFKA_V_END);
         if (!err) {
@@ -1157,7 +1159,9 @@ outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_reco
 {
     return settle(s,
                   produce_raw(s, rec->topic, rec->key, rec->key ? rec->key_len : 0, rec->value,
-                              rec->value_len, rec->headers, rec->n_headers, errstr, errstr_size),
+                              rec->value_len, rec->headers, rec->n_headers,
+                              rec->has_partition ? rec->partition : RD_KAFKA_PARTITION_UA,
+                              rec->timestamp_ms, errstr, errstr_size),
                   errstr, errstr_size);
 }
 
@@ -1181,7 +1185,7 @@ static outboxd_sink_status_t commit_txn(outboxd_sink_t *s, const outboxd_checkpo
     s->ck_seq = s->seq + 1;
     outboxd_sink_status_t st =
         produce_raw(s, s->conf->checkpoint_topic, s->src->name, strlen(s->src->name), s->ckbuf.data,
-                    s->ckbuf.len, NULL, 0, errstr, errstr_size);
+                    s->ckbuf.len, NULL, 0, RD_KAFKA_PARTITION_UA, 0, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
         return st;
     for (int attempt = 0;; attempt++) {

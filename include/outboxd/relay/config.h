@@ -82,6 +82,10 @@ typedef struct outboxd_table_conf {
      * any topic); others are dead-lettered. */
     char *allowed_topics;
     int value_format; /* outboxd_value_format_t, default envelope */
+    /* debezium: Debezium EventRouter / converter properties taken verbatim
+     * (relay/debezium.h); n_debezium 0: not a Debezium drop-in table */
+    outboxd_kv_t *debezium;
+    size_t n_debezium;
     int line;         /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 

@@ -10,6 +10,7 @@
 #ifndef OUTBOXD_ROUTER_H
 #define OUTBOXD_ROUTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,8 +21,8 @@
 #define OUTBOXD_MAX_HEADERS 32
 
 typedef struct outboxd_header {
-    const char *name; /* NUL-terminated */
-    const char *value;
+    const char *name;  /* NUL-terminated */
+    const char *value; /* NULL: a header with a null value */
     size_t len;
 } outboxd_header_t;
 
@@ -29,10 +30,13 @@ typedef struct outboxd_record {
     const char *topic; /* NUL-terminated */
     const char *key;   /* NULL: no key */
     size_t key_len;
-    const void *value;
+    const void *value; /* NULL: a null value (tombstone) */
     size_t value_len;
     outboxd_header_t headers[OUTBOXD_MAX_HEADERS];
     size_t n_headers;
+    bool has_partition; /* else the producer's partitioner decides */
+    int32_t partition;
+    int64_t timestamp_ms; /* record timestamp; 0: the producer's current time */
 } outboxd_record_t;
 
 /* Where a change sits in the stream. */

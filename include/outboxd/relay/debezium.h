@@ -1,0 +1,109 @@
+/*
+ * Debezium drop-in: records as Debezium's outbox EventRouter
+ * (io.debezium.transforms.outbox.EventRouter, Debezium 3.0) emits them
+ * through Kafka Connect's StringConverter or JsonConverter
+ * (schemas.enable=false), so that a table switched from Debezium to outboxd
+ * changes nothing a consumer sees: topic, partition, key bytes, value bytes,
+ * the id header and placed headers, record timestamp.
+ *
+ * Configured per table with a `debezium:` mapping that takes Debezium's own
+ * property names verbatim (the EventRouter's, with or without their
+ * "transforms.<name>." prefix, and key.converter / value.converter); see
+ * README "Migrating from Debezium".
+ */
+#ifndef OUTBOXD_DEBEZIUM_H
+#define OUTBOXD_DEBEZIUM_H
+
+#include <regex.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "outboxd/common/util.h"
+#include "outboxd/relay/config.h"
+
+typedef enum {
+    OUTBOXD_DBZ_HEADER = 0,   /* a Kafka header named alias */
+    OUTBOXD_DBZ_ENVELOPE = 1, /* a field of the value struct {payload, alias...} */
+    OUTBOXD_DBZ_PARTITION = 2 /* the record's partition (an integer column) */
+} outboxd_dbz_where_t;
+
+typedef struct outboxd_dbz_place {
+    char *column;
+    char *alias; /* the column name when none is given */
+    outboxd_dbz_where_t where;
+} outboxd_dbz_place_t;
+
+/* A part of route.topic.replacement: literal text or a regex group. */
+typedef struct outboxd_dbz_repl {
+    char *text; /* literal; NULL for a group */
+    int group;  /* POSIX group index */
+} outboxd_dbz_repl_t;
+
+typedef struct outboxd_dbz {
+    char *col_id;                /* table.field.event.id, default id */
+    char *col_key;               /* table.field.event.key, default aggregateid */
+    char *col_payload;           /* table.field.event.payload, default payload */
+    char *col_route;             /* route.by.field, default aggregatetype */
+    char *col_ts;                /* table.field.event.timestamp, NULL: producer time */
+    outboxd_dbz_place_t *places; /* table.fields.additional.placement */
+    size_t n_places;
+    bool error_on_missing;   /* table.fields.additional.error.on.missing, default true */
+    bool expand_json;        /* table.expand.json.payload, default false */
+    bool keep_null_fields;   /* table.json.payload.null.behavior: optional_bytes */
+    bool tombstone_on_empty; /* route.tombstone.on.empty.payload, default false */
+    bool key_json;           /* key.converter is JsonConverter (else StringConverter) */
+    bool value_json;         /* value.converter is JsonConverter (else StringConverter) */
+    regex_t re;              /* route.topic.regex, anchored, translated to POSIX ERE */
+    size_t re_groups;
+    outboxd_dbz_repl_t *repl; /* route.topic.replacement */
+    size_t n_repl;
+} outboxd_dbz_t;
+
+/* Parses and checks the properties. NULL + errstr naming the property and
+ * what is expected (an unknown or unsupported property is an error). */
+outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr,
+                               size_t errstr_size);
+void outboxd_dbz_destroy(outboxd_dbz_t *d);
+
+/* The topic for a route.by.field value: the replacement when the regex
+ * matches the whole value, else the value itself. 0, or -1 (OOM). */
+int outboxd_dbz_topic(const outboxd_dbz_t *d, const char *v, size_t len, outboxd_buf_t *out);
+
+/* A column value as the key converter renders it (type_oid: its
+ * PostgreSQL type; v NULL: SQL NULL, which only JsonConverter renders, as
+ * the bytes null). 0, or -1 (OOM). */
+int outboxd_dbz_key(const outboxd_dbz_t *d, const char *v, size_t len, uint32_t type_oid,
+                    outboxd_buf_t *out);
+
+/* A column value as Connect's SimpleHeaderConverter renders it (booleans
+ * true/false, other types their PostgreSQL text). Appends; 0 or -1 (OOM). */
+int outboxd_dbz_header_text(const char *v, size_t len, uint32_t type_oid, outboxd_buf_t *out);
+
+/* jsonb text re-serialised as Debezium's table.expand.json.payload and
+ * Jackson print it: compact, key order kept, fractional numbers as Java
+ * doubles, null fields dropped unless keep_nulls. Appends. 0; 1 when the
+ * text is not JSON (reason filled); -1 (OOM). */
+int outboxd_dbz_expand_json(const char *v, size_t len, bool keep_nulls, outboxd_buf_t *out,
+                            char *reason, size_t reason_size);
+
+/* A column value for the value: its name, text (NULL: SQL NULL), type. */
+typedef struct outboxd_dbz_field {
+    const char *name;
+    const char *data;
+    size_t len;
+    uint32_t type_oid;
+} outboxd_dbz_field_t;
+
+/*
+ * The record value: the payload alone, or with envelope placements the
+ * struct {payload, alias...} as JsonConverter writes it. *tombstone is set
+ * when the record must have a null value (NULL payload with
+ * route.tombstone.on.empty.payload). Writes out (reset first). 0; 1 when the
+ * payload cannot be rendered (reason filled); -1 (OOM).
+ */
+int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload,
+                      const outboxd_dbz_field_t *env, size_t n_env, outboxd_buf_t *out,
+                      bool *tombstone, char *reason, size_t reason_size);
+
+#endif

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# Debezium drop-in, side by side: Debezium's PostgreSQL connector 3.0.8 with
+# the outbox EventRouter (Kafka Connect 3.9.1, distributed,
+# exactly.once.source.support=enabled; tests/stack/debezium.sh) and outboxd
+# with the same EventRouter properties in its tables[].debezium block relay
+# the same outbox rows of one database (one publication, a slot each). The
+# records must be the same field for field: topic (after a per-side prefix:
+# both write to one broker), partition, key bytes, value bytes, headers,
+# timestamp, and the order of events within each partition.
+# Two tables, a connector each (and two tables in outboxd's one source):
+# - outbox, JsonConverter key and value, expanded payload: 4 aggregate types
+#   routed by a two-group Java regex, NULL keys, NULL payloads (tombstones),
+#   non-ASCII and control characters, null JSON fields (dropped by
+#   Debezium), fractional numbers, headers with NULL values, booleans,
+#   envelope fields, an explicit partition column on some rows (the rest by
+#   the murmur2 partitioner), the event timestamp column;
+# - outbox_s, StringConverter key and value: the jsonb text as PostgreSQL
+#   prints it, NULL payloads (null values), routed by the type column with
+#   the default regex, the id header from another column, an integer header,
+#   the default (processing) timestamp, which is not compared.
+# Slow (a Connect JVM): ctest label "sidebyside".
+source "$(dirname "$0")/lib.sh"
+ROOT=${OUTBOXD_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+DBZ=$ROOT/tests/stack/debezium.sh
+PY=$("$ROOT/tests/stack/pyvenv.sh")
+N=${DBZ_ROWS:-1200}
+PER_TXN=20
+SEED=${DBZ_SEED:-0.42}
+DB="dbz_$RUN_ID"
+DPFX="${RUN_ID}d"
+OPFX="${RUN_ID}o"
+CONNECTOR="outbox_$RUN_ID"
+
+extra_cleanup() {
+    "$DBZ" delete "$CONNECTOR" >/dev/null 2>&1 || true
+    "$DBZ" delete "${CONNECTOR}_s" >/dev/null 2>&1 || true
+    [ -n "${STARTED_CONNECT:-}" ] && "$DBZ" stop >/dev/null 2>&1
+    for p in "${RELAY_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    # The connector's task lets go of its slot a moment after the delete.
+    for _ in $(seq 1 20); do
+        [ "$(psql_db postgres -c "SELECT count(*) FROM pg_replication_slots WHERE database = '$DB' AND active")" = 0 ] && break
+        sleep 0.5
+    done
+    psql_db postgres -c "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '$DB' AND active" >/dev/null 2>&1 || true
+    sleep 0.5
+    drop_source "$DB" "obx_$RUN_ID"
+    drop_source "$DB" "dbz_$RUN_ID"
+    drop_source "$DB" "dbz2_$RUN_ID"
+    psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+}
+
+log "seed $SEED, $N rows in transactions of $PER_TXN"
+psql_db postgres -c "CREATE DATABASE \"$DB\"" >/dev/null
+psql_db "$DB" <<'SQL'
+CREATE TABLE outbox (
+    id uuid PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid text,
+    type text NOT NULL,
+    payload jsonb,
+    tenant text,
+    flag boolean NOT NULL,
+    region text,
+    version int4,
+    part int4,
+    ts timestamp(6) NOT NULL);
+CREATE TABLE outbox_s (
+    event_id uuid PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid text NOT NULL,
+    type text NOT NULL,
+    payload jsonb,
+    seq int8 NOT NULL);
+CREATE PUBLICATION dbz_pub FOR TABLE outbox, outbox_s;
+SQL
+psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('dbz_$RUN_ID', 'pgoutput')" \
+    -c "SELECT pg_create_logical_replication_slot('dbz2_$RUN_ID', 'pgoutput')" >/dev/null
+
+# Topics: TYPE -> <prefix>.<letters of TYPE>.x<rest> (route.topic.regex below).
+SUFFIXES=(.order.x .customer.x .Shipment.x .invoice.x_v2)
+SUFFIXES_S=(s.Created s.Updated s.Cancelled)
+TOPICS=()
+for s in "${SUFFIXES[@]}" "${SUFFIXES_S[@]}"; do TOPICS+=("$DPFX$s" "$OPFX$s"); done
+"$PY" "$(dirname "$0")/dbz_compare.py" create "$KAFKA_BOOTSTRAP" 3 "${TOPICS[@]}"
+
+# The EventRouter properties, shared verbatim by both sides.
+PLACEMENT="type:header:eventType,tenant:header,flag:header,region:envelope:regionName,version:envelope,part:partition"
+cat >"$WORK/outboxd.yaml" <<EOF
+kafka:
+  bootstrap_servers: "$KAFKA_BOOTSTRAP"
+  transactional_id_prefix: "outboxd-$RUN_ID"
+  properties:
+    partitioner: murmur2_random
+relay:
+  checkpoint_topic: "$RUN_ID.checkpoints"
+  dead_letter_topic: "$RUN_ID.dlt"
+sources:
+  - name: dbz
+    dsn: "host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER"
+    slot: "obx_$RUN_ID"
+    publication: dbz_pub
+    create_publication: false
+    tables:
+      - table: public.outbox
+        debezium:
+          key.converter: org.apache.kafka.connect.json.JsonConverter
+          key.converter.schemas.enable: "false"
+          value.converter: org.apache.kafka.connect.json.JsonConverter
+          value.converter.schemas.enable: "false"
+          transforms.outbox.type: io.debezium.transforms.outbox.EventRouter
+          transforms.outbox.route.topic.regex: "(?<head>[A-Za-z]+)(?<tail>.*)"
+          transforms.outbox.route.topic.replacement: "$OPFX.\${head}.x\${tail}"
+          transforms.outbox.table.expand.json.payload: "true"
+          transforms.outbox.route.tombstone.on.empty.payload: "true"
+          transforms.outbox.table.field.event.timestamp: ts
+          transforms.outbox.table.fields.additional.placement: "$PLACEMENT"
+      - table: public.outbox_s
+        debezium:
+          key.converter: org.apache.kafka.connect.storage.StringConverter
+          value.converter: org.apache.kafka.connect.storage.StringConverter
+          route.by.field: type
+          route.topic.replacement: "${OPFX}s.\${routedByValue}"
+          table.field.event.id: event_id
+          table.fields.additional.placement: "seq:header:sequence,aggregatetype:header"
+EOF
+cat >"$WORK/dbz.json" <<EOF
+{
+ "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+ "tasks.max": "1",
+ "database.hostname": "$PGHOST", "database.port": "$PGPORT", "database.user": "$PGUSER",
+ "database.password": "unused", "database.dbname": "$DB",
+ "topic.prefix": "$RUN_ID",
+ "plugin.name": "pgoutput", "slot.name": "dbz_$RUN_ID", "publication.name": "dbz_pub",
+ "publication.autocreate.mode": "disabled",
+ "table.include.list": "public.outbox",
+ "snapshot.mode": "no_data",
+ "exactly.once.support": "required",
+ "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+ "key.converter.schemas.enable": "false",
+ "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+ "value.converter.schemas.enable": "false",
+ "transforms": "outbox",
+ "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+ "transforms.outbox.route.topic.regex": "(?<head>[A-Za-z]+)(?<tail>.*)",
+ "transforms.outbox.route.topic.replacement": "$DPFX.\${head}.x\${tail}",
+ "transforms.outbox.table.expand.json.payload": "true",
+ "transforms.outbox.route.tombstone.on.empty.payload": "true",
+ "transforms.outbox.table.field.event.timestamp": "ts",
+ "transforms.outbox.table.fields.additional.placement": "$PLACEMENT"
+}
+EOF
+cat >"$WORK/dbz_s.json" <<EOF
+{
+ "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+ "tasks.max": "1",
+ "database.hostname": "$PGHOST", "database.port": "$PGPORT", "database.user": "$PGUSER",
+ "database.password": "unused", "database.dbname": "$DB",
+ "topic.prefix": "${RUN_ID}s",
+ "plugin.name": "pgoutput", "slot.name": "dbz2_$RUN_ID", "publication.name": "dbz_pub",
+ "publication.autocreate.mode": "disabled",
+ "table.include.list": "public.outbox_s",
+ "snapshot.mode": "no_data",
+ "exactly.once.support": "required",
+ "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+ "value.converter": "org.apache.kafka.connect.storage.StringConverter",
+ "transforms": "outbox",
+ "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+ "transforms.outbox.route.by.field": "type",
+ "transforms.outbox.route.topic.replacement": "${DPFX}s.\${routedByValue}",
+ "transforms.outbox.table.field.event.id": "event_id",
+ "transforms.outbox.table.fields.additional.placement": "seq:header:sequence,aggregatetype:header"
+}
+EOF
+"$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check.log" 2>&1 || {
+    cat "$WORK/check.log" >&2
+    fail "outboxd check failed"
+}
+
+if [ -z "$(cat "$STACK_DIR/connect/connect.pid" 2>/dev/null)" ] || ! kill -0 "$(cat "$STACK_DIR/connect/connect.pid")" 2>/dev/null; then
+    STARTED_CONNECT=1
+fi
+t0=$(date +%s)
+"$DBZ" start
+"$DBZ" register "$CONNECTOR" "$WORK/dbz.json"
+"$DBZ" register "${CONNECTOR}_s" "$WORK/dbz_s.json"
+log "Debezium connector RUNNING after $(($(date +%s) - t0)) s"
+start_relay "$WORK/outboxd.yaml" relay
+
+# The rows: deterministic from the seed (setseed), written while both run;
+# src is not in the publication.
+psql_db "$DB" <<SQL
+SELECT setseed($SEED);
+CREATE TABLE src AS
+SELECT i,
+       md5('dbz' || i)::uuid AS id,
+       (ARRAY['order', 'customer', 'Shipment', 'invoice_v2'])[1 + floor(random() * 4)::int] AS aggregatetype,
+       CASE WHEN i % 50 = 7 THEN NULL ELSE 'agg-' || (random() * 200)::int || CASE WHEN i % 3 = 0 THEN '-ké' ELSE '' END END AS aggregateid,
+       (ARRAY['Created', 'Updated', 'Cancelled'])[1 + i % 3] AS type,
+       CASE WHEN i % 40 = 3 THEN NULL
+            ELSE jsonb_build_object(
+                'orderId', i,
+                'amount', (random() * 100000)::int,
+                'price', round((random() * 1000)::numeric, 2),
+                'ratio', (i % 8) / 8.0,
+                'big', 9007199254740993 + i,
+                'name', (ARRAY['ké', 'Müller', '日本語', 'plain', E'tab\there "quoted" \\\\ back'])[1 + i % 5],
+                'active', i % 2 = 0,
+                'note', CASE WHEN i % 4 = 0 THEN NULL ELSE 'n' || i END,
+                'items', jsonb_build_array(i, i + 1, i + 2),
+                'address', jsonb_build_object('city', 'Zürich', 'zip', (1000 + i)::text))
+       END AS payload,
+       CASE WHEN i % 7 = 0 THEN NULL ELSE 'tenant-' || (i % 5) END AS tenant,
+       i % 3 = 1 AS flag,
+       CASE WHEN i % 6 = 0 THEN NULL ELSE (ARRAY['eu', 'us', 'apac-東'])[1 + i % 3] END AS region,
+       CASE WHEN i % 9 = 0 THEN NULL ELSE i % 4 END AS version,
+       CASE WHEN i % 5 = 0 THEN i % 3 END AS part,
+       timestamp '2026-01-01 00:00:00' + i * interval '1.234567 second' AS ts
+FROM generate_series(1, $N) AS i;
+SQL
+for ((t = 0; t < N / PER_TXN; t++)); do
+    w="i > $((t * PER_TXN)) AND i <= $(((t + 1) * PER_TXN))"
+    echo "BEGIN;"
+    echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts FROM src WHERE $w ORDER BY i;"
+    echo "INSERT INTO outbox_s SELECT md5('s' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, i::int8 * 1000000007 FROM src WHERE $w ORDER BY i;"
+    echo "COMMIT;"
+done >"$WORK/inserts.sql"
+psql_db "$DB" -f "$WORK/inserts.sql" >/dev/null
+log "wrote $N rows; comparing"
+
+log "outbox (JsonConverter, expanded payload, envelope, partition, event timestamp):"
+"$PY" "$(dirname "$0")/dbz_compare.py" compare "$KAFKA_BOOTSTRAP" "$N" 600 "$DPFX" "$OPFX" \
+    "${SUFFIXES[@]}" | tee "$WORK/compare.log" >&2
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "outbox: records differ (see above)"
+log "outbox_s (StringConverter, jsonb text, routed by type; timestamps not compared):"
+DBZ_COMPARE_NO_TIMESTAMP=1 "$PY" "$(dirname "$0")/dbz_compare.py" compare "$KAFKA_BOOTSTRAP" "$N" 600 \
+    "$DPFX" "$OPFX" "${SUFFIXES_S[@]}" | tee "$WORK/compare_s.log" >&2
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "outbox_s: records differ (see above)"
+grep -q " 0 differences" "$WORK/compare.log" || fail "no comparison summary (outbox)"
+grep -q " 0 differences" "$WORK/compare_s.log" || fail "no comparison summary (outbox_s)"
+stop_relay_ok "$RELAY_PID" "outboxd"
+if grep -q "dead-letter topic" "$WORK/relay.log"; then fail "outboxd dead-lettered rows"; fi
+log "PASS: 2 x $N records identical field for field"

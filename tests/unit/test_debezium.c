@@ -1,0 +1,529 @@
+/*
+ * Debezium drop-in (relay/debezium.h): each EventRouter property and
+ * converter, the bytes they render, config errors, and the router's records
+ * for a tables[].debezium table (topic, key, value, headers, partition,
+ * timestamp, tombstones, dead letters). The expected bytes are what
+ * Debezium 3.0.8 writes (checked side by side by
+ * tests/integration/test_debezium_side_by_side.sh).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "outboxd/relay/config.h"
+#include "outboxd/relay/debezium.h"
+#include "outboxd/relay/router.h"
+
+static outboxd_dbz_t *dbz(const char *const *kv, char *err)
+{
+    outboxd_kv_t props[16];
+    size_t n = 0;
+    for (; kv[2 * n]; n++) {
+        props[n].key = (char *)kv[2 * n];
+        props[n].value = (char *)kv[2 * n + 1];
+        props[n].line = 1;
+    }
+    return outboxd_dbz_new(props, n, err, 512);
+}
+
+#define STRCONV  "org.apache.kafka.connect.storage.StringConverter"
+#define JSONCONV "org.apache.kafka.connect.json.JsonConverter"
+
+static void assert_buf(const outboxd_buf_t *b, const char *want)
+{
+    if (b->len != strlen(want) || memcmp(b->data, want, b->len) != 0)
+        fail_msg("got '%.*s', want '%s'", (int)b->len, b->data ? b->data : "", want);
+}
+
+static void test_topic_default(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *kv[] = {"value.converter", STRCONV, NULL};
+    outboxd_dbz_t *d = dbz(kv, err);
+    assert_non_null(d);
+    outboxd_buf_t b = {0};
+    assert_int_equal(outboxd_dbz_topic(d, "Order", 5, &b), 0);
+    assert_buf(&b, "outbox.event.Order");
+    assert_string_equal(b.data, "outbox.event.Order");
+    assert_string_equal(d->col_id, "id");
+    assert_string_equal(d->col_key, "aggregateid");
+    assert_string_equal(d->col_payload, "payload");
+    assert_string_equal(d->col_route, "aggregatetype");
+    assert_null(d->col_ts);
+    outboxd_buf_free(&b);
+    outboxd_dbz_destroy(d);
+}
+
+static void test_topic_regex_groups(void **state)
+{
+    (void)state;
+    char err[512];
+    /* transforms.<name>. prefixes are taken as pasted from a connector. */
+    const char *kv[] = {"value.converter",
+                        JSONCONV,
+                        "transforms.outbox.route.topic.regex",
+                        "(?<head>[A-Za-z]+)(?:_)?(?<tail>\\d*)",
+                        "transforms.outbox.route.topic.replacement",
+                        "ev.${head}.$2.x",
+                        "transforms.outbox.route.by.field",
+                        "kind",
+                        NULL};
+    outboxd_dbz_t *d = dbz(kv, err);
+    if (!d)
+        fail_msg("%s", err);
+    assert_string_equal(d->col_route, "kind");
+    outboxd_buf_t b = {0};
+    assert_int_equal(outboxd_dbz_topic(d, "invoice_22", 10, &b), 0);
+    assert_buf(&b, "ev.invoice.22.x");
+    assert_int_equal(outboxd_dbz_topic(d, "order", 5, &b), 0);
+    assert_buf(&b, "ev.order..x");
+    /* No match of the whole value: the value itself is the topic. */
+    assert_int_equal(outboxd_dbz_topic(d, "a-b", 3, &b), 0);
+    assert_buf(&b, "a-b");
+    outboxd_buf_free(&b);
+    outboxd_dbz_destroy(d);
+}
+
+static void test_config_errors(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *unknown[] = {"value.converter", STRCONV, "route.topic.nope", "x", NULL};
+    assert_null(dbz(unknown, err));
+    assert_non_null(strstr(err, "route.topic.nope"));
+    const char *noconv[] = {"route.by.field", "x", NULL};
+    assert_null(dbz(noconv, err));
+    assert_non_null(strstr(err, "value.converter is required"));
+    const char *avro[] = {"value.converter", "io.confluent.connect.avro.AvroConverter", NULL};
+    assert_null(dbz(avro, err));
+    assert_non_null(strstr(err, "AvroConverter"));
+    const char *schemas[] = {"value.converter", JSONCONV, "value.converter.schemas.enable", "true",
+                             NULL};
+    assert_null(dbz(schemas, err));
+    assert_non_null(strstr(err, "schemas.enable"));
+    const char *place[] = {"value.converter", JSONCONV, "table.fields.additional.placement",
+                           "type:body", NULL};
+    assert_null(dbz(place, err));
+    assert_non_null(strstr(err, "unknown placement 'body'"));
+    const char *env_str[] = {"value.converter", STRCONV, "table.fields.additional.placement",
+                             "type:envelope", NULL};
+    assert_null(dbz(env_str, err));
+    assert_non_null(strstr(err, "needs value.converter JsonConverter"));
+    const char *badgroup[] = {"value.converter", STRCONV, "route.topic.replacement", "t.${nope}",
+                              NULL};
+    assert_null(dbz(badgroup, err));
+    assert_non_null(strstr(err, "route.topic.replacement"));
+    assert_non_null(strstr(err, "nope"));
+    const char *look[] = {"value.converter", STRCONV, "route.topic.regex", "(?=x).*", NULL};
+    assert_null(dbz(look, err));
+    assert_non_null(strstr(err, "route.topic.regex"));
+    const char *lazy[] = {"value.converter", STRCONV, "route.topic.regex", "(?<routedByValue>.*?)x",
+                          NULL};
+    assert_null(dbz(lazy, err));
+    assert_non_null(strstr(err, "lazy or possessive"));
+    const char *badbool[] = {"value.converter", STRCONV, "route.tombstone.on.empty.payload", "yes",
+                             NULL};
+    assert_null(dbz(badbool, err));
+    assert_non_null(strstr(err, "expected true or false"));
+}
+
+static void test_key_converters(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *s[] = {"value.converter", STRCONV, "key.converter", STRCONV, NULL};
+    const char *j[] = {"value.converter", STRCONV, "key.converter", JSONCONV, NULL};
+    outboxd_dbz_t *ds = dbz(s, err), *dj = dbz(j, err);
+    assert_non_null(ds);
+    assert_non_null(dj);
+    outboxd_buf_t b = {0};
+    assert_int_equal(outboxd_dbz_key(ds, "k\"é", 4, 25, &b), 0);
+    assert_buf(&b, "k\"é");
+    assert_int_equal(outboxd_dbz_key(dj, "k\"é\n", 5, 25, &b), 0);
+    assert_buf(&b, "\"k\\\"é\\n\"");
+    assert_int_equal(outboxd_dbz_key(dj, "42", 2, 23, &b), 0); /* int4: a JSON number */
+    assert_buf(&b, "42");
+    assert_int_equal(outboxd_dbz_key(ds, "t", 1, 16, &b), 0); /* bool: true/false */
+    assert_buf(&b, "true");
+    assert_int_equal(outboxd_dbz_key(dj, NULL, 0, 25, &b), 0); /* SQL NULL */
+    assert_buf(&b, "null");
+    outboxd_buf_free(&b);
+    outboxd_dbz_destroy(ds);
+    outboxd_dbz_destroy(dj);
+}
+
+static void expand(const char *in, bool keep_nulls, const char *want)
+{
+    outboxd_buf_t b = {0};
+    char reason[256];
+    assert_int_equal(
+        outboxd_dbz_expand_json(in, strlen(in), keep_nulls, &b, reason, sizeof(reason)), 0);
+    assert_buf(&b, want);
+    outboxd_buf_free(&b);
+}
+
+static void test_expand_json(void **state)
+{
+    (void)state;
+    /* jsonb text as PostgreSQL prints it -> Jackson's compact form. */
+    expand("{\"name\": \"ké\", \"amount\": 39800, \"orderId\": 1}", false,
+           "{\"name\":\"ké\",\"amount\":39800,\"orderId\":1}");
+    /* null fields: dropped (table.json.payload.null.behavior ignore), kept
+     * with optional_bytes. */
+    expand("{\"a\": null, \"b\": [1, 2]}", false, "{\"b\":[1,2]}");
+    expand("{\"a\": null, \"b\": [1, 2]}", true, "{\"a\":null,\"b\":[1,2]}");
+    /* Fractional numbers as Java doubles. */
+    expand("[12.50, 0.125, 1.0, 0.0001, 12345678.9, 100.25, -3.5]", false,
+           "[12.5,0.125,1.0,1.0E-4,1.23456789E7,100.25,-3.5]");
+    expand("{\"big\": 9007199254740993}", false, "{\"big\":9007199254740993}");
+    /* Escapes as Jackson writes them; non-ASCII and / as is. */
+    expand("{\"s\": \"tab\\there \\\"q\\\" \\\\ a/b \\u0001 日本\"}", false,
+           "{\"s\":\"tab\\there \\\"q\\\" \\\\ a/b \\u0001 日本\"}");
+    expand("{\"n\": {\"t\": true, \"f\": false}}", false, "{\"n\":{\"t\":true,\"f\":false}}");
+    outboxd_buf_t b = {0};
+    char reason[256];
+    assert_int_equal(outboxd_dbz_expand_json("{nope", 5, false, &b, reason, sizeof(reason)), 1);
+    assert_non_null(strstr(reason, "table.expand.json.payload"));
+    outboxd_buf_free(&b);
+}
+
+static void test_values(void **state)
+{
+    (void)state;
+    char err[512], reason[256];
+    outboxd_buf_t b = {0};
+    bool tomb;
+    const char *payload_text = "{\"a\": 1}";
+    outboxd_dbz_field_t p = {"payload", payload_text, strlen(payload_text), 3802};
+    outboxd_dbz_field_t pnull = {"payload", NULL, 0, 3802};
+
+    /* StringConverter: the jsonb text as is; NULL payload: a null value. */
+    const char *s[] = {"value.converter", STRCONV, NULL};
+    outboxd_dbz_t *d = dbz(s, err);
+    assert_int_equal(outboxd_dbz_value(d, &p, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_false(tomb);
+    assert_buf(&b, "{\"a\": 1}");
+    assert_int_equal(outboxd_dbz_value(d, &pnull, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_true(tomb);
+    outboxd_dbz_destroy(d);
+
+    /* JsonConverter without expansion: a JSON string; NULL: the bytes null. */
+    const char *j[] = {"value.converter", JSONCONV, NULL};
+    d = dbz(j, err);
+    assert_int_equal(outboxd_dbz_value(d, &p, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_buf(&b, "\"{\\\"a\\\": 1}\"");
+    assert_int_equal(outboxd_dbz_value(d, &pnull, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_false(tomb);
+    assert_buf(&b, "null");
+    outboxd_dbz_destroy(d);
+
+    /* Expanded, tombstone on empty payload, envelope fields in order. */
+    const char *e[] = {"value.converter",
+                       JSONCONV,
+                       "table.expand.json.payload",
+                       "true",
+                       "route.tombstone.on.empty.payload",
+                       "true",
+                       "table.fields.additional.placement",
+                       "type:envelope:eventType,version:envelope,flag:envelope",
+                       NULL};
+    d = dbz(e, err);
+    assert_non_null(d);
+    outboxd_dbz_field_t env[] = {
+        {"eventType", "Created", 7, 25}, {"version", NULL, 0, 23}, {"flag", "f", 1, 16}};
+    assert_int_equal(outboxd_dbz_value(d, &p, env, 3, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_buf(&b,
+               "{\"payload\":{\"a\":1},\"eventType\":\"Created\",\"version\":null,\"flag\":false}");
+    env[1].data = "7";
+    env[1].len = 1;
+    assert_int_equal(outboxd_dbz_value(d, &p, env, 2, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_buf(&b, "{\"payload\":{\"a\":1},\"eventType\":\"Created\",\"version\":7}");
+    assert_int_equal(outboxd_dbz_value(d, &pnull, env, 3, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_true(tomb);
+    outboxd_buf_t h = {0};
+    assert_int_equal(outboxd_dbz_header_text("f", 1, 16, &h), 0);
+    assert_buf(&h, "false");
+    outboxd_buf_free(&h);
+    outboxd_buf_free(&b);
+    outboxd_dbz_destroy(d);
+}
+
+/* ---- the router with a tables[].debezium table ---- */
+
+static const char *CONFIG =
+    "kafka:\n"
+    "  bootstrap_servers: 127.0.0.1:9\n"
+    "sources:\n"
+    "  - name: shop\n"
+    "    dsn: \"dbname=shop\"\n"
+    "    tables:\n"
+    "      - table: public.outbox\n"
+    "        debezium:\n"
+    "          key.converter: org.apache.kafka.connect.json.JsonConverter\n"
+    "          value.converter: org.apache.kafka.connect.json.JsonConverter\n"
+    "          value.converter.schemas.enable: \"false\"\n"
+    "          transforms.outbox.type: io.debezium.transforms.outbox.EventRouter\n"
+    "          transforms.outbox.route.topic.replacement: \"dbz.${routedByValue}\"\n"
+    "          transforms.outbox.table.expand.json.payload: \"true\"\n"
+    "          transforms.outbox.route.tombstone.on.empty.payload: \"true\"\n"
+    "          transforms.outbox.table.field.event.timestamp: ts\n"
+    "          transforms.outbox.table.fields.additional.placement: "
+    "\"type:header:eventType,tenant:header,region:envelope:regionName,part:partition\"\n";
+
+static outboxd_pgo_column_t COLS[] = {
+    {"id", 2950, -1, true},    {"aggregatetype", 25, -1, false}, {"aggregateid", 25, -1, false},
+    {"type", 25, -1, false},   {"payload", 3802, -1, false},     {"ts", 1114, 6, false},
+    {"tenant", 25, -1, false}, {"region", 25, -1, false},        {"part", 23, -1, false},
+};
+#define NCOLS 9
+
+typedef struct fixture {
+    outboxd_config_t *conf;
+    outboxd_router_t *rt;
+    outboxd_pgo_relation_t rel;
+    outboxd_pgo_datum_t vals[NCOLS];
+} fixture_t;
+
+static void set(fixture_t *f, int i, const char *v)
+{
+    f->vals[i].kind = v ? 't' : 'n';
+    f->vals[i].data = v;
+    f->vals[i].len = v ? (uint32_t)strlen(v) : 0;
+}
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    char err[512];
+    f->conf = outboxd_config_parse(CONFIG, strlen(CONFIG), "test.yaml", err, sizeof(err));
+    if (!f->conf)
+        fail_msg("config: %s", err);
+    f->rt = outboxd_router_new(f->conf, &f->conf->sources[0], "shopdb", err, sizeof(err));
+    if (!f->rt)
+        fail_msg("router: %s", err);
+    outboxd_pgo_relation_t base = {16384, "public", "outbox", 'd', NCOLS, COLS};
+    f->rel = base;
+    const char *v[] = {"5b1c7c1e-4f0e-4d6b-9a55-000000000001",
+                       "order",
+                       "order-ké",
+                       "OrderCreated",
+                       "{\"name\": \"ké\", \"note\": null, \"price\": 12.50}",
+                       "2026-11-24 12:00:00.123999",
+                       "acme",
+                       "eu",
+                       NULL};
+    for (int i = 0; i < NCOLS; i++)
+        set(f, i, v[i]);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_router_destroy(f->rt);
+    outboxd_config_destroy(f->conf);
+    free(f);
+    return 0;
+}
+
+static const outboxd_change_ctx_t CTX = {
+    .lsn = 0x1000020, .commit_lsn = 0x1000100, .xid = 777, .commit_time_us = 1764000000000000LL};
+
+static int route(fixture_t *f, outboxd_record_t *rec, char *err)
+{
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_INSERT;
+    m.u.change.rel = &f->rel;
+    m.u.change.new_tuple.ncols = NCOLS;
+    m.u.change.new_tuple.cols = f->vals;
+    return outboxd_router_route(f->rt, &m, &CTX, rec, err, 512);
+}
+
+static void assert_bytes(const void *p, size_t len, const char *want)
+{
+    if (!p || len != strlen(want) || memcmp(p, want, len) != 0)
+        fail_msg("got '%.*s', want '%s'", (int)len, p ? (const char *)p : "(null)", want);
+}
+
+static void test_router_record(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_EVENT);
+    assert_string_equal(rec.topic, "dbz.order");
+    assert_bytes(rec.key, rec.key_len, "\"order-ké\"");
+    assert_bytes(rec.value, rec.value_len,
+                 "{\"payload\":{\"name\":\"ké\",\"price\":12.5},\"regionName\":\"eu\"}");
+    /* Exactly Debezium's headers: id, then the placements in order. */
+    assert_int_equal(rec.n_headers, 3);
+    assert_string_equal(rec.headers[0].name, "id");
+    assert_bytes(rec.headers[0].value, rec.headers[0].len, "5b1c7c1e-4f0e-4d6b-9a55-000000000001");
+    assert_string_equal(rec.headers[1].name, "eventType");
+    assert_bytes(rec.headers[1].value, rec.headers[1].len, "OrderCreated");
+    assert_string_equal(rec.headers[2].name, "tenant");
+    assert_bytes(rec.headers[2].value, rec.headers[2].len, "acme");
+    assert_false(rec.has_partition); /* NULL partition column: the partitioner */
+    /* timestamp(6) is MicroTimestamp: ms, truncated. */
+    assert_int_equal(rec.timestamp_ms, 1795521600123LL);
+}
+
+static void test_router_nulls(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    set(f, 2, NULL); /* aggregateid: JsonConverter writes the key bytes null */
+    set(f, 4, NULL); /* payload: a tombstone */
+    set(f, 6, NULL); /* tenant: a header with a null value */
+    set(f, 8, "2");  /* part: the partition */
+    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_EVENT);
+    assert_bytes(rec.key, rec.key_len, "null");
+    assert_null(rec.value);
+    assert_int_equal(rec.value_len, 0);
+    assert_string_equal(rec.headers[2].name, "tenant");
+    assert_null(rec.headers[2].value);
+    assert_true(rec.has_partition);
+    assert_int_equal(rec.partition, 2);
+}
+
+static void test_router_dead_letters(void **state)
+{
+    fixture_t *f = *state;
+    outboxd_record_t rec;
+    char err[512];
+    set(f, 1, NULL); /* route.by.field NULL */
+    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "route.by.field column 'aggregatetype' is NULL"));
+    set(f, 1, "order");
+    set(f, 4, "{not json");
+    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "table.expand.json.payload"));
+    set(f, 4, "{}");
+    set(f, 8, "-1");
+    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "partition column 'part'"));
+    set(f, 8, NULL);
+    set(f, 1, "bad topic!");
+    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "not a valid Kafka topic name"));
+}
+
+/* StringConverter for both, custom columns, a placement whose column the
+ * table lacks with error.on.missing false, no timestamp column. */
+static void test_router_string_converters(void **state)
+{
+    (void)state;
+    const char *conf_text =
+        "kafka:\n"
+        "  bootstrap_servers: 127.0.0.1:9\n"
+        "sources:\n"
+        "  - name: shop\n"
+        "    dsn: \"dbname=shop\"\n"
+        "    tables:\n"
+        "      - table: public.outbox\n"
+        "        debezium:\n"
+        "          key.converter: org.apache.kafka.connect.storage.StringConverter\n"
+        "          value.converter: org.apache.kafka.connect.storage.StringConverter\n"
+        "          table.field.event.id: tenant\n"
+        "          table.field.event.key: region\n"
+        "          table.field.event.payload: type\n"
+        "          route.by.field: aggregateid\n"
+        "          table.fields.additional.error.on.missing: \"false\"\n"
+        "          table.fields.additional.placement: \"nope:header,part:header:p\"\n";
+    char err[512];
+    outboxd_config_t *conf =
+        outboxd_config_parse(conf_text, strlen(conf_text), "t.yaml", err, sizeof(err));
+    if (!conf)
+        fail_msg("config: %s", err);
+    /* outboxd check sees the EventRouter's columns. */
+    const outboxd_table_conf_t *tc = &conf->sources[0].tables[0];
+    assert_string_equal(tc->columns.id, "tenant");
+    assert_string_equal(tc->key_column, "region");
+    assert_string_equal(tc->columns.payload, "type");
+    assert_string_equal(tc->columns.aggregatetype, "aggregateid");
+    assert_null(tc->columns.type);
+    assert_int_equal(tc->n_header_columns, 0); /* error.on.missing false: not required */
+    outboxd_router_t *rt = outboxd_router_new(conf, &conf->sources[0], "db", err, sizeof(err));
+    if (!rt)
+        fail_msg("router: %s", err);
+    outboxd_pgo_datum_t vals[NCOLS];
+    const char *v[] = {"x", "order", "agg1", NULL, "{}", "2026-01-01 00:00:00", "t-1", NULL, "7"};
+    for (int i = 0; i < NCOLS; i++) {
+        vals[i].kind = v[i] ? 't' : 'n';
+        vals[i].data = v[i];
+        vals[i].len = v[i] ? (uint32_t)strlen(v[i]) : 0;
+    }
+    outboxd_pgo_relation_t rel = {16384, "public", "outbox", 'd', NCOLS, COLS};
+    outboxd_pgo_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.kind = OUTBOXD_PGO_INSERT;
+    m.u.change.rel = &rel;
+    m.u.change.new_tuple.ncols = NCOLS;
+    m.u.change.new_tuple.cols = vals;
+    outboxd_record_t rec;
+    assert_int_equal(outboxd_router_route(rt, &m, &CTX, &rec, err, sizeof(err)),
+                     OUTBOXD_ROUTE_EVENT);
+    assert_string_equal(rec.topic, "outbox.event.agg1");
+    assert_null(rec.key);   /* NULL key with StringConverter: no key */
+    assert_null(rec.value); /* NULL payload with StringConverter: a null value */
+    assert_int_equal(rec.timestamp_ms, 0);
+    assert_int_equal(rec.n_headers, 2);
+    assert_string_equal(rec.headers[0].name, "id");
+    assert_bytes(rec.headers[0].value, rec.headers[0].len, "t-1");
+    assert_string_equal(rec.headers[1].name, "p");
+    assert_bytes(rec.headers[1].value, rec.headers[1].len, "7");
+    vals[3].kind = 't';
+    vals[3].data = "{\"a\": [1, 2]}";
+    vals[3].len = (uint32_t)strlen(vals[3].data);
+    assert_int_equal(outboxd_router_route(rt, &m, &CTX, &rec, err, sizeof(err)),
+                     OUTBOXD_ROUTE_EVENT);
+    assert_bytes(rec.value, rec.value_len, "{\"a\": [1, 2]}"); /* the text as is */
+    outboxd_router_destroy(rt);
+    outboxd_config_destroy(conf);
+}
+
+static void test_config_block_errors(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *bad = "kafka:\n"
+                      "  bootstrap_servers: 127.0.0.1:9\n"
+                      "sources:\n"
+                      "  - name: shop\n"
+                      "    dsn: \"dbname=shop\"\n"
+                      "    tables:\n"
+                      "      - table: public.outbox\n"
+                      "        debezium:\n"
+                      "          value.converter: org.apache.kafka.connect.json.JsonConverter\n"
+                      "          transforms.outbox.table.field.event.payload.id: x\n";
+    outboxd_config_t *c = outboxd_config_parse(bad, strlen(bad), "t.yaml", err, sizeof(err));
+    assert_null(c);
+    assert_non_null(strstr(err, "t.yaml:8: sources[0].tables[0].debezium"));
+    assert_non_null(strstr(err, "transforms.outbox.table.field.event.payload.id"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_topic_default),
+        cmocka_unit_test(test_topic_regex_groups),
+        cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_key_converters),
+        cmocka_unit_test(test_expand_json),
+        cmocka_unit_test(test_values),
+        cmocka_unit_test_setup_teardown(test_router_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_router_nulls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_router_dead_letters, setup, teardown),
+        cmocka_unit_test(test_router_string_converters),
+        cmocka_unit_test(test_config_block_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
