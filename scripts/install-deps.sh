@@ -5,6 +5,7 @@
 #   scripts/install-deps.sh            # packages + Kafka classpath for tests
 #   INSTALL_DEPS_SKIP_KAFKA=1 scripts/install-deps.sh   # packages only
 #   INSTALL_DEPS_SKIP_REGISTRY=1 ...   # without the test registry and venv
+#   INSTALL_DEPS_SKIP_DEBEZIUM=1 ...   # without Kafka Connect + Debezium
 #   INSTALL_DEPS_SKIP_TOXIPROXY=1 ...   # without Toxiproxy (fault tests)
 set -euo pipefail
 
@@ -88,5 +89,11 @@ if [[ ${INSTALL_DEPS_SKIP_REGISTRY:-0} != 1 ]]; then
   say "building the test schema registry (tests/stack/registry.sh build)"
   say "registry jar: $("$ROOT/tests/stack/registry.sh" build)"
   say "Python venv: $("$ROOT/tests/stack/pyvenv.sh")"
+fi
+# Kafka Connect + Debezium for the side-by-side test and bench/peer.sh
+# (tests/stack/debezium/pom.xml; test-only, ~1 minute of downloads once).
+if [[ ${INSTALL_DEPS_SKIP_DEBEZIUM:-0} != 1 ]]; then
+  say "resolving the Kafka Connect + Debezium classpath (tests/stack/debezium.sh classpath)"
+  say "Debezium classpath: $("$ROOT/tests/stack/debezium.sh" classpath)"
 fi
 say "done"
