@@ -31,6 +31,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: outboxd-shop SERVICE --db DSN --kafka HOST:PORT --http PORT [options]\n"
                "services: member product coupon order payment popular notification platform\n"
+               "   or: outboxd-shop cat --kafka HOST:PORT --topic T [--registry URL]: a topic's\n"
+               "       records as JSON lines, decoded as the services decode them\n"
                "options:\n"
                "  --topic-prefix P      prefix of every topic (default none)\n"
                "  --group-prefix P      prefix of consumer groups (default shop.)\n"
@@ -88,8 +90,12 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
     return w->def->route(w->svc, req, status);
 }
 
+int shop_cat_main(int argc, char **argv); /* cat.c */
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "cat") == 0)
+        return shop_cat_main(argc, argv);
     if (argc < 2 || argv[1][0] == '-') {
         usage(argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
         return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;

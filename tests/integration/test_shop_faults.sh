@@ -74,11 +74,11 @@ done
 log "poison: a value that is not outboxd's Avro at all (written straight to Kafka)"
 "$OUTBOXD_TOOLS/shop_produce" "$KAFKA_BOOTSTRAP" "${SHOP_TOPIC_PREFIX}payment-pending" raw '{"not": "avro"}' ||
     fail "could not produce the raw message"
-raw_count() { topic_dump payment-pending.dlt | grep -c 'avro decode: magic' || true; }
+raw_count() { topic_dump payment-pending.dlt | grep -c 'not an outboxd event' || true; }
 shop_wait_eq "4 dead letters of the undecodable value" 120 4 raw_count ||
     fail "undecodable value dead-lettered $(raw_count) times, expected 4"
 # not decodable is not retried: the first attempt never ran a handler
-topic_dump payment-pending.dlt | grep 'avro decode: magic' | jq -s -e 'map(.value.payload.attempts == 0) | all' >/dev/null ||
+topic_dump payment-pending.dlt | grep 'not an outboxd event' | jq -s -e 'map(.value.payload.attempts == 0) | all' >/dev/null ||
     fail "undecodable value was retried"
 O=$(order "$KIM_T" "$KB" 1 1000 null 0)
 P=$(pay "$KIM_T" "$O" "$KB" 1 1000 null 0)
@@ -162,7 +162,7 @@ shop_start_service product "${REPLAY[@]}"
 shop_wait_ready product || fail "product did not restart"
 shop_wait_eq "product answered the new 10" 120 10 shop_db product "SELECT count(*) FROM payment_ops WHERE state = 'APPLIED' AND payment_id IN ($IN2)" ||
     fail "product did not answer"
-"$OUTBOXD_BIN" run -c "$SHOP_ROOT/deploy/shop/outboxd.yaml" >>"$SHOP_WORK/outboxd.log" 2>&1 &
+"$OUTBOXD_BIN" run -c "$SHOP_RELAY_CONFIG" >>"$SHOP_WORK/outboxd.log" 2>&1 &
 SHOP_PID[outboxd]=$!
 echo "outboxd $!" >>"$SHOP_WORK/pids"
 for p in "${PIDS2[@]}"; do wait_payment "$p" COMPLETED 180; done
