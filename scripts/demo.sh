@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job: the seed's shop running on outboxd (README "The shop (payment
 # SAGA)"). On a fresh machine it installs what is needed, builds, starts a
-# local PostgreSQL and Kafka (tests/stack/stack.sh), Redis, the eight shop
-# services (each its own process and database), outboxd relaying every
-# service's outbox, and nginx as the API gateway, all on free ports. Then,
+# local PostgreSQL and Kafka (tests/stack/stack.sh), a schema registry
+# (tests/stack/registry.sh), Redis, the eight shop services (each its own
+# process and database), outboxd relaying every service's outbox in the
+# registry's wire format, and nginx as the API gateway, all on free ports. Then,
 # through the gateway: seeds products, a coupon and two members; runs a
 # payment that succeeds and one that fails on stock (and is compensated);
 # prints each saga's trace and the final balances, stock, coupon and order
@@ -39,7 +40,7 @@ finish() {
     if [ "$KEEP" = 1 ] && [ $rc = 0 ]; then
         echo
         echo "kept running (gateway $SHOP_GATEWAY, admin token $SHOP_ADMIN_TOKEN);"
-        echo "stop with: kill \$(awk '{print \$2}' $SHOP_WORK/pids); STACK_DIR=$STACK_DIR tests/stack/stack.sh stop --clean"
+        echo "stop with: kill \$(awk '{print \$2}' $SHOP_WORK/pids); REGISTRY_DIR=$SHOP_REGISTRY_DIR tests/stack/registry.sh stop; STACK_DIR=$STACK_DIR tests/stack/stack.sh stop --clean"
         return
     fi
     if [ $rc != 0 ] && [ -d "$SHOP_WORK" ]; then
@@ -51,7 +52,7 @@ finish() {
     step "stopping everything"
     shop_stop_all
     tests/stack/stack.sh stop --clean >/dev/null 2>&1 || true
-    echo "stopped: services, outboxd, nginx, Redis, Kafka, PostgreSQL"
+    echo "stopped: services, outboxd, nginx, Redis, the schema registry, Kafka, PostgreSQL"
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
@@ -63,7 +64,7 @@ tests/stack/stack.sh start
 source "$STACK_DIR/env"
 export PGHOST PGPORT PGUSER KAFKA_BOOTSTRAP PATH="$PG_BIN:$PATH"
 
-step "starting Redis, the services, outboxd and the nginx gateway"
+step "starting the schema registry, Redis, the services, outboxd and the nginx gateway"
 rm -rf "$SHOP_WORK"
 SHOP_SAGA_TIMEOUT_MS=${SHOP_SAGA_TIMEOUT_MS:-30000}
 shop_init
@@ -72,7 +73,9 @@ for s in "${SHOP_SERVICES[@]}"; do
     printf '  %-13s pid %-7s http 127.0.0.1:%s  database %s\n' "$s" "${SHOP_PID[$s]}" \
         "${SHOP_PORT[$s]}" "${SHOP_DB_PREFIX}$s"
 done
-printf '  %-13s pid %-7s (deploy/shop/outboxd.yaml: 8 sources)\n' outboxd "${SHOP_PID[outboxd]}"
+printf '  %-13s pid %-7s (deploy/shop/outboxd.yaml: 8 sources, values in the registry wire format)\n' outboxd "${SHOP_PID[outboxd]}"
+printf '  %-13s pid %-7s %s (Apicurio, Confluent API; the services decode through it)\n' registry \
+    "$(cat "$SHOP_REGISTRY_DIR/registry.pid")" "$SHOP_REGISTRY_URL"
 printf '  %-13s pid %-7s gateway %s\n' nginx "${SHOP_PID[nginx]}" "$SHOP_GATEWAY"
 printf '  %-13s pid %-7s port %s\n' redis "${SHOP_PID[redis]}" "$SHOP_REDIS_PORT"
 
@@ -158,4 +161,16 @@ shop_db platform "SELECT '    order ' || order_id || ', amount ' || (payload->>'
 shop_wait_for "popular products" 60 sh -c "curl -s '$SHOP_GATEWAY/api/popular?days=3' | jq -e '.top | length > 0'"
 echo "  popular products, last 3 days (Redis):"
 shop_api GET "/api/popular?days=3&limit=5" | jq -r '.top[] | "    product \(.productId): \(.quantity) sold"'
+step "the schema registry: what the events went through"
+echo "  subjects (GET $SHOP_REGISTRY_URL/subjects): the envelope under <topic>-value, registered at launch, looked up by outboxd:"
+shop_registry_subjects | jq -r --arg p "$SHOP_TOPIC_PREFIX" \
+    '.[] | select(startswith($p) and (endswith(".dlt-value") | not)) | "    " + .' | sort
+echo "  one payment-result record as the services read it (outboxd-shop cat):"
+"$SHOP_BIN" cat --kafka "$KAFKA_BOOTSTRAP" --topic "${SHOP_TOPIC_PREFIX}payment-result" \
+    --registry "$SHOP_REGISTRY_URL" >"$SHOP_WORK/payment-result.jsonl"
+jq -c '{schemaId, type: .value.type, payload: .value.payload}' "$SHOP_WORK/payment-result.jsonl" |
+    sed -n '1s/^/    /p'
+for s in "${SHOP_SERVICES[@]}"; do
+    curl -s "http://127.0.0.1:${SHOP_PORT[$s]}/stats" | jq -r '[.consumers[].handled] | add // 0'
+done | awk '{ s += $1 } END { printf "  the services decoded and applied %d events (writer schema fetched once per id, then cached)\n", s }'
 echo "  outboxd relayed $(for s in "${SHOP_SERVICES[@]}"; do shop_db "$s" 'SELECT count(*) FROM outbox'; done | awk "{ s += \$1 } END { print s }") outbox rows"

@@ -1,5 +1,5 @@
-# deploy/shop/shop.sh - start and stop the shop (Redis, the eight services,
-# outboxd, nginx) on free ports. Sourced by scripts/demo.sh and the shop's
+# deploy/shop/shop.sh - start and stop the shop (the schema registry, Redis,
+# the eight services, outboxd, nginx) on free ports. Sourced by scripts/demo.sh and the shop's
 # integration tests; needs PostgreSQL and Kafka already up (tests/stack) and
 # PGHOST, PGPORT, PGUSER, KAFKA_BOOTSTRAP, PATH with psql in the environment.
 #
@@ -12,6 +12,13 @@
 #                  <prefix>_<service>, slots, topics <prefix>., consumer groups
 #   SHOP_SAGA_TIMEOUT_MS, SHOP_RATE, SHOP_RETRIES, SHOP_GATEWAY_RATE,
 #   SHOP_GATEWAY_BURST  optional knobs
+#   SHOP_REGISTRY  1 (default): start a schema registry (tests/stack/registry.sh,
+#                  Apicurio in memory, in $SHOP_WORK/registry); outboxd writes
+#                  the Confluent wire format and the services decode through
+#                  it. 0: no registry, single-object Avro.
+#   SHOP_REGISTRY_URL  set by the caller: use that registry, start none
+#   SHOP_OWNER_PID  if set, the registry's watchdog stops it when that
+#                  process is gone (else STACK_OWNER_PID, if set)
 # Everything started is recorded in $SHOP_WORK/pids; shop_stop_all stops it.
 
 SHOP_SERVICES=(member product coupon order payment popular notification platform)
@@ -54,6 +61,111 @@ shop_init() {
     SHOP_REDIS_PORT=$(shop_free_port)
     SHOP_GATEWAY_PORT=$(shop_free_port)
     SHOP_GATEWAY="http://127.0.0.1:$SHOP_GATEWAY_PORT"
+    SHOP_REGISTRY_DIR=$SHOP_WORK/registry
+    SHOP_REGISTRY_OWN=0
+    if [ "${SHOP_REGISTRY:-1}" != 1 ]; then
+        SHOP_REGISTRY_URL=""
+    elif [ -z "${SHOP_REGISTRY_URL:-}" ]; then
+        SHOP_REGISTRY_OWN=1
+        SHOP_REGISTRY_PORT=$(shop_free_port)
+        SHOP_REGISTRY_URL="http://127.0.0.1:$SHOP_REGISTRY_PORT/apis/ccompat/v7"
+    fi
+    export SHOP_REGISTRY_URL
+    SHOP_RELAY_CONFIG=$SHOP_WORK/outboxd.yaml
+}
+
+# shop_start_registry: launches the registry in the background (its JVM
+# takes a while; the services start meanwhile, since the URL is known).
+shop_start_registry() {
+    [ "$SHOP_REGISTRY_OWN" = 1 ] || return 0
+    mkdir -p "$SHOP_REGISTRY_DIR"
+    # registry.sh start binds the port recorded here (as on a restart)
+    echo "$SHOP_REGISTRY_PORT" >"$SHOP_REGISTRY_DIR/port"
+    REGISTRY_DIR=$SHOP_REGISTRY_DIR STACK_OWNER_PID=${SHOP_OWNER_PID:-${STACK_OWNER_PID:-}} \
+        "$SHOP_ROOT/tests/stack/registry.sh" start >"$SHOP_WORK/registry-start.log" 2>&1 &
+    SHOP_REGISTRY_STARTER=$!
+}
+
+# shop_wait_registry: until the registry answers. If another process took
+# its port meanwhile, starts it on another one and restarts the services
+# with the new URL.
+shop_wait_registry() {
+    [ "$SHOP_REGISTRY_OWN" = 1 ] || return 0
+    local rc=0
+    if [ -n "${SHOP_REGISTRY_STARTER:-}" ]; then
+        wait "$SHOP_REGISTRY_STARTER" || rc=$?
+        SHOP_REGISTRY_STARTER=""
+    fi
+    if [ $rc != 0 ] && grep -q 'Address already in use\|Port.*already' "$SHOP_REGISTRY_DIR/registry.log" 2>/dev/null; then
+        shop_log "port $SHOP_REGISTRY_PORT of the registry was taken; trying another"
+        SHOP_REGISTRY_PORT=$(shop_free_port)
+        SHOP_REGISTRY_URL="http://127.0.0.1:$SHOP_REGISTRY_PORT/apis/ccompat/v7"
+        shop_start_registry
+        rc=0
+        wait "$SHOP_REGISTRY_STARTER" || rc=$?
+        SHOP_REGISTRY_STARTER=""
+        if [ $rc = 0 ]; then
+            for s in "${SHOP_SERVICES[@]}"; do
+                [ -n "${SHOP_PID[$s]:-}" ] || continue
+                shop_stop_service "$s"
+                shop_start_service "$s"
+            done
+            for s in "${SHOP_SERVICES[@]}"; do shop_wait_ready "$s" || return 1; done
+        fi
+    fi
+    if [ $rc != 0 ]; then
+        cat "$SHOP_WORK/registry-start.log" >&2
+        shop_die "the schema registry did not start (log: $SHOP_REGISTRY_DIR/registry.log)"
+        return 1
+    fi
+}
+
+# The topics the services write through their outboxes (each may also get
+# a <topic>.dlt).
+SHOP_EVENT_TOPICS=(payment-pending payment-result cancel-order refund-balance rollback-coupon
+    restore-inventory order-canceled balance-refunded coupon-rolledback inventory-restored
+    payment-failed complete-order)
+
+# shop_register_schemas: registers the envelope schema (the text outboxd
+# registers, config/avro/outbox_envelope.avsc) under <topic>-value for every
+# event topic and its .dlt, one at a time, before outboxd starts, as a
+# deployment registers its schemas; outboxd then only finds them. Without
+# this, outboxd's sources register the same schema under several new
+# subjects at once, and Apicurio's in-memory store answers some of those
+# concurrent first registrations with 409 "artifact already exists", which
+# outboxd takes as a rejection and dead-letters the event.
+shop_register_schemas() {
+    [ -n "$SHOP_REGISTRY_URL" ] || return 0
+    local body t subj code
+    body=$(jq -Rs '{schema: .}' "$SHOP_ROOT/config/avro/outbox_envelope.avsc") || return 1
+    for t in "${SHOP_EVENT_TOPICS[@]}"; do
+        for subj in "$SHOP_TOPIC_PREFIX$t-value" "$SHOP_TOPIC_PREFIX$t.dlt-value"; do
+            code=$(curl -s -o "$SHOP_WORK/register.out" -w '%{http_code}' --max-time 30 -X POST \
+                -H 'Content-Type: application/vnd.schemaregistry.v1+json' --data "$body" \
+                "$SHOP_REGISTRY_URL/subjects/$subj/versions") || code=000
+            [ "$code" = 200 ] || {
+                shop_die "registering $subj in $SHOP_REGISTRY_URL: HTTP $code $(cat "$SHOP_WORK/register.out" 2>/dev/null)"
+                return 1
+            }
+        done
+    done
+}
+
+# shop_registry_subjects: the subjects registered, as one JSON array.
+shop_registry_subjects() {
+    curl -sf --max-time 10 "$SHOP_REGISTRY_URL/subjects"
+}
+
+# shop_relay_config: outboxd's configuration for this run, from
+# deploy/shop/outboxd.yaml (without its schema_registry section when no
+# registry runs).
+shop_relay_config() {
+    if [ -n "$SHOP_REGISTRY_URL" ]; then
+        cp "$SHOP_ROOT/deploy/shop/outboxd.yaml" "$SHOP_RELAY_CONFIG"
+    else
+        awk '/^schema_registry:/ { skip = 1; next } skip && /^[^ #]/ { skip = 0 } !skip' \
+            "$SHOP_ROOT/deploy/shop/outboxd.yaml" >"$SHOP_RELAY_CONFIG"
+    fi
 }
 
 _shop_track() { echo "$1 $2" >>"$SHOP_WORK/pids"; }
@@ -111,6 +223,7 @@ shop_start_service() {
     payment) args+=(--saga-timeout-ms "${SHOP_SAGA_TIMEOUT_MS:-20000}") ;;
     popular) args+=(--redis "127.0.0.1:$SHOP_REDIS_PORT") ;;
     esac
+    [ -n "$SHOP_REGISTRY_URL" ] && args+=(--registry "$SHOP_REGISTRY_URL")
     "$SHOP_BIN" "$s" "${args[@]}" "$@" >>"$SHOP_WORK/$s.log" 2>&1 &
     SHOP_PID[$s]=$!
     _shop_track "$s" $!
@@ -164,12 +277,13 @@ shop_stop_service() {
 }
 
 shop_start_relay() {
-    "$OUTBOXD_BIN" check -c "$SHOP_ROOT/deploy/shop/outboxd.yaml" >"$SHOP_WORK/check.log" 2>&1 || {
+    shop_relay_config
+    "$OUTBOXD_BIN" check -c "$SHOP_RELAY_CONFIG" >"$SHOP_WORK/check.log" 2>&1 || {
         cat "$SHOP_WORK/check.log" >&2
         shop_die "outboxd check failed"
         return 1
     }
-    "$OUTBOXD_BIN" run -c "$SHOP_ROOT/deploy/shop/outboxd.yaml" >>"$SHOP_WORK/outboxd.log" 2>&1 &
+    "$OUTBOXD_BIN" run -c "$SHOP_RELAY_CONFIG" >>"$SHOP_WORK/outboxd.log" 2>&1 &
     SHOP_PID[outboxd]=$!
     _shop_track outboxd $!
 }
@@ -214,11 +328,14 @@ _shop_start_nginx() {
     shop_die "nginx did not listen on $SHOP_GATEWAY_PORT (see $SHOP_WORK/nginx-error.log)"
 }
 
-# shop_start_all: Redis, databases, services, outboxd, nginx.
+# shop_start_all: the registry, Redis, databases, services, outboxd, nginx.
 shop_start_all() {
+    shop_start_registry || return 1
     shop_start_redis || return 1
     shop_create_dbs || return 1
     shop_start_services || return 1
+    shop_wait_registry || return 1
+    shop_register_schemas || return 1
     shop_start_relay || return 1
     shop_start_nginx || return 1
 }
@@ -243,6 +360,11 @@ shop_stop_all() {
             kill -9 "$pid" 2>/dev/null || true
         done <"$SHOP_WORK/pids"
         : >"$SHOP_WORK/pids"
+    fi
+    # the registry runs in its own session: its script stops it (after a
+    # start still under way, which holds its lock)
+    if [ "${SHOP_REGISTRY_OWN:-0}" = 1 ] && [ -d "${SHOP_REGISTRY_DIR:-}" ]; then
+        REGISTRY_DIR=$SHOP_REGISTRY_DIR "$SHOP_ROOT/tests/stack/registry.sh" stop >>"$SHOP_WORK/registry-start.log" 2>&1 || true
     fi
     wait 2>/dev/null || true
     [ "${SHOP_KEEP_DBS:-0}" = 1 ] && return 0

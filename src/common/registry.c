@@ -9,6 +9,7 @@
 #include "outboxd/common/registry.h"
 
 #include <curl/curl.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -446,4 +447,84 @@ bool outboxd_registry_wire_parse(const void *buf, size_t len, int32_t *id)
         return false;
     *id = (int32_t)((uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4]);
     return true;
+}
+
+outboxd_registry_status_t outboxd_registry_schema_by_id(outboxd_registry_t *reg, int32_t id,
+                                                        char **schema_text, char *errstr,
+                                                        size_t errstr_size)
+{
+    *schema_text = NULL;
+    outboxd_buf_t url = {0};
+    if (!outboxd_buf_printf(&url, "%s/schemas/ids/%" PRId32, reg->url, id)) {
+        set_err(errstr, errstr_size, "schema registry: out of memory");
+        return OUTBOXD_REGISTRY_RETRY;
+    }
+    CURL *c = reg->curl;
+    curl_easy_reset(c);
+    outboxd_buf_reset(&reg->resp);
+    curl_easy_setopt(c, CURLOPT_URL, url.data);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, reg->headers);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reg->resp);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, reg->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, reg->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (reg->username) {
+        curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        curl_easy_setopt(c, CURLOPT_USERNAME, reg->username);
+        curl_easy_setopt(c, CURLOPT_PASSWORD, reg->password ? reg->password : "");
+    }
+    if (reg->ca_file)
+        curl_easy_setopt(c, CURLOPT_CAINFO, reg->ca_file);
+    reg->requests++;
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK) {
+        set_err(errstr, errstr_size, "schema registry %s unreachable (schema id %" PRId32 "): %s",
+                reg->url, id, curl_easy_strerror(rc));
+        outboxd_buf_free(&url);
+        return OUTBOXD_REGISTRY_RETRY;
+    }
+    char msg[400];
+    error_text(&reg->resp, msg, sizeof(msg));
+    outboxd_registry_status_t st = OUTBOXD_REGISTRY_RETRY;
+    if (status == 200) {
+        json_t *j = json_loadb(reg->resp.data ? reg->resp.data : "", reg->resp.len, 0, NULL);
+        const char *text = json_string_value(json_object_get(j, "schema"));
+        const char *type = json_string_value(json_object_get(j, "schemaType"));
+        if (type && strcmp(type, "AVRO") != 0) {
+            set_err(errstr, errstr_size,
+                    "schema registry %s: schema id %" PRId32 " is a %s schema, not Avro", reg->url,
+                    id, type);
+            st = OUTBOXD_REGISTRY_REJECTED;
+        } else if (!text) {
+            set_err(errstr, errstr_size, "schema registry %s: answer without a schema: %s",
+                    url.data, msg);
+        } else if (!(*schema_text = strdup(text))) {
+            set_err(errstr, errstr_size, "schema registry: out of memory");
+        } else {
+            st = OUTBOXD_REGISTRY_OK;
+        }
+        json_decref(j);
+    } else if (status == 404) {
+        set_err(errstr, errstr_size,
+                "schema registry %s does not know schema id %" PRId32
+                " (was the event written against another registry, or did an in-memory "
+                "registry restart and forget it?): %s",
+                reg->url, id, msg);
+        st = OUTBOXD_REGISTRY_REJECTED;
+    } else if (status == 401 || status == 403) {
+        set_err(errstr, errstr_size,
+                "schema registry %s refused access (HTTP %ld) for schema id %" PRId32
+                ": %s (check the credentials)",
+                reg->url, status, id, msg);
+    } else {
+        set_err(errstr, errstr_size,
+                "schema registry %s answered HTTP %ld for schema id %" PRId32 ": %s", url.data,
+                status, id, msg);
+    }
+    outboxd_buf_free(&url);
+    return st;
 }

@@ -31,6 +31,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: outboxd-shop SERVICE --db DSN --kafka HOST:PORT --http PORT [options]\n"
                "services: member product coupon order payment popular notification platform\n"
+               "   or: outboxd-shop cat --kafka HOST:PORT --topic T [--registry URL]: a topic's\n"
+               "       records as JSON lines, decoded as the services decode them\n"
                "options:\n"
                "  --topic-prefix P      prefix of every topic (default none)\n"
                "  --group-prefix P      prefix of consumer groups (default shop.)\n"
@@ -43,6 +45,8 @@ static void usage(FILE *f)
                "  --redis HOST:PORT     popular: Redis (default 127.0.0.1:6379)\n"
                "  --admin-token T       member: token of the admin account created at start\n"
                "  --popular-days N      popular: default window in days (default 3)\n"
+               "  --registry URL        schema registry (Confluent API) to decode events in its\n"
+               "                        wire format (needed when outboxd has schema_registry.url)\n"
                "  --log-level L         debug, info, warn, error (default info)\n");
 }
 
@@ -71,13 +75,14 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         for (size_t i = 0; i < w->n; i++) {
             outboxd_shop_consumer_stats_t s;
             outboxd_shop_consumer_stats(w->consumers[i], &s);
-            json_array_append_new(arr, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "consumer",
+            json_array_append_new(arr, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I}", "consumer",
                                                  outboxd_shop_consumer_name(w->consumers[i]),
                                                  "handled", (json_int_t)s.handled, "duplicates",
                                                  (json_int_t)s.duplicates, "retries",
                                                  (json_int_t)s.retries, "deadLetters",
                                                  (json_int_t)s.dead_letters, "throttledMs",
-                                                 (json_int_t)s.throttled_ms));
+                                                 (json_int_t)s.throttled_ms, "registryWaits",
+                                                 (json_int_t)s.registry_waits));
         }
         *status = 200;
         return json_pack("{s:s,s:o}", "service", w->def->name, "consumers", arr);
@@ -85,8 +90,12 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
     return w->def->route(w->svc, req, status);
 }
 
+int shop_cat_main(int argc, char **argv); /* cat.c */
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "cat") == 0)
+        return shop_cat_main(argc, argv);
     if (argc < 2 || argv[1][0] == '-') {
         usage(argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
         return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
@@ -132,6 +141,7 @@ int main(int argc, char **argv)
         {"admin-token", required_argument, 0, 'a'},
         {"popular-days", required_argument, 0, 'p'},
         {"log-level", required_argument, 0, 'l'},
+        {"registry", required_argument, 0, 'S'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -196,6 +206,9 @@ int main(int argc, char **argv)
             outboxd_log_set_level(lvl);
             break;
         }
+        case 'S':
+            svc.conf.registry_url = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -275,8 +288,10 @@ int main(int argc, char **argv)
         LOG_ERROR(def->name, "%s", errstr);
         goto out;
     }
-    LOG_INFO(def->name, "ready: http 127.0.0.1:%d, %zu consumer(s), topic prefix \"%s\"", http_port,
-             w.n, svc.conf.topic_prefix);
+    LOG_INFO(def->name,
+             "ready: http 127.0.0.1:%d, %zu consumer(s), topic prefix \"%s\", registry %s",
+             http_port, w.n, svc.conf.topic_prefix,
+             svc.conf.registry_url ? svc.conf.registry_url : "none (single-object Avro only)");
     while (!got_signal) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 100000000};
         nanosleep(&ts, NULL);

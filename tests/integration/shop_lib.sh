@@ -1,6 +1,7 @@
 # Helpers of the shop's end-to-end tests (test_shop_*.sh): the real
-# PostgreSQL and Kafka of the shared stack, plus Redis, the eight services,
-# outboxd and nginx started by deploy/shop/shop.sh under a per-test prefix.
+# PostgreSQL and Kafka of the shared stack, plus a schema registry, Redis,
+# the eight services, outboxd and nginx started by deploy/shop/shop.sh under
+# a per-test prefix.
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -12,6 +13,8 @@ for tool in redis-server nginx curl jq; do
 done
 SHOP_WORK=$WORK/shop
 SHOP_PREFIX=$RUN_ID
+# the registry's watchdog stops it should this test die without cleaning up
+SHOP_OWNER_PID=$$
 # shellcheck source=../../deploy/shop/shop.sh
 source "$SHOP_ROOT/deploy/shop/shop.sh"
 T0=$SECONDS
@@ -102,17 +105,17 @@ snapshot() {
     shop_db order "SELECT 'order ' || id || ' ' || status FROM orders ORDER BY id"
 }
 
-# topic_dump TOPIC: every record of <prefix>.TOPIC, one JSON line each.
+# topic_dump TOPIC: every committed record of <prefix>.TOPIC, one JSON line
+# each, decoded as the services decode it (outboxd-shop cat: through the
+# schema registry; "schemaId" present for the registry's wire format).
 topic_dump() {
-    "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$SHOP_TOPIC_PREFIX$1" --json \
-        --idle-ms 2000 --timeout-ms 10000 2>/dev/null | grep '^{' || true
+    "$SHOP_BIN" cat --kafka "$KAFKA_BOOTSTRAP" --topic "$SHOP_TOPIC_PREFIX$1" \
+        ${SHOP_REGISTRY_URL:+--registry "$SHOP_REGISTRY_URL"} 2>/dev/null | grep '^{' || true
 }
 
 # topic_count TOPIC [PAYMENT_ID]: records on <prefix>.TOPIC (for one payment).
 topic_count() {
-    "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$SHOP_TOPIC_PREFIX$1" --json \
-        --idle-ms 2000 --timeout-ms 10000 2>/dev/null | grep '^{' |
-        { if [ -n "${2:-}" ]; then grep -c "$2" || true; else grep -c . || true; fi; }
+    topic_dump "$1" | { if [ -n "${2:-}" ]; then grep -c "$2" || true; else grep -c . || true; fi; }
 }
 
 # wait_outbox_drained: every service's slot has confirmed all WAL written so

@@ -5,6 +5,8 @@
 #  - a poison message lands on <topic>.dlt after the retries, once per
 #    consumer, with the error, and the consumers go on; a value that is not
 #    outboxd's Avro at all is dead-lettered without retries;
+#  - the schema registry away: a service that has no schema cached waits
+#    for it (retries with backoff) and dead-letters nothing;
 #  - timeout: product stopped, the saga fails by timeout and compensates the
 #    others; product comes back, its late success is compensated too;
 #  - the coordinator SIGKILLed with sagas open, restarted: all finish;
@@ -74,15 +76,40 @@ done
 log "poison: a value that is not outboxd's Avro at all (written straight to Kafka)"
 "$OUTBOXD_TOOLS/shop_produce" "$KAFKA_BOOTSTRAP" "${SHOP_TOPIC_PREFIX}payment-pending" raw '{"not": "avro"}' ||
     fail "could not produce the raw message"
-raw_count() { topic_dump payment-pending.dlt | grep -c 'avro decode: magic' || true; }
+raw_count() { topic_dump payment-pending.dlt | grep -c 'not an outboxd event' || true; }
 shop_wait_eq "4 dead letters of the undecodable value" 120 4 raw_count ||
     fail "undecodable value dead-lettered $(raw_count) times, expected 4"
 # not decodable is not retried: the first attempt never ran a handler
-topic_dump payment-pending.dlt | grep 'avro decode: magic' | jq -s -e 'map(.value.payload.attempts == 0) | all' >/dev/null ||
+topic_dump payment-pending.dlt | grep 'not an outboxd event' | jq -s -e 'map(.value.payload.attempts == 0) | all' >/dev/null ||
     fail "undecodable value was retried"
 O=$(order "$KIM_T" "$KB" 1 1000 null 0)
 P=$(pay "$KIM_T" "$O" "$KB" 1 1000 null 0)
 [ "$(jq -r .status <<<"$P")" = COMPLETED ] || fail "payment after the poison messages: $P"
+
+# ------------------------------------------------------------ registry away
+# The registry frozen (SIGSTOP: requests time out; its in-memory schemas
+# are kept, as a real registry keeps them across an outage), while a
+# product service with nothing cached needs a schema.
+log "registry away: product restarted (no schema cached) while the registry does not answer"
+REG_PID=$(cat "$SHOP_REGISTRY_DIR/registry.pid")
+shop_stop_service product
+kill -STOP "$REG_PID"
+shop_start_service product "${REPLAY[@]}"
+shop_wait_ready product || { kill -CONT "$REG_PID"; fail "product did not restart"; }
+O=$(order "$KIM_T" "$KB" 1 1000 null 0)
+P=$(pay "$KIM_T" "$O" "$KB" 1 1000 null 0 1s)
+PID=$(jq -r .paymentId <<<"$P")
+product_stat() { curl -s "http://127.0.0.1:${SHOP_PORT[product]}/stats" | jq "[.consumers[].$1] | add"; }
+product_waits() { [ "$(product_stat registryWaits)" -ge 2 ]; }
+shop_wait_for "product retrying the schema lookup" 120 product_waits || {
+    kill -CONT "$REG_PID"
+    fail "product did not wait for the registry: $(curl -s "http://127.0.0.1:${SHOP_PORT[product]}/stats")"
+}
+kill -CONT "$REG_PID"
+wait_payment "$PID" COMPLETED 120
+[ "$(product_stat deadLetters)" = 0 ] || fail "product dead-lettered an event while the registry was away"
+[ "$(topic_count payment-pending.dlt "$PID")" = 0 ] || fail "the payment's command is on payment-pending.dlt"
+log "registry away: product retried the lookup $(product_stat registryWaits) time(s), then applied the event; payment COMPLETED, nothing dead-lettered"
 
 # ----------------------------------------------------------------- timeout
 log "timeout: product stopped, saga times out after 5 s; product back, its late success is undone"
@@ -162,7 +189,7 @@ shop_start_service product "${REPLAY[@]}"
 shop_wait_ready product || fail "product did not restart"
 shop_wait_eq "product answered the new 10" 120 10 shop_db product "SELECT count(*) FROM payment_ops WHERE state = 'APPLIED' AND payment_id IN ($IN2)" ||
     fail "product did not answer"
-"$OUTBOXD_BIN" run -c "$SHOP_ROOT/deploy/shop/outboxd.yaml" >>"$SHOP_WORK/outboxd.log" 2>&1 &
+"$OUTBOXD_BIN" run -c "$SHOP_RELAY_CONFIG" >>"$SHOP_WORK/outboxd.log" 2>&1 &
 SHOP_PID[outboxd]=$!
 echo "outboxd $!" >>"$SHOP_WORK/pids"
 for p in "${PIDS2[@]}"; do wait_payment "$p" COMPLETED 180; done
@@ -172,7 +199,7 @@ topic_dump complete-order >"$WORK/complete.json"
 for p in "${PIDS[@]}" "${PIDS2[@]}"; do
     [ "$(grep -c "$p" "$WORK/complete.json")" = 1 ] || fail "complete-order for $p not exactly once"
 done
-shop_wait_eq "the data platform got 22 orders" 60 22 shop_db platform "SELECT count(*) FROM received_orders" ||
-    fail "data platform: $(shop_db platform "SELECT count(*) FROM received_orders") orders, expected 22"
+shop_wait_eq "the data platform got 23 orders" 60 23 shop_db platform "SELECT count(*) FROM received_orders" ||
+    fail "data platform: $(shop_db platform "SELECT count(*) FROM received_orders") orders, expected 23 (2 before, 1 while the registry was away, 10 + 10)"
 
 log "PASS in $((SECONDS - T0)) s"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The shop's payment SAGA end to end (real PostgreSQL, Kafka, outboxd, Redis,
-# nginx; every call through the gateway):
+# The shop's payment SAGA end to end (real PostgreSQL, Kafka, the schema
+# registry, outboxd, Redis, nginx; every call through the gateway):
 #  - success: balance, stock, coupon and order end right; one complete-order;
 #    notification, the data platform and popular products reflect it;
 #  - each participant failing in turn (no balance, no stock, coupon used,
@@ -50,6 +50,18 @@ settle
 # the coordinator's outbox through each participant's answer
 topic_dump payment-result | grep "$PID" | jq -s -e --arg p "$PID" 'length == 4 and (map(.headers.trace_id == $p) | all)' >/dev/null ||
     fail "payment-result records lack the trace_id header: $(topic_dump payment-result | grep "$PID" | head -n 1)"
+# the events went through the schema registry: each in its wire format (a
+# schema id, decoded with the schema fetched by id), the envelope registered
+# under <topic>-value
+topic_dump payment-result | grep "$PID" | jq -s -e 'length == 4 and (map(.schemaId | type == "number") | all)' >/dev/null ||
+    fail "payment-result records are not in the registry's wire format: $(topic_dump payment-result | grep "$PID" | head -n 1 | cut -c 1-400)"
+SUBJECTS=$(shop_registry_subjects) || fail "the registry does not answer GET /subjects"
+for t in payment-pending payment-result complete-order; do
+    jq -e --arg s "$SHOP_TOPIC_PREFIX$t-value" 'index($s) != null' <<<"$SUBJECTS" >/dev/null ||
+        fail "subject $SHOP_TOPIC_PREFIX$t-value not registered: $SUBJECTS"
+done
+! grep 'schema registry rejected' "$SHOP_WORK/outboxd.log" || fail "outboxd had a schema refused by the registry (above)"
+log "registry: $(jq length <<<"$SUBJECTS") subjects registered, payment-result records carry schema id $(topic_dump payment-result | grep "$PID" | head -n 1 | jq .schemaId)"
 
 # ------------------------------------------------- each participant failing
 # fail_case NAME FAILING_SERVICE TOKEN ORDER QTY AMOUNT COUPON DISCOUNT

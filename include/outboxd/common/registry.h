@@ -65,6 +65,18 @@ outboxd_registry_status_t outboxd_registry_id(outboxd_registry_t *reg, const cha
                                               const char *schema_text, int32_t *id, char *errstr,
                                               size_t errstr_size);
 
+/*
+ * GET {url}/schemas/ids/{id}: the schema text registered with that id (what a
+ * consumer of the wire format needs). On OK *schema_text is malloc'ed (the
+ * caller frees it). REJECTED when the registry answers that it does not know
+ * the id (404) or the schema is not Avro; RETRY as for outboxd_registry_id
+ * (unreachable, 5xx, 401/403, 429, garbage). Not cached here: the caller
+ * caches per id, since an id never changes meaning in a registry.
+ */
+outboxd_registry_status_t outboxd_registry_schema_by_id(outboxd_registry_t *reg, int32_t id,
+                                                        char **schema_text, char *errstr,
+                                                        size_t errstr_size);
+
 /* GET {url}/subjects: reachable, and the credentials are accepted. 0, or -1
  * with errstr (for outboxd check; changes nothing in the registry). */
 int outboxd_registry_ping(outboxd_registry_t *reg, char *errstr, size_t errstr_size);

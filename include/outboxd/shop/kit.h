@@ -4,7 +4,8 @@
  *
  *  - outbox: a service writes an outbox row in its own transaction; outboxd
  *    publishes it. No service produces to Kafka.
- *  - consumer: read_committed, decodes the relay's Avro envelope, records the
+ *  - consumer: read_committed, decodes the relay's Avro envelope (through the
+ *    schema registry when outboxd uses one), records the
  *    event id in an inbox table in the same local transaction as the business
  *    change, commits the Kafka offset only after the local commit; bounded
  *    retries with backoff, then `<topic>.dlt` through the service's outbox;
@@ -37,6 +38,7 @@ typedef struct outboxd_shop_conf {
     int retries;              /* handler attempts after the first, then dead letter */
     int retry_backoff_ms;     /* first backoff; doubles per attempt, capped at 5 s */
     int topic_partitions;     /* partitions of the topics the kit creates */
+    const char *registry_url; /* schema registry (Confluent API) for wire-format values, or NULL */
 } outboxd_shop_conf_t;
 
 /* Creates the outbox and inbox tables when missing (the outbox has the
@@ -76,14 +78,27 @@ typedef struct outboxd_shop_event {
 typedef int (*outboxd_shop_handler_fn)(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev,
                                        char *errstr, size_t errstr_size);
 
-/* Decodes one Kafka value written by outboxd into its envelope as JSON (the
- * payload embedded as a JSON value). The only place that knows the wire
- * format. Returns a new reference, or NULL with errstr filled. */
+/*
+ * Decodes one Kafka value written by outboxd into its envelope as JSON (the
+ * payload embedded as a JSON value). The only place that knows the framing:
+ *  - Confluent wire format (outboxd with schema_registry.url): magic 0 and a
+ *    4-byte schema id; the writer schema is fetched from registry_url with
+ *    GET /schemas/ids/{id} once per id and cached;
+ *  - Avro single-object encoding (outboxd without a registry): C3 01 and the
+ *    envelope schema's fingerprint.
+ * Returns a new reference, or NULL with errstr filled and *retry set when
+ * the failure is passing (the registry unreachable, 5xx, ...): the caller
+ * tries again later instead of giving up on the event. registry_url may be
+ * NULL (then wire-format values are refused, naming --registry).
+ */
 typedef struct outboxd_shop_decoder outboxd_shop_decoder_t;
-outboxd_shop_decoder_t *outboxd_shop_decoder_new(char *errstr, size_t errstr_size);
+outboxd_shop_decoder_t *outboxd_shop_decoder_new(const char *registry_url, char *errstr,
+                                                 size_t errstr_size);
 void outboxd_shop_decoder_destroy(outboxd_shop_decoder_t *d);
-json_t *outboxd_shop_decode(outboxd_shop_decoder_t *d, const void *buf, size_t len, char *errstr,
-                            size_t errstr_size);
+json_t *outboxd_shop_decode(outboxd_shop_decoder_t *d, const void *buf, size_t len, bool *retry,
+                            char *errstr, size_t errstr_size);
+/* Schema lookups sent to the registry so far (for tests: the cache works). */
+uint64_t outboxd_shop_decoder_lookups(const outboxd_shop_decoder_t *d);
 
 /* Counters of one consumer (read with outboxd_shop_consumer_stats). */
 typedef struct outboxd_shop_consumer_stats {
@@ -91,7 +106,8 @@ typedef struct outboxd_shop_consumer_stats {
     int64_t duplicates; /* events already in the inbox */
     int64_t retries;    /* failed attempts that were retried */
     int64_t dead_letters;
-    int64_t throttled_ms; /* time spent waiting for the rate limit (back-pressure) */
+    int64_t throttled_ms;   /* time spent waiting for the rate limit (back-pressure) */
+    int64_t registry_waits; /* decodes retried because the schema registry was away */
 } outboxd_shop_consumer_stats_t;
 
 typedef struct outboxd_shop_consumer outboxd_shop_consumer_t;

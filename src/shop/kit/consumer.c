@@ -24,54 +24,8 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include "outboxd/common/avro.h"
 #include "outboxd/common/log.h"
 #include "outboxd/common/util.h"
-
-/* ------------------------------------------------------------- decoding */
-
-struct outboxd_shop_decoder {
-    outboxd_avro_t *av;
-};
-
-outboxd_shop_decoder_t *outboxd_shop_decoder_new(char *errstr, size_t errstr_size)
-{
-    outboxd_shop_decoder_t *d = calloc(1, sizeof(*d));
-    if (!d) {
-        snprintf(errstr, errstr_size, "out of memory");
-        return NULL;
-    }
-    d->av = outboxd_avro_new(errstr, errstr_size);
-    if (!d->av) {
-        free(d);
-        return NULL;
-    }
-    return d;
-}
-
-void outboxd_shop_decoder_destroy(outboxd_shop_decoder_t *d)
-{
-    if (!d)
-        return;
-    outboxd_avro_destroy(d->av);
-    free(d);
-}
-
-/* The one place that knows the wire format: today Avro single-object
- * encoding of the envelope; a schema registry's framing goes here too. */
-json_t *outboxd_shop_decode(outboxd_shop_decoder_t *d, const void *buf, size_t len, char *errstr,
-                            size_t errstr_size)
-{
-    char *text = outboxd_avro_decode_to_json(d->av, buf, len, errstr, errstr_size);
-    if (!text)
-        return NULL;
-    json_error_t jerr;
-    json_t *j = json_loads(text, 0, &jerr);
-    free(text);
-    if (!j)
-        snprintf(errstr, errstr_size, "decoded envelope is not JSON: %s", jerr.text);
-    return j;
-}
 
 /* ------------------------------------------------------------- throttle */
 
@@ -245,7 +199,7 @@ outboxd_shop_consumer_t *outboxd_shop_consumer_new(const outboxd_shop_conf_t *co
             goto fail;
         }
     }
-    c->dec = outboxd_shop_decoder_new(errstr, errstr_size);
+    c->dec = outboxd_shop_decoder_new(conf->registry_url, errstr, errstr_size);
     if (!c->dec)
         goto fail;
 
@@ -430,10 +384,24 @@ static bool handle_message(outboxd_shop_consumer_t *c, const rd_kafka_message_t 
             snprintf(trace_id, sizeof(trace_id), "%.*s", (int)(vlen < 127 ? vlen : 127),
                      (const char *)v);
     }
-    json_t *env =
-        m->payload ? outboxd_shop_decode(c->dec, m->payload, m->len, errstr, sizeof(errstr)) : NULL;
+    json_t *env = NULL;
     if (!m->payload)
         snprintf(errstr, sizeof(errstr), "empty value (a tombstone?)");
+    /* A registry that is away is no reason to give up on a good event: wait
+     * for it (the offset stays uncommitted), with backoff. */
+    for (int64_t backoff = 200; m->payload;) {
+        bool retry = false;
+        env = outboxd_shop_decode(c->dec, m->payload, m->len, &retry, errstr, sizeof(errstr));
+        if (env || !retry)
+            break;
+        LOG_WARN(c->scope, "event at %s: cannot decode yet, retrying in %lld ms: %s", event_id,
+                 (long long)backoff, errstr);
+        stat_add(c, &c->stats.registry_waits, 1);
+        nap_us(c, backoff * 1000);
+        if (atomic_load(&c->stop))
+            return false;
+        backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+    }
     int attempts = 0;
     if (env) {
         const char *id = jstr(env, "id");
