@@ -271,6 +271,16 @@ static outboxd_registry_status_t request(outboxd_registry_t *reg, const char *su
                     subject, msg);
         }
         json_decref(j);
+    } else if (status == 409 && strstr(msg, "already exists")) {
+        /* Not a verdict on the schema: Apicurio's Confluent API answers
+         * this when two registrations of a new subject race (several
+         * sources or topics registering at once). Registering again finds
+         * the subject and returns its id, so this is worth a retry, never a
+         * dead letter. */
+        set_err(errstr, errstr_size,
+                "schema registry %s: subject %s was being created concurrently (%s); retrying",
+                url.data, subject, msg);
+        return OUTBOXD_REGISTRY_RETRY;
     } else if (status == 409) {
         set_err(errstr, errstr_size,
                 "schema registry rejected the schema for subject %s as incompatible with the "

@@ -167,8 +167,11 @@ static void test_classification(void **state)
         "401|{\"message\":\"Unauthorized\"}",
         "200|not json",
         "200|{\"id\":7}",
+        "409|{\"error_code\":409,\"message\":\"An artifact with ID 's5-value' in group "
+        "'null' already exists.\"}",
+        "200|{\"id\":8}",
     };
-    server_t *s = server_start(answers, 6);
+    server_t *s = server_start(answers, 8);
     outboxd_registry_t *reg = client(s, 0, NULL, "tok-123");
     int32_t id = -1;
     char err[512];
@@ -197,6 +200,14 @@ static void test_classification(void **state)
     assert_int_equal(outboxd_registry_id(reg, "s4", "\"int\"", &id, err, sizeof(err)),
                      OUTBOXD_REGISTRY_OK);
     assert_int_equal(id, 7);
+    /* A subject created concurrently (Apicurio's 409 "already exists") is
+     * not a rejection: retried, and the next registration gets the id. */
+    assert_int_equal(outboxd_registry_id(reg, "s5", "\"int\"", &id, err, sizeof(err)),
+                     OUTBOXD_REGISTRY_RETRY);
+    assert_non_null(strstr(err, "created concurrently"));
+    assert_int_equal(outboxd_registry_id(reg, "s5", "\"int\"", &id, err, sizeof(err)),
+                     OUTBOXD_REGISTRY_OK);
+    assert_int_equal(id, 8);
     outboxd_registry_destroy(reg);
     server_stop(s);
 }
