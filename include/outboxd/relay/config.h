@@ -86,7 +86,7 @@ typedef struct outboxd_table_conf {
      * (relay/debezium.h); n_debezium 0: not a Debezium drop-in table */
     outboxd_kv_t *debezium;
     size_t n_debezium;
-    int line;         /* line of this entry in the YAML, for messages */
+    int line; /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 
 /*
