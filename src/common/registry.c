@@ -280,7 +280,7 @@ static outboxd_registry_status_t request(outboxd_registry_t *reg, const char *su
         set_err(errstr, errstr_size,
                 "schema registry %s: subject %s was being created concurrently (%s); retrying",
                 url.data, subject, msg);
-        return OUTBOXD_REGISTRY_RETRY;
+        st = OUTBOXD_REGISTRY_RETRY;
     } else if (status == 409) {
         set_err(errstr, errstr_size,
                 "schema registry rejected the schema for subject %s as incompatible with the "

@@ -530,7 +530,8 @@ static int frame(outboxd_encoder_t *enc, schema_t *s, const char *topic, outboxd
     }
     enc->backoff_ms = 0;
     if (st == OUTBOXD_REGISTRY_REJECTED) {
-        snprintf(reason, reason_size, "schema %s (fingerprint %016" PRIx64 "): %s", name,
+        /* The registry's text is cut so the schema's name always fits. */
+        snprintf(reason, reason_size, "schema %s (fingerprint %016" PRIx64 "): %.480s", name,
                  outboxd_avsc_fingerprint(s->avsc), err);
         if (!s->rejected_logged) {
             LOG_ERROR("registry", "%s; rows with this schema go to the dead-letter topic", reason);
