@@ -47,9 +47,22 @@ STACK_OWNER_PID=$$ "$TOXI_SH" start >&2 2>"$WORK/toxiproxy-start.log" || {
 }
 # shellcheck disable=SC1091
 source "$TOXI_DIR/env"
-PG_PROXY_PORT=$(free_port)
-toxi proxy pg "127.0.0.1:$PG_PROXY_PORT" "127.0.0.1:$PGPORT" 2>/dev/null
-toxi proxy kafka "$KAFKA_VIA_PROXY" "$KAFKA_PROXIED" 2>/dev/null
+# A proxy's listen port can be taken between the probe and the bind (the
+# server then answers HTTP 500 "address already in use"): the PostgreSQL
+# proxy tries another port; the Kafka one must have the port the broker
+# advertises, so it waits for it. Every failure is shown, never swallowed.
+for try in 1 2 3 4 5; do
+    PG_PROXY_PORT=$(free_port)
+    toxi proxy pg "127.0.0.1:$PG_PROXY_PORT" "127.0.0.1:$PGPORT" 2>"$WORK/toxi-proxy.err" && break
+    log "toxiproxy could not listen for PostgreSQL on $PG_PROXY_PORT (try $try): $(cat "$WORK/toxi-proxy.err")"
+    [ "$try" -lt 5 ] || fail "toxiproxy: no PostgreSQL proxy after 5 ports"
+done
+for try in $(seq 1 20); do
+    toxi proxy kafka "$KAFKA_VIA_PROXY" "$KAFKA_PROXIED" 2>"$WORK/toxi-proxy.err" && break
+    log "toxiproxy could not listen on $KAFKA_VIA_PROXY (the broker's advertised proxied address; try $try): $(cat "$WORK/toxi-proxy.err"); sockets there: $(ss -Htan "( sport = :${KAFKA_VIA_PROXY##*:} )" 2>/dev/null | tr '\n' ' ')"
+    [ "$try" -lt 20 ] || fail "toxiproxy: the Kafka proxy could not listen on $KAFKA_VIA_PROXY"
+    sleep 0.5
+done
 
 # write_proxied_config FILE DB...: write_config with the relay's PostgreSQL
 # and Kafka connections through the proxies, and a short reconnect backoff
