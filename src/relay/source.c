@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "outboxd/relay/cdc.h"
 #include "outboxd/relay/checkpoint.h"
 #include "outboxd/common/log.h"
 #include "outboxd/relay/pgoutput.h"
@@ -50,6 +51,7 @@ struct outboxd_source {
     outboxd_repl_ident_t ident;
     outboxd_pgo_decoder_t *dec;
     outboxd_router_t *router;
+    outboxd_cdc_t *cdc; /* NULL when no table has mode: cdc */
     outboxd_sink_t *sink;
     bool sink_ready;
 
@@ -466,6 +468,112 @@ static bool batch_full(const outboxd_source_t *s)
     return s->batch_open && s->batch_events >= s->conf->max_batch_events;
 }
 
+/* CDC: the emit callback of outboxd_cdc_change (cdc.h). */
+typedef struct cdc_emit {
+    outboxd_source_t *s;
+    const outboxd_change_ctx_t *ctx;
+    char topic[256]; /* a topic that does not exist (publish returned -3) */
+} cdc_emit_t;
+
+static int cdc_emit(void *opaque, const outboxd_record_t *rec, bool dead_letter, const char *reason)
+{
+    cdc_emit_t *e = opaque;
+    int rc = publish(e->s, rec, e->ctx);
+    if (rc == -3)
+        snprintf(e->topic, sizeof(e->topic), "%s", rec->topic);
+    if (rc == 0 && dead_letter) {
+        char lsn[OUTBOXD_LSN_STRLEN];
+        outboxd_lsn_format(e->ctx->lsn, lsn);
+        LOG_WARN(e->s->name, "change at %s (xid %u) sent to dead-letter topic %s: %s", lsn,
+                 e->ctx->xid, e->s->conf->dead_letter_topic, reason ? reason : "");
+        e->s->batch_n_dead++;
+    } else if (rc == 0) {
+        e->s->batch_n_events++;
+    }
+    return rc;
+}
+
+/* One change of cdc tables through cdc.c: the same publish path (and Kafka
+ * transaction, and checkpoint) as outbox events. Returns 1 when msg is not
+ * a change of a cdc table (the router takes it), else as handle_change. */
+static int handle_cdc(outboxd_source_t *s, const outboxd_pgo_msg_t *msg,
+                      const outboxd_change_ctx_t *ctx)
+{
+    const outboxd_pgo_relation_t *rels[64];
+    int nrels = 0;
+    char op;
+    const outboxd_pgo_tuple_t *before = NULL, *after = NULL;
+    switch (msg->kind) {
+    case OUTBOXD_PGO_INSERT:
+    case OUTBOXD_PGO_UPDATE:
+    case OUTBOXD_PGO_DELETE:
+        rels[nrels++] = msg->u.change.rel;
+        op = msg->kind == OUTBOXD_PGO_INSERT ? 'c' : msg->kind == OUTBOXD_PGO_UPDATE ? 'u' : 'd';
+        if (msg->u.change.old_kind)
+            before = &msg->u.change.old_tuple;
+        if (msg->kind != OUTBOXD_PGO_DELETE)
+            after = &msg->u.change.new_tuple;
+        break;
+    case OUTBOXD_PGO_TRUNCATE:
+        op = 't';
+        for (int i = 0; i < msg->u.truncate.nrels && nrels < 64; i++) {
+            const outboxd_pgo_relation_t *r =
+                outboxd_pgo_relation_get(s->dec, msg->u.truncate.rel_oids[i]);
+            if (r)
+                rels[nrels++] = r;
+        }
+        break;
+    default:
+        return 1;
+    }
+    outboxd_cdc_source_t si = {
+        .lsn = ctx->lsn,
+        .commit_lsn = ctx->commit_lsn,
+        .xid = ctx->xid,
+        .commit_time_us = ctx->commit_time_us,
+        .snapshot = "false",
+    };
+    bool any = false;
+    for (int i = 0; i < nrels; i++) {
+        const outboxd_pgo_relation_t *rel = rels[i];
+        if (!rel || !outboxd_cdc_table(s->cdc, rel->nspname, rel->relname))
+            continue;
+        any = true;
+        cdc_emit_t em = {.s = s, .ctx = ctx};
+        char err[512];
+        int r;
+        if (s->refused_set && s->refused_commit_lsn == ctx->commit_lsn &&
+            s->refused_idx == ctx->change_index) {
+            /* Kafka refused this change's event for good: dead-letter it. */
+            s->refused_set = false;
+            s->forced_set = true;
+            s->forced_commit_lsn = ctx->commit_lsn;
+            s->forced_idx = ctx->change_index;
+            r = outboxd_cdc_dead_letter(s->cdc, rel, op, before, after, &si, s->refused_reason,
+                                        cdc_emit, &em, err, sizeof(err));
+        } else {
+            r = outboxd_cdc_change(s->cdc, rel, op, before, after, &si, cdc_emit, &em, err,
+                                   sizeof(err));
+        }
+        if (r == OUTBOXD_CDC_RETRY)
+            return rewind_stream(s, err);
+        if (r == -3 && s->conf->missing_topic == OUTBOXD_MISSING_TOPIC_DEAD_LETTER) {
+            char reason[600];
+            snprintf(reason, sizeof(reason), "%s (relay.missing_topic: dead_letter)",
+                     s->missing_err);
+            r = outboxd_cdc_dead_letter(s->cdc, rel, op, before, after, &si, reason, cdc_emit, &em,
+                                        err, sizeof(err));
+            if (r == OUTBOXD_CDC_RETRY)
+                return rewind_stream(s, err);
+        }
+        if (r == -3)
+            return wait_for_topic(s, em.topic);
+        if (r < 0)
+            return r;
+    }
+    return any || msg->kind == OUTBOXD_PGO_TRUNCATE ? 0 : 1;
+}
+
 static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outboxd_lsn_t wal_start)
 {
     if (msg->kind == OUTBOXD_PGO_MESSAGE && !msg->u.message.transactional && !s->in_txn) {
@@ -508,6 +616,11 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         .commit_time_us = s->txn_commit_time_us,
         .change_index = idx,
     };
+    if (s->cdc) {
+        int cr = handle_cdc(s, msg, &ctx);
+        if (cr != 1)
+            return cr;
+    }
     outboxd_record_t rec;
     char err[512];
     int r;
@@ -669,6 +782,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
     case OUTBOXD_PGO_RELATION:
         /* The table may have changed: bind its columns again. */
         outboxd_router_forget(s->router, msg.u.relation->oid);
+        if (s->cdc)
+            outboxd_cdc_forget(s->cdc, msg.u.relation->oid);
         return note_relation(s, msg.u.relation);
     case OUTBOXD_PGO_TYPE:
     case OUTBOXD_PGO_ORIGIN:
@@ -994,6 +1109,17 @@ static int connect_source(outboxd_source_t *s)
             return -2;
         }
     }
+    bool any_cdc = false;
+    for (size_t i = 0; i < s->src->n_tables; i++)
+        any_cdc = any_cdc || s->src->tables[i].mode == OUTBOXD_MODE_CDC;
+    if (any_cdc && !s->cdc) {
+        s->cdc = outboxd_cdc_new(s->conf, s->src, s->ident.database, err, sizeof(err));
+        if (!s->cdc) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -2;
+        }
+    }
     if (judge_checkpoint(s, created_slot) < 0) {
         close_stream(s);
         return -1;
@@ -1229,6 +1355,7 @@ void outboxd_source_destroy(outboxd_source_t *s)
     close_stream(s);
     outboxd_sink_destroy(s->sink);
     outboxd_router_destroy(s->router);
+    outboxd_cdc_destroy(s->cdc);
     outboxd_pgo_decoder_destroy(s->dec);
     free(s->batch_pos);
     for (size_t i = 0; i < s->n_rels; i++)

@@ -83,8 +83,14 @@ static void test_cdc_not_supported(void **state)
     (void)state;
     outboxd_buf_t r = {0};
     assert_int_equal(preflight("", "\n        mode: cdc\n        topic: cdc.t", &r), 1);
-    assert_non_null(
-        strstr(r.data, "p.yaml:8: sources[0].tables[0].mode: cdc is not supported yet"));
+    assert_non_null(strstr(r.data, "p.yaml:8: sources[0].tables[0].snapshot: initial (the "
+                                   "default) is not supported yet"));
+    outboxd_buf_free(&r);
+    assert_int_equal(
+        preflight("", "\n        mode: cdc\n        snapshot: when_needed", &r), 1);
+    assert_non_null(strstr(r.data, "snapshot: when_needed is not supported yet"));
+    outboxd_buf_free(&r);
+    assert_int_equal(preflight("", "\n        mode: cdc\n        snapshot: never", &r), 0);
     outboxd_buf_free(&r);
 }
 

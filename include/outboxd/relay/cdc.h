@@ -97,6 +97,21 @@ int outboxd_cdc_change(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char
                        const outboxd_cdc_source_t *si, outboxd_cdc_emit_cb emit, void *opaque,
                        char *errstr, size_t errstr_size);
 
+/*
+ * Same arguments, but the change is dead-lettered with reason instead of
+ * published (Kafka refused its event for good, e.g. too large for the topic):
+ * one dead-letter record is emitted. Same returns.
+ */
+int outboxd_cdc_dead_letter(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char op,
+                            const outboxd_pgo_tuple_t *before, const outboxd_pgo_tuple_t *after,
+                            const outboxd_cdc_source_t *si, const char *reason,
+                            outboxd_cdc_emit_cb emit, void *opaque, char *errstr,
+                            size_t errstr_size);
+
+/* The Avro key or value schema text in use for relation oid (after a change
+ * of it was built), or NULL. Valid until the relation changes. For tests. */
+const char *outboxd_cdc_avro_schema(const outboxd_cdc_t *c, uint32_t oid, bool key);
+
 /* Counters since start. */
 typedef struct outboxd_cdc_stats {
     uint64_t events;

@@ -15,8 +15,21 @@
 
 typedef enum {
     OUTBOXD_MODE_OUTBOX = 0,
-    OUTBOXD_MODE_CDC = 1, /* parsed; rejected by the relay until CDC lands */
+    OUTBOXD_MODE_CDC = 1, /* change events of a plain table (relay/cdc.h) */
 } outboxd_table_mode_t;
+
+/* tables[].format of a cdc table. */
+typedef enum {
+    OUTBOXD_CDC_AVRO = 0, /* AvroConverter: registry wire format, or single-object */
+    OUTBOXD_CDC_JSON = 1, /* JsonConverter */
+} outboxd_cdc_format_t;
+
+/* tables[].snapshot of a cdc table (Debezium's snapshot.mode). */
+typedef enum {
+    OUTBOXD_SNAPSHOT_INITIAL = 0,
+    OUTBOXD_SNAPSHOT_NEVER = 1,
+    OUTBOXD_SNAPSHOT_WHEN_NEEDED = 2,
+} outboxd_snapshot_mode_t;
 
 /* What an UPDATE on an outbox table does (outbox rows should be immutable). */
 typedef enum {
@@ -86,7 +99,14 @@ typedef struct outboxd_table_conf {
      * (relay/debezium.h); n_debezium 0: not a Debezium drop-in table */
     outboxd_kv_t *debezium;
     size_t n_debezium;
-    int line; /* line of this entry in the YAML, for messages */
+    /* mode: cdc (relay/cdc.h). topic NULL: <topic_prefix>.<schema>.<table> */
+    char *topic_prefix;        /* NULL: the source's name (Debezium's topic.prefix) */
+    int cdc_format;            /* outboxd_cdc_format_t, default avro */
+    bool json_schemas;         /* format json: schema block (schemas.enable), default true */
+    bool tombstones_on_delete; /* default true */
+    bool truncate_events;      /* op t events; default false (Debezium's skipped.operations=t) */
+    int snapshot;              /* outboxd_snapshot_mode_t, default initial */
+    int line;                  /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 
 /*
