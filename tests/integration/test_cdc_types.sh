@@ -8,7 +8,8 @@
 # image), delete (with tombstones), truncate. A Python consumer
 # (confluent-kafka AvroDeserializer) decodes key and value of each event and
 # compares every value with what was written; a second table in JSON
-# (JsonConverter shape, schemas.enable and not) is checked the same way.
+# (JsonConverter shape, schemas.enable and not) is checked the same way, and
+# a third with columns_exclude / mask_hash / mask_null.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 # shellcheck disable=SC1091
@@ -25,6 +26,7 @@ psql_db postgres -c "CREATE DATABASE \"$DB\"" >/dev/null
 "$PY" "$here/cdc_check.py" sql-schema "$CHUNKS" | psql_db "$DB" >/dev/null
 psql_db "$DB" -c "CREATE TABLE j (id integer PRIMARY KEY, c_tstz timestamptz, c_num numeric(10,3))" >/dev/null
 psql_db "$DB" -c "CREATE TABLE js (LIKE j INCLUDING ALL)" >/dev/null
+psql_db "$DB" -c "CREATE TABLE pii (id integer PRIMARY KEY, email text, ssn text, keep integer, drop_me text)" >/dev/null
 
 # Large records: the topic, the producer and the relay must all take them.
 max=$((BIG_MB * 3 * 1048576 + 1048576))
@@ -66,6 +68,13 @@ sources:
         format: json
         json_schemas: false
         topic: "$RUN_ID.js"
+      - table: public.pii
+        mode: cdc
+        snapshot: never
+        topic: "$RUN_ID.pii"
+        columns_exclude: [drop_me]
+        mask_hash: [email]
+        mask_null: [ssn]
 EOF2
 prepare_sources "$WORK/outboxd.yaml"
 start_relay "$WORK/outboxd.yaml"
@@ -75,6 +84,7 @@ relay=$RELAY_PID
 for i in 1 2 3; do
     psql_db "$DB" -c "INSERT INTO j VALUES ($i, '2026-11-24 12:00:00.5+02', $i.125)" >/dev/null
     psql_db "$DB" -c "INSERT INTO js VALUES ($i, '2026-11-24 12:00:00.5+02', $i.125)" >/dev/null
+    psql_db "$DB" -c "INSERT INTO pii VALUES ($i, 'user$i@example.com', 'secret-$i', $((i * 2)), 'secret too')" >/dev/null
 done
 wait_drained "$DB" "${DB}_${RUN_ID}" 300
 kill -0 "$relay" 2>/dev/null || fail "relay exited"
@@ -85,6 +95,9 @@ kill -0 "$relay" 2>/dev/null || fail "relay exited"
     fail "JSON (schemas.enable) events do not match"
 "$PY" "$here/cdc_check.py" json --bootstrap "$KAFKA_BOOTSTRAP" --topic "$RUN_ID.js" --rows 3 --schemas 0 ||
     fail "JSON events do not match"
+
+"$PY" "$here/cdc_check.py" pii --bootstrap "$KAFKA_BOOTSTRAP" --registry "$REGISTRY_URL" \
+    --topic "$RUN_ID.pii" --rows 3 || fail "filtered / masked events do not match"
 
 grep -q "sent to dead-letter topic" "$WORK/relay.log" && fail "changes were dead-lettered"
 subjects=$(curl -sf "$REGISTRY_URL/subjects")

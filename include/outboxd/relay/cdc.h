@@ -161,4 +161,7 @@ outboxd_cdc_kind_t outboxd_cdc_kind(uint32_t type_oid, int32_t typmod);
 int outboxd_cdc_json_value(outboxd_cdc_kind_t kind, int32_t typmod, const char *text, size_t len,
                            outboxd_buf_t *out, char *reason, size_t reason_size);
 
+/* Hex SHA-256 of data (mask_hash), exposed for tests. */
+void outboxd_cdc_sha256_hex(const void *data, size_t len, char out[65]);
+
 #endif
