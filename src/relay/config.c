@@ -1002,6 +1002,8 @@ static const key_spec_t table_spec[] = {
      .kind = K_CUSTOM,
      .custom = parse_mask_hash,
      .hint = "a list of column names"},
+    {KEY("row_filter", K_STR, outboxd_table_conf_t, row_filter),
+     .hint = "an SQL boolean expression over the table's columns"},
     {.key = "mask_null",
      .kind = K_CUSTOM,
      .custom = parse_mask_null,
@@ -1937,6 +1939,7 @@ static void free_table(outboxd_table_conf_t *t)
     free(t->columns.timestamp);
     free(t->allowed_topics);
     free(t->topic_prefix);
+    free(t->row_filter);
     char **lists[4] = {t->columns_include, t->columns_exclude, t->mask_hash, t->mask_null};
     size_t ns[4] = {t->n_columns_include, t->n_columns_exclude, t->n_mask_hash, t->n_mask_null};
     for (int l = 0; l < 4; l++) {

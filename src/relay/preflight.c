@@ -38,6 +38,15 @@ int outboxd_preflight_check(const outboxd_config_t *conf, outboxd_buf_t *report)
         const outboxd_source_conf_t *src = &conf->sources[i];
         for (size_t j = 0; j < src->n_tables; j++) {
             const outboxd_table_conf_t *t = &src->tables[j];
+            if (t->row_filter &&
+                (t->mode != OUTBOXD_MODE_CDC || src->publication_scope != OUTBOXD_PUB_TABLES)) {
+                problems++;
+                outboxd_buf_printf(report,
+                                   "%s:%d: sources[%zu].tables[%zu].row_filter: only for mode cdc "
+                                   "tables of a source with publication_scope: tables (a "
+                                   "publication WHERE applies to FOR TABLE entries)\n",
+                                   conf->path, t->line, i, j);
+            }
             /* The initial snapshot is not part of this version: streaming
              * alone is what snapshot: never means, so it must be asked for. */
             if (t->mode != OUTBOXD_MODE_CDC || t->snapshot == OUTBOXD_SNAPSHOT_NEVER)
@@ -48,9 +57,8 @@ int outboxd_preflight_check(const outboxd_config_t *conf, outboxd_buf_t *report)
                                "yet by outboxd %s (table %s.%s, mode cdc); set snapshot: never "
                                "to stream changes from now on without reading existing rows\n",
                                conf->path, t->line, i, j,
-                               t->snapshot == OUTBOXD_SNAPSHOT_INITIAL
-                                   ? "initial (the default)"
-                                   : "when_needed",
+                               t->snapshot == OUTBOXD_SNAPSHOT_INITIAL ? "initial (the default)"
+                                                                       : "when_needed",
                                OUTBOXD_VERSION, t->schema, t->name);
         }
     }

@@ -391,6 +391,14 @@ def check_pii(a):
     return 1 if ck.errors else 0
 
 
+def check_rowfilter(a):
+    """row_filter "status <> 'draft'": only the paid rows (ids 2 and 4)."""
+    recs = consume(a.bootstrap, None, a.topic, 2)
+    ids = sorted(r["value"]["after"]["id"] for r in recs)
+    print("cdc_check: row filter passed ids %s" % ids, file=sys.stderr)
+    return 0 if ids == [2, 4] else 1
+
+
 def check_json(a):
     recs = consume(a.bootstrap, None, a.topic, a.rows)
     ck = Checker()
@@ -427,7 +435,7 @@ def main():
         print(sql_changes(int(sys.argv[2])))
         return 0
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["types", "alter", "json", "pii"])
+    ap.add_argument("cmd", choices=["types", "alter", "json", "pii", "rowfilter"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--registry")
     ap.add_argument("--topic", required=True)
@@ -436,7 +444,7 @@ def main():
     ap.add_argument("--per", type=int, default=20)
     ap.add_argument("--schemas", type=int, default=1)
     a = ap.parse_args()
-    return {"types": check_types, "alter": check_alter, "json": check_json, "pii": check_pii}[a.cmd](a)
+    return {"types": check_types, "alter": check_alter, "json": check_json, "pii": check_pii, "rowfilter": check_rowfilter}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,9 @@ typedef struct outboxd_table_conf {
      * SHA-256 of the value's text; mask_null: always null. */
     char **columns_include, **columns_exclude, **mask_hash, **mask_null;
     size_t n_columns_include, n_columns_exclude, n_mask_hash, n_mask_null;
+    /* SQL boolean expression: the publication's row filter (PostgreSQL 15
+     * publication WHERE, set by outboxd check); NULL: every row */
+    char *row_filter;
     int line; /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 
