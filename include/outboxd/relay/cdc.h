@@ -20,7 +20,13 @@
  * Ownership: the relation, tuples and source info are borrowed for the call
  * only; nothing is kept (the relation's columns are copied into a per-oid
  * cache and compared on every call, so a caller may build the relation
- * itself, e.g. from the catalog for a snapshot). A record passed to emit
+ * itself, e.g. from the catalog for a snapshot: then give it what pgoutput's
+ * Relation message would carry (oid, nspname, relname, relreplident, and
+ * the columns in attnum order without dropped and generated ones, with
+ * atttypid, atttypmod and is_key = part of the replica identity index or,
+ * for the default identity, the primary key), or every alternation between
+ * the two shapes builds (and registers) the schema again). A record passed
+ * to emit
  * (topic, key, value, headers) points into the instance's buffers and is
  * valid only during that emit call; the sink copies what it produces.
  */
