@@ -784,7 +784,8 @@ static void check_publication(check_t *c)
     c->pub_exists = true;
     bool need_update = false;
     for (size_t i = 0; i < src->n_tables; i++)
-        if (src->tables[i].on_update != OUTBOXD_UPDATE_SKIP)
+        if (src->tables[i].on_update != OUTBOXD_UPDATE_SKIP ||
+            src->tables[i].mode == OUTBOXD_MODE_CDC) /* cdc: every change */
             need_update = true;
     publish_ops_problem(c, pub, src->n_tables > 0, need_update);
     bool publishes_upd_del = field_true(pub, 0, 1) || field_true(pub, 0, 2);
