@@ -860,6 +860,8 @@ static const key_spec_t relay_spec[] = {
      .min = 100, .max = 60000},
     {KEY("reconnect_max_backoff_ms", K_INT, outboxd_config_t, reconnect_max_backoff_ms),
      .def_num = 30000, .min = 100, .max = 3600000},
+    {KEY("wal_receiver_timeout_ms", K_INT, outboxd_config_t, wal_receiver_timeout_ms),
+     .def_num = 60000, .min = 0, .max = 3600000},
     {KEY("producers_per_source", K_INT, outboxd_config_t, producers_per_source), .def_num = 2,
      .min = 1, .max = 4},
     {KEY("missing_topic", K_ENUM, outboxd_config_t, missing_topic), .names = missing_topic_names,

@@ -150,7 +150,12 @@ typedef struct outboxd_config {
     char *dead_letter_topic;      /* default "outboxd.dlt" */
     int status_interval_ms;       /* default 10000: standby status update period */
     int reconnect_max_backoff_ms; /* default 30000 */
-    char *log_level;              /* default "info" */
+    /* Like PostgreSQL's own wal_receiver_timeout: after half of it without a
+     * message from the walsender the relay asks for a reply; after the rest,
+     * the connection is presumed dead (a half-open link, a frozen server)
+     * and reconnected. 0 disables. Default 60000. */
+    int wal_receiver_timeout_ms;
+    char *log_level; /* default "info" */
     /* Transactional producers per source used in turn (default 2), so a
      * transaction never waits for the broker to finish writing the previous
      * one's commit markers (see sink.c). */
