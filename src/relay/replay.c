@@ -203,15 +203,15 @@ void outboxd_retention_confirmed(outboxd_retention_t *r, outboxd_lsn_t lsn, outb
         r->live = lsn;
     if (r->conn && r->busy)
         retention_collect(r, st);
+    /* Connected from the first confirmation on, so the metric shows where
+     * the window starts before it first moves. */
+    if (!r->conn && (now < r->next_connect_ms || !retention_connect(r, st)))
+        return;
     if (r->busy || now - r->last_send_ms < RETENTION_ADVANCE_MS)
         return;
     outboxd_lsn_t target = outboxd_window_target(&r->ring, wall, r->src->replay_window_ms,
                                                  r->src->replay_window_bytes, r->live);
     if (!target || target <= r->advanced)
-        return;
-    if (!r->conn && (now < r->next_connect_ms || !retention_connect(r, st)))
-        return;
-    if (target <= r->advanced)
         return;
     char t[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(target, t);
@@ -844,10 +844,17 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
      * means another replay of this source runs now. */
     const char *p2[1] = {rp->rslot};
     char pid[32];
-    rc = query_value(rp->pg,
-                     "SELECT coalesce(active_pid::text, '0') FROM pg_catalog.pg_replication_slots "
-                     "WHERE slot_name = $1",
-                     1, p2, pid, sizeof(pid), err, sizeof(err));
+    /* A replay just killed: its walsender notices the closed socket within
+     * moments; wait for that (bounded) rather than call it a running one. */
+    for (int i = 0; i < 100; i++) {
+        rc = query_value(rp->pg,
+                         "SELECT coalesce(active_pid::text, '0') FROM "
+                         "pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                         1, p2, pid, sizeof(pid), err, sizeof(err));
+        if (rc <= 0 || strcmp(pid, "0") == 0)
+            break;
+        usleep(100 * 1000);
+    }
     if (rc < 0) {
         snprintf(errstr, errstr_size, "source %s: %s", src->name, err);
         return 1;
