@@ -1311,17 +1311,10 @@ int outboxd_config_parse_window(const char *text, int64_t *ms, uint64_t *bytes)
         const char *unit;
         bool size;
         uint64_t mult;
-    } units[] = {{"s", false, 1000},
-                 {"m", false, 60000},
-                 {"min", false, 60000},
-                 {"h", false, 3600000},
-                 {"d", false, 86400000},
-                 {"B", true, 1},
-                 {"kB", true, 1ULL << 10},
-                 {"KB", true, 1ULL << 10},
-                 {"MB", true, 1ULL << 20},
-                 {"GB", true, 1ULL << 30},
-                 {"TB", true, 1ULL << 40}};
+    } units[] = {{"s", false, 1000},       {"m", false, 60000},      {"min", false, 60000},
+                 {"h", false, 3600000},    {"d", false, 86400000},   {"B", true, 1},
+                 {"kB", true, 1ULL << 10}, {"KB", true, 1ULL << 10}, {"MB", true, 1ULL << 20},
+                 {"GB", true, 1ULL << 30}, {"TB", true, 1ULL << 40}};
     *ms = 0;
     *bytes = 0;
     if (!text || !isdigit((unsigned char)text[0]))
@@ -1403,8 +1396,8 @@ static bool finish_windows(ctx_t *c, outboxd_config_t *conf)
                         "slot '%s' is too long for replay_window (expected at most %zu "
                         "characters, so that its retention slot %s%s and replay slot %s%s are "
                         "PostgreSQL names)",
-                        s->slot, PG_NAME_MAX - longest, s->slot, OUTBOXD_RETENTION_SUFFIX,
-                        s->slot, OUTBOXD_REPLAY_SUFFIX);
+                        s->slot, PG_NAME_MAX - longest, s->slot, OUTBOXD_RETENTION_SUFFIX, s->slot,
+                        OUTBOXD_REPLAY_SUFFIX);
         size_t len = strlen(s->slot) + strlen(OUTBOXD_RETENTION_SUFFIX) + 1;
         s->retention_slot = malloc(len);
         if (!s->retention_slot)

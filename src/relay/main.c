@@ -319,8 +319,8 @@ static int cmd_start_lsn(const outboxd_config_t *conf, const char *const *args, 
     for (size_t i = 0; i < n; i++) {
         char name[256], err[2048];
         outboxd_lsn_t lsn;
-        if (outboxd_replay_parse_start_lsn(args[i], name, sizeof(name), &lsn, err,
-                                           sizeof(err)) < 0) {
+        if (outboxd_replay_parse_start_lsn(args[i], name, sizeof(name), &lsn, err, sizeof(err)) <
+            0) {
             fprintf(stderr, "outboxd: %s\n", err);
             return 2;
         }
@@ -356,14 +356,19 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},     {"log-level", required_argument, NULL, 'l'},
-        {"log-format", required_argument, NULL, 'F'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},          {"source", required_argument, NULL, 'R'},
-        {"from-lsn", required_argument, NULL, 'R'},   {"to-lsn", required_argument, NULL, 'R'},
-        {"topic-suffix", required_argument, NULL, 'R'}, {"to-topic", required_argument, NULL, 'R'},
-        {"dry-run", no_argument, NULL, 'R'},          {"start-lsn", required_argument, NULL, 'S'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"log-level", required_argument, NULL, 'l'},
+                                         {"log-format", required_argument, NULL, 'F'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"source", required_argument, NULL, 'R'},
+                                         {"from-lsn", required_argument, NULL, 'R'},
+                                         {"to-lsn", required_argument, NULL, 'R'},
+                                         {"topic-suffix", required_argument, NULL, 'R'},
+                                         {"to-topic", required_argument, NULL, 'R'},
+                                         {"dry-run", no_argument, NULL, 'R'},
+                                         {"start-lsn", required_argument, NULL, 'S'},
+                                         {NULL, 0, NULL, 0}};
     const char *path = NULL, *level = NULL, *format = NULL;
     outboxd_replay_args_t rargs = {0};
     bool replay_opts = false;

@@ -974,9 +974,8 @@ static void check_retention_slot(check_t *c)
     const outboxd_source_conf_t *src = c->src;
     if (!src->retention_slot || c->server_version < 120000 || c->conn_lost) {
         if (src->retention_slot && c->server_version && c->server_version < 120000)
-            problem(c,
-                    "replay_window needs PostgreSQL 12 or later (pg_copy_logical_replication_"
-                    "slot); remove replay_window for this source");
+            problem(c, "replay_window needs PostgreSQL 12 or later (pg_copy_logical_replication_"
+                       "slot); remove replay_window for this source");
         return;
     }
     const char *params[2] = {src->retention_slot, src->slot};

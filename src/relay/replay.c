@@ -1105,13 +1105,6 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
                  src->name, l, wal);
         goto out;
     }
-    if (lsn < from) {
-        snprintf(errstr, errstr_size,
-                 "--start-lsn %s=%s is behind slot %s, which is at %s: a slot cannot go back "
-                 "(to publish older events again use `outboxd replay`)",
-                 src->name, l, src->slot, slot_pos);
-        goto out;
-    }
     outboxd_repl_ident_t ident;
     repl = outboxd_repl_connect(src, &ident, err, sizeof(err));
     if (!repl) {
@@ -1133,6 +1126,14 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
                  "refused (it would publish events again; to do that on purpose use `outboxd "
                  "replay`)",
                  src->name, l, u);
+        goto out;
+    }
+    /* Checked after the checkpoint, which says more. */
+    if (lsn < from) {
+        snprintf(errstr, errstr_size,
+                 "--start-lsn %s=%s is behind slot %s, which is at %s: a slot cannot go back "
+                 "(to publish older events again use `outboxd replay`)",
+                 src->name, l, src->slot, slot_pos);
         goto out;
     }
     /* What is skipped: the publication's transactions committed before lsn

@@ -126,7 +126,7 @@ struct outboxd_source {
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
-    outboxd_stats_t *stats; /* owned by the metrics registry; may be NULL */
+    outboxd_stats_t *stats;         /* owned by the metrics registry; may be NULL */
     outboxd_retention_t *retention; /* replay_window's slot keeper; NULL: none */
 };
 

@@ -81,9 +81,9 @@ typedef struct outboxd_stats_snapshot {
     outboxd_lsn_t confirmed_lsn, wal_end_lsn;
     outboxd_lsn_t retention_lsn;  /* 0: no retention slot (or not advanced yet) */
     uint64_t replay_window_bytes; /* confirmed - retention: WAL replay can reach */
-    uint64_t lag_bytes;   /* wal_end - confirmed, 0 when unknown or ahead */
-    double lag_seconds;   /* 0 when caught up */
-    double stall_seconds; /* since the loop last turned */
+    uint64_t lag_bytes;           /* wal_end - confirmed, 0 when unknown or ahead */
+    double lag_seconds;           /* 0 when caught up */
+    double stall_seconds;         /* since the loop last turned */
     uint64_t commit_buckets[OUTBOXD_STATS_N_BUCKETS + 1]; /* cumulative; last is +Inf */
     uint64_t commit_count;
     double commit_sum_seconds;
