@@ -969,6 +969,27 @@ static void check_slot(check_t *c)
  * a copy of the live slot, so it holds from the live position on (and the
  * creation does not wait for running transactions as a new slot would).
  */
+/* A replay's slot copy left by a crash holds WAL until the next replay of
+ * the source drops it: say so (not a problem for the relay itself). */
+static void warn_leftover_replay(check_t *c)
+{
+    char name[128];
+    snprintf(name, sizeof(name), "%s%s", c->src->slot, OUTBOXD_REPLAY_SUFFIX);
+    const char *params[1] = {name};
+    char err[512];
+    PGresult *res = run(c,
+                        "SELECT coalesce(restart_lsn::text, '') FROM "
+                        "pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                        1, params, err, sizeof(err));
+    if (res && PQntuples(res) > 0)
+        LOG_WARN(c->src->name,
+                 "replay slot %s was left by an interrupted `outboxd replay` and holds WAL from "
+                 "%s: run that replay again to finish it (it drops the slot), or drop it with "
+                 "SELECT pg_drop_replication_slot('%s')",
+                 name, PQgetvalue(res, 0, 0), name);
+    PQclear(res);
+}
+
 static void check_retention_slot(check_t *c)
 {
     const outboxd_source_conf_t *src = c->src;
@@ -987,6 +1008,7 @@ static void check_retention_slot(check_t *c)
     if (!res)
         return;
     if (PQntuples(res) > 0) {
+        warn_leftover_replay(c);
         if (strcmp(PQgetvalue(res, 0, 0), "logical") != 0 ||
             strcmp(PQgetvalue(res, 0, 1), "pgoutput") != 0)
             problem(c,

@@ -127,6 +127,10 @@ wait "$rpid" 2>/dev/null || rc=$?
 [ "$killed" = yes ] && [ "$rc" -eq 137 ] ||
     fail "the replay was not killed midway (killed=$killed, exit $rc): $(tail -5 "$WORK/relay-kill.log")"
 log "replay SIGKILLed midway"
+# Until it is run again, `outboxd check` points at the leftover copy.
+"$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check2.log" 2>&1 || true
+grep -q "replay slot ${SLOT}_replay was left by an interrupted .outboxd replay. and holds WAL" "$WORK/check2.log" ||
+    fail "outboxd check does not warn about the leftover replay slot: $(cat "$WORK/check2.log")"
 replay --source "$DB" --from-lsn "$X" --to-lsn "$Y" --topic-suffix .replay2 \
     >"$WORK/resume.out" 2>"$WORK/relay-resume.log" || fail "resumed replay failed: $(cat "$WORK/relay-resume.log")"
 cat "$WORK/resume.out" >&2
