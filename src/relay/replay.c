@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -77,40 +78,26 @@ outboxd_lsn_t outboxd_window_target(outboxd_window_ring_t *r, int64_t now_us, in
 
 /* ---- the retention slot ---------------------------------------------------- */
 
+/*
+ * The source thread only notes confirmed positions (a mutex and a few
+ * stores); a thread of its own talks to PostgreSQL, so a slow or unreachable
+ * server never stalls the live stream.
+ */
 struct outboxd_retention {
     const outboxd_source_conf_t *src;
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    pthread_mutex_t lock; /* guards ring, live, stats */
     outboxd_window_ring_t ring;
+    outboxd_lsn_t live; /* last confirmed position of the live slot */
+    outboxd_stats_t *stats;
+    /* The thread's own: */
     PGconn *conn;
-    bool busy; /* an advance was sent; its result is read on a later call */
     int64_t next_connect_ms;
-    int64_t last_send_ms;
     int64_t last_warn_ms;
     outboxd_lsn_t advanced; /* where the retention slot is, as far as we know */
-    outboxd_lsn_t live;     /* last confirmed position of the live slot */
 };
-
-outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src)
-{
-    if (!src->retention_slot)
-        return NULL;
-    outboxd_retention_t *r = calloc(1, sizeof(*r));
-    if (!r) {
-        LOG_ERROR(src->name, "out of memory: the retention slot %s is not advanced",
-                  src->retention_slot);
-        return NULL;
-    }
-    r->src = src;
-    return r;
-}
-
-void outboxd_retention_destroy(outboxd_retention_t *r)
-{
-    if (!r)
-        return;
-    if (r->conn)
-        PQfinish(r->conn);
-    free(r);
-}
 
 static void retention_warn(outboxd_retention_t *r, const char *what, const char *why)
 {
@@ -124,44 +111,40 @@ static void retention_warn(outboxd_retention_t *r, const char *what, const char 
              r->src->retention_slot, what, why);
 }
 
-static void retention_drop_conn(outboxd_retention_t *r)
+static outboxd_stats_t *retention_stats(outboxd_retention_t *r)
 {
-    PQfinish(r->conn);
-    r->conn = NULL;
-    r->busy = false;
-    r->next_connect_ms = outboxd_now_ms() + RETENTION_RETRY_MS;
+    pthread_mutex_lock(&r->lock);
+    outboxd_stats_t *st = r->stats;
+    pthread_mutex_unlock(&r->lock);
+    return st;
 }
 
-/* Reads the answer to the advance sent earlier, without blocking. */
-static void retention_collect(outboxd_retention_t *r, outboxd_stats_t *st)
+/* Runs one query on the thread's connection: the single text value, or
+ * false (warned; a broken connection is dropped and retried later). */
+static bool retention_query(outboxd_retention_t *r, const char *what, const char *sql, int n,
+                            const char *const *params, outboxd_lsn_t *out)
 {
-    if (!PQconsumeInput(r->conn)) {
-        retention_warn(r, "connection lost", PQerrorMessage(r->conn));
-        retention_drop_conn(r);
-        return;
+    PGresult *res = PQexecParams(r->conn, sql, n, NULL, params, NULL, NULL, 0);
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok) {
+        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        retention_warn(r, what, msg ? msg : PQerrorMessage(r->conn));
+    } else if (PQntuples(res) == 0) {
+        retention_warn(r, what, "the slot does not exist");
+        ok = false;
+    } else {
+        ok = outboxd_lsn_parse(PQgetvalue(res, 0, 0), out);
     }
-    if (PQisBusy(r->conn))
-        return;
-    PGresult *res;
-    while ((res = PQgetResult(r->conn)) != NULL) {
-        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-            outboxd_lsn_t lsn;
-            if (PQntuples(res) == 1 && outboxd_lsn_parse(PQgetvalue(res, 0, 0), &lsn)) {
-                r->advanced = lsn;
-                outboxd_stats_retention(st, lsn);
-            }
-        } else {
-            const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-            retention_warn(r, "advancing failed", msg ? msg : PQerrorMessage(r->conn));
-        }
-        PQclear(res);
+    PQclear(res);
+    if (PQstatus(r->conn) == CONNECTION_BAD) {
+        PQfinish(r->conn);
+        r->conn = NULL;
+        r->next_connect_ms = outboxd_now_ms() + RETENTION_RETRY_MS;
     }
-    r->busy = false;
-    if (PQstatus(r->conn) == CONNECTION_BAD)
-        retention_drop_conn(r);
+    return ok;
 }
 
-static bool retention_connect(outboxd_retention_t *r, outboxd_stats_t *st)
+static bool retention_connect(outboxd_retention_t *r)
 {
     char err[512];
     r->conn = outboxd_pg_connect(r->src, false, err, sizeof(err));
@@ -170,66 +153,114 @@ static bool retention_connect(outboxd_retention_t *r, outboxd_stats_t *st)
         r->next_connect_ms = outboxd_now_ms() + RETENTION_RETRY_MS;
         return false;
     }
-    /* Where it is now, once, for the metric before the first advance. */
+    /* Where it is now, for the metric before the first advance. */
     const char *params[1] = {r->src->retention_slot};
-    PGresult *res = PQexecParams(r->conn,
-                                 "SELECT confirmed_flush_lsn::text FROM "
-                                 "pg_catalog.pg_replication_slots WHERE slot_name = $1",
-                                 1, NULL, params, NULL, NULL, 0);
     outboxd_lsn_t lsn;
-    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-        outboxd_lsn_parse(PQgetvalue(res, 0, 0), &lsn)) {
+    if (retention_query(r, "reading its position",
+                        "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots "
+                        "WHERE slot_name = $1",
+                        1, params, &lsn)) {
         r->advanced = lsn;
-        outboxd_stats_retention(st, lsn);
-    } else if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 0) {
-        retention_warn(r, "missing", "the slot does not exist");
+        outboxd_stats_retention(retention_stats(r), lsn);
     }
-    PQclear(res);
-    return true;
+    return r->conn != NULL;
+}
+
+/* One turn of the thread: advance to the window's target if it moved. */
+static void retention_turn(outboxd_retention_t *r)
+{
+    pthread_mutex_lock(&r->lock);
+    bool any = r->live != 0;
+    outboxd_lsn_t target =
+        outboxd_window_target(&r->ring, outboxd_wall_us(), r->src->replay_window_ms,
+                              r->src->replay_window_bytes, r->live);
+    pthread_mutex_unlock(&r->lock);
+    /* Connected from the first confirmation on, so the metric shows where
+     * the window starts before it first moves. */
+    if (!any || (!r->conn && (outboxd_now_ms() < r->next_connect_ms || !retention_connect(r))))
+        return;
+    if (!target || target <= r->advanced)
+        return;
+    char t[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(target, t);
+    const char *params[2] = {r->src->retention_slot, t};
+    outboxd_lsn_t lsn;
+    /* GREATEST: a slot cannot go back, and another process (an operator)
+     * may have moved it; a missing slot gives NULL and the advance names
+     * the problem. */
+    if (retention_query(r, "advancing failed",
+                        "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, "
+                        "GREATEST($2::pg_lsn, (SELECT confirmed_flush_lsn FROM "
+                        "pg_catalog.pg_replication_slots WHERE slot_name = $1)))",
+                        2, params, &lsn)) {
+        r->advanced = lsn;
+        outboxd_stats_retention(retention_stats(r), lsn);
+    }
+}
+
+static void *retention_run(void *arg)
+{
+    outboxd_retention_t *r = arg;
+    while (!atomic_load(&r->stop)) {
+        retention_turn(r);
+        for (int i = 0; i < RETENTION_ADVANCE_MS / 100 && !atomic_load(&r->stop); i++)
+            usleep(100 * 1000);
+    }
+    return NULL;
+}
+
+outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src)
+{
+    if (!src->retention_slot)
+        return NULL;
+    outboxd_retention_t *r = calloc(1, sizeof(*r));
+    if (!r) {
+        LOG_ERROR(src->name, "out of memory: the retention slot %s is not advanced",
+                  src->retention_slot);
+        return NULL;
+    }
+    r->src = src;
+    atomic_init(&r->stop, false);
+    pthread_mutex_init(&r->lock, NULL);
+    int e = pthread_create(&r->thread, NULL, retention_run, r);
+    if (e) {
+        LOG_ERROR(src->name, "pthread_create: %s: the retention slot %s is not advanced",
+                  strerror(e), src->retention_slot);
+        pthread_mutex_destroy(&r->lock);
+        free(r);
+        return NULL;
+    }
+    r->started = true;
+    return r;
+}
+
+void outboxd_retention_destroy(outboxd_retention_t *r)
+{
+    if (!r)
+        return;
+    atomic_store(&r->stop, true);
+    if (r->started)
+        pthread_join(r->thread, NULL);
+    if (r->conn)
+        PQfinish(r->conn);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
 }
 
 void outboxd_retention_confirmed(outboxd_retention_t *r, outboxd_lsn_t lsn, outboxd_stats_t *st)
 {
     if (!r || !lsn)
         return;
-    int64_t now = outboxd_now_ms();
-    int64_t wall = outboxd_wall_us();
     /* The confirmation time stands in for the commit time: it is later, so
      * "confirmed a window ago" implies "committed a window ago" and the
      * slot never passes a transaction younger than the window. */
     int64_t step = r->src->replay_window_ms * 1000 / 512;
-    outboxd_window_note(&r->ring, lsn, wall, step < 1000000 ? 1000000 : step);
+    pthread_mutex_lock(&r->lock);
+    outboxd_window_note(&r->ring, lsn, outboxd_wall_us(), step < 1000000 ? 1000000 : step);
     if (lsn > r->live)
         r->live = lsn;
-    if (r->conn && r->busy)
-        retention_collect(r, st);
-    /* Connected from the first confirmation on, so the metric shows where
-     * the window starts before it first moves. */
-    if (!r->conn && (now < r->next_connect_ms || !retention_connect(r, st)))
-        return;
-    if (r->busy || now - r->last_send_ms < RETENTION_ADVANCE_MS)
-        return;
-    outboxd_lsn_t target = outboxd_window_target(&r->ring, wall, r->src->replay_window_ms,
-                                                 r->src->replay_window_bytes, r->live);
-    if (!target || target <= r->advanced)
-        return;
-    char t[OUTBOXD_LSN_STRLEN];
-    outboxd_lsn_format(target, t);
-    const char *params[2] = {r->src->retention_slot, t};
-    /* GREATEST: a slot cannot go back, and another process (a replay being
-     * set up, an operator) may have moved it; a missing slot gives NULL and
-     * the advance names the problem. */
-    if (!PQsendQueryParams(r->conn,
-                           "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, "
-                           "GREATEST($2::pg_lsn, (SELECT confirmed_flush_lsn FROM "
-                           "pg_catalog.pg_replication_slots WHERE slot_name = $1)))",
-                           2, NULL, params, NULL, NULL, 0)) {
-        retention_warn(r, "sending the advance failed", PQerrorMessage(r->conn));
-        retention_drop_conn(r);
-        return;
-    }
-    r->busy = true;
-    r->last_send_ms = now;
+    r->stats = st;
+    pthread_mutex_unlock(&r->lock);
 }
 
 /* ---- small helpers ---------------------------------------------------------- */

@@ -69,16 +69,18 @@ outboxd_lsn_t outboxd_window_target(outboxd_window_ring_t *r, int64_t now_us, in
 typedef struct outboxd_retention outboxd_retention_t;
 
 /* NULL when src has no replay_window (or on OOM, then replay is unavailable
- * and said so in the log). src must outlive it. */
+ * and said so in the log). Starts a thread of its own that advances the
+ * retention slot on its own normal connection; src must outlive it. */
 outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src);
+/* Stops and joins the thread. Accepts NULL. */
 void outboxd_retention_destroy(outboxd_retention_t *r);
 
 /*
  * The live slot has been confirmed up to lsn (after the Kafka commit that
- * covers it). Notes it, and about once a second advances the retention slot
- * to its window target with pg_replication_slot_advance on its own normal
- * connection, sent without waiting (the result is read on a later call), so
- * the source loop never blocks on it. Accepts NULL r.
+ * covers it): noted under a mutex, no I/O, so the source loop never waits on
+ * it. About once a second the retention thread advances the retention slot
+ * to the window's target with pg_replication_slot_advance. st (may be NULL)
+ * receives the retention slot's position. Accepts NULL r.
  */
 void outboxd_retention_confirmed(outboxd_retention_t *r, outboxd_lsn_t lsn, outboxd_stats_t *st);
 
