@@ -155,6 +155,23 @@ assert_rows_written "$WORK/all.tsv" "$DB"
     { cat "$WORK/okcat-live.out" >&2; fail "the live topics lost or duplicated events during the replays"; }
 tail -1 "$WORK/okcat-live.out" >&2
 
+# Without --to-lsn the range ends at the WAL end when the replay starts: from
+# Y on that is phase C exactly (the writers are done, the database idle), and
+# the replay ends by itself. --to-topic puts everything into one topic.
+sort "$WORK/ab.tsv" >"$WORK/ab.sorted"
+sort "$WORK/all.tsv" | comm -13 "$WORK/ab.sorted" - |
+    awk -F'\t' -v OFS='\t' -v t="$RUN_ID.tail" '{ $3 = t; print }' >"$WORK/c.tsv"
+nc=$(wc -l <"$WORK/c.tsv")
+timeout 300 "$OUTBOXD_BIN" replay -c "$WORK/outboxd.yaml" --source "$DB" --from-lsn "$Y" \
+    --to-topic "$RUN_ID.tail" >"$WORK/tail.out" 2>"$WORK/relay-tail.log" ||
+    fail "replay to the WAL end failed or did not end: $(tail -3 "$WORK/relay-tail.log")"
+grep -q "^replayed $nc event(s) of source $DB committed in \[$Y, " "$WORK/tail.out" ||
+    fail "replay to the WAL end did not report phase C's $nc events: $(cat "$WORK/tail.out")"
+"$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$RUN_ID.tail" --idle-ms 4000 \
+    --timeout-ms 300000 --expect "$WORK/c.tsv" >"$WORK/okcat-tail.out" ||
+    { cat "$WORK/okcat-tail.out" >&2; fail "--to-topic $RUN_ID.tail does not hold phase C exactly once"; }
+log "replay from Y to the WAL end into one topic: $(head -1 "$WORK/tail.out")"
+
 # 4. The 2 s window of the second source moves behind the live slot.
 P0=$(psql_db "$DB2" -c "SELECT pg_current_wal_lsn()")
 psql_db "$DB2" -c "SELECT write_events('$DB2', 'k1', 3)"
