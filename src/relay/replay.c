@@ -84,7 +84,12 @@ outboxd_lsn_t outboxd_window_target(outboxd_window_ring_t *r, int64_t now_us, in
  * server never stalls the live stream.
  */
 struct outboxd_retention {
-    const outboxd_source_conf_t *src;
+    /* A private copy of what it needs from the source's configuration
+     * (name, dsn, password, slot names, window), so a configuration
+     * replaced and freed under the source cannot pull it from under the
+     * thread. */
+    outboxd_source_conf_t own;
+    const outboxd_source_conf_t *src; /* &own */
     pthread_t thread;
     bool started;
     atomic_bool stop;
@@ -209,6 +214,19 @@ static void *retention_run(void *arg)
     return NULL;
 }
 
+static void free_own(outboxd_retention_t *r)
+{
+    free(r->own.name);
+    free(r->own.dsn);
+    if (r->own.password) {
+        explicit_bzero(r->own.password, strlen(r->own.password));
+        free(r->own.password);
+    }
+    free(r->own.slot);
+    free(r->own.retention_slot);
+    free(r);
+}
+
 outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src)
 {
     if (!src->retention_slot)
@@ -219,7 +237,21 @@ outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src)
                   src->retention_slot);
         return NULL;
     }
-    r->src = src;
+    r->own.name = strdup(src->name);
+    r->own.dsn = strdup(src->dsn);
+    r->own.password = src->password ? strdup(src->password) : NULL;
+    r->own.slot = strdup(src->slot);
+    r->own.retention_slot = strdup(src->retention_slot);
+    r->own.replay_window_ms = src->replay_window_ms;
+    r->own.replay_window_bytes = src->replay_window_bytes;
+    r->src = &r->own;
+    if (!r->own.name || !r->own.dsn || (src->password && !r->own.password) || !r->own.slot ||
+        !r->own.retention_slot) {
+        LOG_ERROR(src->name, "out of memory: the retention slot %s is not advanced",
+                  src->retention_slot);
+        free_own(r);
+        return NULL;
+    }
     atomic_init(&r->stop, false);
     pthread_mutex_init(&r->lock, NULL);
     int e = pthread_create(&r->thread, NULL, retention_run, r);
@@ -227,7 +259,7 @@ outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src)
         LOG_ERROR(src->name, "pthread_create: %s: the retention slot %s is not advanced",
                   strerror(e), src->retention_slot);
         pthread_mutex_destroy(&r->lock);
-        free(r);
+        free_own(r);
         return NULL;
     }
     r->started = true;
@@ -244,7 +276,7 @@ void outboxd_retention_destroy(outboxd_retention_t *r)
     if (r->conn)
         PQfinish(r->conn);
     pthread_mutex_destroy(&r->lock);
-    free(r);
+    free_own(r);
 }
 
 void outboxd_retention_confirmed(outboxd_retention_t *r, outboxd_lsn_t lsn, outboxd_stats_t *st)

@@ -70,7 +70,8 @@ typedef struct outboxd_retention outboxd_retention_t;
 
 /* NULL when src has no replay_window (or on OOM, then replay is unavailable
  * and said so in the log). Starts a thread of its own that advances the
- * retention slot on its own normal connection; src must outlive it. */
+ * retention slot on its own normal connection. What it needs of src is
+ * copied: a configuration reload may free src. */
 outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src);
 /* Stops and joins the thread. Accepts NULL. */
 void outboxd_retention_destroy(outboxd_retention_t *r);
