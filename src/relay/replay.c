@@ -502,6 +502,7 @@ typedef struct replay {
     outboxd_buf_t topic;
     bool done;
     bool copied; /* this run created the slot copy */
+    bool marker; /* a WAL record was written after the end (see replay_prepare) */
 } replay_t;
 
 static void count_topic(replay_t *rp, const char *topic)
@@ -699,7 +700,8 @@ static int replay_data(replay_t *rp, const outboxd_repl_msg_t *m, char *errstr, 
         } else {
             rp->confirmed = msg.u.commit.end_lsn;
         }
-        if (msg.u.commit.end_lsn >= rp->to)
+        /* The next commit record starts at or after this one's end. */
+        if (msg.u.commit.end_lsn > rp->to)
             rp->done = true;
         return 0;
     case OUTBOXD_PGO_INSERT:
@@ -744,7 +746,10 @@ static int replay_stream(replay_t *rp, char *errstr, size_t errstr_size)
             /* In logical replication the keepalive's position is how far
              * the walsender has decoded: past the end, nothing more in the
              * range can come. */
-            if (!rp->in_txn && m.wal_end >= rp->to)
+            /* Strictly past: a commit record may start exactly at the end
+             * (the marker written after the end makes the position move
+             * past it; without it, at the end is taken as past). */
+            if (!rp->in_txn && (m.wal_end > rp->to || (!rp->marker && m.wal_end >= rp->to)))
                 rp->done = true;
             if (m.reply_requested)
                 replay_keepalive(rp);
@@ -901,6 +906,10 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
      * call it just waits for the next write). */
     PGresult *res =
         PQexec(rp->pg, "SELECT pg_catalog.pg_logical_emit_message(false, 'outboxd.replay', '')");
+    rp->marker = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!rp->marker)
+        LOG_DEBUG(rp->rname, "no end marker (%s): the end is taken when decoding reaches it",
+                  PQerrorMessage(rp->pg));
     PQclear(res);
 
     /* A copy left over by a replay that crashed is dropped; one in use
