@@ -25,6 +25,7 @@
 #include "outboxd/relay/pgconn.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/repl.h"
+#include "outboxd/relay/replay.h"
 #include "outboxd/relay/router.h"
 #include "outboxd/relay/sink.h"
 #include "outboxd/relay/stats.h"
@@ -130,7 +131,8 @@ struct outboxd_source {
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
-    outboxd_stats_t *stats; /* owned by the metrics registry; may be NULL */
+    outboxd_stats_t *stats;         /* owned by the metrics registry; may be NULL */
+    outboxd_retention_t *retention; /* replay_window's slot keeper; NULL: none */
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -147,9 +149,11 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     s->stop = stop;
     atomic_init(&s->done, false);
     s->dec = outboxd_pgo_decoder_new();
+    s->retention = outboxd_retention_new(src);
     s->batch_pos = calloc((size_t)conf->max_batch_events + 1, sizeof(*s->batch_pos));
     if (!s->dec || !s->batch_pos) {
         outboxd_pgo_decoder_destroy(s->dec);
+        outboxd_retention_destroy(s->retention);
         free(s->batch_pos);
         snprintf(errstr, errstr_size, "out of memory");
         free(s);
@@ -181,6 +185,8 @@ static void send_status(outboxd_source_t *s, bool force)
     s->sent_lsn = s->confirm_lsn;
     s->last_status_ms = now;
     outboxd_stats_confirmed(s->stats, s->sent_lsn);
+    /* Only what Kafka holds is confirmed, so the window trails that. */
+    outboxd_retention_confirmed(s->retention, s->sent_lsn, s->stats);
 }
 
 /* Called by the sink between retries of blocking Kafka calls, so that
@@ -1294,5 +1300,6 @@ void outboxd_source_destroy(outboxd_source_t *s)
     free(s->rels);
     if (s->watch_conn)
         PQfinish(s->watch_conn);
+    outboxd_retention_destroy(s->retention);
     free(s);
 }
