@@ -550,6 +550,41 @@ oom:
     return -1;
 }
 
+int outboxd_encoder_registered(outboxd_encoder_t *enc, const char *subject, const char *schema_text,
+                               outboxd_buf_t *out, char *reason, size_t reason_size, char *errstr,
+                               size_t errstr_size)
+{
+    outboxd_buf_reset(out);
+    if (!enc->reg) {
+        snprintf(reason, reason_size, "an AvroConverter needs schema_registry.url");
+        return 1;
+    }
+    int32_t id = 0;
+    char err[700];
+    outboxd_registry_status_t st =
+        outboxd_registry_id(enc->reg, subject, schema_text, &id, err, sizeof(err));
+    if (st == OUTBOXD_REGISTRY_RETRY) {
+        snprintf(errstr, errstr_size, "%s", err);
+        back_off(enc);
+        return -1;
+    }
+    enc->backoff_ms = 0;
+    if (st == OUTBOXD_REGISTRY_REJECTED) {
+        /* Debezium's task fails here; outboxd dead-letters the row and goes
+         * on (the registry's rejection is cached, so this is not a request
+         * per row). */
+        snprintf(reason, reason_size, "%.480s", err);
+        return 1;
+    }
+    unsigned char h[OUTBOXD_WIRE_HEADER_LEN];
+    outboxd_registry_wire_header(id, h);
+    if (!outboxd_buf_append(out, h, sizeof(h))) {
+        snprintf(errstr, errstr_size, "out of memory encoding a value");
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- values ------------------------------------------------------------- */
 
 static bool put_str(outboxd_buf_t *out, outboxd_str_t s)
