@@ -409,8 +409,8 @@ static int parse_list(const char *v, char ***out, size_t *n)
 
 /* Properties accepted and ignored: they change nothing in the records. */
 static const char *const ignored_props[] = {
-    "type",                             /* io.debezium.transforms.outbox.EventRouter */
-    "table.op.invalid.behavior",        /* updates: tables[].on_update decides */
+    "type",                      /* io.debezium.transforms.outbox.EventRouter */
+    "table.op.invalid.behavior", /* updates: tables[].on_update decides */
     "route.topic.regex.ignore.case", NULL};
 
 outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr,
@@ -869,14 +869,24 @@ int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload
  * io.debezium.data.Json, or the one table.expand.json.payload infers from
  * the JSON) and the value struct of envelope placements.
  */
-typedef enum { CS_STRING, CS_INT16, CS_INT32, CS_INT64, CS_FLOAT32, CS_FLOAT64, CS_BOOL, CS_BYTES,
-               CS_ARRAY, CS_STRUCT } cs_type_t;
+typedef enum {
+    CS_STRING,
+    CS_INT16,
+    CS_INT32,
+    CS_INT64,
+    CS_FLOAT32,
+    CS_FLOAT64,
+    CS_BOOL,
+    CS_BYTES,
+    CS_ARRAY,
+    CS_STRUCT
+} cs_type_t;
 
 typedef struct cs {
     cs_type_t type;
     bool optional;
-    char *name;       /* Connect schema name, or NULL */
-    int version;      /* Connect schema version, when has_version */
+    char *name;  /* Connect schema name, or NULL */
+    int version; /* Connect schema version, when has_version */
     bool has_version;
     struct cs *items; /* CS_ARRAY */
     char **fnames;    /* CS_STRUCT fields, in order */
@@ -1453,8 +1463,9 @@ static int expand_avro(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_
 
 /* ---- key and value ---- */
 
-int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key, outboxd_buf_t *schema,
-                         outboxd_buf_t *datum, char *reason, size_t reason_size)
+int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
+                         outboxd_buf_t *schema, outboxd_buf_t *datum, char *reason,
+                         size_t reason_size)
 {
     outboxd_buf_reset(schema);
     outboxd_buf_reset(datum);

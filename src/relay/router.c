@@ -418,9 +418,8 @@ static void bind_dbz(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_relat
     b->c_payload = need_col(b, rel, d->col_payload, "table.field.event.payload");
     b->c_route = need_col(b, rel, d->col_route, "route.by.field");
     b->c_ts = d->col_ts ? need_col(b, rel, d->col_ts, "table.field.event.timestamp") : -1;
-    b->c_version = d->col_version
-                       ? need_col(b, rel, d->col_version, "table.field.event.schema.version")
-                       : -1;
+    b->c_version =
+        d->col_version ? need_col(b, rel, d->col_version, "table.field.event.schema.version") : -1;
     for (size_t i = 0; i < d->n_places; i++)
         b->c_place[i] = d->error_on_missing ? need_col(b, rel, d->places[i].column,
                                                        "table.fields.additional.placement")

@@ -4,8 +4,8 @@
  * through Kafka Connect's StringConverter or JsonConverter
  * (schemas.enable=false), or an AvroConverter with a Confluent-compatible
  * registry (Confluent's wire format; the Connect schema translated to Avro
- * as Confluent's AvroData does, which Apicurio's converter copies), so that a table switched from Debezium to outboxd
- * changes nothing a consumer sees: topic, partition, key bytes, value bytes,
+ * as Confluent's AvroData does, which Apicurio's converter copies), so that a table switched from
+ * Debezium to outboxd changes nothing a consumer sees: topic, partition, key bytes, value bytes,
  * the id header and placed headers, record timestamp.
  *
  * Configured per table with a `debezium:` mapping that takes Debezium's own
@@ -67,7 +67,7 @@ typedef struct outboxd_dbz {
      * (or per schema version): the first name seen per key, kept here. */
     char **name_keys, **name_vals;
     size_t n_names;
-    regex_t re;              /* route.topic.regex, anchored, translated to POSIX ERE */
+    regex_t re; /* route.topic.regex, anchored, translated to POSIX ERE */
     size_t re_groups;
     outboxd_dbz_repl_t *repl; /* route.topic.replacement */
     size_t n_repl;
@@ -127,8 +127,9 @@ int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload
  * into datum (both reset first). v NULL: SQL NULL (the caller sends no key).
  * 0; 1 when the column cannot be rendered (reason filled); -1 (OOM).
  */
-int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key, outboxd_buf_t *schema,
-                         outboxd_buf_t *datum, char *reason, size_t reason_size);
+int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
+                         outboxd_buf_t *schema, outboxd_buf_t *datum, char *reason,
+                         size_t reason_size);
 
 /*
  * The value through an AvroConverter: schema text (registered under
