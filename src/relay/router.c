@@ -418,8 +418,14 @@ static void bind_dbz(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_relat
     b->c_payload = need_col(b, rel, d->col_payload, "table.field.event.payload");
     b->c_route = need_col(b, rel, d->col_route, "route.by.field");
     b->c_ts = d->col_ts ? need_col(b, rel, d->col_ts, "table.field.event.timestamp") : -1;
-    b->c_version =
-        d->col_version ? need_col(b, rel, d->col_version, "table.field.event.schema.version") : -1;
+    /* Debezium reads the version column only for the struct of envelope
+     * placements. */
+    bool has_env = false;
+    for (size_t i = 0; i < d->n_places; i++)
+        has_env = has_env || d->places[i].where == OUTBOXD_DBZ_ENVELOPE;
+    b->c_version = d->col_version && has_env
+                       ? need_col(b, rel, d->col_version, "table.field.event.schema.version")
+                       : -1;
     for (size_t i = 0; i < d->n_places; i++)
         b->c_place[i] = d->error_on_missing ? need_col(b, rel, d->places[i].column,
                                                        "table.fields.additional.placement")
@@ -991,6 +997,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     }
     bool tombstone = false;
     int rc;
+    errstr[0] = '\0';
     if (d->value_avro) {
         const outboxd_pgo_datum_t *vd = b->c_version >= 0 ? datum(t, b->c_version) : NULL;
         outboxd_dbz_field_t ver = {d->col_version, has_text(vd) ? vd->data : NULL,
@@ -1041,6 +1048,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
      * JsonConverter (the key field has a schema). */
     bool has_key = has_text(kd) || d->key_json;
     if (has_key && d->key_avro) {
+        errstr[0] = '\0';
         outboxd_dbz_field_t kf = {d->col_key, kd->data ? kd->data : "", kd->len,
                                   rel->cols[b->c_key].type_oid};
         rc = outboxd_dbz_avro_key(d, &kf, &rt->dbz_schema, &rt->dbz_datum, reason, sizeof(reason));
