@@ -12,7 +12,12 @@
  *   {payload, alias...}; NULL payload: null (a tombstone when
  *   route.tombstone.on.empty.payload);
  * - headers: "id" and the header placements (SimpleHeaderConverter);
- * - timestamp: table.field.event.timestamp (a timestamp column) in ms.
+ * - timestamp: table.field.event.timestamp (a timestamp column) in ms;
+ * - with an AvroConverter, key and value are the Connect schema (the
+ *   column's, the Json string's, the one JsonSchemaData infers for an
+ *   expanded payload, or the value struct with its schema version) as
+ *   Confluent's AvroData translates it, and the Avro binary of the value;
+ *   the caller registers the schema and frames the datum (encoder.h).
  */
 #include "outboxd/relay/debezium.h"
 
