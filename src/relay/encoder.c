@@ -284,6 +284,36 @@ static bool load_types(outboxd_encoder_t *enc, char *errstr, size_t errstr_size)
     return ok;
 }
 
+/*
+ * A Debezium drop-in table with an AvroConverter writes through the
+ * registry: without schema_registry.url that is a configuration error,
+ * reported here so that outboxd check names it before anything runs.
+ */
+static bool check_debezium_avro(const outboxd_config_t *conf, char *errstr, size_t errstr_size)
+{
+    for (size_t i = 0; i < conf->n_sources; i++) {
+        const outboxd_source_conf_t *src = &conf->sources[i];
+        for (size_t j = 0; j < src->n_tables; j++) {
+            const outboxd_table_conf_t *t = &src->tables[j];
+            for (size_t k = 0; k < t->n_debezium; k++) {
+                const outboxd_kv_t *kv = &t->debezium[k];
+                size_t n = kv->value ? strlen(kv->value) : 0;
+                if ((strcmp(kv->key, "key.converter") == 0 ||
+                     strcmp(kv->key, "value.converter") == 0) &&
+                    n >= 13 && strcmp(kv->value + n - 13, "AvroConverter") == 0) {
+                    snprintf(errstr, errstr_size,
+                             "%s:%d: sources[%zu].tables[%zu].debezium: %s: an AvroConverter "
+                             "needs schema_registry.url (the registry the converter's "
+                             "apicurio.registry.url or schema.registry.url points to)",
+                             conf->path ? conf->path : "<config>", kv->line, i, j, kv->key);
+                    return false;
+                }
+            }
+        }
+    }
+    return true;
+}
+
 outboxd_encoder_t *outboxd_encoder_new(const outboxd_config_t *conf, char *errstr,
                                        size_t errstr_size)
 {
@@ -308,6 +338,8 @@ outboxd_encoder_t *outboxd_encoder_new(const outboxd_config_t *conf, char *errst
         goto fail;
     }
     if (conf->schemas_dir && !load_types(enc, errstr, errstr_size))
+        goto fail;
+    if (!conf->schema_registry_url && !check_debezium_avro(conf, errstr, errstr_size))
         goto fail;
     if (conf->schema_store_dir && !conf->schema_registry_url) {
         enc->store_dir = resolve_path(conf, conf->schema_store_dir);
