@@ -28,6 +28,7 @@
 #include "outboxd/relay/repl.h"
 #include "outboxd/relay/router.h"
 #include "outboxd/relay/sink.h"
+#include "outboxd/relay/snapshot.h"
 #include "outboxd/relay/stats.h"
 
 #define STATS_LOG_INTERVAL_MS 30000
@@ -128,6 +129,9 @@ struct outboxd_source {
     int64_t last_stats_ms;
     uint64_t logged_events;
     outboxd_stats_t *stats; /* owned by the metrics registry; may be NULL */
+    /* Initial snapshot of cdc tables and the stream's reconciliation with
+     * it (snapshot.h); NULL while the source has none. */
+    outboxd_snapshot_t *snap;
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -363,6 +367,8 @@ static int commit_batch(outboxd_source_t *s)
         ck.last_lsn = 0;
         ck.last_lsn_n = 0;
     }
+    /* The snapshot's progress rides along in every checkpoint. */
+    memcpy(ck.snapshot, s->ck_committed.snapshot, sizeof(ck.snapshot));
     ck.timeline = s->ident.timeline;
     snprintf(ck.system_id, sizeof(ck.system_id), "%s", s->ident.system_id);
     snprintf(ck.database, sizeof(ck.database), "%s", s->ident.database);
@@ -608,6 +614,19 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         s->n_skipped++;
         outboxd_stats_skipped(s->stats, 1);
         return 0;
+    }
+    if (s->snap) {
+        /* Already in the rows a snapshot published (see snapshot.c). */
+        char serr[512];
+        int rf =
+            outboxd_snapshot_reflected(s->snap, s->dec, msg, s->txn_commit_lsn, serr, sizeof(serr));
+        if (rf < 0)
+            return rewind_stream(s, serr);
+        if (rf > 0) {
+            s->n_skipped++;
+            outboxd_stats_skipped(s->stats, 1);
+            return 0;
+        }
     }
     outboxd_change_ctx_t ctx = {
         .lsn = wal_start,
@@ -1053,6 +1072,39 @@ static void slot_busy(outboxd_source_t *s, const char *err)
     s->quiet_retry = true;
 }
 
+/*
+ * The snapshot of cdc tables, before streaming (snapshot.h): decides from
+ * the checkpoint what is left to read and reads it, committing each chunk
+ * with the checkpoint. 0, -1 retry (resumes at the next connect), -2 fatal.
+ */
+static int run_snapshot(outboxd_source_t *s, const char *saved, bool positions_lost)
+{
+    char err[1024];
+    if (!s->snap) {
+        s->snap = outboxd_snapshot_new(s->conf, s->src, err, sizeof(err));
+        if (!s->snap) {
+            LOG_ERROR(s->name, "%s", err);
+            return -1;
+        }
+    }
+    if (outboxd_snapshot_prepare(s->snap, &s->ck_committed, saved, positions_lost, err,
+                                 sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    if (!outboxd_snapshot_pending(s->snap))
+        return 0;
+    outboxd_snapshot_io_t io = {
+        .sink = s->sink,
+        .cdc = s->cdc,
+        .ident = &s->ident,
+        .ck = &s->ck_committed,
+        .stop = s->stop,
+        .stats = s->stats,
+    };
+    return outboxd_snapshot_run(s->snap, &io);
+}
+
 /* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
 static int connect_source(outboxd_source_t *s)
 {
@@ -1120,9 +1172,23 @@ static int connect_source(outboxd_source_t *s)
             return -2;
         }
     }
+    /* Judging may drop the checkpoint; the snapshot's progress is kept
+     * apart to see what survives. */
+    char saved_snap[OUTBOXD_CHECKPOINT_SNAPSHOT_MAX];
+    memcpy(saved_snap, s->ck_committed.snapshot, sizeof(saved_snap));
+    bool had_ck = s->ck_committed.commit_lsn != 0 || saved_snap[0];
+    bool had_commit = s->ck_committed.commit_lsn != 0;
     if (judge_checkpoint(s, created_slot) < 0) {
         close_stream(s);
         return -1;
+    }
+    if (outboxd_snapshot_configured(s->src) || saved_snap[0]) {
+        bool lost = (created_slot && had_ck) || (had_commit && !s->ck_committed.commit_lsn);
+        int rc = run_snapshot(s, saved_snap, lost);
+        if (rc < 0) {
+            close_stream(s);
+            return rc;
+        }
     }
     /* What was confirmed on an earlier connection may be a position of
      * another server's history (after a failover): never send it here. */
@@ -1356,6 +1422,7 @@ void outboxd_source_destroy(outboxd_source_t *s)
     outboxd_sink_destroy(s->sink);
     outboxd_router_destroy(s->router);
     outboxd_cdc_destroy(s->cdc);
+    outboxd_snapshot_destroy(s->snap);
     outboxd_pgo_decoder_destroy(s->dec);
     free(s->batch_pos);
     for (size_t i = 0; i < s->n_rels; i++)
