@@ -931,6 +931,8 @@ static const key_spec_t source_spec[] = {
      .names = pub_scope_names, .def_num = OUTBOXD_PUB_TABLES},
     {KEY("heartbeat_interval_ms", K_INT, outboxd_source_conf_t, heartbeat_interval_ms),
      .def_num = 0, .min = 0, .max = 3600000},
+    {KEY("signal_table", K_STR, outboxd_source_conf_t, signal_table),
+     .hint = "a table name (schema.table) whose rows ask for snapshots"},
     {.key = "tables", .kind = K_CUSTOM, .custom = parse_tables, .hint = "a list of tables"},
     {.key = "messages",
      .kind = K_CUSTOM,
@@ -982,8 +984,7 @@ static const key_spec_t table_spec[] = {
     {KEY("format", K_ENUM, outboxd_table_conf_t, cdc_format), .names = cdc_format_names,
      .def_num = OUTBOXD_CDC_AVRO},
     {KEY("json_schemas", K_BOOL, outboxd_table_conf_t, json_schemas), .def_num = 1},
-    {KEY("tombstones_on_delete", K_BOOL, outboxd_table_conf_t, tombstones_on_delete),
-     .def_num = 1},
+    {KEY("tombstones_on_delete", K_BOOL, outboxd_table_conf_t, tombstones_on_delete), .def_num = 1},
     {KEY("truncate_events", K_BOOL, outboxd_table_conf_t, truncate_events), .def_num = 0},
     {KEY("snapshot", K_ENUM, outboxd_table_conf_t, snapshot), .names = snapshot_names,
      .def_num = OUTBOXD_SNAPSHOT_INITIAL},
@@ -1914,6 +1915,7 @@ void outboxd_config_destroy(outboxd_config_t *conf)
         }
         free(s->slot);
         free(s->publication);
+        free(s->signal_table);
         for (size_t j = 0; j < s->n_tables; j++)
             free_table(&s->tables[j]);
         free(s->tables);

@@ -111,7 +111,13 @@ struct outboxd_snapshot {
     seg_table_t *segt;
     size_t n_segt;
     outboxd_lsn_t max_p;
+    json_t *requested; /* tables a signal asked for, not applied yet */
 };
+
+static bool is_cdc(const outboxd_table_conf_t *t)
+{
+    return t->mode == OUTBOXD_MODE_CDC;
+}
 
 static bool wants_snapshot(const outboxd_table_conf_t *t)
 {
@@ -189,6 +195,7 @@ void outboxd_snapshot_destroy(outboxd_snapshot_t *sn)
         return;
     free_filter(sn);
     json_decref(sn->state);
+    json_decref(sn->requested);
     if (sn->conn)
         PQfinish(sn->conn);
     free(sn);
@@ -225,6 +232,20 @@ static const outboxd_table_conf_t *configured(const outboxd_snapshot_t *sn, cons
         const outboxd_table_conf_t *t = &sn->src->tables[i];
         table_name(t, n, sizeof(n));
         if (wants_snapshot(t) && strcmp(n, name) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+/* Configured cdc tables (any snapshot mode: an ad-hoc request may name
+ * one with snapshot: never). */
+static const outboxd_table_conf_t *cdc_table(const outboxd_snapshot_t *sn, const char *name)
+{
+    char n[300];
+    for (size_t i = 0; i < sn->src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &sn->src->tables[i];
+        table_name(t, n, sizeof(n));
+        if (is_cdc(t) && strcmp(n, name) == 0)
             return t;
     }
     return NULL;
@@ -409,7 +430,7 @@ int outboxd_snapshot_prepare(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, c
         size_t cur = (size_t)json_integer_value(json_object_get(run, "i"));
         for (size_t i = 0; i < json_array_size(tables);) {
             const char *n = json_string_value(json_array_get(tables, i));
-            if (!n || !configured(sn, n)) {
+            if (!n || !cdc_table(sn, n)) {
                 LOG_WARN(sn->name, "table %s left the configuration during its snapshot",
                          n ? n : "?");
                 json_array_remove(tables, i);
@@ -885,7 +906,7 @@ static int later_rows(outboxd_snapshot_t *sn, json_t *tables, size_t i, char *er
 {
     for (size_t j = i + 1; j < json_array_size(tables); j++) {
         const char *name = json_string_value(json_array_get(tables, j));
-        const outboxd_table_conf_t *t = configured(sn, name);
+        const outboxd_table_conf_t *t = cdc_table(sn, name);
         if (!t)
             continue;
         char *qn = PQescapeIdentifier(sn->conn, t->schema, strlen(t->schema));
@@ -991,7 +1012,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
     int chunk = sn->conf->max_batch_events > 0 ? sn->conf->max_batch_events : 5000;
     for (; i < json_array_size(tables) && rc == 0; i++) {
         const char *tname = json_string_value(json_array_get(tables, i));
-        const outboxd_table_conf_t *t = configured(sn, tname);
+        const outboxd_table_conf_t *t = cdc_table(sn, tname);
         bool fatal = false;
         table_info_t *ti =
             t ? load_info(sn->conn, t->schema, t->name, &fatal, err, sizeof(err)) : NULL;
@@ -1023,6 +1044,8 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 rc = give_up(&e, -1);
                 break;
             }
+            if (io->keepalive)
+                io->keepalive(io->opaque);
             int64_t t0 = outboxd_now_us();
             char limit[16];
             snprintf(limit, sizeof(limit), "%d", chunk + 1);
@@ -1181,4 +1204,124 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
              (unsigned long long)rows_total, secs, secs > 0 ? (double)rows_total / secs : 0.0,
              points);
     return 0;
+}
+
+/* ---- ad-hoc snapshots ---- */
+
+bool outboxd_snapshot_is_signal(const outboxd_source_conf_t *src, const outboxd_pgo_relation_t *rel)
+{
+    const char *sig = src->signal_table;
+    if (!sig)
+        return false;
+    const char *dot = strchr(sig, '.');
+    if (!dot)
+        return strcmp(rel->nspname, "public") == 0 && strcmp(rel->relname, sig) == 0;
+    return strlen(rel->nspname) == (size_t)(dot - sig) &&
+           strncmp(rel->nspname, sig, (size_t)(dot - sig)) == 0 &&
+           strcmp(rel->relname, dot + 1) == 0;
+}
+
+static char *column_text(const outboxd_pgo_relation_t *rel, const outboxd_pgo_tuple_t *tup,
+                         const char *name)
+{
+    for (int c = 0; c < rel->ncols && c < tup->ncols; c++)
+        if (strcmp(rel->cols[c].name, name) == 0 && tup->cols[c].kind == 't')
+            return outboxd_strndup(tup->cols[c].data, tup->cols[c].len);
+    return NULL;
+}
+
+void outboxd_snapshot_signal(outboxd_snapshot_t *sn, const outboxd_pgo_relation_t *rel,
+                             const outboxd_pgo_tuple_t *tup)
+{
+    char *id = column_text(rel, tup, "id");
+    char *type = column_text(rel, tup, "type");
+    char *data = column_text(rel, tup, "data");
+    json_t *o = data ? json_loads(data, 0, NULL) : NULL;
+    json_t *cols = json_object_get(o, "data-collections");
+    if (!type || strcmp(type, "execute-snapshot") != 0 || !json_is_array(cols)) {
+        LOG_WARN(sn->name,
+                 "signal %s ignored: only type 'execute-snapshot' with data "
+                 "{\"data-collections\": [\"schema.table\", ...]} is understood (got type '%s')",
+                 id ? id : "?", type ? type : "");
+        goto out;
+    }
+    const char *kind = json_string_value(json_object_get(o, "type"));
+    size_t i;
+    json_t *v;
+    json_array_foreach(cols, i, v)
+    {
+        const char *n = json_string_value(v);
+        char full[300];
+        if (n && !strchr(n, '.'))
+            snprintf(full, sizeof(full), "public.%s", n);
+        else
+            snprintf(full, sizeof(full), "%s", n ? n : "");
+        if (!cdc_table(sn, full)) {
+            LOG_WARN(sn->name, "signal %s: '%s' is not a cdc table of this source; ignored",
+                     id ? id : "?", full);
+            continue;
+        }
+        if (!sn->requested)
+            sn->requested = json_array();
+        if (!in_array(sn->requested, full))
+            json_array_append_new(sn->requested, json_string(full));
+        LOG_INFO(sn->name,
+                 "signal %s: snapshot of %s requested (%s; read as a blocking snapshot: the "
+                 "stream waits, its connection stays open)",
+                 id ? id : "?", full, kind ? kind : "no type given");
+    }
+out:
+    json_decref(o);
+    free(id);
+    free(type);
+    free(data);
+}
+
+bool outboxd_snapshot_requested(const outboxd_snapshot_t *sn)
+{
+    return sn && json_array_size(sn->requested) > 0;
+}
+
+int outboxd_snapshot_apply_request(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, char *errstr,
+                                   size_t errstr_size)
+{
+    if (!sn->state) {
+        json_error_t jerr;
+        sn->state =
+            ck->snapshot[0] ? json_loads(ck->snapshot, 0, &jerr) : json_pack("{s:i}", "v", 1);
+        if (!json_is_object(sn->state)) {
+            snprintf(errstr, errstr_size, "the snapshot progress in the checkpoint is unreadable");
+            return -1;
+        }
+    }
+    json_t *done = json_object_get(sn->state, "done");
+    if (!json_is_array(done)) {
+        done = json_array();
+        json_object_set_new(sn->state, "done", done);
+    }
+    if (!json_is_object(json_object_get(sn->state, "segs")))
+        json_object_set_new(sn->state, "segs", json_object());
+    json_t *run = json_object_get(sn->state, "run");
+    if (!run) {
+        run = json_pack("{s:[], s:i, s:n}", "tables", "i", 0, "key");
+        json_object_set_new(sn->state, "run", run);
+    }
+    json_t *tables = json_object_get(run, "tables");
+    size_t i;
+    json_t *v;
+    json_array_foreach(sn->requested, i, v)
+    {
+        const char *n = json_string_value(v);
+        for (size_t j = 0; j < json_array_size(done);) {
+            if (strcmp(json_string_value(json_array_get(done, j)), n) == 0)
+                json_array_remove(done, j);
+            else
+                j++;
+        }
+        if (!in_array(tables, n))
+            json_array_append_new(tables, json_string(n));
+    }
+    json_array_clear(sn->requested);
+    sn->pending = true;
+    return store_state(sn, ck, errstr, errstr_size);
 }

@@ -615,6 +615,15 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         outboxd_stats_skipped(s->stats, 1);
         return 0;
     }
+    if (s->src->signal_table && msg->kind == OUTBOXD_PGO_INSERT &&
+        outboxd_snapshot_is_signal(s->src, msg->u.change.rel)) {
+        /* An ad-hoc snapshot request, acted on at its Commit. */
+        char serr[512];
+        if (!s->snap && !(s->snap = outboxd_snapshot_new(s->conf, s->src, serr, sizeof(serr))))
+            return rewind_stream(s, serr);
+        outboxd_snapshot_signal(s->snap, msg->u.change.rel, &msg->u.change.new_tuple);
+        return 0;
+    }
     if (s->snap) {
         /* Already in the rows a snapshot published (see snapshot.c). */
         char serr[512];
@@ -754,6 +763,51 @@ static int note_relation(outboxd_source_t *s, const outboxd_pgo_relation_t *rel)
     return 0;
 }
 
+/*
+ * At the Commit of a transaction that inserted a snapshot signal: the
+ * request is committed to Kafka together with that transaction (so it
+ * survives a crash: the next start resumes the run before streaming), then
+ * the tables are read while the stream's connection stays open and is kept
+ * alive; changes streamed afterwards are reconciled with the rows read (see
+ * snapshot.c). Returns 0, -1 (stream closed, reconnect), -2 (fatal).
+ */
+static int adhoc_snapshot(outboxd_source_t *s, outboxd_lsn_t end_lsn)
+{
+    char err[1024];
+    if (outboxd_snapshot_apply_request(s->snap, &s->ck_committed, err, sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    s->batch_ck.commit_lsn = s->txn_commit_lsn;
+    s->batch_ck.end_lsn = end_lsn;
+    s->batch_ck.changes = -1;
+    if (!s->batch_open) {
+        s->batch_open = true;
+        s->batch_deadline_ms = outboxd_now_ms();
+    }
+    int rc = commit_batch(s);
+    if (rc < 0)
+        return rc;
+    outboxd_snapshot_io_t io = {
+        .sink = s->sink,
+        .cdc = s->cdc,
+        .ident = &s->ident,
+        .ck = &s->ck_committed,
+        .stop = s->stop,
+        .stats = s->stats,
+        .keepalive = keepalive,
+        .opaque = s,
+    };
+    rc = outboxd_snapshot_run(s->snap, &io);
+    if (rc == -2)
+        return -2;
+    if (rc < 0) {
+        close_stream(s); /* the next connect resumes the run */
+        return -1;
+    }
+    return 0;
+}
+
 /* Returns 0, -1 (stream closed, reconnect), -2 (fatal). */
 static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
 {
@@ -779,6 +833,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         if (!s->in_txn)
             return rewind_stream(s, "protocol error: Commit without Begin");
         s->in_txn = false;
+        if (outboxd_snapshot_requested(s->snap))
+            return adhoc_snapshot(s, msg.u.commit.end_lsn);
         if (s->batch_open) {
             s->batch_ck.commit_lsn = s->txn_commit_lsn;
             s->batch_ck.end_lsn = msg.u.commit.end_lsn;

@@ -133,6 +133,9 @@ typedef struct outboxd_source_conf {
     int publication_scope;   /* outboxd_pub_scope_t, default tables */
     /* default 0: no heartbeat messages (heartbeat.h) */
     int heartbeat_interval_ms;
+    /* "schema.table" whose inserted rows ask for an ad-hoc snapshot
+     * (relay/snapshot.h), or NULL */
+    char *signal_table;
     outboxd_table_conf_t *tables;
     size_t n_tables;
     outboxd_message_conf_t *messages;

@@ -62,6 +62,10 @@ typedef struct outboxd_snapshot_io {
     outboxd_checkpoint_t *ck;          /* in: last committed; out: likewise, after each chunk */
     atomic_int *stop;
     outboxd_stats_t *stats; /* may be NULL */
+    /* Called between chunks (may be NULL): a snapshot read while the
+     * stream is open must keep answering the walsender. */
+    void (*keepalive)(void *opaque);
+    void *opaque;
 } outboxd_snapshot_io_t;
 
 /*
@@ -87,5 +91,33 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
 int outboxd_snapshot_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder_t *dec,
                                const outboxd_pgo_msg_t *msg, outboxd_lsn_t commit_lsn, char *errstr,
                                size_t errstr_size);
+
+/*
+ * Ad-hoc snapshots (sources[].signal_table). Whether rel is the source's
+ * signal table.
+ */
+bool outboxd_snapshot_is_signal(const outboxd_source_conf_t *src,
+                                const outboxd_pgo_relation_t *rel);
+
+/*
+ * An inserted signal row (columns id, type, data as Debezium's signal
+ * table): type "execute-snapshot" with data {"data-collections":
+ * ["schema.table", ...]} asks to snapshot those cdc tables again. The
+ * request is remembered (other rows are logged and ignored) and applied by
+ * outboxd_snapshot_apply_request at the end of the signal's transaction.
+ */
+void outboxd_snapshot_signal(outboxd_snapshot_t *sn, const outboxd_pgo_relation_t *rel,
+                             const outboxd_pgo_tuple_t *tup);
+
+/* Whether a signal asked for a snapshot not applied yet. */
+bool outboxd_snapshot_requested(const outboxd_snapshot_t *sn);
+
+/*
+ * Turns the requested tables into a run (ck->snapshot rewritten; commit it
+ * with the signal's transaction so the request survives a crash, then call
+ * outboxd_snapshot_run). Returns 0, or -1 with errstr (progress too large).
+ */
+int outboxd_snapshot_apply_request(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, char *errstr,
+                                   size_t errstr_size);
 
 #endif
