@@ -1010,8 +1010,12 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
     bool first_of_session = true;
     uint64_t rows_total = 0;
     int chunk = sn->conf->max_batch_events > 0 ? sn->conf->max_batch_events : 5000;
+    /* The run (and its table list) is deleted from the state when its last
+     * chunk is in: keep the list alive and the name copied until then. */
+    json_incref(tables);
     for (; i < json_array_size(tables) && rc == 0; i++) {
-        const char *tname = json_string_value(json_array_get(tables, i));
+        char tname[300];
+        snprintf(tname, sizeof(tname), "%s", json_string_value(json_array_get(tables, i)));
         const outboxd_table_conf_t *t = cdc_table(sn, tname);
         bool fatal = false;
         table_info_t *ti =
@@ -1181,6 +1185,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
         if (!run)
             break;
     }
+    json_decref(tables);
     /* Ending the read transaction and closing the exporting connection
      * drops the temporary slot. */
     PGresult *res = PQexec(sn->conn, "ROLLBACK");

@@ -24,6 +24,13 @@ KILLS=${SNAP_KILLS:-2}
 RSS_LIMIT_KB=${SNAP_RSS_LIMIT_KB:-65536}
 DB=snap_$RUN_ID
 SLOT="${DB}_slot"
+# Leave nothing behind in the shared server, also when the test fails.
+extra_cleanup() {
+    for p in "${RELAY_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait "${RELAY_PIDS[@]}" 2>/dev/null || true
+    drop_source "$DB" "$SLOT"
+    psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+}
 TOPIC="$RUN_ID.cdc.items"
 
 psql_db postgres -c "CREATE DATABASE \"$DB\"" >/dev/null
@@ -188,6 +195,4 @@ if [ "${OUTBOXD_SANITIZE:-0}" = 1 ]; then
 else
     [ "$max" -lt "$RSS_LIMIT_KB" ] || fail "peak RSS ${max} kB is over ${RSS_LIMIT_KB} kB"
 fi
-drop_source "$DB" "$SLOT"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
 log "PASS"

@@ -24,6 +24,13 @@ ROWS=${SNAP_ADHOC_ROWS:-20000}
 CONC=${SNAP_ADHOC_CONC_ROWS:-4000}
 DB=snapadhoc_$RUN_ID
 SLOT="${DB}_slot"
+# Leave nothing behind in the shared server, also when the test fails.
+extra_cleanup() {
+    for p in "${RELAY_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait "${RELAY_PIDS[@]}" 2>/dev/null || true
+    drop_source "$DB" "$SLOT"
+    psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+}
 PUB="${DB}_pub"
 TOPIC="$RUN_ID.cdc.items"
 
@@ -200,6 +207,4 @@ for t in items items2; do
     log "checking $t"
     python3 "$WORK/check.py" "$WORK/$t.jsonl" "$WORK/$t.tsv" || fail "ad-hoc snapshot check failed for $t"
 done
-drop_source "$DB" "$SLOT"
-psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
 log "PASS"
