@@ -1048,6 +1048,8 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 rc = give_up(&e, -1);
                 break;
             }
+            /* A long snapshot is progress, not a stall (/healthz). */
+            outboxd_stats_tick(io->stats);
             if (io->keepalive)
                 io->keepalive(io->opaque);
             int64_t t0 = outboxd_now_us();
