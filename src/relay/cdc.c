@@ -590,6 +590,7 @@ static bool parse_bytea(const char *s, size_t len, outboxd_buf_t *out)
             }
             out->data[out->len++] = (char)v;
         }
+        out->data[out->len] = '\0';
         return true;
     }
     for (size_t i = 0; i < len; i++) {
@@ -950,6 +951,7 @@ static bool json_base64(outboxd_buf_t *b, const char *s, size_t n)
     }
     *o++ = '"';
     b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0'; /* reserve keeps room for it */
     return true;
 }
 
