@@ -813,6 +813,14 @@ static const enum_name_t strategy_names[] = {
 static const enum_name_t value_format_names[] = {
     {"envelope", OUTBOXD_VALUE_ENVELOPE}, {"payload", OUTBOXD_VALUE_PAYLOAD}, {NULL, 0}};
 
+static const enum_name_t cdc_format_names[] = {
+    {"avro", OUTBOXD_CDC_AVRO}, {"json", OUTBOXD_CDC_JSON}, {NULL, 0}};
+
+static const enum_name_t snapshot_names[] = {{"initial", OUTBOXD_SNAPSHOT_INITIAL},
+                                             {"never", OUTBOXD_SNAPSHOT_NEVER},
+                                             {"when_needed", OUTBOXD_SNAPSHOT_WHEN_NEEDED},
+                                             {NULL, 0}};
+
 static const enum_name_t dlt_format_names[] = {
     {"json", OUTBOXD_DLT_JSON}, {"avro", OUTBOXD_DLT_AVRO}, {NULL, 0}};
 
@@ -935,6 +943,8 @@ static const key_spec_t source_spec[] = {
      .kind = K_CUSTOM,
      .custom = parse_window_source,
      .hint = "a duration (30m, 1h, 2d) or a WAL size (500MB, 2GB)"},
+    {KEY("signal_table", K_STR, outboxd_source_conf_t, signal_table),
+     .hint = "a table name (schema.table) whose rows ask for snapshots"},
     {.key = "tables", .kind = K_CUSTOM, .custom = parse_tables, .hint = "a list of tables"},
     {.key = "messages",
      .kind = K_CUSTOM,
@@ -981,6 +991,15 @@ static const key_spec_t table_spec[] = {
      .kind = K_CUSTOM,
      .custom = parse_debezium,
      .hint = "a mapping of Debezium EventRouter and converter properties"},
+    /* mode: cdc */
+    {KEY("topic_prefix", K_STR, outboxd_table_conf_t, topic_prefix), .hint = "a topic prefix"},
+    {KEY("format", K_ENUM, outboxd_table_conf_t, cdc_format), .names = cdc_format_names,
+     .def_num = OUTBOXD_CDC_AVRO},
+    {KEY("json_schemas", K_BOOL, outboxd_table_conf_t, json_schemas), .def_num = 1},
+    {KEY("tombstones_on_delete", K_BOOL, outboxd_table_conf_t, tombstones_on_delete), .def_num = 1},
+    {KEY("truncate_events", K_BOOL, outboxd_table_conf_t, truncate_events), .def_num = 0},
+    {KEY("snapshot", K_ENUM, outboxd_table_conf_t, snapshot), .names = snapshot_names,
+     .def_num = OUTBOXD_SNAPSHOT_INITIAL},
     {0}};
 
 static const key_spec_t message_spec[] = {
@@ -1656,12 +1675,9 @@ static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, 
         if (!parse_mapping(c, is_null(item) ? NULL : item, item_path, item->line, table_spec, t,
                            lines))
             return false;
-        if (!t->topic) {
-            /* CDC topics are per table; there is no sensible shared default. */
+        if (!t->topic && t->mode != OUTBOXD_MODE_CDC) {
+            /* A cdc table's default is <topic_prefix>.<schema>.<table> (cdc.c). */
             join_key(child, item_path, "topic");
-            if (t->mode == OUTBOXD_MODE_CDC)
-                return fail(c, item->line, child,
-                            "required for mode cdc (expected a Kafka topic name)");
             t->topic = strdup(DEFAULT_TOPIC_TEMPLATE);
             if (!t->topic)
                 return oom(c, item->line, child);
@@ -1965,6 +1981,7 @@ static void free_table(outboxd_table_conf_t *t)
     free(t->columns.payload);
     free(t->columns.timestamp);
     free(t->allowed_topics);
+    free(t->topic_prefix);
     for (size_t i = 0; i < t->n_header_columns; i++)
         free(t->header_columns[i]);
     free(t->header_columns);
@@ -2016,6 +2033,7 @@ void outboxd_config_destroy(outboxd_config_t *conf)
         free(s->slot);
         free(s->retention_slot);
         free(s->publication);
+        free(s->signal_table);
         for (size_t j = 0; j < s->n_tables; j++)
             free_table(&s->tables[j]);
         free(s->tables);

@@ -798,3 +798,8 @@ int outboxd_encoder_dead_letter(outboxd_encoder_t *enc, const outboxd_dead_lette
     }
     return 0;
 }
+
+struct outboxd_registry *outboxd_encoder_registry(outboxd_encoder_t *enc)
+{
+    return enc->reg;
+}

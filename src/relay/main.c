@@ -459,7 +459,8 @@ int main(int argc, char **argv)
     outboxd_log_set_level(lvl);
 
     /* What the YAML loader cannot see (kafka.properties librdkafka refuses,
-     * mode: cdc) is a configuration error for run and check alike. */
+     * a cdc snapshot mode not supported yet) is a configuration error for run
+     * and check alike. */
     outboxd_buf_t pre = {0};
     if (outboxd_preflight_check(conf, &pre) > 0) {
         fputs(pre.data, stderr);

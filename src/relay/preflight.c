@@ -34,20 +34,6 @@ static int check_properties(const outboxd_config_t *conf, outboxd_buf_t *report)
 int outboxd_preflight_check(const outboxd_config_t *conf, outboxd_buf_t *report)
 {
     int problems = 0;
-    for (size_t i = 0; i < conf->n_sources; i++) {
-        const outboxd_source_conf_t *src = &conf->sources[i];
-        for (size_t j = 0; j < src->n_tables; j++) {
-            const outboxd_table_conf_t *t = &src->tables[j];
-            if (t->mode != OUTBOXD_MODE_CDC)
-                continue;
-            problems++;
-            outboxd_buf_printf(report,
-                               "%s:%d: sources[%zu].tables[%zu].mode: cdc is not supported yet "
-                               "by outboxd %s (table %s.%s); use mode: outbox, or leave the "
-                               "table out until CDC lands\n",
-                               conf->path, t->line, i, j, OUTBOXD_VERSION, t->schema, t->name);
-        }
-    }
     int bad = check_properties(conf, report);
     problems += bad;
     if (bad == 0) {

@@ -265,15 +265,11 @@ outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd
     }
     for (size_t i = 0; i < src->n_tables; i++) {
         const outboxd_table_conf_t *tc = &src->tables[i];
+        /* cdc tables are cdc.c's: source.c never routes their changes here. */
+        if (tc->mode != OUTBOXD_MODE_OUTBOX)
+            continue;
         binding_t *b = &rt->bindings[rt->n_bindings++];
         b->tc = tc;
-        if (tc->mode != OUTBOXD_MODE_OUTBOX) {
-            snprintf(errstr, errstr_size,
-                     "source %s: table %s.%s: mode cdc is not supported by this version yet; "
-                     "use mode: outbox",
-                     src->name, tc->schema, tc->name);
-            goto fail;
-        }
         size_t n = strlen(tc->schema) + strlen(tc->name) + 2;
         b->table_name = malloc(n);
         b->c_headers = calloc(tc->n_header_columns ? tc->n_header_columns : 1, sizeof(int));

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "outboxd/relay/cdc.h"
 #include "outboxd/relay/checkpoint.h"
 #include "outboxd/common/log.h"
 #include "outboxd/relay/pgoutput.h"
@@ -28,6 +29,7 @@
 #include "outboxd/relay/replay.h"
 #include "outboxd/relay/router.h"
 #include "outboxd/relay/sink.h"
+#include "outboxd/relay/snapshot.h"
 #include "outboxd/relay/stats.h"
 
 #define STATS_LOG_INTERVAL_MS 30000
@@ -51,6 +53,7 @@ struct outboxd_source {
     outboxd_repl_ident_t ident;
     outboxd_pgo_decoder_t *dec;
     outboxd_router_t *router;
+    outboxd_cdc_t *cdc; /* NULL when no table has mode: cdc */
     outboxd_sink_t *sink;
     bool sink_ready;
 
@@ -133,6 +136,9 @@ struct outboxd_source {
     uint64_t logged_events;
     outboxd_stats_t *stats;         /* owned by the metrics registry; may be NULL */
     outboxd_retention_t *retention; /* replay_window's slot keeper; NULL: none */
+    /* Initial snapshot of cdc tables and the stream's reconciliation with
+     * it (snapshot.h); NULL while the source has none. */
+    outboxd_snapshot_t *snap;
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -372,6 +378,8 @@ static int commit_batch(outboxd_source_t *s)
         ck.last_lsn = 0;
         ck.last_lsn_n = 0;
     }
+    /* The snapshot's progress rides along in every checkpoint. */
+    memcpy(ck.snapshot, s->ck_committed.snapshot, sizeof(ck.snapshot));
     ck.timeline = s->ident.timeline;
     snprintf(ck.system_id, sizeof(ck.system_id), "%s", s->ident.system_id);
     snprintf(ck.database, sizeof(ck.database), "%s", s->ident.database);
@@ -477,6 +485,112 @@ static bool batch_full(const outboxd_source_t *s)
     return s->batch_open && s->batch_events >= s->conf->max_batch_events;
 }
 
+/* CDC: the emit callback of outboxd_cdc_change (cdc.h). */
+typedef struct cdc_emit {
+    outboxd_source_t *s;
+    const outboxd_change_ctx_t *ctx;
+    char topic[256]; /* a topic that does not exist (publish returned -3) */
+} cdc_emit_t;
+
+static int cdc_emit(void *opaque, const outboxd_record_t *rec, bool dead_letter, const char *reason)
+{
+    cdc_emit_t *e = opaque;
+    int rc = publish(e->s, rec, e->ctx);
+    if (rc == -3)
+        snprintf(e->topic, sizeof(e->topic), "%s", rec->topic);
+    if (rc == 0 && dead_letter) {
+        char lsn[OUTBOXD_LSN_STRLEN];
+        outboxd_lsn_format(e->ctx->lsn, lsn);
+        LOG_WARN(e->s->name, "change at %s (xid %u) sent to dead-letter topic %s: %s", lsn,
+                 e->ctx->xid, e->s->conf->dead_letter_topic, reason ? reason : "");
+        e->s->batch_n_dead++;
+    } else if (rc == 0) {
+        e->s->batch_n_events++;
+    }
+    return rc;
+}
+
+/* One change of cdc tables through cdc.c: the same publish path (and Kafka
+ * transaction, and checkpoint) as outbox events. Returns 1 when msg is not
+ * a change of a cdc table (the router takes it), else as handle_change. */
+static int handle_cdc(outboxd_source_t *s, const outboxd_pgo_msg_t *msg,
+                      const outboxd_change_ctx_t *ctx)
+{
+    const outboxd_pgo_relation_t *rels[64];
+    int nrels = 0;
+    char op;
+    const outboxd_pgo_tuple_t *before = NULL, *after = NULL;
+    switch (msg->kind) {
+    case OUTBOXD_PGO_INSERT:
+    case OUTBOXD_PGO_UPDATE:
+    case OUTBOXD_PGO_DELETE:
+        rels[nrels++] = msg->u.change.rel;
+        op = msg->kind == OUTBOXD_PGO_INSERT ? 'c' : msg->kind == OUTBOXD_PGO_UPDATE ? 'u' : 'd';
+        if (msg->u.change.old_kind)
+            before = &msg->u.change.old_tuple;
+        if (msg->kind != OUTBOXD_PGO_DELETE)
+            after = &msg->u.change.new_tuple;
+        break;
+    case OUTBOXD_PGO_TRUNCATE:
+        op = 't';
+        for (int i = 0; i < msg->u.truncate.nrels && nrels < 64; i++) {
+            const outboxd_pgo_relation_t *r =
+                outboxd_pgo_relation_get(s->dec, msg->u.truncate.rel_oids[i]);
+            if (r)
+                rels[nrels++] = r;
+        }
+        break;
+    default:
+        return 1;
+    }
+    outboxd_cdc_source_t si = {
+        .lsn = ctx->lsn,
+        .commit_lsn = ctx->commit_lsn,
+        .xid = ctx->xid,
+        .commit_time_us = ctx->commit_time_us,
+        .snapshot = "false",
+    };
+    bool any = false;
+    for (int i = 0; i < nrels; i++) {
+        const outboxd_pgo_relation_t *rel = rels[i];
+        if (!rel || !outboxd_cdc_table(s->cdc, rel->nspname, rel->relname))
+            continue;
+        any = true;
+        cdc_emit_t em = {.s = s, .ctx = ctx};
+        char err[512];
+        int r;
+        if (s->refused_set && s->refused_commit_lsn == ctx->commit_lsn &&
+            s->refused_idx == ctx->change_index) {
+            /* Kafka refused this change's event for good: dead-letter it. */
+            s->refused_set = false;
+            s->forced_set = true;
+            s->forced_commit_lsn = ctx->commit_lsn;
+            s->forced_idx = ctx->change_index;
+            r = outboxd_cdc_dead_letter(s->cdc, rel, op, before, after, &si, s->refused_reason,
+                                        cdc_emit, &em, err, sizeof(err));
+        } else {
+            r = outboxd_cdc_change(s->cdc, rel, op, before, after, &si, cdc_emit, &em, err,
+                                   sizeof(err));
+        }
+        if (r == OUTBOXD_CDC_RETRY)
+            return rewind_stream(s, err);
+        if (r == -3 && s->conf->missing_topic == OUTBOXD_MISSING_TOPIC_DEAD_LETTER) {
+            char reason[600];
+            snprintf(reason, sizeof(reason), "%s (relay.missing_topic: dead_letter)",
+                     s->missing_err);
+            r = outboxd_cdc_dead_letter(s->cdc, rel, op, before, after, &si, reason, cdc_emit, &em,
+                                        err, sizeof(err));
+            if (r == OUTBOXD_CDC_RETRY)
+                return rewind_stream(s, err);
+        }
+        if (r == -3)
+            return wait_for_topic(s, em.topic);
+        if (r < 0)
+            return r;
+    }
+    return any || msg->kind == OUTBOXD_PGO_TRUNCATE ? 0 : 1;
+}
+
 static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outboxd_lsn_t wal_start)
 {
     if (msg->kind == OUTBOXD_PGO_MESSAGE && !msg->u.message.transactional && !s->in_txn) {
@@ -512,6 +626,28 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         outboxd_stats_skipped(s->stats, 1);
         return 0;
     }
+    if (s->src->signal_table && msg->kind == OUTBOXD_PGO_INSERT &&
+        outboxd_snapshot_is_signal(s->src, msg->u.change.rel)) {
+        /* An ad-hoc snapshot request, acted on at its Commit. */
+        char serr[512];
+        if (!s->snap && !(s->snap = outboxd_snapshot_new(s->conf, s->src, serr, sizeof(serr))))
+            return rewind_stream(s, serr);
+        outboxd_snapshot_signal(s->snap, msg->u.change.rel, &msg->u.change.new_tuple);
+        return 0;
+    }
+    if (s->snap) {
+        /* Already in the rows a snapshot published (see snapshot.c). */
+        char serr[512];
+        int rf =
+            outboxd_snapshot_reflected(s->snap, s->dec, msg, s->txn_commit_lsn, serr, sizeof(serr));
+        if (rf < 0)
+            return rewind_stream(s, serr);
+        if (rf > 0) {
+            s->n_skipped++;
+            outboxd_stats_skipped(s->stats, 1);
+            return 0;
+        }
+    }
     outboxd_change_ctx_t ctx = {
         .lsn = wal_start,
         .commit_lsn = s->txn_commit_lsn,
@@ -519,6 +655,11 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         .commit_time_us = s->txn_commit_time_us,
         .change_index = idx,
     };
+    if (s->cdc) {
+        int cr = handle_cdc(s, msg, &ctx);
+        if (cr != 1)
+            return cr;
+    }
     outboxd_record_t rec;
     char err[512];
     int r;
@@ -633,6 +774,51 @@ static int note_relation(outboxd_source_t *s, const outboxd_pgo_relation_t *rel)
     return 0;
 }
 
+/*
+ * At the Commit of a transaction that inserted a snapshot signal: the
+ * request is committed to Kafka together with that transaction (so it
+ * survives a crash: the next start resumes the run before streaming), then
+ * the tables are read while the stream's connection stays open and is kept
+ * alive; changes streamed afterwards are reconciled with the rows read (see
+ * snapshot.c). Returns 0, -1 (stream closed, reconnect), -2 (fatal).
+ */
+static int adhoc_snapshot(outboxd_source_t *s, outboxd_lsn_t end_lsn)
+{
+    char err[1024];
+    if (outboxd_snapshot_apply_request(s->snap, &s->ck_committed, err, sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    s->batch_ck.commit_lsn = s->txn_commit_lsn;
+    s->batch_ck.end_lsn = end_lsn;
+    s->batch_ck.changes = -1;
+    if (!s->batch_open) {
+        s->batch_open = true;
+        s->batch_deadline_ms = outboxd_now_ms();
+    }
+    int rc = commit_batch(s);
+    if (rc < 0)
+        return rc;
+    outboxd_snapshot_io_t io = {
+        .sink = s->sink,
+        .cdc = s->cdc,
+        .ident = &s->ident,
+        .ck = &s->ck_committed,
+        .stop = s->stop,
+        .stats = s->stats,
+        .keepalive = keepalive,
+        .opaque = s,
+    };
+    rc = outboxd_snapshot_run(s->snap, &io);
+    if (rc == -2)
+        return -2;
+    if (rc < 0) {
+        close_stream(s); /* the next connect resumes the run */
+        return -1;
+    }
+    return 0;
+}
+
 /* Returns 0, -1 (stream closed, reconnect), -2 (fatal). */
 static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
 {
@@ -658,6 +844,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         if (!s->in_txn)
             return rewind_stream(s, "protocol error: Commit without Begin");
         s->in_txn = false;
+        if (outboxd_snapshot_requested(s->snap))
+            return adhoc_snapshot(s, msg.u.commit.end_lsn);
         if (s->batch_open) {
             s->batch_ck.commit_lsn = s->txn_commit_lsn;
             s->batch_ck.end_lsn = msg.u.commit.end_lsn;
@@ -680,6 +868,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
     case OUTBOXD_PGO_RELATION:
         /* The table may have changed: bind its columns again. */
         outboxd_router_forget(s->router, msg.u.relation->oid);
+        if (s->cdc)
+            outboxd_cdc_forget(s->cdc, msg.u.relation->oid);
         return note_relation(s, msg.u.relation);
     case OUTBOXD_PGO_TYPE:
     case OUTBOXD_PGO_ORIGIN:
@@ -1001,6 +1191,39 @@ static void slot_busy(outboxd_source_t *s, const char *err)
     s->quiet_retry = true;
 }
 
+/*
+ * The snapshot of cdc tables, before streaming (snapshot.h): decides from
+ * the checkpoint what is left to read and reads it, committing each chunk
+ * with the checkpoint. 0, -1 retry (resumes at the next connect), -2 fatal.
+ */
+static int run_snapshot(outboxd_source_t *s, const char *saved, bool positions_lost)
+{
+    char err[1024];
+    if (!s->snap) {
+        s->snap = outboxd_snapshot_new(s->conf, s->src, err, sizeof(err));
+        if (!s->snap) {
+            LOG_ERROR(s->name, "%s", err);
+            return -1;
+        }
+    }
+    if (outboxd_snapshot_prepare(s->snap, &s->ck_committed, saved, positions_lost, err,
+                                 sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    if (!outboxd_snapshot_pending(s->snap))
+        return 0;
+    outboxd_snapshot_io_t io = {
+        .sink = s->sink,
+        .cdc = s->cdc,
+        .ident = &s->ident,
+        .ck = &s->ck_committed,
+        .stop = s->stop,
+        .stats = s->stats,
+    };
+    return outboxd_snapshot_run(s->snap, &io);
+}
+
 /* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
 static int connect_source(outboxd_source_t *s)
 {
@@ -1057,9 +1280,34 @@ static int connect_source(outboxd_source_t *s)
             return -2;
         }
     }
+    bool any_cdc = false;
+    for (size_t i = 0; i < s->src->n_tables; i++)
+        any_cdc = any_cdc || s->src->tables[i].mode == OUTBOXD_MODE_CDC;
+    if (any_cdc && !s->cdc) {
+        s->cdc = outboxd_cdc_new(s->conf, s->src, s->ident.database, err, sizeof(err));
+        if (!s->cdc) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -2;
+        }
+    }
+    /* Judging may drop the checkpoint; the snapshot's progress is kept
+     * apart to see what survives. */
+    char saved_snap[OUTBOXD_CHECKPOINT_SNAPSHOT_MAX];
+    memcpy(saved_snap, s->ck_committed.snapshot, sizeof(saved_snap));
+    bool had_ck = s->ck_committed.commit_lsn != 0 || saved_snap[0];
+    bool had_commit = s->ck_committed.commit_lsn != 0;
     if (judge_checkpoint(s, created_slot) < 0) {
         close_stream(s);
         return -1;
+    }
+    if (outboxd_snapshot_configured(s->src) || saved_snap[0]) {
+        bool lost = (created_slot && had_ck) || (had_commit && !s->ck_committed.commit_lsn);
+        int rc = run_snapshot(s, saved_snap, lost);
+        if (rc < 0) {
+            close_stream(s);
+            return rc;
+        }
     }
     /* What was confirmed on an earlier connection may be a position of
      * another server's history (after a failover): never send it here. */
@@ -1293,6 +1541,8 @@ void outboxd_source_destroy(outboxd_source_t *s)
     close_stream(s);
     outboxd_sink_destroy(s->sink);
     outboxd_router_destroy(s->router);
+    outboxd_cdc_destroy(s->cdc);
+    outboxd_snapshot_destroy(s->snap);
     outboxd_pgo_decoder_destroy(s->dec);
     free(s->batch_pos);
     for (size_t i = 0; i < s->n_rels; i++)

@@ -16,8 +16,21 @@
 
 typedef enum {
     OUTBOXD_MODE_OUTBOX = 0,
-    OUTBOXD_MODE_CDC = 1, /* parsed; rejected by the relay until CDC lands */
+    OUTBOXD_MODE_CDC = 1, /* change events of a plain table (relay/cdc.h) */
 } outboxd_table_mode_t;
+
+/* tables[].format of a cdc table. */
+typedef enum {
+    OUTBOXD_CDC_AVRO = 0, /* AvroConverter: registry wire format, or single-object */
+    OUTBOXD_CDC_JSON = 1, /* JsonConverter */
+} outboxd_cdc_format_t;
+
+/* tables[].snapshot of a cdc table (Debezium's snapshot.mode). */
+typedef enum {
+    OUTBOXD_SNAPSHOT_INITIAL = 0,
+    OUTBOXD_SNAPSHOT_NEVER = 1,
+    OUTBOXD_SNAPSHOT_WHEN_NEEDED = 2,
+} outboxd_snapshot_mode_t;
 
 /* What an UPDATE on an outbox table does (outbox rows should be immutable). */
 typedef enum {
@@ -87,7 +100,14 @@ typedef struct outboxd_table_conf {
      * (relay/debezium.h); n_debezium 0: not a Debezium drop-in table */
     outboxd_kv_t *debezium;
     size_t n_debezium;
-    int line; /* line of this entry in the YAML, for messages */
+    /* mode: cdc (relay/cdc.h). topic NULL: <topic_prefix>.<schema>.<table> */
+    char *topic_prefix;        /* NULL: the source's name (Debezium's topic.prefix) */
+    int cdc_format;            /* outboxd_cdc_format_t, default avro */
+    bool json_schemas;         /* format json: schema block (schemas.enable), default true */
+    bool tombstones_on_delete; /* default true */
+    bool truncate_events;      /* op t events; default false (Debezium's skipped.operations=t) */
+    int snapshot;              /* outboxd_snapshot_mode_t, default initial */
+    int line;                  /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 
 /*
@@ -120,6 +140,9 @@ typedef struct outboxd_source_conf {
     int64_t replay_window_ms;
     uint64_t replay_window_bytes;
     char *retention_slot; /* "<slot>_keep" when a window is set, else NULL */
+    /* "schema.table" whose inserted rows ask for an ad-hoc snapshot
+     * (relay/snapshot.h), or NULL */
+    char *signal_table;
     outboxd_table_conf_t *tables;
     size_t n_tables;
     outboxd_message_conf_t *messages;

@@ -83,6 +83,11 @@ typedef struct outboxd_dead_letter {
 int outboxd_encoder_dead_letter(outboxd_encoder_t *enc, const outboxd_dead_letter_t *dl,
                                 outboxd_buf_t *out, char *errstr, size_t errstr_size);
 
+/* The encoder's registry client, or NULL without schema_registry.url (for
+ * cdc.c, which registers its own schemas with the same client). */
+struct outboxd_registry;
+struct outboxd_registry *outboxd_encoder_registry(outboxd_encoder_t *enc);
+
 /* The envelope schema for a type with a typed payload (for tests and
  * tools): NULL when the type has none. */
 const char *outboxd_encoder_type_schema(const outboxd_encoder_t *enc, const char *type,

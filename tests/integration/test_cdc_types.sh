@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# CDC mode (mode: cdc), every mapped type through the schema registry: a
+# table with smallint .. inet, arrays, an enum and a domain, holding NULLs,
+# extremes (NaN, +-Infinity, a 100-digit numeric, empty arrays, arrays with
+# NULLs, BC dates), non-ASCII text and a large TOASTed value (CDC_BIG_MB,
+# default 1). Insert, update without and with REPLICA IDENTITY FULL (the
+# unchanged TOASTed value is Debezium's placeholder, then the full old
+# image), delete (with tombstones), truncate. A Python consumer
+# (confluent-kafka AvroDeserializer) decodes key and value of each event and
+# compares every value with what was written; a second table in JSON
+# (JsonConverter shape, schemas.enable and not) is checked the same way.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+# shellcheck disable=SC1091
+source "$STACK_DIR/registry/env"
+PY=$("$OUTBOXD_SOURCE_DIR/tests/stack/pyvenv.sh")
+BIG_MB=${CDC_BIG_MB:-1}
+CHUNKS=$((BIG_MB * 32768)) # 32-character md5 chunks: 1 MiB each 32768
+DB=cdct_$RUN_ID
+TOPIC="$RUN_ID.cdc.public.all_types"
+log "registry $REGISTRY_URL; TOASTed value of $BIG_MB MiB"
+
+psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+psql_db postgres -c "CREATE DATABASE \"$DB\"" >/dev/null
+"$PY" "$here/cdc_check.py" sql-schema "$CHUNKS" | psql_db "$DB" >/dev/null
+psql_db "$DB" -c "CREATE TABLE j (id integer PRIMARY KEY, c_tstz timestamptz, c_num numeric(10,3))" >/dev/null
+psql_db "$DB" -c "CREATE TABLE js (LIKE j INCLUDING ALL)" >/dev/null
+
+# Large records: the topic, the producer and the relay must all take them.
+max=$((BIG_MB * 3 * 1048576 + 1048576))
+"$STACK_SH" topic-create "$TOPIC" 1 "max.message.bytes=$max" >&2
+
+cat >"$WORK/outboxd.yaml" <<EOF2
+kafka:
+  bootstrap_servers: "$KAFKA_BOOTSTRAP"
+  transactional_id_prefix: "outboxd-$RUN_ID"
+  properties:
+    message.max.bytes: "$max"
+schema_registry:
+  url: "$REGISTRY_URL"
+relay:
+  commit_interval_ms: 20
+  max_event_bytes: $max
+  checkpoint_topic: "$RUN_ID.checkpoints"
+  dead_letter_topic: "$RUN_ID.dlt"
+  missing_topic: create
+  create_topic_partitions: 1
+sources:
+  - name: cdcsrc
+    dsn: "host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER"
+    slot: "${DB}_${RUN_ID}"
+    tables:
+      - table: public.all_types
+        mode: cdc
+        snapshot: never
+        topic_prefix: "$RUN_ID.cdc"
+        truncate_events: true
+      - table: public.j
+        mode: cdc
+        snapshot: never
+        format: json
+        topic: "$RUN_ID.j"
+      - table: public.js
+        mode: cdc
+        snapshot: never
+        format: json
+        json_schemas: false
+        topic: "$RUN_ID.js"
+EOF2
+prepare_sources "$WORK/outboxd.yaml"
+start_relay "$WORK/outboxd.yaml"
+relay=$RELAY_PID
+
+"$PY" "$here/cdc_check.py" sql-changes "$CHUNKS" | psql_db "$DB" >/dev/null
+for i in 1 2 3; do
+    psql_db "$DB" -c "INSERT INTO j VALUES ($i, '2026-11-24 12:00:00.5+02', $i.125)" >/dev/null
+    psql_db "$DB" -c "INSERT INTO js VALUES ($i, '2026-11-24 12:00:00.5+02', $i.125)" >/dev/null
+done
+wait_drained "$DB" "${DB}_${RUN_ID}" 300
+kill -0 "$relay" 2>/dev/null || fail "relay exited"
+
+"$PY" "$here/cdc_check.py" types --bootstrap "$KAFKA_BOOTSTRAP" --registry "$REGISTRY_URL" \
+    --topic "$TOPIC" --big-chunks "$CHUNKS" || fail "Avro change events do not match what was written"
+"$PY" "$here/cdc_check.py" json --bootstrap "$KAFKA_BOOTSTRAP" --topic "$RUN_ID.j" --rows 3 --schemas 1 ||
+    fail "JSON (schemas.enable) events do not match"
+"$PY" "$here/cdc_check.py" json --bootstrap "$KAFKA_BOOTSTRAP" --topic "$RUN_ID.js" --rows 3 --schemas 0 ||
+    fail "JSON events do not match"
+
+grep -q "sent to dead-letter topic" "$WORK/relay.log" && fail "changes were dead-lettered"
+subjects=$(curl -sf "$REGISTRY_URL/subjects")
+for s in "$TOPIC-key" "$TOPIC-value"; do
+    grep -qF "\"$s\"" <<<"$subjects" || fail "subject $s not registered (subjects: $subjects)"
+done
+stop_relay_ok "$relay"
+drop_source "$DB" "${DB}_${RUN_ID}"
+log "PASS"
