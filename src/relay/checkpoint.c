@@ -31,6 +31,13 @@ int outboxd_checkpoint_encode(const char *source, const outboxd_checkpoint_t *ck
             return -1;
         }
     }
+    if (ck->snapshot[0]) {
+        json_t *snap = json_loads(ck->snapshot, 0, NULL);
+        if (!snap || json_object_set_new(o, "snapshot", snap) < 0) {
+            json_decref(o);
+            return -1;
+        }
+    }
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (!text)
@@ -100,6 +107,21 @@ int outboxd_checkpoint_decode(const void *data, size_t len, outboxd_checkpoint_t
             return -1;
         }
         ck->last_lsn_n = json_integer_value(last_n);
+    }
+    json_t *snap = json_object_get(o, "snapshot");
+    if (json_is_object(snap)) {
+        char *text = json_dumps(snap, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        size_t n = text ? strlen(text) : 0;
+        if (!text || n >= sizeof(ck->snapshot)) {
+            snprintf(errstr, errstr_size,
+                     "checkpoint record's snapshot progress is %s (over %zu bytes)",
+                     text ? "too long" : "unreadable", sizeof(ck->snapshot) - 1);
+            free(text);
+            json_decref(o);
+            return -1;
+        }
+        memcpy(ck->snapshot, text, n + 1);
+        free(text);
     }
     json_decref(o);
     return 0;

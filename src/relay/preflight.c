@@ -47,19 +47,6 @@ int outboxd_preflight_check(const outboxd_config_t *conf, outboxd_buf_t *report)
                                    "publication WHERE applies to FOR TABLE entries)\n",
                                    conf->path, t->line, i, j);
             }
-            /* The initial snapshot is not part of this version: streaming
-             * alone is what snapshot: never means, so it must be asked for. */
-            if (t->mode != OUTBOXD_MODE_CDC || t->snapshot == OUTBOXD_SNAPSHOT_NEVER)
-                continue;
-            problems++;
-            outboxd_buf_printf(report,
-                               "%s:%d: sources[%zu].tables[%zu].snapshot: %s is not supported "
-                               "yet by outboxd %s (table %s.%s, mode cdc); set snapshot: never "
-                               "to stream changes from now on without reading existing rows\n",
-                               conf->path, t->line, i, j,
-                               t->snapshot == OUTBOXD_SNAPSHOT_INITIAL ? "initial (the default)"
-                                                                       : "when_needed",
-                               OUTBOXD_VERSION, t->schema, t->name);
         }
     }
     int bad = check_properties(conf, report);

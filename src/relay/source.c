@@ -26,8 +26,10 @@
 #include "outboxd/relay/pgconn.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/repl.h"
+#include "outboxd/relay/replay.h"
 #include "outboxd/relay/router.h"
 #include "outboxd/relay/sink.h"
+#include "outboxd/relay/snapshot.h"
 #include "outboxd/relay/stats.h"
 
 #define STATS_LOG_INTERVAL_MS 30000
@@ -74,6 +76,11 @@ struct outboxd_source {
     outboxd_lsn_t confirm_lsn;
     outboxd_lsn_t sent_lsn;
     int64_t last_status_ms;
+    /* Liveness of the replication connection (relay.wal_receiver_timeout_ms):
+     * when the last message came, and when we asked the server for a reply
+     * because of the silence (0: no question outstanding). */
+    int64_t last_recv_ms;
+    int64_t ping_ms;
 
     /* Counters for the periodic log line; events and dead letters count
      * once their Kafka transaction committed. */
@@ -127,7 +134,11 @@ struct outboxd_source {
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
-    outboxd_stats_t *stats; /* owned by the metrics registry; may be NULL */
+    outboxd_stats_t *stats;         /* owned by the metrics registry; may be NULL */
+    outboxd_retention_t *retention; /* replay_window's slot keeper; NULL: none */
+    /* Initial snapshot of cdc tables and the stream's reconciliation with
+     * it (snapshot.h); NULL while the source has none. */
+    outboxd_snapshot_t *snap;
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -144,9 +155,11 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     s->stop = stop;
     atomic_init(&s->done, false);
     s->dec = outboxd_pgo_decoder_new();
+    s->retention = outboxd_retention_new(src);
     s->batch_pos = calloc((size_t)conf->max_batch_events + 1, sizeof(*s->batch_pos));
     if (!s->dec || !s->batch_pos) {
         outboxd_pgo_decoder_destroy(s->dec);
+        outboxd_retention_destroy(s->retention);
         free(s->batch_pos);
         snprintf(errstr, errstr_size, "out of memory");
         free(s);
@@ -178,6 +191,8 @@ static void send_status(outboxd_source_t *s, bool force)
     s->sent_lsn = s->confirm_lsn;
     s->last_status_ms = now;
     outboxd_stats_confirmed(s->stats, s->sent_lsn);
+    /* Only what Kafka holds is confirmed, so the window trails that. */
+    outboxd_retention_confirmed(s->retention, s->sent_lsn, s->stats);
 }
 
 /* Called by the sink between retries of blocking Kafka calls, so that
@@ -363,6 +378,8 @@ static int commit_batch(outboxd_source_t *s)
         ck.last_lsn = 0;
         ck.last_lsn_n = 0;
     }
+    /* The snapshot's progress rides along in every checkpoint. */
+    memcpy(ck.snapshot, s->ck_committed.snapshot, sizeof(ck.snapshot));
     ck.timeline = s->ident.timeline;
     snprintf(ck.system_id, sizeof(ck.system_id), "%s", s->ident.system_id);
     snprintf(ck.database, sizeof(ck.database), "%s", s->ident.database);
@@ -604,6 +621,28 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         outboxd_stats_skipped(s->stats, 1);
         return 0;
     }
+    if (s->src->signal_table && msg->kind == OUTBOXD_PGO_INSERT &&
+        outboxd_snapshot_is_signal(s->src, msg->u.change.rel)) {
+        /* An ad-hoc snapshot request, acted on at its Commit. */
+        char serr[512];
+        if (!s->snap && !(s->snap = outboxd_snapshot_new(s->conf, s->src, serr, sizeof(serr))))
+            return rewind_stream(s, serr);
+        outboxd_snapshot_signal(s->snap, msg->u.change.rel, &msg->u.change.new_tuple);
+        return 0;
+    }
+    if (s->snap) {
+        /* Already in the rows a snapshot published (see snapshot.c). */
+        char serr[512];
+        int rf =
+            outboxd_snapshot_reflected(s->snap, s->dec, msg, s->txn_commit_lsn, serr, sizeof(serr));
+        if (rf < 0)
+            return rewind_stream(s, serr);
+        if (rf > 0) {
+            s->n_skipped++;
+            outboxd_stats_skipped(s->stats, 1);
+            return 0;
+        }
+    }
     outboxd_change_ctx_t ctx = {
         .lsn = wal_start,
         .commit_lsn = s->txn_commit_lsn,
@@ -730,6 +769,51 @@ static int note_relation(outboxd_source_t *s, const outboxd_pgo_relation_t *rel)
     return 0;
 }
 
+/*
+ * At the Commit of a transaction that inserted a snapshot signal: the
+ * request is committed to Kafka together with that transaction (so it
+ * survives a crash: the next start resumes the run before streaming), then
+ * the tables are read while the stream's connection stays open and is kept
+ * alive; changes streamed afterwards are reconciled with the rows read (see
+ * snapshot.c). Returns 0, -1 (stream closed, reconnect), -2 (fatal).
+ */
+static int adhoc_snapshot(outboxd_source_t *s, outboxd_lsn_t end_lsn)
+{
+    char err[1024];
+    if (outboxd_snapshot_apply_request(s->snap, &s->ck_committed, err, sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    s->batch_ck.commit_lsn = s->txn_commit_lsn;
+    s->batch_ck.end_lsn = end_lsn;
+    s->batch_ck.changes = -1;
+    if (!s->batch_open) {
+        s->batch_open = true;
+        s->batch_deadline_ms = outboxd_now_ms();
+    }
+    int rc = commit_batch(s);
+    if (rc < 0)
+        return rc;
+    outboxd_snapshot_io_t io = {
+        .sink = s->sink,
+        .cdc = s->cdc,
+        .ident = &s->ident,
+        .ck = &s->ck_committed,
+        .stop = s->stop,
+        .stats = s->stats,
+        .keepalive = keepalive,
+        .opaque = s,
+    };
+    rc = outboxd_snapshot_run(s->snap, &io);
+    if (rc == -2)
+        return -2;
+    if (rc < 0) {
+        close_stream(s); /* the next connect resumes the run */
+        return -1;
+    }
+    return 0;
+}
+
 /* Returns 0, -1 (stream closed, reconnect), -2 (fatal). */
 static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
 {
@@ -755,6 +839,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         if (!s->in_txn)
             return rewind_stream(s, "protocol error: Commit without Begin");
         s->in_txn = false;
+        if (outboxd_snapshot_requested(s->snap))
+            return adhoc_snapshot(s, msg.u.commit.end_lsn);
         if (s->batch_open) {
             s->batch_ck.commit_lsn = s->txn_commit_lsn;
             s->batch_ck.end_lsn = msg.u.commit.end_lsn;
@@ -853,6 +939,52 @@ static bool split_due(const outboxd_source_t *s)
            SPLIT_AFTER_MS;
 }
 
+/*
+ * A replication connection can die without an error reaching us: a half-open
+ * link (a firewall or NAT that drops the flow, a failover that moved the
+ * address) or a frozen server leave the socket silent for as long as TCP
+ * retransmits, about 15 minutes. The walsender itself need not send anything
+ * on an idle server (our status updates keep its own timeout satisfied), so
+ * silence alone proves nothing: after half of wal_receiver_timeout_ms without
+ * a message we ask for a reply (the status update's reply-requested flag,
+ * which every walsender answers at once with a keepalive), and only when
+ * that question stays unanswered for the other half is the connection
+ * presumed dead. This is how PostgreSQL's own walreceiver does it. Called
+ * only after a poll that found nothing to read, so time spent in a blocking
+ * Kafka call never counts as silence: the question is asked first.
+ */
+static int check_liveness(outboxd_source_t *s, char *errstr, size_t errstr_size)
+{
+    int timeout = s->conf->wal_receiver_timeout_ms;
+    if (timeout <= 0 || !s->repl)
+        return 0;
+    int64_t now = outboxd_now_ms();
+    if (!s->ping_ms) {
+        if (now - s->last_recv_ms < timeout / 2)
+            return 0;
+        char err[512];
+        if (outboxd_repl_send_status(s->repl, s->confirm_lsn, true, err, sizeof(err)) < 0)
+            LOG_DEBUG(s->name, "%s", err); /* a dead socket answers on the next read */
+        else {
+            s->sent_lsn = s->confirm_lsn;
+            outboxd_stats_confirmed(s->stats, s->sent_lsn);
+        }
+        s->last_status_ms = now;
+        s->ping_ms = now;
+        LOG_DEBUG(s->name, "no message from the server for %lld ms: asking for a reply",
+                  (long long)(now - s->last_recv_ms));
+        return 0;
+    }
+    if (now - s->ping_ms < timeout - timeout / 2)
+        return 0;
+    snprintf(errstr, errstr_size,
+             "no message from PostgreSQL for %lld ms, not even an answer to a reply request "
+             "(relay.wal_receiver_timeout_ms = %d): the connection is presumed dead (a "
+             "half-open network path or a frozen server)",
+             (long long)(now - s->last_recv_ms), timeout);
+    return -1;
+}
+
 /* Reads and handles messages until the stream fails or we are stopped.
  * Returns 0 (stopped), -1 (reconnect), -2 (fatal). */
 static int stream(outboxd_source_t *s)
@@ -872,8 +1004,11 @@ static int stream(outboxd_source_t *s)
         outboxd_repl_msg_t m;
         if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0)
             return rewind_stream(s, err);
-        if (m.kind != OUTBOXD_REPL_NONE)
+        if (m.kind != OUTBOXD_REPL_NONE) {
             outboxd_stats_wal_end(s->stats, m.wal_end);
+            s->last_recv_ms = outboxd_now_ms();
+            s->ping_ms = 0;
+        }
         int rc = 0;
         switch (m.kind) {
         case OUTBOXD_REPL_DATA:
@@ -896,8 +1031,11 @@ static int stream(outboxd_source_t *s)
             }
             int timeout = 100;
             struct pollfd pfd = {.fd = outboxd_repl_fd(s->repl), .events = POLLIN};
-            if (poll(&pfd, 1, timeout) < 0 && errno != EINTR)
+            int pr = poll(&pfd, 1, timeout);
+            if (pr < 0 && errno != EINTR)
                 return rewind_stream(s, strerror(errno));
+            if (pr == 0 && check_liveness(s, err, sizeof(err)) < 0)
+                return rewind_stream(s, err);
             outboxd_sink_poll(s->sink);
             log_stats(s, false);
             watch_catalog(s);
@@ -1048,6 +1186,39 @@ static void slot_busy(outboxd_source_t *s, const char *err)
     s->quiet_retry = true;
 }
 
+/*
+ * The snapshot of cdc tables, before streaming (snapshot.h): decides from
+ * the checkpoint what is left to read and reads it, committing each chunk
+ * with the checkpoint. 0, -1 retry (resumes at the next connect), -2 fatal.
+ */
+static int run_snapshot(outboxd_source_t *s, const char *saved, bool positions_lost)
+{
+    char err[1024];
+    if (!s->snap) {
+        s->snap = outboxd_snapshot_new(s->conf, s->src, err, sizeof(err));
+        if (!s->snap) {
+            LOG_ERROR(s->name, "%s", err);
+            return -1;
+        }
+    }
+    if (outboxd_snapshot_prepare(s->snap, &s->ck_committed, saved, positions_lost, err,
+                                 sizeof(err)) < 0) {
+        LOG_ERROR(s->name, "%s", err);
+        return -2;
+    }
+    if (!outboxd_snapshot_pending(s->snap))
+        return 0;
+    outboxd_snapshot_io_t io = {
+        .sink = s->sink,
+        .cdc = s->cdc,
+        .ident = &s->ident,
+        .ck = &s->ck_committed,
+        .stop = s->stop,
+        .stats = s->stats,
+    };
+    return outboxd_snapshot_run(s->snap, &io);
+}
+
 /* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
 static int connect_source(outboxd_source_t *s)
 {
@@ -1115,9 +1286,23 @@ static int connect_source(outboxd_source_t *s)
             return -2;
         }
     }
+    /* Judging may drop the checkpoint; the snapshot's progress is kept
+     * apart to see what survives. */
+    char saved_snap[OUTBOXD_CHECKPOINT_SNAPSHOT_MAX];
+    memcpy(saved_snap, s->ck_committed.snapshot, sizeof(saved_snap));
+    bool had_ck = s->ck_committed.commit_lsn != 0 || saved_snap[0];
+    bool had_commit = s->ck_committed.commit_lsn != 0;
     if (judge_checkpoint(s, created_slot) < 0) {
         close_stream(s);
         return -1;
+    }
+    if (outboxd_snapshot_configured(s->src) || saved_snap[0]) {
+        bool lost = (created_slot && had_ck) || (had_commit && !s->ck_committed.commit_lsn);
+        int rc = run_snapshot(s, saved_snap, lost);
+        if (rc < 0) {
+            close_stream(s);
+            return rc;
+        }
     }
     /* What was confirmed on an earlier connection may be a position of
      * another server's history (after a failover): never send it here. */
@@ -1136,7 +1321,8 @@ static int connect_source(outboxd_source_t *s)
         LOG_INFO(s->name, "acquired replication slot %s", s->src->slot);
         s->slot_busy_logged = false;
     }
-    s->last_status_ms = outboxd_now_ms();
+    s->last_status_ms = s->last_recv_ms = outboxd_now_ms();
+    s->ping_ms = 0;
     char ckl[OUTBOXD_LSN_STRLEN], pos[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);
     outboxd_lsn_format(s->ident.xlogpos, pos);
@@ -1351,6 +1537,7 @@ void outboxd_source_destroy(outboxd_source_t *s)
     outboxd_sink_destroy(s->sink);
     outboxd_router_destroy(s->router);
     outboxd_cdc_destroy(s->cdc);
+    outboxd_snapshot_destroy(s->snap);
     outboxd_pgo_decoder_destroy(s->dec);
     free(s->batch_pos);
     for (size_t i = 0; i < s->n_rels; i++)
@@ -1358,5 +1545,6 @@ void outboxd_source_destroy(outboxd_source_t *s)
     free(s->rels);
     if (s->watch_conn)
         PQfinish(s->watch_conn);
+    outboxd_retention_destroy(s->retention);
     free(s);
 }

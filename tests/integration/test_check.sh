@@ -123,12 +123,11 @@ bad_props "$WORK/acks.yaml" '    acks: "1"'
 expect_check "$WORK/acks.yaml" 2 "acks.yaml: kafka.properties: .*acks.* must be set to .all."
 expect_run "$WORK/acks.yaml" 2 "acks.yaml: kafka.properties"
 
-# 8. mode: cdc streams, but its initial snapshot is not supported yet: check
-# and run say so (exit 2) unless snapshot: never.
+# 8. A cdc table's snapshot mode is one of initial, never, when_needed.
 bad_props "$WORK/cdc.yaml" '    compression.type: lz4'
-sed -i 's/tables: \[ { table: public.outbox } \]/tables: [ { table: public.outbox, mode: cdc, topic: cdc.t } ]/' "$WORK/cdc.yaml"
-expect_check "$WORK/cdc.yaml" 2 "cdc.yaml:10: sources\[0\].tables\[0\].snapshot: initial (the default) is not supported yet"
-expect_run "$WORK/cdc.yaml" 2 "snapshot: initial (the default) is not supported yet"
+sed -i 's/tables: \[ { table: public.outbox } \]/tables: [ { table: public.outbox, mode: cdc, topic: cdc.t, snapshot: sometimes } ]/' "$WORK/cdc.yaml"
+expect_check "$WORK/cdc.yaml" 2 "cdc.yaml:10: sources\[0\].tables\[0\].snapshot: unknown snapshot 'sometimes'"
+expect_run "$WORK/cdc.yaml" 2 "unknown snapshot 'sometimes'"
 
 # 9. Kafka down: one clear line, none of librdkafka's raw log lines.
 cat >"$WORK/nokafka.yaml" <<EOF2

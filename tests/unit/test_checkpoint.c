@@ -71,6 +71,7 @@ static void test_old_record_still_read(void **state)
     assert_int_equal(ck.timeline, 0);
     assert_int_equal(ck.last_lsn, 0);
     assert_int_equal(ck.changes, 3);
+    assert_string_equal(ck.snapshot, ""); /* no snapshot progress */
     /* Without a position the count decides. */
     outboxd_change_pos_t p = {.index = 2, .lsn = 0x9999, .lsn_ordinal = 0};
     assert_true(outboxd_checkpoint_covers_change(&ck, 0x500, &p));
@@ -87,6 +88,37 @@ static void test_bad_last_lsn_rejected(void **state)
                     "\"last_lsn\":\"0/400\"}";
     assert_int_equal(outboxd_checkpoint_decode(j, strlen(j), &ck, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "last_lsn_n"));
+}
+
+/* The snapshot progress (relay/snapshot.c) rides along as an object and
+ * comes back as the same compact text; one too large for the field is an
+ * error, not a silently cut progress. */
+static void test_snapshot_progress(void **state)
+{
+    (void)state;
+    outboxd_checkpoint_t ck = {.commit_lsn = 0, .end_lsn = 0, .changes = -1};
+    const char *progress = "{\"v\":1,\"done\":[\"public.a\"],\"segs\":{\"public.b\":[[null,"
+                           "\"0/16B3F48\"],[[\"100\"],\"0/16C0000\"]]},\"run\":{\"tables\":["
+                           "\"public.b\"],\"i\":0,\"key\":[\"250\"]}}";
+    snprintf(ck.snapshot, sizeof(ck.snapshot), "%s", progress);
+    outboxd_buf_t b = {0};
+    assert_int_equal(outboxd_checkpoint_encode("p", &ck, &b), 0);
+    assert_non_null(strstr(b.data, "\"snapshot\":{\"v\":1"));
+    outboxd_checkpoint_t back = decode_str(b.data);
+    assert_string_equal(back.snapshot, progress);
+    assert_int_equal(back.commit_lsn, 0);
+    outboxd_buf_free(&b);
+
+    outboxd_buf_t big = {0};
+    outboxd_buf_append_str(&big, "{\"v\":1,\"commit_lsn\":\"0/0\",\"end_lsn\":\"0/0\","
+                                 "\"changes\":-1,\"snapshot\":{\"done\":[");
+    for (int i = 0; i < 400; i++)
+        outboxd_buf_printf(&big, "%s\"public.table_number_%d\"", i ? "," : "", i);
+    outboxd_buf_append_str(&big, "]}}");
+    char err[256];
+    assert_int_equal(outboxd_checkpoint_decode(big.data, big.len, &ck, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "snapshot progress is too long"));
+    outboxd_buf_free(&big);
 }
 
 /*
@@ -242,6 +274,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_new_fields),
         cmocka_unit_test(test_old_record_still_read),
         cmocka_unit_test(test_bad_last_lsn_rejected),
+        cmocka_unit_test(test_snapshot_progress),
         cmocka_unit_test(test_skip_by_position_survives_membership_change),
         cmocka_unit_test(test_skip_within_one_record),
         cmocka_unit_test(test_trusted),

@@ -22,6 +22,10 @@
  * "timeline" (absent in older records: 0, unknown) is the server's timeline
  * when the record was written: after a promotion or a point-in-time restore
  * the same LSNs name other transactions.
+ * "snapshot" (absent when the source never snapshotted) is the progress of
+ * the initial snapshot of the source's cdc tables, an object owned by
+ * relay/snapshot.c; this module keeps it as opaque compact JSON text so it
+ * rides along in every record (older relays ignore the key).
  */
 #ifndef OUTBOXD_CHECKPOINT_H
 #define OUTBOXD_CHECKPOINT_H
@@ -31,6 +35,9 @@
 #include <stdint.h>
 
 #include "outboxd/common/util.h"
+
+/* Room for the snapshot progress (its keys are primary key values). */
+#define OUTBOXD_CHECKPOINT_SNAPSHOT_MAX 4096
 
 typedef struct outboxd_checkpoint {
     outboxd_lsn_t commit_lsn; /* 0: nothing published yet */
@@ -42,6 +49,8 @@ typedef struct outboxd_checkpoint {
     uint32_t timeline;      /* 0: unknown (older record) */
     outboxd_lsn_t last_lsn; /* partial: WAL position of the last covered change; 0: use changes */
     int64_t last_lsn_n;     /* partial: changes at last_lsn covered (>= 1) */
+    /* Snapshot progress as compact JSON text (snapshot.h), "" for none. */
+    char snapshot[OUTBOXD_CHECKPOINT_SNAPSHOT_MAX];
 } outboxd_checkpoint_t;
 
 /* Where a change sits in its transaction. */

@@ -1,0 +1,1334 @@
+/*
+ * Initial snapshot of cdc tables (see snapshot.h and README "Snapshots").
+ *
+ * How a snapshot lines up with the stream
+ * ---------------------------------------
+ * A snapshot is read under a snapshot exported by a *temporary* logical
+ * slot created for the purpose (CREATE_REPLICATION_SLOT ... TEMPORARY
+ * LOGICAL pgoutput with SNAPSHOT 'export') on a replication connection that
+ * stays open and idle while the rows are read. PostgreSQL guarantees for
+ * that slot's consistent point P what its own table synchronization relies
+ * on: a transaction whose commit record lies before P is visible in the
+ * exported snapshot, one at or after P is not (it is what that slot would
+ * decode). The source's own slot is older (its position M <= P), so the
+ * stream delivers every transaction committed from M on. For a row of the
+ * snapshot the rule is therefore exact:
+ *
+ *     a streamed change of a snapshotted key, from a transaction whose
+ *     commit LSN is below P, is already reflected in the row read: skip it;
+ *     one at or after P is not: publish it.
+ *
+ * Nothing is missed (every commit >= P is streamed, every commit < P is in
+ * the row) and nothing shows twice. Using a temporary slot rather than the
+ * source's slot keeps one mechanism for the first start, for tables added to
+ * a running source, and for resuming: the source's slot may already hold
+ * unread outbox changes, which dropping and re-creating it would lose.
+ *
+ * Chunks and crashes
+ * ------------------
+ * Rows are read by primary key, a chunk (relay.max_batch_events rows) per
+ * query (keyset pagination: WHERE (pk) > (last key) ORDER BY pk LIMIT n), and
+ * each chunk is one Kafka transaction whose checkpoint record carries the
+ * progress: the run's tables, the current one and the last key published.
+ * Kafka commits the rows and the progress together or neither.
+ *
+ * After a crash the exported snapshot is gone. The run resumes with a new
+ * temporary slot (consistent point P2) and reads the keys after the last
+ * published one under its snapshot. The checkpoint keeps, per table, the
+ * list of segments [(after key, P)]: keys up to K were read under P1, keys
+ * after K under P2. A streamed change finds its key's segment (the last one
+ * whose "after key" is below the key, in the table's primary-key order) and
+ * is skipped iff its commit LSN is below that segment's P. Each segment is
+ * exact by the argument above, so the union is: every key was published once
+ * by the snapshot, and from its own segment's point on by the stream. This
+ * is the watermark idea of DBLog and of Debezium's incremental snapshots,
+ * with the watermark being a slot's consistent point instead of a signal row.
+ *
+ * Key order: the segment boundaries are compared in the table's primary-key
+ * order, which is PostgreSQL's (collations): integer keys are compared here,
+ * any other key type by asking the server (only for changes committed before
+ * the last segment's point, on tables with more than one segment, i.e. only
+ * after a crash during the snapshot).
+ *
+ * Streaming starts only when the run has finished (a stop or a failure
+ * during the run resumes it at the next connect). Segments are forgotten once
+ * the stream's checkpoint is past their point (nothing below it can come
+ * again).
+ */
+#include "outboxd/relay/snapshot.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "outboxd/common/log.h"
+#include "outboxd/relay/pgconn.h"
+
+#define INT2_OID 21
+#define INT4_OID 23
+#define INT8_OID 20
+
+/* A table as the snapshot reads it (from the catalog). */
+typedef struct table_info {
+    char *name; /* "schema.table", the key in the progress */
+    outboxd_pgo_relation_t rel;
+    int *pk; /* indices into rel.cols, in primary-key order */
+    int npk;
+    bool pk_int;     /* every key column is int2/int4/int8: compared here */
+    char *cmp_sql;   /* SELECT ROW(key casts) > ROW(...) for other key types */
+    char *first_sql; /* first chunk */
+    char *next_sql;  /* chunks after a key */
+} table_info_t;
+
+/* One segment of a snapshotted table: keys after `key` (NULL: from the
+ * start) were read under a snapshot at consistent point p. */
+typedef struct seg {
+    char **key;
+    outboxd_lsn_t p;
+} seg_t;
+
+typedef struct seg_table {
+    char *name;
+    seg_t *segs;
+    size_t n;
+    outboxd_lsn_t min_p, max_p;
+    table_info_t *info; /* loaded on first need for key comparisons */
+} seg_table_t;
+
+struct outboxd_snapshot {
+    const outboxd_config_t *conf;
+    const outboxd_source_conf_t *src;
+    const char *name;
+    json_t *state; /* the progress, as in the checkpoint */
+    bool pending;
+    PGconn *conn; /* normal connection: reads and key comparisons */
+    /* The stream filter, built from state["segs"]. */
+    seg_table_t *segt;
+    size_t n_segt;
+    outboxd_lsn_t max_p;
+    json_t *requested; /* tables a signal asked for, not applied yet */
+};
+
+static bool is_cdc(const outboxd_table_conf_t *t)
+{
+    return t->mode == OUTBOXD_MODE_CDC;
+}
+
+static bool wants_snapshot(const outboxd_table_conf_t *t)
+{
+    return t->mode == OUTBOXD_MODE_CDC && t->snapshot != OUTBOXD_SNAPSHOT_NEVER;
+}
+
+bool outboxd_snapshot_configured(const outboxd_source_conf_t *src)
+{
+    for (size_t i = 0; i < src->n_tables; i++)
+        if (wants_snapshot(&src->tables[i]))
+            return true;
+    return false;
+}
+
+outboxd_snapshot_t *outboxd_snapshot_new(const outboxd_config_t *conf,
+                                         const outboxd_source_conf_t *src, char *errstr,
+                                         size_t errstr_size)
+{
+    outboxd_snapshot_t *sn = calloc(1, sizeof(*sn));
+    if (!sn) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    sn->conf = conf;
+    sn->src = src;
+    sn->name = src->name;
+    return sn;
+}
+
+static void free_key(char **key)
+{
+    if (!key)
+        return;
+    for (char **k = key; *k; k++)
+        free(*k);
+    free(key);
+}
+
+static void free_info(table_info_t *ti)
+{
+    if (!ti)
+        return;
+    free(ti->name);
+    free(ti->rel.nspname);
+    free(ti->rel.relname);
+    for (int i = 0; i < ti->rel.ncols; i++)
+        free(ti->rel.cols[i].name);
+    free(ti->rel.cols);
+    free(ti->pk);
+    free(ti->cmp_sql);
+    free(ti->first_sql);
+    free(ti->next_sql);
+    free(ti);
+}
+
+static void free_filter(outboxd_snapshot_t *sn)
+{
+    for (size_t i = 0; i < sn->n_segt; i++) {
+        seg_table_t *st = &sn->segt[i];
+        free(st->name);
+        for (size_t j = 0; j < st->n; j++)
+            free_key(st->segs[j].key);
+        free(st->segs);
+        free_info(st->info);
+    }
+    free(sn->segt);
+    sn->segt = NULL;
+    sn->n_segt = 0;
+    sn->max_p = 0;
+}
+
+void outboxd_snapshot_destroy(outboxd_snapshot_t *sn)
+{
+    if (!sn)
+        return;
+    free_filter(sn);
+    json_decref(sn->state);
+    json_decref(sn->requested);
+    if (sn->conn)
+        PQfinish(sn->conn);
+    free(sn);
+}
+
+bool outboxd_snapshot_pending(const outboxd_snapshot_t *sn)
+{
+    return sn->pending;
+}
+
+/* ---- progress (JSON) ---- */
+
+static bool in_array(json_t *arr, const char *s)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), s) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void table_name(const outboxd_table_conf_t *t, char *out, size_t size)
+{
+    snprintf(out, size, "%s.%s", t->schema, t->name);
+}
+
+static const outboxd_table_conf_t *configured(const outboxd_snapshot_t *sn, const char *name)
+{
+    char n[300];
+    for (size_t i = 0; i < sn->src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &sn->src->tables[i];
+        table_name(t, n, sizeof(n));
+        if (wants_snapshot(t) && strcmp(n, name) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+/* Configured cdc tables (any snapshot mode: an ad-hoc request may name
+ * one with snapshot: never). */
+static const outboxd_table_conf_t *cdc_table(const outboxd_snapshot_t *sn, const char *name)
+{
+    char n[300];
+    for (size_t i = 0; i < sn->src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &sn->src->tables[i];
+        table_name(t, n, sizeof(n));
+        if (is_cdc(t) && strcmp(n, name) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+/* A key as a NULL-terminated array of strings, from a JSON array. */
+static char **key_from_json(json_t *arr)
+{
+    if (!json_is_array(arr))
+        return NULL;
+    size_t n = json_array_size(arr);
+    char **key = calloc(n + 1, sizeof(char *));
+    if (!key)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = json_string_value(json_array_get(arr, i));
+        key[i] = strdup(s ? s : "");
+        if (!key[i]) {
+            free_key(key);
+            return NULL;
+        }
+    }
+    return key;
+}
+
+static const char *lsn_text(json_t *v)
+{
+    const char *s = json_string_value(v);
+    return s ? s : "";
+}
+
+/* Rebuilds the stream filter from state["segs"]. */
+static int build_filter(outboxd_snapshot_t *sn)
+{
+    free_filter(sn);
+    json_t *segs = json_object_get(sn->state, "segs");
+    if (!json_is_object(segs) || json_object_size(segs) == 0)
+        return 0;
+    sn->segt = calloc(json_object_size(segs), sizeof(*sn->segt));
+    if (!sn->segt)
+        return -1;
+    const char *name;
+    json_t *list;
+    json_object_foreach(segs, name, list)
+    {
+        seg_table_t *st = &sn->segt[sn->n_segt++];
+        st->name = strdup(name);
+        st->segs = calloc(json_array_size(list) + 1, sizeof(seg_t));
+        if (!st->name || !st->segs)
+            return -1;
+        size_t i;
+        json_t *e;
+        json_array_foreach(list, i, e)
+        {
+            seg_t *sg = &st->segs[st->n];
+            json_t *k = json_array_get(e, 0);
+            if (!json_is_null(k) && !(sg->key = key_from_json(k)))
+                return -1;
+            if (!outboxd_lsn_parse(lsn_text(json_array_get(e, 1)), &sg->p))
+                return -1;
+            if (st->n == 0 || sg->p < st->min_p)
+                st->min_p = sg->p;
+            if (sg->p > st->max_p)
+                st->max_p = sg->p;
+            st->n++;
+        }
+        if (st->max_p > sn->max_p)
+            sn->max_p = st->max_p;
+    }
+    return 0;
+}
+
+/* Writes the state into ck->snapshot. -1 when it does not fit. */
+static int store_state(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, char *errstr,
+                       size_t errstr_size)
+{
+    char *text = json_dumps(sn->state, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!text) {
+        snprintf(errstr, errstr_size, "out of memory encoding the snapshot progress");
+        return -1;
+    }
+    size_t n = strlen(text);
+    if (n >= sizeof(ck->snapshot)) {
+        snprintf(errstr, errstr_size,
+                 "the snapshot progress (%zu bytes: tables, primary key values and one segment "
+                 "per resumed snapshot) does not fit the checkpoint record's %zu bytes; snapshot "
+                 "fewer tables per source, or tables with shorter primary keys",
+                 n, sizeof(ck->snapshot) - 1);
+        free(text);
+        return -1;
+    }
+    memcpy(ck->snapshot, text, n + 1);
+    free(text);
+    return 0;
+}
+
+int outboxd_snapshot_prepare(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, const char *saved,
+                             bool positions_lost, char *errstr, size_t errstr_size)
+{
+    json_decref(sn->state);
+    sn->state = NULL;
+    sn->pending = false;
+    const char *text = ck->snapshot[0] ? ck->snapshot : (saved && saved[0] ? saved : NULL);
+    if (text) {
+        json_error_t jerr;
+        sn->state = json_loads(text, 0, &jerr);
+        if (!json_is_object(sn->state)) {
+            snprintf(errstr, errstr_size,
+                     "the snapshot progress in the checkpoint record is unreadable (%s): %.200s",
+                     jerr.text, text);
+            json_decref(sn->state);
+            sn->state = NULL;
+            return -1;
+        }
+    } else {
+        sn->state = json_pack("{s:i}", "v", 1);
+    }
+    json_t *done = json_object_get(sn->state, "done");
+    if (!json_is_array(done)) {
+        done = json_array();
+        json_object_set_new(sn->state, "done", done);
+    }
+    if (!json_is_object(json_object_get(sn->state, "segs")))
+        json_object_set_new(sn->state, "segs", json_object());
+    json_t *segs = json_object_get(sn->state, "segs");
+    json_t *run = json_object_get(sn->state, "run");
+
+    if (positions_lost) {
+        /* The segments' points name positions of another slot or history:
+         * they cannot be compared with this stream. A run in progress
+         * starts over (its rows so far are published again). when_needed
+         * tables are snapshotted again: changes may have been missed. */
+        if (json_object_size(segs) || run)
+            LOG_WARN(sn->name,
+                     "the slot's positions changed (slot re-created or checkpoint not trusted): "
+                     "snapshot progress and stream reconciliation points are dropped%s",
+                     run ? "; the snapshot in progress starts over" : "");
+        json_object_clear(segs);
+        json_object_del(sn->state, "run");
+        run = NULL;
+        for (size_t i = 0; i < json_array_size(done);) {
+            const outboxd_table_conf_t *t =
+                configured(sn, json_string_value(json_array_get(done, i)));
+            if (t && t->snapshot == OUTBOXD_SNAPSHOT_WHEN_NEEDED) {
+                json_array_remove(done, i);
+                continue;
+            }
+            i++;
+        }
+    } else if (ck->commit_lsn) {
+        /* The stream's checkpoint is past a table's every point: nothing
+         * committed before them can be sent again. */
+        const char *name;
+        json_t *list;
+        void *tmp;
+        json_object_foreach_safe(segs, tmp, name, list)
+        {
+            bool all_below = true;
+            size_t i;
+            json_t *e;
+            json_array_foreach(list, i, e)
+            {
+                outboxd_lsn_t p = 0;
+                outboxd_lsn_parse(lsn_text(json_array_get(e, 1)), &p);
+                if (p > ck->commit_lsn)
+                    all_below = false;
+            }
+            if (all_below && !(run && in_array(json_object_get(run, "tables"), name)))
+                json_object_del(segs, name);
+        }
+    }
+
+    /* What to read: a run in progress resumes; tables configured since
+     * are added to it; otherwise every wanting table not done yet. */
+    json_t *tables = run ? json_object_get(run, "tables") : NULL;
+    if (run && !json_is_array(tables)) {
+        snprintf(errstr, errstr_size, "the snapshot progress in the checkpoint lacks run.tables");
+        return -1;
+    }
+    if (run) {
+        /* Tables no longer configured leave the run. */
+        size_t cur = (size_t)json_integer_value(json_object_get(run, "i"));
+        for (size_t i = 0; i < json_array_size(tables);) {
+            const char *n = json_string_value(json_array_get(tables, i));
+            if (!n || !cdc_table(sn, n)) {
+                LOG_WARN(sn->name, "table %s left the configuration during its snapshot",
+                         n ? n : "?");
+                json_array_remove(tables, i);
+                if (i < cur)
+                    cur--;
+                else if (i == cur)
+                    json_object_set_new(run, "key", json_null());
+                continue;
+            }
+            i++;
+        }
+        json_object_set_new(run, "i", json_integer((json_int_t)cur));
+    }
+    char n[300];
+    for (size_t i = 0; i < sn->src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &sn->src->tables[i];
+        table_name(t, n, sizeof(n));
+        if (!wants_snapshot(t) || in_array(done, n) || (tables && in_array(tables, n)))
+            continue;
+        if (!run) {
+            run = json_pack("{s:[], s:i, s:n}", "tables", "i", 0, "key");
+            json_object_set_new(sn->state, "run", run);
+            tables = json_object_get(run, "tables");
+        }
+        json_array_append_new(tables, json_string(n));
+    }
+    if (run && (size_t)json_integer_value(json_object_get(run, "i")) >= json_array_size(tables)) {
+        json_object_del(sn->state, "run");
+        run = NULL;
+    }
+    sn->pending = run != NULL;
+    if (build_filter(sn) < 0) {
+        snprintf(errstr, errstr_size, "the snapshot segments in the checkpoint are unreadable");
+        return -1;
+    }
+    return store_state(sn, ck, errstr, errstr_size);
+}
+
+/* ---- catalog ---- */
+
+static char *xstrdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xstrdup_printf(const char *fmt, ...)
+{
+    char *out = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&out, fmt, ap);
+    va_end(ap);
+    return n < 0 ? NULL : out;
+}
+
+static void pg_err(PGconn *conn, PGresult *res, const char *what, char *errstr, size_t errstr_size)
+{
+    const char *m = res ? PQresultErrorMessage(res) : "";
+    if (!m || !m[0])
+        m = PQerrorMessage(conn);
+    snprintf(errstr, errstr_size, "%s: %s", what, m);
+    size_t n = strlen(errstr);
+    while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
+        errstr[--n] = '\0';
+}
+
+/*
+ * The relation as pgoutput would describe it (columns neither dropped nor
+ * generated, in attnum order, replica identity flags as pgoutput sets them)
+ * and its primary key. NULL with errstr; *fatal tells a table that cannot be
+ * snapshotted (no primary key) from a failed query.
+ */
+static table_info_t *load_info(PGconn *conn, const char *nsp, const char *relname, bool *fatal,
+                               char *errstr, size_t errstr_size)
+{
+    *fatal = false;
+    const char *p[2] = {nsp, relname};
+    PGresult *res = PQexecParams(conn,
+                                 "SELECT c.oid, c.relreplident FROM pg_catalog.pg_class c JOIN "
+                                 "pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                                 "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN "
+                                 "('r', 'p')",
+                                 2, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pg_err(conn, res, "reading the table's catalog entry", errstr, errstr_size);
+        PQclear(res);
+        return NULL;
+    }
+    if (PQntuples(res) != 1) {
+        snprintf(errstr, errstr_size, "table %s.%s does not exist", nsp, relname);
+        *fatal = true;
+        PQclear(res);
+        return NULL;
+    }
+    table_info_t *ti = calloc(1, sizeof(*ti));
+    if (!ti) {
+        PQclear(res);
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    char oid[16];
+    snprintf(oid, sizeof(oid), "%s", PQgetvalue(res, 0, 0));
+    ti->rel.oid = (uint32_t)strtoul(oid, NULL, 10);
+    ti->rel.replident = PQgetvalue(res, 0, 1)[0];
+    PQclear(res);
+    ti->name = xstrdup_printf("%s.%s", nsp, relname);
+    ti->rel.nspname = strdup(nsp);
+    ti->rel.relname = strdup(relname);
+    const char *p1[1] = {oid};
+    /* key_pos: position in the primary key (0: not in it); ident: in the
+     * replica identity index (pgoutput flags every column for FULL). */
+    res = PQexecParams(
+        conn,
+        "SELECT a.attname, a.atttypid, a.atttypmod, "
+        "  coalesce((SELECT k.ord FROM pg_catalog.pg_index i, "
+        "    unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, ord) "
+        "    WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.att = a.attnum), 0), "
+        "  coalesce((SELECT a.attnum = ANY (i.indkey::int2[]) FROM pg_catalog.pg_index i "
+        "    WHERE i.indrelid = a.attrelid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary "
+        "      WHEN 'i' THEN i.indisreplident ELSE false END), false), "
+        "  format_type(a.atttypid, a.atttypmod), "
+        "  (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) "
+        "     FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace cn "
+        "       ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) "
+        "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+        "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "  AND coalesce(to_jsonb(a) ->> 'attgenerated', '') = '' "
+        "ORDER BY a.attnum",
+        1, NULL, p1, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pg_err(conn, res, "reading the table's columns", errstr, errstr_size);
+        PQclear(res);
+        free_info(ti);
+        return NULL;
+    }
+    int n = PQntuples(res);
+    ti->rel.cols = calloc((size_t)(n ? n : 1), sizeof(outboxd_pgo_column_t));
+    ti->pk = calloc((size_t)(n ? n : 1), sizeof(int));
+    if (!ti->name || !ti->rel.nspname || !ti->rel.relname || !ti->rel.cols || !ti->pk) {
+        PQclear(res);
+        free_info(ti);
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    ti->rel.ncols = n;
+    int npk = 0;
+    for (int i = 0; i < n; i++) {
+        outboxd_pgo_column_t *c = &ti->rel.cols[i];
+        c->name = strdup(PQgetvalue(res, i, 0));
+        c->type_oid = (uint32_t)strtoul(PQgetvalue(res, i, 1), NULL, 10);
+        c->typmod = (int32_t)strtol(PQgetvalue(res, i, 2), NULL, 10);
+        c->is_key = ti->rel.replident == 'f' || PQgetvalue(res, i, 4)[0] == 't';
+        int pos = atoi(PQgetvalue(res, i, 3));
+        if (pos > 0 && pos <= n) {
+            ti->pk[pos - 1] = i;
+            npk = pos > npk ? pos : npk;
+        }
+    }
+    ti->npk = npk;
+    if (npk == 0) {
+        snprintf(errstr, errstr_size,
+                 "table %s.%s has no primary key: the snapshot reads tables in primary-key order "
+                 "(resumable in chunks); add a primary key, or set its snapshot: never",
+                 nsp, relname);
+        *fatal = true;
+        PQclear(res);
+        free_info(ti);
+        return NULL;
+    }
+    /* SQL: the columns, the key list, the comparison. */
+    outboxd_buf_t cols = {0}, keys = {0}, params = {0}, cmp_a = {0}, cmp_b = {0};
+    bool ok = true;
+    ti->pk_int = true;
+    for (int i = 0; i < n && ok; i++) {
+        char *q = PQescapeIdentifier(conn, ti->rel.cols[i].name, strlen(ti->rel.cols[i].name));
+        ok = q && ti->rel.cols[i].name && outboxd_buf_printf(&cols, "%s%s", i ? ", " : "", q);
+        PQfreemem(q);
+    }
+    for (int k = 0; k < npk && ok; k++) {
+        int ci = ti->pk[k];
+        const outboxd_pgo_column_t *c = &ti->rel.cols[ci];
+        if (c->type_oid != INT2_OID && c->type_oid != INT4_OID && c->type_oid != INT8_OID)
+            ti->pk_int = false;
+        char *q = PQescapeIdentifier(conn, c->name, strlen(c->name));
+        const char *type = PQgetvalue(res, ci, 5);
+        const char *coll = PQgetisnull(res, ci, 6) ? NULL : PQgetvalue(res, ci, 6);
+        char collate[200] = "";
+        if (coll)
+            snprintf(collate, sizeof(collate), " COLLATE %s", coll);
+        ok = q && outboxd_buf_printf(&keys, "%s%s", k ? ", " : "", q) &&
+             outboxd_buf_printf(&params, "%s$%d", k ? ", " : "", k + 1) &&
+             outboxd_buf_printf(&cmp_a, "%s$%d::%s%s", k ? ", " : "", k + 1, type, collate) &&
+             outboxd_buf_printf(&cmp_b, "%s$%d::%s%s", k ? ", " : "", npk + k + 1, type, collate);
+        PQfreemem(q);
+    }
+    PQclear(res);
+    char *qn = PQescapeIdentifier(conn, nsp, strlen(nsp));
+    char *qr = PQescapeIdentifier(conn, relname, strlen(relname));
+    if (ok && qn && qr) {
+        /* A row constructor comparison walks the primary key index in
+         * order, as ORDER BY does: one index range scan per chunk. */
+        ti->first_sql = xstrdup_printf("SELECT %s FROM %s.%s ORDER BY %s LIMIT $1", cols.data, qn,
+                                       qr, keys.data);
+        ti->next_sql =
+            xstrdup_printf("SELECT %s FROM %s.%s WHERE (%s) > (%s) ORDER BY %s LIMIT $%d",
+                           cols.data, qn, qr, keys.data, params.data, keys.data, npk + 1);
+        ti->cmp_sql = xstrdup_printf("SELECT ROW(%s) > ROW(%s)", cmp_a.data, cmp_b.data);
+    }
+    PQfreemem(qn);
+    PQfreemem(qr);
+    outboxd_buf_free(&cols);
+    outboxd_buf_free(&keys);
+    outboxd_buf_free(&params);
+    outboxd_buf_free(&cmp_a);
+    outboxd_buf_free(&cmp_b);
+    if (!ti->first_sql || !ti->next_sql || !ti->cmp_sql) {
+        free_info(ti);
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    return ti;
+}
+
+static int ensure_conn(outboxd_snapshot_t *sn, char *errstr, size_t errstr_size)
+{
+    if (sn->conn && PQstatus(sn->conn) != CONNECTION_OK) {
+        PQfinish(sn->conn);
+        sn->conn = NULL;
+    }
+    if (!sn->conn)
+        sn->conn = outboxd_pg_connect(sn->src, false, errstr, errstr_size);
+    return sn->conn ? 0 : -1;
+}
+
+/* ---- the stream filter ---- */
+
+/* >0 when a sorts after b in the table's key order, else <= 0; -2 on error. */
+static int key_after(outboxd_snapshot_t *sn, const table_info_t *ti, const char *const *a,
+                     char *const *b, char *errstr, size_t errstr_size)
+{
+    if (ti->pk_int) {
+        for (int k = 0; k < ti->npk; k++) {
+            long long x = strtoll(a[k], NULL, 10), y = strtoll(b[k], NULL, 10);
+            if (x != y)
+                return x > y ? 1 : -1;
+        }
+        return 0;
+    }
+    if (ensure_conn(sn, errstr, errstr_size) < 0)
+        return -2;
+    const char *params[64];
+    if (ti->npk > 32) {
+        snprintf(errstr, errstr_size, "primary key of %s has more than 32 columns", ti->name);
+        return -2;
+    }
+    for (int k = 0; k < ti->npk; k++) {
+        params[k] = a[k];
+        params[ti->npk + k] = b[k];
+    }
+    PGresult *res = PQexecParams(sn->conn, ti->cmp_sql, 2 * ti->npk, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        pg_err(sn->conn, res, "comparing primary keys", errstr, errstr_size);
+        PQclear(res);
+        return -2;
+    }
+    int r = PQgetvalue(res, 0, 0)[0] == 't' ? 1 : -1;
+    PQclear(res);
+    return r;
+}
+
+static seg_table_t *seg_table(outboxd_snapshot_t *sn, const char *nsp, const char *rel)
+{
+    char name[300];
+    snprintf(name, sizeof(name), "%s.%s", nsp, rel);
+    for (size_t i = 0; i < sn->n_segt; i++)
+        if (strcmp(sn->segt[i].name, name) == 0)
+            return &sn->segt[i];
+    return NULL;
+}
+
+/*
+ * A TRUNCATE before every segment's point of each table it names was seen
+ * by every read of those tables: publishing it after their rows would empty
+ * a consumer's copy of rows that exist. One between the points of a
+ * resumed table's segments was seen by some reads and not by others; it is
+ * published (the consumer drops the rows read before it, which the stream
+ * then no longer repairs) and said loudly.
+ */
+static int truncate_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder_t *dec,
+                              const outboxd_pgo_msg_t *msg, outboxd_lsn_t commit_lsn)
+{
+    if (!dec || msg->u.truncate.nrels == 0)
+        return 0;
+    int seen = 0, partly = 0;
+    for (int i = 0; i < msg->u.truncate.nrels; i++) {
+        const outboxd_pgo_relation_t *rel =
+            outboxd_pgo_relation_get(dec, msg->u.truncate.rel_oids[i]);
+        seg_table_t *st = rel ? seg_table(sn, rel->nspname, rel->relname) : NULL;
+        if (st && commit_lsn < st->min_p)
+            seen++;
+        else if (st && commit_lsn < st->max_p)
+            partly++;
+    }
+    if (partly)
+        LOG_WARN(sn->name,
+                 "a TRUNCATE committed while a resumed snapshot was read is published; rows "
+                 "read before it were published by the snapshot and are emptied by it: "
+                 "re-snapshot the table if consumers must hold them");
+    return seen == msg->u.truncate.nrels ? 1 : 0;
+}
+
+int outboxd_snapshot_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder_t *dec,
+                               const outboxd_pgo_msg_t *msg, outboxd_lsn_t commit_lsn, char *errstr,
+                               size_t errstr_size)
+{
+    if (!sn || commit_lsn >= sn->max_p)
+        return 0;
+    if (msg->kind == OUTBOXD_PGO_TRUNCATE)
+        return truncate_reflected(sn, dec, msg, commit_lsn);
+    if (msg->kind != OUTBOXD_PGO_INSERT && msg->kind != OUTBOXD_PGO_UPDATE &&
+        msg->kind != OUTBOXD_PGO_DELETE)
+        return 0;
+    const outboxd_pgo_relation_t *rel = msg->u.change.rel;
+    seg_table_t *st = seg_table(sn, rel->nspname, rel->relname);
+    if (!st || commit_lsn >= st->max_p)
+        return 0;
+    if (commit_lsn < st->min_p)
+        return 1; /* below every segment's point: whichever holds the key saw it */
+    /* Several segments (a resumed snapshot): find the key's. */
+    if (!st->info) {
+        if (ensure_conn(sn, errstr, errstr_size) < 0)
+            return -1;
+        bool fatal;
+        st->info = load_info(sn->conn, rel->nspname, rel->relname, &fatal, errstr, errstr_size);
+        if (!st->info)
+            return fatal ? 0 : -1;
+    }
+    const table_info_t *ti = st->info;
+    const outboxd_pgo_tuple_t *tup =
+        msg->kind == OUTBOXD_PGO_DELETE ? &msg->u.change.old_tuple : &msg->u.change.new_tuple;
+    const char *key[32];
+    char *vals[32];
+    if (ti->npk > 32)
+        return 0;
+    int found = 0;
+    for (int k = 0; k < ti->npk; k++) {
+        const char *want = ti->rel.cols[ti->pk[k]].name;
+        vals[k] = NULL;
+        for (int c = 0; c < rel->ncols && c < tup->ncols; c++) {
+            if (strcmp(rel->cols[c].name, want) == 0 && tup->cols[c].kind == 't') {
+                vals[k] = outboxd_strndup(tup->cols[c].data, tup->cols[c].len);
+                break;
+            }
+        }
+        if (vals[k])
+            found++;
+        key[k] = vals[k];
+    }
+    int result = 0;
+    if (found == ti->npk) {
+        const seg_t *sg = &st->segs[0];
+        for (size_t j = st->n; j-- > 0;) {
+            if (!st->segs[j].key) {
+                sg = &st->segs[j];
+                break;
+            }
+            int a = key_after(sn, ti, key, st->segs[j].key, errstr, errstr_size);
+            if (a == -2) {
+                result = -1;
+                break;
+            }
+            if (a > 0) {
+                sg = &st->segs[j];
+                break;
+            }
+        }
+        if (result == 0)
+            result = commit_lsn < sg->p ? 1 : 0;
+    }
+    for (int k = 0; k < ti->npk; k++)
+        free(vals[k]);
+    return result;
+}
+
+/* ---- reading ---- */
+
+typedef struct emit_ctx {
+    outboxd_snapshot_t *sn;
+    const outboxd_snapshot_io_t *io;
+    outboxd_sink_status_t st;
+    char err[512];
+    uint64_t events, dead, bytes;
+} emit_ctx_t;
+
+static int emit(void *opaque, const outboxd_record_t *rec, bool dead_letter, const char *reason)
+{
+    emit_ctx_t *e = opaque;
+    e->st = outboxd_sink_produce(e->io->sink, rec, e->err, sizeof(e->err));
+    if (e->st != OUTBOXD_SINK_OK)
+        return 1;
+    if (dead_letter) {
+        e->dead++;
+        LOG_WARN(e->sn->name, "snapshot row sent to dead-letter topic %s: %s",
+                 e->sn->conf->dead_letter_topic, reason ? reason : "");
+    } else {
+        e->events++;
+    }
+    e->bytes += rec->key_len + rec->value_len;
+    outboxd_stats_produced(e->io->stats, rec->key_len + rec->value_len);
+    return 0;
+}
+
+/* Abort what is open after a failure; -1 (retry) or -2 (fatal). */
+static int give_up(emit_ctx_t *e, int rc)
+{
+    char err[512];
+    if (outboxd_sink_in_txn(e->io->sink) &&
+        outboxd_sink_abort(e->io->sink, err, sizeof(err)) == OUTBOXD_SINK_FATAL) {
+        LOG_ERROR(e->sn->name, "%s", err);
+        return -2;
+    }
+    return rc;
+}
+
+/* The replication connection whose temporary slot exported the snapshot. */
+static PGconn *export_snapshot(outboxd_snapshot_t *sn, outboxd_lsn_t *point, char *snap,
+                               size_t snap_size, char *errstr, size_t errstr_size)
+{
+    PGconn *rc = outboxd_pg_connect(sn->src, true, errstr, errstr_size);
+    if (!rc)
+        return NULL;
+    char slot[64];
+    /* The walsender's pid makes the name unique; the slot goes away with
+     * the connection (TEMPORARY), also when the relay is killed. */
+    snprintf(slot, sizeof(slot), "outboxd_snap_%d", PQbackendPID(rc));
+    char sql[256];
+    if (PQserverVersion(rc) >= 150000)
+        snprintf(sql, sizeof(sql),
+                 "CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')", slot);
+    else
+        snprintf(sql, sizeof(sql),
+                 "CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput "
+                 "EXPORT_SNAPSHOT",
+                 slot);
+    PGresult *res = PQexec(rc, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 3 ||
+        !outboxd_lsn_parse(PQgetvalue(res, 0, 1), point)) {
+        pg_err(rc, res, "creating a temporary replication slot to export a snapshot", errstr,
+               errstr_size);
+        snprintf(errstr + strlen(errstr), errstr_size - strlen(errstr),
+                 " (the snapshot needs one free replication slot and WAL sender besides the "
+                 "source's: check max_replication_slots and max_wal_senders)");
+        PQclear(res);
+        PQfinish(rc);
+        return NULL;
+    }
+    snprintf(snap, snap_size, "%s", PQgetvalue(res, 0, 2));
+    PQclear(res);
+    return rc;
+}
+
+static int exec_ok(PGconn *conn, const char *sql, char *errstr, size_t errstr_size)
+{
+    PGresult *res = PQexec(conn, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        pg_err(conn, res, sql, errstr, errstr_size);
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Whether any table after index i of the run has a row (under the snapshot). */
+static int later_rows(outboxd_snapshot_t *sn, json_t *tables, size_t i, char *errstr,
+                      size_t errstr_size)
+{
+    for (size_t j = i + 1; j < json_array_size(tables); j++) {
+        const char *name = json_string_value(json_array_get(tables, j));
+        const outboxd_table_conf_t *t = cdc_table(sn, name);
+        if (!t)
+            continue;
+        char *qn = PQescapeIdentifier(sn->conn, t->schema, strlen(t->schema));
+        char *qr = PQescapeIdentifier(sn->conn, t->name, strlen(t->name));
+        char *sql = qn && qr ? xstrdup_printf("SELECT EXISTS (SELECT 1 FROM %s.%s)", qn, qr) : NULL;
+        PQfreemem(qn);
+        PQfreemem(qr);
+        if (!sql) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return -1;
+        }
+        PGresult *res = PQexec(sn->conn, sql);
+        free(sql);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            pg_err(sn->conn, res, "looking for rows in later tables", errstr, errstr_size);
+            PQclear(res);
+            return -1;
+        }
+        bool any = PQgetvalue(res, 0, 0)[0] == 't';
+        PQclear(res);
+        if (any)
+            return 1;
+    }
+    return 0;
+}
+
+/* Commits the open chunk (or only the progress) with the checkpoint. */
+static int commit_chunk(emit_ctx_t *e, int64_t t0_us)
+{
+    outboxd_snapshot_t *sn = e->sn;
+    const outboxd_snapshot_io_t *io = e->io;
+    outboxd_checkpoint_t ck = *io->ck;
+    char err[512];
+    if (store_state(sn, &ck, err, sizeof(err)) < 0) {
+        LOG_ERROR(sn->name, "%s", err);
+        return give_up(e, -2);
+    }
+    ck.timeline = io->ident->timeline;
+    snprintf(ck.system_id, sizeof(ck.system_id), "%s", io->ident->system_id);
+    snprintf(ck.database, sizeof(ck.database), "%s", io->ident->database);
+    snprintf(ck.slot, sizeof(ck.slot), "%s", sn->src->slot);
+    outboxd_sink_status_t st = outboxd_sink_commit(io->sink, &ck, err, sizeof(err));
+    if (st == OUTBOXD_SINK_FATAL) {
+        LOG_ERROR(sn->name, "%s", err);
+        return -2;
+    }
+    if (st != OUTBOXD_SINK_OK) {
+        LOG_WARN(sn->name,
+                 "snapshot chunk not committed (%s); resuming from the last committed "
+                 "chunk",
+                 err);
+        outboxd_stats_aborted(io->stats);
+        return give_up(e, -1);
+    }
+    outboxd_stats_committed(io->stats, e->events, e->dead, outboxd_now_us() - t0_us);
+    memcpy(io->ck, &ck, sizeof(ck));
+    return 0;
+}
+
+int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io)
+{
+    if (!sn->pending)
+        return 0;
+    char err[1024];
+    emit_ctx_t e = {.sn = sn, .io = io};
+    json_t *run = json_object_get(sn->state, "run");
+    json_t *tables = json_object_get(run, "tables");
+    json_t *segs = json_object_get(sn->state, "segs");
+    json_t *done = json_object_get(sn->state, "done");
+    if (ensure_conn(sn, err, sizeof(err)) < 0) {
+        LOG_ERROR(sn->name, "snapshot: %s", err);
+        return -1;
+    }
+    outboxd_lsn_t point = 0;
+    char snapname[128];
+    int64_t t_start = outboxd_now_ms();
+    PGconn *exporter = export_snapshot(sn, &point, snapname, sizeof(snapname), err, sizeof(err));
+    if (!exporter) {
+        LOG_ERROR(sn->name, "snapshot: %s", err);
+        return -1;
+    }
+    char points[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(point, points);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snapname);
+    if (exec_ok(sn->conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err, sizeof(err)) <
+            0 ||
+        exec_ok(sn->conn, sql, err, sizeof(err)) < 0) {
+        LOG_ERROR(sn->name, "snapshot: %s", err);
+        PQfinish(exporter);
+        PQfinish(sn->conn);
+        sn->conn = NULL;
+        return -1;
+    }
+    size_t i = (size_t)json_integer_value(json_object_get(run, "i"));
+    json_t *key0 = json_object_get(run, "key");
+    LOG_INFO(sn->name, "snapshot of %zu table(s) %s at %s (snapshot %s)%s",
+             json_array_size(tables) - i, json_is_array(key0) || i ? "resumes" : "starts", points,
+             snapname, json_is_array(key0) ? " after the last published key" : "");
+    int rc = 0;
+    bool first_of_session = true;
+    uint64_t rows_total = 0;
+    int chunk = sn->conf->max_batch_events > 0 ? sn->conf->max_batch_events : 5000;
+    /* The run (and its table list) is deleted from the state when its last
+     * chunk is in: keep the list alive and the name copied until then. */
+    json_incref(tables);
+    for (; i < json_array_size(tables) && rc == 0; i++) {
+        char tname[300];
+        snprintf(tname, sizeof(tname), "%s", json_string_value(json_array_get(tables, i)));
+        const outboxd_table_conf_t *t = cdc_table(sn, tname);
+        bool fatal = false;
+        table_info_t *ti =
+            t ? load_info(sn->conn, t->schema, t->name, &fatal, err, sizeof(err)) : NULL;
+        if (!ti) {
+            LOG_ERROR(sn->name, "snapshot of %s: %s", tname, t ? err : "not configured");
+            rc = fatal ? -2 : -1;
+            break;
+        }
+        json_t *key = json_object_get(run, "key");
+        /* This table's segment under this snapshot. */
+        json_t *seg =
+            json_pack("[O,s]", json_is_array(key) && first_of_session ? key : json_null(), points);
+        if (json_is_array(key) && first_of_session) {
+            json_t *list = json_object_get(segs, tname);
+            if (!json_is_array(list)) {
+                list = json_array();
+                json_object_set_new(segs, tname, list);
+            }
+            json_array_append_new(list, seg);
+        } else {
+            json_object_set_new(segs, tname, json_pack("[o]", seg));
+            key = json_null();
+            json_object_set_new(run, "key", json_null());
+        }
+        first_of_session = false;
+        uint64_t table_rows = 0;
+        for (;;) {
+            if (atomic_load(io->stop)) {
+                rc = give_up(&e, -1);
+                break;
+            }
+            /* A long snapshot is progress, not a stall (/healthz). */
+            outboxd_stats_tick(io->stats);
+            if (io->keepalive)
+                io->keepalive(io->opaque);
+            int64_t t0 = outboxd_now_us();
+            char limit[16];
+            snprintf(limit, sizeof(limit), "%d", chunk + 1);
+            const char *params[34];
+            int np = 0;
+            if (json_is_array(key)) {
+                for (size_t k = 0; k < json_array_size(key) && k < 32; k++)
+                    params[np++] = json_string_value(json_array_get(key, k));
+                if (np != ti->npk) {
+                    LOG_ERROR(sn->name,
+                              "snapshot of %s: the checkpoint's key has %d values but the primary "
+                              "key now has %d columns (changed during the snapshot); set the "
+                              "table's snapshot to never, or drop the checkpoint to start over",
+                              tname, np, ti->npk);
+                    rc = -2;
+                    break;
+                }
+            }
+            params[np++] = limit;
+            PGresult *res =
+                PQexecParams(sn->conn, json_is_array(key) ? ti->next_sql : ti->first_sql, np, NULL,
+                             params, NULL, NULL, 0);
+            if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                pg_err(sn->conn, res, "reading a snapshot chunk", err, sizeof(err));
+                LOG_ERROR(sn->name, "snapshot of %s: %s", tname, err);
+                PQclear(res);
+                rc = give_up(&e, -1);
+                break;
+            }
+            int64_t t_read = outboxd_now_us();
+            int n = PQntuples(res);
+            bool more = n > chunk;
+            if (more)
+                n = chunk;
+            bool final = false;
+            if (!more) {
+                int later = later_rows(sn, tables, i, err, sizeof(err));
+                if (later < 0) {
+                    LOG_ERROR(sn->name, "snapshot: %s", err);
+                    PQclear(res);
+                    rc = give_up(&e, -1);
+                    break;
+                }
+                final = later == 0;
+            }
+            outboxd_pgo_datum_t *datums = calloc((size_t)ti->rel.ncols + 1, sizeof(*datums));
+            if (!datums) {
+                PQclear(res);
+                rc = give_up(&e, -1);
+                break;
+            }
+            outboxd_cdc_source_t si = {
+                .lsn = point,
+                .commit_lsn = 0,
+                .xid = 0,
+                .commit_time_us = outboxd_wall_us(),
+            };
+            e.events = e.dead = 0;
+            for (int r = 0; r < n && rc == 0; r++) {
+                for (int c = 0; c < ti->rel.ncols; c++) {
+                    if (PQgetisnull(res, r, c)) {
+                        datums[c] = (outboxd_pgo_datum_t){.kind = 'n'};
+                    } else {
+                        datums[c] = (outboxd_pgo_datum_t){.kind = 't',
+                                                          .data = PQgetvalue(res, r, c),
+                                                          .len = (uint32_t)PQgetlength(res, r, c)};
+                    }
+                }
+                outboxd_pgo_tuple_t after = {.ncols = ti->rel.ncols, .cols = datums};
+                si.snapshot = final && r == n - 1 ? "last" : "true";
+                int cr = outboxd_cdc_change(io->cdc, &ti->rel, 'r', NULL, &after, &si, emit, &e,
+                                            err, sizeof(err));
+                if (cr == 0)
+                    continue;
+                if (cr == OUTBOXD_CDC_RETRY) {
+                    LOG_ERROR(sn->name, "snapshot of %s: %s", tname, err);
+                    rc = give_up(&e, -1);
+                } else if (e.st == OUTBOXD_SINK_FATAL) {
+                    LOG_ERROR(sn->name, "%s", e.err);
+                    rc = -2;
+                } else {
+                    LOG_ERROR(sn->name,
+                              "snapshot of %s: %s; resuming from the last committed "
+                              "chunk",
+                              tname, e.err);
+                    rc = give_up(&e, -1);
+                }
+            }
+            free(datums);
+            if (rc != 0) {
+                PQclear(res);
+                break;
+            }
+            if (n > 0) {
+                json_t *nk = json_array();
+                for (int k = 0; k < ti->npk; k++)
+                    json_array_append_new(nk, json_string(PQgetvalue(res, n - 1, ti->pk[k])));
+                json_object_set_new(run, "key", nk);
+                key = nk;
+            }
+            PQclear(res);
+            table_rows += (uint64_t)n;
+            rows_total += (uint64_t)n;
+            if (!more) {
+                /* The table is done: in the same transaction as its last rows. */
+                json_array_append_new(done, json_string(tname));
+                json_object_set_new(run, "i", json_integer((json_int_t)(i + 1)));
+                json_object_set_new(run, "key", json_null());
+                if (i + 1 >= json_array_size(tables)) {
+                    json_object_del(sn->state, "run");
+                    run = NULL;
+                }
+            }
+            if (n > 0 || !run) {
+                int64_t t_prod = outboxd_now_us();
+                rc = commit_chunk(&e, t0);
+                if (rc != 0)
+                    break;
+                LOG_DEBUG(sn->name,
+                          "snapshot of %s: %llu rows published (chunk of %d: read %.1f ms, "
+                          "encode+produce %.1f ms, commit %.1f ms)",
+                          tname, (unsigned long long)table_rows, n, (double)(t_read - t0) / 1e3,
+                          (double)(t_prod - t_read) / 1e3,
+                          (double)(outboxd_now_us() - t_prod) / 1e3);
+            }
+            if (!more)
+                break;
+        }
+        if (rc == 0)
+            LOG_INFO(sn->name, "snapshot of %s: %llu rows in this run", tname,
+                     (unsigned long long)table_rows);
+        free_info(ti);
+        if (!run)
+            break;
+    }
+    json_decref(tables);
+    /* Ending the read transaction and closing the exporting connection
+     * drops the temporary slot. */
+    PGresult *res = PQexec(sn->conn, "ROLLBACK");
+    PQclear(res);
+    PQfinish(exporter);
+    if (rc != 0) {
+        /* The next connect rebuilds the progress from the last commit. */
+        PQfinish(sn->conn);
+        sn->conn = NULL;
+        return rc;
+    }
+    sn->pending = false;
+    if (build_filter(sn) < 0) {
+        LOG_ERROR(sn->name, "out of memory");
+        return -1;
+    }
+    double secs = (double)(outboxd_now_ms() - t_start) / 1000.0;
+    LOG_INFO(sn->name,
+             "snapshot finished: %llu rows in %.1f s (%.0f rows/s); streaming starts at the "
+             "slot's position, changes committed before %s on snapshotted keys are skipped",
+             (unsigned long long)rows_total, secs, secs > 0 ? (double)rows_total / secs : 0.0,
+             points);
+    return 0;
+}
+
+/* ---- ad-hoc snapshots ---- */
+
+bool outboxd_snapshot_is_signal(const outboxd_source_conf_t *src, const outboxd_pgo_relation_t *rel)
+{
+    const char *sig = src->signal_table;
+    if (!sig)
+        return false;
+    const char *dot = strchr(sig, '.');
+    if (!dot)
+        return strcmp(rel->nspname, "public") == 0 && strcmp(rel->relname, sig) == 0;
+    return strlen(rel->nspname) == (size_t)(dot - sig) &&
+           strncmp(rel->nspname, sig, (size_t)(dot - sig)) == 0 &&
+           strcmp(rel->relname, dot + 1) == 0;
+}
+
+static char *column_text(const outboxd_pgo_relation_t *rel, const outboxd_pgo_tuple_t *tup,
+                         const char *name)
+{
+    for (int c = 0; c < rel->ncols && c < tup->ncols; c++)
+        if (strcmp(rel->cols[c].name, name) == 0 && tup->cols[c].kind == 't')
+            return outboxd_strndup(tup->cols[c].data, tup->cols[c].len);
+    return NULL;
+}
+
+void outboxd_snapshot_signal(outboxd_snapshot_t *sn, const outboxd_pgo_relation_t *rel,
+                             const outboxd_pgo_tuple_t *tup)
+{
+    char *id = column_text(rel, tup, "id");
+    char *type = column_text(rel, tup, "type");
+    char *data = column_text(rel, tup, "data");
+    json_t *o = data ? json_loads(data, 0, NULL) : NULL;
+    json_t *cols = json_object_get(o, "data-collections");
+    if (!type || strcmp(type, "execute-snapshot") != 0 || !json_is_array(cols)) {
+        LOG_WARN(sn->name,
+                 "signal %s ignored: only type 'execute-snapshot' with data "
+                 "{\"data-collections\": [\"schema.table\", ...]} is understood (got type '%s')",
+                 id ? id : "?", type ? type : "");
+        goto out;
+    }
+    const char *kind = json_string_value(json_object_get(o, "type"));
+    size_t i;
+    json_t *v;
+    json_array_foreach(cols, i, v)
+    {
+        const char *n = json_string_value(v);
+        char full[300];
+        if (n && !strchr(n, '.'))
+            snprintf(full, sizeof(full), "public.%s", n);
+        else
+            snprintf(full, sizeof(full), "%s", n ? n : "");
+        if (!cdc_table(sn, full)) {
+            LOG_WARN(sn->name, "signal %s: '%s' is not a cdc table of this source; ignored",
+                     id ? id : "?", full);
+            continue;
+        }
+        if (!sn->requested)
+            sn->requested = json_array();
+        if (!in_array(sn->requested, full))
+            json_array_append_new(sn->requested, json_string(full));
+        LOG_INFO(sn->name,
+                 "signal %s: snapshot of %s requested (%s; read as a blocking snapshot: the "
+                 "stream waits, its connection stays open)",
+                 id ? id : "?", full, kind ? kind : "no type given");
+    }
+out:
+    json_decref(o);
+    free(id);
+    free(type);
+    free(data);
+}
+
+bool outboxd_snapshot_requested(const outboxd_snapshot_t *sn)
+{
+    return sn && json_array_size(sn->requested) > 0;
+}
+
+int outboxd_snapshot_apply_request(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, char *errstr,
+                                   size_t errstr_size)
+{
+    if (!sn->state) {
+        json_error_t jerr;
+        sn->state =
+            ck->snapshot[0] ? json_loads(ck->snapshot, 0, &jerr) : json_pack("{s:i}", "v", 1);
+        if (!json_is_object(sn->state)) {
+            snprintf(errstr, errstr_size, "the snapshot progress in the checkpoint is unreadable");
+            return -1;
+        }
+    }
+    json_t *done = json_object_get(sn->state, "done");
+    if (!json_is_array(done)) {
+        done = json_array();
+        json_object_set_new(sn->state, "done", done);
+    }
+    if (!json_is_object(json_object_get(sn->state, "segs")))
+        json_object_set_new(sn->state, "segs", json_object());
+    json_t *run = json_object_get(sn->state, "run");
+    if (!run) {
+        run = json_pack("{s:[], s:i, s:n}", "tables", "i", 0, "key");
+        json_object_set_new(sn->state, "run", run);
+    }
+    json_t *tables = json_object_get(run, "tables");
+    size_t i;
+    json_t *v;
+    json_array_foreach(sn->requested, i, v)
+    {
+        const char *n = json_string_value(v);
+        for (size_t j = 0; j < json_array_size(done);) {
+            if (strcmp(json_string_value(json_array_get(done, j)), n) == 0)
+                json_array_remove(done, j);
+            else
+                j++;
+        }
+        if (!in_array(tables, n))
+            json_array_append_new(tables, json_string(n));
+    }
+    json_array_clear(sn->requested);
+    sn->pending = true;
+    return store_state(sn, ck, errstr, errstr_size);
+}
