@@ -52,6 +52,9 @@ typedef struct col {
     outboxd_cdc_kind_t kind;
     int32_t kmod; /* typmod of the (base / element) type */
     bool array;
+    /* value filters (columns_include / _exclude, mask_hash / mask_null) */
+    bool excluded;
+    char mask; /* 0, 'h' hex SHA-256 of the text, 'n' always null */
 } col_t;
 
 typedef struct rel_entry {
@@ -886,6 +889,78 @@ static int convert(outboxd_cdc_kind_t kind, int32_t kmod, const char *s, size_t 
     return bad(reason, reason_size, "a known type", s, len);
 }
 
+/* ---- SHA-256 (FIPS 180-4), for mask_hash ---------------------------------- */
+
+static const uint32_t sha_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha_block(uint32_t h[8], const unsigned char *p)
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 =
+            hh + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + sha_k[i] + w[i];
+        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        hh = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+    h[5] += f;
+    h[6] += g;
+    h[7] += hh;
+}
+
+void outboxd_cdc_sha256_hex(const void *data, size_t len, char out[65])
+{
+    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                     0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    const unsigned char *p = data;
+    size_t n = len;
+    for (; n >= 64; n -= 64, p += 64)
+        sha_block(h, p);
+    unsigned char tail[128] = {0};
+    if (n)
+        memcpy(tail, p, n);
+    tail[n] = 0x80;
+    size_t tl = n + 9 <= 64 ? 64 : 128;
+    uint64_t bits = (uint64_t)len * 8;
+    for (int i = 0; i < 8; i++)
+        tail[tl - 1 - (size_t)i] = (unsigned char)(bits >> (8 * i));
+    sha_block(h, tail);
+    if (tl == 128)
+        sha_block(h, tail + 64);
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 8 * i, 9, "%08x", h[i]);
+}
+
 /* ---- writers -------------------------------------------------------------- */
 
 static bool json_str(outboxd_buf_t *b, const char *s, size_t n)
@@ -1196,11 +1271,17 @@ static bool build_schemas(rel_entry_t *e)
                             "\"fields\":[{\"name\":\"before\",\"type\":[\"null\",{\"type\":"
                             "\"record\",\"name\":\"Value\",\"fields\":[",
                             e->ns);
+    bool first = true;
     for (int i = 0; ok && i < e->ncols; i++) {
         const col_t *c = &e->cols[i];
-        ok = outboxd_buf_printf(&b, "%s{\"name\":\"%s\",\"type\":[\"null\",", i ? "," : "",
+        if (c->excluded)
+            continue;
+        ok = outboxd_buf_printf(&b, "%s{\"name\":\"%s\",\"type\":[\"null\",", first ? "" : ",",
                                 c->avro_name) &&
-             avro_col_type(&b, c, &vsd) && outboxd_buf_append_str(&b, "],\"default\":null}");
+             (c->mask == 'h' ? outboxd_buf_append_str(&b, "\"string\"")
+                             : avro_col_type(&b, c, &vsd)) &&
+             outboxd_buf_append_str(&b, "],\"default\":null}");
+        first = false;
     }
     ok = ok &&
          outboxd_buf_printf(&b,
@@ -1226,9 +1307,19 @@ static bool build_schemas(rel_entry_t *e)
     /* Connect value */
     outboxd_buf_t row = {0};
     ok = outboxd_buf_append_str(&row, "{\"type\":\"struct\",\"fields\":[");
-    for (int i = 0; ok && i < e->ncols; i++)
-        ok =
-            (i == 0 || outboxd_buf_append_str(&row, ",")) && connect_field(&row, &e->cols[i], true);
+    first = true;
+    for (int i = 0; ok && i < e->ncols; i++) {
+        const col_t *c = &e->cols[i];
+        if (c->excluded)
+            continue;
+        col_t hashed = *c;
+        if (c->mask == 'h') {
+            hashed.kind = OUTBOXD_CDC_T_STRING;
+            hashed.array = false;
+        }
+        ok = (first || outboxd_buf_append_str(&row, ",")) && connect_field(&row, &hashed, true);
+        first = false;
+    }
     ok = ok &&
          outboxd_buf_printf(&row, "],\"optional\":true,\"name\":\"%s.Value\",\"field\":", e->ns);
     ok = ok &&
@@ -1445,6 +1536,45 @@ static int key_columns(outboxd_cdc_t *c, rel_entry_t *e, char *errstr, size_t er
     return 0;
 }
 
+static bool in_list(char **list, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* columns_include / _exclude and the masks, by name; a configured name the
+ * table does not have is reported (a typo would otherwise leak a column). */
+static void apply_filters(outboxd_cdc_t *c, rel_entry_t *e, const outboxd_pgo_relation_t *rel)
+{
+    const outboxd_table_conf_t *tc = e->tc;
+    for (int i = 0; i < e->ncols; i++) {
+        col_t *col = &e->cols[i];
+        if (tc->n_columns_include &&
+            !in_list(tc->columns_include, tc->n_columns_include, col->name))
+            col->excluded = true;
+        if (in_list(tc->columns_exclude, tc->n_columns_exclude, col->name))
+            col->excluded = true;
+        if (in_list(tc->mask_hash, tc->n_mask_hash, col->name))
+            col->mask = 'h';
+        if (in_list(tc->mask_null, tc->n_mask_null, col->name))
+            col->mask = 'n';
+    }
+    char **lists[4] = {tc->columns_include, tc->columns_exclude, tc->mask_hash, tc->mask_null};
+    size_t ns[4] = {tc->n_columns_include, tc->n_columns_exclude, tc->n_mask_hash, tc->n_mask_null};
+    static const char *keys[4] = {"columns_include", "columns_exclude", "mask_hash", "mask_null"};
+    for (int l = 0; l < 4; l++)
+        for (size_t k = 0; k < ns[l]; k++) {
+            bool found = false;
+            for (int i = 0; i < rel->ncols && !found; i++)
+                found = strcmp(rel->cols[i].name, lists[l][k]) == 0;
+            if (!found)
+                LOG_WARN(c->src->name, "cdc: table %s.%s has no column '%s' (%s); check the name",
+                         rel->nspname, rel->relname, lists[l][k], keys[l]);
+        }
+}
+
 static rel_entry_t *entry_for(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char *errstr,
                               size_t errstr_size)
 {
@@ -1493,6 +1623,7 @@ static rel_entry_t *entry_for(outboxd_cdc_t *c, const outboxd_pgo_relation_t *re
         if (resolve(c, col, errstr, errstr_size) < 0)
             goto fail;
     }
+    apply_filters(c, e, rel);
     if (key_columns(c, e, errstr, errstr_size) < 0)
         goto fail;
     const char *prefix = tc->topic_prefix ? tc->topic_prefix : c->src->name;
@@ -1812,13 +1943,40 @@ static int write_row(outboxd_cdc_t *c, writer_t *w, const rel_entry_t *e,
                    : -1;
     if (w->avro ? !outboxd_avro_write_long(w->out, 1) : !outboxd_buf_append_str(w->out, "{"))
         return -1;
+    bool first = true;
     for (int i = 0; i < e->ncols; i++) {
+        const col_t *col = &e->cols[i];
         const outboxd_pgo_datum_t *d = i < t->ncols ? &t->cols[i] : NULL;
-        if (!w->avro && ((i > 0 && !outboxd_buf_append_str(w->out, ",")) ||
-                         !json_str(w->out, e->cols[i].name, strlen(e->cols[i].name)) ||
+        if (col->excluded)
+            continue;
+        if (!w->avro && ((!first && !outboxd_buf_append_str(w->out, ",")) ||
+                         !json_str(w->out, col->name, strlen(col->name)) ||
                          !outboxd_buf_append_str(w->out, ":")))
             return -1;
-        int r = write_field(c, w, &e->cols[i], d, true, reason, reason_size);
+        first = false;
+        int r;
+        if (col->mask == 'n' || (col->mask == 'h' && d && d->kind == 't')) {
+            /* masked: null, or the hash of the text as a string column */
+            val_t v = {.tag = V_NULL};
+            char hex[65];
+            if (col->mask == 'h') {
+                outboxd_cdc_sha256_hex(d->data, d->len, hex);
+                v.tag = V_STR;
+                v.s = hex;
+                v.n = 64;
+            }
+            bool ok = w->avro ? outboxd_avro_write_long(w->out, v.tag == V_NULL ? 0 : 1) &&
+                                    avro_val(w->out, &v)
+                              : json_val(w->out, &v);
+            r = ok ? 0 : -1;
+        } else if (col->mask == 'h') {
+            col_t s1 = *col; /* NULL or the placeholder, as a string column */
+            s1.kind = OUTBOXD_CDC_T_STRING;
+            s1.array = false;
+            r = write_field(c, w, &s1, d, true, reason, reason_size);
+        } else {
+            r = write_field(c, w, col, d, true, reason, reason_size);
+        }
         if (r)
             return r;
     }
@@ -2100,16 +2258,27 @@ static void add_header(outboxd_record_t *rec, const char *name, const char *valu
     rec->n_headers++;
 }
 
-static json_t *row_obj(const outboxd_pgo_relation_t *rel, const outboxd_pgo_tuple_t *t, size_t cap)
+/* A row image as {"column": "text" | null}; filters and masks applied
+ * (a dead letter must not leak what the events leave out). */
+static json_t *row_obj(const outboxd_pgo_relation_t *rel, const rel_entry_t *e,
+                       const outboxd_pgo_tuple_t *t, size_t cap)
 {
     if (!t || t->ncols == 0)
         return json_null();
     json_t *o = json_object();
     for (int i = 0; o && i < rel->ncols && i < t->ncols; i++) {
         const outboxd_pgo_datum_t *d = &t->cols[i];
-        json_t *v = d->kind == 'n'   ? json_null()
-                    : d->kind == 'u' ? json_string(UNAVAILABLE)
-                                     : json_stringn_nocheck(d->data, d->len > cap ? cap : d->len);
+        const col_t *col = e && i < e->ncols ? &e->cols[i] : NULL;
+        if (col && col->excluded)
+            continue;
+        char hex[65];
+        if (col && col->mask == 'h' && d->kind == 't')
+            outboxd_cdc_sha256_hex(d->data, d->len, hex);
+        json_t *v = d->kind == 'n' || (col && col->mask == 'n') ? json_null()
+                    : d->kind == 'u'                            ? json_string(UNAVAILABLE)
+                    : col && col->mask == 'h'
+                        ? json_string(hex)
+                        : json_stringn_nocheck(d->data, d->len > cap ? cap : d->len);
         if (!v || json_object_set_new(o, rel->cols[i].name, v) < 0) {
             json_decref(o);
             return NULL;
@@ -2124,6 +2293,17 @@ static int add_dead_letter(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, 
                            const outboxd_cdc_source_t *si, const char *reason, char *errstr,
                            size_t errstr_size)
 {
+    /* The entry gives the filters and masks; without one built for these
+     * columns nothing can be filtered, so a filtered table's dead letter
+     * then holds no row images. */
+    const rel_entry_t *e = NULL;
+    for (size_t i = 0; i < c->n_rels; i++)
+        if (c->rels[i].oid == rel->oid && same_columns(&c->rels[i], rel))
+            e = &c->rels[i];
+    const outboxd_table_conf_t *tc = outboxd_cdc_table(c, rel->nspname, rel->relname);
+    if (!e && tc &&
+        (tc->n_columns_include || tc->n_columns_exclude || tc->n_mask_hash || tc->n_mask_null))
+        before = after = NULL;
     c->n_slots = 0;
     rec_slot_t *s = slot(c);
     char *text = NULL;
@@ -2131,8 +2311,8 @@ static int add_dead_letter(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, 
         size_t cap = pass == 0 ? SIZE_MAX : DL_VALUE_CAP;
         char ops[2] = {op, '\0'};
         json_t *o = json_pack("{s:s,s:s,s:s,s:o,s:o}", "op", ops, "schema", rel->nspname, "table",
-                              rel->relname, "before", row_obj(rel, before, cap), "after",
-                              row_obj(rel, after, cap));
+                              rel->relname, "before", row_obj(rel, e, before, cap), "after",
+                              row_obj(rel, e, after, cap));
         if (!o)
             break;
         text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

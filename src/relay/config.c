@@ -782,6 +782,10 @@ static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line,
 static bool parse_debezium(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_table_name(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_cols_include(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_cols_exclude(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_mask_hash(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_mask_null(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_window_relay(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_window_source(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 
@@ -1000,6 +1004,24 @@ static const key_spec_t table_spec[] = {
     {KEY("truncate_events", K_BOOL, outboxd_table_conf_t, truncate_events), .def_num = 0},
     {KEY("snapshot", K_ENUM, outboxd_table_conf_t, snapshot), .names = snapshot_names,
      .def_num = OUTBOXD_SNAPSHOT_INITIAL},
+    {.key = "columns_include",
+     .kind = K_CUSTOM,
+     .custom = parse_cols_include,
+     .hint = "a list of column names"},
+    {.key = "columns_exclude",
+     .kind = K_CUSTOM,
+     .custom = parse_cols_exclude,
+     .hint = "a list of column names"},
+    {.key = "mask_hash",
+     .kind = K_CUSTOM,
+     .custom = parse_mask_hash,
+     .hint = "a list of column names"},
+    {KEY("row_filter", K_STR, outboxd_table_conf_t, row_filter),
+     .hint = "an SQL boolean expression over the table's columns"},
+    {.key = "mask_null",
+     .kind = K_CUSTOM,
+     .custom = parse_mask_null,
+     .hint = "a list of column names"},
     {0}};
 
 static const key_spec_t message_spec[] = {
@@ -1563,6 +1585,60 @@ static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line,
     return true;
 }
 
+/* A list of distinct column names (the cdc filters and masks). */
+static bool parse_col_list(ctx_t *c, const node_t *n, const char *path, int line, char ***out,
+                           size_t *n_out)
+{
+    if (is_null(n))
+        return true;
+    if (!want(c, n, N_SEQ, path, line, "a list of column names"))
+        return false;
+    if (n->n_kids == 0)
+        return true;
+    *out = calloc(n->n_kids, sizeof(char *));
+    if (!*out)
+        return oom(c, line, path);
+    char child[PATH_LEN];
+    for (size_t i = 0; i < n->n_kids; i++) {
+        const node_t *item = n->kids[i];
+        join_index(child, path, i);
+        if (!scalar_text(c, item, child, item->line, "a column name", true, false, &(*out)[i]))
+            return false;
+        *n_out = i + 1;
+        if (!check_column(c, (*out)[i], child, item->line))
+            return false;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp((*out)[j], (*out)[i]) == 0)
+                return fail(c, item->line, child, "duplicate column '%.100s' (first at line %d)",
+                            (*out)[i], n->kids[j]->line);
+    }
+    return true;
+}
+
+static bool parse_cols_include(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_table_conf_t *t = base;
+    return parse_col_list(c, n, path, line, &t->columns_include, &t->n_columns_include);
+}
+
+static bool parse_cols_exclude(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_table_conf_t *t = base;
+    return parse_col_list(c, n, path, line, &t->columns_exclude, &t->n_columns_exclude);
+}
+
+static bool parse_mask_hash(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_table_conf_t *t = base;
+    return parse_col_list(c, n, path, line, &t->mask_hash, &t->n_mask_hash);
+}
+
+static bool parse_mask_null(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_table_conf_t *t = base;
+    return parse_col_list(c, n, path, line, &t->mask_null, &t->n_mask_null);
+}
+
 /*
  * tables[].debezium: Debezium's property names and values verbatim (a
  * connector config's transforms.<name>.* and converter entries); checked
@@ -1982,6 +2058,14 @@ static void free_table(outboxd_table_conf_t *t)
     free(t->columns.timestamp);
     free(t->allowed_topics);
     free(t->topic_prefix);
+    free(t->row_filter);
+    char **lists[4] = {t->columns_include, t->columns_exclude, t->mask_hash, t->mask_null};
+    size_t ns[4] = {t->n_columns_include, t->n_columns_exclude, t->n_mask_hash, t->n_mask_null};
+    for (int l = 0; l < 4; l++) {
+        for (size_t k = 0; lists[l] && k < ns[l]; k++)
+            free(lists[l][k]);
+        free(lists[l]);
+    }
     for (size_t i = 0; i < t->n_header_columns; i++)
         free(t->header_columns[i]);
     free(t->header_columns);

@@ -488,6 +488,17 @@ static bool schema_seen(const outboxd_source_conf_t *src, size_t n, const char *
     return false;
 }
 
+/* A cdc table's row_filter as a PostgreSQL 15 publication WHERE clause
+ * (older servers are told in check_row_filter). */
+static bool append_row_filter(check_t *c, outboxd_buf_t *sql, const outboxd_table_conf_t *t)
+{
+    if (!t->row_filter || c->server_version < 150000)
+        return true;
+    return outboxd_buf_printf(sql, " WHERE (%s)", t->row_filter);
+}
+
+static void check_row_filter(check_t *c, const outboxd_table_conf_t *t);
+
 /* "CREATE PUBLICATION ..." for this source's tables, as run and as suggested. */
 static bool create_publication_sql(check_t *c, outboxd_buf_t *sql)
 {
@@ -510,7 +521,8 @@ static bool create_publication_sql(check_t *c, outboxd_buf_t *sql)
          * needed: pgoutput refuses to start without publication_names. */
         for (size_t i = 0; ok && i < src->n_tables; i++)
             ok = outboxd_buf_append_str(sql, i == 0 ? " FOR TABLE " : ", ") &&
-                 append_table(c->conn, sql, &src->tables[i]);
+                 append_table(c->conn, sql, &src->tables[i]) &&
+                 append_row_filter(c, sql, &src->tables[i]);
     }
     /* Otherwise rows of a partitioned outbox arrive under the partitions'
      * names, which match no configured table. */
@@ -523,7 +535,8 @@ static bool alter_add_table_sql(check_t *c, const outboxd_table_conf_t *t, outbo
 {
     return outboxd_buf_append_str(sql, "ALTER PUBLICATION ") &&
            append_ident(c->conn, sql, c->src->publication) &&
-           outboxd_buf_append_str(sql, " ADD TABLE ") && append_table(c->conn, sql, t);
+           outboxd_buf_append_str(sql, " ADD TABLE ") && append_table(c->conn, sql, t) &&
+           append_row_filter(c, sql, t);
 }
 
 static void identity_problem(check_t *c, const outboxd_table_conf_t *t, const char *what)
@@ -771,7 +784,8 @@ static void check_publication(check_t *c)
     c->pub_exists = true;
     bool need_update = false;
     for (size_t i = 0; i < src->n_tables; i++)
-        if (src->tables[i].on_update != OUTBOXD_UPDATE_SKIP)
+        if (src->tables[i].on_update != OUTBOXD_UPDATE_SKIP ||
+            src->tables[i].mode == OUTBOXD_MODE_CDC) /* cdc: every change */
             need_update = true;
     publish_ops_problem(c, pub, src->n_tables > 0, need_update);
     bool publishes_upd_del = field_true(pub, 0, 1) || field_true(pub, 0, 2);
@@ -817,9 +831,44 @@ static void check_publication(check_t *c)
         }
         if (!ts->has_identity && publishes_upd_del)
             identity_problem(c, t, "");
+        if (t->row_filter)
+            check_row_filter(c, t);
         if (t->mode == OUTBOXD_MODE_OUTBOX && c->server_version >= 150000)
             check_column_list(c, t, ts);
     }
+}
+
+/* A configured row_filter the publication does not have (it was made
+ * before the key was set, or on a server before 15). */
+static void check_row_filter(check_t *c, const outboxd_table_conf_t *t)
+{
+    if (c->server_version < 150000) {
+        problem(c,
+                "table %s.%s: row_filter needs PostgreSQL 15 or later (publication WHERE); "
+                "remove it or upgrade",
+                t->schema, t->name);
+        return;
+    }
+    const char *params[3] = {c->src->publication, t->schema, t->name};
+    PGresult *res = query(c, "check the publication's row filter",
+                          "SELECT rowfilter IS NULL FROM pg_catalog.pg_publication_tables "
+                          "WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                          3, params);
+    if (!res)
+        return;
+    bool none = PQntuples(res) > 0 && PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!none)
+        return;
+    outboxd_buf_t fix = {0};
+    bool ok = outboxd_buf_append_str(&fix, "ALTER PUBLICATION ") &&
+              append_ident(c->conn, &fix, c->src->publication) &&
+              outboxd_buf_append_str(&fix, " DROP TABLE ") && append_table(c->conn, &fix, t) &&
+              outboxd_buf_append_str(&fix, "; ") && alter_add_table_sql(c, t, &fix);
+    problem(c, "publication '%s' publishes every row of %s.%s but row_filter is set; run: %s",
+            c->src->publication, t->schema, t->name,
+            ok ? fix.data : "ALTER PUBLICATION ... DROP TABLE ...; ... ADD TABLE ... WHERE (...)");
+    outboxd_buf_free(&fix);
 }
 
 static void missing_slot(check_t *c)

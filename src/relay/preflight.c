@@ -34,6 +34,21 @@ static int check_properties(const outboxd_config_t *conf, outboxd_buf_t *report)
 int outboxd_preflight_check(const outboxd_config_t *conf, outboxd_buf_t *report)
 {
     int problems = 0;
+    for (size_t i = 0; i < conf->n_sources; i++) {
+        const outboxd_source_conf_t *src = &conf->sources[i];
+        for (size_t j = 0; j < src->n_tables; j++) {
+            const outboxd_table_conf_t *t = &src->tables[j];
+            if (t->row_filter &&
+                (t->mode != OUTBOXD_MODE_CDC || src->publication_scope != OUTBOXD_PUB_TABLES)) {
+                problems++;
+                outboxd_buf_printf(report,
+                                   "%s:%d: sources[%zu].tables[%zu].row_filter: only for mode cdc "
+                                   "tables of a source with publication_scope: tables (a "
+                                   "publication WHERE applies to FOR TABLE entries)\n",
+                                   conf->path, t->line, i, j);
+            }
+        }
+    }
     int bad = check_properties(conf, report);
     problems += bad;
     if (bad == 0) {

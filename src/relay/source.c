@@ -516,15 +516,13 @@ static int cdc_emit(void *opaque, const outboxd_record_t *rec, bool dead_letter,
 static int handle_cdc(outboxd_source_t *s, const outboxd_pgo_msg_t *msg,
                       const outboxd_change_ctx_t *ctx)
 {
-    const outboxd_pgo_relation_t *rels[64];
-    int nrels = 0;
+    int nrels = 1; /* relations of this change: one, or the truncated ones */
     char op;
     const outboxd_pgo_tuple_t *before = NULL, *after = NULL;
     switch (msg->kind) {
     case OUTBOXD_PGO_INSERT:
     case OUTBOXD_PGO_UPDATE:
     case OUTBOXD_PGO_DELETE:
-        rels[nrels++] = msg->u.change.rel;
         op = msg->kind == OUTBOXD_PGO_INSERT ? 'c' : msg->kind == OUTBOXD_PGO_UPDATE ? 'u' : 'd';
         if (msg->u.change.old_kind)
             before = &msg->u.change.old_tuple;
@@ -533,12 +531,7 @@ static int handle_cdc(outboxd_source_t *s, const outboxd_pgo_msg_t *msg,
         break;
     case OUTBOXD_PGO_TRUNCATE:
         op = 't';
-        for (int i = 0; i < msg->u.truncate.nrels && nrels < 64; i++) {
-            const outboxd_pgo_relation_t *r =
-                outboxd_pgo_relation_get(s->dec, msg->u.truncate.rel_oids[i]);
-            if (r)
-                rels[nrels++] = r;
-        }
+        nrels = msg->u.truncate.nrels;
         break;
     default:
         return 1;
@@ -552,7 +545,9 @@ static int handle_cdc(outboxd_source_t *s, const outboxd_pgo_msg_t *msg,
     };
     bool any = false;
     for (int i = 0; i < nrels; i++) {
-        const outboxd_pgo_relation_t *rel = rels[i];
+        const outboxd_pgo_relation_t *rel =
+            op == 't' ? outboxd_pgo_relation_get(s->dec, msg->u.truncate.rel_oids[i])
+                      : msg->u.change.rel;
         if (!rel || !outboxd_cdc_table(s->cdc, rel->nspname, rel->relname))
             continue;
         any = true;
@@ -588,7 +583,7 @@ static int handle_cdc(outboxd_source_t *s, const outboxd_pgo_msg_t *msg,
         if (r < 0)
             return r;
     }
-    return any || msg->kind == OUTBOXD_PGO_TRUNCATE ? 0 : 1;
+    return any ? 0 : 1; /* the router sees what it saw before cdc existed */
 }
 
 static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outboxd_lsn_t wal_start)

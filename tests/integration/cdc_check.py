@@ -369,6 +369,36 @@ def check_alter(a):
     return 1 if ck.errors else 0
 
 
+def check_pii(a):
+    """columns_exclude / mask_hash / mask_null on table pii (Avro)."""
+    recs = consume(a.bootstrap, a.registry, a.topic, a.rows)
+    ck = Checker()
+    if len(recs) != a.rows:
+        ck.errors.append("%d records, want %d" % (len(recs), a.rows))
+    for i, r in enumerate(recs):
+        after = r["value"]["after"]
+        rid = after["id"]
+        ck.eq("record %d fields" % i, sorted(after), ["email", "id", "keep", "ssn"])
+        ck.eq("record %d email" % i, after["email"],
+              hashlib.sha256(("user%d@example.com" % rid).encode()).hexdigest())
+        ck.eq("record %d ssn" % i, after["ssn"], None)
+        ck.eq("record %d keep" % i, after["keep"], rid * 2)
+        if b"secret" in r["raw_value"] or b"example.com" in r["raw_value"]:
+            ck.errors.append("record %d leaks a filtered or masked value" % i)
+    for e in ck.errors:
+        print("cdc_check: MISMATCH %s" % e, file=sys.stderr)
+    print("cdc_check: %d filtered/masked records checked" % len(recs), file=sys.stderr)
+    return 1 if ck.errors else 0
+
+
+def check_rowfilter(a):
+    """row_filter "status <> 'draft'": only the paid rows (ids 2 and 4)."""
+    recs = consume(a.bootstrap, None, a.topic, 2)
+    ids = sorted(r["value"]["after"]["id"] for r in recs)
+    print("cdc_check: row filter passed ids %s" % ids, file=sys.stderr)
+    return 0 if ids == [2, 4] else 1
+
+
 def check_json(a):
     recs = consume(a.bootstrap, None, a.topic, a.rows)
     ck = Checker()
@@ -405,7 +435,7 @@ def main():
         print(sql_changes(int(sys.argv[2])))
         return 0
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["types", "alter", "json"])
+    ap.add_argument("cmd", choices=["types", "alter", "json", "pii", "rowfilter"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--registry")
     ap.add_argument("--topic", required=True)
@@ -414,7 +444,7 @@ def main():
     ap.add_argument("--per", type=int, default=20)
     ap.add_argument("--schemas", type=int, default=1)
     a = ap.parse_args()
-    return {"types": check_types, "alter": check_alter, "json": check_json}[a.cmd](a)
+    return {"types": check_types, "alter": check_alter, "json": check_json, "pii": check_pii, "rowfilter": check_rowfilter}[a.cmd](a)
 
 
 if __name__ == "__main__":

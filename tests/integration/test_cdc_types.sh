@@ -8,7 +8,9 @@
 # image), delete (with tombstones), truncate. A Python consumer
 # (confluent-kafka AvroDeserializer) decodes key and value of each event and
 # compares every value with what was written; a second table in JSON
-# (JsonConverter shape, schemas.enable and not) is checked the same way.
+# (JsonConverter shape, schemas.enable and not) is checked the same way, and
+# a third with columns_exclude / mask_hash / mask_null, and a fourth with a
+# row_filter (a PostgreSQL 15 publication WHERE made by outboxd check).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 # shellcheck disable=SC1091
@@ -25,6 +27,8 @@ psql_db postgres -c "CREATE DATABASE \"$DB\"" >/dev/null
 "$PY" "$here/cdc_check.py" sql-schema "$CHUNKS" | psql_db "$DB" >/dev/null
 psql_db "$DB" -c "CREATE TABLE j (id integer PRIMARY KEY, c_tstz timestamptz, c_num numeric(10,3))" >/dev/null
 psql_db "$DB" -c "CREATE TABLE js (LIKE j INCLUDING ALL)" >/dev/null
+psql_db "$DB" -c "CREATE TABLE rf (id integer PRIMARY KEY, status text)" >/dev/null
+psql_db "$DB" -c "CREATE TABLE pii (id integer PRIMARY KEY, email text, ssn text, keep integer, drop_me text)" >/dev/null
 
 # Large records: the topic, the producer and the relay must all take them.
 max=$((BIG_MB * 3 * 1048576 + 1048576))
@@ -66,15 +70,34 @@ sources:
         format: json
         json_schemas: false
         topic: "$RUN_ID.js"
+      - table: public.pii
+        mode: cdc
+        snapshot: never
+        topic: "$RUN_ID.pii"
+        columns_exclude: [drop_me]
+        mask_hash: [email]
+        mask_null: [ssn]
+      - table: public.rf
+        mode: cdc
+        snapshot: never
+        format: json
+        json_schemas: false
+        topic: "$RUN_ID.rf"
+        row_filter: "status <> 'draft'"
 EOF2
 prepare_sources "$WORK/outboxd.yaml"
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
 
 "$PY" "$here/cdc_check.py" sql-changes "$CHUNKS" | psql_db "$DB" >/dev/null
+psql_db "$DB" -c "INSERT INTO rf VALUES (1, 'draft'), (2, 'paid'), (3, 'draft'), (4, 'paid')" >/dev/null
+rowfilter=$(psql_db "$DB" -c "SELECT rowfilter FROM pg_publication_tables WHERE tablename = 'rf'")
+log "publication row filter of rf (made by outboxd check): $rowfilter"
+[ -n "$rowfilter" ] || fail "outboxd check created the publication without rf's row filter"
 for i in 1 2 3; do
     psql_db "$DB" -c "INSERT INTO j VALUES ($i, '2026-11-24 12:00:00.5+02', $i.125)" >/dev/null
     psql_db "$DB" -c "INSERT INTO js VALUES ($i, '2026-11-24 12:00:00.5+02', $i.125)" >/dev/null
+    psql_db "$DB" -c "INSERT INTO pii VALUES ($i, 'user$i@example.com', 'secret-$i', $((i * 2)), 'secret too')" >/dev/null
 done
 wait_drained "$DB" "${DB}_${RUN_ID}" 300
 kill -0 "$relay" 2>/dev/null || fail "relay exited"
@@ -85,6 +108,12 @@ kill -0 "$relay" 2>/dev/null || fail "relay exited"
     fail "JSON (schemas.enable) events do not match"
 "$PY" "$here/cdc_check.py" json --bootstrap "$KAFKA_BOOTSTRAP" --topic "$RUN_ID.js" --rows 3 --schemas 0 ||
     fail "JSON events do not match"
+
+"$PY" "$here/cdc_check.py" pii --bootstrap "$KAFKA_BOOTSTRAP" --registry "$REGISTRY_URL" \
+    --topic "$RUN_ID.pii" --rows 3 || fail "filtered / masked events do not match"
+
+"$PY" "$here/cdc_check.py" rowfilter --bootstrap "$KAFKA_BOOTSTRAP" --topic "$RUN_ID.rf" ||
+    fail "the row filter let draft rows through or lost paid ones"
 
 grep -q "sent to dead-letter topic" "$WORK/relay.log" && fail "changes were dead-lettered"
 subjects=$(curl -sf "$REGISTRY_URL/subjects")

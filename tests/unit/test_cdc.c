@@ -389,6 +389,67 @@ static void test_avro_schemas(void **state)
     outboxd_config_destroy(conf);
 }
 
+static void test_sha256(void **state)
+{
+    (void)state;
+    char hex[65];
+    outboxd_cdc_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    outboxd_cdc_sha256_hex("", 0, hex);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"; /* 56 bytes */
+    outboxd_cdc_sha256_hex(m, strlen(m), hex);
+    assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}
+
+/* columns_exclude drops a column, mask_hash hashes one (a string column
+ * then), mask_null nulls one; the key keeps its columns; dead letters obey
+ * the same filters. */
+static void test_filters_and_masks(void **state)
+{
+    (void)state;
+    outboxd_config_t *conf = cdc_conf("        format: json\n        json_schemas: true\n"
+                                      "        columns_exclude: [note]\n"
+                                      "        mask_hash: [tags]\n"
+                                      "        mask_null: [amount, nosuch]\n");
+    char err[512];
+    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", err, sizeof(err));
+    assert_non_null(c);
+    outboxd_pgo_datum_t row[4] = {
+        {'t', "7", 1}, {'t', "12.50", 5}, {'t', "secret note", 11}, {'t', "abc", 3}};
+    outboxd_pgo_tuple_t after = {4, row};
+    outboxd_cdc_source_t si = {.lsn = 1, .commit_lsn = 2, .xid = 3, .commit_time_us = 4};
+    captured_t cap = {0};
+    assert_int_equal(
+        outboxd_cdc_change(c, &rel, 'c', NULL, &after, &si, capture, &cap, err, sizeof(err)), 0);
+    assert_int_equal(cap.n, 1);
+    json_error_t je;
+    json_t *v = json_loads(cap.value[0].data, 0, &je);
+    assert_non_null(v);
+    json_t *a = json_object_get(json_object_get(v, "payload"), "after");
+    assert_null(json_object_get(a, "note"));
+    assert_true(json_is_null(json_object_get(a, "amount")));
+    assert_string_equal(json_string_value(json_object_get(a, "tags")),
+                        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_int_equal(json_integer_value(json_object_get(a, "id")), 7);
+    assert_null(strstr(cap.value[0].data, "secret"));
+    assert_null(strstr(cap.value[0].data, "\"field\":\"note\""));
+    json_decref(v);
+    captured_free(&cap);
+    /* a dead letter (a bad id) keeps the filters */
+    outboxd_pgo_datum_t bad[4] = {
+        {'t', "x", 1}, {'t', "12.50", 5}, {'t', "secret note", 11}, {'t', "abc", 3}};
+    outboxd_pgo_tuple_t badt = {4, bad};
+    assert_int_equal(
+        outboxd_cdc_change(c, &rel, 'c', NULL, &badt, &si, capture, &cap, err, sizeof(err)), 0);
+    assert_true(cap.dead[0]);
+    assert_null(strstr(cap.value[0].data, "secret"));
+    assert_null(strstr(cap.value[0].data, "12.50"));
+    captured_free(&cap);
+    outboxd_cdc_destroy(c);
+    outboxd_config_destroy(conf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -398,6 +459,8 @@ int main(void)
         cmocka_unit_test(test_json_events),
         cmocka_unit_test(test_json_without_schemas),
         cmocka_unit_test(test_avro_schemas),
+        cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_filters_and_masks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

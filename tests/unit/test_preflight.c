@@ -89,6 +89,15 @@ static void test_cdc_snapshot_modes(void **state)
     outboxd_buf_free(&r);
     assert_int_equal(preflight("", "\n        mode: cdc\n        snapshot: never", &r), 0);
     outboxd_buf_free(&r);
+    /* a row filter is a publication WHERE of a cdc table */
+    assert_int_equal(preflight("", "\n        row_filter: \"x > 1\"", &r), 1);
+    assert_non_null(strstr(r.data, "tables[0].row_filter: only for mode cdc"));
+    outboxd_buf_free(&r);
+    assert_int_equal(
+        preflight("", "\n        mode: cdc\n        snapshot: never\n        row_filter: \"x > 1\"",
+                  &r),
+        0);
+    outboxd_buf_free(&r);
 }
 
 int main(void)

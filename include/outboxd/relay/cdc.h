@@ -20,7 +20,13 @@
  * Ownership: the relation, tuples and source info are borrowed for the call
  * only; nothing is kept (the relation's columns are copied into a per-oid
  * cache and compared on every call, so a caller may build the relation
- * itself, e.g. from the catalog for a snapshot). A record passed to emit
+ * itself, e.g. from the catalog for a snapshot: then give it what pgoutput's
+ * Relation message would carry (oid, nspname, relname, relreplident, and
+ * the columns in attnum order without dropped and generated ones, with
+ * atttypid, atttypmod and is_key = part of the replica identity index or,
+ * for the default identity, the primary key), or every alternation between
+ * the two shapes builds (and registers) the schema again). A record passed
+ * to emit
  * (topic, key, value, headers) points into the instance's buffers and is
  * valid only during that emit call; the sink copies what it produces.
  */
@@ -160,5 +166,8 @@ outboxd_cdc_kind_t outboxd_cdc_kind(uint32_t type_oid, int32_t typmod);
  */
 int outboxd_cdc_json_value(outboxd_cdc_kind_t kind, int32_t typmod, const char *text, size_t len,
                            outboxd_buf_t *out, char *reason, size_t reason_size);
+
+/* Hex SHA-256 of data (mask_hash), exposed for tests. */
+void outboxd_cdc_sha256_hex(const void *data, size_t len, char out[65]);
 
 #endif

@@ -107,7 +107,15 @@ typedef struct outboxd_table_conf {
     bool tombstones_on_delete; /* default true */
     bool truncate_events;      /* op t events; default false (Debezium's skipped.operations=t) */
     int snapshot;              /* outboxd_snapshot_mode_t, default initial */
-    int line;                  /* line of this entry in the YAML, for messages */
+    /* column filters and masks (names; n 0: none). include: only these
+     * columns in before/after; exclude: never these. mask_hash: the hex
+     * SHA-256 of the value's text; mask_null: always null. */
+    char **columns_include, **columns_exclude, **mask_hash, **mask_null;
+    size_t n_columns_include, n_columns_exclude, n_mask_hash, n_mask_null;
+    /* SQL boolean expression: the publication's row filter (PostgreSQL 15
+     * publication WHERE, set by outboxd check); NULL: every row */
+    char *row_filter;
+    int line; /* line of this entry in the YAML, for messages */
 } outboxd_table_conf_t;
 
 /*
