@@ -15,7 +15,13 @@
 #
 #   bench/profile.sh [N] [ROWS_PER_TXN] [PAYLOAD_BYTES]
 #   BENCH_RUNS (default 1) drains of the same backlog, each with its own slot;
-#   BENCH_KAFKA_PROPS, BENCH_RELAY_KEYS: see common.sh (to compare settings);
+#   BENCH_KAFKA_PROPS, BENCH_RELAY_KEYS: see common.sh;
+#   BENCH_VARIANTS="a b c": compare settings on the same backlog, one drain
+#     per variant and round (BENCH_RUNS rounds, variants alternating), each
+#     variant a comma-separated list of librdkafka properties and relay.
+#     keys, "-" for the defaults, e.g.
+#     BENCH_VARIANTS="- linger.ms=20 compression.type=lz4 relay.max_batch_events=20000"
+#     prints a table of CPU per 100k events and commits per variant;
 #   BENCH_OUT: a directory to keep perf.data, the folded stacks and the logs.
 source "$(dirname "$0")/common.sh"
 N=${1:-200000}
@@ -30,7 +36,9 @@ mkdir -p "$OUT"
     exit 2
 }
 bench_db bench_prof
-for i in $(seq 1 "$RUNS"); do
+read -r -a VARS <<<"${BENCH_VARIANTS:--}"
+NRUNS=$((RUNS * ${#VARS[@]}))
+for i in $(seq 1 "$NRUNS"); do
     q -c "SELECT pg_create_logical_replication_slot('prof_$i', 'pgoutput')" >/dev/null
 done
 if [ "$PAYLOAD" -eq 0 ]; then
@@ -59,10 +67,17 @@ thread_cpu() {
     done | awk '{sub(/[0-9]+$/, "", $1); c[$1] += $2} END {for (k in c) print k, c[k]}' | sort -k2 -nr
 }
 
-for i in $(seq 1 "$RUNS"); do
+for i in $(seq 1 "$NRUNS"); do
     cfg=$WORK/outboxd.$i.yaml
     log=$OUT/relay.$i.log
-    BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-debug} bench_config "$cfg" "prof_$i" "bench_prof_$i" "prof$i"
+    var=${VARS[$(((i - 1) % ${#VARS[@]}))]}
+    kprops=${BENCH_KAFKA_PROPS:-} rkeys=${BENCH_RELAY_KEYS:-}
+    for kv in ${var//,/ }; do
+        case $kv in -) ;; relay.*) rkeys="$rkeys ${kv#relay.}" ;; *) kprops="$kprops $kv" ;; esac
+    done
+    BENCH_KAFKA_PROPS=$kprops BENCH_RELAY_KEYS=$rkeys BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-debug} \
+        bench_config "$cfg" "prof_$i" "bench_prof_$i" "prof$i"
+    echo "profile: run $i: variant $var"
     [ -z "${BENCH_STATS_MS:-}" ] || sed -i "s/^  transactional_id_prefix: bench$/&\n  properties:\n    statistics.interval.ms: \"$BENCH_STATS_MS\"/" "$cfg"
     grep -q '^  properties:' "$cfg" && [ "$(grep -c '^  properties:' "$cfg")" -gt 1 ] && {
         echo "bench: BENCH_STATS_MS with BENCH_KAFKA_PROPS: put statistics.interval.ms in BENCH_KAFKA_PROPS" >&2
@@ -99,6 +114,9 @@ for i in $(seq 1 "$RUNS"); do
     n=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t "prof$i.order" --idle-ms 3000 2>/dev/null | sed -n 's/^okcat: consumed=//p')
     echo "profile: run $i: drained $N events in $((t1 - t0)) ms ($((N * 1000 / (t1 - t0 > 0 ? t1 - t0 : 1))) events/s wall, machine load $(cut -d' ' -f1 /proc/loadavg)); read back ${n:-0}"
     echo "profile: run $i: relay CPU $((c1 - c0)) ms = $(((c1 - c0) * 100000 / N)) ms per 100k events"
+    commits=$(grep -E "published [0-9]+ events" "$log" | tail -n 1 | sed -n 's/.* \([0-9]*\) Kafka transactions.*/\1/p')
+    wait_ms=$(grep -E "commit wait:" "$log" | tail -n 1 | sed -n 's/.*commit wait: \([0-9.]*\) ms.*/\1/p')
+    echo "$var $((c1 - c0)) ${commits:-0} ${wait_ms:-0} $((t1 - t0)) ${n:-0}" >>"$WORK/variants"
     join -a1 <(sort "$WORK/threads1") <(sort "$WORK/threads0") |
         awk -v n="$N" '{d = $2 - ($3 ? $3 : 0); if (d > 0) printf "profile: run %d:   thread %-16s %6d ms CPU, %5d ms per 100k events\n", '"$i"', $1, d, d * 100000 / n}'
     grep -E "published [0-9]+ events" "$log" | tail -n 1 | sed "s/^/profile: run $i: relay: /"
@@ -126,3 +144,10 @@ for i in $(seq 1 "$RUNS"); do
         awk -f "$ROOT/bench/profile_areas.awk" "$OUT/profile.$i.folded" | sed "s/^/profile: run $i:   /"
     fi
 done
+if [ "${#VARS[@]}" -gt 1 ] || [ "$RUNS" -gt 1 ]; then
+    echo "profile: per variant over $RUNS round(s), $N events each: median relay CPU per 100k events, Kafka commits, share of the drain the source thread waited in commits, wall ms (noisy), runs whose read-back differed"
+    awk -v n="$N" '
+        function median(list,   a, k, i, j, t) { k = split(list, a, " "); for (i = 2; i <= k; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t } return a[int((k + 1) / 2)] }
+        { cpu[$1] = cpu[$1] " " $2 * 100000 / n; com[$1] = com[$1] " " $3; w[$1] = w[$1] " " ($5 ? 100 * $4 / $5 : 0); wall[$1] = wall[$1] " " $5; if ($6 != n) bad[$1]++; if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 } }
+        END { for (i = 1; i <= k; i++) { v = order[i]; printf "profile: %-40s cpu/100k %5.0f ms  commits %4d  commit wait %3.0f%%  wall %6d ms  bad %d\n", v, median(cpu[v]), median(com[v]), median(w[v]), median(wall[v]), bad[v] } }' "$WORK/variants"
+fi
