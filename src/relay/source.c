@@ -162,6 +162,8 @@ struct outboxd_source {
     atomic_bool commit_done;
     uint64_t n_read_ahead;     /* messages read while a commit ran */
     int64_t last_tick_seen_ms; /* coarse clock at the last stats tick */
+    bool msg_from_libpq;       /* the message being handled is in libpq's buffer */
+    bool no_read_ahead;        /* a commit now must not read the stream (see handle_change) */
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -569,7 +571,7 @@ static void read_ahead_until_committed(outboxd_source_t *s)
 static outboxd_sink_status_t sink_commit(outboxd_source_t *s, const outboxd_checkpoint_t *ck,
                                          char *err, size_t err_size)
 {
-    if (!pipeline_ready(s))
+    if (s->no_read_ahead || !pipeline_ready(s))
         return outboxd_sink_commit(s->sink, ck, err, err_size);
     commit_job_t job = {.s = s, .ck = ck, .st = OUTBOXD_SINK_FATAL};
     atomic_store(&s->commit_done, false);
@@ -735,7 +737,12 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         return rewind_stream(s, "unexpected message");
     }
     if (batch_full(s)) {
-        int rc = commit_batch(s); /* split here: the transaction goes on */
+        /* Split here: the transaction goes on, and msg is used after the
+         * commit. Read from libpq, its data lives in libpq's buffer, which
+         * the next read (reading ahead) would free: commit without. */
+        s->no_read_ahead = s->msg_from_libpq;
+        int rc = commit_batch(s);
+        s->no_read_ahead = false;
         if (rc < 0)
             return rc;
     }
@@ -1046,7 +1053,9 @@ static int stream(outboxd_source_t *s)
         int rc = 0;
         switch (m.kind) {
         case OUTBOXD_REPL_DATA:
+            s->msg_from_libpq = !ahead;
             rc = handle_data(s, &m);
+            s->msg_from_libpq = false;
             break;
         case OUTBOXD_REPL_KEEPALIVE:
             if (!s->in_txn && !s->batch_open)
