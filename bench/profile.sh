@@ -124,7 +124,8 @@ for i in $(seq 1 "$NRUNS"); do
     awk '/ commit: [0-9]+ records flushed in / {
             for (j = 1; j <= NF; j++) { if ($j == "in" && $(j+2) == "ms,") f += $(j+1); if ($j == "EndTxn") e += $(j+1) }; k++ }
          END { if (k) printf "profile: run '"$i"': Kafka commits: %d, mean flush (waiting for produce acks) %.1f ms, mean EndTxn %.1f ms\n", k, f / k, e / k }' "$log"
-    grep -E "kafka stats" "$log" | tail -n 3 | sed "s/^/profile: run $i: /" || true
+    # intervals in which requests were answered (the last ones are idle)
+    grep -E "kafka stats .*rtt avg [0-9]*[1-9]" "$log" | tail -n 3 | sed "s/^/profile: run $i: /" || true
     if [ -n "$perf_pid" ]; then
         perf report -i "$OUT/perf.$i.data" --no-children --stdio --sort symbol -g none \
             --percent-limit 1.5 2>/dev/null | grep -E '^ +[0-9]' | head -n 30 |
