@@ -40,26 +40,44 @@ bench_db() {
             payload jsonb)" -c "CREATE PUBLICATION bench_pub FOR TABLE outbox"
 }
 
+# BENCH_KAFKA_PROPS="k=v k2=v2": librdkafka properties for the relay (e.g.
+# "linger.ms=5 compression.type=lz4"); printed as a kafka.properties block.
+bench_kafka_props() {
+    [ -n "${BENCH_KAFKA_PROPS:-}" ] || return 0
+    printf '%s\n' "  properties:"
+    local kv
+    for kv in $BENCH_KAFKA_PROPS; do printf '    %s: "%s"\n' "${kv%%=*}" "${kv#*=}"; done
+}
+
 # bench_config FILE SLOT [SOURCE [TOPIC_PREFIX]]: relay configuration for
 # database $DB (source name default $DB, topics "bench.<aggregatetype>").
+# BENCH_RELAY_KEYS="key=value ...": extra relay: keys (e.g.
+# "max_batch_events=10000").
 bench_config() {
-    printf '%s\n' \
-        "kafka:" \
-        "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" \
-        "  transactional_id_prefix: bench" \
-        "relay:" \
-        "  checkpoint_topic: bench.checkpoints" \
-        "  dead_letter_topic: bench.dlt" \
-        "  log_level: ${BENCH_LOG_LEVEL:-info}" \
-        "  producers_per_source: ${BENCH_PRODUCERS:-2}" \
-        "sources:" \
-        "  - name: ${3:-$DB}" \
-        "    dsn: \"host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER\"" \
-        "    slot: $2" \
-        "    publication: bench_pub" \
-        "    tables:" \
-        "      - table: public.outbox" \
-        "        topic: \"${4:-bench}.\${aggregatetype}\"" >"$1"
+    {
+        printf '%s\n' \
+            "kafka:" \
+            "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" \
+            "  transactional_id_prefix: bench"
+        bench_kafka_props
+        printf '%s\n' \
+            "relay:" \
+            "  checkpoint_topic: bench.checkpoints" \
+            "  dead_letter_topic: bench.dlt" \
+            "  log_level: ${BENCH_LOG_LEVEL:-info}" \
+            "  producers_per_source: ${BENCH_PRODUCERS:-2}"
+        local kv
+        for kv in ${BENCH_RELAY_KEYS:-}; do printf '  %s: %s\n' "${kv%%=*}" "${kv#*=}"; done
+        printf '%s\n' \
+            "sources:" \
+            "  - name: ${3:-$DB}" \
+            "    dsn: \"host=$PGHOST port=$PGPORT dbname=$DB user=$PGUSER\"" \
+            "    slot: $2" \
+            "    publication: bench_pub" \
+            "    tables:" \
+            "      - table: public.outbox" \
+            "        topic: \"${4:-bench}.\${aggregatetype}\""
+    } >"$1"
 }
 
 # slot_done SLOT LSN: true once the slot has confirmed LSN.

@@ -92,6 +92,15 @@ awk '{v[NR] = $1; if ($1 > 100) slow++} END {
     p50 = v[int(NR * 0.50 + 0.999999)]; p99 = v[int(NR * 0.99 + 0.999999)];
     printf "latency: relay kafka commits: n=%d p50=%.1f ms p99=%.1f ms max=%.1f ms over_100ms=%d\n", NR, p50, p99, v[NR], slow
 }' "$WORK/commits"
+# Where the slow ones went (sink debug lines "commit: N records flushed in
+# X ms, EndTxn Y ms"): waiting for the produce acknowledgements (broker
+# append, librdkafka queue) or the EndTxn round trip (transaction
+# coordinator: the transaction log write and its replication).
+awk '/ commit: [0-9]+ records flushed in / {
+        for (j = 1; j <= NF; j++) { if ($j == "in" && $(j+2) == "ms,") f = $(j+1); if ($j == "EndTxn") e = $(j+1) }
+        n++; tf += f; te += e
+        if (f + e > 100) { slow++; if (f > e) sf++; else se++; if (shown++ < 5) printf "latency: slow kafka commit at %s: flush %.1f ms, EndTxn %.1f ms\n", $1, f, e } }
+     END { if (n) printf "latency: kafka commits split: mean flush %.2f ms, mean EndTxn %.2f ms; of %d over 100 ms, %d mostly flush, %d mostly EndTxn\n", tf / n, te / n, slow, sf, se }' "$WORK/relay.log"
 awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN {
     printf "latency: cpu during the load (share of one core): relay %.0f%%, broker %.0f%%, postgres %.0f%% (2 cores in all)\n",
         100 * r / hz / s, 100 * b / hz / s, 100 * p / hz / s

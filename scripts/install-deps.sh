@@ -32,6 +32,8 @@ PACKAGES=(
   libhiredis-dev redis-server nginx jq
   # fuzzing (tests/fuzz, bench/fuzz.sh): clang 14 with libFuzzer
   clang-14 libfuzzer-14-dev libclang-rt-14-dev
+  # profiling the relay during a drain (bench/profile.sh, bench/README.md)
+  linux-perf
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

@@ -5,6 +5,7 @@
  */
 #include "outboxd/relay/sink.h"
 
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -196,6 +197,67 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     }
 }
 
+/*
+ * librdkafka statistics (only when kafka.properties sets
+ * statistics.interval.ms): one debug line per interval with what explains a
+ * drain rate or a commit time: per broker the request round trip, the time
+ * records wait in librdkafka's queue before a request is built and in the
+ * output buffer, and the produce requests sent; per topic the mean batch
+ * (records and bytes per partition request). Times in ms.
+ */
+static double window(json_t *o, const char *key, const char *field)
+{
+    return json_number_value(json_object_get(json_object_get(o, key), field)) / 1000.0;
+}
+
+static int stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+    outboxd_sink_t *s = opaque;
+    (void)rk;
+    if (outboxd_log_get_level() > OUTBOXD_LOG_DEBUG)
+        return 0;
+    json_t *root = json_loadb(json, json_len, 0, NULL);
+    if (!root)
+        return 0;
+    char line[2048];
+    size_t n = 0;
+    n += (size_t)snprintf(line + n, sizeof(line) - n, "%s: msgs in queue %lld, sent %lld",
+                          json_string_value(json_object_get(root, "name")),
+                          (long long)json_integer_value(json_object_get(root, "msg_cnt")),
+                          (long long)json_integer_value(json_object_get(root, "txmsgs")));
+    const char *key;
+    json_t *b;
+    json_object_foreach(json_object_get(root, "brokers"), key, b)
+    {
+        if (json_integer_value(json_object_get(b, "nodeid")) < 0 || n >= sizeof(line))
+            continue;
+        n += (size_t)snprintf(
+            line + n, sizeof(line) - n,
+            "; broker %lld: rtt avg %.1f p99 %.1f max %.1f, queue wait avg %.1f p99 %.1f, "
+            "outbuf avg %.1f, produce requests %lld",
+            (long long)json_integer_value(json_object_get(b, "nodeid")), window(b, "rtt", "avg"),
+            window(b, "rtt", "p99"), window(b, "rtt", "max"), window(b, "int_latency", "avg"),
+            window(b, "int_latency", "p99"), window(b, "outbuf_latency", "avg"),
+            (long long)json_integer_value(json_object_get(json_object_get(b, "req"), "Produce")));
+    }
+    json_t *t;
+    json_object_foreach(json_object_get(root, "topics"), key, t)
+    {
+        if (n >= sizeof(line))
+            break;
+        json_t *bs = json_object_get(t, "batchsize"), *bc = json_object_get(t, "batchcnt");
+        if (!json_integer_value(json_object_get(bc, "cnt")))
+            continue;
+        n += (size_t)snprintf(line + n, sizeof(line) - n,
+                              "; topic %s: batch avg %lld records %lld bytes", key,
+                              (long long)json_integer_value(json_object_get(bc, "avg")),
+                              (long long)json_integer_value(json_object_get(bs, "avg")));
+    }
+    LOG_DEBUG(s->src->name, "kafka stats %s", line);
+    json_decref(root);
+    return 0;
+}
+
 /* The source of the throw-away clients outboxd_sink_check_conf builds. */
 static char check_name[] = "kafka";
 static const outboxd_source_conf_t check_src = {.name = check_name};
@@ -297,6 +359,8 @@ static rd_kafka_t *new_producer(outboxd_sink_t *s, const char *txnid, char *errs
         goto fail;
     rd_kafka_conf_set_error_cb(kc, error_cb);
     rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
+    if (user_set(conf, "statistics.interval.ms"))
+        rd_kafka_conf_set_stats_cb(kc, stats_cb);
     rd_kafka_conf_set_opaque(kc, s);
     char e[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
@@ -1188,9 +1252,18 @@ static outboxd_sink_status_t commit_txn(outboxd_sink_t *s, const outboxd_checkpo
                     s->ckbuf.len, NULL, 0, RD_KAFKA_PARTITION_UA, 0, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
         return st;
+    /* commit_transaction flushes first; flushing here splits its time into
+     * waiting for the produce requests and the EndTxn round trip (debug
+     * log). A flush that takes longer is left to commit_transaction. */
+    int64_t t0 = outboxd_now_us();
+    rd_kafka_flush(s->rk, 1000);
+    int64_t t1 = outboxd_now_us();
     for (int attempt = 0;; attempt++) {
         rd_kafka_error_t *err = rd_kafka_commit_transaction(s->rk, TXN_CALL_TIMEOUT_MS);
         if (!err) {
+            LOG_DEBUG(s->src->name, "commit: %llu records flushed in %.1f ms, EndTxn %.1f ms",
+                      (unsigned long long)s->seq, (double)(t1 - t0) / 1000.0,
+                      (double)(outboxd_now_us() - t1) / 1000.0);
             s->in_txn = false;
             rotate(s);
             return OUTBOXD_SINK_OK;

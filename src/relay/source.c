@@ -11,12 +11,14 @@
 #include "outboxd/relay/source.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "outboxd/relay/cdc.h"
@@ -38,6 +40,12 @@
 #define REWIND_MIN_BACKOFF_MS 200
 /* A dead-letter record Kafka refused is sent again cut to this size. */
 #define SMALL_DEAD_LETTER_BYTES 4096
+/* Bounds of what is read ahead of processing while a Kafka commit runs
+ * (relay.pipeline_commits): replication messages, and their bytes. Messages
+ * over PEND_BIG_BYTES get their own allocation instead of arena space. */
+#define PEND_MAX_MSGS  16384
+#define PEND_MAX_BYTES (4u << 20)
+#define PEND_BIG_BYTES (64u << 10)
 
 struct outboxd_source {
     const outboxd_config_t *conf;
@@ -85,6 +93,9 @@ struct outboxd_source {
     /* Counters for the periodic log line; events and dead letters count
      * once their Kafka transaction committed. */
     uint64_t n_events, n_dead, n_commits, n_aborts, n_skipped;
+    /* Time the source thread spent blocked in Kafka commits (the stream is
+     * not read meanwhile), and the longest one: bench/profile.sh reads it. */
+    uint64_t commit_wait_us, commit_max_us;
     uint64_t batch_n_events, batch_n_dead;
     uint64_t n_slot_recreated;
     uint64_t n_untrusted;  /* connects that found the checkpoint's LSNs unusable */
@@ -139,6 +150,33 @@ struct outboxd_source {
     /* Initial snapshot of cdc tables and the stream's reconciliation with
      * it (snapshot.h); NULL while the source has none. */
     outboxd_snapshot_t *snap;
+
+    /*
+     * Commit pipelining (relay.pipeline_commits). A Kafka commit runs in a
+     * helper thread while this thread reads the replication stream ahead
+     * into the FIFO below (it alone touches the libpq connection; the
+     * helper alone touches the sink until it is joined). The messages are
+     * handled afterwards in their order, exactly as if read then, so every
+     * position, checkpoint and confirmation rule is unchanged: only the
+     * walsender keeps decoding while Kafka commits.
+     */
+    struct pend_msg {
+        outboxd_repl_msg_t m; /* data points into pend_arena or to big */
+        uint8_t *big;         /* own copy of a large message, or NULL */
+    } * pend;                 /* ring of PEND_MAX_MSGS entries */
+    size_t pend_head, pend_n;
+    uint8_t *pend_arena; /* PEND_MAX_BYTES; appended at pend_tail */
+    size_t pend_tail;
+    size_t pend_bytes; /* arena bytes in use plus big copies */
+    bool pend_failed;  /* the read-ahead ended with pend_err: reported in order */
+    char pend_err[512];
+    int wake[2];            /* the helper writes a byte when the commit returned */
+    atomic_bool committing; /* the helper thread owns the sink */
+    atomic_bool commit_done;
+    uint64_t n_read_ahead;     /* messages read while a commit ran */
+    int64_t last_tick_seen_ms; /* coarse clock at the last stats tick */
+    bool msg_from_libpq;       /* the message being handled is in libpq's buffer */
+    bool no_read_ahead;        /* a commit now must not read the stream (see handle_change) */
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -154,6 +192,9 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     s->name = src->name;
     s->stop = stop;
     atomic_init(&s->done, false);
+    atomic_init(&s->committing, false);
+    atomic_init(&s->commit_done, false);
+    s->wake[0] = s->wake[1] = -1;
     s->dec = outboxd_pgo_decoder_new();
     s->retention = outboxd_retention_new(src);
     s->batch_pos = calloc((size_t)conf->max_batch_events + 1, sizeof(*s->batch_pos));
@@ -175,11 +216,20 @@ static bool stopping(const outboxd_source_t *s)
 
 /* Sends a standby status update if due (or forced). Errors surface on the
  * next read, so they are only logged here. */
+/* CLOCK_MONOTONIC (outboxd_now_ms's clock) at jiffy resolution, read
+ * without a clock-source access. */
+static int64_t coarse_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void send_status(outboxd_source_t *s, bool force)
 {
     if (!s->repl)
         return;
-    int64_t now = outboxd_now_ms();
+    int64_t now = force ? outboxd_now_ms() : coarse_now_ms();
     if (!force && s->sent_lsn == s->confirm_lsn &&
         now - s->last_status_ms < s->conf->status_interval_ms)
         return;
@@ -201,7 +251,9 @@ static void keepalive(void *opaque)
 {
     outboxd_source_t *s = opaque;
     outboxd_stats_tick(s->stats); /* a blocking Kafka call is still progress */
-    if (!s->repl)
+    /* Called in the commit helper thread: the source thread owns the
+     * replication connection then and keeps it alive itself. */
+    if (!s->repl || atomic_load(&s->committing))
         return;
     if (outboxd_now_ms() - s->last_status_ms >= 1000)
         send_status(s, true);
@@ -213,8 +265,23 @@ static void confirm(outboxd_source_t *s, outboxd_lsn_t lsn)
         s->confirm_lsn = lsn;
 }
 
+/* Drops what was read ahead (the stream restarts from the checkpoint). */
+static void pend_clear(outboxd_source_t *s)
+{
+    while (s->pend_n) {
+        free(s->pend[s->pend_head].big);
+        s->pend_head = (s->pend_head + 1) % PEND_MAX_MSGS;
+        s->pend_n--;
+    }
+    s->pend_head = 0;
+    s->pend_tail = 0;
+    s->pend_bytes = 0;
+    s->pend_failed = false;
+}
+
 static void close_stream(outboxd_source_t *s)
 {
+    pend_clear(s);
     outboxd_repl_destroy(s->repl);
     s->repl = NULL;
     outboxd_pgo_decoder_reset(s->dec);
@@ -356,6 +423,190 @@ static int wait_for_topic(outboxd_source_t *s, const char *topic)
     return rewind_stream_as(s, why, true);
 }
 
+/* ---- commit pipelining (relay.pipeline_commits) ---- */
+
+static bool pend_room(const outboxd_source_t *s)
+{
+    return !s->pend_failed && s->pend_n < PEND_MAX_MSGS && s->pend_bytes < PEND_MAX_BYTES &&
+           s->pend_tail + PEND_BIG_BYTES <= PEND_MAX_BYTES;
+}
+
+/* Appends a message read ahead (its data is copied: libpq reuses its
+ * buffer). A message of the arena is never moved while it may be in use. */
+static bool pend_push(outboxd_source_t *s, const outboxd_repl_msg_t *m)
+{
+    struct pend_msg *e = &s->pend[(s->pend_head + s->pend_n) % PEND_MAX_MSGS];
+    e->m = *m;
+    e->big = NULL;
+    if (m->kind == OUTBOXD_REPL_DATA && m->len) {
+        uint8_t *dst;
+        if (m->len > PEND_BIG_BYTES) {
+            if (!(e->big = malloc(m->len)))
+                return false;
+            dst = e->big;
+        } else {
+            dst = s->pend_arena + s->pend_tail;
+            s->pend_tail += m->len;
+        }
+        memcpy(dst, m->data, m->len);
+        e->m.data = dst;
+        s->pend_bytes += m->len;
+    }
+    s->pend_n++;
+    return true;
+}
+
+/* Releases the oldest message once handled; an empty FIFO starts its arena
+ * over, and a FIFO whose front half is free moves down (no message is in
+ * use between two handled messages). */
+static void pend_pop(outboxd_source_t *s)
+{
+    struct pend_msg *e = &s->pend[s->pend_head];
+    if (e->m.kind == OUTBOXD_REPL_DATA)
+        s->pend_bytes -= e->m.len;
+    free(e->big);
+    e->big = NULL;
+    s->pend_head = (s->pend_head + 1) % PEND_MAX_MSGS;
+    s->pend_n--;
+    if (!s->pend_n) {
+        s->pend_head = 0;
+        s->pend_tail = 0;
+    }
+}
+
+static void pend_compact(outboxd_source_t *s)
+{
+    if (!s->pend_n || s->pend_tail < PEND_MAX_BYTES / 2)
+        return;
+    /* Arena messages are stored in FIFO order: the oldest one starts the
+     * live region. */
+    size_t start = s->pend_tail;
+    for (size_t i = 0; i < s->pend_n; i++) {
+        const struct pend_msg *e = &s->pend[(s->pend_head + i) % PEND_MAX_MSGS];
+        if (e->m.kind == OUTBOXD_REPL_DATA && e->m.len && !e->big) {
+            start = (size_t)(e->m.data - s->pend_arena);
+            break;
+        }
+    }
+    if (start < PEND_MAX_BYTES / 4)
+        return;
+    memmove(s->pend_arena, s->pend_arena + start, s->pend_tail - start);
+    for (size_t i = 0; i < s->pend_n; i++) {
+        struct pend_msg *e = &s->pend[(s->pend_head + i) % PEND_MAX_MSGS];
+        if (e->m.kind == OUTBOXD_REPL_DATA && e->m.len && !e->big)
+            e->m.data -= start;
+    }
+    s->pend_tail -= start;
+}
+
+typedef struct commit_job {
+    outboxd_source_t *s;
+    const outboxd_checkpoint_t *ck;
+    outboxd_sink_status_t st;
+    char err[512];
+} commit_job_t;
+
+static void *commit_thread(void *arg)
+{
+    commit_job_t *job = arg;
+    outboxd_source_t *s = job->s;
+    job->st = outboxd_sink_commit(s->sink, job->ck, job->err, sizeof(job->err));
+    atomic_store(&s->commit_done, true);
+    ssize_t w = write(s->wake[1], "c", 1);
+    (void)w; /* the pipe is only a wake-up; commit_done is the truth */
+    return NULL;
+}
+
+static bool pipeline_ready(outboxd_source_t *s)
+{
+    if (!s->conf->pipeline_commits || !s->repl)
+        return false;
+    if (s->wake[0] >= 0)
+        return true;
+    if (!s->pend)
+        s->pend = calloc(PEND_MAX_MSGS, sizeof(*s->pend));
+    if (!s->pend_arena)
+        s->pend_arena = malloc(PEND_MAX_BYTES);
+    if (!s->pend || !s->pend_arena || pipe(s->wake) < 0) {
+        s->wake[0] = s->wake[1] = -1;
+        return false; /* commit without read-ahead */
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(s->wake[i], F_SETFL, fcntl(s->wake[i], F_GETFL) | O_NONBLOCK);
+        fcntl(s->wake[i], F_SETFD, FD_CLOEXEC);
+    }
+    return true;
+}
+
+/*
+ * While the helper commits: reads the stream ahead into the FIFO (bounded),
+ * answers keepalives that ask for a reply and sends the periodic status
+ * update (the position confirmed before the commit), so wal_sender_timeout
+ * never runs out however long the commit takes. A read error is queued
+ * behind what was read, and nothing more is read.
+ */
+static void read_ahead_until_committed(outboxd_source_t *s)
+{
+    while (!atomic_load(&s->commit_done)) {
+        bool room = !stopping(s) && pend_room(s);
+        for (int k = 0; room && k < 1024 && !atomic_load(&s->commit_done); k++) {
+            outboxd_repl_msg_t m;
+            char err[512];
+            if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0) {
+                snprintf(s->pend_err, sizeof(s->pend_err), "%s", err);
+                s->pend_failed = true;
+                break;
+            }
+            if (m.kind == OUTBOXD_REPL_NONE)
+                break;
+            s->last_recv_ms = coarse_now_ms(); /* the server is alive (check_liveness) */
+            s->ping_ms = 0;
+            if (m.kind == OUTBOXD_REPL_KEEPALIVE && m.reply_requested) {
+                send_status(s, true);
+                m.reply_requested = false;
+            }
+            if (!pend_push(s, &m)) {
+                snprintf(s->pend_err, sizeof(s->pend_err), "out of memory reading ahead");
+                s->pend_failed = true;
+                break;
+            }
+            s->n_read_ahead++;
+            room = pend_room(s);
+        }
+        if (outboxd_now_ms() - s->last_status_ms >= 1000)
+            send_status(s, true);
+        if (atomic_load(&s->commit_done))
+            break;
+        struct pollfd pfd[2] = {{.fd = s->wake[0], .events = POLLIN},
+                                {.fd = outboxd_repl_fd(s->repl), .events = POLLIN}};
+        (void)poll(pfd, room ? 2 : 1, 100);
+    }
+    char drain[16];
+    while (read(s->wake[0], drain, sizeof(drain)) > 0)
+        ;
+}
+
+/* outboxd_sink_commit, with the stream read ahead meanwhile when enabled. */
+static outboxd_sink_status_t sink_commit(outboxd_source_t *s, const outboxd_checkpoint_t *ck,
+                                         char *err, size_t err_size)
+{
+    if (s->no_read_ahead || !pipeline_ready(s))
+        return outboxd_sink_commit(s->sink, ck, err, err_size);
+    commit_job_t job = {.s = s, .ck = ck, .st = OUTBOXD_SINK_FATAL};
+    atomic_store(&s->commit_done, false);
+    atomic_store(&s->committing, true);
+    pthread_t helper;
+    if (pthread_create(&helper, NULL, commit_thread, &job) != 0) {
+        atomic_store(&s->committing, false);
+        return outboxd_sink_commit(s->sink, ck, err, err_size);
+    }
+    read_ahead_until_committed(s);
+    pthread_join(helper, NULL);
+    atomic_store(&s->committing, false);
+    snprintf(err, err_size, "%s", job.err);
+    return job.st;
+}
+
 /* Commits the open batch. Returns 0, -1 (rewound), -2 (fatal). */
 static int commit_batch(outboxd_source_t *s)
 {
@@ -390,7 +641,7 @@ static int commit_batch(outboxd_source_t *s)
     keepalive(s);
     int64_t t0 = outboxd_now_us();
     int64_t wall0 = outboxd_wall_us();
-    outboxd_sink_status_t st = outboxd_sink_commit(s->sink, &ck, err, sizeof(err));
+    outboxd_sink_status_t st = sink_commit(s, &ck, err, sizeof(err));
     if (st == OUTBOXD_SINK_FATAL) {
         LOG_ERROR(s->name, "%s", err);
         return -2;
@@ -402,8 +653,14 @@ static int commit_batch(outboxd_source_t *s)
         s->batch_events = 0;
         return rewind_stream(s, err);
     }
+    /* Committed: events and checkpoint are durable in Kafka; what must run
+     * after a commit goes below (the confirmation comes last). */
     s->n_commits++;
-    outboxd_stats_committed(s->stats, s->batch_n_events, s->batch_n_dead, outboxd_now_us() - t0);
+    int64_t took_us = outboxd_now_us() - t0;
+    s->commit_wait_us += (uint64_t)took_us;
+    if ((uint64_t)took_us > s->commit_max_us)
+        s->commit_max_us = (uint64_t)took_us;
+    outboxd_stats_committed(s->stats, s->batch_n_events, s->batch_n_dead, took_us);
     if (!s->in_txn)
         outboxd_stats_caught_up(s->stats);
     s->n_events += s->batch_n_events;
@@ -602,7 +859,12 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         return rewind_stream(s, "unexpected message");
     }
     if (batch_full(s)) {
-        int rc = commit_batch(s); /* split here: the transaction goes on */
+        /* Split here: the transaction goes on, and msg is used after the
+         * commit. Read from libpq, its data lives in libpq's buffer, which
+         * the next read (reading ahead) would free: commit without. */
+        s->no_read_ahead = s->msg_from_libpq;
+        int rc = commit_batch(s);
+        s->no_read_ahead = false;
         if (rc < 0)
             return rc;
     }
@@ -898,6 +1160,15 @@ static void log_stats(outboxd_source_t *s, bool force)
              (unsigned long long)s->n_events, (unsigned long long)s->n_dead,
              (unsigned long long)s->n_commits, (unsigned long long)s->n_aborts,
              (unsigned long long)s->n_skipped, (unsigned long long)rs.skipped_updates, lsn);
+    if (s->n_commits)
+        LOG_DEBUG(s->name,
+                  "commit wait: %.1f ms blocked in %llu Kafka commits (mean %.2f ms, max %.1f ms), "
+                  "%.1f events per commit, %llu replication messages read ahead during commits",
+                  (double)s->commit_wait_us / 1000.0, (unsigned long long)s->n_commits,
+                  (double)s->commit_wait_us / 1000.0 / (double)s->n_commits,
+                  (double)s->commit_max_us / 1000.0,
+                  (double)(s->n_events + s->n_dead) / (double)s->n_commits,
+                  (unsigned long long)s->n_read_ahead);
 }
 
 /*
@@ -1000,10 +1271,27 @@ static int stream(outboxd_source_t *s)
             if (!s->in_txn || outboxd_now_ms() - stop_seen_ms > 5000)
                 return 0;
         }
-        outboxd_stats_tick(s->stats);
+        /* Clock reads are not free on every machine (a VM's clock source
+         * showed up in profiles): per message, a coarse clock is enough for
+         * the batch deadline and the status interval. */
+        int64_t now = coarse_now_ms();
+        if (now != s->last_tick_seen_ms) {
+            s->last_tick_seen_ms = now;
+            outboxd_stats_tick(s->stats);
+        }
         outboxd_repl_msg_t m;
-        if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0)
+        /* What was read ahead during a commit comes first, in order. */
+        bool ahead = s->pend_n > 0;
+        if (ahead) {
+            pend_compact(s);
+            m = s->pend[s->pend_head].m;
+        } else if (s->pend_failed) {
+            s->pend_failed = false;
+            snprintf(err, sizeof(err), "%s", s->pend_err);
             return rewind_stream(s, err);
+        } else if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0) {
+            return rewind_stream(s, err);
+        }
         if (m.kind != OUTBOXD_REPL_NONE) {
             outboxd_stats_wal_end(s->stats, m.wal_end);
             s->last_recv_ms = outboxd_now_ms();
@@ -1012,7 +1300,9 @@ static int stream(outboxd_source_t *s)
         int rc = 0;
         switch (m.kind) {
         case OUTBOXD_REPL_DATA:
+            s->msg_from_libpq = !ahead;
             rc = handle_data(s, &m);
+            s->msg_from_libpq = false;
             break;
         case OUTBOXD_REPL_KEEPALIVE:
             if (!s->in_txn && !s->batch_open)
@@ -1043,8 +1333,13 @@ static int stream(outboxd_source_t *s)
         }
         }
         if (rc < 0)
-            return rc;
-        if (s->batch_open && outboxd_now_ms() >= s->batch_deadline_ms &&
+            return rc; /* a rewind dropped the read-ahead */
+        if (ahead)
+            pend_pop(s); /* handled: its bytes may be reused */
+        /* commit_interval_ms bounds how long a received change waits; what
+         * was read ahead is a backlog, committed in full batches (or when
+         * the read-ahead is used up), so commits stay few while behind. */
+        if (s->batch_open && !s->pend_n && now >= s->batch_deadline_ms &&
             (!s->in_txn || split_due(s))) {
             if ((rc = commit_batch(s)) < 0)
                 return rc;
@@ -1540,6 +1835,11 @@ void outboxd_source_destroy(outboxd_source_t *s)
     outboxd_snapshot_destroy(s->snap);
     outboxd_pgo_decoder_destroy(s->dec);
     free(s->batch_pos);
+    free(s->pend);
+    free(s->pend_arena);
+    for (int i = 0; i < 2; i++)
+        if (s->wake[i] >= 0)
+            close(s->wake[i]);
     for (size_t i = 0; i < s->n_rels; i++)
         free(s->rels[i].name);
     free(s->rels);

@@ -198,6 +198,10 @@ typedef struct outboxd_config {
      * transaction never waits for the broker to finish writing the previous
      * one's commit markers (see sink.c). */
     int producers_per_source;
+    /* Default true: while a Kafka transaction commits (in a helper thread),
+     * the source thread keeps reading the replication stream into a bounded
+     * buffer instead of leaving PostgreSQL's walsender blocked (source.c). */
+    bool pipeline_commits;
     outboxd_missing_topic_t missing_topic; /* default wait */
     int create_topic_partitions;           /* for missing_topic: create; -1 = broker default */
     int create_topic_replication_factor;   /* same; -1 = broker default */
