@@ -27,11 +27,14 @@
 #include "outboxd/relay/heartbeat.h"
 #include "outboxd/relay/metrics.h"
 #include "outboxd/relay/notify.h"
+#include "outboxd/relay/reload.h"
 #include "outboxd/relay/status.h"
 
 #define KAFKA_PROBE_TIMEOUT_MS 10000
 
 static volatile sig_atomic_t got_signal = 0;
+/* SIGHUP: reload the configuration (the main loop acts on it). */
+static volatile sig_atomic_t got_hup = 0;
 /* Read by every source thread; set by main once a signal was seen. */
 static atomic_int stop_flag = 0;
 
@@ -48,6 +51,12 @@ static void on_signal(int sig)
     got_signal = sig;
 }
 
+static void on_hup(int sig)
+{
+    (void)sig;
+    got_hup = 1;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: outboxd [run] -c FILE [--log-level LEVEL] [--log-format text|json]\n"
@@ -59,7 +68,8 @@ static void usage(FILE *f)
                "pgoutput) into Kafka with exactly-once delivery to read_committed consumers.\n"
                "\n"
                "Commands:\n"
-               "  run     relay until SIGTERM/SIGINT (the default)\n"
+               "  run     relay until SIGTERM/SIGINT (the default); SIGHUP reloads the\n"
+               "          configuration file (README: Reloading the configuration)\n"
                "  check   validate the configuration, then connect to every source and\n"
                "          check wal_level, the publication, the slot and the outbox\n"
                "          columns (creating the publication and slot where configured);\n"
@@ -172,7 +182,7 @@ static void supervise(supervisor_t *sv)
     }
 }
 
-static int cmd_run(const outboxd_config_t *conf)
+static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const char *cli_format)
 {
     outboxd_source_t **sources = calloc(conf->n_sources, sizeof(*sources));
     char err[512];
@@ -189,8 +199,11 @@ static int cmd_run(const outboxd_config_t *conf)
     };
     outboxd_metrics_t *metrics = outboxd_metrics_new(&mopts);
     outboxd_http_t *http = NULL;
-    if (!metrics) {
+    outboxd_reload_t *reloader = outboxd_reload_new(conf, cli_level, cli_format);
+    if (!metrics || !reloader) {
         LOG_ERROR(NULL, "out of memory");
+        outboxd_metrics_destroy(metrics);
+        outboxd_reload_destroy(reloader);
         free(sources);
         return 1;
     }
@@ -202,6 +215,7 @@ static int cmd_run(const outboxd_config_t *conf)
         if (!http) {
             LOG_ERROR(NULL, "metrics.listen: %s", err);
             outboxd_metrics_destroy(metrics);
+            outboxd_reload_destroy(reloader);
             free(sources);
             return 1;
         }
@@ -254,6 +268,20 @@ static int cmd_run(const outboxd_config_t *conf)
                 rc = 1;
             }
         }
+        if (got_hup) {
+            got_hup = 0;
+            /* RELOADING=1 only once READY=1 was sent: before that systemd
+             * still waits for the start to finish. */
+            outboxd_reload_start(reloader, sources, started, metrics, sv.ready_sent);
+        }
+        if (outboxd_reload_poll(reloader, sources, started) && sv.ready_sent) {
+            char status[128];
+            int total, streaming;
+            outboxd_metrics_counts(metrics, &total, &streaming);
+            snprintf(status, sizeof(status), "configuration reloaded; %d of %d sources streaming",
+                     streaming, total);
+            outboxd_notify_ready(status);
+        }
         supervise(&sv);
         usleep(50 * 1000);
     }
@@ -265,6 +293,8 @@ static int cmd_run(const outboxd_config_t *conf)
         outboxd_source_destroy(sources[i]);
     }
     free(sources);
+    /* Only now: a source may have run on a reloaded configuration. */
+    outboxd_reload_destroy(reloader);
     outboxd_heartbeat_stop(heartbeat);
     /* The endpoint answers until the sources are gone, so a scrape during
      * shutdown sees the stopping states. */
@@ -348,6 +378,11 @@ int main(int argc, char **argv)
         return 2;
     }
     outboxd_log_set_level(lvl);
+    if (!format) {
+        outboxd_log_format_t fmt;
+        if (conf->log_format && outboxd_log_format_parse(conf->log_format, &fmt))
+            outboxd_log_set_format(fmt);
+    }
 
     /* What the YAML loader cannot see (kafka.properties librdkafka refuses,
      * mode: cdc) is a configuration error for run and check alike. */
@@ -383,8 +418,10 @@ int main(int argc, char **argv)
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
+        sa.sa_handler = on_hup;
+        sigaction(SIGHUP, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
-        rc = cmd_run(conf);
+        rc = cmd_run(conf, level, format);
     }
     outboxd_config_destroy(conf);
     return rc;

@@ -151,6 +151,7 @@ typedef struct outboxd_config {
     int status_interval_ms;       /* default 10000: standby status update period */
     int reconnect_max_backoff_ms; /* default 30000 */
     char *log_level;              /* default "info" */
+    char *log_format;             /* "text" (default) or "json" */
     /* Transactional producers per source used in turn (default 2), so a
      * transaction never waits for the broker to finish writing the previous
      * one's commit markers (see sink.c). */
@@ -181,5 +182,19 @@ outboxd_config_t *outboxd_config_parse(const char *text, size_t len, const char 
                                        size_t errstr_size);
 
 void outboxd_config_destroy(outboxd_config_t *conf);
+
+/*
+ * For a reload: every key marked restart in the key tables (a source's dsn,
+ * slot, publication, ...; see README "Reloading the configuration") whose
+ * value in next differs from running gets its running value back in next,
+ * and its path is appended to changed, one per line ("relay.checkpoint_topic",
+ * "sources[0].dsn"); sources added to or removed from the file are listed as
+ * "sources: source NAME removed" / "sources[N]: source NAME added" (sources
+ * are matched by name; next keeps the added ones, which the caller does not
+ * start). Returns 0, or -1 when out of memory.
+ */
+struct outboxd_buf;
+int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config_t *running,
+                                    struct outboxd_buf *changed);
 
 #endif

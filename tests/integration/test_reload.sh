@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# SIGHUP reload under load (README "Reloading the configuration").
+#
+# Writers run the whole time. Three reloads:
+#  1. the table's topic template changes (RUN.ev.X -> RUN.ev.v2.X): the
+#     relay logs the switch point, the end LSN up to which events are in
+#     Kafka under the old mapping. A test_decoding slot created before the
+#     writers gives every outbox row's commit end LSN, so the expected set is
+#     exact: rows of transactions ending at or before the switch point on the
+#     old topic, every later row on the new one; okcat checks every row once,
+#     on that topic, with its key, in per-key order.
+#  2. an invalid file (an unknown key): one ERROR naming file:line:key, no
+#     new generation; the rows written afterwards still follow mapping 1.
+#  3. log_level: debug and a changed relay.checkpoint_topic: DEBUG lines
+#     appear only from then on; the checkpoint topic change is refused with a
+#     "needs a restart" WARN.
+# /metrics counts the reloads by result.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+source "$here/writers.sh"
+
+DB=rl_$RUN_ID
+SLOT=${DB}_${RUN_ID}
+PEEK=peek_$RUN_ID
+CONF=$WORK/outboxd.yaml
+create_outbox_db "$DB"
+PORT=$(free_port)
+write_config "$WORK/a.yaml" "$DB"
+printf 'metrics:\n  listen: "127.0.0.1:%s"\n' "$PORT" >>"$WORK/a.yaml"
+# Mapping 1: the new topic template; the invalid file; mapping 1 at debug.
+sed "s/\"$RUN_ID\\.ev\\.\\\${aggregatetype}\"/\"$RUN_ID.ev.v2.\${aggregatetype}\"/" "$WORK/a.yaml" >"$WORK/b.yaml"
+grep -q "ev.v2" "$WORK/b.yaml" || fail "test setup: topic template not replaced"
+sed 's/^relay:$/relay:\n  bogus_key: 1/' "$WORK/b.yaml" >"$WORK/bad.yaml"
+sed -e 's/log_level: info/log_level: debug/' \
+    -e "s/checkpoint_topic: \"$RUN_ID.checkpoints\"/checkpoint_topic: \"$RUN_ID.checkpoints2\"/" \
+    "$WORK/b.yaml" >"$WORK/c.yaml"
+grep -q "log_level: debug" "$WORK/c.yaml" && grep -q "checkpoints2" "$WORK/c.yaml" ||
+    fail "test setup: c.yaml not edited"
+
+cp "$WORK/a.yaml" "$CONF"
+prepare_sources "$CONF"
+extra_cleanup() {
+    psql_db "$DB" -c "SELECT pg_drop_replication_slot('$PEEK') FROM pg_replication_slots WHERE slot_name = '$PEEK'" >/dev/null 2>&1 || true
+}
+psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('$PEEK', 'test_decoding')" >/dev/null
+
+LOGF=$WORK/relay.log
+start_relay "$CONF" relay
+relay=$RELAY_PID
+for _ in $(seq 1 600); do grep -q "streaming slot" "$LOGF" && break; sleep 0.1; done
+grep -q "streaming slot" "$LOGF" || fail "relay did not start streaming"
+
+# 4 clients x 300 transactions at 60 per second: about 20 s of writes.
+start_writers "$DB" 4 300 60
+writer=$WRITER_PID
+rows() { psql_db "$DB" -c "SELECT count(*) FROM outbox"; }
+wait_rows() { # wait_rows N: until at least N more rows than now were written
+    local want=$(($(rows) + $1))
+    for _ in $(seq 1 300); do [ "$(rows)" -ge "$want" ] && return 0; sleep 0.1; done
+    fail "writers did not write $1 more rows within 30 s"
+}
+wait_for() { # wait_for PATTERN TIMEOUT_S
+    for _ in $(seq 1 $(($2 * 10))); do grep -Eq -- "$1" "$LOGF" && return 0; sleep 0.1; done
+    fail "no log line matching '$1' within $2 s"
+}
+metric() { curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+
+wait_rows 300
+[ "$(grep -c ' DEBUG ' "$LOGF" || true)" = 0 ] || fail "DEBUG lines at log_level info"
+
+# 1. Changed mapping, mid-stream.
+cp "$WORK/b.yaml" "$CONF"
+kill -HUP "$relay"
+wait_for "configuration 1 applied by every source" 60
+line=$(grep "reload: configuration 1 applied" "$LOGF" | grep "\[$DB\]")
+SWITCH=$(sed -E 's/.*events up to end LSN ([0-9A-F]+\/[0-9A-F]+).*/\1/' <<<"$line")
+[[ $SWITCH =~ ^[0-9A-F]+/[0-9A-F]+$ ]] || fail "no switch point in: $line"
+log "mapping 1 applied; switch point $SWITCH"
+kill -0 "$writer" 2>/dev/null || fail "writers finished before the reload: the switch was not mid-stream"
+wait_rows 100
+
+# 2. An invalid file: refused, nothing changes.
+cp "$WORK/bad.yaml" "$CONF"
+kill -HUP "$relay"
+wait_for "reload refused" 30
+bad=$(grep "reload refused" "$LOGF")
+log "invalid file: $bad"
+[ "$(grep -c "reload refused" "$LOGF")" = 1 ] || fail "more than one line for the refused reload"
+[[ $bad == *ERROR* ]] || fail "the refused reload is not logged at ERROR: $bad"
+grep -Eq "outboxd\.yaml:5: relay\.bogus_key: " <<<"$bad" || fail "the ERROR does not name file:line:key: $bad"
+grep -q "configuration 2" "$LOGF" && fail "an invalid file produced a new configuration"
+wait_rows 100
+
+# 3. Log level (and a key that needs a restart).
+cp "$WORK/c.yaml" "$CONF"
+kill -HUP "$relay"
+wait_for "configuration 2 applied by every source" 60
+grep -Eq "WARN .*relay\.checkpoint_topic: needs a restart" "$LOGF" ||
+    fail "no 'needs a restart' WARN for relay.checkpoint_topic"
+reload3=$(grep -n "SIGHUP: reloading" "$LOGF" | tail -n1 | cut -d: -f1)
+[ "$(head -n "$reload3" "$LOGF" | grep -c ' DEBUG ' || true)" = 0 ] || fail "DEBUG lines before the level changed"
+for _ in $(seq 1 300); do
+    [ "$(tail -n +"$reload3" "$LOGF" | grep -c " DEBUG \[$DB\] committed" || true)" -gt 0 ] && break
+    sleep 0.1
+done
+[ "$(tail -n +"$reload3" "$LOGF" | grep -c " DEBUG \[$DB\] committed" || true)" -gt 0 ] ||
+    fail "no DEBUG lines after log_level: debug was reloaded"
+log "log level debug in force; checkpoint topic change refused with a WARN"
+
+wait_writers "$writer"
+wait_drained "$DB" "$SLOT"
+ok=$(metric 'outboxd_config_reloads_total{result="success"}')
+bad_n=$(metric 'outboxd_config_reloads_total{result="failure"}')
+[ "$ok" = 2 ] && [ "$bad_n" = 1 ] || fail "reload counters: success=$ok failure=$bad_n (expected 2 and 1)"
+stop_relay_ok "$relay"
+grep -q "checkpoints2" <(grep -v "needs a restart" "$LOGF") && fail "the relay used the new checkpoint topic"
+
+# Every row with the commit end LSN of its transaction (test_decoding).
+EXP=$WORK/expected.tsv
+psql_db "$DB" -F $'\t' >"$EXP" <<SQL
+WITH c AS (SELECT lsn, xid, data FROM pg_logical_slot_peek_changes('$PEEK', NULL, NULL)),
+ins AS (SELECT xid, substring(data FROM 'id\\[uuid\\]:''([0-9a-f-]+)''') AS id
+        FROM c WHERE data LIKE 'table public.outbox: INSERT:%'),
+com AS (SELECT xid, lsn FROM c WHERE data LIKE 'COMMIT%')
+SELECT o.id, o.aggregateid,
+       CASE WHEN com.lsn <= '$SWITCH'::pg_lsn THEN '$RUN_ID.ev.' ELSE '$RUN_ID.ev.v2.' END
+       || o.aggregatetype, o.payload->>'seq'
+FROM outbox o JOIN ins ON ins.id = o.id::text JOIN com USING (xid)
+SQL
+assert_rows_written "$EXP" "$DB"
+n_new=$(awk -F'\t' '$3 ~ /\.ev\.v2\./' "$EXP" | wc -l)
+n_old=$(($(wc -l <"$EXP") - n_new))
+log "expected: $n_old rows under the old mapping, $n_new under the new one"
+[ "$n_old" -gt 0 ] && [ "$n_new" -gt 0 ] || fail "the switch was not mid-stream ($n_old old, $n_new new)"
+check_exactly_once "$EXP"
+extra_cleanup
+drop_source "$DB" "$SLOT"
+log "PASS"
