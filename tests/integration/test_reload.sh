@@ -2,17 +2,22 @@
 # SIGHUP reload under load (README "Reloading the configuration").
 #
 # Writers run the whole time. Three reloads:
-#  1. the table's topic template changes (RUN.ev.X -> RUN.ev.v2.X): the
-#     relay logs the switch point, the end LSN up to which events are in
-#     Kafka under the old mapping. A test_decoding slot created before the
-#     writers gives every outbox row's commit end LSN, so the expected set is
-#     exact: rows of transactions ending at or before the switch point on the
-#     old topic, every later row on the new one; okcat checks every row once,
-#     on that topic, with its key, in per-key order.
+#  1. the table's topic template changes (RUN.ev.X -> RUN.ev.v2.X) and a
+#     table is added (public.outbox2, not yet in the publication): the relay
+#     logs the switch point, the end LSN up to which events are in Kafka
+#     under the old mapping. A test_decoding slot created before the writers
+#     gives every outbox row's commit end LSN, so the expected set is exact:
+#     rows of transactions ending at or before the switch point on the old
+#     topic, every later row on the new one; okcat checks every row once, on
+#     that topic, with its key, in per-key order. Rows written to outbox2
+#     after the reload arrive (the relay added it to its publication).
 #  2. an invalid file (an unknown key): one ERROR naming file:line:key, no
 #     new generation; the rows written afterwards still follow mapping 1.
-#  3. log_level: debug and a changed relay.checkpoint_topic: DEBUG lines
-#     appear only from then on; the checkpoint topic change is refused with a
+#  3. log_level: debug, a Kafka property (linger.ms: new producers with the
+#     same transactional.id, the stream goes on exactly once), outbox2
+#     removed (its later rows are not published: okcat would count them as
+#     unexpected) and a changed relay.checkpoint_topic: DEBUG lines appear
+#     only from then on; the checkpoint topic change is refused with a
 #     "needs a restart" WARN.
 # /metrics counts the reloads by result.
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,14 +33,29 @@ PORT=$(free_port)
 write_config "$WORK/a.yaml" "$DB"
 printf 'metrics:\n  listen: "127.0.0.1:%s"\n' "$PORT" >>"$WORK/a.yaml"
 # Mapping 1: the new topic template; the invalid file; mapping 1 at debug.
-sed "s/\"$RUN_ID\\.ev\\.\\\${aggregatetype}\"/\"$RUN_ID.ev.v2.\${aggregatetype}\"/" "$WORK/a.yaml" >"$WORK/b.yaml"
-grep -q "ev.v2" "$WORK/b.yaml" || fail "test setup: topic template not replaced"
+# b: the new template, and outbox2 after the first table's topic line.
+sed "s/\"$RUN_ID\\.ev\\.\\\${aggregatetype}\"/\"$RUN_ID.ev.v2.\${aggregatetype}\"/" "$WORK/a.yaml" |
+    awk -v t="        topic: \"$RUN_ID.ev.v2.\${aggregatetype}\"" \
+        '{print} /^        topic: / && !done {print "      - table: public.outbox2"; print t; done=1}' \
+        >"$WORK/b.yaml"
+grep -q "ev.v2" "$WORK/b.yaml" && grep -q "public.outbox2" "$WORK/b.yaml" ||
+    fail "test setup: b.yaml not edited"
 sed 's/^relay:$/relay:\n  bogus_key: 1/' "$WORK/b.yaml" >"$WORK/bad.yaml"
 sed -e 's/log_level: info/log_level: debug/' \
     -e "s/checkpoint_topic: \"$RUN_ID.checkpoints\"/checkpoint_topic: \"$RUN_ID.checkpoints2\"/" \
+    -e 's/^  transactional_id_prefix: .*/&\n  properties:\n    linger.ms: "7"/' \
+    -e '/public.outbox2/,+1d' \
     "$WORK/b.yaml" >"$WORK/c.yaml"
-grep -q "log_level: debug" "$WORK/c.yaml" && grep -q "checkpoints2" "$WORK/c.yaml" ||
-    fail "test setup: c.yaml not edited"
+grep -q "log_level: debug" "$WORK/c.yaml" && grep -q "checkpoints2" "$WORK/c.yaml" &&
+    grep -q 'linger.ms: "7"' "$WORK/c.yaml" && ! grep -q outbox2 "$WORK/c.yaml" &&
+    grep -q "ev.v2" "$WORK/c.yaml" || fail "test setup: c.yaml not edited"
+psql_db "$DB" -c "CREATE TABLE outbox2 (LIKE outbox INCLUDING DEFAULTS INCLUDING INDEXES)" >/dev/null
+# outbox2 rows: N rows, each its own key (seq 1), in one transaction.
+write_outbox2() { # write_outbox2 FIRST N
+    psql_db "$DB" -c "INSERT INTO outbox2 (aggregatetype, aggregateid, type, payload)
+        SELECT 'o2', 'o2-' || i, 'Tested', jsonb_build_object('seq', 1)
+        FROM generate_series($1, $1 + $2 - 1) i" >/dev/null
+}
 
 cp "$WORK/a.yaml" "$CONF"
 prepare_sources "$CONF"
@@ -77,6 +97,7 @@ SWITCH=$(sed -E 's/.*events up to end LSN ([0-9A-F]+\/[0-9A-F]+).*/\1/' <<<"$lin
 [[ $SWITCH =~ ^[0-9A-F]+/[0-9A-F]+$ ]] || fail "no switch point in: $line"
 log "mapping 1 applied; switch point $SWITCH"
 kill -0 "$writer" 2>/dev/null || fail "writers finished before the reload: the switch was not mid-stream"
+write_outbox2 1 20
 wait_rows 100
 
 # 2. An invalid file: refused, nothing changes.
@@ -95,6 +116,9 @@ wait_rows 100
 cp "$WORK/c.yaml" "$CONF"
 kill -HUP "$relay"
 wait_for "configuration 2 applied by every source" 60
+grep "reload: configuration 2 applied" "$LOGF" | grep -q "new Kafka producers" ||
+    fail "linger.ms changed but the source did not build new producers"
+write_outbox2 1001 20 # outbox2 is no longer configured: not published
 grep -Eq "WARN .*relay\.checkpoint_topic: needs a restart" "$LOGF" ||
     fail "no 'needs a restart' WARN for relay.checkpoint_topic"
 reload3=$(grep -n "SIGHUP: reloading" "$LOGF" | tail -n1 | cut -d: -f1)
@@ -132,6 +156,10 @@ n_new=$(awk -F'\t' '$3 ~ /\.ev\.v2\./' "$EXP" | wc -l)
 n_old=$(($(wc -l <"$EXP") - n_new))
 log "expected: $n_old rows under the old mapping, $n_new under the new one"
 [ "$n_old" -gt 0 ] && [ "$n_new" -gt 0 ] || fail "the switch was not mid-stream ($n_old old, $n_new new)"
+# outbox2's first 20 rows (written after reload 1, before reload 3).
+psql_db "$DB" -F $'\t' -c "SELECT id, aggregateid, '$RUN_ID.ev.v2.o2', '1' FROM outbox2
+    WHERE length(aggregateid) <= 5" >>"$EXP"
+[ "$(grep -c $'\to2-' "$EXP")" = 20 ] || fail "expected 20 outbox2 rows, found $(grep -c $'\to2-' "$EXP")"
 check_exactly_once "$EXP"
 extra_cleanup
 drop_source "$DB" "$SLOT"
