@@ -864,7 +864,8 @@ static const key_spec_t relay_spec[] = {
     {KEY("max_event_bytes", K_SIZE, outboxd_config_t, max_event_bytes), .def_num = 1000000,
      .min = 1024, .max = 100000000},
     {KEY("checkpoint_topic", K_STR, outboxd_config_t, checkpoint_topic),
-     .def_str = "outboxd.checkpoints", .hint = "a Kafka topic name", .check = check_topic_name, .restart = true},
+     .def_str = "outboxd.checkpoints", .hint = "a Kafka topic name", .check = check_topic_name,
+     .restart = true},
     {KEY("dead_letter_topic", K_STR, outboxd_config_t, dead_letter_topic), .def_str = "outboxd.dlt",
      .hint = "a Kafka topic name", .check = check_topic_name},
     {KEY("status_interval_ms", K_INT, outboxd_config_t, status_interval_ms), .def_num = 10000,
@@ -922,16 +923,19 @@ static const key_spec_t root_spec[] = {
 
 static const key_spec_t source_spec[] = {
     {KEY("name", K_STR, outboxd_source_conf_t, name), .required = true,
-     .hint = "a source name of letters, digits, _ and -", .check = check_source_name, .restart = true},
+     .hint = "a source name of letters, digits, _ and -", .check = check_source_name,
+     .restart = true},
     {KEY("dsn", K_STR, outboxd_source_conf_t, dsn), .required = true,
      .hint = "a libpq connection string", .check = check_dsn, .restart = true},
-    {KEY("password_file", K_STR, outboxd_source_conf_t, password_file), .hint = "a file path", .restart = true},
+    {KEY("password_file", K_STR, outboxd_source_conf_t, password_file), .hint = "a file path",
+     .restart = true},
     {KEY("slot", K_STR, outboxd_source_conf_t, slot), .hint = "a replication slot name",
      .check = check_slot, .restart = true},
     {KEY("publication", K_STR, outboxd_source_conf_t, publication), .hint = "a publication name",
      .check = check_publication, .restart = true},
     {KEY("create_slot", K_BOOL, outboxd_source_conf_t, create_slot), .def_num = 1, .restart = true},
-    {KEY("create_publication", K_BOOL, outboxd_source_conf_t, create_publication), .def_num = 1, .restart = true},
+    {KEY("create_publication", K_BOOL, outboxd_source_conf_t, create_publication), .def_num = 1,
+     .restart = true},
     {KEY("publication_scope", K_ENUM, outboxd_source_conf_t, publication_scope),
      .names = pub_scope_names, .def_num = OUTBOXD_PUB_TABLES, .restart = true},
     {KEY("heartbeat_interval_ms", K_INT, outboxd_source_conf_t, heartbeat_interval_ms),
@@ -2039,8 +2043,8 @@ int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config
         bool known = false;
         for (size_t i = 0; i < running->n_sources && !known; i++)
             known = strcmp(next->sources[j].name, running->sources[i].name) == 0;
-        if (!known &&
-            !outboxd_buf_printf(changed, "sources[%zu]: source %s added\n", j, next->sources[j].name))
+        if (!known && !outboxd_buf_printf(changed, "sources[%zu]: source %s added\n", j,
+                                          next->sources[j].name))
             return -1;
     }
     return 0;

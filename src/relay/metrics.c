@@ -177,15 +177,15 @@ bool outboxd_metrics_render(outboxd_metrics_t *m, outboxd_buf_t *b)
               header(b, "outboxd_max_slot_lag_bytes", "gauge",
                      "relay.max_slot_lag_bytes (0: no limit).") &&
               outboxd_buf_printf(b, "outboxd_max_slot_lag_bytes %llu\n",
-                                 (unsigned long long)opts.max_slot_lag_bytes) &&
-              header(b, "outboxd_config_reloads_total", "counter",
-                     "Configuration reloads (SIGHUP) by result; a failure keeps the running "
-                     "configuration.") &&
-              outboxd_buf_printf(b,
-                                 "outboxd_config_reloads_total{result=\"success\"} %llu\n"
-                                 "outboxd_config_reloads_total{result=\"failure\"} %llu\n",
-                                 (unsigned long long)reloads_ok,
-                                 (unsigned long long)reloads_failed);
+                                 (unsigned long long)opts.max_slot_lag_bytes);
+    ok = ok &&
+         header(b, "outboxd_config_reloads_total", "counter",
+                "Configuration reloads (SIGHUP) by result; a failure keeps the running "
+                "configuration.") &&
+         outboxd_buf_printf(b,
+                            "outboxd_config_reloads_total{result=\"success\"} %llu\n"
+                            "outboxd_config_reloads_total{result=\"failure\"} %llu\n",
+                            (unsigned long long)reloads_ok, (unsigned long long)reloads_failed);
     ok = ok &&
          per_source(b, "outboxd_source_events_published_total", "counter",
                     "Events committed to Kafka (dead letters not included).", snaps, sts, n,

@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "outboxd/common/util.h"
+
 typedef enum {
     OUTBOXD_MODE_OUTBOX = 0,
     OUTBOXD_MODE_CDC = 1, /* parsed; rejected by the relay until CDC lands */
@@ -193,8 +195,7 @@ void outboxd_config_destroy(outboxd_config_t *conf);
  * are matched by name; next keeps the added ones, which the caller does not
  * start). Returns 0, or -1 when out of memory.
  */
-struct outboxd_buf;
 int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config_t *running,
-                                    struct outboxd_buf *changed);
+                                    outboxd_buf_t *changed);
 
 #endif
