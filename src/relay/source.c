@@ -138,7 +138,6 @@ struct outboxd_source {
     const outboxd_config_t *taking;    /* being applied */
     const outboxd_config_t *sink_conf; /* the sink and its producers were built from it */
     atomic_uint_fast64_t applied_gen;
-    outboxd_lsn_t last_end_lsn; /* end LSN of the last Commit handled */
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -664,7 +663,6 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         if (!s->in_txn)
             return rewind_stream(s, "protocol error: Commit without Begin");
         s->in_txn = false;
-        s->last_end_lsn = msg.u.commit.end_lsn;
         if (s->batch_open) {
             s->batch_ck.commit_lsn = s->txn_commit_lsn;
             s->batch_ck.end_lsn = msg.u.commit.end_lsn;

@@ -9,7 +9,9 @@
 #     gives every outbox row's commit end LSN, so the expected set is exact:
 #     rows of transactions ending at or before the switch point on the old
 #     topic, every later row on the new one; okcat checks every row once, on
-#     that topic, with its key, in per-key order. Rows written to outbox2
+#     that topic, with its key, in per-key order. A 50000-row transaction
+#     committed just before the signal is still being received when it
+#     arrives: the switch must wait for its end. Rows written to outbox2
 #     after the reload arrive (the relay added it to its publication).
 #  2. an invalid file (an unknown key): one ERROR naming file:line:key, no
 #     new generation; the rows written afterwards still follow mapping 1.
@@ -19,6 +21,7 @@
 #     unexpected) and a changed relay.checkpoint_topic: DEBUG lines appear
 #     only from then on; the checkpoint topic change is refused with a
 #     "needs a restart" WARN.
+#  4. log_format: json: the log lines are JSON objects from then on.
 # /metrics counts the reloads by result.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -28,6 +31,7 @@ DB=rl_$RUN_ID
 SLOT=${DB}_${RUN_ID}
 PEEK=peek_$RUN_ID
 CONF=$WORK/outboxd.yaml
+BIG=50000
 create_outbox_db "$DB"
 PORT=$(free_port)
 write_config "$WORK/a.yaml" "$DB"
@@ -40,7 +44,10 @@ sed "s/\"$RUN_ID\\.ev\\.\\\${aggregatetype}\"/\"$RUN_ID.ev.v2.\${aggregatetype}\
         >"$WORK/b.yaml"
 grep -q "ev.v2" "$WORK/b.yaml" && grep -q "public.outbox2" "$WORK/b.yaml" ||
     fail "test setup: b.yaml not edited"
-sed 's/^relay:$/relay:\n  bogus_key: 1/' "$WORK/b.yaml" >"$WORK/bad.yaml"
+# bad: a third template (were any of it applied, rows would land on v3 and
+# okcat would count them on the wrong topic) and an unknown key.
+sed -e 's/^relay:$/relay:\n  bogus_key: 1/' -e 's/\.ev\.v2\./.ev.v3./' "$WORK/b.yaml" >"$WORK/bad.yaml"
+grep -q "ev.v3" "$WORK/bad.yaml" || fail "test setup: bad.yaml not edited"
 sed -e 's/log_level: info/log_level: debug/' \
     -e "s/checkpoint_topic: \"$RUN_ID.checkpoints\"/checkpoint_topic: \"$RUN_ID.checkpoints2\"/" \
     -e 's/^  transactional_id_prefix: .*/&\n  properties:\n    linger.ms: "7"/' \
@@ -88,8 +95,14 @@ metric() { curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v k="$1" '$1 == k {
 wait_rows 300
 [ "$(grep -c ' DEBUG ' "$LOGF" || true)" = 0 ] || fail "DEBUG lines at log_level info"
 
-# 1. Changed mapping, mid-stream.
+# 1. Changed mapping, mid-stream, and mid-transaction: a 50000-row
+# transaction commits just before the signal, so the relay is still
+# receiving it when the reload arrives; it must switch only after it (its
+# rows all on one topic, as the expected set by commit position says).
 cp "$WORK/b.yaml" "$CONF"
+psql_db "$DB" -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+    SELECT '$DB', 'big-1', 'Tested', jsonb_build_object('seq', i, 'key', 'big-1')
+    FROM generate_series(1, $BIG) i" >/dev/null
 kill -HUP "$relay"
 wait_for "configuration 1 applied by every source" 60
 line=$(grep "reload: configuration 1 applied" "$LOGF" | grep "\[$DB\]")
@@ -131,27 +144,37 @@ done
     fail "no DEBUG lines after log_level: debug was reloaded"
 log "log level debug in force; checkpoint topic change refused with a WARN"
 
+# 4. Log format: JSON lines from then on.
+sed 's/^relay:$/relay:\n  log_format: json/' "$WORK/c.yaml" >"$CONF"
+kill -HUP "$relay"
+wait_for '^\{"ts":"[^"]*","level":"info","scope":"main","msg":"reload: configuration 3 applied by every source"' 60
+log "log format json in force"
+
 wait_writers "$writer"
 wait_drained "$DB" "$SLOT"
 ok=$(metric 'outboxd_config_reloads_total{result="success"}')
 bad_n=$(metric 'outboxd_config_reloads_total{result="failure"}')
-[ "$ok" = 2 ] && [ "$bad_n" = 1 ] || fail "reload counters: success=$ok failure=$bad_n (expected 2 and 1)"
+[ "$ok" = 3 ] && [ "$bad_n" = 1 ] || fail "reload counters: success=$ok failure=$bad_n (expected 3 and 1)"
 stop_relay_ok "$relay"
 grep -q "checkpoints2" <(grep -v "needs a restart" "$LOGF") && fail "the relay used the new checkpoint topic"
 
 # Every row with the commit end LSN of its transaction (test_decoding).
 EXP=$WORK/expected.tsv
 psql_db "$DB" -F $'\t' >"$EXP" <<SQL
-WITH c AS (SELECT lsn, xid, data FROM pg_logical_slot_peek_changes('$PEEK', NULL, NULL)),
-ins AS (SELECT xid, substring(data FROM 'id\\[uuid\\]:''([0-9a-f-]+)''') AS id
-        FROM c WHERE data LIKE 'table public.outbox: INSERT:%'),
-com AS (SELECT xid, lsn FROM c WHERE data LIKE 'COMMIT%')
+CREATE TEMP TABLE c AS SELECT lsn, xid, data FROM pg_logical_slot_peek_changes('$PEEK', NULL, NULL);
+CREATE TEMP TABLE ins AS SELECT xid, substring(data FROM 'id\\[uuid\\]:''([0-9a-f-]+)''')::uuid AS id
+    FROM c WHERE data LIKE 'table public.outbox: INSERT:%';
+CREATE TEMP TABLE com AS SELECT xid, lsn FROM c WHERE data LIKE 'COMMIT%';
+ANALYZE ins;
+ANALYZE com;
 SELECT o.id, o.aggregateid,
        CASE WHEN com.lsn <= '$SWITCH'::pg_lsn THEN '$RUN_ID.ev.' ELSE '$RUN_ID.ev.v2.' END
        || o.aggregatetype, o.payload->>'seq'
-FROM outbox o JOIN ins ON ins.id = o.id::text JOIN com USING (xid)
+FROM outbox o JOIN ins ON ins.id = o.id JOIN com USING (xid);
 SQL
-assert_rows_written "$EXP" "$DB"
+[ "$(grep -c $'\tbig-1\t' "$EXP")" = "$BIG" ] || fail "the big transaction's rows are not all in the expected set"
+grep -v $'\tbig-1\t' "$EXP" >"$WORK/writers.tsv"
+assert_rows_written "$WORK/writers.tsv" "$DB"
 n_new=$(awk -F'\t' '$3 ~ /\.ev\.v2\./' "$EXP" | wc -l)
 n_old=$(($(wc -l <"$EXP") - n_new))
 log "expected: $n_old rows under the old mapping, $n_new under the new one"
