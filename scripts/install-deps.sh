@@ -95,5 +95,8 @@ fi
 if [[ ${INSTALL_DEPS_SKIP_DEBEZIUM:-0} != 1 ]]; then
   say "resolving the Kafka Connect + Debezium classpath (tests/stack/debezium.sh classpath)"
   say "Debezium classpath: $("$ROOT/tests/stack/debezium.sh" classpath)"
+  # Apicurio's AvroConverter on Connect's plugin.path (the Avro side-by-side
+  # test; tests/stack/debezium/apicurio/pom.xml).
+  say "Connect plugins: $("$ROOT/tests/stack/debezium.sh" plugins)"
 fi
 say "done"

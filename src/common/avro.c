@@ -7,6 +7,7 @@
  * by avro-c is not the schema we publish.
  */
 #include "outboxd/common/avro.h"
+#include "outboxd/common/avro_datum.h"
 
 #include <avro.h>
 #include <errno.h>
@@ -883,6 +884,17 @@ static json_t *value_to_json(avro_value_t *v, int depth)
     default:
         return NULL;
     }
+}
+
+bool outboxd_avro_datum_check(avro_schema_t s, const unsigned char **p, const unsigned char *end,
+                              char *errstr, size_t errstr_size)
+{
+    return check_datum(s, p, end, 0, errstr, errstr_size);
+}
+
+json_t *outboxd_avro_value_to_json(avro_value_t *v)
+{
+    return value_to_json(v, 0);
 }
 
 char *outboxd_avro_decode_to_json(outboxd_avro_t *av, const void *buf, size_t len, char *errstr,

@@ -793,6 +793,8 @@ static bool parse_headers(ctx_t *c, const node_t *n, const char *path, int line,
 static bool parse_debezium(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_table_name(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_window_relay(ctx_t *c, const node_t *n, const char *path, int line, void *base);
+static bool parse_window_source(ctx_t *c, const node_t *n, const char *path, int line, void *base);
 
 static const enum_name_t mode_names[] = {
     {"outbox", OUTBOXD_MODE_OUTBOX}, {"cdc", OUTBOXD_MODE_CDC}, {NULL, 0}};
@@ -872,6 +874,8 @@ static const key_spec_t relay_spec[] = {
      .min = 100, .max = 60000},
     {KEY("reconnect_max_backoff_ms", K_INT, outboxd_config_t, reconnect_max_backoff_ms),
      .def_num = 30000, .min = 100, .max = 3600000},
+    {KEY("wal_receiver_timeout_ms", K_INT, outboxd_config_t, wal_receiver_timeout_ms),
+     .def_num = 60000, .min = 0, .max = 3600000},
     {KEY("producers_per_source", K_INT, outboxd_config_t, producers_per_source), .def_num = 2,
      .min = 1, .max = 4, .restart = true},
     {KEY("missing_topic", K_ENUM, outboxd_config_t, missing_topic), .names = missing_topic_names,
@@ -894,6 +898,11 @@ static const key_spec_t relay_spec[] = {
      .names = dlt_format_names, .def_num = OUTBOXD_DLT_JSON},
     {KEY("max_slot_lag_bytes", K_SIZE, outboxd_config_t, max_slot_lag_bytes), .def_num = 0,
      .min = 0, .max = 1LL << 50},
+    {.key = "replay_window",
+     .kind = K_CUSTOM,
+     .custom = parse_window_relay,
+     .hint = "a duration (30m, 1h, 2d) or a WAL size (500MB, 2GB)",
+     .restart = true},
     {0}};
 
 static const key_spec_t metrics_spec[] = {
@@ -940,6 +949,11 @@ static const key_spec_t source_spec[] = {
      .names = pub_scope_names, .def_num = OUTBOXD_PUB_TABLES, .restart = true},
     {KEY("heartbeat_interval_ms", K_INT, outboxd_source_conf_t, heartbeat_interval_ms),
      .def_num = 0, .min = 0, .max = 3600000, .restart = true},
+    {.key = "replay_window",
+     .kind = K_CUSTOM,
+     .custom = parse_window_source,
+     .hint = "a duration (30m, 1h, 2d) or a WAL size (500MB, 2GB)",
+     .restart = true},
     {.key = "tables", .kind = K_CUSTOM, .custom = parse_tables, .hint = "a list of tables"},
     {.key = "messages",
      .kind = K_CUSTOM,
@@ -1310,6 +1324,110 @@ static bool parse_properties(ctx_t *c, const node_t *n, const char *path, int li
  * lines starting with '#' are skipped. Values are taken as written (no ${}
  * expansion), like password_file.
  */
+/* ---- replay_window ---------------------------------------------------------- */
+
+int outboxd_config_parse_window(const char *text, int64_t *ms, uint64_t *bytes)
+{
+    static const struct {
+        const char *unit;
+        bool size;
+        uint64_t mult;
+    } units[] = {{"s", false, 1000},       {"m", false, 60000},      {"min", false, 60000},
+                 {"h", false, 3600000},    {"d", false, 86400000},   {"B", true, 1},
+                 {"kB", true, 1ULL << 10}, {"KB", true, 1ULL << 10}, {"MB", true, 1ULL << 20},
+                 {"GB", true, 1ULL << 30}, {"TB", true, 1ULL << 40}};
+    *ms = 0;
+    *bytes = 0;
+    if (!text || !isdigit((unsigned char)text[0]))
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (errno == ERANGE || n == 0)
+        return -1;
+    while (*end == ' ')
+        end++;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) != 0)
+            continue;
+        /* At most 2^50 bytes (1 PiB) or a year: beyond that a typo. */
+        uint64_t limit = units[i].size ? (1ULL << 50) : 366ULL * 86400000;
+        if (n > limit / units[i].mult)
+            return -1;
+        if (units[i].size)
+            *bytes = n * units[i].mult;
+        else
+            *ms = (int64_t)(n * units[i].mult);
+        return 0;
+    }
+    return -1;
+}
+
+static bool parse_window(ctx_t *c, const node_t *n, const char *path, int line, int64_t *ms,
+                         uint64_t *bytes)
+{
+    static const char expected[] =
+        "a duration (90s, 30m, 1h, 2d) or a WAL size (500MB, 2GB; units of 1024)";
+    char *s;
+    if (!scalar_text(c, n, path, line, expected, true, false, &s))
+        return false;
+    bool ok = outboxd_config_parse_window(s, ms, bytes) == 0;
+    if (!ok)
+        fail(c, line, path, "invalid replay_window '%.100s' (expected %s, greater than 0)", s,
+             expected);
+    free(s);
+    return ok;
+}
+
+static bool parse_window_relay(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_config_t *conf = base;
+    return parse_window(c, n, path, line, &conf->replay_window_ms, &conf->replay_window_bytes);
+}
+
+static bool parse_window_source(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_source_conf_t *src = base;
+    return parse_window(c, n, path, line, &src->replay_window_ms, &src->replay_window_bytes);
+}
+
+/*
+ * After the whole file is read (relay: may come after sources:): sources
+ * without their own replay_window take relay's, and each source with one
+ * gets its retention slot name, which with the replay copy's suffix must
+ * still be a PostgreSQL name.
+ */
+static bool finish_windows(ctx_t *c, outboxd_config_t *conf)
+{
+    for (size_t i = 0; i < conf->n_sources; i++) {
+        outboxd_source_conf_t *s = &conf->sources[i];
+        if (!s->replay_window_ms && !s->replay_window_bytes) {
+            s->replay_window_ms = conf->replay_window_ms;
+            s->replay_window_bytes = conf->replay_window_bytes;
+        }
+        if (!s->replay_window_ms && !s->replay_window_bytes)
+            continue;
+        char path[PATH_LEN];
+        snprintf(path, sizeof(path), "sources[%zu].slot", i);
+        size_t longest = strlen(OUTBOXD_RETENTION_SUFFIX) > strlen(OUTBOXD_REPLAY_SUFFIX)
+                             ? strlen(OUTBOXD_RETENTION_SUFFIX)
+                             : strlen(OUTBOXD_REPLAY_SUFFIX);
+        if (strlen(s->slot) + longest > PG_NAME_MAX)
+            return fail(c, s->line, path,
+                        "slot '%s' is too long for replay_window (expected at most %zu "
+                        "characters, so that its retention slot %s%s and replay slot %s%s are "
+                        "PostgreSQL names)",
+                        s->slot, PG_NAME_MAX - longest, s->slot, OUTBOXD_RETENTION_SUFFIX, s->slot,
+                        OUTBOXD_REPLAY_SUFFIX);
+        size_t len = strlen(s->slot) + strlen(OUTBOXD_RETENTION_SUFFIX) + 1;
+        s->retention_slot = malloc(len);
+        if (!s->retention_slot)
+            return oom(c, s->line, path);
+        snprintf(s->retention_slot, len, "%s%s", s->slot, OUTBOXD_RETENTION_SUFFIX);
+    }
+    return true;
+}
+
 static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base)
 {
     outboxd_config_t *conf = base;
@@ -1800,7 +1918,8 @@ outboxd_config_t *outboxd_config_parse(const char *text, size_t len, const char 
         oom(&c, 1, NULL);
         goto err;
     }
-    if (!parse_mapping(&c, root, "", root->line, root_spec, conf, NULL))
+    if (!parse_mapping(&c, root, "", root->line, root_spec, conf, NULL) ||
+        !finish_windows(&c, conf))
         goto err;
     node_free(root);
     return conf;
@@ -1915,6 +2034,7 @@ void outboxd_config_destroy(outboxd_config_t *conf)
             free(s->password);
         }
         free(s->slot);
+        free(s->retention_slot);
         free(s->publication);
         for (size_t j = 0; j < s->n_tables; j++)
             free_table(&s->tables[j]);
@@ -2027,6 +2147,21 @@ int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config
         snprintf(p, sizeof(p), "sources[%zu].", j - 1);
         if (pin_keys(source_spec, (char *)ns, (const char *)rs, p, changed) < 0)
             return -1;
+        if (ns->replay_window_ms != rs->replay_window_ms ||
+            ns->replay_window_bytes != rs->replay_window_bytes ||
+            !str_eq(ns->retention_slot, rs->retention_slot)) {
+            /* The retention slot is set up when the source starts. */
+            char *copy = rs->retention_slot ? strdup(rs->retention_slot) : NULL;
+            if ((rs->retention_slot && !copy) ||
+                !outboxd_buf_printf(changed, "sources[%zu].replay_window\n", j - 1)) {
+                free(copy);
+                return -1;
+            }
+            free(ns->retention_slot);
+            ns->retention_slot = copy;
+            ns->replay_window_ms = rs->replay_window_ms;
+            ns->replay_window_bytes = rs->replay_window_bytes;
+        }
         if (pw_changed) {
             /* The password belongs to its file: keep the running pair. */
             char *copy = rs->password ? strdup(rs->password) : NULL;

@@ -12,16 +12,24 @@
  *   {payload, alias...}; NULL payload: null (a tombstone when
  *   route.tombstone.on.empty.payload);
  * - headers: "id" and the header placements (SimpleHeaderConverter);
- * - timestamp: table.field.event.timestamp (a timestamp column) in ms.
+ * - timestamp: table.field.event.timestamp (a timestamp column) in ms;
+ * - with an AvroConverter, key and value are the Connect schema (the
+ *   column's, the Json string's, the one JsonSchemaData infers for an
+ *   expanded payload, or the value struct with its schema version) as
+ *   Confluent's AvroData translates it, and the Avro binary of the value;
+ *   the caller registers the schema and frames the datum (encoder.h).
  */
 #include "outboxd/relay/debezium.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "outboxd/common/avro_json.h"
 
 /* PostgreSQL type oids whose rendering differs from their text. */
 #define OID_BOOL   16
@@ -305,31 +313,109 @@ oom:
     return -1;
 }
 
-static int parse_converter(const char *key, const char *v, bool *json, char *errstr,
+static int parse_converter(const char *key, const char *v, bool *json, bool *avro, char *errstr,
                            size_t errstr_size)
 {
+    *json = *avro = false;
     if (strcmp(v, "org.apache.kafka.connect.json.JsonConverter") == 0)
         *json = true;
-    else if (strcmp(v, "org.apache.kafka.connect.storage.StringConverter") == 0)
-        *json = false;
-    else {
+    else if (strcmp(v, "io.apicurio.registry.utils.converter.AvroConverter") == 0 ||
+             strcmp(v, "io.confluent.connect.avro.AvroConverter") == 0)
+        *avro = true;
+    else if (strcmp(v, "org.apache.kafka.connect.storage.StringConverter") != 0) {
         snprintf(errstr, errstr_size,
                  "%s: '%.200s' is not supported (expected "
-                 "org.apache.kafka.connect.storage.StringConverter or "
-                 "org.apache.kafka.connect.json.JsonConverter; for Avro use value_format: "
-                 "payload with a schema registry)",
+                 "org.apache.kafka.connect.storage.StringConverter, "
+                 "org.apache.kafka.connect.json.JsonConverter, "
+                 "io.apicurio.registry.utils.converter.AvroConverter or "
+                 "io.confluent.connect.avro.AvroConverter)",
                  key, v);
         return -1;
     }
     return 0;
 }
 
+static bool ends_with(const char *s, const char *tail)
+{
+    size_t n = strlen(s), m = strlen(tail);
+    return n >= m && strcmp(s + n - m, tail) == 0;
+}
+
+/*
+ * A converter's own setting (key.converter.<setting>): the registry's
+ * address and credentials are outboxd's schema_registry block, so most are
+ * accepted as they are; those that would change the bytes are checked.
+ */
+static int converter_setting(const char *k, const char *setting, const char *v, char *errstr,
+                             size_t errstr_size)
+{
+    if (strcmp(setting, "schemas.enable") == 0) {
+        if (strcmp(v, "false") != 0) {
+            snprintf(errstr, errstr_size,
+                     "%s: only false is supported (JSON with an inline Connect schema is "
+                     "not produced by outboxd)",
+                     k);
+            return -1;
+        }
+        return 0;
+    }
+    const char *bad = NULL;
+    if (strcmp(setting, "apicurio.registry.as-confluent") == 0 && strcmp(v, "true") != 0)
+        bad = "true (Confluent's wire format: magic byte 0 and a 4-byte id)";
+    else if (strcmp(setting, "apicurio.registry.headers.enabled") == 0 && strcmp(v, "false") != 0)
+        bad = "false (the schema id in the value, as Confluent's converter writes it)";
+    else if (strcmp(setting, "apicurio.registry.use-id") == 0 && strcmp(v, "contentId") != 0)
+        bad = "contentId (the id the registry's Confluent API hands out)";
+    else if (strcmp(setting, "apicurio.registry.artifact-resolver-strategy") == 0 &&
+             !ends_with(v, ".TopicIdStrategy"))
+        bad = "io.apicurio.registry.serde.strategy.TopicIdStrategy (subjects <topic>-key and "
+              "<topic>-value)";
+    else if ((strcmp(setting, "key.subject.name.strategy") == 0 ||
+              strcmp(setting, "value.subject.name.strategy") == 0) &&
+             !ends_with(v, ".TopicNameStrategy"))
+        bad = "io.confluent.kafka.serializers.subject.TopicNameStrategy (subjects <topic>-key "
+              "and <topic>-value)";
+    else if ((strcmp(setting, "connect.meta.data") == 0 && strcmp(v, "true") != 0) ||
+             (strcmp(setting, "enhanced.avro.schema.support") == 0 && strcmp(v, "false") != 0))
+        bad = "its default";
+    if (bad) {
+        snprintf(errstr, errstr_size, "%s: only %s is supported, got '%.100s'", k, bad, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_list(const char *v, char ***out, size_t *n)
+{
+    char *copy = strdup(v), *save = NULL;
+    if (!copy)
+        return -1;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*item))
+            item++;
+        char *end = item + strlen(item);
+        while (end > item && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (!*item)
+            continue;
+        char **l = realloc(*out, (*n + 1) * sizeof(char *));
+        if (!l || !(l[*n] = strdup(item))) {
+            if (l)
+                *out = l;
+            free(copy);
+            return -1;
+        }
+        *out = l;
+        (*n)++;
+    }
+    free(copy);
+    return 0;
+}
+
 /* Properties accepted and ignored: they change nothing in the records. */
 static const char *const ignored_props[] = {
-    "type",                             /* io.debezium.transforms.outbox.EventRouter */
-    "table.op.invalid.behavior",        /* updates: tables[].on_update decides */
-    "table.field.event.schema.version", /* a Connect schema version: no bytes with these converters
-                                         */
+    "type",                      /* io.debezium.transforms.outbox.EventRouter */
+    "table.op.invalid.behavior", /* updates: tables[].on_update decides */
     "route.topic.regex.ignore.case", NULL};
 
 outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr,
@@ -390,21 +476,27 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
             }
         } else if (strcmp(k, "table.fields.additional.placement") == 0)
             rc = parse_placements(d, props[i].key, v, errstr, errstr_size);
-        else if (strcmp(k, "key.converter") == 0)
-            rc = parse_converter(k, v, &d->key_json, errstr, errstr_size);
-        else if (strcmp(k, "value.converter") == 0) {
-            rc = parse_converter(k, v, &d->value_json, errstr, errstr_size);
-            have_value_conv = true;
-        } else if (strcmp(k, "key.converter.schemas.enable") == 0 ||
-                   strcmp(k, "value.converter.schemas.enable") == 0) {
-            if (strcmp(v, "false") != 0) {
-                snprintf(errstr, errstr_size,
-                         "%s: only false is supported (JSON with an inline Connect schema is "
-                         "not produced by outboxd)",
-                         k);
+        else if (strcmp(k, "table.field.event.schema.version") == 0) {
+            free(d->col_version);
+            d->col_version = *v ? strdup(v) : NULL;
+        } else if (strcmp(k, "topic.prefix") == 0) {
+            free(d->topic_prefix);
+            d->topic_prefix = strdup(v);
+        } else if (strcmp(k, "outboxd.columns.not.null") == 0) {
+            if (parse_list(v, &d->not_null, &d->n_not_null) < 0) {
+                snprintf(errstr, errstr_size, "out of memory");
                 rc = -1;
             }
-        } else {
+        } else if (strcmp(k, "key.converter") == 0)
+            rc = parse_converter(k, v, &d->key_json, &d->key_avro, errstr, errstr_size);
+        else if (strcmp(k, "value.converter") == 0) {
+            rc = parse_converter(k, v, &d->value_json, &d->value_avro, errstr, errstr_size);
+            have_value_conv = true;
+        } else if (strncmp(k, "key.converter.", 14) == 0)
+            rc = converter_setting(k, k + 14, v, errstr, errstr_size);
+        else if (strncmp(k, "value.converter.", 16) == 0)
+            rc = converter_setting(k, k + 16, v, errstr, errstr_size);
+        else {
             snprintf(errstr, errstr_size,
                      "unknown or unsupported Debezium property '%.200s' (see README "
                      "\"Migrating from Debezium\" for the supported ones)",
@@ -416,19 +508,33 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
     }
     if (!have_value_conv) {
         snprintf(errstr, errstr_size,
-                 "value.converter is required (org.apache.kafka.connect.storage.StringConverter "
-                 "or org.apache.kafka.connect.json.JsonConverter, as in the connector config)");
+                 "value.converter is required (org.apache.kafka.connect.storage.StringConverter, "
+                 "org.apache.kafka.connect.json.JsonConverter or an AvroConverter, as in the "
+                 "connector config)");
         goto fail;
     }
     for (size_t i = 0; i < d->n_places; i++)
-        if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE && !d->value_json) {
+        if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE && !d->value_json && !d->value_avro) {
             snprintf(errstr, errstr_size,
                      "table.fields.additional.placement: %s:envelope needs value.converter "
-                     "JsonConverter (with StringConverter Debezium writes Connect's Struct "
-                     "toString(), which no consumer should parse)",
+                     "JsonConverter or AvroConverter (with StringConverter Debezium writes "
+                     "Connect's Struct toString(), which no consumer should parse)",
                      d->places[i].column);
             goto fail;
         }
+    if (!d->topic_prefix && d->value_avro)
+        for (size_t i = 0; i < d->n_places; i++)
+            if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE) {
+                /* The value record is named <topic.prefix>.<schema>.<table>.<route>.Value. */
+                snprintf(errstr, errstr_size,
+                         "topic.prefix (the connector's) is required with AvroConverter and "
+                         "envelope placements: it names the value's Avro record");
+                goto fail;
+            }
+    if (!d->topic_prefix && !(d->topic_prefix = strdup(""))) {
+        snprintf(errstr, errstr_size, "out of memory");
+        goto fail;
+    }
     d->col_id = dup_or(c_id, "id");
     d->col_key = dup_or(c_key, "aggregateid");
     d->col_payload = dup_or(c_payload, "payload");
@@ -481,6 +587,17 @@ void outboxd_dbz_destroy(outboxd_dbz_t *d)
     free(d->col_payload);
     free(d->col_route);
     free(d->col_ts);
+    free(d->col_version);
+    free(d->topic_prefix);
+    for (size_t i = 0; i < d->n_not_null; i++)
+        free(d->not_null[i]);
+    free(d->not_null);
+    for (size_t i = 0; i < d->n_names; i++) {
+        free(d->name_keys[i]);
+        free(d->name_vals[i]);
+    }
+    free(d->name_keys);
+    free(d->name_vals);
     for (size_t i = 0; i < d->n_places; i++) {
         free(d->places[i].column);
         free(d->places[i].alias);
@@ -747,4 +864,827 @@ int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload
             return -1;
     }
     return outboxd_buf_append(out, "}", 1) ? 0 : -1;
+}
+
+/* ---- AvroConverter ---- */
+
+/*
+ * A Connect schema, as far as the EventRouter makes them: column schemas
+ * (Debezium's types for the PostgreSQL column), the payload's (Debezium's
+ * io.debezium.data.Json, or the one table.expand.json.payload infers from
+ * the JSON) and the value struct of envelope placements.
+ */
+typedef enum {
+    CS_STRING,
+    CS_INT16,
+    CS_INT32,
+    CS_INT64,
+    CS_FLOAT32,
+    CS_FLOAT64,
+    CS_BOOL,
+    CS_BYTES,
+    CS_ARRAY,
+    CS_STRUCT
+} cs_type_t;
+
+typedef struct cs {
+    cs_type_t type;
+    bool optional;
+    char *name;  /* Connect schema name, or NULL */
+    int version; /* Connect schema version, when has_version */
+    bool has_version;
+    struct cs *items; /* CS_ARRAY */
+    char **fnames;    /* CS_STRUCT fields, in order */
+    struct cs **fields;
+    size_t n;
+} cs_t;
+
+#define OID_TEXT    25
+#define OID_VARCHAR 1043
+#define OID_BPCHAR  1042
+#define OID_NAME    19
+#define OID_JSON    114
+#define OID_JSONB   3802
+#define OID_UUID    2950
+
+static void cs_free(cs_t *c)
+{
+    if (!c)
+        return;
+    free(c->name);
+    cs_free(c->items);
+    for (size_t i = 0; i < c->n; i++) {
+        free(c->fnames[i]);
+        cs_free(c->fields[i]);
+    }
+    free(c->fnames);
+    free(c->fields);
+    free(c);
+}
+
+static cs_t *cs_new(cs_type_t type, bool optional, const char *name, int version)
+{
+    cs_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->type = type;
+    c->optional = optional;
+    c->version = version;
+    c->has_version = version > 0;
+    if (name && !(c->name = strdup(name))) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Appends field (owned from here on, also on failure). */
+static bool cs_add(cs_t *st, const char *fname, cs_t *field)
+{
+    char **n = realloc(st->fnames, (st->n + 1) * sizeof(char *));
+    if (n)
+        st->fnames = n;
+    cs_t **f = n ? realloc(st->fields, (st->n + 1) * sizeof(cs_t *)) : NULL;
+    if (f)
+        st->fields = f;
+    if (!n || !f || !(st->fnames[st->n] = strdup(fname))) {
+        cs_free(field);
+        return false;
+    }
+    st->fields[st->n++] = field;
+    return true;
+}
+
+static bool is_not_null(const outboxd_dbz_t *d, const char *col)
+{
+    for (size_t i = 0; i < d->n_not_null; i++)
+        if (strcmp(d->not_null[i], col) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The schema Debezium's PostgreSQL connector gives a column of this type
+ * (optional unless listed in outboxd.columns.not.null: pgoutput does not
+ * say). NULL with *unsupported for types not rendered here.
+ */
+static cs_t *column_schema(const outboxd_dbz_t *d, const char *col, uint32_t oid, bool *unsupported)
+{
+    bool opt = !is_not_null(d, col);
+    *unsupported = false;
+    switch (oid) {
+    case OID_TEXT:
+    case OID_VARCHAR:
+    case OID_BPCHAR:
+    case OID_NAME:
+        return cs_new(CS_STRING, opt, NULL, 0);
+    case OID_JSON:
+    case OID_JSONB:
+        return cs_new(CS_STRING, opt, "io.debezium.data.Json", 1);
+    case OID_UUID:
+        return cs_new(CS_STRING, opt, "io.debezium.data.Uuid", 1);
+    case OID_INT2:
+        return cs_new(CS_INT16, opt, NULL, 0);
+    case OID_INT4:
+        return cs_new(CS_INT32, opt, NULL, 0);
+    case OID_INT8:
+        return cs_new(CS_INT64, opt, NULL, 0);
+    case OID_OID:
+        return cs_new(CS_INT64, opt, NULL, 0);
+    case OID_FLOAT4:
+        return cs_new(CS_FLOAT32, opt, NULL, 0);
+    case OID_FLOAT8:
+        return cs_new(CS_FLOAT64, opt, NULL, 0);
+    case OID_BOOL:
+        return cs_new(CS_BOOL, opt, NULL, 0);
+    }
+    *unsupported = true;
+    return NULL;
+}
+
+/* Avro's name rule (Avro's Java library refuses others, and so the
+ * converter). */
+static bool avro_name_ok(const char *s, size_t len)
+{
+    if (len == 0 || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
+        return false;
+    for (size_t i = 1; i < len; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '_'))
+            return false;
+    return true;
+}
+
+static bool avro_fullname_ok(const char *s)
+{
+    const char *p = s;
+    for (;;) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (!avro_name_ok(p, len))
+            return false;
+        if (!dot)
+            return true;
+        p = dot + 1;
+    }
+}
+
+/* ---- Avro schema text, as Avro's Java Schema.toString() writes it ---- */
+
+static bool avro_props(outboxd_buf_t *o, const cs_t *c)
+{
+    bool ok = true;
+    if (c->has_version)
+        ok = outboxd_buf_printf(o, ",\"connect.version\":%d", c->version);
+    if (c->name)
+        ok = ok && outboxd_buf_append_str(o, ",\"connect.name\":") &&
+             json_str(o, c->name, strlen(c->name));
+    if (c->type == CS_INT16)
+        ok = ok && outboxd_buf_append_str(o, ",\"connect.type\":\"int16\"");
+    return ok;
+}
+
+static const char *avro_prim(cs_type_t t)
+{
+    switch (t) {
+    case CS_STRING:
+        return "string";
+    case CS_INT16:
+    case CS_INT32:
+        return "int";
+    case CS_INT64:
+        return "long";
+    case CS_FLOAT32:
+        return "float";
+    case CS_FLOAT64:
+        return "double";
+    case CS_BOOL:
+        return "boolean";
+    case CS_BYTES:
+        return "bytes";
+    default:
+        return NULL;
+    }
+}
+
+/*
+ * The Avro schema of c as Confluent's AvroData makes it (connect.meta.data
+ * on): optional -> ["null", T] (no union at top level for a struct, since
+ * the converter registers a record's own schema), struct -> record named
+ * after the Connect name (ConnectDefault in io.confluent.connect.avro when
+ * unnamed), fields of optional types with "default": null, connect.version /
+ * connect.name / connect.type properties. ns: the enclosing namespace (Avro
+ * writes a record's namespace only when it differs).
+ */
+static bool avro_schema(outboxd_buf_t *o, const cs_t *c, const char *ns, bool top)
+{
+    bool ok = true;
+    bool in_union = c->optional && !(top && c->type == CS_STRUCT);
+    if (in_union)
+        ok = outboxd_buf_append_str(o, "[\"null\",");
+    const char *prim = avro_prim(c->type);
+    if (prim) {
+        if (!c->has_version && !c->name && c->type != CS_INT16)
+            ok = ok && outboxd_buf_printf(o, "\"%s\"", prim);
+        else
+            ok = ok && outboxd_buf_printf(o, "{\"type\":\"%s\"", prim) && avro_props(o, c) &&
+                 outboxd_buf_append(o, "}", 1);
+    } else if (c->type == CS_ARRAY) {
+        ok = ok && outboxd_buf_append_str(o, "{\"type\":\"array\",\"items\":") &&
+             avro_schema(o, c->items, ns, false) && avro_props(o, c) &&
+             outboxd_buf_append(o, "}", 1);
+    } else {
+        const char *full = c->name ? c->name : "io.confluent.connect.avro.ConnectDefault";
+        const char *dot = strrchr(full, '.');
+        const char *name = dot ? dot + 1 : full;
+        char *space = dot ? outboxd_strndup(full, (size_t)(dot - full)) : NULL;
+        if (dot && !space)
+            return false;
+        ok = ok && outboxd_buf_append_str(o, "{\"type\":\"record\",\"name\":") &&
+             json_str(o, name, strlen(name));
+        if (ok && (space ? !ns || strcmp(space, ns) != 0 : ns != NULL))
+            ok = outboxd_buf_append_str(o, ",\"namespace\":") &&
+                 (space ? json_str(o, space, strlen(space)) : outboxd_buf_append_str(o, "\"\""));
+        ok = ok && outboxd_buf_append_str(o, ",\"fields\":[");
+        for (size_t i = 0; ok && i < c->n; i++) {
+            ok = (i == 0 || outboxd_buf_append(o, ",", 1)) &&
+                 outboxd_buf_append_str(o, "{\"name\":") &&
+                 json_str(o, c->fnames[i], strlen(c->fnames[i])) &&
+                 outboxd_buf_append_str(o, ",\"type\":") &&
+                 avro_schema(o, c->fields[i], space, false) &&
+                 (!c->fields[i]->optional || outboxd_buf_append_str(o, ",\"default\":null")) &&
+                 outboxd_buf_append(o, "}", 1);
+        }
+        ok = ok && outboxd_buf_append(o, "]", 1) && avro_props(o, c) &&
+             outboxd_buf_append(o, "}", 1);
+        free(space);
+    }
+    return ok && (!in_union || outboxd_buf_append(o, "]", 1));
+}
+
+/* A struct's Avro names (record and fields) must be valid, or the
+ * converter fails; reason names the first that is not. */
+static bool avro_names_ok(const cs_t *c, char *reason, size_t reason_size)
+{
+    if (c->type == CS_ARRAY)
+        return avro_names_ok(c->items, reason, reason_size);
+    if (c->type != CS_STRUCT)
+        return true;
+    if (c->name && !avro_fullname_ok(c->name)) {
+        snprintf(reason, reason_size,
+                 "'%.200s' is not a valid Avro record name (letters, digits, '_', dots between "
+                 "names), so no AvroConverter can write this record",
+                 c->name);
+        return false;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        if (!avro_name_ok(c->fnames[i], strlen(c->fnames[i]))) {
+            snprintf(reason, reason_size,
+                     "'%.200s' is not a valid Avro field name (letters, digits, '_'; not "
+                     "starting with a digit), so no AvroConverter can write this record",
+                     c->fnames[i]);
+            return false;
+        }
+        if (!avro_names_ok(c->fields[i], reason, reason_size))
+            return false;
+    }
+    return true;
+}
+
+/* ---- Avro binary ---- */
+
+static bool put_le(outboxd_buf_t *o, uint64_t u, int n)
+{
+    unsigned char b[8];
+    for (int i = 0; i < n; i++)
+        b[i] = (unsigned char)(u >> (8 * i));
+    return outboxd_buf_append(o, b, (size_t)n);
+}
+
+static bool put_double(outboxd_buf_t *o, double x)
+{
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    return put_le(o, u, 8);
+}
+
+static bool put_float(outboxd_buf_t *o, float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return put_le(o, u, 4);
+}
+
+/* A column's text as the datum of its column schema (not the union). */
+static int column_datum(outboxd_buf_t *o, const cs_t *c, const char *v, size_t len, const char *col,
+                        char *reason, size_t reason_size)
+{
+    char tmp[64];
+    char *end;
+    if (c->type == CS_STRING)
+        return outboxd_avro_write_string(o, v, len) ? 0 : -1;
+    if (c->type == CS_BOOL)
+        return outboxd_buf_append(o, len && v[0] == 't' ? "\1" : "\0", 1) ? 0 : -1;
+    snprintf(tmp, sizeof(tmp), "%.*s", (int)(len < 63 ? len : 63), v);
+    errno = 0;
+    if (c->type == CS_FLOAT32 || c->type == CS_FLOAT64) {
+        double x = strtod(tmp, &end);
+        if (*end) {
+            snprintf(reason, reason_size, "column '%s': '%s' is not a number", col, tmp);
+            return 1;
+        }
+        return (c->type == CS_FLOAT32 ? put_float(o, (float)x) : put_double(o, x)) ? 0 : -1;
+    }
+    long long x = strtoll(tmp, &end, 10);
+    if (*end || errno) {
+        snprintf(reason, reason_size, "column '%s': '%s' is not an integer", col, tmp);
+        return 1;
+    }
+    return outboxd_avro_write_long(o, x) ? 0 : -1;
+}
+
+/* A column value as a (possibly optional) field or top-level datum. */
+static int column_value(outboxd_buf_t *o, const cs_t *c, const outboxd_dbz_field_t *f, char *reason,
+                        size_t reason_size)
+{
+    if (!f->data) {
+        if (!c->optional) {
+            snprintf(reason, reason_size,
+                     "column '%s' is NULL but listed in outboxd.columns.not.null", f->name);
+            return 1;
+        }
+        return outboxd_avro_write_long(o, 0) ? 0 : -1;
+    }
+    if (c->optional && !outboxd_avro_write_long(o, 1))
+        return -1;
+    return column_datum(o, c, f->data, f->len, f->name, reason, reason_size);
+}
+
+/* ---- table.expand.json.payload: Debezium's JsonSchemaData ---- */
+
+/* Thrown by JsonSchemaData: Debezium then keeps the payload as a string. */
+#define EXPAND_FAILS ((cs_t *)-1)
+
+static cs_t *json_schema(const outboxd_dbz_t *d, const char *key, const json_t *v);
+
+/* What json_schema returns for a field without a schema (JSON null,
+ * empty array): the field is left out. */
+static cs_t skip_field;
+
+/* Merges right's fields into left (JsonSchemaData.mergeSchema). */
+static bool merge_struct(cs_t *left, cs_t *right)
+{
+    for (size_t i = 0; i < right->n; i++) {
+        size_t j = 0;
+        while (j < left->n && strcmp(left->fnames[j], right->fnames[i]) != 0)
+            j++;
+        if (j == left->n) {
+            if (!cs_add(left, right->fnames[i], right->fields[i]))
+                return false;
+            right->fields[i] = NULL;
+        } else if (left->fields[j]->type == CS_BYTES && right->fields[i]->type != CS_BYTES) {
+            cs_free(left->fields[j]);
+            left->fields[j] = right->fields[i];
+            right->fields[i] = NULL;
+        }
+    }
+    return true;
+}
+
+static cs_t *json_array_schema(const outboxd_dbz_t *d, const char *key, const json_t *a)
+{
+    /* getFirstArrayElement: the first non-null element; all of one JSON
+     * type, numbers of one Connect type. */
+    const json_t *ref = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(a, i, e)
+    {
+        if (json_is_null(e))
+            continue;
+        if (!ref) {
+            ref = e;
+            continue;
+        }
+        bool same = json_typeof(e) == json_typeof(ref) ||
+                    (json_is_boolean(e) && json_is_boolean(ref)) ||
+                    (json_is_number(e) && json_is_number(ref));
+        if (!same)
+            return EXPAND_FAILS;
+        if (json_is_number(e)) {
+            cs_t *s1 = json_schema(d, NULL, ref), *s2 = json_schema(d, NULL, e);
+            bool eq = s1 && s2 && s1->type == s2->type;
+            cs_free(s1);
+            cs_free(s2);
+            if (!eq)
+                return EXPAND_FAILS;
+        }
+    }
+    cs_t *item = NULL;
+    if (ref && json_is_object(ref)) {
+        json_array_foreach(a, i, e)
+        {
+            if (!json_is_object(e))
+                continue;
+            cs_t *s = json_schema(d, key, e);
+            if (!s || s == EXPAND_FAILS) {
+                cs_free(item);
+                return s;
+            }
+            if (!item)
+                item = s;
+            else {
+                bool ok = merge_struct(item, s);
+                cs_free(s);
+                if (!ok) {
+                    cs_free(item);
+                    return NULL;
+                }
+            }
+        }
+    } else {
+        /* only nulls, or empty arrays: "unrecognized member schema" */
+        if (!ref)
+            return EXPAND_FAILS;
+        item = json_schema(d, NULL, ref);
+        if (!item || item == EXPAND_FAILS)
+            return item;
+        if (item == &skip_field)
+            return EXPAND_FAILS;
+    }
+    cs_t *arr = cs_new(CS_ARRAY, true, NULL, 0);
+    if (!arr) {
+        cs_free(item);
+        return NULL;
+    }
+    arr->items = item;
+    return arr;
+}
+
+/* JsonSchemaData.toConnectSchema. */
+static cs_t *json_schema(const outboxd_dbz_t *d, const char *key, const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_STRING:
+        return cs_new(CS_STRING, true, NULL, 0);
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return cs_new(CS_BOOL, true, NULL, 0);
+    case JSON_INTEGER: {
+        json_int_t x = json_integer_value(v);
+        return cs_new(x >= INT32_MIN && x <= INT32_MAX ? CS_INT32 : CS_INT64, true, NULL, 0);
+    }
+    case JSON_REAL:
+        return cs_new(CS_FLOAT64, true, NULL, 0);
+    case JSON_NULL:
+        return d->keep_null_fields ? cs_new(CS_BYTES, true, NULL, 0) : &skip_field;
+    case JSON_ARRAY:
+        return json_array_size(v) == 0 ? &skip_field : json_array_schema(d, key, v);
+    case JSON_OBJECT: {
+        cs_t *st = cs_new(CS_STRUCT, true, key, 0);
+        if (!st)
+            return NULL;
+        const char *k;
+        json_t *fv;
+        json_object_foreach((json_t *)v, k, fv)
+        {
+            bool dup = false;
+            for (size_t i = 0; i < st->n && !dup; i++)
+                dup = strcmp(st->fnames[i], k) == 0;
+            if (dup)
+                continue;
+            outboxd_buf_t fk = {0};
+            if ((key && *key && !outboxd_buf_printf(&fk, "%s.", key)) ||
+                !outboxd_buf_append_str(&fk, k) || !outboxd_buf_append(&fk, "", 1)) {
+                outboxd_buf_free(&fk);
+                cs_free(st);
+                return NULL;
+            }
+            cs_t *f = json_schema(d, fk.data, fv);
+            outboxd_buf_free(&fk);
+            if (f == &skip_field)
+                continue;
+            if (!f || f == EXPAND_FAILS || !cs_add(st, k, f)) {
+                cs_free(st);
+                return f == EXPAND_FAILS ? f : NULL;
+            }
+        }
+        return st;
+    }
+    }
+    return EXPAND_FAILS;
+}
+
+/* JsonSchemaData.toConnectData, written as Avro: a value for schema c
+ * (c optional: with its union index). */
+static bool json_datum(outboxd_buf_t *o, const cs_t *c, const json_t *v, bool top)
+{
+    bool in_union = c->optional && !(top && c->type == CS_STRUCT);
+    if (!v || json_is_null(v))
+        return in_union && outboxd_avro_write_long(o, 0);
+    if (in_union && !outboxd_avro_write_long(o, 1))
+        return false;
+    switch (c->type) {
+    case CS_STRING:
+        return json_is_string(v) &&
+               outboxd_avro_write_string(o, json_string_value(v), json_string_length(v));
+    case CS_BOOL:
+        return json_is_boolean(v) && outboxd_buf_append(o, json_is_true(v) ? "\1" : "\0", 1);
+    case CS_INT16:
+    case CS_INT32:
+    case CS_INT64:
+        return json_is_integer(v) && outboxd_avro_write_long(o, json_integer_value(v));
+    case CS_FLOAT32:
+        return json_is_number(v) && put_float(o, (float)json_number_value(v));
+    case CS_FLOAT64:
+        return json_is_number(v) && put_double(o, json_number_value(v));
+    case CS_BYTES:
+        return false; /* only ever null */
+    case CS_ARRAY: {
+        if (!json_is_array(v))
+            return false;
+        size_t n = json_array_size(v);
+        bool ok = true;
+        if (n)
+            ok = outboxd_avro_write_long(o, (int64_t)n);
+        for (size_t i = 0; ok && i < n; i++)
+            ok = json_datum(o, c->items, json_array_get(v, i), false);
+        return ok && outboxd_avro_write_long(o, 0);
+    }
+    case CS_STRUCT: {
+        if (!json_is_object(v))
+            return false;
+        bool ok = true;
+        for (size_t i = 0; ok && i < c->n; i++)
+            ok = json_datum(o, c->fields[i], json_object_get(v, c->fnames[i]), false);
+        return ok;
+    }
+    }
+    return false;
+}
+
+/*
+ * The expanded payload: schema and datum, or *fallback when Debezium's
+ * expansion fails (its "JSON expansion failed" warning: the payload stays a
+ * string). A JSON number outside 64 bits makes Debezium's toConnectData
+ * fail, and so a fallback here too.
+ */
+static int expand_avro(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_t **schema,
+                       outboxd_buf_t *datum, bool *fallback)
+{
+    *fallback = false;
+    *schema = NULL;
+    if (p->len == 0 || (p->data[0] != '{' && p->data[0] != '[')) {
+        *fallback = true;
+        return 0;
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb(p->data, p->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    /* Top-level arrays: toConnectData makes a Struct of an array schema,
+     * which throws. */
+    if (!j || !json_is_object(j)) {
+        json_decref(j);
+        *fallback = true;
+        return 0;
+    }
+    cs_t *c = json_schema(d, d->col_payload, j);
+    if (c == EXPAND_FAILS || c == &skip_field) {
+        json_decref(j);
+        *fallback = true;
+        return 0;
+    }
+    if (!c) {
+        json_decref(j);
+        return -1;
+    }
+    bool ok = json_datum(datum, c, j, true);
+    json_decref(j);
+    if (!ok) {
+        cs_free(c);
+        return -1;
+    }
+    *schema = c;
+    return 0;
+}
+
+/* ---- key and value ---- */
+
+int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
+                         outboxd_buf_t *schema, outboxd_buf_t *datum, char *reason,
+                         size_t reason_size)
+{
+    outboxd_buf_reset(schema);
+    outboxd_buf_reset(datum);
+    bool unsupported;
+    cs_t *c = column_schema(d, key->name, key->type_oid, &unsupported);
+    if (!c && unsupported) {
+        snprintf(reason, reason_size,
+                 "key column '%s' has a type (oid %u) outboxd does not render through an "
+                 "AvroConverter (text, varchar, uuid, json, integers, floats, boolean)",
+                 key->name, key->type_oid);
+        return 1;
+    }
+    if (!c)
+        return -1;
+    int rc = avro_schema(schema, c, NULL, true) && outboxd_buf_append(schema, "", 1) ? 0 : -1;
+    if (rc == 0) {
+        schema->len--;
+        rc = column_value(datum, c, key, reason, reason_size);
+    }
+    cs_free(c);
+    return rc;
+}
+
+/* The routed name of the value record, first one per key (see debezium.h). */
+static const char *struct_route(outboxd_dbz_t *d, const char *key, const char *routed)
+{
+    for (size_t i = 0; i < d->n_names; i++)
+        if (strcmp(d->name_keys[i], key) == 0)
+            return d->name_vals[i];
+    if (d->n_names >= 10000) /* Debezium's cache is as large (LRU) */
+        return routed;
+    char **k = realloc(d->name_keys, (d->n_names + 1) * sizeof(char *));
+    if (k)
+        d->name_keys = k;
+    char **v = k ? realloc(d->name_vals, (d->n_names + 1) * sizeof(char *)) : NULL;
+    if (v)
+        d->name_vals = v;
+    char *ks = strdup(key), *vs = strdup(routed);
+    if (!k || !v || !ks || !vs) {
+        free(ks);
+        free(vs);
+        return routed; /* not remembered: only a later row's name can differ */
+    }
+    d->name_keys[d->n_names] = ks;
+    d->name_vals[d->n_names++] = vs;
+    return vs;
+}
+
+int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *routed,
+                           const outboxd_dbz_field_t *payload, const outboxd_dbz_field_t *env,
+                           size_t n_env, const outboxd_dbz_field_t *version, outboxd_buf_t *schema,
+                           outboxd_buf_t *datum, bool *tombstone, char *reason, size_t reason_size)
+{
+    outboxd_buf_reset(schema);
+    outboxd_buf_reset(datum);
+    bool has_env = false;
+    for (size_t i = 0; i < d->n_places; i++)
+        has_env = has_env || d->places[i].where == OUTBOXD_DBZ_ENVELOPE;
+    /* Without envelope placements the value is the payload, and a null
+     * payload a null value, which the converter writes as a null record
+     * value, whatever route.tombstone.on.empty.payload says. */
+    *tombstone = !payload->data && (d->tombstone_on_empty || !has_env);
+    if (*tombstone)
+        return 0;
+    int rc = -1;
+    cs_t *pc = NULL, *st = NULL;
+    outboxd_buf_t pdatum = {0}, key = {0};
+    bool fallback = true, unsupported;
+    if (d->expand_json && payload->data) {
+        if (expand_avro(d, payload, &pc, &pdatum, &fallback) < 0)
+            goto out;
+    }
+    if (fallback) {
+        outboxd_buf_reset(&pdatum);
+        pc = column_schema(d, payload->name, payload->type_oid, &unsupported);
+        if (!pc && unsupported) {
+            snprintf(reason, reason_size,
+                     "payload column '%s' has a type (oid %u) outboxd does not render through "
+                     "an AvroConverter (jsonb, json, text, varchar)",
+                     payload->name, payload->type_oid);
+            rc = 1;
+            goto out;
+        }
+        if (!pc)
+            goto out;
+        /* the datum without a union index, as the expanded one */
+        if (payload->data) {
+            rc = column_datum(&pdatum, pc, payload->data, payload->len, payload->name, reason,
+                              reason_size);
+            if (rc != 0)
+                goto out;
+            rc = -1;
+        }
+    }
+    if (!avro_names_ok(pc, reason, reason_size)) {
+        rc = 1;
+        goto out;
+    }
+    if (!has_env) {
+        /* The payload is the value: a record's own schema, or the
+         * (optional) string's union. */
+        if (!avro_schema(schema, pc, NULL, true) ||
+            (pc->type != CS_STRUCT && pc->optional && !outboxd_avro_write_long(datum, 1)) ||
+            !outboxd_buf_append(datum, pdatum.data ? pdatum.data : "", pdatum.len))
+            goto out;
+        rc = 0;
+        goto out;
+    }
+    /* The value struct: payload and the envelope columns; named
+     * <prefix>.<schema>.<table>.<route>.Value after the first row of its
+     * payload schema (or version) since start, as Debezium's cache does. */
+    outboxd_buf_t ptext = {0};
+    bool has_version = version && version->data;
+    long ver = 0;
+    if (has_version) {
+        char tmp[32], *end;
+        snprintf(tmp, sizeof(tmp), "%.*s", (int)(version->len < 31 ? version->len : 31),
+                 version->data);
+        ver = strtol(tmp, &end, 10);
+        if (*end || version->type_oid != OID_INT4) {
+            snprintf(reason, reason_size,
+                     "table.field.event.schema.version column '%s' must be an int4 column "
+                     "(Debezium reads it as INT32)",
+                     version->name);
+            rc = 1;
+            goto out;
+        }
+    }
+    if (d->col_version) {
+        if (!outboxd_buf_printf(&key, "v:%ld:%d", ver, has_version))
+            goto out;
+    } else {
+        if (!avro_schema(&ptext, pc, NULL, false) || !outboxd_buf_append_str(&key, "p:") ||
+            !outboxd_buf_append(&key, ptext.data, ptext.len)) {
+            outboxd_buf_free(&ptext);
+            goto out;
+        }
+        outboxd_buf_free(&ptext);
+    }
+    if (!outboxd_buf_append(&key, "", 1))
+        goto out;
+    const char *route = struct_route(d, key.data, routed);
+    outboxd_buf_t name = {0};
+    if (!outboxd_buf_printf(&name, "%s%s%s.%s.Value", d->topic_prefix, *d->topic_prefix ? "." : "",
+                            table, route)) {
+        outboxd_buf_free(&name);
+        goto out;
+    }
+    st = cs_new(CS_STRUCT, false, name.data, 0);
+    outboxd_buf_free(&name);
+    if (!st)
+        goto out;
+    if (has_version) {
+        /* SchemaBuilder.version(): Connect's version, any int; Avro's
+         * connect.version property (a version of 0 or less is still one). */
+        st->version = (int)ver;
+        st->has_version = true;
+    }
+    if (!cs_add(st, "payload", pc)) {
+        pc = NULL;
+        goto out;
+    }
+    cs_t *payload_schema = pc;
+    pc = NULL;
+    for (size_t i = 0; i < n_env; i++) {
+        cs_t *f = column_schema(d, env[i].name, env[i].type_oid, &unsupported);
+        if (!f && unsupported) {
+            snprintf(reason, reason_size,
+                     "envelope column '%s' has a type (oid %u) outboxd does not render through "
+                     "an AvroConverter (text, varchar, uuid, json, integers, floats, boolean)",
+                     env[i].name, env[i].type_oid);
+            rc = 1;
+            goto out;
+        }
+        if (!f || !cs_add(st, env[i].name, f))
+            goto out;
+    }
+    if (!avro_names_ok(st, reason, reason_size)) {
+        rc = 1;
+        goto out;
+    }
+    if (!avro_schema(schema, st, NULL, true))
+        goto out;
+    /* payload: optional in the struct (a union) */
+    if (payload_schema->optional) {
+        if (!payload->data) {
+            if (!outboxd_avro_write_long(datum, 0))
+                goto out;
+        } else if (!outboxd_avro_write_long(datum, 1)) {
+            goto out;
+        }
+    } else if (!payload->data) {
+        snprintf(reason, reason_size,
+                 "payload column '%s' is NULL but listed in outboxd.columns.not.null",
+                 payload->name);
+        rc = 1;
+        goto out;
+    }
+    if (payload->data && !outboxd_buf_append(datum, pdatum.data ? pdatum.data : "", pdatum.len))
+        goto out;
+    for (size_t i = 0; i < n_env; i++) {
+        rc = column_value(datum, st->fields[i + 1], &env[i], reason, reason_size);
+        if (rc != 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    if (rc == 0 && !outboxd_buf_append(schema, "", 1))
+        rc = -1;
+    if (rc == 0)
+        schema->len--;
+    cs_free(pc);
+    cs_free(st);
+    outboxd_buf_free(&pdatum);
+    outboxd_buf_free(&key);
+    return rc;
 }

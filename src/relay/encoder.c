@@ -284,6 +284,36 @@ static bool load_types(outboxd_encoder_t *enc, char *errstr, size_t errstr_size)
     return ok;
 }
 
+/*
+ * A Debezium drop-in table with an AvroConverter writes through the
+ * registry: without schema_registry.url that is a configuration error,
+ * reported here so that outboxd check names it before anything runs.
+ */
+static bool check_debezium_avro(const outboxd_config_t *conf, char *errstr, size_t errstr_size)
+{
+    for (size_t i = 0; i < conf->n_sources; i++) {
+        const outboxd_source_conf_t *src = &conf->sources[i];
+        for (size_t j = 0; j < src->n_tables; j++) {
+            const outboxd_table_conf_t *t = &src->tables[j];
+            for (size_t k = 0; k < t->n_debezium; k++) {
+                const outboxd_kv_t *kv = &t->debezium[k];
+                size_t n = kv->value ? strlen(kv->value) : 0;
+                if ((strcmp(kv->key, "key.converter") == 0 ||
+                     strcmp(kv->key, "value.converter") == 0) &&
+                    n >= 13 && strcmp(kv->value + n - 13, "AvroConverter") == 0) {
+                    snprintf(errstr, errstr_size,
+                             "%s:%d: sources[%zu].tables[%zu].debezium: %s: an AvroConverter "
+                             "needs schema_registry.url (the registry the converter's "
+                             "apicurio.registry.url or schema.registry.url points to)",
+                             conf->path ? conf->path : "<config>", kv->line, i, j, kv->key);
+                    return false;
+                }
+            }
+        }
+    }
+    return true;
+}
+
 outboxd_encoder_t *outboxd_encoder_new(const outboxd_config_t *conf, char *errstr,
                                        size_t errstr_size)
 {
@@ -308,6 +338,8 @@ outboxd_encoder_t *outboxd_encoder_new(const outboxd_config_t *conf, char *errst
         goto fail;
     }
     if (conf->schemas_dir && !load_types(enc, errstr, errstr_size))
+        goto fail;
+    if (!conf->schema_registry_url && !check_debezium_avro(conf, errstr, errstr_size))
         goto fail;
     if (conf->schema_store_dir && !conf->schema_registry_url) {
         enc->store_dir = resolve_path(conf, conf->schema_store_dir);
@@ -548,6 +580,41 @@ static int frame(outboxd_encoder_t *enc, schema_t *s, const char *topic, outboxd
 oom:
     snprintf(errstr, errstr_size, "out of memory encoding a value");
     return -1;
+}
+
+int outboxd_encoder_registered(outboxd_encoder_t *enc, const char *subject, const char *schema_text,
+                               outboxd_buf_t *out, char *reason, size_t reason_size, char *errstr,
+                               size_t errstr_size)
+{
+    outboxd_buf_reset(out);
+    if (!enc->reg) {
+        snprintf(reason, reason_size, "an AvroConverter needs schema_registry.url");
+        return 1;
+    }
+    int32_t id = 0;
+    char err[700];
+    outboxd_registry_status_t st =
+        outboxd_registry_id(enc->reg, subject, schema_text, &id, err, sizeof(err));
+    if (st == OUTBOXD_REGISTRY_RETRY) {
+        snprintf(errstr, errstr_size, "%s", err);
+        back_off(enc);
+        return -1;
+    }
+    enc->backoff_ms = 0;
+    if (st == OUTBOXD_REGISTRY_REJECTED) {
+        /* Debezium's task fails here; outboxd dead-letters the row and goes
+         * on (the registry's rejection is cached, so this is not a request
+         * per row). */
+        snprintf(reason, reason_size, "%.480s", err);
+        return 1;
+    }
+    unsigned char h[OUTBOXD_WIRE_HEADER_LEN];
+    outboxd_registry_wire_header(id, h);
+    if (!outboxd_buf_append(out, h, sizeof(h))) {
+        snprintf(errstr, errstr_size, "out of memory encoding a value");
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- values ------------------------------------------------------------- */

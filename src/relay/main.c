@@ -4,11 +4,13 @@
  *   outboxd run -c FILE      relay (also: outboxd -c FILE)
  *   outboxd check -c FILE    validate the file, then check every source
  *   outboxd status -c FILE   slots, checkpoints and lag of every source
+ *   outboxd replay -c FILE --source S --from-lsn X ...   re-publish a range
  *
  * Only main() exits. Signal handlers only set a flag; a second SIGTERM or
  * SIGINT exits at once.
  */
 #include <getopt.h>
+#include <pthread.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -29,6 +31,7 @@
 #include "outboxd/relay/notify.h"
 #include "outboxd/relay/reload.h"
 #include "outboxd/relay/status.h"
+#include "outboxd/relay/replay.h"
 
 #define KAFKA_PROBE_TIMEOUT_MS 10000
 
@@ -62,6 +65,8 @@ static void usage(FILE *f)
     fprintf(f, "Usage: outboxd [run] -c FILE [--log-level LEVEL] [--log-format text|json]\n"
                "       outboxd check -c FILE\n"
                "       outboxd status -c FILE\n"
+               "       outboxd replay -c FILE --source S --from-lsn X [--to-lsn Y]\n"
+               "                      [--topic-suffix SUF | --to-topic T] [--dry-run]\n"
                "       outboxd --help | --version\n"
                "\n"
                "Relays transactional outbox rows from PostgreSQL (logical replication,\n"
@@ -77,11 +82,17 @@ static void usage(FILE *f)
                "  status  per source: replication slot (active, confirmed LSN, lag, WAL\n"
                "          retained), last checkpoint in Kafka, and the running relay's\n"
                "          state and lag in seconds (from metrics.listen); read-only\n"
+               "  replay  re-publish the events of source S committed in [X, Y] (Y: the\n"
+               "          WAL end now) from its retention slot (replay_window) into the\n"
+               "          topics + SUF (default .replay) or into T, exactly once, with\n"
+               "          header outboxd.replay; --dry-run counts them; the relay is untouched\n"
                "\n"
                "Options:\n"
                "  -c, --config FILE     configuration file (YAML)\n"
                "  -l, --log-level LVL   debug, info, warn or error (overrides relay.log_level)\n"
                "      --log-format FMT  text (default) or json (one JSON object per line)\n"
+               "      --start-lsn S=LSN run: skip source S forward to LSN before starting\n"
+               "                        (events committed before it are NOT relayed)\n"
                "  -h, --help            this text\n"
                "  -V, --version         version\n"
                "\n"
@@ -304,6 +315,61 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
     return rc;
 }
 
+/* outboxd replay: a signal stops it after what it holds is committed. */
+static void *watch_signal(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop_flag)) {
+        if (got_signal)
+            atomic_store(&stop_flag, 1);
+        usleep(50 * 1000);
+    }
+    return NULL;
+}
+
+static int cmd_replay(const outboxd_config_t *conf, const outboxd_replay_args_t *a)
+{
+    pthread_t t;
+    bool watching = pthread_create(&t, NULL, watch_signal, NULL) == 0;
+    char err[2048];
+    int rc = outboxd_replay_run(conf, a, &stop_flag, stdout, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "outboxd replay: %s\n", err);
+    atomic_store(&stop_flag, 1);
+    if (watching)
+        pthread_join(t, NULL);
+    atomic_store(&stop_flag, 0);
+    return rc;
+}
+
+/* run --start-lsn SOURCE=LSN...: each skip is done (or refused) before any
+ * source starts. */
+static int cmd_start_lsn(const outboxd_config_t *conf, const char *const *args, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char name[256], err[2048];
+        outboxd_lsn_t lsn;
+        if (outboxd_replay_parse_start_lsn(args[i], name, sizeof(name), &lsn, err, sizeof(err)) <
+            0) {
+            fprintf(stderr, "outboxd: %s\n", err);
+            return 2;
+        }
+        const outboxd_source_conf_t *src = NULL;
+        for (size_t j = 0; j < conf->n_sources; j++)
+            if (strcmp(conf->sources[j].name, name) == 0)
+                src = &conf->sources[j];
+        if (!src) {
+            fprintf(stderr, "outboxd: --start-lsn: unknown source '%s'\n", name);
+            return 2;
+        }
+        if (outboxd_replay_skip_to(conf, src, lsn, &stop_flag, err, sizeof(err)) < 0) {
+            LOG_ERROR(src->name, "%s", err);
+            return 2;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *command = "run";
@@ -312,21 +378,50 @@ int main(int argc, char **argv)
         argv++;
         argc--;
         if (strcmp(command, "run") != 0 && strcmp(command, "check") != 0 &&
-            strcmp(command, "status") != 0) {
-            fprintf(stderr, "outboxd: unknown command '%s' (expected run, check or status)\n",
+            strcmp(command, "status") != 0 && strcmp(command, "replay") != 0) {
+            fprintf(stderr,
+                    "outboxd: unknown command '%s' (expected run, check, status or replay)\n",
                     command);
             usage(stderr);
             return 2;
         }
     }
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},     {"log-level", required_argument, NULL, 'l'},
-        {"log-format", required_argument, NULL, 'F'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},          {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"log-level", required_argument, NULL, 'l'},
+                                         {"log-format", required_argument, NULL, 'F'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"source", required_argument, NULL, 'R'},
+                                         {"from-lsn", required_argument, NULL, 'R'},
+                                         {"to-lsn", required_argument, NULL, 'R'},
+                                         {"topic-suffix", required_argument, NULL, 'R'},
+                                         {"to-topic", required_argument, NULL, 'R'},
+                                         {"dry-run", no_argument, NULL, 'R'},
+                                         {"start-lsn", required_argument, NULL, 'S'},
+                                         {NULL, 0, NULL, 0}};
     const char *path = NULL, *level = NULL, *format = NULL;
-    int c;
-    while ((c = getopt_long(argc, argv, "c:l:hV", opts, NULL)) != -1) {
+    outboxd_replay_args_t rargs = {0};
+    bool replay_opts = false;
+    const char *start_lsn[64];
+    size_t n_start_lsn = 0;
+    char aerr[512];
+    int c, idx = 0;
+    while ((c = getopt_long(argc, argv, "c:l:hV", opts, &idx)) != -1) {
         switch (c) {
+        case 'R':
+            replay_opts = true;
+            if (outboxd_replay_set_option(&rargs, opts[idx].name, optarg, aerr, sizeof(aerr)) < 0) {
+                fprintf(stderr, "outboxd: %s\n", aerr);
+                return 2;
+            }
+            break;
+        case 'S':
+            if (n_start_lsn == sizeof(start_lsn) / sizeof(start_lsn[0])) {
+                fprintf(stderr, "outboxd: too many --start-lsn options\n");
+                return 2;
+            }
+            start_lsn[n_start_lsn++] = optarg;
+            break;
         case 'c':
             path = optarg;
             break;
@@ -349,6 +444,20 @@ int main(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "outboxd: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    bool is_replay = strcmp(command, "replay") == 0;
+    if (replay_opts && !is_replay) {
+        fprintf(stderr, "outboxd: --source, --from-lsn, --to-lsn, --topic-suffix, --to-topic and "
+                        "--dry-run belong to the replay command\n");
+        return 2;
+    }
+    if (n_start_lsn && strcmp(command, "run") != 0) {
+        fprintf(stderr, "outboxd: --start-lsn belongs to the run command\n");
+        return 2;
+    }
+    if (is_replay && outboxd_replay_check_args(&rargs, aerr, sizeof(aerr)) < 0) {
+        fprintf(stderr, "outboxd: %s\n", aerr);
         return 2;
     }
     if (!path) {
@@ -421,7 +530,12 @@ int main(int argc, char **argv)
         sa.sa_handler = on_hup;
         sigaction(SIGHUP, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
-        rc = cmd_run(conf, level, format);
+        if (is_replay)
+            rc = cmd_replay(conf, &rargs);
+        else
+            rc = cmd_start_lsn(conf, start_lsn, n_start_lsn);
+        if (rc == 0 && !is_replay)
+            rc = cmd_run(conf, level, format);
     }
     outboxd_config_destroy(conf);
     return rc;

@@ -133,6 +133,8 @@ PICK(wal_end_lsn)
 PICK(lag_bytes)
 PICK(lag_seconds)
 PICK(stall_seconds)
+PICK(retention_lsn)
+PICK(replay_window_bytes)
 
 static bool per_source(outboxd_buf_t *b, const char *name, const char *type, const char *help,
                        const outboxd_stats_snapshot_t *snaps, outboxd_stats_t **sts, size_t n,
@@ -233,7 +235,15 @@ bool outboxd_metrics_render(outboxd_metrics_t *m, outboxd_buf_t *b)
                     "up.",
                     snaps, sts, n, pick_lag_seconds) &&
          per_source(b, "outboxd_source_loop_stall_seconds", "gauge",
-                    "Time since the source loop last turned.", snaps, sts, n, pick_stall_seconds);
+                    "Time since the source loop last turned.", snaps, sts, n, pick_stall_seconds) &&
+         per_source(b, "outboxd_source_retention_slot_lsn", "gauge",
+                    "Position of the retention slot (replay_window; 0: none or not advanced "
+                    "yet).",
+                    snaps, sts, n, pick_retention_lsn) &&
+         per_source(b, "outboxd_source_replay_window_bytes", "gauge",
+                    "Confirmed position minus the retention slot's: the WAL `outboxd replay` "
+                    "can reach back.",
+                    snaps, sts, n, pick_replay_window_bytes);
     if (ok) {
         ok = header(b, "outboxd_source_slot_lag_exceeded", "gauge",
                     "1 while lag_bytes is over relay.max_slot_lag_bytes.");

@@ -15,9 +15,23 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
     snprintf(appname, sizeof(appname), "outboxd-%s", src->name);
     /* The walsender formats values with these settings, so timestamps in the
      * stream are ISO and UTC regardless of the server's defaults. */
-    const char *keys[8];
-    const char *vals[8];
+    const char *keys[12];
+    const char *vals[12];
     int i = 0;
+    /* Defaults that the dsn may override (it is expanded after them): a
+     * connection attempt to an address that drops packets fails after 10 s
+     * instead of the kernel's two minutes of SYN retries, and TCP keepalives
+     * find a dead peer of an idle connection in about a minute instead of
+     * the kernel's two hours. The replication stream has its own, stricter
+     * check (relay.wal_receiver_timeout_ms, source.c). */
+    keys[i] = "connect_timeout";
+    vals[i++] = "10";
+    keys[i] = "keepalives_idle";
+    vals[i++] = "30";
+    keys[i] = "keepalives_interval";
+    vals[i++] = "10";
+    keys[i] = "keepalives_count";
+    vals[i++] = "3";
     keys[i] = "dbname";
     vals[i++] = src->dsn; /* expand_dbname: the dsn is parsed as a conninfo */
     keys[i] = "options";

@@ -963,6 +963,95 @@ static void check_slot(check_t *c)
     PQclear(res);
 }
 
+/*
+ * 7. With replay_window: the retention slot (relay/replay.h), a logical
+ * pgoutput slot the relay keeps that window behind the live one. Created as
+ * a copy of the live slot, so it holds from the live position on (and the
+ * creation does not wait for running transactions as a new slot would).
+ */
+/* A replay's slot copy left by a crash holds WAL until the next replay of
+ * the source drops it: say so (not a problem for the relay itself). */
+static void warn_leftover_replay(check_t *c)
+{
+    char name[128];
+    snprintf(name, sizeof(name), "%s%s", c->src->slot, OUTBOXD_REPLAY_SUFFIX);
+    const char *params[1] = {name};
+    char err[512];
+    PGresult *res = run(c,
+                        "SELECT coalesce(restart_lsn::text, '') FROM "
+                        "pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                        1, params, err, sizeof(err));
+    if (res && PQntuples(res) > 0)
+        LOG_WARN(c->src->name,
+                 "replay slot %s was left by an interrupted `outboxd replay` and holds WAL from "
+                 "%s: run that replay again to finish it (it drops the slot), or drop it with "
+                 "SELECT pg_drop_replication_slot('%s')",
+                 name, PQgetvalue(res, 0, 0), name);
+    PQclear(res);
+}
+
+static void check_retention_slot(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    if (!src->retention_slot || c->server_version < 120000 || c->conn_lost) {
+        if (src->retention_slot && c->server_version && c->server_version < 120000)
+            problem(c, "replay_window needs PostgreSQL 12 or later (pg_copy_logical_replication_"
+                       "slot); remove replay_window for this source");
+        return;
+    }
+    const char *params[2] = {src->retention_slot, src->slot};
+    PGresult *res = query(c, "look up the retention slot",
+                          "SELECT slot_type, coalesce(plugin, ''), "
+                          "coalesce(confirmed_flush_lsn::text, '') "
+                          "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                          1, params);
+    if (!res)
+        return;
+    if (PQntuples(res) > 0) {
+        warn_leftover_replay(c);
+        if (strcmp(PQgetvalue(res, 0, 0), "logical") != 0 ||
+            strcmp(PQgetvalue(res, 0, 1), "pgoutput") != 0)
+            problem(c,
+                    "retention slot '%s' exists but is not a logical pgoutput slot; drop it with "
+                    "SELECT pg_drop_replication_slot('%s') and run outboxd check again",
+                    src->retention_slot, src->retention_slot);
+        PQclear(res);
+        return;
+    }
+    PQclear(res);
+    if (!(c->create && src->create_slot) || !c->wal_ok || !c->role_ok || !c->pub_exists) {
+        problem(c,
+                "retention slot '%s' (replay_window) does not exist; run outboxd check or start "
+                "the relay (create_slot: true) to create it, or create it with: SELECT "
+                "pg_copy_logical_replication_slot('%s', '%s')",
+                src->retention_slot, src->slot, src->retention_slot);
+        return;
+    }
+    char err[1024];
+    res = run(c,
+              "SELECT lsn FROM pg_catalog.pg_copy_logical_replication_slot($2, $1) "
+              "WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
+              "WHERE slot_name = $2)",
+              2, params, err, sizeof(err));
+    if (res && PQntuples(res) == 0) {
+        /* No live slot to copy (a check that could not create it). */
+        PQclear(res);
+        res = run(c,
+                  "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot($1, "
+                  "'pgoutput')",
+                  1, params, err, sizeof(err));
+    }
+    if (!res) {
+        problem(c, "could not create retention slot '%s': %s", src->retention_slot, err);
+        return;
+    }
+    LOG_INFO(src->name,
+             "created retention slot %s at %s: `outboxd replay` can replay events committed "
+             "from this position on",
+             src->retention_slot, PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "?");
+    PQclear(res);
+}
+
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot)
 {
@@ -1005,6 +1094,7 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
     check_columns(&c);
     check_publication(&c);
     check_slot(&c);
+    check_retention_slot(&c);
     PQfinish(conn);
     free(c.tables);
     if (created_slot)

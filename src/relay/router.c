@@ -47,6 +47,7 @@ typedef struct binding {
     outboxd_dbz_t *dbz; /* tables[].debezium: a Debezium drop-in table, or NULL */
     int c_route;        /* its route.by.field column */
     int *c_place;       /* its placement columns (-1: missing, allowed) */
+    int c_version;      /* its table.field.event.schema.version column, or -1 */
 } binding_t;
 
 typedef struct msg_binding {
@@ -87,6 +88,7 @@ struct outboxd_router {
     outboxd_buf_t dlt;      /* Avro dead-letter value (relay.dead_letter_format: avro) */
     outboxd_buf_t dbz_key;  /* Debezium drop-in: the rendered key */
     outboxd_buf_t dbz_hdr;  /* and header texts */
+    outboxd_buf_t dbz_schema, dbz_datum, dbz_subject; /* its AvroConverter parts */
 };
 
 /* Producer default of librdkafka's message.max.bytes: larger records are
@@ -287,6 +289,14 @@ outboxd_router_t *outboxd_router_new(const outboxd_config_t *conf, const outboxd
                 snprintf(errstr, errstr_size, "table %s: debezium: %s", b->table_name, why);
                 goto fail;
             }
+            if ((b->dbz->key_avro || b->dbz->value_avro) && !conf->schema_registry_url) {
+                snprintf(errstr, errstr_size,
+                         "table %s: debezium: an AvroConverter needs schema_registry.url (the "
+                         "registry the converter's apicurio.registry.url or schema.registry.url "
+                         "points to)",
+                         b->table_name);
+                goto fail;
+            }
             b->c_place = calloc(b->dbz->n_places ? b->dbz->n_places : 1, sizeof(int));
             if (!b->c_place) {
                 snprintf(errstr, errstr_size, "out of memory");
@@ -347,6 +357,9 @@ void outboxd_router_destroy(outboxd_router_t *rt)
     outboxd_buf_free(&rt->dlt);
     outboxd_buf_free(&rt->dbz_key);
     outboxd_buf_free(&rt->dbz_hdr);
+    outboxd_buf_free(&rt->dbz_schema);
+    outboxd_buf_free(&rt->dbz_datum);
+    outboxd_buf_free(&rt->dbz_subject);
     outboxd_buf_free(&rt->topic);
     outboxd_buf_free(&rt->value);
     outboxd_buf_free(&rt->scratch);
@@ -405,6 +418,14 @@ static void bind_dbz(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_relat
     b->c_payload = need_col(b, rel, d->col_payload, "table.field.event.payload");
     b->c_route = need_col(b, rel, d->col_route, "route.by.field");
     b->c_ts = d->col_ts ? need_col(b, rel, d->col_ts, "table.field.event.timestamp") : -1;
+    /* Debezium reads the version column only for the struct of envelope
+     * placements. */
+    bool has_env = false;
+    for (size_t i = 0; i < d->n_places; i++)
+        has_env = has_env || d->places[i].where == OUTBOXD_DBZ_ENVELOPE;
+    b->c_version = d->col_version && has_env
+                       ? need_col(b, rel, d->col_version, "table.field.event.schema.version")
+                       : -1;
     for (size_t i = 0; i < d->n_places; i++)
         b->c_place[i] = d->error_on_missing ? need_col(b, rel, d->places[i].column,
                                                        "table.fields.additional.placement")
@@ -866,6 +887,33 @@ static const char *unsent_optional(const binding_t *b, const outboxd_pgo_tuple_t
 }
 
 /*
+ * An AvroConverter's bytes: rt->dbz_schema registered under
+ * <topic>-<what> (key or value), then rt->dbz_datum, into out. 0; 1 with
+ * reason (rejected); -1 with errstr (try again) or with errstr empty (OOM).
+ */
+static int dbz_avro_frame(outboxd_router_t *rt, const char *what, outboxd_buf_t *out, char *reason,
+                          size_t reason_size, char *errstr, size_t errstr_size)
+{
+    errstr[0] = '\0';
+    outboxd_buf_reset(&rt->dbz_subject);
+    if (!outboxd_buf_printf(&rt->dbz_subject, "%s-%s", rt->topic.data, what))
+        return -1;
+    char why[600];
+    int rc = outboxd_encoder_registered(rt->enc, rt->dbz_subject.data, rt->dbz_schema.data, out,
+                                        why, sizeof(why), errstr, errstr_size);
+    if (rc > 0)
+        snprintf(reason, reason_size, "registry: subject %.100s, schema %.120s: %.200s",
+                 rt->dbz_subject.data, rt->dbz_schema.data, why);
+    if (rc != 0)
+        return rc;
+    if (!outboxd_buf_append(out, rt->dbz_datum.data ? rt->dbz_datum.data : "", rt->dbz_datum.len) ||
+        !outboxd_buf_append(out, "", 1))
+        return -1;
+    out->len--; /* NUL-terminated, not counted */
+    return 0;
+}
+
+/*
  * A row of a Debezium drop-in table: the record Debezium's EventRouter would
  * write through the configured converters (debezium.h). Rows Debezium could
  * not route (NULL route.by.field value, a topic Kafka cannot take, payload
@@ -878,12 +926,14 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     const outboxd_dbz_t *d = b->dbz;
     const outboxd_pgo_relation_t *rel = b->rel;
     char reason[512];
-    int used[4 + OUTBOXD_MAX_HEADERS];
+    int used[5 + OUTBOXD_MAX_HEADERS];
     size_t n_used = 0;
     used[n_used++] = b->c_id;
     used[n_used++] = b->c_key;
     used[n_used++] = b->c_payload;
     used[n_used++] = b->c_route;
+    if (b->c_version >= 0)
+        used[n_used++] = b->c_version;
     for (size_t i = 0; i < d->n_places && n_used < sizeof(used) / sizeof(used[0]); i++)
         used[n_used++] = b->c_place[i];
     size_t raw = 0;
@@ -946,10 +996,33 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
                                   has_text(v) ? v->len : 0, rel->cols[b->c_place[i]].type_oid};
     }
     bool tombstone = false;
-    int rc =
-        outboxd_dbz_value(d, &payload, env, n_env, &rt->value, &tombstone, reason, sizeof(reason));
-    if (rc < 0)
-        goto oom;
+    int rc;
+    errstr[0] = '\0';
+    if (d->value_avro) {
+        const outboxd_pgo_datum_t *vd = b->c_version >= 0 ? datum(t, b->c_version) : NULL;
+        outboxd_dbz_field_t ver = {d->col_version, has_text(vd) ? vd->data : NULL,
+                                   has_text(vd) ? vd->len : 0,
+                                   b->c_version >= 0 ? rel->cols[b->c_version].type_oid : 0};
+        char *routed = outboxd_strndup(route->data, route->len);
+        if (!routed)
+            goto oom;
+        rc = outboxd_dbz_avro_value(b->dbz, b->table_name, routed, &payload, env, n_env, &ver,
+                                    &rt->dbz_schema, &rt->dbz_datum, &tombstone, reason,
+                                    sizeof(reason));
+        free(routed);
+        if (rc == 0 && !tombstone)
+            rc = dbz_avro_frame(rt, "value", &rt->value, reason, sizeof(reason), errstr,
+                                errstr_size);
+        if (rc < 0 && !errstr[0])
+            goto oom;
+        if (rc < 0)
+            return -1; /* registry unreachable: rewind, try again */
+    } else {
+        rc = outboxd_dbz_value(d, &payload, env, n_env, &rt->value, &tombstone, reason,
+                               sizeof(reason));
+        if (rc < 0)
+            goto oom;
+    }
     if (rc > 0)
         return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     if (!tombstone && !outboxd_buf_append(&rt->value, "", 1))
@@ -974,9 +1047,23 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     /* A NULL key: no key with StringConverter, the bytes null with
      * JsonConverter (the key field has a schema). */
     bool has_key = has_text(kd) || d->key_json;
-    if (has_key &&
-        outboxd_dbz_key(d, has_text(kd) ? (kd->data ? kd->data : "") : NULL,
-                        has_text(kd) ? kd->len : 0, rel->cols[b->c_key].type_oid, &rt->dbz_key) < 0)
+    if (has_key && d->key_avro) {
+        errstr[0] = '\0';
+        outboxd_dbz_field_t kf = {d->col_key, kd->data ? kd->data : "", kd->len,
+                                  rel->cols[b->c_key].type_oid};
+        rc = outboxd_dbz_avro_key(d, &kf, &rt->dbz_schema, &rt->dbz_datum, reason, sizeof(reason));
+        if (rc == 0)
+            rc = dbz_avro_frame(rt, "key", &rt->dbz_key, reason, sizeof(reason), errstr,
+                                errstr_size);
+        if (rc < 0 && !errstr[0])
+            goto oom;
+        if (rc < 0)
+            return -1;
+        if (rc > 0)
+            return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    } else if (has_key && outboxd_dbz_key(d, has_text(kd) ? (kd->data ? kd->data : "") : NULL,
+                                          has_text(kd) ? kd->len : 0, rel->cols[b->c_key].type_oid,
+                                          &rt->dbz_key) < 0)
         goto oom;
     size_t off[OUTBOXD_MAX_HEADERS], len[OUTBOXD_MAX_HEADERS];
     bool null[OUTBOXD_MAX_HEADERS];

@@ -25,6 +25,7 @@
 #include "outboxd/relay/pgconn.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/repl.h"
+#include "outboxd/relay/replay.h"
 #include "outboxd/relay/router.h"
 #include "outboxd/relay/sink.h"
 #include "outboxd/relay/stats.h"
@@ -72,6 +73,11 @@ struct outboxd_source {
     outboxd_lsn_t confirm_lsn;
     outboxd_lsn_t sent_lsn;
     int64_t last_status_ms;
+    /* Liveness of the replication connection (relay.wal_receiver_timeout_ms):
+     * when the last message came, and when we asked the server for a reply
+     * because of the silence (0: no question outstanding). */
+    int64_t last_recv_ms;
+    int64_t ping_ms;
 
     /* Counters for the periodic log line; events and dead letters count
      * once their Kafka transaction committed. */
@@ -125,7 +131,8 @@ struct outboxd_source {
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
     int64_t last_stats_ms;
     uint64_t logged_events;
-    outboxd_stats_t *stats; /* owned by the metrics registry; may be NULL */
+    outboxd_stats_t *stats;         /* owned by the metrics registry; may be NULL */
+    outboxd_retention_t *retention; /* replay_window's slot keeper; NULL: none */
 
     /* Configuration reload (outboxd_source_reload). The thread writes conf,
      * src and sink_conf under reload_mu; main reads them under it to know
@@ -158,9 +165,11 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     atomic_init(&s->applied_gen, 0);
     pthread_mutex_init(&s->reload_mu, NULL);
     s->dec = outboxd_pgo_decoder_new();
+    s->retention = outboxd_retention_new(src);
     s->batch_pos = calloc((size_t)conf->max_batch_events + 1, sizeof(*s->batch_pos));
     if (!s->dec || !s->batch_pos) {
         outboxd_pgo_decoder_destroy(s->dec);
+        outboxd_retention_destroy(s->retention);
         free(s->batch_pos);
         snprintf(errstr, errstr_size, "out of memory");
         free(s);
@@ -192,6 +201,8 @@ static void send_status(outboxd_source_t *s, bool force)
     s->sent_lsn = s->confirm_lsn;
     s->last_status_ms = now;
     outboxd_stats_confirmed(s->stats, s->sent_lsn);
+    /* Only what Kafka holds is confirmed, so the window trails that. */
+    outboxd_retention_confirmed(s->retention, s->sent_lsn, s->stats);
 }
 
 /* Called by the sink between retries of blocking Kafka calls, so that
@@ -759,6 +770,52 @@ static bool split_due(const outboxd_source_t *s)
            SPLIT_AFTER_MS;
 }
 
+/*
+ * A replication connection can die without an error reaching us: a half-open
+ * link (a firewall or NAT that drops the flow, a failover that moved the
+ * address) or a frozen server leave the socket silent for as long as TCP
+ * retransmits, about 15 minutes. The walsender itself need not send anything
+ * on an idle server (our status updates keep its own timeout satisfied), so
+ * silence alone proves nothing: after half of wal_receiver_timeout_ms without
+ * a message we ask for a reply (the status update's reply-requested flag,
+ * which every walsender answers at once with a keepalive), and only when
+ * that question stays unanswered for the other half is the connection
+ * presumed dead. This is how PostgreSQL's own walreceiver does it. Called
+ * only after a poll that found nothing to read, so time spent in a blocking
+ * Kafka call never counts as silence: the question is asked first.
+ */
+static int check_liveness(outboxd_source_t *s, char *errstr, size_t errstr_size)
+{
+    int timeout = s->conf->wal_receiver_timeout_ms;
+    if (timeout <= 0 || !s->repl)
+        return 0;
+    int64_t now = outboxd_now_ms();
+    if (!s->ping_ms) {
+        if (now - s->last_recv_ms < timeout / 2)
+            return 0;
+        char err[512];
+        if (outboxd_repl_send_status(s->repl, s->confirm_lsn, true, err, sizeof(err)) < 0)
+            LOG_DEBUG(s->name, "%s", err); /* a dead socket answers on the next read */
+        else {
+            s->sent_lsn = s->confirm_lsn;
+            outboxd_stats_confirmed(s->stats, s->sent_lsn);
+        }
+        s->last_status_ms = now;
+        s->ping_ms = now;
+        LOG_DEBUG(s->name, "no message from the server for %lld ms: asking for a reply",
+                  (long long)(now - s->last_recv_ms));
+        return 0;
+    }
+    if (now - s->ping_ms < timeout - timeout / 2)
+        return 0;
+    snprintf(errstr, errstr_size,
+             "no message from PostgreSQL for %lld ms, not even an answer to a reply request "
+             "(relay.wal_receiver_timeout_ms = %d): the connection is presumed dead (a "
+             "half-open network path or a frozen server)",
+             (long long)(now - s->last_recv_ms), timeout);
+    return -1;
+}
+
 static int apply_reload(outboxd_source_t *s);
 
 /* Reads and handles messages until the stream fails or we are stopped.
@@ -785,8 +842,11 @@ static int stream(outboxd_source_t *s)
         outboxd_repl_msg_t m;
         if (outboxd_repl_next(s->repl, &m, err, sizeof(err)) < 0)
             return rewind_stream(s, err);
-        if (m.kind != OUTBOXD_REPL_NONE)
+        if (m.kind != OUTBOXD_REPL_NONE) {
             outboxd_stats_wal_end(s->stats, m.wal_end);
+            s->last_recv_ms = outboxd_now_ms();
+            s->ping_ms = 0;
+        }
         int rc = 0;
         switch (m.kind) {
         case OUTBOXD_REPL_DATA:
@@ -809,8 +869,11 @@ static int stream(outboxd_source_t *s)
             }
             int timeout = 100;
             struct pollfd pfd = {.fd = outboxd_repl_fd(s->repl), .events = POLLIN};
-            if (poll(&pfd, 1, timeout) < 0 && errno != EINTR)
+            int pr = poll(&pfd, 1, timeout);
+            if (pr < 0 && errno != EINTR)
                 return rewind_stream(s, strerror(errno));
+            if (pr == 0 && check_liveness(s, err, sizeof(err)) < 0)
+                return rewind_stream(s, err);
             outboxd_sink_poll(s->sink);
             log_stats(s, false);
             watch_catalog(s);
@@ -1226,7 +1289,8 @@ static int connect_source(outboxd_source_t *s)
         LOG_INFO(s->name, "acquired replication slot %s", s->src->slot);
         s->slot_busy_logged = false;
     }
-    s->last_status_ms = outboxd_now_ms();
+    s->last_status_ms = s->last_recv_ms = outboxd_now_ms();
+    s->ping_ms = 0;
     char ckl[OUTBOXD_LSN_STRLEN], pos[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(s->ck_committed.commit_lsn, ckl);
     outboxd_lsn_format(s->ident.xlogpos, pos);
@@ -1451,5 +1515,6 @@ void outboxd_source_destroy(outboxd_source_t *s)
     if (s->watch_conn)
         PQfinish(s->watch_conn);
     pthread_mutex_destroy(&s->reload_mu);
+    outboxd_retention_destroy(s->retention);
     free(s);
 }

@@ -22,6 +22,7 @@ struct outboxd_stats {
     atomic_uint_least64_t events, bytes, dead_letters, skipped;
     atomic_uint_least64_t txn_committed, txn_aborted, reconnects, heartbeats;
     atomic_uint_least64_t confirmed_lsn, wal_end_lsn;
+    atomic_uint_least64_t retention_lsn; /* replay_window's slot; 0: none */
     /* Commit time (Unix us) of the oldest transaction received and not yet
      * in Kafka; 0 when caught up. */
     atomic_int_least64_t pending_since_us;
@@ -90,6 +91,12 @@ void outboxd_stats_wal_end(outboxd_stats_t *st, outboxd_lsn_t lsn)
 {
     if (st && lsn)
         STORE(st->wal_end_lsn, lsn);
+}
+
+void outboxd_stats_retention(outboxd_stats_t *st, outboxd_lsn_t lsn)
+{
+    if (st)
+        STORE(st->retention_lsn, lsn);
 }
 
 void outboxd_stats_confirmed(outboxd_stats_t *st, outboxd_lsn_t lsn)
@@ -176,6 +183,10 @@ void outboxd_stats_read(const outboxd_stats_t *cst, outboxd_stats_snapshot_t *ou
     out->reconnects = LOAD(st->reconnects);
     out->heartbeats = LOAD(st->heartbeats);
     out->confirmed_lsn = LOAD(st->confirmed_lsn);
+    out->retention_lsn = LOAD(st->retention_lsn);
+    out->replay_window_bytes = out->retention_lsn && out->confirmed_lsn > out->retention_lsn
+                                   ? out->confirmed_lsn - out->retention_lsn
+                                   : 0;
     out->wal_end_lsn = LOAD(st->wal_end_lsn);
     out->lag_bytes = out->wal_end_lsn > out->confirmed_lsn && out->confirmed_lsn
                          ? out->wal_end_lsn - out->confirmed_lsn

@@ -293,6 +293,54 @@ static int report_slot(const outboxd_source_conf_t *src, FILE *out)
     return problems;
 }
 
+/* replay_window: where the retention slot is, i.e. how far back `outboxd
+ * replay` can reach. */
+static int report_retention(const outboxd_source_conf_t *src, FILE *out)
+{
+    if (!src->retention_slot) {
+        fprintf(out, "  replay_window:    none (set replay_window to keep a retention slot)\n");
+        return 0;
+    }
+    char err[512];
+    PGconn *pg = outboxd_pg_connect(src, false, err, sizeof(err));
+    if (!pg)
+        return 0; /* report_slot said it */
+    const char *params[2] = {src->retention_slot, src->slot};
+    PGresult *res = PQexecParams(
+        pg,
+        "SELECT coalesce(r.confirmed_flush_lsn::text, ''), "
+        "coalesce(pg_wal_lsn_diff(l.confirmed_flush_lsn, r.confirmed_flush_lsn)::bigint::text, "
+        "''), coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint::text, '') "
+        "FROM pg_replication_slots r LEFT JOIN pg_replication_slots l ON l.slot_name = $2 "
+        "WHERE r.slot_name = $1",
+        2, NULL, params, NULL, NULL, 0);
+    char win[64];
+    if (src->replay_window_bytes)
+        snprintf(win, sizeof(win), "%llu bytes", (unsigned long long)src->replay_window_bytes);
+    else
+        snprintf(win, sizeof(win), "%.0f s", (double)src->replay_window_ms / 1000.0);
+    int problems = 0;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        fprintf(out, "  replay_window:    query failed: %s", PQerrorMessage(pg));
+        problems = 1;
+    } else if (PQntuples(res) == 0) {
+        fprintf(out,
+                "  replay_window:    %s, but retention slot %s is MISSING (run `outboxd check "
+                "-c FILE` to create it)\n",
+                win, src->retention_slot);
+        problems = 1;
+    } else {
+        fprintf(out,
+                "  replay_window:    %s; retention slot %s at %s (replay can start there), %s "
+                "bytes behind the live slot, retaining %s bytes of WAL\n",
+                win, src->retention_slot, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+                PQgetvalue(res, 0, 2));
+    }
+    PQclear(res);
+    PQfinish(pg);
+    return problems;
+}
+
 int outboxd_status_report(const outboxd_config_t *conf, FILE *out)
 {
     int problems = 0;
@@ -318,6 +366,7 @@ int outboxd_status_report(const outboxd_config_t *conf, FILE *out)
         const outboxd_source_conf_t *src = &conf->sources[i];
         fprintf(out, "source %s\n", src->name);
         problems += report_slot(src, out);
+        problems += report_retention(src, out);
         if (!kafka_ok) {
             fprintf(out, "  last_checkpoint:  unknown (Kafka not readable)\n");
         } else if (!found[i].found) {

@@ -7,7 +7,7 @@
 #
 #   STACK_DIR=/tmp/s tests/stack/debezium.sh start   # then: . /tmp/s/connect/env
 #   tests/stack/debezium.sh register NAME FILE.json  # PUT the connector config, wait until RUNNING
-#   tests/stack/debezium.sh status NAME | delete NAME | stop | classpath
+#   tests/stack/debezium.sh status NAME | delete NAME | stop | classpath | plugins
 #
 # The worker listens on a free port of 127.0.0.1 (CONNECT_URL in the env
 # file); its state (worker.properties, connect.log, pid) is in
@@ -61,6 +61,32 @@ classpath() {
     printf '%s\n' "$file"
 }
 
+# The plugin.path directory: Apicurio's AvroConverter 2.4.2.Final (writes
+# Confluent's wire format with apicurio.registry.as-confluent=true) and its
+# dependencies in plugins/apicurio-converter, loaded in a class loader of its
+# own (tests/stack/debezium/apicurio/pom.xml). Prints the directory.
+plugins() {
+    local dir=${XDG_CACHE_HOME:-$HOME/.cache}/outboxd key out
+    mkdir -p "$dir"
+    key=$(cat "$SRC/debezium/apicurio/pom.xml" "$SRC/registry/settings.xml" | sha256sum | cut -c1-16)
+    out=$dir/connect-plugins-$key
+    if [[ -f $out/apicurio-converter/.complete ]]; then
+        printf '%s\n' "$out"
+        return
+    fi
+    command -v mvn >/dev/null 2>&1 || die "maven (mvn) not found: run scripts/install-deps.sh"
+    log "resolving Apicurio's AvroConverter with maven (once; log: $dir/connect-plugins-mvn.log)"
+    rm -rf "$out.tmp.$$"
+    mvn -B -q -Dstyle.color=never -s "$SRC/registry/settings.xml" -f "$SRC/debezium/apicurio/pom.xml" \
+        dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$out.tmp.$$/apicurio-converter" </dev/null >"$dir/connect-plugins-mvn.log" 2>&1 ||
+        die_log "$dir/connect-plugins-mvn.log" "maven could not resolve $SRC/debezium/apicurio/pom.xml"
+    touch "$out.tmp.$$/apicurio-converter/.complete"
+    rm -rf "$out"
+    mv -f "$out.tmp.$$" "$out"
+    printf '%s\n' "$out"
+}
+
 pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 connect_pid() {
     local p=""
@@ -87,8 +113,9 @@ cmd_start() {
         log "already running (pid $(connect_pid))"
         return 0
     fi
-    local cp port
+    local cp port plugdir
     cp=$(cat "$(classpath)")
+    plugdir=$(plugins)
     port=$(free_port)
     cat >"$DIR/worker.properties" <<EOF
 bootstrap.servers=$KAFKA_BOOTSTRAP
@@ -110,6 +137,8 @@ offset.flush.interval.ms=1000
 listeners=http://127.0.0.1:$port
 rest.advertised.host.name=127.0.0.1
 rest.advertised.port=$port
+# Converters that are not on the classpath (Apicurio's AvroConverter).
+plugin.path=$plugdir
 EOF
     cat >"$DIR/log4j.properties" <<EOF
 log4j.rootLogger=INFO, file
@@ -202,6 +231,7 @@ register) cmd_register "$2" "$3" ;;
 status) http "$(url)/connectors/$2/status" && echo ;;
 delete) http -X DELETE "$(url)/connectors/$2" ;;
 classpath) classpath ;;
+plugins) plugins ;;
 *)
     sed -n '2,16p' "$SELF" | sed 's/^# \{0,1\}//'
     exit 2

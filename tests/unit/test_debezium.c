@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,8 +100,10 @@ static void test_config_errors(void **state)
     const char *noconv[] = {"route.by.field", "x", NULL};
     assert_null(dbz(noconv, err));
     assert_non_null(strstr(err, "value.converter is required"));
-    const char *avro[] = {"value.converter", "io.confluent.connect.avro.AvroConverter", NULL};
-    assert_null(dbz(avro, err));
+    const char *proto[] = {"value.converter", "io.confluent.connect.protobuf.ProtobufConverter",
+                           NULL};
+    assert_null(dbz(proto, err));
+    assert_non_null(strstr(err, "ProtobufConverter"));
     assert_non_null(strstr(err, "AvroConverter"));
     const char *schemas[] = {"value.converter", JSONCONV, "value.converter.schemas.enable", "true",
                              NULL};
@@ -352,6 +355,216 @@ static void assert_bytes(const void *p, size_t len, const char *want)
         fail_msg("got '%.*s', want '%s'", (int)len, p ? (const char *)p : "(null)", want);
 }
 
+/* ---- AvroConverter: the schema texts and datums are what Debezium 3.0.8
+ * with Apicurio's AvroConverter 2.4.2 registered and wrote for the same
+ * rows (tests/integration/test_debezium_avro_side_by_side.sh) ---- */
+
+#define AVROCONV "io.apicurio.registry.utils.converter.AvroConverter"
+#define JSON_OID 3802
+#define TEXT_OID 25
+#define INT4_OID 23
+
+static void assert_hex(const outboxd_buf_t *b, const char *hex)
+{
+    char got[1024] = "";
+    for (size_t i = 0; i < b->len && 2 * i + 2 < sizeof(got); i++)
+        snprintf(got + 2 * i, 3, "%02x", (unsigned char)b->data[i]);
+    if (strcmp(got, hex) != 0)
+        fail_msg("got %s, want %s", got, hex);
+}
+
+static void test_avro_key_and_string_value(void **state)
+{
+    (void)state;
+    char err[512], reason[512];
+    const char *kv[] = {"key.converter",
+                        AVROCONV,
+                        "value.converter",
+                        AVROCONV,
+                        "value.converter.apicurio.registry.as-confluent",
+                        "true",
+                        NULL};
+    outboxd_dbz_t *d = dbz(kv, err);
+    assert_non_null(d);
+    assert_true(d->key_avro && d->value_avro);
+    outboxd_buf_t schema = {0}, datum = {0};
+    outboxd_dbz_field_t key = {"aggregateid", "agg-1", 5, TEXT_OID};
+    assert_int_equal(outboxd_dbz_avro_key(d, &key, &schema, &datum, reason, sizeof(reason)), 0);
+    assert_buf(&schema, "[\"null\",\"string\"]");
+    assert_hex(&datum, "020a6167672d31");
+    const char *pl = "{\"orderId\": 2}";
+    outboxd_dbz_field_t payload = {"payload", pl, strlen(pl), JSON_OID};
+    bool tomb = true;
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &payload, NULL, 0, NULL,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_false(tomb);
+    assert_buf(&schema, "[\"null\",{\"type\":\"string\",\"connect.version\":1,\"connect.name\":"
+                        "\"io.debezium.data.Json\"}]");
+    assert_hex(&datum, "021c7b226f726465724964223a20327d");
+    /* A NULL payload is a null value (the converter writes null). */
+    payload.data = NULL;
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &payload, NULL, 0, NULL,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_true(tomb);
+    outboxd_dbz_destroy(d);
+    /* A NOT NULL key column: no union. */
+    const char *kv2[] = {
+        "key.converter", AVROCONV, "value.converter", AVROCONV, "outboxd.columns.not.null",
+        "aggregateid",   NULL};
+    d = dbz(kv2, err);
+    assert_non_null(d);
+    assert_int_equal(outboxd_dbz_avro_key(d, &key, &schema, &datum, reason, sizeof(reason)), 0);
+    assert_buf(&schema, "\"string\"");
+    assert_hex(&datum, "0a6167672d31");
+    outboxd_buf_free(&schema);
+    outboxd_buf_free(&datum);
+    outboxd_dbz_destroy(d);
+}
+
+static void test_avro_expanded(void **state)
+{
+    (void)state;
+    char err[512], reason[512];
+    const char *kv[] = {"value.converter", AVROCONV, "table.expand.json.payload", "true", NULL};
+    outboxd_dbz_t *d = dbz(kv, err);
+    assert_non_null(d);
+    outboxd_buf_t schema = {0}, datum = {0};
+    const char *pl = "{\"big\": 9007199254740993, \"name\": \"k\xc3\xa9\", \"note\": null, "
+                     "\"items\": [1, 2, 3], \"price\": 12.5, \"active\": true, \"address\": "
+                     "{\"zip\": \"1000\", \"city\": \"Z\xc3\xbcrich\"}, \"orderId\": 1}";
+    outboxd_dbz_field_t payload = {"payload", pl, strlen(pl), JSON_OID};
+    bool tomb = true;
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &payload, NULL, 0, NULL,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_buf(
+        &schema,
+        "{\"type\":\"record\",\"name\":\"payload\",\"fields\":[{\"name\":\"big\",\"type\":["
+        "\"null\","
+        "\"long\"],\"default\":null},{\"name\":\"name\",\"type\":[\"null\",\"string\"],\"default\":"
+        "null},{\"name\":\"items\",\"type\":[\"null\",{\"type\":\"array\",\"items\":[\"null\","
+        "\"int\"]}],\"default\":null},{\"name\":\"price\",\"type\":[\"null\",\"double\"],"
+        "\"default\":null},{\"name\":\"active\",\"type\":[\"null\",\"boolean\"],\"default\":null},"
+        "{\"name\":\"address\",\"type\":[\"null\",{\"type\":\"record\",\"name\":\"address\","
+        "\"namespace\":\"payload\",\"fields\":[{\"name\":\"zip\",\"type\":[\"null\",\"string\"],"
+        "\"default\":null},{\"name\":\"city\",\"type\":[\"null\",\"string\"],\"default\":null}],"
+        "\"connect.name\":\"payload.address\"}],\"default\":null},{\"name\":\"orderId\",\"type\":"
+        "[\"null\",\"int\"],\"default\":null}],\"connect.name\":\"payload\"}");
+    assert_hex(&datum, "02828080808080802002066bc3a90206020202040206000200000000000029400201020208"
+                       "31303030020e5ac3bc726963680202");
+    /* Debezium's expansion fails on an array mixing types: the payload stays
+     * the Json string. */
+    const char *mixed = "{\"a\": [1, \"x\"]}";
+    payload.data = mixed;
+    payload.len = strlen(mixed);
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &payload, NULL, 0, NULL,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_buf(&schema, "[\"null\",{\"type\":\"string\",\"connect.version\":1,\"connect.name\":"
+                        "\"io.debezium.data.Json\"}]");
+    /* A field name Avro refuses: Debezium's task would fail; a reason here. */
+    const char *bad = "{\"first-name\": \"x\"}";
+    payload.data = bad;
+    payload.len = strlen(bad);
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &payload, NULL, 0, NULL,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     1);
+    assert_non_null(strstr(reason, "first-name"));
+    outboxd_buf_free(&schema);
+    outboxd_buf_free(&datum);
+    outboxd_dbz_destroy(d);
+}
+
+static void test_avro_envelope_version(void **state)
+{
+    (void)state;
+    char err[512], reason[512];
+    const char *kv[] = {"value.converter",
+                        AVROCONV,
+                        "table.fields.additional.placement",
+                        "region:envelope:regionName,version:envelope",
+                        "table.field.event.schema.version",
+                        "sv",
+                        "topic.prefix",
+                        "expc",
+                        NULL};
+    outboxd_dbz_t *d = dbz(kv, err);
+    assert_non_null(d);
+    assert_string_equal(d->col_version, "sv");
+    outboxd_buf_t schema = {0}, datum = {0};
+    outboxd_dbz_field_t payload = {"payload", NULL, 0, JSON_OID};
+    outboxd_dbz_field_t env[2] = {{"regionName", "us", 2, TEXT_OID}, {"version", "1", 1, INT4_OID}};
+    outboxd_dbz_field_t ver = {"sv", "5", 1, INT4_OID};
+    bool tomb = true;
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &payload, env, 2, &ver,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_false(tomb); /* a null payload inside the envelope */
+    const char *want =
+        "{\"type\":\"record\",\"name\":\"Value\",\"namespace\":\"expc.public.outbox.order\","
+        "\"fields\":[{\"name\":\"payload\",\"type\":[\"null\",{\"type\":\"string\",\"connect."
+        "version\":1,\"connect.name\":\"io.debezium.data.Json\"}],\"default\":null},{\"name\":"
+        "\"regionName\",\"type\":[\"null\",\"string\"],\"default\":null},{\"name\":\"version\","
+        "\"type\":[\"null\",\"int\"],\"default\":null}],\"connect.version\":5,\"connect.name\":"
+        "\"expc.public.outbox.order.Value\"}";
+    assert_buf(&schema, want);
+    assert_hex(&datum, "00020475730202");
+    /* The same version on a row routed elsewhere keeps the first name, as
+     * Debezium's per-version schema cache does. */
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "customer", &payload, env, 2, &ver,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_buf(&schema, want);
+    /* No version (SQL NULL): no connect.version, a name of its own. */
+    ver.data = NULL;
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "customer", &payload, env, 2, &ver,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_null(strstr(schema.data, "\"connect.version\":5"));
+    assert_non_null(strstr(schema.data, "\"connect.name\":\"expc.public.outbox.customer.Value\""));
+    /* The version column must be int4. */
+    outboxd_dbz_field_t ver8 = {"sv", "5", 1, 20};
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &payload, env, 2, &ver8,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     1);
+    assert_non_null(strstr(reason, "int4"));
+    outboxd_buf_free(&schema);
+    outboxd_buf_free(&datum);
+    outboxd_dbz_destroy(d);
+}
+
+static void test_avro_config_errors(void **state)
+{
+    (void)state;
+    char err[512];
+    struct {
+        const char *k1, *v1, *k2, *v2, *want;
+    } cases[] = {
+        {"value.converter.apicurio.registry.as-confluent", "false", NULL, NULL, "as-confluent"},
+        {"value.converter.apicurio.registry.headers.enabled", "true", NULL, NULL, "headers"},
+        {"value.converter.apicurio.registry.use-id", "globalId", NULL, NULL, "contentId"},
+        {"value.converter.value.subject.name.strategy",
+         "io.confluent.kafka.serializers.subject.RecordNameStrategy", NULL, NULL,
+         "TopicNameStrategy"},
+        {"table.fields.additional.placement", "region:envelope", NULL, NULL, "topic.prefix"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *kv[] = {"value.converter", AVROCONV, cases[i].k1, cases[i].v1, NULL};
+        outboxd_dbz_t *d = dbz(kv, err);
+        if (d)
+            fail_msg("case %zu accepted", i);
+        if (!strstr(err, cases[i].want))
+            fail_msg("case %zu: '%s' does not name %s", i, err, cases[i].want);
+    }
+    const char *ok[] = {"value.converter", "io.confluent.connect.avro.AvroConverter",
+                        "value.converter.schema.registry.url", "http://r:8081", NULL};
+    outboxd_dbz_t *d = dbz(ok, err);
+    assert_non_null(d);
+    outboxd_dbz_destroy(d);
+}
+
 static void test_router_record(void **state)
 {
     fixture_t *f = *state;
@@ -519,6 +732,10 @@ int main(void)
         cmocka_unit_test(test_key_converters),
         cmocka_unit_test(test_expand_json),
         cmocka_unit_test(test_values),
+        cmocka_unit_test(test_avro_key_and_string_value),
+        cmocka_unit_test(test_avro_expanded),
+        cmocka_unit_test(test_avro_envelope_version),
+        cmocka_unit_test(test_avro_config_errors),
         cmocka_unit_test_setup_teardown(test_router_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_router_nulls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_router_dead_letters, setup, teardown),

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "outboxd/common/util.h"
 
@@ -115,6 +116,12 @@ typedef struct outboxd_source_conf {
     int publication_scope;   /* outboxd_pub_scope_t, default tables */
     /* default 0: no heartbeat messages (heartbeat.h) */
     int heartbeat_interval_ms;
+    /* replay_window (relay/replay.h): how far behind the live slot the
+     * retention slot is kept, as a time (ms) or a WAL size (bytes); both 0:
+     * no retention slot, no replay. Inherited from relay.replay_window. */
+    int64_t replay_window_ms;
+    uint64_t replay_window_bytes;
+    char *retention_slot; /* "<slot>_keep" when a window is set, else NULL */
     outboxd_table_conf_t *tables;
     size_t n_tables;
     outboxd_message_conf_t *messages;
@@ -152,8 +159,13 @@ typedef struct outboxd_config {
     char *dead_letter_topic;      /* default "outboxd.dlt" */
     int status_interval_ms;       /* default 10000: standby status update period */
     int reconnect_max_backoff_ms; /* default 30000 */
-    char *log_level;              /* default "info" */
-    char *log_format;             /* "text" (default) or "json" */
+    /* Like PostgreSQL's own wal_receiver_timeout: after half of it without a
+     * message from the walsender the relay asks for a reply; after the rest,
+     * the connection is presumed dead (a half-open link, a frozen server)
+     * and reconnected. 0 disables. Default 60000. */
+    int wal_receiver_timeout_ms;
+    char *log_level;  /* default "info" */
+    char *log_format; /* "text" (default) or "json" */
     /* Transactional producers per source used in turn (default 2), so a
      * transaction never waits for the broker to finish writing the previous
      * one's commit markers (see sink.c). */
@@ -171,6 +183,9 @@ typedef struct outboxd_config {
     int metrics_stall_timeout_ms;  /* default 60000: /healthz and watchdog limit */
     int metrics_ready_min_sources; /* default 0: /readyz needs every source */
     size_t max_slot_lag_bytes;     /* relay.max_slot_lag_bytes, default 0: no limit */
+    /* relay.replay_window: the default of sources[].replay_window */
+    int64_t replay_window_ms;
+    uint64_t replay_window_bytes;
 
     outboxd_source_conf_t *sources;
     size_t n_sources;
@@ -197,5 +212,18 @@ void outboxd_config_destroy(outboxd_config_t *conf);
  */
 int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config_t *running,
                                     outboxd_buf_t *changed);
+
+/*
+ * Parses a replay_window value: a duration ("90s", "30m", "1h", "2d") into
+ * *ms, or a WAL size ("500MB", "2GB", "1TB", "4096kB", "1048576B"; units of
+ * 1024 as in postgresql.conf) into *bytes; the other is set to 0. Returns 0,
+ * or -1 (not one of those, zero, or too large).
+ */
+int outboxd_config_parse_window(const char *text, int64_t *ms, uint64_t *bytes);
+
+/* Suffixes of the slots derived from sources[].slot when replay_window is
+ * set: the retention slot, and the copy `outboxd replay` streams from. */
+#define OUTBOXD_RETENTION_SUFFIX "_keep"
+#define OUTBOXD_REPLAY_SUFFIX    "_replay"
 
 #endif

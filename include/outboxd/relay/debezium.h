@@ -2,8 +2,10 @@
  * Debezium drop-in: records as Debezium's outbox EventRouter
  * (io.debezium.transforms.outbox.EventRouter, Debezium 3.0) emits them
  * through Kafka Connect's StringConverter or JsonConverter
- * (schemas.enable=false), so that a table switched from Debezium to outboxd
- * changes nothing a consumer sees: topic, partition, key bytes, value bytes,
+ * (schemas.enable=false), or an AvroConverter with a Confluent-compatible
+ * registry (Confluent's wire format; the Connect schema translated to Avro
+ * as Confluent's AvroData does, which Apicurio's converter copies), so that a table switched from
+ * Debezium to outboxd changes nothing a consumer sees: topic, partition, key bytes, value bytes,
  * the id header and placed headers, record timestamp.
  *
  * Configured per table with a `debezium:` mapping that takes Debezium's own
@@ -54,7 +56,18 @@ typedef struct outboxd_dbz {
     bool tombstone_on_empty; /* route.tombstone.on.empty.payload, default false */
     bool key_json;           /* key.converter is JsonConverter (else StringConverter) */
     bool value_json;         /* value.converter is JsonConverter (else StringConverter) */
-    regex_t re;              /* route.topic.regex, anchored, translated to POSIX ERE */
+    bool key_avro;           /* key.converter is an AvroConverter */
+    bool value_avro;         /* value.converter is an AvroConverter */
+    char *col_version;       /* table.field.event.schema.version (an int4 column), or NULL */
+    char *topic_prefix;      /* topic.prefix: names the Avro value record of envelopes */
+    char **not_null;         /* outboxd.columns.not.null: NOT NULL columns (Avro schemas) */
+    size_t n_not_null;
+    /* Debezium caches the value struct's schema, named after the
+     * route.by.field value of the first row that made it, per payload schema
+     * (or per schema version): the first name seen per key, kept here. */
+    char **name_keys, **name_vals;
+    size_t n_names;
+    regex_t re; /* route.topic.regex, anchored, translated to POSIX ERE */
     size_t re_groups;
     outboxd_dbz_repl_t *repl; /* route.topic.replacement */
     size_t n_repl;
@@ -105,5 +118,30 @@ typedef struct outboxd_dbz_field {
 int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload,
                       const outboxd_dbz_field_t *env, size_t n_env, outboxd_buf_t *out,
                       bool *tombstone, char *reason, size_t reason_size);
+
+/* Avro converters (key.converter / value.converter AvroConverter). */
+
+/*
+ * The key through an AvroConverter: its Avro schema text (what the
+ * converter registers under <topic>-key) into schema, the Avro binary datum
+ * into datum (both reset first). v NULL: SQL NULL (the caller sends no key).
+ * 0; 1 when the column cannot be rendered (reason filled); -1 (OOM).
+ */
+int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
+                         outboxd_buf_t *schema, outboxd_buf_t *datum, char *reason,
+                         size_t reason_size);
+
+/*
+ * The value through an AvroConverter: schema text (registered under
+ * <topic>-value) and datum, or *tombstone. table: "schema.name" of the
+ * outbox table, routed: the route.by.field value (both name the value
+ * record of envelope placements), version: the schema version column (NULL
+ * when not configured or SQL NULL). 0; 1 with reason (a row Debezium could
+ * not convert either); -1 (OOM).
+ */
+int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *routed,
+                           const outboxd_dbz_field_t *payload, const outboxd_dbz_field_t *env,
+                           size_t n_env, const outboxd_dbz_field_t *version, outboxd_buf_t *schema,
+                           outboxd_buf_t *datum, bool *tombstone, char *reason, size_t reason_size);
 
 #endif

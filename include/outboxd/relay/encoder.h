@@ -54,6 +54,18 @@ int outboxd_encoder_event(outboxd_encoder_t *enc, const outboxd_envelope_t *ev,
                           outboxd_value_format_t format, const char *topic, outboxd_buf_t *out,
                           char *reason, size_t reason_size, char *errstr, size_t errstr_size);
 
+/*
+ * Debezium drop-in with an AvroConverter: resets out and writes the
+ * Confluent wire header for schema_text registered under subject (as the
+ * converter does: <topic>-key / <topic>-value, the text as is); the caller
+ * appends the datum. Returns as outboxd_encoder_event: 0; 1 with reason
+ * (the registry rejects the schema, or there is no registry); -1 with
+ * errstr after a backoff (registry unreachable, OOM).
+ */
+int outboxd_encoder_registered(outboxd_encoder_t *enc, const char *subject, const char *schema_text,
+                               outboxd_buf_t *out, char *reason, size_t reason_size, char *errstr,
+                               size_t errstr_size);
+
 /* What a dead-letter record says (dead_letter.avsc). Borrowed pointers. */
 typedef struct outboxd_dead_letter {
     const char *reason;

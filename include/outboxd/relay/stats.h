@@ -48,6 +48,8 @@ void outboxd_stats_state(outboxd_stats_t *st, outboxd_source_state_t state);
 void outboxd_stats_tick(outboxd_stats_t *st);
 /* Server's end of WAL, from every keepalive and XLogData message. */
 void outboxd_stats_wal_end(outboxd_stats_t *st, outboxd_lsn_t lsn);
+/* Position of the retention slot (replay_window), after it was advanced. */
+void outboxd_stats_retention(outboxd_stats_t *st, outboxd_lsn_t lsn);
 /* Position confirmed to PostgreSQL in a standby status update. */
 void outboxd_stats_confirmed(outboxd_stats_t *st, outboxd_lsn_t lsn);
 /* A transaction was received (Begin): if nothing was pending, the lag in
@@ -77,9 +79,11 @@ typedef struct outboxd_stats_snapshot {
     uint64_t events, bytes, dead_letters, skipped;
     uint64_t txn_committed, txn_aborted, reconnects, heartbeats;
     outboxd_lsn_t confirmed_lsn, wal_end_lsn;
-    uint64_t lag_bytes;   /* wal_end - confirmed, 0 when unknown or ahead */
-    double lag_seconds;   /* 0 when caught up */
-    double stall_seconds; /* since the loop last turned */
+    outboxd_lsn_t retention_lsn;  /* 0: no retention slot (or not advanced yet) */
+    uint64_t replay_window_bytes; /* confirmed - retention: WAL replay can reach */
+    uint64_t lag_bytes;           /* wal_end - confirmed, 0 when unknown or ahead */
+    double lag_seconds;           /* 0 when caught up */
+    double stall_seconds;         /* since the loop last turned */
     uint64_t commit_buckets[OUTBOXD_STATS_N_BUCKETS + 1]; /* cumulative; last is +Inf */
     uint64_t commit_count;
     double commit_sum_seconds;

@@ -13,10 +13,9 @@
  * Both give the same JSON: the envelope's fields, with a payload that is
  * JSON text embedded as a JSON value (a typed payload is a record already).
  *
- * check_datum and value_to_json below follow src/common/avro.c's (static
- * there): the walk that bounds every length before avro-c reads the datum
- * (avro-c 1.11 allocates a claimed string length before checking it), and
- * the avro-c value to JSON rendering.
+ * Untrusted bytes are bounds-checked with outboxd_avro_datum_check before
+ * avro-c reads them, and rendered with outboxd_avro_value_to_json
+ * (src/common/avro.c), like the relay's own decoder.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -26,12 +25,10 @@
 #include <avro.h>
 
 #include "outboxd/common/avro.h"
+#include "outboxd/common/avro_datum.h"
 #include "outboxd/common/registry.h"
 #include "outboxd/common/util.h"
 #include "outboxd/shop/kit.h"
-
-#define MAX_DEPTH  128
-#define VARINT_MAX 10
 
 typedef struct writer_schema {
     int32_t id;
@@ -108,221 +105,6 @@ uint64_t outboxd_shop_decoder_lookups(const outboxd_shop_decoder_t *d)
     return d->lookups;
 }
 
-/* ------------------------------------------------- datum walk and JSON */
-
-static bool read_varint(const unsigned char **p, const unsigned char *end, int64_t *out)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < VARINT_MAX; i++) {
-        if (*p >= end)
-            return false;
-        unsigned char b = *(*p)++;
-        v |= (uint64_t)(b & 0x7f) << (7 * i);
-        if (!(b & 0x80)) {
-            *out = (int64_t)((v >> 1) ^ (0 - (v & 1)));
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Walks one datum of schema s without building it: false when it is
- * truncated or malformed (see the file comment for why). */
-static bool check_datum(avro_schema_t s, const unsigned char **p, const unsigned char *end,
-                        int depth)
-{
-    int64_t n;
-    if (depth > MAX_DEPTH)
-        return false;
-    switch (avro_typeof(s)) {
-    case AVRO_NULL:
-        return true;
-    case AVRO_BOOLEAN:
-        if (*p >= end || **p > 1)
-            return false;
-        (*p)++;
-        return true;
-    case AVRO_INT32:
-        return read_varint(p, end, &n) && n >= INT32_MIN && n <= INT32_MAX;
-    case AVRO_INT64:
-        return read_varint(p, end, &n);
-    case AVRO_FLOAT:
-    case AVRO_DOUBLE:
-        n = avro_typeof(s) == AVRO_FLOAT ? 4 : 8;
-        if (end - *p < n)
-            return false;
-        *p += n;
-        return true;
-    case AVRO_STRING:
-    case AVRO_BYTES:
-        if (!read_varint(p, end, &n) || n < 0 || n > end - *p)
-            return false;
-        *p += n;
-        return true;
-    case AVRO_FIXED:
-        n = avro_schema_fixed_size(s);
-        if (n < 0 || n > end - *p)
-            return false;
-        *p += n;
-        return true;
-    case AVRO_ENUM:
-        return read_varint(p, end, &n) && n >= 0 && n < avro_schema_enum_number_of_symbols(s);
-    case AVRO_UNION:
-        if (!read_varint(p, end, &n) || n < 0 || (uint64_t)n >= avro_schema_union_size(s))
-            return false;
-        return check_datum(avro_schema_union_branch(s, (int)n), p, end, depth + 1);
-    case AVRO_RECORD:
-        for (size_t i = 0; i < avro_schema_record_size(s); i++)
-            if (!check_datum(avro_schema_record_field_get_by_index(s, (int)i), p, end, depth + 1))
-                return false;
-        return true;
-    case AVRO_ARRAY:
-    case AVRO_MAP:
-        for (;;) {
-            int64_t bytes;
-            if (!read_varint(p, end, &n))
-                return false;
-            if (n == 0)
-                return true;
-            if (n < 0) {
-                if (n == INT64_MIN || !read_varint(p, end, &bytes))
-                    return false;
-                n = -n;
-            }
-            if (n > end - *p) /* also bounds items that take no bytes */
-                return false;
-            for (int64_t i = 0; i < n; i++) {
-                if (avro_typeof(s) == AVRO_MAP) {
-                    int64_t klen;
-                    if (!read_varint(p, end, &klen) || klen < 0 || klen > end - *p)
-                        return false;
-                    *p += klen;
-                }
-                avro_schema_t item = avro_typeof(s) == AVRO_MAP ? avro_schema_map_values(s)
-                                                                : avro_schema_array_items(s);
-                if (!check_datum(item, p, end, depth + 1))
-                    return false;
-            }
-        }
-    case AVRO_LINK:
-        return check_datum(avro_schema_link_target(s), p, end, depth + 1);
-    default:
-        return false;
-    }
-}
-
-/* A JSON string; bytes that are not UTF-8 become U+FFFD. */
-static json_t *json_text(const char *s, size_t len)
-{
-    json_t *j = json_stringn(s, len);
-    if (j)
-        return j;
-    outboxd_buf_t b = {0};
-    const unsigned char *p = (const unsigned char *)s;
-    bool ok = true;
-    for (size_t i = 0; i < len && ok;) {
-        size_t n = outboxd_utf8_len(p + i, len - i);
-        if (n) {
-            ok = outboxd_buf_append(&b, p + i, n);
-            i += n;
-        } else {
-            ok = outboxd_buf_append(&b, "\xef\xbf\xbd", 3);
-            i++;
-        }
-    }
-    j = ok ? json_stringn(b.data ? b.data : "", b.len) : NULL;
-    outboxd_buf_free(&b);
-    return j;
-}
-
-static json_t *value_to_json(avro_value_t *v, int depth)
-{
-    if (depth > MAX_DEPTH)
-        return NULL;
-    switch (avro_value_get_type(v)) {
-    case AVRO_NULL:
-        return json_null();
-    case AVRO_BOOLEAN: {
-        int b = 0;
-        return avro_value_get_boolean(v, &b) ? NULL : json_boolean(b);
-    }
-    case AVRO_INT32: {
-        int32_t i = 0;
-        return avro_value_get_int(v, &i) ? NULL : json_integer(i);
-    }
-    case AVRO_INT64: {
-        int64_t l = 0;
-        return avro_value_get_long(v, &l) ? NULL : json_integer(l);
-    }
-    case AVRO_FLOAT: {
-        float f = 0;
-        if (avro_value_get_float(v, &f))
-            return NULL;
-        json_t *j = json_real(f);
-        return j ? j : json_null(); /* NaN and infinities have no JSON form */
-    }
-    case AVRO_DOUBLE: {
-        double d = 0;
-        if (avro_value_get_double(v, &d))
-            return NULL;
-        json_t *j = json_real(d);
-        return j ? j : json_null();
-    }
-    case AVRO_STRING: {
-        const char *s = NULL;
-        size_t size = 0; /* counts the NUL terminator */
-        if (avro_value_get_string(v, &s, &size))
-            return NULL;
-        return json_text(s ? s : "", size ? size - 1 : 0);
-    }
-    case AVRO_BYTES:
-    case AVRO_FIXED: {
-        const void *buf = NULL;
-        size_t size = 0;
-        int rc = avro_value_get_type(v) == AVRO_BYTES ? avro_value_get_bytes(v, &buf, &size)
-                                                      : avro_value_get_fixed(v, &buf, &size);
-        return rc ? NULL : json_text(buf ? buf : "", size);
-    }
-    case AVRO_ENUM: {
-        int idx = 0;
-        if (avro_value_get_enum(v, &idx))
-            return NULL;
-        const char *sym = avro_schema_enum_get(avro_value_get_schema(v), idx);
-        return sym ? json_string(sym) : NULL;
-    }
-    case AVRO_UNION: {
-        avro_value_t branch;
-        if (avro_value_get_current_branch(v, &branch))
-            return NULL;
-        return value_to_json(&branch, depth + 1);
-    }
-    case AVRO_ARRAY:
-    case AVRO_MAP:
-    case AVRO_RECORD: {
-        bool is_array = avro_value_get_type(v) == AVRO_ARRAY;
-        size_t n = 0;
-        if (avro_value_get_size(v, &n))
-            return NULL;
-        json_t *res = is_array ? json_array() : json_object();
-        for (size_t i = 0; res && i < n; i++) {
-            avro_value_t child;
-            const char *name = NULL;
-            json_t *cj = NULL;
-            if (avro_value_get_by_index(v, i, &child, &name) == 0)
-                cj = value_to_json(&child, depth + 1);
-            if (!cj || (is_array ? json_array_append_new(res, cj)
-                                 : json_object_set_new(res, name ? name : "", cj))) {
-                json_decref(res);
-                res = NULL;
-            }
-        }
-        return res;
-    }
-    default:
-        return NULL;
-    }
-}
-
 /* ------------------------------------------------------- wire format */
 
 /* The compiled writer schema of id: cached, else fetched from the registry.
@@ -394,9 +176,9 @@ static json_t *decode_wire(outboxd_shop_decoder_t *d, const unsigned char *b, si
     if (!w)
         return NULL;
     const unsigned char *p = b + OUTBOXD_WIRE_HEADER_LEN, *end = b + len;
-    if (!check_datum(w->schema, &p, end, 0)) {
-        snprintf(errstr, errstr_size,
-                 "wire format: the datum is truncated or malformed for schema id %" PRId32, id);
+    char why[256];
+    if (!outboxd_avro_datum_check(w->schema, &p, end, why, sizeof(why))) {
+        snprintf(errstr, errstr_size, "wire format, schema id %" PRId32 ": %s", id, why);
         return NULL;
     }
     if (p != end) {
@@ -412,7 +194,7 @@ static json_t *decode_wire(outboxd_shop_decoder_t *d, const unsigned char *b, si
                  avro_strerror());
         return NULL;
     }
-    json_t *root = value_to_json(&w->value, 0);
+    json_t *root = outboxd_avro_value_to_json(&w->value);
     if (!json_is_object(root)) {
         json_decref(root);
         snprintf(errstr, errstr_size,

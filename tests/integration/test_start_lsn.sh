@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# outboxd run --start-lsn SOURCE=LSN (README "Replay"): a deliberate skip
+# forward. Phase A is relayed; phase B is written while the relay is stopped;
+# the relay is restarted with --start-lsn at the end of phase B, and phase C
+# is written after. Asserted:
+#   - Kafka holds A and C exactly once and nothing of B (okcat --expect
+#     counts any B event as unexpected);
+#   - the WARN line names the range and counts what is skipped (B's
+#     transactions and changes);
+#   - an LSN behind the last checkpoint is refused (exit 2, nothing changed:
+#     the slot stays where it was), as are an unknown source and a malformed
+#     argument.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+DB=sl_$RUN_ID
+SLOT=${DB}_${RUN_ID}
+create_outbox_db "$DB"
+write_config "$WORK/outboxd.yaml" "$DB"
+prepare_sources "$WORK/outboxd.yaml"
+
+# write_txns KEY N: N transactions of 2 outbox rows each.
+write_txns() {
+    for _ in $(seq 1 "$2"); do echo "SELECT write_events('$DB', '$1', 2);"; done | psql_db "$DB" >/dev/null
+}
+
+start_relay "$WORK/outboxd.yaml" relay-a
+A_START=$(psql_db "$DB" -c "SELECT pg_current_wal_lsn()")
+write_txns ka 10
+A_END=$(psql_db "$DB" -c "SELECT pg_current_wal_lsn()")
+wait_drained "$DB" "$SLOT"
+stop_relay_ok "$RELAY_PID"
+: >"$WORK/a.tsv"
+expected_events "$DB" "$WORK/a.tsv"
+
+# Phase B while the relay is stopped: 15 transactions, 30 outbox rows.
+B_START=$(psql_db "$DB" -c "SELECT pg_current_wal_lsn()")
+write_txns kb 15
+S=$(psql_db "$DB" -c "SELECT pg_current_wal_lsn()")
+log "phase A ends at $A_END; phase B in [$B_START, $S]"
+
+# Refusals first: nothing may change.
+slot_before=$(psql_db "$DB" -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$SLOT'")
+refused() { # refused PATTERN ARG
+    local rc=0
+    "$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" --start-lsn "$2" >"$WORK/relay-refused.log" 2>&1 || rc=$?
+    [ "$rc" -eq 2 ] || fail "--start-lsn $2 exited $rc, expected 2: $(tail -3 "$WORK/relay-refused.log")"
+    grep -q -- "$1" "$WORK/relay-refused.log" ||
+        fail "--start-lsn $2: expected '$1', got: $(tail -3 "$WORK/relay-refused.log")"
+    log "refused as expected: $(grep -- "$1" "$WORK/relay-refused.log" | head -1)"
+}
+refused "is behind the last checkpoint, which published up to" "$DB=$A_START"
+refused "unknown source 'nosuch'" "nosuch=$S"
+refused "is not SOURCE=LSN" "$DB"
+[ "$(psql_db "$DB" -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$SLOT'")" = "$slot_before" ] ||
+    fail "a refused --start-lsn moved the slot"
+
+# The skip.
+"$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" --start-lsn "$DB=$S" >>"$WORK/relay-skip.log" 2>&1 &
+RELAY_PID=$!
+RELAY_PIDS+=("$RELAY_PID")
+for _ in $(seq 1 600); do
+    grep -q "streaming slot" "$WORK/relay-skip.log" && break
+    kill -0 "$RELAY_PID" 2>/dev/null || fail "relay with --start-lsn exited: $(tail -5 "$WORK/relay-skip.log")"
+    sleep 0.1
+done
+grep -q "WARN .*--start-lsn $S: SKIPPING FORWARD from [0-9A-F/]* (slot $SLOT) to $S, [0-9]* bytes of WAL: 15 transaction(s) with 30 change(s) of publication" \
+    "$WORK/relay-skip.log" || fail "no WARN line counting the 15 skipped transactions: $(grep -- --start-lsn "$WORK/relay-skip.log")"
+grep "SKIPPING FORWARD" "$WORK/relay-skip.log" >&2
+grep -q "last checkpoint commit [0-9A-F]" "$WORK/relay-skip.log" || fail "the relay did not start from the skip's checkpoint"
+[ "$(psql_db "$DB" -c "SELECT confirmed_flush_lsn >= '$S' FROM pg_replication_slots WHERE slot_name = '$SLOT'")" = t ] ||
+    fail "the slot was not advanced to $S"
+
+write_txns kc 10
+wait_drained "$DB" "$SLOT"
+: >"$WORK/all.tsv"
+expected_events "$DB" "$WORK/all.tsv"
+# Expected in Kafka: every row but phase B's (key kb).
+grep -v -P "\t$DB-kb\t|\tkb\t" "$WORK/all.tsv" >"$WORK/expected.tsv" || true
+[ "$(wc -l <"$WORK/expected.tsv")" -eq 40 ] || fail "expected 40 rows of phases A and C, found $(wc -l <"$WORK/expected.tsv")"
+[ "$(grep -c -P "\tkb\t" "$WORK/all.tsv")" -eq 30 ] || fail "expected 30 phase B rows in the table"
+check_exactly_once "$WORK/expected.tsv" >"$WORK/okcat.out" ||
+    { cat "$WORK/okcat.out" >&2; fail "Kafka does not hold phases A and C exactly once without B"; }
+tail -1 "$WORK/okcat.out" >&2
+stop_relay_ok "$RELAY_PID"
+drop_source "$DB" "$SLOT"
+log "PASS"
