@@ -34,7 +34,9 @@ CONF=$WORK/outboxd.yaml
 BIG=50000
 create_outbox_db "$DB"
 PORT=$(free_port)
-write_config "$WORK/a.yaml" "$DB"
+# Kafka transactions of at most 1000 events: the big transaction below is
+# committed in parts, which shows when the relay is inside it.
+MAX_BATCH_EVENTS=1000 write_config "$WORK/a.yaml" "$DB"
 printf 'metrics:\n  listen: "127.0.0.1:%s"\n' "$PORT" >>"$WORK/a.yaml"
 # Mapping 1: the new topic template; the invalid file; mapping 1 at debug.
 # b: the new template, and outbox2 after the first table's topic line.
@@ -103,6 +105,12 @@ cp "$WORK/b.yaml" "$CONF"
 psql_db "$DB" -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
     SELECT '$DB', 'big-1', 'Tested', jsonb_build_object('seq', i, 'key', 'big-1')
     FROM generate_series(1, $BIG) i" >/dev/null
+# The signal goes once the relay has committed a first part of it (the
+# writers alone add about 150 events a second).
+published() { metric "outboxd_source_events_published_total{source=\"$DB\"}"; }
+p0=$(published)
+for _ in $(seq 1 600); do [ "$(published)" -ge $((p0 + 1000)) ] && break; sleep 0.02; done
+[ "$(published)" -ge $((p0 + 1000)) ] || fail "the relay did not start publishing the big transaction"
 kill -HUP "$relay"
 wait_for "configuration 1 applied by every source" 60
 line=$(grep "reload: configuration 1 applied" "$LOGF" | grep "\[$DB\]")
@@ -179,6 +187,9 @@ SELECT o.id, o.aggregateid,
 FROM outbox o JOIN ins ON ins.id = o.id JOIN com USING (xid);
 SQL
 [ "$(grep -c $'\tbig-1\t' "$EXP")" = "$BIG" ] || fail "the big transaction's rows are not all in the expected set"
+# The relay was inside it when the signal came: it switched after its end.
+n_big_old=$(awk -F'\t' -v t="$RUN_ID.ev.$DB" '$2 == "big-1" && $3 == t' "$EXP" | wc -l)
+[ "$n_big_old" = "$BIG" ] || fail "the switch point $SWITCH falls inside the big transaction ($n_big_old of $BIG rows before it)"
 grep -v $'\tbig-1\t' "$EXP" >"$WORK/writers.tsv"
 assert_rows_written "$WORK/writers.tsv" "$DB"
 n_new=$(awk -F'\t' '$3 ~ /\.ev\.v2\./' "$EXP" | wc -l)
