@@ -678,6 +678,13 @@ static bool check_log_level(ctx_t *c, const char *v, const char *path, int line)
                 v);
 }
 
+static bool check_log_format(ctx_t *c, const char *v, const char *path, int line)
+{
+    if (strcmp(v, "text") == 0 || strcmp(v, "json") == 0)
+        return true;
+    return fail(c, line, path, "unknown log_format '%.100s' (expected text or json)", v);
+}
+
 static bool check_url(ctx_t *c, const char *v, const char *path, int line)
 {
     if ((strncmp(v, "http://", 7) != 0 || !v[7]) && (strncmp(v, "https://", 8) != 0 || !v[8]))
@@ -770,6 +777,10 @@ struct key_spec {
     const key_spec_t *section;
     check_fn check;
     custom_fn custom;
+    /* A change is not applied by a reload (SIGHUP): it needs a restart, the
+     * running value stays (README "Reloading the configuration"). Keys
+     * without the mark are reloadable. */
+    bool restart;
 };
 
 #define KEY(k, kd, st, f) .key = (k), .kind = (kd), .offset = offsetof(st, f)
@@ -832,7 +843,7 @@ static const key_spec_t kafka_spec[] = {
     {KEY("bootstrap_servers", K_STR, outboxd_config_t, bootstrap_servers), .required = true,
      .hint = "host:port[,host:port...]"},
     {KEY("transactional_id_prefix", K_STR, outboxd_config_t, transactional_id_prefix),
-     .def_str = "outboxd", .hint = "a string", .check = check_txn_prefix},
+     .def_str = "outboxd", .hint = "a string", .check = check_txn_prefix, .restart = true},
     {.key = "properties",
      .kind = K_CUSTOM,
      .custom = parse_properties,
@@ -863,11 +874,12 @@ static const key_spec_t relay_spec[] = {
     {KEY("commit_interval_ms", K_INT, outboxd_config_t, commit_interval_ms), .def_num = 20,
      .min = 1, .max = 60000},
     {KEY("max_batch_events", K_INT, outboxd_config_t, max_batch_events), .def_num = 5000, .min = 1,
-     .max = 1000000},
+     .max = 1000000, .restart = true},
     {KEY("max_event_bytes", K_SIZE, outboxd_config_t, max_event_bytes), .def_num = 1000000,
      .min = 1024, .max = 100000000},
     {KEY("checkpoint_topic", K_STR, outboxd_config_t, checkpoint_topic),
-     .def_str = "outboxd.checkpoints", .hint = "a Kafka topic name", .check = check_topic_name},
+     .def_str = "outboxd.checkpoints", .hint = "a Kafka topic name", .check = check_topic_name,
+     .restart = true},
     {KEY("dead_letter_topic", K_STR, outboxd_config_t, dead_letter_topic), .def_str = "outboxd.dlt",
      .hint = "a Kafka topic name", .check = check_topic_name},
     {KEY("status_interval_ms", K_INT, outboxd_config_t, status_interval_ms), .def_num = 10000,
@@ -877,7 +889,7 @@ static const key_spec_t relay_spec[] = {
     {KEY("wal_receiver_timeout_ms", K_INT, outboxd_config_t, wal_receiver_timeout_ms),
      .def_num = 60000, .min = 0, .max = 3600000},
     {KEY("producers_per_source", K_INT, outboxd_config_t, producers_per_source), .def_num = 2,
-     .min = 1, .max = 4},
+     .min = 1, .max = 4, .restart = true},
     {KEY("pipeline_commits", K_BOOL, outboxd_config_t, pipeline_commits), .def_num = 1},
     {KEY("missing_topic", K_ENUM, outboxd_config_t, missing_topic), .names = missing_topic_names,
      .def_num = OUTBOXD_MISSING_TOPIC_WAIT},
@@ -890,6 +902,8 @@ static const key_spec_t relay_spec[] = {
      .def_num = -1, .min = 1, .max = 32767},
     {KEY("log_level", K_STR, outboxd_config_t, log_level), .def_str = "info",
      .hint = "debug, info, warn or error", .check = check_log_level},
+    {KEY("log_format", K_STR, outboxd_config_t, log_format), .def_str = "text",
+     .hint = "text or json", .check = check_log_format},
     {KEY("schemas_dir", K_STR, outboxd_config_t, schemas_dir), .hint = "a directory path"},
     {KEY("schema_store_dir", K_STR, outboxd_config_t, schema_store_dir),
      .hint = "a directory path"},
@@ -900,12 +914,13 @@ static const key_spec_t relay_spec[] = {
     {.key = "replay_window",
      .kind = K_CUSTOM,
      .custom = parse_window_relay,
-     .hint = "a duration (30m, 1h, 2d) or a WAL size (500MB, 2GB)"},
+     .hint = "a duration (30m, 1h, 2d) or a WAL size (500MB, 2GB)",
+     .restart = true},
     {0}};
 
 static const key_spec_t metrics_spec[] = {
     {KEY("listen", K_STR, outboxd_config_t, metrics_listen), .required = true, .hint = "host:port",
-     .check = check_listen},
+     .check = check_listen, .restart = true},
     {KEY("stall_timeout_ms", K_INT, outboxd_config_t, metrics_stall_timeout_ms), .def_num = 60000,
      .min = 1000, .max = 3600000},
     {KEY("ready_min_sources", K_INT, outboxd_config_t, metrics_ready_min_sources), .def_num = 0,
@@ -930,26 +945,30 @@ static const key_spec_t root_spec[] = {
 
 static const key_spec_t source_spec[] = {
     {KEY("name", K_STR, outboxd_source_conf_t, name), .required = true,
-     .hint = "a source name of letters, digits, _ and -", .check = check_source_name},
+     .hint = "a source name of letters, digits, _ and -", .check = check_source_name,
+     .restart = true},
     {KEY("dsn", K_STR, outboxd_source_conf_t, dsn), .required = true,
-     .hint = "a libpq connection string", .check = check_dsn},
-    {KEY("password_file", K_STR, outboxd_source_conf_t, password_file), .hint = "a file path"},
+     .hint = "a libpq connection string", .check = check_dsn, .restart = true},
+    {KEY("password_file", K_STR, outboxd_source_conf_t, password_file), .hint = "a file path",
+     .restart = true},
     {KEY("slot", K_STR, outboxd_source_conf_t, slot), .hint = "a replication slot name",
-     .check = check_slot},
+     .check = check_slot, .restart = true},
     {KEY("publication", K_STR, outboxd_source_conf_t, publication), .hint = "a publication name",
-     .check = check_publication},
-    {KEY("create_slot", K_BOOL, outboxd_source_conf_t, create_slot), .def_num = 1},
-    {KEY("create_publication", K_BOOL, outboxd_source_conf_t, create_publication), .def_num = 1},
+     .check = check_publication, .restart = true},
+    {KEY("create_slot", K_BOOL, outboxd_source_conf_t, create_slot), .def_num = 1, .restart = true},
+    {KEY("create_publication", K_BOOL, outboxd_source_conf_t, create_publication), .def_num = 1,
+     .restart = true},
     {KEY("publication_scope", K_ENUM, outboxd_source_conf_t, publication_scope),
-     .names = pub_scope_names, .def_num = OUTBOXD_PUB_TABLES},
+     .names = pub_scope_names, .def_num = OUTBOXD_PUB_TABLES, .restart = true},
     {KEY("heartbeat_interval_ms", K_INT, outboxd_source_conf_t, heartbeat_interval_ms),
-     .def_num = 0, .min = 0, .max = 3600000},
+     .def_num = 0, .min = 0, .max = 3600000, .restart = true},
     {.key = "replay_window",
      .kind = K_CUSTOM,
      .custom = parse_window_source,
-     .hint = "a duration (30m, 1h, 2d) or a WAL size (500MB, 2GB)"},
+     .hint = "a duration (30m, 1h, 2d) or a WAL size (500MB, 2GB)",
+     .restart = true},
     {KEY("signal_table", K_STR, outboxd_source_conf_t, signal_table),
-     .hint = "a table name (schema.table) whose rows ask for snapshots"},
+     .hint = "a table name (schema.table) whose rows ask for snapshots", .restart = true},
     {.key = "tables", .kind = K_CUSTOM, .custom = parse_tables, .hint = "a list of tables"},
     {.key = "messages",
      .kind = K_CUSTOM,
@@ -2105,6 +2124,7 @@ void outboxd_config_destroy(outboxd_config_t *conf)
     free(conf->checkpoint_topic);
     free(conf->dead_letter_topic);
     free(conf->log_level);
+    free(conf->log_format);
     free(conf->metrics_listen);
     for (size_t i = 0; i < conf->n_sources; i++) {
         outboxd_source_conf_t *s = &conf->sources[i];
@@ -2131,4 +2151,139 @@ void outboxd_config_destroy(outboxd_config_t *conf)
     }
     free(conf->sources);
     free(conf);
+}
+
+/* ---- reload: keys that need a restart ---------------------------------- */
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Puts the running value of every key marked restart into next where they
+ * differ, naming each in changed ("PATH\n"). -1 on OOM. */
+static int pin_keys(const key_spec_t *spec, char *next, const char *running, const char *prefix,
+                    outboxd_buf_t *changed)
+{
+    for (const key_spec_t *k = spec; k->key; k++) {
+        void *nf = next + k->offset;
+        const void *rf = running + k->offset;
+        if (k->kind == K_SECTION) {
+            char p[PATH_LEN];
+            snprintf(p, sizeof(p), "%s%s.", prefix, k->key);
+            if (pin_keys(k->section, nf, rf, p, changed) < 0)
+                return -1;
+            continue;
+        }
+        if (!k->restart)
+            continue;
+        bool same = true;
+        switch (k->kind) {
+        case K_STR:
+        case K_TOPIC:
+            same = str_eq(*(char *const *)nf, *(char *const *)rf);
+            break;
+        case K_INT:
+        case K_ENUM:
+            same = *(const int *)nf == *(const int *)rf;
+            break;
+        case K_SIZE:
+            same = *(const size_t *)nf == *(const size_t *)rf;
+            break;
+        case K_BOOL:
+            same = *(const bool *)nf == *(const bool *)rf;
+            break;
+        default:
+            break;
+        }
+        if (same)
+            continue;
+        if (!outboxd_buf_printf(changed, "%s%s\n", prefix, k->key))
+            return -1;
+        switch (k->kind) {
+        case K_STR:
+        case K_TOPIC: {
+            const char *old = *(char *const *)rf;
+            char *copy = old ? strdup(old) : NULL;
+            if (old && !copy)
+                return -1;
+            free(*(char **)nf);
+            *(char **)nf = copy;
+            break;
+        }
+        case K_INT:
+        case K_ENUM:
+            *(int *)nf = *(const int *)rf;
+            break;
+        case K_SIZE:
+            *(size_t *)nf = *(const size_t *)rf;
+            break;
+        case K_BOOL:
+            *(bool *)nf = *(const bool *)rf;
+            break;
+        default:
+            break;
+        }
+    }
+    return 0;
+}
+
+int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config_t *running,
+                                    outboxd_buf_t *changed)
+{
+    if (pin_keys(root_spec, (char *)next, (const char *)running, "", changed) < 0)
+        return -1;
+    for (size_t i = 0; i < running->n_sources; i++) {
+        const outboxd_source_conf_t *rs = &running->sources[i];
+        outboxd_source_conf_t *ns = NULL;
+        size_t j;
+        for (j = 0; j < next->n_sources && !ns; j++)
+            if (strcmp(next->sources[j].name, rs->name) == 0)
+                ns = &next->sources[j];
+        if (!ns) {
+            if (!outboxd_buf_printf(changed, "sources: source %s removed\n", rs->name))
+                return -1;
+            continue;
+        }
+        bool pw_changed = !str_eq(ns->password_file, rs->password_file);
+        char p[PATH_LEN];
+        snprintf(p, sizeof(p), "sources[%zu].", j - 1);
+        if (pin_keys(source_spec, (char *)ns, (const char *)rs, p, changed) < 0)
+            return -1;
+        if (ns->replay_window_ms != rs->replay_window_ms ||
+            ns->replay_window_bytes != rs->replay_window_bytes ||
+            !str_eq(ns->retention_slot, rs->retention_slot)) {
+            /* The retention slot is set up when the source starts. */
+            char *copy = rs->retention_slot ? strdup(rs->retention_slot) : NULL;
+            if ((rs->retention_slot && !copy) ||
+                !outboxd_buf_printf(changed, "sources[%zu].replay_window\n", j - 1)) {
+                free(copy);
+                return -1;
+            }
+            free(ns->retention_slot);
+            ns->retention_slot = copy;
+            ns->replay_window_ms = rs->replay_window_ms;
+            ns->replay_window_bytes = rs->replay_window_bytes;
+        }
+        if (pw_changed) {
+            /* The password belongs to its file: keep the running pair. */
+            char *copy = rs->password ? strdup(rs->password) : NULL;
+            if (rs->password && !copy)
+                return -1;
+            if (ns->password) {
+                explicit_bzero(ns->password, strlen(ns->password));
+                free(ns->password);
+            }
+            ns->password = copy;
+        }
+    }
+    for (size_t j = 0; j < next->n_sources; j++) {
+        bool known = false;
+        for (size_t i = 0; i < running->n_sources && !known; i++)
+            known = strcmp(next->sources[j].name, running->sources[i].name) == 0;
+        if (!known && !outboxd_buf_printf(changed, "sources[%zu]: source %s added\n", j,
+                                          next->sources[j].name))
+            return -1;
+    }
+    return 0;
 }

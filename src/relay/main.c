@@ -29,12 +29,15 @@
 #include "outboxd/relay/heartbeat.h"
 #include "outboxd/relay/metrics.h"
 #include "outboxd/relay/notify.h"
+#include "outboxd/relay/reload.h"
 #include "outboxd/relay/status.h"
 #include "outboxd/relay/replay.h"
 
 #define KAFKA_PROBE_TIMEOUT_MS 10000
 
 static volatile sig_atomic_t got_signal = 0;
+/* SIGHUP: reload the configuration (the main loop acts on it). */
+static volatile sig_atomic_t got_hup = 0;
 /* Read by every source thread; set by main once a signal was seen. */
 static atomic_int stop_flag = 0;
 
@@ -51,6 +54,12 @@ static void on_signal(int sig)
     got_signal = sig;
 }
 
+static void on_hup(int sig)
+{
+    (void)sig;
+    got_hup = 1;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: outboxd [run] -c FILE [--log-level LEVEL] [--log-format text|json]\n"
@@ -64,7 +73,8 @@ static void usage(FILE *f)
                "pgoutput) into Kafka with exactly-once delivery to read_committed consumers.\n"
                "\n"
                "Commands:\n"
-               "  run     relay until SIGTERM/SIGINT (the default)\n"
+               "  run     relay until SIGTERM/SIGINT (the default); SIGHUP reloads the\n"
+               "          configuration file (README: Reloading the configuration)\n"
                "  check   validate the configuration, then connect to every source and\n"
                "          check wal_level, the publication, the slot and the outbox\n"
                "          columns (creating the publication and slot where configured);\n"
@@ -183,7 +193,7 @@ static void supervise(supervisor_t *sv)
     }
 }
 
-static int cmd_run(const outboxd_config_t *conf)
+static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const char *cli_format)
 {
     outboxd_source_t **sources = calloc(conf->n_sources, sizeof(*sources));
     char err[512];
@@ -200,8 +210,11 @@ static int cmd_run(const outboxd_config_t *conf)
     };
     outboxd_metrics_t *metrics = outboxd_metrics_new(&mopts);
     outboxd_http_t *http = NULL;
-    if (!metrics) {
+    outboxd_reload_t *reloader = outboxd_reload_new(conf, cli_level, cli_format);
+    if (!metrics || !reloader) {
         LOG_ERROR(NULL, "out of memory");
+        outboxd_metrics_destroy(metrics);
+        outboxd_reload_destroy(reloader);
         free(sources);
         return 1;
     }
@@ -213,6 +226,7 @@ static int cmd_run(const outboxd_config_t *conf)
         if (!http) {
             LOG_ERROR(NULL, "metrics.listen: %s", err);
             outboxd_metrics_destroy(metrics);
+            outboxd_reload_destroy(reloader);
             free(sources);
             return 1;
         }
@@ -265,6 +279,20 @@ static int cmd_run(const outboxd_config_t *conf)
                 rc = 1;
             }
         }
+        if (got_hup) {
+            got_hup = 0;
+            /* RELOADING=1 only once READY=1 was sent: before that systemd
+             * still waits for the start to finish. */
+            outboxd_reload_start(reloader, sources, started, metrics, sv.ready_sent);
+        }
+        if (outboxd_reload_poll(reloader, sources, started) && sv.ready_sent) {
+            char status[128];
+            int total, streaming;
+            outboxd_metrics_counts(metrics, &total, &streaming);
+            snprintf(status, sizeof(status), "configuration reloaded; %d of %d sources streaming",
+                     streaming, total);
+            outboxd_notify_ready(status);
+        }
         supervise(&sv);
         usleep(50 * 1000);
     }
@@ -276,6 +304,8 @@ static int cmd_run(const outboxd_config_t *conf)
         outboxd_source_destroy(sources[i]);
     }
     free(sources);
+    /* Only now: a source may have run on a reloaded configuration. */
+    outboxd_reload_destroy(reloader);
     outboxd_heartbeat_stop(heartbeat);
     /* The endpoint answers until the sources are gone, so a scrape during
      * shutdown sees the stopping states. */
@@ -457,6 +487,11 @@ int main(int argc, char **argv)
         return 2;
     }
     outboxd_log_set_level(lvl);
+    if (!format) {
+        outboxd_log_format_t fmt;
+        if (conf->log_format && outboxd_log_format_parse(conf->log_format, &fmt))
+            outboxd_log_set_format(fmt);
+    }
 
     /* What the YAML loader cannot see (kafka.properties librdkafka refuses,
      * a cdc snapshot mode not supported yet) is a configuration error for run
@@ -493,13 +528,15 @@ int main(int argc, char **argv)
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
+        sa.sa_handler = on_hup;
+        sigaction(SIGHUP, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
         if (is_replay)
             rc = cmd_replay(conf, &rargs);
         else
             rc = cmd_start_lsn(conf, start_lsn, n_start_lsn);
         if (rc == 0 && !is_replay)
-            rc = cmd_run(conf);
+            rc = cmd_run(conf, level, format);
     }
     outboxd_config_destroy(conf);
     return rc;

@@ -23,6 +23,7 @@ struct outboxd_metrics {
     size_t n, cap;
     outboxd_metrics_options_t opts;
     int64_t start_wall_us;
+    uint64_t reloads_ok, reloads_failed; /* SIGHUP reloads, under lock */
 };
 
 outboxd_metrics_t *outboxd_metrics_new(const outboxd_metrics_options_t *opts)
@@ -51,6 +52,16 @@ void outboxd_metrics_set_options(outboxd_metrics_t *m, const outboxd_metrics_opt
 {
     pthread_mutex_lock(&m->lock);
     m->opts = *opts;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void outboxd_metrics_reloaded(outboxd_metrics_t *m, bool ok)
+{
+    pthread_mutex_lock(&m->lock);
+    if (ok)
+        m->reloads_ok++;
+    else
+        m->reloads_failed++;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -142,6 +153,7 @@ bool outboxd_metrics_render(outboxd_metrics_t *m, outboxd_buf_t *b)
     pthread_mutex_lock(&m->lock);
     size_t n = m->n;
     outboxd_metrics_options_t opts = m->opts;
+    uint64_t reloads_ok = m->reloads_ok, reloads_failed = m->reloads_failed;
     outboxd_stats_t **sts = calloc(n ? n : 1, sizeof(*sts));
     outboxd_stats_snapshot_t *snaps = calloc(n ? n : 1, sizeof(*snaps));
     if (sts && snaps)
@@ -168,6 +180,14 @@ bool outboxd_metrics_render(outboxd_metrics_t *m, outboxd_buf_t *b)
                      "relay.max_slot_lag_bytes (0: no limit).") &&
               outboxd_buf_printf(b, "outboxd_max_slot_lag_bytes %llu\n",
                                  (unsigned long long)opts.max_slot_lag_bytes);
+    ok = ok &&
+         header(b, "outboxd_config_reloads_total", "counter",
+                "Configuration reloads (SIGHUP) by result; a failure keeps the running "
+                "configuration.") &&
+         outboxd_buf_printf(b,
+                            "outboxd_config_reloads_total{result=\"success\"} %llu\n"
+                            "outboxd_config_reloads_total{result=\"failure\"} %llu\n",
+                            (unsigned long long)reloads_ok, (unsigned long long)reloads_failed);
     ok = ok &&
          per_source(b, "outboxd_source_events_published_total", "counter",
                     "Events committed to Kafka (dead letters not included).", snaps, sts, n,

@@ -5,6 +5,7 @@
 #include "outboxd/relay/notify.h"
 
 #include <stdio.h>
+#include <time.h>
 #include <systemd/sd-daemon.h>
 
 #include "outboxd/common/log.h"
@@ -36,6 +37,18 @@ void outboxd_notify_stopping(const char *status)
 void outboxd_notify_status(const char *status)
 {
     notify(NULL, status);
+}
+
+void outboxd_notify_reloading(const char *status)
+{
+    /* systemd (notify-reload) wants the CLOCK_MONOTONIC time the reload
+     * began, so it can tell this reload's READY=1 from an earlier one. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    char state[96];
+    snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    notify(state, status);
 }
 
 void outboxd_notify_watchdog(void)

@@ -147,6 +147,16 @@ outboxd_snapshot_t *outboxd_snapshot_new(const outboxd_config_t *conf,
     return sn;
 }
 
+void outboxd_snapshot_rebind(outboxd_snapshot_t *sn, const outboxd_config_t *conf,
+                             const outboxd_source_conf_t *src)
+{
+    if (!sn)
+        return;
+    sn->conf = conf;
+    sn->src = src;
+    sn->name = src->name;
+}
+
 static void free_key(char **key)
 {
     if (!key)

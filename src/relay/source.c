@@ -177,6 +177,18 @@ struct outboxd_source {
     int64_t last_tick_seen_ms; /* coarse clock at the last stats tick */
     bool msg_from_libpq;       /* the message being handled is in libpq's buffer */
     bool no_read_ahead;        /* a commit now must not read the stream (see handle_change) */
+
+    /* Configuration reload (outboxd_source_reload). The thread writes conf,
+     * src and sink_conf under reload_mu; main reads them under it to know
+     * which configurations this thread may still read. */
+    pthread_mutex_t reload_mu;
+    atomic_bool reload_pending;
+    const outboxd_config_t *next_conf; /* handed over, not yet applied */
+    const outboxd_source_conf_t *next_src;
+    uint64_t next_gen;
+    const outboxd_config_t *taking;    /* being applied */
+    const outboxd_config_t *sink_conf; /* the sink and its producers were built from it */
+    atomic_uint_fast64_t applied_gen;
 };
 
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
@@ -191,10 +203,14 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     s->src = src;
     s->name = src->name;
     s->stop = stop;
+    s->sink_conf = conf;
     atomic_init(&s->done, false);
     atomic_init(&s->committing, false);
     atomic_init(&s->commit_done, false);
     s->wake[0] = s->wake[1] = -1;
+    atomic_init(&s->reload_pending, false);
+    atomic_init(&s->applied_gen, 0);
+    pthread_mutex_init(&s->reload_mu, NULL);
     s->dec = outboxd_pgo_decoder_new();
     s->retention = outboxd_retention_new(src);
     s->batch_pos = calloc((size_t)conf->max_batch_events + 1, sizeof(*s->batch_pos));
@@ -1256,6 +1272,8 @@ static int check_liveness(outboxd_source_t *s, char *errstr, size_t errstr_size)
     return -1;
 }
 
+static int apply_reload(outboxd_source_t *s);
+
 /* Reads and handles messages until the stream fails or we are stopped.
  * Returns 0 (stopped), -1 (reconnect), -2 (fatal). */
 static int stream(outboxd_source_t *s)
@@ -1270,6 +1288,11 @@ static int stream(outboxd_source_t *s)
                 stop_seen_ms = outboxd_now_ms();
             if (!s->in_txn || outboxd_now_ms() - stop_seen_ms > 5000)
                 return 0;
+        } else if (atomic_load(&s->reload_pending) && !s->in_txn) {
+            /* A transaction boundary: commit the batch, then switch. */
+            int rc = apply_reload(s);
+            if (rc < 0)
+                return rc;
         }
         /* Clock reads are not free on every machine (a VM's clock source
          * showed up in profiles): per message, a coarse clock is enough for
@@ -1466,6 +1489,213 @@ static int open_kafka(outboxd_source_t *s)
     return 0;
 }
 
+/* ---- configuration reload ------------------------------------------------ */
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether anything the sink reads from its configuration differs. */
+static bool sink_conf_differs(const outboxd_config_t *a, const outboxd_config_t *b)
+{
+    if (!str_eq(a->bootstrap_servers, b->bootstrap_servers) ||
+        !str_eq(a->dead_letter_topic, b->dead_letter_topic) ||
+        !str_eq(a->checkpoint_topic, b->checkpoint_topic) ||
+        !str_eq(a->transactional_id_prefix, b->transactional_id_prefix) ||
+        a->missing_topic != b->missing_topic ||
+        a->create_topic_partitions != b->create_topic_partitions ||
+        a->create_topic_replication_factor != b->create_topic_replication_factor ||
+        a->producers_per_source != b->producers_per_source ||
+        a->n_kafka_properties != b->n_kafka_properties)
+        return true;
+    for (size_t i = 0; i < a->n_kafka_properties; i++)
+        if (!str_eq(a->kafka_properties[i].key, b->kafka_properties[i].key) ||
+            !str_eq(a->kafka_properties[i].value, b->kafka_properties[i].value))
+            return true;
+    return false;
+}
+
+static bool tables_differ(const outboxd_source_conf_t *a, const outboxd_source_conf_t *b)
+{
+    if (a->n_tables != b->n_tables)
+        return true;
+    for (size_t i = 0; i < a->n_tables; i++)
+        if (!str_eq(a->tables[i].schema, b->tables[i].schema) ||
+            !str_eq(a->tables[i].name, b->tables[i].name))
+            return true;
+    return false;
+}
+
+/* Done with generation gen (applied or refused): main may stop waiting. */
+static void reload_done(outboxd_source_t *s, uint64_t gen)
+{
+    pthread_mutex_lock(&s->reload_mu);
+    s->taking = NULL;
+    if (s->next_gen == gen) {
+        s->next_conf = NULL;
+        s->next_src = NULL;
+        atomic_store(&s->reload_pending, false);
+    }
+    pthread_mutex_unlock(&s->reload_mu);
+    atomic_store(&s->applied_gen, gen);
+}
+
+/*
+ * Applies a configuration handed over by outboxd_source_reload, at a
+ * transaction boundary: the batch in hand is committed under the running
+ * configuration first, so every event is produced under exactly one. The
+ * router is rebuilt (table mappings); the sink is rebuilt when anything it
+ * reads changed (Kafka properties): its producers are destroyed with nothing
+ * open (the batch was just committed) and the new ones, with the same
+ * transactional.id, initialize and read back the checkpoint. Returns 0, -1
+ * (stream closed: reconnect), -2 (fatal).
+ */
+static int apply_reload(outboxd_source_t *s)
+{
+    if (!atomic_load(&s->reload_pending) || s->in_txn || stopping(s))
+        return 0;
+    if (s->batch_open) {
+        int rc = commit_batch(s);
+        if (rc < 0)
+            return rc; /* rewound: applied once nothing is in flight */
+    }
+    pthread_mutex_lock(&s->reload_mu);
+    const outboxd_config_t *conf = s->next_conf;
+    const outboxd_source_conf_t *src = s->next_src;
+    uint64_t gen = s->next_gen;
+    s->taking = conf; /* main keeps it while we build from it */
+    pthread_mutex_unlock(&s->reload_mu);
+    if (!conf) {
+        reload_done(s, gen);
+        return 0;
+    }
+    char err[1024];
+    bool new_sink = s->sink && sink_conf_differs(s->sink_conf, conf);
+    bool new_tables = tables_differ(s->src, src);
+    outboxd_router_t *rt = NULL;
+    outboxd_sink_t *sk = NULL;
+    outboxd_cdc_t *cd = NULL;
+    bool ok = true;
+    bool want_cdc = false;
+    for (size_t i = 0; i < src->n_tables; i++)
+        want_cdc = want_cdc || src->tables[i].mode == OUTBOXD_MODE_CDC;
+    if (s->router) {
+        rt = outboxd_router_new(conf, src, s->ident.database, err, sizeof(err));
+        ok = rt != NULL;
+    }
+    /* The cdc instance reads its table settings from the configuration
+     * it was made with, which main frees once this source moves on: a new
+     * one, built like the router (its schema caches start empty). A cdc
+     * table added here streams from the switch point; its initial snapshot
+     * is not run (request one with the signal table). */
+    if (ok && s->router && want_cdc) {
+        cd = outboxd_cdc_new(conf, src, s->ident.database, err, sizeof(err));
+        ok = cd != NULL;
+    }
+    if (ok && new_sink) {
+        sk = outboxd_sink_new(conf, src, keepalive, s, s->stop, err, sizeof(err));
+        ok = sk != NULL;
+    }
+    if (!ok) {
+        LOG_ERROR(s->name, "reload: %s; this source keeps its running configuration", err);
+        outboxd_router_destroy(rt);
+        outboxd_cdc_destroy(cd);
+        reload_done(s, gen);
+        return 0;
+    }
+    /* The old router and sink still point into the running configuration,
+     * which main keeps until this thread reports it no longer uses it. */
+    if (rt) {
+        outboxd_router_destroy(s->router);
+        s->router = rt;
+    }
+    /* NULL when no cdc table is left, or while disconnected: the next
+     * connect makes one from the new configuration. */
+    outboxd_cdc_destroy(s->cdc);
+    s->cdc = cd;
+    outboxd_snapshot_rebind(s->snap, conf, src);
+    if (sk) {
+        outboxd_sink_destroy(s->sink);
+        s->sink = sk;
+        s->sink_ready = false;
+    }
+    pthread_mutex_lock(&s->reload_mu);
+    s->conf = conf;
+    s->src = src;
+    s->name = src->name;
+    if (sk || !s->sink)
+        s->sink_conf = conf;
+    pthread_mutex_unlock(&s->reload_mu);
+
+    if (new_tables && s->repl) {
+        /* Added tables join a publication outboxd manages, as at start. */
+        outboxd_buf_t report = {0};
+        if (outboxd_pgsetup_check(s->src, true, &report, NULL) != 0 && report.data) {
+            char *save = NULL;
+            for (char *line = strtok_r(report.data, "\n", &save); line;
+                 line = strtok_r(NULL, "\n", &save))
+                LOG_ERROR(s->name, "reload: %s", line);
+        }
+        outboxd_buf_free(&report);
+    }
+    int rc = 0;
+    if (sk && s->repl) {
+        outboxd_checkpoint_t before = s->ck_committed;
+        keepalive(s);
+        rc = open_kafka(s);
+        if (rc == -1) {
+            LOG_WARN(s->name, "reload: the new Kafka producer is not ready; reconnecting");
+            close_stream(s);
+        } else if (rc == 0 && (before.commit_lsn != s->ck_committed.commit_lsn ||
+                               before.end_lsn != s->ck_committed.end_lsn ||
+                               before.changes != s->ck_committed.changes)) {
+            /* Cannot happen unless another writer of this checkpoint key
+             * exists: go by what Kafka holds. */
+            LOG_WARN(s->name, "reload: the checkpoint read back differs from the one committed; "
+                              "rewinding to it");
+            close_stream(s);
+            rc = -1;
+        }
+    }
+    char lsn[OUTBOXD_LSN_STRLEN];
+    const outboxd_checkpoint_t *ck = &s->ck_committed;
+    outboxd_lsn_format(ck->changes < 0 ? ck->end_lsn : ck->commit_lsn, lsn);
+    LOG_INFO(s->name,
+             "reload: configuration %llu applied%s%s; events up to end LSN %s%s are in Kafka "
+             "under the previous configuration, later ones go under this one",
+             (unsigned long long)gen, rt ? " (table mappings rebuilt)" : "",
+             sk ? " (new Kafka producers, same transactional.id)" : "", lsn,
+             ck->changes >= 0 && ck->commit_lsn ? " (commit, partly)" : "");
+    reload_done(s, gen);
+    return rc;
+}
+
+void outboxd_source_reload(outboxd_source_t *s, const outboxd_config_t *conf,
+                           const outboxd_source_conf_t *src, uint64_t gen)
+{
+    pthread_mutex_lock(&s->reload_mu);
+    s->next_conf = conf;
+    s->next_src = src;
+    s->next_gen = gen;
+    atomic_store(&s->reload_pending, true);
+    pthread_mutex_unlock(&s->reload_mu);
+}
+
+bool outboxd_source_uses(outboxd_source_t *s, const outboxd_config_t *conf)
+{
+    pthread_mutex_lock(&s->reload_mu);
+    bool used =
+        s->conf == conf || s->sink_conf == conf || s->next_conf == conf || s->taking == conf;
+    pthread_mutex_unlock(&s->reload_mu);
+    return used;
+}
+
+uint64_t outboxd_source_applied(outboxd_source_t *s)
+{
+    return atomic_load(&s->applied_gen);
+}
+
 /* Another outboxd (a second instance for failover) holds the slot; waiting
  * is normal there, so say it once. */
 static void slot_busy(outboxd_source_t *s, const char *err)
@@ -1637,6 +1867,8 @@ static void sleep_interruptible(outboxd_source_t *s, int ms)
         usleep((useconds_t)step * 1000);
         ms -= step;
         outboxd_stats_tick(s->stats);
+        if (!s->repl)
+            (void)apply_reload(s); /* nothing in flight: apply now */
         if (s->sink)
             outboxd_sink_poll(s->sink);
     }
@@ -1749,6 +1981,7 @@ static void *run(void *arg)
     int rc = 0;
     while (!stopping(s)) {
         if (!s->repl) {
+            (void)apply_reload(s); /* nothing in flight: apply now */
             outboxd_stats_state(s->stats, OUTBOXD_SRC_CONNECTING);
             rc = connect_source(s);
             if (rc == -2)
@@ -1845,6 +2078,7 @@ void outboxd_source_destroy(outboxd_source_t *s)
     free(s->rels);
     if (s->watch_conn)
         PQfinish(s->watch_conn);
+    pthread_mutex_destroy(&s->reload_mu);
     outboxd_retention_destroy(s->retention);
     free(s);
 }

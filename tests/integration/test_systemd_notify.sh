@@ -4,7 +4,11 @@
 # first streams, the relay reports "1 of 2 sources streaming" and feeds the
 # watchdog, but does not send READY=1. Once the database is created the
 # second source streams and READY=1 arrives with "2 of 2"; WATCHDOG=1 keeps
-# coming at half of WATCHDOG_USEC; SIGTERM brings STOPPING=1 and exit 0.
+# coming at half of WATCHDOG_USEC. SIGHUP brings RELOADING=1 with
+# MONOTONIC_USEC (the CLOCK_MONOTONIC time the reload began, checked against
+# this test's own clock), then READY=1 once every source applied it; an
+# invalid file brings RELOADING=1 and READY=1 with a "reload refused" status.
+# SIGTERM brings STOPPING=1 and exit 0.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -56,13 +60,48 @@ ready_ms=${ready_line%%$'\t'*}
 log "READY: $ready_line"
 [ "$ready_ms" -ge "$created_ms" ] || fail "READY=1 before the second database existed"
 [[ $ready_line == *"STATUS=2 of 2 sources streaming"* ]] || fail "READY without the 2 of 2 status"
-[ "$(count READY=1)" = 1 ] || fail "READY=1 sent more than once"
+[ "$(count READY=1)" = 1 ] || fail "READY=1 sent more than once before any SIGHUP"
 
 w0=$(count "WATCHDOG=1")
 sleep 5
 w1=$(count "WATCHDOG=1")
 [ $((w1 - w0)) -ge 3 ] || fail "watchdog: only $((w1 - w0)) pings in 5 s after READY"
 log "streaming: $((w1 - w0)) watchdog pings in 5 s"
+
+# SIGHUP: RELOADING=1 + MONOTONIC_USEC, then READY=1 when both sources applied it.
+mono_us() { python3 -c 'import time; print(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)'; }
+# reload_once N: the Nth RELOADING=1 and the READY=1 after it; sets RELOAD_STATUS.
+reload_once() {
+    local n=$1 before after rel mono ready
+    before=$(mono_us)
+    kill -HUP "$relay"
+    for _ in $(seq 1 600); do [ "$(count RELOADING=1)" -ge "$n" ] && break; sleep 0.1; done
+    [ "$(count RELOADING=1)" = "$n" ] || fail "RELOADING=1 count $(count RELOADING=1) after SIGHUP $n"
+    rel=$(grep -n -- "RELOADING=1" "$MSGS" | sed -n "${n}p")
+    after=$(mono_us)
+    mono=$(grep -o 'MONOTONIC_USEC=[0-9]*' <<<"$rel" | cut -d= -f2)
+    [ -n "$mono" ] || fail "RELOADING=1 without MONOTONIC_USEC: $rel"
+    [ "$mono" -ge "$before" ] && [ "$mono" -le "$after" ] ||
+        fail "MONOTONIC_USEC=$mono is not the reload's start (between $before and $after)"
+    for _ in $(seq 1 600); do
+        ready=$(tail -n +"${rel%%:*}" "$MSGS" | grep -- "READY=1" | head -n1 || true)
+        [ -n "$ready" ] && break
+        sleep 0.1
+    done
+    [ -n "$ready" ] || fail "no READY=1 after RELOADING=1 number $n"
+    RELOAD_STATUS=$(grep -o 'STATUS=.*' <<<"$ready")
+    log "SIGHUP $n: $(cut -f2 <<<"${rel#*:}") then $(cut -f2 <<<"$ready")"
+}
+reload_once 1
+[[ $RELOAD_STATUS == *"configuration reloaded; 2 of 2 sources streaming"* ]] ||
+    fail "READY after the reload without the reloaded status: $RELOAD_STATUS"
+grep -q "configuration 1 applied by every source" "$WORK/relay.log" ||
+    fail "READY=1 sent but the log does not say every source applied the reload"
+cp "$WORK/outboxd.yaml" "$WORK/good.yaml"
+sed -i 's/^relay:$/relay:\n  no_such_key: 1/' "$WORK/outboxd.yaml"
+reload_once 2
+[[ $RELOAD_STATUS == *"reload refused"* ]] || fail "READY after a refused reload without saying so: $RELOAD_STATUS"
+cp "$WORK/good.yaml" "$WORK/outboxd.yaml"
 
 [ "$(count STOPPING=1)" = 0 ] || fail "STOPPING=1 before SIGTERM"
 stop_relay_ok "$relay"

@@ -589,6 +589,63 @@ static void test_misc_errors(void **state)
     outboxd_config_destroy(NULL);
 }
 
+/* Reload: keys marked restart get their running value back and are named;
+ * reloadable keys keep the new value; sources are matched by name. */
+static void test_pin_restart_keys(void **state)
+{
+    (void)state;
+    static const char run_yaml[] =
+        "kafka: {bootstrap_servers: \"a:9092\", transactional_id_prefix: p1}\n"
+        "relay: {checkpoint_topic: ck1, commit_interval_ms: 20, log_level: info}\n"
+        "sources:\n"
+        "  - name: s1\n"
+        "    dsn: \"host=h1 dbname=d\"\n"
+        "    slot: slot1\n"
+        "    tables: [{table: public.outbox, topic: \"t1.${aggregatetype}\"}]\n"
+        "  - name: gone\n"
+        "    dsn: \"host=h1 dbname=g\"\n"
+        "    tables: [{table: public.outbox}]\n";
+    static const char next_yaml[] =
+        "kafka: {bootstrap_servers: \"b:9092\", transactional_id_prefix: p2}\n"
+        "relay: {checkpoint_topic: ck2, commit_interval_ms: 50, log_level: debug}\n"
+        "sources:\n"
+        "  - name: new\n"
+        "    dsn: \"host=h1 dbname=n\"\n"
+        "    tables: [{table: public.outbox}]\n"
+        "  - name: s1\n"
+        "    dsn: \"host=h2 dbname=d\"\n"
+        "    slot: slot1\n"
+        "    tables: [{table: public.outbox, topic: \"t2.${aggregatetype}\"}]\n";
+    outboxd_config_t *running = parse(run_yaml);
+    assert_non_null(running);
+    outboxd_config_t *next = parse(next_yaml);
+    assert_non_null(next);
+    outboxd_buf_t changed = {0};
+    assert_int_equal(outboxd_config_pin_restart_keys(next, running, &changed), 0);
+    assert_non_null(changed.data);
+    assert_string_equal(changed.data, "kafka.transactional_id_prefix\n"
+                                      "relay.checkpoint_topic\n"
+                                      "sources[1].dsn\n"
+                                      "sources: source gone removed\n"
+                                      "sources[0]: source new added\n");
+    assert_string_equal(next->transactional_id_prefix, "p1");
+    assert_string_equal(next->checkpoint_topic, "ck1");
+    assert_string_equal(next->sources[1].dsn, "host=h1 dbname=d");
+    /* reloadable: the new values stay */
+    assert_string_equal(next->bootstrap_servers, "b:9092");
+    assert_int_equal(next->commit_interval_ms, 50);
+    assert_string_equal(next->log_level, "debug");
+    assert_string_equal(next->sources[1].tables[0].topic, "t2.${aggregatetype}");
+    outboxd_buf_free(&changed);
+    /* Nothing left to pin the second time. */
+    assert_int_equal(outboxd_config_pin_restart_keys(next, running, &changed), 0);
+    assert_string_equal(changed.data, "sources: source gone removed\n"
+                                      "sources[0]: source new added\n");
+    outboxd_buf_free(&changed);
+    outboxd_config_destroy(next);
+    outboxd_config_destroy(running);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -602,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_misc_errors),
         cmocka_unit_test(test_kafka_secrets),
         cmocka_unit_test(test_topic_policies),
+        cmocka_unit_test(test_pin_restart_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "outboxd/common/util.h"
+
 typedef enum {
     OUTBOXD_MODE_OUTBOX = 0,
     OUTBOXD_MODE_CDC = 1, /* change events of a plain table (relay/cdc.h) */
@@ -193,7 +195,8 @@ typedef struct outboxd_config {
      * the connection is presumed dead (a half-open link, a frozen server)
      * and reconnected. 0 disables. Default 60000. */
     int wal_receiver_timeout_ms;
-    char *log_level; /* default "info" */
+    char *log_level;  /* default "info" */
+    char *log_format; /* "text" (default) or "json" */
     /* Transactional producers per source used in turn (default 2), so a
      * transaction never waits for the broker to finish writing the previous
      * one's commit markers (see sink.c). */
@@ -231,6 +234,19 @@ outboxd_config_t *outboxd_config_parse(const char *text, size_t len, const char 
                                        size_t errstr_size);
 
 void outboxd_config_destroy(outboxd_config_t *conf);
+
+/*
+ * For a reload: every key marked restart in the key tables (a source's dsn,
+ * slot, publication, ...; see README "Reloading the configuration") whose
+ * value in next differs from running gets its running value back in next,
+ * and its path is appended to changed, one per line ("relay.checkpoint_topic",
+ * "sources[0].dsn"); sources added to or removed from the file are listed as
+ * "sources: source NAME removed" / "sources[N]: source NAME added" (sources
+ * are matched by name; next keeps the added ones, which the caller does not
+ * start). Returns 0, or -1 when out of memory.
+ */
+int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config_t *running,
+                                    outboxd_buf_t *changed);
 
 /*
  * Parses a replay_window value: a duration ("90s", "30m", "1h", "2d") into

@@ -34,6 +34,9 @@ void outboxd_metrics_destroy(outboxd_metrics_t *m);
 /* Replaces the options (e.g. after a reload). */
 void outboxd_metrics_set_options(outboxd_metrics_t *m, const outboxd_metrics_options_t *opts);
 
+/* Counts a configuration reload (outboxd_config_reloads_total{result}). */
+void outboxd_metrics_reloaded(outboxd_metrics_t *m, bool ok);
+
 /* The statistics of source name, created on first use; owned by m. NULL on OOM. */
 outboxd_stats_t *outboxd_metrics_source(outboxd_metrics_t *m, const char *name);
 

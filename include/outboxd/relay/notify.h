@@ -1,5 +1,5 @@
 /*
- * systemd service notifications (sd_notify): READY=1, STOPPING=1, STATUS=,
+ * systemd service notifications (sd_notify): READY=1, RELOADING=1, STOPPING=1, STATUS=,
  * WATCHDOG=1. Every call is a no-op when the process was not started by
  * systemd (NOTIFY_SOCKET unset), so the relay runs the same in a terminal,
  * a container or a test.
@@ -14,6 +14,9 @@
 void outboxd_notify_ready(const char *status);
 /* STOPPING=1 with a STATUS= line. */
 void outboxd_notify_stopping(const char *status);
+/* RELOADING=1 with MONOTONIC_USEC= (now, CLOCK_MONOTONIC) and a STATUS=
+ * line; READY=1 must follow once the reload is done (or failed). */
+void outboxd_notify_reloading(const char *status);
 /* A STATUS= line only. */
 void outboxd_notify_status(const char *status);
 /* WATCHDOG=1. */

@@ -34,6 +34,12 @@ outboxd_snapshot_t *outboxd_snapshot_new(const outboxd_config_t *conf,
                                          size_t errstr_size);
 void outboxd_snapshot_destroy(outboxd_snapshot_t *sn);
 
+/* A configuration reload (reload.h) replaced conf and src: the instance
+ * reads the new ones from now on; its progress and the stream's
+ * reconciliation state stay. Call from the source's thread only. */
+void outboxd_snapshot_rebind(outboxd_snapshot_t *sn, const outboxd_config_t *conf,
+                             const outboxd_source_conf_t *src);
+
 /* Whether any cdc table of src has a snapshot mode other than never. */
 bool outboxd_snapshot_configured(const outboxd_source_conf_t *src);
 

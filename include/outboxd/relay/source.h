@@ -13,6 +13,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "outboxd/relay/config.h"
 #include "outboxd/relay/stats.h"
@@ -37,5 +38,23 @@ bool outboxd_source_done(outboxd_source_t *s);
 int outboxd_source_join(outboxd_source_t *s);
 
 void outboxd_source_destroy(outboxd_source_t *s);
+
+/*
+ * Configuration reload. Hands the source a new configuration (conf, and src
+ * its entry for this source), generation gen. The thread applies it at its
+ * next transaction boundary (it commits the batch in hand first) and logs a
+ * line when it did; a newer hand-over before that replaces this one.
+ * conf must stay valid while outboxd_source_uses(s, conf) is true.
+ */
+void outboxd_source_reload(outboxd_source_t *s, const outboxd_config_t *conf,
+                           const outboxd_source_conf_t *src, uint64_t gen);
+
+/* Whether the thread may still read conf (running on it, its Kafka producers
+ * built from it, or handed over and not yet applied). */
+bool outboxd_source_uses(outboxd_source_t *s, const outboxd_config_t *conf);
+
+/* The last generation the thread applied (or refused with an ERROR); 0 for
+ * the configuration it was created with. */
+uint64_t outboxd_source_applied(outboxd_source_t *s);
 
 #endif
