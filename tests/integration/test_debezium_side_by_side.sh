@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Debezium drop-in, side by side: Debezium's PostgreSQL connector 3.0.8 with
 # the outbox EventRouter (Kafka Connect 3.9.1, distributed,
 # exactly.once.source.support=enabled; tests/stack/debezium.sh) and outboxd

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- sets the shared server's wal_sender_timeout to 5 s
 # Fault matrix: the relay's replication connection goes silent (the proxy
 # drops every byte both ways, no RST) for longer than the server's
 # wal_sender_timeout (5 s here, set with ALTER SYSTEM and reset afterwards),

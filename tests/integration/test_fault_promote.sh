@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock kafka_proxy -- proxies the shared broker's proxied listener (one address)
 # Fault matrix: failover to a promoted standby that is behind. A standby is
 # taken with pg_basebackup (Debian's PostgreSQL 15) and stops receiving WAL
 # (async replication that lost its tail); the primary goes on and the relay

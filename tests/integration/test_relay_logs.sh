@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- restarts the shared PostgreSQL
 # What the relay tells its operator:
 # - the progress line comes every 30 s as the README says, also when nothing
 #   changed, and counts updates skipped by on_update: skip;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- stops the shared broker
 # WAL safety.
 #  1. An idle outbox on a busy database does not pin WAL: for 20 s only a
 #     table outside the publication is written; the slot's

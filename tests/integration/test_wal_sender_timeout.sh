@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- sets the shared server's wal_sender_timeout; stops the shared broker
 # Slow Kafka calls at startup (init_transactions, the checkpoint read,
 # metadata: up to 10 to 15 s each while the broker is away) must not run
 # while a replication stream is open, or a short wal_sender_timeout (managed
