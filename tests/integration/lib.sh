@@ -21,11 +21,19 @@ fail() {
     exit 1
 }
 
+# own_child PID: PID is a live child of this test's shell. A PID this test
+# recorded and has since reaped (stop_relay waits) may belong to anyone by
+# now: pid_max is 32768 here, and a busy machine wraps it in minutes (a
+# stale kill -9 took down another stack's broker).
+own_child() {
+    [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]
+}
+
 cleanup() {
     local rc=$?
     if declare -F extra_cleanup >/dev/null; then extra_cleanup || true; fi
     for p in "${BG_PIDS[@]}" "${RELAY_PIDS[@]}"; do
-        kill -9 "$p" 2>/dev/null || true
+        own_child "$p" && kill -9 "$p" 2>/dev/null || true
     done
     wait 2>/dev/null || true
     if [ $rc -ne 0 ]; then
