@@ -21,6 +21,9 @@
 #   TESTS_SKIP_ASAN=1 scripts/test.sh   without the sanitizer pass
 #   TESTS_SKIP_FUZZ=1 scripts/test.sh   without the fuzz smoke
 #   TESTS_CTEST_ARGS="-L unit" scripts/test.sh   only some ctest tests
+#   TESTS_CTEST_JOBS=1 scripts/test.sh  one test at a time (default 2: two
+#                    integration tests share the stack, except those whose
+#                    "# ctest:" line says serial or lock; README "Tests")
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -35,6 +38,9 @@ cleanup() {
 trap cleanup EXIT
 
 jobs=$(nproc)
+# Not nproc: integration tests mostly wait on servers, and two at a time is
+# what their "# ctest:" classification was checked for.
+ctest_jobs=${TESTS_CTEST_JOBS:-2}
 total_passed=0
 total_failed=0
 failed_steps=()
@@ -87,7 +93,7 @@ run_suite() { # run_suite NAME BUILD_DIR CMAKE_ARGS... -- CTEST_ARGS...
     fi
     stacks+=("$(cmake -L -N "$dir" 2>/dev/null | sed -n 's/^STACK_DIR:PATH=//p')")
     local rc=0
-    (cd "$dir" && ctest --output-on-failure -j "$jobs" "$@") 2>&1 | tee "$dir/ctest-output.txt" || rc=$?
+    (cd "$dir" && ctest --output-on-failure -j "$ctest_jobs" "$@") 2>&1 | tee "$dir/ctest-output.txt" || rc=$?
     # "100% tests passed, 0 tests failed out of 31"
     local summary p f n
     summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$dir/ctest-output.txt" | tail -n 1)

@@ -10,6 +10,11 @@
 #   tests/pg_versions.sh [BUILD_DIR] [VERSION...]    default: build 13 14 16 17
 #   PG_VERSIONS_TESTS="multi_db sigkill pg_restart huge_txn" tests/pg_versions.sh
 #   PG_VERSIONS_TESTS="fault_pg_cut fault_pg_kill" tests/pg_versions.sh build 17
+#   the fault matrix on every version (7 to 11 minutes per version):
+#   PG_VERSIONS_TESTS="$(cd tests/integration && ls test_fault_*.sh | sed 's/^test_//; s/\.sh$//' | tr '\n' ' ') sigkill pg_restart stale_checkpoint" tests/pg_versions.sh build 13 14 16 17
+#   (test_fault_promote copies 13 and 14 with Debian's pg_basebackup 15, 16
+#   and 17 with pg_backup_start/pg_backup_stop and a file copy: Maven's
+#   server binaries have no pg_basebackup.)
 #
 # Prints one line per version and test, then "N passed, N failed".
 set -euo pipefail

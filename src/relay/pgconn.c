@@ -34,8 +34,29 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
     vals[i++] = "3";
     keys[i] = "dbname";
     vals[i++] = src->dsn; /* expand_dbname: the dsn is parsed as a conninfo */
+    /* A keyword given after the dsn replaces the dsn's own, so options
+     * set in the dsn (a statement_timeout, a wal_sender_timeout) are kept
+     * by joining them with ours; ours come last and win where both set the
+     * same parameter, since the stream's parsing depends on them. */
+    const char *ours = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3";
+    char options[1024];
+    snprintf(options, sizeof(options), "%s", ours);
+    PQconninfoOption *parsed = PQconninfoParse(src->dsn, NULL);
+    for (PQconninfoOption *o = parsed; o && o->keyword; o++) {
+        if (strcmp(o->keyword, "options") == 0 && o->val && o->val[0]) {
+            int n = snprintf(options, sizeof(options), "%s %s", o->val, ours);
+            if (n < 0 || (size_t)n >= sizeof(options)) {
+                snprintf(errstr, errstr_size,
+                         "the dsn's options are longer than %zu bytes: shorten them",
+                         sizeof(options) - strlen(ours) - 2);
+                PQconninfoFree(parsed);
+                return NULL;
+            }
+        }
+    }
+    PQconninfoFree(parsed);
     keys[i] = "options";
-    vals[i++] = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3";
+    vals[i++] = options;
     keys[i] = "application_name";
     vals[i++] = appname;
     /* Text reaches us converted to UTF-8 (pgoutput converts to the client

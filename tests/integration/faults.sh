@@ -91,7 +91,24 @@ config_kafka_properties() {
     sed -i "/^kafka:\$/a\\  properties:$lines" "$file"
 }
 
-# wal_sender_timeout SETTING: ALTER SYSTEM + reload (reset by the cleanup).
+# dsn_wal_sender_timeout FILE SETTING: every source's connections ask for
+# this wal_sender_timeout themselves (libpq options; a user-settable
+# parameter since PostgreSQL 12), so the shared server's setting, and every
+# other test's walsender, is left alone. The server logs such a timeout as
+# "user@DB LOG:  terminating walsender process due to replication timeout".
+dsn_wal_sender_timeout() {
+    sed -i "s/^\(    dsn: \"[^\"]*\)\"\$/\1 options='-c wal_sender_timeout=$2'\"/" "$1"
+    grep -q "options='-c wal_sender_timeout=$2'" "$1" || fail "could not set wal_sender_timeout in the dsn of $1"
+    # The relay hands the dsn to libpq as it is: the server applies it.
+    local dsn got
+    dsn=$(sed -n 's/^    dsn: "\(.*\)"$/\1/p' "$1" | head -n 1)
+    got=$(psql -X -At -d "$dsn" -c "SHOW wal_sender_timeout") || fail "dsn $dsn refused"
+    [ "$got" = "$2" ] || fail "a connection with dsn $dsn has wal_sender_timeout $got, not $2"
+}
+
+# wal_sender_timeout SETTING: ALTER SYSTEM + reload (reset by the cleanup);
+# changes it for every test on the shared server (dsn_wal_sender_timeout
+# does not).
 set_wal_sender_timeout() {
     FAULT_RESTORE_WST=1
     psql_db postgres -c "ALTER SYSTEM SET wal_sender_timeout = '$1'" -c "SELECT pg_reload_conf()" >/dev/null

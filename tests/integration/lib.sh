@@ -21,11 +21,19 @@ fail() {
     exit 1
 }
 
+# own_child PID: PID is a live child of this test's shell. A PID this test
+# recorded and has since reaped (stop_relay waits) may belong to anyone by
+# now: pid_max is 32768 here, and a busy machine wraps it in minutes (a
+# stale kill -9 took down another stack's broker).
+own_child() {
+    [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]
+}
+
 cleanup() {
     local rc=$?
     if declare -F extra_cleanup >/dev/null; then extra_cleanup || true; fi
     for p in "${BG_PIDS[@]}" "${RELAY_PIDS[@]}"; do
-        kill -9 "$p" 2>/dev/null || true
+        own_child "$p" && kill -9 "$p" 2>/dev/null || true
     done
     wait 2>/dev/null || true
     if [ $rc -ne 0 ]; then
@@ -205,16 +213,19 @@ check_exactly_once() {
 
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# free_port: a TCP port on 127.0.0.1 nobody listens on.
 # free_port: a TCP port no socket uses, below the kernel's ephemeral range
 # (an outgoing connection's local port is invisible to a connect probe but
 # makes a later bind fail with EADDRINUSE), checked in every socket state.
+# Never the port the stack's broker advertises for its proxied listener: no
+# one listens there between fault tests, but a test running beside this one
+# may need it for its Toxiproxy (faults.sh).
 free_port() {
     local p lo=32768
     read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || lo=32768
     [ "$lo" -gt 21000 ] || lo=32768
     for _ in $(seq 1 200); do
         p=$((20000 + RANDOM % (lo - 20000)))
+        [ "127.0.0.1:$p" != "${KAFKA_VIA_PROXY:-}" ] || continue
         [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ] || continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- restarts the shared broker
 # Exactly-once across a Kafka broker restart in the middle of the stream:
 # the relay's open transaction fails or times out, it aborts, rewinds to the
 # last committed checkpoint and carries on once the broker is back.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # `outboxd check` names what is wrong and how to fix it: a missing outbox
 # column, a missing publication (not created when create_publication is
 # false), wal_level not logical (on a second server initdb'd here with

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A checkpoint topic that refuses the relay's checkpoint records (here its
 # max.message.bytes is below a checkpoint record's size) cannot be fixed by
 # retrying: the relay stops with a clear error naming the topic, instead of

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Rows that cannot become events go to the dead-letter topic, with the reason
 # and the source position in headers, and the rows after them still arrive.
 # Also: pg_logical_emit_message input, and deletes on the outbox ignored.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Debezium drop-in, side by side: Debezium's PostgreSQL connector 3.0.8 with
 # the outbox EventRouter (Kafka Connect 3.9.1, distributed,
 # exactly.once.source.support=enabled; tests/stack/debezium.sh) and outboxd
@@ -35,7 +36,7 @@ extra_cleanup() {
     "$DBZ" delete "$CONNECTOR" >/dev/null 2>&1 || true
     "$DBZ" delete "${CONNECTOR}_s" >/dev/null 2>&1 || true
     [ -n "${STARTED_CONNECT:-}" ] && "$DBZ" stop >/dev/null 2>&1
-    for p in "${RELAY_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${RELAY_PIDS[@]}"; do own_child "$p" && kill -9 "$p" 2>/dev/null || true; done
     # The connector's task lets go of its slot a moment after the delete.
     for _ in $(seq 1 20); do
         [ "$(psql_db postgres -c "SELECT count(*) FROM pg_replication_slots WHERE database = '$DB' AND active")" = 0 ] && break

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- bounds the second signal's exit at 2 s
 # One failing source does not stop the others: source B points at a database
 # that does not exist yet; A relays its events meanwhile while B is retried
 # with backoff. Once B's database appears, B catches up. SIGINT stops the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- SIGKILLs the shared broker
 # Fault matrix: the Kafka broker is killed with SIGKILL (no clean shutdown,
 # no controlled leader move) in the middle of the stream, stays down 5 s and
 # is started again on the same ports and data; the relay's open transaction

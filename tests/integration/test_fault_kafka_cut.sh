@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock kafka_proxy -- cuts the shared broker's proxied listener (one address)
 # Fault matrix: the relay's connections to the broker are cut for 30 s in the
 # middle of the stream (the proxy closes them and refuses new ones) while
 # rows are written throughout. The relay aborts or retries, rewinds to its

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- the shared broker's proxied listener; waits out transaction.timeout.ms
 # Fault matrix: the relay's connections to the broker go half-open (the proxy
 # keeps them open but drops every byte both ways, no RST, and accepts new
 # connections that go equally silent) for longer than the producer's

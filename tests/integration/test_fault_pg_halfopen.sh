@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
+# ctest: lock kafka_proxy -- the shared broker's proxied listener (one address)
 # Fault matrix: the relay's replication connection turns half-open (the proxy
 # drops every byte both ways and keeps both connections open: no FIN, no RST)
-# while the server's own wal_sender_timeout is long (20 s here). Nothing tells
+# while the server's own wal_sender_timeout is long (20 s here, asked for by
+# the relay's connections, so other tests keep the server's). Nothing tells
 # the relay: its socket just stays silent, as behind a firewall that dropped
 # the flow or after a failover moved the address. Wanted: the relay asks the
 # server for a reply after half of relay.wal_receiver_timeout_ms (4 s here),
@@ -18,8 +20,8 @@ DB=fph_$RUN_ID
 create_outbox_db "$DB"
 write_proxied_config "$WORK/outboxd.yaml" "$DB"
 config_relay_keys "$WORK/outboxd.yaml" "wal_receiver_timeout_ms: ${HALFOPEN_RECEIVER_TIMEOUT_MS:-4000}"
+dsn_wal_sender_timeout "$WORK/outboxd.yaml" 20s
 prepare_sources "$WORK/outboxd.yaml"
-set_wal_sender_timeout 20s
 pg_log_off=$(stat -c %s "$STACK_DIR/pg.log")
 
 lsn0=$(slot_lsn "$DB" "${DB}_${RUN_ID}")
@@ -36,7 +38,7 @@ t0=$(date +%s)
 wait_until 15 "the relay to give up the silent replication connection" \
     grep -q "connection is presumed dead" "$WORK/relay.log"
 log "the relay gave the connection up after $(($(date +%s) - t0)) s"
-! pg_log_has "$pg_log_off" "terminating walsender process due to replication timeout" ||
+! pg_log_has "$pg_log_off" "@$DB LOG: +terminating walsender process due to replication timeout" ||
     fail "the server's wal_sender_timeout ended the walsender first: the relay's own check did not act"
 kill -0 "$relay" || fail "relay died while PostgreSQL was unreachable"
 sleep 2
@@ -46,7 +48,6 @@ log "relay -> PostgreSQL healed"
 wait_writers "$writer"
 RELAY_WATCH=$relay finish_case "$DB"
 stop_relay_ok "$relay"
-reset_wal_sender_timeout
 log_grep "$WORK/relay.log" "streaming slot.*last checkpoint commit [0-9A-F]+/" "the relay reconnected from its checkpoint"
 drop_case "$DB" "${DB}_${RUN_ID}"
 log "PASS"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- SIGKILLs the shared PostgreSQL
 # Fault matrix: the PostgreSQL postmaster is killed with SIGKILL while the
 # relay streams (no shutdown checkpoint: the slot falls back to its last
 # persisted position and the server resends), then started again. Rows are

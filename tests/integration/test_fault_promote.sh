@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
+# ctest: lock kafka_proxy -- proxies the shared broker's proxied listener (one address)
 # Fault matrix: failover to a promoted standby that is behind. A standby is
-# taken with pg_basebackup (Debian's PostgreSQL 15) and stops receiving WAL
+# taken with pg_basebackup (Debian's PostgreSQL 15, which copies servers up
+# to 15; a newer server is copied with pg_backup_start/pg_backup_stop and a
+# file copy, the low-level way, since Maven's server binaries have no
+# pg_basebackup) and run by the server's own binaries; it stops receiving WAL
 # (async replication that lost its tail); the primary goes on and the relay
 # publishes well past the standby's position. The standby is promoted, the
 # operator runs `outboxd check` against it (the documented first step: it
@@ -13,13 +17,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 source "$here/faults.sh"
 
-[ "${PG_SERVER_VERSION:-15}" = 15 ] || { log "SKIP: needs the stack's default PostgreSQL 15 (pg_basebackup 15)"; exit 0; }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+SERVER_BIN=${PG_SERVER_BIN:-$PG_BIN} # pg_ctl of the server's own version
 STANDBY=$(mktemp -d /tmp/outboxd-standby.XXXXXX)
 [ "$(id -u)" = 0 ] && chown postgres: "$STANDBY"
 SB_PORT=$(free_port)
 standby_cleanup() {
-    as_pg "$PG_BIN/pg_ctl" -D "$STANDBY/data" -m immediate -w stop >/dev/null 2>&1 || true
+    as_pg "$SERVER_BIN/pg_ctl" -D "$STANDBY/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$STANDBY"
 }
 extra_cleanup() { standby_cleanup; fault_cleanup; }
@@ -38,11 +42,36 @@ start_fixed_writers "$DB" 2 100 2 100 a # 400 rows
 wait_writers "$WRITER_PID"
 wait_drained_watch "$DB" "$SLOT" "$relay"
 
-log "pg_basebackup of the primary (a standby that then stops receiving WAL)"
-as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PGPORT" -U postgres -D "$STANDBY/data" -X stream -c fast \
-    >"$WORK/basebackup.log" 2>&1 || { cat "$WORK/basebackup.log" >&2; fail "pg_basebackup failed"; }
+# low_level_backup DIR: a copy of the stack's cluster between
+# pg_backup_start and pg_backup_stop (PostgreSQL 15+ names) in one session,
+# its backup_label from pg_backup_stop, and the WAL to the backup's end
+# (pg_backup_stop switches WAL files, so a second copy of pg_wal has it).
+# Like pg_basebackup, it leaves out the primary's slots and its pid file.
+low_level_backup() {
+    local dir=$1
+    psql -X -q -At -v ON_ERROR_STOP=1 -d postgres >"$WORK/backup_label" 2>"$WORK/basebackup.log" <<SQL || return 1
+SELECT pg_backup_start('outboxd-test', true) \\g /dev/null
+\\! cp -a "$PGDATA/." "$dir/"
+SELECT labelfile FROM pg_backup_stop(false);
+SQL
+    cp -a "$PGDATA/pg_wal/." "$dir/pg_wal/"
+    rm -f "$dir/postmaster.pid" "$dir/postmaster.opts"
+    rm -rf "$dir"/pg_replslot/*
+    cp "$WORK/backup_label" "$dir/backup_label"
+    [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
+    grep -q "^START WAL LOCATION" "$dir/backup_label"
+}
+if [ "${PG_SERVER_VERSION:-15}" -le 15 ]; then
+    log "pg_basebackup of the primary (a standby that then stops receiving WAL)"
+    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PGPORT" -U postgres -D "$STANDBY/data" -X stream -c fast \
+        >"$WORK/basebackup.log" 2>&1 || { cat "$WORK/basebackup.log" >&2; fail "pg_basebackup failed"; }
+else
+    log "low-level backup of the PostgreSQL $PG_SERVER_VERSION primary (pg_basebackup $(basename "$(dirname "$PG_BIN")") cannot copy it)"
+    as_pg mkdir -m 700 "$STANDBY/data"
+    low_level_backup "$STANDBY/data" || { cat "$WORK/basebackup.log" >&2; fail "the low-level backup failed"; }
+fi
 as_pg touch "$STANDBY/data/standby.signal" # no primary_conninfo: it stays where the backup ends
-as_pg "$PG_BIN/pg_ctl" -D "$STANDBY/data" -l "$STANDBY/standby.log" -w -t 90 \
+as_pg "$SERVER_BIN/pg_ctl" -D "$STANDBY/data" -l "$STANDBY/standby.log" -w -t 90 \
     -o "-p $SB_PORT -k $STANDBY -c listen_addresses=127.0.0.1" start >/dev/null ||
     { tail -n 20 "$STANDBY/standby.log" >&2; fail "the standby did not start"; }
 
@@ -56,7 +85,7 @@ expected_events "$DB" "$WORK/expected.tsv"
 log "relay published up to $ck_lsn on the old primary ($(wc -l <"$WORK/expected.tsv") rows)"
 
 log "promoting the standby (port $SB_PORT)"
-as_pg "$PG_BIN/pg_ctl" -D "$STANDBY/data" -w -t 90 promote >/dev/null || fail "promote failed"
+as_pg "$SERVER_BIN/pg_ctl" -D "$STANDBY/data" -w -t 90 promote >/dev/null || fail "promote failed"
 sb_lsn=$(psql -X -qAt -h 127.0.0.1 -p "$SB_PORT" -d "$DB" -c "SELECT pg_current_wal_lsn()")
 log "new primary: timeline $(psql -X -qAt -h 127.0.0.1 -p "$SB_PORT" -d "$DB" -c "SELECT timeline_id FROM pg_control_checkpoint()"), WAL at $sb_lsn (the relay's checkpoint is at $ck_lsn)"
 # The operator's first step on the new primary: check creates the slot.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock kafka_proxy -- slows the shared broker's proxied listener (one address)
 # Fault matrix: 200 ms latency each way and a low bandwidth limit on both of
 # the relay's links (to PostgreSQL and to the broker) while rows are written:
 # every round trip of the transactional protocol (AddPartitions, Produce,

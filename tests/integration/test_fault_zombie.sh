@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- the shared broker's proxied listener; SIGSTOP timed against transaction.timeout.ms
 # Fault matrix: a relay frozen with SIGSTOP (a paused VM, a stuck node) while
 # it holds an open Kafka transaction, past transaction.timeout.ms (10 s) and
 # past wal_sender_timeout (5 s, so the server frees the slot). A second relay

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- counts watchdog pings in fixed windows
 # /healthz and the systemd watchdog follow the source loops, end to end. The
 # source's "database" is a TCP server that accepts connections and never
 # answers, so the loop hangs inside the connection attempt (the dsn has no

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # sources[].heartbeat_interval_ms on a database nobody writes: every 500 ms
 # the relay writes a transactional logical message, PostgreSQL decodes it
 # for the slot (pg_stat_replication_slots.total_txns grows), the relay

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- asserts the relay's peak RSS
 # A 1,000,000-row PostgreSQL transaction flows through with bounded memory:
 # it is split into Kafka transactions of max_batch_events, each with a
 # checkpoint that records how many of its changes are published. Prints the

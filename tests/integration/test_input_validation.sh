@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- asserts the relay's peak RSS
 # Input the router must validate before encoding (issue 5, items 6 to 8):
 #  1. bytes that are not UTF-8 (a SQL_ASCII database stores them unchecked)
 #     are dead-lettered with a reason and a valid JSON value (base64), and

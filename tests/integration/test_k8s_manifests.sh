@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # deploy/k8s: the Go checker (deploy/k8s/check) decodes every manifest
 # strictly into its k8s.io/api type and evaluates the pod template against
 # the restricted Pod Security Standard; the manifests pass, and the relay's

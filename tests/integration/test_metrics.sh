@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # The metrics endpoint during a real run: /readyz turns 200 once the source
 # streams; while 3000 outbox rows are written /metrics is scraped every
 # quarter second and every scrape parses with prometheus_client's parser; afterwards

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A row routed to a topic that does not exist, on a broker that does not
 # create topics (auto.create.topics.enable=false, as in production):
 #  - relay.missing_topic: wait (default): one ERROR naming the topic and the

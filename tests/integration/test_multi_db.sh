@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Three databases, 10,125 outbox rows written concurrently (single- and
 # multi-row transactions), one relay: a read_committed consumer gets every
 # event exactly once, on the templated topic, keyed by aggregate id, in commit

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- restarts the shared PostgreSQL
 # Exactly-once across a PostgreSQL restart in the middle of the stream: a
 # backlog is being relayed when the server is stopped in immediate mode
 # (crash-like: the slot may fall back to its last persisted position); the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # One poison row must never stop the relay. With max_event_bytes far above
 # what Kafka accepts (5,000,000 against the broker's and librdkafka's ~1 MB),
 # a 1.6 MB row is refused by Kafka; its dead-letter record must fit (the row

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A standby promoted after it fell behind the primary: same system id, a new
 # timeline, LSNs lower than the relay's last checkpoint. The relay pointed at
 # the new primary (whose slot `outboxd check` created) must not skip the new

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A renamed or re-created outbox table must never lose rows silently. While
 # the relay runs, as a migration tool would:
 #   ALTER TABLE outbox RENAME TO outbox_old; INSERT INTO outbox_old ...;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # max.message.bytes applies to a whole record batch: with linger.ms > 0 the
 # small, valid events of one transaction travel in one batch with a big one,
 # and the broker refuses them all together (and still refuses the small ones

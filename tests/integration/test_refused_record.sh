@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A record Kafka refuses for good (here: larger than its topic's
 # max.message.bytes, though below relay.max_event_bytes) must not block the
 # stream: the transaction aborts, the relay rewinds, the refused change goes

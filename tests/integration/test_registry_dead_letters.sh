@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock registry -- the shared schema registry (test_registry_outage stops it)
 # Payloads that do not match their schema, and a schema the registry rejects
 # as incompatible, go to the dead-letter topic (Avro, dead_letter.avsc, read
 # back through the registry) with a reason naming the field; the rows around

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock registry -- stops and restarts the shared schema registry
 # The schema registry stops mid-stream and comes back empty (Apicurio in
 # memory: its ids change): the relay waits with backoff, then registers its
 # schemas again; nothing is lost or duplicated, order per key is kept, and a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock registry -- the shared schema registry (test_registry_outage stops it)
 # The registry behind HTTPS with credentials (tls_auth_proxy.py in front of
 # the test registry, a throw-away CA): the relay verifies the server with
 # schema_registry.ca_file and authenticates with Basic auth (password_file)

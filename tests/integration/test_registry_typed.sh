@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock registry -- the shared schema registry (test_registry_outage stops it)
 # Typed payloads decoded by consumers in another language, with the values
 # that were written: every Avro type and logical type (AllTypes.avsc),
 # NULLs, extreme numbers, non-ASCII text.

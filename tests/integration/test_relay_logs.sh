@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # What the relay tells its operator:
 # - the progress line comes every 30 s as the README says, also when nothing
 #   changed, and counts updates skipped by on_update: skip;
 # - a transaction that ended exactly at max_batch_events is not called
-#   "(partial)" at the next start;
-# - a PostgreSQL fast shutdown ends the stream with a reason, not an empty one.
+#   "(partial)" at the next start.
+# (A PostgreSQL fast shutdown ending the stream with a reason is
+# test_pg_fast_restart: it restarts the shared server, so it runs alone,
+# while this test's minute of waiting for progress lines runs beside others.)
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -32,23 +35,13 @@ grep "published [0-9]* events" "$WORK/relay.log" | tail -n 1 | sed 's/^.*\] //' 
 grep -q "published 5 events.*1 updates skipped" "$WORK/relay.log" ||
     fail "the progress line does not show the skipped update"
 
-log "PostgreSQL fast restart while streaming"
-"$STACK_SH" restart-pg --fast >&2
-for _ in $(seq 1 600); do
-    [ "$(grep -c "streaming slot" "$WORK/relay.log")" -ge 2 ] && break
-    sleep 0.1
-done
-grep -E "replication stream ended|connection" "$WORK/relay.log" | sed 's/^.*\] //' | head -n 3 >&2
-if grep -q "ended by the server: *;" "$WORK/relay.log"; then
-    fail "the end of the stream was reported with an empty reason"
-fi
 stop_relay_ok "$relay"
 
 log "restart: the last transaction (exactly max_batch_events rows) was published whole"
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
 for _ in $(seq 1 600); do
-    [ "$(grep -c "streaming slot" "$WORK/relay.log")" -ge 3 ] && break
+    [ "$(grep -c "streaming slot" "$WORK/relay.log")" -ge 2 ] && break
     sleep 0.1
 done
 line=$(grep "streaming slot" "$WORK/relay.log" | tail -n 1)

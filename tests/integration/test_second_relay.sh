@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A second relay on the same configuration is refused (its source cannot
 # take the replication slot the first one holds) and publishes nothing; when
 # the first stops, the second takes over from the committed checkpoint
@@ -17,12 +18,25 @@ start_relay "$WORK/outboxd.yaml" relayA
 a=$RELAY_PID
 start_writers "$DB" 2 1500 250
 writer=$WRITER_PID
-sleep 2
+# The second relay starts once the first holds the slot (not after a fixed
+# pause, which a loaded machine can outlast).
+for _ in $(seq 1 600); do
+    grep -q "streaming slot" "$WORK/relayA.log" && break
+    kill -0 "$a" || fail "first relay exited"
+    sleep 0.1
+done
+grep -q "streaming slot" "$WORK/relayA.log" || fail "first relay not streaming after 60 s"
 start_relay "$WORK/outboxd.yaml" relayB
 b=$RELAY_PID
-sleep 4
+for _ in $(seq 1 600); do
+    grep -q "holds slot" "$WORK/relayB.log" && break
+    kill -0 "$b" || fail "second relay exited instead of waiting"
+    sleep 0.1
+done
+grep -q "holds slot" "$WORK/relayB.log" || fail "second relay did not report the slot in use within 60 s"
+# It keeps waiting: still alive after a few of its retries.
+sleep 2
 kill -0 "$b" || fail "second relay exited instead of waiting"
-grep -q "holds slot" "$WORK/relayB.log" || fail "second relay did not report the slot in use"
 grep -q "streaming slot" "$WORK/relayB.log" && fail "second relay streamed while the first ran"
 log "second relay refused: $(grep -m1 'holds slot' "$WORK/relayB.log" | sed 's/^.*\] //')"
 

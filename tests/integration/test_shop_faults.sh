@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- eight services plus a registry; saga timeouts measured in seconds
 # The shop under faults (real PostgreSQL, Kafka, outboxd, Redis, nginx):
 #  - redelivery: every event consumed again from offset zero (new consumer
 #    groups) changes nothing: each consumer finds all in its inbox;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- eight services; asserts the platform's rate limit held it back
 # Concurrency through the gateway (real PostgreSQL, Kafka, outboxd, Redis,
 # nginx): 200 members race to be issued a coupon limited to 30, then 230
 # payments (every member once, each coupon holder a second time with the

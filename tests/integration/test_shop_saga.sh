@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- eight services; gateway rate limit (429)
 # The shop's payment SAGA end to end (real PostgreSQL, Kafka, the schema
 # registry, outboxd, Redis, nginx; every call through the gateway):
 #  - success: balance, stock, coupon and order end right; one complete-order;

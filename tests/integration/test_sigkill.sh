@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Exactly-once across crashes: the relay is killed with SIGKILL at random
 # moments (6 times, each 0.3 to 2.3 s after it started streaming; the times
 # come from TEST_SEED, printed) while two databases are being written; after

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # The sink tests of tests/unit/test_mock_sink.c against the real broker:
 # checkpoint round trip, a checkpoint read past another source's open
 # transaction, and fencing of an older instance by a newer one with

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A checkpoint whose LSNs name other transactions on this server (after a
 # standby promotion or a restore: same system id, lower LSNs or another
 # timeline) must never make the relay skip new commits.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: serial -- counts watchdog pings in fixed windows
 # sd_notify against a socket this test listens on (as systemd would):
 # two sources, the second one's database does not exist yet. While only the
 # first streams, the relay reports "1 of 2 sources streaming" and feeds the

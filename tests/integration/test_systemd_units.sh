@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # deploy/systemd units: `systemd-analyze verify` finds nothing to say about
 # outboxd.service and an instance of outboxd@.service (unknown keys, bad
 # values, a missing binary are all printed, so any output fails), and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # TLS and secrets, against a second stack of our own (tests/stack/stack.sh's
 # opt-in switches) with a throw-away CA made here by openssl:
 #   - PostgreSQL with ssl = on; the test role may only connect with hostssl +

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A row chooses its topic through the template, but never the relay's own
 # checkpoint topic (it once overwrote a source's checkpoint: the next start
 # said "last checkpoint commit (none)") or dead-letter topic, and with

@@ -158,7 +158,9 @@ wait_port_free() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # pick_port VAR [EXCLUDED...]: a free TCP port in 20000-31999 (below the
-# kernel's ephemeral range, so outgoing connections do not steal it).
+# kernel's ephemeral range, so outgoing connections do not steal it), never
+# the proxied-listener port of the stack a calling test runs on
+# ($KAFKA_VIA_PROXY: nothing listens there between fault tests).
 pick_port() {
   local var=$1; shift
   local p i x ok
@@ -166,6 +168,7 @@ pick_port() {
     p=$((20000 + (${SRANDOM:-$((RANDOM * 32768 + RANDOM))} % 12000)))
     ok=1
     for x in "$@"; do [[ $x == "$p" ]] && ok=0; done
+    [[ "127.0.0.1:$p" == "${KAFKA_VIA_PROXY:-}" ]] && ok=0
     ((ok)) || continue
     port_in_use "$p" && continue
     printf -v "$var" '%s' "$p"

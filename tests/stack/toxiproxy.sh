@@ -65,11 +65,13 @@ pid_cmdline_has() {
 }
 read_pidfile() { local p=""; [[ -f $1 ]] && read -r p <"$1" 2>/dev/null; printf '%s' "$p"; }
 port_listening() { [[ -n $(ss -Htln "( sport = :$1 )" 2>/dev/null) ]]; }
-# pick_port: a free port in 20000-31999 (below the ephemeral range).
+# pick_port: a free port in 20000-31999 (below the ephemeral range), never
+# the one a test stack's broker advertises for the proxy to listen on.
 pick_port() {
   local p i
   for ((i = 0; i < 500; i++)); do
     p=$((20000 + (${SRANDOM:-$((RANDOM * 32768 + RANDOM))} % 12000)))
+    [[ $p == "${KAFKA_VIA_PROXY:-}" || "127.0.0.1:$p" == "${KAFKA_VIA_PROXY:-}" ]] && continue
     [[ -n $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] && continue
     printf '%s' "$p"
     return 0
@@ -188,7 +190,9 @@ cmd_start() {
           "$dir/server" -host 127.0.0.1 -port "$port"
       ) </dev/null >>"$LOG" 2>&1 &
       for ((i = 0; i < TOXI_TIMEOUT * 10; i++)); do
-        if curl -fsS -m 2 "$(api_url)/version" >/dev/null 2>&1; then break 2; fi
+        # Our server answers, not another test's that got this port first.
+        if curl -fsS -m 2 "$(api_url)/version" >/dev/null 2>&1 &&
+          ss -Htlnp "( sport = :$port )" 2>/dev/null | grep -q "pid=$(server_pid),"; then break 2; fi
         [[ -f $PIDFILE ]] && ! pid_alive "$(server_pid)" && break
         sleep 0.1
       done
