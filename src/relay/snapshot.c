@@ -92,6 +92,17 @@ typedef struct seg {
     outboxd_lsn_t p;
 } seg_t;
 
+/* A snapshot row whose event Kafka refused for good (too large for the
+ * topic, ...): when its chunk is read again the row goes to the dead-letter
+ * topic instead, in the chunk's transaction (see note_refused). */
+typedef struct refused_row {
+    char *table;
+    char **key; /* primary key values (text), NULL-terminated */
+    char reason[768];
+    int level; /* 0: dead letter with the row; 1: without it (that was refused too) */
+    bool used; /* dead-lettered in the open Kafka transaction */
+} refused_row_t;
+
 typedef struct seg_table {
     char *name;
     seg_t *segs;
@@ -112,6 +123,13 @@ struct outboxd_snapshot {
     size_t n_segt;
     outboxd_lsn_t max_p;
     json_t *requested; /* tables a signal asked for, not applied yet */
+    refused_row_t *refused;
+    size_t n_refused;
+    /* A chunk's records were refused together (max.message.bytes applies
+     * to a whole batch): it is replayed one record per request to find the
+     * one Kafka refuses, instead of dead-lettering a guess. */
+    bool isolating;
+    bool dlt_error_logged; /* the dead-letter topic refuses even a small record */
 };
 
 static bool is_cdc(const outboxd_table_conf_t *t)
@@ -183,6 +201,25 @@ static void free_info(table_info_t *ti)
     free(ti);
 }
 
+static void clear_refused(outboxd_snapshot_t *sn, bool only_used)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < sn->n_refused; i++) {
+        refused_row_t *m = &sn->refused[i];
+        if (only_used && !m->used) {
+            sn->refused[kept++] = *m;
+            continue;
+        }
+        free(m->table);
+        free_key(m->key);
+    }
+    sn->n_refused = kept;
+    if (!kept) {
+        free(sn->refused);
+        sn->refused = NULL;
+    }
+}
+
 static void free_filter(outboxd_snapshot_t *sn)
 {
     for (size_t i = 0; i < sn->n_segt; i++) {
@@ -204,6 +241,7 @@ void outboxd_snapshot_destroy(outboxd_snapshot_t *sn)
     if (!sn)
         return;
     free_filter(sn);
+    clear_refused(sn, false);
     json_decref(sn->state);
     json_decref(sn->requested);
     if (sn->conn)
@@ -829,11 +867,32 @@ typedef struct emit_ctx {
     outboxd_sink_status_t st;
     char err[512];
     uint64_t events, dead, bytes;
+    /* The chunk row behind each record of the open Kafka transaction, in
+     * produce order (the sink numbers them 1, 2, ...), to find the row of a
+     * record Kafka refused. pos_ok: the transaction began with this chunk. */
+    int row;
+    int *rec_row;
+    size_t n_rec, cap_rec;
+    bool pos_ok;
 } emit_ctx_t;
 
 static int emit(void *opaque, const outboxd_record_t *rec, bool dead_letter, const char *reason)
 {
     emit_ctx_t *e = opaque;
+    if (e->pos_ok && e->n_rec == e->cap_rec) {
+        size_t cap = e->cap_rec ? 2 * e->cap_rec : 1024;
+        int *p = realloc(e->rec_row, cap * sizeof(*p));
+        if (p) {
+            e->rec_row = p;
+            e->cap_rec = cap;
+        } else {
+            e->pos_ok = false; /* a refusal is then retried, not dead-lettered */
+        }
+    }
+    /* Recorded before producing: a record refused by the produce call
+     * itself is found too. */
+    if (e->pos_ok)
+        e->rec_row[e->n_rec++] = e->row;
     e->st = outboxd_sink_produce(e->io->sink, rec, e->err, sizeof(e->err));
     if (e->st != OUTBOXD_SINK_OK)
         return 1;
@@ -847,6 +906,110 @@ static int emit(void *opaque, const outboxd_record_t *rec, bool dead_letter, con
     e->bytes += rec->key_len + rec->value_len;
     outboxd_stats_produced(e->io->stats, rec->key_len + rec->value_len);
     return 0;
+}
+
+/* The refused-row entry for row r of a chunk of table tname, or NULL. */
+static refused_row_t *find_refused(outboxd_snapshot_t *sn, const char *tname,
+                                   const table_info_t *ti, PGresult *res, int r)
+{
+    for (size_t i = 0; i < sn->n_refused; i++) {
+        refused_row_t *m = &sn->refused[i];
+        if (strcmp(m->table, tname) != 0)
+            continue;
+        int k = 0;
+        while (k < ti->npk && m->key[k] && strcmp(m->key[k], PQgetvalue(res, r, ti->pk[k])) == 0)
+            k++;
+        if (k == ti->npk && !m->key[k])
+            return m;
+    }
+    return NULL;
+}
+
+/*
+ * After the chunk's Kafka transaction was aborted (its rows in res, already
+ * aborted): if Kafka refused one of its records for good, remember that row
+ * so the next read of the chunk dead-letters it instead of failing the same
+ * way forever; as in source.c, records refused together are first replayed
+ * one per request to find the one Kafka refuses, and a dead letter refused
+ * too is sent again without the row's values. Returns -1 (retry the chunk)
+ * or -2 (the checkpoint record itself was refused: fatal).
+ */
+static int note_refused(emit_ctx_t *e, const table_info_t *ti, const char *tname, PGresult *res)
+{
+    outboxd_snapshot_t *sn = e->sn;
+    outboxd_sink_t *sink = e->io->sink;
+    char reason[256];
+    if (outboxd_sink_checkpoint_refused(sink, reason, sizeof(reason))) {
+        LOG_ERROR(sn->name,
+                  "%s: the checkpoint topic %s is misconfigured (it must accept this source's "
+                  "checkpoint records, with the snapshot progress up to a few kB: check its "
+                  "max.message.bytes and the ACLs of this producer); fix it and restart",
+                  reason, sn->conf->checkpoint_topic);
+        return -2;
+    }
+    uint64_t count = 0;
+    uint64_t seq = outboxd_sink_refused(sink, reason, sizeof(reason), &count);
+    if (!e->pos_ok || !seq || seq > e->n_rec)
+        return -1;
+    if (count > 1 && !sn->isolating) {
+        sn->isolating = true;
+        outboxd_sink_set_one_by_one(sink, true);
+        LOG_WARN(sn->name,
+                 "snapshot of %s: Kafka refused %llu records of one chunk together (%s; "
+                 "max.message.bytes applies to a whole batch): replaying the chunk one record per "
+                 "request to find the one it refuses",
+                 tname, (unsigned long long)count, reason);
+        return -1;
+    }
+    int r = e->rec_row[seq - 1];
+    refused_row_t *m = find_refused(sn, tname, ti, res, r);
+    if (m) {
+        /* Its dead letter was refused as well. */
+        if (m->level == 0) {
+            m->level = 1;
+            LOG_WARN(sn->name,
+                     "the dead-letter record for %s was refused too (%s); sending it again "
+                     "without the row's values",
+                     m->reason, reason);
+        } else if (!sn->dlt_error_logged) {
+            sn->dlt_error_logged = true;
+            LOG_ERROR(sn->name,
+                      "the dead-letter topic %s refuses even a small record for %s (%s): fix the "
+                      "dead-letter topic (max.message.bytes, ACLs); the snapshot retries with "
+                      "backoff",
+                      sn->conf->dead_letter_topic, m->reason, reason);
+        }
+        return -1;
+    }
+    refused_row_t *grown = realloc(sn->refused, (sn->n_refused + 1) * sizeof(*grown));
+    if (!grown)
+        return -1;
+    sn->refused = grown;
+    m = &sn->refused[sn->n_refused];
+    *m =
+        (refused_row_t){.table = strdup(tname), .key = calloc((size_t)ti->npk + 1, sizeof(char *))};
+    bool ok = m->table && m->key;
+    outboxd_buf_t cols = {0}, vals = {0};
+    for (int k = 0; k < ti->npk && ok; k++) {
+        const char *v = PQgetvalue(res, r, ti->pk[k]);
+        ok = (m->key[k] = strdup(v)) != NULL &&
+             outboxd_buf_printf(&cols, "%s%s", k ? ", " : "", ti->rel.cols[ti->pk[k]].name) &&
+             outboxd_buf_printf(&vals, "%s%.100s", k ? ", " : "", v);
+    }
+    if (ok) {
+        snprintf(m->reason, sizeof(m->reason), "snapshot row of %s with key (%s)=(%s): %s", tname,
+                 cols.data, vals.data, reason);
+        sn->n_refused++;
+        LOG_WARN(sn->name,
+                 "%s; the row goes to the dead-letter topic %s when its chunk is read again",
+                 m->reason, sn->conf->dead_letter_topic);
+    } else {
+        free(m->table);
+        free_key(m->key);
+    }
+    outboxd_buf_free(&cols);
+    outboxd_buf_free(&vals);
+    return -1;
 }
 
 /* Abort what is open after a failure; -1 (retry) or -2 (fatal). */
@@ -1120,6 +1283,10 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 .commit_time_us = outboxd_wall_us(),
             };
             e.events = e.dead = 0;
+            e.n_rec = 0;
+            e.pos_ok = !outboxd_sink_in_txn(io->sink);
+            for (size_t k = 0; k < sn->n_refused; k++)
+                sn->refused[k].used = false;
             for (int r = 0; r < n && rc == 0; r++) {
                 for (int c = 0; c < ti->rel.ncols; c++) {
                     if (PQgetisnull(res, r, c)) {
@@ -1132,8 +1299,19 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 }
                 outboxd_pgo_tuple_t after = {.ncols = ti->rel.ncols, .cols = datums};
                 si.snapshot = final && r == n - 1 ? "last" : "true";
-                int cr = outboxd_cdc_change(io->cdc, &ti->rel, 'r', NULL, &after, &si, emit, &e,
+                e.row = r;
+                refused_row_t *m = sn->n_refused ? find_refused(sn, tname, ti, res, r) : NULL;
+                int cr;
+                if (m) {
+                    /* Kafka refused this row's event for good: dead-letter it. */
+                    m->used = true;
+                    cr = outboxd_cdc_dead_letter(io->cdc, &ti->rel, 'r', NULL,
+                                                 m->level ? NULL : &after, &si, m->reason, emit, &e,
+                                                 err, sizeof(err));
+                } else {
+                    cr = outboxd_cdc_change(io->cdc, &ti->rel, 'r', NULL, &after, &si, emit, &e,
                                             err, sizeof(err));
+                }
                 if (cr == 0)
                     continue;
                 if (cr == OUTBOXD_CDC_RETRY) {
@@ -1148,6 +1326,8 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                               "chunk",
                               tname, e.err);
                     rc = give_up(&e, -1);
+                    if (rc == -1)
+                        rc = note_refused(&e, ti, tname, res);
                 }
             }
             free(datums);
@@ -1162,7 +1342,6 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 json_object_set_new(run, "key", nk);
                 key = nk;
             }
-            PQclear(res);
             table_rows += (uint64_t)n;
             rows_total += (uint64_t)n;
             if (!more) {
@@ -1178,8 +1357,19 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             if (n > 0 || !run) {
                 int64_t t_prod = outboxd_now_us();
                 rc = commit_chunk(&e, t0);
-                if (rc != 0)
+                if (rc == -1)
+                    rc = note_refused(&e, ti, tname, res);
+                if (rc != 0) {
+                    PQclear(res);
                     break;
+                }
+                /* Dead letters of refused rows are in Kafka now. */
+                clear_refused(sn, true);
+                if (sn->isolating) {
+                    sn->isolating = false;
+                    outboxd_sink_set_one_by_one(io->sink, false);
+                    LOG_INFO(sn->name, "the refused chunk is in; producing in batches again");
+                }
                 LOG_DEBUG(sn->name,
                           "snapshot of %s: %llu rows published (chunk of %d: read %.1f ms, "
                           "encode+produce %.1f ms, commit %.1f ms)",
@@ -1187,6 +1377,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                           (double)(t_prod - t_read) / 1e3,
                           (double)(outboxd_now_us() - t_prod) / 1e3);
             }
+            PQclear(res);
             if (!more)
                 break;
         }
@@ -1198,6 +1389,15 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             break;
     }
     json_decref(tables);
+    free(e.rec_row);
+    if (rc != -1 && sn->isolating) {
+        /* Finished or failed for good: the stream produces in batches. A
+         * retry keeps it, to find the refused record of the chunk. */
+        sn->isolating = false;
+        outboxd_sink_set_one_by_one(io->sink, false);
+    }
+    if (rc == 0)
+        clear_refused(sn, false);
     /* Ending the read transaction and closing the exporting connection
      * drops the temporary slot. */
     PGresult *res = PQexec(sn->conn, "ROLLBACK");
