@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock registry -- the shared schema registry (test_registry_outage stops it)
 # CDC schema evolution under a running stream, through the registry (global
 # BACKWARD compatibility): rows written in six phases of PER rows with
 #   1 (id, phase, qty int, note)  2 ADD COLUMN added  3 DROP COLUMN note

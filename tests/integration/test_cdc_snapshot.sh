@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Initial snapshot of a cdc table, exactly once across crashes.
 #
 # SNAP_ROWS rows (default 100000) exist before the relay first runs; while

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Ad-hoc snapshot of one cdc table on request, without restarting the
 # stream: a row in the source's signal table (Debezium's format: type
 # 'execute-snapshot', data {"data-collections": ["public.items"]}) makes the

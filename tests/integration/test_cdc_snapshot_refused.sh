@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # A snapshot row Kafka refuses for good (bigger than the topic's
 # max.message.bytes) goes to the dead-letter topic, with a reason naming the
 # table and the key, in the same Kafka transaction as the rest of its chunk

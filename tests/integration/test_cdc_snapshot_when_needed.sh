@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # snapshot: when_needed versus initial after the slot is lost. Two cdc
 # tables are snapshotted at the first start (items: when_needed, 5000 rows;
 # kept: initial, 1000 rows); rows written while the relay streams arrive as

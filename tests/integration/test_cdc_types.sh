@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: lock registry -- the shared schema registry (test_registry_outage stops it)
 # CDC mode (mode: cdc), every mapped type through the schema registry: a
 # table with smallint .. inet, arrays, an enum and a domain, holding NULLs,
 # extremes (NaN, +-Infinity, a 100-digit numeric, empty arrays, arrays with

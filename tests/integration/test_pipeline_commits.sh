@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # Pipelined commits (relay.pipeline_commits, default on): while a Kafka
 # transaction commits in a helper thread, the source thread reads the
 # replication stream ahead; the messages read ahead are handled afterwards in

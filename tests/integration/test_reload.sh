@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # SIGHUP reload under load (README "Reloading the configuration").
 #
 # Writers run the whole time. Three reloads:

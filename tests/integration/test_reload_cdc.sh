@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # SIGHUP reload with a cdc table. The cdc module reads its table settings
 # (topic, columns, masks) from the configuration it was made with, and the
 # relay frees the previous configuration once every source has moved on, so a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # outboxd replay (README "Replay"): events published, then replayed from an
 # LSN into fresh topics while the relay keeps running and writers keep
 # writing.

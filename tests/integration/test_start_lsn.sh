@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest: parallel
 # outboxd run --start-lsn SOURCE=LSN (README "Replay"): a deliberate skip
 # forward. Phase A is relayed; phase B is written while the relay is stopped;
 # the relay is restarted with --start-lsn at the end of phase B, and phase C
