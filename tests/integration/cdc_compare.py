@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""CDC side-by-side comparer for test_cdc_side_by_side.sh.
+
+  cdc_compare.py compare BOOTSTRAP N TIMEOUT_S T0_MS DBZ_TOPIC_PREFIX TOPIC...
+
+Reads, read_committed, every record of TOPIC... (written by outboxd) and of
+DBZ_TOPIC_PREFIX+TOPIC... (the same topics as Debezium names them, renamed by
+a RegexRouter so that both can share one broker; nothing else in Debezium's
+records is touched), until each side holds N records (or TIMEOUT_S passes).
+Then, topic by topic and partition by partition, the records must be the
+same in the same order (so per-key order and the order of keys within a
+partition hold too), field for field:
+
+  - topic (after Debezium's rename), partition, key bytes (exact), headers;
+  - value: None for a tombstone, else JSON (JsonConverter, schemas.enable)
+    parsed keeping member order and the exact text of every number; both the
+    "schema" and the "payload" parts are compared in full, except for the
+    paths in LEGIT below, each for the reason given there.
+
+The Kafka record timestamp is not compared (LEGIT_RECORD): Connect stamps
+its records with the time the task polled them, outboxd with its producer's
+time; both are checked to be no older than T0_MS.
+
+Prints a summary and the first differences; exits 1 on any difference.
+"""
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, TopicPartition
+
+# Value paths (inside "payload") allowed to differ, each with its reason.
+# Every one of them is still checked to be present on both sides with a
+# plausible value (check_legit); nothing else is ignored.
+LEGIT = {
+    ("ts_ms",): "envelope ts_ms: when each connector built the event (processing time)",
+    ("ts_us",): "envelope ts_us: as ts_ms",
+    ("ts_ns",): "envelope ts_ns: as ts_ms",
+    ("source", "version"): "the connector's version string (Debezium 3.0.8.Final vs outboxd's)",
+    ("source", "sequence", 0): "sequence[0]: Debezium's previous transaction's commit LSN, "
+                               "outboxd's this transaction's commit LSN (README, Differences "
+                               "from Debezium); sequence[1], the change's LSN, must match",
+}
+LEGIT_RECORD = "Kafka record timestamp: Connect's poll time vs outboxd's producer time"
+
+
+def read_side(bootstrap, topics, n, deadline):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cdccmp-%d" % time.time_ns(),
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    md = c.list_topics(timeout=30)
+    tps = []
+    for t in topics:
+        if t not in md.topics or md.topics[t].error is not None:
+            print("topic %s does not exist" % t)
+            continue
+        for p in md.topics[t].partitions:
+            tps.append(TopicPartition(t, p, 0))
+    c.assign(tps)
+    recs = []
+    while len(recs) < n and time.time() < deadline:
+        for m in c.consume(500, 1.0):
+            if m.error():
+                print("consumer: %s" % m.error())
+                continue
+            recs.append(m)
+    # A short drain: more than N records is a difference too.
+    end = time.time() + 2.0
+    while time.time() < end:
+        for m in c.consume(500, 0.5):
+            if not m.error():
+                recs.append(m)
+    c.close()
+    return recs
+
+
+def num(kind):
+    return lambda s: (kind, s)
+
+
+def parse(b):
+    if b is None:
+        return None
+    try:
+        return json.loads(b.decode("utf-8"), object_pairs_hook=lambda p: ("obj", p),
+                          parse_int=num("int"), parse_float=num("float"),
+                          parse_constant=num("const"))
+    except (ValueError, UnicodeDecodeError) as e:
+        return ("unparsable", str(e), b)
+
+
+def get(node, path):
+    """The value at path (member names and array indexes) or KeyError."""
+    for p in path:
+        if isinstance(node, tuple) and node[0] == "obj" and isinstance(p, str):
+            hits = [v for k, v in node[1] if k == p]
+            if len(hits) != 1:
+                raise KeyError(p)
+            node = hits[0]
+        elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+            node = node[p]
+        else:
+            raise KeyError(p)
+    return node
+
+
+def blank(node, path, mark):
+    """node with the value at path replaced by mark (a copy)."""
+    if not path:
+        return mark
+    p = path[0]
+    if isinstance(node, tuple) and node[0] == "obj":
+        return ("obj", [(k, blank(v, path[1:], mark) if k == p else v) for k, v in node[1]])
+    if isinstance(node, list):
+        return [blank(v, path[1:], mark) if i == p else v for i, v in enumerate(node)]
+    return node
+
+
+def check_legit(path, v, t0_ms):
+    """A legitimately differing value must still be there and plausible."""
+    now_ms = time.time() * 1000
+    if path[0] in ("ts_ms", "ts_us", "ts_ns"):
+        scale = {"ts_ms": 1, "ts_us": 1000, "ts_ns": 1000000}[path[0]]
+        if not (isinstance(v, tuple) and v[0] == "int"):
+            return "%s is not an integer: %r" % (path[0], v)
+        ms = int(v[1]) / scale
+        if not (t0_ms - 1000 <= ms <= now_ms + 1000):
+            return "%s %s outside the run (%d..%d)" % (path[0], v[1], t0_ms, now_ms)
+        return None
+    if path == ("source", "version"):
+        return None if isinstance(v, str) and v else "empty version %r" % (v,)
+    if path == ("source", "sequence", 0):
+        return None if isinstance(v, str) and "/" not in v and v.isdigit() else "odd sequence[0] %r" % (v,)
+    return None
+
+
+def normalize(value, t0_ms, problems):
+    """Blank the LEGIT paths of a parsed value (checking each first)."""
+    if value is None or value[0] != "obj":
+        return value
+    payload = get(value, ("payload",))
+    for path in LEGIT:
+        if path == ("source", "sequence", 0):
+            try:
+                seq = json.loads(get(payload, ("source", "sequence")))
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append("source.sequence unreadable: %s" % e)
+                continue
+            if not (isinstance(seq, list) and len(seq) == 2):
+                problems.append("source.sequence not a pair: %r" % (seq,))
+                continue
+            err = check_legit(path, seq[0], t0_ms)
+            if err:
+                problems.append(err)
+            payload = blank(payload, ("source", "sequence"), ("sequence[1] only", seq[1]))
+            continue
+        try:
+            v = get(payload, path)
+        except KeyError:
+            problems.append("%s missing" % ".".join(map(str, path)))
+            continue
+        err = check_legit(path, v, t0_ms)
+        if err:
+            problems.append(err)
+        payload = blank(payload, path, ("legitimately differs",))
+    return ("obj", [(k, payload if k == "payload" else v) for k, v in value[1]])
+
+
+def describe(m, strip, t0_ms, problems):
+    ts_type, ts = m.timestamp()
+    if ts < t0_ms - 1000:
+        problems.append("record timestamp %d before the run" % ts)
+    return {
+        "topic": m.topic()[len(strip):],
+        "partition": m.partition(),
+        "key": m.key(),
+        "value": normalize(parse(m.value()), t0_ms, problems),
+        "headers": [(k, v) for k, v in (m.headers() or [])],
+        "raw_value": m.value(),
+    }
+
+
+def first_diff(a, b, path="value"):
+    """A readable path to the first difference of two parsed values."""
+    if type(a) is not type(b):
+        return "%s: %r vs %r" % (path, a, b)
+    if isinstance(a, tuple) and a and a[0] == "obj" and b[0] == "obj":
+        ka, kb = [k for k, _ in a[1]], [k for k, _ in b[1]]
+        if ka != kb:
+            return "%s: members %r vs %r" % (path, ka, kb)
+        for (k, va), (_, vb) in zip(a[1], b[1]):
+            if va != vb:
+                return first_diff(va, vb, "%s.%s" % (path, k))
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return "%s: %d vs %d items (%r vs %r)" % (path, len(a), len(b), a, b)
+        for i, (va, vb) in enumerate(zip(a, b)):
+            if va != vb:
+                return first_diff(va, vb, "%s[%d]" % (path, i))
+    return "%s: %r vs %r" % (path, a, b)
+
+
+def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
+    deadline = time.time() + timeout
+    problems = []
+    sides = {}
+    for name, strip in (("debezium", dprefix), ("outboxd", "")):
+        recs = read_side(bootstrap, [strip + t for t in topics], n, deadline)
+        parts = {}
+        for m in recs:
+            d = describe(m, strip, t0_ms, problems)
+            parts.setdefault((d["topic"], d["partition"]), []).append(d)
+        sides[name] = parts
+        print("%s: %d records on %d topic-partitions" % (name, len(recs), len(parts)))
+        if len(recs) != n:
+            problems.append("%s: expected %d records, read %d" % (name, n, len(recs)))
+    dz, ob = sides["debezium"], sides["outboxd"]
+    diffs = []
+    for tp in sorted(set(dz) | set(ob)):
+        a, b = dz.get(tp, []), ob.get(tp, [])
+        if len(a) != len(b):
+            diffs.append("%s[%d]: debezium %d records, outboxd %d" % (tp[0], tp[1], len(a), len(b)))
+        for i, (x, y) in enumerate(zip(a, b)):
+            for f in ("key", "headers", "value"):
+                if x[f] != y[f]:
+                    what = first_diff(x[f], y[f]) if f == "value" else "%r vs %r" % (x[f], y[f])
+                    diffs.append("%s[%d] #%d key %s: %s\n    debezium: %s\n    outboxd:  %s" %
+                                 (tp[0], tp[1], i, x["key"], what, x["raw_value"], y["raw_value"]))
+                    break
+    for p in problems[:10]:
+        print("PROBLEM: %s" % p)
+    for d in diffs[:10]:
+        print("DIFF %s" % d)
+    every = [r for recs in dz.values() for r in recs]
+    ops = {}
+    for r in every:
+        op = "tombstone"
+        if r["value"] is not None:
+            op = get(r["value"], ("payload", "op"))
+        ops[op] = ops.get(op, 0) + 1
+    placeholders = sum(1 for r in every if r["raw_value"] and b"__debezium_unavailable_value" in r["raw_value"])
+    keys = {(r["topic"], r["key"]) for r in every}
+    print("compared %d records per side field for field (topic, partition, key bytes, headers, "
+          "value schema and payload, order within each partition): %d differences, %d problems; "
+          "ops %s, %d keys, %d values with the TOAST placeholder" %
+          (len(every), len(diffs), len(problems), dict(sorted(ops.items())), len(keys), placeholders))
+    print("allowed to differ (checked present and plausible): %s; not compared: %s" %
+          ("; ".join("%s (%s)" % (".".join(map(str, p)), r) for p, r in LEGIT.items()), LEGIT_RECORD))
+    if not diffs and not problems and every:
+        print("sample record: key %s value %s" % (every[-1]["key"], every[-1]["raw_value"][:600]
+                                                  if every[-1]["raw_value"] else None))
+    return 1 if diffs or problems else 0
+
+
+def main():
+    if len(sys.argv) > 6 and sys.argv[1] == "compare":
+        return compare(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]),
+                       sys.argv[6], sys.argv[7:])
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
