@@ -475,9 +475,12 @@ static void fmt_frac(outboxd_buf_t *b, int64_t frac_us)
     outboxd_buf_printf(b, ".%.*s", n, f);
 }
 
-/* Micros since the epoch as ISO 8601 in UTC, like Java's
- * ISO_OFFSET_DATE_TIME (Debezium's ZonedTimestamp). */
-static void fmt_utc_ts(outboxd_buf_t *b, int64_t us)
+/* Micros since the epoch as ISO 8601 in UTC, as Debezium's ZonedTimestamp
+ * writes a timestamptz column: exactly width fraction digits (the column's
+ * precision, 6 when undeclared; Debezium 3.0 passes the column's length to
+ * ZonedTimestamp.toIsoString, zeros included), or for width 0 Java's
+ * ISO_OFFSET_DATE_TIME (no trailing zeros, no fraction when zero). */
+static void fmt_utc_ts(outboxd_buf_t *b, int64_t us, int width)
 {
     int64_t days = us / DAY_US, rem = us % DAY_US;
     if (rem < 0) {
@@ -496,7 +499,13 @@ static void fmt_utc_ts(outboxd_buf_t *b, int64_t us)
         outboxd_buf_printf(b, "%04lld", (long long)y);
     outboxd_buf_printf(b, "-%02u-%02uT%02lld:%02lld:%02lld", m, d, (long long)(secs / 3600),
                        (long long)(secs / 60 % 60), (long long)(secs % 60));
-    fmt_frac(b, rem % 1000000);
+    if (width >= 1 && width <= 6) {
+        char f[8];
+        snprintf(f, sizeof(f), "%06lld", (long long)(rem % 1000000));
+        outboxd_buf_printf(b, ".%.*s", width, f);
+    } else {
+        fmt_frac(b, rem % 1000000);
+    }
     outboxd_buf_append_str(b, "Z");
 }
 
@@ -855,7 +864,7 @@ static int convert(outboxd_cdc_kind_t kind, int32_t kmod, const char *s, size_t 
         if (!parse_ts(s, len, true, &us))
             return bad(reason, reason_size, "timestamptz", s, len);
         outboxd_buf_reset(scratch);
-        fmt_utc_ts(scratch, us);
+        fmt_utc_ts(scratch, us, time_precision(kmod));
         v->s = scratch->data;
         v->n = scratch->len;
         return 0;
@@ -1209,8 +1218,8 @@ static const char source_avro[] =
     "\"fields\":[{\"name\":\"version\",\"type\":\"string\"},{\"name\":\"connector\",\"type\":"
     "\"string\"},{\"name\":\"name\",\"type\":\"string\"},{\"name\":\"ts_ms\",\"type\":\"long\"},"
     "{\"name\":\"snapshot\",\"type\":[{\"type\":\"string\",\"connect.version\":1,"
-    "\"connect.parameters\":{\"allowed\":\"true,first,first_in_data_collection,in_data_"
-    "collection,last_in_data_collection,last,false,incremental\"},\"connect.default\":\"false\","
+    "\"connect.parameters\":{\"allowed\":\"true,first,first_in_data_collection,"
+    "last_in_data_collection,last,false,incremental\"},\"connect.default\":\"false\","
     "\"connect.name\":\"io.debezium.data.Enum\"},\"null\"],\"default\":\"false\"},"
     "{\"name\":\"db\",\"type\":\"string\"},{\"name\":\"sequence\",\"type\":[\"null\",\"string\"],"
     "\"default\":null},{\"name\":\"ts_us\",\"type\":[\"null\",\"long\"],\"default\":null},"
@@ -1232,7 +1241,7 @@ static const char source_connect[] =
     "\"string\",\"optional\":false,\"field\":\"name\"},{\"type\":\"int64\",\"optional\":false,"
     "\"field\":\"ts_ms\"},{\"type\":\"string\",\"optional\":true,\"name\":"
     "\"io.debezium.data.Enum\",\"version\":1,\"parameters\":{\"allowed\":\"true,first,first_in_"
-    "data_collection,in_data_collection,last_in_data_collection,last,false,incremental\"},"
+    "data_collection,last_in_data_collection,last,false,incremental\"},"
     "\"default\":\"false\",\"field\":\"snapshot\"},{\"type\":\"string\",\"optional\":false,"
     "\"field\":\"db\"},{\"type\":\"string\",\"optional\":true,\"field\":\"sequence\"},{\"type\":"
     "\"int64\",\"optional\":true,\"field\":\"ts_us\"},{\"type\":\"int64\",\"optional\":true,"
@@ -2416,10 +2425,33 @@ int outboxd_cdc_change(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char
             r = add_event(c, e, 'c', NULL, after, si, reason, sizeof(reason), errstr, errstr_size);
     } else {
         /* An update without REPLICA IDENTITY FULL carries no old image
-         * unless the key changed: before is null, as in Debezium. */
+         * unless the key changed: before is null, as in Debezium. With
+         * REPLICA IDENTITY FULL the old image holds every unchanged TOASTed
+         * value, and Debezium puts it into after instead of the
+         * placeholder: so does outboxd. */
+        outboxd_pgo_tuple_t filled = {0};
+        if (op == 'u' && before && after && before->ncols == after->ncols) {
+            bool any = false;
+            for (int i = 0; i < after->ncols && !any; i++)
+                any = after->cols[i].kind == 'u' && before->cols[i].kind == 't';
+            if (any) {
+                filled.cols = malloc((size_t)after->ncols * sizeof(*filled.cols));
+                if (!filled.cols) {
+                    snprintf(errstr, errstr_size, "out of memory");
+                    return OUTBOXD_CDC_RETRY;
+                }
+                filled.ncols = after->ncols;
+                for (int i = 0; i < after->ncols; i++)
+                    filled.cols[i] = after->cols[i].kind == 'u' && before->cols[i].kind == 't'
+                                         ? before->cols[i]
+                                         : after->cols[i];
+                after = &filled;
+            }
+        }
         r = add_event(c, e, op, op == 'c' || op == 'r' ? NULL : before,
                       op == 'd' || op == 't' ? NULL : after, si, reason, sizeof(reason), errstr,
                       errstr_size);
+        free(filled.cols);
     }
     if (r < 0)
         return OUTBOXD_CDC_RETRY;

@@ -116,7 +116,7 @@ def blank(node, path, mark):
     return node
 
 
-def check_legit(path, v, t0_ms):
+def check_legit(path, v, t0_ms, side):
     """A legitimately differing value must still be there and plausible."""
     now_ms = time.time() * 1000
     if path[0] in ("ts_ms", "ts_us", "ts_ns"):
@@ -130,11 +130,13 @@ def check_legit(path, v, t0_ms):
     if path == ("source", "version"):
         return None if isinstance(v, str) and v else "empty version %r" % (v,)
     if path == ("source", "sequence", 0):
+        if v is None and side == "debezium":
+            return None  # the first transaction after the connector started has no previous one
         return None if isinstance(v, str) and "/" not in v and v.isdigit() else "odd sequence[0] %r" % (v,)
     return None
 
 
-def normalize(value, t0_ms, problems):
+def normalize(value, t0_ms, problems, side):
     """Blank the LEGIT paths of a parsed value (checking each first)."""
     if value is None or value[0] != "obj":
         return value
@@ -149,7 +151,7 @@ def normalize(value, t0_ms, problems):
             if not (isinstance(seq, list) and len(seq) == 2):
                 problems.append("source.sequence not a pair: %r" % (seq,))
                 continue
-            err = check_legit(path, seq[0], t0_ms)
+            err = check_legit(path, seq[0], t0_ms, side)
             if err:
                 problems.append(err)
             payload = blank(payload, ("source", "sequence"), ("sequence[1] only", seq[1]))
@@ -159,14 +161,14 @@ def normalize(value, t0_ms, problems):
         except KeyError:
             problems.append("%s missing" % ".".join(map(str, path)))
             continue
-        err = check_legit(path, v, t0_ms)
+        err = check_legit(path, v, t0_ms, side)
         if err:
             problems.append(err)
         payload = blank(payload, path, ("legitimately differs",))
     return ("obj", [(k, payload if k == "payload" else v) for k, v in value[1]])
 
 
-def describe(m, strip, t0_ms, problems):
+def describe(m, strip, t0_ms, problems, side):
     ts_type, ts = m.timestamp()
     if ts < t0_ms - 1000:
         problems.append("record timestamp %d before the run" % ts)
@@ -174,30 +176,46 @@ def describe(m, strip, t0_ms, problems):
         "topic": m.topic()[len(strip):],
         "partition": m.partition(),
         "key": m.key(),
-        "value": normalize(parse(m.value()), t0_ms, problems),
+        "value": normalize(parse(m.value()), t0_ms, problems, side),
         "headers": [(k, v) for k, v in (m.headers() or [])],
         "raw_value": m.value(),
     }
 
 
-def first_diff(a, b, path="value"):
-    """A readable path to the first difference of two parsed values."""
+def all_diffs(a, b, path, out):
+    """Every differing path of two parsed values (record-independent: array
+    indexes inside "fields" are replaced by the field's name)."""
     if type(a) is not type(b):
-        return "%s: %r vs %r" % (path, a, b)
+        out.append((path, a, b))
+        return
     if isinstance(a, tuple) and a and a[0] == "obj" and b[0] == "obj":
         ka, kb = [k for k, _ in a[1]], [k for k, _ in b[1]]
         if ka != kb:
-            return "%s: members %r vs %r" % (path, ka, kb)
+            out.append((path + " (members)", ka, kb))
+            return
         for (k, va), (_, vb) in zip(a[1], b[1]):
             if va != vb:
-                return first_diff(va, vb, "%s.%s" % (path, k))
+                all_diffs(va, vb, "%s.%s" % (path, k), out)
+        return
     if isinstance(a, list):
         if len(a) != len(b):
-            return "%s: %d vs %d items (%r vs %r)" % (path, len(a), len(b), a, b)
+            out.append((path + " (length)", a, b))
+            return
         for i, (va, vb) in enumerate(zip(a, b)):
             if va != vb:
-                return first_diff(va, vb, "%s[%d]" % (path, i))
-    return "%s: %r vs %r" % (path, a, b)
+                name = i
+                try:
+                    name = get(va, ("field",))
+                except KeyError:
+                    pass
+                all_diffs(va, vb, "%s[%s]" % (path, name), out)
+        return
+    out.append((path, a, b))
+
+
+def short(v, n=160):
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
 
 
 def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
@@ -207,30 +225,43 @@ def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
     for name, strip in (("debezium", dprefix), ("outboxd", "")):
         recs = read_side(bootstrap, [strip + t for t in topics], n, deadline)
         parts = {}
+        mine = []
         for m in recs:
-            d = describe(m, strip, t0_ms, problems)
+            d = describe(m, strip, t0_ms, mine, name)
             parts.setdefault((d["topic"], d["partition"]), []).append(d)
         sides[name] = parts
+        problems.extend("%s: %s" % (name, p) for p in mine)
         print("%s: %d records on %d topic-partitions" % (name, len(recs), len(parts)))
         if len(recs) != n:
             problems.append("%s: expected %d records, read %d" % (name, n, len(recs)))
     dz, ob = sides["debezium"], sides["outboxd"]
     diffs = []
+    classes = {}  # differing path -> [count, first example]
     for tp in sorted(set(dz) | set(ob)):
         a, b = dz.get(tp, []), ob.get(tp, [])
         if len(a) != len(b):
             diffs.append("%s[%d]: debezium %d records, outboxd %d" % (tp[0], tp[1], len(a), len(b)))
         for i, (x, y) in enumerate(zip(a, b)):
-            for f in ("key", "headers", "value"):
+            found = []
+            for f in ("key", "headers"):
                 if x[f] != y[f]:
-                    what = first_diff(x[f], y[f]) if f == "value" else "%r vs %r" % (x[f], y[f])
-                    diffs.append("%s[%d] #%d key %s: %s\n    debezium: %s\n    outboxd:  %s" %
-                                 (tp[0], tp[1], i, x["key"], what, x["raw_value"], y["raw_value"]))
-                    break
+                    found.append((f, x[f], y[f]))
+            if x["value"] != y["value"]:
+                all_diffs(x["value"], y["value"], "value", found)
+            if found:
+                diffs.append((tp, i))
+            for path, va, vb in found:
+                c = classes.setdefault(path, [0, "%s[%d] #%d key %s: debezium %s, outboxd %s" %
+                                              (tp[0], tp[1], i, x["key"][-40:] if x["key"] else None,
+                                               short(va), short(vb))])
+                c[0] += 1
     for p in problems[:10]:
         print("PROBLEM: %s" % p)
-    for d in diffs[:10]:
-        print("DIFF %s" % d)
+    for d in diffs:
+        if isinstance(d, str):
+            print("DIFF %s" % d)
+    for path, (count, example) in sorted(classes.items()):
+        print("DIFF %s in %d records; first: %s" % (path, count, example))
     every = [r for recs in dz.values() for r in recs]
     ops = {}
     for r in every:

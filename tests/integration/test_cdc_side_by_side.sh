@@ -61,6 +61,7 @@ CREATE TABLE t_def (
     v varchar(40),
     f boolean,
     tz timestamptz,
+    tz3 timestamptz(3),
     ts timestamp(6),
     d date,
     u uuid,
@@ -156,8 +157,11 @@ SELECT i AS id,
        CASE WHEN i % 5 = 0 THEN NULL ELSE 'v' || (random() * 1e6)::int END AS v,
        CASE WHEN i % 7 = 3 THEN NULL ELSE i % 2 = 0 END AS f,
        CASE WHEN i % 9 = 0 THEN NULL
+            WHEN i % 5 = 1 THEN timestamptz '2026-03-01 12:00:00+01' + i * interval '1 minute'
             ELSE timestamptz '2026-03-01 12:00:00+01' + (random() * 1e8) * interval '1 second'
                  + (i % 7) * interval '0.123457 second' END AS tz,
+       CASE WHEN i % 9 = 1 THEN NULL
+            ELSE timestamptz '2026-03-01 12:00:00+01' + (i % 4) * interval '0.1 second' + i * interval '1 hour' END AS tz3,
        timestamp '2025-12-31 23:59:59' + i * interval '1.000001 second' AS ts,
        CASE WHEN i % 10 = 0 THEN NULL ELSE date '1960-01-01' + (random() * 40000)::int END AS d,
        md5('u' || i)::uuid AS u,
@@ -190,7 +194,7 @@ for tbl in t_def t_full; do
     c=$(count_of "UPDATE $tbl SET t = t || '-u', n = n + 1.5, j = j || '{\"u\": true}',
         tz = tz + interval '1 hour', ia = array_append(ia, 0), f = NOT f,
         v = CASE WHEN v IS NULL THEN 'was null' ELSE NULL END,
-        by = CASE WHEN by IS NULL THEN '\\x00ff' ELSE NULL END WHERE id % 3 = 0")
+        by = CASE WHEN by IS NULL THEN '\\x00ff'::bytea ELSE NULL END WHERE id % 3 = 0")
     UPD=$((UPD + c))
     c=$(count_of "UPDATE $tbl SET b = b + 1, d = d + 1 WHERE id % 3 = 1 AND id % 25 = 0")
     UPD=$((UPD + c))
