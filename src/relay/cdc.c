@@ -101,6 +101,7 @@ struct outboxd_cdc {
     rec_slot_t slots[MAX_RECS];
     size_t n_slots;
     outboxd_buf_t scratch, arr, subject, dl;
+    outboxd_buf_t oldkey, newkey; /* __debezium.oldkey / newkey header text */
     char reason[1024];
     char lsnbuf[2][OUTBOXD_LSN_STRLEN];
     char xidbuf[16];
@@ -1326,7 +1327,15 @@ static bool build_schemas(rel_entry_t *e)
             hashed.kind = OUTBOXD_CDC_T_STRING;
             hashed.array = false;
         }
-        ok = (first || outboxd_buf_append_str(&row, ",")) && connect_field(&row, &hashed, true);
+        /* Debezium makes a NOT NULL column a required field. Key columns
+         * (primary key, replica identity index) are NOT NULL by
+         * PostgreSQL's rules; other columns are optional (pgoutput does not
+         * say NOT NULL: README, Differences from Debezium). */
+        bool required = false;
+        for (int k = 0; k < e->nkey && c->mask != 'n'; k++)
+            required = required || e->key[k] == i;
+        ok =
+            (first || outboxd_buf_append_str(&row, ",")) && connect_field(&row, &hashed, !required);
         first = false;
     }
     ok = ok &&
@@ -1717,6 +1726,8 @@ void outboxd_cdc_destroy(outboxd_cdc_t *c)
     outboxd_buf_free(&c->arr);
     outboxd_buf_free(&c->subject);
     outboxd_buf_free(&c->dl);
+    outboxd_buf_free(&c->oldkey);
+    outboxd_buf_free(&c->newkey);
     cat_close(c);
     outboxd_encoder_destroy(c->enc);
     free(c->database);
@@ -2238,6 +2249,29 @@ static int add_event(outboxd_cdc_t *c, const rel_entry_t *e, char op,
     return 0;
 }
 
+/* The key of an image as Connect's SimpleHeaderConverter writes a Struct
+ * into a header, whatever the converters: {"col":value,...}, strings quoted
+ * (equal to Debezium's text for integer, string and uuid keys). */
+static int key_header(outboxd_cdc_t *c, const rel_entry_t *e, const outboxd_pgo_tuple_t *t,
+                      outboxd_buf_t *out, char *reason, size_t reason_size)
+{
+    outboxd_buf_reset(out);
+    writer_t w = {false, out};
+    if (!outboxd_buf_append_str(out, "{"))
+        return -1;
+    for (int k = 0; k < e->nkey; k++) {
+        const col_t *col = &e->cols[e->key[k]];
+        const outboxd_pgo_datum_t *d = e->key[k] < t->ncols ? &t->cols[e->key[k]] : NULL;
+        if ((k > 0 && !outboxd_buf_append_str(out, ",")) ||
+            !json_str(out, col->name, strlen(col->name)) || !outboxd_buf_append_str(out, ":"))
+            return -1;
+        int r = write_field(c, &w, col, d, false, reason, reason_size);
+        if (r)
+            return r;
+    }
+    return outboxd_buf_append_str(out, "}") ? 0 : -1;
+}
+
 /* Whether the key columns of two images differ (a primary key update). */
 static bool key_changed(const rel_entry_t *e, const outboxd_pgo_tuple_t *a,
                         const outboxd_pgo_tuple_t *b)
@@ -2421,8 +2455,19 @@ int outboxd_cdc_change(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char
         /* Debezium's shape for a primary-key update: a delete under the old
          * key (and its tombstone), then a create under the new one. */
         r = add_event(c, e, 'd', before, NULL, si, reason, sizeof(reason), errstr, errstr_size);
+        size_t n_delete = c->n_slots;
         if (r == 0)
             r = add_event(c, e, 'c', NULL, after, si, reason, sizeof(reason), errstr, errstr_size);
+        /* Debezium links the two: the delete and its tombstone carry the
+         * new key in the header __debezium.newkey, the create the old key
+         * in __debezium.oldkey. */
+        if (r == 0)
+            r = key_header(c, e, after, &c->newkey, reason, sizeof(reason));
+        if (r == 0)
+            r = key_header(c, e, before, &c->oldkey, reason, sizeof(reason));
+        for (size_t i = 0; r == 0 && i < c->n_slots; i++)
+            add_header(&c->slots[i].rec, i < n_delete ? "__debezium.newkey" : "__debezium.oldkey",
+                       i < n_delete ? c->newkey.data : c->oldkey.data);
     } else {
         /* An update without REPLICA IDENTITY FULL carries no old image
          * unless the key changed: before is null, as in Debezium. With
