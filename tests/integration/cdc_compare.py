@@ -24,6 +24,7 @@ time; both are checked to be no older than T0_MS.
 Prints a summary and the first differences; exits 1 on any difference.
 """
 import json
+import os
 import sys
 import time
 
@@ -41,6 +42,16 @@ LEGIT = {
                                "outboxd's this transaction's commit LSN (README, Differences "
                                "from Debezium); sequence[1], the change's LSN, must match",
 }
+# NOT NULL columns with a DEFAULT, "name=default text" in the environment
+# variable CDC_COMPARE_NOT_NULL_DEFAULTS (comma-separated). Debezium reads
+# both from the catalog: the field is required ("optional": false) with a
+# "default" member in before/after, and a delete without REPLICA IDENTITY
+# FULL (PostgreSQL sends only the key) gets the column's default in before,
+# a value the row may never have had. outboxd knows neither (pgoutput does
+# not send them) and writes null (README, Differences from Debezium). Only
+# exactly these differences are reconciled (reconcile_not_null), pairwise.
+NOT_NULL_DEFAULTS = dict(kv.split("=", 1) for kv in
+                         os.environ.get("CDC_COMPARE_NOT_NULL_DEFAULTS", "").split(",") if kv)
 LEGIT_RECORD = "Kafka record timestamp: Connect's poll time vs outboxd's producer time"
 
 
@@ -218,6 +229,63 @@ def short(v, n=160):
     return r if len(r) <= n else r[:n] + "..."
 
 
+def members(node):
+    return node[1] if isinstance(node, tuple) and node and node[0] == "obj" else None
+
+
+def reconcile_not_null(x, y, counts):
+    """(debezium value, outboxd value) with the NOT_NULL_DEFAULTS differences
+    taken out of both, each only in its exact expected form."""
+    if not NOT_NULL_DEFAULTS or x is None or y is None or x[0] != "obj" or y[0] != "obj":
+        return x, y
+
+    def fix_schema(v, dbz):
+        out = []
+        for k, node in members(v):
+            if k == "schema":
+                node = ("obj", [(sk, [fix_part(f, dbz) for f in sv] if sk == "fields" else sv)
+                                for sk, sv in members(node)])
+            out.append((k, node))
+        return ("obj", out)
+
+    def fix_part(part, dbz):
+        # fields[before] / fields[after]: structs of the columns
+        m = members(part)
+        if not m or dict(m).get("field") not in ("before", "after"):
+            return part
+        cols = []
+        for f in dict(m)["fields"]:
+            fm = members(f)
+            name = dict(fm).get("field")
+            if name in NOT_NULL_DEFAULTS:
+                want = [("optional", False), ("default", NOT_NULL_DEFAULTS[name])] if dbz else \
+                       [("optional", True)]
+                have = [(k, v) for k, v in fm if k in ("optional", "default")]
+                if have == want:
+                    counts["schema"] = counts.get("schema", 0) + 1
+                    f = ("obj", [(k, v) for k, v in fm if k not in ("optional", "default")])
+            cols.append(f)
+        return ("obj", [(k, cols if k == "fields" else v) for k, v in m])
+
+    x, y = fix_schema(x, True), fix_schema(y, False)
+    try:
+        op = get(x, ("payload", "op"))
+        bx, by = get(x, ("payload", "before")), get(y, ("payload", "before"))
+    except KeyError:
+        return x, y
+    if op == "d" and members(bx) and members(by):
+        nbx, nby = [], []
+        for (k, vx), (k2, vy) in zip(members(bx), members(by)):
+            if k == k2 and k in NOT_NULL_DEFAULTS and vx == NOT_NULL_DEFAULTS[k] and vy is None:
+                counts["delete_before"] = counts.get("delete_before", 0) + 1
+                vx = vy = ("debezium: the column default, outboxd: null",)
+            nbx.append((k, vx))
+            nby.append((k2, vy))
+        x = blank(x, ("payload", "before"), ("obj", nbx))
+        y = blank(y, ("payload", "before"), ("obj", nby))
+    return x, y
+
+
 def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
     deadline = time.time() + timeout
     problems = []
@@ -237,12 +305,15 @@ def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
     dz, ob = sides["debezium"], sides["outboxd"]
     diffs = []
     classes = {}  # differing path -> [count, first example]
+    reconciled = {}
     for tp in sorted(set(dz) | set(ob)):
         a, b = dz.get(tp, []), ob.get(tp, [])
         if len(a) != len(b):
             diffs.append("%s[%d]: debezium %d records, outboxd %d" % (tp[0], tp[1], len(a), len(b)))
         for i, (x, y) in enumerate(zip(a, b)):
             found = []
+            xv, yv = reconcile_not_null(x["value"], y["value"], reconciled)
+            x, y = dict(x, value=xv), dict(y, value=yv)
             for f in ("key", "headers"):
                 if x[f] != y[f]:
                     found.append((f, x[f], y[f]))
@@ -275,6 +346,12 @@ def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
           "value schema and payload, order within each partition): %d differences, %d problems; "
           "ops %s, %d keys, %d values with the TOAST placeholder" %
           (len(every), len(diffs), len(problems), dict(sorted(ops.items())), len(keys), placeholders))
+    if NOT_NULL_DEFAULTS:
+        print("NOT NULL DEFAULT columns %s reconciled as expected: %s (schema: fields; delete_before: "
+              "Debezium's default against outboxd's null)" % (sorted(NOT_NULL_DEFAULTS), reconciled))
+        if not reconciled.get("schema"):
+            problems.append("no NOT NULL DEFAULT column was reconciled: is the list right?")
+            print("PROBLEM: %s" % problems[-1])
     print("allowed to differ (checked present and plausible): %s; not compared: %s" %
           ("; ".join("%s (%s)" % (".".join(map(str, p)), r) for p, r in LEGIT.items()), LEGIT_RECORD))
     if not diffs and not problems and every:
