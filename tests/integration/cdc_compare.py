@@ -21,6 +21,13 @@ The Kafka record timestamp is not compared (LEGIT_RECORD): Connect stamps
 its records with the time the task polled them, outboxd with its producer's
 time; both are checked to be no older than T0_MS.
 
+With CDC_COMPARE_REGISTRY=<Confluent API base URL>, keys and values are in
+Confluent's wire format and are compared as {"schema": the schema registered
+under the record's id, "payload": the datum decoded with it} (ids differ by
+registration order); CDC_COMPARE_OBX_PREFIX is then the prefix of outboxd's
+topics. CDC_COMPARE_NOT_NULL_DEFAULTS and CDC_COMPARE_KEY_COLUMNS name the
+columns whose NOT NULL-related differences are reconciled (see below).
+
 Prints a summary and the first differences; exits 1 on any difference.
 """
 import json
@@ -83,6 +90,54 @@ def read_side(bootstrap, topics, n, deadline):
                 recs.append(m)
     c.close()
     return recs
+
+
+REGISTRY = os.environ.get("CDC_COMPARE_REGISTRY")
+_schemas = {}
+
+
+def registry_schema(sid):
+    if sid not in _schemas:
+        import urllib.request
+        import fastavro
+        with urllib.request.urlopen("%s/schemas/ids/%d" % (REGISTRY, sid), timeout=30) as r:
+            text = json.load(r)["schema"]
+        _schemas[sid] = (parse(text.encode()), fastavro.parse_schema(json.loads(text)))
+    return _schemas[sid]
+
+
+def as_parsed(v):
+    """A decoded Avro datum in parse()'s form (numbers and bytes tagged)."""
+    import decimal
+    if isinstance(v, dict):
+        return ("obj", [(k, as_parsed(x)) for k, x in v.items()])
+    if isinstance(v, list):
+        return [as_parsed(x) for x in v]
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return ("int", str(v))
+    if isinstance(v, float):
+        return ("float", repr(v))
+    if isinstance(v, decimal.Decimal):
+        return ("decimal", str(v))
+    if isinstance(v, bytes):
+        return ("bytes", v.hex())
+    return ("other", repr(v))
+
+
+def decode(b):
+    """Confluent wire format -> {"schema": registered schema, "payload": datum},
+    parsed like JsonConverter's output so that one comparison serves both."""
+    if b is None:
+        return None
+    if len(b) < 5 or b[0] != 0:
+        return ("not in the wire format", b)
+    import io
+    import fastavro
+    schema, parsed_schema = registry_schema(int.from_bytes(b[1:5], "big"))
+    datum = fastavro.schemaless_reader(io.BytesIO(b[5:]), parsed_schema)
+    return ("obj", [("schema", schema), ("payload", as_parsed(datum))])
 
 
 def num(kind):
@@ -186,8 +241,8 @@ def describe(m, strip, t0_ms, problems, side):
     return {
         "topic": m.topic()[len(strip):],
         "partition": m.partition(),
-        "key": m.key(),
-        "value": normalize(parse(m.value()), t0_ms, problems, side),
+        "key": decode(m.key()) if REGISTRY else m.key(),
+        "value": normalize(decode(m.value()) if REGISTRY else parse(m.value()), t0_ms, problems, side),
         "headers": [(k, v) for k, v in (m.headers() or [])],
         "raw_value": m.value(),
     }
@@ -233,6 +288,54 @@ def members(node):
     return node[1] if isinstance(node, tuple) and node and node[0] == "obj" else None
 
 
+KEY_COLUMNS = [c for c in os.environ.get("CDC_COMPARE_KEY_COLUMNS", "").split(",") if c]
+
+
+def reconcile_avro_schema(x, y, counts):
+    """Avro: Debezium's field of a NOT NULL column is its plain type (a key
+    column: {"name", "type": T}; with a DEFAULT: T carries connect.default and
+    the field "default"); outboxd's every column is {"name", "type": ["null",
+    T], "default": null} (README, Differences from Debezium: nullable unions
+    keep schema evolution compatible). For the KEY_COLUMNS and
+    NOT_NULL_DEFAULTS columns exactly that form is taken as equal."""
+    try:
+        xf = get(x, ("schema", "fields", 0, "type", 1, "fields"))
+        yf = get(y, ("schema", "fields", 0, "type", 1, "fields"))
+    except KeyError:
+        return x, y
+    if len(xf) != len(yf):
+        return x, y
+    fixed = []
+    for f, g in zip(xf, yf):
+        fm, gm = dict(members(f) or []), dict(members(g) or [])
+        name = fm.get("name")
+        if name == gm.get("name") and (name in KEY_COLUMNS or name in NOT_NULL_DEFAULTS):
+            t = fm.get("type")
+            if name in NOT_NULL_DEFAULTS:
+                tm = members(t) or []
+                want_f = [("name", name), ("type", ("obj", [("type", dict(tm).get("type")),
+                                                             ("connect.default", NOT_NULL_DEFAULTS[name])])),
+                          ("default", NOT_NULL_DEFAULTS[name])]
+                base = dict(tm).get("type")
+            else:
+                want_f = [("name", name), ("type", t)]
+                base = t
+            if members(f) == want_f and members(g) == [("name", name), ("type", ["null", base]),
+                                                      ("default", None)]:
+                counts["avro_schema"] = counts.get("avro_schema", 0) + 1
+                g = f
+        fixed.append(g)
+    y = ("obj", [(k, v) for k, v in y[1]])
+    schema = get(y, ("schema",))
+    before = get(schema, ("fields", 0))
+    rec = get(before, ("type", 1))
+    rec = ("obj", [(k, fixed if k == "fields" else v) for k, v in rec[1]])
+    before = ("obj", [(k, [get(before, ("type", 0)), rec] if k == "type" else v) for k, v in before[1]])
+    schema = ("obj", [(k, [before] + get(schema, ("fields",))[1:] if k == "fields" else v)
+                      for k, v in schema[1]])
+    return x, blank(y, ("schema",), schema)
+
+
 def reconcile_not_null(x, y, counts):
     """(debezium value, outboxd value) with the NOT_NULL_DEFAULTS differences
     taken out of both, each only in its exact expected form."""
@@ -267,7 +370,10 @@ def reconcile_not_null(x, y, counts):
             cols.append(f)
         return ("obj", [(k, cols if k == "fields" else v) for k, v in m])
 
-    x, y = fix_schema(x, True), fix_schema(y, False)
+    if REGISTRY:
+        x, y = reconcile_avro_schema(x, y, counts)
+    else:
+        x, y = fix_schema(x, True), fix_schema(y, False)
     try:
         op = get(x, ("payload", "op"))
         bx, by = get(x, ("payload", "before")), get(y, ("payload", "before"))
@@ -290,7 +396,8 @@ def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
     deadline = time.time() + timeout
     problems = []
     sides = {}
-    for name, strip in (("debezium", dprefix), ("outboxd", "")):
+    oprefix = os.environ.get("CDC_COMPARE_OBX_PREFIX", "")
+    for name, strip in (("debezium", dprefix), ("outboxd", oprefix)):
         recs = read_side(bootstrap, [strip + t for t in topics], n, deadline)
         parts = {}
         mine = []
@@ -323,7 +430,7 @@ def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
                 diffs.append((tp, i))
             for path, va, vb in found:
                 c = classes.setdefault(path, [0, "%s[%d] #%d key %s: debezium %s, outboxd %s" %
-                                              (tp[0], tp[1], i, x["key"][-40:] if x["key"] else None,
+                                              (tp[0], tp[1], i, short(x["key"], 60),
                                                short(va), short(vb))])
                 c[0] += 1
     for p in problems[:10]:
@@ -341,15 +448,16 @@ def compare(bootstrap, n, timeout, t0_ms, dprefix, topics):
             op = get(r["value"], ("payload", "op"))
         ops[op] = ops.get(op, 0) + 1
     placeholders = sum(1 for r in every if r["raw_value"] and b"__debezium_unavailable_value" in r["raw_value"])
-    keys = {(r["topic"], r["key"]) for r in every}
-    print("compared %d records per side field for field (topic, partition, key bytes, headers, "
+    keys = {(r["topic"], repr(r["key"])) for r in every}
+    print("compared %d records per side field for field (topic, partition, key%s, headers, "
           "value schema and payload, order within each partition): %d differences, %d problems; "
           "ops %s, %d keys, %d values with the TOAST placeholder" %
-          (len(every), len(diffs), len(problems), dict(sorted(ops.items())), len(keys), placeholders))
+          (len(every), " (registered schema and datum)" if REGISTRY else " bytes", len(diffs),
+           len(problems), dict(sorted(ops.items())), len(keys), placeholders))
     if NOT_NULL_DEFAULTS:
         print("NOT NULL DEFAULT columns %s reconciled as expected: %s (schema: fields; delete_before: "
               "Debezium's default against outboxd's null)" % (sorted(NOT_NULL_DEFAULTS), reconciled))
-        if not reconciled.get("schema"):
+        if not reconciled.get("schema") and not reconciled.get("avro_schema"):
             problems.append("no NOT NULL DEFAULT column was reconciled: is the list right?")
             print("PROBLEM: %s" % problems[-1])
     print("allowed to differ (checked present and plausible): %s; not compared: %s" %
