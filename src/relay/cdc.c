@@ -101,6 +101,7 @@ struct outboxd_cdc {
     rec_slot_t slots[MAX_RECS];
     size_t n_slots;
     outboxd_buf_t scratch, arr, subject, dl;
+    outboxd_buf_t oldkey, newkey; /* __debezium.oldkey / newkey header text */
     char reason[1024];
     char lsnbuf[2][OUTBOXD_LSN_STRLEN];
     char xidbuf[16];
@@ -475,9 +476,12 @@ static void fmt_frac(outboxd_buf_t *b, int64_t frac_us)
     outboxd_buf_printf(b, ".%.*s", n, f);
 }
 
-/* Micros since the epoch as ISO 8601 in UTC, like Java's
- * ISO_OFFSET_DATE_TIME (Debezium's ZonedTimestamp). */
-static void fmt_utc_ts(outboxd_buf_t *b, int64_t us)
+/* Micros since the epoch as ISO 8601 in UTC, as Debezium's ZonedTimestamp
+ * writes a timestamptz column: exactly width fraction digits (the column's
+ * precision, 6 when undeclared; Debezium 3.0 passes the column's length to
+ * ZonedTimestamp.toIsoString, zeros included), or for width 0 Java's
+ * ISO_OFFSET_DATE_TIME (no trailing zeros, no fraction when zero). */
+static void fmt_utc_ts(outboxd_buf_t *b, int64_t us, int width)
 {
     int64_t days = us / DAY_US, rem = us % DAY_US;
     if (rem < 0) {
@@ -496,7 +500,13 @@ static void fmt_utc_ts(outboxd_buf_t *b, int64_t us)
         outboxd_buf_printf(b, "%04lld", (long long)y);
     outboxd_buf_printf(b, "-%02u-%02uT%02lld:%02lld:%02lld", m, d, (long long)(secs / 3600),
                        (long long)(secs / 60 % 60), (long long)(secs % 60));
-    fmt_frac(b, rem % 1000000);
+    if (width >= 1 && width <= 6) {
+        char f[8];
+        snprintf(f, sizeof(f), "%06lld", (long long)(rem % 1000000));
+        outboxd_buf_printf(b, ".%.*s", width, f);
+    } else {
+        fmt_frac(b, rem % 1000000);
+    }
     outboxd_buf_append_str(b, "Z");
 }
 
@@ -855,7 +865,7 @@ static int convert(outboxd_cdc_kind_t kind, int32_t kmod, const char *s, size_t 
         if (!parse_ts(s, len, true, &us))
             return bad(reason, reason_size, "timestamptz", s, len);
         outboxd_buf_reset(scratch);
-        fmt_utc_ts(scratch, us);
+        fmt_utc_ts(scratch, us, time_precision(kmod));
         v->s = scratch->data;
         v->n = scratch->len;
         return 0;
@@ -1209,8 +1219,8 @@ static const char source_avro[] =
     "\"fields\":[{\"name\":\"version\",\"type\":\"string\"},{\"name\":\"connector\",\"type\":"
     "\"string\"},{\"name\":\"name\",\"type\":\"string\"},{\"name\":\"ts_ms\",\"type\":\"long\"},"
     "{\"name\":\"snapshot\",\"type\":[{\"type\":\"string\",\"connect.version\":1,"
-    "\"connect.parameters\":{\"allowed\":\"true,first,first_in_data_collection,in_data_"
-    "collection,last_in_data_collection,last,false,incremental\"},\"connect.default\":\"false\","
+    "\"connect.parameters\":{\"allowed\":\"true,first,first_in_data_collection,"
+    "last_in_data_collection,last,false,incremental\"},\"connect.default\":\"false\","
     "\"connect.name\":\"io.debezium.data.Enum\"},\"null\"],\"default\":\"false\"},"
     "{\"name\":\"db\",\"type\":\"string\"},{\"name\":\"sequence\",\"type\":[\"null\",\"string\"],"
     "\"default\":null},{\"name\":\"ts_us\",\"type\":[\"null\",\"long\"],\"default\":null},"
@@ -1232,7 +1242,7 @@ static const char source_connect[] =
     "\"string\",\"optional\":false,\"field\":\"name\"},{\"type\":\"int64\",\"optional\":false,"
     "\"field\":\"ts_ms\"},{\"type\":\"string\",\"optional\":true,\"name\":"
     "\"io.debezium.data.Enum\",\"version\":1,\"parameters\":{\"allowed\":\"true,first,first_in_"
-    "data_collection,in_data_collection,last_in_data_collection,last,false,incremental\"},"
+    "data_collection,last_in_data_collection,last,false,incremental\"},"
     "\"default\":\"false\",\"field\":\"snapshot\"},{\"type\":\"string\",\"optional\":false,"
     "\"field\":\"db\"},{\"type\":\"string\",\"optional\":true,\"field\":\"sequence\"},{\"type\":"
     "\"int64\",\"optional\":true,\"field\":\"ts_us\"},{\"type\":\"int64\",\"optional\":true,"
@@ -1317,7 +1327,15 @@ static bool build_schemas(rel_entry_t *e)
             hashed.kind = OUTBOXD_CDC_T_STRING;
             hashed.array = false;
         }
-        ok = (first || outboxd_buf_append_str(&row, ",")) && connect_field(&row, &hashed, true);
+        /* Debezium makes a NOT NULL column a required field. Key columns
+         * (primary key, replica identity index) are NOT NULL by
+         * PostgreSQL's rules; other columns are optional (pgoutput does not
+         * say NOT NULL: README, Differences from Debezium). */
+        bool required = false;
+        for (int k = 0; k < e->nkey && c->mask != 'n'; k++)
+            required = required || e->key[k] == i;
+        ok =
+            (first || outboxd_buf_append_str(&row, ",")) && connect_field(&row, &hashed, !required);
         first = false;
     }
     ok = ok &&
@@ -1708,6 +1726,8 @@ void outboxd_cdc_destroy(outboxd_cdc_t *c)
     outboxd_buf_free(&c->arr);
     outboxd_buf_free(&c->subject);
     outboxd_buf_free(&c->dl);
+    outboxd_buf_free(&c->oldkey);
+    outboxd_buf_free(&c->newkey);
     cat_close(c);
     outboxd_encoder_destroy(c->enc);
     free(c->database);
@@ -2229,6 +2249,29 @@ static int add_event(outboxd_cdc_t *c, const rel_entry_t *e, char op,
     return 0;
 }
 
+/* The key of an image as Connect's SimpleHeaderConverter writes a Struct
+ * into a header, whatever the converters: {"col":value,...}, strings quoted
+ * (equal to Debezium's text for integer, string and uuid keys). */
+static int key_header(outboxd_cdc_t *c, const rel_entry_t *e, const outboxd_pgo_tuple_t *t,
+                      outboxd_buf_t *out, char *reason, size_t reason_size)
+{
+    outboxd_buf_reset(out);
+    writer_t w = {false, out};
+    if (!outboxd_buf_append_str(out, "{"))
+        return -1;
+    for (int k = 0; k < e->nkey; k++) {
+        const col_t *col = &e->cols[e->key[k]];
+        const outboxd_pgo_datum_t *d = e->key[k] < t->ncols ? &t->cols[e->key[k]] : NULL;
+        if ((k > 0 && !outboxd_buf_append_str(out, ",")) ||
+            !json_str(out, col->name, strlen(col->name)) || !outboxd_buf_append_str(out, ":"))
+            return -1;
+        int r = write_field(c, &w, col, d, false, reason, reason_size);
+        if (r)
+            return r;
+    }
+    return outboxd_buf_append_str(out, "}") ? 0 : -1;
+}
+
 /* Whether the key columns of two images differ (a primary key update). */
 static bool key_changed(const rel_entry_t *e, const outboxd_pgo_tuple_t *a,
                         const outboxd_pgo_tuple_t *b)
@@ -2412,14 +2455,48 @@ int outboxd_cdc_change(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char
         /* Debezium's shape for a primary-key update: a delete under the old
          * key (and its tombstone), then a create under the new one. */
         r = add_event(c, e, 'd', before, NULL, si, reason, sizeof(reason), errstr, errstr_size);
+        size_t n_delete = c->n_slots;
         if (r == 0)
             r = add_event(c, e, 'c', NULL, after, si, reason, sizeof(reason), errstr, errstr_size);
+        /* Debezium links the two: the delete and its tombstone carry the
+         * new key in the header __debezium.newkey, the create the old key
+         * in __debezium.oldkey. */
+        if (r == 0)
+            r = key_header(c, e, after, &c->newkey, reason, sizeof(reason));
+        if (r == 0)
+            r = key_header(c, e, before, &c->oldkey, reason, sizeof(reason));
+        for (size_t i = 0; r == 0 && i < c->n_slots; i++)
+            add_header(&c->slots[i].rec, i < n_delete ? "__debezium.newkey" : "__debezium.oldkey",
+                       i < n_delete ? c->newkey.data : c->oldkey.data);
     } else {
         /* An update without REPLICA IDENTITY FULL carries no old image
-         * unless the key changed: before is null, as in Debezium. */
+         * unless the key changed: before is null, as in Debezium. With
+         * REPLICA IDENTITY FULL the old image holds every unchanged TOASTed
+         * value, and Debezium puts it into after instead of the
+         * placeholder: so does outboxd. */
+        outboxd_pgo_tuple_t filled = {0};
+        if (op == 'u' && before && after && before->ncols == after->ncols) {
+            bool any = false;
+            for (int i = 0; i < after->ncols && !any; i++)
+                any = after->cols[i].kind == 'u' && before->cols[i].kind == 't';
+            if (any) {
+                filled.cols = malloc((size_t)after->ncols * sizeof(*filled.cols));
+                if (!filled.cols) {
+                    snprintf(errstr, errstr_size, "out of memory");
+                    return OUTBOXD_CDC_RETRY;
+                }
+                filled.ncols = after->ncols;
+                for (int i = 0; i < after->ncols; i++)
+                    filled.cols[i] = after->cols[i].kind == 'u' && before->cols[i].kind == 't'
+                                         ? before->cols[i]
+                                         : after->cols[i];
+                after = &filled;
+            }
+        }
         r = add_event(c, e, op, op == 'c' || op == 'r' ? NULL : before,
                       op == 'd' || op == 't' ? NULL : after, si, reason, sizeof(reason), errstr,
                       errstr_size);
+        free(filled.cols);
     }
     if (r < 0)
         return OUTBOXD_CDC_RETRY;

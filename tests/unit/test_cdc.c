@@ -112,9 +112,15 @@ static void test_values(void **state)
     expect(OUTBOXD_CDC_T_TS_MILLIS, 3, "1969-12-31 23:59:59.999", "-1");
     expect(OUTBOXD_CDC_T_TS_MICROS, -1, "infinity", "9223372036854775807");
     expect(OUTBOXD_CDC_T_TS_MICROS, -1, "-infinity", "-9223372036854775808");
-    expect(OUTBOXD_CDC_T_ZTIMESTAMP, -1, "2026-11-24 12:00:00.5+02", "\"2026-11-24T10:00:00.5Z\"");
-    expect(OUTBOXD_CDC_T_ZTIMESTAMP, -1, "2026-11-24 00:30:00-05:30", "\"2026-11-24T06:00:00Z\"");
+    expect(OUTBOXD_CDC_T_ZTIMESTAMP, -1, "2026-11-24 12:00:00.5+02",
+           "\"2026-11-24T10:00:00.500000Z\"");
+    expect(OUTBOXD_CDC_T_ZTIMESTAMP, -1, "2026-11-24 00:30:00-05:30",
+           "\"2026-11-24T06:00:00.000000Z\"");
     expect(OUTBOXD_CDC_T_ZTIMESTAMP, -1, "infinity", "\"infinity\"");
+    /* Debezium's width: the declared precision; 0 as Java's ISO format */
+    expect(OUTBOXD_CDC_T_ZTIMESTAMP, 3, "2026-11-24 12:00:00.12+02",
+           "\"2026-11-24T10:00:00.120Z\"");
+    expect(OUTBOXD_CDC_T_ZTIMESTAMP, 0, "2026-11-24 12:00:00+02", "\"2026-11-24T10:00:00Z\"");
     expect(OUTBOXD_CDC_T_ZTIME, -1, "01:15:30.25+02", "\"23:15:30.25Z\"");
     expect(OUTBOXD_CDC_T_INTERVAL, -1, "1 year 2 mons 3 days 04:05:06.789", "37091106789000");
     expect(OUTBOXD_CDC_T_INTERVAL, -1, "-1 days +00:00:01", "-86399000000");
