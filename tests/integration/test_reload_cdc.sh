@@ -64,17 +64,20 @@ wait_drained "$DB" "$SLOT" 120
 kill -0 "$relay" || fail "the relay died after the reload"
 
 ids() { # ids TOPIC: "op id" of every record (read to the end), sorted
-    "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$1" --idle-ms 3000 --timeout-ms 30000 --json |
-        python3 -c '
+    "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$1" --idle-ms 3000 --timeout-ms 30000 --json >"$WORK/$1.json" ||
+        { log "okcat: $(head -c 500 "$WORK/$1.json")"; return 1; }
+    python3 -c '
 import json, sys
 for line in sys.stdin:
+    if not line.startswith("{"):
+        continue  # the okcat summary line
     v = json.loads(line)["value"]
     if isinstance(v, str):
         v = json.loads(v)
     p = v.get("payload", v)
-    print(p["op"], (p["after"] or p["before"])["id"])' | sort -k1,1 -k2n
+    print(p["op"], (p["after"] or p["before"])["id"])' <"$WORK/$1.json" | sort -k1,1 -k2n
 }
-a=$(ids "$RUN_ID.a") || fail "topic A could not be read"
+a=$(ids "$RUN_ID.a") || fail "topic A could not be read: $(head -c 600 "$WORK/$RUN_ID.a.json")"
 b=$(ids "$RUN_ID.b") || fail "topic B could not be read"
 [ "$a" = "$(for i in $(seq 1 100); do echo "c $i"; done)" ] || fail "topic A is not exactly creates 1..100: $(head -c 300 <<<"$a")"
 [ "$b" = "$( (for i in $(seq 101 200); do echo "c $i"; done; echo "u 7") | sort -k1,1 -k2n)" ] ||
