@@ -1494,6 +1494,12 @@ out:
     free(data);
 }
 
+void outboxd_snapshot_forget_requests(outboxd_snapshot_t *sn)
+{
+    if (sn && sn->requested)
+        json_array_clear(sn->requested);
+}
+
 bool outboxd_snapshot_requested(const outboxd_snapshot_t *sn)
 {
     return sn && json_array_size(sn->requested) > 0;

@@ -301,6 +301,11 @@ static void close_stream(outboxd_source_t *s)
     outboxd_repl_destroy(s->repl);
     s->repl = NULL;
     outboxd_pgo_decoder_reset(s->dec);
+    /* A snapshot request noted in a transaction whose Commit was not
+     * reached would otherwise be acted on at the first Commit after the
+     * reconnect: possibly one PostgreSQL resends from before the
+     * checkpoint, moving it backwards. */
+    outboxd_snapshot_forget_requests(s->snap);
     s->in_txn = false;
     s->skip_txn = false;
 }
@@ -1058,6 +1063,12 @@ static int note_relation(outboxd_source_t *s, const outboxd_pgo_relation_t *rel)
 static int adhoc_snapshot(outboxd_source_t *s, outboxd_lsn_t end_lsn)
 {
     char err[1024];
+    /* The request changes the snapshot progress in ck_committed, which is
+     * what Kafka holds only once the commit below succeeds: keep the old
+     * one to put back if it fails (else the next connect would run a
+     * snapshot Kafka never heard of, and the resent signal a second). */
+    char before[OUTBOXD_CHECKPOINT_SNAPSHOT_MAX];
+    memcpy(before, s->ck_committed.snapshot, sizeof(before));
     if (outboxd_snapshot_apply_request(s->snap, &s->ck_committed, err, sizeof(err)) < 0) {
         LOG_ERROR(s->name, "%s", err);
         return -2;
@@ -1070,8 +1081,10 @@ static int adhoc_snapshot(outboxd_source_t *s, outboxd_lsn_t end_lsn)
         s->batch_deadline_ms = outboxd_now_ms();
     }
     int rc = commit_batch(s);
-    if (rc < 0)
+    if (rc < 0) {
+        memcpy(s->ck_committed.snapshot, before, sizeof(before));
         return rc;
+    }
     outboxd_snapshot_io_t io = {
         .sink = s->sink,
         .cdc = s->cdc,
@@ -1117,7 +1130,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         if (!s->in_txn)
             return rewind_stream(s, "protocol error: Commit without Begin");
         s->in_txn = false;
-        if (outboxd_snapshot_requested(s->snap))
+        if (outboxd_snapshot_requested(s->snap) && !s->skip_txn &&
+            !outboxd_checkpoint_covers(&s->ck_committed, s->txn_commit_lsn, -1))
             return adhoc_snapshot(s, msg.u.commit.end_lsn);
         if (s->batch_open) {
             s->batch_ck.commit_lsn = s->txn_commit_lsn;
@@ -1618,6 +1632,10 @@ static int apply_reload(outboxd_source_t *s)
     if (sk) {
         outboxd_sink_destroy(s->sink);
         s->sink = sk;
+        /* Replaying a refused transaction one record per request goes on
+         * with the new producers (else a batch refused again would
+         * dead-letter a guess, not the culprit). */
+        outboxd_sink_set_one_by_one(sk, s->isolating);
         s->sink_ready = false;
     }
     pthread_mutex_lock(&s->reload_mu);

@@ -116,6 +116,11 @@ void outboxd_snapshot_signal(outboxd_snapshot_t *sn, const outboxd_pgo_relation_
                              const outboxd_pgo_tuple_t *tup);
 
 /* Whether a signal asked for a snapshot not applied yet. */
+/* The stream was closed before the Commit of the transaction that carried
+ * the requests: forget them (that transaction is not in Kafka, so it is
+ * sent again, signal rows included, and asks again). NULL is a no-op. */
+void outboxd_snapshot_forget_requests(outboxd_snapshot_t *sn);
+
 bool outboxd_snapshot_requested(const outboxd_snapshot_t *sn);
 
 /*
