@@ -494,6 +494,7 @@ typedef struct replay {
     outboxd_checkpoint_t batch_ck;
     outboxd_lsn_t confirmed; /* end LSN of the last transaction committed to Kafka */
     int64_t last_status_ms, last_progress_ms;
+    int64_t last_recv_ms; /* the last message from the walsender */
 
     uint64_t n_events, batch_n, n_dead, n_skipped, n_txns;
     topic_count_t topics[MAX_TOPICS];
@@ -722,7 +723,7 @@ static int replay_data(replay_t *rp, const outboxd_repl_msg_t *m, char *errstr, 
 static int replay_stream(replay_t *rp, char *errstr, size_t errstr_size)
 {
     char err[512];
-    rp->last_progress_ms = outboxd_now_ms();
+    rp->last_progress_ms = rp->last_recv_ms = outboxd_now_ms();
     while (!rp->done) {
         if (atomic_load(rp->stop) && !rp->in_txn) {
             snprintf(errstr, errstr_size,
@@ -737,6 +738,8 @@ static int replay_stream(replay_t *rp, char *errstr, size_t errstr_size)
             return -1;
         }
         int64_t now = outboxd_now_ms();
+        if (m.kind != OUTBOXD_REPL_NONE)
+            rp->last_recv_ms = now;
         switch (m.kind) {
         case OUTBOXD_REPL_DATA:
             if (replay_data(rp, &m, errstr, errstr_size) < 0)
@@ -761,6 +764,18 @@ static int replay_stream(replay_t *rp, char *errstr, size_t errstr_size)
                 /* reply requested: the keepalive answer says how far decoding got */
                 outboxd_repl_send_status(rp->repl, rp->confirmed, true, err, sizeof(err));
                 rp->last_status_ms = now;
+            }
+            /* Every status update above asks for a reply, so silence
+             * for relay.wal_receiver_timeout_ms means a dead connection
+             * (half-open path, frozen server), as in the relay. */
+            int timeout = rp->conf->wal_receiver_timeout_ms;
+            if (timeout > 0 && now - rp->last_recv_ms >= timeout) {
+                snprintf(errstr, errstr_size,
+                         "no message from PostgreSQL for %lld ms (relay.wal_receiver_timeout_ms "
+                         "= %d): the connection is presumed dead; what was committed stays, run "
+                         "the same command again to resume",
+                         (long long)(now - rp->last_recv_ms), timeout);
+                return -1;
             }
             struct pollfd pfd = {.fd = outboxd_repl_fd(rp->repl), .events = POLLIN};
             if (poll(&pfd, 1, 100) < 0 && errno != EINTR) {
@@ -1045,6 +1060,12 @@ int outboxd_replay_run(const outboxd_config_t *conf, const outboxd_replay_args_t
                  src->name);
         return 2;
     }
+    for (size_t i = 0; i < src->n_tables; i++)
+        if (src->tables[i].mode == OUTBOXD_MODE_CDC)
+            LOG_WARN(src->name,
+                     "replay: table %s.%s is in cdc mode, whose change events replay does "
+                     "not re-publish (only outbox tables and messages are replayed)",
+                     src->tables[i].schema, src->tables[i].name);
     replay_t *rp = calloc(1, sizeof(*rp));
     if (!rp) {
         snprintf(errstr, errstr_size, "out of memory");

@@ -582,6 +582,9 @@ static void read_ahead_until_committed(outboxd_source_t *s)
                 break;
             s->last_recv_ms = coarse_now_ms(); /* the server is alive (check_liveness) */
             s->ping_ms = 0;
+            /* The server's WAL end as read, so lag metrics count what waits
+             * in the ring (it is not recorded again when handled). */
+            outboxd_stats_wal_end(s->stats, m.wal_end);
             if (m.kind == OUTBOXD_REPL_KEEPALIVE && m.reply_requested) {
                 send_status(s, true);
                 m.reply_requested = false;
@@ -1330,7 +1333,8 @@ static int stream(outboxd_source_t *s)
             return rewind_stream(s, err);
         }
         if (m.kind != OUTBOXD_REPL_NONE) {
-            outboxd_stats_wal_end(s->stats, m.wal_end);
+            if (!ahead)
+                outboxd_stats_wal_end(s->stats, m.wal_end);
             s->last_recv_ms = outboxd_now_ms();
             s->ping_ms = 0;
         }
