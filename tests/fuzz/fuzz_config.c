@@ -39,7 +39,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(s->n_tables + s->n_messages > 0);
         for (size_t t = 0; t < s->n_tables; t++) {
             const outboxd_table_conf_t *tc = &s->tables[t];
-            FUZZ_CHECK(tc->schema && tc->name && tc->topic && tc->key_column);
+            FUZZ_CHECK(tc->schema && tc->name && tc->key_column);
+            /* A cdc table's topic may be left out: <topic_prefix>.<schema>.<table>. */
+            FUZZ_CHECK(tc->topic || tc->mode == OUTBOXD_MODE_CDC);
             FUZZ_CHECK(tc->columns.id && tc->columns.aggregatetype && tc->columns.aggregateid &&
                        tc->columns.type && tc->columns.payload);
             for (size_t h = 0; h < tc->n_header_columns; h++)
