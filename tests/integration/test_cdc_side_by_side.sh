@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctest: lock registry -- the shared schema registry (test_registry_outage stops it; its in-memory storage fails concurrent registrations)
+# ctest: lock registry,debezium -- the shared schema registry (test_registry_outage stops it; its in-memory storage fails concurrent registrations) and the stack's one Kafka Connect worker
 # CDC side by side: Debezium 3.0.8's PostgreSQL connector in plain CDC mode
 # (Kafka Connect 3.9.1, distributed, exactly.once.source.support=enabled;
 # tests/stack/debezium.sh; no outbox router, its own slot and publication,

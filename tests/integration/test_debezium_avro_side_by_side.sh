@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctest: lock registry -- the shared schema registry (test_registry_outage stops it; its in-memory storage fails concurrent registrations)
+# ctest: lock registry,debezium -- the shared schema registry (test_registry_outage stops it; its in-memory storage fails concurrent registrations) and the stack's one Kafka Connect worker
 # Debezium drop-in through an AvroConverter, side by side: Debezium 3.0.8's
 # PostgreSQL connector with the outbox EventRouter and Apicurio's
 # AvroConverter 2.4.2 writing Confluent's wire format (as-confluent,

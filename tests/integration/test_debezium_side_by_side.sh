@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctest: parallel
+# ctest: lock debezium -- the stack's one Kafka Connect worker (tests/stack/debezium.sh), which each side-by-side test stops at its end
 # Debezium drop-in, side by side: Debezium's PostgreSQL connector 3.0.8 with
 # the outbox EventRouter (Kafka Connect 3.9.1, distributed,
 # exactly.once.source.support=enabled; tests/stack/debezium.sh) and outboxd
