@@ -83,6 +83,16 @@ hz=$(getconf CLK_TCK)
 echo "latency: rate=$RATE/s seconds=$SECS warmup_ms=$WARMUP_MS (steady state: after the consumer was assigned and caught up, plus the warm-up)"
 grep -E "^okcat: (latency|warmup_latency|consumed)" "$WORK/okcat.out" |
     sed -e 's/^okcat: latency_ms/latency: steady_ms/' -e 's/^okcat: warmup_latency_ms/latency: warmup_ms/' -e 's/^okcat: /latency: /'
+# Where the milliseconds go. Each steady-state event is split at its
+# record's CreateTime (when the relay handed it to librdkafka): before it,
+# WAL send, decoding, and waiting for the Kafka commit in flight (the next
+# batch is produced only after it); after it, the relay's own Kafka commit
+# (flush + EndTxn, below), then the commit markers and the consumer's fetch.
+grep -E "^okcat: (commit_to_produce|produce_to_receipt)" "$WORK/okcat.out" | sed 's/^okcat: /latency: split: /'
+# The relay's view, per batch: how long after its oldest event's PostgreSQL
+# commit the Kafka commit began ("commit began X ms after ...").
+sed -n 's/.*commit began \([0-9.]*\) ms after.*/\1/p' "$WORK/relay.log" | sort -n >"$WORK/began"
+awk '{v[NR] = $1} END { if (NR) printf "latency: split: relay batch, oldest event: PostgreSQL commit to Kafka commit start p50=%.1f p99=%.1f max=%.1f ms (n=%d batches)\n", v[int(NR * 0.50 + 0.999999)], v[int(NR * 0.99 + 0.999999)], v[NR], NR }' "$WORK/began"
 grep -E "^tps" "$WORK/pgbench.log" | sed 's/^/latency: pgbench: /'
 # Kafka commit durations from the relay's debug lines
 # ("committed N events in X ms ...").

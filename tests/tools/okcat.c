@@ -87,6 +87,8 @@ static const char usage_text[] =
     "\"okcat: consumed=N\":\n"
     "  okcat: latency_ms p50=X p90=X p99=X max=X n=N           (--latency)\n"
     "  okcat: warmup_latency_ms p50=X p90=X p99=X max=X n=N    (--latency --warmup-ms)\n"
+    "  okcat: commit_to_produce_ms ... / produce_to_receipt_ms ...  (--latency: steady\n"
+    "         state split at the record's CreateTime, +-1 ms)\n"
     "  okcat:   missing|duplicate|unexpected|...: EXAMPLE       (--expect, <= 10 each)\n"
     "  okcat: expected=N received=N unique=N missing=N duplicates=N unexpected=N\n"
     "         wrong_topic=N wrong_key=N order_violations=N      (--expect, one line)\n"
@@ -901,7 +903,11 @@ typedef struct run {
     outboxd_avro_t *av;
     checker_t *chk; /* NULL without --expect */
     samples_t lat;
-    samples_t warm;    /* --warmup-ms: latencies of events committed before steady_us */
+    samples_t warm; /* --warmup-ms: latencies of events committed before steady_us */
+    /* Steady-state events split at the record's CreateTime (when the relay
+     * handed it to librdkafka): PostgreSQL commit to produce, and produce
+     * to receipt (the Kafka commit, its markers, the consumer's fetch). */
+    samples_t to_produce, after_produce;
     int64_t steady_us; /* wall clock; 0 until ready */
     outboxd_buf_t line;
     uint64_t consumed;
@@ -1301,6 +1307,14 @@ static void handle_message(run_t *r, const rd_kafka_message_t *m, int64_t recv_w
                 add_latency(r, ts_ms * 1000, recv_wall_us);
         } else if (have_commit) {
             add_latency(r, commit_us, recv_wall_us);
+            rd_kafka_timestamp_type_t tt;
+            int64_t ts_ms = rd_kafka_message_timestamp(m, &tt);
+            bool warm = o->warmup_ms > 0 &&
+                        (r->steady_us == 0 || commit_us < r->steady_us + o->warmup_ms * 1000);
+            if (!warm && ts_ms >= 0 && tt == RD_KAFKA_TIMESTAMP_CREATE_TIME) {
+                samples_add(&r->to_produce, ts_ms * 1000 - commit_us);
+                samples_add(&r->after_produce, recv_wall_us - ts_ms * 1000);
+            }
         }
     }
 
@@ -1495,6 +1509,11 @@ int main(int argc, char **argv)
         report_latency(&r.lat, "latency_ms");
         if (o.warmup_ms > 0)
             report_latency(&r.warm, "warmup_latency_ms");
+        if (!o.latency_ts) {
+            /* CreateTime has millisecond resolution: these are +-1 ms. */
+            report_latency(&r.to_produce, "commit_to_produce_ms");
+            report_latency(&r.after_produce, "produce_to_receipt_ms");
+        }
     }
     if (r.chk && !report_expect(r.chk))
         rc = EXIT_VIOLATION;
@@ -1520,6 +1539,8 @@ out:
     free(r.parts.slots);
     arena_free(&r.arena);
     free(r.lat.v);
+    free(r.to_produce.v);
+    free(r.after_produce.v);
     free(r.warm.v);
     outboxd_buf_free(&r.line);
     free(o.topics);
