@@ -78,6 +78,10 @@ static const char usage_text[] =
     "                        has reached its end (a benchmark starts its clock then)\n"
     "  --warmup-ms N         with --latency: events committed before N ms after that\n"
     "                        moment are reported apart, as warm-up (default 0)\n"
+    "  --create-topics N     create every -t TOPIC with N partitions (the broker's\n"
+    "                        replication factor; existing ones are left as they\n"
+    "                        are) and exit: benchmarks create their topics before\n"
+    "                        the clock starts\n"
     "  -h, --help            this text\n"
     "\n"
     "The event id is the Kafka header \"id\", else the \"id\" field of the value.\n"
@@ -419,6 +423,7 @@ typedef struct opts {
     bool latency, latency_ts;
     const char *ready_file; /* created once assigned and caught up */
     int64_t warmup_ms;
+    int64_t create_partitions; /* --create-topics: 0 = off */
 } opts_t;
 
 typedef struct examples {
@@ -1117,6 +1122,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         OPT_LATENCY_TS,
         OPT_READY_FILE,
         OPT_WARMUP_MS,
+        OPT_CREATE,
     };
     static const struct option longopts[] = {
         {"bootstrap", required_argument, NULL, 'b'},
@@ -1132,6 +1138,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"latency-from-timestamp", no_argument, NULL, OPT_LATENCY_TS},
         {"ready-file", required_argument, NULL, OPT_READY_FILE},
         {"warmup-ms", required_argument, NULL, OPT_WARMUP_MS},
+        {"create-topics", required_argument, NULL, OPT_CREATE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1193,6 +1200,14 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         case OPT_WARMUP_MS:
             if (!parse_i64(optarg, 1, &o->warmup_ms)) {
                 fprintf(stderr, "okcat: --warmup-ms needs a positive integer, got \"%s\"\n",
+                        optarg);
+                return -1;
+            }
+            break;
+        case OPT_CREATE:
+            if (!parse_i64(optarg, 1, &o->create_partitions)) {
+                fprintf(stderr,
+                        "okcat: --create-topics needs a positive partition count, got \"%s\"\n",
                         optarg);
                 return -1;
             }
@@ -1372,6 +1387,75 @@ static void handle_message(run_t *r, const rd_kafka_message_t *m, int64_t recv_w
     free(decoded);
 }
 
+/* --create-topics: CreateTopics for every -t topic; exit status 0 when each
+ * exists afterwards. */
+static int create_topics(const opts_t *o)
+{
+    char err[512];
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(kc, "bootstrap.servers", o->bootstrap, err, sizeof(err)) !=
+        RD_KAFKA_CONF_OK) {
+        fprintf(stderr, "okcat: %s\n", err);
+        rd_kafka_conf_destroy(kc);
+        return EXIT_SETUP;
+    }
+    for (size_t i = 0; i < o->nprops; i++) {
+        char *kv = strdup(o->props[i]), *eq = kv ? strchr(kv, '=') : NULL;
+        if (eq) {
+            *eq = '\0';
+            (void)rd_kafka_conf_set(kc, kv, eq + 1, err, sizeof(err));
+        }
+        free(kv);
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, err, sizeof(err));
+    if (!rk) {
+        fprintf(stderr, "okcat: %s\n", err);
+        rd_kafka_conf_destroy(kc);
+        return EXIT_SETUP;
+    }
+    rd_kafka_NewTopic_t **nt = xrealloc(NULL, o->ntopics * sizeof(*nt));
+    for (size_t i = 0; i < o->ntopics; i++) {
+        nt[i] =
+            rd_kafka_NewTopic_new(o->topics[i], (int)o->create_partitions, -1, err, sizeof(err));
+        if (!nt[i]) {
+            fprintf(stderr, "okcat: topic %s: %s\n", o->topics[i], err);
+            rd_kafka_NewTopic_destroy_array(nt, i);
+            free(nt);
+            rd_kafka_destroy(rk);
+            return EXIT_SETUP;
+        }
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, nt, o->ntopics, NULL, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+    int rc = EXIT_SETUP;
+    if (!ev) {
+        fprintf(stderr, "okcat: creating topics: no answer in 30 s\n");
+    } else if (rd_kafka_event_error(ev)) {
+        fprintf(stderr, "okcat: creating topics: %s\n", rd_kafka_event_error_string(ev));
+    } else {
+        size_t n;
+        const rd_kafka_topic_result_t **tr =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+        rc = 0;
+        for (size_t i = 0; i < n; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(tr[i]);
+            if (e && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                fprintf(stderr, "okcat: creating %s: %s\n", rd_kafka_topic_result_name(tr[i]),
+                        rd_kafka_topic_result_error_string(tr[i]));
+                rc = EXIT_SETUP;
+            }
+        }
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy_array(nt, o->ntopics);
+    free(nt);
+    rd_kafka_destroy(rk);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     opts_t o = {0};
@@ -1380,6 +1464,12 @@ int main(int argc, char **argv)
         free(o.topics);
         free(o.props);
         return prc > 0 ? 0 : EXIT_SETUP;
+    }
+    if (o.create_partitions > 0) {
+        int crc = create_topics(&o);
+        free(o.topics);
+        free(o.props);
+        return crc;
     }
 
     int rc = EXIT_SETUP;
