@@ -771,8 +771,9 @@ out:
  * larger producers_per_source), all at once: each call is resumable, so the
  * first pass only starts every one (a timeout of 1 ms) and later passes wait
  * on one at a time in short steps, with the keepalive in between, until all
- * have succeeded. What fails is reported as when they ran one after the
- * other; the others keep running and are resumed by the next call.
+ * have succeeded or TXN_CALL_TIMEOUT_MS has passed (what one call used to
+ * wait). What fails is reported as when they ran one after the other; the
+ * others keep running and are resumed by the next call.
  */
 #define INIT_STEP_MS 100
 
@@ -799,7 +800,11 @@ static outboxd_sink_status_t init_producers(outboxd_sink_t *s, char *errstr, siz
             int wait_ms =
                 pass == 0 ? 1 : (int)(left < INIT_STEP_MS ? (left > 1 ? left : 1) : INIT_STEP_MS);
             rd_kafka_error_t *err = rd_kafka_init_transactions(rk, wait_ms);
-            if (err && rd_kafka_error_code(err) == RD_KAFKA_RESP_ERR__TIMED_OUT &&
+            /* A step that ends before the producer id is assigned says
+             * timed out, or names what delayed it (the coordinator still
+             * loading, not yet known): retriable, and resumed by the next
+             * call, as a single call would have waited it out. */
+            if (err && rd_kafka_error_is_retriable(err) && !rd_kafka_error_is_fatal(err) &&
                 outboxd_now_ms() < deadline) {
                 rd_kafka_error_destroy(err);
                 pending++;
