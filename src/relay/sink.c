@@ -638,7 +638,10 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
         /* The end of a partition is only reported by a fetch that finds
          * nothing new, which the broker holds back for this long: the
          * default 500 ms would be most of a start. */
-        set(kc, "fetch.wait.max.ms", "10", errstr, errstr_size) < 0) {
+        set(kc, "fetch.wait.max.ms", "10", errstr, errstr_size) < 0 ||
+        /* Reading starts at offset 0 (below): a log that no longer starts
+         * there is read from its beginning. */
+        set(kc, "auto.offset.reset", "earliest", errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(kc);
         return OUTBOXD_SINK_FATAL;
     }
@@ -661,10 +664,15 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
     }
     int nparts = md->topics[0].partition_cnt;
     parts = rd_kafka_topic_partition_list_new(nparts);
+    /* Offset 0 rather than OFFSET_BEGINNING: librdkafka looks a logical
+     * offset up, and retries that lookup 500 ms later when the partition's
+     * leader is not yet known to the new client, which it often is not right
+     * after the metadata call (one start in ten here). A compacted topic
+     * keeps offset 0 as its start; otherwise auto.offset.reset applies. */
     for (int i = 0; i < nparts; i++)
         rd_kafka_topic_partition_list_add(parts, s->conf->checkpoint_topic,
                                           md->topics[0].partitions[i].id)
-            ->offset = RD_KAFKA_OFFSET_BEGINNING;
+            ->offset = 0;
     if ((err = rd_kafka_assign(c, parts))) {
         snprintf(errstr, errstr_size, "assigning checkpoint topic: %s", rd_kafka_err2str(err));
         goto out;
