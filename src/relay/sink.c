@@ -796,7 +796,11 @@ static outboxd_sink_status_t init_producers(outboxd_sink_t *s, char *errstr, siz
     }
     int64_t deadline = outboxd_now_ms() + TXN_CALL_TIMEOUT_MS;
     for (int pass = 0;; pass++) {
-        int pending = 0;
+        /* The first producer still waiting in this pass and its last error:
+         * reported when the time is up (a ring producer first, through
+         * classify, which names a recent TLS or SASL failure). */
+        rd_kafka_error_t *waiting = NULL;
+        int waiting_i = -1;
         for (int i = 0; i < MAX_PRODUCERS; i++) {
             bool ring = i < s->n_rks;
             rd_kafka_t *rk = ring ? s->rks[i] : s->fence_rks[i];
@@ -812,14 +816,19 @@ static outboxd_sink_status_t init_producers(outboxd_sink_t *s, char *errstr, siz
              * timed out, or names what delayed it (the coordinator still
              * loading, not yet known): retriable, and resumed by the next
              * call, as a single call would have waited it out. */
-            if (err && rd_kafka_error_is_retriable(err) && !rd_kafka_error_is_fatal(err) &&
-                outboxd_now_ms() < deadline) {
-                rd_kafka_error_destroy(err);
-                pending++;
+            if (err && rd_kafka_error_is_retriable(err) && !rd_kafka_error_is_fatal(err)) {
+                if (!waiting) {
+                    waiting = err;
+                    waiting_i = i;
+                } else {
+                    rd_kafka_error_destroy(err);
+                }
                 continue;
             }
             if (ring) {
                 if (err) {
+                    if (waiting)
+                        rd_kafka_error_destroy(waiting);
                     s->cur = i;
                     s->rk = rk;
                     return classify(s, err, "init_transactions", errstr, errstr_size);
@@ -838,11 +847,27 @@ static outboxd_sink_status_t init_producers(outboxd_sink_t *s, char *errstr, siz
             }
             rd_kafka_destroy(rk);
             s->fence_rks[i] = NULL;
-            if (st != OUTBOXD_SINK_OK)
+            if (st != OUTBOXD_SINK_OK) {
+                if (waiting)
+                    rd_kafka_error_destroy(waiting);
                 return st;
+            }
         }
-        if (!pending)
+        if (!waiting)
             return OUTBOXD_SINK_OK;
+        if (outboxd_now_ms() < deadline) {
+            rd_kafka_error_destroy(waiting);
+            continue;
+        }
+        if (waiting_i < s->n_rks) {
+            s->cur = waiting_i;
+            s->rk = s->rks[waiting_i];
+            return classify(s, waiting, "init_transactions", errstr, errstr_size);
+        }
+        snprintf(errstr, errstr_size, "init_transactions (fencing %s): %s", s->txnids[waiting_i],
+                 rd_kafka_error_string(waiting));
+        rd_kafka_error_destroy(waiting);
+        return OUTBOXD_SINK_RETRY;
     }
 }
 
