@@ -44,8 +44,12 @@ struct outboxd_sink {
     rd_kafka_t *rks[MAX_PRODUCERS];
     int n_rks;
     int cur;
-    int extra_fenced; /* ids above n_rks fenced so far (see outboxd_sink_init) */
-    char txnid[256];  /* of rks[0]; the others append .1, .2, ... */
+    bool rk_ready[MAX_PRODUCERS]; /* init_transactions of rks[i] has returned success */
+    /* The ids above n_rks (see outboxd_sink_init): a throw-away producer
+     * each while its init_transactions runs, and whether it has fenced. */
+    rd_kafka_t *fence_rks[MAX_PRODUCERS];
+    bool fence_done[MAX_PRODUCERS];
+    char txnid[256]; /* of rks[0]; the others append .1, .2, ... */
     char txnids[MAX_PRODUCERS][300];
     /* Records of the open transaction are numbered 1, 2, ... in produce
      * order (the number rides as the message opaque). refused_seq is the
@@ -406,12 +410,25 @@ outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_sou
         if (!s->rks[i])
             goto fail;
     }
+    /* The throw-away producers that fence the ids above the ring
+     * (outboxd_sink_init) are created now too, so that their connections
+     * are set up by the time they are used. */
+    for (int i = s->n_rks; i < MAX_PRODUCERS; i++) {
+        s->fence_rks[i] = new_producer(s, s->txnids[i], errstr, errstr_size);
+        if (!s->fence_rks[i])
+            goto fail;
+    }
     s->rk = s->rks[0];
+    LOG_DEBUG(src->name, "startup: producers created (%d, and %d to fence ids above)", s->n_rks,
+              MAX_PRODUCERS - s->n_rks);
     return s;
 fail:
-    for (int i = 0; i < s->n_rks; i++)
+    for (int i = 0; i < MAX_PRODUCERS; i++) {
         if (s->rks[i])
             rd_kafka_destroy(s->rks[i]);
+        if (s->fence_rks[i])
+            rd_kafka_destroy(s->fence_rks[i]);
+    }
     free(s);
     return NULL;
 }
@@ -429,6 +446,9 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
         rd_kafka_flush(s->rks[i], 5000);
         rd_kafka_destroy(s->rks[i]);
     }
+    for (int i = 0; i < MAX_PRODUCERS; i++)
+        if (s->fence_rks[i])
+            rd_kafka_destroy(s->fence_rks[i]);
     outboxd_buf_free(&s->ckbuf);
     for (size_t i = 0; i < s->n_known; i++)
         free(s->known[i]);
@@ -614,7 +634,14 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
     if (set(kc, "group.id", group, errstr, errstr_size) < 0 ||
         set(kc, "isolation.level", "read_committed", errstr, errstr_size) < 0 ||
         set(kc, "enable.partition.eof", "true", errstr, errstr_size) < 0 ||
-        set(kc, "enable.auto.commit", "false", errstr, errstr_size) < 0) {
+        set(kc, "enable.auto.commit", "false", errstr, errstr_size) < 0 ||
+        /* The end of a partition is only reported by a fetch that finds
+         * nothing new, which the broker holds back for this long: the
+         * default 500 ms would be most of a start. */
+        set(kc, "fetch.wait.max.ms", "10", errstr, errstr_size) < 0 ||
+        /* Reading starts at offset 0 (below): a log that no longer starts
+         * there is read from its beginning. */
+        set(kc, "auto.offset.reset", "earliest", errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(kc);
         return OUTBOXD_SINK_FATAL;
     }
@@ -637,10 +664,15 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
     }
     int nparts = md->topics[0].partition_cnt;
     parts = rd_kafka_topic_partition_list_new(nparts);
+    /* Offset 0 rather than OFFSET_BEGINNING: librdkafka looks a logical
+     * offset up, and retries that lookup 500 ms later when the partition's
+     * leader is not yet known to the new client, which it often is not right
+     * after the metadata call (one start in ten here). A compacted topic
+     * keeps offset 0 as its start; otherwise auto.offset.reset applies. */
     for (int i = 0; i < nparts; i++)
         rd_kafka_topic_partition_list_add(parts, s->conf->checkpoint_topic,
                                           md->topics[0].partitions[i].id)
-            ->offset = RD_KAFKA_OFFSET_BEGINNING;
+            ->offset = 0;
     if ((err = rd_kafka_assign(c, parts))) {
         snprintf(errstr, errstr_size, "assigning checkpoint topic: %s", rd_kafka_err2str(err));
         goto out;
@@ -649,10 +681,10 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
      * read_committed reports the end of a partition at its last stable
      * offset, which an open transaction of another source (sharing this
      * topic) holds back. Stopping there could return an older checkpoint of
-     * ours, so read each partition up to the high watermark taken now: all
-     * our own checkpoints are below it (init_transactions has completed our
-     * previous transactions), and the other source's transaction ends within
-     * its transaction timeout.
+     * ours, so read each partition up to a high watermark taken after
+     * init_transactions: all our own checkpoints are below it
+     * (init_transactions has completed our previous transactions), and the
+     * other source's transaction ends within its transaction timeout.
      */
     int64_t *target = calloc((size_t)nparts, sizeof(int64_t));
     bool *done = calloc((size_t)nparts, sizeof(bool));
@@ -663,40 +695,13 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
         goto out;
     }
     int remaining = nparts;
-    /* ListOffsets answers with the isolation level of the asking client:
-     * read_committed would give the stable offset again, so ask through a
-     * read_uncommitted handle for the true high watermark. */
-    rd_kafka_t *w = NULL;
-    rd_kafka_conf_t *wc = base_conf(s->conf, true, errstr, errstr_size);
-    if (wc && set(wc, "isolation.level", "read_uncommitted", errstr, errstr_size) == 0)
-        w = rd_kafka_new(RD_KAFKA_CONSUMER, wc, e, sizeof(e));
-    if (!w) {
-        if (wc)
-            rd_kafka_conf_destroy(wc);
-        snprintf(errstr, errstr_size, "creating watermark reader: %s", e);
-        free(target);
-        free(done);
-        goto out;
-    }
-    for (int i = 0; i < nparts; i++) {
-        int64_t lo = 0, hi = 0;
-        err = rd_kafka_query_watermark_offsets(w, s->conf->checkpoint_topic,
-                                               parts->elems[i].partition, &lo, &hi, 10000);
-        if (err) {
-            snprintf(errstr, errstr_size, "checkpoint topic %s watermarks: %s",
-                     s->conf->checkpoint_topic, rd_kafka_err2str(err));
-            free(target);
-            free(done);
-            rd_kafka_destroy(w);
-            goto out;
-        }
-        target[i] = hi;
-        if (hi <= lo) {
-            done[i] = true; /* empty */
-            remaining--;
-        }
-    }
-    rd_kafka_destroy(w);
+    /* The high watermark comes with every fetch response, whatever the
+     * isolation level (ListOffsets would answer with the stable offset for
+     * read_committed): each partition's target is the one of the first
+     * response seen, taken after init_transactions like the records. Before
+     * that it is unknown (-1). */
+    for (int i = 0; i < nparts; i++)
+        target[i] = -1;
     int64_t deadline = outboxd_now_ms() + READ_CHECKPOINT_TIMEOUT_MS;
     size_t keylen = strlen(s->src->name);
     long records = 0;
@@ -719,8 +724,16 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
         for (int i = 0; i < nparts; i++)
             if (parts->elems[i].partition == m->partition)
                 idx = i;
+        if (idx >= 0 && target[idx] < 0 &&
+            (!m->err || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)) {
+            int64_t lo = 0, hi = -1;
+            if (rd_kafka_get_watermark_offsets(c, s->conf->checkpoint_topic, m->partition, &lo,
+                                               &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                hi >= 0)
+                target[idx] = hi;
+        }
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            if (idx >= 0 && !done[idx] && m->offset >= target[idx]) {
+            if (idx >= 0 && !done[idx] && target[idx] >= 0 && m->offset >= target[idx]) {
                 done[idx] = true;
                 remaining--;
             }
@@ -738,7 +751,7 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
                              (long long)m->offset, derr);
                 }
             }
-            if (idx >= 0 && !done[idx] && m->offset + 1 >= target[idx]) {
+            if (idx >= 0 && !done[idx] && target[idx] >= 0 && m->offset + 1 >= target[idx]) {
                 done[idx] = true;
                 remaining--;
             }
@@ -760,52 +773,126 @@ out:
     return st;
 }
 
+/*
+ * init_transactions of every producer of the ring and, with a throw-away
+ * producer each, of the ids above it (an older instance may have run with a
+ * larger producers_per_source), all at once: each call is resumable, so the
+ * first pass only starts every one (a timeout of 1 ms) and later passes wait
+ * on one at a time in short steps, with the keepalive in between, until all
+ * have succeeded or TXN_CALL_TIMEOUT_MS has passed (what one call used to
+ * wait). What fails is reported as when they ran one after the other; the
+ * others keep running and are resumed by the next call.
+ */
+#define INIT_STEP_MS 100
+
+static outboxd_sink_status_t init_producers(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    for (int i = s->n_rks; i < MAX_PRODUCERS; i++) {
+        if (s->fence_done[i] || s->fence_rks[i])
+            continue;
+        s->fence_rks[i] = new_producer(s, s->txnids[i], errstr, errstr_size);
+        if (!s->fence_rks[i])
+            return OUTBOXD_SINK_FATAL;
+    }
+    int64_t deadline = outboxd_now_ms() + TXN_CALL_TIMEOUT_MS;
+    for (int pass = 0;; pass++) {
+        /* The first producer still waiting in this pass and its last error:
+         * reported when the time is up (a ring producer first, through
+         * classify, which names a recent TLS or SASL failure). */
+        rd_kafka_error_t *waiting = NULL;
+        int waiting_i = -1;
+        for (int i = 0; i < MAX_PRODUCERS; i++) {
+            bool ring = i < s->n_rks;
+            rd_kafka_t *rk = ring ? s->rks[i] : s->fence_rks[i];
+            if (ring ? s->rk_ready[i] : s->fence_done[i])
+                continue;
+            if (s->keepalive)
+                s->keepalive(s->opaque);
+            int64_t left = deadline - outboxd_now_ms();
+            int wait_ms =
+                pass == 0 ? 1 : (int)(left < INIT_STEP_MS ? (left > 1 ? left : 1) : INIT_STEP_MS);
+            rd_kafka_error_t *err = rd_kafka_init_transactions(rk, wait_ms);
+            /* A step that ends before the producer id is assigned says
+             * timed out, or names what delayed it (the coordinator still
+             * loading, not yet known): retriable, and resumed by the next
+             * call, as a single call would have waited it out. */
+            if (err && rd_kafka_error_is_retriable(err) && !rd_kafka_error_is_fatal(err)) {
+                if (!waiting) {
+                    waiting = err;
+                    waiting_i = i;
+                } else {
+                    rd_kafka_error_destroy(err);
+                }
+                continue;
+            }
+            if (ring) {
+                if (err) {
+                    if (waiting)
+                        rd_kafka_error_destroy(waiting);
+                    s->cur = i;
+                    s->rk = rk;
+                    return classify(s, err, "init_transactions", errstr, errstr_size);
+                }
+                s->rk_ready[i] = true;
+                continue;
+            }
+            outboxd_sink_status_t st = OUTBOXD_SINK_OK;
+            if (err) {
+                snprintf(errstr, errstr_size, "init_transactions (fencing %s): %s", s->txnids[i],
+                         rd_kafka_error_string(err));
+                st = rd_kafka_error_is_fatal(err) ? OUTBOXD_SINK_FATAL : OUTBOXD_SINK_RETRY;
+                rd_kafka_error_destroy(err);
+            } else {
+                s->fence_done[i] = true;
+            }
+            rd_kafka_destroy(rk);
+            s->fence_rks[i] = NULL;
+            if (st != OUTBOXD_SINK_OK) {
+                if (waiting)
+                    rd_kafka_error_destroy(waiting);
+                return st;
+            }
+        }
+        if (!waiting)
+            return OUTBOXD_SINK_OK;
+        if (outboxd_now_ms() < deadline) {
+            rd_kafka_error_destroy(waiting);
+            continue;
+        }
+        if (waiting_i < s->n_rks) {
+            s->cur = waiting_i;
+            s->rk = s->rks[waiting_i];
+            return classify(s, waiting, "init_transactions", errstr, errstr_size);
+        }
+        snprintf(errstr, errstr_size, "init_transactions (fencing %s): %s", s->txnids[waiting_i],
+                 rd_kafka_error_string(waiting));
+        rd_kafka_error_destroy(waiting);
+        return OUTBOXD_SINK_RETRY;
+    }
+}
+
 outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck, char *errstr,
                                         size_t errstr_size)
 {
-    while (!s->initialized) {
-        /* s->cur counts the producers initialized so far. A short timeout
-         * and the keepalive in between keep the replication connection
-         * alive; a timed-out init is resumed by the next call. */
-        s->rk = s->rks[s->cur];
-        if (s->keepalive)
-            s->keepalive(s->opaque);
-        rd_kafka_error_t *err = rd_kafka_init_transactions(s->rk, TXN_CALL_TIMEOUT_MS);
-        if (err)
-            return classify(s, err, "init_transactions", errstr, errstr_size);
-        if (++s->cur == s->n_rks) {
-            s->cur = 0;
-            s->rk = s->rks[0];
-            s->initialized = true;
-        }
-    }
-    /* Fence the ids this instance does not use (an older instance may have
-     * run with a larger producers_per_source): a throwaway producer per id,
-     * whose init_transactions aborts any transaction left open under it. */
-    while (s->n_rks + s->extra_fenced < MAX_PRODUCERS) {
-        int i = s->n_rks + s->extra_fenced;
-        rd_kafka_t *rk = new_producer(s, s->txnids[i], errstr, errstr_size);
-        if (!rk)
-            return OUTBOXD_SINK_FATAL;
-        if (s->keepalive)
-            s->keepalive(s->opaque);
-        rd_kafka_error_t *err = rd_kafka_init_transactions(rk, TXN_CALL_TIMEOUT_MS);
-        outboxd_sink_status_t st = OUTBOXD_SINK_OK;
-        if (err) {
-            snprintf(errstr, errstr_size, "init_transactions (fencing %s): %s", s->txnids[i],
-                     rd_kafka_error_string(err));
-            st = rd_kafka_error_is_fatal(err) ? OUTBOXD_SINK_FATAL : OUTBOXD_SINK_RETRY;
-            rd_kafka_error_destroy(err);
-        }
-        rd_kafka_destroy(rk);
+    if (!s->initialized) {
+        outboxd_sink_status_t st = init_producers(s, errstr, errstr_size);
         if (st != OUTBOXD_SINK_OK)
             return st;
-        s->extra_fenced++;
+        s->cur = 0;
+        s->rk = s->rks[0];
+        s->initialized = true;
+        LOG_DEBUG(s->src->name,
+                  "startup: init_transactions done (%d producers, ids up to %s fenced)", s->n_rks,
+                  s->txnids[MAX_PRODUCERS - 1]);
     }
     outboxd_sink_status_t st = ensure_checkpoint_topic(s, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
         return st;
-    return read_checkpoint(s, ck, errstr, errstr_size);
+    LOG_DEBUG(s->src->name, "startup: checkpoint topic checked");
+    st = read_checkpoint(s, ck, errstr, errstr_size);
+    if (st == OUTBOXD_SINK_OK)
+        LOG_DEBUG(s->src->name, "startup: checkpoint read");
+    return st;
 }
 
 static void pause_briefly(outboxd_sink_t *s, int attempt)
@@ -830,6 +917,7 @@ static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_siz
     s->n_known = 0;
     s->in_txn = false;
     s->initialized = false;
+    memset(s->rk_ready, 0, sizeof(s->rk_ready));
     s->fenced = false;
     s->cur = 0;
     for (int i = 0; i < s->n_rks; i++) {

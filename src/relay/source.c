@@ -1772,6 +1772,16 @@ static int connect_source(outboxd_source_t *s)
     char err[1024];
     outboxd_buf_t report = {0};
     bool created_slot = false;
+    if (!s->sink) {
+        /* Created now, initialized later (open_kafka): creating fences no
+         * one, and the producers' connections to the broker are set up
+         * while PostgreSQL is checked. */
+        s->sink = outboxd_sink_new(s->conf, s->src, keepalive, s, s->stop, err, sizeof(err));
+        if (!s->sink) {
+            LOG_ERROR(s->name, "%s", err);
+            return -2;
+        }
+    }
     int problems = outboxd_pgsetup_check(s->src, true, &report, &created_slot);
     if (problems != 0) {
         char *line = report.data, *save = NULL;
@@ -1781,6 +1791,7 @@ static int connect_source(outboxd_source_t *s)
         return -1;
     }
     outboxd_buf_free(&report);
+    LOG_DEBUG(s->name, "startup: PostgreSQL checked (connection, settings, tables, slot)");
 
     /* The replication connection waits in command mode (no
      * wal_sender_timeout runs) while Kafka is set up: starting the stream
@@ -1790,6 +1801,7 @@ static int connect_source(outboxd_source_t *s)
         LOG_ERROR(s->name, "%s", err);
         return -1;
     }
+    LOG_DEBUG(s->name, "startup: replication connection open (IDENTIFY_SYSTEM)");
     if (!s->sink_ready) {
         /* Kafka's first init fences the producers of any other instance
          * with this configuration: while another process streams from the
@@ -1808,6 +1820,7 @@ static int connect_source(outboxd_source_t *s)
             slot_busy(s, err);
             return -1;
         }
+        LOG_DEBUG(s->name, "startup: slot %s free", s->src->slot);
         int rc = open_kafka(s);
         if (rc < 0) {
             close_stream(s);
@@ -1843,6 +1856,7 @@ static int connect_source(outboxd_source_t *s)
         close_stream(s);
         return -1;
     }
+    LOG_DEBUG(s->name, "startup: checkpoint judged against the server");
     if (outboxd_snapshot_configured(s->src) || saved_snap[0]) {
         bool lost = (created_slot && had_ck) || (had_commit && !s->ck_committed.commit_lsn);
         int rc = run_snapshot(s, saved_snap, lost);
@@ -1864,6 +1878,7 @@ static int connect_source(outboxd_source_t *s)
         }
         return -1;
     }
+    LOG_DEBUG(s->name, "startup: START_REPLICATION sent");
     if (s->slot_busy_logged) {
         LOG_INFO(s->name, "acquired replication slot %s", s->src->slot);
         s->slot_busy_logged = false;
