@@ -13,6 +13,13 @@ DB=spay_$RUN_ID
 create_outbox_db "$DB"
 write_config "$WORK/outboxd.yaml" "$DB"
 prepare_sources "$WORK/outboxd.yaml"
+# The writers' topics exist before the first relay starts: otherwise, on a
+# loaded broker, its first event can find its topic not yet auto-created,
+# and the relay's rewind (relay.missing_topic: wait) closes its stream for a
+# moment, in which the second relay finds the slot free and starts as the
+# active one; the wait this test is about would then not be seen.
+"$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -t "$RUN_ID.ev.$DB" -t "$RUN_ID.ev.${DB}_audit" --create-topics 3 ||
+    fail "cannot create the writers' topics"
 
 start_relay "$WORK/outboxd.yaml" relayA
 a=$RELAY_PID
