@@ -17,13 +17,13 @@
 #include <unistd.h>
 
 #include "outboxd/common/log.h"
+#include "outboxd/relay/ckstore.h"
 #include "outboxd/relay/connhint.h"
 
 /* How long one blocking transactional call may take before we retry it
  * (keeping the replication connection alive in between). */
-#define TXN_CALL_TIMEOUT_MS        10000
-#define READ_CHECKPOINT_TIMEOUT_MS 30000
-#define MAX_PRODUCERS              4
+#define TXN_CALL_TIMEOUT_MS 10000
+#define MAX_PRODUCERS       4
 
 /*
  * Why several producers: right after EndTxn the broker's transaction
@@ -86,6 +86,7 @@ struct outboxd_sink {
      * hand (NULL between transactions; s->rk is its producer meanwhile). */
     outboxd_sink_pool_t *pool;
     struct pool_slot *slot;
+    outboxd_ckstore_t *ckstore; /* own producers: this source's reader (lazily) */
     /* A pool producer's holder (the opaque of its callbacks): the sink whose
      * transaction uses the producer now, NULL while it is free. Written by
      * the borrowing thread only, which is also the one polling it. */
@@ -116,8 +117,9 @@ struct outboxd_sink_pool {
     int n;
     int next; /* where the search for a free slot starts (round robin) */
     pool_state_t state;
-    atomic_llong polled_ms; /* when idle producers were last polled */
-    int poll_next;          /* the idle producer polled next */
+    atomic_llong polled_ms;     /* when idle producers were last polled */
+    int poll_next;              /* the idle producer polled next */
+    outboxd_ckstore_t *ckstore; /* one checkpoint read serves many sources */
 };
 
 static outboxd_sink_status_t borrow(outboxd_sink_t *s, char *errstr, size_t errstr_size);
@@ -504,6 +506,7 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
         rd_kafka_destroy(s->rks[i]);
     }
     outboxd_buf_free(&s->ckbuf);
+    outboxd_ckstore_destroy(s->ckstore);
     for (size_t i = 0; i < s->n_known; i++)
         free(s->known[i]);
     free(s->known);
@@ -695,167 +698,31 @@ static outboxd_sink_status_t ensure_checkpoint_topic(outboxd_sink_t *s, char *er
     return st;
 }
 
-/*
- * Reads the checkpoint topic from the beginning with read_committed and keeps
- * the last record keyed by our source name. Runs after init_transactions, so
- * our own previous transaction is already committed or aborted.
- */
+/* The last committed checkpoint of this source (ckstore.h). Runs after
+ * init_transactions, so our own previous transactions are committed or
+ * aborted. A pooled sink shares the pool's store, whose one read serves
+ * every source asking at about the same time. */
 static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoint_t *ck,
                                              char *errstr, size_t errstr_size)
 {
     memset(ck, 0, sizeof(*ck));
-    rd_kafka_conf_t *kc = base_conf(s->conf, true, errstr, errstr_size);
-    if (!kc)
-        return OUTBOXD_SINK_FATAL;
-    char group[300];
-    snprintf(group, sizeof(group), "%s.checkpoint-reader", s->txnid);
-    if (set(kc, "group.id", group, errstr, errstr_size) < 0 ||
-        set(kc, "isolation.level", "read_committed", errstr, errstr_size) < 0 ||
-        set(kc, "enable.partition.eof", "true", errstr, errstr_size) < 0 ||
-        set(kc, "enable.auto.commit", "false", errstr, errstr_size) < 0) {
-        rd_kafka_conf_destroy(kc);
-        return OUTBOXD_SINK_FATAL;
+    outboxd_ckstore_t *cs = s->pool ? s->pool->ckstore : s->ckstore;
+    if (!cs) {
+        rd_kafka_conf_t *kc = base_conf(s->conf, true, errstr, errstr_size);
+        if (!kc)
+            return OUTBOXD_SINK_FATAL;
+        char group[300];
+        snprintf(group, sizeof(group), "%s.checkpoint-reader", s->txnid);
+        cs = s->ckstore =
+            outboxd_ckstore_new(kc, s->conf->checkpoint_topic, group, 0, errstr, errstr_size);
+        if (!cs)
+            return OUTBOXD_SINK_FATAL;
     }
-    char e[512];
-    rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
-    if (!c) {
-        snprintf(errstr, errstr_size, "creating checkpoint reader: %s", e);
-        rd_kafka_conf_destroy(kc);
-        return OUTBOXD_SINK_FATAL;
-    }
-    outboxd_sink_status_t st = OUTBOXD_SINK_RETRY;
-    rd_kafka_topic_t *t = rd_kafka_topic_new(c, s->conf->checkpoint_topic, NULL);
-    const rd_kafka_metadata_t *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(c, 0, t, &md, 15000);
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    if (err || md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt < 1) {
-        snprintf(errstr, errstr_size, "checkpoint topic %s metadata: %s", s->conf->checkpoint_topic,
-                 rd_kafka_err2str(err ? err : (md && md->topic_cnt ? md->topics[0].err : 0)));
-        goto out;
-    }
-    int nparts = md->topics[0].partition_cnt;
-    parts = rd_kafka_topic_partition_list_new(nparts);
-    for (int i = 0; i < nparts; i++)
-        rd_kafka_topic_partition_list_add(parts, s->conf->checkpoint_topic,
-                                          md->topics[0].partitions[i].id)
-            ->offset = RD_KAFKA_OFFSET_BEGINNING;
-    if ((err = rd_kafka_assign(c, parts))) {
-        snprintf(errstr, errstr_size, "assigning checkpoint topic: %s", rd_kafka_err2str(err));
-        goto out;
-    }
-    /*
-     * read_committed reports the end of a partition at its last stable
-     * offset, which an open transaction of another source (sharing this
-     * topic) holds back. Stopping there could return an older checkpoint of
-     * ours, so read each partition up to the high watermark taken now: all
-     * our own checkpoints are below it (init_transactions has completed our
-     * previous transactions), and the other source's transaction ends within
-     * its transaction timeout.
-     */
-    int64_t *target = calloc((size_t)nparts, sizeof(int64_t));
-    bool *done = calloc((size_t)nparts, sizeof(bool));
-    if (!target || !done) {
-        free(target);
-        free(done);
-        snprintf(errstr, errstr_size, "out of memory");
-        goto out;
-    }
-    int remaining = nparts;
-    /* ListOffsets answers with the isolation level of the asking client:
-     * read_committed would give the stable offset again, so ask through a
-     * read_uncommitted handle for the true high watermark. */
-    rd_kafka_t *w = NULL;
-    rd_kafka_conf_t *wc = base_conf(s->conf, true, errstr, errstr_size);
-    if (wc && set(wc, "isolation.level", "read_uncommitted", errstr, errstr_size) == 0)
-        w = rd_kafka_new(RD_KAFKA_CONSUMER, wc, e, sizeof(e));
-    if (!w) {
-        if (wc)
-            rd_kafka_conf_destroy(wc);
-        snprintf(errstr, errstr_size, "creating watermark reader: %s", e);
-        free(target);
-        free(done);
-        goto out;
-    }
-    for (int i = 0; i < nparts; i++) {
-        int64_t lo = 0, hi = 0;
-        err = rd_kafka_query_watermark_offsets(w, s->conf->checkpoint_topic,
-                                               parts->elems[i].partition, &lo, &hi, 10000);
-        if (err) {
-            snprintf(errstr, errstr_size, "checkpoint topic %s watermarks: %s",
-                     s->conf->checkpoint_topic, rd_kafka_err2str(err));
-            free(target);
-            free(done);
-            rd_kafka_destroy(w);
-            goto out;
-        }
-        target[i] = hi;
-        if (hi <= lo) {
-            done[i] = true; /* empty */
-            remaining--;
-        }
-    }
-    rd_kafka_destroy(w);
-    int64_t deadline = outboxd_now_ms() + READ_CHECKPOINT_TIMEOUT_MS;
-    size_t keylen = strlen(s->src->name);
-    long records = 0;
-    while (remaining > 0) {
-        if (outboxd_now_ms() > deadline) {
-            snprintf(errstr, errstr_size,
-                     "reading checkpoint topic %s: not at its end after %d ms (another "
-                     "producer's transaction open on it?)",
-                     s->conf->checkpoint_topic, READ_CHECKPOINT_TIMEOUT_MS);
-            free(target);
-            free(done);
-            goto out;
-        }
-        if (s->keepalive)
-            s->keepalive(s->opaque);
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 200);
-        if (!m)
-            continue;
-        int idx = -1;
-        for (int i = 0; i < nparts; i++)
-            if (parts->elems[i].partition == m->partition)
-                idx = i;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            if (idx >= 0 && !done[idx] && m->offset >= target[idx]) {
-                done[idx] = true;
-                remaining--;
-            }
-        } else if (m->err) {
-            LOG_DEBUG(s->src->name, "checkpoint reader: %s", rd_kafka_message_errstr(m));
-        } else {
-            if (m->key_len == keylen && memcmp(m->key, s->src->name, keylen) == 0 && m->payload) {
-                outboxd_checkpoint_t c2;
-                char derr[256];
-                if (outboxd_checkpoint_decode(m->payload, m->len, &c2, derr, sizeof(derr)) == 0) {
-                    *ck = c2;
-                    records++;
-                } else {
-                    LOG_WARN(s->src->name, "skipping unreadable checkpoint at offset %lld: %s",
-                             (long long)m->offset, derr);
-                }
-            }
-            if (idx >= 0 && !done[idx] && m->offset + 1 >= target[idx]) {
-                done[idx] = true;
-                remaining--;
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    free(target);
-    free(done);
-    LOG_DEBUG(s->src->name, "read %ld checkpoint records", records);
-    st = OUTBOXD_SINK_OK;
-out:
-    if (parts)
-        rd_kafka_topic_partition_list_destroy(parts);
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(t);
-    rd_kafka_consumer_close(c);
-    rd_kafka_destroy(c);
-    return st;
+    int rc =
+        outboxd_ckstore_read(cs, s->src->name, ck, s->keepalive, s->opaque, errstr, errstr_size);
+    if (rc == 0)
+        return OUTBOXD_SINK_OK;
+    return rc == -2 ? OUTBOXD_SINK_FATAL : OUTBOXD_SINK_RETRY;
 }
 
 outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck, char *errstr,
@@ -1456,6 +1323,9 @@ static const outboxd_source_conf_t pool_src = {.name = pool_name};
  * while all of them progress in the background. */
 #define POOL_INIT_STEP_MS    100
 #define POOL_INIT_TIMEOUT_MS 60000
+/* The first source asking for its checkpoint waits this long for others
+ * to join the same read of the checkpoint topic. */
+#define POOL_GATHER_MS 50
 
 static outboxd_sink_t *new_holder(const outboxd_sink_pool_t *p, int k, char *errstr,
                                   size_t errstr_size)
@@ -1495,6 +1365,14 @@ outboxd_sink_pool_t *outboxd_sink_pool_new(const outboxd_config_t *conf, int n, 
     p->stop = stop;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    rd_kafka_conf_t *kc = base_conf(conf, true, errstr, errstr_size);
+    char group[300];
+    snprintf(group, sizeof(group), "%s.pool.checkpoint-reader", conf->transactional_id_prefix);
+    if (!kc || !(p->ckstore = outboxd_ckstore_new(kc, conf->checkpoint_topic, group, POOL_GATHER_MS,
+                                                  errstr, errstr_size))) {
+        outboxd_sink_pool_destroy(p);
+        return NULL;
+    }
     for (int k = 0; k < n; k++) {
         p->slots[k].holder = new_holder(p, k, errstr, errstr_size);
         if (!p->slots[k].holder) {
@@ -1512,6 +1390,7 @@ void outboxd_sink_pool_destroy(outboxd_sink_pool_t *p)
         return;
     for (int k = 0; k < p->n; k++)
         outboxd_sink_destroy(p->slots[k].holder);
+    outboxd_ckstore_destroy(p->ckstore);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     free(p->slots);
