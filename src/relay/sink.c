@@ -570,9 +570,9 @@ static void pool_fenced_error(const outboxd_sink_t *s, const char *what, const c
 {
     snprintf(errstr, errstr_size,
              "%s: pool producer '%s' was fenced (%s): another process runs with "
-             "relay.transactional_id_prefix '%s' and relay.kafka_producers (or the broker "
+             "kafka.transactional_id_prefix '%s' and relay.kafka_producers (or the broker "
              "aborted a transaction that outlived transaction.timeout.ms); give every relay "
-             "process its own relay.transactional_id_prefix",
+             "process its own kafka.transactional_id_prefix",
              what, s->slot->holder->txnid, reason, s->conf->transactional_id_prefix);
 }
 

@@ -6,7 +6,9 @@
 # (linger.ms 200; max.message.bytes applies to a batch). A aborts, replays
 # the transaction one record per request, dead-letters exactly the big
 # record and goes on; B and C, written concurrently, are not held up: all
-# their events, and A's valid ones, arrive exactly once.
+# their events, and A's valid ones, arrive exactly once. Then a second
+# relay with the same prefix and a pool fences the pool id: the first one
+# stops with one ERROR naming the cause and the fix.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 source "$here/writers.sh"
@@ -59,6 +61,34 @@ grep -q "\[$DBA\].*replaying them one record per request" "$WORK/relay.log" || f
 for db in "$DBB" "$DBC"; do
     ! grep -q "WARN  \[$db\].*rewinding" "$WORK/relay.log" || fail "source $db rewound: A's refusal reached it"
 done
-stop_relay_ok "$relay"
-for db in "$DBA" "$DBB" "$DBC"; do drop_source "$db" "${db}_${RUN_ID}"; done
+
+# Another process with the same transactional_id_prefix and a pool (here:
+# a relay for a fourth database) fences the pool ids: the first relay stops
+# on the next transaction with one ERROR naming the cause and the fix.
+DBD=pisd_$RUN_ID
+create_outbox_db "$DBD"
+write_config "$WORK/other.yaml" "$DBD"
+sed -i 's/^relay:$/relay:\n  kafka_producers: 1/' "$WORK/other.yaml"
+prepare_sources "$WORK/other.yaml"
+start_relay "$WORK/other.yaml" relay-other
+other=$RELAY_PID
+for _ in $(seq 1 600); do
+    grep -q "kafka pool: 1 transactional producers" "$WORK/relay-other.log" && break
+    sleep 0.2
+done
+grep -q "kafka pool: 1 transactional producers" "$WORK/relay-other.log" || fail "the other relay's pool did not start"
+psql_db "$DBB" -c "SELECT write_events('$DBB', 'after-fence', 1)" >/dev/null
+rc=0
+for _ in $(seq 1 900); do
+    kill -0 "$relay" 2>/dev/null || break
+    sleep 0.2
+done
+kill -0 "$relay" 2>/dev/null && fail "the fenced relay is still running 180 s after its pool id was taken"
+wait "$relay" || rc=$?
+[ "$rc" -ne 0 ] || fail "the fenced relay exited with status 0"
+n_err=$(grep -c "ERROR.*pool producer 'outboxd-$RUN_ID.pool.0' was fenced.*another process runs with kafka.transactional_id_prefix 'outboxd-$RUN_ID'.*give every relay process its own kafka.transactional_id_prefix" "$WORK/relay.log" || true)
+grep "ERROR" "$WORK/relay.log" | cut -c1-400 >&2
+[ "$n_err" -eq 1 ] || fail "expected one ERROR naming the fencing cause and fix, got $n_err"
+stop_relay_ok "$other" "the other relay"
+for db in "$DBA" "$DBB" "$DBC" "$DBD"; do drop_source "$db" "${db}_${RUN_ID}"; done
 log "PASS"
