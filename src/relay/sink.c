@@ -502,6 +502,8 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
     }
     release(s);
     for (int i = 0; i < s->n_rks; i++) {
+        if (!s->rks[i])
+            continue; /* a pool producer whose replacement failed */
         rd_kafka_flush(s->rks[i], 5000);
         rd_kafka_destroy(s->rks[i]);
     }
@@ -1486,9 +1488,11 @@ static int replace_slot_producer(outboxd_sink_t *s, char *errstr, size_t errstr_
 {
     pool_slot_t *sl = s->slot;
     outboxd_sink_t *h = sl->holder;
-    rd_kafka_purge(h->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    rd_kafka_poll(h->rk, 0); /* the purge's delivery reports, to us */
-    rd_kafka_destroy(h->rk);
+    if (h->rk) { /* NULL when an earlier replacement failed */
+        rd_kafka_purge(h->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_poll(h->rk, 0); /* the purge's delivery reports, to us */
+        rd_kafka_destroy(h->rk);
+    }
     h->rk = h->rks[0] = NULL;
     sl->ready = false;
     sl->broken = true;

@@ -1525,6 +1525,19 @@ static bool str_eq(const char *a, const char *b)
 }
 
 /* Whether anything the sink reads from its configuration differs. */
+/* Whether the Kafka client settings differ (a pool keeps its producers). */
+static bool kafka_conf_differs(const outboxd_config_t *a, const outboxd_config_t *b)
+{
+    if (!str_eq(a->bootstrap_servers, b->bootstrap_servers) ||
+        a->n_kafka_properties != b->n_kafka_properties)
+        return true;
+    for (size_t i = 0; i < a->n_kafka_properties; i++)
+        if (!str_eq(a->kafka_properties[i].key, b->kafka_properties[i].key) ||
+            !str_eq(a->kafka_properties[i].value, b->kafka_properties[i].value))
+            return true;
+    return false;
+}
+
 static bool sink_conf_differs(const outboxd_config_t *a, const outboxd_config_t *b)
 {
     if (!str_eq(a->bootstrap_servers, b->bootstrap_servers) ||
@@ -1621,6 +1634,10 @@ static int apply_reload(outboxd_source_t *s)
         cd = outboxd_cdc_new(conf, src, s->ident.database, err, sizeof(err));
         ok = cd != NULL;
     }
+    if (ok && new_sink && s->pool && kafka_conf_differs(s->sink_conf, conf))
+        LOG_WARN(s->name, "reload: kafka.bootstrap_servers, kafka.properties: needs a restart "
+                          "with relay.kafka_producers (the pool keeps the producers it started "
+                          "with); ignored until then");
     if (ok && new_sink) {
         sk = make_sink(s, conf, src, err, sizeof(err));
         ok = sk != NULL;
