@@ -7,7 +7,8 @@
 # that one row written in every database arrives (read_committed count).
 #   bench/sources.sh [N]
 # BENCH_POOL=K sets relay.kafka_producers: K (one pool of K producers shared
-# by all sources; default 0, a producer set per source).
+# by all sources; default 0, a producer set per source). BENCH_LOG_LEVEL
+# sets relay.log_level; BENCH_KEEP_LOG=FILE keeps the relay's log there.
 source "$(dirname "$0")/common.sh"
 N=${1:-50}
 IDLE_S=${BENCH_IDLE_S:-10}
@@ -29,7 +30,7 @@ done
     printf '%s\n' "kafka:" "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" "  transactional_id_prefix: benchsrc" \
         "relay:" "  checkpoint_topic: bench.checkpoints" "  dead_letter_topic: bench.dlt" \
         "  producers_per_source: ${BENCH_PRODUCERS:-2}" \
-        "  kafka_producers: ${BENCH_POOL:-0}" "sources:"
+        "  kafka_producers: ${BENCH_POOL:-0}" "  log_level: ${BENCH_LOG_LEVEL:-info}" "sources:"
     for i in $(seq 1 "$N"); do
         printf '%s\n' "  - name: src$i" \
             "    dsn: \"host=$PGHOST port=$PGPORT dbname=bench_src_$i user=$PGUSER\"" \
@@ -63,6 +64,7 @@ got=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t benchsrc.order --count "$N" --timeout-ms
 peak=$(peak_rss_kb "$relay")
 kill -TERM "$relay"
 wait "$relay" || true
+[ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"
 hz=$(getconf CLK_TCK)
 echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2} kafka_producers=${BENCH_POOL:-0}"
 echo "sources: all streaming $((t1 - t0)) ms after start"
