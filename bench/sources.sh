@@ -6,6 +6,9 @@
 # (share of one core over BENCH_IDLE_S seconds, default 10), and a check
 # that one row written in every database arrives (read_committed count).
 #   bench/sources.sh [N]
+# BENCH_POOL=K sets relay.kafka_producers: K (one pool of K producers shared
+# by all sources; default 0, a producer set per source). BENCH_LOG_LEVEL
+# sets relay.log_level; BENCH_KEEP_LOG=FILE keeps the relay's log there.
 source "$(dirname "$0")/common.sh"
 N=${1:-50}
 IDLE_S=${BENCH_IDLE_S:-10}
@@ -26,7 +29,8 @@ done
 {
     printf '%s\n' "kafka:" "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" "  transactional_id_prefix: benchsrc" \
         "relay:" "  checkpoint_topic: bench.checkpoints" "  dead_letter_topic: bench.dlt" \
-        "  producers_per_source: ${BENCH_PRODUCERS:-2}" "sources:"
+        "  producers_per_source: ${BENCH_PRODUCERS:-2}" \
+        "  kafka_producers: ${BENCH_POOL:-0}" "  log_level: ${BENCH_LOG_LEVEL:-info}" "sources:"
     for i in $(seq 1 "$N"); do
         printf '%s\n' "  - name: src$i" \
             "    dsn: \"host=$PGHOST port=$PGPORT dbname=bench_src_$i user=$PGUSER\"" \
@@ -60,8 +64,9 @@ got=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t benchsrc.order --count "$N" --timeout-ms
 peak=$(peak_rss_kb "$relay")
 kill -TERM "$relay"
 wait "$relay" || true
+[ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"
 hz=$(getconf CLK_TCK)
-echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2}"
+echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2} kafka_producers=${BENCH_POOL:-0}"
 echo "sources: all streaming $((t1 - t0)) ms after start"
 awk -v c=$((c1 - c0)) -v hz="$hz" -v s="$IDLE_S" 'BEGIN { printf "sources: idle cpu %.1f%% of one core over %d s\n", 100 * c / hz / s, s }'
 echo "sources: resident $((rss / 1024)) MB when idle, peak $((peak / 1024)) MB; threads $threads"

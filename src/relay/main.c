@@ -240,11 +240,27 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
     LOG_INFO(NULL, "outboxd %s starting with %zu source(s), Kafka at %s", OUTBOXD_VERSION,
              conf->n_sources, conf->bootstrap_servers);
     size_t started = 0;
-    for (size_t i = 0; i < conf->n_sources; i++) {
+    /* One pool of transactional producers for all sources (sink.h); conf
+     * outlives it: a reload cannot change relay.kafka_producers. */
+    outboxd_sink_pool_t *pool = NULL;
+    if (conf->kafka_producers > 0) {
+        pool = outboxd_sink_pool_new(conf, conf->kafka_producers, &stop_flag, err, sizeof(err));
+        if (!pool) {
+            LOG_ERROR(NULL, "relay.kafka_producers: %s", err);
+            atomic_store(&stop_flag, 1);
+            rc = 1;
+        } else {
+            LOG_INFO(NULL, "sources share %d Kafka producers (relay.kafka_producers)",
+                     conf->kafka_producers);
+        }
+    }
+    for (size_t i = 0; i < conf->n_sources && rc == 0; i++) {
         sources[i] = outboxd_source_new(conf, &conf->sources[i], &stop_flag, err, sizeof(err));
         if (sources[i])
             outboxd_source_set_stats(sources[i],
                                      outboxd_metrics_source(metrics, conf->sources[i].name));
+        if (sources[i] && pool)
+            outboxd_source_set_pool(sources[i], pool);
         if (!sources[i] || outboxd_source_start(sources[i], err, sizeof(err)) < 0) {
             LOG_ERROR(conf->sources[i].name, "%s", err);
             atomic_store(&stop_flag, 1);
@@ -304,6 +320,7 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
         outboxd_source_destroy(sources[i]);
     }
     free(sources);
+    outboxd_sink_pool_destroy(pool); /* after every sink borrowing from it */
     /* Only now: a source may have run on a reloaded configuration. */
     outboxd_reload_destroy(reloader);
     outboxd_heartbeat_stop(heartbeat);

@@ -7,21 +7,23 @@
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "outboxd/common/log.h"
+#include "outboxd/relay/ckstore.h"
 #include "outboxd/relay/connhint.h"
 
 /* How long one blocking transactional call may take before we retry it
  * (keeping the replication connection alive in between). */
-#define TXN_CALL_TIMEOUT_MS        10000
-#define READ_CHECKPOINT_TIMEOUT_MS 30000
-#define MAX_PRODUCERS              4
+#define TXN_CALL_TIMEOUT_MS 10000
+#define MAX_PRODUCERS       4
 
 /*
  * Why several producers: right after EndTxn the broker's transaction
@@ -84,6 +86,15 @@ struct outboxd_sink {
     void *opaque;
     atomic_int *stop;
     outboxd_buf_t ckbuf;
+    /* Pool mode: the pool, and the slot borrowed for the transaction in
+     * hand (NULL between transactions; s->rk is its producer meanwhile). */
+    outboxd_sink_pool_t *pool;
+    struct pool_slot *slot;
+    outboxd_ckstore_t *ckstore; /* own producers: this source's reader (lazily) */
+    /* A pool producer's holder (the opaque of its callbacks): the sink whose
+     * transaction uses the producer now, NULL while it is free. Written by
+     * the borrowing thread only, which is also the one polling it. */
+    outboxd_sink_t *borrower;
     /* The last TLS/SASL failure logged at ERROR (error_cb): librdkafka
      * reports every reconnect attempt, so repeats within 30 s only count. */
     char conn_hint[512];
@@ -91,9 +102,47 @@ struct outboxd_sink {
     unsigned conn_hint_repeats;
 };
 
-static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+/* Pool mode (see sink.h and the pool section below). */
+typedef struct pool_slot {
+    outboxd_sink_t *holder; /* owns the producer (holder->rk) and its transactional.id */
+    bool busy;              /* borrowed (or polled while idle) */
+    bool ready;             /* init_transactions done for the current producer */
+    bool broken;            /* hit a fatal error: replace the producer before use */
+} pool_slot_t;
+
+typedef enum { POOL_NEW, POOL_STARTING, POOL_READY } pool_state_t;
+
+struct outboxd_sink_pool {
+    const outboxd_config_t *conf;
+    atomic_int *stop;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a slot became free, or the start ended */
+    pool_slot_t *slots;
+    int n;
+    int next; /* where the search for a free slot starts (round robin) */
+    pool_state_t state;
+    atomic_llong polled_ms;     /* when idle producers were last polled */
+    int poll_next;              /* the idle producer polled next */
+    outboxd_ckstore_t *ckstore; /* one checkpoint read serves many sources */
+};
+
+static outboxd_sink_status_t borrow(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+static void release(outboxd_sink_t *s);
+static void pool_poll_idle(outboxd_sink_pool_t *p);
+static outboxd_sink_status_t pool_start(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+static int replace_slot_producer(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+
+/* The sink a producer's callback reports to: its own, or for a pool
+ * producer the sink that borrowed it (see outboxd_sink_pool_t). */
+static outboxd_sink_t *cb_sink(void *opaque)
 {
     outboxd_sink_t *s = opaque;
+    return s->borrower ? s->borrower : s;
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    outboxd_sink_t *s = cb_sink(opaque);
     (void)rk;
     /* A TLS or SASL failure does not heal by retrying: ERROR, with the
      * property to fix instead of librdkafka's wording (kept at debug). Only
@@ -187,7 +236,7 @@ static void forget_topic(outboxd_sink_t *s, const char *topic)
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-    outboxd_sink_t *s = opaque;
+    outboxd_sink_t *s = cb_sink(opaque);
     (void)rk;
     if (!m->err || !m->_private)
         return;
@@ -216,7 +265,7 @@ static double window(json_t *o, const char *key, const char *field)
 
 static int stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
 {
-    outboxd_sink_t *s = opaque;
+    outboxd_sink_t *s = cb_sink(opaque);
     (void)rk;
     if (outboxd_log_get_level() > OUTBOXD_LOG_DEBUG)
         return 0;
@@ -433,16 +482,45 @@ fail:
     return NULL;
 }
 
+outboxd_sink_t *outboxd_sink_new_pooled(outboxd_sink_pool_t *pool, const outboxd_config_t *conf,
+                                        const outboxd_source_conf_t *src,
+                                        outboxd_keepalive_cb keepalive, void *opaque,
+                                        atomic_int *stop, char *errstr, size_t errstr_size)
+{
+    outboxd_sink_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    s->conf = conf;
+    s->src = src;
+    s->keepalive = keepalive;
+    s->opaque = opaque;
+    s->stop = stop;
+    s->pool = pool;
+    /* No producers of its own: s->rk is a pool producer while a
+     * transaction is in hand. txnid names the checkpoint reader. */
+    snprintf(s->txnid, sizeof(s->txnid), "%s.%s", conf->transactional_id_prefix, src->name);
+    return s;
+}
+
 void outboxd_sink_destroy(outboxd_sink_t *s)
 {
     if (!s)
         return;
     if (s->rk && s->in_txn) {
         rd_kafka_error_t *err = rd_kafka_abort_transaction(s->rk, 5000);
-        if (err)
+        if (err) {
             rd_kafka_error_destroy(err);
+            if (s->slot)
+                s->slot->broken = true; /* the next borrower's init settles it */
+        }
+        s->in_txn = false;
     }
+    release(s);
     for (int i = 0; i < s->n_rks; i++) {
+        if (!s->rks[i])
+            continue; /* a pool producer whose replacement failed */
         rd_kafka_flush(s->rks[i], 5000);
         rd_kafka_destroy(s->rks[i]);
     }
@@ -450,6 +528,7 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
         if (s->fence_rks[i])
             rd_kafka_destroy(s->fence_rks[i]);
     outboxd_buf_free(&s->ckbuf);
+    outboxd_ckstore_destroy(s->ckstore);
     for (size_t i = 0; i < s->n_known; i++)
         free(s->known[i]);
     free(s->known);
@@ -465,12 +544,20 @@ void outboxd_sink_poll(outboxd_sink_t *s)
 {
     for (int i = 0; i < s->n_rks; i++)
         rd_kafka_poll(s->rks[i], 0);
+    if (s->slot)
+        rd_kafka_poll(s->rk, 0);
+    else if (s->pool)
+        pool_poll_idle(s->pool);
 }
 
 /* After a transaction ended (committed or aborted): the next one goes to
  * the next producer of the ring. */
 static void rotate(outboxd_sink_t *s)
 {
+    if (s->pool) {
+        release(s); /* the next one borrows whichever producer is free */
+        return;
+    }
     s->cur = (s->cur + 1) % s->n_rks;
     s->rk = s->rks[s->cur];
 }
@@ -497,6 +584,20 @@ static bool is_fencing(rd_kafka_resp_err_t ferr)
            ferr == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
 }
 
+/* Fencing of a pool id: the ids are the process's, not a source's, so
+ * this is another process with the same prefix (or, rarely, a transaction
+ * that outlived transaction.timeout.ms). */
+static void pool_fenced_error(const outboxd_sink_t *s, const char *what, const char *reason,
+                              char *errstr, size_t errstr_size)
+{
+    snprintf(errstr, errstr_size,
+             "%s: pool producer '%s' was fenced (%s): another process runs with "
+             "kafka.transactional_id_prefix '%s' and relay.kafka_producers (or the broker "
+             "aborted a transaction that outlived transaction.timeout.ms); give every relay "
+             "process its own kafka.transactional_id_prefix",
+             what, s->slot->holder->txnid, reason, s->conf->transactional_id_prefix);
+}
+
 /* Maps a transactional API error to a status, logging it. */
 static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, const char *what,
                                       char *errstr, size_t errstr_size)
@@ -517,7 +618,9 @@ static outboxd_sink_status_t classify(outboxd_sink_t *s, rd_kafka_error_t *err, 
         char reason[512];
         rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(s->rk, reason, sizeof(reason));
         s->fenced = is_fencing(ferr);
-        if (s->fenced)
+        if (s->fenced && s->slot)
+            pool_fenced_error(s, what, reason, errstr, errstr_size);
+        else if (s->fenced)
             snprintf(errstr, errstr_size,
                      "%s: fenced (%s): another outboxd instance with transactional.id '%s' "
                      "has started, or the broker aborted a transaction of ours that outlived "
@@ -617,160 +720,31 @@ static outboxd_sink_status_t ensure_checkpoint_topic(outboxd_sink_t *s, char *er
     return st;
 }
 
-/*
- * Reads the checkpoint topic from the beginning with read_committed and keeps
- * the last record keyed by our source name. Runs after init_transactions, so
- * our own previous transaction is already committed or aborted.
- */
+/* The last committed checkpoint of this source (ckstore.h). Runs after
+ * init_transactions, so our own previous transactions are committed or
+ * aborted. A pooled sink shares the pool's store, whose one read serves
+ * every source asking at about the same time. */
 static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoint_t *ck,
                                              char *errstr, size_t errstr_size)
 {
     memset(ck, 0, sizeof(*ck));
-    rd_kafka_conf_t *kc = base_conf(s->conf, true, errstr, errstr_size);
-    if (!kc)
-        return OUTBOXD_SINK_FATAL;
-    char group[300];
-    snprintf(group, sizeof(group), "%s.checkpoint-reader", s->txnid);
-    if (set(kc, "group.id", group, errstr, errstr_size) < 0 ||
-        set(kc, "isolation.level", "read_committed", errstr, errstr_size) < 0 ||
-        set(kc, "enable.partition.eof", "true", errstr, errstr_size) < 0 ||
-        set(kc, "enable.auto.commit", "false", errstr, errstr_size) < 0 ||
-        /* The end of a partition is only reported by a fetch that finds
-         * nothing new, which the broker holds back for this long: the
-         * default 500 ms would be most of a start. */
-        set(kc, "fetch.wait.max.ms", "10", errstr, errstr_size) < 0 ||
-        /* Reading starts at offset 0 (below): a log that no longer starts
-         * there is read from its beginning. */
-        set(kc, "auto.offset.reset", "earliest", errstr, errstr_size) < 0) {
-        rd_kafka_conf_destroy(kc);
-        return OUTBOXD_SINK_FATAL;
+    outboxd_ckstore_t *cs = s->pool ? s->pool->ckstore : s->ckstore;
+    if (!cs) {
+        rd_kafka_conf_t *kc = base_conf(s->conf, true, errstr, errstr_size);
+        if (!kc)
+            return OUTBOXD_SINK_FATAL;
+        char group[300];
+        snprintf(group, sizeof(group), "%s.checkpoint-reader", s->txnid);
+        cs = s->ckstore =
+            outboxd_ckstore_new(kc, s->conf->checkpoint_topic, group, 0, errstr, errstr_size);
+        if (!cs)
+            return OUTBOXD_SINK_FATAL;
     }
-    char e[512];
-    rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
-    if (!c) {
-        snprintf(errstr, errstr_size, "creating checkpoint reader: %s", e);
-        rd_kafka_conf_destroy(kc);
-        return OUTBOXD_SINK_FATAL;
-    }
-    outboxd_sink_status_t st = OUTBOXD_SINK_RETRY;
-    rd_kafka_topic_t *t = rd_kafka_topic_new(c, s->conf->checkpoint_topic, NULL);
-    const rd_kafka_metadata_t *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(c, 0, t, &md, 15000);
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    if (err || md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt < 1) {
-        snprintf(errstr, errstr_size, "checkpoint topic %s metadata: %s", s->conf->checkpoint_topic,
-                 rd_kafka_err2str(err ? err : (md && md->topic_cnt ? md->topics[0].err : 0)));
-        goto out;
-    }
-    int nparts = md->topics[0].partition_cnt;
-    parts = rd_kafka_topic_partition_list_new(nparts);
-    /* Offset 0 rather than OFFSET_BEGINNING: librdkafka looks a logical
-     * offset up, and retries that lookup 500 ms later when the partition's
-     * leader is not yet known to the new client, which it often is not right
-     * after the metadata call (one start in ten here). A compacted topic
-     * keeps offset 0 as its start; otherwise auto.offset.reset applies. */
-    for (int i = 0; i < nparts; i++)
-        rd_kafka_topic_partition_list_add(parts, s->conf->checkpoint_topic,
-                                          md->topics[0].partitions[i].id)
-            ->offset = 0;
-    if ((err = rd_kafka_assign(c, parts))) {
-        snprintf(errstr, errstr_size, "assigning checkpoint topic: %s", rd_kafka_err2str(err));
-        goto out;
-    }
-    /*
-     * read_committed reports the end of a partition at its last stable
-     * offset, which an open transaction of another source (sharing this
-     * topic) holds back. Stopping there could return an older checkpoint of
-     * ours, so read each partition up to a high watermark taken after
-     * init_transactions: all our own checkpoints are below it
-     * (init_transactions has completed our previous transactions), and the
-     * other source's transaction ends within its transaction timeout.
-     */
-    int64_t *target = calloc((size_t)nparts, sizeof(int64_t));
-    bool *done = calloc((size_t)nparts, sizeof(bool));
-    if (!target || !done) {
-        free(target);
-        free(done);
-        snprintf(errstr, errstr_size, "out of memory");
-        goto out;
-    }
-    int remaining = nparts;
-    /* The high watermark comes with every fetch response, whatever the
-     * isolation level (ListOffsets would answer with the stable offset for
-     * read_committed): each partition's target is the one of the first
-     * response seen, taken after init_transactions like the records. Before
-     * that it is unknown (-1). */
-    for (int i = 0; i < nparts; i++)
-        target[i] = -1;
-    int64_t deadline = outboxd_now_ms() + READ_CHECKPOINT_TIMEOUT_MS;
-    size_t keylen = strlen(s->src->name);
-    long records = 0;
-    while (remaining > 0) {
-        if (outboxd_now_ms() > deadline) {
-            snprintf(errstr, errstr_size,
-                     "reading checkpoint topic %s: not at its end after %d ms (another "
-                     "producer's transaction open on it?)",
-                     s->conf->checkpoint_topic, READ_CHECKPOINT_TIMEOUT_MS);
-            free(target);
-            free(done);
-            goto out;
-        }
-        if (s->keepalive)
-            s->keepalive(s->opaque);
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 200);
-        if (!m)
-            continue;
-        int idx = -1;
-        for (int i = 0; i < nparts; i++)
-            if (parts->elems[i].partition == m->partition)
-                idx = i;
-        if (idx >= 0 && target[idx] < 0 &&
-            (!m->err || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)) {
-            int64_t lo = 0, hi = -1;
-            if (rd_kafka_get_watermark_offsets(c, s->conf->checkpoint_topic, m->partition, &lo,
-                                               &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-                hi >= 0)
-                target[idx] = hi;
-        }
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            if (idx >= 0 && !done[idx] && target[idx] >= 0 && m->offset >= target[idx]) {
-                done[idx] = true;
-                remaining--;
-            }
-        } else if (m->err) {
-            LOG_DEBUG(s->src->name, "checkpoint reader: %s", rd_kafka_message_errstr(m));
-        } else {
-            if (m->key_len == keylen && memcmp(m->key, s->src->name, keylen) == 0 && m->payload) {
-                outboxd_checkpoint_t c2;
-                char derr[256];
-                if (outboxd_checkpoint_decode(m->payload, m->len, &c2, derr, sizeof(derr)) == 0) {
-                    *ck = c2;
-                    records++;
-                } else {
-                    LOG_WARN(s->src->name, "skipping unreadable checkpoint at offset %lld: %s",
-                             (long long)m->offset, derr);
-                }
-            }
-            if (idx >= 0 && !done[idx] && target[idx] >= 0 && m->offset + 1 >= target[idx]) {
-                done[idx] = true;
-                remaining--;
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    free(target);
-    free(done);
-    LOG_DEBUG(s->src->name, "read %ld checkpoint records", records);
-    st = OUTBOXD_SINK_OK;
-out:
-    if (parts)
-        rd_kafka_topic_partition_list_destroy(parts);
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(t);
-    rd_kafka_consumer_close(c);
-    rd_kafka_destroy(c);
-    return st;
+    int rc =
+        outboxd_ckstore_read(cs, s->src->name, ck, s->keepalive, s->opaque, errstr, errstr_size);
+    if (rc == 0)
+        return OUTBOXD_SINK_OK;
+    return rc == -2 ? OUTBOXD_SINK_FATAL : OUTBOXD_SINK_RETRY;
 }
 
 /*
@@ -874,6 +848,15 @@ static outboxd_sink_status_t init_producers(outboxd_sink_t *s, char *errstr, siz
 outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck, char *errstr,
                                         size_t errstr_size)
 {
+    if (s->pool) {
+        /* Every pool id is fenced (its leftovers settled) before any
+         * checkpoint is read; the topic was ensured by the start too. */
+        outboxd_sink_status_t st = pool_start(s, errstr, errstr_size);
+        if (st != OUTBOXD_SINK_OK)
+            return st;
+        s->initialized = true;
+        return read_checkpoint(s, ck, errstr, errstr_size);
+    }
     if (!s->initialized) {
         outboxd_sink_status_t st = init_producers(s, errstr, errstr_size);
         if (st != OUTBOXD_SINK_OK)
@@ -907,6 +890,16 @@ static void pause_briefly(outboxd_sink_t *s, int attempt)
  * caller must run outboxd_sink_init again (see outboxd_sink_ready). */
 static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_size)
 {
+    if (s->pool) {
+        /* Only the borrowed producer failed: replace it now (its
+         * init_transactions aborts what the old one left open, so no
+         * checkpoint read waits for it) and give it back. The sink stays
+         * initialized: its checkpoint is still the last committed one. */
+        s->in_txn = false;
+        int rc = s->slot ? replace_slot_producer(s, errstr, errstr_size) : 0;
+        release(s);
+        return rc;
+    }
     for (int i = 0; i < s->n_rks; i++) {
         rd_kafka_purge(s->rks[i], RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         rd_kafka_destroy(s->rks[i]);
@@ -941,6 +934,15 @@ static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_siz
 static outboxd_sink_status_t settle(outboxd_sink_t *s, outboxd_sink_status_t st, char *errstr,
                                     size_t errstr_size)
 {
+    if (s->slot && st == OUTBOXD_SINK_FATAL && !s->reset_needed) {
+        /* The source stops; the producer's state is unknown: the next
+         * borrower replaces it (or, when it was fenced, stops too). */
+        s->slot->broken = true;
+        s->in_txn = false;
+        release(s);
+    } else if (s->slot && !s->in_txn && st != OUTBOXD_SINK_FATAL) {
+        release(s); /* no transaction in hand (e.g. a missing topic) */
+    }
     if (st != OUTBOXD_SINK_FATAL || !s->reset_needed)
         return st;
     s->reset_needed = false;
@@ -963,11 +965,15 @@ bool outboxd_sink_ready(const outboxd_sink_t *s)
 
 bool outboxd_sink_fenced(const outboxd_sink_t *s)
 {
-    return s->fenced;
+    return s->fenced && !s->pool;
 }
 
 int outboxd_sink_replace_producers(outboxd_sink_t *s, char *errstr, size_t errstr_size)
 {
+    if (s->pool) {
+        snprintf(errstr, errstr_size, "pool producers are replaced by the pool");
+        return -1;
+    }
     return recreate_producers(s, errstr, errstr_size);
 }
 
@@ -997,6 +1003,10 @@ static outboxd_sink_status_t abort_txn(outboxd_sink_t *s, char *errstr, size_t e
              * init_transactions (or the transaction timeout) aborts it. */
             LOG_WARN(s->src->name, "%s; giving up on shutdown", errstr);
             s->in_txn = false;
+            if (s->slot) {
+                s->slot->broken = true; /* its abort call is still pending */
+                release(s);
+            }
             return OUTBOXD_SINK_OK;
         }
         LOG_WARN(s->src->name, "%s; retrying", errstr);
@@ -1224,6 +1234,13 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
                                          int32_t partition, int64_t timestamp_ms, char *errstr,
                                          size_t errstr_size)
 {
+    if (s->pool && !s->slot) {
+        /* A transaction begins here (or a topic is looked up for it):
+         * from now until it ends the source holds one pool producer. */
+        outboxd_sink_status_t bst = borrow(s, errstr, errstr_size);
+        if (bst != OUTBOXD_SINK_OK)
+            return bst;
+    }
     outboxd_sink_status_t cst = check_topic(s, topic, errstr, errstr_size);
     if (cst != OUTBOXD_SINK_OK)
         return cst; /* nothing produced; the open transaction stays as it is */
@@ -1270,6 +1287,8 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
             snprintf(errstr, errstr_size, "producing to %s: fatal Kafka error %s: %s", topic,
                      rd_kafka_err2name(ferr), reason);
             s->fenced = is_fencing(ferr);
+            if (s->fenced && s->slot)
+                pool_fenced_error(s, "producing", reason, errstr, errstr_size);
             if (recoverable_fatal(ferr))
                 s->reset_needed = true;
             return OUTBOXD_SINK_FATAL;
@@ -1365,11 +1384,369 @@ static outboxd_sink_status_t commit_txn(outboxd_sink_t *s, const outboxd_checkpo
              * Nothing was confirmed to PostgreSQL, so nothing is lost; the
              * next instance's init_transactions settles the transaction. */
             s->in_txn = false;
+            if (s->slot) {
+                s->slot->broken = true; /* its commit call is still pending */
+                release(s);
+            }
             return OUTBOXD_SINK_ABORTED;
         }
         LOG_WARN(s->src->name, "%s; retrying commit", errstr);
         pause_briefly(s, attempt);
     }
+}
+
+/* ---- the producer pool (relay.kafka_producers) ---- */
+
+/*
+ * Why a pool: with own producers every source costs producers_per_source
+ * librdkafka instances (each a main thread, a thread per broker, and its own
+ * bootstrap, InitProducerId and idle timers), which made hundreds of
+ * sources slow to start and heavy at rest. A source needs a producer only
+ * while a transaction is in hand, so N shared ones serve many sources; a
+ * slot is taken for one transaction (first produce through commit or
+ * abort, including the pipelined commit in source.c's helper thread) and
+ * given back. Each transaction still carries one source's events and its
+ * checkpoint, in the order that source produced them, so nothing of the
+ * exactly-once protocol changes. Handing a producer to the least recently
+ * used slot first gives each a commit cycle to settle (see the ring above).
+ */
+
+static char pool_name[] = "kafka-pool";
+static const outboxd_source_conf_t pool_src = {.name = pool_name};
+
+/* The pool's wait for a free producer, per round (then keepalive). */
+#define POOL_WAIT_STEP_MS 200
+/* init_transactions of every pool id: each call this long, round robin,
+ * while all of them progress in the background. */
+#define POOL_INIT_STEP_MS    100
+#define POOL_INIT_TIMEOUT_MS 60000
+/* The first source asking for its checkpoint waits this long for others
+ * to join the same read of the checkpoint topic. */
+#define POOL_GATHER_MS 50
+
+static outboxd_sink_t *new_holder(const outboxd_sink_pool_t *p, int k, char *errstr,
+                                  size_t errstr_size)
+{
+    outboxd_sink_t *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    h->conf = p->conf;
+    h->src = &pool_src;
+    h->stop = p->stop;
+    snprintf(h->txnid, sizeof(h->txnid), "%s.pool.%d", p->conf->transactional_id_prefix, k);
+    snprintf(h->txnids[0], sizeof(h->txnids[0]), "%s", h->txnid);
+    h->rks[0] = new_producer(h, h->txnid, errstr, errstr_size);
+    if (!h->rks[0]) {
+        free(h);
+        return NULL;
+    }
+    h->n_rks = 1;
+    h->rk = h->rks[0];
+    return h;
+}
+
+outboxd_sink_pool_t *outboxd_sink_pool_new(const outboxd_config_t *conf, int n, atomic_int *stop,
+                                           char *errstr, size_t errstr_size)
+{
+    outboxd_sink_pool_t *p = calloc(1, sizeof(*p));
+    if (p)
+        p->slots = calloc((size_t)(n > 0 ? n : 1), sizeof(*p->slots));
+    if (!p || !p->slots) {
+        free(p);
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    p->conf = conf;
+    p->stop = stop;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    rd_kafka_conf_t *kc = base_conf(conf, true, errstr, errstr_size);
+    char group[300];
+    snprintf(group, sizeof(group), "%s.pool.checkpoint-reader", conf->transactional_id_prefix);
+    if (!kc || !(p->ckstore = outboxd_ckstore_new(kc, conf->checkpoint_topic, group, POOL_GATHER_MS,
+                                                  errstr, errstr_size))) {
+        outboxd_sink_pool_destroy(p);
+        return NULL;
+    }
+    for (int k = 0; k < n; k++) {
+        p->slots[k].holder = new_holder(p, k, errstr, errstr_size);
+        if (!p->slots[k].holder) {
+            outboxd_sink_pool_destroy(p);
+            return NULL;
+        }
+        p->n++;
+    }
+    return p;
+}
+
+void outboxd_sink_pool_destroy(outboxd_sink_pool_t *p)
+{
+    if (!p)
+        return;
+    for (int k = 0; k < p->n; k++)
+        outboxd_sink_destroy(p->slots[k].holder);
+    outboxd_ckstore_destroy(p->ckstore);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p->slots);
+    free(p);
+}
+
+/* Runs init_transactions on every pool id in parallel: each call with a
+ * short timeout, round robin, until all are done (librdkafka resumes a
+ * timed-out init_transactions in the background). Then the checkpoint
+ * topic is ensured once for all sources. */
+static outboxd_sink_status_t pool_init_all(outboxd_sink_pool_t *p, outboxd_sink_t *s, char *errstr,
+                                           size_t errstr_size)
+{
+    int64_t t0 = outboxd_now_ms();
+    for (;;) {
+        int left = 0;
+        for (int k = 0; k < p->n; k++) {
+            pool_slot_t *sl = &p->slots[k];
+            if (sl->ready)
+                continue;
+            rd_kafka_error_t *err = rd_kafka_init_transactions(sl->holder->rk, POOL_INIT_STEP_MS);
+            if (!err) {
+                sl->ready = true;
+                continue;
+            }
+            if (rd_kafka_error_is_retriable(err) && !rd_kafka_error_is_fatal(err)) {
+                snprintf(errstr, errstr_size, "init_transactions of %s: %s", sl->holder->txnid,
+                         rd_kafka_error_string(err));
+                rd_kafka_error_destroy(err);
+                left++;
+                continue;
+            }
+            outboxd_sink_status_t st =
+                classify(sl->holder, err, "init_transactions", errstr, errstr_size);
+            return st == OUTBOXD_SINK_FATAL ? st : OUTBOXD_SINK_RETRY;
+        }
+        if (!left)
+            break;
+        if (s->stop && atomic_load(s->stop))
+            return OUTBOXD_SINK_RETRY;
+        if (outboxd_now_ms() - t0 > POOL_INIT_TIMEOUT_MS) {
+            size_t len = strlen(errstr);
+            snprintf(errstr + len, errstr_size - len, " (%d of %d pool producers not ready)", left,
+                     p->n);
+            return OUTBOXD_SINK_RETRY;
+        }
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+    }
+    LOG_INFO(NULL, "kafka pool: %d transactional producers %s.pool.0..%d ready in %lld ms", p->n,
+             p->conf->transactional_id_prefix, p->n - 1, (long long)(outboxd_now_ms() - t0));
+    return ensure_checkpoint_topic(p->slots[0].holder, errstr, errstr_size);
+}
+
+/* The first pooled sink to initialize starts the pool; the others wait for
+ * it (and retry it when it failed). */
+static outboxd_sink_status_t pool_start(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    outboxd_sink_pool_t *p = s->pool;
+    pthread_mutex_lock(&p->mu);
+    while (p->state == POOL_STARTING) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += POOL_WAIT_STEP_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        pthread_mutex_unlock(&p->mu);
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        pthread_mutex_lock(&p->mu);
+    }
+    if (p->state == POOL_READY) {
+        pthread_mutex_unlock(&p->mu);
+        return OUTBOXD_SINK_OK;
+    }
+    p->state = POOL_STARTING;
+    pthread_mutex_unlock(&p->mu);
+    outboxd_sink_status_t st = pool_init_all(p, s, errstr, errstr_size);
+    pthread_mutex_lock(&p->mu);
+    p->state = st == OUTBOXD_SINK_OK ? POOL_READY : POOL_NEW;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+/* The borrowed slot's producer hit a fatal error other than fencing: a new
+ * producer with the same transactional.id, initialized at once (its
+ * init_transactions fences the old one and aborts what it left open). When
+ * the init does not finish, the slot stays not ready and its next borrower
+ * resumes it. */
+static int replace_slot_producer(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    pool_slot_t *sl = s->slot;
+    outboxd_sink_t *h = sl->holder;
+    if (h->rk) { /* NULL when an earlier replacement failed */
+        rd_kafka_purge(h->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_poll(h->rk, 0); /* the purge's delivery reports, to us */
+        rd_kafka_destroy(h->rk);
+    }
+    h->rk = h->rks[0] = NULL;
+    sl->ready = false;
+    sl->broken = true;
+    s->rk = NULL;
+    h->rk = h->rks[0] = new_producer(h, h->txnid, errstr, errstr_size);
+    if (!h->rk)
+        return -1; /* still broken: the next borrower tries again */
+    sl->broken = false;
+    s->rk = h->rk;
+    LOG_WARN(s->src->name, "replaced pool producer %s", h->txnid);
+    for (int attempt = 0; attempt < 3 && !sl->ready; attempt++) {
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        rd_kafka_error_t *err = rd_kafka_init_transactions(h->rk, TXN_CALL_TIMEOUT_MS / 5);
+        if (!err)
+            sl->ready = true;
+        else if (rd_kafka_error_is_retriable(err) && !rd_kafka_error_is_fatal(err))
+            rd_kafka_error_destroy(err);
+        else {
+            rd_kafka_error_destroy(err);
+            sl->broken = true;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Takes a free pool producer for the transaction about to begin, waiting
+ * (with the keepalive) while all are in use. */
+static outboxd_sink_status_t borrow(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    outboxd_sink_pool_t *p = s->pool;
+    pool_slot_t *sl = NULL;
+    int64_t t0 = outboxd_now_ms();
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        for (int i = 0; i < p->n && !sl; i++) {
+            pool_slot_t *c = &p->slots[(p->next + i) % p->n];
+            if (!c->busy)
+                sl = c;
+        }
+        if (sl)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += POOL_WAIT_STEP_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        pthread_mutex_unlock(&p->mu);
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        if (s->stop && atomic_load(s->stop) && outboxd_now_ms() - t0 > TXN_CALL_TIMEOUT_MS) {
+            snprintf(errstr, errstr_size, "stopping: no pool producer came free in %d ms",
+                     TXN_CALL_TIMEOUT_MS);
+            return OUTBOXD_SINK_ABORTED;
+        }
+        pthread_mutex_lock(&p->mu);
+    }
+    sl->busy = true;
+    p->next = (int)(sl - p->slots + 1) % p->n;
+    pthread_mutex_unlock(&p->mu);
+    int64_t waited = outboxd_now_ms() - t0;
+    if (waited >= 1000)
+        LOG_DEBUG(s->src->name, "waited %lld ms for a pool producer", (long long)waited);
+    sl->holder->borrower = s;
+    s->slot = sl;
+    s->rk = sl->holder->rk;
+    if (sl->broken) {
+        char reason[512];
+        rd_kafka_resp_err_t ferr = s->rk ? rd_kafka_fatal_error(s->rk, reason, sizeof(reason))
+                                         : RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (is_fencing(ferr)) {
+            s->fenced = true;
+            pool_fenced_error(s, "taking a pool producer", reason, errstr, errstr_size);
+            release(s);
+            return OUTBOXD_SINK_FATAL;
+        }
+        if (replace_slot_producer(s, errstr, errstr_size) < 0) {
+            release(s);
+            return OUTBOXD_SINK_FATAL;
+        }
+    }
+    rd_kafka_poll(s->rk, 0); /* what the producer reported while idle */
+    for (int attempt = 0; !sl->ready; attempt++) {
+        rd_kafka_error_t *err = rd_kafka_init_transactions(s->rk, TXN_CALL_TIMEOUT_MS / 5);
+        if (!err) {
+            sl->ready = true;
+            break;
+        }
+        outboxd_sink_status_t st = classify(s, err, "init_transactions", errstr, errstr_size);
+        if (st != OUTBOXD_SINK_RETRY || (s->stop && atomic_load(s->stop)) || attempt >= 5) {
+            if (st == OUTBOXD_SINK_FATAL)
+                sl->broken = true;
+            release(s);
+            return st == OUTBOXD_SINK_FATAL ? st : OUTBOXD_SINK_ABORTED;
+        }
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+    }
+    return OUTBOXD_SINK_OK;
+}
+
+/* Gives the borrowed producer back. Its pending delivery reports are
+ * served first, so they reach this sink and not the next borrower. */
+static void release(outboxd_sink_t *s)
+{
+    pool_slot_t *sl = s->slot;
+    if (!sl)
+        return;
+    outboxd_sink_t *h = sl->holder;
+    if (h->rk) {
+        rd_kafka_poll(h->rk, 0);
+        char reason[512];
+        if (rd_kafka_fatal_error(h->rk, reason, sizeof(reason)))
+            sl->broken = true;
+    } else {
+        sl->broken = true;
+    }
+    h->borrower = NULL;
+    s->slot = NULL;
+    s->rk = NULL;
+    outboxd_sink_pool_t *p = s->pool;
+    pthread_mutex_lock(&p->mu);
+    sl->busy = false;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Serves the callbacks of free pool producers (errors, logs) once a
+ * second, from whichever source loop gets here first. */
+static void pool_poll_idle(outboxd_sink_pool_t *p)
+{
+    int64_t now = outboxd_now_ms();
+    if (now - atomic_load(&p->polled_ms) < 1000 || pthread_mutex_trylock(&p->mu) != 0)
+        return;
+    if (now - atomic_load(&p->polled_ms) < 1000 || p->state != POOL_READY) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    atomic_store(&p->polled_ms, now);
+    int k = -1;
+    for (int i = 0; i < p->n && k < 0; i++) {
+        int c = (p->poll_next + i) % p->n;
+        if (!p->slots[c].busy && p->slots[c].holder->rk)
+            k = c;
+    }
+    if (k >= 0) {
+        p->slots[k].busy = true;
+        p->poll_next = (k + 1) % p->n;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (k < 0)
+        return;
+    rd_kafka_poll(p->slots[k].holder->rk, 0);
+    pthread_mutex_lock(&p->mu);
+    p->slots[k].busy = false;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
 }
 
 /* ---- configuration checks (outboxd check, and run before sources start) ---- */

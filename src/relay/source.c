@@ -64,6 +64,7 @@ struct outboxd_source {
     outboxd_cdc_t *cdc; /* NULL when no table has mode: cdc */
     outboxd_sink_t *sink;
     bool sink_ready;
+    outboxd_sink_pool_t *pool; /* relay.kafka_producers > 0: the shared producers */
 
     outboxd_checkpoint_t ck_committed; /* last checkpoint committed in Kafka */
     outboxd_checkpoint_t batch_ck;     /* last whole transaction in the open batch */
@@ -1477,6 +1478,15 @@ static int judge_checkpoint(outboxd_source_t *s, bool created_slot)
     return 0;
 }
 
+/* Own producers, or a sink borrowing from the pool. */
+static outboxd_sink_t *make_sink(outboxd_source_t *s, const outboxd_config_t *conf,
+                                 const outboxd_source_conf_t *src, char *err, size_t err_size)
+{
+    if (s->pool)
+        return outboxd_sink_new_pooled(s->pool, conf, src, keepalive, s, s->stop, err, err_size);
+    return outboxd_sink_new(conf, src, keepalive, s, s->stop, err, err_size);
+}
+
 /* The Kafka side, once: producers fenced and the last checkpoint read, before
  * any replication connection exists (so its slow calls cannot run into
  * wal_sender_timeout). 0, -1 retry, -2 fatal. */
@@ -1484,7 +1494,7 @@ static int open_kafka(outboxd_source_t *s)
 {
     char err[1024];
     if (!s->sink) {
-        s->sink = outboxd_sink_new(s->conf, s->src, keepalive, s, s->stop, err, sizeof(err));
+        s->sink = make_sink(s, s->conf, s->src, err, sizeof(err));
         if (!s->sink) {
             LOG_ERROR(s->name, "%s", err);
             return -2;
@@ -1515,6 +1525,19 @@ static bool str_eq(const char *a, const char *b)
 }
 
 /* Whether anything the sink reads from its configuration differs. */
+/* Whether the Kafka client settings differ (a pool keeps its producers). */
+static bool kafka_conf_differs(const outboxd_config_t *a, const outboxd_config_t *b)
+{
+    if (!str_eq(a->bootstrap_servers, b->bootstrap_servers) ||
+        a->n_kafka_properties != b->n_kafka_properties)
+        return true;
+    for (size_t i = 0; i < a->n_kafka_properties; i++)
+        if (!str_eq(a->kafka_properties[i].key, b->kafka_properties[i].key) ||
+            !str_eq(a->kafka_properties[i].value, b->kafka_properties[i].value))
+            return true;
+    return false;
+}
+
 static bool sink_conf_differs(const outboxd_config_t *a, const outboxd_config_t *b)
 {
     if (!str_eq(a->bootstrap_servers, b->bootstrap_servers) ||
@@ -1525,7 +1548,7 @@ static bool sink_conf_differs(const outboxd_config_t *a, const outboxd_config_t 
         a->create_topic_partitions != b->create_topic_partitions ||
         a->create_topic_replication_factor != b->create_topic_replication_factor ||
         a->producers_per_source != b->producers_per_source ||
-        a->n_kafka_properties != b->n_kafka_properties)
+        a->kafka_producers != b->kafka_producers || a->n_kafka_properties != b->n_kafka_properties)
         return true;
     for (size_t i = 0; i < a->n_kafka_properties; i++)
         if (!str_eq(a->kafka_properties[i].key, b->kafka_properties[i].key) ||
@@ -1611,8 +1634,12 @@ static int apply_reload(outboxd_source_t *s)
         cd = outboxd_cdc_new(conf, src, s->ident.database, err, sizeof(err));
         ok = cd != NULL;
     }
+    if (ok && new_sink && s->pool && kafka_conf_differs(s->sink_conf, conf))
+        LOG_WARN(s->name, "reload: kafka.bootstrap_servers, kafka.properties: needs a restart "
+                          "with relay.kafka_producers (the pool keeps the producers it started "
+                          "with); ignored until then");
     if (ok && new_sink) {
-        sk = outboxd_sink_new(conf, src, keepalive, s, s->stop, err, sizeof(err));
+        sk = make_sink(s, conf, src, err, sizeof(err));
         ok = sk != NULL;
     }
     if (!ok) {
@@ -1776,7 +1803,7 @@ static int connect_source(outboxd_source_t *s)
         /* Created now, initialized later (open_kafka): creating fences no
          * one, and the producers' connections to the broker are set up
          * while PostgreSQL is checked. */
-        s->sink = outboxd_sink_new(s->conf, s->src, keepalive, s, s->stop, err, sizeof(err));
+        s->sink = make_sink(s, s->conf, s->src, err, sizeof(err));
         if (!s->sink) {
             LOG_ERROR(s->name, "%s", err);
             return -2;
@@ -2066,6 +2093,11 @@ static void *run(void *arg)
 void outboxd_source_set_stats(outboxd_source_t *s, outboxd_stats_t *stats)
 {
     s->stats = stats;
+}
+
+void outboxd_source_set_pool(outboxd_source_t *s, outboxd_sink_pool_t *pool)
+{
+    s->pool = pool;
 }
 
 int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size)

@@ -37,6 +37,10 @@ sed -i 's/^relay:/relay:\n  reconnect_max_backoff_ms: 4000/' "$WORK/outboxd.yaml
 # its message timeout, which the transaction timeout bounds: keep it short.
 sed -i 's/^  transactional_id_prefix: \(.*\)$/  transactional_id_prefix: \1\n  properties: { transaction.timeout.ms: 20000 }/' "$WORK/outboxd.yaml"
 grep -q 'transaction.timeout.ms: 20000' "$WORK/outboxd.yaml" || fail "config edit failed"
+# test_missing_topic_pool.sh: the same with a shared producer pool.
+if [ -n "${POOL_PRODUCERS:-}" ]; then
+    sed -i "s/^relay:/relay:\n  kafka_producers: $POOL_PRODUCERS/" "$WORK/outboxd.yaml"
+fi
 prepare_sources "$WORK/outboxd.yaml"
 topic_create "$RUN_ID.ev.$DBA" 1
 topic_create "$RUN_ID.ev.$DBB" 1

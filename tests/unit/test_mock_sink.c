@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <stdio.h>
 #include <stdatomic.h>
@@ -455,6 +456,133 @@ static void test_checkpoint_record_refused(void **state)
     outboxd_sink_destroy(a);
 }
 
+/* ---- the shared producer pool (relay.kafka_producers) ---- */
+
+typedef struct pool_job {
+    outboxd_sink_t *s;
+    outboxd_checkpoint_t ck; /* to commit, or read by init */
+    bool init;               /* outboxd_sink_init instead of produce + commit */
+    outboxd_sink_status_t st;
+    atomic_bool finished;
+    char err[512];
+} pool_job_t;
+
+static void *pool_job_run(void *arg)
+{
+    pool_job_t *j = arg;
+    if (j->init) {
+        j->st = outboxd_sink_init(j->s, &j->ck, j->err, sizeof(j->err));
+    } else {
+        j->st = produce_n(j->s, 3, j->err, sizeof(j->err));
+        if (j->st == OUTBOXD_SINK_OK)
+            j->st = outboxd_sink_commit(j->s, &j->ck, j->err, sizeof(j->err));
+    }
+    atomic_store(&j->finished, true);
+    return NULL;
+}
+
+static outboxd_sink_t *pooled(fixture_t *f, outboxd_sink_pool_t *p, int source)
+{
+    char err[512];
+    events_topic = f->events_topic;
+    outboxd_sink_t *s = outboxd_sink_new_pooled(p, f->conf, &f->conf->sources[source], NULL, NULL,
+                                                &stop_flag, err, sizeof(err));
+    if (!s)
+        fail_msg("sink_new_pooled: %s", err);
+    return s;
+}
+
+/*
+ * Two sources on a pool of one producer: the second source's transaction
+ * waits while the first holds the producer and runs once it was given back;
+ * a refusal in one source's transaction aborts only that one; a new pool's
+ * first start reads both sources' checkpoints (both ask at once).
+ */
+static void test_pool_shares_producers(void **state)
+{
+    fixture_t *f = *state;
+    char err[512];
+    outboxd_checkpoint_t ck;
+    outboxd_sink_pool_t *p = outboxd_sink_pool_new(f->conf, 1, &stop_flag, err, sizeof(err));
+    if (!p)
+        fail_msg("pool_new: %s", err);
+    outboxd_sink_t *a = pooled(f, p, 0), *b = pooled(f, p, 1);
+    assert_int_equal(outboxd_sink_init(a, &ck, err, sizeof(err)), OUTBOXD_SINK_OK);
+    assert_int_equal(ck.commit_lsn, 0);
+    assert_int_equal(outboxd_sink_init(b, &ck, err, sizeof(err)), OUTBOXD_SINK_OK);
+    assert_int_equal(ck.commit_lsn, 0);
+
+    /* a holds the only producer from its first produce to its commit. */
+    assert_int_equal(produce_n(a, 5, err, sizeof(err)), OUTBOXD_SINK_OK);
+    pool_job_t jb = {.s = b, .ck = ck_at(0x300, 0x340, -1)};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pool_job_run, &jb), 0);
+    usleep(500 * 1000);
+    assert_false(atomic_load(&jb.finished)); /* still waiting for the producer */
+    outboxd_checkpoint_t c1 = ck_at(0x100, 0x140, -1);
+    assert_int_equal(outboxd_sink_commit(a, &c1, err, sizeof(err)), OUTBOXD_SINK_OK);
+    pthread_join(t, NULL);
+    if (jb.st != OUTBOXD_SINK_OK)
+        fail_msg("b: %d %s", jb.st, jb.err);
+
+    if (f->mc) {
+        /* A refusal in a's transaction: a aborts, b's next one commits. */
+        rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1,
+                                          RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+        assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
+        outboxd_checkpoint_t c2 = ck_at(0x500, 0x540, -1);
+        assert_int_equal(outboxd_sink_commit(a, &c2, err, sizeof(err)), OUTBOXD_SINK_ABORTED);
+        char reason[256] = "";
+        /* (the injected error hits whichever produce request goes first:
+         * the events' or the checkpoint's) */
+        assert_true(outboxd_sink_refused(a, reason, sizeof(reason), NULL) > 0 ||
+                    outboxd_sink_checkpoint_refused(a, reason, sizeof(reason)));
+        outboxd_checkpoint_t c3 = ck_at(0x400, 0x440, -1);
+        outboxd_sink_status_t st = OUTBOXD_SINK_ABORTED;
+        /* (the epoch bump after an abort may cost one more attempt) */
+        for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
+            st = produce_n(b, 2, err, sizeof(err));
+            if (st == OUTBOXD_SINK_OK)
+                st = outboxd_sink_commit(b, &c3, err, sizeof(err));
+        }
+        assert_int_equal(st, OUTBOXD_SINK_OK);
+        /* a goes on too. (Also needed for the read below: the mock
+         * cluster's epoch bump, which ends a transaction refused this way,
+         * leaves its records visible to read_committed; a real broker's
+         * does not, see test_pool_isolation.sh.) */
+        outboxd_checkpoint_t c4 = ck_at(0x600, 0x640, -1);
+        st = OUTBOXD_SINK_ABORTED;
+        for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
+            st = produce_n(a, 2, err, sizeof(err));
+            if (st == OUTBOXD_SINK_OK)
+                st = outboxd_sink_commit(a, &c4, err, sizeof(err));
+        }
+        assert_int_equal(st, OUTBOXD_SINK_OK);
+    }
+    outboxd_sink_destroy(a);
+    outboxd_sink_destroy(b);
+    outboxd_sink_pool_destroy(p);
+
+    /* A new process's pool (two producers): both sources start at once. */
+    p = outboxd_sink_pool_new(f->conf, 2, &stop_flag, err, sizeof(err));
+    if (!p)
+        fail_msg("pool_new: %s", err);
+    pool_job_t ja = {.s = pooled(f, p, 0), .init = true};
+    pool_job_t jb2 = {.s = pooled(f, p, 1), .init = true};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, pool_job_run, &ja), 0);
+    assert_int_equal(pthread_create(&tb, NULL, pool_job_run, &jb2), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    if (ja.st != OUTBOXD_SINK_OK || jb2.st != OUTBOXD_SINK_OK)
+        fail_msg("init: %d %s / %d %s", ja.st, ja.err, jb2.st, jb2.err);
+    assert_int_equal(ja.ck.commit_lsn, f->mc ? 0x600 : 0x100);
+    assert_int_equal(jb2.ck.commit_lsn, f->mc ? 0x400 : 0x300);
+    outboxd_sink_destroy(ja.s);
+    outboxd_sink_destroy(jb2.s);
+    outboxd_sink_pool_destroy(p);
+}
+
 int main(void)
 {
     outboxd_log_set_level(OUTBOXD_LOG_ERROR);
@@ -467,6 +595,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_checkpoint_record_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_behind_open_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fences_ids_above_the_ring, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_shares_producers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

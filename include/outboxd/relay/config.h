@@ -201,6 +201,11 @@ typedef struct outboxd_config {
      * transaction never waits for the broker to finish writing the previous
      * one's commit markers (see sink.c). */
     int producers_per_source;
+    /* 0 (default): every source has its own producers (producers_per_source).
+     * N > 0: one process-wide pool of N transactional producers
+     * (<prefix>.pool.<k>) that sources borrow one Kafka transaction at a
+     * time (sink.h, "Many sources" in README). */
+    int kafka_producers;
     /* Default true: while a Kafka transaction commits (in a helper thread),
      * the source thread keeps reading the replication stream into a bounded
      * buffer instead of leaving PostgreSQL's walsender blocked (source.c). */

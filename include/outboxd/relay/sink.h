@@ -37,6 +37,33 @@ typedef enum {
 
 typedef struct outboxd_sink outboxd_sink_t;
 
+/*
+ * Pool mode (relay.kafka_producers N > 0): one process-wide pool of N
+ * transactional producers, transactional.id <prefix>.pool.<k>. A pooled
+ * sink borrows a free producer when its transaction begins (its first
+ * produce) and gives it back when the transaction ends (commit or abort);
+ * while it waits for one it calls its keepalive callback. A transaction
+ * still holds one source's events and that source's checkpoint record, so
+ * the exactly-once protocol holds per source as with own producers.
+ *
+ * The first outboxd_sink_init of any pooled sink runs init_transactions on
+ * every pool id (in parallel; the others wait), so every transaction a
+ * previous process left open under a pool id is settled before any source
+ * reads its checkpoint. A pool producer that fails with a fatal error other
+ * than fencing is replaced (new producer, same id) by the source that saw
+ * the error; fencing means another process uses the same
+ * transactional_id_prefix, and is fatal for the source that sees it.
+ */
+typedef struct outboxd_sink_pool outboxd_sink_pool_t;
+
+/* conf must outlive the pool (and every sink made from it); stop is the
+ * process's stop flag. Producers are created, nothing is contacted. NULL +
+ * errstr on a configuration error. */
+outboxd_sink_pool_t *outboxd_sink_pool_new(const outboxd_config_t *conf, int n, atomic_int *stop,
+                                           char *errstr, size_t errstr_size);
+/* After every sink made from it was destroyed. */
+void outboxd_sink_pool_destroy(outboxd_sink_pool_t *p);
+
 /* Called between retries; also checked: *stop set means give up. */
 typedef void (*outboxd_keepalive_cb)(void *opaque);
 
@@ -44,6 +71,12 @@ typedef void (*outboxd_keepalive_cb)(void *opaque);
 outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
                                  outboxd_keepalive_cb keepalive, void *opaque, atomic_int *stop,
                                  char *errstr, size_t errstr_size);
+/* A sink that borrows its producers from pool (see above); conf and src as
+ * for outboxd_sink_new. */
+outboxd_sink_t *outboxd_sink_new_pooled(outboxd_sink_pool_t *pool, const outboxd_config_t *conf,
+                                        const outboxd_source_conf_t *src,
+                                        outboxd_keepalive_cb keepalive, void *opaque,
+                                        atomic_int *stop, char *errstr, size_t errstr_size);
 void outboxd_sink_destroy(outboxd_sink_t *s);
 
 /*
@@ -105,7 +138,9 @@ bool outboxd_sink_ready(const outboxd_sink_t *s);
  * broker's transaction coordinator aborting a transaction of ours that
  * outlived transaction.timeout.ms (a link to the broker silent that long),
  * which bumps the producer epoch the same way. The caller tells them apart
- * (see source.c: who holds the replication slot).
+ * (see source.c: who holds the replication slot). Always false for a
+ * pooled sink: a pool id is shared by all sources, so holding one's slot
+ * proves nothing; fencing there is fatal (the error says why).
  */
 bool outboxd_sink_fenced(const outboxd_sink_t *s);
 

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "outboxd/relay/config.h"
+#include "outboxd/relay/sink.h"
 #include "outboxd/relay/stats.h"
 
 typedef struct outboxd_source outboxd_source_t;
@@ -27,6 +28,11 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
 /* Where the source reports its statistics (metrics.h); call before
  * outboxd_source_start. stats must outlive the source; NULL for none. */
 void outboxd_source_set_stats(outboxd_source_t *s, outboxd_stats_t *stats);
+
+/* relay.kafka_producers > 0: the source borrows its Kafka producers from
+ * pool (sink.h) instead of making its own; call before outboxd_source_start.
+ * pool must outlive the source. */
+void outboxd_source_set_pool(outboxd_source_t *s, outboxd_sink_pool_t *pool);
 
 /* Starts the thread. Returns 0, or -1 with errstr. */
 int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size);
