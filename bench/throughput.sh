@@ -84,9 +84,26 @@ recv_run() { # recv_run SLOT -> milliseconds
 # it committed. Startup (connect, init_transactions of every producer id,
 # checkpoint read) ends with the "streaming slot" line; the drain rate counts
 # from there. Prints "drain_ms total_ms peak_kb consumed".
+# CPU used during a run (utime + stime, clock ticks): where the time of a
+# drain goes on a machine where the broker shares the cores. "postgres" is
+# the postmaster and all its children (the walsender decoding included).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+BROKER_PID=$(pgrep -f "kafka.Kafka.*$STACK_DIR" | head -n 1 || true)
+PG_PID=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null || true)
+pg_ticks() {
+    local t=0 p
+    for p in $(pgrep -P "$PG_PID" 2>/dev/null) "$PG_PID"; do t=$((t + $(cpu_ticks "$p"))); done
+    echo "$t"
+}
+broker_ticks() { [ -n "$BROKER_PID" ] && cpu_ticks "$BROKER_PID" || echo 0; }
+HZ=$(getconf CLK_TCK)
+
 relay_run() { # relay_run I
     local i=$1 cfg=$WORK/outboxd.$1.yaml log=$WORK/relay.$1.log t0 t1 relay peak r ts stream_ms n
+    local b0 p0 rt bt pt
     bench_config "$cfg" "relay_$i" "bench_tp_$i" "bench$i"
+    b0=$(broker_ticks)
+    p0=$(pg_ticks)
     t0=$(now_ms)
     "$OUTBOXD_BIN" run -c "$cfg" 2>"$log" &
     relay=$!
@@ -99,6 +116,9 @@ relay_run() { # relay_run I
         sleep 0.05
     done
     t1=$(now_ms)
+    rt=$(cpu_ticks "$relay")
+    bt=$(($(broker_ticks) - b0))
+    pt=$(($(pg_ticks) - p0))
     r=$(peak_rss_kb "$relay")
     [ "${r:-0}" -gt "$peak" ] && peak=$r
     kill -TERM "$relay"
@@ -106,13 +126,15 @@ relay_run() { # relay_run I
     ts=$(grep -m1 "streaming slot" "$log" | cut -d' ' -f1)
     stream_ms=$(($(date -d "$ts" +%s%3N) - t0))
     n=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t "bench$i.order" --idle-ms 3000 2>/dev/null | sed -n 's/^okcat: consumed=//p')
+    awk -v r="$rt" -v b="$bt" -v p="$pt" -v hz="$HZ" -v ms=$((t1 - t0)) 'BEGIN {
+        s = ms / 1000; printf "cores busy during the run: relay %.2f, broker %.2f, postgres %.2f (of 2)\n", r / hz / s, b / hz / s, p / hz / s }' >"$WORK/cpu.$i"
     echo "$((t1 - t0 - stream_ms)) $((t1 - t0)) $peak ${n:-0}"
 }
 
 : >"$WORK/results"
 for i in $(seq 1 "$WARM"); do
     read -r drain total peak n < <(relay_run "w$i")
-    echo "throughput: warm-up run outboxd #w$i (not counted): drain $drain ms, with startup $total ms, read back $n" >&2
+    echo "throughput: warm-up run outboxd #w$i (not counted): drain $drain ms, with startup $total ms, read back $n; $(cat "$WORK/cpu.w$i")" >&2
 done
 for i in $(seq 1 "$RUNS"); do
     ms=$(recv_run "recv_a$i")
@@ -121,7 +143,7 @@ for i in $(seq 1 "$RUNS"); do
 done
 for i in $(seq 1 "$RUNS"); do
     read -r drain total peak n < <(relay_run "$i")
-    echo "throughput: run outboxd #$i: drain $drain ms, with startup $total ms, peak RSS $((peak / 1024)) MB, read back $n" >&2
+    echo "throughput: run outboxd #$i: drain $drain ms, with startup $total ms, peak RSS $((peak / 1024)) MB, read back $n; $(cat "$WORK/cpu.$i")" >&2
     echo "relay $drain $total $peak $n" >>"$WORK/results"
 done
 for i in $(seq 1 "$RUNS"); do
