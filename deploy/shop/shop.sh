@@ -365,6 +365,10 @@ shop_stop_all() {
     # start still under way, which holds its lock)
     if [ "${SHOP_REGISTRY_OWN:-0}" = 1 ] && [ -d "${SHOP_REGISTRY_DIR:-}" ]; then
         REGISTRY_DIR=$SHOP_REGISTRY_DIR "$SHOP_ROOT/tests/stack/registry.sh" stop >>"$SHOP_WORK/registry-start.log" 2>&1 || true
+        # Its URL is gone with it: a later shop_init (bench/shop.sh runs the
+        # shop twice) must start its own again, not take this one as given.
+        SHOP_REGISTRY_URL=""
+        SHOP_REGISTRY_OWN=0
     fi
     wait 2>/dev/null || true
     [ "${SHOP_KEEP_DBS:-0}" = 1 ] && return 0
