@@ -37,6 +37,7 @@ typedef struct req {
 
 struct outboxd_ckstore {
     rd_kafka_conf_t *reader; /* read_committed, partition EOF, no commits */
+    rd_kafka_conf_t *wm;     /* read_uncommitted: the true high watermark */
     char *topic;
     int gather_ms;
     pthread_mutex_t mu;
@@ -69,7 +70,11 @@ outboxd_ckstore_t *outboxd_ckstore_new(rd_kafka_conf_t *base, const char *topic,
     cs->gather_ms = gather_ms;
     pthread_mutex_init(&cs->mu, NULL);
     pthread_cond_init(&cs->cv, NULL);
+    cs->wm = rd_kafka_conf_dup(base);
     cs->reader = base;
+    /* ListOffsets answers with the isolation level of the asking client:
+     * read_committed would give the stable offset, so the watermarks come
+     * from a read_uncommitted handle. */
     if (set(cs->reader, "group.id", group, errstr, errstr_size) < 0 ||
         set(cs->reader, "isolation.level", "read_committed", errstr, errstr_size) < 0 ||
         set(cs->reader, "enable.partition.eof", "true", errstr, errstr_size) < 0 ||
@@ -80,7 +85,8 @@ outboxd_ckstore_t *outboxd_ckstore_new(rd_kafka_conf_t *base, const char *topic,
         set(cs->reader, "fetch.wait.max.ms", "10", errstr, errstr_size) < 0 ||
         /* Reading starts at offset 0 (read_round): a log that no longer
          * starts there is read from its beginning. */
-        set(cs->reader, "auto.offset.reset", "earliest", errstr, errstr_size) < 0) {
+        set(cs->reader, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
+        set(cs->wm, "isolation.level", "read_uncommitted", errstr, errstr_size) < 0) {
         outboxd_ckstore_destroy(cs);
         return NULL;
     }
@@ -93,6 +99,8 @@ void outboxd_ckstore_destroy(outboxd_ckstore_t *cs)
         return;
     if (cs->reader)
         rd_kafka_conf_destroy(cs->reader);
+    if (cs->wm)
+        rd_kafka_conf_destroy(cs->wm);
     pthread_cond_destroy(&cs->cv);
     pthread_mutex_destroy(&cs->mu);
     free(cs->topic);
@@ -177,13 +185,36 @@ static int read_round(outboxd_ckstore_t *cs, req_t **m, size_t n, void (*keepali
         goto out;
     }
     int remaining = nparts;
-    /* The high watermark comes with every fetch response, whatever the
-     * isolation level (ListOffsets would answer with the stable offset for
-     * read_committed): each partition's target is the one of the first
-     * response seen, taken after the round closed like the records. Before
-     * that it is unknown (-1). */
-    for (int i = 0; i < nparts; i++)
-        target[i] = -1;
+    /* The target is the leader's high watermark (ListOffsets), not the one
+     * a fetch response carries: a response from a leader just elected, or
+     * from a follower (client.rack), can carry an older one, and a read that
+     * stops there misses the last checkpoint (a rewind to an older one:
+     * duplicates). The reader above fetches meanwhile. */
+    kc = rd_kafka_conf_dup(cs->wm);
+    rd_kafka_t *w = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
+    if (!w) {
+        rd_kafka_conf_destroy(kc);
+        snprintf(errstr, errstr_size, "creating watermark reader: %.400s", e);
+        rc = -2;
+        goto out;
+    }
+    for (int i = 0; i < nparts; i++) {
+        int64_t lo = 0, hi = 0;
+        err = rd_kafka_query_watermark_offsets(w, cs->topic, parts->elems[i].partition, &lo, &hi,
+                                               10000);
+        if (err) {
+            snprintf(errstr, errstr_size, "checkpoint topic %s watermarks: %s", cs->topic,
+                     rd_kafka_err2str(err));
+            rd_kafka_destroy(w);
+            goto out;
+        }
+        target[i] = hi;
+        if (hi <= lo) {
+            done[i] = true; /* empty */
+            remaining--;
+        }
+    }
+    rd_kafka_destroy(w);
     int64_t deadline = outboxd_now_ms() + READ_TIMEOUT_MS;
     while (remaining > 0) {
         if (outboxd_now_ms() > deadline) {
@@ -202,16 +233,8 @@ static int read_round(outboxd_ckstore_t *cs, req_t **m, size_t n, void (*keepali
         for (int i = 0; i < nparts; i++)
             if (parts->elems[i].partition == msg->partition)
                 idx = i;
-        if (idx >= 0 && target[idx] < 0 &&
-            (!msg->err || msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)) {
-            int64_t lo = 0, hi = -1;
-            if (rd_kafka_get_watermark_offsets(c, cs->topic, msg->partition, &lo, &hi) ==
-                    RD_KAFKA_RESP_ERR_NO_ERROR &&
-                hi >= 0)
-                target[idx] = hi;
-        }
         if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            if (idx >= 0 && !done[idx] && target[idx] >= 0 && msg->offset >= target[idx]) {
+            if (idx >= 0 && !done[idx] && msg->offset >= target[idx]) {
                 done[idx] = true;
                 remaining--;
             }
@@ -231,7 +254,7 @@ static int read_round(outboxd_ckstore_t *cs, req_t **m, size_t n, void (*keepali
                              (long long)msg->offset, derr);
                 }
             }
-            if (idx >= 0 && !done[idx] && target[idx] >= 0 && msg->offset + 1 >= target[idx]) {
+            if (idx >= 0 && !done[idx] && msg->offset + 1 >= target[idx]) {
                 done[idx] = true;
                 remaining--;
             }
