@@ -427,9 +427,11 @@ fail:
     return NULL;
 }
 
-outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                                 outboxd_keepalive_cb keepalive, void *opaque, atomic_int *stop,
-                                 char *errstr, size_t errstr_size)
+/* What every sink has, with producers of its own or borrowed: txnid is
+ * <prefix>.<source> (own producers use it; it names the checkpoint reader). */
+static outboxd_sink_t *sink_alloc(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
+                                  outboxd_keepalive_cb keepalive, void *opaque, atomic_int *stop,
+                                  char *errstr, size_t errstr_size)
 {
     outboxd_sink_t *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -442,7 +444,16 @@ outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_sou
     s->opaque = opaque;
     s->stop = stop;
     snprintf(s->txnid, sizeof(s->txnid), "%s.%s", conf->transactional_id_prefix, src->name);
+    return s;
+}
 
+outboxd_sink_t *outboxd_sink_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
+                                 outboxd_keepalive_cb keepalive, void *opaque, atomic_int *stop,
+                                 char *errstr, size_t errstr_size)
+{
+    outboxd_sink_t *s = sink_alloc(conf, src, keepalive, opaque, stop, errstr, errstr_size);
+    if (!s)
+        return NULL;
     s->n_rks = conf->producers_per_source;
     if (s->n_rks < 1)
         s->n_rks = 1;
@@ -487,20 +498,12 @@ outboxd_sink_t *outboxd_sink_new_pooled(outboxd_sink_pool_t *pool, const outboxd
                                         outboxd_keepalive_cb keepalive, void *opaque,
                                         atomic_int *stop, char *errstr, size_t errstr_size)
 {
-    outboxd_sink_t *s = calloc(1, sizeof(*s));
-    if (!s) {
-        snprintf(errstr, errstr_size, "out of memory");
+    outboxd_sink_t *s = sink_alloc(conf, src, keepalive, opaque, stop, errstr, errstr_size);
+    if (!s)
         return NULL;
-    }
-    s->conf = conf;
-    s->src = src;
-    s->keepalive = keepalive;
-    s->opaque = opaque;
-    s->stop = stop;
-    s->pool = pool;
     /* No producers of its own: s->rk is a pool producer while a
-     * transaction is in hand. txnid names the checkpoint reader. */
-    snprintf(s->txnid, sizeof(s->txnid), "%s.%s", conf->transactional_id_prefix, src->name);
+     * transaction is in hand. */
+    s->pool = pool;
     return s;
 }
 
