@@ -1524,7 +1524,6 @@ static bool str_eq(const char *a, const char *b)
     return a == b || (a && b && strcmp(a, b) == 0);
 }
 
-/* Whether anything the sink reads from its configuration differs. */
 /* Whether the Kafka client settings differ (a pool keeps its producers). */
 static bool kafka_conf_differs(const outboxd_config_t *a, const outboxd_config_t *b)
 {
@@ -1538,23 +1537,17 @@ static bool kafka_conf_differs(const outboxd_config_t *a, const outboxd_config_t
     return false;
 }
 
+/* Whether anything the sink reads from its configuration differs. */
 static bool sink_conf_differs(const outboxd_config_t *a, const outboxd_config_t *b)
 {
-    if (!str_eq(a->bootstrap_servers, b->bootstrap_servers) ||
-        !str_eq(a->dead_letter_topic, b->dead_letter_topic) ||
-        !str_eq(a->checkpoint_topic, b->checkpoint_topic) ||
-        !str_eq(a->transactional_id_prefix, b->transactional_id_prefix) ||
-        a->missing_topic != b->missing_topic ||
-        a->create_topic_partitions != b->create_topic_partitions ||
-        a->create_topic_replication_factor != b->create_topic_replication_factor ||
-        a->producers_per_source != b->producers_per_source ||
-        a->kafka_producers != b->kafka_producers || a->n_kafka_properties != b->n_kafka_properties)
-        return true;
-    for (size_t i = 0; i < a->n_kafka_properties; i++)
-        if (!str_eq(a->kafka_properties[i].key, b->kafka_properties[i].key) ||
-            !str_eq(a->kafka_properties[i].value, b->kafka_properties[i].value))
-            return true;
-    return false;
+    return kafka_conf_differs(a, b) || !str_eq(a->dead_letter_topic, b->dead_letter_topic) ||
+           !str_eq(a->checkpoint_topic, b->checkpoint_topic) ||
+           !str_eq(a->transactional_id_prefix, b->transactional_id_prefix) ||
+           a->missing_topic != b->missing_topic ||
+           a->create_topic_partitions != b->create_topic_partitions ||
+           a->create_topic_replication_factor != b->create_topic_replication_factor ||
+           a->producers_per_source != b->producers_per_source ||
+           a->kafka_producers != b->kafka_producers;
 }
 
 static bool tables_differ(const outboxd_source_conf_t *a, const outboxd_source_conf_t *b)
