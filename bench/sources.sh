@@ -23,8 +23,17 @@ say "creating $N databases"
 bench_db bench_src_tpl
 for i in $(seq 1 "$N"); do
     psql -X -q -d postgres -c "CREATE DATABASE bench_src_$i TEMPLATE bench_src_tpl" >/dev/null
+done
+# The slots are created once every database exists: CREATE DATABASE writes
+# the template's files to the WAL (about 7 MB each), and a slot created
+# between them would make its walsender decode the WAL of every database
+# created after it before its first message (200 walsenders reading up to
+# 1.4 GB each at once, a backlog the relay did not cause). A relay restarted
+# on an existing server starts near the WAL end, as here.
+for i in $(seq 1 "$N"); do
     psql -X -q -At -d "bench_src_$i" -c "SELECT pg_create_logical_replication_slot('bench_src_$i', 'pgoutput')" >/dev/null
 done
+say "WAL each slot decodes before its first message: up to $(psql -X -q -At -d postgres -c "SELECT pg_size_pretty(max(pg_current_wal_lsn() - restart_lsn)) FROM pg_replication_slots")"
 
 {
     printf '%s\n' "kafka:" "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" "  transactional_id_prefix: benchsrc" \
