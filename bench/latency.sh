@@ -25,7 +25,10 @@ BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-debug} bench_config "$WORK/outboxd.yaml" benc
 "$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" 2>"$WORK/relay.log" &
 relay=$!
 BG+=("$relay")
-until grep -q "streaming slot" "$WORK/relay.log"; do sleep 0.1; done
+until grep -q "streaming slot" "$WORK/relay.log"; do
+    kill -0 "$relay" 2>/dev/null || { say "outboxd exited before streaming:"; tail -n 5 "$WORK/relay.log" >&2; exit 1; }
+    sleep 0.1
+done
 
 # A first row creates the topic, so the consumer is assigned its partitions
 # at once; it starts at the end (auto.offset.reset=latest), so this row,
@@ -80,6 +83,36 @@ wait "$relay" || true
 written=$(q -c "SELECT count(*) FROM outbox")
 hz=$(getconf CLK_TCK)
 
+# The broker's share, same broker, same rate, right after: one transactional
+# librdkafka producer (tests/tools/kafka_ceiling) writes the relay's own
+# record at RATE/s, committing as soon as records are in hand as the relay
+# does, with no PostgreSQL and no relay; each record stamped with the moment
+# it came due, a read_committed consumer with the same settings measures
+# receipt minus that (the wait for the commit in flight included). The
+# relay's latency minus its PostgreSQL side cannot be lower than this.
+# BENCH_CEILING=0 skips it.
+if [ "${BENCH_CEILING:-1}" != 0 ]; then
+    "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t ceil.lat -t ceil.lat.ck --create-topics 3 >/dev/null
+    "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t ceil.lat --latency-from-timestamp --ready-file "$WORK/ready2" \
+        --warmup-ms "$WARMUP_MS" -X auto.offset.reset=latest --idle-ms 5000 \
+        --timeout-ms $(((SECS + 180) * 1000)) \
+        -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 >"$WORK/okcat2.out" 2>&1 &
+    consumer2=$!
+    BG+=("$consumer2")
+    waited=0
+    until [ -e "$WORK/ready2" ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+        [ "$waited" -lt 600 ] || { say "ceiling consumer not ready after 60 s"; exit 1; }
+    done
+    cb0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+    KAFKA_CEILING_RATE=$RATE "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" ceil.lat \
+        $((RATE * TOTAL)) from:bench.order 5000 ${BENCH_KAFKA_PROPS:-} >"$WORK/ceiling.out" 2>&1 ||
+        cat "$WORK/ceiling.out" >&2
+    cb1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+    wait "$consumer2" || true
+fi
+
 echo "latency: rate=$RATE/s seconds=$SECS warmup_ms=$WARMUP_MS (steady state: after the consumer was assigned and caught up, plus the warm-up)"
 grep -E "^okcat: (latency|warmup_latency|consumed)" "$WORK/okcat.out" |
     sed -e 's/^okcat: latency_ms/latency: steady_ms/' -e 's/^okcat: warmup_latency_ms/latency: warmup_ms/' -e 's/^okcat: /latency: /'
@@ -115,6 +148,12 @@ awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOT
     printf "latency: cpu during the load (share of one core): relay %.0f%%, broker %.0f%%, postgres %.0f%% (2 cores in all)\n",
         100 * r / hz / s, 100 * b / hz / s, 100 * p / hz / s
 }'
+if [ "${BENCH_CEILING:-1}" != 0 ]; then
+    grep -E "^okcat: latency" "$WORK/okcat2.out" |
+        sed 's/^okcat: latency_ms/latency: kafka-side floor (one transactional librdkafka producer at the same rate, no PostgreSQL, no relay; receipt - moment due): steady_ms/'
+    sed -n 's/^kafka_ceiling: /latency: kafka-side floor: /p' "$WORK/ceiling.out"
+    awk -v b=$((cb1 - cb0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN { printf "latency: kafka-side floor: broker cpu %.0f%% of one core\n", 100 * b / hz / s }'
+fi
 echo "latency: rows written=$written (incl. 1 first row); relay peak RSS = $((peak / 1024)) MB"
 grep -o 'published.*' "$WORK/relay.log" | tail -n 1 | sed 's/^/latency: relay: /'
 [ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"

@@ -13,6 +13,14 @@
 # each side, the ratio of the bests (target: >= 0.80) and of the medians,
 # events/s and payload MB/s, outboxd's peak RSS, and the count read back
 # from Kafka per run (must equal N).
+#   (c) the Kafka-side ceiling: BENCH_RUNS times (after outboxd's runs),
+#       tests/tools/kafka_ceiling writes N records with the relay's own event
+#       value (the first record outboxd wrote), key and headers, in
+#       transactions of the relay's mean size, through one transactional
+#       librdkafka producer with the relay's settings and no PostgreSQL:
+#       what this broker takes from one producer. outboxd / ceiling says how
+#       much of the gap to the decoding limit is Kafka's (BENCH_CEILING=0
+#       skips it).
 #
 #   bench/throughput.sh [N] [ROWS_PER_TXN] [PAYLOAD_BYTES]
 #     N              events in the backlog (default 200000)
@@ -45,6 +53,8 @@ for i in $(seq 1 "$RUNS"); do
 done
 topics=()
 for i in $(seq 1 "$RUNS") $(seq 1 "$WARM" | sed 's/^/w/'); do topics+=(-t "bench$i.order"); done
+CEIL=${BENCH_CEILING:-1}
+[ "$CEIL" = 0 ] || for i in $(seq 1 "$RUNS"); do topics+=(-t "ceil$i.order" -t "ceil$i.order.ck"); done
 for i in $(seq 1 "$WARM"); do
     q -c "SELECT pg_create_logical_replication_slot('relay_w$i', 'pgoutput')" >/dev/null
 done
@@ -146,6 +156,17 @@ for i in $(seq 1 "$RUNS"); do
     echo "throughput: run outboxd #$i: drain $drain ms, with startup $total ms, peak RSS $((peak / 1024)) MB, read back $n; $(cat "$WORK/cpu.$i")" >&2
     echo "relay $drain $total $peak $n" >>"$WORK/results"
 done
+if [ "$CEIL" != 0 ]; then
+    # The relay's mean transaction size (its final stats line, run 1).
+    per_txn=$(grep -o 'published [0-9]* events, [0-9]* dead-lettered, [0-9]* Kafka transactions' "$WORK/relay.1.log" |
+        tail -n 1 | awk '{ printf "%d", ($6 > 0 ? $2 / $6 : 5000) }')
+    for i in $(seq 1 "$RUNS"); do
+        line=$("$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" "ceil$i.order" "$N" from:bench1.order "$per_txn" \
+            ${BENCH_KAFKA_PROPS:-})
+        echo "throughput: run kafka_ceiling #$i ($per_txn events per transaction): $line" >&2
+        echo "ceil $(echo "$line" | sed -n 's/.* ms=\([0-9]*\) .*/\1/p')" >>"$WORK/results"
+    done
+fi
 for i in $(seq 1 "$RUNS"); do
     ms=$(recv_run "recv_b$i")
     echo "throughput: run pg_recvlogical after #$i: $ms ms" >&2
@@ -155,6 +176,7 @@ done
 awk -v n="$N" -v rows="$ROWS" -v pb="$payload_bytes" -v runs="$RUNS" '
 function sort(a, k,   i, j, t) { for (i = 2; i <= k; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t } }
 $1 == "recv" { r[++nr] = $2 }
+$1 == "ceil" { c[++nc] = $2 }
 $1 == "relay" { d[++nd] = $2; t[nd] = $3; if ($4 > peak) peak = $4; if ($5 != n) bad++ }
 END {
     sort(r, nr); sort(d, nd); sort(t, nd);
@@ -166,5 +188,10 @@ END {
     printf "throughput: outboxd exactly-once into Kafka, draining: best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%); best with startup %.0f events/s\n", dbest, dmed, dworst, 100 * (dbest - dworst) / dbest, tbest;
     printf "throughput: payload MB/s: pg_recvlogical best %.1f, outboxd best %.1f\n", rbest * pb / 1e6, dbest * pb / 1e6;
     printf "throughput: ratio outboxd / decoding limit: best/best %.2f, median/median %.2f (target >= 0.80)\n", dbest / rbest, dmed / rmed;
+    if (nc) {
+        sort(c, nc); cbest = n / (c[1] / 1000); cmed = n / (c[int((nc + 1) / 2)] / 1000); cworst = n / (c[nc] / 1000);
+        printf "throughput: Kafka-side ceiling (one transactional librdkafka producer, the relay'"'"'s records, no PostgreSQL): best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%)\n", cbest, cmed, cworst, 100 * (cbest - cworst) / cbest;
+        printf "throughput: ratio outboxd / Kafka-side ceiling: best/best %.2f, median/median %.2f\n", dbest / cbest, dmed / cmed;
+    }
     printf "throughput: outboxd peak RSS %.1f MB; runs whose read-back count from Kafka (read_committed) differed from %d: %d\n", peak / 1024, n, bad;
 }' "$WORK/results"
