@@ -184,6 +184,7 @@ struct outboxd_source {
      * reload write to idle_fd so they are not delayed by it. */
     int idle_fd;
     int idle_poll_ms;
+    int64_t last_pollin_ms; /* the replication socket was last readable */
     atomic_bool committing; /* the helper thread owns the sink */
     atomic_bool commit_done;
     uint64_t n_read_ahead;     /* messages read while a commit ran */
@@ -204,6 +205,21 @@ struct outboxd_source {
     atomic_uint_fast64_t applied_gen;
 };
 
+/* The idle loop's poll: long enough to matter, short enough for the
+ * loop-stall health check, the liveness ping and the status updates to keep
+ * their resolution (all three can be reloaded, so it is computed again). */
+static int idle_poll_for(const outboxd_config_t *conf)
+{
+    int ms = IDLE_POLL_MS;
+    if (conf->metrics_stall_timeout_ms > 0 && conf->metrics_stall_timeout_ms / 4 < ms)
+        ms = conf->metrics_stall_timeout_ms / 4;
+    if (conf->wal_receiver_timeout_ms > 0 && conf->wal_receiver_timeout_ms / 4 < ms)
+        ms = conf->wal_receiver_timeout_ms / 4;
+    if (conf->status_interval_ms > 0 && conf->status_interval_ms / 2 < ms)
+        ms = conf->status_interval_ms / 2;
+    return ms < BUSY_POLL_MS ? BUSY_POLL_MS : ms;
+}
+
 outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
                                      atomic_int *stop, char *errstr, size_t errstr_size)
 {
@@ -222,17 +238,7 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     atomic_init(&s->commit_done, false);
     s->wake[0] = s->wake[1] = -1;
     s->idle_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); /* -1: no long sleeps */
-    /* Long enough to matter, short enough for the loop-stall health check,
-     * the liveness ping and the status updates to keep their resolution. */
-    s->idle_poll_ms = IDLE_POLL_MS;
-    if (conf->metrics_stall_timeout_ms > 0 && conf->metrics_stall_timeout_ms / 4 < s->idle_poll_ms)
-        s->idle_poll_ms = conf->metrics_stall_timeout_ms / 4;
-    if (conf->wal_receiver_timeout_ms > 0 && conf->wal_receiver_timeout_ms / 4 < s->idle_poll_ms)
-        s->idle_poll_ms = conf->wal_receiver_timeout_ms / 4;
-    if (conf->status_interval_ms > 0 && conf->status_interval_ms / 2 < s->idle_poll_ms)
-        s->idle_poll_ms = conf->status_interval_ms / 2;
-    if (s->idle_poll_ms < BUSY_POLL_MS)
-        s->idle_poll_ms = BUSY_POLL_MS;
+    s->idle_poll_ms = idle_poll_for(conf);
     atomic_init(&s->reload_pending, false);
     atomic_init(&s->applied_gen, 0);
     pthread_mutex_init(&s->reload_mu, NULL);
@@ -243,6 +249,8 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
         outboxd_pgo_decoder_destroy(s->dec);
         outboxd_retention_destroy(s->retention);
         free(s->batch_pos);
+        if (s->idle_fd >= 0)
+            close(s->idle_fd);
         snprintf(errstr, errstr_size, "out of memory");
         free(s);
         return NULL;
@@ -1388,14 +1396,21 @@ static int stream(outboxd_source_t *s)
             /* Nothing open and nothing received for a while: sleep longer
              * (stop and reload wake it through idle_fd). */
             int timeout = BUSY_POLL_MS;
+            int64_t quiet_since =
+                s->last_recv_ms > s->last_pollin_ms ? s->last_recv_ms : s->last_pollin_ms;
             if (!s->batch_open && !s->in_txn && s->idle_fd >= 0 &&
-                outboxd_now_ms() - s->last_recv_ms >= IDLE_AFTER_MS)
+                outboxd_now_ms() - quiet_since >= IDLE_AFTER_MS)
                 timeout = s->idle_poll_ms;
             struct pollfd pfd[2] = {{.fd = outboxd_repl_fd(s->repl), .events = POLLIN},
                                     {.fd = s->idle_fd, .events = POLLIN}};
             int pr = poll(pfd, s->idle_fd >= 0 ? 2 : 1, timeout);
             if (pr < 0 && errno != EINTR)
                 return rewind_stream(s, strerror(errno));
+            /* Bytes of a message not complete yet (a partial read, or
+             * TLS buffering) are activity too: no long sleep before the
+             * rest. */
+            if (pr > 0 && pfd[0].revents)
+                s->last_pollin_ms = outboxd_now_ms();
             if (pr > 0 && s->idle_fd >= 0 && (pfd[1].revents & POLLIN)) {
                 uint64_t v;
                 ssize_t r = read(s->idle_fd, &v, sizeof(v));
@@ -1699,6 +1714,7 @@ static int apply_reload(outboxd_source_t *s)
     }
     pthread_mutex_lock(&s->reload_mu);
     s->conf = conf;
+    s->idle_poll_ms = idle_poll_for(conf);
     s->src = src;
     s->name = src->name;
     if (sk || !s->sink)

@@ -40,10 +40,11 @@ int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size);
 /* True once the thread has finished (without blocking). */
 bool outboxd_source_done(outboxd_source_t *s);
 
-/* Joins the thread; returns 0 for a clean stop, 1 after a fatal error. */
 /* Wakes the source's loop if it sleeps idle (call after setting the stop
  * flag, so an idle source stops at once rather than after its poll). */
 void outboxd_source_wake(outboxd_source_t *s);
+
+/* Joins the thread; returns 0 for a clean stop, 1 after a fatal error. */
 int outboxd_source_join(outboxd_source_t *s);
 
 void outboxd_source_destroy(outboxd_source_t *s);
