@@ -35,21 +35,28 @@ done
 # committed before it joined, is not counted.
 q -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'warm', 'Warm', '{}')"
 until "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --count 1 --timeout-ms 2000 >/dev/null 2>&1; do sleep 0.2; done
-# fetch.wait.max.ms only bounds an idle fetch: the broker answers as soon as
-# the last stable offset moves, so a short value adds no accuracy, only load.
-"$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --latency --ready-file "$WORK/ready" \
-    --warmup-ms "$WARMUP_MS" -X auto.offset.reset=latest --idle-ms 5000 \
-    --timeout-ms $(((SECS + 180) * 1000)) \
-    -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 >"$WORK/okcat.out" 2>&1 &
-consumer=$!
-BG+=("$consumer")
-waited=0
-until [ -e "$WORK/ready" ]; do
-    sleep 0.1
-    waited=$((waited + 1))
-    [ "$waited" -lt 600 ] || { say "consumer not ready after 60 s"; cat "$WORK/okcat.out" >&2; exit 1; }
-done
-say "consumer assigned and caught up after $((waited * 100)) ms"
+# latency_consumer TOPIC MODE NAME: a read_committed latency consumer
+# (okcat MODE: --latency or --latency-from-timestamp) writing
+# $WORK/NAME.out; returns once it is assigned and caught up, its pid in
+# $consumer. fetch.wait.max.ms only bounds an idle fetch: the broker answers
+# as soon as the last stable offset moves, so a short value adds no
+# accuracy, only load.
+latency_consumer() {
+    "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t "$1" "$2" --ready-file "$WORK/$3.ready" \
+        --warmup-ms "$WARMUP_MS" -X auto.offset.reset=latest --idle-ms 5000 \
+        --timeout-ms $(((SECS + 180) * 1000)) \
+        -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 >"$WORK/$3.out" 2>&1 &
+    consumer=$!
+    BG+=("$consumer")
+    local waited=0
+    until [ -e "$WORK/$3.ready" ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+        [ "$waited" -lt 600 ] || { say "consumer $3 not ready after 60 s"; cat "$WORK/$3.out" >&2; exit 1; }
+    done
+    say "consumer $3 assigned and caught up after $((waited * 100)) ms"
+}
+latency_consumer bench.order --latency okcat
 
 cpu_ticks() { # utime+stime of a pid and its threads, in clock ticks
     awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -93,24 +100,13 @@ hz=$(getconf CLK_TCK)
 # BENCH_CEILING=0 skips it.
 if [ "${BENCH_CEILING:-1}" != 0 ]; then
     "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t ceil.lat -t ceil.lat.ck --create-topics 3 >/dev/null
-    "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t ceil.lat --latency-from-timestamp --ready-file "$WORK/ready2" \
-        --warmup-ms "$WARMUP_MS" -X auto.offset.reset=latest --idle-ms 5000 \
-        --timeout-ms $(((SECS + 180) * 1000)) \
-        -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 >"$WORK/okcat2.out" 2>&1 &
-    consumer2=$!
-    BG+=("$consumer2")
-    waited=0
-    until [ -e "$WORK/ready2" ]; do
-        sleep 0.1
-        waited=$((waited + 1))
-        [ "$waited" -lt 600 ] || { say "ceiling consumer not ready after 60 s"; exit 1; }
-    done
+    latency_consumer ceil.lat --latency-from-timestamp okcat2
     cb0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
     KAFKA_CEILING_RATE=$RATE "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" ceil.lat \
         $((RATE * TOTAL)) from:bench.order 5000 ${BENCH_KAFKA_PROPS:-} >"$WORK/ceiling.out" 2>&1 ||
         cat "$WORK/ceiling.out" >&2
     cb1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
-    wait "$consumer2" || true
+    wait "$consumer" || true
 fi
 
 echo "latency: rate=$RATE/s seconds=$SECS warmup_ms=$WARMUP_MS (steady state: after the consumer was assigned and caught up, plus the warm-up)"
