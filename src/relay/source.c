@@ -1877,7 +1877,8 @@ static int connect_source(outboxd_source_t *s)
     /* The replication connection waits in command mode (no
      * wal_sender_timeout runs) while Kafka is set up: starting the stream
      * first would leave it unanswered during Kafka's slow calls. */
-    s->repl = outboxd_repl_connect(s->src, &s->ident, err, sizeof(err));
+    s->repl = outboxd_repl_connect(s->src, s->conf->wal_receiver_timeout_ms, s->stop, &s->ident,
+                                   err, sizeof(err));
     if (!s->repl) {
         LOG_ERROR(s->name, "%s", err);
         return -1;

@@ -8,6 +8,7 @@
 #ifndef OUTBOXD_REPL_H
 #define OUTBOXD_REPL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -54,9 +55,14 @@ void outboxd_repl_start_options(int server_version, bool want_messages, const ch
  * Connects (replication=database) and identifies the system, without
  * streaming yet: the connection waits for commands, so no wal_sender_timeout
  * runs while the caller does slow work (Kafka) before outboxd_repl_stream.
+ * Every command on the connection (this one's IDENTIFY_SYSTEM, the ones
+ * below, START_REPLICATION) fails when unanswered for timeout_ms
+ * (relay.wal_receiver_timeout_ms; 0: no limit) or when *stop (may be NULL)
+ * is set while it waits.
  */
-outboxd_repl_t *outboxd_repl_connect(const outboxd_source_conf_t *src, outboxd_repl_ident_t *ident,
-                                     char *errstr, size_t errstr_size);
+outboxd_repl_t *outboxd_repl_connect(const outboxd_source_conf_t *src, int timeout_ms,
+                                     atomic_int *stop, outboxd_repl_ident_t *ident, char *errstr,
+                                     size_t errstr_size);
 
 /*
  * From a timeline history file's text: the LSN at which timeline tli ended
@@ -84,13 +90,6 @@ int outboxd_repl_slot_state(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *
  */
 int outboxd_repl_stream(outboxd_repl_t *r, const outboxd_source_conf_t *src,
                         outboxd_lsn_t start_lsn, char *errstr, size_t errstr_size);
-
-/*
- * outboxd_repl_connect followed by outboxd_repl_stream.
- * Returns NULL with errstr filled on failure; *ident is filled on success.
- */
-outboxd_repl_t *outboxd_repl_start(const outboxd_source_conf_t *src, outboxd_lsn_t start_lsn,
-                                   outboxd_repl_ident_t *ident, char *errstr, size_t errstr_size);
 
 /* Process id of the walsender serving this connection (what
  * pg_replication_slots.active_pid shows while it streams the slot). */
