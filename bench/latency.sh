@@ -13,7 +13,9 @@
 # Prints: steady-state p50/p90/p99/max, the warm-up figures, the relay's own
 # Kafka commit durations (p50/p99/max and how many took over 100 ms, from its
 # debug log), CPU seconds used by the relay, the broker and PostgreSQL during
-# the run (a saturated machine explains a wide tail), and peak RSS.
+# the run (a saturated machine explains a wide tail), and peak RSS; then the
+# Kafka-side floor at the same rate (below; BENCH_FLOOR_LOAD=1 runs it
+# beside the same PostgreSQL load, BENCH_CEILING=0 skips it).
 #   bench/latency.sh [RATE] [SECONDS]
 source "$(dirname "$0")/common.sh"
 RATE=${1:-5000}
@@ -98,14 +100,37 @@ hz=$(getconf CLK_TCK)
 # receipt minus that (the wait for the commit in flight included). The
 # relay's latency minus its PostgreSQL side cannot be lower than this.
 # BENCH_CEILING=0 skips it.
+# BENCH_FLOOR_LOAD=1: the floor runs beside PostgreSQL's share of the relay's
+# run (the same pgbench load at RATE, and pg_recvlogical decoding it from a
+# slot of its own into /dev/null, as the relay's walsender did), so the
+# floor and the relay compete for the same two cores; what then remains
+# between them is the relay's own cost.
 if [ "${BENCH_CEILING:-1}" != 0 ]; then
     "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t ceil.lat -t ceil.lat.ck --create-topics 3 >/dev/null
     latency_consumer ceil.lat --latency-from-timestamp okcat2
+    floor_load=""
+    if [ "${BENCH_FLOOR_LOAD:-0}" = 1 ]; then
+        q -c "SELECT pg_create_logical_replication_slot('bench_lat_floor', 'pgoutput')" >/dev/null
+        pg_recvlogical -d "$DB" --slot bench_lat_floor --start -o proto_version=1 \
+            -o publication_names=bench_pub -f /dev/null 2>"$WORK/recvlogical.log" &
+        recv=$!
+        BG+=("$recv")
+        pgbench -n -c 4 -j 2 -R "$RATE" -T "$TOTAL" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench2.log" 2>&1 &
+        load=$!
+        BG+=("$load")
+        floor_load=" beside the same PostgreSQL load (pgbench at $RATE/s, pg_recvlogical decoding it)"
+    fi
     cb0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
     KAFKA_CEILING_RATE=$RATE "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" ceil.lat \
         $((RATE * TOTAL)) from:bench.order 5000 ${BENCH_KAFKA_PROPS:-} >"$WORK/ceiling.out" 2>&1 ||
         cat "$WORK/ceiling.out" >&2
     cb1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+    if [ -n "$floor_load" ]; then
+        wait "$load" || true
+        kill -TERM "$recv" 2>/dev/null || true
+        wait "$recv" 2>/dev/null || true
+        grep -E "^tps" "$WORK/pgbench2.log" | sed 's/^/latency: floor load: pgbench: /' >"$WORK/floor_load.txt" || true
+    fi
     wait "$consumer" || true
 fi
 
@@ -146,7 +171,8 @@ awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOT
 }'
 if [ "${BENCH_CEILING:-1}" != 0 ]; then
     grep -E "^okcat: latency" "$WORK/okcat2.out" |
-        sed 's/^okcat: latency_ms/latency: kafka-side floor (one transactional librdkafka producer at the same rate, no PostgreSQL, no relay; receipt - moment due): steady_ms/'
+        sed "s|^okcat: latency_ms|latency: kafka-side floor (one transactional librdkafka producer at the same rate, no relay${floor_load:-, no PostgreSQL}; receipt - moment due): steady_ms|"
+    [ ! -s "$WORK/floor_load.txt" ] || cat "$WORK/floor_load.txt"
     sed -n 's/^kafka_ceiling: /latency: kafka-side floor: /p' "$WORK/ceiling.out"
     awk -v b=$((cb1 - cb0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN { printf "latency: kafka-side floor: broker cpu %.0f%% of one core\n", 100 * b / hz / s }'
 fi
