@@ -5,8 +5,12 @@
 
 #include "outboxd/relay/connhint.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "outboxd/common/util.h"
 
 PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, char *errstr,
                            size_t errstr_size)
@@ -115,4 +119,76 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
         return NULL;
     }
     return conn;
+}
+
+/* "WHAT: text" or "text" into errstr, libpq's message without its newline. */
+static void exec_error(PGconn *conn, const char *what, char *errstr, size_t errstr_size)
+{
+    snprintf(errstr, errstr_size, "%s%s%s", what ? what : "", what ? ": " : "",
+             PQerrorMessage(conn));
+    size_t n = strlen(errstr);
+    while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
+        errstr[--n] = '\0';
+}
+
+PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
+                                  const char *const *params, const char *what, int timeout_ms,
+                                  atomic_int *stop, char *errstr, size_t errstr_size)
+{
+    int sent = nparams == 0 && !params
+                   ? PQsendQuery(conn, sql)
+                   : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (!sent) {
+        exec_error(conn, what, errstr, errstr_size);
+        return NULL;
+    }
+    const char *sep = what ? ": " : "";
+    what = what ? what : "";
+    int64_t start = outboxd_now_ms();
+    PGresult *last = NULL;
+    for (;;) {
+        while (PQisBusy(conn)) {
+            if (stop && atomic_load(stop)) {
+                snprintf(errstr, errstr_size, "%s%sinterrupted by a stop", what, sep);
+                PQclear(last);
+                return NULL;
+            }
+            int64_t waited = outboxd_now_ms() - start;
+            if (timeout_ms > 0 && waited >= timeout_ms) {
+                snprintf(errstr, errstr_size,
+                         "%s%sno answer from PostgreSQL for %lld ms "
+                         "(relay.wal_receiver_timeout_ms = %d): the connection is presumed dead "
+                         "(a frozen server or a half-open path)",
+                         what, sep, (long long)waited, timeout_ms);
+                PQclear(last);
+                return NULL;
+            }
+            /* Short polls: a stop is seen within 100 ms. */
+            struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+            int prc = poll(&pfd, 1, 100);
+            if (prc < 0 && errno != EINTR) {
+                snprintf(errstr, errstr_size, "%s%spoll: %s", what, sep, strerror(errno));
+                PQclear(last);
+                return NULL;
+            }
+            if (prc > 0 && !PQconsumeInput(conn)) {
+                exec_error(conn, what[0] ? what : NULL, errstr, errstr_size);
+                PQclear(last);
+                return NULL;
+            }
+        }
+        PGresult *res = PQgetResult(conn);
+        if (!res)
+            break;
+        ExecStatusType st = PQresultStatus(res);
+        PQclear(last);
+        last = res;
+        /* As PQexec: a COPY result is the end (the connection is in COPY
+         * mode now; asking again would return it again). */
+        if (st == PGRES_COPY_BOTH || st == PGRES_COPY_OUT || st == PGRES_COPY_IN)
+            break;
+    }
+    if (!last)
+        exec_error(conn, what[0] ? what : NULL, errstr, errstr_size);
+    return last;
 }

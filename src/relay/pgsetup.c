@@ -59,9 +59,11 @@ typedef struct check {
     int problems;
     int server_version;
     bool conn_lost;
-    bool wal_ok;    /* wal_level = logical and slots can exist */
-    bool role_ok;   /* may create a logical slot */
-    bool tables_ok; /* every configured table exists and is a table */
+    int timeout_ms;   /* > 0: each query bounded (outboxd_pg_exec_bounded) */
+    atomic_int *stop; /* with timeout_ms: a query being waited for is abandoned */
+    bool wal_ok;      /* wal_level = logical and slots can exist */
+    bool role_ok;     /* may create a logical slot */
+    bool tables_ok;   /* every configured table exists and is a table */
     bool any_partitioned;
     bool pub_exists;          /* the publication exists (possibly created by this check) */
     char pub_created_lsn[32]; /* WAL position just after this check created it, or "" */
@@ -135,7 +137,19 @@ static void result_error(PGconn *conn, const PGresult *res, char *out, size_t si
 static PGresult *run(check_t *c, const char *sql, int nparams, const char *const *params, char *err,
                      size_t errsize)
 {
-    PGresult *res = PQexecParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    PGresult *res;
+    if (c->timeout_ms > 0) {
+        /* The running source's check: a silent server must not hold up
+         * the source loop (and its stream) for good. */
+        res = outboxd_pg_exec_bounded(c->conn, sql, nparams, params, NULL, c->timeout_ms, c->stop,
+                                      err, errsize);
+        if (!res) {
+            c->conn_lost = true; /* unusable now: closed, reopened next time */
+            return NULL;
+        }
+    } else {
+        res = PQexecParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    }
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
         return res;
@@ -1151,7 +1165,8 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
     return c.problems;
 }
 
-int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **connp, outboxd_buf_t *report)
+int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atomic_int *stop,
+                          PGconn **connp, outboxd_buf_t *report)
 {
     char err[1024];
     if (!*connp) {
@@ -1163,7 +1178,15 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **connp, outb
             return -1;
         }
         /* A stuck catalog must not hold up the stream for long. */
-        PGresult *res = PQexec(conn, "SET statement_timeout = 5000");
+        PGresult *res = outboxd_pg_exec_bounded(conn, "SET statement_timeout = 5000", 0, NULL, NULL,
+                                                timeout_ms, stop, err, sizeof(err));
+        if (!res) {
+            PQfinish(conn);
+            outboxd_buf_printf(report, "source %s: catalog check failed: ", src->name);
+            append_flat(report, err);
+            outboxd_buf_append_str(report, "\n");
+            return 1;
+        }
         PQclear(res);
         *connp = conn;
     }
@@ -1173,6 +1196,8 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **connp, outb
         .create = true,
         .report = report,
         .server_version = PQserverVersion(*connp),
+        .timeout_ms = timeout_ms,
+        .stop = stop,
     };
     PQsetNoticeProcessor(c.conn, notice_to_log, &c);
     /* One row per configured table: exists, partitioned, member of the

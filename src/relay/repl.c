@@ -6,9 +6,7 @@
  */
 #include "outboxd/relay/repl.h"
 
-#include <errno.h>
 #include <libpq-fe.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,72 +54,6 @@ static int conn_error(PGconn *conn, const char *what, char *errstr, size_t errst
     return -1;
 }
 
-/*
- * PQexec with a bound: a server that accepted the connection and then went
- * silent (a frozen walsender, a half-open path) would keep PQexec waiting
- * for good, since TCP keepalives are answered by the peer's kernel. The
- * replication commands are sent, then their answer is awaited for at most
- * timeout_ms (relay.wal_receiver_timeout_ms, the same bound as the stream's
- * liveness check) and abandoned when *stop is set. Returns the result (as
- * PQexec would: the last one, or the COPY one), or NULL with errstr; the
- * connection is then unusable and must be closed.
- */
-static PGresult *exec_bounded(PGconn *conn, const char *sql, const char *what, int timeout_ms,
-                              atomic_int *stop, char *errstr, size_t errstr_size)
-{
-    if (!PQsendQuery(conn, sql)) {
-        conn_error(conn, what, errstr, errstr_size);
-        return NULL;
-    }
-    int64_t start = outboxd_now_ms();
-    PGresult *last = NULL;
-    for (;;) {
-        while (PQisBusy(conn)) {
-            if (stop && atomic_load(stop)) {
-                snprintf(errstr, errstr_size, "%s: interrupted by a stop", what);
-                PQclear(last);
-                return NULL;
-            }
-            int64_t waited = outboxd_now_ms() - start;
-            if (timeout_ms > 0 && waited >= timeout_ms) {
-                snprintf(errstr, errstr_size,
-                         "%s: no answer from PostgreSQL for %lld ms "
-                         "(relay.wal_receiver_timeout_ms = %d): the connection is presumed dead "
-                         "(a frozen server or a half-open path)",
-                         what, (long long)waited, timeout_ms);
-                PQclear(last);
-                return NULL;
-            }
-            /* Short polls: the stop flag is seen within 100 ms. */
-            struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
-            int prc = poll(&pfd, 1, 100);
-            if (prc < 0 && errno != EINTR) {
-                snprintf(errstr, errstr_size, "%s: poll: %s", what, strerror(errno));
-                PQclear(last);
-                return NULL;
-            }
-            if (prc > 0 && !PQconsumeInput(conn)) {
-                conn_error(conn, what, errstr, errstr_size);
-                PQclear(last);
-                return NULL;
-            }
-        }
-        PGresult *res = PQgetResult(conn);
-        if (!res)
-            break;
-        ExecStatusType st = PQresultStatus(res);
-        PQclear(last);
-        last = res;
-        /* As PQexec: a COPY result is the end (the connection is in COPY
-         * mode now, asking again would return it again). */
-        if (st == PGRES_COPY_BOTH || st == PGRES_COPY_OUT || st == PGRES_COPY_IN)
-            break;
-    }
-    if (!last)
-        conn_error(conn, what, errstr, errstr_size);
-    return last;
-}
-
 void outboxd_repl_start_options(int server_version, bool want_messages, const char *publit,
                                 outboxd_buf_t *out)
 {
@@ -142,8 +74,8 @@ outboxd_repl_t *outboxd_repl_connect(const outboxd_source_conf_t *src, int timeo
     if (!conn)
         return NULL;
 
-    PGresult *res = exec_bounded(conn, "IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM", timeout_ms, stop,
-                                 errstr, errstr_size);
+    PGresult *res = outboxd_pg_exec_bounded(conn, "IDENTIFY_SYSTEM", 0, NULL, "IDENTIFY_SYSTEM",
+                                            timeout_ms, stop, errstr, errstr_size);
     if (!res) {
         PQfinish(conn);
         return NULL;
@@ -244,8 +176,8 @@ int outboxd_repl_timeline_end(outboxd_repl_t *r, uint32_t server_tli, uint32_t t
         return 0;
     char sql[64];
     snprintf(sql, sizeof(sql), "TIMELINE_HISTORY %u", server_tli);
-    PGresult *res =
-        exec_bounded(r->conn, sql, "TIMELINE_HISTORY", r->timeout_ms, r->stop, errstr, errstr_size);
+    PGresult *res = outboxd_pg_exec_bounded(r->conn, sql, 0, NULL, "TIMELINE_HISTORY",
+                                            r->timeout_ms, r->stop, errstr, errstr_size);
     if (!res)
         return -1;
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 2) {
@@ -272,8 +204,8 @@ int outboxd_repl_slot_state(outboxd_repl_t *r, const char *slot, outboxd_lsn_t *
              "WHERE slot_name = %s",
              lit);
     PQfreemem(lit);
-    PGresult *res = exec_bounded(r->conn, sql, "reading the slot's position", r->timeout_ms,
-                                 r->stop, errstr, errstr_size);
+    PGresult *res = outboxd_pg_exec_bounded(r->conn, sql, 0, NULL, "reading the slot's position",
+                                            r->timeout_ms, r->stop, errstr, errstr_size);
     if (!res)
         return -1;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -322,8 +254,8 @@ int outboxd_repl_stream(outboxd_repl_t *r, const outboxd_source_conf_t *src,
     /* Bounded: a walsender that froze after taking the slot and before
      * answering must not hang the relay or a replay here (the stream's own
      * liveness check only starts once streaming). */
-    PGresult *res = exec_bounded(conn, sql.data, "START_REPLICATION", r->timeout_ms, r->stop,
-                                 errstr, errstr_size);
+    PGresult *res = outboxd_pg_exec_bounded(conn, sql.data, 0, NULL, "START_REPLICATION",
+                                            r->timeout_ms, r->stop, errstr, errstr_size);
     outboxd_buf_free(&sql);
     if (!res)
         return -1;

@@ -1250,7 +1250,8 @@ static void watch_catalog(outboxd_source_t *s)
         return;
     s->last_watch_ms = now;
     outboxd_buf_t report = {0};
-    int problems = outboxd_pgsetup_watch(s->src, &s->watch_conn, &report);
+    int problems = outboxd_pgsetup_watch(s->src, s->conf->wal_receiver_timeout_ms, s->stop,
+                                         &s->watch_conn, &report);
     char *save = NULL;
     for (char *line = report.data ? strtok_r(report.data, "\n", &save) : NULL; line;
          line = strtok_r(NULL, "\n", &save)) {
@@ -2032,15 +2033,21 @@ static int slot_holder(outboxd_source_t *s)
     if (!conn)
         return -1;
     const char *params[1] = {s->src->slot};
-    PGresult *res =
-        PQexecParams(conn,
-                     "SELECT coalesce(active_pid, 0) FROM pg_catalog.pg_replication_slots "
-                     "WHERE slot_name = $1",
-                     1, NULL, params, NULL, NULL, 0);
+    PGresult *res = outboxd_pg_exec_bounded(
+        conn,
+        "SELECT coalesce(active_pid, 0) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+        1, params, NULL, s->conf->wal_receiver_timeout_ms, s->stop, err, sizeof(err));
     int pid = -1;
-    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
         pid = atoi(PQgetvalue(res, 0, 0));
+    bool silent = !res;
     PQclear(res);
+    if (silent && conn == s->watch_conn) {
+        LOG_WARN(s->name, "checking who holds the slot: %s", err);
+        s->watch_conn = NULL; /* unusable now; the next check reconnects */
+        PQfinish(conn);
+        return -1;
+    }
     if (conn != s->watch_conn)
         PQfinish(conn);
     return pid;

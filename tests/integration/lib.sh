@@ -213,6 +213,29 @@ check_exactly_once() {
 
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# start_silence_proxy NAME PREFIX TIMES: tests/tools/pg_silence_proxy.py to
+# the stack's server, swallowing the first TIMES queries that start with
+# PREFIX and leaving their connection silent both ways; sets PROXY_PORT.
+start_silence_proxy() {
+    local name=$1
+    python3 "$OUTBOXD_SOURCE_DIR/tests/tools/pg_silence_proxy.py" 127.0.0.1 "$PGPORT" \
+        "$WORK/$name.port" "$2" "$3" 2>"$WORK/$name.log" &
+    BG_PIDS+=("$!")
+    for _ in $(seq 1 100); do
+        [ -s "$WORK/$name.port" ] && break
+        sleep 0.05
+    done
+    [ -s "$WORK/$name.port" ] || fail "the proxy did not start: $(cat "$WORK/$name.log")"
+    PROXY_PORT=$(cat "$WORK/$name.port")
+}
+
+# dsn_via_proxy CONFIG: the sources' dsn (write_config's) through
+# 127.0.0.1:$PROXY_PORT, in the clear (the proxy reads the protocol).
+dsn_via_proxy() {
+    sed -i "s|dsn: \"host=$PGHOST port=$PGPORT |dsn: \"host=127.0.0.1 port=$PROXY_PORT sslmode=disable gssencmode=disable |" "$1"
+    grep -q "port=$PROXY_PORT" "$1" || fail "the dsn was not pointed at the proxy"
+}
+
 # free_port: a TCP port no socket uses, below the kernel's ephemeral range
 # (an outgoing connection's local port is invisible to a connect probe but
 # makes a later bind fail with EADDRINUSE), checked in every socket state.

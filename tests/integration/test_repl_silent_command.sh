@@ -21,27 +21,11 @@ DB=rsc_$RUN_ID
 SLOT=${DB}_${RUN_ID}
 create_outbox_db "$DB"
 
-# start_proxy NAME: a proxy to the stack's server that silences the first
-# START_REPLICATION; sets PROXY_PORT.
-start_proxy() {
-    local name=$1
-    python3 "$OUTBOXD_SOURCE_DIR/tests/tools/pg_silence_proxy.py" 127.0.0.1 "$PGPORT" \
-        "$WORK/$name.port" START_REPLICATION 1 2>"$WORK/$name.log" &
-    BG_PIDS+=("$!")
-    for _ in $(seq 1 100); do
-        [ -s "$WORK/$name.port" ] && break
-        sleep 0.05
-    done
-    [ -s "$WORK/$name.port" ] || fail "the proxy did not start: $(cat "$WORK/$name.log")"
-    PROXY_PORT=$(cat "$WORK/$name.port")
-}
-
 # The relay's connections go through the proxy, in the clear (it reads the
 # protocol).
-start_proxy proxy1
+start_silence_proxy proxy1 START_REPLICATION 1
 write_config "$WORK/outboxd.yaml" "$DB"
-sed -i "s|dsn: \"host=$PGHOST port=$PGPORT |dsn: \"host=127.0.0.1 port=$PROXY_PORT sslmode=disable gssencmode=disable |" "$WORK/outboxd.yaml"
-grep -q "port=$PROXY_PORT" "$WORK/outboxd.yaml" || fail "the dsn was not pointed at the proxy"
+dsn_via_proxy "$WORK/outboxd.yaml"
 sed -i 's/^relay:$/relay:\n  replay_window: 1h\n  missing_topic: create\n  wal_receiver_timeout_ms: 3000/' "$WORK/outboxd.yaml"
 prepare_sources "$WORK/outboxd.yaml"
 
@@ -75,7 +59,7 @@ tail -1 "$WORK/okcat1.out" >&2
 stop_relay_ok "$relay"
 
 # The replay, through a fresh proxy that silences its START_REPLICATION.
-start_proxy proxy2
+start_silence_proxy proxy2 START_REPLICATION 1
 sed -i "s|port=[0-9]* sslmode=disable|port=$PROXY_PORT sslmode=disable|" "$WORK/outboxd.yaml"
 awk -F'\t' -v OFS='\t' '{ $3 = $3 ".replay"; print }' "$WORK/all.tsv" >"$WORK/expect.tsv"
 t0=$(date +%s)

@@ -5,8 +5,9 @@
 
 Listens on a free port of 127.0.0.1 (written to PORT_FILE once listening)
 and forwards every connection to UPSTREAM_HOST:UPSTREAM_PORT. It reads the
-frontend protocol: the first TIMES simple queries (over all connections)
-whose text starts with PREFIX are swallowed, and from then on that
+frontend protocol: the first TIMES queries (over all connections) whose
+text starts with PREFIX, simple (Query) or extended (Parse, as
+PQexecParams sends), are swallowed, and from then on that
 connection is silent both ways: the server never sees the query, the client
 never gets an answer, and both sockets stay open (no FIN, no RST), as on a
 path that went half-open or a server that froze at that very command. Later
@@ -92,14 +93,19 @@ def serve(client, conn_no):
             body = read_exact(client, length - 4)
             if body is None:
                 return
-            if kind == b"Q" and body.startswith(prefix):
+            text = b""
+            if kind == b"Q":
+                text = body
+            elif kind == b"P":  # Parse: statement name, then the query
+                text = body[body.find(b"\0") + 1:]
+            if text.startswith(prefix):
                 with lock:
                     hit = left[0] > 0
                     if hit:
                         left[0] -= 1
                 if hit:
                     silent.set()
-                    print(f"connection {conn_no}: silenced {body[:60].decode(errors='replace')!r}",
+                    print(f"connection {conn_no}: silenced {text[:60].decode(errors='replace')!r}",
                           file=sys.stderr, flush=True)
                     # Keep both sockets open and read what the client
                     # still sends, answering nothing, until it hangs up.

@@ -6,6 +6,7 @@
 #define OUTBOXD_PGCONN_H
 
 #include <libpq-fe.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -22,5 +23,21 @@
  */
 PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, char *errstr,
                            size_t errstr_size);
+
+/*
+ * PQexec (nparams 0 and params NULL: the simple protocol, which replication
+ * commands need) or PQexecParams with text parameters, with a bound: a
+ * server that accepted the connection and then went silent (a frozen
+ * backend or walsender, a path that went half-open) would keep libpq waiting
+ * for good, since TCP keepalives are answered by the peer's kernel. The
+ * answer is awaited for at most timeout_ms (0: no limit; the callers pass
+ * relay.wal_receiver_timeout_ms) and abandoned as soon as *stop (may be
+ * NULL) is set. Returns the result as PQexec would (the last one, or the COPY
+ * one), or NULL with errstr ("WHAT: ..." when what is given); the connection
+ * is then unusable and must be closed.
+ */
+PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
+                                  const char *const *params, const char *what, int timeout_ms,
+                                  atomic_int *stop, char *errstr, size_t errstr_size);
 
 #endif

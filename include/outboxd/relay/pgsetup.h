@@ -8,6 +8,7 @@
 #define OUTBOXD_PGSETUP_H
 
 #include <libpq-fe.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include "outboxd/relay/config.h"
@@ -34,9 +35,13 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
  * (re-created or renamed into place) is added when create_publication
  * allows and the table has a replica identity, and reported either way,
  * with which rows cannot be relayed. Returns the number of problems (one
- * report line each), or -1 when it could not connect.
+ * report line each), or -1 when it could not connect. Each query is bounded
+ * by timeout_ms (relay.wal_receiver_timeout_ms; 0: no limit) and abandoned
+ * when *stop (may be NULL) is set: the failure is then a problem and the
+ * connection is closed.
  */
-int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, PGconn **conn, outboxd_buf_t *report);
+int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atomic_int *stop,
+                          PGconn **conn, outboxd_buf_t *report);
 
 /*
  * For `outboxd check`: each ${column} of an outbox table's topic template
