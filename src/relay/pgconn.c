@@ -156,8 +156,8 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
             int64_t waited = outboxd_now_ms() - start;
             if (timeout_ms > 0 && waited >= timeout_ms) {
                 snprintf(errstr, errstr_size,
-                         "%s%sno answer from PostgreSQL for %lld ms "
-                         "(relay.wal_receiver_timeout_ms = %d): the connection is presumed dead "
+                         "%s%sno answer from PostgreSQL for %lld ms (limit %d ms, set by "
+                         "relay.wal_receiver_timeout_ms): the connection is presumed dead "
                          "(a frozen server or a half-open path)",
                          what, sep, (long long)waited, timeout_ms);
                 PQclear(last);
@@ -171,7 +171,10 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
                 PQclear(last);
                 return NULL;
             }
-            if (prc > 0 && !PQconsumeInput(conn)) {
+            /* Every round, not only when the socket is readable: with TLS
+             * the answer may already sit decrypted in libpq's buffers. A
+             * non-blocking read, cheap when there is nothing. */
+            if (!PQconsumeInput(conn)) {
                 exec_error(conn, what[0] ? what : NULL, errstr, errstr_size);
                 PQclear(last);
                 return NULL;

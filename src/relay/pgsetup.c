@@ -140,9 +140,11 @@ static PGresult *run(check_t *c, const char *sql, int nparams, const char *const
     PGresult *res;
     if (c->timeout_ms > 0) {
         /* The running source's check: a silent server must not hold up
-         * the source loop (and its stream) for good. */
-        res = outboxd_pg_exec_bounded(c->conn, sql, nparams, params, NULL, c->timeout_ms, c->stop,
-                                      err, errsize);
+         * the source loop (and its stream) for good. Parameters always,
+         * as PQexecParams: the extended protocol runs one statement. */
+        static const char *const no_params[1] = {NULL};
+        res = outboxd_pg_exec_bounded(c->conn, sql, nparams, params ? params : no_params, NULL,
+                                      c->timeout_ms, c->stop, err, errsize);
         if (!res) {
             c->conn_lost = true; /* unusable now: closed, reopened next time */
             return NULL;
@@ -215,6 +217,14 @@ static void table_where(const outboxd_table_conf_t *t, char *out, size_t size)
         snprintf(out, size, " (line %d of the configuration)", t->line);
     else
         out[0] = '\0';
+}
+
+/* A notice on the watch's connection between two checks (its check_t is
+ * gone by then). */
+static void notice_between_checks(void *arg, const char *message)
+{
+    (void)arg;
+    LOG_DEBUG(NULL, "server: %.*s", (int)strcspn(message, "\n"), message);
 }
 
 static void notice_to_log(void *arg, const char *message)
@@ -1169,6 +1179,14 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atom
                           PGconn **connp, outboxd_buf_t *report)
 {
     char err[1024];
+    /* The check runs in the source's loop, which sends the walsender its
+     * status updates: its queries are bounded well below the server's
+     * wal_sender_timeout and Kafka's transaction.timeout.ms (60 s by
+     * default), and its statement_timeout below that bound, so a query
+     * that only waits for a lock is cancelled by the server (and reported
+     * as such) before the connection would be given up as silent. */
+    if (timeout_ms <= 0 || timeout_ms > OUTBOXD_PGSETUP_WATCH_MAX_MS)
+        timeout_ms = OUTBOXD_PGSETUP_WATCH_MAX_MS;
     if (!*connp) {
         PGconn *conn = outboxd_pg_connect(src, false, err, sizeof(err));
         if (!conn) {
@@ -1178,8 +1196,10 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atom
             return -1;
         }
         /* A stuck catalog must not hold up the stream for long. */
-        PGresult *res = outboxd_pg_exec_bounded(conn, "SET statement_timeout = 5000", 0, NULL, NULL,
-                                                timeout_ms, stop, err, sizeof(err));
+        char set[96];
+        snprintf(set, sizeof(set), "SET statement_timeout = %d", timeout_ms / 2);
+        PGresult *res =
+            outboxd_pg_exec_bounded(conn, set, 0, NULL, NULL, timeout_ms, stop, err, sizeof(err));
         if (!res) {
             PQfinish(conn);
             outboxd_buf_printf(report, "source %s: catalog check failed: ", src->name);
@@ -1280,7 +1300,11 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atom
     if (c.conn_lost) {
         PQfinish(*connp);
         *connp = NULL;
+    } else {
+        PQsetNoticeProcessor(*connp, notice_between_checks, NULL);
     }
+    if (stop && atomic_load(stop))
+        return -1; /* interrupted by the relay stopping: not a problem to report */
     return c.problems;
 }
 

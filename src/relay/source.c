@@ -2033,10 +2033,14 @@ static int slot_holder(outboxd_source_t *s)
     if (!conn)
         return -1;
     const char *params[1] = {s->src->slot};
+    /* Bounded as the catalog check is (it runs in the loop too). */
+    int bound = s->conf->wal_receiver_timeout_ms;
+    if (bound <= 0 || bound > OUTBOXD_PGSETUP_WATCH_MAX_MS)
+        bound = OUTBOXD_PGSETUP_WATCH_MAX_MS;
     PGresult *res = outboxd_pg_exec_bounded(
         conn,
         "SELECT coalesce(active_pid, 0) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-        1, params, NULL, s->conf->wal_receiver_timeout_ms, s->stop, err, sizeof(err));
+        1, params, NULL, bound, s->stop, err, sizeof(err));
     int pid = -1;
     if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
         pid = atoi(PQgetvalue(res, 0, 0));
@@ -2072,7 +2076,14 @@ static bool recover_fenced(outboxd_source_t *s)
         return false;
     int holder = slot_holder(s);
     int mine = outboxd_repl_backend_pid(s->repl);
-    if (holder <= 0 || holder != mine) {
+    if (holder < 0) {
+        LOG_ERROR(s->name,
+                  "fenced, and who holds slot %s could not be told (PostgreSQL did not answer); "
+                  "stopping, since another instance may have taken over",
+                  s->src->slot);
+        return false;
+    }
+    if (holder == 0 || holder != mine) {
         LOG_ERROR(s->name, "fenced, and slot %s is %s: another instance has taken over; stopping",
                   s->src->slot, holder > 0 ? "held by another process" : "not held by this relay");
         return false;

@@ -41,7 +41,13 @@ def read_exact(sock, n):
 
 
 def close(*socks):
+    # shutdown first: close() alone does not end a socket another thread is
+    # blocked in recv() on, so no FIN would reach the peer.
     for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             s.close()
         except OSError:
