@@ -7,7 +7,8 @@
 # that one row written in every database arrives (read_committed count).
 #   bench/sources.sh [N]
 # BENCH_POOL=K sets relay.kafka_producers: K (one pool of K producers shared
-# by all sources; default 0, a producer set per source). BENCH_LOG_LEVEL
+# by all sources; default 0, a producer set per source). BENCH_LOOPS=L sets
+# relay.loop_threads: L (default: the relay's default, 16). BENCH_LOG_LEVEL
 # sets relay.log_level; BENCH_KEEP_LOG=FILE keeps the relay's log there.
 source "$(dirname "$0")/common.sh"
 N=${1:-50}
@@ -39,7 +40,7 @@ say "WAL each slot decodes before its first message: up to $(psql -X -q -At -d p
     printf '%s\n' "kafka:" "  bootstrap_servers: \"$KAFKA_BOOTSTRAP\"" "  transactional_id_prefix: benchsrc" \
         "relay:" "  checkpoint_topic: bench.checkpoints" "  dead_letter_topic: bench.dlt" \
         "  producers_per_source: ${BENCH_PRODUCERS:-2}" \
-        "  kafka_producers: ${BENCH_POOL:-0}" "  log_level: ${BENCH_LOG_LEVEL:-info}" "sources:"
+        "  kafka_producers: ${BENCH_POOL:-0}" "  loop_threads: ${BENCH_LOOPS:-16}" "  log_level: ${BENCH_LOG_LEVEL:-info}" "sources:"
     for i in $(seq 1 "$N"); do
         printf '%s\n' "  - name: src$i" \
             "    dsn: \"host=$PGHOST port=$PGPORT dbname=bench_src_$i user=$PGUSER\"" \
@@ -66,17 +67,19 @@ c1=$(ticks)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$relay/status")
 threads=$(awk '/Threads/ {print $2}' "/proc/$relay/status")
 
+t2=$(now_ms)
 for i in $(seq 1 "$N"); do
     psql -X -q -d "bench_src_$i" -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'k$i', 'Ping', '{}')" >/dev/null
 done
 got=$("$OKCAT" -b "$KAFKA_BOOTSTRAP" -t benchsrc.order --count "$N" --timeout-ms 120000 2>/dev/null | sed -n 's/^okcat: consumed=//p')
+t3=$(now_ms)
 peak=$(peak_rss_kb "$relay")
 kill -TERM "$relay"
 wait "$relay" || true
 [ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"
 hz=$(getconf CLK_TCK)
-echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2} kafka_producers=${BENCH_POOL:-0}"
+echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2} kafka_producers=${BENCH_POOL:-0} loop_threads=${BENCH_LOOPS:-16}"
 echo "sources: all streaming $((t1 - t0)) ms after start"
 awk -v c=$((c1 - c0)) -v hz="$hz" -v s="$IDLE_S" 'BEGIN { printf "sources: idle cpu %.1f%% of one core over %d s\n", 100 * c / hz / s, s }'
 echo "sources: resident $((rss / 1024)) MB when idle, peak $((peak / 1024)) MB; threads $threads"
-echo "sources: one row per database written, $got of $N read back (read_committed)"
+echo "sources: one row per database written, $got of $N read back (read_committed) $((t3 - t2)) ms after the first write"

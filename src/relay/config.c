@@ -892,6 +892,8 @@ static const key_spec_t relay_spec[] = {
      .min = 1, .max = 4, .restart = true},
     {KEY("kafka_producers", K_INT, outboxd_config_t, kafka_producers), .def_num = 0, .min = 0,
      .max = 256, .restart = true},
+    {KEY("loop_threads", K_INT, outboxd_config_t, loop_threads), .def_num = 16, .min = 1,
+     .max = 1024, .restart = true},
     {KEY("pipeline_commits", K_BOOL, outboxd_config_t, pipeline_commits), .def_num = 1},
     {KEY("missing_topic", K_ENUM, outboxd_config_t, missing_topic), .names = missing_topic_names,
      .def_num = OUTBOXD_MISSING_TOPIC_WAIT},

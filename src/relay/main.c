@@ -254,6 +254,19 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
                      conf->kafka_producers);
         }
     }
+    /* The sources' loops run on at most relay.loop_threads threads (loops.h). */
+    outboxd_loops_t *loops = NULL;
+    if (rc == 0) {
+        loops = outboxd_loops_new(conf->loop_threads, err, sizeof(err));
+        if (!loops) {
+            LOG_ERROR(NULL, "relay.loop_threads: %s", err);
+            atomic_store(&stop_flag, 1);
+            rc = 1;
+        } else if (conf->n_sources > (size_t)conf->loop_threads) {
+            LOG_INFO(NULL, "%zu sources share %d loop threads (relay.loop_threads)",
+                     conf->n_sources, conf->loop_threads);
+        }
+    }
     for (size_t i = 0; i < conf->n_sources && rc == 0; i++) {
         sources[i] = outboxd_source_new(conf, &conf->sources[i], &stop_flag, err, sizeof(err));
         if (sources[i])
@@ -261,7 +274,7 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
                                      outboxd_metrics_source(metrics, conf->sources[i].name));
         if (sources[i] && pool)
             outboxd_source_set_pool(sources[i], pool);
-        if (!sources[i] || outboxd_source_start(sources[i], err, sizeof(err)) < 0) {
+        if (!sources[i] || outboxd_source_start(sources[i], loops, err, sizeof(err)) < 0) {
             LOG_ERROR(conf->sources[i].name, "%s", err);
             atomic_store(&stop_flag, 1);
             rc = 1;
@@ -322,6 +335,7 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
         outboxd_source_destroy(sources[i]);
     }
     free(sources);
+    outboxd_loops_destroy(loops);    /* after every loop finished */
     outboxd_sink_pool_destroy(pool); /* after every sink borrowing from it */
     /* Only now: a source may have run on a reloaded configuration. */
     outboxd_reload_destroy(reloader);

@@ -206,6 +206,8 @@ static void retention_turn(outboxd_retention_t *r)
 static void *retention_run(void *arg)
 {
     outboxd_retention_t *r = arg;
+    /* Not the name of the loop thread that started it. */
+    pthread_setname_np(pthread_self(), "outboxd-retain");
     while (!atomic_load(&r->stop)) {
         retention_turn(r);
         for (int i = 0; i < RETENTION_ADVANCE_MS / 100 && !atomic_load(&r->stop); i++)

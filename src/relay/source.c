@@ -54,13 +54,26 @@
 #define IDLE_POLL_MS  1000
 #define IDLE_AFTER_MS 2000
 
+/* Where the loop's next step resumes (step). */
+#define PHASE_RUN              0 /* (re)connect if needed, then stream */
+#define PHASE_STREAM           1 /* inside stream() */
+#define PHASE_BACKOFF          2 /* pausing until backoff_until_ms */
+#define CONNECT_MIN_BACKOFF_MS 500
+
 struct outboxd_source {
     const outboxd_config_t *conf;
     const outboxd_source_conf_t *src;
     const char *name;
     atomic_int *stop;
-    pthread_t thread;
-    bool started;
+    /* The loop runs as steps on the pool of loop threads (loops.h); what
+     * run() kept in locals lives here, since a step returns to wait. */
+    outboxd_loop_t *loop;
+    int phase;              /* PHASE_*: where the next step resumes */
+    int rc;                 /* the last stream()/connect result, as run() had it */
+    int connect_backoff_ms; /* pause before the next connection attempt */
+    int64_t backoff_until_ms;
+    int64_t stop_seen_ms; /* the stream saw the stop flag (0: not yet) */
+    bool stream_waiting;  /* stream() returned to wait for the socket */
     atomic_bool done;
     int result; /* 0 clean, 1 fatal */
 
@@ -564,6 +577,8 @@ static void *commit_thread(void *arg)
 {
     commit_job_t *job = arg;
     outboxd_source_t *s = job->s;
+    /* A new thread inherits its creator's name (outboxd-loop). */
+    pthread_setname_np(pthread_self(), "outboxd-commit");
     job->st = outboxd_sink_commit(s->sink, job->ck, job->err, sizeof(job->err));
     atomic_store(&s->commit_done, true);
     ssize_t w = write(s->wake[1], "c", 1);
@@ -1325,25 +1340,68 @@ static int check_liveness(outboxd_source_t *s, char *errstr, size_t errstr_size)
 
 static int apply_reload(outboxd_source_t *s);
 
-/* Reads and handles messages until the stream fails or we are stopped.
- * Returns 0 (stopped), -1 (reconnect), -2 (fatal). */
-static int stream(outboxd_source_t *s)
+/* After the wait stream() asked for: what a poll on this thread did once. */
+static int after_wait(outboxd_source_t *s, const outboxd_loop_wait_t *w)
 {
     char err[512];
-    int64_t stop_seen_ms = 0;
+    /* Bytes of a message not complete yet (a partial read, or TLS
+     * buffering) are activity too: no long sleep before the rest. */
+    if (w->revents[0])
+        s->last_pollin_ms = outboxd_now_ms();
+    if (w->revents[1] & POLLIN) {
+        uint64_t v;
+        ssize_t r = read(s->idle_fd, &v, sizeof(v));
+        (void)r; /* only a wake-up: the flags are the truth */
+    }
+    if (!w->revents[0] && !w->revents[1] && check_liveness(s, err, sizeof(err)) < 0)
+        return rewind_stream(s, err);
+    outboxd_sink_poll(s->sink);
+    log_stats(s, false);
+    watch_catalog(s);
+    /* The end of the loop's round, as after any message. */
+    if (s->batch_open && !s->pend_n && coarse_now_ms() >= s->batch_deadline_ms &&
+        (!s->in_txn || split_due(s))) {
+        int rc = commit_batch(s);
+        if (rc < 0)
+            return rc;
+    }
+    send_status(s, false);
+    return 0;
+}
+
+/* Reads and handles messages until the stream fails, we are stopped, or
+ * there is nothing to read. Returns 0 (stopped), -1 (reconnect), -2
+ * (fatal), STREAM_WAIT (wait as *w says, then call again) or STREAM_YIELD
+ * (call again when the pool gives the loop a thread back). */
+#define STREAM_WAIT  1
+#define STREAM_YIELD 2
+static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
+{
+    char err[512];
+    if (s->stream_waiting) {
+        s->stream_waiting = false;
+        int rc = after_wait(s, w);
+        if (rc < 0)
+            return rc;
+    }
     for (;;) {
         if (stopping(s)) {
             /* Finish the PostgreSQL transaction being received first, so
              * the last Kafka transaction holds it whole (bounded wait). */
-            if (!stop_seen_ms)
-                stop_seen_ms = outboxd_now_ms();
-            if (!s->in_txn || outboxd_now_ms() - stop_seen_ms > 5000)
+            if (!s->stop_seen_ms)
+                s->stop_seen_ms = outboxd_now_ms();
+            if (!s->in_txn || outboxd_now_ms() - s->stop_seen_ms > 5000)
                 return 0;
         } else if (atomic_load(&s->reload_pending) && !s->in_txn) {
             /* A transaction boundary: commit the batch, then switch. */
             int rc = apply_reload(s);
             if (rc < 0)
                 return rc;
+        } else if (!s->in_txn && !s->batch_open && s->loop && outboxd_loop_should_yield(s->loop)) {
+            /* Between transactions, holding no producer: another source
+             * waits for a thread (relay.loop_threads). What was read ahead
+             * stays in the FIFO (own copies) for the next turn. */
+            return STREAM_YIELD;
         }
         /* Clock reads are not free on every machine (a VM's clock source
          * showed up in profiles): per message, a coarse clock is enough for
@@ -1402,27 +1460,16 @@ static int stream(outboxd_source_t *s)
             if (!s->batch_open && !s->in_txn && s->idle_fd >= 0 &&
                 outboxd_now_ms() - quiet_since >= IDLE_AFTER_MS)
                 timeout = s->idle_poll_ms;
-            struct pollfd pfd[2] = {{.fd = outboxd_repl_fd(s->repl), .events = POLLIN},
-                                    {.fd = s->idle_fd, .events = POLLIN}};
-            int pr = poll(pfd, s->idle_fd >= 0 ? 2 : 1, timeout);
-            if (pr < 0 && errno != EINTR)
-                return rewind_stream(s, strerror(errno));
-            /* Bytes of a message not complete yet (a partial read, or
-             * TLS buffering) are activity too: no long sleep before the
-             * rest. */
-            if (pr > 0 && pfd[0].revents)
-                s->last_pollin_ms = outboxd_now_ms();
-            if (pr > 0 && s->idle_fd >= 0 && (pfd[1].revents & POLLIN)) {
-                uint64_t v;
-                ssize_t r = read(s->idle_fd, &v, sizeof(v));
-                (void)r; /* only a wake-up: the flags are the truth */
-            }
-            if (pr == 0 && check_liveness(s, err, sizeof(err)) < 0)
-                return rewind_stream(s, err);
-            outboxd_sink_poll(s->sink);
-            log_stats(s, false);
-            watch_catalog(s);
-            break;
+            /* The wait itself is the pool's (loops.h): on this thread, or,
+             * when sources outnumber loop threads, on its poller. A source
+             * with a batch open may hold a producer of the Kafka pool that
+             * another source waits for, so it keeps its thread. */
+            w->fd[0] = outboxd_repl_fd(s->repl);
+            w->fd[1] = s->idle_fd;
+            w->timeout_ms = timeout;
+            w->may_park = !s->batch_open;
+            s->stream_waiting = true;
+            return STREAM_WAIT;
         }
         }
         if (rc < 0)
@@ -1980,18 +2027,24 @@ static int connect_source(outboxd_source_t *s)
     return 0;
 }
 
-static void sleep_interruptible(outboxd_source_t *s, int ms)
+/* Pauses the loop for ms (a backoff), waking every 100 ms for the stats
+ * tick (the stall check) and the producers' callbacks, and at once on a
+ * stop or a reload (idle_fd). */
+#define BACKOFF_TICK_MS 100
+static outboxd_loop_rc_t backoff_wait(outboxd_source_t *s, outboxd_loop_wait_t *w, int64_t left)
 {
-    while (ms > 0 && !stopping(s)) {
-        int step = ms < 100 ? ms : 100;
-        usleep((useconds_t)step * 1000);
-        ms -= step;
-        outboxd_stats_tick(s->stats);
-        if (!s->repl)
-            (void)apply_reload(s); /* nothing in flight: apply now */
-        if (s->sink)
-            outboxd_sink_poll(s->sink);
-    }
+    w->fd[0] = s->idle_fd;
+    w->fd[1] = -1;
+    w->timeout_ms = left < BACKOFF_TICK_MS ? (int)left : BACKOFF_TICK_MS;
+    w->may_park = true; /* an aborted or never begun transaction holds no producer */
+    return OUTBOXD_LOOP_WAIT;
+}
+
+static outboxd_loop_rc_t start_backoff(outboxd_source_t *s, outboxd_loop_wait_t *w, int ms)
+{
+    s->phase = PHASE_BACKOFF;
+    s->backoff_until_ms = outboxd_now_ms() + ms;
+    return backoff_wait(s, w, ms);
 }
 
 /*
@@ -2110,44 +2163,76 @@ static bool recover_fenced(outboxd_source_t *s)
     return true;
 }
 
-static void *run(void *arg)
+/*
+ * The source's loop, one step at a time (loops.h): connect, stream, back off
+ * and reconnect, until stopped or a fatal error. A step returns whenever it
+ * would wait (for the replication socket, or a backoff), and resumes where
+ * it left off (s->phase, and stream() itself).
+ */
+static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
 {
     outboxd_source_t *s = arg;
-    int backoff = 500;
-    s->last_stats_ms = outboxd_now_ms();
-    int rc = 0;
-    while (!stopping(s)) {
-        if (!s->repl) {
-            (void)apply_reload(s); /* nothing in flight: apply now */
-            outboxd_stats_state(s->stats, OUTBOXD_SRC_CONNECTING);
-            rc = connect_source(s);
-            if (rc == -2)
-                break;
-            if (rc < 0) {
-                outboxd_stats_state(s->stats, OUTBOXD_SRC_BACKOFF);
-                if (s->quiet_retry)
-                    LOG_DEBUG(s->name, "retrying in %d ms", backoff);
-                else
-                    LOG_INFO(s->name, "retrying in %d ms", backoff);
-                s->quiet_retry = false;
-                sleep_interruptible(s, backoff);
-                backoff = backoff * 2 > s->conf->reconnect_max_backoff_ms
-                              ? s->conf->reconnect_max_backoff_ms
-                              : backoff * 2;
-                continue;
-            }
-            backoff = 500;
-            outboxd_stats_state(s->stats, OUTBOXD_SRC_STREAMING);
+    if (s->phase == PHASE_BACKOFF) {
+        if (w->revents[0] & POLLIN) {
+            uint64_t v;
+            ssize_t r = read(s->idle_fd, &v, sizeof(v));
+            (void)r; /* a stop or a reload: both are looked at below */
         }
-        s->stream_start_ms = outboxd_now_ms();
-        rc = stream(s);
-        if (rc == -2 && recover_fenced(s))
-            rc = -1;
-        if (rc == -2)
-            break;
-        if (rc == -1 && !stopping(s))
-            sleep_interruptible(s, next_rewind_backoff(s));
+        outboxd_stats_tick(s->stats);
+        if (!s->repl)
+            (void)apply_reload(s); /* nothing in flight: apply now */
+        if (s->sink)
+            outboxd_sink_poll(s->sink);
+        int64_t left = s->backoff_until_ms - outboxd_now_ms();
+        if (left > 0 && !stopping(s))
+            return backoff_wait(s, w, left);
+        s->phase = PHASE_RUN;
     }
+    for (;;) {
+        if (s->phase == PHASE_RUN) {
+            if (stopping(s))
+                break;
+            if (!s->repl) {
+                (void)apply_reload(s); /* nothing in flight: apply now */
+                outboxd_stats_state(s->stats, OUTBOXD_SRC_CONNECTING);
+                s->rc = connect_source(s);
+                if (s->rc == -2)
+                    break;
+                if (s->rc < 0) {
+                    outboxd_stats_state(s->stats, OUTBOXD_SRC_BACKOFF);
+                    int backoff = s->connect_backoff_ms;
+                    if (s->quiet_retry)
+                        LOG_DEBUG(s->name, "retrying in %d ms", backoff);
+                    else
+                        LOG_INFO(s->name, "retrying in %d ms", backoff);
+                    s->quiet_retry = false;
+                    s->connect_backoff_ms = backoff * 2 > s->conf->reconnect_max_backoff_ms
+                                                ? s->conf->reconnect_max_backoff_ms
+                                                : backoff * 2;
+                    return start_backoff(s, w, backoff);
+                }
+                s->connect_backoff_ms = CONNECT_MIN_BACKOFF_MS;
+                outboxd_stats_state(s->stats, OUTBOXD_SRC_STREAMING);
+            }
+            s->stream_start_ms = outboxd_now_ms();
+            s->stop_seen_ms = 0;
+            s->stream_waiting = false;
+            s->phase = PHASE_STREAM;
+        }
+        s->rc = stream(s, w);
+        if (s->rc == STREAM_WAIT)
+            return OUTBOXD_LOOP_WAIT;
+        if (s->rc == STREAM_YIELD)
+            return OUTBOXD_LOOP_YIELD;
+        s->phase = PHASE_RUN;
+        if (s->rc == -2 && recover_fenced(s))
+            s->rc = -1;
+        if (s->rc == -2)
+            break;
+        if (s->rc == -1 && !stopping(s))
+            return start_backoff(s, w, next_rewind_backoff(s));
+    }
+    int rc = s->rc;
     outboxd_stats_state(s->stats, OUTBOXD_SRC_STOPPING);
     if (rc != -2 && s->repl && s->sink) {
         /* Stopping: finish the batch in hand, then tell PostgreSQL. */
@@ -2160,7 +2245,7 @@ static void *run(void *arg)
     s->result = rc == -2 ? 1 : 0;
     outboxd_stats_state(s->stats, s->result ? OUTBOXD_SRC_FAILED : OUTBOXD_SRC_STOPPED);
     atomic_store(&s->done, true);
-    return NULL;
+    return OUTBOXD_LOOP_DONE;
 }
 
 void outboxd_source_set_stats(outboxd_source_t *s, outboxd_stats_t *stats)
@@ -2173,15 +2258,14 @@ void outboxd_source_set_pool(outboxd_source_t *s, outboxd_sink_pool_t *pool)
     s->pool = pool;
 }
 
-int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size)
+int outboxd_source_start(outboxd_source_t *s, outboxd_loops_t *loops, char *errstr,
+                         size_t errstr_size)
 {
-    int e = pthread_create(&s->thread, NULL, run, s);
-    if (e) {
-        snprintf(errstr, errstr_size, "pthread_create: %s", strerror(e));
-        return -1;
-    }
-    s->started = true;
-    return 0;
+    s->phase = PHASE_RUN;
+    s->connect_backoff_ms = CONNECT_MIN_BACKOFF_MS;
+    s->last_stats_ms = outboxd_now_ms();
+    s->loop = outboxd_loops_add(loops, step, s, errstr, errstr_size);
+    return s->loop ? 0 : -1;
 }
 
 bool outboxd_source_done(outboxd_source_t *s)
@@ -2191,9 +2275,9 @@ bool outboxd_source_done(outboxd_source_t *s)
 
 int outboxd_source_join(outboxd_source_t *s)
 {
-    if (s->started) {
-        pthread_join(s->thread, NULL);
-        s->started = false;
+    if (s->loop) {
+        outboxd_loop_join(s->loop);
+        s->loop = NULL;
     }
     return s->result;
 }

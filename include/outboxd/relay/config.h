@@ -206,6 +206,9 @@ typedef struct outboxd_config {
      * (<prefix>.pool.<k>) that sources borrow one Kafka transaction at a
      * time (sink.h, "Many sources" in README). */
     int kafka_producers;
+    /* At most this many threads run the sources' loops (default 16; loops.h):
+     * up to that many sources, one thread each; more sources share them. */
+    int loop_threads;
     /* Default true: while a Kafka transaction commits (in a helper thread),
      * the source thread keeps reading the replication stream into a bounded
      * buffer instead of leaving PostgreSQL's walsender blocked (source.c). */

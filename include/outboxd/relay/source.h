@@ -1,12 +1,15 @@
 /*
- * One source: a PostgreSQL database relayed into Kafka by its own thread,
- * with its own replication connection, slot, decoder, router and
- * transactional producer. Sources share only the configuration and logging.
+ * One source: a PostgreSQL database relayed into Kafka by its own loop, with
+ * its own replication connection, slot, decoder, router and transactional
+ * producer. Sources share only the configuration, logging, the pool of loop
+ * threads that runs their loops (loops.h, relay.loop_threads) and, when
+ * configured, a pool of Kafka producers.
  *
- * The thread runs until *stop is set (then it commits the batch in hand and
+ * The loop runs until *stop is set (then it commits the batch in hand and
  * confirms it) or until a fatal error (fenced, bad configuration the relay
  * cannot fix by retrying). PostgreSQL outages and abortable Kafka errors are
- * retried with backoff and never end the thread.
+ * retried with backoff and never end the loop. "The thread" below is
+ * whichever loop thread runs the source's loop at the time: one at a time.
  */
 #ifndef OUTBOXD_SOURCE_H
 #define OUTBOXD_SOURCE_H
@@ -16,6 +19,7 @@
 #include <stdint.h>
 
 #include "outboxd/relay/config.h"
+#include "outboxd/relay/loops.h"
 #include "outboxd/relay/sink.h"
 #include "outboxd/relay/stats.h"
 
@@ -34,17 +38,19 @@ void outboxd_source_set_stats(outboxd_source_t *s, outboxd_stats_t *stats);
  * pool must outlive the source. */
 void outboxd_source_set_pool(outboxd_source_t *s, outboxd_sink_pool_t *pool);
 
-/* Starts the thread. Returns 0, or -1 with errstr. */
-int outboxd_source_start(outboxd_source_t *s, char *errstr, size_t errstr_size);
+/* Starts the loop on loops (which must outlive the source). Returns 0, or -1
+ * with errstr. */
+int outboxd_source_start(outboxd_source_t *s, outboxd_loops_t *loops, char *errstr,
+                         size_t errstr_size);
 
-/* True once the thread has finished (without blocking). */
+/* True once the loop has finished (without blocking). */
 bool outboxd_source_done(outboxd_source_t *s);
 
 /* Wakes the source's loop if it sleeps idle (call after setting the stop
  * flag, so an idle source stops at once rather than after its poll). */
 void outboxd_source_wake(outboxd_source_t *s);
 
-/* Joins the thread; returns 0 for a clean stop, 1 after a fatal error. */
+/* Waits for the loop to finish; returns 0 for a clean stop, 1 after a fatal error. */
 int outboxd_source_join(outboxd_source_t *s);
 
 void outboxd_source_destroy(outboxd_source_t *s);

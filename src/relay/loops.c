@@ -1,0 +1,411 @@
+/*
+ * The pool of loop threads (loops.h).
+ *
+ * One mutex guards the run queue, the parked set and the counters; a step
+ * never runs under it. Wake-ups: a condition variable for idle threads, an
+ * eventfd for the poller (the parked set changed, or shutdown), and a second
+ * eventfd, "kick", for threads waiting in place on a loop that may park: it
+ * is written when a loop is queued while loops outnumber threads and no
+ * thread is idle, so such a thread parks its loop and takes the queued one
+ * instead of sleeping on through a poll of up to a second.
+ */
+#include "outboxd/relay/loops.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "outboxd/common/util.h"
+
+struct outboxd_loop {
+    outboxd_loops_t *pool;
+    outboxd_loop_fn fn;
+    void *arg;
+    outboxd_loop_wait_t w;
+    int64_t deadline_ms;   /* parked: when to run it even without events */
+    int64_t slice_from_ms; /* when it last got a thread */
+    bool ready;            /* parked: the poller saw one of its descriptors */
+    atomic_bool done;
+    struct outboxd_loop *next; /* in the run queue */
+};
+
+struct outboxd_loops {
+    pthread_mutex_t mu;
+    pthread_cond_t work;  /* the queue got a loop, or shutdown */
+    pthread_cond_t ended; /* a loop returned DONE */
+    outboxd_loop_t *head, *tail;
+    atomic_size_t queued;
+    outboxd_loop_t **parked;
+    size_t n_parked, cap_parked;
+    int park_fd; /* eventfd: wakes the poller */
+    int kick_fd; /* eventfd: a loop waits for a thread (see the top) */
+    int max_threads;
+    int n_threads;
+    int n_idle;
+    size_t n_loops; /* added and not yet done */
+    pthread_t *threads;
+    pthread_t poller;
+    bool poller_started;
+    bool shutdown;
+};
+
+static void signal_fd(int fd)
+{
+    uint64_t one = 1;
+    ssize_t w = write(fd, &one, sizeof(one));
+    (void)w; /* a full counter is still readable: the wake-up is there */
+}
+
+static void drain_fd(int fd)
+{
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof(v));
+    (void)r;
+}
+
+/* Under mu. */
+static void enqueue(outboxd_loops_t *p, outboxd_loop_t *l)
+{
+    l->next = NULL;
+    if (p->tail)
+        p->tail->next = l;
+    else
+        p->head = l;
+    p->tail = l;
+    atomic_fetch_add(&p->queued, 1);
+    if (p->n_idle > 0)
+        pthread_cond_signal(&p->work);
+    else if (p->n_loops > (size_t)p->n_threads)
+        signal_fd(p->kick_fd);
+}
+
+static void *poll_parked(void *arg)
+{
+    outboxd_loops_t *p = arg;
+    pthread_setname_np(pthread_self(), "outboxd-poller");
+    struct pollfd *pfd = NULL;
+    outboxd_loop_t **who = NULL;
+    int *which = NULL;
+    size_t cap = 0;
+    pthread_mutex_lock(&p->mu);
+    while (!p->shutdown) {
+        size_t need = 1 + 2 * p->n_parked;
+        if (need > cap) {
+            size_t ncap = need * 2;
+            struct pollfd *np = realloc(pfd, ncap * sizeof(*np));
+            if (np)
+                pfd = np;
+            outboxd_loop_t **nw = realloc(who, ncap * sizeof(*nw));
+            if (nw)
+                who = nw;
+            int *nk = realloc(which, ncap * sizeof(*nk));
+            if (nk)
+                which = nk;
+            if (np && nw && nk)
+                cap = ncap;
+        }
+        int64_t now = outboxd_now_ms();
+        int timeout = -1;
+        size_t n = 0;
+        if (cap >= need) {
+            pfd[n++] = (struct pollfd){.fd = p->park_fd, .events = POLLIN};
+            for (size_t i = 0; i < p->n_parked; i++) {
+                outboxd_loop_t *l = p->parked[i];
+                for (int k = 0; k < 2; k++) {
+                    if (l->w.fd[k] < 0)
+                        continue;
+                    pfd[n] = (struct pollfd){.fd = l->w.fd[k], .events = POLLIN};
+                    who[n] = l;
+                    which[n] = k;
+                    n++;
+                }
+                int64_t left = l->deadline_ms - now;
+                int t = left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
+                if (timeout < 0 || t < timeout)
+                    timeout = t;
+            }
+        } else {
+            timeout = 10; /* out of memory: look again soon, everything times out */
+        }
+        pthread_mutex_unlock(&p->mu);
+        int pr = n ? poll(pfd, n, timeout) : poll(NULL, 0, timeout);
+        pthread_mutex_lock(&p->mu);
+        if (pr > 0 && (pfd[0].revents & POLLIN))
+            drain_fd(p->park_fd);
+        /* Only this thread removes parked loops, so the ones polled are all
+         * still parked (loops parked meanwhile come after them). */
+        for (size_t i = 1; pr > 0 && i < n; i++) {
+            if (pfd[i].revents) {
+                who[i]->w.revents[which[i]] = pfd[i].revents;
+                who[i]->ready = true;
+            }
+        }
+        now = outboxd_now_ms();
+        size_t kept = 0;
+        for (size_t i = 0; i < p->n_parked; i++) {
+            outboxd_loop_t *l = p->parked[i];
+            if (l->ready || now >= l->deadline_ms)
+                enqueue(p, l);
+            else
+                p->parked[kept++] = l;
+        }
+        p->n_parked = kept;
+    }
+    pthread_mutex_unlock(&p->mu);
+    free(pfd);
+    free(who);
+    free(which);
+    return NULL;
+}
+
+/* Hands l to the poller; false when it cannot (then wait in place). Under mu. */
+static bool park(outboxd_loops_t *p, outboxd_loop_t *l, int timeout_ms)
+{
+    if (!p->poller_started) {
+        if (pthread_create(&p->poller, NULL, poll_parked, p) != 0)
+            return false;
+        p->poller_started = true;
+    }
+    if (p->n_parked == p->cap_parked) {
+        size_t ncap = p->cap_parked ? p->cap_parked * 2 : 64;
+        outboxd_loop_t **np = realloc(p->parked, ncap * sizeof(*np));
+        if (!np)
+            return false;
+        p->parked = np;
+        p->cap_parked = ncap;
+    }
+    l->w.revents[0] = l->w.revents[1] = 0;
+    l->ready = false;
+    l->deadline_ms = outboxd_now_ms() + timeout_ms;
+    p->parked[p->n_parked++] = l;
+    signal_fd(p->park_fd);
+    return true;
+}
+
+/* Waits for l's descriptors on this thread. Returns false when a queued loop
+ * wants the thread and l may park (l's wait is then not over: timeout_ms is
+ * what is left of it). */
+static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms)
+{
+    struct pollfd pfd[3];
+    int n = 0, slot[2] = {-1, -1};
+    for (int k = 0; k < 2; k++) {
+        l->w.revents[k] = 0;
+        if (l->w.fd[k] >= 0) {
+            slot[k] = n;
+            pfd[n++] = (struct pollfd){.fd = l->w.fd[k], .events = POLLIN};
+        }
+    }
+    int kick = -1;
+    if (l->w.may_park) {
+        kick = n;
+        pfd[n++] = (struct pollfd){.fd = p->kick_fd, .events = POLLIN};
+    }
+    int64_t t0 = outboxd_now_ms();
+    int pr = poll(pfd, (nfds_t)n, *timeout_ms);
+    if (pr <= 0)
+        return true; /* timed out, or EINTR: taken as a timeout */
+    if (kick >= 0 && pfd[kick].revents) {
+        int64_t left = *timeout_ms - (outboxd_now_ms() - t0);
+        *timeout_ms = left > 0 ? (int)left : 0;
+        return false;
+    }
+    for (int k = 0; k < 2; k++)
+        if (slot[k] >= 0)
+            l->w.revents[k] = pfd[slot[k]].revents;
+    return true;
+}
+
+/* Runs l until it ends, yields or parks. */
+static void run_loop(outboxd_loops_t *p, outboxd_loop_t *l)
+{
+    l->slice_from_ms = outboxd_now_ms();
+    for (;;) {
+        outboxd_loop_rc_t rc = l->fn(l->arg, &l->w);
+        if (rc == OUTBOXD_LOOP_DONE) {
+            pthread_mutex_lock(&p->mu);
+            p->n_loops--;
+            atomic_store(&l->done, true);
+            pthread_cond_broadcast(&p->ended);
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        pthread_mutex_lock(&p->mu);
+        if (rc == OUTBOXD_LOOP_YIELD) {
+            enqueue(p, l);
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        int timeout = l->w.timeout_ms < 0 ? 0 : l->w.timeout_ms;
+        bool crowded = p->n_loops > (size_t)p->n_threads;
+        if (l->w.may_park && crowded && park(p, l, timeout)) {
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (!wait_in_place(p, l, &timeout)) {
+            pthread_mutex_lock(&p->mu);
+            bool parked = park(p, l, timeout);
+            pthread_mutex_unlock(&p->mu);
+            if (parked)
+                return;
+            /* Cannot park (out of memory): the wait ends early, which a step
+             * takes as a timeout with nothing to read. */
+        }
+    }
+}
+
+static void *work(void *arg)
+{
+    outboxd_loops_t *p = arg;
+    /* Named so `top -H` and the tests can tell the loop threads apart. */
+    pthread_setname_np(pthread_self(), "outboxd-loop");
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->head && !p->shutdown) {
+            p->n_idle++;
+            pthread_cond_wait(&p->work, &p->mu);
+            p->n_idle--;
+        }
+        if (!p->head)
+            break;
+        outboxd_loop_t *l = p->head;
+        p->head = l->next;
+        if (!p->head) {
+            p->tail = NULL;
+            drain_fd(p->kick_fd); /* nobody is waiting for a thread now */
+        }
+        atomic_fetch_sub(&p->queued, 1);
+        pthread_mutex_unlock(&p->mu);
+        run_loop(p, l);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+outboxd_loops_t *outboxd_loops_new(int max_threads, char *errstr, size_t errstr_size)
+{
+    if (max_threads < 1)
+        max_threads = 1;
+    outboxd_loops_t *p = calloc(1, sizeof(*p));
+    if (p)
+        p->threads = calloc((size_t)max_threads, sizeof(*p->threads));
+    if (!p || !p->threads) {
+        if (p)
+            free(p);
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    p->max_threads = max_threads;
+    p->park_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    p->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->park_fd < 0 || p->kick_fd < 0) {
+        snprintf(errstr, errstr_size, "eventfd: %s", strerror(errno));
+        if (p->park_fd >= 0)
+            close(p->park_fd);
+        if (p->kick_fd >= 0)
+            close(p->kick_fd);
+        free(p->threads);
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->ended, NULL);
+    atomic_init(&p->queued, 0);
+    return p;
+}
+
+outboxd_loop_t *outboxd_loops_add(outboxd_loops_t *p, outboxd_loop_fn fn, void *arg, char *errstr,
+                                  size_t errstr_size)
+{
+    outboxd_loop_t *l = calloc(1, sizeof(*l));
+    if (!l) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    l->pool = p;
+    l->fn = fn;
+    l->arg = arg;
+    l->w.fd[0] = l->w.fd[1] = -1;
+    atomic_init(&l->done, false);
+    pthread_mutex_lock(&p->mu);
+    if (p->n_threads < p->max_threads && (size_t)p->n_threads <= p->n_loops) {
+        int e = pthread_create(&p->threads[p->n_threads], NULL, work, p);
+        if (e && p->n_threads == 0) {
+            pthread_mutex_unlock(&p->mu);
+            snprintf(errstr, errstr_size, "pthread_create: %s", strerror(e));
+            free(l);
+            return NULL;
+        }
+        if (!e)
+            p->n_threads++;
+        /* else: the threads there are run it too */
+    }
+    p->n_loops++;
+    enqueue(p, l);
+    pthread_mutex_unlock(&p->mu);
+    return l;
+}
+
+bool outboxd_loop_done(outboxd_loop_t *l)
+{
+    return atomic_load(&l->done);
+}
+
+void outboxd_loop_join(outboxd_loop_t *l)
+{
+    if (!l)
+        return;
+    outboxd_loops_t *p = l->pool;
+    pthread_mutex_lock(&p->mu);
+    while (!atomic_load(&l->done))
+        pthread_cond_wait(&p->ended, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    free(l);
+}
+
+bool outboxd_loop_should_yield(outboxd_loop_t *l)
+{
+    return atomic_load(&l->pool->queued) > 0 &&
+           outboxd_now_ms() - l->slice_from_ms >= OUTBOXD_LOOP_SLICE_MS;
+}
+
+int outboxd_loops_threads(outboxd_loops_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int n = p->n_threads;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void outboxd_loops_destroy(outboxd_loops_t *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->shutdown = true;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    signal_fd(p->park_fd);
+    for (int i = 0; i < p->n_threads; i++)
+        pthread_join(p->threads[i], NULL);
+    if (p->poller_started)
+        pthread_join(p->poller, NULL);
+    close(p->park_fd);
+    close(p->kick_fd);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->ended);
+    free(p->parked);
+    free(p->threads);
+    free(p);
+}

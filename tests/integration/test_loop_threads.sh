@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# ctest: parallel
+# More sources than loop threads (relay.loop_threads, README "Many sources in
+# one process"): six databases written concurrently, their loops sharing
+#   run 1: 2 loop threads, own producers per source: SIGKILLed while streaming;
+#   run 2: 1 loop thread and a pool of 2 Kafka producers (a source holding a
+#          pool producer keeps its thread, so the others cannot starve it),
+#          a SIGHUP reload under load applied by every source, drained, then
+#          a few rows more once every source sat idle, then SIGTERM.
+# Asserted: exactly the configured number of loop threads ("outboxd-loop"),
+# whatever the number of sources; every source streams; the reload is applied
+# by all six; rows written to idle sources are relayed; a clean stop in time;
+# every event in Kafka exactly once, in order per key.
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+source "$here/writers.sh"
+
+DBS=()
+for i in 1 2 3 4 5 6; do DBS+=("loops${i}_$RUN_ID"); done
+for db in "${DBS[@]}"; do create_outbox_db "$db"; done
+COMMIT_INTERVAL_MS=50 write_config "$WORK/base.yaml" "${DBS[@]}"
+# config_with THREADS PRODUCERS
+config_with() {
+    sed "s/^relay:\$/relay:\n  loop_threads: $1\n  kafka_producers: $2/" "$WORK/base.yaml" \
+        >"$WORK/outboxd.yaml"
+}
+config_with 2 0
+prepare_sources "$WORK/outboxd.yaml"
+
+wait_streaming() {
+    local f=$1 n
+    for _ in $(seq 1 900); do
+        n=$(grep -c "streaming slot" "$f" 2>/dev/null || true)
+        [ "${n:-0}" -ge "${#DBS[@]}" ] && return 0
+        kill -0 "$RELAY_PID" 2>/dev/null || fail "relay exited before streaming (see $f)"
+        sleep 0.2
+    done
+    fail "relay did not stream all ${#DBS[@]} sources within 180 s (see $f)"
+}
+loop_threads_of() { grep -lx "outboxd-loop" /proc/"$1"/task/*/comm 2>/dev/null | wc -l; }
+
+pids=()
+for db in "${DBS[@]}"; do
+    start_writers "$db" 1 1600 80 # ~20 s of writes at 80 txn/s per database
+    pids+=("$WRITER_PID")
+done
+
+start_relay "$WORK/outboxd.yaml" relay1
+wait_streaming "$WORK/relay1.log"
+grep -q "6 sources share 2 loop threads (relay.loop_threads)" "$WORK/relay1.log" ||
+    fail "run 1 did not log its loop threads"
+n=$(loop_threads_of "$RELAY_PID")
+[ "$n" -eq 2 ] || fail "run 1 (relay.loop_threads 2, 6 sources) has $n loop threads"
+sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 1 + (r % 2000) / 1000 }')"
+kill -9 "$RELAY_PID" || fail "run 1 had exited before its SIGKILL"
+wait "$RELAY_PID" 2>/dev/null || true
+log "run 1: 6 sources on 2 loop threads, SIGKILLed while streaming"
+
+config_with 1 2
+start_relay "$WORK/outboxd.yaml" relay2
+relay=$RELAY_PID
+wait_streaming "$WORK/relay2.log"
+n=$(loop_threads_of "$relay")
+[ "$n" -eq 1 ] || fail "run 2 (relay.loop_threads 1, 6 sources) has $n loop threads"
+# A reload under load: every source applies it at a transaction boundary,
+# each on the one thread.
+sed -i "s/^  commit_interval_ms: .*/  commit_interval_ms: 30/" "$WORK/outboxd.yaml"
+kill -HUP "$relay"
+for _ in $(seq 1 600); do
+    grep -q "configuration 1 applied by every source" "$WORK/relay2.log" && break
+    sleep 0.1
+done
+grep -q "configuration 1 applied by every source" "$WORK/relay2.log" ||
+    fail "the reload was not applied by every source within 60 s"
+wait_writers "${pids[@]}"
+for db in "${DBS[@]}"; do wait_drained "$db" "${db}_${RUN_ID}"; done
+: >"$WORK/expected.tsv"
+for db in "${DBS[@]}"; do expected_events "$db" "$WORK/expected.tsv"; done
+assert_rows_written "$WORK/expected.tsv" "${DBS[@]}"
+# Every loop idle now (parked with the poller): new rows still get through.
+sleep 3
+for db in "${DBS[@]}"; do
+    psql_db "$db" -c "SELECT write_events('late', 'late-$db', 5)" >/dev/null
+done
+for db in "${DBS[@]}"; do wait_drained "$db" "${db}_${RUN_ID}" 60; done
+: >"$WORK/all.tsv"
+for db in "${DBS[@]}"; do expected_events "$db" "$WORK/all.tsv"; done
+[ "$(wc -l <"$WORK/all.tsv")" -eq $(($(wc -l <"$WORK/expected.tsv") + 30)) ] ||
+    fail "the late rows are not all in the outbox tables"
+check_exactly_once "$WORK/all.tsv" || fail "exactly-once check failed"
+t0=$(date +%s%N)
+stop_relay_ok "$relay" "run 2"
+took=$((($(date +%s%N) - t0) / 1000000))
+[ "$took" -lt 10000 ] || fail "run 2 took $took ms to stop on SIGTERM"
+log "run 2: 6 sources on 1 loop thread with a pool of 2 producers; stopped in $took ms"
+for db in "${DBS[@]}"; do drop_source "$db" "${db}_${RUN_ID}"; done
+log "PASS"

@@ -1,0 +1,266 @@
+/*
+ * The pool of loop threads (loops.h): more loops than threads all make
+ * progress (waits on descriptors and timeouts handed to the poller, busy
+ * loops taking turns), a loop that may not park keeps its thread, and a loop
+ * added while every thread waits in place gets one at once.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <poll.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "outboxd/common/util.h"
+#include "outboxd/relay/loops.h"
+
+typedef struct {
+    int fd;         /* eventfd the loop waits for, -1: none */
+    int timeout_ms; /* each wait */
+    bool may_park;
+    int want;         /* wake-ups (or timeouts) before DONE */
+    atomic_int got;   /* wake-ups by the descriptor */
+    atomic_int timed; /* wake-ups by the timeout */
+    int calls;
+    bool busy; /* never waits: runs until told to yield */
+    outboxd_loop_t *self;
+} fake_t;
+
+static outboxd_loop_rc_t fake_step(void *arg, outboxd_loop_wait_t *w)
+{
+    fake_t *f = arg;
+    if (f->calls++ > 0 && !f->busy) {
+        if (f->fd >= 0 && (w->revents[0] & POLLIN)) {
+            uint64_t v;
+            assert_int_equal(read(f->fd, &v, sizeof(v)), sizeof(v));
+            atomic_fetch_add(&f->got, 1);
+        } else {
+            assert_int_equal(w->revents[0], 0);
+            atomic_fetch_add(&f->timed, 1);
+        }
+    }
+    if (f->busy) {
+        /* A slice: run until another loop waits for the thread. */
+        if (f->calls > f->want)
+            return OUTBOXD_LOOP_DONE;
+        while (!outboxd_loop_should_yield(f->self))
+            usleep(1000);
+        return OUTBOXD_LOOP_YIELD;
+    }
+    if (atomic_load(&f->got) + atomic_load(&f->timed) >= f->want)
+        return OUTBOXD_LOOP_DONE;
+    w->fd[0] = f->fd;
+    w->fd[1] = -1;
+    w->timeout_ms = f->timeout_ms;
+    w->may_park = f->may_park;
+    return OUTBOXD_LOOP_WAIT;
+}
+
+static outboxd_loop_t *add(outboxd_loops_t *p, fake_t *f)
+{
+    char err[128];
+    outboxd_loop_t *l = outboxd_loops_add(p, fake_step, f, err, sizeof(err));
+    assert_non_null(l);
+    f->self = l;
+    return l;
+}
+
+static void wake(int fd)
+{
+    uint64_t one = 1;
+    assert_int_equal(write(fd, &one, sizeof(one)), sizeof(one));
+}
+
+/* Waits (at most 10 s) until f saw n wake-ups by its descriptor. */
+static void await_got(fake_t *f, int n)
+{
+    for (int i = 0; i < 10000 && atomic_load(&f->got) < n; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&f->got), n);
+}
+
+/* Five loops on one thread, each woken by its descriptor in turn, three times. */
+static void parked_loops_wake_by_descriptor(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    assert_non_null(p);
+    fake_t f[5];
+    outboxd_loop_t *l[5];
+    for (int i = 0; i < 5; i++) {
+        memset(&f[i], 0, sizeof(f[i]));
+        f[i].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        f[i].timeout_ms = 60000;
+        f[i].may_park = true;
+        f[i].want = 3;
+        l[i] = add(p, &f[i]);
+    }
+    assert_int_equal(outboxd_loops_threads(p), 1);
+    for (int round = 1; round <= 3; round++) {
+        for (int i = 4; i >= 0; i--) {
+            wake(f[i].fd);
+            await_got(&f[i], round);
+        }
+    }
+    for (int i = 0; i < 5; i++) {
+        outboxd_loop_join(l[i]);
+        assert_int_equal(atomic_load(&f[i].timed), 0);
+        close(f[i].fd);
+    }
+    outboxd_loops_destroy(p);
+}
+
+/* Timeouts of parked loops run out and wake them, with no descriptor at all. */
+static void parked_loops_time_out(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    fake_t f[3];
+    outboxd_loop_t *l[3];
+    int64_t t0 = outboxd_now_ms();
+    for (int i = 0; i < 3; i++) {
+        memset(&f[i], 0, sizeof(f[i]));
+        f[i].fd = -1;
+        f[i].timeout_ms = 20;
+        f[i].may_park = true;
+        f[i].want = 10;
+        l[i] = add(p, &f[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        outboxd_loop_join(l[i]);
+        assert_int_equal(atomic_load(&f[i].timed), 10);
+    }
+    /* Ten waits of 20 ms each: not shorter than that. */
+    assert_true(outboxd_now_ms() - t0 >= 200);
+    outboxd_loops_destroy(p);
+}
+
+/* Two loops that never wait share one thread: each yields its slice. */
+static void busy_loops_take_turns(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    fake_t f[2];
+    outboxd_loop_t *l[2];
+    for (int i = 0; i < 2; i++) {
+        memset(&f[i], 0, sizeof(f[i]));
+        f[i].busy = true;
+        f[i].want = 3; /* three slices, then done */
+        l[i] = add(p, &f[i]);
+    }
+    for (int i = 0; i < 2; i++)
+        outboxd_loop_join(l[i]);
+    assert_int_equal(f[0].calls, 4);
+    assert_int_equal(f[1].calls, 4);
+    outboxd_loops_destroy(p);
+}
+
+/* A loop that may not park keeps the thread through its waits; the other
+ * loop runs once it is done. */
+static void unparkable_loop_keeps_its_thread(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    fake_t a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    a.fd = b.fd = -1;
+    a.timeout_ms = 5;
+    a.want = 20;
+    a.may_park = false;
+    b.timeout_ms = 5;
+    b.want = 1;
+    b.may_park = true;
+    outboxd_loop_t *la = add(p, &a);
+    outboxd_loop_t *lb = add(p, &b);
+    outboxd_loop_join(la);
+    outboxd_loop_join(lb);
+    assert_int_equal(atomic_load(&a.timed), 20);
+    assert_int_equal(atomic_load(&b.timed), 1);
+    outboxd_loops_destroy(p);
+}
+
+/* Two threads, each waiting in place (10 s) on a loop that may park; a third
+ * loop added then runs at once: a thread parks its loop to take it. */
+static void added_loop_gets_a_thread_at_once(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(2, err, sizeof(err));
+    fake_t f[3];
+    outboxd_loop_t *l[3];
+    for (int i = 0; i < 3; i++) {
+        memset(&f[i], 0, sizeof(f[i]));
+        f[i].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        f[i].timeout_ms = 10000;
+        f[i].may_park = true;
+        f[i].want = 1;
+    }
+    l[0] = add(p, &f[0]);
+    l[1] = add(p, &f[1]);
+    usleep(50 * 1000); /* both wait in place now */
+    int64_t t0 = outboxd_now_ms();
+    l[2] = add(p, &f[2]);
+    wake(f[2].fd);
+    await_got(&f[2], 1);
+    outboxd_loop_join(l[2]);
+    /* The in-place waits last 10 s; the kick ends one at once. */
+    assert_true(outboxd_now_ms() - t0 < 5000);
+    assert_int_equal(outboxd_loops_threads(p), 2);
+    /* The parked one still wakes by its descriptor. */
+    for (int i = 0; i < 2; i++) {
+        wake(f[i].fd);
+        outboxd_loop_join(l[i]);
+        assert_int_equal(atomic_load(&f[i].got), 1);
+    }
+    for (int i = 0; i < 3; i++)
+        close(f[i].fd);
+    outboxd_loops_destroy(p);
+}
+
+/* Fewer loops than the limit: one thread each, started as loops come. */
+static void threads_grow_with_loops_up_to_the_limit(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(16, err, sizeof(err));
+    assert_int_equal(outboxd_loops_threads(p), 0);
+    fake_t f[3];
+    outboxd_loop_t *l[3];
+    for (int i = 0; i < 3; i++) {
+        memset(&f[i], 0, sizeof(f[i]));
+        f[i].fd = -1;
+        f[i].timeout_ms = 10;
+        f[i].may_park = true;
+        f[i].want = 5;
+        l[i] = add(p, &f[i]);
+    }
+    assert_int_equal(outboxd_loops_threads(p), 3);
+    for (int i = 0; i < 3; i++) {
+        outboxd_loop_join(l[i]);
+        assert_int_equal(atomic_load(&f[i].timed), 5);
+    }
+    outboxd_loops_destroy(p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(parked_loops_wake_by_descriptor),
+        cmocka_unit_test(parked_loops_time_out),
+        cmocka_unit_test(busy_loops_take_turns),
+        cmocka_unit_test(unparkable_loop_keeps_its_thread),
+        cmocka_unit_test(added_loop_gets_a_thread_at_once),
+        cmocka_unit_test(threads_grow_with_loops_up_to_the_limit),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
