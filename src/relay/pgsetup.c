@@ -1185,8 +1185,7 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atom
      * default), and its statement_timeout below that bound, so a query
      * that only waits for a lock is cancelled by the server (and reported
      * as such) before the connection would be given up as silent. */
-    if (timeout_ms <= 0 || timeout_ms > OUTBOXD_PGSETUP_WATCH_MAX_MS)
-        timeout_ms = OUTBOXD_PGSETUP_WATCH_MAX_MS;
+    timeout_ms = outboxd_pgsetup_loop_bound(timeout_ms);
     if (!*connp) {
         PGconn *conn = outboxd_pg_connect(src, false, err, sizeof(err));
         if (!conn) {
@@ -1362,4 +1361,11 @@ int outboxd_pgsetup_check_topics(const outboxd_source_conf_t *src, outboxd_buf_t
     }
     PQfinish(conn);
     return c.problems;
+}
+
+int outboxd_pgsetup_loop_bound(int timeout_ms)
+{
+    return timeout_ms <= 0 || timeout_ms > OUTBOXD_PGSETUP_WATCH_MAX_MS
+               ? OUTBOXD_PGSETUP_WATCH_MAX_MS
+               : timeout_ms;
 }

@@ -2087,9 +2087,7 @@ static int slot_holder(outboxd_source_t *s)
         return -1;
     const char *params[1] = {s->src->slot};
     /* Bounded as the catalog check is (it runs in the loop too). */
-    int bound = s->conf->wal_receiver_timeout_ms;
-    if (bound <= 0 || bound > OUTBOXD_PGSETUP_WATCH_MAX_MS)
-        bound = OUTBOXD_PGSETUP_WATCH_MAX_MS;
+    int bound = outboxd_pgsetup_loop_bound(s->conf->wal_receiver_timeout_ms);
     PGresult *res = outboxd_pg_exec_bounded(
         conn,
         "SELECT coalesce(active_pid, 0) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",

@@ -45,6 +45,13 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
 int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atomic_int *stop,
                           PGconn **conn, outboxd_buf_t *report);
 
+/* The bound of a query run in a source's loop on a normal connection (the
+ * catalog check above, the fenced source's slot query): timeout_ms
+ * (relay.wal_receiver_timeout_ms), at most OUTBOXD_PGSETUP_WATCH_MAX_MS, and
+ * that also when timeout_ms is 0 (no liveness check): the loop must come
+ * back to its stream. */
+int outboxd_pgsetup_loop_bound(int timeout_ms);
+
 /*
  * For `outboxd check`: each ${column} of an outbox table's topic template
  * names a column of the table (otherwise every row would be dead-lettered).
