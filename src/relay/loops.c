@@ -168,11 +168,8 @@ static void *poll_parked(void *arg)
 /* Hands l to the poller; false when it cannot (then wait in place). Under mu. */
 static bool park(outboxd_loops_t *p, outboxd_loop_t *l, int timeout_ms)
 {
-    if (!p->poller_started) {
-        if (pthread_create(&p->poller, NULL, poll_parked, p) != 0)
-            return false;
-        p->poller_started = true;
-    }
+    if (!p->poller_started)
+        return false; /* not crowded yet: outboxd_loops_add starts it */
     if (p->n_parked == p->cap_parked) {
         size_t ncap = p->cap_parked ? p->cap_parked * 2 : 64;
         outboxd_loop_t **np = realloc(p->parked, ncap * sizeof(*np));
@@ -189,10 +186,10 @@ static bool park(outboxd_loops_t *p, outboxd_loop_t *l, int timeout_ms)
     return true;
 }
 
-/* Waits for l's descriptors on this thread. Returns false when a queued loop
- * wants the thread and l may park (l's wait is then not over: timeout_ms is
+/* Waits for l's descriptors on this thread. With kick, returns false when a
+ * queued loop wants the thread (l's wait is then not over: timeout_ms is
  * what is left of it). */
-static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms)
+static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms, bool kick_ok)
 {
     struct pollfd pfd[3];
     int n = 0, slot[2] = {-1, -1};
@@ -204,7 +201,7 @@ static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms
         }
     }
     int kick = -1;
-    if (l->w.may_park) {
+    if (kick_ok && l->w.may_park) {
         kick = n;
         pfd[n++] = (struct pollfd){.fd = p->kick_fd, .events = POLLIN};
     }
@@ -250,15 +247,19 @@ static void run_loop(outboxd_loops_t *p, outboxd_loop_t *l)
             return;
         }
         pthread_mutex_unlock(&p->mu);
-        if (!wait_in_place(p, l, &timeout)) {
+        bool kick_ok = true;
+        while (!wait_in_place(p, l, &timeout, kick_ok)) {
             pthread_mutex_lock(&p->mu);
             bool parked = park(p, l, timeout);
             pthread_mutex_unlock(&p->mu);
             if (parked)
                 return;
-            /* Cannot park (out of memory): the wait ends early, which a step
-             * takes as a timeout with nothing to read. */
+            /* Cannot park (out of memory): finish the wait here, without
+             * the kick (it stays readable until the queue is empty). */
+            kick_ok = false;
         }
+        /* A long wait here is not time spent running. */
+        l->slice_from_ms = outboxd_now_ms();
     }
 }
 
@@ -324,13 +325,13 @@ outboxd_loops_t *outboxd_loops_new(int max_threads, char *errstr, size_t errstr_
     return p;
 }
 
-outboxd_loop_t *outboxd_loops_add(outboxd_loops_t *p, outboxd_loop_fn fn, void *arg, char *errstr,
-                                  size_t errstr_size)
+int outboxd_loops_add(outboxd_loops_t *p, outboxd_loop_fn fn, void *arg, outboxd_loop_t **handle,
+                      char *errstr, size_t errstr_size)
 {
     outboxd_loop_t *l = calloc(1, sizeof(*l));
     if (!l) {
         snprintf(errstr, errstr_size, "out of memory");
-        return NULL;
+        return -1;
     }
     l->pool = p;
     l->fn = fn;
@@ -342,18 +343,33 @@ outboxd_loop_t *outboxd_loops_add(outboxd_loops_t *p, outboxd_loop_fn fn, void *
         int e = pthread_create(&p->threads[p->n_threads], NULL, work, p);
         if (e && p->n_threads == 0) {
             pthread_mutex_unlock(&p->mu);
-            snprintf(errstr, errstr_size, "pthread_create: %s", strerror(e));
+            snprintf(errstr, errstr_size, "pthread_create (a loop thread): %s", strerror(e));
             free(l);
-            return NULL;
+            return -1;
         }
         if (!e)
             p->n_threads++;
         /* else: the threads there are run it too */
     }
+    if (p->n_loops + 1 > (size_t)p->n_threads && !p->poller_started) {
+        /* More loops than threads from now on: they cannot share the
+         * threads without the poller. */
+        int e = pthread_create(&p->poller, NULL, poll_parked, p);
+        if (e) {
+            pthread_mutex_unlock(&p->mu);
+            snprintf(errstr, errstr_size, "pthread_create (the loops' poller thread): %s",
+                     strerror(e));
+            free(l);
+            return -1;
+        }
+        p->poller_started = true;
+    }
     p->n_loops++;
+    /* Published before the loop can run, so its step may use it. */
+    *handle = l;
     enqueue(p, l);
     pthread_mutex_unlock(&p->mu);
-    return l;
+    return 0;
 }
 
 bool outboxd_loop_done(outboxd_loop_t *l)
@@ -377,6 +393,15 @@ bool outboxd_loop_should_yield(outboxd_loop_t *l)
 {
     return atomic_load(&l->pool->queued) > 0 &&
            outboxd_now_ms() - l->slice_from_ms >= OUTBOXD_LOOP_SLICE_MS;
+}
+
+bool outboxd_loop_crowded(outboxd_loop_t *l)
+{
+    outboxd_loops_t *p = l->pool;
+    pthread_mutex_lock(&p->mu);
+    bool crowded = p->n_loops > (size_t)p->n_threads;
+    pthread_mutex_unlock(&p->mu);
+    return crowded;
 }
 
 int outboxd_loops_threads(outboxd_loops_t *p)

@@ -1201,6 +1201,8 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atom
             outboxd_pg_exec_bounded(conn, set, 0, NULL, NULL, timeout_ms, stop, err, sizeof(err));
         if (!res) {
             PQfinish(conn);
+            if (stop && atomic_load(stop))
+                return -1; /* interrupted by the relay stopping: not a problem */
             outboxd_buf_printf(report, "source %s: catalog check failed: ", src->name);
             append_flat(report, err);
             outboxd_buf_append_str(report, "\n");

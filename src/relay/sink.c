@@ -848,6 +848,21 @@ static outboxd_sink_status_t init_producers(outboxd_sink_t *s, char *errstr, siz
     }
 }
 
+outboxd_sink_status_t outboxd_sink_fence(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    if (s->pool || s->initialized)
+        return OUTBOXD_SINK_OK;
+    outboxd_sink_status_t st = init_producers(s, errstr, errstr_size);
+    if (st != OUTBOXD_SINK_OK)
+        return st;
+    s->cur = 0;
+    s->rk = s->rks[0];
+    s->initialized = true;
+    LOG_DEBUG(s->src->name, "startup: init_transactions done (%d producers, ids up to %s fenced)",
+              s->n_rks, s->txnids[MAX_PRODUCERS - 1]);
+    return OUTBOXD_SINK_OK;
+}
+
 outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck, char *errstr,
                                         size_t errstr_size)
 {
@@ -860,18 +875,10 @@ outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t 
         s->initialized = true;
         return read_checkpoint(s, ck, errstr, errstr_size);
     }
-    if (!s->initialized) {
-        outboxd_sink_status_t st = init_producers(s, errstr, errstr_size);
-        if (st != OUTBOXD_SINK_OK)
-            return st;
-        s->cur = 0;
-        s->rk = s->rks[0];
-        s->initialized = true;
-        LOG_DEBUG(s->src->name,
-                  "startup: init_transactions done (%d producers, ids up to %s fenced)", s->n_rks,
-                  s->txnids[MAX_PRODUCERS - 1]);
-    }
-    outboxd_sink_status_t st = ensure_checkpoint_topic(s, errstr, errstr_size);
+    outboxd_sink_status_t st = outboxd_sink_fence(s, errstr, errstr_size);
+    if (st != OUTBOXD_SINK_OK)
+        return st;
+    st = ensure_checkpoint_topic(s, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
         return st;
     LOG_DEBUG(s->src->name, "startup: checkpoint topic checked");

@@ -59,6 +59,7 @@
 #define PHASE_STREAM           1 /* inside stream() */
 #define PHASE_BACKOFF          2 /* pausing until backoff_until_ms */
 #define CONNECT_MIN_BACKOFF_MS 500
+#define CONNECT_YIELD          1 /* connect_source: call again on the next turn */
 
 struct outboxd_source {
     const outboxd_config_t *conf;
@@ -84,6 +85,12 @@ struct outboxd_source {
     outboxd_cdc_t *cdc; /* NULL when no table has mode: cdc */
     outboxd_sink_t *sink;
     bool sink_ready;
+    /* connect_source gave its thread up between fencing its producers and
+     * reading its checkpoint (see there); the replication connection stays
+     * open in command mode meanwhile. */
+    bool connect_resume;
+    bool connect_created_slot;
+    bool fence_turn_taken;
     outboxd_sink_pool_t *pool; /* relay.kafka_producers > 0: the shared producers */
 
     outboxd_checkpoint_t ck_committed; /* last checkpoint committed in Kafka */
@@ -1353,11 +1360,20 @@ static int after_wait(outboxd_source_t *s, const outboxd_loop_wait_t *w)
         ssize_t r = read(s->idle_fd, &v, sizeof(v));
         (void)r; /* only a wake-up: the flags are the truth */
     }
-    if (!w->revents[0] && !w->revents[1] && check_liveness(s, err, sizeof(err)) < 0)
+    /* Nothing came during the wait. With loops sharing threads, the wait
+     * may have ended a while before this loop got a thread back: what came
+     * meanwhile is not silence. */
+    bool silent = !w->revents[0] && !w->revents[1];
+    if (silent) {
+        struct pollfd pfd = {.fd = outboxd_repl_fd(s->repl), .events = POLLIN};
+        silent = poll(&pfd, 1, 0) == 0;
+    }
+    if (silent && check_liveness(s, err, sizeof(err)) < 0)
         return rewind_stream(s, err);
     outboxd_sink_poll(s->sink);
     log_stats(s, false);
-    watch_catalog(s);
+    if (!stopping(s))
+        watch_catalog(s); /* a stop wakes every idle source at once */
     /* The end of the loop's round, as after any message. */
     if (s->batch_open && !s->pend_n && coarse_now_ms() >= s->batch_deadline_ms &&
         (!s->in_txn || split_due(s))) {
@@ -1901,6 +1917,11 @@ static int connect_source(outboxd_source_t *s)
     char err[1024];
     outboxd_buf_t report = {0};
     bool created_slot = false;
+    if (s->connect_resume) {
+        s->connect_resume = false;
+        created_slot = s->connect_created_slot;
+        goto kafka;
+    }
     if (!s->sink) {
         /* Created now, initialized later (open_kafka): creating fences no
          * one, and the producers' connections to the broker are set up
@@ -1951,6 +1972,30 @@ static int connect_source(outboxd_source_t *s)
             return -1;
         }
         LOG_DEBUG(s->name, "startup: slot %s free", s->src->slot);
+        if (!s->pool && !s->fence_turn_taken && s->loop && outboxd_loop_crowded(s->loop)) {
+            /*
+             * Sources sharing loop threads start a few at a time. A killed
+             * relay may have left transactions open under other sources'
+             * ids with their checkpoint records; the checkpoint topic cannot
+             * be read to its end until their own init_transactions settles
+             * them, which they cannot do while this source holds a thread
+             * waiting for that (30 s, then again). So fence now, give the
+             * thread up, and read when the queue comes round again: by then
+             * the sources ahead have fenced theirs too.
+             */
+            s->fence_turn_taken = true;
+            outboxd_sink_status_t st = outboxd_sink_fence(s->sink, err, sizeof(err));
+            if (st != OUTBOXD_SINK_OK) {
+                LOG_ERROR(s->name, "%s%s",
+                          st == OUTBOXD_SINK_FATAL ? "" : "Kafka not ready: ", err);
+                close_stream(s);
+                return st == OUTBOXD_SINK_FATAL ? -2 : -1;
+            }
+            s->connect_resume = true;
+            s->connect_created_slot = created_slot;
+            return CONNECT_YIELD;
+        }
+    kafka:;
         int rc = open_kafka(s);
         if (rc < 0) {
             close_stream(s);
@@ -2027,15 +2072,14 @@ static int connect_source(outboxd_source_t *s)
     return 0;
 }
 
-/* Pauses the loop for ms (a backoff), waking every 100 ms for the stats
- * tick (the stall check) and the producers' callbacks, and at once on a
- * stop or a reload (idle_fd). */
-#define BACKOFF_TICK_MS 100
+/* Pauses the loop for ms (a backoff), waking every idle_poll_ms for the
+ * stats tick (the stall check) and the producers' callbacks, and at once on
+ * a stop or a reload (idle_fd). */
 static outboxd_loop_rc_t backoff_wait(outboxd_source_t *s, outboxd_loop_wait_t *w, int64_t left)
 {
     w->fd[0] = s->idle_fd;
     w->fd[1] = -1;
-    w->timeout_ms = left < BACKOFF_TICK_MS ? (int)left : BACKOFF_TICK_MS;
+    w->timeout_ms = left < s->idle_poll_ms ? (int)left : s->idle_poll_ms;
     w->may_park = true; /* an aborted or never begun transaction holds no producer */
     return OUTBOXD_LOOP_WAIT;
 }
@@ -2190,10 +2234,15 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
         if (s->phase == PHASE_RUN) {
             if (stopping(s))
                 break;
-            if (!s->repl) {
-                (void)apply_reload(s); /* nothing in flight: apply now */
+            if (!s->repl || s->connect_resume) {
+                if (!s->connect_resume)
+                    (void)apply_reload(s); /* nothing in flight: apply now */
                 outboxd_stats_state(s->stats, OUTBOXD_SRC_CONNECTING);
                 s->rc = connect_source(s);
+                if (s->rc == CONNECT_YIELD) {
+                    s->rc = 0;
+                    return OUTBOXD_LOOP_YIELD;
+                }
                 if (s->rc == -2)
                     break;
                 if (s->rc < 0) {
@@ -2231,6 +2280,10 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
             return start_backoff(s, w, next_rewind_backoff(s));
     }
     int rc = s->rc;
+    if (s->connect_resume) {
+        s->connect_resume = false; /* stopped between two turns of its start */
+        close_stream(s);
+    }
     outboxd_stats_state(s->stats, OUTBOXD_SRC_STOPPING);
     if (rc != -2 && s->repl && s->sink) {
         /* Stopping: finish the batch in hand, then tell PostgreSQL. */
@@ -2262,8 +2315,7 @@ int outboxd_source_start(outboxd_source_t *s, outboxd_loops_t *loops, char *errs
     s->phase = PHASE_RUN;
     s->connect_backoff_ms = CONNECT_MIN_BACKOFF_MS;
     s->last_stats_ms = outboxd_now_ms();
-    s->loop = outboxd_loops_add(loops, step, s, errstr, errstr_size);
-    return s->loop ? 0 : -1;
+    return outboxd_loops_add(loops, step, s, &s->loop, errstr, errstr_size);
 }
 
 bool outboxd_source_done(outboxd_source_t *s)

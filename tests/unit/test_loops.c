@@ -26,34 +26,62 @@ typedef struct {
     int want;         /* wake-ups (or timeouts) before DONE */
     atomic_int got;   /* wake-ups by the descriptor */
     atomic_int timed; /* wake-ups by the timeout */
-    int calls;
-    bool busy; /* never waits: runs until told to yield */
+    atomic_int calls;
+    bool busy;         /* never waits: runs until told to yield */
+    atomic_int *token; /* non-NULL: hold it (1) from the first step to DONE */
+    bool token_wait;   /* instead: wait (up to 5 s, blocking) to take it */
+    atomic_bool ended;
+    atomic_int bad; /* what the step found wrong (asserted by the test's thread) */
     outboxd_loop_t *self;
 } fake_t;
 
 static outboxd_loop_rc_t fake_step(void *arg, outboxd_loop_wait_t *w)
 {
     fake_t *f = arg;
-    if (f->calls++ > 0 && !f->busy) {
+    if (f->token && f->token_wait) {
+        /* Blocks its thread, as a source waiting for a pool producer does. */
+        bool taken = false;
+        for (int i = 0; i < 5000 && !taken; i++) {
+            int free_ = 0;
+            taken = atomic_compare_exchange_strong(f->token, &free_, 1);
+            if (!taken)
+                usleep(1000);
+        }
+        /* Asserted by the test's own thread (cmocka's asserts jump). */
+        if (taken)
+            atomic_store(f->token, 0);
+        atomic_store(&f->ended, taken);
+        return OUTBOXD_LOOP_DONE;
+    }
+    if (f->token && atomic_load(&f->calls) == 0)
+        if (atomic_exchange(f->token, 1) != 0)
+            atomic_fetch_add(&f->bad, 1);
+    if (atomic_fetch_add(&f->calls, 1) > 0 && !f->busy) {
         if (f->fd >= 0 && (w->revents[0] & POLLIN)) {
             uint64_t v;
-            assert_int_equal(read(f->fd, &v, sizeof(v)), sizeof(v));
+            if (read(f->fd, &v, sizeof(v)) != sizeof(v))
+                atomic_fetch_add(&f->bad, 1);
             atomic_fetch_add(&f->got, 1);
         } else {
-            assert_int_equal(w->revents[0], 0);
+            if (w->revents[0] != 0)
+                atomic_fetch_add(&f->bad, 1);
             atomic_fetch_add(&f->timed, 1);
         }
     }
     if (f->busy) {
         /* A slice: run until another loop waits for the thread. */
-        if (f->calls > f->want)
+        if (atomic_load(&f->calls) > f->want)
             return OUTBOXD_LOOP_DONE;
         while (!outboxd_loop_should_yield(f->self))
             usleep(1000);
         return OUTBOXD_LOOP_YIELD;
     }
-    if (atomic_load(&f->got) + atomic_load(&f->timed) >= f->want)
+    if (atomic_load(&f->got) + atomic_load(&f->timed) >= f->want) {
+        if (f->token)
+            atomic_store(f->token, 0);
+        atomic_store(&f->ended, true);
         return OUTBOXD_LOOP_DONE;
+    }
     w->fd[0] = f->fd;
     w->fd[1] = -1;
     w->timeout_ms = f->timeout_ms;
@@ -64,10 +92,15 @@ static outboxd_loop_rc_t fake_step(void *arg, outboxd_loop_wait_t *w)
 static outboxd_loop_t *add(outboxd_loops_t *p, fake_t *f)
 {
     char err[128];
-    outboxd_loop_t *l = outboxd_loops_add(p, fake_step, f, err, sizeof(err));
-    assert_non_null(l);
-    f->self = l;
-    return l;
+    assert_int_equal(outboxd_loops_add(p, fake_step, f, &f->self, err, sizeof(err)), 0);
+    assert_non_null(f->self);
+    return f->self;
+}
+
+static void join(outboxd_loop_t *l, fake_t *f)
+{
+    outboxd_loop_join(l);
+    assert_int_equal(atomic_load(&f->bad), 0);
 }
 
 static void wake(int fd)
@@ -109,7 +142,7 @@ static void parked_loops_wake_by_descriptor(void **state)
         }
     }
     for (int i = 0; i < 5; i++) {
-        outboxd_loop_join(l[i]);
+        join(l[i], &f[i]);
         assert_int_equal(atomic_load(&f[i].timed), 0);
         close(f[i].fd);
     }
@@ -122,6 +155,7 @@ static void parked_loops_time_out(void **state)
     (void)state;
     char err[128];
     outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    assert_non_null(p);
     fake_t f[3];
     outboxd_loop_t *l[3];
     int64_t t0 = outboxd_now_ms();
@@ -134,7 +168,7 @@ static void parked_loops_time_out(void **state)
         l[i] = add(p, &f[i]);
     }
     for (int i = 0; i < 3; i++) {
-        outboxd_loop_join(l[i]);
+        join(l[i], &f[i]);
         assert_int_equal(atomic_load(&f[i].timed), 10);
     }
     /* Ten waits of 20 ms each: not shorter than that. */
@@ -148,6 +182,7 @@ static void busy_loops_take_turns(void **state)
     (void)state;
     char err[128];
     outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    assert_non_null(p);
     fake_t f[2];
     outboxd_loop_t *l[2];
     for (int i = 0; i < 2; i++) {
@@ -157,19 +192,23 @@ static void busy_loops_take_turns(void **state)
         l[i] = add(p, &f[i]);
     }
     for (int i = 0; i < 2; i++)
-        outboxd_loop_join(l[i]);
-    assert_int_equal(f[0].calls, 4);
-    assert_int_equal(f[1].calls, 4);
+        join(l[i], &f[i]);
+    assert_int_equal(atomic_load(&f[0].calls), 4);
+    assert_int_equal(atomic_load(&f[1].calls), 4);
     outboxd_loops_destroy(p);
 }
 
-/* A loop that may not park keeps the thread through its waits; the other
- * loop runs once it is done. */
+/* A loop that may not park keeps the thread through its waits: it holds a
+ * token (as a source holds a pool producer while its batch is open) that the
+ * other loop blocks its thread to take. Parked, the holder would never get
+ * the one thread back and the taker would give up after 5 s. */
 static void unparkable_loop_keeps_its_thread(void **state)
 {
     (void)state;
     char err[128];
     outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    assert_non_null(p);
+    atomic_int token = 0;
     fake_t a, b;
     memset(&a, 0, sizeof(a));
     memset(&b, 0, sizeof(b));
@@ -177,15 +216,15 @@ static void unparkable_loop_keeps_its_thread(void **state)
     a.timeout_ms = 5;
     a.want = 20;
     a.may_park = false;
-    b.timeout_ms = 5;
-    b.want = 1;
-    b.may_park = true;
+    a.token = &token;
+    b.token = &token;
+    b.token_wait = true;
     outboxd_loop_t *la = add(p, &a);
     outboxd_loop_t *lb = add(p, &b);
-    outboxd_loop_join(la);
-    outboxd_loop_join(lb);
+    join(la, &a);
+    join(lb, &b);
     assert_int_equal(atomic_load(&a.timed), 20);
-    assert_int_equal(atomic_load(&b.timed), 1);
+    assert_true(atomic_load(&b.ended)); /* it took the token: the holder was not left parked */
     outboxd_loops_destroy(p);
 }
 
@@ -196,6 +235,7 @@ static void added_loop_gets_a_thread_at_once(void **state)
     (void)state;
     char err[128];
     outboxd_loops_t *p = outboxd_loops_new(2, err, sizeof(err));
+    assert_non_null(p);
     fake_t f[3];
     outboxd_loop_t *l[3];
     for (int i = 0; i < 3; i++) {
@@ -207,19 +247,25 @@ static void added_loop_gets_a_thread_at_once(void **state)
     }
     l[0] = add(p, &f[0]);
     l[1] = add(p, &f[1]);
-    usleep(50 * 1000); /* both wait in place now */
+    /* Both ran their first step: their threads wait in place now (or are
+     * about to; the kick stays readable until the queue is empty). */
+    for (int i = 0; i < 10000 && (atomic_load(&f[0].calls) < 1 || atomic_load(&f[1].calls) < 1);
+         i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&f[0].calls), 1);
+    assert_int_equal(atomic_load(&f[1].calls), 1);
     int64_t t0 = outboxd_now_ms();
     l[2] = add(p, &f[2]);
     wake(f[2].fd);
     await_got(&f[2], 1);
-    outboxd_loop_join(l[2]);
+    join(l[2], &f[2]);
     /* The in-place waits last 10 s; the kick ends one at once. */
     assert_true(outboxd_now_ms() - t0 < 5000);
     assert_int_equal(outboxd_loops_threads(p), 2);
     /* The parked one still wakes by its descriptor. */
     for (int i = 0; i < 2; i++) {
         wake(f[i].fd);
-        outboxd_loop_join(l[i]);
+        join(l[i], &f[i]);
         assert_int_equal(atomic_load(&f[i].got), 1);
     }
     for (int i = 0; i < 3; i++)
@@ -246,7 +292,7 @@ static void threads_grow_with_loops_up_to_the_limit(void **state)
     }
     assert_int_equal(outboxd_loops_threads(p), 3);
     for (int i = 0; i < 3; i++) {
-        outboxd_loop_join(l[i]);
+        join(l[i], &f[i]);
         assert_int_equal(atomic_load(&f[i].timed), 5);
     }
     outboxd_loops_destroy(p);

@@ -21,6 +21,10 @@
  *
  * Threads are started as loops are added, up to the limit: a pool of 16 with
  * 3 loops runs 3 threads (and no poller until loops outnumber threads).
+ *
+ * The limit of sharing: a step that blocks for long (a snapshot, a Kafka
+ * commit retried while the broker is away) holds its thread, and while
+ * every thread is so held, the loops waiting for one get no turn.
  */
 #ifndef OUTBOXD_LOOPS_H
 #define OUTBOXD_LOOPS_H
@@ -50,11 +54,13 @@ typedef struct outboxd_loop outboxd_loop_t;
  * errstr when out of memory or descriptors. */
 outboxd_loops_t *outboxd_loops_new(int max_threads, char *errstr, size_t errstr_size);
 
-/* Starts running fn(arg) (first call with w zeroed). Returns its handle, owned
- * by the pool until outboxd_loop_join; NULL with errstr when no thread could
- * be started for it. */
-outboxd_loop_t *outboxd_loops_add(outboxd_loops_t *p, outboxd_loop_fn fn, void *arg, char *errstr,
-                                  size_t errstr_size);
+/* Starts running fn(arg) (first call with w zeroed). Sets *handle before the
+ * loop can first run (so its step may read it); the handle is the pool's
+ * until outboxd_loop_join. Returns 0, or -1 with errstr when no thread could
+ * be started for it (a loop thread, or the poller once loops outnumber
+ * threads). */
+int outboxd_loops_add(outboxd_loops_t *p, outboxd_loop_fn fn, void *arg, outboxd_loop_t **handle,
+                      char *errstr, size_t errstr_size);
 
 /* True once the loop returned OUTBOXD_LOOP_DONE (without blocking). */
 bool outboxd_loop_done(outboxd_loop_t *l);
@@ -68,6 +74,9 @@ void outboxd_loop_join(outboxd_loop_t *l);
 bool outboxd_loop_should_yield(outboxd_loop_t *l);
 
 #define OUTBOXD_LOOP_SLICE_MS 50
+
+/* True while the pool has more loops than threads (loops share threads). */
+bool outboxd_loop_crowded(outboxd_loop_t *l);
 
 /* Threads started so far (for the log and the tests). */
 int outboxd_loops_threads(outboxd_loops_t *p);

@@ -89,6 +89,14 @@ void outboxd_sink_destroy(outboxd_sink_t *s);
 outboxd_sink_status_t outboxd_sink_init(outboxd_sink_t *s, outboxd_checkpoint_t *ck, char *errstr,
                                         size_t errstr_size);
 
+/*
+ * The first part of outboxd_sink_init alone (own producers): init_transactions,
+ * which settles what an earlier run left open under this source's ids. A
+ * later outboxd_sink_init does not repeat it. Nothing for a pooled sink (its
+ * pool settles every id at once). Returns OK, or as outboxd_sink_init.
+ */
+outboxd_sink_status_t outboxd_sink_fence(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+
 /* Whether a Kafka transaction is open. */
 bool outboxd_sink_in_txn(const outboxd_sink_t *s);
 
