@@ -247,6 +247,7 @@ static void run_loop(outboxd_loops_t *p, outboxd_loop_t *l)
             return;
         }
         pthread_mutex_unlock(&p->mu);
+        int64_t wait_from = outboxd_now_ms();
         bool kick_ok = true;
         while (!wait_in_place(p, l, &timeout, kick_ok)) {
             pthread_mutex_lock(&p->mu);
@@ -258,8 +259,10 @@ static void run_loop(outboxd_loops_t *p, outboxd_loop_t *l)
              * the kick (it stays readable until the queue is empty). */
             kick_ok = false;
         }
-        /* A long wait here is not time spent running. */
-        l->slice_from_ms = outboxd_now_ms();
+        /* Time spent waiting here is not time spent running (a restart of
+         * the slice would let a loop that waits between every message
+         * never yield). */
+        l->slice_from_ms += outboxd_now_ms() - wait_from;
     }
 }
 
@@ -393,15 +396,6 @@ bool outboxd_loop_should_yield(outboxd_loop_t *l)
 {
     return atomic_load(&l->pool->queued) > 0 &&
            outboxd_now_ms() - l->slice_from_ms >= OUTBOXD_LOOP_SLICE_MS;
-}
-
-bool outboxd_loop_crowded(outboxd_loop_t *l)
-{
-    outboxd_loops_t *p = l->pool;
-    pthread_mutex_lock(&p->mu);
-    bool crowded = p->n_loops > (size_t)p->n_threads;
-    pthread_mutex_unlock(&p->mu);
-    return crowded;
 }
 
 int outboxd_loops_threads(outboxd_loops_t *p)

@@ -89,8 +89,7 @@ struct outboxd_source {
      * reading its checkpoint (see there); the replication connection stays
      * open in command mode meanwhile. */
     bool connect_resume;
-    bool connect_created_slot;
-    bool fence_turn_taken;
+    bool connect_created_slot; /* made by a connect whose checkpoint is not judged yet */
     outboxd_sink_pool_t *pool; /* relay.kafka_producers > 0: the shared producers */
 
     outboxd_checkpoint_t ck_committed; /* last checkpoint committed in Kafka */
@@ -1912,16 +1911,15 @@ static int run_snapshot(outboxd_source_t *s, const char *saved, bool positions_l
 }
 
 /* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
-static int connect_source(outboxd_source_t *s)
+/* The PostgreSQL half of a connect: the checks (which may create the slot:
+ * remembered in connect_created_slot until the checkpoint was judged, even
+ * across failed attempts) and the replication connection, in command mode.
+ * Returns 0, -1 (retry) or -2 (fatal). */
+static int connect_postgres(outboxd_source_t *s)
 {
     char err[1024];
     outboxd_buf_t report = {0};
     bool created_slot = false;
-    if (s->connect_resume) {
-        s->connect_resume = false;
-        created_slot = s->connect_created_slot;
-        goto kafka;
-    }
     if (!s->sink) {
         /* Created now, initialized later (open_kafka): creating fences no
          * one, and the producers' connections to the broker are set up
@@ -1933,6 +1931,8 @@ static int connect_source(outboxd_source_t *s)
         }
     }
     int problems = outboxd_pgsetup_check(s->src, true, &report, &created_slot);
+    if (created_slot)
+        s->connect_created_slot = true;
     if (problems != 0) {
         char *line = report.data, *save = NULL;
         for (line = strtok_r(line, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
@@ -1953,6 +1953,22 @@ static int connect_source(outboxd_source_t *s)
         return -1;
     }
     LOG_DEBUG(s->name, "startup: replication connection open (IDENTIFY_SYSTEM)");
+    return 0;
+}
+
+static int connect_source(outboxd_source_t *s)
+{
+    char err[1024];
+    /* Resumed after giving the thread up between fencing and reading (see
+     * below): PostgreSQL is checked and the replication connection open. */
+    bool resumed = s->connect_resume;
+    s->connect_resume = false;
+    if (!resumed) {
+        int rc = connect_postgres(s);
+        if (rc < 0)
+            return rc;
+    }
+    bool created_slot = s->connect_created_slot;
     if (!s->sink_ready) {
         /* Kafka's first init fences the producers of any other instance
          * with this configuration: while another process streams from the
@@ -1972,7 +1988,8 @@ static int connect_source(outboxd_source_t *s)
             return -1;
         }
         LOG_DEBUG(s->name, "startup: slot %s free", s->src->slot);
-        if (!s->pool && !s->fence_turn_taken && s->loop && outboxd_loop_crowded(s->loop)) {
+        if (!s->pool && !outboxd_sink_ready(s->sink) &&
+            s->conf->n_sources > (size_t)s->conf->loop_threads) {
             /*
              * Sources sharing loop threads start a few at a time. A killed
              * relay may have left transactions open under other sources'
@@ -1981,9 +1998,9 @@ static int connect_source(outboxd_source_t *s)
              * them, which they cannot do while this source holds a thread
              * waiting for that (30 s, then again). So fence now, give the
              * thread up, and read when the queue comes round again: by then
-             * the sources ahead have fenced theirs too.
+             * the sources ahead have fenced theirs too. The slot is looked
+             * at again then (above): the turn may take a while.
              */
-            s->fence_turn_taken = true;
             outboxd_sink_status_t st = outboxd_sink_fence(s->sink, err, sizeof(err));
             if (st != OUTBOXD_SINK_OK) {
                 LOG_ERROR(s->name, "%s%s",
@@ -1992,10 +2009,8 @@ static int connect_source(outboxd_source_t *s)
                 return st == OUTBOXD_SINK_FATAL ? -2 : -1;
             }
             s->connect_resume = true;
-            s->connect_created_slot = created_slot;
             return CONNECT_YIELD;
         }
-    kafka:;
         int rc = open_kafka(s);
         if (rc < 0) {
             close_stream(s);
@@ -2031,6 +2046,7 @@ static int connect_source(outboxd_source_t *s)
         close_stream(s);
         return -1;
     }
+    s->connect_created_slot = false; /* judged: a checkpoint from now on is this slot's */
     LOG_DEBUG(s->name, "startup: checkpoint judged against the server");
     if (outboxd_snapshot_configured(s->src) || saved_snap[0]) {
         bool lost = (created_slot && had_ck) || (had_commit && !s->ck_committed.commit_lsn);

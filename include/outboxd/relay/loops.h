@@ -75,9 +75,6 @@ bool outboxd_loop_should_yield(outboxd_loop_t *l);
 
 #define OUTBOXD_LOOP_SLICE_MS 50
 
-/* True while the pool has more loops than threads (loops share threads). */
-bool outboxd_loop_crowded(outboxd_loop_t *l);
-
 /* Threads started so far (for the log and the tests). */
 int outboxd_loops_threads(outboxd_loops_t *p);
 

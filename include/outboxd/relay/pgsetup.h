@@ -38,8 +38,8 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
  * report line each), or -1 when it could not connect or was stopped. Each
  * query is bounded by timeout_ms (relay.wal_receiver_timeout_ms), at most
  * OUTBOXD_PGSETUP_WATCH_MAX_MS (also when 0), with a statement_timeout of
- * half that, and abandoned when *stop (may be NULL) is set: the failure is
- * then a problem and the connection is closed.
+ * half that, and abandoned when *stop (may be NULL) is set (then -1, and the
+ * connection is closed).
  */
 #define OUTBOXD_PGSETUP_WATCH_MAX_MS 10000
 int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atomic_int *stop,
