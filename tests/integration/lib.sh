@@ -211,6 +211,21 @@ check_exactly_once() {
         --idle-ms "${IDLE_MS:-4000}" --timeout-ms 600000 --expect "$file"
 }
 
+# wait_streaming LOG N [TIMEOUT_S]: until N distinct sources logged
+# "streaming slot" in LOG (a reconnect logs the line again, so lines are not
+# counted); fails when the relay ($RELAY_PID) exits first or after TIMEOUT_S
+# (default 180).
+wait_streaming() {
+    local f=$1 want=$2 timeout=${3:-180} n
+    for _ in $(seq 1 $((timeout * 5))); do
+        n=$(sed -n 's/.* \[\([^]]*\)\] streaming slot .*/\1/p' "$f" 2>/dev/null | sort -u | wc -l)
+        [ "${n:-0}" -ge "$want" ] && return 0
+        kill -0 "$RELAY_PID" 2>/dev/null || fail "relay exited before streaming (see $f)"
+        sleep 0.2
+    done
+    fail "relay did not stream all $want sources within $timeout s (see $f)"
+}
+
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # start_silence_proxy NAME PREFIX TIMES: tests/tools/pg_silence_proxy.py to

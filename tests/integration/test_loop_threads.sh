@@ -28,17 +28,6 @@ config_with() {
 config_with 2 0
 prepare_sources "$WORK/outboxd.yaml"
 
-wait_streaming() {
-    local f=$1 n
-    for _ in $(seq 1 900); do
-        # Distinct sources: a reconnect logs the line again.
-        n=$(sed -n 's/.* \[\([^]]*\)\] streaming slot .*/\1/p' "$f" 2>/dev/null | sort -u | wc -l)
-        [ "${n:-0}" -ge "${#DBS[@]}" ] && return 0
-        kill -0 "$RELAY_PID" 2>/dev/null || fail "relay exited before streaming (see $f)"
-        sleep 0.2
-    done
-    fail "relay did not stream all ${#DBS[@]} sources within 180 s (see $f)"
-}
 # threads_named PID NAME: how many threads of PID have that name, the least
 # of ten looks 0.1 s apart (a thread a loop thread starts has its creator's
 # name until it names itself).
@@ -59,7 +48,7 @@ for db in "${DBS[@]}"; do
 done
 
 start_relay "$WORK/outboxd.yaml" relay1
-wait_streaming "$WORK/relay1.log"
+wait_streaming "$WORK/relay1.log" "${#DBS[@]}"
 grep -q "6 sources share 2 loop threads (relay.loop_threads)" "$WORK/relay1.log" ||
     fail "run 1 did not log its loop threads"
 n=$(threads_named "$RELAY_PID" outboxd-loop)
@@ -78,7 +67,7 @@ config_with 1 0
 start_relay "$WORK/outboxd.yaml" relay2
 relay=$RELAY_PID
 t0=$(date +%s%N)
-wait_streaming "$WORK/relay2.log"
+wait_streaming "$WORK/relay2.log" "${#DBS[@]}"
 took=$((($(date +%s%N) - t0) / 1000000))
 # The kill may have left transactions open under some sources' ids, with
 # their checkpoint records: each source fences its ids and gives its thread
@@ -110,7 +99,7 @@ log "run 2: 6 sources on 1 loop thread, reloaded, stopped under load in $took ms
 config_with 1 2
 start_relay "$WORK/outboxd.yaml" relay3
 relay=$RELAY_PID
-wait_streaming "$WORK/relay3.log"
+wait_streaming "$WORK/relay3.log" "${#DBS[@]}"
 n=$(threads_named "$relay" outboxd-loop)
 [ "$n" -eq 1 ] || fail "run 3 (relay.loop_threads 1, 6 sources) has $n loop threads"
 wait_writers "${pids[@]}"

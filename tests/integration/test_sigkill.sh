@@ -20,21 +20,10 @@ for db in "${DBS[@]}"; do
     start_writers "$db" 2 1500 200 # ~15 s of writes at 200 txn/s per database
     pids+=("$WRITER_PID")
 done
-# wait_streaming LOG: until the relay logged "streaming slot" for every source.
-wait_streaming() {
-    local f=$1 n
-    for _ in $(seq 1 600); do
-        n=$(grep -c "streaming slot" "$f" 2>/dev/null || true)
-        [ "${n:-0}" -ge "${#DBS[@]}" ] && return 0
-        kill -0 "$RELAY_PID" 2>/dev/null || fail "relay exited before streaming (see $f)"
-        sleep 0.2
-    done
-    fail "relay did not stream all ${#DBS[@]} sources within 120 s"
-}
 kills=0
 for i in $(seq 1 6); do
     start_relay "$WORK/outboxd.yaml" "relay$i"
-    wait_streaming "$WORK/relay$i.log"
+    wait_streaming "$WORK/relay$i.log" "${#DBS[@]}" 120
     delay=$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 0.3 + (r % 2000) / 1000 }')
     sleep "$delay"
     kill -9 "$RELAY_PID" || fail "relay $i had exited before its SIGKILL"
