@@ -271,6 +271,123 @@ static void test_retriable_commit(void **state)
     outboxd_sink_destroy(b);
 }
 
+static outboxd_sink_t *pooled(fixture_t *f, outboxd_sink_pool_t *p, int source);
+
+/* Brings broker 1 back after 60 s unless told to earlier: without the
+ * limit on aborts, the abort below would otherwise wait for ever. */
+typedef struct watchdog {
+    rd_kafka_mock_cluster_t *mc;
+    atomic_int done;
+} watchdog_t;
+
+static void *watchdog_run(void *arg)
+{
+    watchdog_t *w = arg;
+    for (int i = 0; i < 600 && !atomic_load(&w->done); i++)
+        usleep(100 * 1000);
+    rd_kafka_mock_broker_set_up(w->mc, 1);
+    return NULL;
+}
+
+/*
+ * An abort that never finishes (CI saw librdkafka 2.0.2 time out an abort for
+ * minutes after a broker restart) must not hold the source for ever: after
+ * transaction.timeout.ms (10 s here) the sink replaces its producers and
+ * reports ABORTED; initialized again once the broker is back, it reads the
+ * last committed checkpoint and commits the next transaction.
+ */
+static void abort_that_never_finishes(fixture_t *f, bool pool)
+{
+    char err[512];
+    /* Every transactional id the source may use is coordinated by broker 1. */
+    char id[128];
+    for (int i = 0; i < 4; i++) {
+        if (pool)
+            snprintf(id, sizeof(id), "%s.pool.%d", f->conf->transactional_id_prefix, i);
+        else if (i == 0)
+            snprintf(id, sizeof(id), "%s.pay", f->conf->transactional_id_prefix);
+        else
+            snprintf(id, sizeof(id), "%s.pay.%d", f->conf->transactional_id_prefix, i);
+        assert_int_equal(rd_kafka_mock_coordinator_set(f->mc, "transaction", id, 1), 0);
+    }
+    outboxd_checkpoint_t ck;
+    outboxd_sink_pool_t *p = NULL;
+    outboxd_sink_t *a;
+    if (pool) {
+        p = outboxd_sink_pool_new(f->conf, 1, &stop_flag, err, sizeof(err));
+        if (!p)
+            fail_msg("pool_new: %s", err);
+        a = pooled(f, p, 0);
+        assert_int_equal(outboxd_sink_init(a, &ck, err, sizeof(err)), OUTBOXD_SINK_OK);
+    } else {
+        a = new_sink(f, &ck);
+    }
+    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
+    outboxd_checkpoint_t c1 = ck_at(0x100, 0x140, -1);
+    assert_int_equal(outboxd_sink_commit(a, &c1, err, sizeof(err)), OUTBOXD_SINK_OK);
+
+    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
+    assert_true(outboxd_sink_in_txn(a));
+    /* The records reach the partitions (AddPartitionsToTxn), so the abort
+     * needs the coordinator: without that librdkafka aborts locally. */
+    usleep(1000 * 1000);
+    assert_int_equal(rd_kafka_mock_broker_set_down(f->mc, 1), 0);
+    watchdog_t w = {.mc = f->mc};
+    pthread_t wt;
+    assert_int_equal(pthread_create(&wt, NULL, watchdog_run, &w), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    outboxd_sink_status_t st = outboxd_sink_abort(a, err, sizeof(err));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    atomic_store(&w.done, 1);
+    pthread_join(wt, NULL);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (st != OUTBOXD_SINK_ABORTED)
+        fail_msg("abort: %d %s (after %.1f s)", st, err, secs);
+    if (!strstr(err, "has not finished"))
+        fail_msg("the error does not say the abort did not finish: %s", err);
+    if (secs < 9.5 || secs > 45)
+        fail_msg("gave up after %.1f s, not after transaction.timeout.ms (10 s)", secs);
+    assert_false(outboxd_sink_in_txn(a));
+    if (!pool) {
+        assert_false(outboxd_sink_ready(a)); /* new producers: init again */
+        st = outboxd_sink_init(a, &ck, err, sizeof(err));
+        if (st != OUTBOXD_SINK_OK)
+            fail_msg("init after the replacement: %d %s", st, err);
+        assert_int_equal(ck.commit_lsn, 0x100);
+    }
+    /* The next transaction commits (a pool slot left not ready by the
+     * replacement is initialized by this borrower). */
+    outboxd_checkpoint_t c2 = ck_at(0x200, 0x240, -1);
+    st = produce_n(a, 2, err, sizeof(err));
+    if (st == OUTBOXD_SINK_OK)
+        st = outboxd_sink_commit(a, &c2, err, sizeof(err));
+    if (st != OUTBOXD_SINK_OK)
+        fail_msg("the transaction after the replacement: %d %s", st, err);
+    outboxd_sink_destroy(a);
+    if (p)
+        outboxd_sink_pool_destroy(p);
+    outboxd_sink_t *b = new_sink(f, &ck);
+    assert_int_equal(ck.commit_lsn, 0x200);
+    outboxd_sink_destroy(b);
+}
+
+static void test_abort_that_never_finishes(void **state)
+{
+    fixture_t *f = *state;
+    if (!f->mc)
+        skip(); /* needs a coordinator that goes away */
+    abort_that_never_finishes(f, false);
+}
+
+static void test_pool_abort_that_never_finishes(void **state)
+{
+    fixture_t *f = *state;
+    if (!f->mc)
+        skip();
+    abort_that_never_finishes(f, true);
+}
+
 /*
  * Another source's transaction left open on the shared checkpoint topic holds
  * back the last stable offset. A restarting source must still find its
@@ -591,6 +708,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_aborted_transaction_invisible, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fencing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retriable_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abort_that_never_finishes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_abort_that_never_finishes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_by_one_names_refused_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_record_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_behind_open_transaction, setup, teardown),
