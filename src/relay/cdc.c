@@ -1396,9 +1396,19 @@ static PGresult *cat_query(outboxd_cdc_t *c, const char *sql, uint32_t oid, char
     char o[16];
     snprintf(o, sizeof(o), "%u", oid);
     const char *params[1] = {o};
-    PGresult *r = PQexecParams(c->cat, sql, 1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        snprintf(errstr, errstr_size, "cdc: catalog query failed: %s", PQerrorMessage(c->cat));
+    /* Bounded: it runs in the source's loop, which a silent server (frozen,
+     * a half-open path) would otherwise hold for good; failing, the source
+     * rewinds and reconnects. */
+    char e[512];
+    PGresult *r = outboxd_pg_exec_bounded(c->cat, sql, 1, params, NULL,
+                                          c->conf->wal_receiver_timeout_ms, NULL, e, sizeof(e));
+    if (r && PQresultStatus(r) != PGRES_TUPLES_OK)
+        snprintf(e, sizeof(e), "%s", PQerrorMessage(c->cat));
+    if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
+        size_t n = strlen(e);
+        while (n && e[n - 1] == '\n')
+            e[--n] = '\0';
+        snprintf(errstr, errstr_size, "cdc: catalog query failed: %s", e);
         PQclear(r);
         cat_close(c);
         return NULL;

@@ -22,12 +22,19 @@ typedef struct beat {
 
 struct outboxd_heartbeat {
     atomic_int *stop;
+    int timeout_ms; /* one heartbeat's limit: see beat_once */
     beat_t *beats;
     size_t n;
     pthread_t thread;
 };
 
-static void beat_once(beat_t *b)
+/* One thread writes every source's heartbeats: a database that accepted the
+ * connection and then went silent (frozen, a half-open path) must not hold
+ * the others' heartbeats, nor the shutdown that joins the thread, for good.
+ * The query is given up after relay.wal_receiver_timeout_ms (as the source
+ * loops' queries; 0: no limit) or at stop, and the connection reopened next
+ * time. */
+static void beat_once(outboxd_heartbeat_t *hb, beat_t *b)
 {
     char err[512];
     if (b->pg && PQstatus(b->pg) != CONNECTION_OK) {
@@ -44,12 +51,17 @@ static void beat_once(beat_t *b)
             return;
         }
     }
-    PGresult *res = PQexec(b->pg, "SELECT pg_logical_emit_message(true, '" OUTBOXD_HEARTBEAT_PREFIX
-                                  "', ''::text)");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        if (!b->failing)
-            LOG_WARN(b->src->name, "heartbeat: pg_logical_emit_message failed: %s",
-                     PQerrorMessage(b->pg));
+    PGresult *res = outboxd_pg_exec_bounded(
+        b->pg, "SELECT pg_logical_emit_message(true, '" OUTBOXD_HEARTBEAT_PREFIX "', ''::text)", 0,
+        NULL, NULL, hb->timeout_ms, hb->stop, err, sizeof(err));
+    if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
+        snprintf(err, sizeof(err), "%s", PQerrorMessage(b->pg));
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        size_t n = strlen(err);
+        while (n && err[n - 1] == '\n')
+            err[--n] = '\0';
+        if (!b->failing && !atomic_load(hb->stop))
+            LOG_WARN(b->src->name, "heartbeat: pg_logical_emit_message failed: %s", err);
         b->failing = true;
         PQfinish(b->pg); /* reconnect next time */
         b->pg = NULL;
@@ -70,7 +82,7 @@ static void *run(void *arg)
         for (size_t i = 0; i < hb->n && !atomic_load(hb->stop); i++) {
             beat_t *b = &hb->beats[i];
             if (now >= b->next_ms) {
-                beat_once(b);
+                beat_once(hb, b);
                 b->next_ms = outboxd_now_ms() + b->src->heartbeat_interval_ms;
             }
         }
@@ -98,6 +110,7 @@ outboxd_heartbeat_t *outboxd_heartbeat_start(const outboxd_config_t *conf,
         return NULL;
     }
     hb->stop = stop;
+    hb->timeout_ms = conf->wal_receiver_timeout_ms;
     int64_t now = outboxd_now_ms();
     for (size_t i = 0; i < conf->n_sources; i++) {
         const outboxd_source_conf_t *src = &conf->sources[i];

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# ctest: parallel
+# Two queries outside the source's stream, each on a normal connection of
+# its own, must not wait for good on a server that went silent (a frozen
+# backend, a path that went half-open: TCP keepalives are answered by the
+# peer's kernel). A proxy (tests/tools/pg_silence_proxy.py) swallows the
+# first such query and keeps both sockets open and silent; the replication
+# connection goes through the same proxy and is left alone.
+#  1. cdc catalog look-up (the primary key of a REPLICA IDENTITY FULL table,
+#     from the source's loop): given up after relay.wal_receiver_timeout_ms
+#     (3 s), the source rewinds and reconnects, and the change is published.
+#     Without the bound the loop waits for good and nothing is published.
+#  2. heartbeat (one thread writes every source's): given up after 3 s and
+#     written again on a new connection; and, with a 60 s limit, a SIGTERM
+#     while it is silent stops the relay at once (the thread is joined at
+#     exit: without the stop it would wait for good).
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+DB=sqs_$RUN_ID
+SLOT=${DB}_${RUN_ID}
+create_outbox_db "$DB"
+psql_db "$DB" -c "CREATE TABLE full_t (id integer PRIMARY KEY, v text); ALTER TABLE full_t REPLICA IDENTITY FULL" >/dev/null
+
+wait_log() { # wait_log FILE PATTERN SECONDS WHAT
+    for _ in $(seq 1 $(($3 * 10))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        kill -0 "$RELAY_PID" 2>/dev/null || fail "the relay exited: $(tail -3 "$WORK/relay.log")"
+        sleep 0.1
+    done
+    fail "$4 within $3 s: $(tail -3 "$WORK/relay.log")"
+}
+
+# --- 1. cdc catalog look-up -------------------------------------------------
+start_silence_proxy cdcproxy "SELECT a.attname FROM pg_catalog.pg_index" 1
+write_config "$WORK/cdc.yaml" "$DB"
+# The cdc table goes under tables:, right after the outbox table's topic.
+awk -v topic="$RUN_ID.full_t" '{ print }
+    prev ~ /- table: public.outbox/ {
+        print "      - table: public.full_t\n        mode: cdc\n        snapshot: never"
+        print "        format: json\n        json_schemas: false\n        topic: \"" topic "\""
+    }
+    { prev = $0 }' "$WORK/cdc.yaml" >"$WORK/cdc.yaml.new"
+mv "$WORK/cdc.yaml.new" "$WORK/cdc.yaml"
+grep -q "table: public.full_t" "$WORK/cdc.yaml" || fail "config edit failed"
+dsn_via_proxy "$WORK/cdc.yaml"
+sed -i 's/^relay:$/relay:\n  wal_receiver_timeout_ms: 3000/' "$WORK/cdc.yaml"
+prepare_sources "$WORK/cdc.yaml"
+start_relay "$WORK/cdc.yaml"
+relay=$RELAY_PID
+wait_streaming "$WORK/relay.log" 1 60
+psql_db "$DB" -c "INSERT INTO full_t VALUES (1, 'one'), (2, 'two')" >/dev/null
+t0=$(date +%s)
+wait_log "$WORK/cdcproxy.log" silenced 30 "the catalog look-up did not reach the proxy"
+wait_drained "$DB" "$SLOT" 60
+log "published after the silent catalog look-up in $(($(date +%s) - t0)) s"
+grep -q "cdc: catalog query failed: no answer from PostgreSQL for [0-9]* ms (limit 3000 ms" "$WORK/relay.log" ||
+    fail "the relay did not say why the catalog look-up failed: $(grep -m3 'catalog' "$WORK/relay.log")"
+log "evidence: $(grep -m1 -o 'cdc: catalog query failed: no answer.*presumed dead' "$WORK/relay.log")"
+consume_json -t "$RUN_ID.full_t" >"$WORK/full_t.json"
+ids=$(python3 -c '
+import json, sys
+vals = [json.loads(l)["value"] for l in open(sys.argv[1])]
+ids = sorted((json.loads(v) if isinstance(v, str) else v)["after"]["id"] for v in vals)
+print(" ".join(map(str, ids)))' "$WORK/full_t.json") || fail "unexpected records: $(head -c 600 "$WORK/full_t.json")"
+[ "$ids" = "1 2" ] || fail "expected the rows 1 and 2 once each, got: $ids"
+stop_relay_ok "$relay"
+
+# --- 2. heartbeat -----------------------------------------------------------
+heartbeat_config() { # heartbeat_config FILE TIMEOUT_MS
+    write_config "$1" "$DB"
+    dsn_via_proxy "$1"
+    sed -i "s/^relay:\$/relay:\n  wal_receiver_timeout_ms: $2/" "$1"
+    sed -i "s/^    slot: \"$SLOT\"\$/    slot: \"$SLOT\"\n    heartbeat_interval_ms: 300/" "$1"
+    grep -q "heartbeat_interval_ms: 300" "$1" || fail "config edit failed"
+}
+start_silence_proxy hbproxy "SELECT pg_logical_emit_message(true, 'outboxd.heartbeat'" 1
+heartbeat_config "$WORK/hb.yaml" 3000
+: >"$WORK/relay.log"
+start_relay "$WORK/hb.yaml"
+relay=$RELAY_PID
+wait_log "$WORK/hbproxy.log" silenced 30 "no heartbeat reached the proxy"
+wait_log "$WORK/relay.log" "heartbeat: pg_logical_emit_message failed: no answer from PostgreSQL" 15 \
+    "the silent heartbeat was not given up"
+wait_log "$WORK/relay.log" "heartbeat: writing again" 15 "heartbeats were not written again"
+log "evidence: $(grep -m1 -o 'heartbeat: pg_logical_emit_message failed: no answer.*presumed dead' "$WORK/relay.log")"
+stop_relay_ok "$relay"
+
+start_silence_proxy hbproxy2 "SELECT pg_logical_emit_message(true, 'outboxd.heartbeat'" 1
+heartbeat_config "$WORK/hb2.yaml" 60000
+: >"$WORK/relay.log"
+start_relay "$WORK/hb2.yaml"
+relay=$RELAY_PID
+wait_log "$WORK/hbproxy2.log" silenced 30 "no heartbeat reached the proxy"
+sleep 0.5
+t0=$(date +%s%N)
+stop_relay_ok "$relay"
+ms=$((($(date +%s%N) - t0) / 1000000))
+log "stopped in $ms ms while the heartbeat's connection was silent"
+[ "$ms" -lt 10000 ] || fail "the stop took $ms ms: the heartbeat thread waited on the silent connection"
+drop_source "$DB" "$SLOT"
+log "PASS"
