@@ -1399,20 +1399,11 @@ static PGresult *cat_query(outboxd_cdc_t *c, const char *sql, uint32_t oid, char
     /* Bounded: it runs in the source's loop, which a silent server (frozen,
      * a half-open path) would otherwise hold for good; failing, the source
      * rewinds and reconnects. */
-    char e[512];
-    PGresult *r = outboxd_pg_exec_bounded(c->cat, sql, 1, params, NULL,
-                                          c->conf->wal_receiver_timeout_ms, NULL, e, sizeof(e));
-    if (r && PQresultStatus(r) != PGRES_TUPLES_OK)
-        snprintf(e, sizeof(e), "%s", PQerrorMessage(c->cat));
-    if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
-        size_t n = strlen(e);
-        while (n && e[n - 1] == '\n')
-            e[--n] = '\0';
-        snprintf(errstr, errstr_size, "cdc: catalog query failed: %s", e);
-        PQclear(r);
+    PGresult *r =
+        outboxd_pg_query_bounded(c->cat, sql, 1, params, "cdc: catalog query failed",
+                                 c->conf->wal_receiver_timeout_ms, NULL, errstr, errstr_size);
+    if (!r)
         cat_close(c);
-        return NULL;
-    }
     return r;
 }
 

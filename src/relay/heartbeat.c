@@ -51,15 +51,10 @@ static void beat_once(outboxd_heartbeat_t *hb, beat_t *b)
             return;
         }
     }
-    PGresult *res = outboxd_pg_exec_bounded(
+    PGresult *res = outboxd_pg_query_bounded(
         b->pg, "SELECT pg_logical_emit_message(true, '" OUTBOXD_HEARTBEAT_PREFIX "', ''::text)", 0,
         NULL, NULL, hb->timeout_ms, hb->stop, err, sizeof(err));
-    if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
-        snprintf(err, sizeof(err), "%s", PQerrorMessage(b->pg));
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        size_t n = strlen(err);
-        while (n && err[n - 1] == '\n')
-            err[--n] = '\0';
+    if (!res) {
         if (!b->failing && !atomic_load(hb->stop))
             LOG_WARN(b->src->name, "heartbeat: pg_logical_emit_message failed: %s", err);
         b->failing = true;

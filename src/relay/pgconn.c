@@ -195,3 +195,19 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
         exec_error(conn, what[0] ? what : NULL, errstr, errstr_size);
     return last;
 }
+
+PGresult *outboxd_pg_query_bounded(PGconn *conn, const char *sql, int nparams,
+                                   const char *const *params, const char *what, int timeout_ms,
+                                   atomic_int *stop, char *errstr, size_t errstr_size)
+{
+    PGresult *res = outboxd_pg_exec_bounded(conn, sql, nparams, params, what, timeout_ms, stop,
+                                            errstr, errstr_size);
+    if (!res)
+        return NULL;
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        return res;
+    exec_error(conn, what, errstr, errstr_size);
+    PQclear(res);
+    return NULL;
+}

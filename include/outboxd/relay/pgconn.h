@@ -40,4 +40,11 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
                                   const char *const *params, const char *what, int timeout_ms,
                                   atomic_int *stop, char *errstr, size_t errstr_size);
 
+/* outboxd_pg_exec_bounded for a statement that must succeed: a result other
+ * than PGRES_TUPLES_OK or PGRES_COMMAND_OK is cleared and reported the same
+ * way, NULL with libpq's message in errstr ("WHAT: ..." when what is given). */
+PGresult *outboxd_pg_query_bounded(PGconn *conn, const char *sql, int nparams,
+                                   const char *const *params, const char *what, int timeout_ms,
+                                   atomic_int *stop, char *errstr, size_t errstr_size);
+
 #endif
