@@ -243,7 +243,10 @@ static void fmt_time(int64_t ms, char *out, size_t size)
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
 }
 
-static int report_slot(const outboxd_source_conf_t *src, FILE *out)
+/* The queries are bounded like the relay's (relay.wal_receiver_timeout_ms):
+ * a status probe must answer, naming the database, even when a server went
+ * silent. */
+static int report_slot(const outboxd_source_conf_t *src, int timeout_ms, FILE *out)
 {
     char err[512];
     PGconn *pg = outboxd_pg_connect(src, false, err, sizeof(err));
@@ -252,7 +255,7 @@ static int report_slot(const outboxd_source_conf_t *src, FILE *out)
         return 1;
     }
     const char *params[1] = {src->slot};
-    PGresult *res = PQexecParams(
+    PGresult *res = outboxd_pg_query_bounded(
         pg,
         "SELECT active, coalesce(active_pid::text, ''), coalesce(confirmed_flush_lsn::text, ''), "
         "coalesce(restart_lsn::text, ''), pg_current_wal_lsn()::text, "
@@ -260,10 +263,10 @@ static int report_slot(const outboxd_source_conf_t *src, FILE *out)
         "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text, ''), "
         "coalesce(wal_status, ''), plugin, database "
         "FROM pg_replication_slots WHERE slot_name = $1",
-        1, NULL, params, NULL, NULL, 0);
+        1, params, NULL, timeout_ms, NULL, err, sizeof(err));
     int problems = 0;
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(out, "  database:         query failed: %s", PQerrorMessage(pg));
+    if (!res) {
+        fprintf(out, "  database:         query failed: %s\n", err);
         problems = 1;
     } else if (PQntuples(res) == 0) {
         fprintf(out, "  slot:             %s MISSING (run `outboxd check -c FILE` to create it)\n",
@@ -295,7 +298,7 @@ static int report_slot(const outboxd_source_conf_t *src, FILE *out)
 
 /* replay_window: where the retention slot is, i.e. how far back `outboxd
  * replay` can reach. */
-static int report_retention(const outboxd_source_conf_t *src, FILE *out)
+static int report_retention(const outboxd_source_conf_t *src, int timeout_ms, FILE *out)
 {
     if (!src->retention_slot) {
         fprintf(out, "  replay_window:    none (set replay_window to keep a retention slot)\n");
@@ -306,22 +309,22 @@ static int report_retention(const outboxd_source_conf_t *src, FILE *out)
     if (!pg)
         return 0; /* report_slot said it */
     const char *params[2] = {src->retention_slot, src->slot};
-    PGresult *res = PQexecParams(
+    PGresult *res = outboxd_pg_query_bounded(
         pg,
         "SELECT coalesce(r.confirmed_flush_lsn::text, ''), "
         "coalesce(pg_wal_lsn_diff(l.confirmed_flush_lsn, r.confirmed_flush_lsn)::bigint::text, "
         "''), coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint::text, '') "
         "FROM pg_replication_slots r LEFT JOIN pg_replication_slots l ON l.slot_name = $2 "
         "WHERE r.slot_name = $1",
-        2, NULL, params, NULL, NULL, 0);
+        2, params, NULL, timeout_ms, NULL, err, sizeof(err));
     char win[64];
     if (src->replay_window_bytes)
         snprintf(win, sizeof(win), "%llu bytes", (unsigned long long)src->replay_window_bytes);
     else
         snprintf(win, sizeof(win), "%.0f s", (double)src->replay_window_ms / 1000.0);
     int problems = 0;
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(out, "  replay_window:    query failed: %s", PQerrorMessage(pg));
+    if (!res) {
+        fprintf(out, "  replay_window:    query failed: %s\n", err);
         problems = 1;
     } else if (PQntuples(res) == 0) {
         fprintf(out,
@@ -365,8 +368,8 @@ int outboxd_status_report(const outboxd_config_t *conf, FILE *out)
     for (size_t i = 0; i < conf->n_sources; i++) {
         const outboxd_source_conf_t *src = &conf->sources[i];
         fprintf(out, "source %s\n", src->name);
-        problems += report_slot(src, out);
-        problems += report_retention(src, out);
+        problems += report_slot(src, conf->wal_receiver_timeout_ms, out);
+        problems += report_retention(src, conf->wal_receiver_timeout_ms, out);
         if (!kafka_ok) {
             fprintf(out, "  last_checkpoint:  unknown (Kafka not readable)\n");
         } else if (!found[i].found) {

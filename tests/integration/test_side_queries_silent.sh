@@ -14,6 +14,7 @@
 #     written again on a new connection; and, with a 60 s limit, a SIGTERM
 #     while it is silent stops the relay at once (the thread is joined at
 #     exit: without the stop it would wait for good).
+#  3. outboxd status: reports the database as not answering, after 3 s.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -98,5 +99,19 @@ stop_relay_ok "$relay"
 ms=$((($(date +%s%N) - t0) / 1000000))
 log "stopped in $ms ms while the heartbeat's connection was silent"
 [ "$ms" -lt 10000 ] || fail "the stop took $ms ms: the heartbeat thread waited on the silent connection"
+# --- 3. outboxd status ------------------------------------------------------
+# A status probe answers, naming the silent database, within the limit.
+start_silence_proxy stproxy "SELECT active, coalesce(active_pid" 1
+heartbeat_config "$WORK/st.yaml" 3000
+t0=$(date +%s%N)
+rc=0
+timeout 60 "$OUTBOXD_BIN" status -c "$WORK/st.yaml" >"$WORK/status.txt" 2>&1 || rc=$?
+ms=$((($(date +%s%N) - t0) / 1000000))
+grep -q "silenced" "$WORK/stproxy.log" || fail "the status query did not reach the proxy: $(cat "$WORK/status.txt")"
+[ "$rc" != 124 ] || fail "outboxd status waited on the silent connection for 60 s"
+grep -q "database: *query failed: no answer from PostgreSQL" "$WORK/status.txt" ||
+    fail "status did not report the silent database (exit $rc): $(cat "$WORK/status.txt")"
+[ "$rc" != 0 ] || fail "status exited 0 with a database it could not query"
+log "status answered in $ms ms (exit $rc): $(grep -m1 -o 'query failed: no answer[^:]*' "$WORK/status.txt")"
 drop_source "$DB" "$SLOT"
 log "PASS"
