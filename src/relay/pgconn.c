@@ -121,14 +121,18 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
     return conn;
 }
 
-/* "WHAT: text" or "text" into errstr, libpq's message without its newline. */
-static void exec_error(PGconn *conn, const char *what, char *errstr, size_t errstr_size)
+void outboxd_pg_chomp(char *msg)
+{
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = '\0';
+}
+
+void outboxd_pg_error(PGconn *conn, const char *what, char *errstr, size_t errstr_size)
 {
     snprintf(errstr, errstr_size, "%s%s%s", what ? what : "", what ? ": " : "",
              PQerrorMessage(conn));
-    size_t n = strlen(errstr);
-    while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
-        errstr[--n] = '\0';
+    outboxd_pg_chomp(errstr);
 }
 
 PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
@@ -139,7 +143,7 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
                    ? PQsendQuery(conn, sql)
                    : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
     if (!sent) {
-        exec_error(conn, what, errstr, errstr_size);
+        outboxd_pg_error(conn, what, errstr, errstr_size);
         return NULL;
     }
     const char *sep = what ? ": " : "";
@@ -175,7 +179,7 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
              * the answer may already sit decrypted in libpq's buffers. A
              * non-blocking read, cheap when there is nothing. */
             if (!PQconsumeInput(conn)) {
-                exec_error(conn, what[0] ? what : NULL, errstr, errstr_size);
+                outboxd_pg_error(conn, what[0] ? what : NULL, errstr, errstr_size);
                 PQclear(last);
                 return NULL;
             }
@@ -192,7 +196,7 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
             break;
     }
     if (!last)
-        exec_error(conn, what[0] ? what : NULL, errstr, errstr_size);
+        outboxd_pg_error(conn, what[0] ? what : NULL, errstr, errstr_size);
     return last;
 }
 
@@ -207,7 +211,7 @@ PGresult *outboxd_pg_query_bounded(PGconn *conn, const char *sql, int nparams,
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
         return res;
-    exec_error(conn, what, errstr, errstr_size);
+    outboxd_pg_error(conn, what, errstr, errstr_size);
     PQclear(res);
     return NULL;
 }

@@ -1036,12 +1036,6 @@ static void check_slot(check_t *c)
     PQclear(res);
 }
 
-/*
- * 7. With replay_window: the retention slot (relay/replay.h), a logical
- * pgoutput slot the relay keeps that window behind the live one. Created as
- * a copy of the live slot, so it holds from the live position on (and the
- * creation does not wait for running transactions as a new slot would).
- */
 /* A replay's slot copy left by a crash holds WAL until the next replay of
  * the source drops it: say so (not a problem for the relay itself). */
 static void warn_leftover_replay(check_t *c)
@@ -1063,6 +1057,12 @@ static void warn_leftover_replay(check_t *c)
     PQclear(res);
 }
 
+/*
+ * 7. With replay_window: the retention slot (relay/replay.h), a logical
+ * pgoutput slot the relay keeps that window behind the live one. Created as
+ * a copy of the live slot, so it holds from the live position on (and the
+ * creation does not wait for running transactions as a new slot would).
+ */
 static void check_retention_slot(check_t *c)
 {
     const outboxd_source_conf_t *src = c->src;

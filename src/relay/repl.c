@@ -40,17 +40,9 @@ static void put_u64(char *p, uint64_t v)
     }
 }
 
-static void chomp_error(char *errstr)
-{
-    size_t n = strlen(errstr);
-    while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
-        errstr[--n] = '\0';
-}
-
 static int conn_error(PGconn *conn, const char *what, char *errstr, size_t errstr_size)
 {
-    snprintf(errstr, errstr_size, "%s: %s", what, PQerrorMessage(conn));
-    chomp_error(errstr);
+    outboxd_pg_error(conn, what, errstr, errstr_size);
     return -1;
 }
 
@@ -292,12 +284,12 @@ static int read_result_after_copy(outboxd_repl_t *r, char *errstr, size_t errstr
          * ending the stream) often carries no message at all. */
         char reason[256];
         snprintf(reason, sizeof(reason), "%s", PQerrorMessage(r->conn));
-        chomp_error(reason);
+        outboxd_pg_chomp(reason);
         snprintf(errstr, errstr_size, "replication stream ended by the server: %s",
                  reason[0] ? reason
                            : "no reason given (the server may be shutting down or restarting)");
     }
-    chomp_error(errstr);
+    outboxd_pg_chomp(errstr);
     PQclear(res);
     return -1;
 }

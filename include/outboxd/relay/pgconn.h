@@ -24,6 +24,13 @@
 PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, char *errstr,
                            size_t errstr_size);
 
+/* "WHAT: message" (the message alone when what is NULL) of libpq's last
+ * error on conn into errstr, without the newline libpq ends it with. */
+void outboxd_pg_error(PGconn *conn, const char *what, char *errstr, size_t errstr_size);
+
+/* Drops trailing newlines and spaces from a libpq message. */
+void outboxd_pg_chomp(char *msg);
+
 /*
  * PQexec (nparams 0 and params NULL: the simple protocol, which replication
  * commands need) or PQexecParams with text parameters, with a bound: a
