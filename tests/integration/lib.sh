@@ -226,6 +226,18 @@ wait_streaming() {
     fail "relay did not stream all $want sources within $timeout s (see $f)"
 }
 
+# wait_log FILE PATTERN [TIMEOUT_S] [WHAT]: until FILE has a line matching
+# the extended regex PATTERN; after TIMEOUT_S (default 60) fails with WHAT
+# (default: the pattern) and FILE's last lines.
+wait_log() {
+    local f=$1 pat=$2 timeout=${3:-60} what=${4:-"no line matching '$2' in $1"}
+    for _ in $(seq 1 $((timeout * 10))); do
+        grep -Eq -- "$pat" "$f" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    fail "$what within $timeout s: $(tail -n 5 "$f" 2>/dev/null)"
+}
+
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # start_silence_proxy NAME PREFIX TIMES: tests/tools/pg_silence_proxy.py to

@@ -45,7 +45,7 @@ sources:
       - { table: public.items, mode: cdc, topic: "$TOPIC.items", format: json, json_schemas: false, snapshot: when_needed }
       - { table: public.kept, mode: cdc, topic: "$TOPIC.kept", format: json, json_schemas: false, snapshot: initial }
 EOF
-wait_log() { # wait_log FILE PATTERN COUNT
+wait_log_count() { # wait_log_count FILE PATTERN COUNT
     for _ in $(seq 1 600); do
         [ "$(grep -c "$2" "$1" 2>/dev/null || true)" -ge "$3" ] && return 0
         sleep 0.2
@@ -53,7 +53,7 @@ wait_log() { # wait_log FILE PATTERN COUNT
     fail "$1 lacks $3 x '$2' after 120 s"
 }
 start_relay "$WORK/outboxd.yaml" relay1
-wait_log "$WORK/relay1.log" "snapshot finished" 1
+wait_log_count "$WORK/relay1.log" "snapshot finished" 1
 psql_db "$DB" -c "INSERT INTO items SELECT i, 1 FROM generate_series(5001, 5010) AS i" \
     -c "INSERT INTO kept SELECT i, 1 FROM generate_series(1001, 1010) AS i"
 wait_drained "$DB" "$SLOT"
@@ -65,7 +65,7 @@ psql_db "$DB" -c "INSERT INTO items SELECT i, 2 FROM generate_series(5011, 5030)
     -c "INSERT INTO kept SELECT i, 2 FROM generate_series(1011, 1030) AS i"
 
 start_relay "$WORK/outboxd.yaml" relay2
-wait_log "$WORK/relay2.log" "snapshot finished" 1
+wait_log_count "$WORK/relay2.log" "snapshot finished" 1
 grep -q "snapshot progress and stream reconciliation points are dropped" "$WORK/relay2.log" ||
     fail "relay 2 did not notice the lost positions"
 grep -q "snapshot of 1 table(s) starts" "$WORK/relay2.log" || fail "relay 2 did not read exactly one table"

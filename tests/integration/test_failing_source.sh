@@ -53,12 +53,8 @@ psql_db "$A" -c "SELECT pg_drop_replication_slot('${A}_${RUN_ID}')" >/dev/null
 psql_db "$A" -c "SELECT write_events('$A', '$A-lost', 3)" >/dev/null
 start_relay "$WORK/outboxd.yaml" relay-lostslot
 lost=$RELAY_PID
-for _ in $(seq 1 100); do
-    grep -q "was missing and has been created again" "$WORK/relay-lostslot.log" && break
-    sleep 0.2
-done
-grep -q "\[$A\].*was missing and has been created again" "$WORK/relay-lostslot.log" ||
-    fail "a re-created slot was not reported"
+wait_log "$WORK/relay-lostslot.log" "\[$A\].*was missing and has been created again" 20 \
+    "a re-created slot was not reported"
 log "lost slot reported: $(grep -m1 'was missing' "$WORK/relay-lostslot.log" | sed 's/^.*\] //' | cut -c1-120)..."
 stop_relay_ok "$lost"
 

@@ -83,12 +83,8 @@ n=$(threads_named "$relay" outboxd-loop)
 # each on the one thread.
 sed -i "s/^  commit_interval_ms: .*/  commit_interval_ms: 30/" "$WORK/outboxd.yaml"
 kill -HUP "$relay"
-for _ in $(seq 1 600); do
-    grep -q "configuration 1 applied by every source" "$WORK/relay2.log" && break
-    sleep 0.1
-done
-grep -q "configuration 1 applied by every source" "$WORK/relay2.log" ||
-    fail "the reload was not applied by every source within 60 s"
+wait_log "$WORK/relay2.log" "configuration 1 applied by every source" 60 \
+    "the reload was not applied by every source"
 # A clean stop under load leaves no transaction open under any id.
 t0=$(date +%s%N)
 stop_relay_ok "$relay" "run 2"

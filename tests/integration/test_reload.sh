@@ -89,10 +89,6 @@ wait_rows() { # wait_rows N: until at least N more rows than now were written
     for _ in $(seq 1 300); do [ "$(rows)" -ge "$want" ] && return 0; sleep 0.1; done
     fail "writers did not write $1 more rows within 30 s"
 }
-wait_for() { # wait_for PATTERN TIMEOUT_S
-    for _ in $(seq 1 $(($2 * 10))); do grep -Eq -- "$1" "$LOGF" && return 0; sleep 0.1; done
-    fail "no log line matching '$1' within $2 s"
-}
 metric() { curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
 
 wait_rows 300
@@ -113,7 +109,7 @@ p0=$(published)
 for _ in $(seq 1 600); do [ "$(published)" -ge $((p0 + 1000)) ] && break; sleep 0.02; done
 [ "$(published)" -ge $((p0 + 1000)) ] || fail "the relay did not start publishing the big transaction"
 kill -HUP "$relay"
-wait_for "configuration 1 applied by every source" 60
+wait_log "$LOGF" "configuration 1 applied by every source" 60
 line=$(grep "reload: configuration 1 applied" "$LOGF" | grep "\[$DB\]")
 SWITCH=$(sed -E 's/.*events up to end LSN ([0-9A-F]+\/[0-9A-F]+).*/\1/' <<<"$line")
 [[ $SWITCH =~ ^[0-9A-F]+/[0-9A-F]+$ ]] || fail "no switch point in: $line"
@@ -128,7 +124,7 @@ wait_rows 100
 # 2. An invalid file: refused, nothing changes.
 cp "$WORK/bad.yaml" "$CONF"
 kill -HUP "$relay"
-wait_for "reload refused" 30
+wait_log "$LOGF" "reload refused" 30
 bad=$(grep "reload refused" "$LOGF")
 log "invalid file: $bad"
 [ "$(grep -c "reload refused" "$LOGF")" = 1 ] || fail "more than one line for the refused reload"
@@ -140,7 +136,7 @@ wait_rows 100
 # 3. Log level (and a key that needs a restart).
 cp "$WORK/c.yaml" "$CONF"
 kill -HUP "$relay"
-wait_for "configuration 2 applied by every source" 60
+wait_log "$LOGF" "configuration 2 applied by every source" 60
 line2=$(grep "reload: configuration 2 applied" "$LOGF" | grep "\[$DB\]")
 [[ $line2 == *"new Kafka producers"* ]] || fail "linger.ms changed but the source did not build new producers"
 SWITCH2=$(sed -E 's/.*events up to end LSN ([0-9A-F]+\/[0-9A-F]+).*/\1/' <<<"$line2")
@@ -162,7 +158,7 @@ log "log level debug in force; checkpoint topic change refused with a WARN"
 # 4. Log format: JSON lines from then on.
 sed 's/^relay:$/relay:\n  log_format: json/' "$WORK/c.yaml" >"$CONF"
 kill -HUP "$relay"
-wait_for '^\{"ts":"[^"]*","level":"info","scope":"main","msg":"reload: configuration 3 applied by every source"' 60
+wait_log "$LOGF" '^\{"ts":"[^"]*","level":"info","scope":"main","msg":"reload: configuration 3 applied by every source"' 60
 log "log format json in force"
 
 wait_writers "$writer"

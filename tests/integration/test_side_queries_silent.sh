@@ -23,15 +23,6 @@ SLOT=${DB}_${RUN_ID}
 create_outbox_db "$DB"
 psql_db "$DB" -c "CREATE TABLE full_t (id integer PRIMARY KEY, v text); ALTER TABLE full_t REPLICA IDENTITY FULL" >/dev/null
 
-wait_log() { # wait_log FILE PATTERN SECONDS WHAT
-    for _ in $(seq 1 $(($3 * 10))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        kill -0 "$RELAY_PID" 2>/dev/null || fail "the relay exited: $(tail -3 "$WORK/relay.log")"
-        sleep 0.1
-    done
-    fail "$4 within $3 s: $(tail -3 "$WORK/relay.log")"
-}
-
 # --- 1. cdc catalog look-up -------------------------------------------------
 start_silence_proxy cdcproxy "SELECT a.attname FROM pg_catalog.pg_index" 1
 write_config "$WORK/cdc.yaml" "$DB"

@@ -201,13 +201,6 @@ stop_relay_ok "$relay"
 grep -q "DEBUG" "$WORK/relay.log" || fail "the relay log has no debug lines"
 
 # --- run with a wrong CA: the log names the cause and the key -------------
-wait_log() { # wait_log FILE PATTERN SECONDS
-    for _ in $(seq 1 $(($3 * 10))); do
-        grep -qF -- "$2" "$1" && return 0
-        sleep 0.1
-    done
-    fail "no '$2' in $1 within $3 s: $(tail -n 20 "$1")"
-}
 start_relay "$WORK/kwrongca.yaml" relay-kwrongca
 OUTPUTS+=("$WORK/relay-kwrongca.log")
 wait_log "$WORK/relay-kwrongca.log" "certificate verify failed; check ssl.ca.location" 60
