@@ -92,7 +92,8 @@ struct outboxd_retention {
     const outboxd_source_conf_t *src; /* &own */
     pthread_t thread;
     bool started;
-    atomic_bool stop;
+    atomic_int stop;
+    int timeout_ms;       /* one query's limit (relay.wal_receiver_timeout_ms) */
     pthread_mutex_t lock; /* guards ring, live, stats */
     outboxd_window_ring_t ring;
     outboxd_lsn_t live; /* last confirmed position of the live slot */
@@ -125,13 +126,25 @@ static outboxd_stats_t *retention_stats(outboxd_retention_t *r)
 }
 
 /* Runs one query on the thread's connection: the single text value, or
- * false (warned; a broken connection is dropped and retried later). */
+ * false (warned; a broken connection is dropped and retried later). Bounded
+ * (a silent server would otherwise keep the window from moving, and the
+ * source's stop, which joins this thread, waiting for good). */
 static bool retention_query(outboxd_retention_t *r, const char *what, const char *sql, int n,
                             const char *const *params, outboxd_lsn_t *out)
 {
-    PGresult *res = PQexecParams(r->conn, sql, n, NULL, params, NULL, NULL, 0);
-    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-    if (!ok) {
+    char err[512];
+    PGresult *res = outboxd_pg_exec_bounded(r->conn, sql, n, params, NULL, r->timeout_ms, &r->stop,
+                                            err, sizeof(err));
+    bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!res) {
+        if (!atomic_load(&r->stop))
+            retention_warn(r, what, err);
+        /* Unusable now (an answer may still come): opened again later. */
+        PQfinish(r->conn);
+        r->conn = NULL;
+        r->next_connect_ms = outboxd_now_ms() + RETENTION_RETRY_MS;
+        return false;
+    } else if (!ok) {
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
         retention_warn(r, what, msg ? msg : PQerrorMessage(r->conn));
     } else if (PQntuples(res) == 0) {
@@ -229,7 +242,7 @@ static void free_own(outboxd_retention_t *r)
     free(r);
 }
 
-outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src)
+outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src, int timeout_ms)
 {
     if (!src->retention_slot)
         return NULL;
@@ -254,7 +267,8 @@ outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src)
         free_own(r);
         return NULL;
     }
-    atomic_init(&r->stop, false);
+    atomic_init(&r->stop, 0);
+    r->timeout_ms = timeout_ms;
     pthread_mutex_init(&r->lock, NULL);
     int e = pthread_create(&r->thread, NULL, retention_run, r);
     if (e) {
@@ -272,7 +286,7 @@ void outboxd_retention_destroy(outboxd_retention_t *r)
 {
     if (!r)
         return;
-    atomic_store(&r->stop, true);
+    atomic_store(&r->stop, 1);
     if (r->started)
         pthread_join(r->thread, NULL);
     if (r->conn)

@@ -262,7 +262,7 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     atomic_init(&s->applied_gen, 0);
     pthread_mutex_init(&s->reload_mu, NULL);
     s->dec = outboxd_pgo_decoder_new();
-    s->retention = outboxd_retention_new(src);
+    s->retention = outboxd_retention_new(src, conf->wal_receiver_timeout_ms);
     s->batch_pos = calloc((size_t)conf->max_batch_events + 1, sizeof(*s->batch_pos));
     if (!s->dec || !s->batch_pos) {
         outboxd_pgo_decoder_destroy(s->dec);

@@ -15,6 +15,7 @@
 #     while it is silent stops the relay at once (the thread is joined at
 #     exit: without the stop it would wait for good).
 #  3. outboxd status: reports the database as not answering, after 3 s.
+#  4. the retention slot's thread (replay_window): as the heartbeat.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -104,5 +105,60 @@ grep -q "database: *query failed: no answer from PostgreSQL" "$WORK/status.txt" 
     fail "status did not report the silent database (exit $rc): $(cat "$WORK/status.txt")"
 [ "$rc" != 0 ] || fail "status exited 0 with a database it could not query"
 log "status answered in $ms ms (exit $rc): $(grep -m1 -o 'query failed: no answer[^:]*' "$WORK/status.txt")"
+# --- 4. the retention slot (replay_window) ---------------------------------
+# Its thread's advance is given up after 3 s and done on a new connection;
+# with a 60 s limit a SIGTERM while it is silent stops the relay at once.
+retention_config() { # retention_config FILE TIMEOUT_MS
+    write_config "$1" "$DB"
+    dsn_via_proxy "$1"
+    sed -i "s/^relay:\$/relay:\n  wal_receiver_timeout_ms: $2\n  replay_window: 1s/" "$1"
+    grep -q "replay_window: 1s" "$1" || fail "config edit failed"
+}
+advance="SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance"
+start_silence_proxy rtproxy "$advance" 1
+retention_config "$WORK/rt.yaml" 3000
+prepare_sources "$WORK/rt.yaml"
+psql_db "$DB" -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = '${SLOT}_keep'" | grep -q 1 ||
+    fail "outboxd check did not create the retention slot ${SLOT}_keep"
+: >"$WORK/relay.log"
+start_relay "$WORK/rt.yaml"
+relay=$RELAY_PID
+wait_streaming "$WORK/relay.log" 1 60
+# P: past where the retention slot was made (a copy of the live slot).
+psql_db "$DB" -c "SELECT write_events('$DB', 'rt', 1)" >/dev/null
+P=$(psql_db "$DB" -c "SELECT pg_current_wal_lsn()")
+ok=f
+for i in $(seq 1 400); do
+    # confirmations keep coming, so the window has positions to age
+    [ $((i % 10)) -eq 1 ] && psql_db "$DB" -c "SELECT write_events('$DB', 'rt', 1)" >/dev/null
+    ok=$(psql_db "$DB" -c "SELECT coalesce(confirmed_flush_lsn >= '$P', false) FROM pg_replication_slots WHERE slot_name = '${SLOT}_keep'")
+    [ "$ok" = t ] && break
+    sleep 0.1
+done
+grep -q "silenced" "$WORK/rtproxy.log" || fail "no advance reached the proxy"
+grep -q "retention slot ${SLOT}_keep: advancing failed: no answer from PostgreSQL" "$WORK/relay.log" ||
+    fail "the silent advance was not given up: $(grep -m3 retention "$WORK/relay.log")"
+[ "$ok" = t ] || fail "the retention slot did not advance past $P within 40 s after the silent advance"
+log "retention slot advanced past $P after: $(grep -m1 -o 'advancing failed: no answer[^(]*' "$WORK/relay.log")"
+stop_relay_ok "$relay"
+
+start_silence_proxy rtproxy2 "$advance" 1
+retention_config "$WORK/rt2.yaml" 60000
+: >"$WORK/relay.log"
+start_relay "$WORK/rt2.yaml"
+relay=$RELAY_PID
+wait_streaming "$WORK/relay.log" 1 60
+for i in $(seq 1 300); do
+    [ $((i % 10)) -eq 1 ] && psql_db "$DB" -c "SELECT write_events('$DB', 'rt2', 1)" >/dev/null
+    grep -q "silenced" "$WORK/rtproxy2.log" && break
+    sleep 0.1
+done
+grep -q "silenced" "$WORK/rtproxy2.log" || fail "no advance reached the proxy"
+t0=$(date +%s%N)
+stop_relay_ok "$relay"
+ms=$((($(date +%s%N) - t0) / 1000000))
+log "stopped in $ms ms while the retention slot's advance was silent"
+[ "$ms" -lt 10000 ] || fail "the stop took $ms ms: the retention thread waited on the silent connection"
+drop_source "$DB" "${SLOT}_keep"
 drop_source "$DB" "$SLOT"
 log "PASS"

@@ -70,9 +70,10 @@ typedef struct outboxd_retention outboxd_retention_t;
 
 /* NULL when src has no replay_window (or on OOM, then replay is unavailable
  * and said so in the log). Starts a thread of its own that advances the
- * retention slot on its own normal connection. What it needs of src is
- * copied: a configuration reload may free src. */
-outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src);
+ * retention slot on its own normal connection; each query is given up after
+ * timeout_ms (relay.wal_receiver_timeout_ms; 0: no limit) or at destroy.
+ * What it needs of src is copied: a configuration reload may free src. */
+outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src, int timeout_ms);
 /* Stops and joins the thread. Accepts NULL. */
 void outboxd_retention_destroy(outboxd_retention_t *r);
 
