@@ -331,11 +331,18 @@ static void list_sources(const outboxd_config_t *conf, char *out, size_t size)
 }
 
 /* One-row, one-column query; the value is copied into out. 1 found, 0 no
- * row, -1 error (errstr). */
-static int query_value(PGconn *pg, const char *sql, int nparams, const char *const *params,
-                       char *out, size_t out_size, char *errstr, size_t errstr_size)
+ * row, -1 error (errstr). Given up after timeout_ms (0: no limit, for a
+ * query whose work grows with the range) or at a stop, so a silent server
+ * cannot hold a replay or --start-lsn for good. */
+static int query_value(PGconn *pg, int timeout_ms, atomic_int *stop, const char *sql, int nparams,
+                       const char *const *params, char *out, size_t out_size, char *errstr,
+                       size_t errstr_size)
 {
-    PGresult *res = PQexecParams(pg, sql, nparams, NULL, params, NULL, NULL, 0);
+    static const char *const no_params[1] = {NULL};
+    PGresult *res = outboxd_pg_exec_bounded(pg, sql, nparams, params ? params : no_params, NULL,
+                                            timeout_ms, stop, errstr, errstr_size);
+    if (!res)
+        return -1;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
         snprintf(errstr, errstr_size, "%s", msg ? msg : PQerrorMessage(pg));
@@ -825,7 +832,8 @@ static void drop_copy(replay_t *rp)
     const char *params[1] = {rp->rslot};
     char err[512], v[8];
     for (int i = 0; i < 50; i++) {
-        int rc = query_value(rp->pg,
+        /* No stop: it runs after one, to clean up. */
+        int rc = query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, NULL,
                              "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM "
                              "pg_catalog.pg_replication_slots WHERE slot_name = $1",
                              1, params, v, sizeof(v), err, sizeof(err));
@@ -877,7 +885,7 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
         return 1;
     }
     const char *p1[1] = {src->retention_slot};
-    int rc = query_value(rp->pg,
+    int rc = query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                          "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots "
                          "WHERE slot_name = $1",
                          1, p1, w, sizeof(w), err, sizeof(err));
@@ -906,8 +914,9 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
                  src->name, f, w, src->retention_slot, win, w, w);
         return 2;
     }
-    if (query_value(rp->pg, "SELECT pg_catalog.pg_current_wal_lsn()::text", 0, NULL, cur,
-                    sizeof(cur), err, sizeof(err)) <= 0) {
+    if (query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+                    "SELECT pg_catalog.pg_current_wal_lsn()::text", 0, NULL, cur, sizeof(cur), err,
+                    sizeof(err)) <= 0) {
         snprintf(errstr, errstr_size, "source %s: %s", src->name, err);
         return 1;
     }
@@ -950,7 +959,7 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
     /* A replay just killed: its walsender notices the closed socket within
      * moments; wait for that (bounded) rather than call it a running one. */
     for (int i = 0; i < 100; i++) {
-        rc = query_value(rp->pg,
+        rc = query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                          "SELECT coalesce(active_pid::text, '0') FROM "
                          "pg_catalog.pg_replication_slots WHERE slot_name = $1",
                          1, p2, pid, sizeof(pid), err, sizeof(err));
@@ -982,7 +991,7 @@ static int replay_copy(replay_t *rp, outboxd_lsn_t at, char *errstr, size_t errs
 {
     char err[512], v[OUTBOXD_LSN_STRLEN + 8], a[OUTBOXD_LSN_STRLEN];
     const char *p[2] = {rp->src->retention_slot, rp->rslot};
-    if (query_value(rp->pg,
+    if (query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                     "SELECT lsn::text FROM pg_catalog.pg_copy_logical_replication_slot($1, $2)", 2,
                     p, v, sizeof(v), err, sizeof(err)) < 0) {
         snprintf(errstr, errstr_size, "source %s: copying retention slot %s: %s", rp->src->name,
@@ -993,7 +1002,7 @@ static int replay_copy(replay_t *rp, outboxd_lsn_t at, char *errstr, size_t errs
     /* The relay may have advanced the retention slot since it was looked
      * at: the copy is the truth. */
     const char *p1[1] = {rp->rslot};
-    if (query_value(rp->pg,
+    if (query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                     "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE "
                     "slot_name = $1",
                     1, p1, v, sizeof(v), err, sizeof(err)) <= 0) {
@@ -1014,7 +1023,8 @@ static int replay_copy(replay_t *rp, outboxd_lsn_t at, char *errstr, size_t errs
     }
     outboxd_lsn_format(at, a);
     const char *p3[2] = {rp->rslot, a};
-    if (query_value(rp->pg,
+    /* Decodes up to at: no time limit, a stop ends it. */
+    if (query_value(rp->pg, 0, rp->stop,
                     "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, "
                     "$2::pg_lsn)",
                     2, p3, v, sizeof(v), err, sizeof(err)) < 0) {
@@ -1183,17 +1193,21 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
     outboxd_repl_t *repl = NULL;
     outboxd_sink_t *sink = NULL;
     const char *p1[1] = {src->slot};
-    PGresult *res = PQexecParams(pg,
-                                 "SELECT coalesce(active_pid, 0)::text, "
-                                 "coalesce(confirmed_flush_lsn::text, ''), "
-                                 "pg_catalog.pg_current_wal_lsn()::text "
-                                 "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-                                 1, NULL, p1, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+    PGresult *res = outboxd_pg_query_bounded(
+        pg,
+        "SELECT coalesce(active_pid, 0)::text, coalesce(confirmed_flush_lsn::text, ''), "
+        "pg_catalog.pg_current_wal_lsn()::text "
+        "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+        1, p1, NULL, conf->wal_receiver_timeout_ms, stop, err, sizeof(err));
+    if (!res) {
+        snprintf(errstr, errstr_size, "--start-lsn %s=%s: reading slot %s: %s", src->name, l,
+                 src->slot, err);
+        goto out;
+    }
+    if (PQntuples(res) != 1) {
         snprintf(errstr, errstr_size,
-                 "--start-lsn %s=%s: slot %s %s; run `outboxd check -c FILE` first", src->name, l,
-                 src->slot,
-                 PQresultStatus(res) == PGRES_TUPLES_OK ? "does not exist" : PQerrorMessage(pg));
+                 "--start-lsn %s=%s: slot %s does not exist; run `outboxd check -c FILE` first",
+                 src->name, l, src->slot);
         goto out;
     }
     char slot_pos[OUTBOXD_LSN_STRLEN + 8], wal[OUTBOXD_LSN_STRLEN + 8];
@@ -1249,19 +1263,26 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
     /* What is skipped: the publication's transactions committed before lsn
      * that the slot still holds (upto_lsn: those committing before it). */
     const char *p2[3] = {src->slot, l, src->publication};
-    PGresult *peek =
-        PQexecParams(pg,
-                     "SELECT count(*) FILTER (WHERE get_byte(data, 0) = 66), "
-                     "count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68, 84, 77)) "
-                     "FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, NULL, "
-                     "'proto_version', '1', 'publication_names', $3)",
-                     3, NULL, p2, NULL, NULL, 0);
+    /* Decodes the whole range: no time limit, a stop ends it. */
+    PGresult *peek = outboxd_pg_query_bounded(
+        pg,
+        "SELECT count(*) FILTER (WHERE get_byte(data, 0) = 66), "
+        "count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68, 84, 77)) "
+        "FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, NULL, "
+        "'proto_version', '1', 'publication_names', $3)",
+        3, p2, NULL, 0, stop, err, sizeof(err));
     char txns[32] = "?", changes[32] = "?";
-    if (PQresultStatus(peek) == PGRES_TUPLES_OK && PQntuples(peek) == 1) {
+    if (peek && PQntuples(peek) == 1) {
         snprintf(txns, sizeof(txns), "%s", PQgetvalue(peek, 0, 0));
         snprintf(changes, sizeof(changes), "%s", PQgetvalue(peek, 0, 1));
-    } else {
-        LOG_WARN(src->name, "--start-lsn: could not count what is skipped: %s", PQerrorMessage(pg));
+    } else if (!peek) {
+        /* A stop, or the connection is gone: the checkpoint below is the
+         * skip; go on only when the server still answers. */
+        if (PQstatus(pg) != CONNECTION_OK || (stop && atomic_load(stop))) {
+            snprintf(errstr, errstr_size, "--start-lsn %s=%s: %s", src->name, l, err);
+            goto out;
+        }
+        LOG_WARN(src->name, "--start-lsn: could not count what is skipped: %s", err);
     }
     PQclear(peek);
     LOG_WARN(src->name,
@@ -1291,7 +1312,7 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
     repl = NULL;
     const char *p3[2] = {src->slot, l};
     char v[OUTBOXD_LSN_STRLEN + 8];
-    if (query_value(pg,
+    if (query_value(pg, 0, stop,
                     "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, "
                     "$2::pg_lsn)",
                     2, p3, v, sizeof(v), err, sizeof(err)) < 0) {

@@ -37,8 +37,11 @@ extra_cleanup() { [ -z "$FROZEN" ] || kill -CONT "$FROZEN" 2>/dev/null || true; 
     >"$WORK/replay1.out" 2>"$WORK/relay-replay1.log" &
 rpid=$!
 BG_PIDS+=("$rpid")
+# The walsender, not the normal backend that advances the new copy first
+# (the slot shows active under it too; frozen there, the replay waits in a
+# query with no time limit: see replay_copy).
 for _ in $(seq 1 600); do
-    FROZEN=$(psql_db "$DB" -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '${SLOT}_replay' AND active")
+    FROZEN=$(psql_db "$DB" -c "SELECT s.active_pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = '${SLOT}_replay' AND s.active")
     [ -n "$FROZEN" ] && break
     kill -0 "$rpid" 2>/dev/null || fail "the replay ended before it could be frozen: $(cat "$WORK/relay-replay1.log")"
     sleep 0.05
