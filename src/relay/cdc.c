@@ -29,6 +29,7 @@
 #include "outboxd/common/registry.h"
 #include "outboxd/relay/encoder.h"
 #include "outboxd/relay/pgconn.h"
+#include "outboxd/relay/pgsetup.h"
 
 #define UNAVAILABLE     "__debezium_unavailable_value"
 #define UNAVAILABLE_LEN (sizeof(UNAVAILABLE) - 1)
@@ -93,7 +94,8 @@ struct outboxd_cdc {
     char *database;
     outboxd_encoder_t *enc; /* registry client and Avro dead letters */
     outboxd_registry_t *reg;
-    PGconn *cat; /* catalog look-ups; opened on first need */
+    PGconn *cat;      /* catalog look-ups; opened on first need */
+    atomic_int *stop; /* the source's: cuts a look-up short */
     rel_entry_t *rels;
     size_t n_rels;
     type_entry_t *types;
@@ -1396,12 +1398,13 @@ static PGresult *cat_query(outboxd_cdc_t *c, const char *sql, uint32_t oid, char
     char o[16];
     snprintf(o, sizeof(o), "%u", oid);
     const char *params[1] = {o};
-    /* Bounded: it runs in the source's loop, which a silent server (frozen,
-     * a half-open path) would otherwise hold for good; failing, the source
-     * rewinds and reconnects. */
-    PGresult *r =
-        outboxd_pg_query_bounded(c->cat, sql, 1, params, "cdc: catalog query failed",
-                                 c->conf->wal_receiver_timeout_ms, NULL, errstr, errstr_size);
+    /* Bounded as every query of the source's loop: a silent server (frozen,
+     * a half-open path) would otherwise hold the loop, and the sources
+     * sharing its thread, for good; failing, the source rewinds and
+     * reconnects. */
+    PGresult *r = outboxd_pg_query_bounded(
+        c->cat, sql, 1, params, "cdc: catalog query failed",
+        outboxd_pgsetup_loop_bound(c->conf->wal_receiver_timeout_ms), c->stop, errstr, errstr_size);
     if (!r)
         cat_close(c);
     return r;
@@ -1687,7 +1690,8 @@ void outboxd_cdc_forget(outboxd_cdc_t *c, uint32_t oid)
 /* ---- life cycle ----------------------------------------------------------- */
 
 outboxd_cdc_t *outboxd_cdc_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                               const char *database, char *errstr, size_t errstr_size)
+                               const char *database, atomic_int *stop, char *errstr,
+                               size_t errstr_size)
 {
     outboxd_cdc_t *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -1696,6 +1700,7 @@ outboxd_cdc_t *outboxd_cdc_new(const outboxd_config_t *conf, const outboxd_sourc
     }
     c->conf = conf;
     c->src = src;
+    c->stop = stop;
     c->database = strdup(database ? database : "");
     if (!c->database) {
         snprintf(errstr, errstr_size, "out of memory");

@@ -11,6 +11,7 @@
 
 #include "outboxd/common/log.h"
 #include "outboxd/relay/pgconn.h"
+#include "outboxd/relay/pgsetup.h"
 
 typedef struct beat {
     const outboxd_source_conf_t *src;
@@ -31,9 +32,9 @@ struct outboxd_heartbeat {
 /* One thread writes every source's heartbeats: a database that accepted the
  * connection and then went silent (frozen, a half-open path) must not hold
  * the others' heartbeats, nor the shutdown that joins the thread, for good.
- * The query is given up after relay.wal_receiver_timeout_ms (as the source
- * loops' queries; 0: no limit) or at stop, and the connection reopened next
- * time. */
+ * The query is given up as the source loops' are (outboxd_pgsetup_loop_bound:
+ * relay.wal_receiver_timeout_ms, at most 10 s) or at stop, and the
+ * connection reopened next time. */
 static void beat_once(outboxd_heartbeat_t *hb, beat_t *b)
 {
     char err[512];
@@ -105,7 +106,7 @@ outboxd_heartbeat_t *outboxd_heartbeat_start(const outboxd_config_t *conf,
         return NULL;
     }
     hb->stop = stop;
-    hb->timeout_ms = conf->wal_receiver_timeout_ms;
+    hb->timeout_ms = outboxd_pgsetup_loop_bound(conf->wal_receiver_timeout_ms);
     int64_t now = outboxd_now_ms();
     for (size_t i = 0; i < conf->n_sources; i++) {
         const outboxd_source_conf_t *src = &conf->sources[i];

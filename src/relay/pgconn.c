@@ -121,6 +121,16 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
     return conn;
 }
 
+void outboxd_pg_cancel(PGconn *conn)
+{
+    PGcancel *c = conn ? PQgetCancel(conn) : NULL;
+    if (!c)
+        return;
+    char e[256];
+    (void)PQcancel(c, e, sizeof(e));
+    PQfreeCancel(c);
+}
+
 void outboxd_pg_chomp(char *msg)
 {
     size_t n = strlen(msg);

@@ -24,6 +24,7 @@
  * connecting again after its connection failed. */
 #define RETENTION_ADVANCE_MS 1000
 #define RETENTION_RETRY_MS   10000
+#define RETENTION_STEP_BYTES (128ULL << 20) /* WAL decoded by one advance at most */
 /* A replay commits its Kafka transaction at least this often. */
 #define REPLAY_COMMIT_MS 1000
 #define PROGRESS_LOG_MS  10000
@@ -199,6 +200,11 @@ static void retention_turn(outboxd_retention_t *r)
         return;
     if (!target || target <= r->advanced)
         return;
+    /* The advance decodes everything up to the target, in one query that is
+     * given up at the time limit: after a long silence the window may have
+     * moved far, so catch up by steps (one a turn). */
+    if (r->advanced && target - r->advanced > RETENTION_STEP_BYTES)
+        target = r->advanced + RETENTION_STEP_BYTES;
     char t[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(target, t);
     const char *params[2] = {r->src->retention_slot, t};
@@ -330,22 +336,34 @@ static void list_sources(const outboxd_config_t *conf, char *out, size_t size)
             (size_t)snprintf(out + used, size - used, "%s%s", i ? ", " : "", conf->sources[i].name);
 }
 
-/* One-row, one-column query; the value is copied into out. 1 found, 0 no
- * row, -1 error (errstr). Given up after timeout_ms (0: no limit, for a
+/* One-row, one-column query on *pg; the value is copied into out. 1 found,
+ * 0 no row, -1 error (errstr). Given up after timeout_ms (0: no limit, for a
  * query whose work grows with the range) or at a stop, so a silent server
- * cannot hold a replay or --start-lsn for good. */
-static int query_value(PGconn *pg, int timeout_ms, atomic_int *stop, const char *sql, int nparams,
+ * cannot hold a replay or --start-lsn for good; the connection is then
+ * closed (*pg NULL: later queries fail, cleanup reconnects), after asking
+ * the server to cancel the query when it was a stop. */
+static int query_value(PGconn **pg, int timeout_ms, atomic_int *stop, const char *sql, int nparams,
                        const char *const *params, char *out, size_t out_size, char *errstr,
                        size_t errstr_size)
 {
-    static const char *const no_params[1] = {NULL};
-    PGresult *res = outboxd_pg_exec_bounded(pg, sql, nparams, params ? params : no_params, NULL,
-                                            timeout_ms, stop, errstr, errstr_size);
-    if (!res)
+    if (!*pg) {
+        snprintf(errstr, errstr_size,
+                 "no connection to PostgreSQL (an earlier query was given up)");
         return -1;
+    }
+    static const char *const no_params[1] = {NULL};
+    PGresult *res = outboxd_pg_exec_bounded(*pg, sql, nparams, params ? params : no_params, NULL,
+                                            timeout_ms, stop, errstr, errstr_size);
+    if (!res) {
+        if (stop && atomic_load(stop))
+            outboxd_pg_cancel(*pg);
+        PQfinish(*pg);
+        *pg = NULL;
+        return -1;
+    }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-        snprintf(errstr, errstr_size, "%s", msg ? msg : PQerrorMessage(pg));
+        snprintf(errstr, errstr_size, "%s", msg ? msg : PQerrorMessage(*pg));
         PQclear(res);
         return -1;
     }
@@ -827,13 +845,20 @@ static int replay_stream(replay_t *rp, char *errstr, size_t errstr_size)
 /* Drops the replay's slot copy; the walsender may need a moment to let go. */
 static void drop_copy(replay_t *rp)
 {
-    if (!rp->pg)
-        return;
     const char *params[1] = {rp->rslot};
     char err[512], v[8];
+    if (!rp->pg) /* given up mid-query: a connection of its own */
+        rp->pg = outboxd_pg_connect(rp->src, false, err, sizeof(err));
+    if (!rp->pg) {
+        LOG_WARN(rp->rname,
+                 "could not drop replay slot %s: %s; it holds WAL until dropped: SELECT "
+                 "pg_drop_replication_slot('%s')",
+                 rp->rslot, err, rp->rslot);
+        return;
+    }
     for (int i = 0; i < 50; i++) {
         /* No stop: it runs after one, to clean up. */
-        int rc = query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, NULL,
+        int rc = query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, NULL,
                              "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM "
                              "pg_catalog.pg_replication_slots WHERE slot_name = $1",
                              1, params, v, sizeof(v), err, sizeof(err));
@@ -885,7 +910,7 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
         return 1;
     }
     const char *p1[1] = {src->retention_slot};
-    int rc = query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+    int rc = query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                          "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots "
                          "WHERE slot_name = $1",
                          1, p1, w, sizeof(w), err, sizeof(err));
@@ -914,7 +939,7 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
                  src->name, f, w, src->retention_slot, win, w, w);
         return 2;
     }
-    if (query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+    if (query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                     "SELECT pg_catalog.pg_current_wal_lsn()::text", 0, NULL, cur, sizeof(cur), err,
                     sizeof(err)) <= 0) {
         snprintf(errstr, errstr_size, "source %s: %s", src->name, err);
@@ -944,13 +969,17 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
     /* A WAL record after the end, so the walsender's position passes it
      * even on an idle server (best effort: a role without the right to
      * call it just waits for the next write). */
-    PGresult *res =
-        PQexec(rp->pg, "SELECT pg_catalog.pg_logical_emit_message(false, 'outboxd.replay', '')");
-    rp->marker = PQresultStatus(res) == PGRES_TUPLES_OK;
+    char mark[OUTBOXD_LSN_STRLEN + 8];
+    rc = query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+                     "SELECT pg_catalog.pg_logical_emit_message(false, 'outboxd.replay', '')::text",
+                     0, NULL, mark, sizeof(mark), err, sizeof(err));
+    rp->marker = rc > 0;
+    if (!rp->pg) {
+        snprintf(errstr, errstr_size, "source %s: %s", src->name, err);
+        return 1;
+    }
     if (!rp->marker)
-        LOG_DEBUG(rp->rname, "no end marker (%s): the end is taken when decoding reaches it",
-                  PQerrorMessage(rp->pg));
-    PQclear(res);
+        LOG_DEBUG(rp->rname, "no end marker (%s): the end is taken when decoding reaches it", err);
 
     /* A copy left over by a replay that crashed is dropped; one in use
      * means another replay of this source runs now. */
@@ -959,7 +988,7 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
     /* A replay just killed: its walsender notices the closed socket within
      * moments; wait for that (bounded) rather than call it a running one. */
     for (int i = 0; i < 100; i++) {
-        rc = query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+        rc = query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                          "SELECT coalesce(active_pid::text, '0') FROM "
                          "pg_catalog.pg_replication_slots WHERE slot_name = $1",
                          1, p2, pid, sizeof(pid), err, sizeof(err));
@@ -991,18 +1020,20 @@ static int replay_copy(replay_t *rp, outboxd_lsn_t at, char *errstr, size_t errs
 {
     char err[512], v[OUTBOXD_LSN_STRLEN + 8], a[OUTBOXD_LSN_STRLEN];
     const char *p[2] = {rp->src->retention_slot, rp->rslot};
-    if (query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+    /* Before: a copy query given up may still have made the copy (the drop
+     * takes a missing slot in its stride). */
+    rp->copied = true;
+    if (query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                     "SELECT lsn::text FROM pg_catalog.pg_copy_logical_replication_slot($1, $2)", 2,
                     p, v, sizeof(v), err, sizeof(err)) < 0) {
         snprintf(errstr, errstr_size, "source %s: copying retention slot %s: %s", rp->src->name,
                  rp->src->retention_slot, err);
         return 1;
     }
-    rp->copied = true;
     /* The relay may have advanced the retention slot since it was looked
      * at: the copy is the truth. */
     const char *p1[1] = {rp->rslot};
-    if (query_value(rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+    if (query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                     "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE "
                     "slot_name = $1",
                     1, p1, v, sizeof(v), err, sizeof(err)) <= 0) {
@@ -1024,7 +1055,7 @@ static int replay_copy(replay_t *rp, outboxd_lsn_t at, char *errstr, size_t errs
     outboxd_lsn_format(at, a);
     const char *p3[2] = {rp->rslot, a};
     /* Decodes up to at: no time limit, a stop ends it. */
-    if (query_value(rp->pg, 0, rp->stop,
+    if (query_value(&rp->pg, 0, rp->stop,
                     "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, "
                     "$2::pg_lsn)",
                     2, p3, v, sizeof(v), err, sizeof(err)) < 0) {
@@ -1159,7 +1190,7 @@ int outboxd_replay_run(const outboxd_config_t *conf, const outboxd_replay_args_t
     rp->repl = NULL;
     if (rc != 0 && rp->sink && outboxd_sink_in_txn(rp->sink))
         outboxd_sink_abort(rp->sink, err, sizeof(err));
-    if (rp->pg && rp->copied)
+    if (rp->copied)
         drop_copy(rp);
     if (rc == 0)
         print_report(rp, out);
@@ -1278,6 +1309,8 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
     } else if (!peek) {
         /* A stop, or the connection is gone: the checkpoint below is the
          * skip; go on only when the server still answers. */
+        if (stop && atomic_load(stop))
+            outboxd_pg_cancel(pg); /* else it decodes on, holding the slot */
         if (PQstatus(pg) != CONNECTION_OK || (stop && atomic_load(stop))) {
             snprintf(errstr, errstr_size, "--start-lsn %s=%s: %s", src->name, l, err);
             goto out;
@@ -1312,7 +1345,7 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
     repl = NULL;
     const char *p3[2] = {src->slot, l};
     char v[OUTBOXD_LSN_STRLEN + 8];
-    if (query_value(pg, 0, stop,
+    if (query_value(&pg, 0, stop,
                     "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, "
                     "$2::pg_lsn)",
                     2, p3, v, sizeof(v), err, sizeof(err)) < 0) {

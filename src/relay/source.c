@@ -1737,7 +1737,7 @@ static int apply_reload(outboxd_source_t *s)
      * table added here streams from the switch point; its initial snapshot
      * is not run (request one with the signal table). */
     if (ok && s->router && want_cdc) {
-        cd = outboxd_cdc_new(conf, src, s->ident.database, err, sizeof(err));
+        cd = outboxd_cdc_new(conf, src, s->ident.database, s->stop, err, sizeof(err));
         ok = cd != NULL;
     }
     if (ok && new_sink && s->pool && kafka_conf_differs(s->sink_conf, conf))
@@ -2029,7 +2029,7 @@ static int connect_source(outboxd_source_t *s)
     for (size_t i = 0; i < s->src->n_tables; i++)
         any_cdc = any_cdc || s->src->tables[i].mode == OUTBOXD_MODE_CDC;
     if (any_cdc && !s->cdc) {
-        s->cdc = outboxd_cdc_new(s->conf, s->src, s->ident.database, err, sizeof(err));
+        s->cdc = outboxd_cdc_new(s->conf, s->src, s->ident.database, s->stop, err, sizeof(err));
         if (!s->cdc) {
             LOG_ERROR(s->name, "%s", err);
             close_stream(s);

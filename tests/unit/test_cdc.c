@@ -221,7 +221,7 @@ static void test_json_events(void **state)
     (void)state;
     outboxd_config_t *conf = cdc_conf("        format: json\n");
     char err[512];
-    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", err, sizeof(err));
+    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", NULL, err, sizeof(err));
     assert_non_null(c);
     outboxd_pgo_datum_t row[4] = {
         {'t', "7", 1}, {'t', "12.50", 5}, {'u', NULL, 0}, {'t', "{a,NULL,\"b c\"}", 14}};
@@ -317,7 +317,7 @@ static void test_json_without_schemas(void **state)
     outboxd_config_t *conf = cdc_conf("        format: json\n        json_schemas: false\n"
                                       "        topic: orders.cdc\n        truncate_events: true\n");
     char err[512];
-    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", err, sizeof(err));
+    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", NULL, err, sizeof(err));
     assert_non_null(c);
     outboxd_cdc_source_t si = {.lsn = 1, .commit_lsn = 2, .xid = 3, .commit_time_us = 4};
     captured_t cap = {0};
@@ -342,7 +342,7 @@ static void test_avro_schemas(void **state)
     (void)state;
     outboxd_config_t *conf = cdc_conf("");
     char err[512];
-    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", err, sizeof(err));
+    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", NULL, err, sizeof(err));
     assert_non_null(c);
     outboxd_pgo_datum_t row[4] = {
         {'t', "7", 1}, {'t', "12.50", 5}, {'t', "hi", 2}, {'t', "{a}", 3}};
@@ -419,7 +419,7 @@ static void test_filters_and_masks(void **state)
                                       "        mask_hash: [tags]\n"
                                       "        mask_null: [amount, nosuch]\n");
     char err[512];
-    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", err, sizeof(err));
+    outboxd_cdc_t *c = outboxd_cdc_new(conf, &conf->sources[0], "shopdb", NULL, err, sizeof(err));
     assert_non_null(c);
     outboxd_pgo_datum_t row[4] = {
         {'t', "7", 1}, {'t', "12.50", 5}, {'t', "secret note", 11}, {'t', "abc", 3}};

@@ -33,6 +33,7 @@
 #ifndef OUTBOXD_CDC_H
 #define OUTBOXD_CDC_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -70,9 +71,11 @@ typedef int (*outboxd_cdc_emit_cb)(void *opaque, const outboxd_record_t *rec, bo
 #define OUTBOXD_CDC_RETRY (-1000)
 
 /* conf and src must outlive the instance; database is copied (source.db).
- * Fails (NULL + errstr) on a configuration it cannot serve. */
+ * stop (may be NULL) cuts a catalog look-up short. Fails (NULL + errstr) on
+ * a configuration it cannot serve. */
 outboxd_cdc_t *outboxd_cdc_new(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
-                               const char *database, char *errstr, size_t errstr_size);
+                               const char *database, atomic_int *stop, char *errstr,
+                               size_t errstr_size);
 void outboxd_cdc_destroy(outboxd_cdc_t *c);
 
 /* The configured cdc table for a relation, or NULL when the relation is

@@ -28,6 +28,13 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
  * error on conn into errstr, without the newline libpq ends it with. */
 void outboxd_pg_error(PGconn *conn, const char *what, char *errstr, size_t errstr_size);
 
+/* Asks the server to cancel what conn runs (best effort: a query abandoned
+ * by outboxd_pg_exec_bounded at a stop would otherwise run on, holding a
+ * slot active, until it tries to answer). Blocks while it connects to the
+ * server: for a stop, when the server is presumed to answer, not for a
+ * silent one. */
+void outboxd_pg_cancel(PGconn *conn);
+
 /* Drops trailing newlines and spaces from a libpq message. */
 void outboxd_pg_chomp(char *msg);
 
