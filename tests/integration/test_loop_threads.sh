@@ -34,7 +34,7 @@ prepare_sources "$WORK/outboxd.yaml"
 threads_named() {
     local least=-1 n
     for _ in $(seq 1 10); do
-        n=$(grep -lx "$2" /proc/"$1"/task/*/comm 2>/dev/null | wc -l)
+        n=$(grep -lx "$2" /proc/"$1"/task/*/comm 2>/dev/null | wc -l || true)
         [ "$least" -lt 0 ] || [ "$n" -lt "$least" ] && least=$n
         sleep 0.1
     done
