@@ -11,7 +11,15 @@ DB=ckref_$RUN_ID
 create_outbox_db "$DB"
 write_config "$WORK/outboxd.yaml" "$DB"
 prepare_sources "$WORK/outboxd.yaml"
-"$STACK_SH" topic-create "$RUN_ID.checkpoints" 1 cleanup.policy=compact max.message.bytes=64 >&2
+# 96 bytes: below any checkpoint record batch (61 bytes of batch header, the
+# source name as key, the JSON value), but not below the 78 bytes of a
+# transaction marker. With a smaller limit the broker cannot write the abort
+# marker for the relay's transaction (RecordTooLargeException), and Kafka 3.9
+# then keeps that transaction in PrepareAbort for good; after a broker
+# restart its marker is retried, throws in the coordinator's marker handler
+# and strands every other transaction sent in the same WriteTxnMarkers
+# request (test_broker_restart hung that way on this shared broker).
+"$STACK_SH" topic-create "$RUN_ID.checkpoints" 1 cleanup.policy=compact max.message.bytes=96 >&2
 
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
@@ -32,5 +40,11 @@ grep -q "ERROR .*Kafka refused the checkpoint record for $RUN_ID.checkpoints: .*
     fail "no clear error about the checkpoint topic"
 n_rewinds=$(grep -c "rewinding to checkpoint" "$WORK/relay.log" || true)
 [ "$n_rewinds" -le 1 ] || fail "$n_rewinds rewinds: the refused checkpoint record was retried"
+# Nothing left stuck on the shared broker: the abort's markers were written
+# (the coordinator logs a marker it cannot write as a fatal error).
+sleep 2
+if grep -q "while sending txn marker for outboxd-$RUN_ID\." "$STACK_DIR/kafka.log"; then
+    fail "the broker could not write the transaction marker: $(grep -m1 "while sending txn marker for outboxd-$RUN_ID\." "$STACK_DIR/kafka.log")"
+fi
 drop_source "$DB" "${DB}_${RUN_ID}"
 log "PASS"
