@@ -24,6 +24,63 @@
  * (keeping the replication connection alive in between). */
 #define TXN_CALL_TIMEOUT_MS 10000
 #define MAX_PRODUCERS       4
+/* A producer's first metadata request for a topic (warm_producer). */
+#define WARM_TIMEOUT_MS 2000
+
+/* A small set of topic names (linear: a relay writes to a handful). */
+typedef struct topic_set {
+    char **names;
+    size_t n, cap;
+} topic_set_t;
+
+static bool set_has(const topic_set_t *t, const char *name)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->names[i], name) == 0)
+            return true;
+    return false;
+}
+
+static void set_add(topic_set_t *t, const char *name)
+{
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 16;
+        char **k = realloc(t->names, cap * sizeof(*k));
+        if (!k)
+            return; /* only a cache: asked again next time */
+        t->names = k;
+        t->cap = cap;
+    }
+    char *dup = strdup(name);
+    if (dup)
+        t->names[t->n++] = dup;
+}
+
+static void set_remove(topic_set_t *t, const char *name)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        if (strcmp(t->names[i], name) == 0) {
+            free(t->names[i]);
+            t->names[i] = t->names[--t->n];
+            return;
+        }
+    }
+}
+
+static void set_clear(topic_set_t *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->names[i]);
+    t->n = 0;
+}
+
+static void set_free(topic_set_t *t)
+{
+    set_clear(t);
+    free(t->names);
+    t->names = NULL;
+    t->cap = 0;
+}
 
 /*
  * Why several producers: right after EndTxn the broker's transaction
@@ -72,9 +129,11 @@ struct outboxd_sink {
     /* Topics seen to exist (names), so that only a new name costs a
      * metadata request; missing_topic is one a delivery failed for as
      * unknown (deleted while in use). */
-    char **known;
-    size_t n_known, cap_known;
+    topic_set_t known;
     char missing_topic[256];
+    /* Per producer of rks[] (a pool holder: rks[0]), the topics it has
+     * metadata for (see warm_producer). */
+    topic_set_t warm[MAX_PRODUCERS];
     /* A fatal producer-state error another producer can recover from (see
      * recoverable_fatal): the producers are recreated at the API boundary. */
     bool reset_needed;
@@ -225,13 +284,7 @@ static bool unknown_topic(rd_kafka_resp_err_t err)
 
 static void forget_topic(outboxd_sink_t *s, const char *topic)
 {
-    for (size_t i = 0; i < s->n_known; i++) {
-        if (strcmp(s->known[i], topic) == 0) {
-            free(s->known[i]);
-            s->known[i] = s->known[--s->n_known];
-            return;
-        }
-    }
+    set_remove(&s->known, topic);
 }
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -532,9 +585,9 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
             rd_kafka_destroy(s->fence_rks[i]);
     outboxd_buf_free(&s->ckbuf);
     outboxd_ckstore_destroy(s->ckstore);
-    for (size_t i = 0; i < s->n_known; i++)
-        free(s->known[i]);
-    free(s->known);
+    set_free(&s->known);
+    for (int i = 0; i < MAX_PRODUCERS; i++)
+        set_free(&s->warm[i]);
     free(s);
 }
 
@@ -915,9 +968,9 @@ static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_siz
         rd_kafka_destroy(s->rks[i]);
         s->rks[i] = NULL;
     }
-    for (size_t i = 0; i < s->n_known; i++)
-        free(s->known[i]);
-    s->n_known = 0;
+    set_clear(&s->known);
+    for (int i = 0; i < MAX_PRODUCERS; i++)
+        set_clear(&s->warm[i]); /* new producers know no topic */
     s->in_txn = false;
     s->initialized = false;
     memset(s->rk_ready, 0, sizeof(s->rk_ready));
@@ -1097,25 +1150,49 @@ static outboxd_sink_status_t begin(outboxd_sink_t *s, char *errstr, size_t errst
 
 static bool is_known(const outboxd_sink_t *s, const char *topic)
 {
-    for (size_t i = 0; i < s->n_known; i++)
-        if (strcmp(s->known[i], topic) == 0)
-            return true;
-    return false;
+    return set_has(&s->known, topic);
 }
 
 static void remember_topic(outboxd_sink_t *s, const char *topic)
 {
-    if (s->n_known == s->cap_known) {
-        size_t cap = s->cap_known ? s->cap_known * 2 : 16;
-        char **k = realloc(s->known, cap * sizeof(*k));
-        if (!k)
-            return; /* only a cache: asked again next time */
-        s->known = k;
-        s->cap_known = cap;
+    set_add(&s->known, topic);
+}
+
+/* The warm set of the producer in hand (own: the ring's current one; pool:
+ * the borrowed slot's, kept by its holder). */
+static topic_set_t *warm_set(outboxd_sink_t *s)
+{
+    if (s->slot)
+        return &s->slot->holder->warm[0];
+    if (!s->pool && s->cur >= 0 && s->cur < MAX_PRODUCERS && s->rk == s->rks[s->cur])
+        return &s->warm[s->cur];
+    return NULL;
+}
+
+/*
+ * librdkafka 2.0 fetches the metadata of a topic a producer has not used
+ * before only at its next topic scan, once a second: the first record to
+ * it (and the commit waiting for that record) waited up to 1 s. Every
+ * producer of the ring and every pool producer pays that once per topic,
+ * the checkpoint topic included: measured in a 200,000-event drain as one
+ * 600 ms to 1 s commit per run with two producers (bench/README.md). So
+ * before a producer's first record to a topic, its metadata is asked for
+ * at once (one round trip). Whatever the answer, the topic is not asked
+ * for again on this producer: the produce path handles a missing topic.
+ */
+static void warm_producer(outboxd_sink_t *s, const char *topic)
+{
+    topic_set_t *w = warm_set(s);
+    if (!w || set_has(w, topic))
+        return;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(s->rk, topic, NULL);
+    if (t) {
+        const rd_kafka_metadata_t *md = NULL;
+        if (rd_kafka_metadata(s->rk, 0, t, &md, WARM_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+            rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(t);
     }
-    char *dup = strdup(topic);
-    if (dup)
-        s->known[s->n_known++] = dup;
+    set_add(w, topic);
 }
 
 typedef enum { TOPIC_EXISTS, TOPIC_MISSING, TOPIC_UNSURE } topic_state_t;
@@ -1138,6 +1215,9 @@ static topic_state_t topic_state(outboxd_sink_t *s, const char *topic)
         rd_kafka_resp_err_t terr = md->topics[0].err;
         if (terr == RD_KAFKA_RESP_ERR_NO_ERROR || terr == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
             st = TOPIC_EXISTS;
+        topic_set_t *w = terr == RD_KAFKA_RESP_ERR_NO_ERROR ? warm_set(s) : NULL;
+        if (w && !set_has(w, topic))
+            set_add(w, topic); /* this producer has its partitions now */
         else if (unknown_topic(terr))
             st = TOPIC_MISSING;
     }
@@ -1293,6 +1373,7 @@ static outboxd_sink_status_t produce_raw(outboxd_sink_t *s, const char *topic, c
         if (st != OUTBOXD_SINK_OK)
             return st;
     }
+    warm_producer(s, topic);
     for (;;) {
         rd_kafka_headers_t *h = NULL;
         if (n_hdrs) {
@@ -1633,6 +1714,7 @@ static int replace_slot_producer(outboxd_sink_t *s, char *errstr, size_t errstr_
         rd_kafka_destroy(h->rk);
     }
     h->rk = h->rks[0] = NULL;
+    set_clear(&h->warm[0]); /* the new producer knows no topic */
     sl->ready = false;
     sl->broken = true;
     s->rk = NULL;

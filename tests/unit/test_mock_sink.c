@@ -464,6 +464,60 @@ static outboxd_config_t *conf_with_producers(const fixture_t *f, int n)
 }
 
 /*
+ * Every producer's first record to a topic went out only after librdkafka's
+ * next topic scan (once a second), so with two producers taking turns each
+ * new topic cost the second one up to 1 s (sink.c, warm_producer). Here 15
+ * topics each get one transaction on either producer of the ring: without
+ * the warm-up the second producer's 15 waits add up to about 7.5 s (under
+ * 4 s with a chance of about 1 in 50,000); with it, the 30 transactions
+ * take a few hundred ms. Mock cluster only: a real broker's commit times
+ * under load would make the bound noisy.
+ */
+static void test_new_topic_does_not_wait_for_metadata_scan(void **state)
+{
+    fixture_t *f = *state;
+    if (!f->mc)
+        skip();
+    enum { TOPICS = 15 };
+    char names[TOPICS][96];
+    for (int i = 0; i < TOPICS; i++) {
+        snprintf(names[i], sizeof(names[i]), "%s-new%d", f->events_topic, i);
+        rd_kafka_mock_topic_create(f->mc, names[i], 3, 1);
+    }
+    outboxd_config_t *c = conf_with_producers(f, 2);
+    char err[512];
+    outboxd_sink_t *s =
+        outboxd_sink_new(c, &c->sources[0], NULL, NULL, &stop_flag, err, sizeof(err));
+    assert_non_null(s);
+    outboxd_checkpoint_t ck;
+    if (outboxd_sink_init(s, &ck, err, sizeof(err)) != OUTBOXD_SINK_OK)
+        fail_msg("init: %s", err);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    outboxd_lsn_t lsn = 0x100;
+    for (int i = 0; i < TOPICS; i++) {
+        for (int turn = 0; turn < 2; turn++) { /* the ring's two producers */
+            events_topic = names[i];
+            if (produce_n(s, 1, err, sizeof(err)) != OUTBOXD_SINK_OK)
+                fail_msg("produce to %s: %s", names[i], err);
+            outboxd_checkpoint_t ci = ck_at(lsn, lsn + 0x10, -1);
+            lsn += 0x100;
+            if (outboxd_sink_commit(s, &ci, err, sizeof(err)) != OUTBOXD_SINK_OK)
+                fail_msg("commit: %s", err);
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    print_message("%d transactions on %d new topics: %ld ms\n", 2 * TOPICS, TOPICS, ms);
+    if (ms >= 4000)
+        fail_msg("%d transactions on %d new topics took %ld ms: a producer waited for its "
+                 "metadata scan",
+                 2 * TOPICS, TOPICS, ms);
+    outboxd_sink_destroy(s);
+    outboxd_config_destroy(c);
+}
+
+/*
  * An older instance ran with more producers than the newer one uses and left
  * a transaction open on its fourth id. The newer instance's init fences the
  * ids above its ring too (all at once with its own producers), so the old
@@ -715,6 +769,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_checkpoint_behind_open_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fences_ids_above_the_ring, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_shares_producers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_topic_does_not_wait_for_metadata_scan, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
