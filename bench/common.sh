@@ -64,8 +64,12 @@ bench_config() {
             "relay:" \
             "  checkpoint_topic: bench.checkpoints" \
             "  dead_letter_topic: bench.dlt" \
-            "  log_level: ${BENCH_LOG_LEVEL:-info}" \
-            "  producers_per_source: ${BENCH_PRODUCERS:-2}"
+            "  log_level: ${BENCH_LOG_LEVEL:-info}"
+        # A variant's relay.producers_per_source=N (BENCH_RELAY_KEYS) wins.
+        case " ${BENCH_RELAY_KEYS:-} " in
+        *" producers_per_source="*) ;;
+        *) printf '  producers_per_source: %s\n' "${BENCH_PRODUCERS:-2}" ;;
+        esac
         local kv
         for kv in ${BENCH_RELAY_KEYS:-}; do printf '  %s: %s\n' "${kv%%=*}" "${kv#*=}"; done
         printf '%s\n' \
@@ -87,3 +91,17 @@ slot_done() {
 
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 now_ms() { date +%s%3N; }
+
+# The Kafka-side references (tests/tools/kafka_ceiling) take transactions in
+# turn over as many producers as the relay's ring: "ring" for two or more
+# (the default, relay.producers_per_source 2), "one" for one.
+# BENCH_CEILING_MODE overrides (one, ring, overlap, unsafe).
+ceiling_mode() {
+    if [ -n "${BENCH_CEILING_MODE:-}" ]; then
+        echo "$BENCH_CEILING_MODE"
+    elif [ "${BENCH_PRODUCERS:-2}" -ge 2 ]; then
+        echo ring
+    else
+        echo one
+    fi
+}

@@ -92,8 +92,9 @@ wait "$relay" || true
 written=$(q -c "SELECT count(*) FROM outbox")
 hz=$(getconf CLK_TCK)
 
-# The broker's share, same broker, same rate, right after: one transactional
-# librdkafka producer (tests/tools/kafka_ceiling) writes the relay's own
+# The broker's share, same broker, same rate, right after: transactional
+# librdkafka producers (tests/tools/kafka_ceiling; as many as the relay's
+# ring, see ceiling_mode in common.sh) write the relay's own
 # record at RATE/s, committing as soon as records are in hand as the relay
 # does, with no PostgreSQL and no relay; each record stamped with the moment
 # it came due, a read_committed consumer with the same settings measures
@@ -121,7 +122,7 @@ if [ "${BENCH_CEILING:-1}" != 0 ]; then
         floor_load=" beside the same PostgreSQL load (pgbench at $RATE/s, pg_recvlogical decoding it)"
     fi
     cb0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
-    KAFKA_CEILING_RATE=$RATE "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" ceil.lat \
+    KAFKA_CEILING_MODE=$(ceiling_mode) KAFKA_CEILING_RATE=$RATE "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" ceil.lat \
         $((RATE * TOTAL)) from:bench.order 5000 ${BENCH_KAFKA_PROPS:-} >"$WORK/ceiling.out" 2>&1 ||
         cat "$WORK/ceiling.out" >&2
     cb1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)

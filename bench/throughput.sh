@@ -16,9 +16,10 @@
 #   (c) the Kafka-side ceiling: BENCH_RUNS times (after outboxd's runs),
 #       tests/tools/kafka_ceiling writes N records with the relay's own event
 #       value (the first record outboxd wrote), key and headers, in
-#       transactions of the relay's mean size, through one transactional
-#       librdkafka producer with the relay's settings and no PostgreSQL:
-#       what this broker takes from one producer. outboxd / ceiling says how
+#       transactions of the relay's mean size, through transactional
+#       librdkafka producers taking turns as the relay's ring does
+#       (ceiling_mode in common.sh) with the relay's settings and no
+#       PostgreSQL: what this broker takes from them. outboxd / ceiling says how
 #       much of the gap to the decoding limit is Kafka's (BENCH_CEILING=0
 #       skips it).
 #
@@ -161,7 +162,7 @@ if [ "$CEIL" != 0 ]; then
     per_txn=$(grep -o 'published [0-9]* events, [0-9]* dead-lettered, [0-9]* Kafka transactions' "$WORK/relay.1.log" |
         tail -n 1 | awk '{ printf "%d", ($6 > 0 ? $2 / $6 : 5000) }')
     for i in $(seq 1 "$RUNS"); do
-        line=$("$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" "ceil$i.order" "$N" from:bench1.order "$per_txn" \
+        line=$(KAFKA_CEILING_MODE=$(ceiling_mode) "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" "ceil$i.order" "$N" from:bench1.order "$per_txn" \
             ${BENCH_KAFKA_PROPS:-})
         echo "throughput: run kafka_ceiling #$i ($per_txn events per transaction): $line" >&2
         echo "ceil $(echo "$line" | sed -n 's/.* ms=\([0-9]*\) .*/\1/p')" >>"$WORK/results"
@@ -173,7 +174,7 @@ for i in $(seq 1 "$RUNS"); do
     echo "recv $ms" >>"$WORK/results"
 done
 
-awk -v n="$N" -v rows="$ROWS" -v pb="$payload_bytes" -v runs="$RUNS" '
+awk -v cmode="$(ceiling_mode)" -v n="$N" -v rows="$ROWS" -v pb="$payload_bytes" -v runs="$RUNS" '
 function sort(a, k,   i, j, t) { for (i = 2; i <= k; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t } }
 $1 == "recv" { r[++nr] = $2 }
 $1 == "ceil" { c[++nc] = $2 }
@@ -190,7 +191,7 @@ END {
     printf "throughput: ratio outboxd / decoding limit: best/best %.2f, median/median %.2f (target >= 0.80)\n", dbest / rbest, dmed / rmed;
     if (nc) {
         sort(c, nc); cbest = n / (c[1] / 1000); cmed = n / (c[int((nc + 1) / 2)] / 1000); cworst = n / (c[nc] / 1000);
-        printf "throughput: Kafka-side ceiling (one transactional librdkafka producer, the relay'"'"'s records, no PostgreSQL): best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%)\n", cbest, cmed, cworst, 100 * (cbest - cworst) / cbest;
+        printf "throughput: Kafka-side ceiling (transactional librdkafka producers, mode %s, the relay'"'"'s records, no PostgreSQL): best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%)\n", cmode, cbest, cmed, cworst, 100 * (cbest - cworst) / cbest;
         printf "throughput: ratio outboxd / Kafka-side ceiling: best/best %.2f, median/median %.2f\n", dbest / cbest, dmed / cmed;
     }
     printf "throughput: outboxd peak RSS %.1f MB; runs whose read-back count from Kafka (read_committed) differed from %d: %d\n", peak / 1024, n, bad;
