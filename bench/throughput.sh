@@ -30,9 +30,13 @@
 #                    else a payload of about that many bytes of incompressible
 #                    text (e.g. 10240 for 10 KB events)
 #   BENCH_RUNS (default 3)
-#   BENCH_WARMUP_RUNS (default 1): outboxd drains before the counted runs, on
+#   BENCH_WARMUP_RUNS (default 3): outboxd drains before the counted runs, on
 #       their own slots, printed and not counted. A broker just started (as the
-#       bench's is) runs its first drain 1.5 to 2 times slower (JIT warm-up);
+#       bench's is) runs its first drain 1.5 to 2 times slower (JIT warm-up)
+#       and keeps getting faster over the next two (2026-12-02, 10-row
+#       drains: with 1 warm-up the counted runs took 2,795, 2,238 and 1,592
+#       ms, spread 43%; with 3 the warm-ups took 3,035, 1,945 and 1,893 ms
+#       and the counted runs 1,871, 1,868 and 1,713, spread 8%);
 #       pg_recvlogical has no broker to warm, and a production broker is warm.
 # Every run's topic is created before the run (okcat --create-topics, the
 # stack's 3 partitions), so no drain pays for topic creation.
@@ -41,7 +45,7 @@ N=${1:-200000}
 ROWS=${2:-1}
 PAYLOAD=${3:-0}
 RUNS=${BENCH_RUNS:-3}
-WARM=${BENCH_WARMUP_RUNS:-1}
+WARM=${BENCH_WARMUP_RUNS:-3}
 [ "$ROWS" -ge 1 ] && [ $((N % (4 * ROWS))) -eq 0 ] || {
     echo "bench: N must be a multiple of 4 * ROWS_PER_TXN (4 writer clients)" >&2
     exit 2
