@@ -172,7 +172,7 @@ awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOT
 }'
 if [ "${BENCH_CEILING:-1}" != 0 ]; then
     grep -E "^okcat: latency" "$WORK/okcat2.out" |
-        sed "s|^okcat: latency_ms|latency: kafka-side floor (one transactional librdkafka producer at the same rate, no relay${floor_load:-, no PostgreSQL}; receipt - moment due): steady_ms|"
+        sed "s|^okcat: latency_ms|latency: kafka-side floor (transactional librdkafka producers, mode $(ceiling_mode), at the same rate, no relay${floor_load:-, no PostgreSQL}; receipt - moment due): steady_ms|"
     [ ! -s "$WORK/floor_load.txt" ] || cat "$WORK/floor_load.txt"
     sed -n 's/^kafka_ceiling: /latency: kafka-side floor: /p' "$WORK/ceiling.out"
     awk -v b=$((cb1 - cb0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN { printf "latency: kafka-side floor: broker cpu %.0f%% of one core\n", 100 * b / hz / s }'

@@ -240,6 +240,24 @@ wait_log() {
     fail "$what within $timeout s: $(tail -n 5 "$f" 2>/dev/null)"
 }
 
+# wait_exit PID TIMEOUT_S: until PID (a child of this shell) has exited,
+# then EXIT_RC is its exit status; returns 1 (EXIT_RC empty) when it still
+# runs after TIMEOUT_S. (bash reaps its children as they exit and keeps
+# their status for wait, so kill -0 fails as soon as one has ended.)
+wait_exit() {
+    local pid=$1 timeout=$2
+    EXIT_RC=""
+    for _ in $(seq 1 $((timeout * 20))); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            EXIT_RC=0
+            wait "$pid" || EXIT_RC=$?
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # start_silence_proxy NAME PREFIX TIMES: tests/tools/pg_silence_proxy.py to

@@ -24,16 +24,8 @@ prepare_sources "$WORK/outboxd.yaml"
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
 psql_db "$DB" -c "SELECT write_events('$DB', 'k-1', 2)" >/dev/null
-rc=""
-for _ in $(seq 1 1200); do
-    if ! kill -0 "$relay" 2>/dev/null; then
-        rc=0
-        wait "$relay" || rc=$?
-        break
-    fi
-    sleep 0.1
-done
-[ -n "$rc" ] || fail "relay still running 120 s after its checkpoint record was refused"
+wait_exit "$relay" 120 || fail "relay still running 120 s after its checkpoint record was refused"
+rc=$EXIT_RC
 grep "checkpoint" "$WORK/relay.log" | cut -c1-400 >&2
 [ "$rc" -eq 1 ] || fail "relay exited $rc, expected 1"
 grep -q "ERROR .*Kafka refused the checkpoint record for $RUN_ID.checkpoints: .*the checkpoint topic $RUN_ID.checkpoints is misconfigured" "$WORK/relay.log" ||

@@ -72,19 +72,10 @@ sed -i 's/^relay:$/relay:\n  kafka_producers: 1/' "$WORK/other.yaml"
 prepare_sources "$WORK/other.yaml"
 start_relay "$WORK/other.yaml" relay-other
 other=$RELAY_PID
-for _ in $(seq 1 600); do
-    grep -q "kafka pool: 1 transactional producers" "$WORK/relay-other.log" && break
-    sleep 0.2
-done
-grep -q "kafka pool: 1 transactional producers" "$WORK/relay-other.log" || fail "the other relay's pool did not start"
+wait_log "$WORK/relay-other.log" "kafka pool: 1 transactional producers" 120 "the other relay's pool did not start"
 psql_db "$DBB" -c "SELECT write_events('$DBB', 'after-fence', 1)" >/dev/null
-rc=0
-for _ in $(seq 1 900); do
-    kill -0 "$relay" 2>/dev/null || break
-    sleep 0.2
-done
-kill -0 "$relay" 2>/dev/null && fail "the fenced relay is still running 180 s after its pool id was taken"
-wait "$relay" || rc=$?
+wait_exit "$relay" 180 || fail "the fenced relay is still running 180 s after its pool id was taken"
+rc=$EXIT_RC
 [ "$rc" -ne 0 ] || fail "the fenced relay exited with status 0"
 n_err=$(grep -c "ERROR.*pool producer 'outboxd-$RUN_ID.pool.0' was fenced.*another process runs with kafka.transactional_id_prefix 'outboxd-$RUN_ID'.*give every relay process its own kafka.transactional_id_prefix" "$WORK/relay.log" || true)
 grep "ERROR" "$WORK/relay.log" | cut -c1-400 >&2

@@ -53,16 +53,8 @@ log "froze walsender $FROZEN of the replay's slot copy"
 # What the socket buffers already held is relayed first (seconds), then
 # the silence counts; without the check the replay hangs for good, so a
 # generous bound separates the two on a loaded machine.
-rc=""
-for _ in $(seq 1 900); do
-    if ! kill -0 "$rpid" 2>/dev/null; then
-        rc=0
-        wait "$rpid" || rc=$?
-        break
-    fi
-    sleep 0.1
-done
-[ -n "$rc" ] || fail "the replay still hangs 90 s after its server froze"
+wait_exit "$rpid" 90 || fail "the replay still hangs 90 s after its server froze"
+rc=$EXIT_RC
 kill -CONT "$FROZEN"
 FROZEN=""
 [ "$rc" = 1 ] || fail "the replay exited $rc, expected 1: $(tail -3 "$WORK/relay-replay1.log")"

@@ -185,16 +185,8 @@ sleep 4 # past the 3 s limit of the other queries: this one has none
 kill -0 "$rpid" 2>/dev/null || fail "the replay gave up its advance by itself: $(tail -3 "$WORK/replay.log")"
 t0=$(date +%s%N)
 kill -TERM "$rpid"
-rc=""
-for _ in $(seq 1 100); do
-    if ! kill -0 "$rpid" 2>/dev/null; then
-        rc=0
-        wait "$rpid" || rc=$?
-        break
-    fi
-    sleep 0.05
-done
-[ -n "$rc" ] || fail "the replay did not end within 5 s of SIGTERM"
+wait_exit "$rpid" 5 || fail "the replay did not end within 5 s of SIGTERM"
+rc=$EXIT_RC
 ms=$((($(date +%s%N) - t0) / 1000000))
 left=$(psql_db "$DB" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '${SLOT}_replay'")
 [ "$left" = 0 ] || fail "the replay's slot copy ${SLOT}_replay was left behind: $(tail -3 "$WORK/replay.log")"
