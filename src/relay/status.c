@@ -245,15 +245,12 @@ static void fmt_time(int64_t ms, char *out, size_t size)
 
 /* The queries are bounded like the relay's (relay.wal_receiver_timeout_ms):
  * a status probe must answer, naming the database, even when a server went
- * silent. */
-static int report_slot(const outboxd_source_conf_t *src, int timeout_ms, FILE *out)
+ * silent. *answered says whether the server answered (the connection can
+ * then serve the next query). */
+static int report_slot(PGconn *pg, const outboxd_source_conf_t *src, int timeout_ms, FILE *out,
+                       bool *answered)
 {
     char err[512];
-    PGconn *pg = outboxd_pg_connect(src, false, err, sizeof(err));
-    if (!pg) {
-        fprintf(out, "  database:         UNREACHABLE: %s\n", err);
-        return 1;
-    }
     const char *params[1] = {src->slot};
     PGresult *res = outboxd_pg_query_bounded(
         pg,
@@ -265,6 +262,7 @@ static int report_slot(const outboxd_source_conf_t *src, int timeout_ms, FILE *o
         "FROM pg_replication_slots WHERE slot_name = $1",
         1, params, NULL, timeout_ms, NULL, err, sizeof(err));
     int problems = 0;
+    *answered = res != NULL;
     if (!res) {
         fprintf(out, "  database:         query failed: %s\n", err);
         problems = 1;
@@ -292,22 +290,26 @@ static int report_slot(const outboxd_source_conf_t *src, int timeout_ms, FILE *o
         }
     }
     PQclear(res);
-    PQfinish(pg);
     return problems;
 }
 
 /* replay_window: where the retention slot is, i.e. how far back `outboxd
- * replay` can reach. */
-static int report_retention(const outboxd_source_conf_t *src, int timeout_ms, FILE *out)
+ * replay` can reach. pg NULL: the database did not answer the slot query
+ * (report_slot said so), and asking again would only wait as long again. */
+static int report_retention(PGconn *pg, const outboxd_source_conf_t *src, int timeout_ms, FILE *out)
 {
     if (!src->retention_slot) {
         fprintf(out, "  replay_window:    none (set replay_window to keep a retention slot)\n");
         return 0;
     }
+    if (!pg) {
+        fprintf(out,
+                "  replay_window:    unknown (retention slot %s: the database did not "
+                "answer, see above)\n",
+                src->retention_slot);
+        return 0; /* counted once, by report_slot */
+    }
     char err[512];
-    PGconn *pg = outboxd_pg_connect(src, false, err, sizeof(err));
-    if (!pg)
-        return 0; /* report_slot said it */
     const char *params[2] = {src->retention_slot, src->slot};
     PGresult *res = outboxd_pg_query_bounded(
         pg,
@@ -340,7 +342,6 @@ static int report_retention(const outboxd_source_conf_t *src, int timeout_ms, FI
                 PQgetvalue(res, 0, 2));
     }
     PQclear(res);
-    PQfinish(pg);
     return problems;
 }
 
@@ -368,8 +369,18 @@ int outboxd_status_report(const outboxd_config_t *conf, FILE *out)
     for (size_t i = 0; i < conf->n_sources; i++) {
         const outboxd_source_conf_t *src = &conf->sources[i];
         fprintf(out, "source %s\n", src->name);
-        problems += report_slot(src, conf->wal_receiver_timeout_ms, out);
-        problems += report_retention(src, conf->wal_receiver_timeout_ms, out);
+        /* One connection for both queries; after a silent one, none more. */
+        PGconn *pg = outboxd_pg_connect(src, false, err, sizeof(err));
+        bool answered = false;
+        if (!pg) {
+            fprintf(out, "  database:         UNREACHABLE: %s\n", err);
+            problems++;
+        } else {
+            problems += report_slot(pg, src, conf->wal_receiver_timeout_ms, out, &answered);
+        }
+        problems += report_retention(answered ? pg : NULL, src, conf->wal_receiver_timeout_ms, out);
+        if (pg)
+            PQfinish(pg);
         if (!kafka_ok) {
             fprintf(out, "  last_checkpoint:  unknown (Kafka not readable)\n");
         } else if (!found[i].found) {

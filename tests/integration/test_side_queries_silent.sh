@@ -94,9 +94,12 @@ ms=$((($(date +%s%N) - t0) / 1000000))
 log "stopped in $ms ms while the heartbeat's connection was silent"
 [ "$ms" -lt 5000 ] || fail "the stop took $ms ms: the heartbeat thread waited on the silent connection"
 # --- 3. outboxd status ------------------------------------------------------
-# A status probe answers, naming the silent database, within the limit.
+# A status probe answers, naming the silent database, within the limit, and
+# does not ask that database again for the replay window (a second wait).
 start_silence_proxy stproxy "SELECT active, coalesce(active_pid" 1
 heartbeat_config "$WORK/st.yaml" 3000
+sed -i "s/^relay:\$/relay:\n  replay_window: 1s/" "$WORK/st.yaml"
+grep -q "replay_window: 1s" "$WORK/st.yaml" || fail "config edit failed"
 t0=$(date +%s%N)
 rc=0
 timeout 60 "$OUTBOXD_BIN" status -c "$WORK/st.yaml" >"$WORK/status.txt" 2>&1 || rc=$?
@@ -106,6 +109,9 @@ grep -q "silenced" "$WORK/stproxy.log" || fail "the status query did not reach t
 grep -q "database: *query failed: no answer from PostgreSQL" "$WORK/status.txt" ||
     fail "status did not report the silent database (exit $rc): $(cat "$WORK/status.txt")"
 [ "$rc" != 0 ] || fail "status exited 0 with a database it could not query"
+grep -q "replay_window: *unknown (retention slot .*the database did not answer" "$WORK/status.txt" ||
+    fail "status asked the silent database again for the replay window: $(grep replay_window "$WORK/status.txt")"
+[ "$ms" -lt 6000 ] || fail "status took $ms ms: more than one 3 s wait for the silent database"
 log "status answered in $ms ms (exit $rc): $(grep -m1 -o 'query failed: no answer[^:]*' "$WORK/status.txt")"
 # --- 4. the retention slot (replay_window) ---------------------------------
 # Its thread's advance is given up after 3 s and done on a new connection;
