@@ -128,6 +128,13 @@ wait "$rpid" 2>/dev/null || rc=$?
 [ "$killed" = yes ] && [ "$rc" -eq 137 ] ||
     fail "the replay was not killed midway (killed=$killed, exit $rc): $(tail -5 "$WORK/relay-kill.log")"
 log "replay SIGKILLed midway"
+# Its walsender notices the dead client only at its next read of the socket
+# (it may be busy decoding): until then the copy slot is still active, and
+# an active slot is not a leftover.
+for _ in $(seq 1 300); do
+    [ "$(psql_db "$DB" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '${SLOT}_replay' AND active")" = 0 ] && break
+    sleep 0.1
+done
 # Until it is run again, `outboxd check` points at the leftover copy.
 "$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check2.log" 2>&1 || true
 grep -q "replay slot ${SLOT}_replay was left by an interrupted .outboxd replay. and holds WAL" "$WORK/check2.log" ||
