@@ -287,6 +287,20 @@ static void forget_topic(outboxd_sink_t *s, const char *topic)
     set_remove(&s->known, topic);
 }
 
+/*
+ * After a transaction failed (aborted, or its producer replaced): every
+ * topic is looked up again before its next record. A topic deleted under
+ * the relay does not always fail with an unknown-topic delivery report: the
+ * transaction's checkpoint record may time out first (CI, pool mode), and
+ * a replay that trusted the old answer produced to the deleted topic until
+ * the transaction outlived transaction.timeout.ms and the producer was
+ * fenced. One metadata request per topic after a failure is cheap.
+ */
+static void forget_topics(outboxd_sink_t *s)
+{
+    set_clear(&s->known);
+}
+
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     outboxd_sink_t *s = cb_sink(opaque);
@@ -953,6 +967,7 @@ static void pause_briefly(outboxd_sink_t *s, int attempt)
  * caller must run outboxd_sink_init again (see outboxd_sink_ready). */
 static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_size)
 {
+    forget_topics(s);
     if (s->pool) {
         /* Only the borrowed producer failed: replace it now (its
          * init_transactions aborts what the old one left open, so no
@@ -968,7 +983,6 @@ static int recreate_producers(outboxd_sink_t *s, char *errstr, size_t errstr_siz
         rd_kafka_destroy(s->rks[i]);
         s->rks[i] = NULL;
     }
-    set_clear(&s->known);
     for (int i = 0; i < MAX_PRODUCERS; i++)
         set_clear(&s->warm[i]); /* new producers know no topic */
     s->in_txn = false;
@@ -1080,6 +1094,7 @@ static outboxd_sink_status_t abort_txn(outboxd_sink_t *s, char *errstr, size_t e
         rd_kafka_error_t *err = rd_kafka_abort_transaction(s->rk, TXN_CALL_TIMEOUT_MS);
         if (!err) {
             s->in_txn = false;
+            forget_topics(s);
             rotate(s);
             return OUTBOXD_SINK_OK;
         }

@@ -754,6 +754,71 @@ static void test_pool_shares_producers(void **state)
     outboxd_sink_pool_destroy(p);
 }
 
+/*
+ * After a failed transaction every topic is looked up again: a topic
+ * deleted while the transaction ran must be reported missing on the replay
+ * instead of produced to from memory (a pool producer was once fenced that
+ * way: its replayed transaction waited for the deleted topic until it
+ * outlived transaction.timeout.ms). The mock cluster answers metadata for
+ * the "deleted" topic with UNKNOWN_TOPIC_OR_PART once its error is set.
+ */
+static void check_missing_after_abort(fixture_t *f, outboxd_sink_t *a)
+{
+    char err[512];
+    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
+    outboxd_checkpoint_t c1 = ck_at(0x100, 0x140, -1);
+    assert_int_equal(outboxd_sink_commit(a, &c1, err, sizeof(err)), OUTBOXD_SINK_OK);
+    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
+    outboxd_checkpoint_t c2 = ck_at(0x300, 0x340, -1);
+    assert_int_equal(outboxd_sink_commit(a, &c2, err, sizeof(err)), OUTBOXD_SINK_ABORTED);
+    rd_kafka_mock_topic_set_error(f->mc, f->events_topic, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+    outboxd_sink_status_t st = produce_n(a, 1, err, sizeof(err));
+    if (st != OUTBOXD_SINK_MISSING_TOPIC)
+        fail_msg("replay after an abort produced to a deleted topic: status %d (%s)", st, err);
+    assert_non_null(strstr(err, f->events_topic));
+    assert_false(outboxd_sink_in_txn(a));
+    /* The topic is back: the relay goes on. */
+    rd_kafka_mock_topic_set_error(f->mc, f->events_topic, RD_KAFKA_RESP_ERR_NO_ERROR);
+    st = OUTBOXD_SINK_ABORTED;
+    outboxd_checkpoint_t c3 = ck_at(0x200, 0x240, -1);
+    for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
+        st = produce_n(a, 2, err, sizeof(err));
+        if (st == OUTBOXD_SINK_OK)
+            st = outboxd_sink_commit(a, &c3, err, sizeof(err));
+    }
+    if (st != OUTBOXD_SINK_OK)
+        fail_msg("after the topic came back: %d %s", st, err);
+}
+
+static void test_topics_rechecked_after_abort(void **state)
+{
+    fixture_t *f = *state;
+    if (!f->mc)
+        skip(); /* needs error injection */
+    outboxd_checkpoint_t ck;
+    outboxd_sink_t *a = new_sink(f, &ck);
+    check_missing_after_abort(f, a);
+    outboxd_sink_destroy(a);
+}
+
+static void test_pool_topics_rechecked_after_abort(void **state)
+{
+    fixture_t *f = *state;
+    if (!f->mc)
+        skip(); /* needs error injection */
+    char err[512];
+    outboxd_checkpoint_t ck;
+    outboxd_sink_pool_t *p = outboxd_sink_pool_new(f->conf, 1, &stop_flag, err, sizeof(err));
+    if (!p)
+        fail_msg("pool_new: %s", err);
+    outboxd_sink_t *a = pooled(f, p, 0);
+    assert_int_equal(outboxd_sink_init(a, &ck, err, sizeof(err)), OUTBOXD_SINK_OK);
+    check_missing_after_abort(f, a);
+    outboxd_sink_destroy(a);
+    outboxd_sink_pool_destroy(p);
+}
+
 int main(void)
 {
     outboxd_log_set_level(OUTBOXD_LOG_ERROR);
@@ -769,6 +834,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_checkpoint_behind_open_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fences_ids_above_the_ring, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_shares_producers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topics_rechecked_after_abort, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_topics_rechecked_after_abort, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_topic_does_not_wait_for_metadata_scan, setup,
                                         teardown),
     };
