@@ -678,6 +678,27 @@ static void test_invalid_utf8(void **state)
     assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
     f->vals[2].data = "order-42";
     f->vals[2].len = 8;
+    /* Long ASCII runs are checked a word at a time: the offset of a bad byte
+     * after them, in the last partial word, and a valid sequence across a
+     * word boundary. */
+    f->vals[4].data = "{\"a\": \"0123456789abcdefghij\xff\"}";
+    f->vals[4].len = 30;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "(byte 0xff at offset 27)"));
+    f->vals[4].data = "{\"a\": \"0123456789abcdefgh\"}\xe2";
+    f->vals[4].len = 28;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err),
+                     OUTBOXD_ROUTE_DEAD_LETTER);
+    assert_non_null(strstr(err, "(byte 0xe2 at offset 27)"));
+    f->vals[4].data = "{\"a\": \"\xe2\x82\xac 0123456789abcdef\"}";
+    f->vals[4].len = 29;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
+    f->vals[4].data = "{\"a\": \"01234\xe2\x82\xac 56789abcdef\"}";
+    f->vals[4].len = 29;
+    assert_int_equal(route_kind(f, OUTBOXD_PGO_INSERT, &f->rel, &rec, err), OUTBOXD_ROUTE_EVENT);
+    f->vals[4].data = "{}";
+    f->vals[4].len = 2;
 }
 
 static int route_update(fixture_t *f, const outboxd_pgo_relation_t *rel, outboxd_pgo_datum_t *newv,
