@@ -21,7 +21,11 @@
 #       (ceiling_mode in common.sh) with the relay's settings and no
 #       PostgreSQL: what this broker takes from them. outboxd / ceiling says how
 #       much of the gap to the decoding limit is Kafka's (BENCH_CEILING=0
-#       skips it).
+#       skips it). BENCH_CEILING_LOAD=1 runs each beside pg_recvlogical
+#       decoding the same backlog from a slot of its own: on a machine where
+#       the broker and PostgreSQL share the cores, what Kafka takes while the
+#       server decodes at full speed (the relay's walsender decodes at the
+#       relay's pace, so this is the harsher of the two).
 #
 #   bench/throughput.sh [N] [ROWS_PER_TXN] [PAYLOAD_BYTES]
 #     N              events in the backlog (default 200000)
@@ -51,8 +55,9 @@ WARM=${BENCH_WARMUP_RUNS:-3}
     exit 2
 }
 bench_db bench_tp
+CEIL_LOAD=${BENCH_CEILING_LOAD:-0}
 for i in $(seq 1 "$RUNS"); do
-    for slot in recv_a$i relay_$i recv_b$i; do
+    for slot in recv_a$i relay_$i recv_b$i $([ "$CEIL_LOAD" = 0 ] || echo "ceil_load$i"); do
         q -c "SELECT pg_create_logical_replication_slot('$slot', 'pgoutput')" >/dev/null
     done
 done
@@ -166,9 +171,21 @@ if [ "$CEIL" != 0 ]; then
     per_txn=$(grep -o 'published [0-9]* events, [0-9]* dead-lettered, [0-9]* Kafka transactions' "$WORK/relay.1.log" |
         tail -n 1 | awk '{ printf "%d", ($6 > 0 ? $2 / $6 : 5000) }')
     for i in $(seq 1 "$RUNS"); do
+        load=""
+        if [ "$CEIL_LOAD" != 0 ]; then
+            # Beside PostgreSQL decoding the same backlog at full speed (a
+            # slot of its own): the cores the broker shares in a drain.
+            (recv_run "ceil_load$i" >"$WORK/ceil_load.$i") &
+            loadpid=$!
+            BG+=("$loadpid")
+        fi
         line=$(KAFKA_CEILING_MODE=$(ceiling_mode) "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" "ceil$i.order" "$N" from:bench1.order "$per_txn" \
             ${BENCH_KAFKA_PROPS:-})
-        echo "throughput: run kafka_ceiling #$i ($per_txn events per transaction): $line" >&2
+        if [ "$CEIL_LOAD" != 0 ]; then
+            wait "$loadpid" || true
+            load=", beside pg_recvlogical decoding the backlog (it took $(cat "$WORK/ceil_load.$i") ms)"
+        fi
+        echo "throughput: run kafka_ceiling #$i ($per_txn events per transaction$load): $line" >&2
         echo "ceil $(echo "$line" | sed -n 's/.* ms=\([0-9]*\) .*/\1/p')" >>"$WORK/results"
     done
 fi
@@ -178,7 +195,9 @@ for i in $(seq 1 "$RUNS"); do
     echo "recv $ms" >>"$WORK/results"
 done
 
-awk -v cmode="$(ceiling_mode)" -v n="$N" -v rows="$ROWS" -v pb="$payload_bytes" -v runs="$RUNS" '
+cload="no PostgreSQL"
+[ "$CEIL_LOAD" = 0 ] || cload="beside pg_recvlogical decoding the same backlog"
+awk -v cmode="$(ceiling_mode)" -v cload="$cload" -v n="$N" -v rows="$ROWS" -v pb="$payload_bytes" -v runs="$RUNS" '
 function sort(a, k,   i, j, t) { for (i = 2; i <= k; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t } }
 $1 == "recv" { r[++nr] = $2 }
 $1 == "ceil" { c[++nc] = $2 }
@@ -195,7 +214,7 @@ END {
     printf "throughput: ratio outboxd / decoding limit: best/best %.2f, median/median %.2f (target >= 0.80)\n", dbest / rbest, dmed / rmed;
     if (nc) {
         sort(c, nc); cbest = n / (c[1] / 1000); cmed = n / (c[int((nc + 1) / 2)] / 1000); cworst = n / (c[nc] / 1000);
-        printf "throughput: Kafka-side ceiling (transactional librdkafka producers, mode %s, the relay'"'"'s records, no PostgreSQL): best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%)\n", cmode, cbest, cmed, cworst, 100 * (cbest - cworst) / cbest;
+        printf "throughput: Kafka-side ceiling (transactional librdkafka producers, mode %s, the relay'"'"'s records, %s): best %.0f, median %.0f, worst %.0f events/s (spread %.0f%%)\n", cmode, cload, cbest, cmed, cworst, 100 * (cbest - cworst) / cbest;
         printf "throughput: ratio outboxd / Kafka-side ceiling: best/best %.2f, median/median %.2f\n", dbest / cbest, dmed / cmed;
     }
     printf "throughput: outboxd peak RSS %.1f MB; runs whose read-back count from Kafka (read_committed) differed from %d: %d\n", peak / 1024, n, bad;

@@ -327,6 +327,8 @@ int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr, 
             out->kind = OUTBOXD_REPL_DATA;
             out->wal_start = get_u64(buf + 1);
             out->wal_end = get_u64(buf + 9);
+            out->send_time_us = (int64_t)get_u64(buf + 17) + OUTBOXD_PG_EPOCH_OFFSET_US;
+            out->recv_time_us = outboxd_wall_us();
             out->data = (const uint8_t *)buf + 25;
             out->len = (size_t)n - 25;
             return 0;
@@ -338,6 +340,7 @@ int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr, 
             }
             out->kind = OUTBOXD_REPL_KEEPALIVE;
             out->wal_end = get_u64(buf + 1);
+            out->send_time_us = (int64_t)get_u64(buf + 9) + OUTBOXD_PG_EPOCH_OFFSET_US;
             out->reply_requested = buf[17] != 0;
             return 0;
         }

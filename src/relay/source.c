@@ -104,6 +104,8 @@ struct outboxd_source {
     outboxd_lsn_t txn_commit_lsn;
     uint32_t txn_xid;
     int64_t txn_commit_time_us;
+    int64_t txn_send_time_us; /* when the walsender sent its Begin (server clock) */
+    int64_t txn_recv_time_us; /* when this relay read that Begin */
     int64_t change_idx;
     outboxd_lsn_t change_lsn;   /* WAL position of the last change received */
     int64_t change_lsn_ordinal; /* its ordinal among changes at that position */
@@ -170,6 +172,8 @@ struct outboxd_source {
     outboxd_lsn_t confirm_at_rewind;
     int64_t stream_start_ms;
     int64_t batch_first_commit_us; /* commit time of the batch's oldest change */
+    int64_t batch_first_send_us;   /* when the server sent that transaction */
+    int64_t batch_first_recv_us;   /* when the relay read it */
     int64_t last_stats_ms;
     uint64_t logged_events;
     outboxd_stats_t *stats;         /* owned by the metrics registry; may be NULL */
@@ -748,12 +752,20 @@ static int commit_batch(outboxd_source_t *s)
         char lsn[OUTBOXD_LSN_STRLEN];
         outboxd_lsn_format(ck.commit_lsn, lsn);
         /* How far behind PostgreSQL's commit the batch started (WAL send +
-         * decode + wait for the previous Kafka commit), and the commit itself. */
+         * decode + wait for the previous Kafka commit), and the commit
+         * itself. The oldest transaction's way there is split at the
+         * walsender's send time (server clock: decoding on the server) and
+         * the moment this relay read it (socket, and a read delayed by
+         * handling or a commit); bench/latency.sh prints the split. */
         LOG_DEBUG(s->name,
                   "committed %d events in %.1f ms (commit began %.1f ms after the batch's first "
-                  "PostgreSQL commit), checkpoint %s changes %lld",
+                  "PostgreSQL commit; server sent it at %.1f ms, relay read it at %.1f ms), "
+                  "checkpoint %s changes %lld",
                   s->batch_events, (double)(outboxd_now_us() - t0) / 1000.0,
-                  (double)(wall0 - s->batch_first_commit_us) / 1000.0, lsn, (long long)ck.changes);
+                  (double)(wall0 - s->batch_first_commit_us) / 1000.0,
+                  (double)(s->batch_first_send_us - s->batch_first_commit_us) / 1000.0,
+                  (double)(s->batch_first_recv_us - s->batch_first_commit_us) / 1000.0, lsn,
+                  (long long)ck.changes);
     }
     s->ck_committed = ck;
     s->batch_open = false;
@@ -808,6 +820,8 @@ static int publish(outboxd_source_t *s, const outboxd_record_t *rec,
         s->batch_open = true;
         s->batch_deadline_ms = outboxd_now_ms() + s->conf->commit_interval_ms;
         s->batch_first_commit_us = s->txn_commit_time_us;
+        s->batch_first_send_us = s->txn_send_time_us;
+        s->batch_first_recv_us = s->txn_recv_time_us;
     }
     s->batch_events++;
     if (s->n_batch_pos < (size_t)s->conf->max_batch_events)
@@ -1177,6 +1191,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         s->txn_commit_lsn = msg.u.begin.final_lsn;
         s->txn_xid = msg.u.begin.xid;
         s->txn_commit_time_us = msg.u.begin.commit_ts + OUTBOXD_PG_EPOCH_OFFSET_US;
+        s->txn_send_time_us = m->send_time_us;
+        s->txn_recv_time_us = m->recv_time_us;
         s->change_idx = 0;
         s->change_lsn = 0;
         s->change_lsn_ordinal = 0;

@@ -29,7 +29,11 @@ typedef struct outboxd_repl_msg {
     outboxd_lsn_t wal_start; /* DATA: WAL position of this message */
     outboxd_lsn_t wal_end;   /* server's current end of WAL */
     bool reply_requested;    /* KEEPALIVE: answer at once or be disconnected */
-    const uint8_t *data;     /* DATA: pgoutput payload, valid until the next call */
+    /* The server's clock when it wrote the message (Unix epoch, us): for a
+     * change, when the walsender had decoded it (latency split). */
+    int64_t send_time_us;
+    int64_t recv_time_us; /* DATA: the relay's clock when it read the message */
+    const uint8_t *data;  /* DATA: pgoutput payload, valid until the next call */
     size_t len;
 } outboxd_repl_msg_t;
 
