@@ -90,6 +90,21 @@ else
     [ "${n:-0}" -gt 0 ] || fail "no replication message was read ahead during a commit (relay2.log)"
 fi
 [ "$commits" -ge 2 ] || fail "only $commits Kafka commits after the restart: the backlog did not need several"
+# The latency split of every commit line (bench/latency.sh reads it): the
+# walsender's send time of the batch's oldest transaction (XLogData's
+# sendTime, PostgreSQL epoch) and the relay's read time, both after that
+# transaction's commit, the read no earlier than the send (same clock here),
+# and within the test's few minutes.
+awk '/committed [0-9]* events in/ {
+        n++
+        if (!match($0, /server sent it at -?[0-9.]+ ms, relay read it at -?[0-9.]+ ms/)) { bad++; next }
+        split(substr($0, RSTART, RLENGTH), f, " ")
+        sent = f[5]; read = f[11]
+        if (sent < -1 || sent > 600000 || read < sent - 1 || read > 600000) { bad++; if (shown++ < 3) print "bad split: " $0 }
+     } END { print n + 0, bad + 0 }' "$WORK/relay2.log" >"$WORK/split"
+read -r nsplit badsplit < <(tail -n 1 "$WORK/split")
+[ "$nsplit" -ge 2 ] && [ "$badsplit" -eq 0 ] ||
+    fail "latency split in the commit lines: $badsplit of $nsplit wrong ($(head -n 3 "$WORK/split"))"
 
 # The switch: a second backlog relayed with relay.pipeline_commits: false;
 # nothing is read ahead, and all events of both backlogs are in Kafka once,
