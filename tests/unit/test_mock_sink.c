@@ -153,6 +153,39 @@ static outboxd_checkpoint_t ck_at(outboxd_lsn_t commit, outboxd_lsn_t end, int64
     return ck;
 }
 
+/* One committed transaction (checkpoint 0x100), then one Kafka refuses (an
+ * injected MSG_SIZE_TOO_LARGE): its commit (checkpoint 0x300) must abort. */
+static void commit_then_refused(fixture_t *f, outboxd_sink_t *a)
+{
+    char err[512];
+    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
+    outboxd_checkpoint_t c1 = ck_at(0x100, 0x140, -1);
+    assert_int_equal(outboxd_sink_commit(a, &c1, err, sizeof(err)), OUTBOXD_SINK_OK);
+    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
+    outboxd_checkpoint_t c2 = ck_at(0x300, 0x340, -1);
+    assert_int_equal(outboxd_sink_commit(a, &c2, err, sizeof(err)), OUTBOXD_SINK_ABORTED);
+}
+
+/* As the source does after a rewind: n records and a commit, tried again
+ * while it does not succeed (the epoch bump after an abort may cost one more
+ * attempt), at most 5 times. With only_aborted, an attempt failing other
+ * than ABORTED fails the test. Returns the last status. */
+static outboxd_sink_status_t produce_commit_retrying(outboxd_sink_t *s, int n,
+                                                     const outboxd_checkpoint_t *ck,
+                                                     bool only_aborted, char *err, size_t errsize)
+{
+    outboxd_sink_status_t st = OUTBOXD_SINK_ABORTED;
+    for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
+        st = produce_n(s, n, err, errsize);
+        if (st == OUTBOXD_SINK_OK)
+            st = outboxd_sink_commit(s, ck, err, errsize);
+        if (only_aborted && st != OUTBOXD_SINK_OK)
+            assert_int_equal(st, OUTBOXD_SINK_ABORTED);
+    }
+    return st;
+}
+
 static void test_checkpoint_round_trip(void **state)
 {
     fixture_t *f = *state;
@@ -183,30 +216,15 @@ static void test_aborted_transaction_invisible(void **state)
     char err[512];
     outboxd_checkpoint_t ck;
     outboxd_sink_t *a = new_sink(f, &ck);
-    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
-    outboxd_checkpoint_t c1 = ck_at(0x100, 0x140, -1);
-    assert_int_equal(outboxd_sink_commit(a, &c1, err, sizeof(err)), OUTBOXD_SINK_OK);
-
-    /* The next produce fails permanently: the transaction must abort and
-     * its checkpoint must not become visible. */
-    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
-    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
-    outboxd_checkpoint_t c2 = ck_at(0x300, 0x340, -1);
-    assert_int_equal(outboxd_sink_commit(a, &c2, err, sizeof(err)), OUTBOXD_SINK_ABORTED);
+    /* The second transaction fails permanently: it must abort and its
+     * checkpoint must not become visible. */
+    commit_then_refused(f, a);
     assert_false(outboxd_sink_in_txn(a));
 
     /* The producer stays usable: as the source does after a rewind, retry
      * (the epoch bump after an abort may cost one more aborted attempt). */
     outboxd_checkpoint_t c3 = ck_at(0x200, 0x240, -1);
-    outboxd_sink_status_t st = OUTBOXD_SINK_ABORTED;
-    for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
-        st = produce_n(a, 2, err, sizeof(err));
-        if (st == OUTBOXD_SINK_OK)
-            st = outboxd_sink_commit(a, &c3, err, sizeof(err));
-        if (st != OUTBOXD_SINK_OK)
-            assert_int_equal(st, OUTBOXD_SINK_ABORTED);
-    }
-    assert_int_equal(st, OUTBOXD_SINK_OK);
+    assert_int_equal(produce_commit_retrying(a, 2, &c3, true, err, sizeof(err)), OUTBOXD_SINK_OK);
     outboxd_sink_destroy(a);
 
     outboxd_sink_t *b = new_sink(f, &ck);
@@ -709,26 +727,15 @@ static void test_pool_shares_producers(void **state)
         assert_true(outboxd_sink_refused(a, reason, sizeof(reason), NULL) > 0 ||
                     outboxd_sink_checkpoint_refused(a, reason, sizeof(reason)));
         outboxd_checkpoint_t c3 = ck_at(0x400, 0x440, -1);
-        outboxd_sink_status_t st = OUTBOXD_SINK_ABORTED;
-        /* (the epoch bump after an abort may cost one more attempt) */
-        for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
-            st = produce_n(b, 2, err, sizeof(err));
-            if (st == OUTBOXD_SINK_OK)
-                st = outboxd_sink_commit(b, &c3, err, sizeof(err));
-        }
-        assert_int_equal(st, OUTBOXD_SINK_OK);
+        assert_int_equal(produce_commit_retrying(b, 2, &c3, false, err, sizeof(err)),
+                         OUTBOXD_SINK_OK);
         /* a goes on too. (Also needed for the read below: the mock
          * cluster's epoch bump, which ends a transaction refused this way,
          * leaves its records visible to read_committed; a real broker's
          * does not, see test_pool_isolation.sh.) */
         outboxd_checkpoint_t c4 = ck_at(0x600, 0x640, -1);
-        st = OUTBOXD_SINK_ABORTED;
-        for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
-            st = produce_n(a, 2, err, sizeof(err));
-            if (st == OUTBOXD_SINK_OK)
-                st = outboxd_sink_commit(a, &c4, err, sizeof(err));
-        }
-        assert_int_equal(st, OUTBOXD_SINK_OK);
+        assert_int_equal(produce_commit_retrying(a, 2, &c4, false, err, sizeof(err)),
+                         OUTBOXD_SINK_OK);
     }
     outboxd_sink_destroy(a);
     outboxd_sink_destroy(b);
@@ -765,13 +772,7 @@ static void test_pool_shares_producers(void **state)
 static void check_missing_after_abort(fixture_t *f, outboxd_sink_t *a)
 {
     char err[512];
-    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
-    outboxd_checkpoint_t c1 = ck_at(0x100, 0x140, -1);
-    assert_int_equal(outboxd_sink_commit(a, &c1, err, sizeof(err)), OUTBOXD_SINK_OK);
-    rd_kafka_mock_push_request_errors(f->mc, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
-    assert_int_equal(produce_n(a, 3, err, sizeof(err)), OUTBOXD_SINK_OK);
-    outboxd_checkpoint_t c2 = ck_at(0x300, 0x340, -1);
-    assert_int_equal(outboxd_sink_commit(a, &c2, err, sizeof(err)), OUTBOXD_SINK_ABORTED);
+    commit_then_refused(f, a);
     rd_kafka_mock_topic_set_error(f->mc, f->events_topic, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
     outboxd_sink_status_t st = produce_n(a, 1, err, sizeof(err));
     if (st != OUTBOXD_SINK_MISSING_TOPIC)
@@ -780,13 +781,8 @@ static void check_missing_after_abort(fixture_t *f, outboxd_sink_t *a)
     assert_false(outboxd_sink_in_txn(a));
     /* The topic is back: the relay goes on. */
     rd_kafka_mock_topic_set_error(f->mc, f->events_topic, RD_KAFKA_RESP_ERR_NO_ERROR);
-    st = OUTBOXD_SINK_ABORTED;
     outboxd_checkpoint_t c3 = ck_at(0x200, 0x240, -1);
-    for (int attempt = 0; attempt < 5 && st != OUTBOXD_SINK_OK; attempt++) {
-        st = produce_n(a, 2, err, sizeof(err));
-        if (st == OUTBOXD_SINK_OK)
-            st = outboxd_sink_commit(a, &c3, err, sizeof(err));
-    }
+    st = produce_commit_retrying(a, 2, &c3, false, err, sizeof(err));
     if (st != OUTBOXD_SINK_OK)
         fail_msg("after the topic came back: %d %s", st, err);
 }
