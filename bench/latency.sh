@@ -144,14 +144,13 @@ grep -E "^okcat: (latency|warmup_latency|consumed)" "$WORK/okcat.out" |
 # batch is produced only after it); after it, the relay's own Kafka commit
 # (flush + EndTxn, below), then the commit markers and the consumer's fetch.
 grep -E "^okcat: (commit_to_produce|produce_to_receipt)" "$WORK/okcat.out" | sed 's/^okcat: /latency: split: /'
-# The relay's view, per batch: how long after its oldest event's PostgreSQL
-# commit the Kafka commit began ("commit began X ms after ...").
-sed -n 's/.*commit began \([0-9.]*\) ms after.*/\1/p' "$WORK/relay.log" | sort -n >"$WORK/began"
-awk '{v[NR] = $1} END { if (NR) printf "latency: split: relay batch, oldest event: PostgreSQL commit to Kafka commit start p50=%.1f p99=%.1f max=%.1f ms (n=%d batches)\n", v[int(NR * 0.50 + 0.999999)], v[int(NR * 0.99 + 0.999999)], v[NR], NR }' "$WORK/began"
-# The same oldest transaction, split: when the walsender sent it (server
-# clock: WAL written, woken, decoded) and when the relay read it off the
-# socket (later when the relay was busy handling or committing).
+# The relay's view, per batch (its commit debug lines): how long after its
+# oldest event's PostgreSQL commit the Kafka commit began, and that
+# transaction's way there: when the walsender sent it (server clock: WAL
+# written, woken, decoded) and when the relay read it off the socket (later
+# when the relay was busy handling or committing).
 pct() { sort -n | awk -v what="$1" '{v[NR] = $1} END { if (NR) printf "latency: split: relay batch, oldest event: PostgreSQL commit to %s p50=%.1f p99=%.1f max=%.1f ms (n=%d batches)\n", what, v[int(NR * 0.50 + 0.999999)], v[int(NR * 0.99 + 0.999999)], v[NR], NR }'; }
+sed -n 's/.*commit began \([0-9.]*\) ms after.*/\1/p' "$WORK/relay.log" | pct "Kafka commit start"
 sed -n 's/.*server sent it at \([-0-9.]*\) ms.*/\1/p' "$WORK/relay.log" | pct "walsender send"
 sed -n 's/.*relay read it at \([-0-9.]*\) ms.*/\1/p' "$WORK/relay.log" | pct "relay read"
 grep -E "^tps" "$WORK/pgbench.log" | sed 's/^/latency: pgbench: /'

@@ -328,7 +328,7 @@ int outboxd_repl_next(outboxd_repl_t *r, outboxd_repl_msg_t *out, char *errstr, 
             out->wal_start = get_u64(buf + 1);
             out->wal_end = get_u64(buf + 9);
             out->send_time_us = (int64_t)get_u64(buf + 17) + OUTBOXD_PG_EPOCH_OFFSET_US;
-            out->recv_time_us = outboxd_wall_us();
+            out->recv_time_us = 0; /* read just now (see repl.h) */
             out->data = (const uint8_t *)buf + 25;
             out->len = (size_t)n - 25;
             return 0;

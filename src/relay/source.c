@@ -515,6 +515,10 @@ static bool pend_push(outboxd_source_t *s, const outboxd_repl_msg_t *m)
     struct pend_msg *e = &s->pend[(s->pend_head + s->pend_n) % PEND_MAX_MSGS];
     e->m = *m;
     e->big = NULL;
+    /* When a transaction was read, for the latency split (handle_data):
+     * only its Begin needs the clock. */
+    if (m->kind == OUTBOXD_REPL_DATA && m->len && m->data[0] == 'B')
+        e->m.recv_time_us = outboxd_wall_us();
     if (m->kind == OUTBOXD_REPL_DATA && m->len) {
         uint8_t *dst;
         if (m->len > PEND_BIG_BYTES) {
@@ -1192,7 +1196,7 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         s->txn_xid = msg.u.begin.xid;
         s->txn_commit_time_us = msg.u.begin.commit_ts + OUTBOXD_PG_EPOCH_OFFSET_US;
         s->txn_send_time_us = m->send_time_us;
-        s->txn_recv_time_us = m->recv_time_us;
+        s->txn_recv_time_us = m->recv_time_us ? m->recv_time_us : outboxd_wall_us();
         s->change_idx = 0;
         s->change_lsn = 0;
         s->change_lsn_ordinal = 0;

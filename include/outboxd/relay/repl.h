@@ -32,8 +32,11 @@ typedef struct outboxd_repl_msg {
     /* The server's clock when it wrote the message (Unix epoch, us): for a
      * change, when the walsender had decoded it (latency split). */
     int64_t send_time_us;
-    int64_t recv_time_us; /* DATA: the relay's clock when it read the message */
-    const uint8_t *data;  /* DATA: pgoutput payload, valid until the next call */
+    /* DATA: when the relay read a message it handles later (the source's
+     * read-ahead sets it, for pgoutput Begin messages only); 0: read just
+     * now. Not a clock read per message on the hot path. */
+    int64_t recv_time_us;
+    const uint8_t *data; /* DATA: pgoutput payload, valid until the next call */
     size_t len;
 } outboxd_repl_msg_t;
 
