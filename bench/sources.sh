@@ -49,6 +49,24 @@ say "WAL each slot decodes before its first message: up to $(psql -X -q -At -d p
     done
 } >"$WORK/outboxd.yaml"
 
+# CPU ticks (user + system) of a process: with children=1 also the ticks
+# of its children, both the live ones and the reaped ones (the postmaster
+# reaps its backends and walsenders, so its cutime holds the exited ones).
+ticks_of() {
+    local pid=$1 children=${2:-0} t c
+    t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    if [ "$children" = 1 ]; then
+        for c in $(pgrep -P "$pid"); do
+            t=$((t + $(awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || echo 0)))
+        done
+    fi
+    echo "$t"
+}
+pg_master=$(head -n 1 "$STACK_DIR/pg/postmaster.pid")
+kafka_master=$(cat "$STACK_DIR/kafka.pid")
+# The broker is java under the pid file's shell (exec'd: the same pid).
+pg0=$(ticks_of "$pg_master" 1)
+kafka0=$(ticks_of "$kafka_master" 1)
 t0=$(now_ms)
 "$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" 2>"$WORK/relay.log" &
 relay=$!
@@ -59,6 +77,9 @@ until [ "$(grep -c "streaming slot" "$WORK/relay.log")" -ge "$N" ]; do
     sleep 0.05
 done
 t1=$(now_ms)
+pg1=$(ticks_of "$pg_master" 1)
+kafka1=$(ticks_of "$kafka_master" 1)
+relay1=$(ticks_of "$relay")
 sleep 2 # let startup work (producer connections, metadata) settle
 ticks() { awk '{print $14 + $15}' "/proc/$relay/stat"; }
 c0=$(ticks)
@@ -80,6 +101,9 @@ wait "$relay" || true
 hz=$(getconf CLK_TCK)
 echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2} kafka_producers=${BENCH_POOL:-0} loop_threads=${BENCH_LOOPS:-16}"
 echo "sources: all streaming $((t1 - t0)) ms after start"
+# Where the cores went until then (2 cores give 2 s of CPU a second).
+awk -v r="$relay1" -v p=$((pg1 - pg0)) -v k=$((kafka1 - kafka0)) -v hz="$hz" -v ms=$((t1 - t0)) \
+    'BEGIN { printf "sources: cpu until then: relay %.2f s, PostgreSQL %.2f s, broker %.2f s (wall %.2f s)\n", r / hz, p / hz, k / hz, ms / 1000 }'
 awk -v c=$((c1 - c0)) -v hz="$hz" -v s="$IDLE_S" 'BEGIN { printf "sources: idle cpu %.1f%% of one core over %d s\n", 100 * c / hz / s, s }'
 echo "sources: resident $((rss / 1024)) MB when idle, peak $((peak / 1024)) MB; threads $threads"
 echo "sources: one row per database written, $got of $N read back (read_committed) $((t3 - t2)) ms after the first write"

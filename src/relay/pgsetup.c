@@ -59,6 +59,7 @@ typedef struct check {
     int problems;
     int server_version;
     bool conn_lost;
+    bool simple;      /* a replication connection: SQL by the simple protocol only */
     int timeout_ms;   /* > 0: each query bounded (outboxd_pg_exec_bounded) */
     atomic_int *stop; /* with timeout_ms: a query being waited for is abandoned */
     bool wal_ok;      /* wal_level = logical and slots can exist */
@@ -132,25 +133,78 @@ static void result_error(PGconn *conn, const PGresult *res, char *out, size_t si
         snprintf(out, size, "%s", msg);
 }
 
+/*
+ * A replication connection (replication=database) runs SQL, but only by the
+ * simple protocol: there sql's $1..$9 become the parameters as quoted
+ * literals (PQescapeLiteral, which knows the connection's encoding and
+ * standard_conforming_strings). Every statement of this file uses $N only as
+ * a parameter (no dollar quoting, no '$' in a literal). Returns a malloc'd
+ * statement, or NULL with the reason in err.
+ */
+static char *inline_params(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                           char *err, size_t errsize)
+{
+    outboxd_buf_t b = {0};
+    for (const char *p = sql; *p; p++) {
+        int n = p[0] == '$' && p[1] >= '1' && p[1] <= '9' && !isdigit((unsigned char)p[2])
+                    ? p[1] - '0'
+                    : 0;
+        if (n == 0 || n > nparams) {
+            outboxd_buf_append(&b, p, 1);
+            continue;
+        }
+        p++;
+        if (!params[n - 1]) {
+            outboxd_buf_append_str(&b, "NULL");
+            continue;
+        }
+        char *lit = PQescapeLiteral(conn, params[n - 1], strlen(params[n - 1]));
+        if (!lit) {
+            snprintf(err, errsize, "could not quote a parameter: %s", PQerrorMessage(conn));
+            outboxd_buf_free(&b);
+            return NULL;
+        }
+        outboxd_buf_append_str(&b, lit);
+        PQfreemem(lit);
+    }
+    if (!b.data)
+        snprintf(err, errsize, "out of memory");
+    return b.data;
+}
+
 /* Runs sql with text parameters. Returns the result on success; on failure
  * returns NULL with the reason in err. */
 static PGresult *run(check_t *c, const char *sql, int nparams, const char *const *params, char *err,
                      size_t errsize)
 {
     PGresult *res;
+    char *text = NULL;
+    if (c->simple) {
+        text = inline_params(c->conn, sql, nparams, params, err, errsize);
+        if (!text)
+            return NULL;
+        sql = text;
+        nparams = 0;
+        params = NULL;
+    }
     if (c->timeout_ms > 0) {
         /* The running source's check: a silent server must not hold up
          * the source loop (and its stream) for good. Parameters always,
-         * as PQexecParams: the extended protocol runs one statement. */
+         * as PQexecParams: the extended protocol runs one statement
+         * (inlined ones by the simple protocol: no parameters at all). */
         static const char *const no_params[1] = {NULL};
-        res = outboxd_pg_exec_bounded(c->conn, sql, nparams, params ? params : no_params, NULL,
-                                      c->timeout_ms, c->stop, err, errsize);
+        const char *const *pp = text ? NULL : params ? params : no_params;
+        res = outboxd_pg_exec_bounded(c->conn, sql, nparams, pp, NULL, c->timeout_ms, c->stop, err,
+                                      errsize);
+        free(text);
         if (!res) {
             c->conn_lost = true; /* unusable now: closed, reopened next time */
             return NULL;
         }
     } else {
-        res = PQexecParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+        res = text ? PQexec(c->conn, text)
+                   : PQexecParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+        free(text);
     }
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
@@ -1125,6 +1179,18 @@ static void check_retention_slot(check_t *c)
     PQclear(res);
 }
 
+/* The checks in order; each later one leans on what the earlier found. */
+static void run_checks(check_t *c)
+{
+    check_settings(c);
+    check_role(c);
+    check_tables(c);
+    check_columns(c);
+    check_publication(c);
+    check_slot(c);
+    check_retention_slot(c);
+}
+
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot)
 {
@@ -1161,17 +1227,39 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
         PQfinish(conn);
         return c.problems;
     }
-    check_settings(&c);
-    check_role(&c);
-    check_tables(&c);
-    check_columns(&c);
-    check_publication(&c);
-    check_slot(&c);
-    check_retention_slot(&c);
+    run_checks(&c);
     PQfinish(conn);
     free(c.tables);
     if (created_slot)
         *created_slot = c.slot_created;
+    return c.problems;
+}
+
+int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, bool create,
+                               outboxd_buf_t *report, bool *created_slot, bool *conn_lost)
+{
+    *created_slot = false;
+    *conn_lost = false;
+    check_t c = {
+        .src = src,
+        .conn = conn,
+        .create = create,
+        .report = report,
+        .simple = true,
+        .server_version = PQserverVersion(conn),
+    };
+    /* The connection outlives this check: its notices go to the log only
+     * meanwhile (c is on this stack), then to whatever took them before. */
+    PQnoticeProcessor before = PQsetNoticeProcessor(conn, notice_to_log, &c);
+    c.tables = calloc(src->n_tables ? src->n_tables : 1, sizeof(table_state_t));
+    if (!c.tables)
+        problem(&c, "out of memory while checking PostgreSQL");
+    else
+        run_checks(&c);
+    PQsetNoticeProcessor(conn, before, NULL);
+    free(c.tables);
+    *created_slot = c.slot_created;
+    *conn_lost = c.conn_lost;
     return c.problems;
 }
 

@@ -263,6 +263,11 @@ int outboxd_repl_stream(outboxd_repl_t *r, const outboxd_source_conf_t *src,
     return 0;
 }
 
+PGconn *outboxd_repl_pgconn(outboxd_repl_t *r)
+{
+    return r->streaming ? NULL : r->conn;
+}
+
 int outboxd_repl_backend_pid(const outboxd_repl_t *r)
 {
     return PQbackendPID(r->conn);

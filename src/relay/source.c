@@ -1930,11 +1930,28 @@ static int run_snapshot(outboxd_source_t *s, const char *saved, bool positions_l
     return outboxd_snapshot_run(s->snap, &io);
 }
 
-/* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
-/* The PostgreSQL half of a connect: the checks (which may create the slot:
- * remembered in connect_created_slot until the checkpoint was judged, even
- * across failed attempts) and the replication connection, in command mode.
- * Returns 0, -1 (retry) or -2 (fatal). */
+/* Logs a check's report, one line each. */
+static void log_report(outboxd_source_t *s, outboxd_buf_t *report)
+{
+    char *save = NULL;
+    for (char *line = strtok_r(report->data, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        LOG_ERROR(s->name, "%s", line);
+}
+
+/*
+ * The PostgreSQL half of a connect: the replication connection, left in
+ * command mode, and the checks (which may create the slot: remembered in
+ * connect_created_slot until the checkpoint was judged, even across failed
+ * attempts). Returns 0, -1 (retry) or -2 (fatal).
+ *
+ * The checks run on the replication connection itself (SQL by the simple
+ * protocol), so a start costs the server one backend, not two: with hundreds
+ * of sources starting on a small server the backend starts and their first
+ * catalog reads are what the start waits for. When the replication
+ * connection cannot be opened, the checks on a normal connection say why in
+ * their own words (wal_level, max_wal_senders, the role's REPLICATION, the
+ * dsn) before the bare connection error does.
+ */
 static int connect_postgres(outboxd_source_t *s)
 {
     char err[1024];
@@ -1950,32 +1967,44 @@ static int connect_postgres(outboxd_source_t *s)
             return -2;
         }
     }
-    int problems = outboxd_pgsetup_check(s->src, true, &report, &created_slot);
-    if (created_slot)
-        s->connect_created_slot = true;
-    if (problems != 0) {
-        char *line = report.data, *save = NULL;
-        for (line = strtok_r(line, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-            LOG_ERROR(s->name, "%s", line);
-        outboxd_buf_free(&report);
-        return -1;
-    }
-    outboxd_buf_free(&report);
-    LOG_DEBUG(s->name, "startup: PostgreSQL checked (connection, settings, tables, slot)");
-
     /* The replication connection waits in command mode (no
      * wal_sender_timeout runs) while Kafka is set up: starting the stream
      * first would leave it unanswered during Kafka's slow calls. */
     s->repl = outboxd_repl_connect(s->src, s->conf->wal_receiver_timeout_ms, s->stop, &s->ident,
                                    err, sizeof(err));
     if (!s->repl) {
-        LOG_ERROR(s->name, "%s", err);
+        int problems = outboxd_pgsetup_check(s->src, true, &report, &created_slot);
+        if (created_slot)
+            s->connect_created_slot = true;
+        if (problems != 0 && report.data)
+            log_report(s, &report);
+        else
+            LOG_ERROR(s->name, "%s", err);
+        outboxd_buf_free(&report);
         return -1;
     }
     LOG_DEBUG(s->name, "startup: replication connection open (IDENTIFY_SYSTEM)");
+    bool lost = false;
+    int problems = outboxd_pgsetup_check_repl(s->src, outboxd_repl_pgconn(s->repl), true, &report,
+                                              &created_slot, &lost);
+    if (created_slot)
+        s->connect_created_slot = true;
+    if (problems != 0 || lost) {
+        if (report.data)
+            log_report(s, &report);
+        else
+            LOG_ERROR(s->name, "the replication connection failed during the checks: %s",
+                      PQerrorMessage(outboxd_repl_pgconn(s->repl)));
+        outboxd_buf_free(&report);
+        close_stream(s);
+        return -1;
+    }
+    outboxd_buf_free(&report);
+    LOG_DEBUG(s->name, "startup: PostgreSQL checked (connection, settings, tables, slot)");
     return 0;
 }
 
+/* Opens the stream (and on first use the Kafka side). 0, -1 retry, -2 fatal. */
 static int connect_source(outboxd_source_t *s)
 {
     char err[1024];

@@ -28,6 +28,16 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
                           bool *created_slot);
 
 /*
+ * The same checks on a source's open replication connection (replication=
+ * database, in command mode), so a starting source opens one connection, not
+ * two: SQL runs there by the simple protocol, the parameters inlined as
+ * quoted literals. Returns the number of problems (0 = ready). *conn_lost
+ * tells that the connection failed on the way: close it; outboxd_pgsetup_check
+ * on a normal connection gives the full report.
+ */
+int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, bool create,
+                               outboxd_buf_t *report, bool *created_slot, bool *conn_lost);
+/*
  * The cheap check a running source repeats every status interval on its own
  * normal connection (*conn, opened on first use, closed and NULLed when
  * lost; the caller PQfinishes it at the end): every configured table still

@@ -8,6 +8,7 @@
 #ifndef OUTBOXD_REPL_H
 #define OUTBOXD_REPL_H
 
+#include <libpq-fe.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -101,6 +102,9 @@ int outboxd_repl_stream(outboxd_repl_t *r, const outboxd_source_conf_t *src,
 /* Process id of the walsender serving this connection (what
  * pg_replication_slots.active_pid shows while it streams the slot). */
 int outboxd_repl_backend_pid(const outboxd_repl_t *r);
+/* The libpq connection, for SQL (simple protocol) in command mode only:
+ * before outboxd_repl_stream. */
+PGconn *outboxd_repl_pgconn(outboxd_repl_t *r);
 
 /* Socket to poll for reading. */
 int outboxd_repl_fd(const outboxd_repl_t *r);
