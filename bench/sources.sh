@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Many sources in one process: N databases (default 50), each with its own
 # outbox table, publication and slot, relayed by one outboxd.
-# Prints: time from start until every source streams, resident memory
+# Prints: time from start until every source streams and the CPU the relay,
+# PostgreSQL (backends and walsenders) and the broker used until then, resident memory
 # (current and peak), the process's thread count, its CPU use while idle
 # (share of one core over BENCH_IDLE_S seconds, default 10), and a check
 # that one row written in every database arrives (read_committed count).

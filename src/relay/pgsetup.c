@@ -22,8 +22,10 @@
  * not warnings: with either, the relay cannot hold a slot or open its
  * replication connection, so reporting the source as ready would be wrong.
  *
- * All values go to the server as parameters; identifiers pasted into DDL are
- * quoted with PQescapeIdentifier, and literals shown in suggested SQL with
+ * All values go to the server as parameters (on a starting source's
+ * replication connection, which takes the simple protocol only, inlined as
+ * PQescapeLiteral literals); identifiers pasted into DDL are quoted with
+ * PQescapeIdentifier, and literals shown in suggested SQL with
  * PQescapeLiteral.
  */
 #include "outboxd/relay/pgsetup.h"
