@@ -98,13 +98,10 @@ drop_source() {
     psql_db "$db" -c "SELECT pg_drop_replication_slot('$slot') FROM pg_replication_slots WHERE slot_name = '$slot'" >/dev/null 2>&1 || true
 }
 
-# write_config FILE SOURCE_DB... : one source per database, outbox table
-# public.outbox, topics "$RUN_ID.${aggregatetype}".
-write_config() {
-    local file=$1
-    shift
-    {
-        cat <<EOF2
+# config_header: the kafka: and relay: sections of a test's configuration
+# (this run's broker, transactional ids and topics), up to "sources:".
+config_header() {
+    cat <<EOF2
 kafka:
   bootstrap_servers: "$KAFKA_BOOTSTRAP"
   transactional_id_prefix: "outboxd-$RUN_ID"
@@ -116,6 +113,15 @@ relay:
   log_level: ${RELAY_LOG_LEVEL:-info}
 sources:
 EOF2
+}
+
+# write_config FILE SOURCE_DB... : one source per database, outbox table
+# public.outbox, topics "$RUN_ID.${aggregatetype}".
+write_config() {
+    local file=$1
+    shift
+    {
+        config_header
         for db in "$@"; do
             cat <<EOF2
   - name: $db

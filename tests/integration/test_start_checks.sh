@@ -34,16 +34,9 @@ create_outbox_db "$B"
 psql_db "$B" -c 'ALTER TABLE outbox DROP COLUMN type' >/dev/null
 
 yq() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; } # YAML double-quoted
-cat >"$WORK/outboxd.yaml" <<EOF
-kafka:
-  bootstrap_servers: "$KAFKA_BOOTSTRAP"
-  transactional_id_prefix: "outboxd-$RUN_ID"
-relay:
-  commit_interval_ms: 20
-  checkpoint_topic: "$RUN_ID.checkpoints"
-  dead_letter_topic: "$RUN_ID.dlt"
-  reconnect_max_backoff_ms: 1000
-sources:
+{
+    config_header | sed 's/^relay:$/relay:\n  reconnect_max_backoff_ms: 1000/'
+    cat <<EOF
   - name: a
     dsn: "host=$PGHOST port=$PGPORT dbname=$A user=$PGUSER"
     slot: "${A}_s"
@@ -59,6 +52,7 @@ sources:
       - table: public.outbox
         topic: "$RUN_ID.ev.\${aggregatetype}"
 EOF
+} >"$WORK/outboxd.yaml"
 
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
