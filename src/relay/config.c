@@ -551,6 +551,28 @@ static bool check_publication(ctx_t *c, const char *v, const char *path, int lin
     return true;
 }
 
+/*
+ * A row filter is pasted into CREATE or ALTER PUBLICATION ... WHERE (filter),
+ * on a starting source's replication connection by the simple protocol,
+ * where a ';' would end the statement and run what follows as another: one
+ * expression only. A ';' inside a quoted string or identifier is fine.
+ */
+static bool check_row_filter(ctx_t *c, const char *v, const char *path, int line)
+{
+    char quote = 0;
+    for (const char *p = v; *p; p++) {
+        if (quote)
+            quote = *p == quote ? 0 : quote;
+        else if (*p == '\'' || *p == '"')
+            quote = *p;
+        else if (*p == ';')
+            return fail(c, line, path,
+                        "must be one SQL expression, but it has a ';' outside quotes "
+                        "(remove it)");
+    }
+    return true;
+}
+
 static bool check_column(ctx_t *c, const char *v, const char *path, int line)
 {
     if (strlen(v) > PG_NAME_MAX)
@@ -1041,7 +1063,7 @@ static const key_spec_t table_spec[] = {
      .custom = parse_mask_hash,
      .hint = "a list of column names"},
     {KEY("row_filter", K_STR, outboxd_table_conf_t, row_filter),
-     .hint = "an SQL boolean expression over the table's columns"},
+     .hint = "an SQL boolean expression over the table's columns", .check = check_row_filter},
     {.key = "mask_null",
      .kind = K_CUSTOM,
      .custom = parse_mask_null,

@@ -147,17 +147,18 @@ static char *inline_params(PGconn *conn, const char *sql, int nparams, const cha
                            char *err, size_t errsize)
 {
     outboxd_buf_t b = {0};
-    for (const char *p = sql; *p; p++) {
+    bool ok = true;
+    for (const char *p = sql; *p && ok; p++) {
         int n = p[0] == '$' && p[1] >= '1' && p[1] <= '9' && !isdigit((unsigned char)p[2])
                     ? p[1] - '0'
                     : 0;
         if (n == 0 || n > nparams) {
-            outboxd_buf_append(&b, p, 1);
+            ok = outboxd_buf_append(&b, p, 1);
             continue;
         }
         p++;
         if (!params[n - 1]) {
-            outboxd_buf_append_str(&b, "NULL");
+            ok = outboxd_buf_append_str(&b, "NULL");
             continue;
         }
         char *lit = PQescapeLiteral(conn, params[n - 1], strlen(params[n - 1]));
@@ -166,11 +167,14 @@ static char *inline_params(PGconn *conn, const char *sql, int nparams, const cha
             outboxd_buf_free(&b);
             return NULL;
         }
-        outboxd_buf_append_str(&b, lit);
+        ok = outboxd_buf_append_str(&b, lit);
         PQfreemem(lit);
     }
-    if (!b.data)
+    if (!ok || !b.data) {
         snprintf(err, errsize, "out of memory");
+        outboxd_buf_free(&b);
+        return NULL;
+    }
     return b.data;
 }
 
@@ -298,15 +302,22 @@ static void notice_to_log(void *arg, const char *message)
 }
 
 /* 1. wal_level and the settings replication cannot work without. */
+static bool too_old(check_t *c)
+{
+    int v = c->server_version;
+    if (v >= 100000)
+        return false;
+    problem(
+        c,
+        "PostgreSQL %d.%d is too old; outboxd needs PostgreSQL 10 or later (the pgoutput plugin)",
+        v / 10000, (v / 100) % 100);
+    return true;
+}
+
 static void check_settings(check_t *c)
 {
     int v = c->server_version;
-    if (v < 100000)
-        problem(c,
-                "PostgreSQL %d.%d is too old; outboxd needs PostgreSQL 10 or later (the pgoutput "
-                "plugin)",
-                v / 10000, (v / 100) % 100);
-    else if (c->src->n_messages > 0 && v < 140000)
+    if (!too_old(c) && c->src->n_messages > 0 && v < 140000)
         problem(c,
                 "PostgreSQL %d does not pass logical decoding messages through pgoutput (the "
                 "messages option exists from 14 on), which messages: needs; upgrade to "
@@ -1250,8 +1261,11 @@ int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, b
         .simple = true,
         .server_version = PQserverVersion(conn),
     };
+    if (too_old(&c)) /* a 9.x walsender takes no SQL: say only this */
+        return c.problems;
     /* The connection outlives this check: its notices go to the log only
-     * meanwhile (c is on this stack), then to whatever took them before. */
+     * meanwhile (c is on this stack), then back to the processor before,
+     * libpq's default (it takes no argument; repl.c sets none). */
     PQnoticeProcessor before = PQsetNoticeProcessor(conn, notice_to_log, &c);
     c.tables = calloc(src->n_tables ? src->n_tables : 1, sizeof(table_state_t));
     if (!c.tables)

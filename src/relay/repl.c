@@ -59,10 +59,12 @@ void outboxd_repl_start_options(int server_version, bool want_messages, const ch
 }
 
 outboxd_repl_t *outboxd_repl_connect(const outboxd_source_conf_t *src, int timeout_ms,
-                                     atomic_int *stop, outboxd_repl_ident_t *ident, char *errstr,
-                                     size_t errstr_size)
+                                     atomic_int *stop, outboxd_repl_ident_t *ident, bool *opened,
+                                     char *errstr, size_t errstr_size)
 {
     PGconn *conn = outboxd_pg_connect(src, true, errstr, errstr_size);
+    if (opened)
+        *opened = conn != NULL;
     if (!conn)
         return NULL;
 

@@ -1162,7 +1162,7 @@ int outboxd_replay_run(const outboxd_config_t *conf, const outboxd_replay_args_t
     }
     if (rc == 0) {
         rp->repl = outboxd_repl_connect(&rp->rsrc, conf->wal_receiver_timeout_ms, stop, &rp->ident,
-                                        err, sizeof(err));
+                                        NULL, err, sizeof(err));
         rp->dec = outboxd_pgo_decoder_new();
         if (!rp->repl || !rp->dec ||
             !(rp->rt = outboxd_router_new(conf, src, rp->ident.database, err, sizeof(err))) ||
@@ -1261,7 +1261,8 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
         goto out;
     }
     outboxd_repl_ident_t ident;
-    repl = outboxd_repl_connect(src, conf->wal_receiver_timeout_ms, stop, &ident, err, sizeof(err));
+    repl = outboxd_repl_connect(src, conf->wal_receiver_timeout_ms, stop, &ident, NULL, err,
+                                sizeof(err));
     if (!repl) {
         snprintf(errstr, errstr_size, "--start-lsn %s=%s: %s", src->name, l, err);
         goto out;

@@ -1970,16 +1970,24 @@ static int connect_postgres(outboxd_source_t *s)
     /* The replication connection waits in command mode (no
      * wal_sender_timeout runs) while Kafka is set up: starting the stream
      * first would leave it unanswered during Kafka's slow calls. */
+    bool opened = false;
     s->repl = outboxd_repl_connect(s->src, s->conf->wal_receiver_timeout_ms, s->stop, &s->ident,
-                                   err, sizeof(err));
+                                   &opened, err, sizeof(err));
     if (!s->repl) {
-        int problems = outboxd_pgsetup_check(s->src, true, &report, &created_slot);
+        /* Only a refused connection is worth a second one to explain it: not
+         * a stop, not a server that took it and then went silent or failed
+         * IDENTIFY_SYSTEM, and not a connect_timeout (the second would wait
+         * as long). */
+        bool explain = !opened && !atomic_load(s->stop) && !strstr(err, "timeout expired");
+        int problems = explain ? outboxd_pgsetup_check(s->src, true, &report, &created_slot) : 0;
         if (created_slot)
             s->connect_created_slot = true;
-        if (problems != 0 && report.data)
+        if (problems != 0 && report.data) {
+            LOG_DEBUG(s->name, "replication connection: %s", err);
             log_report(s, &report);
-        else
+        } else {
             LOG_ERROR(s->name, "%s", err);
+        }
         outboxd_buf_free(&report);
         return -1;
     }
@@ -1993,7 +2001,8 @@ static int connect_postgres(outboxd_source_t *s)
         if (report.data)
             log_report(s, &report);
         else
-            LOG_ERROR(s->name, "the replication connection failed during the checks: %s",
+            LOG_ERROR(s->name, "the replication connection failed during the checks: %.*s",
+                      (int)strcspn(PQerrorMessage(outboxd_repl_pgconn(s->repl)), "\n"),
                       PQerrorMessage(outboxd_repl_pgconn(s->repl)));
         outboxd_buf_free(&report);
         close_stream(s);

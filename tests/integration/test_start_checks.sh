@@ -5,15 +5,19 @@
 # costs the server one backend, not two (bench/sources.sh: with 200 sources
 # the server's CPU for the start fell from 2.3-2.9 s to 0.7-1.1 s).
 #  1. Names that need quoting all the way: a schema and a table with a quote,
-#     a backslash and a non-ASCII letter. The relay itself (no `outboxd check` first) creates the
-#     publication and the slot, and relays every event exactly once.
+#     a backslash and a non-ASCII letter. The relay itself (no `outboxd check`
+#     first) creates the publication and the slot, and relays every event
+#     exactly once.
 #  2. A check that fails there is reported as before: a missing outbox
-#     column is named with its fix, the source is retried, and it streams
-#     once the column exists.
+#     column is named with its fix, the source is retried (opening no normal
+#     connection), and it streams once the column exists.
 #  3. A start opens no normal connection: over a second run of the relay,
 #     pg_stat_database.sessions of each database grows by exactly 1, the
 #     periodic catalog check's kept connection (walsenders are not counted);
 #     a check on a connection of its own made it 2.
+#  4. When the replication connection is refused (a role without
+#     REPLICATION), the checks on a normal connection say why and how to fix
+#     it, as before.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -31,6 +35,9 @@ CREATE SCHEMA $(qi "$SCHEMA");
 CREATE TABLE $QT (LIKE public.outbox INCLUDING ALL);
 SQL
 create_outbox_db "$B"
+NOREPL=norepl_$RUN_ID
+psql_db postgres -c "CREATE ROLE $NOREPL LOGIN" >/dev/null
+extra_cleanup() { psql_db postgres -c "DROP ROLE IF EXISTS $NOREPL" >/dev/null 2>&1; }
 psql_db "$B" -c 'ALTER TABLE outbox DROP COLUMN type' >/dev/null
 
 yq() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; } # YAML double-quoted
@@ -51,8 +58,34 @@ yq() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; } # YAML double-quo
     tables:
       - table: public.outbox
         topic: "$RUN_ID.ev.\${aggregatetype}"
+  - name: c
+    dsn: "host=$PGHOST port=$PGPORT dbname=postgres user=$NOREPL"
+    slot: "${A}_c"
+    publication: outboxd_pub
+    tables:
+      - table: public.outbox
+        topic: "$RUN_ID.ev.\${aggregatetype}"
 EOF
 } >"$WORK/outboxd.yaml"
+
+# pg_stat_database.sessions counts a database's normal connections (not
+# walsenders); from PostgreSQL 15 on (shared-memory statistics) an ended
+# backend has flushed its count before it leaves pg_stat_activity. Only the
+# postgres database is queried while counting: the test's own sessions
+# would count too.
+count_sessions=0
+[ "${PG_SERVER_VERSION:-15}" -lt 15 ] || count_sessions=1
+sessions() { psql_db postgres -c "SELECT sessions FROM pg_stat_database WHERE datname = '$1'"; }
+backends() { psql_db postgres -c "SELECT count(*) FROM pg_stat_activity WHERE datname = '$1' $2"; }
+# until_backends DB OP N WHAT [EXTRA_WHERE]: until DB's backend count OP N.
+until_backends() {
+    for _ in $(seq 1 300); do
+        [ "$(backends "$1" "${5:-}")" "$2" "$3" ] && return 0
+        sleep 0.1
+    done
+    fail "$4 within 30 s"
+}
+[ $count_sessions = 0 ] || sb0=$(sessions "$B")
 
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
@@ -66,6 +99,22 @@ psql_db "$A" -c "INSERT INTO $QT (aggregatetype, aggregateid, type, payload)
 wait_log "$WORK/relay.log" "\\[b\\].*table public.outbox has no column 'type' \\(configured as columns.type\\); add it" 60 \
     "b's missing column was not reported"
 grep -q "\\[b\\] streaming slot" "$WORK/relay.log" && fail "b streamed without its type column"
+if [ $count_sessions = 1 ]; then
+    # Three failed starts, the first two long over: no normal connection.
+    for _ in $(seq 1 300); do
+        [ "$(grep -c "\\[b\\].*has no column 'type'" "$WORK/relay.log")" -ge 3 ] && break
+        sleep 0.1
+    done
+    until_backends "$B" -eq 0 "b's failed checks left a normal connection open" \
+        "AND backend_type = 'client backend'"
+    n=$(($(sessions "$B") - sb0))
+    log "normal connections opened by b's $(grep -c "\\[b\\].*has no column 'type'" "$WORK/relay.log") failed starts: $n"
+    [ "$n" = 0 ] || fail "b's failed starts opened $n normal connections, expected none (the checks run on the replication connection)"
+fi
+# 4. c's replication connection is refused; the normal connection's checks
+# say why.
+wait_log "$WORK/relay.log" "\\[c\\] source c: role '$NOREPL' may not use replication \\(it has neither REPLICATION nor SUPERUSER\\); grant it with: ALTER ROLE $NOREPL WITH REPLICATION" 60 \
+    "c's missing REPLICATION was not explained"
 psql_db "$B" -c "ALTER TABLE outbox ADD COLUMN type text NOT NULL DEFAULT 'Tested'" >/dev/null
 wait_log "$WORK/relay.log" "\\[b\\] streaming slot" 60 "b did not stream once its column existed"
 psql_db "$B" -c "SELECT write_events('order', 'b1', 20)" >/dev/null
@@ -86,11 +135,8 @@ stop_relay_ok "$relay"
 # 3. A second start, both sources ready: every relay connection to a
 # database is counted once it is closed. Let each source's catalog check
 # open its kept connection (it runs right after the stream starts), stop,
-# wait for the backends to end, compare. Only the postgres database is
-# queried meanwhile: the test's own sessions would count too.
-if [ "${PG_SERVER_VERSION:-15}" -ge 14 ]; then # the column exists from 14 on
-    sessions() { psql_db postgres -c "SELECT sessions FROM pg_stat_database WHERE datname = '$1'"; }
-    backends() { psql_db postgres -c "SELECT count(*) FROM pg_stat_activity WHERE datname = '$1' $2"; }
+# wait for the backends to end, compare.
+if [ $count_sessions = 1 ]; then
     sa0=$(sessions "$A")
     sb0=$(sessions "$B")
     : >"$WORK/relay.log"
@@ -98,18 +144,11 @@ if [ "${PG_SERVER_VERSION:-15}" -ge 14 ]; then # the column exists from 14 on
     relay=$RELAY_PID
     wait_streaming "$WORK/relay.log" 2 120
     for db in "$A" "$B"; do
-        for _ in $(seq 1 300); do
-            [ "$(backends "$db" "AND backend_type = 'client backend' AND application_name LIKE 'outboxd-%'")" -ge 1 ] && break
-            sleep 0.1
-        done
+        until_backends "$db" -ge 1 "no catalog check connection to $db" \
+            "AND backend_type = 'client backend' AND application_name LIKE 'outboxd-%'"
     done
     stop_relay_ok "$relay"
-    for db in "$A" "$B"; do
-        for _ in $(seq 1 100); do
-            [ "$(backends "$db")" = 0 ] && break
-            sleep 0.1
-        done
-    done
+    for db in "$A" "$B"; do until_backends "$db" -eq 0 "the relay's backends of $db did not end"; done
     na=$(($(sessions "$A") - sa0))
     nb=$(($(sessions "$B") - sb0))
     log "normal connections the relay opened in its start and first catalog check: a $na, b $nb"

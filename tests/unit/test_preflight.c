@@ -98,6 +98,13 @@ static void test_cdc_snapshot_modes(void **state)
                   &r),
         0);
     outboxd_buf_free(&r);
+    /* a ';' inside quotes keeps it one expression (config.c refuses others) */
+    assert_int_equal(preflight("",
+                               "\n        mode: cdc\n        snapshot: never\n        row_filter: "
+                               "\"x <> 'a;b' AND \\\"y;\\\" > 1\"",
+                               &r),
+                     0);
+    outboxd_buf_free(&r);
 }
 
 int main(void)

@@ -32,8 +32,9 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
  * database, in command mode), so a starting source opens one connection, not
  * two: SQL runs there by the simple protocol, the parameters inlined as
  * quoted literals. Returns the number of problems (0 = ready). *conn_lost
- * tells that the connection failed on the way: close it; outboxd_pgsetup_check
- * on a normal connection gives the full report.
+ * tells that the connection failed on the way: close it and try again.
+ * A row_filter goes into the publication's DDL as it is (config.c allows no
+ * ';' outside quotes in it, so it stays one statement).
  */
 int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, bool create,
                                outboxd_buf_t *report, bool *created_slot, bool *conn_lost);

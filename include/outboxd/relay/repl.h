@@ -66,11 +66,12 @@ void outboxd_repl_start_options(int server_version, bool want_messages, const ch
  * Every command on the connection (this one's IDENTIFY_SYSTEM, the ones
  * below, START_REPLICATION) fails when unanswered for timeout_ms
  * (relay.wal_receiver_timeout_ms; 0: no limit) or when *stop (may be NULL)
- * is set while it waits.
+ * is set while it waits. *opened (may be NULL) tells whether the server
+ * accepted the connection: on a failure, whether it was IDENTIFY_SYSTEM's.
  */
 outboxd_repl_t *outboxd_repl_connect(const outboxd_source_conf_t *src, int timeout_ms,
-                                     atomic_int *stop, outboxd_repl_ident_t *ident, char *errstr,
-                                     size_t errstr_size);
+                                     atomic_int *stop, outboxd_repl_ident_t *ident, bool *opened,
+                                     char *errstr, size_t errstr_size);
 
 /*
  * From a timeline history file's text: the LSN at which timeline tli ended
