@@ -113,7 +113,7 @@ if [ $count_sessions = 1 ]; then
 fi
 # 4. c's replication connection is refused; the normal connection's checks
 # say why.
-wait_log "$WORK/relay.log" "\\[c\\] source c: role '$NOREPL' may not use replication \\(it has neither REPLICATION nor SUPERUSER\\); grant it with: ALTER ROLE $NOREPL WITH REPLICATION" 60 \
+wait_log "$WORK/relay.log" "\\[c\\] source c: role '$NOREPL' may not use replication \\(it has neither REPLICATION nor SUPERUSER\\); grant it with: ALTER ROLE \"$NOREPL\" WITH REPLICATION" 60 \
     "c's missing REPLICATION was not explained"
 psql_db "$B" -c "ALTER TABLE outbox ADD COLUMN type text NOT NULL DEFAULT 'Tested'" >/dev/null
 wait_log "$WORK/relay.log" "\\[b\\] streaming slot" 60 "b did not stream once its column existed"
