@@ -66,6 +66,11 @@ ticks_of() {
 pg_master=$(head -n 1 "$STACK_DIR/pg/postmaster.pid")
 kafka_master=$(cat "$STACK_DIR/kafka.pid")
 # The broker is java under the pid file's shell (exec'd: the same pid).
+# Busy ticks of the whole machine (all cores): a check on the split above,
+# which samples per process at clock ticks and reads low for many short
+# backends.
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+busy0=$(busy)
 pg0=$(ticks_of "$pg_master" 1)
 kafka0=$(ticks_of "$kafka_master" 1)
 t0=$(now_ms)
@@ -78,6 +83,7 @@ until [ "$(grep -c "streaming slot" "$WORK/relay.log")" -ge "$N" ]; do
     sleep 0.05
 done
 t1=$(now_ms)
+busy1=$(busy)
 pg1=$(ticks_of "$pg_master" 1)
 kafka1=$(ticks_of "$kafka_master" 1)
 relay1=$(ticks_of "$relay")
@@ -104,7 +110,8 @@ echo "sources: n=$N producers_per_source=${BENCH_PRODUCERS:-2} kafka_producers=$
 echo "sources: all streaming $((t1 - t0)) ms after start"
 # Where the cores went until then (2 cores give 2 s of CPU a second).
 awk -v r="$relay1" -v p=$((pg1 - pg0)) -v k=$((kafka1 - kafka0)) -v hz="$hz" -v ms=$((t1 - t0)) \
-    'BEGIN { printf "sources: cpu until then: relay %.2f s, PostgreSQL %.2f s, broker %.2f s (wall %.2f s)\n", r / hz, p / hz, k / hz, ms / 1000 }'
+    -v b=$((busy1 - busy0)) \
+    'BEGIN { printf "sources: cpu until then: relay %.2f s, PostgreSQL %.2f s, broker %.2f s; the machine busy %.2f s (wall %.2f s)\n", r / hz, p / hz, k / hz, b / hz, ms / 1000 }'
 awk -v c=$((c1 - c0)) -v hz="$hz" -v s="$IDLE_S" 'BEGIN { printf "sources: idle cpu %.1f%% of one core over %d s\n", 100 * c / hz / s, s }'
 echo "sources: resident $((rss / 1024)) MB when idle, peak $((peak / 1024)) MB; threads $threads"
 echo "sources: one row per database written, $got of $N read back (read_committed) $((t3 - t2)) ms after the first write"
