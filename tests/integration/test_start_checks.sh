@@ -2,8 +2,8 @@
 # ctest: parallel
 # A starting source checks PostgreSQL on its replication connection (SQL by
 # the simple protocol, the parameters inlined as quoted literals), so a start
-# costs the server one backend, not two (bench/sources.sh: with 200 sources
-# the server's CPU for the start fell from 2.3-2.9 s to 0.7-1.1 s).
+# costs the server one backend, not two (bench/sources.sh: a 200-source start
+# took about 1 s less of the machine's CPU, and 0.5 s less time).
 #  1. Names that need quoting all the way: a schema and a table with a quote,
 #     a backslash and a non-ASCII letter. The relay itself (no `outboxd check`
 #     first) creates the publication and the slot, and relays every event
