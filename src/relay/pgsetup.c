@@ -1192,16 +1192,31 @@ static void check_retention_slot(check_t *c)
     PQclear(res);
 }
 
-/* The checks in order; each later one leans on what the earlier found. */
+/*
+ * The checks in order (each later one leans on what the earlier found), on
+ * c->conn. Its notices go to the log only meanwhile (c is on the caller's
+ * stack), then back to the processor before: libpq's default, which takes
+ * no argument (a replication connection outlives the check; repl.c sets
+ * none).
+ */
 static void run_checks(check_t *c)
 {
-    check_settings(c);
-    check_role(c);
-    check_tables(c);
-    check_columns(c);
-    check_publication(c);
-    check_slot(c);
-    check_retention_slot(c);
+    PQnoticeProcessor before = PQsetNoticeProcessor(c->conn, notice_to_log, c);
+    c->tables = calloc(c->src->n_tables ? c->src->n_tables : 1, sizeof(table_state_t));
+    if (!c->tables) {
+        problem(c, "out of memory while checking PostgreSQL");
+    } else {
+        check_settings(c);
+        check_role(c);
+        check_tables(c);
+        check_columns(c);
+        check_publication(c);
+        check_slot(c);
+        check_retention_slot(c);
+    }
+    free(c->tables);
+    c->tables = NULL;
+    PQsetNoticeProcessor(c->conn, before, NULL);
 }
 
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
@@ -1233,16 +1248,8 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
         .report = report,
         .server_version = PQserverVersion(conn),
     };
-    PQsetNoticeProcessor(conn, notice_to_log, &c);
-    c.tables = calloc(src->n_tables ? src->n_tables : 1, sizeof(table_state_t));
-    if (!c.tables) {
-        problem(&c, "out of memory while checking PostgreSQL");
-        PQfinish(conn);
-        return c.problems;
-    }
     run_checks(&c);
     PQfinish(conn);
-    free(c.tables);
     if (created_slot)
         *created_slot = c.slot_created;
     return c.problems;
@@ -1251,8 +1258,6 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
 int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, bool create,
                                outboxd_buf_t *report, bool *created_slot, bool *conn_lost)
 {
-    *created_slot = false;
-    *conn_lost = false;
     check_t c = {
         .src = src,
         .conn = conn,
@@ -1261,19 +1266,8 @@ int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, b
         .simple = true,
         .server_version = PQserverVersion(conn),
     };
-    if (too_old(&c)) /* a 9.x walsender takes no SQL: say only this */
-        return c.problems;
-    /* The connection outlives this check: its notices go to the log only
-     * meanwhile (c is on this stack), then back to the processor before,
-     * libpq's default (it takes no argument; repl.c sets none). */
-    PQnoticeProcessor before = PQsetNoticeProcessor(conn, notice_to_log, &c);
-    c.tables = calloc(src->n_tables ? src->n_tables : 1, sizeof(table_state_t));
-    if (!c.tables)
-        problem(&c, "out of memory while checking PostgreSQL");
-    else
+    if (!too_old(&c)) /* a 9.x walsender takes no SQL: say only that */
         run_checks(&c);
-    PQsetNoticeProcessor(conn, before, NULL);
-    free(c.tables);
     *created_slot = c.slot_created;
     *conn_lost = c.conn_lost;
     return c.problems;
