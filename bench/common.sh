@@ -9,6 +9,29 @@ OKCAT=$BUILD/tests/tools/okcat
     echo "bench: build first (cmake -S . -B build -G Ninja && ninja -C build)" >&2
     exit 2
 }
+# BENCH_LIBRDKAFKA=VERSION: run every Kafka client of the bench (the relay,
+# kafka_ceiling, okcat) on another librdkafka than the one they were linked
+# with, to measure what a librdkafka version changes. It is the library
+# bundled in PyPI's confluent-kafka wheel of that version (a self-contained
+# build of the same source), put first on LD_LIBRARY_PATH; kept in
+# ~/.cache/outboxd. The relay's startup line names the librdkafka it runs on.
+if [ -n "${BENCH_LIBRDKAFKA:-}" ]; then
+    rdk_dir=${XDG_CACHE_HOME:-$HOME/.cache}/outboxd/librdkafka-$BENCH_LIBRDKAFKA-$(uname -m)
+    if [ ! -e "$rdk_dir/librdkafka.so.1" ]; then
+        rm -rf "$rdk_dir.tmp" && mkdir -p "$rdk_dir.tmp"
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+            --platform "manylinux_2_28_$(uname -m)" -d "$rdk_dir.tmp" "confluent-kafka==$BENCH_LIBRDKAFKA" >&2 || {
+            echo "bench: BENCH_LIBRDKAFKA=$BENCH_LIBRDKAFKA: no confluent-kafka wheel of that version for $(uname -m)" >&2
+            exit 2
+        }
+        python3 -m zipfile -e "$rdk_dir.tmp"/confluent_kafka-*.whl "$rdk_dir.tmp/x"
+        lib=$(ls "$rdk_dir.tmp"/x/confluent_kafka.libs/librdkafka-*.so.1 2>/dev/null | head -n 1)
+        [ -n "$lib" ] || { echo "bench: no librdkafka in the confluent-kafka $BENCH_LIBRDKAFKA wheel" >&2; exit 2; }
+        mkdir -p "$rdk_dir" && cp "$lib" "$rdk_dir/librdkafka.so.1" && rm -rf "$rdk_dir.tmp"
+    fi
+    export LD_LIBRARY_PATH=$rdk_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    echo "bench: Kafka clients on librdkafka $BENCH_LIBRDKAFKA ($rdk_dir)" >&2
+fi
 export STACK_DIR=${BENCH_STACK_DIR:-/tmp/outboxd-bench-$$}
 export STACK_OWNER_PID=$$
 WORK=$(mktemp -d /tmp/outboxd-bench-work.XXXXXX)
@@ -87,6 +110,24 @@ bench_config() {
 # slot_done SLOT LSN: true once the slot has confirmed LSN.
 slot_done() {
     [ "$(q -c "SELECT coalesce(confirmed_flush_lsn >= '$2', false) FROM pg_replication_slots WHERE slot_name = '$1'")" = t ]
+}
+
+# thread_cpu PID: "name ms" per thread, summed by name (librdkafka names its
+# threads rdk:main, rdk:broker<id>, ...; the relay's are outboxd-*).
+thread_cpu() {
+    local tick
+    tick=$(getconf CLK_TCK)
+    for f in /proc/"$1"/task/*; do
+        printf '%s %s\n' "$(tr ' ' _ <"$f/comm")" "$(awk -v t="$tick" '{print int(($14 + $15) * 1000 / t)}' "$f/stat")"
+    done 2>/dev/null | awk '{sub(/[0-9]+$/, "", $1); c[$1] += $2} END {for (k in c) print k, c[k]}' | sort -k2 -nr
+}
+
+# thread_cpu_diff BEFORE AFTER PREFIX TOTAL_MS: per thread name, the CPU
+# used between two thread_cpu files, in ms and as a share of one core over
+# TOTAL_MS of wall time.
+thread_cpu_diff() {
+    join -a1 <(sort "$2") <(sort "$1") | awk '{d = $2 - ($3 ? $3 : 0); if (d > 0) print d, $1}' | sort -nr |
+        awk -v pre="$3" -v wall="$4" '{printf "%s thread %-16s %7d ms CPU, %5.1f%% of one core\n", pre, $2, $1, 100 * $1 / wall}'
 }
 
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }

@@ -13,7 +13,9 @@
 # Prints: steady-state p50/p90/p99/max, the warm-up figures, the relay's own
 # Kafka commit durations (p50/p99/max and how many took over 100 ms, from its
 # debug log), CPU seconds used by the relay, the broker and PostgreSQL during
-# the run (a saturated machine explains a wide tail), and peak RSS; then the
+# the run (a saturated machine explains a wide tail) and the relay's per
+# thread, and peak RSS (BENCH_PERF=1 adds a perf profile of the relay during
+# the load: where its CPU goes at a steady rate); then the
 # Kafka-side floor at the same rate (below; BENCH_FLOOR_LOAD=1 runs it
 # beside the same PostgreSQL load, BENCH_CEILING=0 skips it).
 #   bench/latency.sh [RATE] [SECONDS]
@@ -73,6 +75,7 @@ pg_ticks() { # the postmaster and all its children (walsender, backends)
     echo "$t"
 }
 r0=$(cpu_ticks "$relay")
+thread_cpu "$relay" >"$WORK/threads0"
 b0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
 p0=$(pg_ticks)
 
@@ -81,8 +84,22 @@ printf '%s\n' '\set k random(1, 1000)' \
     >"$WORK/insert.sql"
 TOTAL=$((SECS + (WARMUP_MS + 999) / 1000))
 say "writing $RATE transactions/s for $TOTAL s (the first ${WARMUP_MS} ms are warm-up)"
+# BENCH_PERF=1: perf record on the relay during the load (its samples cost
+# CPU on the same cores, so the latency of such a run is not the relay's;
+# use it to see where the relay's CPU goes at a steady rate).
+perf_pid=
+if [ "${BENCH_PERF:-0}" = 1 ]; then
+    perf record -F 499 -g -p "$relay" -o "$WORK/perf.data" >"$WORK/perf.log" 2>&1 &
+    perf_pid=$!
+    BG+=("$perf_pid")
+fi
 pgbench -n -c 4 -j 2 -R "$RATE" -T "$TOTAL" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench.log" 2>&1
 r1=$(cpu_ticks "$relay")
+thread_cpu "$relay" >"$WORK/threads1"
+if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" || true
+fi
 b1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
 p1=$(pg_ticks)
 wait "$consumer" || true
@@ -175,13 +192,23 @@ awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOT
     printf "latency: cpu during the load (share of one core): relay %.0f%%, broker %.0f%%, postgres %.0f%% (2 cores in all)\n",
         100 * r / hz / s, 100 * b / hz / s, 100 * p / hz / s
 }'
+# Per thread: the source loop (outboxd-loop), its commit helper
+# (outboxd-commit), librdkafka's (rdk:*), the poller and main.
+thread_cpu_diff "$WORK/threads0" "$WORK/threads1" "latency: relay" $((TOTAL * 1000))
+if [ -n "$perf_pid" ]; then
+    perf report -i "$WORK/perf.data" --no-children --stdio --sort comm,dso,symbol -g none \
+        --percent-limit 1 2>/dev/null | grep -E '^ +[0-9]' | head -n 40 | sed 's/^/latency: perf self /'
+    [ -z "${BENCH_OUT:-}" ] || { mkdir -p "$BENCH_OUT" && cp "$WORK/perf.data" "$BENCH_OUT/latency.perf.data"; }
+fi
 if [ "${BENCH_CEILING:-1}" != 0 ]; then
+    awk -v hz="$hz" -v s="$TOTAL" '/^kafka_ceiling: / { for (i = 1; i <= NF; i++) if ($i ~ /^cpu_ms=/) { sub(/cpu_ms=/, "", $i);
+        printf "latency: kafka-side floor: producer process cpu %.0f%% of one core (the relay above: the same records, plus PostgreSQL'"'"'s side)\n", $i / 10 / s } }' "$WORK/ceiling.out"
     grep -E "^okcat: latency" "$WORK/okcat2.out" |
         sed "s|^okcat: latency_ms|latency: kafka-side floor (transactional librdkafka producers, mode $(ceiling_mode), at the same rate, no relay${floor_load:-, no PostgreSQL}; receipt - moment due): steady_ms|"
     [ ! -s "$WORK/floor_load.txt" ] || cat "$WORK/floor_load.txt"
     sed -n 's/^kafka_ceiling: /latency: kafka-side floor: /p' "$WORK/ceiling.out"
     awk -v b=$((cb1 - cb0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN { printf "latency: kafka-side floor: broker cpu %.0f%% of one core\n", 100 * b / hz / s }'
 fi
-echo "latency: rows written=$written (incl. 1 first row); relay peak RSS = $((peak / 1024)) MB"
+echo "latency: rows written=$written (incl. 1 first row); relay peak RSS = $((peak / 1024)) MB; $(grep -o 'librdkafka [^)]*' "$WORK/relay.log" | head -n 1)"
 grep -o 'published.*' "$WORK/relay.log" | tail -n 1 | sed 's/^/latency: relay: /'
 [ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"

@@ -59,13 +59,6 @@ TICK=$(getconf CLK_TCK)
 
 # cpu_ms PID: utime + stime of the whole process in ms.
 cpu_ms() { awk -v t="$TICK" '{print int(($14 + $15) * 1000 / t)}' "/proc/$1/stat"; }
-# thread_cpu PID: "name ms" per thread, summed by name (librdkafka names its
-# threads rdk:main, rdk:broker<id>, ...).
-thread_cpu() {
-    for f in /proc/"$1"/task/*; do
-        printf '%s %s\n' "$(tr ' ' _ <"$f/comm")" "$(awk -v t="$TICK" '{print int(($14 + $15) * 1000 / t)}' "$f/stat")"
-    done | awk '{sub(/[0-9]+$/, "", $1); c[$1] += $2} END {for (k in c) print k, c[k]}' | sort -k2 -nr
-}
 
 for i in $(seq 1 "$NRUNS"); do
     cfg=$WORK/outboxd.$i.yaml

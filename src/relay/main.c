@@ -237,8 +237,11 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
         .metrics = metrics, .last_streaming = -1, .watchdog_usec = outboxd_notify_watchdog_usec()};
     if (sv.watchdog_usec)
         LOG_INFO(NULL, "systemd watchdog every %.1f s", (double)sv.watchdog_usec / 1e6);
-    LOG_INFO(NULL, "outboxd %s starting with %zu source(s), Kafka at %s", OUTBOXD_VERSION,
-             conf->n_sources, conf->bootstrap_servers);
+    LOG_INFO(NULL, "outboxd %s starting with %zu source(s), Kafka at %s (librdkafka %s)",
+             OUTBOXD_VERSION, conf->n_sources, conf->bootstrap_servers, rd_kafka_version_str());
+    const char *rdk_note = outboxd_sink_librdkafka_note(rd_kafka_version());
+    if (rdk_note)
+        LOG_INFO(NULL, "librdkafka %s: %s", rd_kafka_version_str(), rdk_note);
     size_t started = 0;
     /* One pool of transactional producers for all sources (sink.h); conf
      * outlives it: a reload cannot change relay.kafka_producers. */

@@ -15,7 +15,9 @@
  * the given properties. Every producer has the metadata of both topics
  * before the clock starts (as the relay's producers do: sink.c,
  * warm_producer). Prints one line:
- *   kafka_ceiling: events=N ms=X events_per_s=X mb_per_s=X transactions=N
+ *   kafka_ceiling: events=N ms=X events_per_s=X mb_per_s=X transactions=N ... cpu_ms=X
+ * (cpu_ms: this process's CPU, all its threads, until the last commit: what
+ * a bare producer spends on the same records, beside the relay's CPU).
  *
  * With KAFKA_CEILING_RATE=R (events per second), the records are written at
  * that steady rate instead, for N / R seconds, and transactions are cut the
@@ -58,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -441,6 +444,10 @@ int main(int argc, char **argv)
         if (join_commit(&prods[i]))
             return 1;
     int64_t us = now_us() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu_ms = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+                    (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
     /* The lists hold references to the producers' partitions: first. */
     if (parts) {
         rd_kafka_topic_partition_list_destroy(parts);
@@ -458,12 +465,12 @@ int main(int argc, char **argv)
         return 1;
     double s = (double)us / 1e6;
     printf("kafka_ceiling: events=%ld value_bytes=%ld ms=%.0f events_per_s=%.0f mb_per_s=%.1f "
-           "transactions=%ld mode=%s overlapped=%ld\n",
+           "transactions=%ld mode=%s overlapped=%ld cpu_ms=%.0f\n",
            n, vbytes, s * 1000, (double)n / s, (double)n * (double)vbytes / s / 1e6, txns,
            mode == MODE_ONE       ? "one"
            : mode == MODE_RING    ? "ring"
            : mode == MODE_OVERLAP ? "overlap"
                                   : "unsafe",
-           overlapped);
+           overlapped, cpu_ms);
     return 0;
 }

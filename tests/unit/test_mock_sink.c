@@ -815,6 +815,19 @@ static void test_pool_topics_rechecked_after_abort(void **state)
     outboxd_sink_pool_destroy(p);
 }
 
+/* The startup note about librdkafka's busy main thread: for the versions
+ * before the fix only (Debian bookworm's 2.0.2 among them). */
+static void test_librdkafka_note(void **state)
+{
+    (void)state;
+    const char *old = outboxd_sink_librdkafka_note(0x020002ff); /* 2.0.2 */
+    assert_non_null(old);
+    assert_non_null(strstr(old, "2.4.0"));
+    assert_non_null(outboxd_sink_librdkafka_note(0x020301ff)); /* 2.3.1 */
+    assert_null(outboxd_sink_librdkafka_note(0x020400ff));     /* 2.4.0 */
+    assert_null(outboxd_sink_librdkafka_note(0x020800ff));     /* 2.8.0 */
+}
+
 int main(void)
 {
     outboxd_log_set_level(OUTBOXD_LOG_ERROR);
@@ -834,6 +847,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pool_topics_rechecked_after_abort, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_topic_does_not_wait_for_metadata_scan, setup,
                                         teardown),
+        cmocka_unit_test(test_librdkafka_note),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

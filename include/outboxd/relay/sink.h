@@ -172,6 +172,16 @@ void outboxd_sink_poll(outboxd_sink_t *s);
 int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t errstr_size);
 
 /*
+ * What is known to cost the relay with the librdkafka of version (as
+ * rd_kafka_version() gives it): a sentence for the startup log, or NULL.
+ * Before 2.4.0 librdkafka's main thread serves its queue with a 0 ms timeout
+ * while its next timer is less than 1 ms away (librdkafka #4671), and a
+ * transaction arms such a timer each time it registers partitions, so every
+ * Kafka transaction spins a producer's main thread for about 1 to 2 ms.
+ */
+const char *outboxd_sink_librdkafka_note(int version);
+
+/*
  * Asks the brokers for metadata within timeout_ms, with librdkafka's log
  * lines kept at debug. Returns the number of brokers, -1 with the
  * transport's reason in errstr, or -2 when a broker answered but TLS, SASL or
