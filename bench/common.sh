@@ -20,12 +20,12 @@ if [ -n "${BENCH_LIBRDKAFKA:-}" ]; then
     if [ ! -e "$rdk_dir/librdkafka.so.1" ]; then
         rm -rf "$rdk_dir.tmp" && mkdir -p "$rdk_dir.tmp"
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
-            --platform "manylinux_2_28_$(uname -m)" -d "$rdk_dir.tmp" "confluent-kafka==$BENCH_LIBRDKAFKA" >&2 || {
+            --platform "manylinux_2_28_$(uname -m)" --platform "manylinux2014_$(uname -m)" -d "$rdk_dir.tmp" "confluent-kafka==$BENCH_LIBRDKAFKA" >&2 || {
             echo "bench: BENCH_LIBRDKAFKA=$BENCH_LIBRDKAFKA: no confluent-kafka wheel of that version for $(uname -m)" >&2
             exit 2
         }
         python3 -m zipfile -e "$rdk_dir.tmp"/confluent_kafka-*.whl "$rdk_dir.tmp/x"
-        lib=$(ls "$rdk_dir.tmp"/x/confluent_kafka.libs/librdkafka-*.so.1 2>/dev/null | head -n 1)
+        lib=$(ls "$rdk_dir.tmp"/x/confluent_kafka.libs/librdkafka-*.so.1 2>/dev/null | head -n 1 || true)
         [ -n "$lib" ] || { echo "bench: no librdkafka in the confluent-kafka $BENCH_LIBRDKAFKA wheel" >&2; exit 2; }
         mkdir -p "$rdk_dir" && cp "$lib" "$rdk_dir/librdkafka.so.1" && rm -rf "$rdk_dir.tmp"
     fi
@@ -126,7 +126,7 @@ thread_cpu() {
 # used between two thread_cpu files, in ms and as a share of one core over
 # TOTAL_MS of wall time.
 thread_cpu_diff() {
-    join -a1 <(sort "$2") <(sort "$1") | awk '{d = $2 - ($3 ? $3 : 0); if (d > 0) print d, $1}' | sort -nr |
+    join -a1 <(LC_ALL=C sort -k1,1 "$2") <(LC_ALL=C sort -k1,1 "$1") | awk '{d = $2 - ($3 ? $3 : 0); if (d > 0) print d, $1}' | sort -nr |
         awk -v pre="$3" -v wall="$4" '{printf "%s thread %-16s %7d ms CPU, %5.1f%% of one core\n", pre, $2, $1, 100 * $1 / wall}'
 }
 

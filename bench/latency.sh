@@ -89,6 +89,7 @@ say "writing $RATE transactions/s for $TOTAL s (the first ${WARMUP_MS} ms are wa
 # use it to see where the relay's CPU goes at a steady rate).
 perf_pid=
 if [ "${BENCH_PERF:-0}" = 1 ]; then
+    command -v perf >/dev/null || { say "BENCH_PERF=1: perf missing (apt-get install linux-perf)"; exit 2; }
     perf record -F 499 -g -p "$relay" -o "$WORK/perf.data" >"$WORK/perf.log" 2>&1 &
     perf_pid=$!
     BG+=("$perf_pid")
@@ -192,12 +193,13 @@ awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOT
     printf "latency: cpu during the load (share of one core): relay %.0f%%, broker %.0f%%, postgres %.0f%% (2 cores in all)\n",
         100 * r / hz / s, 100 * b / hz / s, 100 * p / hz / s
 }'
-# Per thread: the source loop (outboxd-loop), its commit helper
-# (outboxd-commit), librdkafka's (rdk:*), the poller and main.
+# Per thread: the source loop (outboxd-loop), librdkafka's (rdk:*), the
+# poller and main (the short-lived commit helpers, outboxd-commit, count
+# in the process total above only).
 thread_cpu_diff "$WORK/threads0" "$WORK/threads1" "latency: relay" $((TOTAL * 1000))
 if [ -n "$perf_pid" ]; then
     perf report -i "$WORK/perf.data" --no-children --stdio --sort comm,dso,symbol -g none \
-        --percent-limit 1 2>/dev/null | grep -E '^ +[0-9]' | head -n 40 | sed 's/^/latency: perf self /'
+        --percent-limit 1 2>/dev/null | grep -E '^ +[0-9]' | head -n 40 | sed 's/^/latency: perf self /' || true
     [ -z "${BENCH_OUT:-}" ] || { mkdir -p "$BENCH_OUT" && cp "$WORK/perf.data" "$BENCH_OUT/latency.perf.data"; }
 fi
 if [ "${BENCH_CEILING:-1}" != 0 ]; then

@@ -35,7 +35,7 @@ if ! podman image exists "localhost/debian:$RELEASE"; then
     podman tag "localhost/debian:$RELEASE" "localhost/debian:$RELEASE-slim"
 fi
 
-args=(build --pull=never --network=host -f "$ROOT/deploy/Dockerfile" -t "$TAG")
+args=(build --pull=never --network=host --build-arg "DEBIAN_RELEASE=$RELEASE" -f "$ROOT/deploy/Dockerfile" -t "$TAG")
 [[ -n ${PODMAN_ISOLATION:-} ]] && args+=(--isolation="$PODMAN_ISOLATION")
 say "podman ${args[*]} $ROOT"
 podman "${args[@]}" "$ROOT"

@@ -1184,17 +1184,6 @@ static topic_set_t *warm_set(outboxd_sink_t *s)
     return NULL;
 }
 
-/*
- * librdkafka 2.0 fetches the metadata of a topic a producer has not used
- * before only at its next topic scan, once a second: the first record to
- * it (and the commit waiting for that record) waited up to 1 s. Every
- * producer of the ring and every pool producer pays that once per topic,
- * the checkpoint topic included: measured in a 200,000-event drain as one
- * 600 ms to 1 s commit per run with two producers (bench/README.md). So
- * before a producer's first record to a topic, its metadata is asked for
- * at once (one round trip). Whatever the answer, the topic is not asked
- * for again on this producer: the produce path handles a missing topic.
- */
 const char *outboxd_sink_librdkafka_note(int version)
 {
     /* 2.4.0 released the fix (librdkafka commit 807b23a, "Fix to main loop
@@ -1207,6 +1196,17 @@ const char *outboxd_sink_librdkafka_note(int version)
            "(README, Performance); link a newer librdkafka where your distribution has one";
 }
 
+/*
+ * librdkafka 2.0 fetches the metadata of a topic a producer has not used
+ * before only at its next topic scan, once a second: the first record to
+ * it (and the commit waiting for that record) waited up to 1 s. Every
+ * producer of the ring and every pool producer pays that once per topic,
+ * the checkpoint topic included: measured in a 200,000-event drain as one
+ * 600 ms to 1 s commit per run with two producers (bench/README.md). So
+ * before a producer's first record to a topic, its metadata is asked for
+ * at once (one round trip). Whatever the answer, the topic is not asked
+ * for again on this producer: the produce path handles a missing topic.
+ */
 static void warm_producer(outboxd_sink_t *s, const char *topic)
 {
     topic_set_t *w = warm_set(s);
