@@ -569,6 +569,11 @@ offsets.topic.num.partitions=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=1
+# A killed producer's open transaction holds back its partitions' last
+# stable offset until the broker aborts it; the broker looks for those past
+# their transaction.timeout.ms this often (default 10000), so a test's
+# check waits for them (okcat --stable-wait-ms) seconds less.
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 group.initial.rebalance.delay.ms=0
 num.recovery.threads.per.data.dir=1
 # Faster unfencing at startup (default 2000), and after a kill -9 the old

@@ -50,7 +50,15 @@
  *            counts the violations); an upper bound only.
  * With KAFKA_CEILING_EXPECT=FILE it writes one line per record for
  * okcat --expect (id, key, topic, sequence number), so a run can be checked
- * for loss, duplicates and per-key order.
+ * for loss, duplicates and per-key order. KAFKA_CEILING_ID_BASE=B numbers
+ * ids and sequence numbers from B (a second run after a first of B records
+ * continues its ids and per-key order).
+ * With KAFKA_CEILING_ORPHAN=1, after the last commit it begins one more
+ * transaction, writes a record to every partition of TOPIC, waits for them
+ * to be acknowledged and exits without committing or aborting: the open
+ * transaction a killed producer leaves (until the broker aborts it after
+ * transaction.timeout.ms it holds back every partition's last stable
+ * offset; okcat's --stable-wait-ms is tested with it).
  * Exit 0, or 1 on any Kafka error.
  */
 #include <inttypes.h>
@@ -233,6 +241,38 @@ static rd_kafka_topic_partition_list_t *topic_partitions(rd_kafka_t *rk, const c
 /* Asks rk for topic's metadata now: librdkafka 2.0 would otherwise fetch
  * it only at its next topic scan (once a second) after the first record,
  * a wait of up to 1 s per producer and topic inside the timed run. */
+/* KAFKA_CEILING_ORPHAN: see the top. Does not return on success. */
+static int leave_open(rd_kafka_t *rk, const char *topic, FILE *expect, const char *expect_path)
+{
+    if (expect && fclose(expect) != 0) {
+        perror(expect_path);
+        return 2;
+    }
+    rd_kafka_topic_partition_list_t *parts = topic_partitions(rk, topic);
+    if (!parts)
+        return 1;
+    rd_kafka_error_t *e = rd_kafka_begin_transaction(rk);
+    if (e)
+        return failed("begin_transaction", e);
+    for (int i = 0; i < parts->cnt; i++) {
+        rd_kafka_resp_err_t r = rd_kafka_producev(
+            rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(parts->elems[i].partition),
+            RD_KAFKA_V_KEY("orphan", 6), RD_KAFKA_V_VALUE("never committed", 15),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (r) {
+            fprintf(stderr, "kafka_ceiling: produce: %s\n", rd_kafka_err2str(r));
+            return 1;
+        }
+    }
+    if (rd_kafka_flush(rk, 30000) || delivery_errors) {
+        fprintf(stderr, "kafka_ceiling: the open transaction's records were not acknowledged\n");
+        return 1;
+    }
+    printf("kafka_ceiling: left a transaction open on %d partition(s) of %s\n", parts->cnt, topic);
+    fflush(stdout);
+    _exit(0); /* no destroy: it would abort the transaction */
+}
+
 static void warm(rd_kafka_t *rk, const char *topic)
 {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
@@ -338,6 +378,8 @@ int main(int argc, char **argv)
     unsigned seed = 1;
     long done = 0, txns = 0, overlapped = 0;
     int cur = 0;
+    const char *base_env = getenv("KAFKA_CEILING_ID_BASE");
+    long id_base = base_env ? atol(base_env) : 0;
     const char *rate_env = getenv("KAFKA_CEILING_RATE");
     double rate = rate_env ? atof(rate_env) : 0;
     int64_t t0 = now_us();
@@ -381,9 +423,9 @@ int main(int argc, char **argv)
         for (; done < upto; done++) {
             char key[32], id[64];
             int klen = snprintf(key, sizeof(key), "order-%d", 1 + (int)(rand_r(&seed) % 1000));
-            snprintf(id, sizeof(id), "00000000-0000-4000-8000-%012ld", done);
+            snprintf(id, sizeof(id), "00000000-0000-4000-8000-%012ld", id_base + done);
             if (expect)
-                fprintf(expect, "%s\t%s\t%s\t%ld\n", id, key, topic, done);
+                fprintf(expect, "%s\t%s\t%s\t%ld\n", id, key, topic, id_base + done);
             rd_kafka_headers_t *h = rd_kafka_headers_new(2);
             rd_kafka_header_add(h, "id", 2, id, 36);
             rd_kafka_header_add(h, "type", 4, "OrderCreated", 12);
@@ -443,6 +485,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_prods; i++)
         if (join_commit(&prods[i]))
             return 1;
+    const char *orphan_env = getenv("KAFKA_CEILING_ORPHAN");
+    if (orphan_env && atoi(orphan_env) > 0)
+        return leave_open(prods[0].rk, topic, expect, expect_path);
     int64_t us = now_us() - t0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

@@ -56,6 +56,11 @@ static const char usage_text[] =
     "                        assigned partition is at its end and N ms passed\n"
     "                        without a new message (default 5000); with --count\n"
     "                        this rule applies only if given explicitly\n"
+    "  --stable-wait-ms N    before an idle stop, wait up to N ms (default 60000;\n"
+    "                        0: don't) while a partition has records past its last\n"
+    "                        stable offset: a transaction still open, e.g. one a\n"
+    "                        killed producer left that the broker has not yet\n"
+    "                        aborted; what follows it is not readable until then\n"
     "  --timeout-ms N        stop after N ms overall (default 120000)\n"
     "  --count N             stop after N messages; exit 3 if fewer were read\n"
     "  --print               one line per message:\n"
@@ -424,6 +429,7 @@ typedef struct opts {
     const char *ready_file; /* created once assigned and caught up */
     int64_t warmup_ms;
     int64_t create_partitions; /* --create-topics: 0 = off */
+    int64_t stable_wait_ms;    /* idle stop: wait this long for open transactions */
 } opts_t;
 
 typedef struct examples {
@@ -900,6 +906,7 @@ static bool peek_selftest(outboxd_avro_t *av)
 typedef struct pstate {
     tkey_t k;            /* a: topic index, c: partition */
     int64_t next_offset; /* -1 until a message was consumed */
+    int64_t eof_offset;  /* where the last end of partition was reported */
     bool assigned, eof;
 } pstate_t;
 
@@ -995,6 +1002,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
+static rd_kafka_conf_t *consumer_conf(const opts_t *o, const char *group);
+
 static rd_kafka_t *make_consumer(const opts_t *o, run_t *r)
 {
     char err[512];
@@ -1009,6 +1018,25 @@ static rd_kafka_t *make_consumer(const opts_t *o, run_t *r)
     for (size_t i = 0; i < sizeof(rnd); i++)
         n += snprintf(group + n, sizeof(group) - (size_t)n, "%02x", rnd[i]);
 
+    rd_kafka_conf_t *conf = consumer_conf(o, group);
+    if (!conf)
+        return NULL;
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_opaque(conf, r);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (!rk) {
+        fprintf(stderr, "okcat: cannot create consumer: %s\n", err);
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+/* okcat's consumer settings, then the -X properties. */
+static rd_kafka_conf_t *consumer_conf(const opts_t *o, const char *group)
+{
+    char err[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     const char *defaults[][2] = {
         {"bootstrap.servers", o->bootstrap},
@@ -1049,16 +1077,100 @@ static rd_kafka_t *make_consumer(const opts_t *o, run_t *r)
             return NULL;
         }
     }
-    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
-    rd_kafka_conf_set_opaque(conf, r);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
-    if (!rk) {
-        fprintf(stderr, "okcat: cannot create consumer: %s\n", err);
-        rd_kafka_conf_destroy(conf);
-        return NULL;
+    return conf;
+}
+
+/*
+ * The idle stop's last check. A read_committed consumer reports the end of
+ * a partition at its last stable offset: a transaction still open there (a
+ * killed producer's, which the broker aborts only after its
+ * transaction.timeout.ms) hides every record after it, so stopping then
+ * would report committed events as missing. True once every assigned
+ * partition's end is its high watermark (asked of a read_uncommitted
+ * client), or after --stable-wait-ms; checked at most every 500 ms.
+ */
+typedef struct stab {
+    rd_kafka_t *wm;
+    int64_t since_ms;   /* when found unstable; 0 until then */
+    int64_t checked_ms; /* last check */
+    bool done;          /* stable, or given up */
+} stab_t;
+
+static bool stable(run_t *r, stab_t *st, int64_t now)
+{
+    const opts_t *o = r->o;
+    if (o->stable_wait_ms == 0 || st->done)
+        return true;
+    if (st->checked_ms && now - st->checked_ms < 500)
+        return false;
+    st->checked_ms = now;
+    if (!st->wm) {
+        char err[512];
+        rd_kafka_conf_t *conf = consumer_conf(o, "okcat-watermarks");
+        if (conf && rd_kafka_conf_set(conf, "isolation.level", "read_uncommitted", err,
+                                      sizeof(err)) != RD_KAFKA_CONF_OK) {
+            fprintf(stderr, "okcat: %s\n", err);
+            rd_kafka_conf_destroy(conf);
+            conf = NULL;
+        }
+        if (conf && !(st->wm = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err)))) {
+            fprintf(stderr, "okcat: cannot create a watermark client: %s\n", err);
+            rd_kafka_conf_destroy(conf);
+        }
+        if (!st->wm) {
+            fprintf(stderr, "okcat: not checking for open transactions before stopping\n");
+            st->done = true;
+            return true;
+        }
     }
-    rd_kafka_poll_set_consumer(rk);
-    return rk;
+    size_t i = 0, n = 0;
+    pstate_t *p, *first = NULL;
+    int64_t first_hi = 0;
+    while ((p = tmap_next(&r->parts, &i))) {
+        if (!p->assigned)
+            continue;
+        int64_t lo = 0, hi = 0;
+        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(st->wm, r->topics.strs[p->k.a],
+                                                                   p->k.c, &lo, &hi, 5000);
+        if (err) {
+            fprintf(stderr, "okcat: high watermark of %s [%" PRId32 "]: %s\n",
+                    r->topics.strs[p->k.a], p->k.c, rd_kafka_err2str(err));
+            hi = INT64_MAX; /* unknown: asked again in 500 ms */
+        }
+        if (hi > p->eof_offset) {
+            if (!first) {
+                first = p;
+                first_hi = hi;
+            }
+            n++;
+        }
+    }
+    int64_t waited = st->since_ms ? outboxd_now_ms() - st->since_ms : 0;
+    if (n == 0) {
+        if (st->since_ms)
+            fprintf(stderr, "okcat: the open transactions ended after %" PRId64 " ms\n", waited);
+        st->done = true;
+        return true;
+    }
+    if (!st->since_ms) {
+        st->since_ms = now;
+        fprintf(stderr,
+                "okcat: %zu partition(s) have records past their last stable offset, e.g. %s "
+                "[%" PRId32 "] ends at %" PRId64 " of %" PRId64
+                ": a transaction is open there (the broker aborts a dead producer's after its "
+                "transaction.timeout.ms); waiting up to %" PRId64 " ms\n",
+                n, r->topics.strs[first->k.a], first->k.c, first->eof_offset, first_hi,
+                o->stable_wait_ms);
+    } else if (waited >= o->stable_wait_ms) {
+        fprintf(stderr,
+                "okcat: %zu partition(s) still have an open transaction after %" PRId64
+                " ms, e.g. %s [%" PRId32 "] ends at %" PRId64 " of %" PRId64
+                "; stopping without what follows it\n",
+                n, waited, r->topics.strs[first->k.a], first->k.c, first->eof_offset, first_hi);
+        st->done = true;
+        return true;
+    }
+    return false;
 }
 
 static int subscribe(rd_kafka_t *rk, const opts_t *o)
@@ -1123,6 +1235,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         OPT_READY_FILE,
         OPT_WARMUP_MS,
         OPT_CREATE,
+        OPT_STABLE_WAIT,
     };
     static const struct option longopts[] = {
         {"bootstrap", required_argument, NULL, 'b'},
@@ -1139,11 +1252,13 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"ready-file", required_argument, NULL, OPT_READY_FILE},
         {"warmup-ms", required_argument, NULL, OPT_WARMUP_MS},
         {"create-topics", required_argument, NULL, OPT_CREATE},
+        {"stable-wait-ms", required_argument, NULL, OPT_STABLE_WAIT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     o->idle_ms = 5000;
     o->timeout_ms = 120000;
+    o->stable_wait_ms = 60000;
     int c;
     while ((c = getopt_long(argc, argv, "b:t:T:X:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -1171,6 +1286,14 @@ static int parse_opts(int argc, char **argv, opts_t *o)
                 return -1;
             }
             o->idle_given = true;
+            break;
+        case OPT_STABLE_WAIT:
+            if (!parse_i64(optarg, 0, &o->stable_wait_ms)) {
+                fprintf(stderr,
+                        "okcat: --stable-wait-ms needs a non-negative integer, got \"%s\"\n",
+                        optarg);
+                return -1;
+            }
             break;
         case OPT_TIMEOUT:
             if (!parse_i64(optarg, 1, &o->timeout_ms)) {
@@ -1476,6 +1599,7 @@ int main(int argc, char **argv)
     checker_t chk;
     bool have_chk = false;
     rd_kafka_t *rk = NULL;
+    stab_t stab = {0};
     run_t r = {.o = &o, .parts = {.esize = sizeof(pstate_t)}};
     strmap_init(&r.topics, &r.arena);
     char err[512];
@@ -1548,7 +1672,8 @@ int main(int argc, char **argv)
             stopped = "timeout";
             break;
         }
-        if (idle_rule && r.consumed > 0 && now - last_msg_ms >= o.idle_ms && caught_up(&r)) {
+        if (idle_rule && r.consumed > 0 && now - last_msg_ms >= o.idle_ms && caught_up(&r) &&
+            stable(&r, &stab, now)) {
             stopped = "idle";
             break;
         }
@@ -1571,8 +1696,11 @@ int main(int argc, char **argv)
         }
         if (m->err) {
             if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                if (m->rkt)
-                    part_state(&r, rd_kafka_topic_name(m->rkt), m->partition)->eof = true;
+                if (m->rkt) {
+                    pstate_t *ps = part_state(&r, rd_kafka_topic_name(m->rkt), m->partition);
+                    ps->eof = true;
+                    ps->eof_offset = m->offset;
+                }
             } else {
                 if (m->rkt)
                     fprintf(stderr, "okcat: consumer error on %s [%" PRId32 "]: %s\n",
@@ -1621,6 +1749,8 @@ out:
         rd_kafka_consumer_close(rk);
         rd_kafka_destroy(rk);
     }
+    if (stab.wm)
+        rd_kafka_destroy(stab.wm);
     if (have_chk)
         checker_free(&chk);
     if (r.av)
