@@ -434,10 +434,25 @@ static int set(rd_kafka_conf_t *kc, const char *k, const char *v, char *errstr, 
 
 /* Base config shared by the producer and the checkpoint reader: the user's
  * properties win over our defaults. */
+void outboxd_sink_conf_defaults(rd_kafka_conf_t *kc)
+{
+    /* librdkafka 2.5.0 added client metrics pushed to a broker that asks
+     * for them (KIP-714, enable.metrics.push, default true). The relay has
+     * its own (/metrics), and the push's shutdown step made every
+     * rd_kafka_destroy on 2.8.0 wait up to 1 s (its wake-up can come before
+     * the wait begins), so a start took 2 s and a stop 1 s. Off here; a
+     * kafka.properties entry, set after this, turns it back on. */
+    if (rd_kafka_version() >= 0x02050000) {
+        char e[256];
+        (void)rd_kafka_conf_set(kc, "enable.metrics.push", "false", e, sizeof(e));
+    }
+}
+
 static rd_kafka_conf_t *base_conf(const outboxd_config_t *conf, bool consumer, char *errstr,
                                   size_t errstr_size)
 {
     rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    outboxd_sink_conf_defaults(kc);
     if (set(kc, "bootstrap.servers", conf->bootstrap_servers, errstr, errstr_size) < 0)
         goto fail;
     rd_kafka_conf_set_log_cb(kc, log_cb);

@@ -20,6 +20,7 @@
 #include "outboxd/relay/checkpoint.h"
 #include "outboxd/relay/connhint.h"
 #include "outboxd/relay/pgconn.h"
+#include "outboxd/relay/sink.h"
 #include "outboxd/relay/stats.h"
 
 #define KAFKA_TIMEOUT_MS 20000
@@ -52,6 +53,7 @@ static int read_checkpoints(const outboxd_config_t *conf, found_ck_t *found, cha
 {
     char e[512];
     rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    outboxd_sink_conf_defaults(kc);
     const char *fixed[][2] = {{"bootstrap.servers", conf->bootstrap_servers},
                               {"group.id", "outboxd-status"},
                               {"isolation.level", "read_committed"},

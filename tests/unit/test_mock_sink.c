@@ -828,6 +828,27 @@ static void test_librdkafka_note(void **state)
     assert_null(outboxd_sink_librdkafka_note(0x020800ff));     /* 2.8.0 */
 }
 
+/* Client metrics push is off wherever librdkafka has it (2.5.0 and later:
+ * on 2.8.0 its shutdown step made each destroy wait 1 s); older versions do
+ * not know the property and get nothing. Run with a newer librdkafka, e.g.
+ * LD_LIBRARY_PATH from bench/common.sh's BENCH_LIBRDKAFKA, to check both. */
+static void test_conf_defaults(void **state)
+{
+    (void)state;
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    outboxd_sink_conf_defaults(kc);
+    char v[16] = "";
+    size_t n = sizeof(v);
+    rd_kafka_conf_res_t res = rd_kafka_conf_get(kc, "enable.metrics.push", v, &n);
+    if (rd_kafka_version() >= 0x02050000) {
+        assert_int_equal(res, RD_KAFKA_CONF_OK);
+        assert_string_equal(v, "false");
+    } else {
+        assert_int_equal(res, RD_KAFKA_CONF_UNKNOWN);
+    }
+    rd_kafka_conf_destroy(kc);
+}
+
 int main(void)
 {
     outboxd_log_set_level(OUTBOXD_LOG_ERROR);
@@ -848,6 +869,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_new_topic_does_not_wait_for_metadata_scan, setup,
                                         teardown),
         cmocka_unit_test(test_librdkafka_note),
+        cmocka_unit_test(test_conf_defaults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -182,6 +182,14 @@ int outboxd_sink_check_conf(const outboxd_config_t *conf, char *errstr, size_t e
 const char *outboxd_sink_librdkafka_note(int version);
 
 /*
+ * The relay's defaults for every librdkafka client it makes (before the
+ * kafka.properties entries, which override them): client metrics push off
+ * (enable.metrics.push, librdkafka 2.5.0 and later).
+ */
+struct rd_kafka_conf_s;
+void outboxd_sink_conf_defaults(struct rd_kafka_conf_s *kc);
+
+/*
  * Asks the brokers for metadata within timeout_ms, with librdkafka's log
  * lines kept at debug. Returns the number of brokers, -1 with the
  * transport's reason in errstr, or -2 when a broker answered but TLS, SASL or
