@@ -432,8 +432,6 @@ static int set(rd_kafka_conf_t *kc, const char *k, const char *v, char *errstr, 
     return 0;
 }
 
-/* Base config shared by the producer and the checkpoint reader: the user's
- * properties win over our defaults. */
 void outboxd_sink_conf_defaults(rd_kafka_conf_t *kc)
 {
     /* librdkafka 2.5.0 added client metrics pushed to a broker that asks
@@ -448,6 +446,8 @@ void outboxd_sink_conf_defaults(rd_kafka_conf_t *kc)
     }
 }
 
+/* Base config shared by the producer and the checkpoint reader: the user's
+ * properties win over our defaults. */
 static rd_kafka_conf_t *base_conf(const outboxd_config_t *conf, bool consumer, char *errstr,
                                   size_t errstr_size)
 {

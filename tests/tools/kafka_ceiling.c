@@ -238,9 +238,6 @@ static rd_kafka_topic_partition_list_t *topic_partitions(rd_kafka_t *rk, const c
     return l;
 }
 
-/* Asks rk for topic's metadata now: librdkafka 2.0 would otherwise fetch
- * it only at its next topic scan (once a second) after the first record,
- * a wait of up to 1 s per producer and topic inside the timed run. */
 /* KAFKA_CEILING_ORPHAN: see the top. Does not return on success. */
 static int leave_open(rd_kafka_t *rk, const char *topic, FILE *expect, const char *expect_path)
 {
@@ -273,6 +270,9 @@ static int leave_open(rd_kafka_t *rk, const char *topic, FILE *expect, const cha
     _exit(0); /* no destroy: it would abort the transaction */
 }
 
+/* Asks rk for topic's metadata now: librdkafka 2.0 would otherwise fetch
+ * it only at its next topic scan (once a second) after the first record,
+ * a wait of up to 1 s per producer and topic inside the timed run. */
 static void warm(rd_kafka_t *rk, const char *topic)
 {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);

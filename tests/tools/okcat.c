@@ -1086,57 +1086,30 @@ static rd_kafka_conf_t *consumer_conf(const opts_t *o, const char *group)
  * killed producer's, which the broker aborts only after its
  * transaction.timeout.ms) hides every record after it, so stopping then
  * would report committed events as missing. True once every assigned
- * partition's end is its high watermark (asked of a read_uncommitted
- * client), or after --stable-wait-ms; checked at most every 500 ms.
+ * partition's end is its high watermark, or after --stable-wait-ms. The
+ * high watermark is the one the last fetch response carried (librdkafka
+ * keeps it apart from the stable offset it reads up to), so this asks the
+ * broker nothing.
  */
 typedef struct stab {
-    rd_kafka_t *wm;
-    int64_t since_ms;   /* when found unstable; 0 until then */
-    int64_t checked_ms; /* last check */
-    bool done;          /* stable, or given up */
+    int64_t since_ms; /* when found unstable; 0 until then */
+    bool done;        /* stable, or given up */
 } stab_t;
 
-static bool stable(run_t *r, stab_t *st, int64_t now)
+static bool stable(rd_kafka_t *rk, run_t *r, stab_t *st, int64_t now)
 {
     const opts_t *o = r->o;
     if (o->stable_wait_ms == 0 || st->done)
         return true;
-    if (st->checked_ms && now - st->checked_ms < 500)
-        return false;
-    st->checked_ms = now;
-    if (!st->wm) {
-        char err[512];
-        rd_kafka_conf_t *conf = consumer_conf(o, "okcat-watermarks");
-        if (conf && rd_kafka_conf_set(conf, "isolation.level", "read_uncommitted", err,
-                                      sizeof(err)) != RD_KAFKA_CONF_OK) {
-            fprintf(stderr, "okcat: %s\n", err);
-            rd_kafka_conf_destroy(conf);
-            conf = NULL;
-        }
-        if (conf && !(st->wm = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err)))) {
-            fprintf(stderr, "okcat: cannot create a watermark client: %s\n", err);
-            rd_kafka_conf_destroy(conf);
-        }
-        if (!st->wm) {
-            fprintf(stderr, "okcat: not checking for open transactions before stopping\n");
-            st->done = true;
-            return true;
-        }
-    }
     size_t i = 0, n = 0;
     pstate_t *p, *first = NULL;
     int64_t first_hi = 0;
     while ((p = tmap_next(&r->parts, &i))) {
         if (!p->assigned)
             continue;
-        int64_t lo = 0, hi = 0;
-        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(st->wm, r->topics.strs[p->k.a],
-                                                                   p->k.c, &lo, &hi, 5000);
-        if (err) {
-            fprintf(stderr, "okcat: high watermark of %s [%" PRId32 "]: %s\n",
-                    r->topics.strs[p->k.a], p->k.c, rd_kafka_err2str(err));
-            hi = INT64_MAX; /* unknown: asked again in 500 ms */
-        }
+        int64_t lo = -1, hi = -1;
+        if (rd_kafka_get_watermark_offsets(rk, r->topics.strs[p->k.a], p->k.c, &lo, &hi) || hi < 0)
+            continue; /* not fetched yet: its end of partition is still to come */
         if (hi > p->eof_offset) {
             if (!first) {
                 first = p;
@@ -1145,7 +1118,7 @@ static bool stable(run_t *r, stab_t *st, int64_t now)
             n++;
         }
     }
-    int64_t waited = st->since_ms ? outboxd_now_ms() - st->since_ms : 0;
+    int64_t waited = st->since_ms ? now - st->since_ms : 0;
     if (n == 0) {
         if (st->since_ms)
             fprintf(stderr, "okcat: the open transactions ended after %" PRId64 " ms\n", waited);
@@ -1673,7 +1646,7 @@ int main(int argc, char **argv)
             break;
         }
         if (idle_rule && r.consumed > 0 && now - last_msg_ms >= o.idle_ms && caught_up(&r) &&
-            stable(&r, &stab, now)) {
+            stable(rk, &r, &stab, now)) {
             stopped = "idle";
             break;
         }
@@ -1749,8 +1722,6 @@ out:
         rd_kafka_consumer_close(rk);
         rd_kafka_destroy(rk);
     }
-    if (stab.wm)
-        rd_kafka_destroy(stab.wm);
     if (have_chk)
         checker_free(&chk);
     if (r.av)
