@@ -1002,8 +1002,6 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
-static rd_kafka_conf_t *consumer_conf(const opts_t *o, const char *group);
-
 static rd_kafka_t *make_consumer(const opts_t *o, run_t *r)
 {
     char err[512];
@@ -1018,25 +1016,6 @@ static rd_kafka_t *make_consumer(const opts_t *o, run_t *r)
     for (size_t i = 0; i < sizeof(rnd); i++)
         n += snprintf(group + n, sizeof(group) - (size_t)n, "%02x", rnd[i]);
 
-    rd_kafka_conf_t *conf = consumer_conf(o, group);
-    if (!conf)
-        return NULL;
-    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
-    rd_kafka_conf_set_opaque(conf, r);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
-    if (!rk) {
-        fprintf(stderr, "okcat: cannot create consumer: %s\n", err);
-        rd_kafka_conf_destroy(conf);
-        return NULL;
-    }
-    rd_kafka_poll_set_consumer(rk);
-    return rk;
-}
-
-/* okcat's consumer settings, then the -X properties. */
-static rd_kafka_conf_t *consumer_conf(const opts_t *o, const char *group)
-{
-    char err[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     const char *defaults[][2] = {
         {"bootstrap.servers", o->bootstrap},
@@ -1077,7 +1056,16 @@ static rd_kafka_conf_t *consumer_conf(const opts_t *o, const char *group)
             return NULL;
         }
     }
-    return conf;
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_opaque(conf, r);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (!rk) {
+        fprintf(stderr, "okcat: cannot create consumer: %s\n", err);
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
 }
 
 /*
