@@ -36,9 +36,14 @@ export STACK_DIR=${BENCH_STACK_DIR:-/tmp/outboxd-bench-$$}
 export STACK_OWNER_PID=$$
 WORK=$(mktemp -d /tmp/outboxd-bench-work.XXXXXX)
 BG=()
+# BENCH_KEEP=DIR: the run's work files (relay logs, configs, results) are
+# copied there at exit, for a look at what a figure came from.
 bench_cleanup() {
     for p in "${BG[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [ -n "${BENCH_KEEP:-}" ]; then
+        mkdir -p "$BENCH_KEEP" && cp -a "$WORK"/. "$BENCH_KEEP"/ && echo "bench: work files kept in $BENCH_KEEP" >&2
+    fi
     [ -n "${BENCH_STACK_DIR:-}" ] || "$ROOT/tests/stack/stack.sh" stop --clean >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }

@@ -322,7 +322,7 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
  * statistics.interval.ms): one debug line per interval with what explains a
  * drain rate or a commit time: per broker the request round trip, the time
  * records wait in librdkafka's queue before a request is built and in the
- * output buffer, and the produce requests sent; per topic the mean batch
+ * output buffer, and the requests sent so far per type; per topic the mean batch
  * (records and bytes per partition request). Times in ms.
  */
 static double window(json_t *o, const char *key, const char *field)
@@ -339,7 +339,7 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
     json_t *root = json_loadb(json, json_len, 0, NULL);
     if (!root)
         return 0;
-    char line[2048];
+    char line[4096];
     size_t n = 0;
     n += (size_t)snprintf(line + n, sizeof(line) - n, "%s: msgs in queue %lld, sent %lld",
                           json_string_value(json_object_get(root, "name")),
@@ -359,6 +359,16 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
             window(b, "rtt", "p99"), window(b, "rtt", "max"), window(b, "int_latency", "avg"),
             window(b, "int_latency", "p99"), window(b, "outbuf_latency", "avg"),
             (long long)json_integer_value(json_object_get(json_object_get(b, "req"), "Produce")));
+        /* Every request type sent so far (cumulative): what the client asks
+         * of the broker besides producing (metadata, transaction calls). */
+        const char *api;
+        json_t *cnt;
+        json_object_foreach(json_object_get(b, "req"), api, cnt)
+        {
+            if (json_integer_value(cnt) > 0 && n < sizeof(line))
+                n += (size_t)snprintf(line + n, sizeof(line) - n, ", %s %lld", api,
+                                      (long long)json_integer_value(cnt));
+        }
     }
     json_t *t;
     json_object_foreach(json_object_get(root, "topics"), key, t)

@@ -53,6 +53,22 @@
 #define BUSY_POLL_MS  100
 #define IDLE_POLL_MS  1000
 #define IDLE_AFTER_MS 2000
+/*
+ * Behind: the walsender sent the newest transaction at least BACKLOG_LAG_MS
+ * after its commit (both times from the server's clock, so no skew between
+ * hosts): it is working through a backlog, and a moment with nothing on the
+ * socket means it is still decoding, not that it has nothing more. Cutting
+ * the Kafka transaction there (the group commit of a relay that is caught
+ * up) made a drain commit many small transactions, each with its
+ * AddPartitionsToTxn, EndTxn, markers and checkpoint record for the broker
+ * to serve (40 to 168 transactions for the same 200,000 events, bench/README
+ * "Backlog batches"). Behind, a batch is cut when full (max_batch_events) or
+ * once it has been open for commit_interval_ms, but at least
+ * BACKLOG_BATCH_MS: its events are that late already, and fuller
+ * transactions let the relay catch up sooner.
+ */
+#define BACKLOG_LAG_MS   100
+#define BACKLOG_BATCH_MS 100
 
 /* Where the loop's next step resumes (step). */
 #define PHASE_RUN              0 /* (re)connect if needed, then stream */
@@ -100,6 +116,7 @@ struct outboxd_source {
 
     /* The PostgreSQL transaction being received. */
     bool in_txn;
+    bool behind;   /* the newest transaction came from a backlog (BACKLOG_LAG_MS) */
     bool skip_txn; /* wholly covered by ck_committed */
     outboxd_lsn_t txn_commit_lsn;
     uint32_t txn_xid;
@@ -1197,6 +1214,8 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         s->txn_commit_time_us = msg.u.begin.commit_ts + OUTBOXD_PG_EPOCH_OFFSET_US;
         s->txn_send_time_us = m->send_time_us;
         s->txn_recv_time_us = m->recv_time_us ? m->recv_time_us : outboxd_wall_us();
+        s->behind = m->send_time_us > 0 && msg.u.begin.commit_ts != 0 &&
+                    s->txn_send_time_us - s->txn_commit_time_us >= BACKLOG_LAG_MS * 1000;
         s->change_idx = 0;
         s->change_lsn = 0;
         s->change_lsn_ordinal = 0;
@@ -1318,6 +1337,13 @@ static bool split_due(const outboxd_source_t *s)
            SPLIT_AFTER_MS;
 }
 
+/* When the open batch is due by time (see BACKLOG_LAG_MS). */
+static int64_t batch_due_ms(const outboxd_source_t *s)
+{
+    int extra = BACKLOG_BATCH_MS - s->conf->commit_interval_ms;
+    return s->batch_deadline_ms + (s->behind && extra > 0 ? extra : 0);
+}
+
 /*
  * A replication connection can die without an error reaching us: a half-open
  * link (a firewall or NAT that drops the flow, a failover that moved the
@@ -1394,7 +1420,7 @@ static int after_wait(outboxd_source_t *s, const outboxd_loop_wait_t *w)
     if (!stopping(s))
         watch_catalog(s); /* a stop wakes every idle source at once */
     /* The end of the loop's round, as after any message. */
-    if (s->batch_open && !s->pend_n && coarse_now_ms() >= s->batch_deadline_ms &&
+    if (s->batch_open && !s->pend_n && coarse_now_ms() >= batch_due_ms(s) &&
         (!s->in_txn || split_due(s))) {
         int rc = commit_batch(s);
         if (rc < 0)
@@ -1482,14 +1508,26 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
             /* Group commit: the server has nothing more for us right now,
              * so waiting would only add latency. Under load the socket is
              * rarely empty and batches grow up to max_batch_events or
-             * commit_interval_ms, whichever comes first. */
+             * commit_interval_ms, whichever comes first. Behind a backlog
+             * an empty socket says nothing (BACKLOG_LAG_MS). */
+            int timeout = BUSY_POLL_MS;
             if (s->batch_open && (!s->in_txn || split_due(s))) {
-                rc = commit_batch(s);
-                break;
+                int64_t due = batch_due_ms(s);
+                /* Behind, the wait for more keeps the loop's thread (an
+                 * open batch may hold a producer another source waits
+                 * for): not when other loops wait for a thread. */
+                if (s->in_txn || !s->behind || outboxd_now_ms() >= due ||
+                    (s->loop && outboxd_loop_should_yield(s->loop))) {
+                    rc = commit_batch(s);
+                    break;
+                }
+                /* Behind: the walsender is still decoding the backlog. */
+                timeout = (int)(due - outboxd_now_ms());
+                if (timeout < 1)
+                    timeout = 1;
             }
             /* Nothing open and nothing received for a while: sleep longer
              * (stop and reload wake it through idle_fd). */
-            int timeout = BUSY_POLL_MS;
             int64_t quiet_since =
                 s->last_recv_ms > s->last_pollin_ms ? s->last_recv_ms : s->last_pollin_ms;
             if (!s->batch_open && !s->in_txn && s->idle_fd >= 0 &&
@@ -1514,8 +1552,7 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
         /* commit_interval_ms bounds how long a received change waits; what
          * was read ahead is a backlog, committed in full batches (or when
          * the read-ahead is used up), so commits stay few while behind. */
-        if (s->batch_open && !s->pend_n && now >= s->batch_deadline_ms &&
-            (!s->in_txn || split_due(s))) {
+        if (s->batch_open && !s->pend_n && now >= batch_due_ms(s) && (!s->in_txn || split_due(s))) {
             if ((rc = commit_batch(s)) < 0)
                 return rc;
         }

@@ -7,12 +7,15 @@
 # was started with STACK_KAFKA_PROXY=1), so a relay bootstrapping there keeps
 # every broker connection on the proxy; the checking consumer (okcat), psql
 # and the writers connect directly and see no fault.
+# FAULTS_KAFKA_PROXY=0 (set before sourcing): only the PostgreSQL proxy. The
+# Kafka one listens on the one address the shared broker advertises, so a
+# test with it must hold the kafka_proxy lock; one without it need not.
 
 FAULTS_SRC=${OUTBOXD_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 TOXI_SH=$FAULTS_SRC/tests/stack/toxiproxy.sh
 # shellcheck disable=SC1091
 declare -F wait_writers >/dev/null || source "$FAULTS_SRC/tests/integration/writers.sh"
-[ -n "${KAFKA_VIA_PROXY:-}" ] && [ -n "${KAFKA_PROXIED:-}" ] ||
+[ "${FAULTS_KAFKA_PROXY:-1}" = 0 ] || { [ -n "${KAFKA_VIA_PROXY:-}" ] && [ -n "${KAFKA_PROXIED:-}" ]; } ||
     fail "the stack in $STACK_DIR has no proxied Kafka listener: start it with STACK_KAFKA_PROXY=1 (ctest's fixture does; on a running stack that restarts the broker)"
 
 FAULT_RESTORE_WST=0 # wal_sender_timeout was changed and must be reset
@@ -57,7 +60,7 @@ for try in 1 2 3 4 5; do
     log "toxiproxy could not listen for PostgreSQL on $PG_PROXY_PORT (try $try): $(cat "$WORK/toxi-proxy.err")"
     [ "$try" -lt 5 ] || fail "toxiproxy: no PostgreSQL proxy after 5 ports"
 done
-for try in $(seq 1 20); do
+[ "${FAULTS_KAFKA_PROXY:-1}" = 0 ] || for try in $(seq 1 20); do
     toxi proxy kafka "$KAFKA_VIA_PROXY" "$KAFKA_PROXIED" 2>"$WORK/toxi-proxy.err" && break
     log "toxiproxy could not listen on $KAFKA_VIA_PROXY (the broker's advertised proxied address; try $try): $(cat "$WORK/toxi-proxy.err"); sockets there: $(ss -Htan "( sport = :${KAFKA_VIA_PROXY##*:} )" 2>/dev/null | tr '\n' ' ')"
     [ "$try" -lt 20 ] || fail "toxiproxy: the Kafka proxy could not listen on $KAFKA_VIA_PROXY"

@@ -31,6 +31,10 @@
 #   STACK_PG_VERSION another server version at `start` (13, 14, 16, 17 or a
 #                    full version such as 14.15.0) from Maven Central, see
 #                    "other PostgreSQL versions" below; clients stay PG_BIN's
+#   STACK_KAFKA_REQUEST_LOG=1  at `start`: the broker logs every request it
+#                    completes (api key and version, client id, queue, local,
+#                    remote and send times) to kafka-request.log in STACK_DIR:
+#                    for benchmarks that must see what the clients ask of it
 #   STACK_KAFKA_PROXY=1  at the first `start`: the broker gets a third listener
 #                    advertised at a port where a test runs a proxy (Toxiproxy),
 #                    see "proxied Kafka listener" below
@@ -586,6 +590,8 @@ EOF
     [[ -f $STACK_KAFKA_EXTRA_PROPS ]] || die "STACK_KAFKA_EXTRA_PROPS=$STACK_KAFKA_EXTRA_PROPS is not a file"
     cat "$STACK_KAFKA_EXTRA_PROPS" >>"$KAFKA_PROPS"
   fi
+  local REQ_LOG_LEVEL=WARN
+  if [[ ${STACK_KAFKA_REQUEST_LOG:-0} == 1 ]]; then REQ_LOG_LEVEL="DEBUG, requests"; fi
   cat >"$STACK_DIR/kafka-log4j.properties" <<EOF
 log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -593,11 +599,21 @@ log4j.appender.file.File=$KAFKA_LOG
 log4j.appender.file.Append=true
 log4j.appender.file.layout=org.apache.log4j.PatternLayout
 log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.logger.kafka.request.logger=WARN
+log4j.logger.kafka.request.logger=${REQ_LOG_LEVEL}
 log4j.logger.kafka.authorizer.logger=WARN
 log4j.logger.state.change.logger=WARN
 log4j.logger.org.apache.kafka.clients=WARN
 EOF
+  if [[ ${STACK_KAFKA_REQUEST_LOG:-0} == 1 ]]; then
+    cat >>"$STACK_DIR/kafka-log4j.properties" <<EOF
+log4j.additivity.kafka.request.logger=false
+log4j.appender.requests=org.apache.log4j.FileAppender
+log4j.appender.requests.File=$STACK_DIR/kafka-request.log
+log4j.appender.requests.Append=true
+log4j.appender.requests.layout=org.apache.log4j.PatternLayout
+log4j.appender.requests.layout.ConversionPattern=[%d] %m%n
+EOF
+  fi
 }
 
 # ------------------------------------------------- proxied Kafka listener --
