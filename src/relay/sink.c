@@ -181,6 +181,7 @@ struct outboxd_sink_pool {
     int next; /* where the search for a free slot starts (round robin) */
     pool_state_t state;
     atomic_llong polled_ms;     /* when idle producers were last polled */
+    atomic_int waiting;         /* sources waiting in borrow() for a producer */
     int poll_next;              /* the idle producer polled next */
     outboxd_ckstore_t *ckstore; /* one checkpoint read serves many sources */
 };
@@ -628,6 +629,11 @@ void outboxd_sink_destroy(outboxd_sink_t *s)
     for (int i = 0; i < MAX_PRODUCERS; i++)
         set_free(&s->warm[i]);
     free(s);
+}
+
+bool outboxd_sink_pool_contended(const outboxd_sink_t *s)
+{
+    return s->pool && atomic_load(&s->pool->waiting) > 0;
 }
 
 bool outboxd_sink_in_txn(const outboxd_sink_t *s)
@@ -1800,6 +1806,7 @@ static outboxd_sink_status_t borrow(outboxd_sink_t *s, char *errstr, size_t errs
     outboxd_sink_pool_t *p = s->pool;
     pool_slot_t *sl = NULL;
     int64_t t0 = outboxd_now_ms();
+    bool counted = false; /* in p->waiting */
     pthread_mutex_lock(&p->mu);
     for (;;) {
         for (int i = 0; i < p->n && !sl; i++) {
@@ -1809,6 +1816,10 @@ static outboxd_sink_status_t borrow(outboxd_sink_t *s, char *errstr, size_t errs
         }
         if (sl)
             break;
+        if (!counted) {
+            counted = true;
+            atomic_fetch_add(&p->waiting, 1);
+        }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += POOL_WAIT_STEP_MS * 1000000L;
@@ -1821,6 +1832,7 @@ static outboxd_sink_status_t borrow(outboxd_sink_t *s, char *errstr, size_t errs
         if (s->stop && atomic_load(s->stop) && outboxd_now_ms() - t0 > TXN_CALL_TIMEOUT_MS) {
             snprintf(errstr, errstr_size, "stopping: no pool producer came free in %d ms",
                      TXN_CALL_TIMEOUT_MS);
+            atomic_fetch_sub(&p->waiting, 1);
             return OUTBOXD_SINK_ABORTED;
         }
         pthread_mutex_lock(&p->mu);
@@ -1828,6 +1840,8 @@ static outboxd_sink_status_t borrow(outboxd_sink_t *s, char *errstr, size_t errs
     sl->busy = true;
     p->next = (int)(sl - p->slots + 1) % p->n;
     pthread_mutex_unlock(&p->mu);
+    if (counted)
+        atomic_fetch_sub(&p->waiting, 1);
     int64_t waited = outboxd_now_ms() - t0;
     if (waited >= 1000)
         LOG_DEBUG(s->src->name, "waited %lld ms for a pool producer", (long long)waited);

@@ -55,17 +55,23 @@
 #define IDLE_AFTER_MS 2000
 /*
  * Behind: the walsender sent the newest transaction at least BACKLOG_LAG_MS
- * after its commit (both times from the server's clock, so no skew between
- * hosts): it is working through a backlog, and a moment with nothing on the
- * socket means it is still decoding, not that it has nothing more. Cutting
- * the Kafka transaction there (the group commit of a relay that is caught
- * up) made a drain commit many small transactions, each with its
- * AddPartitionsToTxn, EndTxn, markers and checkpoint record for the broker
- * to serve (40 to 168 transactions for the same 200,000 events, bench/README
- * "Backlog batches"). Behind, a batch is cut when full (max_batch_events) or
- * once it has been open for commit_interval_ms, but at least
- * BACKLOG_BATCH_MS: its events are that late already, and fuller
- * transactions let the relay catch up sooner.
+ * after its commit: it is working through a backlog, and a moment with
+ * nothing on the socket means it is still decoding (or the link is slower
+ * than the relay), not that it has nothing more. Cutting the Kafka
+ * transaction there (the group commit of a relay that is caught up) made a
+ * drain commit many small transactions, each with its AddPartitionsToTxn,
+ * EndTxn, markers and checkpoint record for the broker to serve (40 to 168
+ * transactions for the same 200,000 events, bench/README "Backlog
+ * batches"). Behind, a pause does not cut the batch: it is cut when full
+ * (max_batch_events) or once open for commit_interval_ms, but at least
+ * BACKLOG_BATCH_MS (its events are that late already, and fuller
+ * transactions let the relay catch up sooner), and at once when another
+ * source waits for the loop's thread or for a producer of the pool.
+ * Both times normally come from the server's clock. They do not when the
+ * change was replicated from another server (the origin's commit time) or
+ * is decoded on a standby (the primary's); a clock ahead there by more than
+ * BACKLOG_LAG_MS only costs a caught-up relay up to BACKLOG_BATCH_MS per
+ * batch.
  */
 #define BACKLOG_LAG_MS   100
 #define BACKLOG_BATCH_MS 100
@@ -1214,7 +1220,7 @@ static int handle_data(outboxd_source_t *s, const outboxd_repl_msg_t *m)
         s->txn_commit_time_us = msg.u.begin.commit_ts + OUTBOXD_PG_EPOCH_OFFSET_US;
         s->txn_send_time_us = m->send_time_us;
         s->txn_recv_time_us = m->recv_time_us ? m->recv_time_us : outboxd_wall_us();
-        s->behind = m->send_time_us > 0 && msg.u.begin.commit_ts != 0 &&
+        s->behind = msg.u.begin.commit_ts != 0 &&
                     s->txn_send_time_us - s->txn_commit_time_us >= BACKLOG_LAG_MS * 1000;
         s->change_idx = 0;
         s->change_lsn = 0;
@@ -1513,18 +1519,20 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
             int timeout = BUSY_POLL_MS;
             if (s->batch_open && (!s->in_txn || split_due(s))) {
                 int64_t due = batch_due_ms(s);
-                /* Behind, the wait for more keeps the loop's thread (an
-                 * open batch may hold a producer another source waits
-                 * for): not when other loops wait for a thread. */
+                /* Behind, the wait for more keeps the loop's thread and the
+                 * batch's producer: not while another source waits for
+                 * either. */
                 if (s->in_txn || !s->behind || outboxd_now_ms() >= due ||
-                    (s->loop && outboxd_loop_should_yield(s->loop))) {
+                    (s->loop && outboxd_loop_should_yield(s->loop)) ||
+                    outboxd_sink_pool_contended(s->sink)) {
                     rc = commit_batch(s);
                     break;
                 }
-                /* Behind: the walsender is still decoding the backlog. */
-                timeout = (int)(due - outboxd_now_ms());
-                if (timeout < 1)
-                    timeout = 1;
+                /* Behind: the walsender is still decoding the backlog. The
+                 * wait is at most BUSY_POLL_MS, so the loop's round (stats
+                 * tick, status updates, liveness) runs as usual. */
+                int64_t left = due - outboxd_now_ms();
+                timeout = left < 1 ? 1 : left < BUSY_POLL_MS ? (int)left : BUSY_POLL_MS;
             }
             /* Nothing open and nothing received for a while: sleep longer
              * (stop and reload wake it through idle_fd). */

@@ -18,6 +18,7 @@ declare -F wait_writers >/dev/null || source "$FAULTS_SRC/tests/integration/writ
 [ "${FAULTS_KAFKA_PROXY:-1}" = 0 ] || { [ -n "${KAFKA_VIA_PROXY:-}" ] && [ -n "${KAFKA_PROXIED:-}" ]; } ||
     fail "the stack in $STACK_DIR has no proxied Kafka listener: start it with STACK_KAFKA_PROXY=1 (ctest's fixture does; on a running stack that restarts the broker)"
 
+FAULTS_WITH_KAFKA_PROXY=${FAULTS_KAFKA_PROXY:-1} # lasts beyond the source line
 FAULT_RESTORE_WST=0 # wal_sender_timeout was changed and must be reset
 STOPPED_PIDS=()     # processes sent SIGSTOP, resumed by the cleanup
 
@@ -60,7 +61,7 @@ for try in 1 2 3 4 5; do
     log "toxiproxy could not listen for PostgreSQL on $PG_PROXY_PORT (try $try): $(cat "$WORK/toxi-proxy.err")"
     [ "$try" -lt 5 ] || fail "toxiproxy: no PostgreSQL proxy after 5 ports"
 done
-[ "${FAULTS_KAFKA_PROXY:-1}" = 0 ] || for try in $(seq 1 20); do
+[ "$FAULTS_WITH_KAFKA_PROXY" = 0 ] || for try in $(seq 1 20); do
     toxi proxy kafka "$KAFKA_VIA_PROXY" "$KAFKA_PROXIED" 2>"$WORK/toxi-proxy.err" && break
     log "toxiproxy could not listen on $KAFKA_VIA_PROXY (the broker's advertised proxied address; try $try): $(cat "$WORK/toxi-proxy.err"); sockets there: $(ss -Htan "( sport = :${KAFKA_VIA_PROXY##*:} )" 2>/dev/null | tr '\n' ' ')"
     [ "$try" -lt 20 ] || fail "toxiproxy: the Kafka proxy could not listen on $KAFKA_VIA_PROXY"
@@ -73,6 +74,8 @@ done
 write_proxied_config() {
     local file=$1
     shift
+    # Without its own Kafka proxy the address may be another test's.
+    [ "$FAULTS_WITH_KAFKA_PROXY" != 0 ] || fail "write_proxied_config needs the Kafka proxy (FAULTS_KAFKA_PROXY=0 was set)"
     KAFKA_BOOTSTRAP=$KAFKA_VIA_PROXY PGPORT=$PG_PROXY_PORT write_config "$file" "$@"
     config_relay_keys "$file" "reconnect_max_backoff_ms: ${RECONNECT_MAX_BACKOFF_MS:-2000}"
 }

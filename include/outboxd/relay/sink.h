@@ -100,6 +100,10 @@ outboxd_sink_status_t outboxd_sink_fence(outboxd_sink_t *s, char *errstr, size_t
 /* Whether a Kafka transaction is open. */
 bool outboxd_sink_in_txn(const outboxd_sink_t *s);
 
+/* With a pool of producers (relay.kafka_producers): whether another source
+ * waits for one of them right now (false without a pool). */
+bool outboxd_sink_pool_contended(const outboxd_sink_t *s);
+
 /* Produces one record, beginning a transaction if none is open. */
 outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_record_t *rec,
                                            char *errstr, size_t errstr_size);
