@@ -68,6 +68,7 @@
 
 #include "outboxd/common/log.h"
 #include "outboxd/relay/pgconn.h"
+#include "outboxd/relay/pgsetup.h"
 
 #define INT2_OID 21
 #define INT4_OID 23
@@ -117,7 +118,8 @@ struct outboxd_snapshot {
     const char *name;
     json_t *state; /* the progress, as in the checkpoint */
     bool pending;
-    PGconn *conn; /* normal connection: reads and key comparisons */
+    PGconn *conn;     /* normal connection: reads and key comparisons */
+    atomic_int *stop; /* the source's: gives up a query at once */
     /* The stream filter, built from state["segs"]. */
     seg_table_t *segt;
     size_t n_segt;
@@ -151,8 +153,8 @@ bool outboxd_snapshot_configured(const outboxd_source_conf_t *src)
 }
 
 outboxd_snapshot_t *outboxd_snapshot_new(const outboxd_config_t *conf,
-                                         const outboxd_source_conf_t *src, char *errstr,
-                                         size_t errstr_size)
+                                         const outboxd_source_conf_t *src, atomic_int *stop,
+                                         char *errstr, size_t errstr_size)
 {
     outboxd_snapshot_t *sn = calloc(1, sizeof(*sn));
     if (!sn) {
@@ -162,6 +164,7 @@ outboxd_snapshot_t *outboxd_snapshot_new(const outboxd_config_t *conf,
     sn->conf = conf;
     sn->src = src;
     sn->name = src->name;
+    sn->stop = stop;
     return sn;
 }
 
@@ -542,27 +545,70 @@ static void pg_err(PGconn *conn, PGresult *res, const char *what, char *errstr, 
 }
 
 /*
+ * Every query of the snapshot's normal connection is bounded: a server that
+ * accepted it and went silent (a frozen backend, a path gone half-open:
+ * TCP keepalives are answered by the peer's kernel) would otherwise hold the
+ * source's loop, and every source sharing its thread, for good. The run's
+ * reads are bounded by relay.wal_receiver_timeout_ms (a chunk legitimately
+ * takes a while; the source's walsender would drop its idle stream long
+ * before a longer one ended anyway), the stream filter's look-ups by the
+ * loop's bound (at most 10 s). A stop gives the query up at once. NULL with
+ * errstr on any failure; a connection whose query was given up is closed
+ * (its answer may still come), so the next use opens a new one.
+ */
+/* A read cut short by the source's stop is no error: the run resumes from
+ * its last committed chunk at the next start. */
+#define LOG_READ_FAILED(sn, ...)                                                                   \
+    do {                                                                                           \
+        if ((sn)->stop && atomic_load((sn)->stop))                                                 \
+            LOG_INFO((sn)->name, __VA_ARGS__);                                                     \
+        else                                                                                       \
+            LOG_ERROR((sn)->name, __VA_ARGS__);                                                    \
+    } while (0)
+
+static int run_bound(const outboxd_snapshot_t *sn)
+{
+    return sn->conf->wal_receiver_timeout_ms > 0 ? sn->conf->wal_receiver_timeout_ms : 0;
+}
+
+static int filter_bound(const outboxd_snapshot_t *sn)
+{
+    return outboxd_pgsetup_loop_bound(sn->conf->wal_receiver_timeout_ms);
+}
+
+static PGresult *sn_query(outboxd_snapshot_t *sn, int timeout_ms, const char *sql, int nparams,
+                          const char *const *params, const char *what, char *errstr,
+                          size_t errstr_size)
+{
+    PGresult *res = outboxd_pg_query_bounded(sn->conn, sql, nparams, params, what, timeout_ms,
+                                             sn->stop, errstr, errstr_size);
+    if (!res &&
+        (PQstatus(sn->conn) != CONNECTION_OK || PQtransactionStatus(sn->conn) == PQTRANS_ACTIVE)) {
+        PQfinish(sn->conn);
+        sn->conn = NULL;
+    }
+    return res;
+}
+
+/*
  * The relation as pgoutput would describe it (columns neither dropped nor
  * generated, in attnum order, replica identity flags as pgoutput sets them)
  * and its primary key. NULL with errstr; *fatal tells a table that cannot be
  * snapshotted (no primary key) from a failed query.
  */
-static table_info_t *load_info(PGconn *conn, const char *nsp, const char *relname, bool *fatal,
-                               char *errstr, size_t errstr_size)
+static table_info_t *load_info(outboxd_snapshot_t *sn, int timeout_ms, const char *nsp,
+                               const char *relname, bool *fatal, char *errstr, size_t errstr_size)
 {
     *fatal = false;
     const char *p[2] = {nsp, relname};
-    PGresult *res = PQexecParams(conn,
-                                 "SELECT c.oid, c.relreplident FROM pg_catalog.pg_class c JOIN "
-                                 "pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                                 "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN "
-                                 "('r', 'p')",
-                                 2, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        pg_err(conn, res, "reading the table's catalog entry", errstr, errstr_size);
-        PQclear(res);
+    PGresult *res = sn_query(sn, timeout_ms,
+                             "SELECT c.oid, c.relreplident FROM pg_catalog.pg_class c JOIN "
+                             "pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                             "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN "
+                             "('r', 'p')",
+                             2, p, "reading the table's catalog entry", errstr, errstr_size);
+    if (!res)
         return NULL;
-    }
     if (PQntuples(res) != 1) {
         snprintf(errstr, errstr_size, "table %s.%s does not exist", nsp, relname);
         *fatal = true;
@@ -586,8 +632,8 @@ static table_info_t *load_info(PGconn *conn, const char *nsp, const char *relnam
     const char *p1[1] = {oid};
     /* key_pos: position in the primary key (0: not in it); ident: in the
      * replica identity index (pgoutput flags every column for FULL). */
-    res = PQexecParams(
-        conn,
+    res = sn_query(
+        sn, timeout_ms,
         "SELECT a.attname, a.atttypid, a.atttypmod, "
         "  coalesce((SELECT k.ord FROM pg_catalog.pg_index i, "
         "    unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, ord) "
@@ -603,13 +649,12 @@ static table_info_t *load_info(PGconn *conn, const char *nsp, const char *relnam
         "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
         "  AND coalesce(to_jsonb(a) ->> 'attgenerated', '') = '' "
         "ORDER BY a.attnum",
-        1, NULL, p1, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        pg_err(conn, res, "reading the table's columns", errstr, errstr_size);
-        PQclear(res);
+        1, p1, "reading the table's columns", errstr, errstr_size);
+    if (!res) {
         free_info(ti);
         return NULL;
     }
+    PGconn *conn = sn->conn; /* for the escapes below */
     int n = PQntuples(res);
     ti->rel.cols = calloc((size_t)(n ? n : 1), sizeof(outboxd_pgo_column_t));
     ti->pk = calloc((size_t)(n ? n : 1), sizeof(int));
@@ -734,9 +779,12 @@ static int key_after(outboxd_snapshot_t *sn, const table_info_t *ti, const char 
         params[k] = a[k];
         params[ti->npk + k] = b[k];
     }
-    PGresult *res = PQexecParams(sn->conn, ti->cmp_sql, 2 * ti->npk, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        pg_err(sn->conn, res, "comparing primary keys", errstr, errstr_size);
+    PGresult *res = sn_query(sn, filter_bound(sn), ti->cmp_sql, 2 * ti->npk, params,
+                             "comparing primary keys", errstr, errstr_size);
+    if (!res)
+        return -2;
+    if (PQntuples(res) != 1) {
+        snprintf(errstr, errstr_size, "comparing primary keys: %d rows", PQntuples(res));
         PQclear(res);
         return -2;
     }
@@ -808,7 +856,8 @@ int outboxd_snapshot_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder
         if (ensure_conn(sn, errstr, errstr_size) < 0)
             return -1;
         bool fatal;
-        st->info = load_info(sn->conn, rel->nspname, rel->relname, &fatal, errstr, errstr_size);
+        st->info = load_info(sn, filter_bound(sn), rel->nspname, rel->relname, &fatal, errstr,
+                             errstr_size);
         if (!st->info)
             return fatal ? 0 : -1;
     }
@@ -1044,11 +1093,19 @@ static PGconn *export_snapshot(outboxd_snapshot_t *sn, outboxd_lsn_t *point, cha
                  "CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput "
                  "EXPORT_SNAPSHOT",
                  slot);
-    PGresult *res = PQexec(rc, sql);
+    /* No time limit: creating a logical slot waits for every transaction
+     * running at that moment to end, however long it runs (a bound would
+     * make a long transaction an endless retry). A stop gives it up. */
+    const char *what = "creating a temporary replication slot to export a snapshot";
+    PGresult *res =
+        outboxd_pg_exec_bounded(rc, sql, 0, NULL, what, 0, sn->stop, errstr, errstr_size);
+    if (!res) {
+        PQfinish(rc);
+        return NULL;
+    }
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 3 ||
         !outboxd_lsn_parse(PQgetvalue(res, 0, 1), point)) {
-        pg_err(rc, res, "creating a temporary replication slot to export a snapshot", errstr,
-               errstr_size);
+        pg_err(rc, res, what, errstr, errstr_size);
         snprintf(errstr + strlen(errstr), errstr_size - strlen(errstr),
                  " (the snapshot needs one free replication slot and WAL sender besides the "
                  "source's: check max_replication_slots and max_wal_senders)");
@@ -1061,14 +1118,11 @@ static PGconn *export_snapshot(outboxd_snapshot_t *sn, outboxd_lsn_t *point, cha
     return rc;
 }
 
-static int exec_ok(PGconn *conn, const char *sql, char *errstr, size_t errstr_size)
+static int exec_ok(outboxd_snapshot_t *sn, const char *sql, char *errstr, size_t errstr_size)
 {
-    PGresult *res = PQexec(conn, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        pg_err(conn, res, sql, errstr, errstr_size);
-        PQclear(res);
+    PGresult *res = sn_query(sn, run_bound(sn), sql, 0, NULL, sql, errstr, errstr_size);
+    if (!res)
         return -1;
-    }
     PQclear(res);
     return 0;
 }
@@ -1091,13 +1145,11 @@ static int later_rows(outboxd_snapshot_t *sn, json_t *tables, size_t i, char *er
             snprintf(errstr, errstr_size, "out of memory");
             return -1;
         }
-        PGresult *res = PQexec(sn->conn, sql);
+        PGresult *res = sn_query(sn, run_bound(sn), sql, 0, NULL,
+                                 "looking for rows in later tables", errstr, errstr_size);
         free(sql);
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            pg_err(sn->conn, res, "looking for rows in later tables", errstr, errstr_size);
-            PQclear(res);
+        if (!res)
             return -1;
-        }
         bool any = PQgetvalue(res, 0, 0)[0] == 't';
         PQclear(res);
         if (any)
@@ -1158,17 +1210,16 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
     int64_t t_start = outboxd_now_ms();
     PGconn *exporter = export_snapshot(sn, &point, snapname, sizeof(snapname), err, sizeof(err));
     if (!exporter) {
-        LOG_ERROR(sn->name, "snapshot: %s", err);
+        LOG_READ_FAILED(sn, "snapshot: %s", err);
         return -1;
     }
     char points[OUTBOXD_LSN_STRLEN];
     outboxd_lsn_format(point, points);
     char sql[256];
     snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snapname);
-    if (exec_ok(sn->conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err, sizeof(err)) <
-            0 ||
-        exec_ok(sn->conn, sql, err, sizeof(err)) < 0) {
-        LOG_ERROR(sn->name, "snapshot: %s", err);
+    if (exec_ok(sn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err, sizeof(err)) < 0 ||
+        exec_ok(sn, sql, err, sizeof(err)) < 0) {
+        LOG_READ_FAILED(sn, "snapshot: %s", err);
         PQfinish(exporter);
         PQfinish(sn->conn);
         sn->conn = NULL;
@@ -1192,7 +1243,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
         const outboxd_table_conf_t *t = cdc_table(sn, tname);
         bool fatal = false;
         table_info_t *ti =
-            t ? load_info(sn->conn, t->schema, t->name, &fatal, err, sizeof(err)) : NULL;
+            t ? load_info(sn, run_bound(sn), t->schema, t->name, &fatal, err, sizeof(err)) : NULL;
         if (!ti) {
             LOG_ERROR(sn->name, "snapshot of %s: %s", tname, t ? err : "not configured");
             rc = fatal ? -2 : -1;
@@ -1245,12 +1296,10 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             }
             params[np++] = limit;
             PGresult *res =
-                PQexecParams(sn->conn, json_is_array(key) ? ti->next_sql : ti->first_sql, np, NULL,
-                             params, NULL, NULL, 0);
-            if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                pg_err(sn->conn, res, "reading a snapshot chunk", err, sizeof(err));
-                LOG_ERROR(sn->name, "snapshot of %s: %s", tname, err);
-                PQclear(res);
+                sn_query(sn, run_bound(sn), json_is_array(key) ? ti->next_sql : ti->first_sql, np,
+                         params, "reading a snapshot chunk", err, sizeof(err));
+            if (!res) {
+                LOG_READ_FAILED(sn, "snapshot of %s: %s", tname, err);
                 rc = give_up(&e, -1);
                 break;
             }
@@ -1263,7 +1312,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             if (!more) {
                 int later = later_rows(sn, tables, i, err, sizeof(err));
                 if (later < 0) {
-                    LOG_ERROR(sn->name, "snapshot: %s", err);
+                    LOG_READ_FAILED(sn, "snapshot: %s", err);
                     PQclear(res);
                     rc = give_up(&e, -1);
                     break;
@@ -1399,9 +1448,16 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
     if (rc == 0)
         clear_refused(sn, false);
     /* Ending the read transaction and closing the exporting connection
-     * drops the temporary slot. */
-    PGresult *res = PQexec(sn->conn, "ROLLBACK");
-    PQclear(res);
+     * drops the temporary slot. After a failure the connection is closed
+     * instead (which ends the transaction too): a query given up there may
+     * still be running, and a ROLLBACK would wait for it. */
+    if (rc == 0) {
+        char rerr[512];
+        PGresult *res =
+            sn_query(sn, run_bound(sn), "ROLLBACK", 0, NULL, "ROLLBACK", rerr, sizeof(rerr));
+        if (res)
+            PQclear(res);
+    }
     PQfinish(exporter);
     if (rc != 0) {
         /* The next connect rebuilds the progress from the last commit. */

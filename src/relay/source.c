@@ -1006,7 +1006,8 @@ static int handle_change(outboxd_source_t *s, const outboxd_pgo_msg_t *msg, outb
         outboxd_snapshot_is_signal(s->src, msg->u.change.rel)) {
         /* An ad-hoc snapshot request, acted on at its Commit. */
         char serr[512];
-        if (!s->snap && !(s->snap = outboxd_snapshot_new(s->conf, s->src, serr, sizeof(serr))))
+        if (!s->snap &&
+            !(s->snap = outboxd_snapshot_new(s->conf, s->src, s->stop, serr, sizeof(serr))))
             return rewind_stream(s, serr);
         outboxd_snapshot_signal(s->snap, msg->u.change.rel, &msg->u.change.new_tuple);
         return 0;
@@ -1951,7 +1952,7 @@ static int run_snapshot(outboxd_source_t *s, const char *saved, bool positions_l
 {
     char err[1024];
     if (!s->snap) {
-        s->snap = outboxd_snapshot_new(s->conf, s->src, err, sizeof(err));
+        s->snap = outboxd_snapshot_new(s->conf, s->src, s->stop, err, sizeof(err));
         if (!s->snap) {
             LOG_ERROR(s->name, "%s", err);
             return -1;

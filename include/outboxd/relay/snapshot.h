@@ -28,10 +28,11 @@
 
 typedef struct outboxd_snapshot outboxd_snapshot_t;
 
-/* conf and src must outlive the instance. NULL + errstr on OOM. */
+/* conf, src and stop (the source's; its queries give up at once when set)
+ * must outlive the instance. NULL + errstr on OOM. */
 outboxd_snapshot_t *outboxd_snapshot_new(const outboxd_config_t *conf,
-                                         const outboxd_source_conf_t *src, char *errstr,
-                                         size_t errstr_size);
+                                         const outboxd_source_conf_t *src, atomic_int *stop,
+                                         char *errstr, size_t errstr_size);
 void outboxd_snapshot_destroy(outboxd_snapshot_t *sn);
 
 /* A configuration reload (reload.h) replaced conf and src: the instance
