@@ -185,6 +185,9 @@ PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
                 PQclear(last);
                 return NULL;
             }
+            /* Bytes came: the server is alive, the limit is on silence. */
+            if (prc > 0 && (pfd.revents & POLLIN))
+                start = outboxd_now_ms();
             /* Every round, not only when the socket is readable: with TLS
              * the answer may already sit decrypted in libpq's buffers. A
              * non-blocking read, cheap when there is nothing. */

@@ -549,12 +549,13 @@ static void pg_err(PGconn *conn, PGresult *res, const char *what, char *errstr, 
  * accepted it and went silent (a frozen backend, a path gone half-open:
  * TCP keepalives are answered by the peer's kernel) would otherwise hold the
  * source's loop, and every source sharing its thread, for good. The run's
- * reads are bounded by relay.wal_receiver_timeout_ms (a chunk legitimately
- * takes a while; the source's walsender would drop its idle stream long
- * before a longer one ended anyway), the stream filter's look-ups by the
- * loop's bound (at most 10 s). A stop gives the query up at once. NULL with
- * errstr on any failure; a connection whose query was given up is closed
- * (its answer may still come), so the next use opens a new one.
+ * reads are given up after relay.wal_receiver_timeout_ms without a byte from
+ * the server (0: no limit; a chunk of large rows may take long, but its rows
+ * keep coming, which restarts the limit), the stream filter's look-ups after
+ * the loop's bound (at most 10 s, also when 0; the stream then rewinds). A
+ * stop gives the query up at once. NULL with errstr on any failure; a
+ * connection whose query was given up is closed (its answer may still come),
+ * so the next use opens a new one.
  */
 /* A read cut short by the source's stop is no error: the run resumes from
  * its last committed chunk at the next start. */
@@ -1100,6 +1101,11 @@ static PGconn *export_snapshot(outboxd_snapshot_t *sn, outboxd_lsn_t *point, cha
     PGresult *res =
         outboxd_pg_exec_bounded(rc, sql, 0, NULL, what, 0, sn->stop, errstr, errstr_size);
     if (!res) {
+        /* The walsender waits for those transactions and would notice the
+         * closed connection only when they end, holding a WAL sender and a
+         * slot entry until then: ask it to cancel. */
+        if (sn->stop && atomic_load(sn->stop))
+            outboxd_pg_cancel(rc);
         PQfinish(rc);
         return NULL;
     }
@@ -1245,7 +1251,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
         table_info_t *ti =
             t ? load_info(sn, run_bound(sn), t->schema, t->name, &fatal, err, sizeof(err)) : NULL;
         if (!ti) {
-            LOG_ERROR(sn->name, "snapshot of %s: %s", tname, t ? err : "not configured");
+            LOG_READ_FAILED(sn, "snapshot of %s: %s", tname, t ? err : "not configured");
             rc = fatal ? -2 : -1;
             break;
         }
@@ -1455,8 +1461,14 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
         char rerr[512];
         PGresult *res =
             sn_query(sn, run_bound(sn), "ROLLBACK", 0, NULL, "ROLLBACK", rerr, sizeof(rerr));
-        if (res)
+        if (res) {
             PQclear(res);
+        } else {
+            /* Never reuse a connection that may still be in the read
+             * transaction: the filter's look-ups open a new one. */
+            PQfinish(sn->conn);
+            sn->conn = NULL;
+        }
     }
     PQfinish(exporter);
     if (rc != 0) {

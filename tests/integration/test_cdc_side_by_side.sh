@@ -49,7 +49,7 @@ extra_cleanup() {
     "$DBZ" delete "$CONNECTOR" >/dev/null 2>&1 || true
     "$DBZ" delete "${CONNECTOR}_a" >/dev/null 2>&1 || true
     [ -n "${STARTED_CONNECT:-}" ] && "$DBZ" stop >/dev/null 2>&1
-    for p in "${RELAY_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${RELAY_PIDS[@]}"; do own_child "$p" && kill -9 "$p" 2>/dev/null || true; done
     # The connector's task lets go of its slot a moment after the delete.
     for _ in $(seq 1 20); do
         [ "$(psql_db postgres -c "SELECT count(*) FROM pg_replication_slots WHERE database = '$DB' AND active")" = 0 ] && break

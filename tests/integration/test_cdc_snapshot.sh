@@ -27,7 +27,7 @@ DB=snap_$RUN_ID
 SLOT="${DB}_slot"
 # Leave nothing behind in the shared server, also when the test fails.
 extra_cleanup() {
-    for p in "${RELAY_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${RELAY_PIDS[@]}"; do own_child "$p" && kill -9 "$p" 2>/dev/null || true; done
     wait "${RELAY_PIDS[@]}" 2>/dev/null || true
     drop_source "$DB" "$SLOT"
     psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true

@@ -44,11 +44,14 @@ void outboxd_pg_chomp(char *msg);
  * server that accepted the connection and then went silent (a frozen
  * backend or walsender, a path that went half-open) would keep libpq waiting
  * for good, since TCP keepalives are answered by the peer's kernel. The
- * answer is awaited for at most timeout_ms (0: no limit; the callers pass
- * relay.wal_receiver_timeout_ms) and abandoned as soon as *stop (may be
- * NULL) is set. Returns the result as PQexec would (the last one, or the COPY
- * one), or NULL with errstr ("WHAT: ..." when what is given); the connection
- * is then unusable and must be closed.
+ * answer is given up after timeout_ms without a byte from the server (0: no
+ * limit; the callers pass relay.wal_receiver_timeout_ms): the limit restarts
+ * whenever bytes arrive, so a long answer that keeps coming (a snapshot chunk
+ * of large rows on a slow link) is not taken for a dead connection. It is
+ * abandoned as soon as *stop (may be NULL) is set. Returns the result as
+ * PQexec would (the last one, or the COPY one), or NULL with errstr ("WHAT:
+ * ..." when what is given); the connection is then unusable and must be
+ * closed.
  */
 PGresult *outboxd_pg_exec_bounded(PGconn *conn, const char *sql, int nparams,
                                   const char *const *params, const char *what, int timeout_ms,
