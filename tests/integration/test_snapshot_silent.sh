@@ -83,15 +83,9 @@ wait_log "$WORK/stopproxy.log" silenced 60 "the snapshot's chunk read did not re
 sleep 1 # the relay is inside the read now
 t0=$(date +%s%N)
 kill -TERM "$relay"
-for _ in $(seq 1 100); do
-    kill -0 "$relay" 2>/dev/null || break
-    sleep 0.1
-done
-if kill -0 "$relay" 2>/dev/null; then
+wait_exit "$relay" 10 ||
     fail "the relay did not stop within 10 s of SIGTERM while the snapshot's read was silent (see relay_stop.log)"
-fi
-rc=0
-wait "$relay" || rc=$?
+rc=$EXIT_RC
 ms=$((($(date +%s%N) - t0) / 1000000))
 log "stopped ${ms} ms after SIGTERM during the silent chunk read (exit $rc)"
 [ "$rc" -eq 0 ] || fail "the relay exited $rc after SIGTERM (see relay_stop.log)"
