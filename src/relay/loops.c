@@ -201,7 +201,7 @@ static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms
         }
     }
     int kick = -1;
-    if (kick_ok && l->w.may_park) {
+    if (kick_ok && (l->w.may_park || l->w.kick_ends_wait)) {
         kick = n;
         pfd[n++] = (struct pollfd){.fd = p->kick_fd, .events = POLLIN};
     }
@@ -209,6 +209,8 @@ static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms
     int pr = poll(pfd, (nfds_t)n, *timeout_ms);
     if (pr <= 0)
         return true; /* timed out, or EINTR: taken as a timeout */
+    if (kick >= 0 && pfd[kick].revents && !l->w.may_park)
+        return true; /* kick_ends_wait: the step runs now, as after its timeout */
     if (kick >= 0 && pfd[kick].revents) {
         int64_t left = *timeout_ms - (outboxd_now_ms() - t0);
         *timeout_ms = left > 0 ? (int)left : 0;
@@ -396,6 +398,11 @@ bool outboxd_loop_should_yield(outboxd_loop_t *l)
 {
     return atomic_load(&l->pool->queued) > 0 &&
            outboxd_now_ms() - l->slice_from_ms >= OUTBOXD_LOOP_SLICE_MS;
+}
+
+bool outboxd_loop_contended(outboxd_loop_t *l)
+{
+    return atomic_load(&l->pool->queued) > 0;
 }
 
 int outboxd_loops_threads(outboxd_loops_t *p)

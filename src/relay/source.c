@@ -1518,13 +1518,14 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
              * commit_interval_ms, whichever comes first. Behind a backlog
              * an empty socket says nothing (BACKLOG_LAG_MS). */
             int timeout = BUSY_POLL_MS;
+            bool held = false;
             if (s->batch_open && (!s->in_txn || split_due(s))) {
                 int64_t due = batch_due_ms(s);
                 /* Behind, the wait for more keeps the loop's thread and the
                  * batch's producer: not while another source waits for
                  * either. */
                 if (s->in_txn || !s->behind || outboxd_now_ms() >= due ||
-                    (s->loop && outboxd_loop_should_yield(s->loop)) ||
+                    (s->loop && outboxd_loop_contended(s->loop)) ||
                     outboxd_sink_pool_contended(s->sink)) {
                     rc = commit_batch(s);
                     break;
@@ -1534,6 +1535,7 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
                  * tick, status updates, liveness) runs as usual. */
                 int64_t left = due - outboxd_now_ms();
                 timeout = left < 1 ? 1 : left < BUSY_POLL_MS ? (int)left : BUSY_POLL_MS;
+                held = true;
             }
             /* Nothing open and nothing received for a while: sleep longer
              * (stop and reload wake it through idle_fd). */
@@ -1550,6 +1552,10 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
             w->fd[1] = s->idle_fd;
             w->timeout_ms = timeout;
             w->may_park = !s->batch_open;
+            /* A batch held open behind a backlog (above) is ended, not
+             * waited on, when another source is queued for a thread (only
+             * then: a wait inside a transaction could not end anything). */
+            w->kick_ends_wait = held;
             s->stream_waiting = true;
             return STREAM_WAIT;
         }
@@ -2201,6 +2207,7 @@ static outboxd_loop_rc_t backoff_wait(outboxd_source_t *s, outboxd_loop_wait_t *
     w->fd[1] = -1;
     w->timeout_ms = left < s->idle_poll_ms ? (int)left : s->idle_poll_ms;
     w->may_park = true; /* an aborted or never begun transaction holds no producer */
+    w->kick_ends_wait = false;
     return OUTBOXD_LOOP_WAIT;
 }
 

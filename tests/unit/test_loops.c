@@ -23,6 +23,7 @@ typedef struct {
     int fd;         /* eventfd the loop waits for, -1: none */
     int timeout_ms; /* each wait */
     bool may_park;
+    bool kick_ends_wait;
     int want;         /* wake-ups (or timeouts) before DONE */
     atomic_int got;   /* wake-ups by the descriptor */
     atomic_int timed; /* wake-ups by the timeout */
@@ -86,6 +87,7 @@ static outboxd_loop_rc_t fake_step(void *arg, outboxd_loop_wait_t *w)
     w->fd[1] = -1;
     w->timeout_ms = f->timeout_ms;
     w->may_park = f->may_park;
+    w->kick_ends_wait = f->kick_ends_wait;
     return OUTBOXD_LOOP_WAIT;
 }
 
@@ -273,6 +275,43 @@ static void added_loop_gets_a_thread_at_once(void **state)
     outboxd_loops_destroy(p);
 }
 
+/* One thread, whose loop may not park but waits by choice (10 s) with
+ * kick_ends_wait, as a source holding a batch open behind a backlog does: a
+ * loop added then ends that wait at once (the step runs as after a timeout,
+ * here ending the holder), and the added loop gets the thread. Without it the
+ * added loop would wait the 10 s out. */
+static void kick_ends_a_chosen_wait(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    assert_non_null(p);
+    fake_t a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    a.fd = b.fd = -1;
+    a.timeout_ms = 10000;
+    a.want = 1;
+    a.may_park = false;
+    a.kick_ends_wait = true;
+    b.timeout_ms = 1;
+    b.want = 1;
+    b.may_park = true;
+    outboxd_loop_t *la = add(p, &a);
+    for (int i = 0; i < 10000 && atomic_load(&a.calls) < 1; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&a.calls), 1);
+    usleep(20000); /* a is in its poll now, or about to be (the kick stays readable) */
+    int64_t t0 = outboxd_now_ms();
+    outboxd_loop_t *lb = add(p, &b);
+    join(lb, &b);
+    assert_true(outboxd_now_ms() - t0 < 5000);
+    join(la, &a);
+    assert_int_equal(atomic_load(&a.timed), 1); /* ended as by its timeout: revents 0 */
+    assert_true(atomic_load(&b.ended));
+    outboxd_loops_destroy(p);
+}
+
 /* Fewer loops than the limit: one thread each, started as loops come. */
 static void threads_grow_with_loops_up_to_the_limit(void **state)
 {
@@ -306,6 +345,7 @@ int main(void)
         cmocka_unit_test(busy_loops_take_turns),
         cmocka_unit_test(unparkable_loop_keeps_its_thread),
         cmocka_unit_test(added_loop_gets_a_thread_at_once),
+        cmocka_unit_test(kick_ends_a_chosen_wait),
         cmocka_unit_test(threads_grow_with_loops_up_to_the_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

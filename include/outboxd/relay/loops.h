@@ -39,9 +39,14 @@ typedef enum {
 } outboxd_loop_rc_t;
 
 typedef struct {
-    int fd[2];        /* set by the step: descriptors to wait for (POLLIN), -1 for none */
-    int timeout_ms;   /* set by the step: the longest wait, >= 0 */
-    bool may_park;    /* set by the step: the wait may be done by the poller */
+    int fd[2];      /* set by the step: descriptors to wait for (POLLIN), -1 for none */
+    int timeout_ms; /* set by the step: the longest wait, >= 0 */
+    bool may_park;  /* set by the step: the wait may be done by the poller */
+    /* Set by the step: a loop queued for a thread ends this wait early (the
+     * next step sees both revents 0, as after the timeout). For a loop that
+     * may not park but waits by choice and can release what it holds (a
+     * batch held open for more) rather than keep the thread meanwhile. */
+    bool kick_ends_wait;
     short revents[2]; /* set by the pool before the next step: what fd[k] showed */
 } outboxd_loop_wait_t;
 
@@ -74,6 +79,11 @@ void outboxd_loop_join(outboxd_loop_t *l);
 bool outboxd_loop_should_yield(outboxd_loop_t *l);
 
 #define OUTBOXD_LOOP_SLICE_MS 50
+
+/* True when another loop waits for a thread now, whatever share this one
+ * ran: for a loop about to wait on purpose (a batch held open for more),
+ * which should rather end what it holds and let that loop run. */
+bool outboxd_loop_contended(outboxd_loop_t *l);
 
 /* Threads started so far (for the log and the tests). */
 int outboxd_loops_threads(outboxd_loops_t *p);
