@@ -4,10 +4,11 @@
  * One mutex guards the run queue, the parked set and the counters; a step
  * never runs under it. Wake-ups: a condition variable for idle threads, an
  * eventfd for the poller (the parked set changed, or shutdown), and a second
- * eventfd, "kick", for threads waiting in place on a loop that may park: it
- * is written when a loop is queued while loops outnumber threads and no
- * thread is idle, so such a thread parks its loop and takes the queued one
- * instead of sleeping on through a poll of up to a second.
+ * eventfd, "kick", for threads waiting in place on a loop that may park or
+ * set kick_ends_wait: it is written when a loop is queued while loops
+ * outnumber threads and no thread is idle, so such a thread parks its loop
+ * and takes the queued one instead of sleeping on through a poll of up to a
+ * second (or runs its step at once, which then lets the thread go).
  */
 #include "outboxd/relay/loops.h"
 
@@ -186,9 +187,11 @@ static bool park(outboxd_loops_t *p, outboxd_loop_t *l, int timeout_ms)
     return true;
 }
 
-/* Waits for l's descriptors on this thread. With kick, returns false when a
- * queued loop wants the thread (l's wait is then not over: timeout_ms is
- * what is left of it). */
+/* Waits for l's descriptors on this thread. With kick, a queued loop wanting
+ * the thread ends the wait: for a loop that may park, returns false (l's
+ * wait is then not over: timeout_ms is what is left of it, to be waited
+ * parked); for one that set kick_ends_wait instead, returns true as after
+ * the timeout (revents say whether its descriptors were ready too). */
 static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms, bool kick_ok)
 {
     struct pollfd pfd[3];
@@ -209,16 +212,17 @@ static bool wait_in_place(outboxd_loops_t *p, outboxd_loop_t *l, int *timeout_ms
     int pr = poll(pfd, (nfds_t)n, *timeout_ms);
     if (pr <= 0)
         return true; /* timed out, or EINTR: taken as a timeout */
-    if (kick >= 0 && pfd[kick].revents && !l->w.may_park)
-        return true; /* kick_ends_wait: the step runs now, as after its timeout */
-    if (kick >= 0 && pfd[kick].revents) {
-        int64_t left = *timeout_ms - (outboxd_now_ms() - t0);
-        *timeout_ms = left > 0 ? (int)left : 0;
-        return false;
-    }
     for (int k = 0; k < 2; k++)
         if (slot[k] >= 0)
             l->w.revents[k] = pfd[slot[k]].revents;
+    if (kick >= 0 && pfd[kick].revents && !l->w.may_park)
+        return true; /* kick_ends_wait: the step runs now */
+    if (kick >= 0 && pfd[kick].revents) {
+        int64_t left = *timeout_ms - (outboxd_now_ms() - t0);
+        *timeout_ms = left > 0 ? (int)left : 0;
+        l->w.revents[0] = l->w.revents[1] = 0; /* the wait goes on, parked */
+        return false;
+    }
     return true;
 }
 
@@ -402,7 +406,15 @@ bool outboxd_loop_should_yield(outboxd_loop_t *l)
 
 bool outboxd_loop_contended(outboxd_loop_t *l)
 {
-    return atomic_load(&l->pool->queued) > 0;
+    outboxd_loops_t *p = l->pool;
+    if (atomic_load(&p->queued) == 0)
+        return false; /* the common case, without the lock */
+    /* Queued with a thread idle: that thread takes it now (the same test
+     * as enqueue's, which writes the kick only when none is idle). */
+    pthread_mutex_lock(&p->mu);
+    bool waits = p->head != NULL && p->n_idle == 0;
+    pthread_mutex_unlock(&p->mu);
+    return waits;
 }
 
 int outboxd_loops_threads(outboxd_loops_t *p)

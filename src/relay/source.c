@@ -1524,10 +1524,18 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
                 /* Behind, the wait for more keeps the loop's thread and the
                  * batch's producer: not while another source waits for
                  * either. */
-                if (s->in_txn || !s->behind || outboxd_now_ms() >= due ||
-                    (s->loop && outboxd_loop_contended(s->loop)) ||
+                bool loop_wanted =
+                    s->loop && !s->in_txn && s->behind && outboxd_loop_contended(s->loop);
+                if (s->in_txn || !s->behind || outboxd_now_ms() >= due || loop_wanted ||
                     outboxd_sink_pool_contended(s->sink)) {
                     rc = commit_batch(s);
+                    /* Let the thread go now: going on, the next batch
+                     * (what was read ahead, more backlog) would be cut
+                     * small at the next pause while that loop waits. */
+                    if (rc == 0 && loop_wanted && !s->batch_open) {
+                        send_status(s, false);
+                        return STREAM_YIELD;
+                    }
                     break;
                 }
                 /* Behind: the walsender is still decoding the backlog. The

@@ -45,7 +45,9 @@ typedef struct {
     /* Set by the step: a loop queued for a thread ends this wait early (the
      * next step sees both revents 0, as after the timeout). For a loop that
      * may not park but waits by choice and can release what it holds (a
-     * batch held open for more) rather than keep the thread meanwhile. */
+     * batch held open for more) rather than keep the thread meanwhile. The
+     * step must then let the thread go (outboxd_loop_contended says when):
+     * waiting again, it is woken at once while the loop stays queued. */
     bool kick_ends_wait;
     short revents[2]; /* set by the pool before the next step: what fd[k] showed */
 } outboxd_loop_wait_t;
@@ -80,9 +82,10 @@ bool outboxd_loop_should_yield(outboxd_loop_t *l);
 
 #define OUTBOXD_LOOP_SLICE_MS 50
 
-/* True when another loop waits for a thread now, whatever share this one
- * ran: for a loop about to wait on purpose (a batch held open for more),
- * which should rather end what it holds and let that loop run. */
+/* True when another loop waits for a thread now and no thread is idle to
+ * take it, whatever share this one ran: for a loop about to wait on purpose
+ * (a batch held open for more), which should rather end what it holds and
+ * yield. The same condition writes the kick that ends a kick_ends_wait. */
 bool outboxd_loop_contended(outboxd_loop_t *l);
 
 /* Threads started so far (for the log and the tests). */
