@@ -14,7 +14,8 @@
 # Kafka commit durations (p50/p99/max and how many took over 100 ms, from its
 # debug log), CPU seconds used by the relay, the broker and PostgreSQL during
 # the run (a saturated machine explains a wide tail) and the relay's per
-# thread, and peak RSS (BENCH_PERF=1 adds a perf profile of the relay during
+# thread, the broker JVM's stop-the-world pauses (GC and other safepoints;
+# STACK_KAFKA_GC picks its collector), and peak RSS (BENCH_PERF=1 adds a perf profile of the relay during
 # the load: where its CPU goes at a steady rate); then the
 # Kafka-side floor at the same rate (below; BENCH_FLOOR_LOAD=1 runs it
 # beside the same PostgreSQL load, BENCH_CEILING=0 skips it).
@@ -39,6 +40,36 @@ done
 # committed before it joined, is not counted.
 q -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'warm', 'Warm', '{}')"
 until "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --count 1 --timeout-ms 2000 >/dev/null 2>&1; do sleep 0.2; done
+broker=$(pgrep -f "kafka.Kafka.*$STACK_DIR" | head -n 1 || true)
+printf '%s\n' '\set k random(1, 1000)' \
+    "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'order-' || :k, 'OrderCreated', '{\"amount\": 12, \"currency\": \"EUR\"}');" \
+    >"$WORK/insert.sql"
+
+# A warm broker, as in production. A just-started one compiles its hot code
+# for minutes on the same cores: on a 2-core machine its C2 JIT thread used
+# 35% of a core during a first 2,000/s run, then 23, 8 and 2% in the next
+# three, the broker's CPU falling from 96 to 50% of a core and the relay's
+# p99 from 94 to 58 ms. Ninety seconds of the kafka_ceiling's records at the
+# same rate left it compiling 20% of a core through the relay's load after,
+# so the warm-up is the measured load itself: the same pgbench rate through
+# the relay for BENCH_BROKER_WARMUP_S (default 180; 0: a cold broker), read
+# back by a read_committed consumer, none of it counted. The figures below
+# print what the JIT still used during the measured load.
+WARM_S=${BENCH_BROKER_WARMUP_S:-180}
+if [ "$WARM_S" -gt 0 ] && [ -n "$broker" ]; then
+    say "warming the broker up: $RATE transactions/s through the relay for $WARM_S s (not counted)"
+    "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --latency -X auto.offset.reset=latest --idle-ms 3000 \
+        --timeout-ms $(((WARM_S + 60) * 1000)) -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 \
+        >"$WORK/warm.out" 2>&1 &
+    warm_c=$!
+    BG+=("$warm_c")
+    jit0=$(broker_jit_ms "$broker")
+    sleep 2 # the consumer joins (it starts at the end: what it misses is not counted anyway)
+    pgbench -n -c 4 -j 2 -R "$RATE" -T "$WARM_S" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench-warm.log" 2>&1
+    wait "$warm_c" || true
+    jit1=$(broker_jit_ms "$broker")
+    say "broker warm-up done: its JIT compilers used $(((jit1 - jit0) / 1000)) s of CPU in it; $(grep -o 'latency_ms.*' "$WORK/warm.out" | head -n 1)"
+fi
 # latency_consumer TOPIC MODE NAME: a read_committed latency consumer
 # (okcat MODE: --latency or --latency-from-timestamp) writing
 # $WORK/NAME.out; returns once it is assigned and caught up, its pid in
@@ -65,7 +96,6 @@ latency_consumer bench.order --latency okcat
 cpu_ticks() { # utime+stime of a pid and its threads, in clock ticks
     awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-broker=$(pgrep -f "kafka.Kafka.*$STACK_DIR" | head -n 1 || true)
 pgpost=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null || true)
 pg_ticks() { # the postmaster and all its children (walsender, backends)
     local t=0 p
@@ -77,11 +107,9 @@ pg_ticks() { # the postmaster and all its children (walsender, backends)
 r0=$(cpu_ticks "$relay")
 thread_cpu "$relay" >"$WORK/threads0"
 b0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+[ -z "$broker" ] || thread_cpu "$broker" >"$WORK/bthreads0"
 p0=$(pg_ticks)
 
-printf '%s\n' '\set k random(1, 1000)' \
-    "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'order-' || :k, 'OrderCreated', '{\"amount\": 12, \"currency\": \"EUR\"}');" \
-    >"$WORK/insert.sql"
 TOTAL=$((SECS + (WARMUP_MS + 999) / 1000))
 say "writing $RATE transactions/s for $TOTAL s (the first ${WARMUP_MS} ms are warm-up)"
 # BENCH_PERF=1: perf record on the relay during the load (its samples cost
@@ -94,7 +122,12 @@ if [ "${BENCH_PERF:-0}" = 1 ]; then
     perf_pid=$!
     BG+=("$perf_pid")
 fi
+load_t0=$(now_ms)
+relay_off=$(stat -c %s "$WORK/relay.log")
 pgbench -n -c 4 -j 2 -R "$RATE" -T "$TOTAL" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench.log" 2>&1
+load_t1=$(now_ms)
+# The relay's debug lines of the measured load only (not the warm-up's).
+tail -c +$((relay_off + 1)) "$WORK/relay.log" >"$WORK/relay-load.log"
 r1=$(cpu_ticks "$relay")
 thread_cpu "$relay" >"$WORK/threads1"
 if [ -n "$perf_pid" ]; then
@@ -102,6 +135,7 @@ if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
 fi
 b1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+[ -z "$broker" ] || thread_cpu "$broker" >"$WORK/bthreads1"
 p1=$(pg_ticks)
 wait "$consumer" || true
 peak=$(peak_rss_kb "$relay")
@@ -140,9 +174,11 @@ if [ "${BENCH_CEILING:-1}" != 0 ]; then
         floor_load=" beside the same PostgreSQL load (pgbench at $RATE/s, pg_recvlogical decoding it)"
     fi
     cb0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+    floor_t0=$(now_ms)
     KAFKA_CEILING_MODE=$(ceiling_mode) KAFKA_CEILING_RATE=$RATE "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" ceil.lat \
         $((RATE * TOTAL)) from:bench.order 5000 ${BENCH_KAFKA_PROPS:-} >"$WORK/ceiling.out" 2>&1 ||
         cat "$WORK/ceiling.out" >&2
+    floor_t1=$(now_ms)
     cb1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
     if [ -n "$floor_load" ]; then
         wait "$load" || true
@@ -168,13 +204,13 @@ grep -E "^okcat: (commit_to_produce|produce_to_receipt)" "$WORK/okcat.out" | sed
 # written, woken, decoded) and when the relay read it off the socket (later
 # when the relay was busy handling or committing).
 pct() { sort -n | awk -v what="$1" '{v[NR] = $1} END { if (NR) printf "latency: split: relay batch, oldest event: PostgreSQL commit to %s p50=%.1f p99=%.1f max=%.1f ms (n=%d batches)\n", what, v[int(NR * 0.50 + 0.999999)], v[int(NR * 0.99 + 0.999999)], v[NR], NR }'; }
-sed -n 's/.*commit began \([0-9.]*\) ms after.*/\1/p' "$WORK/relay.log" | pct "Kafka commit start"
-sed -n 's/.*server sent it at \([-0-9.]*\) ms.*/\1/p' "$WORK/relay.log" | pct "walsender send"
-sed -n 's/.*relay read it at \([-0-9.]*\) ms.*/\1/p' "$WORK/relay.log" | pct "relay read"
+sed -n 's/.*commit began \([0-9.]*\) ms after.*/\1/p' "$WORK/relay-load.log" | pct "Kafka commit start"
+sed -n 's/.*server sent it at \([-0-9.]*\) ms.*/\1/p' "$WORK/relay-load.log" | pct "walsender send"
+sed -n 's/.*relay read it at \([-0-9.]*\) ms.*/\1/p' "$WORK/relay-load.log" | pct "relay read"
 grep -E "^tps" "$WORK/pgbench.log" | sed 's/^/latency: pgbench: /'
 # Kafka commit durations from the relay's debug lines
 # ("committed N events in X ms ...").
-sed -n 's/.*committed [0-9]* events in \([0-9.]*\) ms.*/\1/p' "$WORK/relay.log" | sort -n >"$WORK/commits"
+sed -n 's/.*committed [0-9]* events in \([0-9.]*\) ms.*/\1/p' "$WORK/relay-load.log" | sort -n >"$WORK/commits"
 awk '{v[NR] = $1; if ($1 > 100) slow++} END {
     if (NR == 0) { print "latency: relay kafka commits: none logged (BENCH_LOG_LEVEL=debug needed)"; exit }
     p50 = v[int(NR * 0.50 + 0.999999)]; p99 = v[int(NR * 0.99 + 0.999999)];
@@ -188,7 +224,7 @@ awk '/ commit: [0-9]+ records flushed in / {
         for (j = 1; j <= NF; j++) { if ($j == "in" && $(j+2) == "ms,") f = $(j+1); if ($j == "EndTxn") e = $(j+1) }
         n++; tf += f; te += e
         if (f + e > 100) { slow++; if (f > e) sf++; else se++; if (shown++ < 5) printf "latency: slow kafka commit at %s: flush %.1f ms, EndTxn %.1f ms\n", $1, f, e } }
-     END { if (n) printf "latency: kafka commits split: mean flush %.2f ms, mean EndTxn %.2f ms; of %d over 100 ms, %d mostly flush, %d mostly EndTxn\n", tf / n, te / n, slow, sf, se }' "$WORK/relay.log"
+     END { if (n) printf "latency: kafka commits split: mean flush %.2f ms, mean EndTxn %.2f ms; of %d over 100 ms, %d mostly flush, %d mostly EndTxn\n", tf / n, te / n, slow, sf, se }' "$WORK/relay-load.log"
 awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN {
     printf "latency: cpu during the load (share of one core): relay %.0f%%, broker %.0f%%, postgres %.0f%% (2 cores in all)\n",
         100 * r / hz / s, 100 * b / hz / s, 100 * p / hz / s
@@ -197,6 +233,12 @@ awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOT
 # poller and main (the short-lived commit helpers, outboxd-commit, count
 # in the process total above only).
 thread_cpu_diff "$WORK/threads0" "$WORK/threads1" "latency: relay" $((TOTAL * 1000))
+# The broker's threads (names cut to 15 characters by the kernel): request
+# handlers (data-plane-kafk), network processors, the transaction marker
+# sender, log cleaner, the JIT compilers (C1/C2 CompilerThre: a broker
+# still warming up) and the collector (GC Thread, G1 Conc, G1 Refine).
+[ -z "$broker" ] || thread_cpu_diff "$WORK/bthreads0" "$WORK/bthreads1" "latency: broker" $((TOTAL * 1000)) | head -n 12
+broker_pauses "$load_t0" "$load_t1" "during the relay's load"
 if [ -n "$perf_pid" ]; then
     perf report -i "$WORK/perf.data" --no-children --stdio --sort comm,dso,symbol -g none \
         --percent-limit 1 2>/dev/null | grep -E '^ +[0-9]' | head -n 40 | sed 's/^/latency: perf self /' || true
@@ -210,7 +252,8 @@ if [ "${BENCH_CEILING:-1}" != 0 ]; then
     [ ! -s "$WORK/floor_load.txt" ] || cat "$WORK/floor_load.txt"
     sed -n 's/^kafka_ceiling: /latency: kafka-side floor: /p' "$WORK/ceiling.out"
     awk -v b=$((cb1 - cb0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN { printf "latency: kafka-side floor: broker cpu %.0f%% of one core\n", 100 * b / hz / s }'
+    broker_pauses "$floor_t0" "$floor_t1" "during the floor's load"
 fi
-echo "latency: rows written=$written (incl. 1 first row); relay peak RSS = $((peak / 1024)) MB; $(grep -o 'librdkafka [^)]*' "$WORK/relay.log" | head -n 1)"
+echo "latency: rows written=$written (incl. 1 first row and the broker warm-up's); relay peak RSS = $((peak / 1024)) MB; $(grep -o 'librdkafka [^)]*' "$WORK/relay.log" | head -n 1)"
 grep -o 'published.*' "$WORK/relay.log" | tail -n 1 | sed 's/^/latency: relay: /'
 [ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"

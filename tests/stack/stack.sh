@@ -13,6 +13,11 @@
 #   STACK_TIMEOUT    bound for every wait, seconds (default 90)
 #   STACK_KAFKA_CP   use this Kafka classpath instead of resolving tests/stack/pom.xml
 #   STACK_KAFKA_HEAP JVM heap options of the broker (default "-Xmx1G -Xms256m")
+#   STACK_KAFKA_GC   JVM collector options of the broker (default G1 with a
+#                    20 ms pause goal, as Kafka's own scripts start it); the
+#                    broker always logs its GCs and safepoints (every
+#                    stop-the-world pause) to kafka-gc.log in STACK_DIR, with
+#                    epoch-millisecond stamps (bench/latency.sh reads them)
 #   STACK_KAFKA_AUTO_CREATE  the broker's auto.create.topics.enable (default
 #                    true; false as in production, for missing-topic tests)
 #   STACK_PG_OS_USER OS user owning the cluster when run as root (default postgres)
@@ -49,6 +54,7 @@ STACK_DIR=${STACK_DIR%/}
 export STACK_DIR # the watchdog and its `stop` run from / and must find it
 STACK_TIMEOUT=${STACK_TIMEOUT:-90}
 STACK_KAFKA_HEAP=${STACK_KAFKA_HEAP:--Xmx1G -Xms256m}
+STACK_KAFKA_GC=${STACK_KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}
 PG_OS_USER=${STACK_PG_OS_USER:-postgres}
 if [[ -z ${PG_BIN:-} ]]; then
   if [[ -x /usr/lib/postgresql/15/bin/postgres ]]; then
@@ -704,8 +710,9 @@ cds_publish() {
 }
 
 kafka_launch() {
-  local heap
+  local heap gc
   read -r -a heap <<<"$STACK_KAFKA_HEAP"
+  read -r -a gc <<<"$STACK_KAFKA_GC"
   rm -f "$KAFKA_PIDFILE"
   cds_publish
   cds_opts
@@ -714,8 +721,8 @@ kafka_launch() {
   (
     cd /
     exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$KAFKA_PIDFILE" \
-      "$JAVA" "${heap[@]}" -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-      -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+      "$JAVA" "${heap[@]}" -server "${gc[@]}" \
+      "-Xlog:gc,safepoint:file=$STACK_DIR/kafka-gc.log:timemillis,uptimemillis,tags:filecount=4,filesize=16M" \
       -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true "${CDS_OPTS[@]}" \
       -Dkafka.logs.dir="$STACK_DIR" \
       -Dlog4j.configuration="file:$STACK_DIR/kafka-log4j.properties" \
