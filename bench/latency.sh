@@ -14,11 +14,14 @@
 # Kafka commit durations (p50/p99/max and how many took over 100 ms, from its
 # debug log), CPU seconds used by the relay, the broker and PostgreSQL during
 # the run (a saturated machine explains a wide tail) and the relay's per
-# thread, the broker JVM's stop-the-world pauses (GC and other safepoints;
-# STACK_KAFKA_GC picks its collector), and peak RSS (BENCH_PERF=1 adds a perf profile of the relay during
-# the load: where its CPU goes at a steady rate); then the
+# thread, the broker's CPU per thread and its JVM's stop-the-world pauses
+# (GC and other safepoints; STACK_KAFKA_GC picks its collector), and peak
+# RSS (BENCH_PERF=1 adds a perf profile of the relay during the load: where
+# its CPU goes at a steady rate); then the
 # Kafka-side floor at the same rate (below; BENCH_FLOOR_LOAD=1 runs it
 # beside the same PostgreSQL load, BENCH_CEILING=0 skips it).
+# All of it on a warm broker: the same load runs through the relay for
+# BENCH_BROKER_WARMUP_S (180) first, not counted (below).
 #   bench/latency.sh [RATE] [SECONDS]
 source "$(dirname "$0")/common.sh"
 RATE=${1:-5000}
@@ -237,7 +240,7 @@ thread_cpu_diff "$WORK/threads0" "$WORK/threads1" "latency: relay" $((TOTAL * 10
 # handlers (data-plane-kafk), network processors, the transaction marker
 # sender, log cleaner, the JIT compilers (C1/C2 CompilerThre: a broker
 # still warming up) and the collector (GC Thread, G1 Conc, G1 Refine).
-[ -z "$broker" ] || thread_cpu_diff "$WORK/bthreads0" "$WORK/bthreads1" "latency: broker" $((TOTAL * 1000)) | head -n 12
+[ -z "$broker" ] || thread_cpu_diff "$WORK/bthreads0" "$WORK/bthreads1" "latency: broker" $((TOTAL * 1000)) | awk 'NR <= 12'
 broker_pauses "$load_t0" "$load_t1" "during the relay's load"
 if [ -n "$perf_pid" ]; then
     perf report -i "$WORK/perf.data" --no-children --stdio --sort comm,dso,symbol -g none \
