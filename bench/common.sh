@@ -160,7 +160,7 @@ ceiling_mode() {
 # fetch), so pauses of some milliseconds every few hundred milliseconds
 # show at the p99 of any Kafka latency. STACK_KAFKA_GC picks the collector.
 broker_pauses() {
-    cat "$STACK_DIR"/kafka-gc.log* 2>/dev/null | awk -v from="$1" -v to="$2" '
+    { cat "$STACK_DIR"/kafka-gc.log* 2>/dev/null || true; } | awk -v from="$1" -v to="$2" '
         /\[safepoint/ {
             t = $0; sub(/^\[/, "", t); sub(/ms\].*/, "", t); t += 0
             if (t < from || t > to) next
@@ -170,7 +170,7 @@ broker_pauses() {
         }' | sort -n | awk -v from="$1" -v to="$2" -v label="$3" '
         { v[++n] = $1; sum += $1; if ($2 ~ /G1|GC|^Z|Shenandoah|Collect/) gc++; if ($1 >= 5) over5++; op = $2; t = $3 }
         END {
-            if (!n) { printf "latency: broker JVM pauses %s: none logged (no kafka-gc.log in the stack: restart it)\n", label; exit }
+            if (!n) { printf "latency: broker JVM pauses %s: none logged (none in this window, or no kafka-gc.log: a stack started by an older stack.sh)\n", label; exit }
             printf "latency: broker JVM pauses %s: %d safepoints (%d for the collector), stopped %.0f ms in all (%.2f%% of %.0f s); p50 %.2f, p99 %.1f, max %.1f ms (%s, +%.1f s); %d of 5 ms or more\n",
                 label, n, gc, sum, 100 * sum / (to - from), (to - from) / 1000, v[int(n * 0.5 + 0.999999)], v[int(n * 0.99 + 0.999999)], v[n], op, (t - from) / 1000, over5
         }'
