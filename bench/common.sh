@@ -131,7 +131,7 @@ thread_cpu() {
 # used between two thread_cpu files, in ms and as a share of one core over
 # TOTAL_MS of wall time.
 thread_cpu_diff() {
-    join -a1 <(LC_ALL=C sort -k1,1 "$2") <(LC_ALL=C sort -k1,1 "$1") | awk '{d = $2 - ($3 ? $3 : 0); if (d > 0) print d, $1}' | sort -nr |
+    LC_ALL=C join -a1 <(LC_ALL=C sort -k1,1 "$2") <(LC_ALL=C sort -k1,1 "$1") | awk '{d = $2 - ($3 ? $3 : 0); if (d > 0) print d, $1}' | sort -nr |
         awk -v pre="$3" -v wall="$4" '{printf "%s thread %-16s %7d ms CPU, %5.1f%% of one core\n", pre, $2, $1, 100 * $1 / wall}'
 }
 

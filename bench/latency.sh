@@ -59,19 +59,24 @@ printf '%s\n' '\set k random(1, 1000)' \
 # back by a read_committed consumer, none of it counted. The figures below
 # print what the JIT still used during the measured load.
 WARM_S=${BENCH_BROKER_WARMUP_S:-180}
-if [ "$WARM_S" -gt 0 ] && [ -n "$broker" ]; then
+case $WARM_S in '' | *[!0-9]*) say "BENCH_BROKER_WARMUP_S=$WARM_S: want whole seconds"; exit 2 ;; esac
+[ "$WARM_S" -gt 0 ] || say "BENCH_BROKER_WARMUP_S=0: no warm-up, the broker may still be compiling (see the C2 line below)"
+if [ "$WARM_S" -gt 0 ]; then
     say "warming the broker up: $RATE transactions/s through the relay for $WARM_S s (not counted)"
     "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --latency -X auto.offset.reset=latest --idle-ms 3000 \
         --timeout-ms $(((WARM_S + 60) * 1000)) -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 \
         >"$WORK/warm.out" 2>&1 &
     warm_c=$!
     BG+=("$warm_c")
-    jit0=$(broker_jit_ms "$broker")
+    jit0=$( [ -n "$broker" ] && broker_jit_ms "$broker" || echo 0)
     sleep 2 # the consumer joins (it starts at the end: what it misses is not counted anyway)
     pgbench -n -c 4 -j 2 -R "$RATE" -T "$WARM_S" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench-warm.log" 2>&1
     wait "$warm_c" || true
-    jit1=$(broker_jit_ms "$broker")
+    jit1=$( [ -n "$broker" ] && broker_jit_ms "$broker" || echo 0)
     say "broker warm-up done: its JIT compilers used $(((jit1 - jit0) / 1000)) s of CPU in it; $(grep -o 'latency_ms.*' "$WORK/warm.out" | head -n 1)"
+    # Its rows are dead weight for the measured load: vacuumed now, and a
+    # checkpoint taken, so neither falls into the window by chance.
+    q -c "VACUUM outbox" -c "CHECKPOINT"
 fi
 # latency_consumer TOPIC MODE NAME: a read_committed latency consumer
 # (okcat MODE: --latency or --latency-from-timestamp) writing
@@ -129,8 +134,6 @@ load_t0=$(now_ms)
 relay_off=$(stat -c %s "$WORK/relay.log")
 pgbench -n -c 4 -j 2 -R "$RATE" -T "$TOTAL" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench.log" 2>&1
 load_t1=$(now_ms)
-# The relay's debug lines of the measured load only (not the warm-up's).
-tail -c +$((relay_off + 1)) "$WORK/relay.log" >"$WORK/relay-load.log"
 r1=$(cpu_ticks "$relay")
 thread_cpu "$relay" >"$WORK/threads1"
 if [ -n "$perf_pid" ]; then
@@ -141,6 +144,9 @@ b1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
 [ -z "$broker" ] || thread_cpu "$broker" >"$WORK/bthreads1"
 p1=$(pg_ticks)
 wait "$consumer" || true
+# The relay's debug lines of the measured load only (not the warm-up's),
+# its last commits included (the consumer has read everything by now).
+tail -c +$((relay_off + 1)) "$WORK/relay.log" >"$WORK/relay-load.log"
 peak=$(peak_rss_kb "$relay")
 kill -TERM "$relay"
 wait "$relay" || true
@@ -236,8 +242,9 @@ awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" -v s="$TOT
 # poller and main (the short-lived commit helpers, outboxd-commit, count
 # in the process total above only).
 thread_cpu_diff "$WORK/threads0" "$WORK/threads1" "latency: relay" $((TOTAL * 1000))
-# The broker's threads (names cut to 15 characters by the kernel): request
-# handlers (data-plane-kafk), network processors, the transaction marker
+# The broker's threads (names cut to 15 characters by the kernel, digits
+# dropped): request handlers and network processors (both
+# data-plane-kafk), the partition verifier, the transaction marker
 # sender, log cleaner, the JIT compilers (C1/C2 CompilerThre: a broker
 # still warming up) and the collector (GC Thread, G1 Conc, G1 Refine).
 [ -z "$broker" ] || thread_cpu_diff "$WORK/bthreads0" "$WORK/bthreads1" "latency: broker" $((TOTAL * 1000)) | awk 'NR <= 12'
@@ -257,6 +264,6 @@ if [ "${BENCH_CEILING:-1}" != 0 ]; then
     awk -v b=$((cb1 - cb0)) -v hz="$hz" -v s="$TOTAL" 'BEGIN { printf "latency: kafka-side floor: broker cpu %.0f%% of one core\n", 100 * b / hz / s }'
     broker_pauses "$floor_t0" "$floor_t1" "during the floor's load"
 fi
-echo "latency: rows written=$written (incl. 1 first row and the broker warm-up's); relay peak RSS = $((peak / 1024)) MB; $(grep -o 'librdkafka [^)]*' "$WORK/relay.log" | head -n 1)"
-grep -o 'published.*' "$WORK/relay.log" | tail -n 1 | sed 's/^/latency: relay: /'
+echo "latency: rows written=$written (incl. 1 first row and the broker warm-up's); relay peak RSS = $((peak / 1024)) MB (over its whole run, warm-up included); $(grep -o 'librdkafka [^)]*' "$WORK/relay.log" | head -n 1)"
+grep -o 'published.*' "$WORK/relay.log" | tail -n 1 | sed 's/^/latency: relay (whole run, warm-up included): /'
 [ -z "${BENCH_KEEP_LOG:-}" ] || cp "$WORK/relay.log" "$BENCH_KEEP_LOG"
