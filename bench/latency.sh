@@ -27,6 +27,10 @@ source "$(dirname "$0")/common.sh"
 RATE=${1:-5000}
 SECS=${2:-60}
 WARMUP_MS=${BENCH_WARMUP_MS:-2000}
+# Every consumer of the bench fetches alike. fetch.wait.max.ms only bounds an
+# idle fetch: the broker answers as soon as the last stable offset moves, so
+# a short value adds no accuracy, only load.
+FETCH_OPTS=(-X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5)
 bench_db bench_lat
 q -c "SELECT pg_create_logical_replication_slot('bench_lat', 'pgoutput')" >/dev/null
 BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-debug} bench_config "$WORK/outboxd.yaml" bench_lat
@@ -64,7 +68,7 @@ case $WARM_S in '' | *[!0-9]*) say "BENCH_BROKER_WARMUP_S=$WARM_S: want whole se
 if [ "$WARM_S" -gt 0 ]; then
     say "warming the broker up: $RATE transactions/s through the relay for $WARM_S s (not counted)"
     "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --latency -X auto.offset.reset=latest --idle-ms 3000 \
-        --timeout-ms $(((WARM_S + 60) * 1000)) -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 \
+        --timeout-ms $(((WARM_S + 60) * 1000)) "${FETCH_OPTS[@]}" \
         >"$WORK/warm.out" 2>&1 &
     warm_c=$!
     BG+=("$warm_c")
@@ -81,14 +85,12 @@ fi
 # latency_consumer TOPIC MODE NAME: a read_committed latency consumer
 # (okcat MODE: --latency or --latency-from-timestamp) writing
 # $WORK/NAME.out; returns once it is assigned and caught up, its pid in
-# $consumer. fetch.wait.max.ms only bounds an idle fetch: the broker answers
-# as soon as the last stable offset moves, so a short value adds no
-# accuracy, only load.
+# $consumer.
 latency_consumer() {
     "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t "$1" "$2" --ready-file "$WORK/$3.ready" \
         --warmup-ms "$WARMUP_MS" -X auto.offset.reset=latest --idle-ms 5000 \
         --timeout-ms $(((SECS + 180) * 1000)) \
-        -X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5 >"$WORK/$3.out" 2>&1 &
+        "${FETCH_OPTS[@]}" >"$WORK/$3.out" 2>&1 &
     consumer=$!
     BG+=("$consumer")
     local waited=0
