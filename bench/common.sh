@@ -32,6 +32,10 @@ if [ -n "${BENCH_LIBRDKAFKA:-}" ]; then
     export LD_LIBRARY_PATH=$rdk_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     echo "bench: Kafka clients on librdkafka $BENCH_LIBRDKAFKA ($rdk_dir)" >&2
 fi
+# Checked before anything starts (broker_warmup, below, uses it).
+case ${BENCH_BROKER_WARMUP_S:-180} in
+'' | *[!0-9]*) echo "bench: BENCH_BROKER_WARMUP_S=$BENCH_BROKER_WARMUP_S: want whole seconds" >&2; exit 2 ;;
+esac
 export STACK_DIR=${BENCH_STACK_DIR:-/tmp/outboxd-bench-$$}
 export STACK_OWNER_PID=$$
 WORK=$(mktemp -d /tmp/outboxd-bench-work.XXXXXX)
@@ -179,4 +183,54 @@ broker_pauses() {
 # broker_jit_ms PID: CPU ms used so far by a JVM's JIT compiler threads.
 broker_jit_ms() {
     thread_cpu "$1" | awk '/Compiler/ {s += $2} END {print s + 0}'
+}
+
+# Every latency consumer of the benches fetches alike. fetch.wait.max.ms only
+# bounds an idle fetch: the broker answers as soon as the last stable offset
+# moves, so a short value adds no accuracy, only load.
+FETCH_OPTS=(-X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5)
+
+# broker_warmup RATE SQL BROKER_PID TOPIC=MODE...: a warm broker, as in
+# production. A just-started one compiles its hot code for minutes on the
+# same cores: on a 2-core machine its C2 JIT thread used 35% of a core during
+# a first 2,000/s run, then 23, 8 and 2% in the next three, the broker's CPU
+# falling from 96 to 50% of a core and the relay's p99 from 94 to 58 ms.
+# Ninety seconds of kafka_ceiling's records at the same rate left it
+# compiling 20% of a core through the relay's load after, so the warm-up is
+# the measured load itself: pgbench running SQL at RATE through the relays
+# already live for BENCH_BROKER_WARMUP_S (default 180; 0: a cold broker),
+# each TOPIC read back by a read_committed consumer (okcat MODE: --latency
+# or --latency-from-timestamp), none of it counted.
+# Its rows are vacuumed and a checkpoint taken after, so neither falls into
+# the measured window by chance. Prints what the broker's JIT used in it;
+# the benches print what it still used during the measured load.
+broker_warmup() {
+    local rate=$1 sql=$2 bpid=$3 warm_s=${BENCH_BROKER_WARMUP_S:-180} t jit0 jit1 pids=()
+    shift 3
+    if [ "$warm_s" -eq 0 ]; then
+        say "BENCH_BROKER_WARMUP_S=0: no warm-up, the broker may still be compiling (see its JIT's CPU below)"
+        return 0
+    fi
+    say "warming the broker up: $rate transactions/s through the relay(s) for $warm_s s (not counted)"
+    for t in "$@"; do
+        "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t "${t%%=*}" "${t#*=}" -X auto.offset.reset=latest --idle-ms 3000 \
+            --timeout-ms $(((warm_s + 120) * 1000)) "${FETCH_OPTS[@]}" >"$WORK/warm.${t%%=*}.out" 2>&1 &
+        pids+=($!)
+        BG+=($!)
+    done
+    jit0=$( [ -n "$bpid" ] && broker_jit_ms "$bpid" || echo 0)
+    sleep 2 # the consumers join (they start at the end: what they miss is not counted anyway)
+    pgbench -n -c 4 -j 2 -R "$rate" -T "$warm_s" -f "$sql" "$DB" >"$WORK/pgbench-warm.log" 2>&1
+    wait "${pids[@]}" || true
+    jit1=$( [ -n "$bpid" ] && broker_jit_ms "$bpid" || echo 0)
+    say "broker warm-up done: its JIT compilers used $(((jit1 - jit0) / 1000)) s of CPU in it"
+    for t in "$@"; do
+        t=${t%%=*}
+        say "warm-up, $t (not counted): $(grep -o 'latency_ms.*' "$WORK/warm.$t.out" | head -n 1 || echo 'no figures')"
+    done
+    q -c "VACUUM outbox" -c "CHECKPOINT"
+}
+
+cpu_ticks() { # utime+stime of a pid and its threads, in clock ticks
+    awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }

@@ -27,10 +27,6 @@ source "$(dirname "$0")/common.sh"
 RATE=${1:-5000}
 SECS=${2:-60}
 WARMUP_MS=${BENCH_WARMUP_MS:-2000}
-# Every consumer of the bench fetches alike. fetch.wait.max.ms only bounds an
-# idle fetch: the broker answers as soon as the last stable offset moves, so
-# a short value adds no accuracy, only load.
-FETCH_OPTS=(-X fetch.wait.max.ms=100 -X fetch.error.backoff.ms=5)
 bench_db bench_lat
 q -c "SELECT pg_create_logical_replication_slot('bench_lat', 'pgoutput')" >/dev/null
 BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-debug} bench_config "$WORK/outboxd.yaml" bench_lat
@@ -52,36 +48,9 @@ printf '%s\n' '\set k random(1, 1000)' \
     "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'order-' || :k, 'OrderCreated', '{\"amount\": 12, \"currency\": \"EUR\"}');" \
     >"$WORK/insert.sql"
 
-# A warm broker, as in production. A just-started one compiles its hot code
-# for minutes on the same cores: on a 2-core machine its C2 JIT thread used
-# 35% of a core during a first 2,000/s run, then 23, 8 and 2% in the next
-# three, the broker's CPU falling from 96 to 50% of a core and the relay's
-# p99 from 94 to 58 ms. Ninety seconds of the kafka_ceiling's records at the
-# same rate left it compiling 20% of a core through the relay's load after,
-# so the warm-up is the measured load itself: the same pgbench rate through
-# the relay for BENCH_BROKER_WARMUP_S (default 180; 0: a cold broker), read
-# back by a read_committed consumer, none of it counted. The figures below
-# print what the JIT still used during the measured load.
-WARM_S=${BENCH_BROKER_WARMUP_S:-180}
-case $WARM_S in '' | *[!0-9]*) say "BENCH_BROKER_WARMUP_S=$WARM_S: want whole seconds"; exit 2 ;; esac
-[ "$WARM_S" -gt 0 ] || say "BENCH_BROKER_WARMUP_S=0: no warm-up, the broker may still be compiling (see the C2 line below)"
-if [ "$WARM_S" -gt 0 ]; then
-    say "warming the broker up: $RATE transactions/s through the relay for $WARM_S s (not counted)"
-    "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t bench.order --latency -X auto.offset.reset=latest --idle-ms 3000 \
-        --timeout-ms $(((WARM_S + 60) * 1000)) "${FETCH_OPTS[@]}" \
-        >"$WORK/warm.out" 2>&1 &
-    warm_c=$!
-    BG+=("$warm_c")
-    jit0=$( [ -n "$broker" ] && broker_jit_ms "$broker" || echo 0)
-    sleep 2 # the consumer joins (it starts at the end: what it misses is not counted anyway)
-    pgbench -n -c 4 -j 2 -R "$RATE" -T "$WARM_S" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench-warm.log" 2>&1
-    wait "$warm_c" || true
-    jit1=$( [ -n "$broker" ] && broker_jit_ms "$broker" || echo 0)
-    say "broker warm-up done: its JIT compilers used $(((jit1 - jit0) / 1000)) s of CPU in it; $(grep -o 'latency_ms.*' "$WORK/warm.out" | head -n 1)"
-    # Its rows are dead weight for the measured load: vacuumed now, and a
-    # checkpoint taken, so neither falls into the window by chance.
-    q -c "VACUUM outbox" -c "CHECKPOINT"
-fi
+# A warm broker, as in production (broker_warmup in common.sh): the same
+# load through the relay for BENCH_BROKER_WARMUP_S first, not counted.
+broker_warmup "$RATE" "$WORK/insert.sql" "$broker" bench.order=--latency
 # latency_consumer TOPIC MODE NAME: a read_committed latency consumer
 # (okcat MODE: --latency or --latency-from-timestamp) writing
 # $WORK/NAME.out; returns once it is assigned and caught up, its pid in
@@ -103,9 +72,6 @@ latency_consumer() {
 }
 latency_consumer bench.order --latency okcat
 
-cpu_ticks() { # utime+stime of a pid and its threads, in clock ticks
-    awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 pgpost=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null || true)
 pg_ticks() { # the postmaster and all its children (walsender, backends)
     local t=0 p

@@ -13,6 +13,9 @@
 #      timestamp, which its EventRouter takes from the row's timestamp column,
 #      now() at the transaction's start), steady state only
 #      (both consumers assigned and caught up, then BENCH_WARMUP_MS);
+#      all of it after both carried the same load for BENCH_BROKER_WARMUP_S
+#      (default 180, not counted: a warm broker and a warm Connect JVM;
+#      broker_warmup in common.sh), and the CPU each used during it;
 #   3. resident memory of each (outboxd process; the Connect worker JVM).
 # Debezium: PostgreSQL connector 3.0.8.Final + outbox EventRouter on Kafka
 # Connect 3.9.1 distributed with exactly.once.source.support=enabled, JSON
@@ -104,7 +107,10 @@ dbz_total=$((t1 - t0))
 n_relay=$(sed -n 's/^okcat: consumed=//p' "$WORK/count.peer.order")
 n_dbz=$(sed -n 's/^okcat: consumed=//p' "$WORK/count.dbz.order")
 
-# --- latency, both live
+# --- latency, both live, on a warm broker (broker_warmup, common.sh: both
+# relays carry the same load first, not counted; it warms Connect's JVM too)
+broker=$(pgrep -f "kafka.Kafka.*$STACK_DIR" | head -n 1 || true)
+broker_warmup "$RATE" "$WORK/insert.sql" "$broker" peer.order=--latency dbz.order=--latency-from-timestamp
 start_consumer() { # start_consumer TOPIC OUT [okcat args]; sets CONSUMER (not in $(...):
     # a consumer started in a subshell is not this shell's child to wait for)
     local topic=$1 out=$2
@@ -112,7 +118,7 @@ start_consumer() { # start_consumer TOPIC OUT [okcat args]; sets CONSUMER (not i
     rm -f "$out.ready"
     "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t "$topic" "$@" --ready-file "$out.ready" --warmup-ms "$WARMUP_MS" \
         -X auto.offset.reset=latest --idle-ms 8000 --timeout-ms $(((SECS + 240) * 1000)) \
-        -X fetch.wait.max.ms=100 >"$out" 2>&1 &
+        "${FETCH_OPTS[@]}" >"$out" 2>&1 &
     CONSUMER=$!
     BG+=("$CONSUMER")
 }
@@ -123,7 +129,14 @@ c2=$CONSUMER
 until [ -e "$WORK/lat.relay.ready" ] && [ -e "$WORK/lat.dbz.ready" ]; do sleep 0.1; done
 TOTAL=$((SECS + (WARMUP_MS + 999) / 1000))
 say "writing $RATE transactions/s for $TOTAL s with both relays live"
+hz=$(getconf CLK_TCK)
+r0=$(cpu_ticks "$relay") d0=$(cpu_ticks "$CONNECT_PID") b0=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+j0=$( [ -n "$broker" ] && broker_jit_ms "$broker" || echo 0) dj0=$(broker_jit_ms "$CONNECT_PID")
+t_load=$(now_ms)
 pgbench -n -c 4 -j 2 -R "$RATE" -T "$TOTAL" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench2.log" 2>&1
+t_load=$(($(now_ms) - t_load))
+r1=$(cpu_ticks "$relay") d1=$(cpu_ticks "$CONNECT_PID") b1=$( [ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
+j1=$( [ -n "$broker" ] && broker_jit_ms "$broker" || echo 0) dj1=$(broker_jit_ms "$CONNECT_PID")
 wait "$c1" "$c2" || true
 rss_relay=$(awk '/VmHWM/ {print $2}' "/proc/$relay/status")
 rss_dbz=$(awk '/VmHWM/ {print $2}' "/proc/$CONNECT_PID/status")
@@ -144,4 +157,8 @@ for side in relay dbz; do
         tail -n 5 "$WORK/lat.$side" >&2
     }
 done
+awk -v r=$((r1 - r0)) -v d=$((d1 - d0)) -v b=$((b1 - b0)) -v j=$((j1 - j0)) -v dj=$((dj1 - dj0)) -v hz="$hz" -v ms="$t_load" 'BEGIN {
+    printf "peer: cpu during the latency load (share of one core, 2 in all): outboxd %.0f%%, debezium (Connect JVM) %.0f%% (its JIT %.1f%%), broker %.0f%% (its JIT %.1f%%)\n",
+        100 * r / hz / (ms / 1000), 100 * d / hz / (ms / 1000), dj / ms * 100, 100 * b / hz / (ms / 1000), j / ms * 100
+}'
 echo "peer: peak RSS outboxd $((rss_relay / 1024)) MB, debezium (Connect worker JVM) $((rss_dbz / 1024)) MB"
