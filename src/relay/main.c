@@ -27,6 +27,7 @@
 #include "outboxd/relay/sink.h"
 #include "outboxd/relay/source.h"
 #include "outboxd/relay/heartbeat.h"
+#include "outboxd/relay/kafkacheck.h"
 #include "outboxd/relay/metrics.h"
 #include "outboxd/relay/notify.h"
 #include "outboxd/relay/reload.h"
@@ -142,6 +143,13 @@ static int cmd_check(const outboxd_config_t *conf)
         problems++;
     } else {
         printf("kafka: OK (%d broker(s) at %s)\n", brokers, conf->bootstrap_servers);
+        /* The topics' configuration, as the broker holds it (kafkacheck.h). */
+        outboxd_buf_t report = {0};
+        int n = outboxd_kafkacheck_topics(conf, KAFKA_PROBE_TIMEOUT_MS, &report);
+        if (report.len)
+            fputs(report.data, stdout);
+        outboxd_buf_free(&report);
+        problems += n < 0 ? 1 : n;
     }
     if (problems == 0) {
         printf("configuration OK\n");
@@ -285,6 +293,11 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
         }
         started++;
     }
+    /* The checkpoint topic's configuration (kafkacheck.h), looked at once
+     * every source streams or after 10 s: not on their way to streaming. */
+    outboxd_kafkacheck_bg_t *kcheck = NULL;
+    bool kcheck_started = false;
+    int64_t run_start_ms = outboxd_now_ms();
     outboxd_heartbeat_t *heartbeat = NULL;
     if (rc == 0) {
         heartbeat = outboxd_heartbeat_start(conf, metrics, &stop_flag, err, sizeof(err));
@@ -326,6 +339,10 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
             outboxd_notify_ready(status);
         }
         supervise(&sv);
+        if (!kcheck_started && (sv.ready_sent || outboxd_now_ms() - run_start_ms > 10000)) {
+            kcheck = outboxd_kafkacheck_start(conf, &stop_flag);
+            kcheck_started = true;
+        }
         usleep(50 * 1000);
     }
     if (!got_signal)
@@ -343,6 +360,7 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
     /* Only now: a source may have run on a reloaded configuration. */
     outboxd_reload_destroy(reloader);
     outboxd_heartbeat_stop(heartbeat);
+    outboxd_kafkacheck_join(kcheck);
     /* The endpoint answers until the sources are gone, so a scrape during
      * shutdown sees the stopping states. */
     outboxd_http_destroy(http);

@@ -2055,3 +2055,18 @@ int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errst
     rd_kafka_destroy(rk);
     return brokers;
 }
+
+void *outboxd_sink_admin_client(const outboxd_config_t *conf, char *errstr, size_t errstr_size)
+{
+    rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
+    if (!kc)
+        return NULL;
+    rd_kafka_conf_set_log_cb(kc, probe_log_cb);
+    char e[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
+    if (!rk) {
+        snprintf(errstr, errstr_size, "cannot create a client: %s", e);
+        rd_kafka_conf_destroy(kc);
+    }
+    return rk;
+}

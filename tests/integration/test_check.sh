@@ -7,7 +7,9 @@
 # down (one line, no raw librdkafka output). A correct setup prints
 # "configuration OK". Configuration errors exit 2 for check and run alike: a
 # bad file (file:line), kafka.properties librdkafka refuses (alone or in
-# combination), mode: cdc. Also the command line: --help, --version.
+# combination), mode: cdc. Also the command line: --help, --version. And
+# the Kafka topics' configuration (a checkpoint topic not compacted, topics
+# too small for the transaction markers).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -142,6 +144,45 @@ sources:
 EOF2
 expect_check "$WORK/nokafka.yaml" 1 "kafka: cannot reach 127.0.0.1:[0-9]* within 10 s: .*; is the broker running?" "1 problem(s) found"
 grep -q '^%[0-9]|\|rdkafka#\|\[kafka\]' "$WORK/check.out" && fail "check printed librdkafka's log lines"
+
+# 10. The topics as the broker holds them (kafkacheck.c): a checkpoint topic
+#     that is not compacted, a dead-letter topic that cannot take the
+#     transaction markers (both problems, each with the kafka-configs.sh
+#     command that fixes it), a fixed event topic smaller than
+#     max_event_bytes (a note). Absent checkpoint and dead-letter topics
+#     are fine (the relay creates them), as is an absent event topic on a
+#     broker that creates topics (this one; test_missing_topic.sh has the
+#     other kind). The relay warns of the checkpoint topic at its start.
+"$STACK_SH" topic-create "$RUN_ID.ckdel" 1 cleanup.policy=delete >&2
+"$STACK_SH" topic-create "$RUN_ID.dlttiny" 1 max.message.bytes=90 >&2
+"$STACK_SH" topic-create "$RUN_ID.small" 1 max.message.bytes=5000 >&2
+write_config "$WORK/topics.yaml" "$DB"
+sed -i -e "s/^  checkpoint_topic: .*/  checkpoint_topic: \"$RUN_ID.ckdel\"/" \
+    -e "s/^  dead_letter_topic: .*/  dead_letter_topic: \"$RUN_ID.dlttiny\"/" \
+    -e "s/^        topic: .*/        topic: \"$RUN_ID.small\"/" "$WORK/topics.yaml"
+grep -q "topic: \"$RUN_ID.small\"" "$WORK/topics.yaml" || fail "test setup: topics not replaced"
+expect_check "$WORK/topics.yaml" 1 \
+    "kafka: topic $RUN_ID.ckdel (checkpoint) has cleanup.policy=delete, but it must be compacted" \
+    "alter --entity-type topics --entity-name $RUN_ID.ckdel --add-config cleanup.policy=compact" \
+    "kafka: topic $RUN_ID.dlttiny (dead-letter) has max.message.bytes=90: below 100 bytes the broker cannot write the marker" \
+    "kafka: topic $RUN_ID.small (events, written by source $DB, table public.outbox): max.message.bytes=5000 is below relay.max_event_bytes (1000000)" \
+    "^2 problem(s) found"
+# The relay says it too, once, at its start (for those who never run
+# check), and starts anyway.
+start_relay "$WORK/topics.yaml" topics-relay
+wait_streaming "$WORK/topics-relay.log" 1 120
+wait_log "$WORK/topics-relay.log" "WARN .*kafka: topic $RUN_ID.ckdel \(checkpoint\) has cleanup.policy=delete, but it must be compacted" 30
+stop_relay_ok "$RELAY_PID"
+[ "$(grep -c "has cleanup.policy=delete" "$WORK/topics-relay.log")" -eq 1 ] || fail "the relay did not warn exactly once"
+write_config "$WORK/topics2.yaml" "$DB"
+sed -i -e "s/^  checkpoint_topic: .*/  checkpoint_topic: \"$RUN_ID.cknew\"/" \
+    -e "s/^        topic: .*/        topic: \"$RUN_ID.absent\"/" "$WORK/topics2.yaml"
+expect_check "$WORK/topics2.yaml" 0 \
+    "kafka: topic $RUN_ID.cknew (checkpoint): does not exist yet; the relay creates it, compacted" \
+    "kafka: topic $RUN_ID.absent (events, written by source $DB, table public.outbox): does not exist yet; created at its first event (the broker's auto.create.topics.enable=true)" \
+    "configuration OK"
+# check created none of them.
+"$STACK_SH" topics --list | grep -qx "$RUN_ID.cknew\|$RUN_ID.absent" && fail "check created a topic"
 
 for db in "$DB" "$DB2" "$DB3" "$DB6"; do drop_source "$db" "${db}_${RUN_ID}"; done
 log "PASS"

@@ -42,6 +42,15 @@ if [ -n "${POOL_PRODUCERS:-}" ]; then
     sed -i "s/^relay:/relay:\n  kafka_producers: $POOL_PRODUCERS/" "$WORK/outboxd.yaml"
 fi
 prepare_sources "$WORK/outboxd.yaml"
+# `outboxd check` names a fixed topic missing on a broker that does not
+# create topics (kafkacheck.c), with the fix.
+sed "s/^        topic: .*/        topic: \"$RUN_ID.fixed\"/" "$WORK/outboxd.yaml" >"$WORK/fixed.yaml"
+rc=0
+"$OUTBOXD_BIN" check -c "$WORK/fixed.yaml" >"$WORK/fixed.out" 2>&1 || rc=$?
+cat "$WORK/fixed.out" >&2
+[ "$rc" -eq 1 ] || fail "check of a missing fixed topic exited $rc, expected 1"
+grep -q "kafka: topic $RUN_ID.fixed (events, written by source $DBA, table public.outbox) does not exist: with relay.missing_topic: wait its events would wait (the source stops there) until it exists; create it (kafka-topics.sh --bootstrap-server $KAFKA_BOOTSTRAP --create --topic $RUN_ID.fixed)" "$WORK/fixed.out" ||
+    fail "check did not name the missing fixed topic"
 topic_create "$RUN_ID.ev.$DBA" 1
 topic_create "$RUN_ID.ev.$DBB" 1
 

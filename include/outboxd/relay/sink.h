@@ -202,4 +202,12 @@ void outboxd_sink_conf_defaults(struct rd_kafka_conf_s *kc);
 int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errstr,
                        size_t errstr_size);
 
+/*
+ * A Kafka client (an rd_kafka_t *, untyped so this header needs no
+ * librdkafka) with the sink's settings and librdkafka's log lines at debug,
+ * for admin requests (kafkacheck.c); NULL with the reason in errstr. The
+ * caller destroys it (rd_kafka_destroy).
+ */
+void *outboxd_sink_admin_client(const outboxd_config_t *conf, char *errstr, size_t errstr_size);
+
 #endif
