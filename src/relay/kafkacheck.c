@@ -150,24 +150,29 @@ static int judge(const outboxd_config_t *conf, const checked_topic_t *t,
     }
     const char *mmb = entry(res, "max.message.bytes");
     long long max_bytes = mmb ? strtoll(mmb, NULL, 10) : -1;
-    if (mmb && max_bytes < OUTBOXD_MIN_TOPIC_MESSAGE_BYTES) {
-        outboxd_buf_printf(
-            report,
-            "kafka: topic %s (%s%s) has max.message.bytes=%lld: below %d bytes the broker cannot "
-            "write the marker that ends a Kafka transaction, which then stays pending for good "
-            "(and can hold up others); fix: kafka-configs.sh --bootstrap-server %s --alter "
-            "--entity-type topics --entity-name %s --add-config max.message.bytes=1048588\n",
-            t->name, role, t->where, max_bytes, OUTBOXD_MIN_TOPIC_MESSAGE_BYTES, bs, t->name);
-        problems++;
-    } else if (mmb && t->role == ROLE_CHECKPOINT &&
-               max_bytes < OUTBOXD_MIN_CHECKPOINT_MESSAGE_BYTES) {
+    if (mmb && t->role == ROLE_CHECKPOINT && max_bytes < OUTBOXD_MIN_CHECKPOINT_MESSAGE_BYTES) {
         outboxd_buf_printf(
             report,
             "kafka: topic %s (checkpoint) has max.message.bytes=%lld: a checkpoint record takes "
-            "a few hundred bytes and one Kafka refuses stops the relay; fix: kafka-configs.sh "
+            "a few hundred bytes and one Kafka refuses stops the relay%s; fix: kafka-configs.sh "
             "--bootstrap-server %s --alter --entity-type topics --entity-name %s --add-config "
             "max.message.bytes=1048588\n",
-            t->name, max_bytes, bs, t->name);
+            t->name, max_bytes,
+            max_bytes < OUTBOXD_MIN_TOPIC_MESSAGE_BYTES
+                ? " (and below 100 bytes the broker may not write the marker that ends a "
+                  "transaction, which then stays pending for good)"
+                : "",
+            bs, t->name);
+        problems++;
+    } else if (mmb && max_bytes < OUTBOXD_MIN_TOPIC_MESSAGE_BYTES) {
+        outboxd_buf_printf(
+            report,
+            "kafka: topic %s (%s%s) has max.message.bytes=%lld: below %d bytes the broker may "
+            "not write the marker that ends a Kafka transaction (78 bytes in Kafka 3.9), which "
+            "then stays pending for good (and can hold up others); fix: kafka-configs.sh "
+            "--bootstrap-server %s --alter --entity-type topics --entity-name %s --add-config "
+            "max.message.bytes=1048588\n",
+            t->name, role, t->where, max_bytes, OUTBOXD_MIN_TOPIC_MESSAGE_BYTES, bs, t->name);
         problems++;
     } else if (mmb && t->role == ROLE_EVENTS && (size_t)max_bytes < conf->max_event_bytes) {
         /* Allowed (a topic may be meant for small events), but say what
@@ -226,19 +231,37 @@ static int describe(rd_kafka_t *rk, const outboxd_config_t *conf, const checked_
     rd_kafka_DescribeConfigs(rk, res, n_res, opts, q);
     /* In steps, so a stop (the relay's) ends the wait. */
     int64_t deadline = outboxd_now_ms() + timeout_ms + 2000;
-    while (!ev && outboxd_now_ms() < deadline && !(stop && atomic_load(stop)))
+    const char *why = NULL;
+    while (!ev && outboxd_now_ms() < deadline && !(stop && atomic_load(stop))) {
         ev = rd_kafka_queue_poll(q, 200);
-    if (!ev || rd_kafka_event_error(ev)) {
+        why = outboxd_sink_admin_poll(rk); /* callbacks: errors, SASL tokens */
+    }
+    if (!ev) {
+        if (stop && atomic_load(stop))
+            outboxd_buf_printf(report, "kafka: topics not checked: stopped\n");
+        else
+            outboxd_buf_printf(report,
+                               "kafka: topics not checked: the broker did not describe them "
+                               "within %d s%s%s\n",
+                               timeout_ms / 1000, why ? ": " : "", why ? why : "");
+        goto out;
+    }
+    if (rd_kafka_event_error(ev)) {
         outboxd_buf_printf(report,
-                           "kafka: topics not checked: the broker did not describe them "
-                           "(%s)\n",
-                           ev ? rd_kafka_event_error_string(ev) : "timed out");
+                           "kafka: topics not checked: the broker did not describe them (%s)\n",
+                           rd_kafka_event_error_string(ev));
         goto out;
     }
     size_t cnt = 0;
     const rd_kafka_ConfigResource_t **rr =
         rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev), &cnt);
     int auto_create = -1; /* unknown (not asked, no ACL) */
+    /* A producer asks the broker to create a topic only while librdkafka's
+     * allow.auto.create.topics is true (a producer's default). */
+    bool client_creates = true;
+    for (size_t i = 0; i < conf->n_kafka_properties; i++)
+        if (strcmp(conf->kafka_properties[i].key, "allow.auto.create.topics") == 0)
+            client_creates = strcmp(conf->kafka_properties[i].value, "false") != 0;
     for (size_t j = 0; j < cnt; j++) {
         if (rd_kafka_ConfigResource_type(rr[j]) != RD_KAFKA_RESOURCE_BROKER ||
             rd_kafka_ConfigResource_error(rr[j]))
@@ -247,6 +270,8 @@ static int describe(rd_kafka_t *rk, const outboxd_config_t *conf, const checked_
         if (v)
             auto_create = strcmp(v, "true") == 0;
     }
+    if (!client_creates)
+        auto_create = 0;
     problems = 0;
     for (size_t i = 0; i < n; i++) {
         const rd_kafka_ConfigResource_t *r = NULL;
@@ -291,7 +316,7 @@ int outboxd_kafkacheck_topics(const outboxd_config_t *conf, int timeout_ms, outb
         return -1;
     }
     int problems = describe(rk, conf, topics, n, true, timeout_ms, NULL, report);
-    rd_kafka_destroy(rk);
+    outboxd_sink_admin_destroy(rk);
     free(topics);
     return problems;
 }
@@ -324,7 +349,7 @@ static void *bg_run(void *arg)
             LOG_DEBUG(NULL, "%s", line);
     }
     outboxd_buf_free(&report);
-    rd_kafka_destroy(rk);
+    outboxd_sink_admin_destroy(rk);
     return NULL;
 }
 

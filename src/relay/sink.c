@@ -182,7 +182,6 @@ struct outboxd_sink_pool {
     pool_state_t state;
     atomic_llong polled_ms;     /* when idle producers were last polled */
     atomic_int waiting;         /* sources waiting in borrow() for a producer */
-    int poll_next;              /* the idle producer polled next */
     outboxd_ckstore_t *ckstore; /* one checkpoint read serves many sources */
 };
 
@@ -1910,7 +1909,9 @@ static void release(outboxd_sink_t *s)
 }
 
 /* Serves the callbacks of free pool producers (errors, logs) once a
- * second, from whichever source loop gets here first. */
+ * second at most, from whichever source loop gets here first: every free
+ * one each time (idle loops wake only every few seconds, so one producer a
+ * turn left a pool of four unpolled for 20 s with one idle source). */
 static void pool_poll_idle(outboxd_sink_pool_t *p)
 {
     int64_t now = outboxd_now_ms();
@@ -1921,24 +1922,25 @@ static void pool_poll_idle(outboxd_sink_pool_t *p)
         return;
     }
     atomic_store(&p->polled_ms, now);
-    int k = -1;
-    for (int i = 0; i < p->n && k < 0; i++) {
-        int c = (p->poll_next + i) % p->n;
-        if (!p->slots[c].busy && p->slots[c].holder->rk)
-            k = c;
-    }
-    if (k >= 0) {
-        p->slots[k].busy = true;
-        p->poll_next = (k + 1) % p->n;
+    int *ks = malloc((size_t)p->n * sizeof(*ks));
+    int n = 0;
+    for (int i = 0; ks && i < p->n; i++) {
+        if (!p->slots[i].busy && p->slots[i].holder->rk) {
+            p->slots[i].busy = true; /* borrowed for the poll */
+            ks[n++] = i;
+        }
     }
     pthread_mutex_unlock(&p->mu);
-    if (k < 0)
-        return;
-    rd_kafka_poll(p->slots[k].holder->rk, 0);
-    pthread_mutex_lock(&p->mu);
-    p->slots[k].busy = false;
-    pthread_cond_signal(&p->cv);
-    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < n; i++)
+        rd_kafka_poll(p->slots[ks[i]].holder->rk, 0);
+    if (n) {
+        pthread_mutex_lock(&p->mu);
+        for (int i = 0; i < n; i++)
+            p->slots[ks[i]].busy = false;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    free(ks);
 }
 
 /* ---- configuration checks (outboxd check, and run before sources start) ---- */
@@ -2061,12 +2063,38 @@ void *outboxd_sink_admin_client(const outboxd_config_t *conf, char *errstr, size
     rd_kafka_conf_t *kc = base_conf(conf, false, errstr, errstr_size);
     if (!kc)
         return NULL;
+    probe_t *p = calloc(1, sizeof(*p)); /* the reasons of its errors */
+    if (!p) {
+        snprintf(errstr, errstr_size, "out of memory");
+        rd_kafka_conf_destroy(kc);
+        return NULL;
+    }
     rd_kafka_conf_set_log_cb(kc, probe_log_cb);
+    rd_kafka_conf_set_error_cb(kc, probe_error_cb);
+    rd_kafka_conf_set_opaque(kc, p);
     char e[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, e, sizeof(e));
     if (!rk) {
         snprintf(errstr, errstr_size, "cannot create a client: %s", e);
         rd_kafka_conf_destroy(kc);
+        free(p);
     }
     return rk;
+}
+
+const char *outboxd_sink_admin_poll(void *client)
+{
+    rd_kafka_t *rk = client;
+    rd_kafka_poll(rk, 0);
+    const probe_t *p = rd_kafka_opaque(rk);
+    return p->hint[0] ? p->hint : p->reason[0] ? p->reason : NULL;
+}
+
+void outboxd_sink_admin_destroy(void *client)
+{
+    if (!client)
+        return;
+    probe_t *p = rd_kafka_opaque(client);
+    rd_kafka_destroy(client);
+    free(p);
 }

@@ -323,6 +323,31 @@ static int64_t coarse_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/*
+ * An idle loop's wait: idle_poll_ms, or until just after the next status
+ * update or catalog check is due if that comes first. Waking every
+ * idle_poll_ms alone (status_interval_ms / 2 with the defaults) let both
+ * slip by a whole period when a wake fell a millisecond short of the
+ * interval: 15 s instead of 10. 5 ms past the due time covers the coarse
+ * clock the status update reads; at least 50 ms, so a due time that a
+ * round does not act on (no connection yet) cannot make a busy loop.
+ */
+static int idle_timeout(outboxd_source_t *s)
+{
+    int64_t interval = s->conf->status_interval_ms;
+    int timeout = s->idle_poll_ms;
+    if (interval <= 0)
+        return timeout;
+    int64_t now = outboxd_now_ms();
+    int64_t due = s->last_status_ms + interval;
+    if (s->src->n_tables > 0 && s->last_watch_ms + interval < due)
+        due = s->last_watch_ms + interval;
+    int64_t until = due + 5 - now;
+    if (until < 50)
+        until = 50;
+    return until < timeout ? (int)until : timeout;
+}
+
 static void send_status(outboxd_source_t *s, bool force)
 {
     if (!s->repl)
@@ -1554,7 +1579,7 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
                 s->last_recv_ms > s->last_pollin_ms ? s->last_recv_ms : s->last_pollin_ms;
             if (!s->batch_open && !s->in_txn && s->idle_fd >= 0 &&
                 outboxd_now_ms() - quiet_since >= IDLE_AFTER_MS)
-                timeout = s->idle_poll_ms;
+                timeout = idle_timeout(s);
             /* The wait itself is the pool's (loops.h): on this thread, or,
              * when sources outnumber loop threads, on its poller. A source
              * with a batch open may hold a producer of the Kafka pool that
@@ -2216,7 +2241,9 @@ static outboxd_loop_rc_t backoff_wait(outboxd_source_t *s, outboxd_loop_wait_t *
 {
     w->fd[0] = s->idle_fd;
     w->fd[1] = -1;
-    w->timeout_ms = left < s->idle_poll_ms ? (int)left : s->idle_poll_ms;
+    /* Without idle_fd (no eventfd) a stop is seen only by waking. */
+    int step = s->idle_fd >= 0 ? s->idle_poll_ms : BUSY_POLL_MS;
+    w->timeout_ms = left < step ? (int)left : step;
     w->may_park = true; /* an aborted or never begun transaction holds no producer */
     w->kick_ends_wait = false;
     return OUTBOXD_LOOP_WAIT;

@@ -164,7 +164,7 @@ grep -q "topic: \"$RUN_ID.small\"" "$WORK/topics.yaml" || fail "test setup: topi
 expect_check "$WORK/topics.yaml" 1 \
     "kafka: topic $RUN_ID.ckdel (checkpoint) has cleanup.policy=delete, but it must be compacted" \
     "alter --entity-type topics --entity-name $RUN_ID.ckdel --add-config cleanup.policy=compact" \
-    "kafka: topic $RUN_ID.dlttiny (dead-letter) has max.message.bytes=90: below 100 bytes the broker cannot write the marker" \
+    "kafka: topic $RUN_ID.dlttiny (dead-letter) has max.message.bytes=90: below 100 bytes the broker may not write the marker" \
     "kafka: topic $RUN_ID.small (events, written by source $DB, table public.outbox): max.message.bytes=5000 is below relay.max_event_bytes (1000000)" \
     "^2 problem(s) found"
 # The relay says it too, once, at its start (for those who never run
@@ -181,6 +181,19 @@ expect_check "$WORK/topics2.yaml" 0 \
     "kafka: topic $RUN_ID.cknew (checkpoint): does not exist yet; the relay creates it, compacted" \
     "kafka: topic $RUN_ID.absent (events, written by source $DB, table public.outbox): does not exist yet; created at its first event (the broker's auto.create.topics.enable=true)" \
     "configuration OK"
+# A compacted checkpoint topic too small for a checkpoint record, and a
+# client that may not have topics created (allow.auto.create.topics=false):
+# an absent fixed topic is then a problem on this broker too.
+"$STACK_SH" topic-create "$RUN_ID.cksmall" 1 cleanup.policy=compact max.message.bytes=500 >&2
+write_config "$WORK/topics3.yaml" "$DB"
+sed -i -e "s/^  checkpoint_topic: .*/  checkpoint_topic: \"$RUN_ID.cksmall\"/" \
+    -e "s/^  transactional_id_prefix: \(.*\)$/  transactional_id_prefix: \1\n  properties: { allow.auto.create.topics: \"false\" }/" \
+    -e "s/^        topic: .*/        topic: \"$RUN_ID.absent\"/" "$WORK/topics3.yaml"
+grep -q 'allow.auto.create.topics: "false"' "$WORK/topics3.yaml" || fail "test setup: properties not added"
+expect_check "$WORK/topics3.yaml" 1 \
+    "kafka: topic $RUN_ID.cksmall (checkpoint) has max.message.bytes=500: a checkpoint record takes a few hundred bytes" \
+    "kafka: topic $RUN_ID.absent (events, written by source $DB, table public.outbox) does not exist: with relay.missing_topic: wait" \
+    "^2 problem(s) found"
 # check created none of them.
 "$STACK_SH" topics --list | grep -qx "$RUN_ID.cknew\|$RUN_ID.absent" && fail "check created a topic"
 

@@ -14,7 +14,8 @@
 #   STACK_KAFKA_CP   use this Kafka classpath instead of resolving tests/stack/pom.xml
 #   STACK_KAFKA_HEAP JVM heap options of the broker (default "-Xmx1G -Xms256m")
 #   STACK_KAFKA_GC   JVM collector options of the broker (default G1 with a
-#                    20 ms pause goal, as Kafka's own scripts start it); the
+#                    20 ms pause goal, as Kafka's own scripts start it; set
+#                    and empty: the JVM's own defaults); the
 #                    broker always logs its GCs and safepoints (every
 #                    stop-the-world pause) to kafka-gc.log in STACK_DIR, with
 #                    epoch-millisecond stamps (bench/latency.sh reads them)
@@ -54,7 +55,7 @@ STACK_DIR=${STACK_DIR%/}
 export STACK_DIR # the watchdog and its `stop` run from / and must find it
 STACK_TIMEOUT=${STACK_TIMEOUT:-90}
 STACK_KAFKA_HEAP=${STACK_KAFKA_HEAP:--Xmx1G -Xms256m}
-STACK_KAFKA_GC=${STACK_KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}
+STACK_KAFKA_GC=${STACK_KAFKA_GC--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}
 PG_OS_USER=${STACK_PG_OS_USER:-postgres}
 if [[ -z ${PG_BIN:-} ]]; then
   if [[ -x /usr/lib/postgresql/15/bin/postgres ]]; then
@@ -679,11 +680,13 @@ kafka_format() {
 
 # Class-data sharing: the first broker start dumps the classes it loaded into
 # an archive (at its clean exit), later starts map it: JVM startup to "ready"
-# drops from ~4 s to ~2 s. Keyed by classpath and JVM; STACK_KAFKA_CDS=0: off.
+# drops from ~4 s to ~2 s. Keyed by classpath, JVM and collector options (an
+# archive dumped under one collector is refused, silently, under another);
+# STACK_KAFKA_CDS=0: off.
 cds_archive() {
   local jvm key
   jvm=$(readlink -f "$(command -v "$JAVA")")
-  key=$(printf '%s\n%s\n%s\n' "$CP" "$jvm" "$(stat -c %Y "$jvm")" | sha256sum | cut -c1-16)
+  key=$(printf '%s\n%s\n%s\n%s\n' "$CP" "$jvm" "$(stat -c %Y "$jvm")" "$STACK_KAFKA_GC" | sha256sum | cut -c1-16)
   printf '%s/kafka-cds-%s.jsa' "$(cache_dir)" "$key"
 }
 cds_opts() {

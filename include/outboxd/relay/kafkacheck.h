@@ -11,9 +11,9 @@
  *     instead of one per source;
  *   - every topic a transaction writes to (checkpoint, dead-letter, the
  *     outbox tables' fixed topics) must take the broker's own transaction
- *     markers (max.message.bytes of at least 100 bytes): below that Kafka
- *     cannot end the transaction and keeps it pending (README, "Never below
- *     100 bytes");
+ *     markers (max.message.bytes of at least 100 bytes; a marker is 78 in
+ *     Kafka 3.9): below that Kafka may not end the transaction and keeps it
+ *     pending (README, "Never below 100 bytes");
  *   - the checkpoint topic must take a checkpoint record (1 KB at least:
  *     one Kafka refuses stops the relay);
  *   - an outbox table's fixed topic that does not exist, on a broker that
@@ -42,8 +42,9 @@
 
 /*
  * Appends one line per finding to report ("kafka: topic NAME (ROLE): ...").
- * Returns the number of problems (0: nothing to fix), or -1 when the broker
- * did not answer within timeout_ms (report says why).
+ * Returns the number of problems (0: nothing to fix), or -1 when the topics
+ * could not be looked at (report says why: no answer within timeout_ms, an
+ * old broker), which `outboxd check` reports without counting it.
  */
 int outboxd_kafkacheck_topics(const outboxd_config_t *conf, int timeout_ms, outboxd_buf_t *report);
 
@@ -59,7 +60,8 @@ int outboxd_kafkacheck_topics(const outboxd_config_t *conf, int timeout_ms, outb
  */
 typedef struct outboxd_kafkacheck_bg outboxd_kafkacheck_bg_t;
 outboxd_kafkacheck_bg_t *outboxd_kafkacheck_start(const outboxd_config_t *conf, atomic_int *stop);
-/* Waits for the thread (at most about 200 ms once stop is set). NULL: no-op. */
+/* Waits for the thread (about 200 ms once stop is set, then the destruction
+ * of its client). NULL: no-op. */
 void outboxd_kafkacheck_join(outboxd_kafkacheck_bg_t *bg);
 
 #endif

@@ -205,9 +205,14 @@ int outboxd_sink_probe(const outboxd_config_t *conf, int timeout_ms, char *errst
 /*
  * A Kafka client (an rd_kafka_t *, untyped so this header needs no
  * librdkafka) with the sink's settings and librdkafka's log lines at debug,
- * for admin requests (kafkacheck.c); NULL with the reason in errstr. The
- * caller destroys it (rd_kafka_destroy).
+ * for admin requests (kafkacheck.c); NULL with the reason in errstr.
+ * outboxd_sink_admin_poll serves its callbacks (errors; a SASL OAUTHBEARER
+ * token refresh) and returns the first error it reported, as cause and fix
+ * for TLS or SASL failures (NULL: none yet); the caller polls it while it
+ * waits, and destroys it with outboxd_sink_admin_destroy.
  */
 void *outboxd_sink_admin_client(const outboxd_config_t *conf, char *errstr, size_t errstr_size);
+const char *outboxd_sink_admin_poll(void *client);
+void outboxd_sink_admin_destroy(void *client);
 
 #endif
