@@ -29,9 +29,29 @@ own_child() {
     [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]
 }
 
+# any_own_child PID...: one of them is still a live child of this shell.
+any_own_child() {
+    local p
+    for p in "$@"; do own_child "$p" && return 0; done
+    return 1
+}
+
 cleanup() {
     local rc=$?
     if declare -F extra_cleanup >/dev/null; then extra_cleanup || true; fi
+    # A failed test's relays get SIGTERM first (up to 5 s): each source then
+    # logs its final counters (events published, skipped, aborts), which say
+    # on which side of the relay a missing event was lost.
+    if [ $rc -ne 0 ]; then
+        local alive=() r
+        for r in "${RELAY_PIDS[@]}"; do
+            own_child "$r" && kill -TERM "$r" 2>/dev/null && alive+=("$r")
+        done
+        for _ in $(seq 1 50); do
+            any_own_child "${alive[@]}" || break
+            sleep 0.1
+        done
+    fi
     for p in "${BG_PIDS[@]}" "${RELAY_PIDS[@]}"; do
         own_child "$p" && kill -9 "$p" 2>/dev/null || true
     done
