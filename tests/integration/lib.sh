@@ -14,6 +14,7 @@ TEST_NAME=$(basename "$0" .sh)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/outboxd-${TEST_NAME}.XXXXXX")
 RELAY_PIDS=()
 BG_PIDS=()
+PEEK_SLOTS=() # copy_slot_for_peek
 
 log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "$TEST_NAME" "$*" >&2; }
 fail() {
@@ -56,6 +57,10 @@ cleanup() {
         own_child "$p" && kill -9 "$p" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    local ps
+    for ps in "${PEEK_SLOTS[@]}"; do
+        psql_db "${ps%%:*}" -c "SELECT pg_drop_replication_slot('${ps#*:}')" >/dev/null 2>&1 || true
+    done
     if [ $rc -ne 0 ]; then
         log "exit $rc; relay logs follow (last 60 lines each)"
         for f in "$WORK"/relay*.log; do
@@ -243,6 +248,14 @@ check_exactly_once() {
     return 1
 }
 
+# copy_slot_for_peek DB SLOT: a test_decoding copy of SLOT (same start
+# position), so that explain_missing can ask PostgreSQL whether it decodes a
+# missing event at all; dropped when the test ends.
+copy_slot_for_peek() {
+    psql_db "$1" -c "SELECT pg_copy_logical_replication_slot('$2', '$2_peek', false, 'test_decoding')" >/dev/null
+    PEEK_SLOTS+=("$1:$2_peek")
+}
+
 # explain_missing OKCAT_OUTPUT: for the events okcat named missing, a second
 # read of every topic of this run (dead letters and checkpoints included)
 # with read_uncommitted tells apart "in Kafka but in an aborted or still open
@@ -266,6 +279,15 @@ explain_missing() {
         n=$((n + 1))
     done
     log "read_uncommitted: $(tail -n 1 "$WORK/read-uncommitted.txt") over $n missing event(s)"
+    local ps db slot f
+    for ps in "${PEEK_SLOTS[@]}"; do
+        db=${ps%%:*} slot=${ps#*:} f="$WORK/peek-$slot.txt"
+        psql_db "$db" -F $'\t' -c "SELECT lsn, xid, data FROM pg_logical_slot_peek_changes('$slot', NULL, NULL)" >"$f" 2>&1 || true
+        for id in $ids; do
+            grep -q -F "$id" "$f" || continue
+            log "PostgreSQL decodes missing event $id (slot copy $slot): $(grep -F "$id" "$f" | cut -f1,2 | head -n 1 | tr '\t' ' ') (lsn, xid); its transaction: $(awk -F '\t' -v id="$id" '$3 ~ /^BEGIN/ {b=$0} index($3, id) {print b; exit}' "$f" | cut -f1,3)"
+        done
+    done
 }
 
 # wait_streaming LOG N [TIMEOUT_S]: until N distinct sources logged

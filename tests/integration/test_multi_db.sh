@@ -12,6 +12,8 @@ DBS=(pay_$RUN_ID ord_$RUN_ID mem_$RUN_ID)
 for db in "${DBS[@]}"; do create_outbox_db "$db"; done
 write_config "$WORK/outboxd.yaml" "${DBS[@]}"
 prepare_sources "$WORK/outboxd.yaml"
+# If an event goes missing, does PostgreSQL decode it? (explain_missing)
+for db in "${DBS[@]}"; do copy_slot_for_peek "$db" "${db}_${RUN_ID}"; done
 
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
