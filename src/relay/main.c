@@ -351,7 +351,7 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
     if (!got_signal)
         outboxd_notify_stopping("a source failed; stopping");
     for (size_t i = 0; i < conf->n_sources; i++)
-        outboxd_source_wake(sources[i]); /* idle loops sleep up to a second */
+        outboxd_source_wake(sources[i]); /* idle loops sleep up to 5 s */
     for (size_t i = 0; i < conf->n_sources; i++) {
         if (sources[i] && outboxd_source_join(sources[i]) != 0)
             rc = 1;

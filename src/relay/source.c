@@ -51,7 +51,7 @@
  * the stall and liveness timeouts) once nothing was received for
  * IDLE_AFTER_MS and no batch is open. */
 #define BUSY_POLL_MS  100
-#define IDLE_POLL_MS  1000
+#define IDLE_POLL_MS  5000
 #define IDLE_AFTER_MS 2000
 /*
  * Behind: the walsender sent the newest transaction at least BACKLOG_LAG_MS
@@ -226,11 +226,11 @@ struct outboxd_source {
     char pend_err[512];
     int wake[2]; /* the helper writes a byte when the commit returned */
     /* An idle source sleeps idle_poll_ms at a time instead of 100 ms (200
-     * idle sources woke 2,000 times a second: 3.5% of a core); stop and
-     * reload write to idle_fd so they are not delayed by it. 5 s instead
-     * of 1 s cut 200 idle sources from 3.3 to 1.5% of a core, but a CI run
-     * with it lost sight of 4 events past a test's consumer window
-     * (test_multi_db, ASan): back to 1 s until that is understood. */
+     * idle sources woke 2,000 times a second: 3.5% of a core; at 1 s, 200
+     * times a second, 5.1 to 5.5% on a slower machine, most of it in the
+     * pool's poller, whose every turn polls every parked source); stop and
+     * reload write to idle_fd so they are not delayed by it, and what the
+     * server sends (its keepalives asking for a reply) wakes it too. */
     int idle_fd;
     int idle_poll_ms;
     int64_t last_pollin_ms; /* the replication socket was last readable */
@@ -321,6 +321,31 @@ static int64_t coarse_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * An idle loop's wait: idle_poll_ms, or until just after the next status
+ * update or catalog check is due if that comes first. Waking every
+ * idle_poll_ms alone (status_interval_ms / 2 with the defaults) let both
+ * slip by a whole period when a wake fell a millisecond short of the
+ * interval: 15 s instead of 10. 5 ms past the due time covers the coarse
+ * clock the status update reads; at least 50 ms, so a due time that a
+ * round does not act on (no connection yet) cannot make a busy loop.
+ */
+static int idle_timeout(outboxd_source_t *s)
+{
+    int64_t interval = s->conf->status_interval_ms;
+    int timeout = s->idle_poll_ms;
+    if (interval <= 0)
+        return timeout;
+    int64_t now = outboxd_now_ms();
+    int64_t due = s->last_status_ms + interval;
+    if (s->src->n_tables > 0 && s->last_watch_ms + interval < due)
+        due = s->last_watch_ms + interval;
+    int64_t until = due + 5 - now;
+    if (until < 50)
+        until = 50;
+    return until < timeout ? (int)until : timeout;
 }
 
 static void send_status(outboxd_source_t *s, bool force)
@@ -1554,7 +1579,7 @@ static int stream(outboxd_source_t *s, outboxd_loop_wait_t *w)
                 s->last_recv_ms > s->last_pollin_ms ? s->last_recv_ms : s->last_pollin_ms;
             if (!s->batch_open && !s->in_txn && s->idle_fd >= 0 &&
                 outboxd_now_ms() - quiet_since >= IDLE_AFTER_MS)
-                timeout = s->idle_poll_ms;
+                timeout = idle_timeout(s);
             /* The wait itself is the pool's (loops.h): on this thread, or,
              * when sources outnumber loop threads, on its poller. A source
              * with a batch open may hold a producer of the Kafka pool that
