@@ -18,6 +18,7 @@ typedef enum { ROLE_CHECKPOINT, ROLE_DEAD_LETTER, ROLE_EVENTS } role_t;
 
 typedef struct checked_topic {
     const char *name;
+    char *owned; /* name, when built here (a cdc table's default topic) */
     role_t role;
     char where[160]; /* events: the source and table that write to it */
 } checked_topic_t;
@@ -27,35 +28,80 @@ static const char *role_name(role_t r)
     return r == ROLE_CHECKPOINT ? "checkpoint" : r == ROLE_DEAD_LETTER ? "dead-letter" : "events";
 }
 
-/* The topics to look at, each once (the first role wins: a fixed event
- * topic equal to a reserved one is refused by the router anyway). */
+/* Adds an event topic unless already in the list (the first role wins: a
+ * fixed event topic equal to a reserved one is refused by the router
+ * anyway); takes owned (NULL: name is the configuration's). */
+static void add_events(checked_topic_t *t, size_t *n, const char *name, char *owned,
+                       const char *where)
+{
+    for (size_t j = 0; j < *n; j++) {
+        if (strcmp(t[j].name, name) == 0) {
+            free(owned);
+            return;
+        }
+    }
+    t[*n] = (checked_topic_t){.name = name, .owned = owned, .role = ROLE_EVENTS};
+    snprintf(t[*n].where, sizeof(t[*n].where), "%s", where);
+    (*n)++;
+}
+
+static void free_topics(checked_topic_t *t, size_t n)
+{
+    for (size_t i = 0; t && i < n; i++)
+        free(t[i].owned);
+    free(t);
+}
+
+/* The topics to look at, each once: the relay's own two, and every event
+ * topic the configuration names outright (outbox tables and messages with a
+ * fixed topic, cdc tables); a template's topics are known only from rows. */
 static size_t gather(const outboxd_config_t *conf, checked_topic_t **out)
 {
     size_t cap = 2, n = 0;
     for (size_t i = 0; i < conf->n_sources; i++)
-        cap += conf->sources[i].n_tables;
+        cap += conf->sources[i].n_tables + conf->sources[i].n_messages;
     checked_topic_t *t = calloc(cap, sizeof(*t));
     if (!t)
         return 0;
     t[n++] = (checked_topic_t){.name = conf->checkpoint_topic, .role = ROLE_CHECKPOINT};
     if (strcmp(conf->dead_letter_topic, conf->checkpoint_topic) != 0)
         t[n++] = (checked_topic_t){.name = conf->dead_letter_topic, .role = ROLE_DEAD_LETTER};
+    char where[160];
     for (size_t i = 0; i < conf->n_sources; i++) {
         const outboxd_source_conf_t *src = &conf->sources[i];
         for (size_t k = 0; k < src->n_tables; k++) {
             const outboxd_table_conf_t *tc = &src->tables[k];
-            /* A template's topics are known only from its rows. */
+            if (tc->mode == OUTBOXD_MODE_CDC) {
+                /* cdc.c: the topic given, else <topic_prefix>.<schema>.<table>. */
+                char *owned = NULL;
+                if (!tc->topic) {
+                    outboxd_buf_t b = {0};
+                    if (!outboxd_buf_printf(&b, "%s.%s.%s",
+                                            tc->topic_prefix ? tc->topic_prefix : src->name,
+                                            tc->schema, tc->name)) {
+                        outboxd_buf_free(&b);
+                        continue;
+                    }
+                    owned = b.data;
+                }
+                snprintf(where, sizeof(where), ", written by source %s, cdc table %s.%s", src->name,
+                         tc->schema, tc->name);
+                add_events(t, &n, owned ? owned : tc->topic, owned, where);
+                continue;
+            }
             if (tc->mode != OUTBOXD_MODE_OUTBOX || !tc->topic || strstr(tc->topic, "${"))
                 continue;
-            bool seen = false;
-            for (size_t j = 0; j < n && !seen; j++)
-                seen = strcmp(t[j].name, tc->topic) == 0;
-            if (seen)
+            snprintf(where, sizeof(where), ", written by source %s, table %s.%s", src->name,
+                     tc->schema, tc->name);
+            add_events(t, &n, tc->topic, NULL, where);
+        }
+        for (size_t k = 0; k < src->n_messages; k++) {
+            const outboxd_message_conf_t *mc = &src->messages[k];
+            if (!mc->topic || strstr(mc->topic, "${"))
                 continue;
-            t[n] = (checked_topic_t){.name = tc->topic, .role = ROLE_EVENTS};
-            snprintf(t[n].where, sizeof(t[n].where), ", written by source %s, table %s.%s",
-                     src->name, tc->schema, tc->name);
-            n++;
+            snprintf(where, sizeof(where), ", written by source %s, messages with prefix '%s'",
+                     src->name, mc->prefix);
+            add_events(t, &n, mc->topic, NULL, where);
         }
     }
     *out = t;
@@ -312,12 +358,12 @@ int outboxd_kafkacheck_topics(const outboxd_config_t *conf, int timeout_ms, outb
     rd_kafka_t *rk = outboxd_sink_admin_client(conf, e, sizeof(e));
     if (!rk) {
         outboxd_buf_printf(report, "kafka: topics not checked: %s\n", e);
-        free(topics);
+        free_topics(topics, n);
         return -1;
     }
     int problems = describe(rk, conf, topics, n, true, timeout_ms, NULL, report);
     outboxd_sink_admin_destroy(rk);
-    free(topics);
+    free_topics(topics, n);
     return problems;
 }
 

@@ -153,6 +153,7 @@ grep -q '^%[0-9]|\|rdkafka#\|\[kafka\]' "$WORK/check.out" && fail "check printed
 #     are fine (the relay creates them), as is an absent event topic on a
 #     broker that creates topics (this one; test_missing_topic.sh has the
 #     other kind). The relay warns of the checkpoint topic at its start.
+#     Fixed topics of cdc tables and messages are checked alike.
 "$STACK_SH" topic-create "$RUN_ID.ckdel" 1 cleanup.policy=delete >&2
 "$STACK_SH" topic-create "$RUN_ID.dlttiny" 1 max.message.bytes=90 >&2
 "$STACK_SH" topic-create "$RUN_ID.small" 1 max.message.bytes=5000 >&2
@@ -196,6 +197,38 @@ expect_check "$WORK/topics3.yaml" 1 \
     "^2 problem(s) found"
 # check created none of them.
 "$STACK_SH" topics --list | grep -qx "$RUN_ID.cknew\|$RUN_ID.absent" && fail "check created a topic"
+# The fixed topics of a cdc table (its default, <source>.<schema>.<table>)
+# and of logical decoding messages are looked at too.
+DB7=ccdc_$RUN_ID
+create_outbox_db "$DB7"
+"$STACK_SH" topic-create "$DB7.public.seqs" 1 max.message.bytes=90 >&2
+"$STACK_SH" topic-create "$RUN_ID.msgsmall" 1 max.message.bytes=5000 >&2
+{
+    config_header
+    cat <<EOF2
+  - name: $DB7
+    dsn: "host=$PGHOST port=$PGPORT dbname=$DB7 user=$PGUSER"
+    slot: "${DB7}_${RUN_ID}"
+    publication: "cdcpub"
+    tables:
+      - table: public.outbox
+      - table: public.seqs
+        mode: cdc
+        snapshot: never
+        format: json
+EOF2
+    # pgoutput passes logical decoding messages from PostgreSQL 14 on.
+    [ "${PG_SERVER_VERSION:-15}" -lt 14 ] || cat <<EOF2
+    messages:
+      - prefix: outbox
+        topic: "$RUN_ID.msgsmall"
+EOF2
+} >"$WORK/topics4.yaml"
+pats=("kafka: topic $DB7.public.seqs (events, written by source $DB7, cdc table public.seqs) has max.message.bytes=90: below 100 bytes the broker may not write the marker"
+    "^1 problem(s) found")
+[ "${PG_SERVER_VERSION:-15}" -lt 14 ] ||
+    pats+=("kafka: topic $RUN_ID.msgsmall (events, written by source $DB7, messages with prefix 'outbox'): max.message.bytes=5000 is below relay.max_event_bytes")
+expect_check "$WORK/topics4.yaml" 1 "${pats[@]}"
 
-for db in "$DB" "$DB2" "$DB3" "$DB6"; do drop_source "$db" "${db}_${RUN_ID}"; done
+for db in "$DB" "$DB2" "$DB3" "$DB6" "$DB7"; do drop_source "$db" "${db}_${RUN_ID}"; done
 log "PASS"

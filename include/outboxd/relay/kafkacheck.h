@@ -10,13 +10,12 @@
  *     start, and every start reads all the checkpoints the retention keeps
  *     instead of one per source;
  *   - every topic a transaction writes to (checkpoint, dead-letter, the
- *     outbox tables' fixed topics) must take the broker's own transaction
- *     markers (max.message.bytes of at least 100 bytes; a marker is 78 in
- *     Kafka 3.9): below that Kafka may not end the transaction and keeps it
- *     pending (README, "Never below 100 bytes");
+ *     fixed topics of outbox tables and messages, cdc tables' topics) must take the broker's own
+ * transaction markers (max.message.bytes of at least 100 bytes; a marker is 78 in Kafka 3.9): below
+ * that Kafka may not end the transaction and keeps it pending (README, "Never below 100 bytes");
  *   - the checkpoint topic must take a checkpoint record (1 KB at least:
  *     one Kafka refuses stops the relay);
- *   - an outbox table's fixed topic that does not exist, on a broker that
+ *   - a fixed event topic (as above) that does not exist, on a broker that
  *     does not create topics (auto.create.topics.enable=false), with
  *     relay.missing_topic wait (the source would wait) or dead_letter (its
  *     rows would be dead-lettered).
