@@ -10,9 +10,11 @@
  *     start, and every start reads all the checkpoints the retention keeps
  *     instead of one per source;
  *   - every topic a transaction writes to (checkpoint, dead-letter, the
- *     fixed topics of outbox tables and messages, cdc tables' topics) must take the broker's own
- * transaction markers (max.message.bytes of at least 100 bytes; a marker is 78 in Kafka 3.9): below
- * that Kafka may not end the transaction and keeps it pending (README, "Never below 100 bytes");
+ *     fixed topics of outbox tables and messages, cdc tables' topics) must
+ *     take the broker's own transaction markers (max.message.bytes of at
+ *     least 100 bytes; a marker is 78 in Kafka 3.9): below that Kafka may
+ *     not end the transaction and keeps it pending (README, "Never below
+ *     100 bytes");
  *   - the checkpoint topic must take a checkpoint record (1 KB at least:
  *     one Kafka refuses stops the relay);
  *   - a fixed event topic (as above) that does not exist, on a broker that
