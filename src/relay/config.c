@@ -1394,6 +1394,21 @@ static bool parse_properties(ctx_t *c, const node_t *n, const char *path, int li
  */
 /* ---- replay_window ---------------------------------------------------------- */
 
+const char *outboxd_config_producers_note(const outboxd_config_t *conf, char *buf, size_t buf_size)
+{
+    if (conf->kafka_producers > 0 || conf->n_sources <= OUTBOXD_OWN_PRODUCERS_NOTE_SOURCES)
+        return NULL;
+    snprintf(buf, buf_size,
+             "%zu sources, each with its own %d Kafka producer(s) (relay.kafka_producers: 0): "
+             "%zu librdkafka clients, each with its threads and broker connections; a shared "
+             "pool (e.g. relay.kafka_producers: 4) starts faster and takes far fewer threads "
+             "and less memory (200 sources: 34 threads and 38 MB against 1,618 and 130 MB; "
+             "README \"Many sources in one process\"); it needs a restart to change",
+             conf->n_sources, conf->producers_per_source,
+             conf->n_sources * (size_t)conf->producers_per_source);
+    return buf;
+}
+
 int outboxd_config_parse_window(const char *text, int64_t *ms, uint64_t *bytes)
 {
     static const struct {

@@ -154,6 +154,9 @@ static int cmd_check(const outboxd_config_t *conf)
         if (n > 0)
             problems += n;
     }
+    char pnote[512];
+    if (outboxd_config_producers_note(conf, pnote, sizeof(pnote)))
+        printf("note: %s\n", pnote); /* advice, not a problem */
     if (problems == 0) {
         printf("configuration OK\n");
         return 0;
@@ -268,6 +271,9 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
                      conf->kafka_producers);
         }
     }
+    char pnote[512];
+    if (outboxd_config_producers_note(conf, pnote, sizeof(pnote)))
+        LOG_INFO(NULL, "%s", pnote);
     /* The sources' loops run on at most relay.loop_threads threads (loops.h). */
     outboxd_loops_t *loops = NULL;
     if (rc == 0) {

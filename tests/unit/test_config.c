@@ -591,6 +591,46 @@ static void test_misc_errors(void **state)
 
 /* Reload: keys marked restart get their running value back and are named;
  * reloadable keys keep the new value; sources are matched by name. */
+/* Many sources without a producer pool get a note naming the setting; a
+ * pool, or few sources, none. */
+static void test_producers_note(void **state)
+{
+    (void)state;
+    outboxd_buf_t y = {0};
+    outboxd_buf_printf(&y, "kafka: {bootstrap_servers: \"a:9092\"}\nsources:\n");
+    for (int i = 0; i < OUTBOXD_OWN_PRODUCERS_NOTE_SOURCES; i++)
+        outboxd_buf_printf(&y,
+                           "  - name: s%d\n    dsn: \"host=h dbname=d%d\"\n"
+                           "    tables: [{table: public.outbox}]\n",
+                           i, i);
+    char note[512];
+    outboxd_config_t *c = parse(y.data);
+    assert_non_null(c);
+    assert_null(outboxd_config_producers_note(c, note, sizeof(note)));
+    outboxd_config_destroy(c);
+    outboxd_buf_printf(&y, "  - name: last\n    dsn: \"host=h dbname=dl\"\n"
+                           "    tables: [{table: public.outbox}]\n");
+    c = parse(y.data);
+    assert_non_null(c);
+    const char *n = outboxd_config_producers_note(c, note, sizeof(note));
+    assert_non_null(n);
+    char want[128];
+    snprintf(want, sizeof(want), "%d sources, each with its own %d Kafka producer(s)",
+             OUTBOXD_OWN_PRODUCERS_NOTE_SOURCES + 1, c->producers_per_source);
+    assert_non_null(strstr(n, want));
+    assert_non_null(strstr(n, "relay.kafka_producers: 4"));
+    outboxd_config_destroy(c);
+    /* The same sources with a pool: nothing to say. */
+    outboxd_buf_t z = {0};
+    outboxd_buf_printf(&z, "relay: {kafka_producers: 2}\n%s", y.data);
+    c = parse(z.data);
+    assert_non_null(c);
+    assert_null(outboxd_config_producers_note(c, note, sizeof(note)));
+    outboxd_config_destroy(c);
+    outboxd_buf_free(&y);
+    outboxd_buf_free(&z);
+}
+
 static void test_pin_restart_keys(void **state)
 {
     (void)state;
@@ -660,6 +700,7 @@ int main(void)
         cmocka_unit_test(test_kafka_secrets),
         cmocka_unit_test(test_topic_policies),
         cmocka_unit_test(test_pin_restart_keys),
+        cmocka_unit_test(test_producers_note),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

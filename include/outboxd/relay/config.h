@@ -257,6 +257,17 @@ int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config
                                     outboxd_buf_t *changed);
 
 /*
+ * With more than OUTBOXD_OWN_PRODUCERS_NOTE_SOURCES sources and no producer
+ * pool (relay.kafka_producers: 0), a note for the operator (logged at start)
+ * on what a pool saves, in buf; else NULL. Own producers cost each source
+ * its own librdkafka clients (threads, connections, bootstrap), which grew
+ * 200 sources to 1,618 threads and 130 MB against 34 threads and 38 MB with
+ * a pool of 4 (bench/sources.sh).
+ */
+#define OUTBOXD_OWN_PRODUCERS_NOTE_SOURCES 16
+const char *outboxd_config_producers_note(const outboxd_config_t *conf, char *buf, size_t buf_size);
+
+/*
  * Parses a replay_window value: a duration ("90s", "30m", "1h", "2d") into
  * *ms, or a WAL size ("500MB", "2GB", "1TB", "4096kB", "1048576B"; units of
  * 1024 as in postgresql.conf) into *bytes; the other is set to 0. Returns 0,
