@@ -46,7 +46,9 @@ cleanup() {
     if [ $rc -ne 0 ]; then
         local alive=() r
         for r in "${RELAY_PIDS[@]}"; do
-            own_child "$r" && kill -TERM "$r" 2>/dev/null && alive+=("$r")
+            # CONT: a relay a test stopped (SIGSTOP) would not act on it.
+            own_child "$r" && kill -TERM "$r" 2>/dev/null && kill -CONT "$r" 2>/dev/null &&
+                alive+=("$r")
         done
         for _ in $(seq 1 50); do
             any_own_child "${alive[@]}" || break
@@ -256,7 +258,8 @@ copy_slot_for_peek() {
     PEEK_SLOTS+=("$1:$2_peek")
 }
 
-# explain_missing OKCAT_OUTPUT: for the events okcat named missing, a second
+# explain_missing OKCAT_OUTPUT: for the events okcat named missing (its
+# examples: the first 10), a second
 # read of every topic of this run (dead letters and checkpoints included)
 # with read_uncommitted tells apart "in Kafka but in an aborted or still open
 # transaction" (with topic, partition and offset) from "not in Kafka at
