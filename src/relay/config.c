@@ -1392,7 +1392,7 @@ static bool parse_properties(ctx_t *c, const node_t *n, const char *path, int li
  * lines starting with '#' are skipped. Values are taken as written (no ${}
  * expansion), like password_file.
  */
-/* ---- replay_window ---------------------------------------------------------- */
+/* ---- notes for the operator ------------------------------------------------ */
 
 const char *outboxd_config_producers_note(const outboxd_config_t *conf, char *buf, size_t buf_size)
 {
@@ -1408,6 +1408,8 @@ const char *outboxd_config_producers_note(const outboxd_config_t *conf, char *bu
              conf->n_sources * (size_t)conf->producers_per_source);
     return buf;
 }
+
+/* ---- replay_window ---------------------------------------------------------- */
 
 int outboxd_config_parse_window(const char *text, int64_t *ms, uint64_t *bytes)
 {
@@ -1812,6 +1814,14 @@ static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, 
         if (!parse_mapping(c, is_null(item) ? NULL : item, item_path, item->line, table_spec, t,
                            lines))
             return false;
+        if (t->mode == OUTBOXD_MODE_CDC && t->topic && strstr(t->topic, "${")) {
+            /* cdc.c writes a table's changes to one topic, used as given. */
+            join_key(child, item_path, "topic");
+            return fail(c, spec_line(table_spec, lines, "topic"), child,
+                        "a cdc table's topic is one fixed name, not a template ('%.100s'); "
+                        "leave it out for <topic_prefix>.<schema>.<table>",
+                        t->topic);
+        }
         if (!t->topic && t->mode != OUTBOXD_MODE_CDC) {
             /* A cdc table's default is <topic_prefix>.<schema>.<table> (cdc.c). */
             join_key(child, item_path, "topic");

@@ -7,8 +7,8 @@
  * eventfd, "kick", for threads waiting in place on a loop that may park or
  * set kick_ends_wait: it is written when a loop is queued while loops
  * outnumber threads and no thread is idle, so such a thread parks its loop
- * and takes the queued one instead of sleeping on through a poll of up to a
- * second (or runs its step at once, which then lets the thread go).
+ * and takes the queued one instead of sleeping on through a poll of up to
+ * 5 s (an idle loop; or runs its step at once, which then lets the thread go).
  */
 #include "outboxd/relay/loops.h"
 

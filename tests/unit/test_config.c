@@ -521,6 +521,11 @@ static void test_kafka_secrets(void **state)
 static void test_topic_policies(void **state)
 {
     (void)state;
+    /* A cdc table's topic is used as given: a template is refused. */
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "sources: [ { name: p, dsn: dbname=p, tables: [ { table: t, mode: cdc, "
+                "topic: 'cdc.${id}' } ] } ]\n",
+                "a cdc table's topic is one fixed name, not a template");
     outboxd_config_t *c = parse("kafka: { bootstrap_servers: b:1 }\n"
                                 "sources: [ { name: p, dsn: dbname=p, tables: [ { table: t } ], "
                                 "messages: [ { prefix: o } ] } ]\n");
@@ -589,8 +594,6 @@ static void test_misc_errors(void **state)
     outboxd_config_destroy(NULL);
 }
 
-/* Reload: keys marked restart get their running value back and are named;
- * reloadable keys keep the new value; sources are matched by name. */
 /* Many sources without a producer pool get a note naming the setting; a
  * pool, or few sources, none. */
 static void test_producers_note(void **state)
@@ -631,6 +634,8 @@ static void test_producers_note(void **state)
     outboxd_buf_free(&z);
 }
 
+/* Reload: keys marked restart get their running value back and are named;
+ * reloadable keys keep the new value; sources are matched by name. */
 static void test_pin_restart_keys(void **state)
 {
     (void)state;
