@@ -60,7 +60,9 @@ export STACK_KAFKA_PROXY=1 # as ctest's fixture starts it (the fault tests need 
 # writers), then the stack.
 finish() {
     local p
-    while read -r p; do kill -TERM -- "-$p" 2>/dev/null || true; done <"$OUT/pids"
+    if [ -f "$OUT/pids" ]; then
+        while read -r p; do kill -TERM -- "-$p" 2>/dev/null || true; done <"$OUT/pids"
+    fi
     # shellcheck disable=SC2046 # one pid per word
     kill $(jobs -p) 2>/dev/null || true
     wait 2>/dev/null || true
