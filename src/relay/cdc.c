@@ -1516,6 +1516,15 @@ static bool same_columns(const rel_entry_t *e, const outboxd_pgo_relation_t *rel
     return true;
 }
 
+bool outboxd_cdc_topic_name(const outboxd_source_conf_t *src, const outboxd_table_conf_t *tc,
+                            outboxd_buf_t *out)
+{
+    if (tc->topic)
+        return outboxd_buf_append_str(out, tc->topic);
+    return outboxd_buf_printf(out, "%s.%s.%s", tc->topic_prefix ? tc->topic_prefix : src->name,
+                              tc->schema, tc->name);
+}
+
 const outboxd_table_conf_t *outboxd_cdc_table(const outboxd_cdc_t *c, const char *nspname,
                                               const char *relname)
 {
@@ -1649,11 +1658,10 @@ static rel_entry_t *entry_for(outboxd_cdc_t *c, const outboxd_pgo_relation_t *re
     if (key_columns(c, e, errstr, errstr_size) < 0)
         goto fail;
     const char *prefix = tc->topic_prefix ? tc->topic_prefix : c->src->name;
+    /* tc matched rel by schema and name (outboxd_cdc_table). */
     outboxd_buf_t t = {0};
-    if (tc->topic)
-        outboxd_buf_append_str(&t, tc->topic);
-    else
-        outboxd_buf_printf(&t, "%s.%s.%s", prefix, rel->nspname, rel->relname);
+    if (!outboxd_cdc_topic_name(c->src, tc, &t))
+        outboxd_buf_free(&t);
     e->topic = t.data;
     char *a = avro_ident(prefix), *b = avro_ident(rel->nspname), *d = avro_ident(rel->relname);
     outboxd_buf_t ns = {0};

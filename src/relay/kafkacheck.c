@@ -12,13 +12,14 @@
 #include <string.h>
 
 #include "outboxd/common/log.h"
+#include "outboxd/relay/cdc.h"
 #include "outboxd/relay/sink.h"
 
 typedef enum { ROLE_CHECKPOINT, ROLE_DEAD_LETTER, ROLE_EVENTS } role_t;
 
 typedef struct checked_topic {
     const char *name;
-    char *owned; /* name, when built here (a cdc table's default topic) */
+    char *owned; /* name, when built here (a cdc table's topic) */
     role_t role;
     char where[160]; /* events: the source and table that write to it */
 } checked_topic_t;
@@ -72,21 +73,14 @@ static size_t gather(const outboxd_config_t *conf, checked_topic_t **out)
         for (size_t k = 0; k < src->n_tables; k++) {
             const outboxd_table_conf_t *tc = &src->tables[k];
             if (tc->mode == OUTBOXD_MODE_CDC) {
-                /* cdc.c: the topic given, else <topic_prefix>.<schema>.<table>. */
-                char *owned = NULL;
-                if (!tc->topic) {
-                    outboxd_buf_t b = {0};
-                    if (!outboxd_buf_printf(&b, "%s.%s.%s",
-                                            tc->topic_prefix ? tc->topic_prefix : src->name,
-                                            tc->schema, tc->name)) {
-                        outboxd_buf_free(&b);
-                        continue;
-                    }
-                    owned = b.data;
+                outboxd_buf_t b = {0};
+                if (!outboxd_cdc_topic_name(src, tc, &b)) {
+                    outboxd_buf_free(&b);
+                    continue;
                 }
                 snprintf(where, sizeof(where), ", written by source %s, cdc table %s.%s", src->name,
                          tc->schema, tc->name);
-                add_events(t, &n, owned ? owned : tc->topic, owned, where);
+                add_events(t, &n, b.data, b.data, where);
                 continue;
             }
             if (tc->mode != OUTBOXD_MODE_OUTBOX || !tc->topic || strstr(tc->topic, "${"))

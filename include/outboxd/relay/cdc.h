@@ -70,6 +70,12 @@ typedef int (*outboxd_cdc_emit_cb)(void *opaque, const outboxd_record_t *rec, bo
 /* A code no emit callback may use: see outboxd_cdc_change. */
 #define OUTBOXD_CDC_RETRY (-1000)
 
+/* A cdc table's topic: its topic as given, else
+ * <topic_prefix>.<schema>.<table> (topic_prefix defaults to the source's
+ * name), appended to out. False when out of memory. */
+bool outboxd_cdc_topic_name(const outboxd_source_conf_t *src, const outboxd_table_conf_t *tc,
+                            outboxd_buf_t *out);
+
 /* conf and src must outlive the instance; database is copied (source.db).
  * stop (may be NULL) cuts a catalog look-up short. Fails (NULL + errstr) on
  * a configuration it cannot serve. */
