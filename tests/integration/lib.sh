@@ -61,7 +61,7 @@ cleanup() {
     wait 2>/dev/null || true
     local ps
     for ps in "${PEEK_SLOTS[@]}"; do
-        psql_db "${ps%%:*}" -c "SELECT pg_drop_replication_slot('${ps#*:}')" >/dev/null 2>&1 || true
+        drop_source "${ps%%:*}" "${ps#*:}"
     done
     if [ $rc -ne 0 ]; then
         log "exit $rc; relay logs follow (last 60 lines each)"
@@ -265,11 +265,12 @@ copy_slot_for_peek() {
 }
 
 # explain_missing OKCAT_OUTPUT: for the events okcat named missing (its
-# examples: the first 10), a second
-# read of every topic of this run (dead letters and checkpoints included)
-# with read_uncommitted tells apart "in Kafka but in an aborted or still open
-# transaction" (with topic, partition and offset) from "not in Kafka at
-# all": a rare miss (CI) is otherwise not diagnosable after the fact.
+# examples: the first 10), a second read of every topic of this run (dead
+# letters and checkpoints included) with read_uncommitted tells apart "in
+# Kafka but in an aborted or still open transaction" (with topic, partition
+# and offset) from "not in Kafka at all", and the slot copies (if any) say
+# whether PostgreSQL decoded it: a rare miss (CI) is otherwise not
+# diagnosable after the fact.
 explain_missing() {
     local out=$1 ids id line n=0
     ids=$(sed -n 's/^okcat:   missing: id=\([^ ]*\) .*/\1/p' "$out")
