@@ -2,7 +2,9 @@
  * The pool of loop threads (loops.h): more loops than threads all make
  * progress (waits on descriptors and timeouts handed to the poller, busy
  * loops taking turns), a loop that may not park keeps its thread, and a loop
- * added while every thread waits in place gets one at once.
+ * added while every thread waits in place gets one at once. The poller's
+ * epoll set: more loops ready at once than one turn takes, and loops waiting
+ * for the same descriptor (which epoll holds once: the second waits in place).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,7 +12,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -337,6 +341,86 @@ static void threads_grow_with_loops_up_to_the_limit(void **state)
     outboxd_loops_destroy(p);
 }
 
+/* 300 parked loops on 2 threads, every descriptor ready at once: more than
+ * one turn of the poller takes (64 events), so the rest must come in the
+ * next turns, and none may wait its 60 s timeout out. */
+static void many_ready_at_once_all_wake(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(2, err, sizeof(err));
+    assert_non_null(p);
+    fake_t *f = calloc(N, sizeof(*f));
+    outboxd_loop_t **l = calloc(N, sizeof(*l));
+    assert_non_null(f);
+    assert_non_null(l);
+    for (int i = 0; i < N; i++) {
+        f[i].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        assert_true(f[i].fd >= 0);
+        f[i].timeout_ms = 60000;
+        f[i].may_park = true;
+        f[i].want = 1;
+        l[i] = add(p, &f[i]);
+    }
+    /* Let them all make their first step and park. */
+    for (int i = 0; i < N; i++)
+        for (int t = 0; t < 10000 && atomic_load(&f[i].calls) < 1; t++)
+            usleep(1000);
+    int64_t t0 = outboxd_now_ms();
+    for (int i = 0; i < N; i++)
+        wake(f[i].fd);
+    for (int i = 0; i < N; i++) {
+        join(l[i], &f[i]);
+        assert_int_equal(atomic_load(&f[i].got), 1);
+        close(f[i].fd);
+    }
+    assert_true(outboxd_now_ms() - t0 < 30000);
+    free(f);
+    free(l);
+    outboxd_loops_destroy(p);
+}
+
+/* Three loops waiting for one pipe on one thread. epoll takes a descriptor
+ * once, so the second to park cannot: it must wait in place instead of being
+ * parked without its descriptor (it would then wake only by its 10 s
+ * timeout). 24 bytes written: each loop reads its 8. */
+static void loops_sharing_a_descriptor_all_wake(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    assert_non_null(p);
+    int pipefd[2];
+    assert_int_equal(pipe2(pipefd, O_NONBLOCK | O_CLOEXEC), 0);
+    fake_t f[3];
+    outboxd_loop_t *l[3];
+    for (int i = 0; i < 3; i++) {
+        memset(&f[i], 0, sizeof(f[i]));
+        f[i].fd = pipefd[0];
+        f[i].timeout_ms = 10000;
+        f[i].may_park = true;
+        f[i].want = 1;
+        l[i] = add(p, &f[i]);
+    }
+    for (int t = 0; t < 10000 && (atomic_load(&f[0].calls) < 1 || atomic_load(&f[1].calls) < 1);
+         t++)
+        usleep(1000);
+    usleep(20000); /* the first two wait now: one parked, one in place */
+    int64_t t0 = outboxd_now_ms();
+    char bytes[24] = {0};
+    assert_int_equal(write(pipefd[1], bytes, sizeof(bytes)), sizeof(bytes));
+    for (int i = 0; i < 3; i++) {
+        join(l[i], &f[i]);
+        assert_int_equal(atomic_load(&f[i].got), 1);
+        assert_int_equal(atomic_load(&f[i].timed), 0);
+    }
+    assert_true(outboxd_now_ms() - t0 < 5000);
+    close(pipefd[0]);
+    close(pipefd[1]);
+    outboxd_loops_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +431,8 @@ int main(void)
         cmocka_unit_test(added_loop_gets_a_thread_at_once),
         cmocka_unit_test(kick_ends_a_chosen_wait),
         cmocka_unit_test(threads_grow_with_loops_up_to_the_limit),
+        cmocka_unit_test(many_ready_at_once_all_wake),
+        cmocka_unit_test(loops_sharing_a_descriptor_all_wake),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
