@@ -39,10 +39,11 @@ any_own_child() {
 
 cleanup() {
     local rc=$?
-    if declare -F extra_cleanup >/dev/null; then extra_cleanup || true; fi
     # A failed test's relays get SIGTERM first (up to 5 s): each source then
     # logs its final counters (events published, skipped, aborts), which say
-    # on which side of the relay a missing event was lost.
+    # on which side of the relay a missing event was lost. Before
+    # extra_cleanup, which may stop what they talk to (a second server,
+    # Toxiproxy) or kill them itself.
     if [ $rc -ne 0 ]; then
         local alive=() r
         for r in "${RELAY_PIDS[@]}"; do
@@ -55,6 +56,7 @@ cleanup() {
             sleep 0.1
         done
     fi
+    if declare -F extra_cleanup >/dev/null; then extra_cleanup || true; fi
     for p in "${BG_PIDS[@]}" "${RELAY_PIDS[@]}"; do
         own_child "$p" && kill -9 "$p" 2>/dev/null || true
     done
