@@ -206,6 +206,21 @@ json_t *shop_http_rows(shop_svc_t *svc, const char *sql, int n, const char *cons
     return out;
 }
 
+json_t *shop_http_first(json_t *rows, int *status, int ok_status, int empty_status,
+                        const char *empty_msg)
+{
+    if (!json_is_array(rows))
+        return rows;
+    if (json_array_size(rows) == 0) {
+        json_decref(rows);
+        return outboxd_shop_error(status, empty_status, "%s", empty_msg);
+    }
+    json_t *o = json_incref(json_array_get(rows, 0));
+    json_decref(rows);
+    *status = ok_status;
+    return o;
+}
+
 bool shop_member_of(outboxd_shop_req_t *req, long long *member_id, json_t **err_body, int *status)
 {
     const char *hdr = outboxd_shop_req_header(req, "X-Member-Id");

@@ -91,14 +91,10 @@ static int undo(shop_svc_t *svc, PGconn *conn, json_t *detail, char *errstr, siz
     snprintf(c, sizeof(c), "%lld", coupon);
     snprintf(m, sizeof(m), "%lld", member);
     const char *p[2] = {c, m};
-    PGresult *res = outboxd_shop_query(conn,
-                                       "UPDATE member_coupons SET status = 'ISSUED' WHERE "
-                                       "coupon_id = $1 AND member_id = $2",
-                                       2, p, errstr, errstr_size);
-    if (!res)
-        return -1;
-    PQclear(res);
-    return 0;
+    return outboxd_shop_command(conn,
+                                "UPDATE member_coupons SET status = 'ISSUED' WHERE "
+                                "coupon_id = $1 AND member_id = $2",
+                                2, p, errstr, errstr_size);
 }
 
 static int on_pending(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev, char *errstr,
@@ -118,21 +114,6 @@ static const shop_consumer_def_t consumers[] = {
     {"pending", {"payment-pending"}, on_pending},
     {"rollback", {"rollback-coupon"}, on_rollback},
 };
-
-static json_t *first(json_t *rows, int *status, int ok_status, int empty_status,
-                     const char *empty_msg)
-{
-    if (!json_is_array(rows))
-        return rows;
-    if (json_array_size(rows) == 0) {
-        json_decref(rows);
-        return outboxd_shop_error(status, empty_status, "%s", empty_msg);
-    }
-    json_t *o = json_incref(json_array_get(rows, 0));
-    json_decref(rows);
-    *status = ok_status;
-    return o;
-}
 
 static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
 {
@@ -156,11 +137,12 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         snprintf(d, sizeof(d), "%lld", discount);
         snprintf(t, sizeof(t), "%lld", total);
         const char *p[3] = {name, d, t};
-        return first(shop_http_rows(svc,
-                                    "INSERT INTO coupons (name, discount, total) VALUES ($1, $2, "
-                                    "$3) RETURNING id, name, discount, total, issued",
-                                    3, p, status),
-                     status, 201, 500, "insert returned nothing");
+        return shop_http_first(
+            shop_http_rows(svc,
+                           "INSERT INTO coupons (name, discount, total) VALUES ($1, $2, "
+                           "$3) RETURNING id, name, discount, total, issued",
+                           3, p, status),
+            status, 201, 500, "insert returned nothing");
     }
     if (n < 2)
         return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);
@@ -170,11 +152,12 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         return outboxd_shop_error(status, 404, "no coupon %s", seg[1]);
     if (get && n == 2) {
         const char *p[1] = {seg[1]};
-        json_t *c = first(shop_http_rows(svc,
-                                         "SELECT id, name, discount, total, issued FROM coupons "
-                                         "WHERE id = $1",
-                                         1, p, status),
-                          status, 200, 404, "no such coupon");
+        json_t *c =
+            shop_http_first(shop_http_rows(svc,
+                                           "SELECT id, name, discount, total, issued FROM coupons "
+                                           "WHERE id = $1",
+                                           1, p, status),
+                            status, 200, 404, "no such coupon");
         if (*status != 200)
             return c;
         json_t *holders = shop_http_rows(svc,

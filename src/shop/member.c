@@ -63,12 +63,8 @@ static int undo(shop_svc_t *svc, PGconn *conn, json_t *detail, char *errstr, siz
     snprintf(m, sizeof(m), "%lld", member);
     snprintf(a, sizeof(a), "%lld", amount);
     const char *p[2] = {m, a};
-    PGresult *res = outboxd_shop_query(
-        conn, "UPDATE members SET balance = balance + $2 WHERE id = $1", 2, p, errstr, errstr_size);
-    if (!res)
-        return -1;
-    PQclear(res);
-    return 0;
+    return outboxd_shop_command(conn, "UPDATE members SET balance = balance + $2 WHERE id = $1", 2,
+                                p, errstr, errstr_size);
 }
 
 static int on_pending(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev, char *errstr,

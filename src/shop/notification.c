@@ -37,14 +37,10 @@ static int on_outcome(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev
     }
     snprintf(m, sizeof(m), "%lld", member);
     const char *p[5] = {ev->id, payment_id, m, ok ? "PAYMENT_COMPLETED" : "PAYMENT_FAILED", msg};
-    PGresult *res = outboxd_shop_query(conn,
-                                       "INSERT INTO notifications (event_id, payment_id, "
-                                       "member_id, kind, message) VALUES ($1, $2, $3, $4, $5)",
-                                       5, p, errstr, errstr_size);
-    if (!res)
-        return -1;
-    PQclear(res);
-    return 0;
+    return outboxd_shop_command(conn,
+                                "INSERT INTO notifications (event_id, payment_id, "
+                                "member_id, kind, message) VALUES ($1, $2, $3, $4, $5)",
+                                5, p, errstr, errstr_size);
 }
 
 static const shop_consumer_def_t consumers[] = {

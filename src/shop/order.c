@@ -94,15 +94,11 @@ static int undo(shop_svc_t *svc, PGconn *conn, json_t *detail, char *errstr, siz
     char o[32];
     snprintf(o, sizeof(o), "%lld", order);
     const char *p[2] = {o, payment_id};
-    PGresult *res = outboxd_shop_query(conn,
-                                       "UPDATE orders SET status = 'CREATED', payment_id = NULL, "
-                                       "updated_at = now() WHERE id = $1 AND payment_id = $2 AND "
-                                       "status = 'PAYING'",
-                                       2, p, errstr, errstr_size);
-    if (!res)
-        return -1;
-    PQclear(res);
-    return 0;
+    return outboxd_shop_command(conn,
+                                "UPDATE orders SET status = 'CREATED', payment_id = NULL, "
+                                "updated_at = now() WHERE id = $1 AND payment_id = $2 AND "
+                                "status = 'PAYING'",
+                                2, p, errstr, errstr_size);
 }
 
 static int on_pending(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev, char *errstr,
@@ -154,20 +150,6 @@ static const shop_consumer_def_t consumers[] = {
     {"outcome", {"complete-order", "payment-failed"}, on_outcome},
 };
 
-static json_t *first(json_t *rows, int *status, int ok_status, const char *what)
-{
-    if (!json_is_array(rows))
-        return rows;
-    if (json_array_size(rows) == 0) {
-        json_decref(rows);
-        return outboxd_shop_error(status, 404, "%s", what);
-    }
-    json_t *o = json_incref(json_array_get(rows, 0));
-    json_decref(rows);
-    *status = ok_status;
-    return o;
-}
-
 static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
 {
     shop_svc_t *svc = opaque;
@@ -205,12 +187,13 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         snprintf(a, sizeof(a), "%lld", amount);
         snprintf(d, sizeof(d), "%lld", discount);
         const char *p[6] = {m, pr, q, coupon >= 0 ? c : NULL, a, d};
-        return first(shop_http_rows(svc,
-                                    "INSERT INTO orders (member_id, product_id, quantity, "
-                                    "coupon_id, amount, discount) VALUES ($1, $2, $3, $4, $5, $6) "
-                                    "RETURNING " ORDER_COLS,
-                                    6, p, status),
-                     status, 201, "insert returned nothing");
+        return shop_http_first(
+            shop_http_rows(svc,
+                           "INSERT INTO orders (member_id, product_id, quantity, "
+                           "coupon_id, amount, discount) VALUES ($1, $2, $3, $4, $5, $6) "
+                           "RETURNING " ORDER_COLS,
+                           6, p, status),
+            status, 201, 500, "insert returned nothing");
     }
     if (n >= 2) {
         char *end;
@@ -219,19 +202,20 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
             return outboxd_shop_error(status, 404, "no order %s", seg[1]);
         if (get && n == 2) {
             const char *p[1] = {seg[1]};
-            return first(shop_http_rows(svc, "SELECT " ORDER_COLS " FROM orders WHERE id = $1", 1,
-                                        p, status),
-                         status, 200, "no such order");
+            return shop_http_first(shop_http_rows(svc,
+                                                  "SELECT " ORDER_COLS " FROM orders WHERE id = $1",
+                                                  1, p, status),
+                                   status, 200, 404, "no such order");
         }
         /* POST /orders/{id}/cancel: only an order not being paid. */
         if (post && n == 3 && strcmp(seg[2], "cancel") == 0) {
             const char *p[1] = {seg[1]};
-            return first(
+            return shop_http_first(
                 shop_http_rows(svc,
                                "UPDATE orders SET status = 'CANCELED', updated_at = now() "
                                "WHERE id = $1 AND status = 'CREATED' RETURNING " ORDER_COLS,
                                1, p, status),
-                status, 200, "no such order, or it is not in status CREATED");
+                status, 200, 404, "no such order, or it is not in status CREATED");
         }
     }
     return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);

@@ -89,14 +89,10 @@ static int trace(PGconn *conn, const char *payment_id, const char *service, cons
                  const char *detail, char *errstr, size_t errstr_size)
 {
     const char *p[4] = {payment_id, service, step, detail};
-    PGresult *res = outboxd_shop_query(conn,
-                                       "INSERT INTO saga_trace (payment_id, service, step, detail) "
-                                       "VALUES ($1, $2, $3, $4)",
-                                       4, p, errstr, errstr_size);
-    if (!res)
-        return -1;
-    PQclear(res);
-    return 0;
+    return outboxd_shop_command(conn,
+                                "INSERT INTO saga_trace (payment_id, service, step, detail) "
+                                "VALUES ($1, $2, $3, $4)",
+                                4, p, errstr, errstr_size);
 }
 
 /* The payment row as the saga's command payload (locks the row). */
@@ -141,13 +137,11 @@ static int send_compensation(shop_svc_t *svc, PGconn *conn, json_t *pay, const c
     if (emit(svc, conn, topic, payment_id, pay, errstr, errstr_size) < 0)
         return -1;
     const char *p[2] = {payment_id, service};
-    PGresult *res = outboxd_shop_query(conn,
-                                       "UPDATE saga_steps SET compensation = 'SENT' WHERE "
-                                       "payment_id = $1 AND service = $2",
-                                       2, p, errstr, errstr_size);
-    if (!res)
+    if (outboxd_shop_command(conn,
+                             "UPDATE saga_steps SET compensation = 'SENT' WHERE "
+                             "payment_id = $1 AND service = $2",
+                             2, p, errstr, errstr_size) < 0)
         return -1;
-    PQclear(res);
     return trace(conn, payment_id, "payment", "compensate", topic, errstr, errstr_size);
 }
 

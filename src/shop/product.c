@@ -80,12 +80,8 @@ static int undo(shop_svc_t *svc, PGconn *conn, json_t *detail, char *errstr, siz
     snprintf(id, sizeof(id), "%lld", product);
     snprintf(q, sizeof(q), "%lld", qty);
     const char *p[2] = {id, q};
-    PGresult *res = outboxd_shop_query(conn, "UPDATE products SET stock = stock + $2 WHERE id = $1",
-                                       2, p, errstr, errstr_size);
-    if (!res)
-        return -1;
-    PQclear(res);
-    return 0;
+    return outboxd_shop_command(conn, "UPDATE products SET stock = stock + $2 WHERE id = $1", 2, p,
+                                errstr, errstr_size);
 }
 
 static int on_pending(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev, char *errstr,
@@ -105,20 +101,6 @@ static const shop_consumer_def_t consumers[] = {
     {"pending", {"payment-pending"}, on_pending},
     {"restore", {"restore-inventory"}, on_restore},
 };
-
-static json_t *one(json_t *rows, int *status, int ok_status, const char *what)
-{
-    if (!json_is_array(rows))
-        return rows;
-    if (json_array_size(rows) == 0) {
-        json_decref(rows);
-        return outboxd_shop_error(status, 404, "%s not found", what);
-    }
-    json_t *o = json_incref(json_array_get(rows, 0));
-    json_decref(rows);
-    *status = ok_status;
-    return o;
-}
 
 static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
 {
@@ -141,11 +123,12 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         snprintf(pr, sizeof(pr), "%lld", price);
         snprintf(st, sizeof(st), "%lld", stock);
         const char *p[3] = {name, pr, st};
-        return one(shop_http_rows(svc,
-                                  "INSERT INTO products (name, price, stock) VALUES ($1, $2, $3) "
-                                  "RETURNING id, name, price, stock",
-                                  3, p, status),
-                   status, 201, "product");
+        return shop_http_first(
+            shop_http_rows(svc,
+                           "INSERT INTO products (name, price, stock) VALUES ($1, $2, $3) "
+                           "RETURNING id, name, price, stock",
+                           3, p, status),
+            status, 201, 500, "insert returned nothing");
     }
     if (n >= 2) {
         char *end;
@@ -154,10 +137,10 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
             return outboxd_shop_error(status, 404, "no product %s", seg[1]);
         if (get && n == 2) {
             const char *p[1] = {seg[1]};
-            return one(shop_http_rows(svc,
-                                      "SELECT id, name, price, stock FROM products WHERE id = $1",
-                                      1, p, status),
-                       status, 200, "product");
+            return shop_http_first(
+                shop_http_rows(svc, "SELECT id, name, price, stock FROM products WHERE id = $1", 1,
+                               p, status),
+                status, 200, 404, "product not found");
         }
         /* POST /products/{id}/stock {stock}: an admin sets the stock. */
         if (post && n == 3 && strcmp(seg[2], "stock") == 0) {
@@ -167,11 +150,11 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
             char st[32];
             snprintf(st, sizeof(st), "%lld", stock);
             const char *p[2] = {seg[1], st};
-            return one(shop_http_rows(svc,
-                                      "UPDATE products SET stock = $2 WHERE id = $1 "
-                                      "RETURNING id, name, price, stock",
-                                      2, p, status),
-                       status, 200, "product");
+            return shop_http_first(shop_http_rows(svc,
+                                                  "UPDATE products SET stock = $2 WHERE id = $1 "
+                                                  "RETURNING id, name, price, stock",
+                                                  2, p, status),
+                                   status, 200, 404, "product not found");
         }
     }
     return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);

@@ -86,6 +86,12 @@ bool shop_query_value(PGconn *conn, const char *sql, int n, const char *const *p
 json_t *shop_http_rows(shop_svc_t *svc, const char *sql, int n, const char *const *params,
                        int *status);
 
+/* The one row a handler returns: shop_http_rows' first row with *status =
+ * ok_status; when there is none, an error body with empty_status and
+ * empty_msg; an error body of shop_http_rows as it is. Takes rows. */
+json_t *shop_http_first(json_t *rows, int *status, int ok_status, int empty_status,
+                        const char *empty_msg);
+
 /* The member id the gateway put in X-Member-Id, else body.memberId; fails
  * when both are present and differ. Returns false with *err_body set. */
 bool shop_member_of(outboxd_shop_req_t *req, long long *member_id, json_t **err_body, int *status);

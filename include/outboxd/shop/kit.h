@@ -192,6 +192,11 @@ int outboxd_shop_path_split(const char *path, char *buf, size_t buf_size, char *
 PGresult *outboxd_shop_query(PGconn *conn, const char *sql, int n, const char *const *params,
                              char *errstr, size_t errstr_size);
 
+/* outboxd_shop_query for a statement whose result is not needed: 0, or -1
+ * with errstr filled. */
+int outboxd_shop_command(PGconn *conn, const char *sql, int n, const char *const *params,
+                         char *errstr, size_t errstr_size);
+
 /* Rows of a result as a JSON array of objects (column names as keys; values
  * typed from the column type: int/numeric as numbers, bool, json/jsonb parsed). */
 json_t *outboxd_shop_rows_json(const PGresult *res);

@@ -74,6 +74,16 @@ PGresult *outboxd_shop_query(PGconn *conn, const char *sql, int n, const char *c
     return res;
 }
 
+int outboxd_shop_command(PGconn *conn, const char *sql, int n, const char *const *params,
+                         char *errstr, size_t errstr_size)
+{
+    PGresult *res = outboxd_shop_query(conn, sql, n, params, errstr, errstr_size);
+    if (!res)
+        return -1;
+    PQclear(res);
+    return 0;
+}
+
 int outboxd_shop_outbox_write(PGconn *conn, const outboxd_shop_conf_t *conf, const char *topic,
                               const char *key, const char *type, json_t *payload,
                               const char *trace_id, char *errstr, size_t errstr_size)
