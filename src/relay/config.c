@@ -1789,30 +1789,54 @@ static bool debezium_columns(ctx_t *c, outboxd_table_conf_t *t, int line, const 
     return ok || oom(c, line, path);
 }
 
-static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+/* The start of a list of mappings at n: false (the error given) when n is
+ * not a list; else room for its items in *items (calloc'd: every item's
+ * defaults zero) and their number in *count (NULL and 0 for a null or empty
+ * list). */
+static bool list_of_mappings(ctx_t *c, const node_t *n, const char *path, int line,
+                             const char *what, size_t item_size, void **items, size_t *count)
 {
-    outboxd_source_conf_t *s = base;
+    *items = NULL;
+    *count = 0;
     if (is_null(n))
         return true;
-    if (!want(c, n, N_SEQ, path, line, "a list of tables"))
+    if (!want(c, n, N_SEQ, path, line, what))
         return false;
     if (n->n_kids == 0)
         return true;
-    s->tables = calloc(n->n_kids, sizeof(*s->tables));
-    if (!s->tables)
+    *items = calloc(n->n_kids, item_size);
+    if (!*items)
         return oom(c, line, path);
-    s->n_tables = n->n_kids;
+    *count = n->n_kids;
+    return true;
+}
+
+/* One item of a list of mappings into dst with spec (a null item: every
+ * default), the line of each key in lines. */
+static bool list_item(ctx_t *c, const node_t *item, const char *item_path, const key_spec_t *spec,
+                      void *dst, int *lines)
+{
+    if (!is_null(item) && !want(c, item, N_MAP, item_path, item->line, "a mapping"))
+        return false;
+    return parse_mapping(c, is_null(item) ? NULL : item, item_path, item->line, spec, dst, lines);
+}
+
+static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, void *base)
+{
+    outboxd_source_conf_t *s = base;
+    void *items;
+    if (!list_of_mappings(c, n, path, line, "a list of tables", sizeof(*s->tables), &items,
+                          &s->n_tables))
+        return false;
+    s->tables = items;
     char item_path[PATH_LEN], child[PATH_LEN];
-    for (size_t i = 0; i < n->n_kids; i++) {
+    for (size_t i = 0; i < s->n_tables; i++) {
         const node_t *item = n->kids[i];
         outboxd_table_conf_t *t = &s->tables[i];
         int lines[MAX_KEYS] = {0};
         join_index(item_path, path, i);
         t->line = item->line;
-        if (!is_null(item) && !want(c, item, N_MAP, item_path, item->line, "a mapping"))
-            return false;
-        if (!parse_mapping(c, is_null(item) ? NULL : item, item_path, item->line, table_spec, t,
-                           lines))
+        if (!list_item(c, item, item_path, table_spec, t, lines))
             return false;
         if (t->mode == OUTBOXD_MODE_CDC && t->topic && strstr(t->topic, "${")) {
             /* cdc.c writes a table's changes to one topic, used as given. */
@@ -1852,27 +1876,19 @@ static bool parse_tables(ctx_t *c, const node_t *n, const char *path, int line, 
 static bool parse_messages(ctx_t *c, const node_t *n, const char *path, int line, void *base)
 {
     outboxd_source_conf_t *s = base;
-    if (is_null(n))
-        return true;
-    if (!want(c, n, N_SEQ, path, line, "a list of message prefixes"))
+    void *items;
+    if (!list_of_mappings(c, n, path, line, "a list of message prefixes", sizeof(*s->messages),
+                          &items, &s->n_messages))
         return false;
-    if (n->n_kids == 0)
-        return true;
-    s->messages = calloc(n->n_kids, sizeof(*s->messages));
-    if (!s->messages)
-        return oom(c, line, path);
-    s->n_messages = n->n_kids;
+    s->messages = items;
     char item_path[PATH_LEN], child[PATH_LEN];
-    for (size_t i = 0; i < n->n_kids; i++) {
+    for (size_t i = 0; i < s->n_messages; i++) {
         const node_t *item = n->kids[i];
         outboxd_message_conf_t *m = &s->messages[i];
         int lines[MAX_KEYS] = {0};
         join_index(item_path, path, i);
         m->line = item->line;
-        if (!is_null(item) && !want(c, item, N_MAP, item_path, item->line, "a mapping"))
-            return false;
-        if (!parse_mapping(c, is_null(item) ? NULL : item, item_path, item->line, message_spec, m,
-                           lines))
+        if (!list_item(c, item, item_path, message_spec, m, lines))
             return false;
         for (size_t j = 0; j < i; j++) {
             if (strcmp(s->messages[j].prefix, m->prefix) == 0) {

@@ -581,6 +581,23 @@ static void test_misc_errors(void **state)
     parse_fails("kafka: { bootstrap_servers: b:1 }\nrelay: { max_event_bytes: "
                 "99999999999999999999999 }\n",
                 "relay.max_event_bytes: 99999999999999999999999 is out of range");
+    /* Lists of mappings: the list, then each item. A null item is all
+     * defaults (a table without its table name, here). */
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "sources: [ { name: p, dsn: dbname=p, tables: outbox } ]\n",
+                "sources[0].tables: expected a list of tables, got a scalar");
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "sources: [ { name: p, dsn: dbname=p, messages: { prefix: p } } ]\n",
+                "sources[0].messages: expected a list of message prefixes, got a mapping");
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "sources: [ { name: p, dsn: dbname=p, tables: [ { table: t }, public.u ] } ]\n",
+                "sources[0].tables[1]: expected a mapping, got a scalar");
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "sources: [ { name: p, dsn: dbname=p, messages: [ [ p ] ] } ]\n",
+                "sources[0].messages[0]: expected a mapping, got a list");
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "sources: [ { name: p, dsn: dbname=p, tables: [ ~ ] } ]\n",
+                "sources[0].tables[0].table: ");
     /* Default slot names collide after spelling normalization. */
     parse_fails("kafka: { bootstrap_servers: b:1 }\n"
                 "sources:\n"
