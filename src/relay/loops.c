@@ -116,8 +116,10 @@ static void unwatch(outboxd_loops_t *p, outboxd_loop_t *l)
 }
 
 /* Puts l's descriptors in the epoll set; false (none left in it) when one
- * cannot be: a descriptor another parked loop waits for too (EEXIST), or
- * out of memory. Under mu. */
+ * cannot be: a descriptor another parked loop waits for too (EEXIST: epoll
+ * holds a descriptor once; sources never share one), one epoll cannot wait
+ * for (EPERM: a regular file), or out of memory or the epoll limit (ENOMEM,
+ * ENOSPC). Under mu. */
 static bool watch(outboxd_loops_t *p, outboxd_loop_t *l)
 {
     for (int k = 0; k < 2; k++) {
@@ -164,6 +166,8 @@ static void *poll_parked(void *arg)
         p->poller_wake_ms = wake;
         pthread_mutex_unlock(&p->mu);
         int n = epoll_wait(p->ep, ev, (int)(sizeof(ev) / sizeof(ev[0])), timeout);
+        if (n < 0 && errno != EINTR)
+            usleep(10000); /* cannot happen with a valid set; never spin on it */
         pthread_mutex_lock(&p->mu);
         /* Only this thread removes parked loops (and their descriptors from
          * the set), so every event is of a loop still parked. More ready
@@ -292,8 +296,10 @@ static void run_loop(outboxd_loops_t *p, outboxd_loop_t *l)
             pthread_mutex_unlock(&p->mu);
             if (parked)
                 return;
-            /* Cannot park (out of memory): finish the wait here, without
-             * the kick (it stays readable until the queue is empty). */
+            /* Cannot park (out of memory, or a descriptor epoll cannot
+             * take: watch()): finish the wait here, without the kick (it
+             * stays readable until the queue is empty, and parking again
+             * would fail again). The loop holds its thread until then. */
             kick_ok = false;
         }
         /* Time spent waiting here is not time spent running (a restart of
@@ -346,14 +352,25 @@ outboxd_loops_t *outboxd_loops_new(int max_threads, char *errstr, size_t errstr_
         return NULL;
     }
     p->max_threads = max_threads;
+    const char *failed = NULL;
+    int err = 0;
+    p->kick_fd = p->ep = -1;
     p->park_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    p->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    p->ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event pev = {.events = EPOLLIN, .data.ptr = NULL};
-    if (p->park_fd < 0 || p->kick_fd < 0 || p->ep < 0 ||
-        epoll_ctl(p->ep, EPOLL_CTL_ADD, p->park_fd, &pev) != 0) {
-        snprintf(errstr, errstr_size, "%s: %s",
-                 p->park_fd < 0 || p->kick_fd < 0 ? "eventfd" : "epoll", strerror(errno));
+    if (p->park_fd >= 0)
+        p->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->park_fd < 0 || p->kick_fd < 0) {
+        failed = "eventfd";
+        err = errno;
+    } else {
+        p->ep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event pev = {.events = EPOLLIN, .data.ptr = NULL};
+        if (p->ep < 0 || epoll_ctl(p->ep, EPOLL_CTL_ADD, p->park_fd, &pev) != 0) {
+            failed = "epoll";
+            err = errno;
+        }
+    }
+    if (failed) {
+        snprintf(errstr, errstr_size, "%s: %s", failed, strerror(err));
         if (p->park_fd >= 0)
             close(p->park_fd);
         if (p->kick_fd >= 0)

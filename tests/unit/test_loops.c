@@ -421,6 +421,44 @@ static void loops_sharing_a_descriptor_all_wake(void **state)
     outboxd_loops_destroy(p);
 }
 
+/* The poller sleeps until the earliest deadline of what is parked; a loop
+ * parked later with an earlier one must end that sleep. One thread: a waits
+ * 60 s for its descriptor, parked; b parks with 50 ms waits and must see its
+ * three timeouts long before a's 60 s (a park that did not wake the poller
+ * would leave b waiting for them). */
+static void earlier_deadline_wakes_the_poller(void **state)
+{
+    (void)state;
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
+    assert_non_null(p);
+    fake_t a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    a.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    a.timeout_ms = 60000;
+    a.may_park = true;
+    a.want = 1;
+    b.fd = -1;
+    b.timeout_ms = 50;
+    b.may_park = true;
+    b.want = 3;
+    outboxd_loop_t *la = add(p, &a);
+    for (int i = 0; i < 10000 && atomic_load(&a.calls) < 1; i++)
+        usleep(1000);
+    usleep(20000); /* a waits now (in place; it parks when b comes) */
+    int64_t t0 = outboxd_now_ms();
+    outboxd_loop_t *lb = add(p, &b);
+    join(lb, &b);
+    assert_int_equal(atomic_load(&b.timed), 3);
+    assert_true(outboxd_now_ms() - t0 < 5000);
+    wake(a.fd);
+    join(la, &a);
+    assert_int_equal(atomic_load(&a.got), 1);
+    close(a.fd);
+    outboxd_loops_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +471,7 @@ int main(void)
         cmocka_unit_test(threads_grow_with_loops_up_to_the_limit),
         cmocka_unit_test(many_ready_at_once_all_wake),
         cmocka_unit_test(loops_sharing_a_descriptor_all_wake),
+        cmocka_unit_test(earlier_deadline_wakes_the_poller),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

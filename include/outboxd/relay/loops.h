@@ -16,7 +16,9 @@
  * may park (w->may_park: it holds nothing another loop could be waiting for,
  * such as a producer of the Kafka pool) is handed to the pool's one poller
  * thread, which waits for every parked loop at once and queues the ready ones
- * for the threads; a loop that may not park still waits in place. A step
+ * for the threads; a loop that may not park still waits in place, and so
+ * does one whose descriptors the poller's epoll set cannot take (one another
+ * parked loop waits for too: loops should not share descriptors). A step
  * that blocks (a Kafka commit, a connection attempt) blocks its thread only.
  *
  * Threads are started as loops are added, up to the limit: a pool of 16 with
