@@ -103,6 +103,32 @@ static outboxd_loop_t *add(outboxd_loops_t *p, fake_t *f)
     return f->self;
 }
 
+static outboxd_loops_t *new_pool(int threads)
+{
+    char err[128];
+    outboxd_loops_t *p = outboxd_loops_new(threads, err, sizeof(err));
+    if (!p)
+        fail_msg("outboxd_loops_new: %s", err);
+    return p;
+}
+
+/* f waits (may park) want times for fd (-1: none) or timeout_ms. */
+static void waiter(fake_t *f, int fd, int timeout_ms, int want)
+{
+    memset(f, 0, sizeof(*f));
+    f->fd = fd;
+    f->timeout_ms = timeout_ms;
+    f->may_park = true;
+    f->want = want;
+}
+
+/* Waits (at most 10 s) until f made its first step (and now waits). */
+static void await_first_step(fake_t *f)
+{
+    for (int i = 0; i < 10000 && atomic_load(&f->calls) < 1; i++)
+        usleep(1000);
+}
+
 static void join(outboxd_loop_t *l, fake_t *f)
 {
     outboxd_loop_join(l);
@@ -127,9 +153,7 @@ static void await_got(fake_t *f, int n)
 static void parked_loops_wake_by_descriptor(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(1);
     fake_t f[5];
     outboxd_loop_t *l[5];
     for (int i = 0; i < 5; i++) {
@@ -159,9 +183,7 @@ static void parked_loops_wake_by_descriptor(void **state)
 static void parked_loops_time_out(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(1);
     fake_t f[3];
     outboxd_loop_t *l[3];
     int64_t t0 = outboxd_now_ms();
@@ -186,9 +208,7 @@ static void parked_loops_time_out(void **state)
 static void busy_loops_take_turns(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(1);
     fake_t f[2];
     outboxd_loop_t *l[2];
     for (int i = 0; i < 2; i++) {
@@ -211,9 +231,7 @@ static void busy_loops_take_turns(void **state)
 static void unparkable_loop_keeps_its_thread(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(1);
     atomic_int token = 0;
     fake_t a, b;
     memset(&a, 0, sizeof(a));
@@ -239,9 +257,7 @@ static void unparkable_loop_keeps_its_thread(void **state)
 static void added_loop_gets_a_thread_at_once(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(2, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(2);
     fake_t f[3];
     outboxd_loop_t *l[3];
     for (int i = 0; i < 3; i++) {
@@ -287,9 +303,7 @@ static void added_loop_gets_a_thread_at_once(void **state)
 static void kick_ends_a_chosen_wait(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(1);
     fake_t a, b;
     memset(&a, 0, sizeof(a));
     memset(&b, 0, sizeof(b));
@@ -320,8 +334,7 @@ static void kick_ends_a_chosen_wait(void **state)
 static void threads_grow_with_loops_up_to_the_limit(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(16, err, sizeof(err));
+    outboxd_loops_t *p = new_pool(16);
     assert_int_equal(outboxd_loops_threads(p), 0);
     fake_t f[3];
     outboxd_loop_t *l[3];
@@ -348,25 +361,19 @@ static void many_ready_at_once_all_wake(void **state)
 {
     (void)state;
     enum { N = 300 };
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(2, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(2);
     fake_t *f = calloc(N, sizeof(*f));
     outboxd_loop_t **l = calloc(N, sizeof(*l));
     assert_non_null(f);
     assert_non_null(l);
     for (int i = 0; i < N; i++) {
-        f[i].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        waiter(&f[i], eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), 60000, 1);
         assert_true(f[i].fd >= 0);
-        f[i].timeout_ms = 60000;
-        f[i].may_park = true;
-        f[i].want = 1;
         l[i] = add(p, &f[i]);
     }
     /* Let them all make their first step and park. */
     for (int i = 0; i < N; i++)
-        for (int t = 0; t < 10000 && atomic_load(&f[i].calls) < 1; t++)
-            usleep(1000);
+        await_first_step(&f[i]);
     int64_t t0 = outboxd_now_ms();
     for (int i = 0; i < N; i++)
         wake(f[i].fd);
@@ -388,24 +395,17 @@ static void many_ready_at_once_all_wake(void **state)
 static void loops_sharing_a_descriptor_all_wake(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(1);
     int pipefd[2];
     assert_int_equal(pipe2(pipefd, O_NONBLOCK | O_CLOEXEC), 0);
     fake_t f[3];
     outboxd_loop_t *l[3];
     for (int i = 0; i < 3; i++) {
-        memset(&f[i], 0, sizeof(f[i]));
-        f[i].fd = pipefd[0];
-        f[i].timeout_ms = 10000;
-        f[i].may_park = true;
-        f[i].want = 1;
+        waiter(&f[i], pipefd[0], 10000, 1);
         l[i] = add(p, &f[i]);
     }
-    for (int t = 0; t < 10000 && (atomic_load(&f[0].calls) < 1 || atomic_load(&f[1].calls) < 1);
-         t++)
-        usleep(1000);
+    await_first_step(&f[0]);
+    await_first_step(&f[1]);
     usleep(20000); /* the first two wait now: one parked, one in place */
     int64_t t0 = outboxd_now_ms();
     char bytes[24] = {0};
@@ -429,23 +429,12 @@ static void loops_sharing_a_descriptor_all_wake(void **state)
 static void earlier_deadline_wakes_the_poller(void **state)
 {
     (void)state;
-    char err[128];
-    outboxd_loops_t *p = outboxd_loops_new(1, err, sizeof(err));
-    assert_non_null(p);
+    outboxd_loops_t *p = new_pool(1);
     fake_t a, b;
-    memset(&a, 0, sizeof(a));
-    memset(&b, 0, sizeof(b));
-    a.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    a.timeout_ms = 60000;
-    a.may_park = true;
-    a.want = 1;
-    b.fd = -1;
-    b.timeout_ms = 50;
-    b.may_park = true;
-    b.want = 3;
+    waiter(&a, eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), 60000, 1);
+    waiter(&b, -1, 50, 3);
     outboxd_loop_t *la = add(p, &a);
-    for (int i = 0; i < 10000 && atomic_load(&a.calls) < 1; i++)
-        usleep(1000);
+    await_first_step(&a);
     usleep(20000); /* a waits now (in place; it parks when b comes) */
     int64_t t0 = outboxd_now_ms();
     outboxd_loop_t *lb = add(p, &b);
