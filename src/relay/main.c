@@ -98,7 +98,8 @@ static void usage(FILE *f)
                "  -V, --version         version\n"
                "\n"
                "Exit status: 0 after a clean stop, 1 on a fatal error (e.g. fenced by\n"
-               "another instance), 2 on a usage or configuration error.\n");
+               "another instance) and from check when it found a problem, 2 on a usage\n"
+               "or configuration error; a second SIGTERM/SIGINT exits at once (128 + signal).\n");
 }
 
 static int cmd_check(const outboxd_config_t *conf)
@@ -405,32 +406,52 @@ static int cmd_replay(const outboxd_config_t *conf, const outboxd_replay_args_t 
     return rc;
 }
 
+/* One --start-lsn SOURCE=LSN (cmd_start_lsn). */
+static int start_lsn_one(const outboxd_config_t *conf, const char *arg)
+{
+    char name[256], err[2048];
+    outboxd_lsn_t lsn;
+    if (outboxd_replay_parse_start_lsn(arg, name, sizeof(name), &lsn, err, sizeof(err)) < 0) {
+        fprintf(stderr, "outboxd: %s\n", err);
+        return 2;
+    }
+    const outboxd_source_conf_t *src = NULL;
+    for (size_t j = 0; j < conf->n_sources; j++)
+        if (strcmp(conf->sources[j].name, name) == 0)
+            src = &conf->sources[j];
+    if (!src) {
+        fprintf(stderr, "outboxd: --start-lsn: unknown source '%s'\n", name);
+        return 2;
+    }
+    int rc = outboxd_replay_skip_to(conf, src, lsn, &stop_flag, err, sizeof(err));
+    if (rc < 0 && got_signal) {
+        LOG_WARN(src->name,
+                 "%s; stopped by signal %d before the skip was done: the relay does not start "
+                 "(run the same command again to skip)",
+                 err, (int)got_signal);
+        return 1;
+    }
+    if (rc < 0)
+        LOG_ERROR(src->name, "%s", err);
+    return rc == 0 ? 0 : rc == -2 ? 2 : 1;
+}
+
 /* run --start-lsn SOURCE=LSN...: each skip is done (or refused) before any
- * source starts. */
+ * source starts. A signal stops the count of what is skipped (it decodes
+ * the whole range, without a time limit). 0, 1 (failed or stopped: the relay
+ * does not start), 2 (refused). */
 static int cmd_start_lsn(const outboxd_config_t *conf, const char *const *args, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        char name[256], err[2048];
-        outboxd_lsn_t lsn;
-        if (outboxd_replay_parse_start_lsn(args[i], name, sizeof(name), &lsn, err, sizeof(err)) <
-            0) {
-            fprintf(stderr, "outboxd: %s\n", err);
-            return 2;
-        }
-        const outboxd_source_conf_t *src = NULL;
-        for (size_t j = 0; j < conf->n_sources; j++)
-            if (strcmp(conf->sources[j].name, name) == 0)
-                src = &conf->sources[j];
-        if (!src) {
-            fprintf(stderr, "outboxd: --start-lsn: unknown source '%s'\n", name);
-            return 2;
-        }
-        if (outboxd_replay_skip_to(conf, src, lsn, &stop_flag, err, sizeof(err)) < 0) {
-            LOG_ERROR(src->name, "%s", err);
-            return 2;
-        }
-    }
-    return 0;
+    pthread_t t;
+    bool watching = n > 0 && pthread_create(&t, NULL, watch_signal, NULL) == 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = start_lsn_one(conf, args[i]);
+    atomic_store(&stop_flag, 1);
+    if (watching)
+        pthread_join(t, NULL);
+    atomic_store(&stop_flag, 0);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -557,8 +578,8 @@ int main(int argc, char **argv)
     }
 
     /* What the YAML loader cannot see (kafka.properties librdkafka refuses,
-     * a cdc snapshot mode not supported yet) is a configuration error for run
-     * and check alike. */
+     * a row_filter where a publication cannot carry it) is a configuration
+     * error for run and check alike. */
     outboxd_buf_t pre = {0};
     if (outboxd_preflight_check(conf, &pre) > 0) {
         fputs(pre.data, stderr);

@@ -1239,6 +1239,7 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
         snprintf(errstr, errstr_size,
                  "--start-lsn %s=%s: slot %s does not exist; run `outboxd check -c FILE` first",
                  src->name, l, src->slot);
+        rc = -2; /* refused */
         goto out;
     }
     char slot_pos[OUTBOXD_LSN_STRLEN + 8], wal[OUTBOXD_LSN_STRLEN + 8];
@@ -1248,6 +1249,7 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
         snprintf(errstr, errstr_size,
                  "--start-lsn %s=%s: slot %s is in use by PID %s (another relay?): stop it first",
                  src->name, l, src->slot, PQgetvalue(res, 0, 0));
+        rc = -2; /* refused */
         goto out;
     }
     outboxd_lsn_t from = 0, wal_end = 0;
@@ -1258,6 +1260,7 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
                  "--start-lsn %s=%s is after the server's WAL end %s (expected a position "
                  "already written)",
                  src->name, l, wal);
+        rc = -2; /* refused */
         goto out;
     }
     outboxd_repl_ident_t ident;
@@ -1282,6 +1285,7 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
                  "refused (it would publish events again; to do that on purpose use `outboxd "
                  "replay`)",
                  src->name, l, u);
+        rc = -2; /* refused */
         goto out;
     }
     /* Checked after the checkpoint, which says more. */
@@ -1290,6 +1294,7 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
                  "--start-lsn %s=%s is behind slot %s, which is at %s: a slot cannot go back "
                  "(to publish older events again use `outboxd replay`)",
                  src->name, l, src->slot, slot_pos);
+        rc = -2; /* refused */
         goto out;
     }
     /* What is skipped: the publication's transactions committed before lsn

@@ -10,7 +10,9 @@
 #     transactions and changes);
 #   - an LSN behind the last checkpoint is refused (exit 2, nothing changed:
 #     the slot stays where it was), as are an unknown source and a malformed
-#     argument.
+#     argument;
+#   - a SIGTERM while it counts what it skips stops it (exit 1, the slot
+#     unchanged, no checkpoint, the relay not started).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -55,6 +57,47 @@ refused "unknown source 'nosuch'" "nosuch=$S"
 refused "is not SOURCE=LSN" "$DB"
 [ "$(psql_db "$DB" -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$SLOT'")" = "$slot_before" ] ||
     fail "a refused --start-lsn moved the slot"
+
+# A stop while the skip counts what it skips (a decoding of the whole range,
+# with no time limit; held here by a lock on this database's
+# pg_publication, which pgoutput reads at the range's first change): SIGTERM
+# ends it with exit 1, named, and nothing is skipped.
+psql_db "$DB" -c "BEGIN; LOCK TABLE pg_catalog.pg_publication IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120)" >/dev/null 2>&1 &
+locker=$!
+BG_PIDS+=("$locker")
+unlock() {
+    psql_db "$DB" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '$DB' AND query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()" >/dev/null
+    wait "$locker" 2>/dev/null || true
+}
+for _ in $(seq 1 300); do
+    [ "$(psql_db "$DB" -c "SELECT count(*) FROM pg_locks WHERE relation = 'pg_catalog.pg_publication'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ] && break
+    sleep 0.1
+done
+"$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" --start-lsn "$DB=$S" >"$WORK/relay-stopped.log" 2>&1 &
+stopped=$!
+RELAY_PIDS+=("$stopped")
+waiting=0
+for _ in $(seq 1 600); do
+    waiting=$(psql_db "$DB" -c "SELECT count(*) FROM pg_stat_activity WHERE datname = '$DB' AND wait_event_type = 'Lock' AND query LIKE '%pg_logical_slot_peek_binary_changes%'")
+    [ "$waiting" = 1 ] && break
+    kill -0 "$stopped" 2>/dev/null || { unlock; fail "--start-lsn exited before its count: $(tail -5 "$WORK/relay-stopped.log")"; }
+    sleep 0.1
+done
+[ "$waiting" = 1 ] || { unlock; fail "the count of what --start-lsn skips never waited on the lock"; }
+kill -TERM "$stopped"
+rc=0
+for _ in $(seq 1 300); do kill -0 "$stopped" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$stopped" 2>/dev/null && { unlock; fail "--start-lsn still counting 30 s after SIGTERM"; }
+wait "$stopped" || rc=$?
+unlock
+[ "$rc" -eq 1 ] || fail "--start-lsn stopped by SIGTERM exited $rc, expected 1: $(tail -3 "$WORK/relay-stopped.log")"
+grep -q "stopped by signal 15 before the skip was done: the relay does not start" "$WORK/relay-stopped.log" ||
+    fail "no line saying the stop: $(tail -3 "$WORK/relay-stopped.log")"
+! grep -q "checkpoint committed at\|streaming slot" "$WORK/relay-stopped.log" ||
+    fail "a stopped --start-lsn committed its checkpoint or started: $(tail -3 "$WORK/relay-stopped.log")"
+[ "$(psql_db "$DB" -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$SLOT'")" = "$slot_before" ] ||
+    fail "a stopped --start-lsn moved the slot"
+log "stopped while counting: $(grep -o 'stopped by signal.*' "$WORK/relay-stopped.log" | head -1)"
 
 # The skip.
 "$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" --start-lsn "$DB=$S" >>"$WORK/relay-skip.log" 2>&1 &

@@ -127,12 +127,14 @@ int outboxd_replay_parse_start_lsn(const char *arg, char *name, size_t name_size
                                    outboxd_lsn_t *lsn, char *errstr, size_t errstr_size);
 
 /*
- * Before the relay starts: skips source src forward to lsn. Refused (-1,
- * errstr) while another process streams the slot, when lsn is behind the
- * last checkpoint or the slot's position, or beyond the server's WAL.
- * Otherwise counts what is skipped (transactions and changes of the
- * publication), logs it at WARN, commits a checkpoint at lsn in Kafka and
- * advances the slot to lsn. Returns 0.
+ * Before the relay starts: skips source src forward to lsn. Refused (-2,
+ * errstr) when the slot is missing, while another process streams it, when
+ * lsn is behind the last checkpoint or the slot's position, or beyond the
+ * server's WAL. Otherwise counts what is skipped (transactions and changes
+ * of the publication), logs it at WARN, commits a checkpoint at lsn in Kafka
+ * and advances the slot to lsn. Returns 0; -1 with errstr when a server
+ * could not be reached or failed, or *stop was set (nothing is skipped
+ * unless the checkpoint was committed; running it again is safe).
  */
 int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
                            outboxd_lsn_t lsn, atomic_int *stop, char *errstr, size_t errstr_size);
