@@ -11,7 +11,9 @@
 #     kafka.properties; sasl.password from kafka.secret_properties_file or ${ENV});
 #   - a wrong CA (either server) and a wrong SASL password are named by
 #     `outboxd check` and `run` with the key to fix;
-#   - neither password appears in check, run (log level debug), status or
+#   - a rotated PostgreSQL password (the role's and the file's) is used after
+#     a reload (SIGHUP), refused with the old one before it;
+#   - no password appears in check, run (log level debug), status or
 #     /metrics output.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -21,6 +23,7 @@ prom_venv
 PG_SECRET="pg-Secret-$RUN_ID-x7"
 KAFKA_SECRET="kafka-Secret-$RUN_ID-q9"
 WRONG_SECRET="wrong-Secret-$RUN_ID-z3"
+ROTATED_SECRET="pg-Rotated-$RUN_ID-k4"
 
 # --- a CA, a server certificate for 127.0.0.1 and localhost, a second CA --
 ca() { # ca NAME
@@ -197,6 +200,25 @@ grep -q "^outboxd_source_events_published_total{source=\"$DB\"} 100" "$WORK/metr
 "$OUTBOXD_BIN" status -c "$WORK/good.yaml" >"$WORK/status.out" 2>&1 || fail "status failed: $(cat "$WORK/status.out")"
 OUTPUTS+=("$WORK/status.out")
 grep -q "${DB}_slot" "$WORK/status.out" || fail "status does not show the slot: $(cat "$WORK/status.out")"
+
+# --- password rotation (README "Reload"): the role's password changes and
+# the file gets the new one; the relay's next connection still uses the old
+# one (refused, named) until a SIGHUP reads the file again, then streams.
+psql_db "$DB" -v pw="$ROTATED_SECRET" >/dev/null <<'SQL'
+SET password_encryption = 'scram-sha-256';
+ALTER ROLE tlsuser PASSWORD :'pw';
+SQL
+printf '%s\n' "$ROTATED_SECRET" >"$WORK/pg.password"
+psql_db "$DB" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'tlsuser'" >/dev/null
+wait_log "$WORK/relay.log" 'password authentication failed for user "tlsuser".*check password_file' 60
+log "rotation: before the reload, the old password is refused: $(grep -m1 -o 'password authentication failed for user "tlsuser".*' "$WORK/relay.log" | cut -c1-160)"
+kill -HUP "$relay"
+wait_log "$WORK/relay.log" "reload: configuration [0-9]+ applied" 60
+psql_db "$DB" -c "SELECT write_events('$DB', '$DB-2', 50)" >/dev/null
+wait_drained "$DB" "${DB}_slot" 120
+n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
+[ "$n" -eq 150 ] || fail "after the password rotation and reload: expected 150 events in Kafka, found $n"
+log "rotation: after SIGHUP the relay reconnected with the file's new password; 150 of 150 events in Kafka"
 stop_relay_ok "$relay"
 grep -q "DEBUG" "$WORK/relay.log" || fail "the relay log has no debug lines"
 
@@ -240,7 +262,7 @@ log "run, PostgreSQL wrong CA: $(grep -F 'check sslrootcert' "$WORK/relay-pgwron
 for f in "${OUTPUTS[@]}"; do
     [ -s "$f" ] || fail "$f is empty: nothing was checked"
     ! grep -qE 'AddressSanitizer|runtime error:' "$f" || fail "sanitizer report in $f"
-    for s in "$PG_SECRET" "$KAFKA_SECRET" "$WRONG_SECRET"; do
+    for s in "$PG_SECRET" "$KAFKA_SECRET" "$WRONG_SECRET" "$ROTATED_SECRET"; do
         ! grep -qF -- "$s" "$f" || fail "a password appears in $f: $(grep -nF -- "$s" "$f" | head -3)"
     done
 done
