@@ -221,6 +221,16 @@ json_t *shop_http_first(json_t *rows, int *status, int ok_status, int empty_stat
     return o;
 }
 
+const char *shop_scope(outboxd_shop_req_t *req, char *buf)
+{
+    const char *hdr = outboxd_shop_req_header(req, "X-Member-Id");
+    const char *role = outboxd_shop_req_header(req, "X-Role");
+    if (!hdr || !*hdr || (role && strcmp(role, "admin") == 0))
+        return NULL;
+    snprintf(buf, 32, "%lld", strtoll(hdr, NULL, 10));
+    return buf;
+}
+
 bool shop_member_of(outboxd_shop_req_t *req, long long *member_id, json_t **err_body, int *status)
 {
     const char *hdr = outboxd_shop_req_header(req, "X-Member-Id");

@@ -158,9 +158,17 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
     bool get = strcmp(req->method, "GET") == 0, post = strcmp(req->method, "POST") == 0;
     if (n < 1 || strcmp(seg[0], "orders") != 0)
         return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);
-    if (get && n == 1)
-        return shop_http_rows(svc, "SELECT " ORDER_COLS " FROM orders ORDER BY id", 0, NULL,
-                              status);
+    /* A user reads and cancels only their own orders (shop_scope); another's
+     * is "no such order", as one that does not exist. */
+    char sb[32];
+    const char *scope = shop_scope(req, sb);
+    if (get && n == 1) {
+        const char *p[1] = {scope};
+        return shop_http_rows(svc,
+                              "SELECT " ORDER_COLS " FROM orders WHERE ($1::bigint IS NULL OR "
+                              "member_id = $1) ORDER BY id",
+                              1, p, status);
+    }
     /* POST /orders {productId, quantity, couponId?, amount, discount?} */
     if (post && n == 1) {
         long long member, product, qty, amount, coupon = -1, discount = 0;
@@ -200,23 +208,22 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         strtoll(seg[1], &end, 10);
         if (*end)
             return outboxd_shop_error(status, 404, "no order %s", seg[1]);
-        if (get && n == 2) {
-            const char *p[1] = {seg[1]};
+        const char *p[2] = {seg[1], scope};
+        if (get && n == 2)
             return shop_http_first(shop_http_rows(svc,
-                                                  "SELECT " ORDER_COLS " FROM orders WHERE id = $1",
-                                                  1, p, status),
+                                                  "SELECT " ORDER_COLS " FROM orders WHERE id = $1 "
+                                                  "AND ($2::bigint IS NULL OR member_id = $2)",
+                                                  2, p, status),
                                    status, 200, 404, "no such order");
-        }
         /* POST /orders/{id}/cancel: only an order not being paid. */
-        if (post && n == 3 && strcmp(seg[2], "cancel") == 0) {
-            const char *p[1] = {seg[1]};
+        if (post && n == 3 && strcmp(seg[2], "cancel") == 0)
             return shop_http_first(
                 shop_http_rows(svc,
                                "UPDATE orders SET status = 'CANCELED', updated_at = now() "
-                               "WHERE id = $1 AND status = 'CREATED' RETURNING " ORDER_COLS,
-                               1, p, status),
+                               "WHERE id = $1 AND ($2::bigint IS NULL OR member_id = $2) AND "
+                               "status = 'CREATED' RETURNING " ORDER_COLS,
+                               2, p, status),
                 status, 200, 404, "no such order, or it is not in status CREATED");
-        }
     }
     return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);
 }

@@ -484,17 +484,20 @@ static void stop(shop_svc_t *svc)
 
 /* ---------------------------------------------------------- HTTP */
 
-static json_t *payment_json(shop_svc_t *svc, const char *id, int *status)
+/* Payment id as JSON, with its participants; scope (shop_scope): only a
+ * payment of that member, else "no payment", as one that does not exist. */
+static json_t *payment_json(shop_svc_t *svc, const char *id, const char *scope, int *status)
 {
-    const char *p[1] = {id};
+    const char *p[2] = {id, scope};
     json_t *rows = shop_http_rows(svc,
                                   "SELECT id AS \"paymentId\", order_id AS \"orderId\", member_id "
                                   "AS \"memberId\", product_id AS \"productId\", quantity, "
                                   "coupon_id AS \"couponId\", amount, discount, status, reason, "
                                   "created_at::text AS \"createdAt\", finished_at::text AS "
                                   "\"finishedAt\", (extract(epoch FROM finished_at - created_at) "
-                                  "* 1000)::bigint AS \"elapsedMs\" FROM payments WHERE id = $1",
-                                  1, p, status);
+                                  "* 1000)::bigint AS \"elapsedMs\" FROM payments WHERE id = $1 "
+                                  "AND ($2::bigint IS NULL OR member_id = $2)",
+                                  2, p, status);
     if (!json_is_array(rows))
         return rows;
     if (json_array_size(rows) == 0) {
@@ -614,7 +617,7 @@ done:
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
-        out = payment_json(svc, id, status);
+        out = payment_json(svc, id, NULL, status);
         if (*status != 200 || final(out) || wait_ms == 0)
             break;
         struct timespec now;
@@ -641,20 +644,28 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);
     if (post && n == 1)
         return create_payment(svc, req, status);
-    if (get && n == 1)
+    /* A user sees only their own payments (shop_scope). */
+    char sb[32];
+    const char *scope = shop_scope(req, sb);
+    if (get && n == 1) {
+        const char *p[1] = {scope};
         return shop_http_rows(svc,
                               "SELECT id AS \"paymentId\", order_id AS \"orderId\", member_id AS "
-                              "\"memberId\", status, reason FROM payments ORDER BY created_at",
-                              0, NULL, status);
+                              "\"memberId\", status, reason FROM payments WHERE ($1::bigint IS "
+                              "NULL OR member_id = $1) ORDER BY created_at",
+                              1, p, status);
+    }
     if (get && n == 2)
-        return payment_json(svc, seg[1], status);
+        return payment_json(svc, seg[1], scope, status);
     if (get && n == 3 && strcmp(seg[2], "trace") == 0) {
-        const char *p[1] = {seg[1]};
-        json_t *steps = shop_http_rows(svc,
-                                       "SELECT seq, to_char(at AT TIME ZONE 'UTC', "
-                                       "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS at, service, step, "
-                                       "detail FROM saga_trace WHERE payment_id = $1 ORDER BY seq",
-                                       1, p, status);
+        const char *p[2] = {seg[1], scope};
+        json_t *steps = shop_http_rows(
+            svc,
+            "SELECT seq, to_char(at AT TIME ZONE 'UTC', "
+            "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS at, service, step, "
+            "detail FROM saga_trace WHERE payment_id = $1 AND ($2::bigint IS NULL OR EXISTS "
+            "(SELECT 1 FROM payments WHERE id = $1 AND member_id = $2)) ORDER BY seq",
+            2, p, status);
         if (!json_is_array(steps))
             return steps;
         if (json_array_size(steps) == 0) {

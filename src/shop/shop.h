@@ -96,4 +96,11 @@ json_t *shop_http_first(json_t *rows, int *status, int ok_status, int empty_stat
  * when both are present and differ. Returns false with *err_body set. */
 bool shop_member_of(outboxd_shop_req_t *req, long long *member_id, json_t **err_body, int *status);
 
+/* Whose rows a request may see: through the gateway (X-Member-Id set) a
+ * user sees only their own, returned as text in buf (32 bytes) for a
+ * "($N::bigint IS NULL OR member_id = $N)" parameter; NULL for an admin
+ * (X-Role admin) and for a request to the service's own port, which only
+ * the host reaches (tests, operators). */
+const char *shop_scope(outboxd_shop_req_t *req, char *buf);
+
 #endif

@@ -8,7 +8,8 @@
 #    order not payable): exactly the successful ones are compensated, every
 #    database ends as before, payment FAILED, payment-failed emitted once;
 #  - the gateway refuses a missing or wrong token and a user on an admin
-#    route, and rate-limits.
+#    route, and rate-limits; a user reads and cancels only their own orders
+#    and payments (another's: 404), an admin reads every one.
 # shellcheck disable=SC1091
 source "$(dirname "$0")/shop_lib.sh"
 
@@ -135,6 +136,24 @@ shop_api POST /api/admin/coupons "$KIM_T" '{"name": "x", "discount": 1, "total":
 [ "$SHOP_CODE" = 403 ] || fail "user on the admin coupon route: HTTP $SHOP_CODE, expected 403"
 shop_api GET "/api/members/$LEE" "$KIM_T" >/dev/null
 [ "$SHOP_CODE" = 403 ] || fail "kim reading lee's account: HTTP $SHOP_CODE, expected 403"
+# a user sees and cancels only their own orders and payments; another's is
+# "not found", as one that does not exist; an admin sees every one
+shop_api GET "/api/orders/$O" "$LEE_T" >/dev/null
+[ "$SHOP_CODE" = 404 ] || fail "lee reading kim's order: HTTP $SHOP_CODE, expected 404"
+o4_status=$(shop_db order "SELECT status FROM orders WHERE id = $O4")
+shop_api POST "/api/orders/$O4/cancel" "$LEE_T" "" >/dev/null
+[ "$SHOP_CODE" = 404 ] || fail "lee cancelling kim's order: HTTP $SHOP_CODE, expected 404"
+[ "$(shop_db order "SELECT status FROM orders WHERE id = $O4")" = "$o4_status" ] || fail "lee's cancel changed kim's order"
+shop_api GET "/api/payments/$PID" "$LEE_T" >/dev/null
+[ "$SHOP_CODE" = 404 ] || fail "lee reading kim's payment: HTTP $SHOP_CODE, expected 404"
+shop_api GET "/api/payments/$PID/trace" "$LEE_T" >/dev/null
+[ "$SHOP_CODE" = 404 ] || fail "lee reading kim's payment trace: HTTP $SHOP_CODE, expected 404"
+[ "$(api GET /api/orders "$LEE_T" | jq -c '[.[].memberId] | unique')" = "[$LEE]" ] || fail "lee's order list holds others' orders"
+[ "$(api GET /api/payments "$KIM_T" | jq -c '[.[].memberId] | unique')" = "[$KIM]" ] || fail "kim's payment list holds others' payments"
+[ "$(api GET /api/orders/$O "$KIM_T" | jq .id)" = "$O" ] || fail "kim cannot read his own order"
+[ "$(api GET /api/payments/$PID "$KIM_T" | jq -r .paymentId)" = "$PID" ] || fail "kim cannot read his own payment"
+[ "$(api GET /api/orders "$SHOP_ADMIN_TOKEN" | jq -c "[.[].memberId | select(. == $KIM or . == $LEE)] | unique")" = "[$KIM,$LEE]" ] ||
+    fail "the admin's order list lacks kim's or lee's orders"
 shop_api POST /api/products "" '{"name": "x", "price": 1, "stock": 1}' >/dev/null
 [ "$SHOP_CODE" = 403 ] || fail "POST on the public catalogue: HTTP $SHOP_CODE, expected 403"
 # the rate limit: 20 r/s with a burst of 40 per client and token
