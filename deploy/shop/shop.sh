@@ -10,8 +10,10 @@
 #   SHOP_WORK      a directory for logs, configs, pid files
 #   SHOP_PREFIX    isolates one run on a shared server/broker: databases
 #                  <prefix>_<service>, slots, topics <prefix>., consumer groups
-#   SHOP_SAGA_TIMEOUT_MS, SHOP_RATE, SHOP_RETRIES, SHOP_GATEWAY_RATE,
-#   SHOP_GATEWAY_BURST  optional knobs
+#   optional knobs, with the defaults used here (some differ from
+#   outboxd-shop's own, README "The shop"): SHOP_SAGA_TIMEOUT_MS (20000),
+#   SHOP_RATE (0: unlimited), SHOP_RETRIES (3), SHOP_RETRY_BACKOFF_MS (100),
+#   SHOP_GATEWAY_RATE (200 r/s) and SHOP_GATEWAY_BURST (400) per client
 #   SHOP_REGISTRY  1 (default): start a schema registry (tests/stack/registry.sh,
 #                  Apicurio in memory, in $SHOP_WORK/registry); outboxd writes
 #                  the Confluent wire format and the services decode through
