@@ -66,7 +66,9 @@ listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.se
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 EOF
 log "starting a TLS stack in $TLS_STACK (SSL :$SSL_PORT, SASL_SSL :$SASL_SSL_PORT, SASL_PLAINTEXT :$SASL_PLAIN_PORT)"
-STACK_DIR=$TLS_STACK STACK_OWNER_PID=$$ STACK_OWNER_CLEAN=1 STACK_KAFKA_HEAP="-Xmx512m -Xms128m" \
+# STACK_KAFKA_PROXY=0: tests/repeat.sh exports 1 for its own stack; this one
+# must not inherit the proxied listener beside its extra ones.
+STACK_DIR=$TLS_STACK STACK_OWNER_PID=$$ STACK_OWNER_CLEAN=1 STACK_KAFKA_PROXY=0 STACK_KAFKA_HEAP="-Xmx512m -Xms128m" \
     STACK_PG_SSL_CERT=$WORK/srv.pem STACK_PG_SSL_KEY=$WORK/srv.key STACK_PG_HBA_FIRST=$WORK/hba \
     STACK_KAFKA_EXTRA_LISTENERS="SSL://127.0.0.1:$SSL_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PLAIN_PORT" \
     STACK_KAFKA_EXTRA_PROPS=$WORK/kafka-extra.properties \
