@@ -16,7 +16,12 @@
 #      all of it after both carried the same load for BENCH_BROKER_WARMUP_S
 #      (default 180, not counted: a warm broker and a warm Connect JVM;
 #      broker_warmup in common.sh), and the CPU each used during it;
-#   3. resident memory of each (outboxd process; the Connect worker JVM).
+#   3. resident memory of each (outboxd process; the Connect worker JVM);
+#   4. the floor beside Debezium (BENCH_PEER_FLOOR=0 skips it): outboxd
+#      stopped, transactional librdkafka producers write its records at RATE
+#      in its place while Debezium carries the same load: the p99 a relay
+#      that costs nothing would have there, and Debezium's over it, the best
+#      ratio any relay could reach on this machine.
 # Debezium: PostgreSQL connector 3.0.8.Final + outbox EventRouter on Kafka
 # Connect 3.9.1 distributed with exactly.once.source.support=enabled, JSON
 # values (tests/stack/debezium.sh). outboxd: exactly-once, Avro envelope.
@@ -142,6 +147,42 @@ rss_relay=$(awk '/VmHWM/ {print $2}' "/proc/$relay/status")
 rss_dbz=$(awk '/VmHWM/ {print $2}' "/proc/$CONNECT_PID/status")
 kill -TERM "$relay"
 wait "$relay" || true
+
+# --- the floor beside Debezium (BENCH_PEER_FLOOR=0 skips it): what a relay
+# that spends nothing of its own would show in outboxd's place. outboxd is
+# stopped; Debezium keeps relaying the same pgbench load at RATE, a
+# pg_recvlogical decodes it from a slot of its own (outboxd's walsender),
+# and transactional librdkafka producers (tests/tools/kafka_ceiling, the
+# relay's ring) write outboxd's own record at RATE, each stamped with the
+# moment it came due and read back by the same kind of consumer. Debezium's
+# p99 over this floor's p99 is the best ratio any relay could reach against
+# Debezium on this machine, beside this load.
+floor_done=0
+if [ "${BENCH_PEER_FLOOR:-1}" != 0 ]; then
+    "$OKCAT" -b "$KAFKA_BOOTSTRAP" -t ceil.peer -t ceil.peer.ck --create-topics 3 >/dev/null
+    q -c "SELECT pg_create_logical_replication_slot('peer_floor', 'pgoutput')" >/dev/null
+    pg_recvlogical -d "$DB" --slot peer_floor --start -o proto_version=1 \
+        -o publication_names=bench_pub -f /dev/null 2>"$WORK/recvlogical.log" &
+    recv=$!
+    BG+=("$recv")
+    start_consumer ceil.peer "$WORK/floor.out" --latency-from-timestamp
+    c1=$CONSUMER
+    start_consumer dbz.order "$WORK/floor.dbz" --latency-from-timestamp
+    c2=$CONSUMER
+    until [ -e "$WORK/floor.out.ready" ] && [ -e "$WORK/floor.dbz.ready" ]; do sleep 0.1; done
+    say "the floor: kafka_ceiling at $RATE/s for $TOTAL s beside Debezium carrying the same load"
+    pgbench -n -c 4 -j 2 -R "$RATE" -T "$TOTAL" -f "$WORK/insert.sql" "$DB" >"$WORK/pgbench3.log" 2>&1 &
+    load=$!
+    BG+=("$load")
+    KAFKA_CEILING_MODE=$(ceiling_mode) KAFKA_CEILING_RATE=$RATE "$BUILD/tests/tools/kafka_ceiling" "$KAFKA_BOOTSTRAP" ceil.peer \
+        $((RATE * TOTAL)) from:peer.order 5000 ${BENCH_KAFKA_PROPS:-} >"$WORK/ceiling.out" 2>&1 ||
+        cat "$WORK/ceiling.out" >&2
+    wait "$load" || true
+    kill -TERM "$recv" 2>/dev/null || true
+    wait "$recv" 2>/dev/null || true
+    wait "$c1" "$c2" || true
+    floor_done=1
+fi
 "$DBZ" stop >&2
 
 awk -v n="$N" -v rs="$relay_start" -v rt="$relay_total" -v ds="$dbz_start" -v dt="$dbz_total" \
@@ -161,4 +202,16 @@ awk -v r=$((r1 - r0)) -v d=$((d1 - d0)) -v b=$((b1 - b0)) -v j=$((j1 - j0)) -v d
     printf "peer: cpu during the latency load (share of one core, 2 in all): outboxd %.0f%%, debezium (Connect JVM) %.0f%% (its JIT %.1f%%), broker %.0f%% (its JIT %.1f%%)\n",
         100 * r / hz / (ms / 1000), 100 * d / hz / (ms / 1000), dj / ms * 100, 100 * b / hz / (ms / 1000), j / ms * 100
 }'
+if [ "$floor_done" = 1 ]; then
+    grep -E "^okcat: latency_ms" "$WORK/floor.out" |
+        sed "s|^okcat: latency_ms|peer: floor (kafka_ceiling, mode $(ceiling_mode), in outboxd's place beside Debezium and the same load; receipt - moment due) latency_ms|" ||
+        { say "no latency figures from the floor's consumer:"; tail -n 5 "$WORK/floor.out" >&2; }
+    grep -E "^okcat: latency_ms" "$WORK/floor.dbz" | sed "s|^okcat: latency_ms|peer: dbz beside the floor latency_ms|" || true
+    # p99=... of each: Debezium's over the floor's is the best ratio any
+    # relay could show against Debezium here.
+    fp=$(sed -n 's/^okcat: latency_ms.* p99=\([0-9.]*\).*/\1/p' "$WORK/floor.out")
+    dp=$(sed -n 's/^okcat: latency_ms.* p99=\([0-9.]*\).*/\1/p' "$WORK/floor.dbz")
+    [ -z "$fp" ] || [ -z "$dp" ] || awk -v f="$fp" -v d="$dp" 'BEGIN {
+        if (f > 0) printf "peer: best p99 ratio any relay could show here: debezium %.1f / floor %.1f ms = %.1fx (target 30x)\n", d, f, d / f }'
+fi
 echo "peer: peak RSS outboxd $((rss_relay / 1024)) MB, debezium (Connect worker JVM) $((rss_dbz / 1024)) MB"
