@@ -35,6 +35,7 @@
 #include "outboxd/relay/replay.h"
 
 #define KAFKA_PROBE_TIMEOUT_MS 10000
+#define MAX_START_LSN          64 /* --start-lsn options at most */
 
 static volatile sig_atomic_t got_signal = 0;
 /* SIGHUP: reload the configuration (the main loop acts on it). */
@@ -406,47 +407,55 @@ static int cmd_replay(const outboxd_config_t *conf, const outboxd_replay_args_t 
     return rc;
 }
 
-/* One --start-lsn SOURCE=LSN (cmd_start_lsn). */
-static int start_lsn_one(const outboxd_config_t *conf, const char *arg)
+/* One --start-lsn SOURCE=LSN: its source and position; 2 (usage) when the
+ * argument is malformed or names no source. */
+static int start_lsn_resolve(const outboxd_config_t *conf, const char *arg,
+                             const outboxd_source_conf_t **src, outboxd_lsn_t *lsn)
 {
     char name[256], err[2048];
-    outboxd_lsn_t lsn;
-    if (outboxd_replay_parse_start_lsn(arg, name, sizeof(name), &lsn, err, sizeof(err)) < 0) {
+    if (outboxd_replay_parse_start_lsn(arg, name, sizeof(name), lsn, err, sizeof(err)) < 0) {
         fprintf(stderr, "outboxd: %s\n", err);
         return 2;
     }
-    const outboxd_source_conf_t *src = NULL;
+    *src = NULL;
     for (size_t j = 0; j < conf->n_sources; j++)
         if (strcmp(conf->sources[j].name, name) == 0)
-            src = &conf->sources[j];
-    if (!src) {
+            *src = &conf->sources[j];
+    if (!*src) {
         fprintf(stderr, "outboxd: --start-lsn: unknown source '%s'\n", name);
         return 2;
     }
-    int rc = outboxd_replay_skip_to(conf, src, lsn, &stop_flag, err, sizeof(err));
-    if (rc < 0 && got_signal) {
-        LOG_WARN(src->name,
-                 "%s; stopped by signal %d before the skip was done: the relay does not start "
-                 "(run the same command again to skip)",
-                 err, (int)got_signal);
-        return 1;
-    }
-    if (rc < 0)
-        LOG_ERROR(src->name, "%s", err);
-    return rc == 0 ? 0 : rc == -2 ? 2 : 1;
+    return 0;
 }
 
-/* run --start-lsn SOURCE=LSN...: each skip is done (or refused) before any
- * source starts. A signal stops the count of what is skipped (it decodes
- * the whole range, without a time limit). 0, 1 (failed or stopped: the relay
- * does not start), 2 (refused). */
+/* run --start-lsn SOURCE=LSN...: every argument is checked first (a typo
+ * in the second must not come after the first skip was committed), then
+ * each skip is done (or refused) before any source starts. A signal stops
+ * the count of what is skipped (it decodes the whole range, without a time
+ * limit). 0, 1 (failed or stopped: the relay does not start), 2 (refused). */
 static int cmd_start_lsn(const outboxd_config_t *conf, const char *const *args, size_t n)
 {
+    const outboxd_source_conf_t *srcs[MAX_START_LSN];
+    outboxd_lsn_t lsns[MAX_START_LSN];
+    for (size_t i = 0; i < n; i++)
+        if (start_lsn_resolve(conf, args[i], &srcs[i], &lsns[i]) != 0)
+            return 2;
     pthread_t t;
     bool watching = n > 0 && pthread_create(&t, NULL, watch_signal, NULL) == 0;
     int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++)
-        rc = start_lsn_one(conf, args[i]);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char err[2048];
+        int r = outboxd_replay_skip_to(conf, srcs[i], lsns[i], &stop_flag, err, sizeof(err));
+        if (r == -1 && got_signal) {
+            LOG_WARN(srcs[i]->name,
+                     "%s; stopped by signal %d: the relay does not start (run the same command "
+                     "again to skip)",
+                     err, (int)got_signal);
+        } else if (r < 0) {
+            LOG_ERROR(srcs[i]->name, "%s", err);
+        }
+        rc = r == 0 ? 0 : r == -2 ? 2 : 1;
+    }
     atomic_store(&stop_flag, 1);
     if (watching)
         pthread_join(t, NULL);
@@ -486,7 +495,7 @@ int main(int argc, char **argv)
     const char *path = NULL, *level = NULL, *format = NULL;
     outboxd_replay_args_t rargs = {0};
     bool replay_opts = false;
-    const char *start_lsn[64];
+    const char *start_lsn[MAX_START_LSN];
     size_t n_start_lsn = 0;
     char aerr[512];
     int c, idx = 0;
@@ -619,7 +628,11 @@ int main(int argc, char **argv)
             rc = cmd_replay(conf, &rargs);
         else
             rc = cmd_start_lsn(conf, start_lsn, n_start_lsn);
-        if (rc == 0 && !is_replay)
+        if (rc == 0 && !is_replay && got_signal)
+            /* A stop that came while --start-lsn skipped (its skips are
+             * done): do not start the sources only to stop them. */
+            LOG_INFO(NULL, "signal %d before the sources started: not starting", (int)got_signal);
+        else if (rc == 0 && !is_replay)
             rc = cmd_run(conf, level, format);
     }
     outboxd_config_destroy(conf);

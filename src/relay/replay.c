@@ -1343,8 +1343,13 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
     snprintf(nck.database, sizeof(nck.database), "%s", ident.database);
     snprintf(nck.slot, sizeof(nck.slot), "%s", src->slot);
     if (outboxd_sink_commit(sink, &nck, err, sizeof(err)) != OUTBOXD_SINK_OK) {
-        snprintf(errstr, errstr_size, "--start-lsn %s=%s: committing the checkpoint: %s", src->name,
-                 l, err);
+        /* Given up (a stop, a broker that did not answer) is not known to be
+         * undone: the EndTxn may still complete. */
+        snprintf(errstr, errstr_size,
+                 "--start-lsn %s=%s: committing the checkpoint: %s (it may have been committed "
+                 "all the same: `outboxd status` shows the last checkpoint; running the same "
+                 "command again is safe)",
+                 src->name, l, err);
         goto out;
     }
     outboxd_repl_destroy(repl);

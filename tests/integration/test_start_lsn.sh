@@ -10,7 +10,7 @@
 #     transactions and changes);
 #   - an LSN behind the last checkpoint is refused (exit 2, nothing changed:
 #     the slot stays where it was), as are an unknown source and a malformed
-#     argument;
+#     argument, each checked before the first skip;
 #   - a SIGTERM while it counts what it skips stops it (exit 1, the slot
 #     unchanged, no checkpoint, the relay not started).
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,6 +55,14 @@ refused() { # refused PATTERN ARG
 refused "is behind the last checkpoint, which published up to" "$DB=$A_START"
 refused "unknown source 'nosuch'" "nosuch=$S"
 refused "is not SOURCE=LSN" "$DB"
+# every argument is checked before the first skip: a good one first and an
+# unknown source second skips nothing (the slot check below)
+rc=0
+"$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" --start-lsn "$DB=$S" --start-lsn "nosuch=$S" >"$WORK/relay-refused.log" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] && grep -q "unknown source 'nosuch'" "$WORK/relay-refused.log" ||
+    fail "a good --start-lsn then an unknown source: exit $rc: $(tail -3 "$WORK/relay-refused.log")"
+! grep -q "SKIPPING FORWARD\|checkpoint committed" "$WORK/relay-refused.log" ||
+    fail "the first --start-lsn was done although the second was refused: $(grep -- --start-lsn "$WORK/relay-refused.log")"
 [ "$(psql_db "$DB" -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$SLOT'")" = "$slot_before" ] ||
     fail "a refused --start-lsn moved the slot"
 
@@ -69,10 +77,13 @@ unlock() {
     psql_db "$DB" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '$DB' AND query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()" >/dev/null
     wait "$locker" 2>/dev/null || true
 }
+locked=0
 for _ in $(seq 1 300); do
-    [ "$(psql_db "$DB" -c "SELECT count(*) FROM pg_locks WHERE relation = 'pg_catalog.pg_publication'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ] && break
+    locked=$(psql_db "$DB" -c "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND relation = 'pg_catalog.pg_publication'::regclass AND mode = 'AccessExclusiveLock' AND granted")
+    [ "$locked" = 1 ] && break
     sleep 0.1
 done
+[ "$locked" = 1 ] || { unlock; fail "the lock on pg_publication was not taken within 30 s"; }
 "$OUTBOXD_BIN" run -c "$WORK/outboxd.yaml" --start-lsn "$DB=$S" >"$WORK/relay-stopped.log" 2>&1 &
 stopped=$!
 RELAY_PIDS+=("$stopped")
@@ -89,9 +100,18 @@ rc=0
 for _ in $(seq 1 300); do kill -0 "$stopped" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$stopped" 2>/dev/null && { unlock; fail "--start-lsn still counting 30 s after SIGTERM"; }
 wait "$stopped" || rc=$?
+# The stopped relay must have cancelled its count: the slot is free while
+# the lock is still held (else the backend would decode on, holding it).
+free=f
+for _ in $(seq 1 100); do
+    free=$(psql_db "$DB" -c "SELECT active_pid IS NULL FROM pg_replication_slots WHERE slot_name = '$SLOT'")
+    [ "$free" = t ] && break
+    sleep 0.1
+done
 unlock
+[ "$free" = t ] || fail "the count went on after the stop (slot $SLOT still active while the lock was held)"
 [ "$rc" -eq 1 ] || fail "--start-lsn stopped by SIGTERM exited $rc, expected 1: $(tail -3 "$WORK/relay-stopped.log")"
-grep -q "stopped by signal 15 before the skip was done: the relay does not start" "$WORK/relay-stopped.log" ||
+grep -q "stopped by signal 15: the relay does not start" "$WORK/relay-stopped.log" ||
     fail "no line saying the stop: $(tail -3 "$WORK/relay-stopped.log")"
 ! grep -q "checkpoint committed at\|streaming slot" "$WORK/relay-stopped.log" ||
     fail "a stopped --start-lsn committed its checkpoint or started: $(tail -3 "$WORK/relay-stopped.log")"

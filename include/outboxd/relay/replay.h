@@ -134,7 +134,8 @@ int outboxd_replay_parse_start_lsn(const char *arg, char *name, size_t name_size
  * of the publication), logs it at WARN, commits a checkpoint at lsn in Kafka
  * and advances the slot to lsn. Returns 0; -1 with errstr when a server
  * could not be reached or failed, or *stop was set (nothing is skipped
- * unless the checkpoint was committed; running it again is safe).
+ * unless the checkpoint was committed, which errstr says may have happened
+ * when its commit was given up; running it again is safe).
  */
 int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_conf_t *src,
                            outboxd_lsn_t lsn, atomic_int *stop, char *errstr, size_t errstr_size);
