@@ -56,13 +56,15 @@ static int apply(shop_svc_t *svc, PGconn *conn, json_t *cmd, char *reason, size_
     if (!res)
         return -1;
     int ok = 0;
-    if (PQntuples(res) == 0) {
+    /* Another member's order is "no order", as one that does not exist:
+     * the reason is shown to the payer (GET /api/payments/{id}). */
+    if (PQntuples(res) == 0 ||
+        strtoll(PQgetvalue(res, 0, 1), NULL, 10) != opt_int(cmd, "memberId")) {
         snprintf(reason, reason_size, "no order %lld", order);
     } else if (strcmp(PQgetvalue(res, 0, 0), "CREATED") != 0) {
         snprintf(reason, reason_size, "order %lld is not payable (status %s)", order,
                  PQgetvalue(res, 0, 0));
-    } else if (strtoll(PQgetvalue(res, 0, 1), NULL, 10) != opt_int(cmd, "memberId") ||
-               strtoll(PQgetvalue(res, 0, 2), NULL, 10) != opt_int(cmd, "productId") ||
+    } else if (strtoll(PQgetvalue(res, 0, 2), NULL, 10) != opt_int(cmd, "productId") ||
                strtoll(PQgetvalue(res, 0, 3), NULL, 10) != opt_int(cmd, "quantity") ||
                strtoll(PQgetvalue(res, 0, 4), NULL, 10) != opt_int(cmd, "couponId") ||
                strtoll(PQgetvalue(res, 0, 5), NULL, 10) != opt_int(cmd, "amount")) {
@@ -132,11 +134,18 @@ static int on_outcome(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev
                                  "WHERE id = $1 AND payment_id = $2 AND status = 'PAYING'",
                                  2, p, errstr, errstr_size);
     } else {
+        /* Only the payer's own order notes it: a payment naming another
+         * member's order failed here ("no order") and is not that order's. */
         const char *reason = json_string_value(json_object_get(ev->payload, "reason"));
-        const char *p[3] = {o, payment_id, reason ? reason : "payment failed"};
+        char m[32];
+        long long member = opt_int(ev->payload, "memberId");
+        snprintf(m, sizeof(m), "%lld", member);
+        const char *p[4] = {o, payment_id, reason ? reason : "payment failed",
+                            member >= 0 ? m : NULL};
         res = outboxd_shop_query(conn,
-                                 "UPDATE orders SET last_failure = $2 || ': ' || $3 WHERE id = $1",
-                                 3, p, errstr, errstr_size);
+                                 "UPDATE orders SET last_failure = $2 || ': ' || $3 WHERE id = $1 "
+                                 "AND ($4::bigint IS NULL OR member_id = $4)",
+                                 4, p, errstr, errstr_size);
     }
     if (!res)
         return -1;

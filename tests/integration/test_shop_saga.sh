@@ -112,6 +112,21 @@ O5=$(order "$LEE_T" "$KB" 1 900 "$CPN" 100)
 P=$(pay "$LEE_T" "$O5" "$KB" 1 900 "$CPN" 100)
 [ "$(jq -r .status <<<"$P")" = COMPLETED ] || fail "lee's payment after the failures: $P"
 
+# lee paying kim's order (CREATED again): order refuses it as "no order",
+# as one that does not exist (the reason is shown to the payer)
+o4_failure=$(shop_db order "SELECT coalesce(last_failure, '') FROM orders WHERE id = $O4")
+fail_case "another member's order" order "$LEE_T" "$O4" 1 1000 null 0
+# once order has handled that payment-failed event, kim's order must not
+# carry it
+ev=$(shop_db payment "SELECT id FROM outbox WHERE aggregatetype LIKE '%payment-failed' AND aggregateid = '${FAILED_PIDS[-1]#*=}'")
+[ -n "$ev" ] || fail "no payment-failed outbox row for lee's payment"
+shop_wait_eq "order handled payment-failed" 60 1 shop_db order "SELECT count(*) FROM inbox WHERE event_id = '$ev'" ||
+    fail "order never handled lee's payment-failed ($ev)"
+[ "$(shop_db order "SELECT coalesce(last_failure, '') FROM orders WHERE id = $O4")" = "$o4_failure" ] ||
+    fail "lee's failed payment was noted on kim's order"
+reason=$(api GET "/api/payments/${FAILED_PIDS[-1]#*=}" "$LEE_T" | jq -r '.participants[] | select(.service == "order") | .reason')
+[ "$reason" = "no order $O4" ] || fail "lee paying kim's order: order's reason is '$reason', expected 'no order $O4'"
+
 # what Kafka holds (read once for all cases)
 settle
 topic_dump payment-failed >"$WORK/failed.json"
@@ -121,7 +136,7 @@ for np in "${FAILED_PIDS[@]}"; do
     [ "$(grep -c "$pid" "$WORK/failed.json")" = 1 ] || fail "$name: payment-failed not exactly once"
     [ "$(grep -c "$pid" "$WORK/complete.json")" = 0 ] || fail "$name: complete-order emitted"
 done
-[ "$(grep -c . "$WORK/failed.json")" = 4 ] || fail "payment-failed records: $(grep -c . "$WORK/failed.json"), expected 4"
+[ "$(grep -c . "$WORK/failed.json")" = 5 ] || fail "payment-failed records: $(grep -c . "$WORK/failed.json"), expected 5"
 [ "$(grep -c . "$WORK/complete.json")" = 2 ] || fail "complete-order records: $(grep -c . "$WORK/complete.json"), expected 2"
 
 # ---------------------------------------------------------------- gateway
