@@ -380,7 +380,9 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
     return rc;
 }
 
-/* outboxd replay: a signal stops it after what it holds is committed. */
+/* replay and run --start-lsn: a signal sets stop_flag, which their work
+ * polls (a replay commits what it holds first; a skip's count is
+ * cancelled). Between watch_start and watch_end. */
 static void *watch_signal(void *arg)
 {
     (void)arg;
@@ -392,18 +394,29 @@ static void *watch_signal(void *arg)
     return NULL;
 }
 
+static bool watch_start(pthread_t *t)
+{
+    return pthread_create(t, NULL, watch_signal, NULL) == 0;
+}
+
+/* Ends the watcher and clears stop_flag (a signal stays in got_signal). */
+static void watch_end(pthread_t *t, bool watching)
+{
+    atomic_store(&stop_flag, 1);
+    if (watching)
+        pthread_join(*t, NULL);
+    atomic_store(&stop_flag, 0);
+}
+
 static int cmd_replay(const outboxd_config_t *conf, const outboxd_replay_args_t *a)
 {
     pthread_t t;
-    bool watching = pthread_create(&t, NULL, watch_signal, NULL) == 0;
+    bool watching = watch_start(&t);
     char err[2048];
     int rc = outboxd_replay_run(conf, a, &stop_flag, stdout, err, sizeof(err));
     if (rc != 0)
         fprintf(stderr, "outboxd replay: %s\n", err);
-    atomic_store(&stop_flag, 1);
-    if (watching)
-        pthread_join(t, NULL);
-    atomic_store(&stop_flag, 0);
+    watch_end(&t, watching);
     return rc;
 }
 
@@ -441,7 +454,7 @@ static int cmd_start_lsn(const outboxd_config_t *conf, const char *const *args, 
         if (start_lsn_resolve(conf, args[i], &srcs[i], &lsns[i]) != 0)
             return 2;
     pthread_t t;
-    bool watching = n > 0 && pthread_create(&t, NULL, watch_signal, NULL) == 0;
+    bool watching = n > 0 && watch_start(&t);
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         char err[2048];
@@ -456,10 +469,7 @@ static int cmd_start_lsn(const outboxd_config_t *conf, const char *const *args, 
         }
         rc = r == 0 ? 0 : r == -2 ? 2 : 1;
     }
-    atomic_store(&stop_flag, 1);
-    if (watching)
-        pthread_join(t, NULL);
-    atomic_store(&stop_flag, 0);
+    watch_end(&t, watching);
     return rc;
 }
 

@@ -173,10 +173,9 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
             long long id = strtoll(seg[1], &end, 10);
             if (*end)
                 return outboxd_shop_error(status, 404, "no route %s", req->path);
-            const char *caller = outboxd_shop_req_header(req, "X-Member-Id");
-            const char *role = outboxd_shop_req_header(req, "X-Role");
-            if (caller && *caller && strtoll(caller, NULL, 10) != id &&
-                !(role && strcmp(role, "admin") == 0))
+            char sb[32];
+            const char *scope = shop_scope(req, sb);
+            if (scope && strtoll(scope, NULL, 10) != id)
                 return outboxd_shop_error(status, 403, "member %lld is not the caller", id);
             char ids[32];
             snprintf(ids, sizeof(ids), "%lld", id);
