@@ -197,7 +197,10 @@ json_t *shop_http_rows(shop_svc_t *svc, const char *sql, int n, const char *cons
     PGresult *res = outboxd_shop_query(conn, sql, n, params, errstr, sizeof(errstr));
     json_t *out;
     if (!res) {
-        out = outboxd_shop_error(status, 400, "%s", errstr);
+        /* the database away is not the request's fault */
+        bool away = PQstatus(conn) != CONNECTION_OK ||
+                    outboxd_shop_sqlstate_transient(outboxd_shop_last_sqlstate());
+        out = outboxd_shop_error(status, away ? 503 : 400, "%s", errstr);
     } else {
         out = outboxd_shop_rows_json(res);
         PQclear(res);

@@ -76,14 +76,15 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
         for (size_t i = 0; i < w->n; i++) {
             outboxd_shop_consumer_stats_t s;
             outboxd_shop_consumer_stats(w->consumers[i], &s);
-            json_array_append_new(arr, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I}", "consumer",
+            json_array_append_new(arr, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "consumer",
                                                  outboxd_shop_consumer_name(w->consumers[i]),
                                                  "handled", (json_int_t)s.handled, "duplicates",
                                                  (json_int_t)s.duplicates, "retries",
                                                  (json_int_t)s.retries, "deadLetters",
                                                  (json_int_t)s.dead_letters, "throttledMs",
                                                  (json_int_t)s.throttled_ms, "registryWaits",
-                                                 (json_int_t)s.registry_waits));
+                                                 (json_int_t)s.registry_waits, "unavailableWaits",
+                                                 (json_int_t)s.unavailable_waits));
         }
         *status = 200;
         return json_pack("{s:s,s:o}", "service", w->def->name, "consumers", arr);

@@ -7,7 +7,10 @@
  * Idempotency: the inbox row is in this service's database, and the Redis
  * increment is guarded by a per-event marker set in the same Lua script, so
  * a redelivery after a crash between Redis and the commit adds nothing.
+ * Redis away (or still loading) is waited out (OUTBOXD_SHOP_UNAVAILABLE):
+ * a completed order is never dead-lettered for it.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +43,20 @@ static redisContext *rconnect(shop_svc_t *svc, char *errstr, size_t errstr_size)
     return r;
 }
 
+static bool redis_away(const char *err)
+{
+    /* loading its data, busy with a script, a replica without its master or
+     * read-only after a failover, out of memory, a password not (yet) right:
+     * none of them is the event's fault */
+    static const char *const busy[] = {"LOADING",  "BUSY", "TRYAGAIN", "MASTERDOWN",
+                                       "READONLY", "OOM",  "NOAUTH",   "WRONGPASS"};
+    for (size_t i = 0; err && i < sizeof(busy) / sizeof(busy[0]); i++)
+        if (strncmp(err, busy[i], strlen(busy[i])) == 0 &&
+            !isalpha((unsigned char)err[strlen(busy[i])]))
+            return true;
+    return false;
+}
+
 static void day_key(shop_svc_t *svc, time_t t, char *out, size_t out_size)
 {
     struct tm tm;
@@ -59,7 +76,7 @@ static int on_completed(void *opaque, PGconn *conn, const outboxd_shop_event_t *
         return -1;
     redisContext *r = rconnect(svc, errstr, errstr_size);
     if (!r)
-        return -1;
+        return OUTBOXD_SHOP_UNAVAILABLE; /* Redis away: wait for it */
     char marker[300], key[128], q[32], pr[32];
     snprintf(marker, sizeof(marker), "popular:%sseen:%s", svc->conf.topic_prefix, ev->id);
     /* the day the order completed, from the event's time */
@@ -69,10 +86,13 @@ static int on_completed(void *opaque, PGconn *conn, const outboxd_shop_event_t *
     snprintf(pr, sizeof(pr), "%lld", product);
     redisReply *rep = redisCommand(r, "EVAL %s 2 %s %s %s %s", incr_script, marker, key, q, pr);
     int rc = 0;
-    if (!rep || rep->type == REDIS_REPLY_ERROR) {
-        snprintf(errstr, errstr_size, "redis EVAL: %s",
-                 rep ? rep->str : (r->err ? r->errstr : "no reply"));
-        rc = -1;
+    if (!rep) {
+        /* an I/O error or a timeout: Redis went away mid-command */
+        snprintf(errstr, errstr_size, "redis EVAL: %s", r->err ? r->errstr : "no reply");
+        rc = OUTBOXD_SHOP_UNAVAILABLE;
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        snprintf(errstr, errstr_size, "redis EVAL: %s", rep->str);
+        rc = redis_away(rep->str) ? OUTBOXD_SHOP_UNAVAILABLE : OUTBOXD_SHOP_FAILED;
     }
     if (rep)
         freeReplyObject(rep);

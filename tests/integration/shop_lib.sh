@@ -26,6 +26,10 @@ extra_cleanup() {
             [ -s "$f" ] && { echo "--- $f" >&2; tail -n 25 "$f" >&2; }
         done
     fi
+    # a test that closed a service's database (ALLOW_CONNECTIONS false) and
+    # failed before opening it: open it so that its slot and it can be dropped
+    [ -n "${SHOP_REOPEN_DB:-}" ] &&
+        psql -X -q -d postgres -c "ALTER DATABASE \"$SHOP_REOPEN_DB\" ALLOW_CONNECTIONS true" >/dev/null 2>&1
     shop_stop_all
     # Under ASan/UBSan (OUTBOXD_SANITIZE) a report in any service's log fails
     # the test (rc is lib.sh cleanup()'s exit status).

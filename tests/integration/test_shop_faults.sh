@@ -8,6 +8,9 @@
 #    outboxd's Avro at all is dead-lettered without retries;
 #  - the schema registry away: a service that has no schema cached waits
 #    for it (retries with backoff) and dead-letters nothing;
+#  - a service's database away (member's, refusing connections) while a
+#    command and a compensation wait for it: both are applied once it is
+#    back, nothing dead-lettered, no payment left COMPENSATING;
 #  - timeout: product stopped, the saga fails by timeout and compensates the
 #    others; product comes back, its late success is compensated too;
 #  - the coordinator SIGKILLed with sagas open, restarted: all finish;
@@ -112,6 +115,83 @@ wait_payment "$PID" COMPLETED 120
 [ "$(topic_count payment-pending.dlt "$PID")" = 0 ] || fail "the payment's command is on payment-pending.dlt"
 log "registry away: product retried the lookup $(product_stat registryWaits) time(s), then applied the event; payment COMPLETED, nothing dead-lettered"
 
+# ---------------------------------------------------------- database away
+# member's database refuses connections (ALLOW_CONNECTIONS false, its
+# sessions terminated) for longer than the retries would last (4 attempts
+# from 100 ms: under a second), while member has a command and a
+# compensation to apply: the payment-pending of a good payment, and the
+# refund-balance of one that fails at product (stock 1, quantity 2) after
+# member had applied its step (product is held back until the database is
+# closed). Both are good events: they must wait for the database, not land
+# on a .dlt (a dead-lettered command leaves its saga waiting for the
+# timeout; a dead-lettered compensation leaves the payment COMPENSATING for
+# ever). The good payment goes straight to the payment service: the gateway
+# authenticates through member, which is away.
+log "database away: member's database refuses connections while it has a command and a compensation to apply"
+SCARCE=$(new_product scarce 1000 1)
+O1=$(order "$KIM_T" "$KB" 1 1000 null 0)
+O2=$(order "$KIM_T" "$SCARCE" 2 2000 null 0)
+settle
+# what must hold after: kim paid 1,000 once, keyboard's stock one less,
+# nothing else changed
+state() {
+    shop_db member "SELECT balance FROM members WHERE id = $KIM"
+    shop_db product "SELECT id || ' ' || stock FROM products WHERE id IN ($KB, $SCARCE) ORDER BY id"
+    shop_db order "SELECT id || ' ' || status FROM orders WHERE id IN ($O1, $O2) ORDER BY id"
+}
+want=$(
+    echo $(($(shop_db member "SELECT balance FROM members WHERE id = $KIM") - 1000))
+    shop_db product "SELECT id || ' ' || CASE WHEN id = $KB THEN stock - 1 ELSE stock END FROM products WHERE id IN ($KB, $SCARCE) ORDER BY id"
+    echo "$O1 COMPLETED"
+    echo "$O2 CREATED"
+)
+member_stat() { curl -s "http://127.0.0.1:${SHOP_PORT[member]}/stats" | jq --arg c "$1" ".consumers[] | select(.consumer == \$c) | .$2"; }
+dl0=$(($(member_stat pending deadLetters) + $(member_stat refund deadLetters)))
+MDB="${SHOP_DB_PREFIX}member"
+member_db_allow() {
+    psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "ALTER DATABASE \"$MDB\" ALLOW_CONNECTIONS $1" >/dev/null
+}
+# should the test fail while it is closed, the cleanup opens it again
+SHOP_REOPEN_DB=$MDB
+shop_stop_service product
+P2=$(pay "$KIM_T" "$O2" "$SCARCE" 2 2000 null 0 0s)
+PID2=$(jq -r .paymentId <<<"$P2")
+shop_wait_eq "member's step of the failing payment applied" 120 APPLIED shop_db member "SELECT state FROM payment_ops WHERE payment_id = '$PID2'" ||
+    fail "member did not apply its step of $PID2"
+member_db_allow false || fail "could not close member's database"
+psql -X -q -At -d postgres -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '$MDB'" >/dev/null || fail "could not end member's sessions"
+PID1=$(curl -s --max-time 60 -X POST -H "X-Member-Id: $KIM" -H 'Content-Type: application/json' \
+    --data "{\"orderId\": $O1, \"productId\": $KB, \"quantity\": 1, \"amount\": 1000, \"couponId\": null, \"discount\": 0}" \
+    "http://127.0.0.1:${SHOP_PORT[payment]}/payments?wait=0s" | jq -r '.paymentId // empty')
+[ -n "$PID1" ] || fail "could not start the good payment"
+shop_start_service product "${REPLAY[@]}"
+shop_wait_ready product || fail "product did not restart"
+# well past the retries' budget on both consumers: 200+400+800+1600 ms
+waiting() { [ "$(member_stat pending unavailableWaits)" -ge 5 ] && [ "$(member_stat refund unavailableWaits)" -ge 5 ]; }
+shop_wait_for "member waiting for its database on both consumers" 120 waiting || fail "member did not wait for its database: $(curl -s "http://127.0.0.1:${SHOP_PORT[member]}/stats")"
+during="$(payment_status "$PID1") $(payment_status "$PID2")"
+log "member waited $(member_stat pending unavailableWaits) + $(member_stat refund unavailableWaits) time(s); payments $during; opening its database again"
+member_db_allow true || fail "could not open member's database again"
+SHOP_REOPEN_DB=""
+[ "$during" = "PENDING COMPENSATING" ] || fail "payments were $during during the outage, expected PENDING COMPENSATING"
+wait_payment "$PID1" COMPLETED 180
+wait_payment "$PID2" FAILED 180
+settle
+dl1=$(($(member_stat pending deadLetters) + $(member_stat refund deadLetters)))
+[ "$dl1" = "$dl0" ] || fail "member dead-lettered $((dl1 - dl0)) event(s) while its database was away"
+for t in payment-pending refund-balance; do
+    [ "$(topic_count "$t.dlt" "$PID1")" = 0 ] && [ "$(topic_count "$t.dlt" "$PID2")" = 0 ] ||
+        fail "an event of the two payments is on $t.dlt"
+done
+[ "$(shop_db member "SELECT state FROM payment_ops WHERE payment_id = '$PID2'")" = COMPENSATED ] ||
+    fail "member's step of the failed payment is $(shop_db member "SELECT state FROM payment_ops WHERE payment_id = '$PID2'")"
+[ "$want" = "$(state)" ] || fail "state after the outage: $(diff <(echo "$want") <(state))"
+# member's pooled HTTP connections ended with its sessions: the gateway's
+# next request (authenticated by member) must get a fresh one, not an error
+shop_api GET /api/orders "$KIM_T" >/dev/null
+[ "$SHOP_CODE" = 200 ] || fail "the first request through the gateway after the outage: HTTP $SHOP_CODE: $(cat "$SHOP_WORK/api.body")"
+log "database away: the good payment COMPLETED, the failing one FAILED and compensated, nothing dead-lettered"
+
 # ----------------------------------------------------------------- timeout
 log "timeout: product stopped, saga times out after 5 s; product back, its late success is undone"
 shop_stop_service payment
@@ -200,7 +280,7 @@ topic_dump complete-order >"$WORK/complete.json"
 for p in "${PIDS[@]}" "${PIDS2[@]}"; do
     [ "$(grep -c "$p" "$WORK/complete.json")" = 1 ] || fail "complete-order for $p not exactly once"
 done
-shop_wait_eq "the data platform got 23 orders" 60 23 shop_db platform "SELECT count(*) FROM received_orders" ||
-    fail "data platform: $(shop_db platform "SELECT count(*) FROM received_orders") orders, expected 23 (2 before, 1 while the registry was away, 10 + 10)"
+shop_wait_eq "the data platform got 24 orders" 60 24 shop_db platform "SELECT count(*) FROM received_orders" ||
+    fail "data platform: $(shop_db platform "SELECT count(*) FROM received_orders") orders, expected 24 (2 before, 1 while the registry was away, 1 while member's database was, 10 + 10)"
 
 log "PASS in $((SECONDS - T0)) s"

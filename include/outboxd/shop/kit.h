@@ -8,7 +8,9 @@
  *    schema registry when outboxd uses one), records the
  *    event id in an inbox table in the same local transaction as the business
  *    change, commits the Kafka offset only after the local commit; bounded
- *    retries with backoff, then `<topic>.dlt` through the service's outbox;
+ *    retries with backoff, then `<topic>.dlt` through the service's outbox,
+ *    but a database (or Redis) that is away is waited out, never a reason to
+ *    dead-letter;
  *    a per-consumer rate limit and a bound on messages fetched ahead.
  *  - http: a small JSON server (libmicrohttpd, thread per connection).
  *  - pool: PostgreSQL connections for HTTP handlers.
@@ -46,6 +48,22 @@ typedef struct outboxd_shop_conf {
  * Returns 0, or -1 with errstr filled. */
 int outboxd_shop_schema_ensure(PGconn *conn, char *errstr, size_t errstr_size);
 
+/* True for the SQLSTATEs that say the database (not the statement) is the
+ * problem, so that the same statement may succeed later: connection
+ * exceptions (class 08), insufficient resources (53000, 53100 disk full,
+ * 53300 too many connections; not 53200 out of memory or 53400 a configured
+ * limit, which one event can cause), operator intervention
+ * (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now),
+ * serialization failure (40001) and deadlock (40P01). */
+bool outboxd_shop_sqlstate_transient(const char *sqlstate);
+
+/* The SQLSTATE of the last statement run in this thread through
+ * outboxd_shop_exec/query/command when it failed ("" when it succeeded, or
+ * its failure had none, as a lost connection has not);
+ * outboxd_shop_sqlstate_clear forgets it. */
+const char *outboxd_shop_last_sqlstate(void);
+void outboxd_shop_sqlstate_clear(void);
+
 /* Runs sql (no parameters); returns 0 or -1 with errstr filled. */
 int outboxd_shop_exec(PGconn *conn, const char *sql, char *errstr, size_t errstr_size);
 
@@ -72,9 +90,21 @@ typedef struct outboxd_shop_event {
 } outboxd_shop_event_t;
 
 /* A handler runs inside the local transaction that also records the event in
- * the inbox. It returns 0 when done (the transaction commits), or -1 with
- * errstr filled (the transaction rolls back and the event is retried, then
- * dead-lettered). */
+ * the inbox. It returns 0 when done (the transaction commits), or, with
+ * errstr filled and the transaction rolled back:
+ *  - OUTBOXD_SHOP_FAILED (-1): the event cannot be applied; it is retried
+ *    conf->retries times, then dead-lettered;
+ *  - OUTBOXD_SHOP_UNAVAILABLE (-2): something the handler needs is away (a
+ *    store other than the service's database, such as Redis): the event is
+ *    good, so it is retried with backoff until that answers, never
+ *    dead-lettered (a dead-lettered command would leave its saga waiting for
+ *    a step that never runs, and a dead-lettered compensation would leave the
+ *    payment COMPENSATING).
+ * The kit itself counts a -1 as unavailable when the service's database is
+ * the cause: the connection is lost, or the failed statement's SQLSTATE is
+ * one outboxd_shop_sqlstate_transient accepts. */
+#define OUTBOXD_SHOP_FAILED      (-1)
+#define OUTBOXD_SHOP_UNAVAILABLE (-2)
 typedef int (*outboxd_shop_handler_fn)(void *opaque, PGconn *conn, const outboxd_shop_event_t *ev,
                                        char *errstr, size_t errstr_size);
 
@@ -106,8 +136,9 @@ typedef struct outboxd_shop_consumer_stats {
     int64_t duplicates; /* events already in the inbox */
     int64_t retries;    /* failed attempts that were retried */
     int64_t dead_letters;
-    int64_t throttled_ms;   /* time spent waiting for the rate limit (back-pressure) */
-    int64_t registry_waits; /* decodes retried because the schema registry was away */
+    int64_t throttled_ms;      /* time spent waiting for the rate limit (back-pressure) */
+    int64_t registry_waits;    /* decodes retried because the schema registry was away */
+    int64_t unavailable_waits; /* attempts retried because the database (or Redis) was away */
 } outboxd_shop_consumer_stats_t;
 
 typedef struct outboxd_shop_consumer outboxd_shop_consumer_t;

@@ -7,7 +7,11 @@
  * A failing handler is retried with exponential backoff; after conf->retries
  * retries the event goes to "<topic>.dlt" through the service's own outbox
  * (with the error), in a transaction that also records it in the inbox, and
- * the consumer goes on.
+ * the consumer goes on. A failure that says what the handler needs is away
+ * (the service's database, Redis: see OUTBOXD_SHOP_UNAVAILABLE) is not the
+ * event's fault: it is retried until that answers and never counted against
+ * the retries, as a schema registry that is away is. Only events that cannot
+ * be applied reach the dead-letter topic.
  *
  * Throttling: a token bucket (conf->rate_per_s) in front of the handler, and
  * librdkafka's prefetch bounded to conf->max_in_flight messages, so a slow
@@ -298,25 +302,42 @@ static const char *jstr(json_t *o, const char *k)
     return s ? s : "";
 }
 
-/* One attempt: returns 0 applied, 1 duplicate, -1 failed (errstr). */
+/* A failure of the service's database itself rather than of the statement:
+ * the connection is gone or the SQLSTATE says "try again". Read before the
+ * ROLLBACK, which would not change either. */
+static int db_failure(outboxd_shop_consumer_t *c)
+{
+    if (PQstatus(c->conn) != CONNECTION_OK ||
+        outboxd_shop_sqlstate_transient(outboxd_shop_last_sqlstate()))
+        return OUTBOXD_SHOP_UNAVAILABLE;
+    return OUTBOXD_SHOP_FAILED;
+}
+
+/* One attempt: returns 0 applied, 1 duplicate, OUTBOXD_SHOP_FAILED or
+ * OUTBOXD_SHOP_UNAVAILABLE (errstr filled). */
 static int apply_once(outboxd_shop_consumer_t *c, const char *event_id,
                       const outboxd_shop_event_t *ev, char *errstr, size_t errstr_size)
 {
+    outboxd_shop_sqlstate_clear();
     ensure_conn(c);
     if (outboxd_shop_exec(c->conn, "BEGIN", errstr, errstr_size) < 0)
-        return -1;
+        return db_failure(c);
     int fresh = inbox_insert(c, event_id, errstr, errstr_size);
     if (fresh <= 0) {
+        int rc = fresh == 0 ? 1 : db_failure(c);
         rollback(c);
-        return fresh == 0 ? 1 : -1;
+        return rc;
     }
-    if (c->handler(c->opaque, c->conn, ev, errstr, errstr_size) < 0) {
+    int hrc = c->handler(c->opaque, c->conn, ev, errstr, errstr_size);
+    if (hrc < 0) {
+        int rc = hrc == OUTBOXD_SHOP_UNAVAILABLE ? hrc : db_failure(c);
         rollback(c);
-        return -1;
+        return rc;
     }
     if (outboxd_shop_exec(c->conn, "COMMIT", errstr, errstr_size) < 0) {
+        int rc = db_failure(c);
         rollback(c);
-        return -1;
+        return rc;
     }
     return 0;
 }
@@ -419,9 +440,27 @@ static bool handle_message(outboxd_shop_consumer_t *c, const rd_kafka_message_t 
             .envelope = env,
         };
         int64_t backoff = c->conf.retry_backoff_ms > 0 ? c->conf.retry_backoff_ms : 100;
+        int64_t away_backoff = 200;
         for (;;) {
             attempts++;
             int rc = apply_once(c, event_id, &ev, errstr, sizeof(errstr));
+            if (rc == OUTBOXD_SHOP_UNAVAILABLE) {
+                /* Not the event's fault: wait, do not count it (the offset
+                 * stays uncommitted until it is applied). */
+                attempts--;
+                LOG_WARN(c->scope,
+                         "event %s (%s): waiting for what it needs, retrying in %lld ms (not "
+                         "counted against the retries): %s",
+                         event_id, ev.topic, (long long)away_backoff, errstr);
+                stat_add(c, &c->stats.unavailable_waits, 1);
+                nap_us(c, away_backoff * 1000);
+                if (atomic_load(&c->stop)) {
+                    json_decref(env);
+                    return false;
+                }
+                away_backoff = away_backoff * 2 > 5000 ? 5000 : away_backoff * 2;
+                continue;
+            }
             if (rc == 0) {
                 stat_add(c, &c->stats.handled, 1);
                 json_decref(env);

@@ -4,6 +4,7 @@
  */
 #include "outboxd/shop/kit.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,11 +30,44 @@ static const char *kit_schema = "CREATE TABLE IF NOT EXISTS outbox ("
                                 " handled_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
                                 " PRIMARY KEY (consumer, event_id));";
 
+/* Per thread: each consumer and each HTTP connection runs on its own. */
+static _Thread_local char last_sqlstate[6];
+
+static void note_sqlstate(const PGresult *res)
+{
+    const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(last_sqlstate, sizeof(last_sqlstate), "%s", s ? s : "");
+}
+
+const char *outboxd_shop_last_sqlstate(void)
+{
+    return last_sqlstate;
+}
+
+void outboxd_shop_sqlstate_clear(void)
+{
+    last_sqlstate[0] = '\0';
+}
+
+bool outboxd_shop_sqlstate_transient(const char *s)
+{
+    if (!s || strlen(s) != 5)
+        return false;
+    if (strncmp(s, "08", 2) == 0)
+        return true;
+    /* Of class 53 not 53200 (out of memory) nor 53400 (a limit such as
+     * temp_file_limit): one event can cause those, and would loop for ever. */
+    return strcmp(s, "53000") == 0 || strcmp(s, "53100") == 0 || strcmp(s, "53300") == 0 ||
+           strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
+           strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0;
+}
+
 int outboxd_shop_exec(PGconn *conn, const char *sql, char *errstr, size_t errstr_size)
 {
     PGresult *res = PQexec(conn, sql);
     ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        note_sqlstate(res);
         snprintf(errstr, errstr_size, "%s", PQerrorMessage(conn));
         size_t n = strlen(errstr);
         while (n > 0 && (errstr[n - 1] == '\n' || errstr[n - 1] == ' '))
@@ -41,6 +75,7 @@ int outboxd_shop_exec(PGconn *conn, const char *sql, char *errstr, size_t errstr
         PQclear(res);
         return -1;
     }
+    last_sqlstate[0] = '\0';
     PQclear(res);
     return 0;
 }
@@ -63,6 +98,7 @@ PGresult *outboxd_shop_query(PGconn *conn, const char *sql, int n, const char *c
     PGresult *res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        note_sqlstate(res);
         const char *msg = PQresultErrorMessage(res);
         snprintf(errstr, errstr_size, "%s", msg && *msg ? msg : PQerrorMessage(conn));
         size_t len = strlen(errstr);
@@ -71,6 +107,7 @@ PGresult *outboxd_shop_query(PGconn *conn, const char *sql, int n, const char *c
         PQclear(res);
         return NULL;
     }
+    last_sqlstate[0] = '\0';
     return res;
 }
 
@@ -110,7 +147,12 @@ int outboxd_shop_outbox_write(PGconn *conn, const outboxd_shop_conf_t *conf, con
 
 PGconn *outboxd_shop_connect(const char *dsn, char *errstr, size_t errstr_size)
 {
-    PGconn *conn = PQconnectdb(dsn);
+    /* A host that does not answer must not hold a consumer (which waits
+     * out a database that is away) past a stop for TCP's minutes: 5 s
+     * unless the dsn sets its own (it comes later, so it wins). */
+    const char *const keys[] = {"connect_timeout", "dbname", NULL};
+    const char *const vals[] = {"5", dsn, NULL};
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(conn) != CONNECTION_OK) {
         snprintf(errstr, errstr_size, "cannot connect to \"%s\": %s", dsn, PQerrorMessage(conn));
         size_t n = strlen(errstr);
@@ -186,13 +228,31 @@ outboxd_shop_pool_t *outboxd_shop_pool_new(const char *dsn)
     return p;
 }
 
+/* An idle connection the server has ended (a restart, pg_terminate_backend)
+ * still says CONNECTION_OK until something reads from it. An idle pooled
+ * connection has nothing to say (the shop does not LISTEN): anything to
+ * read, the server's FATAL message or the end of the stream, means it is
+ * gone, and the request gets a fresh connection instead of an error. */
+static bool idle_alive(PGconn *c)
+{
+    if (PQstatus(c) != CONNECTION_OK || PQsocket(c) < 0)
+        return false;
+    struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+    return poll(&pfd, 1, 0) == 0;
+}
+
 PGconn *outboxd_shop_pool_get(outboxd_shop_pool_t *p, char *errstr, size_t errstr_size)
 {
-    pthread_mutex_lock(&p->mu);
-    PGconn *c = p->n_idle > 0 ? p->idle[--p->n_idle] : NULL;
-    pthread_mutex_unlock(&p->mu);
-    if (c)
-        return c;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        PGconn *c = p->n_idle > 0 ? p->idle[--p->n_idle] : NULL;
+        pthread_mutex_unlock(&p->mu);
+        if (!c)
+            break;
+        if (idle_alive(c))
+            return c;
+        PQfinish(c);
+    }
     return outboxd_shop_connect(p->dsn, errstr, errstr_size);
 }
 

@@ -301,12 +301,32 @@ static void test_path_split(void **state)
     assert_int_equal(outboxd_shop_path_split("/a/b/c/d/e/f", buf, sizeof(buf), seg, 4), 4);
 }
 
+/* Which failures of the service's database the consumer waits out instead
+ * of dead-lettering the event. */
+static void test_sqlstate_transient(void **state)
+{
+    (void)state;
+    const char *transient[] = {"08000", "08006", "08001", "53100", "53300",
+                               "57P01", "57P02", "57P03", "40001", "40P01"};
+    for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++)
+        assert_true(outboxd_shop_sqlstate_transient(transient[i]));
+    /* the statement's or the data's fault: retried a few times, then .dlt */
+    const char *permanent[] = {"23505", "23503", "22P02", "42P01", "42703",
+                               "25P02", "53200", "53400", "57014", "55000",
+                               "P0001", "",      "08",    "0800",  "080000"};
+    for (size_t i = 0; i < sizeof(permanent) / sizeof(permanent[0]); i++)
+        assert_false(outboxd_shop_sqlstate_transient(permanent[i]));
+    assert_false(outboxd_shop_sqlstate_transient(NULL));
+    outboxd_shop_sqlstate_clear();
+    assert_string_equal(outboxd_shop_last_sqlstate(), "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_throttle_unlimited), cmocka_unit_test(test_throttle_rate),
         cmocka_unit_test(test_decode_roundtrip),   cmocka_unit_test(test_decode_wire_format),
-        cmocka_unit_test(test_path_split),
+        cmocka_unit_test(test_path_split),         cmocka_unit_test(test_sqlstate_transient),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
