@@ -280,7 +280,7 @@ shop_stop_service() {
 
 shop_start_relay() {
     shop_relay_config
-    "$OUTBOXD_BIN" check -c "$SHOP_RELAY_CONFIG" >"$SHOP_WORK/check.log" 2>&1 || {
+    "$OUTBOXD_BIN" check --create -c "$SHOP_RELAY_CONFIG" >"$SHOP_WORK/check.log" 2>&1 || {
         cat "$SHOP_WORK/check.log" >&2
         shop_die "outboxd check failed"
         return 1

@@ -65,7 +65,7 @@ static void on_hup(int sig)
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: outboxd [run] -c FILE [--log-level LEVEL] [--log-format text|json]\n"
-               "       outboxd check -c FILE\n"
+               "       outboxd check -c FILE [--create]\n"
                "       outboxd status -c FILE\n"
                "       outboxd replay -c FILE --source S --from-lsn X [--to-lsn Y]\n"
                "                      [--topic-suffix SUF | --to-topic T] [--dry-run]\n"
@@ -79,8 +79,9 @@ static void usage(FILE *f)
                "          configuration file (README: Reloading the configuration)\n"
                "  check   validate the configuration, then connect to every source and\n"
                "          check wal_level, the publication, the slot and the outbox\n"
-               "          columns (creating the publication and slot where configured);\n"
-               "          prints what to fix, or 'configuration OK'\n"
+               "          columns; prints what to fix, or 'configuration OK'; changes\n"
+               "          nothing, unless --create: then it creates the publication and\n"
+               "          slot where create_publication / create_slot allow, as run does\n"
                "  status  per source: replication slot (active, confirmed LSN, lag, WAL\n"
                "          retained), last checkpoint in Kafka, and the running relay's\n"
                "          state and lag in seconds (from metrics.listen); read-only\n"
@@ -103,13 +104,17 @@ static void usage(FILE *f)
                "or configuration error; a second SIGTERM/SIGINT exits at once (128 + signal).\n");
 }
 
-static int cmd_check(const outboxd_config_t *conf)
+/* Validates only, as DESIGN.md section 5 asks: a slot made by check for a
+ * relay that never starts would keep WAL for ever. --create makes what
+ * create_publication / create_slot allow (as run does at its start), for
+ * a slot that must exist before the first outbox rows are written. */
+static int cmd_check(const outboxd_config_t *conf, bool create)
 {
     int problems = 0;
     for (size_t i = 0; i < conf->n_sources; i++) {
         const outboxd_source_conf_t *src = &conf->sources[i];
         outboxd_buf_t report = {0};
-        int n = outboxd_pgsetup_check(src, true, &report, NULL);
+        int n = outboxd_pgsetup_check(src, create, &report, NULL);
         if (n >= 0)
             n += outboxd_pgsetup_check_topics(src, &report);
         if (report.len)
@@ -501,10 +506,11 @@ int main(int argc, char **argv)
                                          {"to-topic", required_argument, NULL, 'R'},
                                          {"dry-run", no_argument, NULL, 'R'},
                                          {"start-lsn", required_argument, NULL, 'S'},
+                                         {"create", no_argument, NULL, 'C'},
                                          {NULL, 0, NULL, 0}};
     const char *path = NULL, *level = NULL, *format = NULL;
     outboxd_replay_args_t rargs = {0};
-    bool replay_opts = false;
+    bool replay_opts = false, create = false;
     const char *start_lsn[MAX_START_LSN];
     size_t n_start_lsn = 0;
     char aerr[512];
@@ -524,6 +530,9 @@ int main(int argc, char **argv)
                 return 2;
             }
             start_lsn[n_start_lsn++] = optarg;
+            break;
+        case 'C':
+            create = true;
             break;
         case 'c':
             path = optarg;
@@ -553,6 +562,10 @@ int main(int argc, char **argv)
     if (replay_opts && !is_replay) {
         fprintf(stderr, "outboxd: --source, --from-lsn, --to-lsn, --topic-suffix, --to-topic and "
                         "--dry-run belong to the replay command\n");
+        return 2;
+    }
+    if (create && strcmp(command, "check") != 0) {
+        fprintf(stderr, "outboxd: --create belongs to the check command\n");
         return 2;
     }
     if (n_start_lsn && strcmp(command, "run") != 0) {
@@ -618,7 +631,7 @@ int main(int argc, char **argv)
     }
     int rc;
     if (strcmp(command, "check") == 0) {
-        rc = cmd_check(conf);
+        rc = cmd_check(conf, create);
     } else if (strcmp(command, "status") == 0) {
         int problems = outboxd_status_report(conf, stdout);
         if (problems)

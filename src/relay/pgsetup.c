@@ -121,6 +121,23 @@ static void problem(check_t *c, const char *fmt, ...)
         free(text);
 }
 
+/* A line of the report that is not a problem (check still exits 0). */
+static void note(check_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void note(check_t *c, const char *fmt, ...)
+{
+    char *text = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&text, fmt, ap);
+    va_end(ap);
+    outboxd_buf_printf(c->report, "source %s: ", c->src->name);
+    append_flat(c->report, n >= 0 ? text : "out of memory while writing a note");
+    outboxd_buf_append_str(c->report, "\n");
+    if (n >= 0)
+        free(text);
+}
+
 /* The server's primary message plus its hint, or libpq's message when the
  * failure happened before the server answered. */
 static void result_error(PGconn *conn, const PGresult *res, char *out, size_t size)
@@ -663,9 +680,16 @@ static void missing_publication(check_t *c)
             identity_ok = false;
         }
     }
-    if (!(c->create && src->create_publication)) {
+    if (!src->create_publication) {
         problem(c, "publication '%s' does not exist; create it with: %s", src->publication,
                 sql.data);
+    } else if (!c->create) {
+        /* outboxd check validates only (DESIGN.md section 5): what it would
+         * create is left to run, or to check --create. */
+        note(c,
+             "publication '%s' does not exist yet; outboxd run creates it at its start "
+             "(create_publication: true), or outboxd check --create now, with: %s",
+             src->publication, sql.data);
     } else if (!c->tables_ok || !identity_ok || c->conn_lost) {
         problem(c,
                 "publication '%s' does not exist; it is created once the problems above are "
@@ -793,6 +817,11 @@ static void add_missing_table(check_t *c, const outboxd_table_conf_t *t, bool pu
                     "the owner of the publication and the table: %s",
                     c->src->publication, t->schema, t->name, err, sql.data);
         }
+    } else if (!c->create && c->src->create_publication && identity_ok) {
+        note(c,
+             "publication '%s' does not include %s.%s yet; outboxd run adds it at its start "
+             "(create_publication: true), or outboxd check --create now, with: %s",
+             c->src->publication, t->schema, t->name, sql.data);
     } else {
         problem(c, "publication '%s' does not include %s.%s; run: %s", c->src->publication,
                 t->schema, t->name, sql.data);
@@ -972,9 +1001,16 @@ static void missing_slot(check_t *c)
     const char *sql = ok ? shown.data
                          : "SELECT pg_create_logical_replication_slot(<slot>, "
                            "'pgoutput')";
-    if (!(c->create && src->create_slot)) {
+    if (!src->create_slot) {
         problem(c, "replication slot '%s' does not exist; create it%s with: %s", src->slot,
                 c->pub_exists ? "" : " after the publication", sql);
+    } else if (!c->create) {
+        /* Not made here: a slot that no relay reads keeps WAL for ever. */
+        note(c,
+             "replication slot '%s' does not exist yet; outboxd run creates it at its start "
+             "(create_slot: true), or outboxd check --create now; rows committed before it "
+             "exists are not relayed",
+             src->slot);
     } else if (!c->wal_ok || !c->role_ok || !c->pub_exists || c->conn_lost) {
         /* Besides failing outright without wal_level/privilege, a slot made
          * before its publication cannot decode changes made in between:
@@ -1059,6 +1095,16 @@ static void check_slot(check_t *c)
         missing_slot(c);
         return;
     }
+    if (!c->create && !c->pub_exists && src->create_publication)
+        /* The publication that run would create now would be younger than
+         * this slot (see check_slot_predates): run would refuse to start. */
+        problem(c,
+                "replication slot '%s' exists but publication '%s' does not: created now (by "
+                "outboxd run or check --create) it would be younger than the slot, and pgoutput "
+                "cannot decode the changes in between; run outboxd check --create, which creates "
+                "it and names the pg_replication_slot_advance that skips them (none of them "
+                "was published)",
+                src->slot, src->publication);
     const char *type = PQgetvalue(res, 0, 0);
     const char *plugin = PQgetvalue(res, 0, 1);
     const char *db = PQgetvalue(res, 0, 2);
@@ -1153,16 +1199,24 @@ static void check_retention_slot(check_t *c)
             strcmp(PQgetvalue(res, 0, 1), "pgoutput") != 0)
             problem(c,
                     "retention slot '%s' exists but is not a logical pgoutput slot; drop it with "
-                    "SELECT pg_drop_replication_slot('%s') and run outboxd check again",
+                    "SELECT pg_drop_replication_slot('%s') and run outboxd check --create",
                     src->retention_slot, src->retention_slot);
         PQclear(res);
         return;
     }
     PQclear(res);
-    if (!(c->create && src->create_slot) || !c->wal_ok || !c->role_ok || !c->pub_exists) {
+    if (src->create_slot && !c->create) {
+        note(c,
+             "retention slot '%s' (replay_window) does not exist yet; outboxd run creates it at "
+             "its start (create_slot: true), or outboxd check --create now; events committed "
+             "before it exists cannot be replayed",
+             src->retention_slot);
+        return;
+    }
+    if (!src->create_slot || !c->wal_ok || !c->role_ok || !c->pub_exists) {
         problem(c,
-                "retention slot '%s' (replay_window) does not exist; run outboxd check or start "
-                "the relay (create_slot: true) to create it, or create it with: SELECT "
+                "retention slot '%s' (replay_window) does not exist; run outboxd check --create "
+                "or start the relay (create_slot: true) to create it, or create it with: SELECT "
                 "pg_copy_logical_replication_slot('%s', '%s')",
                 src->retention_slot, src->slot, src->retention_slot);
         return;

@@ -114,7 +114,7 @@ static void retention_warn(outboxd_retention_t *r, const char *what, const char 
     r->last_warn_ms = now;
     LOG_WARN(r->src->name,
              "retention slot %s: %s: %s (the replay window is not moving; it keeps more WAL "
-             "until this is fixed; `outboxd check` re-creates a missing retention slot)",
+             "until this is fixed; `outboxd check --create` re-creates a missing retention slot)",
              r->src->retention_slot, what, why);
 }
 
@@ -919,11 +919,12 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
         return 1;
     }
     if (rc == 0) {
-        snprintf(errstr, errstr_size,
-                 "source %s: retention slot %s does not exist: run `outboxd check -c FILE` (or "
-                 "start the relay) to create it; replay then covers events committed after it "
-                 "was created",
-                 src->name, src->retention_slot);
+        snprintf(
+            errstr, errstr_size,
+            "source %s: retention slot %s does not exist: run `outboxd check --create -c FILE` (or "
+            "start the relay) to create it; replay then covers events committed after it "
+            "was created",
+            src->name, src->retention_slot);
         return 2;
     }
     outboxd_lsn_t start;
@@ -1109,12 +1110,13 @@ int outboxd_replay_run(const outboxd_config_t *conf, const outboxd_replay_args_t
         return 2;
     }
     if (!src->retention_slot) {
-        snprintf(errstr, errstr_size,
-                 "source %s has no retention slot, so there is nothing to replay from: set "
-                 "replay_window (e.g. replay_window: 1h) under the source or under relay:, then "
-                 "run `outboxd check` or restart the relay to create the slot; only events "
-                 "committed after that can be replayed",
-                 src->name);
+        snprintf(
+            errstr, errstr_size,
+            "source %s has no retention slot, so there is nothing to replay from: set "
+            "replay_window (e.g. replay_window: 1h) under the source or under relay:, then "
+            "run `outboxd check --create` or restart the relay to create the slot; only events "
+            "committed after that can be replayed",
+            src->name);
         return 2;
     }
     for (size_t i = 0; i < src->n_tables; i++)
@@ -1236,9 +1238,10 @@ int outboxd_replay_skip_to(const outboxd_config_t *conf, const outboxd_source_co
         goto out;
     }
     if (PQntuples(res) != 1) {
-        snprintf(errstr, errstr_size,
-                 "--start-lsn %s=%s: slot %s does not exist; run `outboxd check -c FILE` first",
-                 src->name, l, src->slot);
+        snprintf(
+            errstr, errstr_size,
+            "--start-lsn %s=%s: slot %s does not exist; run `outboxd check --create -c FILE` first",
+            src->name, l, src->slot);
         rc = -2; /* refused */
         goto out;
     }

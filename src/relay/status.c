@@ -269,8 +269,10 @@ static int report_slot(PGconn *pg, const outboxd_source_conf_t *src, int timeout
         fprintf(out, "  database:         query failed: %s\n", err);
         problems = 1;
     } else if (PQntuples(res) == 0) {
-        fprintf(out, "  slot:             %s MISSING (run `outboxd check -c FILE` to create it)\n",
-                src->slot);
+        fprintf(
+            out,
+            "  slot:             %s MISSING (run `outboxd check --create -c FILE` to create it)\n",
+            src->slot);
         problems = 1;
     } else {
         bool active = PQgetvalue(res, 0, 0)[0] == 't';
@@ -333,7 +335,7 @@ static int report_retention(PGconn *pg, const outboxd_source_conf_t *src, int ti
     } else if (PQntuples(res) == 0) {
         fprintf(out,
                 "  replay_window:    %s, but retention slot %s is MISSING (run `outboxd check "
-                "-c FILE` to create it)\n",
+                "--create -c FILE` to create it)\n",
                 win, src->retention_slot);
         problems = 1;
     } else {

@@ -174,7 +174,7 @@ EOF2
 # prepare_sources CONFIG: `outboxd check` creates each publication and slot,
 # so rows written from now on are decoded even before the relay first runs.
 prepare_sources() {
-    "$OUTBOXD_BIN" check -c "$1" >"$WORK/check.log" 2>&1 || {
+    "$OUTBOXD_BIN" check --create -c "$1" >"$WORK/check.log" 2>&1 || {
         cat "$WORK/check.log" >&2
         fail "outboxd check failed"
     }

@@ -207,7 +207,7 @@ EOF
 # here on is decoded for both sides.
 prepare_sources "$WORK/outboxd.yaml"
 if [ "$AVRO" = 1 ]; then
-    "$OUTBOXD_BIN" check -c "$WORK/outboxd_a.yaml" >"$WORK/check_a.log" 2>&1 || {
+    "$OUTBOXD_BIN" check --create -c "$WORK/outboxd_a.yaml" >"$WORK/check_a.log" 2>&1 || {
         cat "$WORK/check_a.log" >&2
         fail "outboxd check (Avro) failed"
     }

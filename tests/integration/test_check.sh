@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ctest: parallel
-# `outboxd check` names what is wrong and how to fix it: a missing outbox
+# `outboxd check` changes nothing unless --create, and names what is wrong
+# and how to fix it: a missing outbox
 # column, a missing publication (not created when create_publication is
 # false), wal_level not logical (on a second server initdb'd here with
 # wal_level=replica), a topic template naming a missing column, and Kafka
@@ -24,13 +25,46 @@ expect_check() { # expect_check CONFIG EXIT_CODE PATTERN...
     done
 }
 
-# 1. A correct database: publication and slot are created, all OK.
+# 1. A correct database. check changes nothing (DESIGN.md section 5; a slot
+#    that no relay reads would keep WAL for ever): the publication and slot
+#    it would create are notes, not problems. check --create makes them, as
+#    run does at its start; --create belongs to check alone.
 DB=cgood_$RUN_ID
 create_outbox_db "$DB"
 write_config "$WORK/good.yaml" "$DB"
-expect_check "$WORK/good.yaml" 0 "configuration OK" "source $DB: OK" "kafka: OK"
-[ "$(psql_db "$DB" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '${DB}_${RUN_ID}'")" = 1 ] ||
-    fail "check did not create the slot"
+slots() { psql_db "$DB" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '${DB}_${RUN_ID}'"; }
+pubs() { psql_db "$DB" -c "SELECT count(*) FROM pg_publication WHERE pubname = 'outboxd_pub'"; }
+expect_check "$WORK/good.yaml" 0 "configuration OK" "source $DB: OK" "kafka: OK" \
+    "source $DB: publication 'outboxd_pub' does not exist yet; outboxd run creates it at its start (create_publication: true), or outboxd check --create now, with: CREATE PUBLICATION" \
+    "source $DB: replication slot '${DB}_${RUN_ID}' does not exist yet; outboxd run creates it at its start (create_slot: true), or outboxd check --create now"
+[ "$(slots) $(pubs)" = "0 0" ] || fail "check without --create changed the database: slots and publications $(slots) $(pubs)"
+grep -q "created replication slot\|created publication" "$WORK/check.out" && fail "check without --create says it created something"
+rc=0
+"$OUTBOXD_BIN" check --create -c "$WORK/good.yaml" >"$WORK/check-create.out" 2>&1 || rc=$?
+[ $rc = 0 ] || fail "check --create exited $rc: $(cat "$WORK/check-create.out")"
+grep -q "created publication outboxd_pub" "$WORK/check-create.out" && grep -q "created replication slot ${DB}_${RUN_ID} (pgoutput)" "$WORK/check-create.out" ||
+    fail "check --create did not say what it created: $(cat "$WORK/check-create.out")"
+[ "$(slots) $(pubs)" = "1 1" ] || fail "check --create did not create the publication and slot: $(slots) $(pubs)"
+expect_check "$WORK/good.yaml" 0 "configuration OK" "source $DB: OK"
+grep -q "does not exist yet; outboxd run" "$WORK/check.out" && fail "check still notes a missing slot or publication after --create"
+rc=0
+"$OUTBOXD_BIN" run --create -c "$WORK/good.yaml" >"$WORK/run-create.out" 2>&1 || rc=$?
+[ $rc = 2 ] && grep -q -- "--create belongs to the check command" "$WORK/run-create.out" ||
+    fail "run --create: exit $rc: $(cat "$WORK/run-create.out")"
+
+# 1b. A slot made by hand before the publication: run would create the
+#     publication younger than the slot and refuse to start, so plain check
+#     must not say OK; check --create names the slot advance that skips the
+#     changes in between.
+DB1B=cslot_$RUN_ID
+create_outbox_db "$DB1B"
+write_config "$WORK/slotfirst.yaml" "$DB1B"
+psql_db "$DB1B" -c "SELECT pg_create_logical_replication_slot('${DB1B}_${RUN_ID}', 'pgoutput')" >/dev/null
+expect_check "$WORK/slotfirst.yaml" 1 \
+    "source $DB1B: replication slot '${DB1B}_${RUN_ID}' exists but publication 'outboxd_pub' does not: created now (by outboxd run or check --create) it would be younger than the slot" \
+    "problem(s) found"
+[ "$(psql_db "$DB1B" -c "SELECT count(*) FROM pg_publication WHERE pubname = 'outboxd_pub'")" = 0 ] ||
+    fail "check without --create created the publication"
 
 # 2. A missing outbox column.
 DB2=ccol_$RUN_ID

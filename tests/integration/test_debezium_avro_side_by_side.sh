@@ -208,7 +208,7 @@ sources:
           table.field.event.timestamp: ts
           table.fields.additional.placement: "$PLACE_V"
 EOF
-"$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check.log" 2>&1 || {
+"$OUTBOXD_BIN" check --create -c "$WORK/outboxd.yaml" >"$WORK/check.log" 2>&1 || {
     cat "$WORK/check.log" >&2
     fail "outboxd check failed"
 }

@@ -172,7 +172,7 @@ cat >"$WORK/dbz_s.json" <<EOF
  "transforms.outbox.table.fields.additional.placement": "seq:header:sequence,aggregatetype:header"
 }
 EOF
-"$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check.log" 2>&1 || {
+"$OUTBOXD_BIN" check --create -c "$WORK/outboxd.yaml" >"$WORK/check.log" 2>&1 || {
     cat "$WORK/check.log" >&2
     fail "outboxd check failed"
 }

@@ -15,7 +15,7 @@ create_outbox_db "$A"
 psql_db postgres -c "DROP DATABASE IF EXISTS \"$B\" WITH (FORCE)" >/dev/null
 write_config "$WORK/outboxd.yaml" "$A" "$B"
 sed -i 's/^relay:/relay:\n  reconnect_max_backoff_ms: 1000/' "$WORK/outboxd.yaml"
-"$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check.out" 2>&1 && fail "check passed with a missing database"
+"$OUTBOXD_BIN" check --create -c "$WORK/outboxd.yaml" >"$WORK/check.out" 2>&1 && fail "check passed with a missing database"
 grep -q "source $B: cannot connect" "$WORK/check.out" || fail "check did not name the failing source: $(cat "$WORK/check.out")"
 
 start_relay "$WORK/outboxd.yaml"

@@ -206,7 +206,7 @@ write_config "$WORK/tpl.yaml" "$DB"
 sed -i 's/^        topic: "\(.*\)\.ev\.\${aggregatetype}"$/        topic: "\1.ev.${tenant}"/; s/'"$RUN_ID"'.dlt/'"$RUN_ID"'.dlt5/' "$WORK/tpl.yaml"
 grep -q 'ev.${tenant}' "$WORK/tpl.yaml" || fail "test setup: template not replaced"
 rc=0
-"$OUTBOXD_BIN" check -c "$WORK/tpl.yaml" >"$WORK/tpl_check.out" 2>&1 || rc=$?
+"$OUTBOXD_BIN" check --create -c "$WORK/tpl.yaml" >"$WORK/tpl_check.out" 2>&1 || rc=$?
 [ $rc -eq 1 ] && grep -q "has no column 'tenant'" "$WORK/tpl_check.out" || fail "check did not report the template column (exit $rc)"
 start_relay "$WORK/tpl.yaml" relay_tpl
 relay=$RELAY_PID

@@ -46,7 +46,7 @@ conf() { # conf FILE REGISTRY_KEYS...
 }
 check_says() { # check_says CONFIG EXIT PATTERN
     local rc=0
-    "$OUTBOXD_BIN" check -c "$1" >"$WORK/check.out" 2>&1 || rc=$?
+    "$OUTBOXD_BIN" check --create -c "$1" >"$WORK/check.out" 2>&1 || rc=$?
     grep -qF -- "$3" "$WORK/check.out" && [ "$rc" -eq "$2" ] ||
         fail "check on $(basename "$1"): exit $rc, expected $2 and '$3' in: $(cat "$WORK/check.out")"
     log "check $(basename "$1"): $(grep -F -- "$3" "$WORK/check.out" | head -1 | cut -c1-200)"

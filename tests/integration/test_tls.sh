@@ -155,7 +155,7 @@ check_says() {
     local cf=$1 want=$2 rc=0 out
     shift 2
     out=$WORK/check-$(basename "$cf" .yaml).out
-    OUTBOXD_TEST_SASL_PASSWORD=$KAFKA_SECRET "$OUTBOXD_BIN" check -c "$cf" >"$out" 2>&1 || rc=$?
+    OUTBOXD_TEST_SASL_PASSWORD=$KAFKA_SECRET "$OUTBOXD_BIN" check --create -c "$cf" >"$out" 2>&1 || rc=$?
     OUTPUTS+=("$out")
     [ "$rc" -eq "$want" ] || fail "check $(basename "$cf"): exit $rc, expected $want: $(cat "$out")"
     for p in "$@"; do
