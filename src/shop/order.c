@@ -224,15 +224,34 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
                                                   "AND ($2::bigint IS NULL OR member_id = $2)",
                                                   2, p, status),
                                    status, 200, 404, "no such order");
-        /* POST /orders/{id}/cancel: only an order not being paid. */
-        if (post && n == 3 && strcmp(seg[2], "cancel") == 0)
-            return shop_http_first(
+        /* POST /orders/{id}/cancel: only an order not being paid; another
+         * status is a conflict (409), another member's order is none (404). */
+        if (post && n == 3 && strcmp(seg[2], "cancel") == 0) {
+            json_t *rows =
                 shop_http_rows(svc,
-                               "UPDATE orders SET status = 'CANCELED', updated_at = now() "
-                               "WHERE id = $1 AND ($2::bigint IS NULL OR member_id = $2) AND "
-                               "status = 'CREATED' RETURNING " ORDER_COLS,
-                               2, p, status),
-                status, 200, 404, "no such order, or it is not in status CREATED");
+                               "UPDATE orders SET status = 'CANCELED', updated_at = "
+                               "now() WHERE id = $1 AND ($2::bigint IS NULL OR "
+                               "member_id = $2) AND status = 'CREATED' RETURNING " ORDER_COLS,
+                               2, p, status);
+            if (json_is_array(rows) && json_array_size(rows) == 0) {
+                json_decref(rows);
+                json_t *cur = shop_http_rows(svc,
+                                             "SELECT status FROM orders WHERE id = $1 AND "
+                                             "($2::bigint IS NULL OR member_id = $2)",
+                                             2, p, status);
+                if (!json_is_array(cur))
+                    return cur;
+                json_t *row = json_array_get(cur, 0);
+                json_t *out =
+                    row ? outboxd_shop_error(
+                              status, 409, "order %s is %s: only a CREATED order can be canceled",
+                              seg[1], json_string_value(json_object_get(row, "status")))
+                        : outboxd_shop_error(status, 404, "no such order");
+                json_decref(cur);
+                return out;
+            }
+            return shop_http_first(rows, status, 200, 404, "no such order");
+        }
     }
     return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);
 }

@@ -105,6 +105,10 @@ O4=$(order "$KIM_T" "$KB" 1 900 "$CPN" 100)
 fail_case "coupon used" coupon "$KIM_T" "$O4" 1 900 "$CPN" 100
 
 api POST "/api/orders/$O2/cancel" "$LEE_T" "" >/dev/null
+# once more: the order is there but no longer CREATED, a conflict (not 404)
+shop_api POST "/api/orders/$O2/cancel" "$LEE_T" "" >/dev/null
+[ "$SHOP_CODE" = 409 ] && grep -q "order $O2 is CANCELED: only a CREATED order can be canceled" "$SHOP_WORK/api.body" ||
+    fail "cancelling a canceled order: HTTP $SHOP_CODE: $(cat "$SHOP_WORK/api.body"), expected 409"
 fail_case "order not payable" order "$LEE_T" "$O2" 3 2900 "$CPN" 100
 
 # after all that, lee can still pay a good order
