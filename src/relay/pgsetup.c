@@ -104,21 +104,30 @@ static void append_flat(outboxd_buf_t *b, const char *s)
     }
 }
 
+/* One line of the report: "source NAME: " and the text, flattened. */
+static void report_line(check_t *c, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void report_line(check_t *c, const char *fmt, va_list ap)
+{
+    char *text = NULL;
+    int n = vasprintf(&text, fmt, ap);
+    outboxd_buf_printf(c->report, "source %s: ", c->src->name);
+    append_flat(c->report, n >= 0 ? text : "out of memory while writing the report");
+    outboxd_buf_append_str(c->report, "\n");
+    if (n >= 0)
+        free(text);
+}
+
 static void problem(check_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void problem(check_t *c, const char *fmt, ...)
 {
-    char *text = NULL;
+    c->problems++;
     va_list ap;
     va_start(ap, fmt);
-    int n = vasprintf(&text, fmt, ap);
+    report_line(c, fmt, ap);
     va_end(ap);
-    c->problems++;
-    outboxd_buf_printf(c->report, "source %s: ", c->src->name);
-    append_flat(c->report, n >= 0 ? text : "out of memory while describing a problem");
-    outboxd_buf_append_str(c->report, "\n");
-    if (n >= 0)
-        free(text);
 }
 
 /* A line of the report that is not a problem (check still exits 0). */
@@ -126,16 +135,10 @@ static void note(check_t *c, const char *fmt, ...) __attribute__((format(printf,
 
 static void note(check_t *c, const char *fmt, ...)
 {
-    char *text = NULL;
     va_list ap;
     va_start(ap, fmt);
-    int n = vasprintf(&text, fmt, ap);
+    report_line(c, fmt, ap);
     va_end(ap);
-    outboxd_buf_printf(c->report, "source %s: ", c->src->name);
-    append_flat(c->report, n >= 0 ? text : "out of memory while writing a note");
-    outboxd_buf_append_str(c->report, "\n");
-    if (n >= 0)
-        free(text);
 }
 
 /* The server's primary message plus its hint, or libpq's message when the
