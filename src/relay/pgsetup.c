@@ -664,6 +664,48 @@ static void identity_problem(check_t *c, const outboxd_table_conf_t *t, const ch
     outboxd_buf_free(&sql);
 }
 
+/*
+ * check without --create creates nothing, but must still find what would
+ * stop run from creating it (not the owner of a table, FOR ALL TABLES
+ * without superuser): the DDL runs in a transaction that is rolled back
+ * (publication DDL is transactional). Returns true when it would succeed;
+ * false with err filled.
+ */
+static bool ddl_would_succeed(check_t *c, const char *sql, char *err, size_t errsize)
+{
+    PGresult *res = run(c, "BEGIN", 0, NULL, err, errsize);
+    if (!res)
+        return false;
+    PQclear(res);
+    res = run(c, sql, 0, NULL, err, errsize);
+    bool ok = res != NULL;
+    PQclear(res);
+    char e2[256];
+    res = run(c, "ROLLBACK", 0, NULL, e2, sizeof(e2));
+    PQclear(res);
+    return ok;
+}
+
+/* A logical pgoutput slot of this database, still usable, that a
+ * publication created now would be younger than (see check_slot_predates). */
+static bool usable_slot_exists(check_t *c)
+{
+    const char *params[1] = {c->src->slot};
+    PGresult *res = query(c, "look up the replication slot",
+                          c->server_version >= 130000
+                              ? "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = "
+                                "$1 AND slot_type = 'logical' AND plugin = 'pgoutput' AND "
+                                "database = current_database() AND wal_status IS DISTINCT FROM "
+                                "'lost'"
+                              : "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = "
+                                "$1 AND slot_type = 'logical' AND plugin = 'pgoutput' AND "
+                                "database = current_database()",
+                          1, params);
+    bool found = res && PQntuples(res) > 0;
+    PQclear(res);
+    return found;
+}
+
 static void missing_publication(check_t *c)
 {
     const outboxd_source_conf_t *src = c->src;
@@ -689,10 +731,31 @@ static void missing_publication(check_t *c)
     } else if (!c->create) {
         /* outboxd check validates only (DESIGN.md section 5): what it would
          * create is left to run, or to check --create. */
-        note(c,
-             "publication '%s' does not exist yet; outboxd run creates it at its start "
-             "(create_publication: true), or outboxd check --create now, with: %s",
-             src->publication, sql.data);
+        char err[1024];
+        if (usable_slot_exists(c))
+            problem(c,
+                    "replication slot '%s' exists but publication '%s' does not: created now (by "
+                    "outboxd run or check --create) it would be younger than the slot, and "
+                    "pgoutput cannot decode the changes in between; run outboxd check --create, "
+                    "which creates it and names the pg_replication_slot_advance that skips them "
+                    "(none of them was published)",
+                    src->slot, src->publication);
+        else if (!c->tables_ok || !identity_ok || c->conn_lost)
+            problem(c,
+                    "publication '%s' does not exist; it can be created once the problems above "
+                    "are fixed (or create it with: %s)",
+                    src->publication, sql.data);
+        else if (!ddl_would_succeed(c, sql.data, err, sizeof(err)))
+            problem(c,
+                    "publication '%s' does not exist, and creating it would fail (tried in a "
+                    "transaction rolled back): %s; create it as a role that owns the tables and "
+                    "has CREATE on the database, with: %s",
+                    src->publication, err, sql.data);
+        else
+            note(c,
+                 "publication '%s' does not exist yet; outboxd run creates it at its start "
+                 "(create_publication: true), or outboxd check --create now, with: %s",
+                 src->publication, sql.data);
     } else if (!c->tables_ok || !identity_ok || c->conn_lost) {
         problem(c,
                 "publication '%s' does not exist; it is created once the problems above are "
@@ -821,10 +884,18 @@ static void add_missing_table(check_t *c, const outboxd_table_conf_t *t, bool pu
                     c->src->publication, t->schema, t->name, err, sql.data);
         }
     } else if (!c->create && c->src->create_publication && identity_ok) {
-        note(c,
-             "publication '%s' does not include %s.%s yet; outboxd run adds it at its start "
-             "(create_publication: true), or outboxd check --create now, with: %s",
-             c->src->publication, t->schema, t->name, sql.data);
+        char err[1024];
+        if (ddl_would_succeed(c, sql.data, err, sizeof(err)))
+            note(c,
+                 "publication '%s' does not include %s.%s yet; outboxd run adds it at its start "
+                 "(create_publication: true), or outboxd check --create now, with: %s",
+                 c->src->publication, t->schema, t->name, sql.data);
+        else
+            problem(c,
+                    "publication '%s' does not include %s.%s, and adding it would fail (tried in "
+                    "a transaction rolled back): %s; run as the owner of the publication and the "
+                    "table: %s",
+                    c->src->publication, t->schema, t->name, err, sql.data);
     } else {
         problem(c, "publication '%s' does not include %s.%s; run: %s", c->src->publication,
                 t->schema, t->name, sql.data);
@@ -1098,16 +1169,6 @@ static void check_slot(check_t *c)
         missing_slot(c);
         return;
     }
-    if (!c->create && !c->pub_exists && src->create_publication)
-        /* The publication that run would create now would be younger than
-         * this slot (see check_slot_predates): run would refuse to start. */
-        problem(c,
-                "replication slot '%s' exists but publication '%s' does not: created now (by "
-                "outboxd run or check --create) it would be younger than the slot, and pgoutput "
-                "cannot decode the changes in between; run outboxd check --create, which creates "
-                "it and names the pg_replication_slot_advance that skips them (none of them "
-                "was published)",
-                src->slot, src->publication);
     const char *type = PQgetvalue(res, 0, 0);
     const char *plugin = PQgetvalue(res, 0, 1);
     const char *db = PQgetvalue(res, 0, 2);

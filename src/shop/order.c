@@ -225,32 +225,35 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
                                                   2, p, status),
                                    status, 200, 404, "no such order");
         /* POST /orders/{id}/cancel: only an order not being paid; another
-         * status is a conflict (409), another member's order is none (404). */
+         * status is a conflict (409), another member's order is none (404).
+         * One statement, so that a compensation moving the order between a
+         * look and an update cannot give a wrong answer. */
         if (post && n == 3 && strcmp(seg[2], "cancel") == 0) {
-            json_t *rows =
-                shop_http_rows(svc,
-                               "UPDATE orders SET status = 'CANCELED', updated_at = "
-                               "now() WHERE id = $1 AND ($2::bigint IS NULL OR "
-                               "member_id = $2) AND status = 'CREATED' RETURNING " ORDER_COLS,
-                               2, p, status);
-            if (json_is_array(rows) && json_array_size(rows) == 0) {
-                json_decref(rows);
-                json_t *cur = shop_http_rows(svc,
-                                             "SELECT status FROM orders WHERE id = $1 AND "
-                                             "($2::bigint IS NULL OR member_id = $2)",
-                                             2, p, status);
-                if (!json_is_array(cur))
-                    return cur;
-                json_t *row = json_array_get(cur, 0);
-                json_t *out =
-                    row ? outboxd_shop_error(
-                              status, 409, "order %s is %s: only a CREATED order can be canceled",
-                              seg[1], json_string_value(json_object_get(row, "status")))
-                        : outboxd_shop_error(status, 404, "no such order");
-                json_decref(cur);
-                return out;
-            }
-            return shop_http_first(rows, status, 200, 404, "no such order");
+            json_t *rows = shop_http_rows(
+                svc,
+                "WITH cur AS (SELECT id, status FROM orders WHERE id = $1 AND ($2::bigint IS "
+                "NULL OR member_id = $2) FOR UPDATE), upd AS (UPDATE orders o SET status = "
+                "'CANCELED', updated_at = now() FROM cur WHERE o.id = cur.id AND cur.status = "
+                "'CREATED' RETURNING o.id) SELECT cur.status AS was, upd.id IS NOT NULL AS "
+                "canceled FROM cur LEFT JOIN upd ON true",
+                2, p, status);
+            if (!json_is_array(rows))
+                return rows;
+            json_t *row = json_array_get(rows, 0);
+            json_t *out;
+            if (!row)
+                out = outboxd_shop_error(status, 404, "no such order");
+            else if (!json_is_true(json_object_get(row, "canceled")))
+                out = outboxd_shop_error(status, 409,
+                                         "order %s is %s: only a CREATED order can be canceled",
+                                         seg[1], json_string_value(json_object_get(row, "was")));
+            else
+                out = shop_http_first(
+                    shop_http_rows(svc, "SELECT " ORDER_COLS " FROM orders WHERE id = $1", 1, p,
+                                   status),
+                    status, 200, 404, "no such order");
+            json_decref(rows);
+            return out;
         }
     }
     return outboxd_shop_error(status, 404, "no route %s %s", req->method, req->path);

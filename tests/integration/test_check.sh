@@ -66,6 +66,24 @@ expect_check "$WORK/slotfirst.yaml" 1 \
 [ "$(psql_db "$DB1B" -c "SELECT count(*) FROM pg_publication WHERE pubname = 'outboxd_pub'")" = 0 ] ||
     fail "check without --create created the publication"
 
+# 1c. A role with REPLICATION that may not create the publication (it owns
+#     no table): check creates nothing, but tries the publication's DDL in a
+#     transaction it rolls back, so the refusal is a problem, not a note
+#     followed by a relay that cannot start.
+DB1C=cown_$RUN_ID
+ROLE1C=cown_$RUN_ID
+create_outbox_db "$DB1C"
+psql_db "$DB1C" -c "CREATE ROLE $ROLE1C LOGIN REPLICATION" -c "GRANT SELECT ON outbox TO $ROLE1C" -c "GRANT CREATE ON DATABASE $DB1C TO $ROLE1C" >/dev/null
+write_config "$WORK/notowner.yaml" "$DB1C"
+sed -i "s/ user=$PGUSER\"/ user=$ROLE1C\"/" "$WORK/notowner.yaml"
+grep -q "user=$ROLE1C" "$WORK/notowner.yaml" || fail "test setup: dsn user not replaced"
+expect_check "$WORK/notowner.yaml" 1 \
+    "source $DB1C: publication 'outboxd_pub' does not exist, and creating it would fail (tried in a transaction rolled back): must be owner of table outbox" \
+    "problem(s) found"
+[ "$(psql_db "$DB1C" -c "SELECT count(*) FROM pg_publication WHERE pubname = 'outboxd_pub'")" = 0 ] ||
+    fail "check without --create left a publication behind"
+psql_db "$DB1C" -c "DROP OWNED BY $ROLE1C" -c "DROP ROLE $ROLE1C" >/dev/null
+
 # 2. A missing outbox column.
 DB2=ccol_$RUN_ID
 create_outbox_db "$DB2"

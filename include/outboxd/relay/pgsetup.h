@@ -16,13 +16,19 @@
 
 /*
  * Checks a source on a normal connection. With create=true a missing
- * publication (if src->create_publication) and slot (if src->create_slot) are
- * created; with create=false (outboxd check without --create) they are
- * named in a note, not counted as problems. Each problem is appended to report as one line: what is
- * wrong and how to fix it, e.g. source payment: wal_level is 'replica'; set wal_level = logical in
- * postgresql.conf and restart Returns the number of problems (0 = ready), or -1 if it could not
- * connect (the reason is appended to report). *created_slot (may be NULL) tells whether this call
- * created the replication slot.
+ * publication (if src->create_publication) and slot (if src->create_slot)
+ * are created. With create=false (outboxd check without --create) nothing
+ * is created: what run would create is a note, not a problem, once the
+ * publication's DDL has succeeded in a transaction that is rolled back.
+ * Each problem is appended to report as one line: what is wrong and how to
+ * fix it, e.g.
+ *
+ *   source payment: wal_level is 'replica'; set wal_level = logical in
+ *   postgresql.conf and restart
+ *
+ * Returns the number of problems (0 = ready), or -1 if it could not connect
+ * (the reason is appended to report). *created_slot (may be NULL) tells
+ * whether this call created the replication slot.
  */
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot);

@@ -440,20 +440,31 @@ static bool handle_message(outboxd_shop_consumer_t *c, const rd_kafka_message_t 
             .envelope = env,
         };
         int64_t backoff = c->conf.retry_backoff_ms > 0 ? c->conf.retry_backoff_ms : 100;
-        int64_t away_backoff = 200;
+        int64_t away_backoff = 200, away_ms = 0;
         for (;;) {
             attempts++;
             int rc = apply_once(c, event_id, &ev, errstr, sizeof(errstr));
             if (rc == OUTBOXD_SHOP_UNAVAILABLE) {
                 /* Not the event's fault: wait, do not count it (the offset
-                 * stays uncommitted until it is applied). */
+                 * stays uncommitted until it is applied). After a minute
+                 * the wait is an ERROR: someone should look (an event whose
+                 * own statement ends its backend every time would wait
+                 * here for ever, loudly). */
                 attempts--;
-                LOG_WARN(c->scope,
-                         "event %s (%s): waiting for what it needs, retrying in %lld ms (not "
-                         "counted against the retries): %s",
-                         event_id, ev.topic, (long long)away_backoff, errstr);
+                if (away_ms < 60000)
+                    LOG_WARN(c->scope,
+                             "event %s (%s): waiting for what it needs, retrying in %lld ms (not "
+                             "counted against the retries): %s",
+                             event_id, ev.topic, (long long)away_backoff, errstr);
+                else
+                    LOG_ERROR(c->scope,
+                              "event %s (%s): still waiting for what it needs after %lld s, "
+                              "retrying in %lld ms: %s",
+                              event_id, ev.topic, (long long)(away_ms / 1000),
+                              (long long)away_backoff, errstr);
                 stat_add(c, &c->stats.unavailable_waits, 1);
                 nap_us(c, away_backoff * 1000);
+                away_ms += away_backoff;
                 if (atomic_load(&c->stop)) {
                     json_decref(env);
                     return false;

@@ -149,9 +149,15 @@ PGconn *outboxd_shop_connect(const char *dsn, char *errstr, size_t errstr_size)
 {
     /* A host that does not answer must not hold a consumer (which waits
      * out a database that is away) past a stop for TCP's minutes: 5 s
-     * unless the dsn sets its own (it comes later, so it wins). */
-    const char *const keys[] = {"connect_timeout", "dbname", NULL};
-    const char *const vals[] = {"5", dsn, NULL};
+     * unless the dsn or PGCONNECT_TIMEOUT sets a timeout. */
+    bool own = getenv("PGCONNECT_TIMEOUT") != NULL;
+    PQconninfoOption *opts = own ? NULL : PQconninfoParse(dsn, NULL);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && *o->val)
+            own = true;
+    PQconninfoFree(opts);
+    const char *const keys[] = {"dbname", own ? NULL : "connect_timeout", NULL};
+    const char *const vals[] = {dsn, own ? NULL : "5", NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(conn) != CONNECTION_OK) {
         snprintf(errstr, errstr_size, "cannot connect to \"%s\": %s", dsn, PQerrorMessage(conn));
