@@ -2424,8 +2424,9 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
                     return start_backoff(s, w, backoff);
                 }
                 s->connect_backoff_ms = CONNECT_MIN_BACKOFF_MS;
-                outboxd_stats_state(s->stats, OUTBOXD_SRC_STREAMING);
             }
+            /* Also after a rewind that kept the connection (BACKOFF below). */
+            outboxd_stats_state(s->stats, OUTBOXD_SRC_STREAMING);
             s->stream_start_ms = outboxd_now_ms();
             s->stop_seen_ms = 0;
             s->stream_waiting = false;
@@ -2441,8 +2442,13 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
             s->rc = -1;
         if (s->rc == -2)
             break;
-        if (s->rc == -1 && !stopping(s))
+        if (s->rc == -1 && !stopping(s)) {
+            /* Rewinding (a Kafka abort, a topic to wait for): not streaming
+             * for /readyz and outboxd_source_state until the stream runs
+             * again, which may be reconnect_max_backoff_ms away. */
+            outboxd_stats_state(s->stats, OUTBOXD_SRC_BACKOFF);
             return start_backoff(s, w, next_rewind_backoff(s));
+        }
     }
     int rc = s->rc;
     if (s->connect_resume) {

@@ -37,6 +37,8 @@ sed -i 's/^relay:/relay:\n  reconnect_max_backoff_ms: 4000/' "$WORK/outboxd.yaml
 # its message timeout, which the transaction timeout bounds: keep it short.
 sed -i 's/^  transactional_id_prefix: \(.*\)$/  transactional_id_prefix: \1\n  properties: { transaction.timeout.ms: 20000 }/' "$WORK/outboxd.yaml"
 grep -q 'transaction.timeout.ms: 20000' "$WORK/outboxd.yaml" || fail "config edit failed"
+MPORT=$(free_port)
+printf 'metrics:\n  listen: "127.0.0.1:%s"\n' "$MPORT" >>"$WORK/outboxd.yaml"
 # test_missing_topic_pool.sh: the same with a shared producer pool.
 if [ -n "${POOL_PRODUCERS:-}" ]; then
     sed -i "s/^relay:/relay:\n  kafka_producers: $POOL_PRODUCERS/" "$WORK/outboxd.yaml"
@@ -94,6 +96,12 @@ log "waited ${waited} s: $n_error ERROR line(s) naming the topic, $n_rewind rewi
 # the transaction before the missing topic commits).
 [ "$n_rewind" -le 16 ] || fail "$n_rewind rewinds before the backoff reached its cap: not backing off"
 kill -0 "$relay" 2>/dev/null || fail "relay exited while waiting for a topic"
+# Within the 4 s rewind backoff just logged, source A does not stream: /readyz
+# says so (it said 200 all along, the state stayed "streaming").
+ready=$(curl -s -m 5 -o "$WORK/readyz.txt" -w '%{http_code}' "http://127.0.0.1:$MPORT/readyz" || true)
+[ "$ready" = 503 ] && grep -q "$DBA.*backoff" "$WORK/readyz.txt" ||
+    fail "/readyz while source $DBA waits for its topic: HTTP $ready: $(cat "$WORK/readyz.txt")"
+log "/readyz while A waits for its topic: $ready ($(tr '\n' ' ' <"$WORK/readyz.txt" | cut -c1-200))"
 
 log "creating the missing topic"
 topic_create "$RUN_ID.ev.missing1" 1
