@@ -198,9 +198,7 @@ json_t *shop_http_rows(shop_svc_t *svc, const char *sql, int n, const char *cons
     json_t *out;
     if (!res) {
         /* the database away is not the request's fault */
-        bool away = PQstatus(conn) != CONNECTION_OK ||
-                    outboxd_shop_sqlstate_transient(outboxd_shop_last_sqlstate());
-        out = outboxd_shop_error(status, away ? 503 : 400, "%s", errstr);
+        out = outboxd_shop_error(status, outboxd_shop_db_away(conn) ? 503 : 400, "%s", errstr);
     } else {
         out = outboxd_shop_rows_json(res);
         PQclear(res);

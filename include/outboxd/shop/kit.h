@@ -64,6 +64,12 @@ bool outboxd_shop_sqlstate_transient(const char *sqlstate);
 const char *outboxd_shop_last_sqlstate(void);
 void outboxd_shop_sqlstate_clear(void);
 
+/* After a failed statement on conn in this thread: true when the database
+ * itself is the cause (the connection lost, or a SQLSTATE
+ * outboxd_shop_sqlstate_transient accepts), not the statement. The one rule
+ * behind the consumer's waits and the HTTP handlers' 503. */
+bool outboxd_shop_db_away(PGconn *conn);
+
 /* Runs sql (no parameters); returns 0 or -1 with errstr filled. */
 int outboxd_shop_exec(PGconn *conn, const char *sql, char *errstr, size_t errstr_size);
 

@@ -307,10 +307,7 @@ static const char *jstr(json_t *o, const char *k)
  * ROLLBACK, which would not change either. */
 static int db_failure(outboxd_shop_consumer_t *c)
 {
-    if (PQstatus(c->conn) != CONNECTION_OK ||
-        outboxd_shop_sqlstate_transient(outboxd_shop_last_sqlstate()))
-        return OUTBOXD_SHOP_UNAVAILABLE;
-    return OUTBOXD_SHOP_FAILED;
+    return outboxd_shop_db_away(c->conn) ? OUTBOXD_SHOP_UNAVAILABLE : OUTBOXD_SHOP_FAILED;
 }
 
 /* One attempt: returns 0 applied, 1 duplicate, OUTBOXD_SHOP_FAILED or

@@ -62,6 +62,11 @@ bool outboxd_shop_sqlstate_transient(const char *s)
            strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0;
 }
 
+bool outboxd_shop_db_away(PGconn *conn)
+{
+    return PQstatus(conn) != CONNECTION_OK || outboxd_shop_sqlstate_transient(last_sqlstate);
+}
+
 int outboxd_shop_exec(PGconn *conn, const char *sql, char *errstr, size_t errstr_size)
 {
     PGresult *res = PQexec(conn, sql);
