@@ -121,8 +121,15 @@ static int cmd_check(const outboxd_config_t *conf, bool create)
             fputs(report.data, stdout);
         if (report.len && report.data[report.len - 1] != '\n')
             fputc('\n', stdout);
+        size_t report_len = report.len;
         outboxd_buf_free(&report);
-        if (n == 0)
+        /* With n == 0 every line of the report is a note: something run
+         * will create; "OK" alone would read as if it existed. */
+        if (n == 0 && report_len)
+            printf("source %s: OK once the notes above are done (outboxd run does them at its "
+                   "start, check --create now)\n",
+                   src->name);
+        else if (n == 0)
             printf("source %s: OK (slot %s, publication %s)\n", src->name, src->slot,
                    src->publication);
         problems += n < 0 ? 1 : n;

@@ -34,7 +34,7 @@ create_outbox_db "$DB"
 write_config "$WORK/good.yaml" "$DB"
 slots() { psql_db "$DB" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '${DB}_${RUN_ID}'"; }
 pubs() { psql_db "$DB" -c "SELECT count(*) FROM pg_publication WHERE pubname = 'outboxd_pub'"; }
-expect_check "$WORK/good.yaml" 0 "configuration OK" "source $DB: OK" "kafka: OK" \
+expect_check "$WORK/good.yaml" 0 "configuration OK" "source $DB: OK once the notes above are done" "kafka: OK" \
     "source $DB: publication 'outboxd_pub' does not exist yet; outboxd run creates it at its start (create_publication: true), or outboxd check --create now, with: CREATE PUBLICATION" \
     "source $DB: replication slot '${DB}_${RUN_ID}' does not exist yet; outboxd run creates it at its start (create_slot: true), or outboxd check --create now"
 [ "$(slots) $(pubs)" = "0 0" ] || fail "check without --create changed the database: slots and publications $(slots) $(pubs)"
@@ -45,7 +45,7 @@ rc=0
 grep -q "created publication outboxd_pub" "$WORK/check-create.out" && grep -q "created replication slot ${DB}_${RUN_ID} (pgoutput)" "$WORK/check-create.out" ||
     fail "check --create did not say what it created: $(cat "$WORK/check-create.out")"
 [ "$(slots) $(pubs)" = "1 1" ] || fail "check --create did not create the publication and slot: $(slots) $(pubs)"
-expect_check "$WORK/good.yaml" 0 "configuration OK" "source $DB: OK"
+expect_check "$WORK/good.yaml" 0 "configuration OK" "source $DB: OK (slot ${DB}_${RUN_ID}, publication outboxd_pub)"
 grep -q "does not exist yet; outboxd run" "$WORK/check.out" && fail "check still notes a missing slot or publication after --create"
 rc=0
 "$OUTBOXD_BIN" run --create -c "$WORK/good.yaml" >"$WORK/run-create.out" 2>&1 || rc=$?
