@@ -87,7 +87,14 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
                                                  (json_int_t)s.unavailable_waits));
         }
         *status = 200;
-        return json_pack("{s:s,s:o}", "service", w->def->name, "consumers", arr);
+        json_t *out = json_pack("{s:s,s:o}", "service", w->def->name, "consumers", arr);
+        if (w->def->stats) {
+            json_t *extra = w->def->stats(w->svc);
+            if (extra)
+                json_object_update(out, extra);
+            json_decref(extra);
+        }
+        return out;
     }
     return w->def->route(w->svc, req, status);
 }

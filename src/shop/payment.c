@@ -17,6 +17,11 @@
  * All saga state is in this database (payments, saga_steps, saga_trace) and
  * every change to it is made in the transaction that consumes the event, so
  * a restarted coordinator resumes where it stopped.
+ *
+ * A saga whose compensation cannot be applied (a participant dead-lettered
+ * it) stays COMPENSATING: it is counted in GET /stats ("sagas":
+ * "compensatingOverdue") and warned about by the sweeper, and finishes when
+ * the compensation is sent again (see the README's operations).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -25,6 +30,7 @@
 #include <time.h>
 
 #include "outboxd/common/log.h"
+#include "outboxd/common/util.h"
 #include "shop.h"
 
 static const char schema[] =
@@ -404,6 +410,39 @@ typedef struct payment_priv {
     bool started;
 } payment_priv_t;
 
+/* COMPENSATING for longer than twice its saga timeout (the one it was
+ * created with: deadline - created_at) since it started. Compensations take
+ * milliseconds; a participant whose database is away delays them, a
+ * dead-lettered one stops them. */
+#define OVERDUE_SQL                                                                                \
+    "status = 'COMPENSATING' AND deadline + (deadline - created_at) < clock_timestamp()"
+
+/* How often the sweeper looks for overdue compensations and warns. */
+#define OVERDUE_WARN_EVERY_US (30 * 1000000LL)
+
+/* Warns about sagas whose compensation is overdue: the oldest, and how many. */
+static void warn_overdue(PGconn *conn)
+{
+    char e[512];
+    PGresult *res =
+        outboxd_shop_query(conn,
+                           "SELECT count(*) OVER (), id FROM payments WHERE " OVERDUE_SQL
+                           " ORDER BY created_at LIMIT 1",
+                           0, NULL, e, sizeof(e));
+    if (!res) {
+        LOG_WARN("payment", "timeout sweeper: %s", e);
+        return;
+    }
+    if (PQntuples(res) > 0)
+        LOG_WARN("payment",
+                 "%s saga(s) COMPENSATING for longer than twice the saga timeout, the oldest %s: "
+                 "a compensation is likely on a participant's .dlt (GET /api/payments/%s names "
+                 "the participant whose compensation is SENT, not DONE; send it again once the "
+                 "cause is fixed)",
+                 PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 1));
+    PQclear(res);
+}
+
 /* Fails the PENDING sagas whose deadline passed, one transaction each. */
 static int sweep_once(shop_svc_t *svc, PGconn *conn, char *errstr, size_t errstr_size)
 {
@@ -437,6 +476,7 @@ static void *sweeper_main(void *arg)
     shop_svc_t *svc = arg;
     char errstr[512];
     PGconn *conn = NULL;
+    int64_t next_warn = outboxd_now_us() + OVERDUE_WARN_EVERY_US;
     while (!atomic_load(&svc->stop)) {
         if (!conn || PQstatus(conn) != CONNECTION_OK) {
             if (conn)
@@ -447,6 +487,10 @@ static void *sweeper_main(void *arg)
         }
         if (conn && sweep_once(svc, conn, errstr, sizeof(errstr)) < 0)
             LOG_WARN("payment", "timeout sweeper: %s", errstr);
+        if (conn && PQstatus(conn) == CONNECTION_OK && outboxd_now_us() >= next_warn) {
+            warn_overdue(conn);
+            next_warn = outboxd_now_us() + OVERDUE_WARN_EVERY_US;
+        }
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 200000000};
         nanosleep(&ts, NULL);
     }
@@ -483,6 +527,24 @@ static void stop(shop_svc_t *svc)
 }
 
 /* ---------------------------------------------------------- HTTP */
+
+/* GET /stats: the sagas not finished, and those whose compensation is
+ * overdue (OVERDUE_SQL). */
+static json_t *stats(shop_svc_t *svc)
+{
+    int status = 0;
+    json_t *rows = shop_http_rows(svc,
+                                  "SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending, "
+                                  "count(*) FILTER (WHERE status = 'COMPENSATING') AS "
+                                  "compensating, count(*) FILTER (WHERE " OVERDUE_SQL
+                                  ") AS \"compensatingOverdue\" FROM payments WHERE status IN "
+                                  "('PENDING', 'COMPENSATING')",
+                                  0, NULL, &status);
+    json_t *sagas = json_is_array(rows) ? json_incref(json_array_get(rows, 0)) : NULL;
+    json_t *out = json_pack("{s:o}", "sagas", sagas ? sagas : json_incref(rows));
+    json_decref(rows);
+    return out;
+}
 
 /* Payment id as JSON, with its participants; scope (shop_scope): only a
  * payment of that member, else "no payment", as one that does not exist. */
@@ -686,4 +748,5 @@ const shop_service_def_t shop_payment_def = {
     .route = route,
     .start = start,
     .stop = stop,
+    .stats = stats,
 };

@@ -37,6 +37,9 @@ typedef struct shop_service_def {
     /* optional: extra work after the schema exists (threads, seeds) */
     int (*start)(shop_svc_t *svc, char *errstr, size_t errstr_size);
     void (*stop)(shop_svc_t *svc);
+    /* optional: members added to GET /stats beside "consumers" (a new
+     * reference; an {"error": ...} member when its query failed) */
+    json_t *(*stats)(shop_svc_t *svc);
 } shop_service_def_t;
 
 extern const shop_service_def_t shop_member_def, shop_product_def, shop_coupon_def, shop_order_def,

@@ -13,6 +13,12 @@
 #    back, nothing dead-lettered, no payment left COMPENSATING;
 #  - timeout: product stopped, the saga fails by timeout and compensates the
 #    others; product comes back, its late success is compensated too;
+#  - an event whose own statement ends its database session every time is
+#    dead-lettered after the retries, not waited for as an outage; a
+#    compensation sent before its command leaves a tombstone that refuses
+#    the command later; a compensation dead-lettered leaves its saga
+#    COMPENSATING, counted as overdue in the payment service's /stats, until
+#    it is sent again;
 #  - the coordinator SIGKILLed with sagas open, restarted: all finish;
 #  - outboxd SIGKILLed with sagas open, restarted: same outcomes, each
 #    complete-order exactly once.
@@ -217,6 +223,112 @@ after=$(snapshot)
 [ "$(payment_status "$PID")" = FAILED ] || fail "payment is $(payment_status "$PID") after the late result"
 [ "$(topic_count payment-failed "$PID")" = 1 ] || fail "payment-failed not exactly once after the late result"
 [ "$(shop_db product "SELECT state FROM payment_ops WHERE payment_id = '$PID'")" = COMPENSATED ] || fail "product's step not COMPENSATED"
+
+# ------------------------------------------ an event that ends its session
+# member's step of one payment runs a statement that terminates its own
+# backend (a trigger calling pg_terminate_backend on itself, as a crashing
+# statement would): every attempt loses the connection inside the event's
+# transaction while the database answers in between. That is the event's
+# fault, not an outage: from the 3rd such attempt in a row it counts as
+# failing (2 waits, then 4 counted attempts: 6 sessions ended) and is
+# dead-lettered, instead of holding member's partition for ever. The saga
+# fails by timeout (payment still runs with 5 s). Then what an operator
+# would do: compensate member's step (it never applied it: a tombstone) and
+# send the command again with the trigger gone: member refuses it
+# ("payment already compensated") and nothing changes.
+log "an event that ends its own database session: member's step dead-lettered, not waited for"
+POISON=$(new_product poison 4242 10)
+O=$(order "$KIM_T" "$POISON" 1 4242 null 0)
+settle
+before=$(snapshot)
+shop_db member "CREATE FUNCTION end_own_session() RETURNS trigger LANGUAGE plpgsql AS \$\$
+    BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); RETURN NEW; END \$\$;
+    CREATE TRIGGER end_own_session BEFORE UPDATE ON members FOR EACH ROW
+    WHEN (OLD.balance - NEW.balance = 4242) EXECUTE FUNCTION end_own_session()" >/dev/null ||
+    fail "could not create the trigger"
+dl0=$(member_stat pending deadLetters)
+P=$(pay "$KIM_T" "$O" "$POISON" 1 4242 null 0 60s)
+PID=$(jq -r .paymentId <<<"$P")
+[ "$(jq -r .status <<<"$P")" = FAILED ] || fail "the payment whose member step ends its session: $P"
+jq -e '.participants[] | select(.service == "member") | .result == "TIMEOUT"' <<<"$P" >/dev/null || fail "member not TIMEOUT: $P"
+member_dl() { [ "$(member_stat pending deadLetters)" -gt "$dl0" ]; }
+shop_wait_for "member dead-lettering the event" 60 member_dl || fail "member did not dead-letter the event: $(curl -s "http://127.0.0.1:${SHOP_PORT[member]}/stats")"
+shop_wait_eq "the dead letter on payment-pending.dlt" 60 1 topic_count payment-pending.dlt "$PID" ||
+    fail "payment-pending.dlt holds $(topic_count payment-pending.dlt "$PID") records of $PID"
+DL=$(topic_dump payment-pending.dlt | grep "$PID")
+jq -e '.value.payload.consumer | endswith("member/pending")' <<<"$DL" >/dev/null &&
+    jq -e '.value.payload.attempts == 4' <<<"$DL" >/dev/null &&
+    grep -q "the database session ended inside this event's transaction in each of the last 6 attempts" <<<"$DL" ||
+    fail "the dead letter does not say why or how often: $DL"
+[ "$(shop_db member "SELECT count(*) FROM payment_ops WHERE payment_id = '$PID'")" = 0 ] || fail "member recorded a step it never applied"
+shop_db member "DROP TRIGGER end_own_session ON members" >/dev/null || fail "could not drop the trigger"
+settle
+[ "$before" = "$(snapshot)" ] || fail "the failed payment changed state: $(diff <(echo "$before") <(snapshot))"
+# the operator: compensate member's step, then send the command again
+CMD=$(jq -c .value.payload.event.payload <<<"$DL")
+[ "$(jq -r .paymentId <<<"$CMD")" = "$PID" ] || fail "the dead letter lacks the command: $DL"
+operator_send() { # operator_send TOPIC: CMD into the payment service's outbox
+    shop_db payment "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, trace_id)
+        VALUES (gen_random_uuid(), '${SHOP_TOPIC_PREFIX}$1', '$PID', '$1', '$CMD'::jsonb, '$PID')" >/dev/null ||
+        fail "could not write $1 into the payment outbox"
+}
+operator_send refund-balance
+shop_wait_eq "member's tombstone" 60 "COMPENSATED compensated before the command arrived" shop_db member "SELECT state || ' ' || reason FROM payment_ops WHERE payment_id = '$PID'" ||
+    fail "member's step after the early compensation: $(shop_db member "SELECT * FROM payment_ops WHERE payment_id = '$PID'")"
+refunded_nothing() { topic_dump balance-refunded | grep "$PID" | grep -c "nothing to undo (command not seen yet)" || true; }
+shop_wait_eq "balance-refunded says nothing was undone" 60 1 refunded_nothing ||
+    fail "balance-refunded: $(topic_dump balance-refunded | grep "$PID")"
+operator_send payment-pending
+shop_wait_eq "member's late answer" 60 FAIL shop_db payment "SELECT coalesce(late_result, '') FROM saga_steps WHERE payment_id = '$PID' AND service = 'member'" ||
+    fail "member's late result: $(shop_db payment "SELECT * FROM saga_steps WHERE payment_id = '$PID'")"
+# the coordinator traces the late result in the transaction that set it
+shop_db payment "SELECT detail FROM saga_trace WHERE payment_id = '$PID' AND service = 'member' AND step = 'late result'" | grep -q "^failure: payment already compensated" ||
+    fail "member's answer to the command after its compensation: $(shop_db payment "SELECT service, step, detail FROM saga_trace WHERE payment_id = '$PID' ORDER BY seq")"
+settle
+[ "$before" = "$(snapshot)" ] || fail "the command after the compensation changed state: $(diff <(echo "$before") <(snapshot))"
+[ "$(payment_status "$PID")" = FAILED ] || fail "payment is $(payment_status "$PID") after the operator's messages"
+[ "$(shop_db member "SELECT state FROM payment_ops WHERE payment_id = '$PID'")" = COMPENSATED ] || fail "member's tombstone was overwritten"
+log "an event that ends its own session: dead-lettered after 4 counted attempts; the compensation before the command left a tombstone that refused the command"
+
+# ------------------------------------- a compensation that cannot be applied
+# member refuses to refund one amount (a trigger raising an error: a real
+# failure, not an outage), so its compensation of a payment that fails at
+# product is dead-lettered and the saga stays COMPENSATING. The payment
+# service counts it in GET /stats once it is overdue (twice the saga
+# timeout); with the cause fixed, the compensation sent again from its dead
+# letter finishes the saga: FAILED, everything restored.
+log "a compensation that cannot be applied: counted as overdue, finished when sent again"
+REFUSED=$(new_product refused 4343 1)
+O=$(order "$KIM_T" "$REFUSED" 2 8686 null 0)
+settle
+before=$(snapshot)
+payment_sagas() { curl -s "http://127.0.0.1:${SHOP_PORT[payment]}/stats" | jq -r ".sagas.$1"; }
+[ "$(payment_sagas compensatingOverdue)" = 0 ] || fail "overdue compensations before the test: $(curl -s "http://127.0.0.1:${SHOP_PORT[payment]}/stats")"
+shop_db member "CREATE FUNCTION refuse_refund() RETURNS trigger LANGUAGE plpgsql AS \$\$
+    BEGIN RAISE EXCEPTION 'refunds of 8686 refused (test)'; END \$\$;
+    CREATE TRIGGER refuse_refund BEFORE UPDATE ON members FOR EACH ROW
+    WHEN (NEW.balance - OLD.balance = 8686) EXECUTE FUNCTION refuse_refund()" >/dev/null ||
+    fail "could not create the trigger"
+P=$(pay "$KIM_T" "$O" "$REFUSED" 2 8686 null 0 0s)
+PID=$(jq -r .paymentId <<<"$P")
+shop_wait_eq "member's refund dead-lettered" 60 1 topic_count refund-balance.dlt "$PID" ||
+    fail "refund-balance.dlt holds $(topic_count refund-balance.dlt "$PID") records of $PID"
+shop_wait_eq "the saga counted as overdue" 60 1 payment_sagas compensatingOverdue ||
+    fail "payment /stats: $(curl -s "http://127.0.0.1:${SHOP_PORT[payment]}/stats")"
+[ "$(payment_status "$PID")" = COMPENSATING ] || fail "payment is $(payment_status "$PID"), expected COMPENSATING"
+[ "$(payment_sagas compensating)" = 1 ] || fail "payment /stats: $(curl -s "http://127.0.0.1:${SHOP_PORT[payment]}/stats")"
+api GET "/api/payments/$PID" "$KIM_T" >"$WORK/stuck.json"
+jq -e '.participants[] | select(.service == "member") | .compensation == "SENT"' "$WORK/stuck.json" >/dev/null ||
+    fail "the payment does not show member's compensation SENT: $(cat "$WORK/stuck.json")"
+shop_db member "DROP TRIGGER refuse_refund ON members" >/dev/null || fail "could not drop the trigger"
+CMD=$(topic_dump refund-balance.dlt | grep "$PID" | jq -c .value.payload.event.payload)
+[ "$(jq -r .paymentId <<<"$CMD")" = "$PID" ] || fail "the dead letter lacks the compensation: $CMD"
+operator_send refund-balance
+wait_payment "$PID" FAILED 60
+[ "$(payment_sagas compensatingOverdue)" = 0 ] || fail "still overdue after the saga finished: $(curl -s "http://127.0.0.1:${SHOP_PORT[payment]}/stats")"
+settle
+[ "$before" = "$(snapshot)" ] || fail "the compensation sent again did not restore everything: $(diff <(echo "$before") <(snapshot))"
+log "a compensation that cannot be applied: the saga counted as overdue, FAILED and restored once it was sent again"
 
 # ------------------------------------------- coordinator killed mid-saga
 # start_batch N: N orders paid without waiting, with product stopped so that

@@ -11,7 +11,11 @@
  * (the service's database, Redis: see OUTBOXD_SHOP_UNAVAILABLE) is not the
  * event's fault: it is retried until that answers and never counted against
  * the retries, as a schema registry that is away is. Only events that cannot
- * be applied reach the dead-letter topic.
+ * be applied reach the dead-letter topic. One exception (LOST_INSIDE_MAX):
+ * an event during whose own statements the session ends again and again,
+ * while the database answers each time in between, is the cause, not the
+ * victim (a statement that crashes or terminates its backend); it is counted
+ * like any failing event, so it cannot hold its partition for ever.
  *
  * Throttling: a token bucket (conf->rate_per_s) in front of the handler, and
  * librdkafka's prefetch bounded to conf->max_in_flight messages, so a slow
@@ -311,10 +315,15 @@ static int db_failure(outboxd_shop_consumer_t *c)
 }
 
 /* One attempt: returns 0 applied, 1 duplicate, OUTBOXD_SHOP_FAILED or
- * OUTBOXD_SHOP_UNAVAILABLE (errstr filled). */
+ * OUTBOXD_SHOP_UNAVAILABLE (errstr filled). *lost_inside tells that the
+ * transaction had begun (BEGIN and the inbox row went through, so the
+ * database answered) and the session then ended during the handler's
+ * statements or the COMMIT. */
 static int apply_once(outboxd_shop_consumer_t *c, const char *event_id,
-                      const outboxd_shop_event_t *ev, char *errstr, size_t errstr_size)
+                      const outboxd_shop_event_t *ev, bool *lost_inside, char *errstr,
+                      size_t errstr_size)
 {
+    *lost_inside = false;
     outboxd_shop_sqlstate_clear();
     ensure_conn(c);
     if (outboxd_shop_exec(c->conn, "BEGIN", errstr, errstr_size) < 0)
@@ -326,18 +335,21 @@ static int apply_once(outboxd_shop_consumer_t *c, const char *event_id,
         return rc;
     }
     int hrc = c->handler(c->opaque, c->conn, ev, errstr, errstr_size);
-    if (hrc < 0) {
-        int rc = hrc == OUTBOXD_SHOP_UNAVAILABLE ? hrc : db_failure(c);
-        rollback(c);
-        return rc;
-    }
-    if (outboxd_shop_exec(c->conn, "COMMIT", errstr, errstr_size) < 0) {
-        int rc = db_failure(c);
-        rollback(c);
-        return rc;
-    }
-    return 0;
+    if (hrc >= 0 && outboxd_shop_exec(c->conn, "COMMIT", errstr, errstr_size) == 0)
+        return 0;
+    int rc = hrc == OUTBOXD_SHOP_UNAVAILABLE ? hrc : db_failure(c);
+    *lost_inside = PQstatus(c->conn) == CONNECTION_BAD;
+    rollback(c);
+    return rc;
 }
+
+/* Consecutive attempts of one event whose session ended inside its own
+ * transaction (see apply_once) after which the event counts as failing (and
+ * each further such attempt too). A database restarting or failing over
+ * ends a session once, maybe twice, and then refuses connections for a
+ * while (which starts the count again): three in a row with the database
+ * answering in between is the event. */
+#define LOST_INSIDE_MAX 3
 
 /* The event goes to <topic>.dlt through our outbox, recorded in the inbox
  * in the same transaction so a redelivery does not dead-letter it twice. */
@@ -438,15 +450,28 @@ static bool handle_message(outboxd_shop_consumer_t *c, const rd_kafka_message_t 
         };
         int64_t backoff = c->conf.retry_backoff_ms > 0 ? c->conf.retry_backoff_ms : 100;
         int64_t away_backoff = 200, away_ms = 0;
+        int lost_inside = 0;
         for (;;) {
             attempts++;
-            int rc = apply_once(c, event_id, &ev, errstr, sizeof(errstr));
+            bool inside;
+            int rc = apply_once(c, event_id, &ev, &inside, errstr, sizeof(errstr));
+            /* in a row: any other outcome (the database refusing
+             * connections, an ordinary failure) starts the count again */
+            lost_inside = inside ? lost_inside + 1 : 0;
+            if (rc == OUTBOXD_SHOP_UNAVAILABLE && lost_inside >= LOST_INSIDE_MAX) {
+                char why[sizeof(errstr)];
+                snprintf(why, sizeof(why),
+                         "the database session ended inside this event's transaction in each of "
+                         "the last %d attempts, the database answering in between: the event is "
+                         "the likely cause: %.700s",
+                         lost_inside, errstr);
+                snprintf(errstr, sizeof(errstr), "%s", why);
+                rc = OUTBOXD_SHOP_FAILED;
+            }
             if (rc == OUTBOXD_SHOP_UNAVAILABLE) {
                 /* Not the event's fault: wait, do not count it (the offset
                  * stays uncommitted until it is applied). After a minute
-                 * the wait is an ERROR: someone should look (an event whose
-                 * own statement ends its backend every time would wait
-                 * here for ever, loudly). */
+                 * the wait is an ERROR: someone should look. */
                 attempts--;
                 if (away_ms < 60000)
                     LOG_WARN(c->scope,
