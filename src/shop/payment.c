@@ -417,8 +417,13 @@ typedef struct payment_priv {
 #define OVERDUE_SQL                                                                                \
     "status = 'COMPENSATING' AND deadline + (deadline - created_at) < clock_timestamp()"
 
-/* How often the sweeper looks for overdue compensations and warns. */
-#define OVERDUE_WARN_EVERY_US (30 * 1000000LL)
+/* How often the sweeper looks for overdue compensations and warns: the
+ * saga timeout, within 1 to 30 s. */
+static int64_t overdue_warn_every_us(const shop_svc_t *svc)
+{
+    int64_t ms = svc->saga_timeout_ms;
+    return (ms < 1000 ? 1000 : ms > 30000 ? 30000 : ms) * 1000;
+}
 
 /* Warns about sagas whose compensation is overdue: the oldest, and how many. */
 static void warn_overdue(PGconn *conn)
@@ -476,7 +481,7 @@ static void *sweeper_main(void *arg)
     shop_svc_t *svc = arg;
     char errstr[512];
     PGconn *conn = NULL;
-    int64_t next_warn = outboxd_now_us() + OVERDUE_WARN_EVERY_US;
+    int64_t next_warn = outboxd_now_us() + overdue_warn_every_us(svc);
     while (!atomic_load(&svc->stop)) {
         if (!conn || PQstatus(conn) != CONNECTION_OK) {
             if (conn)
@@ -489,7 +494,7 @@ static void *sweeper_main(void *arg)
             LOG_WARN("payment", "timeout sweeper: %s", errstr);
         if (conn && PQstatus(conn) == CONNECTION_OK && outboxd_now_us() >= next_warn) {
             warn_overdue(conn);
-            next_warn = outboxd_now_us() + OVERDUE_WARN_EVERY_US;
+            next_warn = outboxd_now_us() + overdue_warn_every_us(svc);
         }
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 200000000};
         nanosleep(&ts, NULL);

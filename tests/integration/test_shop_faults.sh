@@ -317,6 +317,9 @@ shop_wait_eq "the saga counted as overdue" 60 1 payment_sagas compensatingOverdu
     fail "payment /stats: $(curl -s "http://127.0.0.1:${SHOP_PORT[payment]}/stats")"
 [ "$(payment_status "$PID")" = COMPENSATING ] || fail "payment is $(payment_status "$PID"), expected COMPENSATING"
 [ "$(payment_sagas compensating)" = 1 ] || fail "payment /stats: $(curl -s "http://127.0.0.1:${SHOP_PORT[payment]}/stats")"
+# the coordinator warns, naming it (every saga timeout: 5 s here)
+overdue_warned() { grep -q "1 saga(s) COMPENSATING for longer than twice the saga timeout, the oldest $PID" "$SHOP_WORK/payment.log"; }
+shop_wait_for "the coordinator's warning" 30 overdue_warned || fail "no warning about the overdue saga in payment.log: $(tail -n 5 "$SHOP_WORK/payment.log")"
 api GET "/api/payments/$PID" "$KIM_T" >"$WORK/stuck.json"
 jq -e '.participants[] | select(.service == "member") | .compensation == "SENT"' "$WORK/stuck.json" >/dev/null ||
     fail "the payment does not show member's compensation SENT: $(cat "$WORK/stuck.json")"
