@@ -131,6 +131,14 @@ shop_wait_eq "order handled payment-failed" 60 1 shop_db order "SELECT count(*) 
 reason=$(api GET "/api/payments/${FAILED_PIDS[-1]#*=}" "$LEE_T" | jq -r '.participants[] | select(.service == "order") | .reason')
 [ "$reason" = "no order $O4" ] || fail "lee paying kim's order: order's reason is '$reason', expected 'no order $O4'"
 
+# the client states the amount (README: by choice), but cannot choose its
+# price: an order and a payment agreeing on 1 for a product of $PRICE fail
+# at product, which checks amount + discount against price x quantity
+O6=$(order "$KIM_T" "$KB" 1 1 null 0)
+fail_case "amount below the price" product "$KIM_T" "$O6" 1 1 null 0
+reason=$(api GET "/api/payments/${FAILED_PIDS[-1]#*=}" "$KIM_T" | jq -r '.participants[] | select(.service == "product") | .reason')
+[ "$reason" = "amount 1 + discount 0 != price $PRICE x 1" ] || fail "a payment below the price: product's reason is '$reason'"
+
 # what Kafka holds (read once for all cases)
 settle
 topic_dump payment-failed >"$WORK/failed.json"
@@ -140,7 +148,7 @@ for np in "${FAILED_PIDS[@]}"; do
     [ "$(grep -c "$pid" "$WORK/failed.json")" = 1 ] || fail "$name: payment-failed not exactly once"
     [ "$(grep -c "$pid" "$WORK/complete.json")" = 0 ] || fail "$name: complete-order emitted"
 done
-[ "$(grep -c . "$WORK/failed.json")" = 5 ] || fail "payment-failed records: $(grep -c . "$WORK/failed.json"), expected 5"
+[ "$(grep -c . "$WORK/failed.json")" = 6 ] || fail "payment-failed records: $(grep -c . "$WORK/failed.json"), expected 6"
 [ "$(grep -c . "$WORK/complete.json")" = 2 ] || fail "complete-order records: $(grep -c . "$WORK/complete.json"), expected 2"
 
 # ---------------------------------------------------------------- gateway
