@@ -545,10 +545,8 @@ static json_t *stats(shop_svc_t *svc)
                                   ") AS \"compensatingOverdue\" FROM payments WHERE status IN "
                                   "('PENDING', 'COMPENSATING')",
                                   0, NULL, &status);
-    json_t *sagas = json_is_array(rows) ? json_incref(json_array_get(rows, 0)) : NULL;
-    json_t *out = json_pack("{s:o}", "sagas", sagas ? sagas : json_incref(rows));
-    json_decref(rows);
-    return out;
+    /* an aggregate: always one row, or the query's error */
+    return json_pack("{s:o}", "sagas", shop_http_first(rows, &status, 200, 500, "no row"));
 }
 
 /* Payment id as JSON, with its participants; scope (shop_scope): only a
