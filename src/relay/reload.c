@@ -67,9 +67,11 @@ static const outboxd_source_conf_t *find_source(const outboxd_config_t *conf, co
     return NULL;
 }
 
-/* What `outboxd run` checks before it starts, beyond the loader: returns
- * false with the first problem in err. */
-static bool validate(const outboxd_config_t *next, const outboxd_config_t *running, char *err,
+/* What `outboxd run` checks before it starts, beyond the loader, on the
+ * file as it will apply (keys that need a restart already pinned): returns
+ * false with the first problem in err. initial: the configuration the
+ * process started with, whose sources are the ones running. */
+static bool validate(const outboxd_config_t *next, const outboxd_config_t *initial, char *err,
                      size_t err_size)
 {
     outboxd_buf_t pre = {0};
@@ -81,16 +83,23 @@ static bool validate(const outboxd_config_t *next, const outboxd_config_t *runni
         return false;
     }
     outboxd_buf_free(&pre);
-    if (next->metrics_ready_min_sources > (int)next->n_sources) {
+    /* Sources added to the file start only at the restart: what can stream
+     * until then are those running. */
+    size_t running = 0;
+    for (size_t i = 0; i < initial->n_sources; i++)
+        running += find_source(next, initial->sources[i].name) != NULL;
+    if (next->metrics_ready_min_sources > (int)running) {
         snprintf(err, err_size,
-                 "%s: metrics.ready_min_sources: %d is more than the %zu configured source(s)",
-                 next->path, next->metrics_ready_min_sources, next->n_sources);
+                 "%s: metrics.ready_min_sources: %d is more than the %zu running source(s) "
+                 "(sources added to the file start at the restart): use at most %zu, or 0 "
+                 "for all",
+                 next->path, next->metrics_ready_min_sources, running, running);
         return false;
     }
     /* Each running source's new mapping must build (typed payload schemas,
      * registry settings), or the source would refuse it later. */
-    for (size_t i = 0; i < running->n_sources; i++) {
-        const outboxd_source_conf_t *src = find_source(next, running->sources[i].name);
+    for (size_t i = 0; i < initial->n_sources; i++) {
+        const outboxd_source_conf_t *src = find_source(next, initial->sources[i].name);
         if (!src)
             continue;
         char e[768];
@@ -127,14 +136,24 @@ static void apply_logging(outboxd_reload_t *r, const outboxd_config_t *next)
 bool outboxd_reload_start(outboxd_reload_t *r, outboxd_source_t *const *sources, size_t n,
                           outboxd_metrics_t *metrics, bool notify)
 {
-    const outboxd_config_t *running = r->latest;
     const char *path = r->initial->path;
     if (notify)
         outboxd_notify_reloading("reloading the configuration");
     LOG_INFO(NULL, "SIGHUP: reloading %s", path);
     char err[1024];
     outboxd_config_t *next = outboxd_config_load(path, err, sizeof(err));
-    if (next && !validate(next, running, err, sizeof(err))) {
+    /* Keys that need a restart keep the values the process started with:
+     * pinned against the first configuration, not the last reload, so a
+     * source removed by one reload and put back by a later one keeps them
+     * too (it never stopped running on them). Then validated as it will
+     * apply. */
+    outboxd_buf_t changed = {0};
+    if (next && outboxd_config_pin_restart_keys(next, r->initial, &changed) < 0) {
+        snprintf(err, sizeof(err), "out of memory");
+        outboxd_config_destroy(next);
+        next = NULL;
+    }
+    if (next && !validate(next, r->initial, err, sizeof(err))) {
         outboxd_config_destroy(next);
         next = NULL;
     }
@@ -148,12 +167,6 @@ bool outboxd_reload_start(outboxd_reload_t *r, outboxd_source_t *const *sources,
         } else {
             r->owned = grown;
         }
-    }
-    outboxd_buf_t changed = {0};
-    if (next && outboxd_config_pin_restart_keys(next, running, &changed) < 0) {
-        snprintf(err, sizeof(err), "out of memory");
-        outboxd_config_destroy(next);
-        next = NULL;
     }
     if (!next) {
         outboxd_buf_free(&changed);
@@ -195,6 +208,11 @@ bool outboxd_reload_start(outboxd_reload_t *r, outboxd_source_t *const *sources,
              "boundary",
              (unsigned long long)r->gen, handed);
     return true;
+}
+
+const outboxd_config_t *outboxd_reload_latest(const outboxd_reload_t *r)
+{
+    return r->latest;
 }
 
 bool outboxd_reload_poll(outboxd_reload_t *r, outboxd_source_t *const *sources, size_t n)

@@ -1828,6 +1828,10 @@ static int apply_reload(outboxd_source_t *s)
     char err[1024];
     bool new_sink = s->sink && sink_conf_differs(s->sink_conf, conf);
     bool new_tables = tables_differ(s->src, src);
+    /* PostgreSQL sends logical messages only to a stream started asking for
+     * them (repl.c): the first messages[] entry needs a new stream, or the
+     * messages would be confirmed past unseen. */
+    bool new_messages = s->src->n_messages == 0 && src->n_messages > 0;
     outboxd_router_t *rt = NULL;
     outboxd_sink_t *sk = NULL;
     outboxd_cdc_t *cd = NULL;
@@ -1904,7 +1908,14 @@ static int apply_reload(outboxd_source_t *s)
         outboxd_buf_free(&report);
     }
     int rc = 0;
-    if (sk && s->repl) {
+    if (new_messages && s->repl) {
+        /* Nothing is in flight (the batch was just committed): the stream
+         * starts again from the checkpoint, as after a rewind. */
+        LOG_INFO(s->name, "reload: messages[] configured: restarting the stream so that "
+                          "PostgreSQL sends logical messages");
+        close_stream(s);
+        rc = -1;
+    } else if (sk && s->repl) {
         outboxd_checkpoint_t before = s->ck_committed;
         keepalive(s);
         rc = open_kafka(s);

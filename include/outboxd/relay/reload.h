@@ -46,6 +46,10 @@ void outboxd_reload_destroy(outboxd_reload_t *r);
 bool outboxd_reload_start(outboxd_reload_t *r, outboxd_source_t *const *sources, size_t n,
                           outboxd_metrics_t *metrics, bool notify);
 
+/* The newest valid configuration (the first one until a reload was handed
+ * over). Valid until the next outboxd_reload_start or _poll. */
+const outboxd_config_t *outboxd_reload_latest(const outboxd_reload_t *r);
+
 /* Frees configurations no source uses any more. Returns true once per
  * handed-over reload, when every running source has applied it. */
 bool outboxd_reload_poll(outboxd_reload_t *r, outboxd_source_t *const *sources, size_t n);
