@@ -14,7 +14,8 @@
 #include "outboxd/relay/pgsetup.h"
 
 typedef struct beat {
-    const outboxd_source_conf_t *src;
+    const outboxd_source_conf_t *src; /* of the first configuration: never freed */
+    char *password;                   /* a reloaded one (rotation), under mu; NULL: src's */
     outboxd_stats_t *stats;
     PGconn *pg;
     int64_t next_ms;
@@ -26,8 +27,37 @@ struct outboxd_heartbeat {
     int timeout_ms; /* one heartbeat's limit: see beat_once */
     beat_t *beats;
     size_t n;
+    pthread_mutex_t mu; /* guards beats[].password */
     pthread_t thread;
 };
+
+static void free_secret(char *p)
+{
+    if (p) {
+        explicit_bzero(p, strlen(p));
+        free(p);
+    }
+}
+
+/* Connects with the source's current password: a reload may have replaced
+ * the one of the first configuration (rotation). */
+static PGconn *beat_connect(outboxd_heartbeat_t *hb, beat_t *b, char *err, size_t err_size)
+{
+    outboxd_source_conf_t c = *b->src;
+    pthread_mutex_lock(&hb->mu);
+    char *pw = b->password ? strdup(b->password) : NULL;
+    bool oom = b->password && !pw;
+    pthread_mutex_unlock(&hb->mu);
+    if (oom) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    if (pw)
+        c.password = pw;
+    PGconn *pg = outboxd_pg_connect(&c, false, err, err_size);
+    free_secret(pw);
+    return pg;
+}
 
 /* One thread writes every source's heartbeats: a database that accepted the
  * connection and then went silent (frozen, a half-open path) must not hold
@@ -43,7 +73,7 @@ static void beat_once(outboxd_heartbeat_t *hb, beat_t *b)
         b->pg = NULL;
     }
     if (!b->pg) {
-        b->pg = outboxd_pg_connect(b->src, false, err, sizeof(err));
+        b->pg = beat_connect(hb, b, err, sizeof(err));
         if (!b->pg) {
             if (!b->failing)
                 LOG_WARN(b->src->name, "heartbeat: %s; retrying every %d ms", err,
@@ -106,6 +136,7 @@ outboxd_heartbeat_t *outboxd_heartbeat_start(const outboxd_config_t *conf,
         return NULL;
     }
     hb->stop = stop;
+    pthread_mutex_init(&hb->mu, NULL);
     hb->timeout_ms = outboxd_pgsetup_loop_bound(conf->wal_receiver_timeout_ms);
     int64_t now = outboxd_now_ms();
     for (size_t i = 0; i < conf->n_sources; i++) {
@@ -120,6 +151,7 @@ outboxd_heartbeat_t *outboxd_heartbeat_start(const outboxd_config_t *conf,
     int e = pthread_create(&hb->thread, NULL, run, hb);
     if (e) {
         snprintf(errstr, errstr_size, "heartbeat thread: %s", strerror(e));
+        pthread_mutex_destroy(&hb->mu);
         free(hb->beats);
         free(hb);
         return NULL;
@@ -132,8 +164,36 @@ void outboxd_heartbeat_stop(outboxd_heartbeat_t *hb)
     if (!hb)
         return;
     pthread_join(hb->thread, NULL);
-    for (size_t i = 0; i < hb->n; i++)
+    for (size_t i = 0; i < hb->n; i++) {
         PQfinish(hb->beats[i].pg);
+        free_secret(hb->beats[i].password);
+    }
+    pthread_mutex_destroy(&hb->mu);
     free(hb->beats);
     free(hb);
+}
+
+void outboxd_heartbeat_reload(outboxd_heartbeat_t *hb, const outboxd_config_t *conf)
+{
+    if (!hb)
+        return;
+    for (size_t i = 0; i < hb->n; i++) {
+        beat_t *b = &hb->beats[i];
+        const outboxd_source_conf_t *src = NULL;
+        for (size_t k = 0; k < conf->n_sources && !src; k++)
+            if (strcmp(conf->sources[k].name, b->src->name) == 0)
+                src = &conf->sources[k];
+        if (!src)
+            continue; /* removed from the file: runs as it is until the restart */
+        char *copy = src->password ? strdup(src->password) : NULL;
+        if (src->password && !copy) {
+            LOG_ERROR(b->src->name, "out of memory: the heartbeat keeps the old password");
+            continue;
+        }
+        pthread_mutex_lock(&hb->mu);
+        char *old = b->password;
+        b->password = copy;
+        pthread_mutex_unlock(&hb->mu);
+        free_secret(old);
+    }
 }

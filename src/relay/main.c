@@ -351,7 +351,8 @@ static int cmd_run(const outboxd_config_t *conf, const char *cli_level, const ch
             got_hup = 0;
             /* RELOADING=1 only once READY=1 was sent: before that systemd
              * still waits for the start to finish. */
-            outboxd_reload_start(reloader, sources, started, metrics, sv.ready_sent);
+            if (outboxd_reload_start(reloader, sources, started, metrics, sv.ready_sent))
+                outboxd_heartbeat_reload(heartbeat, outboxd_reload_latest(reloader));
         }
         if (outboxd_reload_poll(reloader, sources, started) && sv.ready_sent) {
             char status[128];

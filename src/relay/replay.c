@@ -95,7 +95,7 @@ struct outboxd_retention {
     bool started;
     atomic_int stop;
     int timeout_ms;       /* one query's limit (relay.wal_receiver_timeout_ms) */
-    pthread_mutex_t lock; /* guards ring, live, stats */
+    pthread_mutex_t lock; /* guards ring, live, stats, own.password */
     outboxd_window_ring_t ring;
     outboxd_lsn_t live; /* last confirmed position of the live slot */
     outboxd_stats_t *stats;
@@ -166,7 +166,23 @@ static bool retention_query(outboxd_retention_t *r, const char *what, const char
 static bool retention_connect(outboxd_retention_t *r)
 {
     char err[512];
-    r->conn = outboxd_pg_connect(r->src, false, err, sizeof(err));
+    /* The password may be replaced by a reload (rotation) meanwhile: connect
+     * with a copy of the current one. */
+    pthread_mutex_lock(&r->lock);
+    outboxd_source_conf_t c = r->own;
+    c.password = r->own.password ? strdup(r->own.password) : NULL;
+    bool oom = r->own.password && !c.password;
+    pthread_mutex_unlock(&r->lock);
+    if (oom) {
+        retention_warn(r, "cannot connect", "out of memory");
+        r->next_connect_ms = outboxd_now_ms() + RETENTION_RETRY_MS;
+        return false;
+    }
+    r->conn = outboxd_pg_connect(&c, false, err, sizeof(err));
+    if (c.password) {
+        explicit_bzero(c.password, strlen(c.password));
+        free(c.password);
+    }
     if (!r->conn) {
         retention_warn(r, "cannot connect", err);
         r->next_connect_ms = outboxd_now_ms() + RETENTION_RETRY_MS;
@@ -286,6 +302,27 @@ outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src, int
     }
     r->started = true;
     return r;
+}
+
+void outboxd_retention_set_password(outboxd_retention_t *r, const char *password)
+{
+    if (!r)
+        return;
+    char *copy = password ? strdup(password) : NULL;
+    if (password && !copy) {
+        LOG_ERROR(r->own.name,
+                  "out of memory: the retention slot %s keeps connecting with the old password",
+                  r->own.retention_slot);
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    char *old = r->own.password;
+    r->own.password = copy;
+    pthread_mutex_unlock(&r->lock);
+    if (old) {
+        explicit_bzero(old, strlen(old));
+        free(old);
+    }
 }
 
 void outboxd_retention_destroy(outboxd_retention_t *r)

@@ -1895,6 +1895,9 @@ static int apply_reload(outboxd_source_t *s)
     if (sk || !s->sink)
         s->sink_conf = conf;
     pthread_mutex_unlock(&s->reload_mu);
+    /* The password file was read again (rotation): the retention slot's
+     * keeper connects with it from its next connection, as the source. */
+    outboxd_retention_set_password(s->retention, src->password);
 
     if (new_tables && s->repl) {
         /* Added tables join a publication outboxd manages, as at start. */

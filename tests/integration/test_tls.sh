@@ -128,6 +128,7 @@ sources:
   - name: $DB
     dsn: "host=127.0.0.1 port=$PGPORT dbname=$DB user=tlsuser sslmode=verify-full sslrootcert=$pgca connect_timeout=10"
     password_file: "$pwfile"
+    heartbeat_interval_ms: 500
     slot: "${DB}_slot"
     publication: "outboxd_pub"
     tables:
@@ -214,13 +215,26 @@ printf '%s\n' "$ROTATED_SECRET" >"$WORK/pg.password"
 psql_db "$DB" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'tlsuser'" >/dev/null
 wait_log "$WORK/relay.log" 'password authentication failed for user "tlsuser".*check password_file' 60
 log "rotation: before the reload, the old password is refused: $(grep -m1 -o 'password authentication failed for user "tlsuser".*' "$WORK/relay.log" | cut -c1-160)"
+# The heartbeat's own connection was ended above too (its next reconnect
+# with the old password is refused, in the same streak of failures).
+wait_log "$WORK/relay.log" 'heartbeat: ' 60
+hb_again=$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)
 kill -HUP "$relay"
 wait_log "$WORK/relay.log" "reload: configuration [0-9]+ applied" 60
+# ... and uses the file's new password from its next connection, as the
+# source does (it kept the first configuration's for good before).
+for _ in $(seq 1 300); do
+    [ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] && break
+    sleep 0.1
+done
+[ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] ||
+    fail "the heartbeat did not reconnect with the rotated password within 30 s: $(grep 'heartbeat' "$WORK/relay.log" | tail -n 3)"
 psql_db "$DB" -c "SELECT write_events('$DB', '$DB-2', 50)" >/dev/null
 wait_drained "$DB" "${DB}_slot" 120
 n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
 [ "$n" -eq 150 ] || fail "after the password rotation and reload: expected 150 events in Kafka, found $n"
-log "rotation: after SIGHUP the relay reconnected with the file's new password; 150 of 150 events in Kafka"
+log "rotation: after SIGHUP the relay reconnected with the file's new password; 150 of 150 events in Kafka; the heartbeat writes again"
+
 stop_relay_ok "$relay"
 grep -q "DEBUG" "$WORK/relay.log" || fail "the relay log has no debug lines"
 

@@ -30,6 +30,12 @@ outboxd_heartbeat_t *outboxd_heartbeat_start(const outboxd_config_t *conf,
                                              outboxd_metrics_t *metrics, atomic_int *stop,
                                              char *errstr, size_t errstr_size);
 
+/* After a reload: each source's password as the new configuration has it
+ * (password_file read again: rotation), used from that heartbeat's next
+ * connection, as the source's own connections do. Copied: conf need not
+ * outlive the call. Accepts NULL hb. */
+void outboxd_heartbeat_reload(outboxd_heartbeat_t *hb, const outboxd_config_t *conf);
+
 /* Waits for the thread (which ends once *stop is set) and frees. Accepts NULL. */
 void outboxd_heartbeat_stop(outboxd_heartbeat_t *hb);
 

@@ -77,6 +77,10 @@ outboxd_retention_t *outboxd_retention_new(const outboxd_source_conf_t *src, int
 /* Stops and joins the thread. Accepts NULL. */
 void outboxd_retention_destroy(outboxd_retention_t *r);
 
+/* A reloaded password (rotation): used from the keeper's next connection,
+ * as the source's own connections do. Copied. Accepts NULL r. */
+void outboxd_retention_set_password(outboxd_retention_t *r, const char *password);
+
 /*
  * The live slot has been confirmed up to lsn (after the Kafka commit that
  * covers it): noted under a mutex, no I/O, so the source loop never waits on
