@@ -180,7 +180,8 @@ static int cmd_check(const outboxd_config_t *conf, bool create)
 }
 
 /*
- * Health as systemd sees it: READY=1 once every source streams; WATCHDOG=1
+ * Health as systemd sees it: READY=1 once the sources /readyz asks for
+ * stream (every source, or metrics.ready_min_sources of them); WATCHDOG=1
  * at half the watchdog period, only while every source loop turns (the same
  * test as /healthz), so a stuck loop gets the service restarted.
  */
@@ -201,7 +202,7 @@ static void supervise(supervisor_t *sv)
     if (streaming != sv->last_streaming) {
         char status[128];
         snprintf(status, sizeof(status), "%d of %d sources streaming", streaming, total);
-        if (!sv->ready_sent && total > 0 && streaming == total) {
+        if (!sv->ready_sent && outboxd_metrics_ready(sv->metrics, NULL)) {
             outboxd_notify_ready(status);
             sv->ready_sent = true;
         } else {

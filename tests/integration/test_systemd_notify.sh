@@ -9,7 +9,8 @@
 # MONOTONIC_USEC (the CLOCK_MONOTONIC time the reload began, checked against
 # this test's own clock), then READY=1 once every source applied it; an
 # invalid file brings RELOADING=1 and READY=1 with a "reload refused" status.
-# SIGTERM brings STOPPING=1 and exit 0.
+# SIGTERM brings STOPPING=1 and exit 0. With metrics.ready_min_sources: 1,
+# READY=1 comes once one of two sources streams (the /readyz rule).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -108,6 +109,27 @@ cp "$WORK/good.yaml" "$WORK/outboxd.yaml"
 stop_relay_ok "$relay"
 wait_msg "STOPPING=1" 5
 log "notifications: $(cut -f2 "$MSGS" | sed 's/WATCHDOG=1/WATCHDOG/' | uniq -c | tr -s ' ' | tr '\n' ';')"
+
+# READY=1 follows /readyz's rule: with metrics.ready_min_sources: 1 the
+# unit is started once one of two sources streams, while the other's
+# database is missing (before, READY waited for every source, and a unit's
+# start timeout then killed the sources that did stream).
+DB3=nc_$RUN_ID
+psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB3\" WITH (FORCE)" >/dev/null
+write_config "$WORK/min1.yaml" "$DB1" "$DB3"
+printf 'metrics:\n  listen: "127.0.0.1:%s"\n  ready_min_sources: 1\n' "$(free_port)" >>"$WORK/min1.yaml"
+: >"$MSGS"
+NOTIFY_SOCKET=$SOCK "$OUTBOXD_BIN" run -c "$WORK/min1.yaml" >>"$WORK/relay-min1.log" 2>&1 &
+relay=$!
+RELAY_PIDS+=("$relay")
+wait_msg "READY=1" 120
+ready_line=$(grep -- "READY=1" "$MSGS")
+[[ $ready_line == *"STATUS=1 of 2 sources streaming"* ]] ||
+    fail "with ready_min_sources 1, READY=1 without the 1 of 2 status: $ready_line"
+wait_log "$WORK/relay-min1.log" "database \"$DB3\" does not exist" 60 "the second source did not fail as set up"
+log "ready_min_sources 1: $(cut -f2 <<<"$ready_line") while $DB3 does not exist"
+stop_relay_ok "$relay"
 drop_source "$DB1" "${DB1}_${RUN_ID}"
 drop_source "$DB2" "${DB2}_${RUN_ID}"
+drop_source "$DB3" "${DB3}_${RUN_ID}"
 log "PASS"

@@ -68,4 +68,46 @@ CREDENTIALS_DIRECTORY="$WORK/creds" timeout 60 "$OUTBOXD_BIN" status -c "$WORK/c
 [ $rc = 1 ] || fail "with the credential: exit $rc: $(cat "$WORK/cred.out")"
 grep -q "UNREACHABLE" "$WORK/cred.out" || fail "status did not try the database: $(cat "$WORK/cred.out")"
 if grep -q "s3cret-not-logged" "$WORK/cred.out"; then fail "the password appears in status output"; fi
+
+# The install steps in each unit's header, followed under a scratch root,
+# leave a configuration the relay can read under DynamicUser= (a uid of its
+# own, no groups): `outboxd status` as such a uid gets past the file (exit
+# 1, the database unreachable), not "cannot read ... Permission denied"
+# (exit 2; the steps once installed it 0640 root).
+SCRATCH=()
+extra_cleanup() { for d in "${SCRATCH[@]}"; do rm -rf "$d"; done; }
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
+    DYN_UID=61874
+    for unit in outboxd.service outboxd@.service; do
+        R=$(mktemp -d /tmp/outboxd-units.XXXXXX)
+        SCRATCH+=("$R")
+        chmod 755 "$R"
+        mkdir -p "$R/src" "$R/creds"
+        for f in outboxd.yaml payment.yaml; do cp "$WORK/cred.yaml" "$R/src/$f"; done
+        for f in payment-db db-password; do
+            printf 's3cret-not-logged\n' >"$R/src/$f"
+            cp "$R/src/$f" "$R/creds/$f"
+        done
+        chown -R "$DYN_UID:$DYN_UID" "$R/creds"
+        chmod 700 "$R/creds"
+        cp "$UNITS/$unit" "$R/src/"
+        install -m 0755 "$OUTBOXD_BIN" "$R/outboxd"
+        sed -n 's/^#   \(install .*\)/\1/p' "$UNITS/$unit" | grep -v '/etc/systemd/' |
+            sed "s|/etc/|$R/etc/|g" >"$R/steps.sh"
+        grep -q "install -m 06.. .*\.yaml $R/etc/outboxd/" "$R/steps.sh" ||
+            fail "$unit: no install step for the configuration in its header: $(cat "$R/steps.sh")"
+        (cd "$R/src" && umask 022 && bash -e "$R/steps.sh") || fail "$unit: the header's install steps failed"
+        conf=$(sed -n 's|^ExecStart=.* -c /etc/\(.*\)$|\1|p' "$UNITS/$unit" | sed 's/%i/payment/')
+        [ -f "$R/etc/$conf" ] || fail "$unit: the steps did not install /etc/$conf"
+        rc=0
+        setpriv --reuid="$DYN_UID" --regid="$DYN_UID" --clear-groups \
+            env CREDENTIALS_DIRECTORY="$R/creds" timeout 60 "$R/outboxd" status -c "$R/etc/$conf" \
+            >"$WORK/dyn.out" 2>&1 || rc=$?
+        [ $rc = 1 ] && grep -q "UNREACHABLE" "$WORK/dyn.out" ||
+            fail "$unit: as a dynamic uid, after the header's install steps: exit $rc: $(head -c 400 "$WORK/dyn.out")"
+        log "$unit: the header's install steps leave /etc/$conf readable by a DynamicUser uid ($(stat -c %a "$R/etc/$conf"), directory $(stat -c %a "$R/etc/outboxd"))"
+    done
+else
+    log "not root: the DynamicUser read check of the install steps is skipped"
+fi
 log "PASS"
