@@ -3,10 +3,12 @@
 # deploy/k8s: the Go checker (deploy/k8s/check) decodes every manifest
 # strictly into its k8s.io/api type and evaluates the pod template against
 # the restricted Pod Security Standard; the manifests pass, and the relay's
-# configuration in the ConfigMap passes the relay's own parser. Then four
+# configuration in the ConfigMap passes the relay's own parser. Then seven
 # broken copies must fail, each for its own reason: a misspelt field, a
-# container allowed to escalate privileges, a sidecar that is not native and
-# a volume naming a Secret key that does not exist.
+# container allowed to escalate privileges, a sidecar that is not native, a
+# volume naming a Secret key that does not exist, a sidecar readinessProbe
+# on /readyz, the ConfigMap mounted with subPath and -c naming no file of
+# it.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -53,4 +55,12 @@ mutate escalation '0,/allowPrivilegeEscalation: false/s//allowPrivilegeEscalatio
     deployment.yaml 'restricted Pod Security Standard'
 mutate not_native '/restartPolicy: Always/d' deployment.yaml 'not a native sidecar'
 mutate no_key 's/^  payment-db: /  other-db: /' secret.yaml 'has no key payment-db'
+# The sidecar's readiness would gate the pod's (a Kafka outage would take
+# the service out); a subPath mount never sees a ConfigMap update.
+mutate sidecar_readiness '0,/^          resources:/s||          readinessProbe:\n            httpGet:\n              path: /readyz\n              port: metrics\n          resources:|' \
+    deployment.yaml 'readinessProbe on /readyz would make the pod unready'
+mutate subpath 's|^              mountPath: /etc/outboxd/config$|              mountPath: /etc/outboxd/config/outboxd.yaml\n              subPath: outboxd.yaml|' \
+    deployment.yaml 'with subPath outboxd.yaml'
+mutate config_path 's|"/etc/outboxd/config/outboxd.yaml"|"/etc/outboxd/outboxd.yaml"|' deployment.yaml \
+    'is no file of a mounted ConfigMap'
 log "PASS"

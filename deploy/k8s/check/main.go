@@ -182,8 +182,37 @@ func (c *checker) checkDeployment(d *appsv1.Deployment) {
 	if !hasProbe(sidecar.LivenessProbe, "/healthz") {
 		c.fail("%s: outboxd livenessProbe is not GET /healthz", name)
 	}
-	if !hasProbe(sidecar.ReadinessProbe, "/readyz") {
-		c.fail("%s: outboxd readinessProbe is not GET /readyz", name)
+	// A native sidecar's readiness is part of the pod's: /readyz (503
+	// while Kafka or the database is away) would take the service out of
+	// its Service during the very outage the outbox rides out.
+	if hasProbe(sidecar.ReadinessProbe, "/readyz") {
+		c.fail("%s: outboxd readinessProbe on /readyz would make the pod unready whenever Kafka or the database is away; leave it out (alert on outboxd_source_state)", name)
+	}
+	// The configuration as a folder: a subPath mount never sees a
+	// ConfigMap update, so a reload would read the old file. And -c names
+	// a file of that folder.
+	confArg := ""
+	for i, a := range sidecar.Args {
+		if (a == "-c" || a == "--config") && i+1 < len(sidecar.Args) {
+			confArg = sidecar.Args[i+1]
+		}
+	}
+	confFound := false
+	for _, m := range sidecar.VolumeMounts {
+		for _, v := range spec.Volumes {
+			if v.Name != m.Name || v.ConfigMap == nil {
+				continue
+			}
+			if m.SubPath != "" {
+				c.fail("%s: outboxd mounts ConfigMap %s with subPath %s: the file would never see an update (a reload reads the old one); mount the folder", name, v.ConfigMap.Name, m.SubPath)
+			}
+			for _, it := range v.ConfigMap.Items {
+				confFound = confFound || strings.TrimSuffix(m.MountPath, "/")+"/"+it.Path == confArg
+			}
+		}
+	}
+	if !confFound {
+		c.fail("%s: outboxd's -c %q is no file of a mounted ConfigMap", name, confArg)
 	}
 	if len(spec.Containers) == 0 {
 		c.fail("%s: no service container", name)
