@@ -2094,6 +2094,10 @@ static int connect_postgres(outboxd_source_t *s)
         return -1;
     }
     LOG_DEBUG(s->name, "startup: replication connection open (IDENTIFY_SYSTEM)");
+    /* The server's WAL end as of now: lag_bytes keeps growing while the
+     * source retries without a stream (a Kafka outage), instead of showing
+     * the last value the stream gave. */
+    outboxd_stats_wal_end(s->stats, s->ident.xlogpos);
     bool lost = false;
     int problems = outboxd_pgsetup_check_repl(s->src, outboxd_repl_pgconn(s->repl), true, &report,
                                               &created_slot, &lost);
@@ -2148,6 +2152,11 @@ static int connect_source(outboxd_source_t *s)
             return -1;
         }
         LOG_DEBUG(s->name, "startup: slot %s free", s->src->slot);
+        /* What the server holds as confirmed (a process started during a
+         * Kafka outage has confirmed nothing itself): with the WAL end
+         * above, the slot's lag shows before the first stream. */
+        if (pos)
+            outboxd_stats_confirmed(s->stats, pos);
         if (!s->pool && !outboxd_sink_ready(s->sink) &&
             s->conf->n_sources > (size_t)s->conf->loop_threads) {
             /*
@@ -2414,9 +2423,14 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
             if (stopping(s))
                 break;
             if (!s->repl || s->connect_resume) {
-                if (!s->connect_resume)
+                if (!s->connect_resume) {
                     (void)apply_reload(s); /* nothing in flight: apply now */
-                outboxd_stats_state(s->stats, OUTBOXD_SRC_CONNECTING);
+                    outboxd_stats_state(s->stats, OUTBOXD_SRC_CONNECTING);
+                } else {
+                    /* The same attempt, resumed after a yield: not a
+                     * reconnect (outboxd_source_reconnects_total). */
+                    outboxd_stats_tick(s->stats);
+                }
                 s->rc = connect_source(s);
                 if (s->rc == CONNECT_YIELD) {
                     s->rc = 0;

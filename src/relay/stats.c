@@ -101,7 +101,9 @@ void outboxd_stats_retention(outboxd_stats_t *st, outboxd_lsn_t lsn)
 
 void outboxd_stats_confirmed(outboxd_stats_t *st, outboxd_lsn_t lsn)
 {
-    if (st)
+    /* 0: nothing confirmed on this connection yet (a status update sent
+     * before the stream): the server still holds the last known position. */
+    if (st && lsn)
         STORE(st->confirmed_lsn, lsn);
 }
 

@@ -9,7 +9,8 @@
 #          pool producer keeps its thread, so the others cannot starve it),
 #          drained, then a few rows more once every source sat idle, SIGTERM.
 # Asserted: exactly the configured number of loop threads ("outboxd-loop"),
-# whatever the number of sources; every source streams; the reload is applied
+# whatever the number of sources; run 1's sources count no reconnect (their
+# fence-then-yield is one attempt); every source streams; the reload is applied
 # by all six; rows written to idle sources are relayed; a clean stop in time;
 # every event in Kafka exactly once, in order per key.
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +28,8 @@ config_with() {
 }
 config_with 2 0
 prepare_sources "$WORK/outboxd.yaml"
+MPORT=$(free_port)
+printf 'metrics:\n  listen: "127.0.0.1:%s"\n' "$MPORT" >>"$WORK/outboxd.yaml"
 
 # threads_named PID NAME: how many threads of PID have that name, the least
 # of ten looks 0.1 s apart (a thread a loop thread starts has its creator's
@@ -55,6 +58,11 @@ n=$(threads_named "$RELAY_PID" outboxd-loop)
 [ "$n" -eq 2 ] || fail "run 1 (relay.loop_threads 2, 6 sources) has $n loop threads"
 n=$(threads_named "$RELAY_PID" outboxd-poller)
 [ "$n" -eq 1 ] || fail "run 1 (6 sources on 2 loop threads) has $n poller threads"
+# A first start on free slots: each source connected once. Giving its thread
+# up between fencing and reading (6 sources, 2 threads) is the same attempt,
+# not a reconnect (it was counted as one).
+rec=$(curl -fsS "http://127.0.0.1:$MPORT/metrics" | awk '/^outboxd_source_reconnects_total\{/ {s += $2; n++} END {print n + 0, s + 0}')
+[ "$rec" = "6 0" ] || fail "run 1: reconnects_total over the sources (count, sum): $rec, expected 6 0"
 sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 1 + (r % 2000) / 1000 }')"
 kill -9 "$RELAY_PID" || fail "run 1 had exited before its SIGKILL"
 wait "$RELAY_PID" 2>/dev/null || true
@@ -63,7 +71,7 @@ log "run 1: 6 sources on 2 loop threads, SIGKILLed while streaming"
 # Same producer ids as run 1 (own producers): their init_transactions aborts
 # what the SIGKILL left open (a pool's ids would leave it open until
 # transaction.timeout.ms, hiding later events from read_committed readers).
-config_with 1 0
+config_with 1 0 # (no metrics: section from here on)
 start_relay "$WORK/outboxd.yaml" relay2
 relay=$RELAY_PID
 t0=$(date +%s%N)

@@ -50,7 +50,9 @@ void outboxd_stats_tick(outboxd_stats_t *st);
 void outboxd_stats_wal_end(outboxd_stats_t *st, outboxd_lsn_t lsn);
 /* Position of the retention slot (replay_window), after it was advanced. */
 void outboxd_stats_retention(outboxd_stats_t *st, outboxd_lsn_t lsn);
-/* Position confirmed to PostgreSQL in a standby status update. */
+/* Position confirmed to PostgreSQL in a standby status update, or the
+ * slot's as the server holds it when a source connects. 0 is ignored
+ * (nothing confirmed on this connection yet). */
 void outboxd_stats_confirmed(outboxd_stats_t *st, outboxd_lsn_t lsn);
 /* A transaction was received (Begin): if nothing was pending, the lag in
  * seconds counts from its commit time (Unix microseconds). */
