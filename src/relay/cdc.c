@@ -2465,6 +2465,29 @@ int outboxd_cdc_change(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char
     char reason[1024];
     int r;
     c->n_slots = 0;
+    /* With REPLICA IDENTITY FULL the old image holds every unchanged
+     * TOASTed value, and Debezium puts it into after instead of the
+     * placeholder, also in the create of a primary-key update: so does
+     * outboxd. Kept to the end: a dead letter shows the same after. */
+    outboxd_pgo_tuple_t filled = {0};
+    if (op == 'u' && before && after && before->ncols == after->ncols) {
+        bool any = false;
+        for (int i = 0; i < after->ncols && !any; i++)
+            any = after->cols[i].kind == 'u' && before->cols[i].kind == 't';
+        if (any) {
+            filled.cols = malloc((size_t)after->ncols * sizeof(*filled.cols));
+            if (!filled.cols) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return OUTBOXD_CDC_RETRY;
+            }
+            filled.ncols = after->ncols;
+            for (int i = 0; i < after->ncols; i++)
+                filled.cols[i] = after->cols[i].kind == 'u' && before->cols[i].kind == 't'
+                                     ? before->cols[i]
+                                     : after->cols[i];
+            after = &filled;
+        }
+    }
     if (op == 'u' && key_changed(e, before, after)) {
         /* Debezium's shape for a primary-key update: a delete under the old
          * key (and its tombstone), then a create under the new one. */
@@ -2484,41 +2507,19 @@ int outboxd_cdc_change(outboxd_cdc_t *c, const outboxd_pgo_relation_t *rel, char
                        i < n_delete ? c->newkey.data : c->oldkey.data);
     } else {
         /* An update without REPLICA IDENTITY FULL carries no old image
-         * unless the key changed: before is null, as in Debezium. With
-         * REPLICA IDENTITY FULL the old image holds every unchanged TOASTed
-         * value, and Debezium puts it into after instead of the
-         * placeholder: so does outboxd. */
-        outboxd_pgo_tuple_t filled = {0};
-        if (op == 'u' && before && after && before->ncols == after->ncols) {
-            bool any = false;
-            for (int i = 0; i < after->ncols && !any; i++)
-                any = after->cols[i].kind == 'u' && before->cols[i].kind == 't';
-            if (any) {
-                filled.cols = malloc((size_t)after->ncols * sizeof(*filled.cols));
-                if (!filled.cols) {
-                    snprintf(errstr, errstr_size, "out of memory");
-                    return OUTBOXD_CDC_RETRY;
-                }
-                filled.ncols = after->ncols;
-                for (int i = 0; i < after->ncols; i++)
-                    filled.cols[i] = after->cols[i].kind == 'u' && before->cols[i].kind == 't'
-                                         ? before->cols[i]
-                                         : after->cols[i];
-                after = &filled;
-            }
-        }
+         * unless the key changed: before is null, as in Debezium. */
         r = add_event(c, e, op, op == 'c' || op == 'r' ? NULL : before,
                       op == 'd' || op == 't' ? NULL : after, si, reason, sizeof(reason), errstr,
                       errstr_size);
-        free(filled.cols);
     }
-    if (r < 0)
-        return OUTBOXD_CDC_RETRY;
     if (r > 0) {
         LOG_WARN(c->src->name, "cdc: change of %s.%s goes to the dead-letter topic %s: %s",
                  rel->nspname, rel->relname, c->conf->dead_letter_topic, reason);
         if (add_dead_letter(c, rel, op, before, after, si, reason, errstr, errstr_size) < 0)
-            return OUTBOXD_CDC_RETRY;
+            r = -1;
     }
+    free(filled.cols);
+    if (r < 0)
+        return OUTBOXD_CDC_RETRY;
     return emit_all(c, emit, opaque);
 }

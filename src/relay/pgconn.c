@@ -42,7 +42,8 @@ PGconn *outboxd_pg_connect(const outboxd_source_conf_t *src, bool replication, c
      * set in the dsn (a statement_timeout, a wal_sender_timeout) are kept
      * by joining them with ours; ours come last and win where both set the
      * same parameter, since the stream's parsing depends on them. */
-    const char *ours = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3";
+    const char *ours =
+        "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3";
     char options[1024];
     snprintf(options, sizeof(options), "%s", ours);
     PQconninfoOption *parsed = PQconninfoParse(src->dsn, NULL);

@@ -25,6 +25,10 @@ log "registry $REGISTRY_URL; TOASTed value of $BIG_MB MiB"
 
 psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
 psql_db postgres -c "CREATE DATABASE \"$DB\"" >/dev/null
+# A database whose own IntervalStyle is not PostgreSQL's default: the text
+# the walsender sends must not depend on it (the relay pins it per session;
+# unpinned, every change with an interval went to the dead-letter topic).
+psql_db postgres -c "ALTER DATABASE \"$DB\" SET IntervalStyle = 'iso_8601'" >/dev/null
 "$PY" "$here/cdc_check.py" sql-schema "$CHUNKS" | psql_db "$DB" >/dev/null
 psql_db "$DB" -c "CREATE TABLE j (id integer PRIMARY KEY, c_tstz timestamptz, c_num numeric(10,3))" >/dev/null
 psql_db "$DB" -c "CREATE TABLE js (LIKE j INCLUDING ALL)" >/dev/null

@@ -291,6 +291,37 @@ static void test_json_events(void **state)
     assert_non_null(strstr(cap.value[2].data, "\"tags\":[]"));
     captured_free(&cap);
 
+    /* REPLICA IDENTITY FULL: the old image holds the unchanged TOASTed
+     * note; a primary-key update's create carries it, as Debezium's does
+     * (not the placeholder) */
+    outboxd_pgo_datum_t fold[4] = {
+        {'t', "8", 1}, {'t', "1.00", 4}, {'t', "kept", 4}, {'t', "{}", 2}};
+    outboxd_pgo_tuple_t fbefore = {4, fold};
+    outboxd_pgo_datum_t fnew[4] = {{'t', "9", 1}, {'t', "1.00", 4}, {'u', NULL, 0}, {'t', "{}", 2}};
+    outboxd_pgo_tuple_t fafter = {4, fnew};
+    assert_int_equal(
+        outboxd_cdc_change(c, &rel, 'u', &fbefore, &fafter, &si, capture, &cap, err, sizeof(err)),
+        0);
+    assert_int_equal(cap.n, 3);
+    assert_non_null(strstr(cap.value[2].data, "\"op\":\"c\""));
+    if (!strstr(cap.value[2].data, "\"note\":\"kept\""))
+        fail_msg("the create of a key update lost the unchanged TOASTed value: %s",
+                 cap.value[2].data);
+    assert_null(strstr(cap.value[2].data, "__debezium_unavailable_value"));
+    captured_free(&cap);
+    /* ... and a dead letter of such an update shows the filled row too */
+    outboxd_pgo_datum_t fbad[4] = {{'t', "8", 1}, {'t', "abc", 3}, {'u', NULL, 0}, {'t', "{}", 2}};
+    outboxd_pgo_tuple_t fbadafter = {4, fbad};
+    assert_int_equal(outboxd_cdc_change(c, &rel, 'u', &fbefore, &fbadafter, &si, capture, &cap, err,
+                                        sizeof(err)),
+                     0);
+    assert_int_equal(cap.n, 1);
+    assert_true(cap.dead[0]);
+    if (!strstr(cap.value[0].data, "kept"))
+        fail_msg("the dead letter of a FULL update lost the unchanged TOASTed value: %s",
+                 cap.value[0].data);
+    captured_free(&cap);
+
     /* a value that does not parse: dead-lettered, with the reason */
     outboxd_pgo_datum_t badrow[4] = {
         {'t', "9", 1}, {'t', "abc", 3}, {'n', NULL, 0}, {'n', NULL, 0}};
