@@ -1510,6 +1510,34 @@ static bool finish_windows(ctx_t *c, outboxd_config_t *conf)
             return oom(c, s->line, path);
         snprintf(s->retention_slot, len, "%s%s", s->slot, OUTBOXD_RETENTION_SUFFIX);
     }
+    /* The retention slot and a replay's copy are named after the slot: a
+     * source streaming from one of those names would have its live slot
+     * advanced by the other's keeper, or dropped as a replay's leftover. */
+    for (size_t i = 0; i < conf->n_sources; i++) {
+        const outboxd_source_conf_t *s = &conf->sources[i];
+        if (!s->retention_slot)
+            continue;
+        const char *suffixes[] = {OUTBOXD_RETENTION_SUFFIX, OUTBOXD_REPLAY_SUFFIX};
+        const char *what[] = {"retention slot", "replay slot"};
+        size_t n = strlen(s->slot);
+        for (size_t j = 0; j < conf->n_sources; j++) {
+            const outboxd_source_conf_t *o = &conf->sources[j];
+            for (size_t k = 0; k < 2; k++) {
+                if (j == i || strncmp(o->slot, s->slot, n) != 0 ||
+                    strcmp(o->slot + n, suffixes[k]) != 0)
+                    continue;
+                char path[PATH_LEN];
+                snprintf(path, sizeof(path), "sources[%zu].slot", j);
+                return fail(c, o->line, path,
+                            "slot '%s' is the %s of source '%s' (its replay_window keeps "
+                            "%s%s%s): expected a slot name that does not end in %s or %s "
+                            "after another source's slot",
+                            o->slot, what[k], s->name, s->slot, suffixes[k],
+                            k == 0 ? "" : " during a replay", OUTBOXD_RETENTION_SUFFIX,
+                            OUTBOXD_REPLAY_SUFFIX);
+            }
+        }
+    }
     return true;
 }
 

@@ -604,6 +604,22 @@ static void test_misc_errors(void **state)
                 "  - { name: a-b, dsn: dbname=x, messages: [ { prefix: p } ] }\n"
                 "  - { name: a_b, dsn: dbname=y, messages: [ { prefix: p } ] }\n",
                 "test.yaml:4: sources[1].slot: duplicate slot 'outboxd_a_b'");
+    /* A slot named like another source's retention or replay slot: that
+     * source's keeper would advance it, a replay drop it. */
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "sources:\n"
+                "  - { name: pay, dsn: dbname=x, replay_window: 1h, messages: [ { prefix: p } ] }\n"
+                "  - { name: pay_keep, dsn: dbname=y, slot: outboxd_pay_keep, messages: [ { "
+                "prefix: p } ] }\n",
+                "test.yaml:4: sources[1].slot: slot 'outboxd_pay_keep' is the retention slot "
+                "of source 'pay'");
+    parse_fails(
+        "kafka: { bootstrap_servers: b:1 }\n"
+        "sources:\n"
+        "  - { name: pay_replay, dsn: dbname=y, messages: [ { prefix: p } ] }\n"
+        "  - { name: pay, dsn: dbname=x, replay_window: 1h, messages: [ { prefix: p } ] }\n",
+        "test.yaml:3: sources[0].slot: slot 'outboxd_pay_replay' is the replay slot of "
+        "source 'pay'");
     /* Missing file. */
     errbuf[0] = '\0';
     assert_null(outboxd_config_load("/nonexistent/outboxd.yaml", errbuf, sizeof(errbuf)));
