@@ -1538,7 +1538,10 @@ const outboxd_table_conf_t *outboxd_cdc_table(const outboxd_cdc_t *c, const char
 }
 
 /* Key columns: the replica identity's; with REPLICA IDENTITY FULL (every
- * column flagged) the primary key's, from the catalog. */
+ * column flagged) the primary key's, from the catalog. In the index's
+ * column order, as Debezium's key (its primary key order, KEY_SEQ): with
+ * the table's column order a key of (b, a) would be serialized {a, b},
+ * other bytes, another partition. A single key column needs no look-up. */
 static int key_columns(outboxd_cdc_t *c, rel_entry_t *e, char *errstr, size_t errstr_size)
 {
     e->key = calloc((size_t)(e->ncols ? e->ncols : 1), sizeof(int));
@@ -1546,24 +1549,44 @@ static int key_columns(outboxd_cdc_t *c, rel_entry_t *e, char *errstr, size_t er
         snprintf(errstr, errstr_size, "out of memory");
         return -1;
     }
+    int flagged = 0;
     if (e->replident != 'f') {
+        for (int i = 0; i < e->ncols; i++)
+            if (e->cols[i].is_key)
+                e->key[e->nkey++] = i;
+        if (e->nkey < 2)
+            return 0;
+        flagged = e->nkey;
+    }
+    /* The identity index: the primary key for DEFAULT (and FULL), the
+     * REPLICA IDENTITY USING INDEX one otherwise. */
+    PGresult *r = cat_query(
+        c,
+        "SELECT a.attname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class cl ON cl.oid = "
+        "i.indrelid, unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, ord) JOIN "
+        "pg_catalog.pg_attribute a ON a.attnum = k.att WHERE a.attrelid = i.indrelid AND "
+        "i.indrelid = $1::oid AND k.ord <= i.indnkeyatts AND CASE cl.relreplident WHEN 'i' "
+        "THEN i.indisreplident ELSE i.indisprimary END ORDER BY k.ord",
+        e->oid, errstr, errstr_size);
+    if (!r)
+        return -1;
+    int n = 0;
+    for (int j = 0; j < PQntuples(r); j++)
+        for (int i = 0; i < e->ncols; i++)
+            if (strcmp(PQgetvalue(r, j, 0), e->cols[i].name) == 0 &&
+                (e->replident == 'f' || e->cols[i].is_key))
+                e->key[n++] = i;
+    PQclear(r);
+    /* The catalog no longer matching the stream's flags (an index changed
+     * since): keep the flagged columns, in table order. */
+    if (flagged && n != flagged) {
+        e->nkey = 0;
         for (int i = 0; i < e->ncols; i++)
             if (e->cols[i].is_key)
                 e->key[e->nkey++] = i;
         return 0;
     }
-    PGresult *r = cat_query(c,
-                            "SELECT a.attname FROM pg_catalog.pg_index i JOIN "
-                            "pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = "
-                            "ANY(i.indkey) WHERE i.indrelid = $1::oid AND i.indisprimary",
-                            e->oid, errstr, errstr_size);
-    if (!r)
-        return -1;
-    for (int i = 0; i < e->ncols; i++)
-        for (int j = 0; j < PQntuples(r); j++)
-            if (strcmp(PQgetvalue(r, j, 0), e->cols[i].name) == 0)
-                e->key[e->nkey++] = i;
-    PQclear(r);
+    e->nkey = n;
     return 0;
 }
 

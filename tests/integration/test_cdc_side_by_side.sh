@@ -18,7 +18,11 @@
 # non-ASCII): t_def (default replica identity) and t_full (REPLICA IDENTITY
 # FULL); inserts, updates (values to NULL and back, the TOASTed column left
 # unchanged: Debezium's placeholder), primary-key updates (delete, tombstone,
-# create), deletes (with tombstones), transactions touching both tables.
+# create; one of a row whose TOASTed value is untouched: with FULL its create
+# carries the value, as Debezium's), deletes (with tombstones), transactions
+# touching both tables. A third table, t_ck, has a composite primary key
+# (k2, k1) in the other order than its columns (k1, k2): the key is
+# {k2, k1} on both sides (key bytes, partitions, key-update headers).
 # The same again with Avro: a second connector with Apicurio's AvroConverter
 # (Confluent wire format, as-confluent) and a second outboxd (format: avro,
 # schema registry), compared as (registered schema, decoded datum).
@@ -37,7 +41,7 @@ DB="cdcdbz_$RUN_ID"
 PFX="${RUN_ID}c"
 DRENAME="${RUN_ID}d."
 CONNECTOR="cdc_$RUN_ID"
-TOPICS=("$PFX.public.t_def" "$PFX.public.t_full")
+TOPICS=("$PFX.public.t_def" "$PFX.public.t_full" "$PFX.public.t_ck")
 # Avro: a second connector (Apicurio's AvroConverter, Confluent wire format)
 # and a second outboxd (format: avro, fixed topics) on slots of their own.
 AVRO=${CDC_DBZ_AVRO:-1}
@@ -89,7 +93,8 @@ CREATE TABLE t_def (
     nn text NOT NULL DEFAULT 'dflt');
 CREATE TABLE t_full (LIKE t_def INCLUDING ALL);
 ALTER TABLE t_full REPLICA IDENTITY FULL;
-CREATE PUBLICATION dbz_pub FOR TABLE t_def, t_full;
+CREATE TABLE t_ck (k1 text, k2 integer, v text, PRIMARY KEY (k2, k1));
+CREATE PUBLICATION dbz_pub FOR TABLE t_def, t_full, t_ck;
 SQL
 psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('dbz_$RUN_ID', 'pgoutput')" \
     -c "SELECT pg_create_logical_replication_slot('dbza_$RUN_ID', 'pgoutput')" >/dev/null
@@ -130,6 +135,11 @@ sources:
         snapshot: never
         format: json
         topic_prefix: "$PFX"
+      - table: public.t_ck
+        mode: cdc
+        snapshot: never
+        format: json
+        topic_prefix: "$PFX"
 EOF
 cat >"$WORK/dbz.json" <<EOF
 {
@@ -140,7 +150,7 @@ cat >"$WORK/dbz.json" <<EOF
  "topic.prefix": "$PFX",
  "plugin.name": "pgoutput", "slot.name": "dbz_$RUN_ID", "publication.name": "dbz_pub",
  "publication.autocreate.mode": "disabled",
- "table.include.list": "public.t_def,public.t_full",
+ "table.include.list": "public.t_def,public.t_full,public.t_ck",
  "snapshot.mode": "no_data",
  "exactly.once.support": "required",
  "key.converter": "org.apache.kafka.connect.json.JsonConverter",
@@ -179,6 +189,11 @@ sources:
         snapshot: never
         topic_prefix: "$PFX"
         topic: "$OAPFX$PFX.public.t_full"
+      - table: public.t_ck
+        mode: cdc
+        snapshot: never
+        topic_prefix: "$PFX"
+        topic: "$OAPFX$PFX.public.t_ck"
 EOF
 # Apicurio's converter writing Confluent's wire format, as in
 # test_debezium_avro_side_by_side.sh.
@@ -262,10 +277,11 @@ for ((t = 0; t < N / PER_TXN; t++)); do
     echo "BEGIN;"
     echo "INSERT INTO t_def SELECT * FROM src WHERE $w ORDER BY id;"
     echo "INSERT INTO t_full SELECT * FROM src WHERE $w ORDER BY id DESC;"
+    echo "INSERT INTO t_ck SELECT 'k' || (id % 7), id, t FROM src WHERE $w ORDER BY id;"
     echo "COMMIT;"
 done >"$WORK/inserts.sql"
 psql_db "$DB" -f "$WORK/inserts.sql" >/dev/null
-EXPECTED=$((2 * N))
+EXPECTED=$((3 * N))
 
 # count_of SQL: runs one data-modifying statement, prints the rows it touched.
 count_of() { psql_db "$DB" -c "WITH x AS ($1 RETURNING 1) SELECT count(*) FROM x"; }
@@ -284,9 +300,21 @@ for tbl in t_def t_full; do
     # create under the new one.
     c=$(count_of "UPDATE $tbl SET id = id + 100000, t = 'moved' WHERE id % 40 = 1")
     PKU=$((PKU + c))
+    # ... and of a row whose TOASTed big is left untouched (id 50: 50 % 25).
+    c=$(count_of "UPDATE $tbl SET id = id + 200000 WHERE id = 50")
+    PKU=$((PKU + c))
     c=$(count_of "DELETE FROM $tbl WHERE id % 7 = 0")
     DEL=$((DEL + c))
 done
+# The composite key: updates, key updates (one key column), deletes.
+c=$(count_of "UPDATE t_ck SET v = v || '-u' WHERE k2 % 3 = 0")
+UPD=$((UPD + c))
+c=$(count_of "UPDATE t_ck SET k2 = k2 + 100000 WHERE k2 % 40 = 1")
+PKU=$((PKU + c))
+c=$(count_of "UPDATE t_ck SET k1 = k1 || 'x' WHERE k2 % 40 = 2")
+PKU=$((PKU + c))
+c=$(count_of "DELETE FROM t_ck WHERE k2 % 7 = 0")
+DEL=$((DEL + c))
 # One transaction over both tables, interleaved.
 psql_db "$DB" <<SQL
 BEGIN;
@@ -300,7 +328,7 @@ COMMIT;
 SQL
 UPD=$((UPD + 2)) DEL=$((DEL + 2)) EXPECTED=$((EXPECTED + 2))
 EXPECTED=$((EXPECTED + UPD + 3 * PKU + 2 * DEL))
-log "wrote: $((2 * N + 2)) inserts, $UPD updates, $PKU key updates, $DEL deletes: $EXPECTED records per side; comparing"
+log "wrote: $((3 * N + 2)) inserts, $UPD updates, $PKU key updates, $DEL deletes: $EXPECTED records per side; comparing"
 
 # nn is NOT NULL DEFAULT 'dflt': the differences Debezium's catalog reading
 # makes (README, Differences from Debezium) are reconciled, exactly those.
@@ -317,10 +345,10 @@ if [ "$AVRO" = 1 ]; then
     start_relay "$WORK/outboxd_a.yaml" relay_a
     RELAY_A_PID=$RELAY_PID
     log "Avro (AvroConverter, Confluent wire format, schemas from the registry):"
-    # id: the key column, required in Debezium's Avro, a nullable union in
-    # outboxd's (README, Differences from Debezium).
+    # id, k1, k2: the key columns, required in Debezium's Avro, a nullable
+    # union in outboxd's (README, Differences from Debezium).
     CDC_COMPARE_REGISTRY="$REGISTRY_URL" CDC_COMPARE_OBX_PREFIX="$OAPFX" CDC_COMPARE_NOT_NULL_DEFAULTS="nn=dflt" \
-        CDC_COMPARE_KEY_COLUMNS=id \
+        CDC_COMPARE_KEY_COLUMNS=id,k1,k2 \
         "$PY" "$(dirname "$0")/cdc_compare.py" compare "$KAFKA_BOOTSTRAP" "$EXPECTED" 240 "$T0_MS" "$DARENAME" \
         "${TOPICS[@]}" | tee "$WORK/compare_a.log" >&2
     [ "${PIPESTATUS[0]}" -eq 0 ] || fail "Avro records differ (see above)"
