@@ -1250,11 +1250,18 @@ static void check_retention_slot(check_t *c)
         return;
     }
     const char *params[2] = {src->retention_slot, src->slot};
-    PGresult *res = query(c, "look up the retention slot",
-                          "SELECT slot_type, coalesce(plugin, ''), "
-                          "coalesce(confirmed_flush_lsn::text, '') "
-                          "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-                          1, params);
+    /* wal_status is PostgreSQL 13+. */
+    PGresult *res =
+        query(c, "look up the retention slot",
+              c->server_version >= 130000
+                  ? "SELECT slot_type, coalesce(plugin, ''), "
+                    "coalesce(confirmed_flush_lsn::text, ''), CASE WHEN restart_lsn IS NULL THEN "
+                    "'lost' ELSE coalesce(wal_status, '') END "
+                    "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1"
+                  : "SELECT slot_type, coalesce(plugin, ''), "
+                    "coalesce(confirmed_flush_lsn::text, ''), '' "
+                    "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+              1, params);
     if (!res)
         return;
     if (PQntuples(res) > 0) {
@@ -1264,6 +1271,16 @@ static void check_retention_slot(check_t *c)
             problem(c,
                     "retention slot '%s' exists but is not a logical pgoutput slot; drop it with "
                     "SELECT pg_drop_replication_slot('%s') and run outboxd check --create",
+                    src->retention_slot, src->retention_slot);
+        else if (strcmp(PQgetvalue(res, 0, 3), "lost") == 0)
+            /* max_slot_wal_keep_size removed WAL it kept: nothing can be
+             * replayed from it, and a replay's copy of it fails. */
+            problem(c,
+                    "retention slot '%s' has lost required WAL (wal_status lost: "
+                    "max_slot_wal_keep_size removed it), so nothing can be replayed from it; "
+                    "drop it with SELECT pg_drop_replication_slot('%s') and run outboxd check "
+                    "--create (or restart the relay) to create it anew: events committed after "
+                    "that can be replayed",
                     src->retention_slot, src->retention_slot);
         PQclear(res);
         return;

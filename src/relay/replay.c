@@ -549,6 +549,7 @@ typedef struct replay {
     char rslot[80];
     char replay_id[64]; /* in the checkpoint's slot field: which replay it belongs to */
     outboxd_lsn_t from, to;
+    outboxd_lsn_t window; /* where the retention slot stood: the oldest position replayable */
 
     PGconn *pg;
     outboxd_repl_t *repl;
@@ -804,6 +805,10 @@ static int replay_stream(replay_t *rp, char *errstr, size_t errstr_size)
     rp->last_progress_ms = rp->last_recv_ms = outboxd_now_ms();
     while (!rp->done) {
         if (atomic_load(rp->stop) && !rp->in_txn) {
+            /* What is in hand is committed first (README: a stop commits
+             * what it holds), so a rerun has less to do. */
+            if (rp->batch_open && replay_commit(rp, errstr, errstr_size) < 0)
+                return -1;
             snprintf(errstr, errstr_size,
                      "interrupted; what was committed stays, run the same command again to "
                      "resume");
@@ -947,10 +952,17 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
         return 1;
     }
     const char *p1[1] = {src->retention_slot};
-    int rc = query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
-                         "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots "
-                         "WHERE slot_name = $1",
-                         1, p1, w, sizeof(w), err, sizeof(err));
+    /* 'lost' for a slot PostgreSQL invalidated (max_slot_wal_keep_size; the
+     * column is 13+, and such a slot cannot be copied). */
+    int rc = query_value(
+        &rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+        PQserverVersion(rp->pg) >= 130000
+            ? "SELECT CASE WHEN wal_status = 'lost' OR restart_lsn IS NULL THEN 'lost' ELSE "
+              "confirmed_flush_lsn::text END FROM pg_catalog.pg_replication_slots "
+              "WHERE slot_name = $1"
+            : "SELECT confirmed_flush_lsn::text FROM "
+              "pg_catalog.pg_replication_slots WHERE slot_name = $1",
+        1, p1, w, sizeof(w), err, sizeof(err));
     if (rc < 0) {
         snprintf(errstr, errstr_size, "source %s: %s", src->name, err);
         return 1;
@@ -964,19 +976,22 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
             src->name, src->retention_slot);
         return 2;
     }
-    outboxd_lsn_t start;
-    outboxd_lsn_parse(w, &start);
-    char f[OUTBOXD_LSN_STRLEN], win[64];
-    outboxd_lsn_format(rp->from, f);
-    window_text(src, win, sizeof(win));
-    if (rp->from < start) {
+    if (strcmp(w, "lost") == 0) {
         snprintf(errstr, errstr_size,
-                 "source %s: --from-lsn %s is before the replay window, which starts at %s "
-                 "(retention slot %s, replay_window %s); events committed before %s cannot be "
-                 "replayed: use --from-lsn %s or later",
-                 src->name, f, w, src->retention_slot, win, w, w);
+                 "source %s: retention slot %s has lost required WAL (wal_status lost: "
+                 "max_slot_wal_keep_size removed it), so nothing can be replayed from it: drop "
+                 "it with SELECT pg_drop_replication_slot('%s') and run `outboxd check --create "
+                 "-c FILE` (or restart the relay) to create it anew; replay then covers events "
+                 "committed after that",
+                 src->name, src->retention_slot, src->retention_slot);
         return 2;
     }
+    /* Checked against the window once it is known where this replay starts
+     * (window_refused): a rerun resumes after its checkpoint, which may
+     * still be inside the window when --from-lsn no longer is. */
+    outboxd_lsn_parse(w, &rp->window);
+    char f[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(rp->from, f);
     if (query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
                     "SELECT pg_catalog.pg_current_wal_lsn()::text", 0, NULL, cur, sizeof(cur), err,
                     sizeof(err)) <= 0) {
@@ -1053,6 +1068,49 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
     return 0;
 }
 
+/* The first position this run must still decode: --from-lsn, or past what
+ * an earlier run of the same replay committed (its whole transaction, or
+ * the start of one it committed in part). */
+static outboxd_lsn_t replay_needs(const replay_t *rp)
+{
+    outboxd_lsn_t need = rp->from;
+    if (rp->ck.commit_lsn) {
+        outboxd_lsn_t r = rp->ck.changes < 0 && rp->ck.end_lsn ? rp->ck.end_lsn : rp->ck.commit_lsn;
+        if (r > need)
+            need = r;
+    }
+    return need;
+}
+
+/* 2 with errstr when what this run needs is no longer in the window (the
+ * retention slot stood at window, or the copy at it, after that). */
+static int window_refused(replay_t *rp, outboxd_lsn_t window, char *errstr, size_t errstr_size)
+{
+    outboxd_lsn_t need = replay_needs(rp);
+    if (need >= window)
+        return 0;
+    char f[OUTBOXD_LSN_STRLEN], w[OUTBOXD_LSN_STRLEN], n[OUTBOXD_LSN_STRLEN], win[64];
+    outboxd_lsn_format(rp->from, f);
+    outboxd_lsn_format(window, w);
+    outboxd_lsn_format(need, n);
+    window_text(rp->src, win, sizeof(win));
+    if (need == rp->from)
+        snprintf(errstr, errstr_size,
+                 "source %s: --from-lsn %s is before the replay window, which starts at %s "
+                 "(retention slot %s, replay_window %s); events committed before %s cannot be "
+                 "replayed: use --from-lsn %s or later",
+                 rp->src->name, f, w, rp->src->retention_slot, win, w, w);
+    else
+        snprintf(errstr, errstr_size,
+                 "source %s: this replay (--from-lsn %s) would resume at %s, after what an "
+                 "earlier run of it committed, but the replay window now starts at %s "
+                 "(retention slot %s, replay_window %s): the events committed in [%s, %s) can "
+                 "no longer be read; --from-lsn %s starts another replay, whose target gets "
+                 "again what this one published",
+                 rp->src->name, f, n, w, rp->src->retention_slot, win, n, w, w);
+    return 2;
+}
+
 /* Copies the retention slot and advances the copy to at. 0, 2, or 1. */
 static int replay_copy(replay_t *rp, outboxd_lsn_t at, char *errstr, size_t errstr_size)
 {
@@ -1081,15 +1139,12 @@ static int replay_copy(replay_t *rp, outboxd_lsn_t at, char *errstr, size_t errs
     }
     outboxd_lsn_t copied;
     outboxd_lsn_parse(v, &copied);
-    if (copied > at) {
-        char f[OUTBOXD_LSN_STRLEN];
-        outboxd_lsn_format(at, f);
-        snprintf(errstr, errstr_size,
-                 "source %s: --from-lsn %s is before the replay window, which starts at %s now "
-                 "(the relay just advanced retention slot %s): use --from-lsn %s or later",
-                 rp->src->name, f, v, rp->src->retention_slot, v);
-        return 2;
-    }
+    /* The relay may just have advanced the retention slot. */
+    int rc = window_refused(rp, copied, errstr, errstr_size);
+    if (rc)
+        return rc;
+    if (copied > at)
+        at = copied; /* a slot cannot go back; nothing needed lies before */
     outboxd_lsn_format(at, a);
     const char *p3[2] = {rp->rslot, a};
     /* Decodes up to at: no time limit, a stop ends it. */
@@ -1114,11 +1169,30 @@ static int replay_open_kafka(replay_t *rp, char *errstr, size_t errstr_size)
         snprintf(errstr, errstr_size, "%s", err);
         return 1;
     }
+    /* Keyed by this replay (range start and target), not only by source:
+     * another replay of the source must not overwrite where this one got
+     * (its rerun would then start over and publish again what it had). The
+     * transactional.id stays the source's replay id, so any replay fences
+     * what an interrupted one left open. */
+    char key[300];
+    snprintf(key, sizeof(key), "%s.%016llx", rp->rname,
+             (unsigned long long)fnv1a("replay", rp->replay_id));
+    outboxd_sink_set_checkpoint_key(rp->sink, key);
     outboxd_checkpoint_t ck;
     outboxd_sink_status_t st = outboxd_sink_init(rp->sink, &ck, err, sizeof(err));
     if (st != OUTBOXD_SINK_OK) {
         snprintf(errstr, errstr_size, "Kafka not ready: %s", err);
         return 1;
+    }
+    /* Older builds wrote every replay of a source under <source>.replay:
+     * one of this very replay there (interrupted by an older outboxd) is
+     * still where it got. */
+    if (!ck.commit_lsn || strcmp(ck.slot, rp->replay_id) != 0) {
+        outboxd_checkpoint_t old;
+        if (outboxd_sink_read_checkpoint_key(rp->sink, rp->rname, &old, err, sizeof(err)) ==
+                OUTBOXD_SINK_OK &&
+            old.commit_lsn && strcmp(old.slot, rp->replay_id) == 0)
+            ck = old;
     }
     /* Only a checkpoint of this very replay (same start and target, same
      * server history) says what is already in the target. */
@@ -1156,6 +1230,17 @@ int outboxd_replay_run(const outboxd_config_t *conf, const outboxd_replay_args_t
             src->name);
         return 2;
     }
+    if (a->to_topic && (strcmp(a->to_topic, conf->checkpoint_topic) == 0 ||
+                        strcmp(a->to_topic, conf->dead_letter_topic) == 0)) {
+        snprintf(errstr, errstr_size,
+                 "--to-topic %s is the relay's %s topic (relay.%s): expected a topic of its own "
+                 "for the replayed events",
+                 a->to_topic,
+                 strcmp(a->to_topic, conf->checkpoint_topic) == 0 ? "checkpoint" : "dead-letter",
+                 strcmp(a->to_topic, conf->checkpoint_topic) == 0 ? "checkpoint_topic"
+                                                                  : "dead_letter_topic");
+        return 2;
+    }
     for (size_t i = 0; i < src->n_tables; i++)
         if (src->tables[i].mode == OUTBOXD_MODE_CDC)
             LOG_WARN(src->name,
@@ -1188,6 +1273,8 @@ int outboxd_replay_run(const outboxd_config_t *conf, const outboxd_replay_args_t
     char err[1024];
     if (rc == 0 && !a->dry_run)
         rc = replay_open_kafka(rp, errstr, errstr_size);
+    if (rc == 0)
+        rc = window_refused(rp, rp->window, errstr, errstr_size);
     if (rc == 0) {
         /* A resumed replay starts at its checkpoint's transaction. */
         outboxd_lsn_t at = rp->ck.commit_lsn > rp->from ? rp->ck.commit_lsn : rp->from;

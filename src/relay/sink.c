@@ -108,7 +108,8 @@ struct outboxd_sink {
      * each while its init_transactions runs, and whether it has fenced. */
     rd_kafka_t *fence_rks[MAX_PRODUCERS];
     bool fence_done[MAX_PRODUCERS];
-    char txnid[256]; /* of rks[0]; the others append .1, .2, ... */
+    char txnid[256];  /* of rks[0]; the others append .1, .2, ... */
+    char ck_key[256]; /* the checkpoint's key; empty: the source's name */
     char txnids[MAX_PRODUCERS][300];
     /* Records of the open transaction are numbered 1, 2, ... in produce
      * order (the number rides as the message opaque). refused_seq is the
@@ -160,6 +161,12 @@ struct outboxd_sink {
     int64_t conn_hint_ms;
     unsigned conn_hint_repeats;
 };
+
+/* The checkpoint's key in the checkpoint topic. */
+static const char *ck_key(const outboxd_sink_t *s)
+{
+    return s->ck_key[0] ? s->ck_key : s->src->name;
+}
 
 /* Pool mode (see sink.h and the pool section below). */
 typedef struct pool_slot {
@@ -840,8 +847,7 @@ static outboxd_sink_status_t read_checkpoint(outboxd_sink_t *s, outboxd_checkpoi
         if (!cs)
             return OUTBOXD_SINK_FATAL;
     }
-    int rc =
-        outboxd_ckstore_read(cs, s->src->name, ck, s->keepalive, s->opaque, errstr, errstr_size);
+    int rc = outboxd_ckstore_read(cs, ck_key(s), ck, s->keepalive, s->opaque, errstr, errstr_size);
     if (rc == 0)
         return OUTBOXD_SINK_OK;
     return rc == -2 ? OUTBOXD_SINK_FATAL : OUTBOXD_SINK_RETRY;
@@ -1507,6 +1513,23 @@ void outboxd_sink_set_one_by_one(outboxd_sink_t *s, bool on)
     s->one_by_one = on;
 }
 
+void outboxd_sink_set_checkpoint_key(outboxd_sink_t *s, const char *key)
+{
+    snprintf(s->ck_key, sizeof(s->ck_key), "%s", key ? key : "");
+}
+
+outboxd_sink_status_t outboxd_sink_read_checkpoint_key(outboxd_sink_t *s, const char *key,
+                                                       outboxd_checkpoint_t *ck, char *errstr,
+                                                       size_t errstr_size)
+{
+    char saved[sizeof(s->ck_key)];
+    memcpy(saved, s->ck_key, sizeof(saved));
+    snprintf(s->ck_key, sizeof(s->ck_key), "%s", key);
+    outboxd_sink_status_t st = read_checkpoint(s, ck, errstr, errstr_size);
+    memcpy(s->ck_key, saved, sizeof(saved));
+    return st;
+}
+
 outboxd_sink_status_t outboxd_sink_produce(outboxd_sink_t *s, const outboxd_record_t *rec,
                                            char *errstr, size_t errstr_size)
 {
@@ -1531,13 +1554,13 @@ static outboxd_sink_status_t commit_txn(outboxd_sink_t *s, const outboxd_checkpo
                                         char *errstr, size_t errstr_size)
 {
     outboxd_buf_reset(&s->ckbuf);
-    if (outboxd_checkpoint_encode(s->src->name, ck, &s->ckbuf) < 0) {
+    if (outboxd_checkpoint_encode(ck_key(s), ck, &s->ckbuf) < 0) {
         snprintf(errstr, errstr_size, "out of memory encoding checkpoint");
         return abort_after(s, OUTBOXD_SINK_ABORTED, errstr, errstr_size);
     }
     s->ck_seq = s->seq + 1;
     outboxd_sink_status_t st =
-        produce_raw(s, s->conf->checkpoint_topic, s->src->name, strlen(s->src->name), s->ckbuf.data,
+        produce_raw(s, s->conf->checkpoint_topic, ck_key(s), strlen(ck_key(s)), s->ckbuf.data,
                     s->ckbuf.len, NULL, 0, RD_KAFKA_PARTITION_UA, 0, errstr, errstr_size);
     if (st != OUTBOXD_SINK_OK)
         return st;

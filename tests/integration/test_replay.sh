@@ -8,7 +8,8 @@
 #      outboxd.replay.lsn >= X); the live topics hold every row exactly once.
 #   2. --dry-run counts the same events and publishes nothing.
 #   3. A replay killed with SIGKILL midway and run again resumes from its
-#      checkpoint: its target holds the range exactly once.
+#      checkpoint, also after another replay of the source (another target)
+#      ran in between: both targets hold the range exactly once.
 #   4. A source with a short window: the relay advances its retention slot,
 #      and a replay from before the window is refused naming where it starts.
 #   5. Clear errors: unknown source, no retention slot, --to-lsn before
@@ -139,13 +140,23 @@ done
 "$OUTBOXD_BIN" check -c "$WORK/outboxd.yaml" >"$WORK/check2.log" 2>&1 || true
 grep -q "replay slot ${SLOT}_replay was left by an interrupted .outboxd replay. and holds WAL" "$WORK/check2.log" ||
     fail "outboxd check does not warn about the leftover replay slot: $(cat "$WORK/check2.log")"
+# Another replay of the source in between (another target): it cleans the
+# leftover copy, and its checkpoints must not replace the killed one's (they
+# shared a key: the rerun below then started over and published twice).
+replay --source "$DB" --from-lsn "$X" --to-lsn "$Y" --topic-suffix .replay3 \
+    >"$WORK/replay3.out" 2>"$WORK/relay-replay3.log" || fail "replay .replay3 failed: $(cat "$WORK/relay-replay3.log")"
+grep -q "dropping replay slot ${SLOT}_replay left over" "$WORK/relay-replay3.log" ||
+    fail "the next replay did not clean the killed run's slot"
+! grep -q "resuming:" "$WORK/relay-replay3.log" || fail "replay .replay3 resumed another replay's checkpoint"
 replay --source "$DB" --from-lsn "$X" --to-lsn "$Y" --topic-suffix .replay2 \
     >"$WORK/resume.out" 2>"$WORK/relay-resume.log" || fail "resumed replay failed: $(cat "$WORK/relay-resume.log")"
 cat "$WORK/resume.out" >&2
 grep -q "resuming: an earlier run of this replay committed up to" "$WORK/relay-resume.log" ||
-    fail "the rerun did not resume from the killed run's checkpoint"
-grep -q "dropping replay slot ${SLOT}_replay left over" "$WORK/relay-resume.log" ||
-    fail "the rerun did not clean the killed run's slot"
+    fail "the rerun did not resume from the killed run's checkpoint (after another replay of the source)"
+awk -F'\t' -v OFS='\t' '{ $3 = $3 ".replay3"; print }' "$WORK/b.tsv" >"$WORK/b-replay3.tsv"
+"$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -T "^$RUN_ID\\.ev\\..*\\.replay3\$" --idle-ms 4000 \
+    --timeout-ms 300000 --expect "$WORK/b-replay3.tsv" >"$WORK/okcat-replay3.out" ||
+    { cat "$WORK/okcat-replay3.out" >&2; fail "the .replay3 topics do not hold phase B exactly once"; }
 awk -F'\t' -v OFS='\t' '{ $3 = $3 ".replay2"; print }' "$WORK/b.tsv" >"$WORK/b-replay2.tsv"
 "$OUTBOXD_TOOLS/okcat" -b "$KAFKA_BOOTSTRAP" -T "^$RUN_ID\\.ev\\..*\\.replay2\$" --idle-ms 4000 \
     --timeout-ms 300000 --expect "$WORK/b-replay2.tsv" >"$WORK/okcat-replay2.out" ||
@@ -250,6 +261,8 @@ expect_error "is before --from-lsn" -c "$WORK/outboxd.yaml" --source "$DB" --fro
 expect_error "needs --from-lsn" -c "$WORK/outboxd.yaml" --source "$DB"
 expect_error "exclude each other" -c "$WORK/outboxd.yaml" --source "$DB" --from-lsn "$X" \
     --topic-suffix .a --to-topic b
+expect_error "is the relay's checkpoint topic (relay.checkpoint_topic)" -c "$WORK/outboxd.yaml" \
+    --source "$DB" --from-lsn "$X" --to-topic "$RUN_ID.checkpoints"
 grep -v 'replay_window' "$WORK/outboxd.yaml" >"$WORK/nowindow.yaml"
 expect_error "has no retention slot, so there is nothing to replay from: set replay_window" \
     -c "$WORK/nowindow.yaml" --source "$DB" --from-lsn "$X"

@@ -12,8 +12,9 @@
  *
  * A replay is exactly-once into its target like the relay itself: its own
  * transactional producer (<prefix>.<source>.replay) commits the records with
- * a checkpoint under the key <source>.replay, and a replay run again with
- * the same --from-lsn and target resumes after that checkpoint.
+ * a checkpoint under the key <source>.replay.<hash of start and target>,
+ * and a replay run again with the same --from-lsn and target resumes after
+ * that checkpoint.
  *
  * `outboxd run --start-lsn SOURCE=LSN` skips forward: it commits a
  * checkpoint at LSN and advances the live slot there, logging what is

@@ -139,6 +139,18 @@ const char *outboxd_sink_missing_topic(const outboxd_sink_t *s);
  * Slow; for replaying a transaction that failed with several refusals. */
 void outboxd_sink_set_one_by_one(outboxd_sink_t *s, bool on);
 
+/* The key the checkpoint is read and written under (default: the source's
+ * name, which also names the transactional.id). Before outboxd_sink_init. A
+ * replay keys its checkpoint by what it replays, so two replays of one
+ * source keep apart where each got. */
+void outboxd_sink_set_checkpoint_key(outboxd_sink_t *s, const char *key);
+
+/* The last checkpoint under another key (after outboxd_sink_init): for a
+ * replay, what an older version wrote under its former key. */
+outboxd_sink_status_t outboxd_sink_read_checkpoint_key(outboxd_sink_t *s, const char *key,
+                                                       outboxd_checkpoint_t *ck, char *errstr,
+                                                       size_t errstr_size);
+
 /* False after the sink replaced its producers (a fatal producer-state error
  * other than fencing, reported as OUTBOXD_SINK_ABORTED): call
  * outboxd_sink_init again before producing. */
