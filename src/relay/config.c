@@ -1541,6 +1541,37 @@ static bool finish_windows(ctx_t *c, outboxd_config_t *conf)
     return true;
 }
 
+/* The line of key under the top-level section sect, else the section's,
+ * else 1 (for messages about a pair of keys). */
+static int key_line(const node_t *root, const char *sect, const char *key)
+{
+    for (size_t i = 0; i + 1 < root->n_kids; i += 2) {
+        const node_t *k = root->kids[i], *v = root->kids[i + 1];
+        if (k->type != N_SCALAR || !k->value || strcmp(k->value, sect) != 0)
+            continue;
+        for (size_t j = 0; v->type == N_MAP && j + 1 < v->n_kids; j += 2)
+            if (v->kids[j]->type == N_SCALAR && v->kids[j]->value &&
+                strcmp(v->kids[j]->value, key) == 0)
+                return v->kids[j]->line;
+        return k->line;
+    }
+    return 1;
+}
+
+/* The checkpoint topic is compacted and keyed by source: dead letters in it
+ * could replace a checkpoint (a dead letter's key is the event's). */
+static bool finish_topics(ctx_t *c, const node_t *root, outboxd_config_t *conf)
+{
+    if (conf->checkpoint_topic && conf->dead_letter_topic &&
+        strcmp(conf->checkpoint_topic, conf->dead_letter_topic) == 0)
+        return fail(c, key_line(root, "relay", "dead_letter_topic"), "relay.dead_letter_topic",
+                    "'%s' is also relay.checkpoint_topic (expected another topic: the "
+                    "checkpoint topic is compacted and holds one record per source, which a "
+                    "dead letter could replace)",
+                    conf->dead_letter_topic);
+    return true;
+}
+
 static bool parse_secret_file(ctx_t *c, const node_t *n, const char *path, int line, void *base)
 {
     outboxd_config_t *conf = base;
@@ -2107,7 +2138,7 @@ outboxd_config_t *outboxd_config_parse(const char *text, size_t len, const char 
         goto err;
     }
     if (!parse_mapping(&c, root, "", root->line, root_spec, conf, NULL) ||
-        !finish_windows(&c, conf))
+        !finish_windows(&c, conf) || !finish_topics(&c, root, conf))
         goto err;
     node_free(root);
     return conf;

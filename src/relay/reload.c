@@ -83,6 +83,15 @@ static bool validate(const outboxd_config_t *next, const outboxd_config_t *initi
         return false;
     }
     outboxd_buf_free(&pre);
+    /* The loader compared the file's topics; the checkpoint topic is the
+     * running one now (it needs a restart). */
+    if (strcmp(next->dead_letter_topic, next->checkpoint_topic) == 0) {
+        snprintf(err, err_size,
+                 "%s: relay.dead_letter_topic: '%s' is the running relay.checkpoint_topic "
+                 "(which changes only at a restart): expected another topic",
+                 next->path, next->dead_letter_topic);
+        return false;
+    }
     /* Sources added to the file start only at the restart: what can stream
      * until then are those running. */
     size_t running = 0;
@@ -112,6 +121,41 @@ static bool validate(const outboxd_config_t *next, const outboxd_config_t *initi
         outboxd_router_destroy(rt);
     }
     return true;
+}
+
+static bool same_text(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* A changed row_filter of a table the publication already has: the WHERE
+ * is written when outboxd adds a table, never changed afterwards, so say
+ * what to run (else the old filter would go on silently). */
+static void warn_row_filters(const outboxd_config_t *next, const outboxd_config_t *prev)
+{
+    for (size_t i = 0; i < next->n_sources; i++) {
+        const outboxd_source_conf_t *ns = &next->sources[i];
+        const outboxd_source_conf_t *ps = find_source(prev, ns->name);
+        for (size_t j = 0; ps && j < ns->n_tables; j++) {
+            const outboxd_table_conf_t *nt = &ns->tables[j];
+            for (size_t k = 0; k < ps->n_tables; k++) {
+                const outboxd_table_conf_t *pt = &ps->tables[k];
+                if (strcmp(nt->schema, pt->schema) != 0 || strcmp(nt->name, pt->name) != 0 ||
+                    same_text(nt->row_filter, pt->row_filter))
+                    continue;
+                LOG_WARN(ns->name,
+                         "reload: sources[%zu].tables[%zu].row_filter changed: publication %s "
+                         "keeps the WHERE it has for %s.%s (outboxd writes one only when it "
+                         "adds a table); to change it run, in one transaction: ALTER "
+                         "PUBLICATION %s DROP TABLE %s.%s; ALTER PUBLICATION %s ADD TABLE "
+                         "%s.%s%s%s%s",
+                         i, j, ns->publication, nt->schema, nt->name, ns->publication, nt->schema,
+                         nt->name, ns->publication, nt->schema, nt->name,
+                         nt->row_filter ? " WHERE (" : "", nt->row_filter ? nt->row_filter : "",
+                         nt->row_filter ? ")" : "");
+            }
+        }
+    }
 }
 
 /* Log level and format: the command line wins over the file. */
@@ -182,6 +226,7 @@ bool outboxd_reload_start(outboxd_reload_t *r, outboxd_source_t *const *sources,
         LOG_WARN(NULL, "reload: %s: needs a restart; ignored until then", line);
     outboxd_buf_free(&changed);
 
+    warn_row_filters(next, r->latest);
     r->owned[r->n_owned++] = next;
     r->latest = next;
     r->gen++;

@@ -8,10 +8,15 @@
 #     Kafka, exactly once (before, it was confirmed past unseen).
 #  2. metrics.ready_min_sources counts the sources running, not those of the
 #     file: a third source added (it starts only at the restart) with
-#     ready_min_sources 3 is refused, naming the running count.
+#     ready_min_sources 3 is refused, naming the running count. So is a
+#     dead_letter_topic equal to the running checkpoint topic (the file's
+#     checkpoint_topic, which needs a restart, being another).
 #  3. a source removed by one reload and put back by the next with another
 #     slot: the slot needs a restart, and the WARN says so (it was taken for
 #     a source "added" and its slot applied live); its rows still arrive.
+#  4. a cdc table added with a row_filter, then its row_filter changed: the
+#     publication keeps its WHERE, and a WARN says so with the SQL to run
+#     (it was ignored silently).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -49,9 +54,28 @@ metrics_block() { printf 'metrics:\n  listen: "127.0.0.1:%s"\n  ready_min_source
 { config_header; source_block "$A" "" m; source_block "$B"; metrics_block 0; } >"$WORK/b.yaml"
 # 2: a third source and ready_min_sources 3 (refused).
 { config_header; source_block "$A" "" m; source_block "$B"; source_block "rsc_$RUN_ID"; metrics_block 3; } >"$WORK/c.yaml"
+# 2b: the dead-letter topic set to the running checkpoint topic.
+sed -e "s/^  checkpoint_topic: .*/  checkpoint_topic: \"$RUN_ID.other\"/" \
+    -e "s/^  dead_letter_topic: .*/  dead_letter_topic: \"$RUN_ID.checkpoints\"/" "$WORK/b.yaml" >"$WORK/c2.yaml"
+grep -q "dead_letter_topic: \"$RUN_ID.checkpoints\"" "$WORK/c2.yaml" || fail "test setup: c2.yaml not edited"
 # 3: B removed, then back with another slot.
 { config_header; source_block "$A" "" m; metrics_block 0; } >"$WORK/d.yaml"
 { config_header; source_block "$A" "" m; source_block "$B" "${B}_other"; metrics_block 0; } >"$WORK/e.yaml"
+# 4: a cdc table with a row filter, then another filter.
+rf_block() {
+    cat <<EOF
+      - table: public.rf
+        mode: cdc
+        snapshot: never
+        format: json
+        topic_prefix: "$RUN_ID.cdc"
+        row_filter: "$1"
+EOF
+}
+awk -v add="$(rf_block "status = 'a'")" '{print} /^        topic: / && !done {print add; done=1}' "$WORK/e.yaml" >"$WORK/f.yaml"
+awk -v add="$(rf_block "status = 'b'")" '{print} /^        topic: / && !done {print add; done=1}' "$WORK/e.yaml" >"$WORK/g.yaml"
+grep -q "status = 'a'" "$WORK/f.yaml" && grep -q "status = 'b'" "$WORK/g.yaml" || fail "test setup: f/g.yaml not edited"
+psql_db "$A" -c "CREATE TABLE rf (id integer PRIMARY KEY, status text)" >/dev/null
 
 cp "$WORK/a.yaml" "$CONF"
 prepare_sources "$CONF"
@@ -102,6 +126,10 @@ grep -q "reload refused: .*metrics.ready_min_sources: 3 is more than the 2 runni
 curl -fsS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz" | grep -qx 200 ||
     fail "/readyz is not 200 after the refused reload"
 log "2. $(grep -o 'reload refused: .*' "$LOGF" | tail -n 1 | cut -c1-200)"
+reload "$WORK/c2.yaml"
+grep -q "reload refused: .*relay.dead_letter_topic: '$RUN_ID.checkpoints' is the running relay.checkpoint_topic" "$LOGF" ||
+    fail "a dead_letter_topic equal to the running checkpoint topic was not refused: $(grep -E 'reload' "$LOGF" | tail -n 3)"
+log "2b. $(grep -o 'reload refused: .*' "$LOGF" | tail -n 1 | cut -c1-200)"
 
 # 3. B removed, then put back with another slot.
 reload "$WORK/d.yaml"
@@ -117,5 +145,22 @@ n=$(consume_json -t "$RUN_ID.ev.$B" --timeout-ms 60000 | wc -l)
 [ "$(psql_db "$B" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '${B}_other'")" = 0 ] ||
     fail "a slot ${B}_other exists: the restart-only slot was applied"
 log "3. $(grep -o "reload: sources\\[1\\].slot: needs a restart.*" "$LOGF" | head -n 1); $n of 10 events of $B on its running slot"
+
+# 4. A row filter added with its table, then changed (publication WHERE:
+# PostgreSQL 15+).
+if [ "${PG_SERVER_VERSION:-15}" -lt 15 ]; then
+    stop_relay_ok "$relay"
+    log "PASS (part 4 skipped: row_filter needs PostgreSQL 15)"
+    exit 0
+fi
+reload "$WORK/f.yaml"
+grep -q "reload: configuration 4 applied by every source" "$LOGF" || fail "f.yaml was not applied: $(grep reload "$LOGF" | tail -n 3)"
+[ "$(psql_db "$A" -c "SELECT rowfilter IS NOT NULL FROM pg_publication_tables WHERE pubname = 'outboxd_pub' AND tablename = 'rf'")" = t ] ||
+    fail "the added table rf is not in the publication with its row filter"
+! grep -q "row_filter changed" "$LOGF" || fail "a row_filter WARN before the filter changed"
+reload "$WORK/g.yaml"
+grep -q "\\[$A\\] reload: sources\\[0\\].tables\\[1\\].row_filter changed: publication outboxd_pub keeps the WHERE it has for public.rf.*ADD TABLE public.rf WHERE (status = 'b')" "$LOGF" ||
+    fail "no WARN for the changed row_filter: $(grep reload "$LOGF" | tail -n 3)"
+log "4. $(grep -o 'reload: sources\[0\].tables\[1\].row_filter changed.*' "$LOGF" | cut -c1-160)"
 stop_relay_ok "$relay"
 log "PASS"

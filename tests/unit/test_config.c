@@ -620,6 +620,14 @@ static void test_misc_errors(void **state)
         "  - { name: pay, dsn: dbname=x, replay_window: 1h, messages: [ { prefix: p } ] }\n",
         "test.yaml:3: sources[0].slot: slot 'outboxd_pay_replay' is the replay slot of "
         "source 'pay'");
+    /* Dead letters in the compacted checkpoint topic could replace a
+     * checkpoint. */
+    parse_fails("kafka: { bootstrap_servers: b:1 }\n"
+                "relay:\n"
+                "  checkpoint_topic: same\n"
+                "  dead_letter_topic: same\n"
+                "sources: [ { name: p, dsn: dbname=p, messages: [ { prefix: p } ] } ]\n",
+                "test.yaml:4: relay.dead_letter_topic: 'same' is also relay.checkpoint_topic");
     /* Missing file. */
     errbuf[0] = '\0';
     assert_null(outboxd_config_load("/nonexistent/outboxd.yaml", errbuf, sizeof(errbuf)));
