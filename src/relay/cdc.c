@@ -1888,6 +1888,28 @@ static int write_field(outboxd_cdc_t *c, writer_t *w, const col_t *col,
         return (w->avro ? outboxd_avro_write_long(o, 0) : outboxd_buf_append_str(o, "null")) ? 0
                                                                                              : -1;
     }
+    if (d->kind == 'u' && col->array &&
+        (col->kind == OUTBOXD_CDC_T_INT32 || col->kind == OUTBOXD_CDC_T_DATE ||
+         col->kind == OUTBOXD_CDC_T_INT64)) {
+        /* Debezium's placeholder for an int[], date[] or bigint[]: the
+         * placeholder's bytes as a list of numbers (not null, which a sink
+         * would take for a real NULL). */
+        if (w->avro) {
+            ok = (!nullable || outboxd_avro_write_long(o, 1)) &&
+                 outboxd_avro_write_long(o, (int64_t)UNAVAILABLE_LEN);
+            /* Items are nullable unions: branch 1, then the number. */
+            for (size_t i = 0; ok && i < UNAVAILABLE_LEN; i++)
+                ok = outboxd_avro_write_long(o, 1) &&
+                     outboxd_avro_write_long(o, (unsigned char)UNAVAILABLE[i]);
+            ok = ok && outboxd_avro_write_long(o, 0);
+        } else {
+            ok = outboxd_buf_append_str(o, "[");
+            for (size_t i = 0; ok && i < UNAVAILABLE_LEN; i++)
+                ok = outboxd_buf_printf(o, "%s%u", i ? "," : "", (unsigned char)UNAVAILABLE[i]);
+            ok = ok && outboxd_buf_append_str(o, "]");
+        }
+        return ok ? 0 : -1;
+    }
     if (d->kind == 'u') {
         /* An unchanged TOASTed value PostgreSQL did not send: Debezium's
          * placeholder where the type can hold it, else null. */
