@@ -576,6 +576,7 @@ typedef struct replay {
     int64_t last_recv_ms; /* the last message from the walsender */
 
     uint64_t n_events, batch_n, n_dead, n_skipped, n_txns;
+    bool refused; /* Kafka refused a record for good: a rerun cannot pass it */
     topic_count_t topics[MAX_TOPICS];
     size_t n_topics;
     uint64_t other_topics;
@@ -637,6 +638,22 @@ static int replay_commit(replay_t *rp, char *errstr, size_t errstr_size)
     replay_keepalive(rp);
     outboxd_sink_status_t st = outboxd_sink_commit(rp->sink, &ck, err, sizeof(err));
     if (st != OUTBOXD_SINK_OK) {
+        char reason[512];
+        if (st == OUTBOXD_SINK_ABORTED &&
+            (outboxd_sink_refused(rp->sink, reason, sizeof(reason), NULL) ||
+             outboxd_sink_checkpoint_refused(rp->sink, reason, sizeof(reason)))) {
+            /* Run again, it would be refused at the same record. */
+            rp->refused = true;
+            char c[OUTBOXD_LSN_STRLEN];
+            outboxd_lsn_format(ck.commit_lsn, c);
+            snprintf(errstr, errstr_size,
+                     "Kafka refused a record of the transaction committed at %s for good (%s): "
+                     "nothing of it is visible; make the target topic take it (its "
+                     "max.message.bytes, this producer's ACLs; or the checkpoint topic's) or "
+                     "replay into another target (--to-topic, --topic-suffix), then run again",
+                     c, reason);
+            return -1;
+        }
         snprintf(errstr, errstr_size,
                  "Kafka commit failed: %s; nothing of this transaction is visible, run the same "
                  "command again to resume",
@@ -1311,7 +1328,7 @@ int outboxd_replay_run(const outboxd_config_t *conf, const outboxd_replay_args_t
         rc = 2;
     }
     if (rc == 0 && replay_stream(rp, errstr, errstr_size) < 0)
-        rc = 1;
+        rc = rp->refused ? 2 : 1;
     outboxd_repl_destroy(rp->repl);
     rp->repl = NULL;
     if (rc != 0 && rp->sink && outboxd_sink_in_txn(rp->sink))

@@ -263,6 +263,11 @@ expect_error "exclude each other" -c "$WORK/outboxd.yaml" --source "$DB" --from-
     --topic-suffix .a --to-topic b
 expect_error "is the relay's checkpoint topic (relay.checkpoint_topic)" -c "$WORK/outboxd.yaml" \
     --source "$DB" --from-lsn "$X" --to-topic "$RUN_ID.checkpoints"
+# A target that refuses the records for good (max.message.bytes below
+# them): a rerun would stop at the same record, so it is exit 2, naming it.
+"$STACK_SH" topic-create "$RUN_ID.small" 1 max.message.bytes=100 >&2
+expect_error "Kafka refused a record of the transaction committed at .* for good" -c "$WORK/outboxd.yaml" \
+    --source "$DB" --from-lsn "$X" --to-lsn "$Y" --to-topic "$RUN_ID.small"
 grep -v 'replay_window' "$WORK/outboxd.yaml" >"$WORK/nowindow.yaml"
 expect_error "has no retention slot, so there is nothing to replay from: set replay_window" \
     -c "$WORK/nowindow.yaml" --source "$DB" --from-lsn "$X"
