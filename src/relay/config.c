@@ -2392,9 +2392,19 @@ int outboxd_config_pin_restart_keys(outboxd_config_t *next, const outboxd_config
             ns->replay_window_bytes = rs->replay_window_bytes;
         }
         if (pw_changed) {
-            /* The password belongs to its file: keep the running pair. */
-            char *copy = rs->password ? strdup(rs->password) : NULL;
-            if (rs->password && !copy)
+            /* The password belongs to its file: keep the running file, and
+             * read it again, so a rotation in it (the role's password and
+             * the file changed, then SIGHUP) still takes; running is the
+             * start configuration, whose password may be older. */
+            char *copy = NULL;
+            if (rs->password_file) {
+                char e[512];
+                ctx_t rc = {.name = next->path, .err = e, .err_size = sizeof(e)};
+                outboxd_source_conf_t tmp = {.password_file = rs->password_file};
+                if (read_password(&rc, &tmp, "password_file", 0))
+                    copy = tmp.password;
+            }
+            if (!copy && rs->password && !(copy = strdup(rs->password)))
                 return -1;
             if (ns->password) {
                 explicit_bzero(ns->password, strlen(ns->password));

@@ -199,10 +199,14 @@ static void supervise(supervisor_t *sv)
     int64_t now = outboxd_now_ms();
     int total, streaming;
     outboxd_metrics_counts(sv->metrics, &total, &streaming);
-    if (streaming != sv->last_streaming) {
+    /* Readiness is looked at on every pass, not only when the count
+     * changes: a reload may lower metrics.ready_min_sources while the unit
+     * still waits for its start. */
+    bool ready_now = !sv->ready_sent && outboxd_metrics_ready(sv->metrics, NULL);
+    if (streaming != sv->last_streaming || ready_now) {
         char status[128];
         snprintf(status, sizeof(status), "%d of %d sources streaming", streaming, total);
-        if (!sv->ready_sent && outboxd_metrics_ready(sv->metrics, NULL)) {
+        if (ready_now) {
             outboxd_notify_ready(status);
             sv->ready_sent = true;
         } else {

@@ -225,8 +225,9 @@ bool outboxd_metrics_render(outboxd_metrics_t *m, outboxd_buf_t *b)
                     "WAL position last confirmed to PostgreSQL (as a number).", snaps, sts, n,
                     pick_confirmed_lsn) &&
          per_source(b, "outboxd_source_server_wal_end_lsn", "gauge",
-                    "Server end of WAL last reported on the stream (as a number).", snaps, sts, n,
-                    pick_wal_end_lsn) &&
+                    "Server end of WAL last reported, on the stream or at a connection attempt (as "
+                    "a number).",
+                    snaps, sts, n, pick_wal_end_lsn) &&
          per_source(b, "outboxd_source_lag_bytes", "gauge",
                     "Server end of WAL minus the confirmed position.", snaps, sts, n,
                     pick_lag_bytes) &&

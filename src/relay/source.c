@@ -111,6 +111,7 @@ struct outboxd_source {
      * reading its checkpoint (see there); the replication connection stays
      * open in command mode meanwhile. */
     bool connect_resume;
+    bool restart_now;          /* the stream was closed on purpose (a reload): reconnect at once */
     bool connect_created_slot; /* made by a connect whose checkpoint is not judged yet */
     outboxd_sink_pool_t *pool; /* relay.kafka_producers > 0: the shared producers */
 
@@ -1917,6 +1918,7 @@ static int apply_reload(outboxd_source_t *s)
         LOG_INFO(s->name, "reload: messages[] configured: restarting the stream so that "
                           "PostgreSQL sends logical messages");
         close_stream(s);
+        s->restart_now = true;
         rc = -1;
     } else if (sk && s->repl) {
         outboxd_checkpoint_t before = s->ck_committed;
@@ -2131,6 +2133,20 @@ static int connect_source(outboxd_source_t *s)
         int rc = connect_postgres(s);
         if (rc < 0)
             return rc;
+        if (s->sink_ready) {
+            /* The slot's position as this server holds it (read below when
+             * Kafka is set up first): after a failover the last confirmed
+             * one is another server's. For the metrics only. */
+            outboxd_lsn_t pos;
+            int pid = 0;
+            if (outboxd_repl_slot_state(s->repl, s->src->slot, &pos, &pid, err, sizeof(err)) < 0) {
+                LOG_ERROR(s->name, "%s", err);
+                close_stream(s);
+                return -1;
+            }
+            if (pos)
+                outboxd_stats_confirmed(s->stats, pos);
+        }
     }
     bool created_slot = s->connect_created_slot;
     if (!s->sink_ready) {
@@ -2470,6 +2486,10 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
             s->rc = -1;
         if (s->rc == -2)
             break;
+        if (s->rc == -1 && s->restart_now && !stopping(s)) {
+            s->restart_now = false; /* not a failure: no backoff */
+            continue;
+        }
         if (s->rc == -1 && !stopping(s)) {
             /* Rewinding (a Kafka abort, a topic to wait for): not streaming
              * for /readyz and outboxd_source_state until the stream runs

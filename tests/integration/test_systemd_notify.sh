@@ -113,16 +113,24 @@ log "notifications: $(cut -f2 "$MSGS" | sed 's/WATCHDOG=1/WATCHDOG/' | uniq -c |
 # READY=1 follows /readyz's rule: with metrics.ready_min_sources: 1 the
 # unit is started once one of two sources streams, while the other's
 # database is missing (before, READY waited for every source, and a unit's
-# start timeout then killed the sources that did stream).
+# start timeout then killed the sources that did stream). Here the relay
+# starts with the default (every source), waits, and a SIGHUP lowering
+# ready_min_sources to 1 brings READY=1 (it was only looked at when the
+# streaming count changed).
 DB3=nc_$RUN_ID
 psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB3\" WITH (FORCE)" >/dev/null
 write_config "$WORK/min1.yaml" "$DB1" "$DB3"
-printf 'metrics:\n  listen: "127.0.0.1:%s"\n  ready_min_sources: 1\n' "$(free_port)" >>"$WORK/min1.yaml"
+printf 'metrics:\n  listen: "127.0.0.1:%s"\n  ready_min_sources: 0\n' "$(free_port)" >>"$WORK/min1.yaml"
 : >"$MSGS"
 NOTIFY_SOCKET=$SOCK "$OUTBOXD_BIN" run -c "$WORK/min1.yaml" >>"$WORK/relay-min1.log" 2>&1 &
 relay=$!
 RELAY_PIDS+=("$relay")
-wait_msg "READY=1" 120
+wait_msg "STATUS=1 of 2 sources streaming" 120
+sleep 2
+[ "$(count READY=1)" = 0 ] || fail "READY=1 with ready_min_sources 0 while one of two sources waits"
+sed -i 's/^  ready_min_sources: 0$/  ready_min_sources: 1/' "$WORK/min1.yaml"
+kill -HUP "$relay"
+wait_msg "READY=1" 60
 ready_line=$(grep -- "READY=1" "$MSGS")
 [[ $ready_line == *"STATUS=1 of 2 sources streaming"* ]] ||
     fail "with ready_min_sources 1, READY=1 without the 1 of 2 status: $ready_line"

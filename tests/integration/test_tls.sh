@@ -234,6 +234,36 @@ wait_drained "$DB" "${DB}_slot" 120
 n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
 [ "$n" -eq 150 ] || fail "after the password rotation and reload: expected 150 events in Kafka, found $n"
 log "rotation: after SIGHUP the relay reconnected with the file's new password; 150 of 150 events in Kafka; the heartbeat writes again"
+# A later reload pointing password_file elsewhere: the path needs a restart,
+# so the running file is kept, and read again: the connections go on with
+# its current (rotated) password, not the one read at start.
+cp "$WORK/good.yaml" "$WORK/good.saved"
+printf 'not-the-password\n' >"$WORK/other.password"
+chmod 600 "$WORK/other.password"
+sed -i "s|password_file: \"$WORK/pg.password\"|password_file: \"$WORK/other.password\"|" "$WORK/good.yaml"
+grep -q other.password "$WORK/good.yaml" || fail "test setup: good.yaml not edited"
+applied=$(grep -c 'reload: configuration [0-9]* applied by every source' "$WORK/relay.log" || true)
+kill -HUP "$relay"
+for _ in $(seq 1 600); do
+    [ "$(grep -c 'reload: configuration [0-9]* applied by every source' "$WORK/relay.log" || true)" -gt "$applied" ] && break
+    sleep 0.1
+done
+grep -q 'reload: sources\[0\].password_file: needs a restart' "$WORK/relay.log" ||
+    fail "no 'needs a restart' WARN for the changed password_file: $(grep reload "$WORK/relay.log" | tail -n 3)"
+hb_again=$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)
+psql_db "$DB" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'tlsuser'" >/dev/null
+for _ in $(seq 1 300); do
+    [ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] && break
+    sleep 0.1
+done
+[ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] ||
+    fail "after a reload that moved password_file, the heartbeat did not reconnect (the start's password came back?): $(grep -E 'heartbeat|password' "$WORK/relay.log" | tail -n 3)"
+psql_db "$DB" -c "SELECT write_events('$DB', '$DB-3', 50)" >/dev/null
+wait_drained "$DB" "${DB}_slot" 120
+n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
+[ "$n" -eq 200 ] || fail "after a reload that moved password_file: expected 200 events in Kafka, found $n"
+cp "$WORK/good.saved" "$WORK/good.yaml"
+log "rotation, then password_file moved by a reload (needs a restart): the running file's current password is kept; 200 of 200 events"
 
 stop_relay_ok "$relay"
 grep -q "DEBUG" "$WORK/relay.log" || fail "the relay log has no debug lines"

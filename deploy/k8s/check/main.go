@@ -195,6 +195,8 @@ func (c *checker) checkDeployment(d *appsv1.Deployment) {
 	for i, a := range sidecar.Args {
 		if (a == "-c" || a == "--config") && i+1 < len(sidecar.Args) {
 			confArg = sidecar.Args[i+1]
+		} else if strings.HasPrefix(a, "--config=") {
+			confArg = strings.TrimPrefix(a, "--config=")
 		}
 	}
 	confFound := false
@@ -206,8 +208,18 @@ func (c *checker) checkDeployment(d *appsv1.Deployment) {
 			if m.SubPath != "" {
 				c.fail("%s: outboxd mounts ConfigMap %s with subPath %s: the file would never see an update (a reload reads the old one); mount the folder", name, v.ConfigMap.Name, m.SubPath)
 			}
+			// Without items every key of the ConfigMap is a file.
+			files := []string{}
 			for _, it := range v.ConfigMap.Items {
-				confFound = confFound || strings.TrimSuffix(m.MountPath, "/")+"/"+it.Path == confArg
+				files = append(files, it.Path)
+			}
+			if cm, ok := c.cms[v.ConfigMap.Name]; ok && len(v.ConfigMap.Items) == 0 {
+				for k := range cm.Data {
+					files = append(files, k)
+				}
+			}
+			for _, f := range files {
+				confFound = confFound || strings.TrimSuffix(m.MountPath, "/")+"/"+f == confArg
 			}
 		}
 	}
