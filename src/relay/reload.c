@@ -123,6 +123,23 @@ static bool validate(const outboxd_config_t *next, const outboxd_config_t *initi
     return true;
 }
 
+/* An SQL identifier, quoted (for SQL shown to the operator). */
+static const char *quoted(char *out, size_t size, const char *name)
+{
+    size_t n = 0;
+    if (size < 3)
+        return "";
+    out[n++] = '"';
+    for (const char *p = name; *p && n + 3 < size; p++) {
+        if (*p == '"')
+            out[n++] = '"';
+        out[n++] = *p;
+    }
+    out[n++] = '"';
+    out[n] = '\0';
+    return out;
+}
+
 static bool same_text(const char *a, const char *b)
 {
     return (!a && !b) || (a && b && strcmp(a, b) == 0);
@@ -143,14 +160,17 @@ static void warn_row_filters(const outboxd_config_t *next, const outboxd_config_
                 if (strcmp(nt->schema, pt->schema) != 0 || strcmp(nt->name, pt->name) != 0 ||
                     same_text(nt->row_filter, pt->row_filter))
                     continue;
+                char qp[200], qs[200], qt[200];
+                quoted(qp, sizeof(qp), ns->publication);
+                quoted(qs, sizeof(qs), nt->schema);
+                quoted(qt, sizeof(qt), nt->name);
                 LOG_WARN(ns->name,
                          "reload: sources[%zu].tables[%zu].row_filter changed: publication %s "
                          "keeps the WHERE it has for %s.%s (outboxd writes one only when it "
                          "adds a table); to change it run, in one transaction: ALTER "
                          "PUBLICATION %s DROP TABLE %s.%s; ALTER PUBLICATION %s ADD TABLE "
                          "%s.%s%s%s%s",
-                         i, j, ns->publication, nt->schema, nt->name, ns->publication, nt->schema,
-                         nt->name, ns->publication, nt->schema, nt->name,
+                         i, j, ns->publication, nt->schema, nt->name, qp, qs, qt, qp, qs, qt,
                          nt->row_filter ? " WHERE (" : "", nt->row_filter ? nt->row_filter : "",
                          nt->row_filter ? ")" : "");
             }

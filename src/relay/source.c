@@ -2133,33 +2133,27 @@ static int connect_source(outboxd_source_t *s)
         int rc = connect_postgres(s);
         if (rc < 0)
             return rc;
-        if (s->sink_ready) {
-            /* The slot's position as this server holds it (read below when
-             * Kafka is set up first): after a failover the last confirmed
-             * one is another server's. For the metrics only. */
-            outboxd_lsn_t pos;
-            int pid = 0;
-            if (outboxd_repl_slot_state(s->repl, s->src->slot, &pos, &pid, err, sizeof(err)) < 0) {
-                LOG_ERROR(s->name, "%s", err);
-                close_stream(s);
-                return -1;
-            }
-            if (pos)
-                outboxd_stats_confirmed(s->stats, pos);
+    }
+    outboxd_lsn_t slot_pos = 0;
+    int pid = 0;
+    if (!resumed || !s->sink_ready) {
+        if (outboxd_repl_slot_state(s->repl, s->src->slot, &slot_pos, &pid, err, sizeof(err)) < 0) {
+            LOG_ERROR(s->name, "%s", err);
+            close_stream(s);
+            return -1;
         }
+        /* What this server holds as confirmed: for the metrics, with the WAL
+         * end connect_postgres read. A process started during a Kafka outage
+         * has confirmed nothing itself, and after a failover the last
+         * position it confirmed is another server's. */
+        if (slot_pos)
+            outboxd_stats_confirmed(s->stats, slot_pos);
     }
     bool created_slot = s->connect_created_slot;
     if (!s->sink_ready) {
         /* Kafka's first init fences the producers of any other instance
          * with this configuration: while another process streams from the
          * slot, wait instead of fencing it. */
-        outboxd_lsn_t pos;
-        int pid = 0;
-        if (outboxd_repl_slot_state(s->repl, s->src->slot, &pos, &pid, err, sizeof(err)) < 0) {
-            LOG_ERROR(s->name, "%s", err);
-            close_stream(s);
-            return -1;
-        }
         if (pid) {
             snprintf(err, sizeof(err), "replication slot \"%s\" is active for PID %d", s->src->slot,
                      pid);
@@ -2168,11 +2162,6 @@ static int connect_source(outboxd_source_t *s)
             return -1;
         }
         LOG_DEBUG(s->name, "startup: slot %s free", s->src->slot);
-        /* What the server holds as confirmed (a process started during a
-         * Kafka outage has confirmed nothing itself): with the WAL end
-         * above, the slot's lag shows before the first stream. */
-        if (pos)
-            outboxd_stats_confirmed(s->stats, pos);
         if (!s->pool && !outboxd_sink_ready(s->sink) &&
             s->conf->n_sources > (size_t)s->conf->loop_threads) {
             /*

@@ -331,6 +331,20 @@ wait_log() {
     fail "$what within $timeout s: $(tail -n 5 "$f" 2>/dev/null)"
 }
 
+# count_lines FILE PATTERN: how many lines of FILE match the extended regex.
+count_lines() { grep -cE -- "$2" "$1" 2>/dev/null || true; }
+
+# wait_more FILE PATTERN BEFORE TIMEOUT_S WHAT: until more than BEFORE lines
+# of FILE match PATTERN (count_lines before the action); else fails with WHAT.
+wait_more() {
+    local f=$1 pat=$2 before=$3 timeout=$4 what=$5
+    for _ in $(seq 1 $((timeout * 10))); do
+        [ "$(count_lines "$f" "$pat")" -gt "$before" ] && return 0
+        sleep 0.1
+    done
+    fail "$what within $timeout s: $(grep -E -- "$pat" "$f" 2>/dev/null | tail -n 2)"
+}
+
 # wait_exit PID TIMEOUT_S: until PID (a child of this shell) has exited,
 # then EXIT_RC is its exit status; returns 1 (EXIT_RC empty) when it still
 # runs after TIMEOUT_S. (bash reaps its children as they exit and keeps

@@ -3,12 +3,12 @@
 # deploy/k8s: the Go checker (deploy/k8s/check) decodes every manifest
 # strictly into its k8s.io/api type and evaluates the pod template against
 # the restricted Pod Security Standard; the manifests pass, and the relay's
-# configuration in the ConfigMap passes the relay's own parser. Then seven
+# configuration in the ConfigMap passes the relay's own parser. Then eight
 # broken copies must fail, each for its own reason: a misspelt field, a
 # container allowed to escalate privileges, a sidecar that is not native, a
 # volume naming a Secret key that does not exist, a sidecar readinessProbe
-# on /readyz, the ConfigMap mounted with subPath and -c naming no file of
-# it.
+# on /readyz, the ConfigMap mounted with subPath, -c naming no file of it
+# and a probe on another port than the metrics one.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -61,6 +61,7 @@ mutate sidecar_readiness '0,/^          resources:/s||          readinessProbe:\
     deployment.yaml 'readinessProbe on /readyz would make the pod unready'
 mutate subpath 's|^              mountPath: /etc/outboxd/config$|              mountPath: /etc/outboxd/config/outboxd.yaml\n              subPath: outboxd.yaml|' \
     deployment.yaml 'with subPath outboxd.yaml'
+mutate probe_port '0,/port: metrics/s//port: 8080/' deployment.yaml 'probes port 8080, not the metrics port'
 mutate config_path 's|"/etc/outboxd/config/outboxd.yaml"|"/etc/outboxd/outboxd.yaml"|' deployment.yaml \
     'is no file of a mounted ConfigMap'
 log "PASS"

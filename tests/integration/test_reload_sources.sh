@@ -159,7 +159,7 @@ grep -q "reload: configuration 4 applied by every source" "$LOGF" || fail "f.yam
     fail "the added table rf is not in the publication with its row filter"
 ! grep -q "row_filter changed" "$LOGF" || fail "a row_filter WARN before the filter changed"
 reload "$WORK/g.yaml"
-grep -q "\\[$A\\] reload: sources\\[0\\].tables\\[1\\].row_filter changed: publication outboxd_pub keeps the WHERE it has for public.rf.*ADD TABLE public.rf WHERE (status = 'b')" "$LOGF" ||
+grep -q "\\[$A\\] reload: sources\\[0\\].tables\\[1\\].row_filter changed: publication outboxd_pub keeps the WHERE it has for public.rf.*ADD TABLE \"public\".\"rf\" WHERE (status = 'b')" "$LOGF" ||
     fail "no WARN for the changed row_filter: $(grep reload "$LOGF" | tail -n 3)"
 log "4. $(grep -o 'reload: sources\[0\].tables\[1\].row_filter changed.*' "$LOGF" | cut -c1-160)"
 stop_relay_ok "$relay"

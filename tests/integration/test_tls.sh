@@ -218,17 +218,13 @@ log "rotation: before the reload, the old password is refused: $(grep -m1 -o 'pa
 # The heartbeat's own connection was ended above too (its next reconnect
 # with the old password is refused, in the same streak of failures).
 wait_log "$WORK/relay.log" 'heartbeat: ' 60
-hb_again=$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)
+hb_again=$(count_lines "$WORK/relay.log" 'heartbeat: writing again')
 kill -HUP "$relay"
 wait_log "$WORK/relay.log" "reload: configuration [0-9]+ applied" 60
 # ... and uses the file's new password from its next connection, as the
 # source does (it kept the first configuration's for good before).
-for _ in $(seq 1 300); do
-    [ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] && break
-    sleep 0.1
-done
-[ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] ||
-    fail "the heartbeat did not reconnect with the rotated password within 30 s: $(grep 'heartbeat' "$WORK/relay.log" | tail -n 3)"
+wait_more "$WORK/relay.log" 'heartbeat: writing again' "$hb_again" 30 \
+    "the heartbeat did not reconnect with the rotated password"
 psql_db "$DB" -c "SELECT write_events('$DB', '$DB-2', 50)" >/dev/null
 wait_drained "$DB" "${DB}_slot" 120
 n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
@@ -242,22 +238,16 @@ printf 'not-the-password\n' >"$WORK/other.password"
 chmod 600 "$WORK/other.password"
 sed -i "s|password_file: \"$WORK/pg.password\"|password_file: \"$WORK/other.password\"|" "$WORK/good.yaml"
 grep -q other.password "$WORK/good.yaml" || fail "test setup: good.yaml not edited"
-applied=$(grep -c 'reload: configuration [0-9]* applied by every source' "$WORK/relay.log" || true)
+applied=$(count_lines "$WORK/relay.log" 'reload: configuration [0-9]+ applied by every source')
 kill -HUP "$relay"
-for _ in $(seq 1 600); do
-    [ "$(grep -c 'reload: configuration [0-9]* applied by every source' "$WORK/relay.log" || true)" -gt "$applied" ] && break
-    sleep 0.1
-done
+wait_more "$WORK/relay.log" 'reload: configuration [0-9]+ applied by every source' "$applied" 60 \
+    "the reload moving password_file was not applied"
 grep -q 'reload: sources\[0\].password_file: needs a restart' "$WORK/relay.log" ||
     fail "no 'needs a restart' WARN for the changed password_file: $(grep reload "$WORK/relay.log" | tail -n 3)"
-hb_again=$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)
+hb_again=$(count_lines "$WORK/relay.log" 'heartbeat: writing again')
 psql_db "$DB" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'tlsuser'" >/dev/null
-for _ in $(seq 1 300); do
-    [ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] && break
-    sleep 0.1
-done
-[ "$(grep -c 'heartbeat: writing again' "$WORK/relay.log" || true)" -gt "$hb_again" ] ||
-    fail "after a reload that moved password_file, the heartbeat did not reconnect (the start's password came back?): $(grep -E 'heartbeat|password' "$WORK/relay.log" | tail -n 3)"
+wait_more "$WORK/relay.log" 'heartbeat: writing again' "$hb_again" 30 \
+    "after a reload that moved password_file, the heartbeat did not reconnect (the start's password came back?)"
 psql_db "$DB" -c "SELECT write_events('$DB', '$DB-3', 50)" >/dev/null
 wait_drained "$DB" "${DB}_slot" 120
 n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)

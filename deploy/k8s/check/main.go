@@ -26,6 +26,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	psaapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 	"sigs.k8s.io/yaml"
@@ -241,6 +242,21 @@ func (c *checker) checkDeployment(d *appsv1.Deployment) {
 	}
 	if metricsPort == 0 {
 		c.fail("%s: outboxd has no port named metrics", name)
+	}
+	// The probes ask the relay's own server: a probe on another port
+	// would restart a healthy relay (or never see a stuck one).
+	for _, pr := range []struct {
+		what  string
+		probe *corev1.Probe
+	}{{"startupProbe", sidecar.StartupProbe}, {"livenessProbe", sidecar.LivenessProbe}} {
+		if pr.probe == nil || pr.probe.HTTPGet == nil {
+			continue
+		}
+		port := pr.probe.HTTPGet.Port
+		if !(port.Type == intstr.String && port.StrVal == "metrics") &&
+			!(port.Type == intstr.Int && port.IntVal == metricsPort) {
+			c.fail("%s: outboxd %s probes port %s, not the metrics port (%d)", name, pr.what, port.String(), metricsPort)
+		}
 	}
 	// Volumes name existing ConfigMap and Secret keys; the config listens
 	// on the probed port on all interfaces.
