@@ -612,6 +612,35 @@ static void replay_keepalive(void *opaque)
 
 /* Commits the open Kafka transaction with this replay's checkpoint. 0, or
  * -1 with errstr. */
+/* After an aborted transaction: true with errstr when Kafka refused one of
+ * its records (or the checkpoint) for good, which a rerun would meet again
+ * (at the produce call or at the commit, whichever learns it first). */
+static bool refused_for_good(replay_t *rp, outboxd_lsn_t commit_lsn, char *errstr,
+                             size_t errstr_size)
+{
+    char reason[512];
+    for (int tries = 0;; tries++) {
+        if (outboxd_sink_refused(rp->sink, reason, sizeof(reason), NULL) ||
+            outboxd_sink_checkpoint_refused(rp->sink, reason, sizeof(reason)))
+            break;
+        if (tries == 1)
+            return false;
+        /* Learned at a produce call, the refusal's delivery reports may
+         * still wait in the producers' queues: serve them once. */
+        outboxd_sink_poll(rp->sink);
+    }
+    rp->refused = true;
+    char c[OUTBOXD_LSN_STRLEN];
+    outboxd_lsn_format(commit_lsn, c);
+    snprintf(errstr, errstr_size,
+             "Kafka refused a record of the transaction committed at %s for good (%s): nothing "
+             "of it is visible; make the target topic take it (its max.message.bytes, this "
+             "producer's ACLs; or the checkpoint topic's) or replay into another target "
+             "(--to-topic, --topic-suffix), then run again",
+             c, reason);
+    return true;
+}
+
 static int replay_commit(replay_t *rp, char *errstr, size_t errstr_size)
 {
     if (!rp->batch_open)
@@ -638,22 +667,8 @@ static int replay_commit(replay_t *rp, char *errstr, size_t errstr_size)
     replay_keepalive(rp);
     outboxd_sink_status_t st = outboxd_sink_commit(rp->sink, &ck, err, sizeof(err));
     if (st != OUTBOXD_SINK_OK) {
-        char reason[512];
-        if (st == OUTBOXD_SINK_ABORTED &&
-            (outboxd_sink_refused(rp->sink, reason, sizeof(reason), NULL) ||
-             outboxd_sink_checkpoint_refused(rp->sink, reason, sizeof(reason)))) {
-            /* Run again, it would be refused at the same record. */
-            rp->refused = true;
-            char c[OUTBOXD_LSN_STRLEN];
-            outboxd_lsn_format(ck.commit_lsn, c);
-            snprintf(errstr, errstr_size,
-                     "Kafka refused a record of the transaction committed at %s for good (%s): "
-                     "nothing of it is visible; make the target topic take it (its "
-                     "max.message.bytes, this producer's ACLs; or the checkpoint topic's) or "
-                     "replay into another target (--to-topic, --topic-suffix), then run again",
-                     c, reason);
+        if (st == OUTBOXD_SINK_ABORTED && refused_for_good(rp, ck.commit_lsn, errstr, errstr_size))
             return -1;
-        }
         snprintf(errstr, errstr_size,
                  "Kafka commit failed: %s; nothing of this transaction is visible, run the same "
                  "command again to resume",
@@ -750,6 +765,8 @@ static int replay_change(replay_t *rp, const outboxd_pgo_msg_t *msg, outboxd_lsn
         return -1;
     }
     if (st != OUTBOXD_SINK_OK) {
+        if (st == OUTBOXD_SINK_ABORTED && refused_for_good(rp, rp->commit_lsn, errstr, errstr_size))
+            return -1;
         snprintf(errstr, errstr_size, "producing to %s: %s; run the same command again to resume",
                  rec.topic, err);
         return -1;
