@@ -184,10 +184,16 @@ check_says "$WORK/nossl.yaml" 1 'no encryption; the server accepts this user onl
 start_relay "$WORK/good.yaml" relay
 relay=$RELAY_PID
 OUTPUTS+=("$WORK/relay.log")
-psql_db "$DB" -c "SELECT write_events('$DB', '$DB-1', 100)" >/dev/null
-wait_drained "$DB" "${DB}_slot" 120
-n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
-[ "$n" -eq 100 ] || fail "expected 100 events in Kafka, found $n"
+# write_and_count KEY ROWS TOTAL WHAT: ROWS more events, drained; Kafka must
+# then hold TOTAL events of this run, else fails saying WHAT.
+write_and_count() {
+    psql_db "$DB" -c "SELECT write_events('$DB', '$DB-$1', $2)" >/dev/null
+    wait_drained "$DB" "${DB}_slot" 120
+    local n
+    n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
+    [ "$n" -eq "$3" ] || fail "$4: expected $3 events in Kafka, found $n"
+}
+write_and_count 1 100 100 "through SASL_SSL"
 log "100 events published through SASL_SSL (SCRAM-SHA-512) from a verify-full connection"
 ssl=$(psql_db "$DB" -c "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'tlsuser'")
 [ "${ssl%|*}" = "${ssl#*|}" ] && [ "${ssl#*|}" -ge 2 ] || fail "relay connections not all TLS (encrypted|all: $ssl)"
@@ -225,10 +231,7 @@ wait_log "$WORK/relay.log" "reload: configuration [0-9]+ applied" 60
 # source does (it kept the first configuration's for good before).
 wait_more "$WORK/relay.log" 'heartbeat: writing again' "$hb_again" 30 \
     "the heartbeat did not reconnect with the rotated password"
-psql_db "$DB" -c "SELECT write_events('$DB', '$DB-2', 50)" >/dev/null
-wait_drained "$DB" "${DB}_slot" 120
-n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
-[ "$n" -eq 150 ] || fail "after the password rotation and reload: expected 150 events in Kafka, found $n"
+write_and_count 2 50 150 "after the password rotation and reload"
 log "rotation: after SIGHUP the relay reconnected with the file's new password; 150 of 150 events in Kafka; the heartbeat writes again"
 # A later reload pointing password_file elsewhere: the path needs a restart,
 # so the running file is kept, and read again: the connections go on with
@@ -248,10 +251,7 @@ hb_again=$(count_lines "$WORK/relay.log" 'heartbeat: writing again')
 psql_db "$DB" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'tlsuser'" >/dev/null
 wait_more "$WORK/relay.log" 'heartbeat: writing again' "$hb_again" 30 \
     "after a reload that moved password_file, the heartbeat did not reconnect (the start's password came back?)"
-psql_db "$DB" -c "SELECT write_events('$DB', '$DB-3', 50)" >/dev/null
-wait_drained "$DB" "${DB}_slot" 120
-n=$(consume_json -T "^$RUN_ID\\.ev\\..*" --timeout-ms 60000 | wc -l)
-[ "$n" -eq 200 ] || fail "after a reload that moved password_file: expected 200 events in Kafka, found $n"
+write_and_count 3 50 200 "after a reload that moved password_file"
 cp "$WORK/good.saved" "$WORK/good.yaml"
 log "rotation, then password_file moved by a reload (needs a restart): the running file's current password is kept; 200 of 200 events"
 
