@@ -193,15 +193,20 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 }
 
 /* The registry's own words: "message" of its error body, else the body. */
-static void error_text(const outboxd_buf_t *resp, char *out, size_t n)
+/* The answer's message, and its Confluent error_code (0 when it has none:
+ * not a registry's answer, e.g. a proxy's). */
+static long error_text(const outboxd_buf_t *resp, char *out, size_t n)
 {
     json_t *j = resp->data ? json_loadb(resp->data, resp->len, 0, NULL) : NULL;
     const char *msg = j ? json_string_value(json_object_get(j, "message")) : NULL;
+    json_t *code = j ? json_object_get(j, "error_code") : NULL;
+    long ec = json_is_integer(code) ? (long)json_integer_value(code) : 0;
     if (msg)
         snprintf(out, n, "%s", msg);
     else
         snprintf(out, n, "%.300s", resp->data ? resp->data : "(empty answer)");
     json_decref(j);
+    return ec;
 }
 
 static outboxd_registry_status_t request(outboxd_registry_t *reg, const char *subject,
@@ -256,7 +261,7 @@ static outboxd_registry_status_t request(outboxd_registry_t *reg, const char *su
         return OUTBOXD_REGISTRY_RETRY;
     }
     char msg[400];
-    error_text(&reg->resp, msg, sizeof(msg));
+    long code = error_text(&reg->resp, msg, sizeof(msg));
     outboxd_registry_status_t st = OUTBOXD_REGISTRY_RETRY;
     if (status == 200) {
         json_t *j = json_loadb(reg->resp.data ? reg->resp.data : "", reg->resp.len, 0, NULL);
@@ -288,12 +293,29 @@ static outboxd_registry_status_t request(outboxd_registry_t *reg, const char *su
                 "compatibility level): %s",
                 subject, msg);
         st = OUTBOXD_REGISTRY_REJECTED;
+    } else if (status == 422 && code == 42205) {
+        /* A subject or the registry in READONLY or IMPORT mode (a
+         * migration, a DR cut-over): it passes, so wait, never dead-letter. */
+        set_err(errstr, errstr_size,
+                "schema registry %s does not take registrations now (%s; error_code 42205: "
+                "READONLY or IMPORT mode) for subject %s; retrying until its mode is READWRITE",
+                reg->url, msg, subject);
+        st = OUTBOXD_REGISTRY_RETRY;
     } else if (status == 422) {
         set_err(errstr, errstr_size,
                 "schema registry rejected the schema for subject %s as "
                 "invalid: %s",
                 subject, msg);
         st = OUTBOXD_REGISTRY_REJECTED;
+    } else if (status == 404 && !reg->auto_register && code != 40401 && code != 40403) {
+        /* Not the registry's "not found" (error_code 40401 subject, 40403
+         * schema): a proxy's, or a url missing its API path. */
+        set_err(errstr, errstr_size,
+                "schema registry %s answered HTTP 404 for subject %s without a registry error "
+                "code (%s): check schema_registry.url (its path, e.g. /apis/ccompat/v7 for "
+                "Apicurio); retrying",
+                reg->url, subject, msg);
+        st = OUTBOXD_REGISTRY_RETRY;
     } else if (status == 404 && !reg->auto_register) {
         set_err(errstr, errstr_size,
                 "schema is not registered under subject %s (schema_registry.auto_register is "
@@ -498,7 +520,7 @@ outboxd_registry_status_t outboxd_registry_schema_by_id(outboxd_registry_t *reg,
         return OUTBOXD_REGISTRY_RETRY;
     }
     char msg[400];
-    error_text(&reg->resp, msg, sizeof(msg));
+    long code = error_text(&reg->resp, msg, sizeof(msg));
     outboxd_registry_status_t st = OUTBOXD_REGISTRY_RETRY;
     if (status == 200) {
         json_t *j = json_loadb(reg->resp.data ? reg->resp.data : "", reg->resp.len, 0, NULL);
@@ -518,6 +540,12 @@ outboxd_registry_status_t outboxd_registry_schema_by_id(outboxd_registry_t *reg,
             st = OUTBOXD_REGISTRY_OK;
         }
         json_decref(j);
+    } else if (status == 404 && code != 40403) {
+        set_err(errstr, errstr_size,
+                "schema registry %s answered HTTP 404 for schema id %" PRId32
+                " without a registry error code (%s): check schema_registry.url (its path, "
+                "e.g. /apis/ccompat/v7 for Apicurio); retrying",
+                reg->url, id, msg);
     } else if (status == 404) {
         set_err(errstr, errstr_size,
                 "schema registry %s does not know schema id %" PRId32

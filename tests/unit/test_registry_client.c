@@ -212,6 +212,48 @@ static void test_classification(void **state)
     server_stop(s);
 }
 
+/* Error codes decide what is for good: a registry in READONLY or IMPORT
+ * mode (422, error_code 42205) is waited for; with auto_register off, only
+ * the registry's own "not found" (40401, 40403) is a verdict, not a 404
+ * from a proxy or a url missing its API path. */
+static void test_error_codes(void **state)
+{
+    (void)state;
+    const char *answers[] = {
+        "422|{\"error_code\":42205,\"message\":\"Subject m1 is in read-only mode\"}",
+        "200|{\"id\":3}",
+        "404|<html>Not Found</html>",
+        "404|{\"error_code\":40401,\"message\":\"Subject 'm3' not found.\"}",
+    };
+    server_t *s = server_start(answers, 4);
+    outboxd_registry_t *reg = client(s, 0, NULL, NULL);
+    int32_t id = 0;
+    char err[512];
+    assert_int_equal(outboxd_registry_id(reg, "m1", "\"int\"", &id, err, sizeof(err)),
+                     OUTBOXD_REGISTRY_RETRY);
+    assert_non_null(strstr(err, "READONLY or IMPORT mode"));
+    assert_int_equal(outboxd_registry_id(reg, "m1", "\"int\"", &id, err, sizeof(err)),
+                     OUTBOXD_REGISTRY_OK);
+    assert_int_equal(id, 3);
+    outboxd_registry_destroy(reg);
+
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", s->port);
+    outboxd_registry_conf_t rc = {.url = url, .timeout_ms = 5000, .auto_register = false};
+    reg = outboxd_registry_new(&rc, err, sizeof(err));
+    assert_non_null(reg);
+    assert_int_equal(outboxd_registry_id(reg, "m2", "\"int\"", &id, err, sizeof(err)),
+                     OUTBOXD_REGISTRY_RETRY);
+    assert_non_null(strstr(err, "without a registry error code"));
+    assert_non_null(strstr(err, "check schema_registry.url"));
+    assert_int_equal(outboxd_registry_id(reg, "m3", "\"int\"", &id, err, sizeof(err)),
+                     OUTBOXD_REGISTRY_REJECTED);
+    assert_non_null(strstr(err, "is not registered under subject m3"));
+    assert_non_null(strstr(s->requests[3], "POST /subjects/m3 HTTP/1.1"));
+    outboxd_registry_destroy(reg);
+    server_stop(s);
+}
+
 /* After the TTL a cached id is confirmed again, and a new id is taken. */
 static void test_ttl(void **state)
 {
@@ -238,6 +280,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_register_and_cache),
         cmocka_unit_test(test_classification),
+        cmocka_unit_test(test_error_codes),
         cmocka_unit_test(test_ttl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
