@@ -14,6 +14,8 @@
 #   outboxd-shop's own, README "The shop"): SHOP_SAGA_TIMEOUT_MS (20000),
 #   SHOP_RATE (0: unlimited), SHOP_RETRIES (3), SHOP_RETRY_BACKOFF_MS (100),
 #   SHOP_GATEWAY_RATE (200 r/s) and SHOP_GATEWAY_BURST (400) per client
+#   and token; SHOP_GATEWAY_ADDR_RATE and SHOP_GATEWAY_ADDR_BURST (5 times
+#   those) per client address, whatever its tokens
 #   SHOP_REGISTRY  1 (default): start a schema registry (tests/stack/registry.sh,
 #                  Apicurio in memory, in $SHOP_WORK/registry); outboxd writes
 #                  the Confluent wire format and the services decode through
@@ -308,6 +310,8 @@ _shop_start_nginx() {
         -e "s|@GATEWAY_PORT@|$SHOP_GATEWAY_PORT|g" \
         -e "s|@RATE@|${SHOP_GATEWAY_RATE:-200}|g" \
         -e "s|@BURST@|${SHOP_GATEWAY_BURST:-400}|g" \
+        -e "s|@ADDR_RATE@|${SHOP_GATEWAY_ADDR_RATE:-$((${SHOP_GATEWAY_RATE:-200} * 5))}|g" \
+        -e "s|@ADDR_BURST@|${SHOP_GATEWAY_ADDR_BURST:-$((${SHOP_GATEWAY_BURST:-400} * 5))}|g" \
         "$SHOP_ROOT/deploy/shop/nginx.conf" >"$SHOP_WORK/nginx.conf"
     for s in "${SHOP_SERVICES[@]}"; do
         local up=${s^^}

@@ -36,12 +36,18 @@ static int apply(shop_svc_t *svc, PGconn *conn, json_t *cmd, char *reason, size_
     long long member, coupon, discount = 0;
     if (!shop_jint(cmd, "memberId", &member, errstr, errstr_size))
         return -1;
-    if (!has_coupon(cmd))
-        return 1; /* nothing to use: a success that undo leaves alone */
-    if (!shop_jint(cmd, "couponId", &coupon, errstr, errstr_size))
-        return -1;
     if (json_object_get(cmd, "discount") && !json_is_null(json_object_get(cmd, "discount")) &&
         !shop_jint(cmd, "discount", &discount, errstr, errstr_size))
+        return -1;
+    /* The discount is vouched for here alone (product only checks that
+     * amount + discount is the price): none without a coupon. */
+    if (!has_coupon(cmd)) {
+        if (discount == 0)
+            return 1; /* nothing to use: a success that undo leaves alone */
+        snprintf(reason, reason_size, "discount %lld without a coupon", discount);
+        return 0;
+    }
+    if (!shop_jint(cmd, "couponId", &coupon, errstr, errstr_size))
         return -1;
     char c[32], m[32];
     snprintf(c, sizeof(c), "%lld", coupon);
@@ -128,6 +134,12 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
                               "SELECT id, name, discount, total, issued FROM coupons ORDER BY id",
                               0, NULL, status);
     if (post && n == 1) {
+        /* Coupons are made by an admin (/api/admin/coupons) or on the
+         * service's own port; the gateway's /api/coupons/ route is for
+         * users (issue, list), who must not mint discounts. */
+        char sb[32];
+        if (shop_scope(req, sb))
+            return outboxd_shop_error(status, 403, "only an admin creates coupons");
         long long discount, total;
         const char *name = shop_jstr(req->body, "name", e, sizeof(e));
         if (!name || !shop_jint(req->body, "discount", &discount, e, sizeof(e)) ||

@@ -212,6 +212,11 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
             return o;
         }
         if (get && n == 1) {
+            /* Every member and balance: the service's own port, or an
+             * admin through the gateway. */
+            char sb[32];
+            if (shop_scope(req, sb))
+                return outboxd_shop_error(status, 403, "only an admin lists the members");
             *status = 200;
             return shop_http_rows(svc, "SELECT id, name, role, balance FROM members ORDER BY id", 0,
                                   NULL, status);

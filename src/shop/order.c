@@ -196,6 +196,10 @@ static json_t *route(void *opaque, outboxd_shop_req_t *req, int *status)
             return outboxd_shop_error(status, 400, "%s", e);
         if (qty <= 0)
             return outboxd_shop_error(status, 400, "quantity must be positive");
+        if (amount < 0 || discount < 0)
+            return outboxd_shop_error(status, 400, "amount and discount must not be negative");
+        if (coupon < 0 && discount != 0)
+            return outboxd_shop_error(status, 400, "discount %lld without a couponId", discount);
         char m[32], pr[32], q[32], c[32], a[32], d[32];
         snprintf(m, sizeof(m), "%lld", member);
         snprintf(pr, sizeof(pr), "%lld", product);

@@ -57,6 +57,11 @@ static const char schema[] =
     " late_result text,"
     " compensation text CHECK (compensation IN ('SENT', 'DONE')),"
     " PRIMARY KEY (payment_id, service));"
+    /* When the compensation was sent (a database made by an older shop
+     * gets the column here). */
+    "ALTER TABLE saga_steps ADD COLUMN IF NOT EXISTS compensation_at timestamptz;"
+    "CREATE INDEX IF NOT EXISTS saga_steps_sent ON saga_steps (payment_id) "
+    "WHERE compensation = 'SENT';"
     "CREATE TABLE IF NOT EXISTS saga_trace ("
     " seq bigserial PRIMARY KEY,"
     " payment_id text NOT NULL,"
@@ -144,8 +149,8 @@ static int send_compensation(shop_svc_t *svc, PGconn *conn, json_t *pay, const c
         return -1;
     const char *p[2] = {payment_id, service};
     if (outboxd_shop_command(conn,
-                             "UPDATE saga_steps SET compensation = 'SENT' WHERE "
-                             "payment_id = $1 AND service = $2",
+                             "UPDATE saga_steps SET compensation = 'SENT', compensation_at = "
+                             "clock_timestamp() WHERE payment_id = $1 AND service = $2",
                              2, p, errstr, errstr_size) < 0)
         return -1;
     return trace(conn, payment_id, "payment", "compensate", topic, errstr, errstr_size);
@@ -295,8 +300,11 @@ static int on_result(shop_svc_t *svc, PGconn *conn, const outboxd_shop_event_t *
     PQclear(res);
     char detail[700];
     const char *at = json_string_value(json_object_get(ev->payload, "at"));
+    /* "at" is a timestamp (its time of day from the 12th character on) as
+     * our participants write it; another producer's may be anything. */
+    const char *at_time = at && strlen(at) > 11 ? at + 11 : at;
     snprintf(detail, sizeof(detail), "%s%s%s%s%s%s", ok ? "success" : "failure", reason ? ": " : "",
-             reason ? reason : "", at ? " (done at " : "", at ? at + 11 : "", at ? ")" : "");
+             reason ? reason : "", at ? " (done at " : "", at ? at_time : "", at ? ")" : "");
     if (strcmp(prev, "SUCCESS") == 0 || strcmp(prev, "FAIL") == 0 || *late) {
         rc = trace(conn, payment_id, service, "duplicate result ignored", detail, errstr,
                    errstr_size);
@@ -411,11 +419,16 @@ typedef struct payment_priv {
 } payment_priv_t;
 
 /* COMPENSATING for longer than twice its saga timeout (the one it was
- * created with: deadline - created_at) since it started. Compensations take
- * milliseconds; a participant whose database is away delays them, a
- * dead-lettered one stops them. */
+ * created with: deadline - created_at) since it started, or a compensation
+ * sent longer ago than that and not answered, whatever the payment's status
+ * (a late success is compensated after the payment FAILED). Compensations
+ * take milliseconds; a participant whose database is away delays them, a
+ * dead-lettered one stops them. A condition on payments (unaliased). */
 #define OVERDUE_SQL                                                                                \
-    "status = 'COMPENSATING' AND deadline + (deadline - created_at) < clock_timestamp()"
+    "((status = 'COMPENSATING' AND deadline + (deadline - created_at) < clock_timestamp()) OR "    \
+    "id IN (SELECT s.payment_id FROM saga_steps s JOIN payments p ON p.id = s.payment_id WHERE "   \
+    "s.compensation = 'SENT' AND s.compensation_at + 2 * (p.deadline - p.created_at) < "           \
+    "clock_timestamp()))"
 
 /* How often the sweeper looks for overdue compensations and warns: the
  * saga timeout, within 1 to 30 s. */
@@ -543,7 +556,8 @@ static json_t *stats(shop_svc_t *svc)
                                   "count(*) FILTER (WHERE status = 'COMPENSATING') AS "
                                   "compensating, count(*) FILTER (WHERE " OVERDUE_SQL
                                   ") AS \"compensatingOverdue\" FROM payments WHERE status IN "
-                                  "('PENDING', 'COMPENSATING')",
+                                  "('PENDING', 'COMPENSATING') OR id IN (SELECT payment_id FROM "
+                                  "saga_steps WHERE compensation = 'SENT')",
                                   0, NULL, &status);
     /* an aggregate: always one row, or the query's error */
     return json_pack("{s:o}", "sagas", shop_http_first(rows, &status, 200, 500, "no row"));
@@ -619,6 +633,15 @@ static json_t *create_payment(shop_svc_t *svc, outboxd_shop_req_t *req, int *sta
     if (json_object_get(req->body, "discount") &&
         !shop_jint(req->body, "discount", &discount, e, sizeof(e)))
         return outboxd_shop_error(status, 400, "%s", e);
+    /* Refused here so that a client learns it at once; the participants
+     * check the same (coupon: no discount without a coupon; product: the
+     * price). */
+    if (amount < 0 || discount < 0 || qty <= 0)
+        return outboxd_shop_error(status, 400,
+                                  "amount, discount and quantity must not be "
+                                  "negative (quantity positive)");
+    if (coupon < 0 && discount != 0)
+        return outboxd_shop_error(status, 400, "discount %lld without a couponId", discount);
     long wait_ms = 0;
     const char *w = outboxd_shop_req_query(req, "wait");
     if (w && (wait_ms = parse_wait(w)) < 0)

@@ -49,7 +49,9 @@ static int apply(shop_svc_t *svc, PGconn *conn, json_t *cmd, char *reason, size_
         snprintf(reason, reason_size, "quantity %lld is not positive", qty);
         return 0;
     }
-    if (price * qty != amount + discount) {
+    long long want, got;
+    if (__builtin_mul_overflow(price, qty, &want) ||
+        __builtin_add_overflow(amount, discount, &got) || want != got) {
         snprintf(reason, reason_size, "amount %lld + discount %lld != price %lld x %lld", amount,
                  discount, price, qty);
         return 0;

@@ -5,7 +5,8 @@
 #    groups) changes nothing: each consumer finds all in its inbox;
 #  - a poison message lands on <topic>.dlt after the retries, once per
 #    consumer, with the error, and the consumers go on; a value that is not
-#    outboxd's Avro at all is dead-lettered without retries;
+#    outboxd's Avro at all is dead-lettered without retries, also with a
+#    binary key and a trace_id header that are not UTF-8 (stored as hex);
 #  - the schema registry away: a service that has no schema cached waits
 #    for it (retries with backoff) and dead-letters nothing;
 #  - a service's database away (member's, refusing connections) while a
@@ -92,6 +93,16 @@ shop_wait_eq "4 dead letters of the undecodable value" 120 4 raw_count ||
 # not decodable is not retried: the first attempt never ran a handler
 topic_dump payment-pending.dlt | grep 'not an outboxd event' | jq -s -e 'map(.value.payload.attempts == 0) | all' >/dev/null ||
     fail "undecodable value was retried"
+log "poison: a binary key and a trace_id header that are not UTF-8 (a foreign producer)"
+# The database takes neither as text: the dead letter must still be written
+# (key and trace as hex), or the consumer would retry it for ever and stop.
+"$OUTBOXD_TOOLS/shop_produce" --trace-hex c328 "$KAFKA_BOOTSTRAP" "${SHOP_TOPIC_PREFIX}payment-pending" hex:ff10 '{"binary": "key"}' ||
+    fail "could not produce the binary-keyed message"
+bin_count() { topic_dump payment-pending.dlt | grep -cF '"key":"hex:ff10"' || true; }
+shop_wait_eq "4 dead letters of the binary-keyed value" 120 4 bin_count ||
+    fail "the binary-keyed value was dead-lettered $(bin_count) times, expected 4 (a consumer stuck on it?)"
+topic_dump payment-pending.dlt | grep -F '"key":"hex:ff10"' | head -n 1 | jq -e '.headers.trace_id == "hex:c328"' >/dev/null ||
+    fail "the dead letter does not carry the trace_id as hex: $(topic_dump payment-pending.dlt | grep -F '"key":"hex:ff10"' | head -n 1)"
 O=$(order "$KIM_T" "$KB" 1 1000 null 0)
 P=$(pay "$KIM_T" "$O" "$KB" 1 1000 null 0)
 [ "$(jq -r .status <<<"$P")" = COMPLETED ] || fail "payment after the poison messages: $P"

@@ -8,8 +8,10 @@
 #    order not payable): exactly the successful ones are compensated, every
 #    database ends as before, payment FAILED, payment-failed emitted once;
 #  - the gateway refuses a missing or wrong token and a user on an admin
-#    route, and rate-limits; a user reads and cancels only their own orders
-#    and payments (another's: 404), an admin reads every one.
+#    route (creating a coupon, listing the members: 403 on any route), and
+#    rate-limits per token and per address (a new token each time); a user
+#    reads and cancels only their own orders and payments (another's: 404),
+#    an admin reads every one; a discount without a coupon is refused.
 # shellcheck disable=SC1091
 source "$(dirname "$0")/shop_lib.sh"
 
@@ -163,6 +165,18 @@ shop_api POST /api/admin/coupons "$KIM_T" '{"name": "x", "discount": 1, "total":
 [ "$SHOP_CODE" = 403 ] || fail "user on the admin coupon route: HTTP $SHOP_CODE, expected 403"
 shop_api GET "/api/members/$LEE" "$KIM_T" >/dev/null
 [ "$SHOP_CODE" = 403 ] || fail "kim reading lee's account: HTTP $SHOP_CODE, expected 403"
+shop_api GET /api/members/ "$KIM_T" >/dev/null
+[ "$SHOP_CODE" = 403 ] || fail "a user listing every member and balance: HTTP $SHOP_CODE, expected 403"
+shop_api POST /api/coupons/ "$KIM_T" '{"name": "free", "discount": 100000, "total": 1}' >/dev/null
+[ "$SHOP_CODE" = 403 ] || fail "a user creating a coupon through /api/coupons/: HTTP $SHOP_CODE, expected 403"
+[ "$(shop_db coupon "SELECT count(*) FROM coupons WHERE name = 'free'")" = 0 ] || fail "the user's coupon was created"
+# a discount without a coupon would be free goods: refused by order and payment
+shop_api POST /api/orders "$KIM_T" "{\"productId\": $KB, \"quantity\": 1, \"amount\": 0, \"couponId\": null, \"discount\": $PRICE}" >/dev/null
+[ "$SHOP_CODE" = 400 ] || fail "an order with a discount and no coupon: HTTP $SHOP_CODE, expected 400"
+OF=$(order "$KIM_T" "$KB" 1 0 null 0)
+shop_api POST "/api/payments?wait=5s" "$KIM_T" "{\"orderId\": $OF, \"productId\": $KB, \"quantity\": 1, \"amount\": 0, \"couponId\": null, \"discount\": $PRICE}" >"$SHOP_WORK/free.out"
+[ "$SHOP_CODE" = 400 ] || fail "a payment with a discount and no coupon: HTTP $SHOP_CODE, expected 400: $(cat "$SHOP_WORK/free.out")"
+grep -q "without a couponId" "$SHOP_WORK/free.out" || fail "unclear refusal: $(cat "$SHOP_WORK/free.out")"
 # a user sees and cancels only their own orders and payments; another's is
 # "not found", as one that does not exist; an admin sees every one
 shop_api GET "/api/orders/$O" "$LEE_T" >/dev/null
@@ -192,5 +206,15 @@ grep -q ' 429$' <<<"$codes" || fail "no request was rate-limited: $codes"
 grep -q ' 200$' <<<"$codes" || fail "no request got through: $codes"
 # another token is not limited by kim's burst
 api GET /api/orders "$LEE_T" >/dev/null
+# a new token on every request (limit_req runs before the token is checked)
+# is bounded by the address's own limit: 5 times the per-token one, 100 r/s
+# with a burst of 200 here (requests nginx itself refuses: cheap and fast)
+args=()
+for i in $(seq 1 1000); do
+    args+=(--next -s -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer forged-$i" -X POST "$SHOP_GATEWAY/api/products")
+done
+codes=$(curl "${args[@]:1}" | sort | uniq -c)
+grep -q ' 429$' <<<"$codes" || fail "a new token on every request was never rate-limited: $codes"
+log "a new token on every request: $(tr -s ' \n' ' ' <<<"$codes")"
 
 log "PASS in $((SECONDS - T0)) s"

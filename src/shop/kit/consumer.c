@@ -78,6 +78,7 @@ struct outboxd_shop_consumer {
     rd_kafka_t *rk;
     outboxd_shop_decoder_t *dec;
     PGconn *conn;
+    bool read_only; /* the last statement met 25006: reconnect before the next */
     outboxd_shop_throttle_t throttle;
     pthread_t thread;
     bool started;
@@ -137,8 +138,11 @@ static int create_topics(outboxd_shop_consumer_t *c, char *errstr, size_t errstr
     for (size_t i = 0; i < c->n_topics; i++) {
         char dlt[512];
         snprintf(dlt, sizeof(dlt), "%s.dlt", c->topics[i]);
-        nt[2 * i] = rd_kafka_NewTopic_new(c->topics[i], parts, 1, NULL, 0);
-        nt[2 * i + 1] = rd_kafka_NewTopic_new(dlt, 1, 1, NULL, 0);
+        /* Replication factor -1: the broker's default.replication.factor
+         * (1 would lose saga commands with one broker, and fail outright
+         * where min.insync.replicas is 2). */
+        nt[2 * i] = rd_kafka_NewTopic_new(c->topics[i], parts, -1, NULL, 0);
+        nt[2 * i + 1] = rd_kafka_NewTopic_new(dlt, 1, -1, NULL, 0);
     }
     rd_kafka_queue_t *q = rd_kafka_queue_new(c->rk);
     rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(c->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
@@ -274,7 +278,62 @@ static void ensure_conn(outboxd_shop_consumer_t *c)
     if (PQstatus(c->conn) != CONNECTION_OK) {
         LOG_WARN(c->scope, "database connection lost; reconnecting");
         PQreset(c->conn);
+    } else if (c->read_only) {
+        /* A session on a server in recovery (a standby, or a failover not
+         * finished) takes no writes: a new one finds the primary (a dsn
+         * with several hosts and target_session_attrs=read-write). */
+        LOG_WARN(c->scope, "database session is read-only (25006); reconnecting");
+        PQreset(c->conn);
     }
+    c->read_only = false;
+}
+
+/*
+ * Bytes from the wire (a Kafka key, a header) as text a database takes:
+ * valid UTF-8 without NUL, at most max bytes (cut at a character
+ * boundary); anything else as "hex:" and the bytes in hex (as many as
+ * fit). A foreign producer's binary key must not make an event impossible
+ * to store, dead letter included.
+ */
+static void clean_text(const void *p, size_t n, size_t max, char *out, size_t out_size)
+{
+    const unsigned char *b = p;
+    size_t i = 0, cut = 0;
+    bool ok = true;
+    while (ok && i < n) {
+        unsigned char c0 = b[i];
+        size_t len = c0 < 0x80             ? 1
+                     : (c0 & 0xE0) == 0xC0 ? 2
+                     : (c0 & 0xF0) == 0xE0 ? 3
+                     : (c0 & 0xF8) == 0xF0 ? 4
+                                           : 0;
+        ok = c0 != 0 && len > 0 && i + len <= n && !(len == 2 && c0 < 0xC2) &&
+             !(len == 4 && c0 > 0xF4);
+        for (size_t k = 1; ok && k < len; k++)
+            ok = (b[i + k] & 0xC0) == 0x80;
+        if (ok && len == 3) {
+            unsigned cp = ((c0 & 0x0Fu) << 12) | ((b[i + 1] & 0x3Fu) << 6) | (b[i + 2] & 0x3Fu);
+            ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
+        }
+        if (ok && len == 4) {
+            unsigned cp = ((c0 & 0x07u) << 18) | ((b[i + 1] & 0x3Fu) << 12) |
+                          ((b[i + 2] & 0x3Fu) << 6) | (b[i + 3] & 0x3Fu);
+            ok = cp >= 0x10000 && cp <= 0x10FFFF;
+        }
+        if (ok) {
+            i += len;
+            if (i <= max && i < out_size)
+                cut = i;
+        }
+    }
+    if (ok) {
+        memcpy(out, b, cut);
+        out[cut] = '\0';
+        return;
+    }
+    size_t o = (size_t)snprintf(out, out_size, "hex:");
+    for (size_t k = 0; k < n && o + 2 < out_size && o + 2 <= max; k++)
+        o += (size_t)snprintf(out + o, out_size - o, "%02x", b[k]);
 }
 
 static void rollback(outboxd_shop_consumer_t *c)
@@ -311,6 +370,8 @@ static const char *jstr(json_t *o, const char *k)
  * ROLLBACK, which would not change either. */
 static int db_failure(outboxd_shop_consumer_t *c)
 {
+    if (strcmp(outboxd_shop_last_sqlstate(), "25006") == 0)
+        c->read_only = true;
     return outboxd_shop_db_away(c->conn) ? OUTBOXD_SHOP_UNAVAILABLE : OUTBOXD_SHOP_FAILED;
 }
 
@@ -355,7 +416,8 @@ static int apply_once(outboxd_shop_consumer_t *c, const char *event_id,
  * in the same transaction so a redelivery does not dead-letter it twice. */
 static int dead_letter(outboxd_shop_consumer_t *c, const rd_kafka_message_t *m,
                        const char *event_id, json_t *envelope, const char *trace_id,
-                       const char *error, int attempts, char *errstr, size_t errstr_size)
+                       const char *error, int attempts, bool minimal, char *errstr,
+                       size_t errstr_size)
 {
     ensure_conn(c);
     const char *full = rd_kafka_topic_name(m->rkt);
@@ -371,11 +433,13 @@ static int dead_letter(outboxd_shop_consumer_t *c, const rd_kafka_message_t *m,
     json_object_set_new(p, "offset", json_integer(m->offset));
     json_object_set_new(p, "attempts", json_integer(attempts));
     json_object_set_new(p, "eventId", json_string(event_id));
-    if (envelope)
+    if (envelope && !minimal)
         json_object_set(p, "event", envelope);
+    else if (envelope)
+        json_object_set_new(p, "eventOmitted",
+                            json_string("the event's value could not be stored (see error)"));
     char key[256];
-    snprintf(key, sizeof(key), "%.*s", m->key_len > 200 ? 200 : (int)m->key_len,
-             m->key ? (const char *)m->key : "");
+    clean_text(m->key ? m->key : "", m->key ? m->key_len : 0, 200, key, sizeof(key));
     int rc = -1;
     if (outboxd_shop_exec(c->conn, "BEGIN", errstr, errstr_size) < 0)
         goto out;
@@ -411,8 +475,7 @@ static bool handle_message(outboxd_shop_consumer_t *c, const rd_kafka_message_t 
         size_t vlen;
         if (rd_kafka_header_get_last(hdrs, "trace_id", &v, &vlen) == RD_KAFKA_RESP_ERR_NO_ERROR &&
             v)
-            snprintf(trace_id, sizeof(trace_id), "%.*s", (int)(vlen < 127 ? vlen : 127),
-                     (const char *)v);
+            clean_text(v, vlen, 127, trace_id, sizeof(trace_id));
     }
     json_t *env = NULL;
     if (!m->payload)
@@ -525,7 +588,25 @@ static bool handle_message(outboxd_shop_consumer_t *c, const rd_kafka_message_t 
     /* Losing nothing matters more than going on: retry the dead letter until
      * it is written (the database may be down). */
     int64_t backoff = 200;
-    while (dead_letter(c, m, event_id, env, trace_id, errstr, attempts, derr, sizeof(derr)) < 0) {
+    bool minimal = false;
+    for (;;) {
+        outboxd_shop_sqlstate_clear();
+        if (dead_letter(c, m, event_id, env, trace_id, errstr, attempts, minimal, derr,
+                        sizeof(derr)) == 0)
+            break;
+        /* The event itself may be what the database refuses (a string
+         * jsonb does not take, such as one with \u0000: SQLSTATE class 22):
+         * then the dead letter goes without it, naming where it is. */
+        if (!minimal && env && strncmp(outboxd_shop_last_sqlstate(), "22", 2) == 0) {
+            LOG_ERROR(c->scope,
+                      "cannot store event %s in its dead letter (%s); writing the dead "
+                      "letter without it",
+                      event_id, derr);
+            minimal = true;
+            continue;
+        }
+        if (strcmp(outboxd_shop_last_sqlstate(), "25006") == 0)
+            c->read_only = true;
         LOG_ERROR(c->scope, "cannot write the dead letter for %s (retrying): %s", event_id, derr);
         if (atomic_load(&c->stop)) {
             json_decref(env);

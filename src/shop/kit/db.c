@@ -57,9 +57,12 @@ bool outboxd_shop_sqlstate_transient(const char *s)
         return true;
     /* Of class 53 not 53200 (out of memory) nor 53400 (a limit such as
      * temp_file_limit): one event can cause those, and would loop for ever. */
-    return strcmp(s, "53000") == 0 || strcmp(s, "53100") == 0 || strcmp(s, "53300") == 0 ||
-           strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
-           strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0;
+    /* 25006: a read-only transaction, i.e. a session on a server in
+     * recovery (a failover in progress, or a standby): the consumer
+     * reconnects and tries again, it is not the event's fault. */
+    return strcmp(s, "25006") == 0 || strcmp(s, "53000") == 0 || strcmp(s, "53100") == 0 ||
+           strcmp(s, "53300") == 0 || strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 ||
+           strcmp(s, "57P03") == 0 || strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0;
 }
 
 bool outboxd_shop_db_away(PGconn *conn)
