@@ -26,9 +26,20 @@ const char *outboxd_connhint_pg(const char *m)
     if (strstr(m, "server does not support SSL"))
         return "the server does not offer TLS (ssl = off); enable TLS on the server, or "
                "check sslmode in the dsn";
-    if (strstr(m, "pg_hba.conf") && strstr(m, "no encryption"))
+    /* libpq with sslmode=prefer tries TLS, then without: both refusals are
+     * in the message, and TLS is not the answer then. */
+    if (strstr(m, "pg_hba.conf") && strstr(m, "SSL encryption"))
+        return "no pg_hba.conf line lets this user in from this host, over TLS or without; add "
+               "one (host or hostssl, this database and user, this address) and reload "
+               "PostgreSQL";
+    if (strstr(m, "pg_hba.conf rejects") && strstr(m, "no encryption"))
         return "the server accepts this user only over TLS; set sslmode=verify-full and "
                "sslrootcert in the dsn";
+    if (strstr(m, "pg_hba.conf") && strstr(m, "no encryption"))
+        return "no pg_hba.conf line lets this user in from this host without TLS; add one (host, "
+               "this database and user, this address) and reload PostgreSQL, or if the server "
+               "takes it only over TLS (hostssl) set sslmode=verify-full and sslrootcert in the "
+               "dsn";
     if (strstr(m, "password authentication failed") || strstr(m, "SCRAM authentication") ||
         strstr(m, "no password supplied"))
         return "check password_file (the role's password) and user in the dsn";

@@ -72,6 +72,11 @@ typedef struct check {
     char pub_created_lsn[32]; /* WAL position just after this check created it, or "" */
     table_state_t *tables;
     bool slot_created; /* this call created the replication slot */
+    /* The relay's own check as a source connects: the retention slot's
+     * problems are warnings there, since the live stream does not need
+     * the replay window (a slot PostgreSQL invalidated must not stop the
+     * outbox); `outboxd check` counts them as problems. */
+    bool relay;
 } check_t;
 
 /* One configured column name of an outbox table and the key that set it. */
@@ -127,6 +132,27 @@ static void problem(check_t *c, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     report_line(c, fmt, ap);
+    va_end(ap);
+}
+
+static void retention_problem(check_t *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void retention_problem(check_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (c->relay) {
+        char *text = NULL;
+        if (vasprintf(&text, fmt, ap) >= 0) {
+            LOG_WARN(c->src->name, "%s (the live stream goes on; only replay needs this slot)",
+                     text);
+            free(text);
+        }
+    } else {
+        c->problems++;
+        report_line(c, fmt, ap);
+    }
     va_end(ap);
 }
 
@@ -385,14 +411,21 @@ static void check_settings(check_t *c)
 /* 2. The role may create a logical slot and start replication. */
 static void check_role(check_t *c)
 {
+    /* Amazon RDS and Aurora grant replication by membership in
+     * rds_replication (rolreplication stays false there). */
     PGresult *res = query(c, "read the role's privileges",
-                          "SELECT rolname, rolreplication, rolsuper FROM pg_catalog.pg_roles "
-                          "WHERE rolname = current_user",
+                          "SELECT rolname, rolreplication, rolsuper, EXISTS (SELECT 1 FROM "
+                          "pg_catalog.pg_roles g WHERE g.rolname = 'rds_replication' AND "
+                          "pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER')) "
+                          "FROM pg_catalog.pg_roles WHERE rolname = current_user",
                           0, NULL);
     if (!res)
         return;
     if (PQntuples(res) == 1) {
-        c->role_ok = field_true(res, 0, 1) || field_true(res, 0, 2);
+        /* On a replication connection the walsender has already let the
+         * role in, whatever grants it. */
+        c->role_ok =
+            c->simple || field_true(res, 0, 1) || field_true(res, 0, 2) || field_true(res, 0, 3);
         if (!c->role_ok) {
             const char *role = PQgetvalue(res, 0, 0);
             outboxd_buf_t sql = {0};
@@ -610,10 +643,30 @@ static bool append_row_filter(check_t *c, outboxd_buf_t *sql, const outboxd_tabl
 
 static void check_row_filter(check_t *c, const outboxd_table_conf_t *t);
 
+/* What this source's tables need a publication to publish. */
+typedef struct pub_ops {
+    bool ins, upd, del, trunc;
+} pub_ops_t;
+
+static pub_ops_t needed_ops(const outboxd_source_conf_t *src)
+{
+    pub_ops_t o = {.ins = true}; /* a messages-only source too: a valid list */
+    for (size_t i = 0; i < src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &src->tables[i];
+        bool cdc = t->mode == OUTBOXD_MODE_CDC;
+        o.upd = o.upd || cdc || t->on_update != OUTBOXD_UPDATE_SKIP;
+        o.del = o.del || cdc;
+        o.trunc = o.trunc || (cdc && t->truncate_events);
+    }
+    return o;
+}
+
 /* "CREATE PUBLICATION ..." for this source's tables, as run and as suggested. */
 static bool create_publication_sql(check_t *c, outboxd_buf_t *sql)
 {
     const outboxd_source_conf_t *src = c->src;
+    bool wide = src->publication_scope == OUTBOXD_PUB_ALL ||
+                (src->publication_scope == OUTBOXD_PUB_SCHEMA && src->n_tables > 0);
     bool ok = outboxd_buf_append_str(sql, "CREATE PUBLICATION ") &&
               append_ident(c->conn, sql, src->publication);
     if (src->publication_scope == OUTBOXD_PUB_ALL) {
@@ -635,10 +688,30 @@ static bool create_publication_sql(check_t *c, outboxd_buf_t *sql)
                  append_table(c->conn, sql, &src->tables[i]) &&
                  append_row_filter(c, sql, &src->tables[i]);
     }
+    /* A publication covering tables outboxd does not relay publishes only
+     * what the configured ones need: PostgreSQL refuses UPDATE and DELETE
+     * on every table without a replica identity that a publication
+     * publishes updates or deletes of (the default), which would break
+     * the application's other tables (an outbox-only source needs inserts
+     * only). A FOR TABLE publication keeps the default, so that updates of
+     * an outbox row are seen and reported (on_update: skip). */
+    const char *sep = " WITH (";
+    if (ok && wide) {
+        pub_ops_t o = needed_ops(src);
+        bool trunc = o.trunc && c->server_version >= 110000;
+        ok = outboxd_buf_printf(sql, "%spublish = '%s%s%s%s'", sep, o.ins ? "insert" : "",
+                                o.upd ? ", update" : "", o.del ? ", delete" : "",
+                                trunc ? ", truncate" : "");
+        sep = ", ";
+    }
     /* Otherwise rows of a partitioned outbox arrive under the partitions'
      * names, which match no configured table. */
-    if (ok && c->any_partitioned && c->server_version >= 130000)
-        ok = outboxd_buf_append_str(sql, " WITH (publish_via_partition_root = true)");
+    if (ok && c->any_partitioned && c->server_version >= 130000) {
+        ok = outboxd_buf_printf(sql, "%spublish_via_partition_root = true", sep);
+        sep = ", ";
+    }
+    if (ok && strcmp(sep, ", ") == 0) /* an option was written */
+        ok = outboxd_buf_append_str(sql, ")");
     return ok;
 }
 
@@ -706,6 +779,63 @@ static bool usable_slot_exists(check_t *c)
     return found;
 }
 
+/*
+ * A FOR ALL TABLES or FOR TABLES IN SCHEMA publication that must publish
+ * updates or deletes (cdc tables, on_update) would make PostgreSQL refuse
+ * UPDATE and DELETE on every table in its scope without a replica
+ * identity: the application's tables too. Such tables are a problem (the
+ * publication is not created); false then.
+ */
+static bool scope_identity_ok(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    bool all = src->publication_scope == OUTBOXD_PUB_ALL;
+    if (!all && (src->publication_scope != OUTBOXD_PUB_SCHEMA || src->n_tables == 0))
+        return true;
+    pub_ops_t o = needed_ops(src);
+    if (!o.upd && !o.del)
+        return true;
+    /* The schemas, one a line (a schema name with a line break in it is
+     * not worth a second way). */
+    outboxd_buf_t schemas = {0};
+    for (size_t i = 0; i < src->n_tables; i++)
+        if (!schema_seen(src, i, src->tables[i].schema))
+            outboxd_buf_printf(&schemas, "%s%s", schemas.len ? "\n" : "", src->tables[i].schema);
+    const char *params[1] = {schemas.data ? schemas.data : ""};
+    /* Partitions are left out: their parent is listed. */
+    PGresult *res =
+        query(c, "look for tables without a replica identity",
+              "SELECT pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r "
+              "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
+              "WHERE r.relkind IN ('r', 'p') AND r.relpersistence = 'p' AND NOT r.relispartition "
+              "AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' "
+              "AND ($2 OR n.nspname = ANY (pg_catalog.string_to_array($1, E'\\n'))) "
+              "AND (r.relreplident = 'n' OR (r.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM "
+              "pg_catalog.pg_index i WHERE i.indrelid = r.oid AND i.indisprimary))) "
+              "ORDER BY 1 LIMIT 11",
+              2, (const char *const[]){params[0], all ? "true" : "false"});
+    outboxd_buf_free(&schemas);
+    if (!res)
+        return false;
+    int n = PQntuples(res);
+    if (n > 0) {
+        outboxd_buf_t list = {0};
+        for (int i = 0; i < n && i < 10; i++)
+            outboxd_buf_printf(&list, "%s%s", i ? ", " : "", PQgetvalue(res, i, 0));
+        problem(c,
+                "publication '%s' (publication_scope: %s) would publish %s of every table in "
+                "its scope, as %s need%s, and PostgreSQL then refuses UPDATE and DELETE on each "
+                "of them without a replica identity: %s%s; give each a primary key (or ALTER "
+                "TABLE ... REPLICA IDENTITY FULL), or set publication_scope: tables",
+                src->publication, all ? "all" : "schema", o.del ? "updates and deletes" : "updates",
+                o.del ? "cdc tables" : "on_update", o.del ? "" : "s", list.data ? list.data : "",
+                n > 10 ? ", ..." : "");
+        outboxd_buf_free(&list);
+    }
+    PQclear(res);
+    return n == 0;
+}
+
 static void missing_publication(check_t *c)
 {
     const outboxd_source_conf_t *src = c->src;
@@ -725,6 +855,8 @@ static void missing_publication(check_t *c)
             identity_ok = false;
         }
     }
+    if (!scope_identity_ok(c))
+        identity_ok = false;
     if (!src->create_publication) {
         problem(c, "publication '%s' does not exist; create it with: %s", src->publication,
                 sql.data);
@@ -784,33 +916,40 @@ static void missing_publication(check_t *c)
     outboxd_buf_free(&sql);
 }
 
-/* The publish list an existing publication needs: what it has plus inserts
- * (outbox rows) and updates (when on_update wants them). */
-static void publish_ops_problem(check_t *c, const PGresult *pub, bool need_insert, bool need_update)
+/* The publish list an existing publication needs: what it has plus what
+ * the tables need (needed_ops: inserts for outbox rows, updates when
+ * on_update wants them, and for cdc tables updates, deletes and, with
+ * truncate_events, truncates). Without them those changes never reach the
+ * relay, and nothing would say so. */
+static void publish_ops_problem(check_t *c, const PGresult *pub, pub_ops_t need)
 {
-    bool ins = field_true(pub, 0, 0), upd = field_true(pub, 0, 1);
-    bool del = field_true(pub, 0, 2), trunc = field_true(pub, 0, 3);
-    if ((!need_insert || ins) && (!need_update || upd))
+    bool has[4] = {field_true(pub, 0, 0), field_true(pub, 0, 1), field_true(pub, 0, 2),
+                   field_true(pub, 0, 3)};
+    bool want[4] = {need.ins, need.upd, need.del, need.trunc && c->server_version >= 110000};
+    static const char *const op[4] = {"insert", "update", "delete", "truncate"};
+    static const char *const what[4] = {"inserts (outbox rows, cdc)", "updates (on_update, cdc)",
+                                        "deletes (cdc)", "truncates (truncate_events)"};
+    outboxd_buf_t missing = {0}, sql = {0};
+    for (int i = 0; i < 4; i++)
+        if (want[i] && !has[i])
+            outboxd_buf_printf(&missing, "%s%s", missing.len ? ", " : "", what[i]);
+    if (!missing.len)
         return;
-    outboxd_buf_t sql = {0};
     outboxd_buf_append_str(&sql, "ALTER PUBLICATION ");
-    bool ok = append_ident(c->conn, &sql, c->src->publication);
-    const char *ops[4] = {(ins || need_insert) ? "insert" : NULL,
-                          (upd || need_update) ? "update" : NULL, del ? "delete" : NULL,
-                          trunc ? "truncate" : NULL};
-    outboxd_buf_append_str(&sql, " SET (publish = '");
+    bool ok = append_ident(c->conn, &sql, c->src->publication) &&
+              outboxd_buf_append_str(&sql, " SET (publish = '");
     bool first = true;
-    for (int i = 0; i < 4; i++) {
-        if (!ops[i])
+    for (int i = 0; ok && i < 4; i++) {
+        if (!has[i] && !want[i])
             continue;
-        outboxd_buf_printf(&sql, "%s%s", first ? "" : ", ", ops[i]);
+        ok = outboxd_buf_printf(&sql, "%s%s", first ? "" : ", ", op[i]);
         first = false;
     }
-    ok = outboxd_buf_append_str(&sql, "')") && ok;
+    ok = ok && outboxd_buf_append_str(&sql, "')");
     problem(c, "publication '%s' does not publish %s; run: %s", c->src->publication,
-            need_insert && !ins ? (need_update && !upd ? "inserts and updates" : "inserts")
-                                : "updates (needed by on_update)",
-            ok ? sql.data : "ALTER PUBLICATION <publication> SET (publish = 'insert, update')");
+            missing.data ? missing.data : "what the tables need",
+            ok ? sql.data : "ALTER PUBLICATION <publication> SET (publish = '...')");
+    outboxd_buf_free(&missing);
     outboxd_buf_free(&sql);
 }
 
@@ -872,8 +1011,22 @@ static void add_missing_table(check_t *c, const outboxd_table_conf_t *t, bool pu
         identity_problem(c, t, " (once the table is added)");
     if (c->create && c->src->create_publication && identity_ok) {
         char err[1024];
+        /* pgoutput decides membership at each change: with a slot that
+         * was already reading, the table's changes committed before this
+         * moment (a re-created outbox written while the relay was down)
+         * are skipped for good, as the running watch reports too. */
+        bool slot_before = usable_slot_exists(c);
         PGresult *res = run(c, sql.data, 0, NULL, err, sizeof(err));
-        if (res) {
+        if (res && slot_before) {
+            LOG_WARN(c->src->name,
+                     "added %s.%s to publication %s (%s); rows committed to it before now and "
+                     "after slot %s's position were NOT relayed and never will be (PostgreSQL "
+                     "publishes a table's changes only from when it joined the publication): "
+                     "if it had any, publish them again (write them anew) or use "
+                     "publication_scope: schema or all, which covers re-created tables",
+                     t->schema, t->name, c->src->publication, sql.data, c->src->slot);
+            PQclear(res);
+        } else if (res) {
             LOG_INFO(c->src->name, "added %s.%s to publication %s: %s", t->schema, t->name,
                      c->src->publication, sql.data);
             PQclear(res);
@@ -976,12 +1129,9 @@ static void check_publication(check_t *c)
         return;
     }
     c->pub_exists = true;
-    bool need_update = false;
-    for (size_t i = 0; i < src->n_tables; i++)
-        if (src->tables[i].on_update != OUTBOXD_UPDATE_SKIP ||
-            src->tables[i].mode == OUTBOXD_MODE_CDC) /* cdc: every change */
-            need_update = true;
-    publish_ops_problem(c, pub, src->n_tables > 0, need_update);
+    pub_ops_t need = needed_ops(src);
+    need.ins = src->n_tables > 0;
+    publish_ops_problem(c, pub, need);
     bool publishes_upd_del = field_true(pub, 0, 1) || field_true(pub, 0, 2);
     bool viaroot = field_true(pub, 0, 5);
     bool alltables = field_true(pub, 0, 4);
@@ -1025,7 +1175,7 @@ static void check_publication(check_t *c)
         }
         if (!ts->has_identity && publishes_upd_del)
             identity_problem(c, t, "");
-        if (t->row_filter)
+        if (t->row_filter || c->server_version >= 150000)
             check_row_filter(c, t);
         if (t->mode == OUTBOXD_MODE_OUTBOX && c->server_version >= 150000)
             check_column_list(c, t, ts);
@@ -1033,7 +1183,11 @@ static void check_publication(check_t *c)
 }
 
 /* A configured row_filter the publication does not have (it was made
- * before the key was set, or on a server before 15). */
+ * before the key was set, or on a server before 15), or a row filter the
+ * configuration does not name (a reused publication's): rows it leaves out
+ * would never reach the relay, and nothing would say so. A filter that
+ * differs from the configured one is not compared (PostgreSQL deparses
+ * it); a reload that changes row_filter warns. */
 static void check_row_filter(check_t *c, const outboxd_table_conf_t *t)
 {
     if (c->server_version < 150000) {
@@ -1045,12 +1199,32 @@ static void check_row_filter(check_t *c, const outboxd_table_conf_t *t)
     }
     const char *params[3] = {c->src->publication, t->schema, t->name};
     PGresult *res = query(c, "check the publication's row filter",
-                          "SELECT rowfilter IS NULL FROM pg_catalog.pg_publication_tables "
+                          "SELECT rowfilter IS NULL, coalesce(rowfilter, '') FROM "
+                          "pg_catalog.pg_publication_tables "
                           "WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
                           3, params);
     if (!res)
         return;
     bool none = PQntuples(res) > 0 && PQgetvalue(res, 0, 0)[0] == 't';
+    if (!t->row_filter) {
+        if (PQntuples(res) > 0 && !none) {
+            outboxd_buf_t fix = {0};
+            bool ok = outboxd_buf_append_str(&fix, "BEGIN; ALTER PUBLICATION ") &&
+                      append_ident(c->conn, &fix, c->src->publication) &&
+                      outboxd_buf_append_str(&fix, " DROP TABLE ") &&
+                      append_table(c->conn, &fix, t) && outboxd_buf_append_str(&fix, "; ") &&
+                      alter_add_table_sql(c, t, &fix) && outboxd_buf_append_str(&fix, "; COMMIT");
+            problem(c,
+                    "publication '%s' publishes only the rows of %s.%s that match WHERE %s, but "
+                    "no row_filter is configured, so the others would never be relayed: set "
+                    "row_filter to that expression if it is meant, or publish every row with: %s",
+                    c->src->publication, t->schema, t->name, PQgetvalue(res, 0, 1),
+                    ok ? fix.data : "ALTER PUBLICATION ... DROP TABLE ...; ... ADD TABLE ...");
+            outboxd_buf_free(&fix);
+        }
+        PQclear(res);
+        return;
+    }
     PQclear(res);
     if (!none)
         return;
@@ -1245,8 +1419,9 @@ static void check_retention_slot(check_t *c)
     const outboxd_source_conf_t *src = c->src;
     if (!src->retention_slot || c->server_version < 120000 || c->conn_lost) {
         if (src->retention_slot && c->server_version && c->server_version < 120000)
-            problem(c, "replay_window needs PostgreSQL 12 or later (pg_copy_logical_replication_"
-                       "slot); remove replay_window for this source");
+            retention_problem(
+                c, "replay_window needs PostgreSQL 12 or later (pg_copy_logical_replication_"
+                   "slot); remove replay_window for this source");
         return;
     }
     const char *params[2] = {src->retention_slot, src->slot};
@@ -1268,20 +1443,22 @@ static void check_retention_slot(check_t *c)
         warn_leftover_replay(c);
         if (strcmp(PQgetvalue(res, 0, 0), "logical") != 0 ||
             strcmp(PQgetvalue(res, 0, 1), "pgoutput") != 0)
-            problem(c,
-                    "retention slot '%s' exists but is not a logical pgoutput slot; drop it with "
-                    "SELECT pg_drop_replication_slot('%s') and run outboxd check --create",
-                    src->retention_slot, src->retention_slot);
+            retention_problem(
+                c,
+                "retention slot '%s' exists but is not a logical pgoutput slot; drop it with "
+                "SELECT pg_drop_replication_slot('%s') and run outboxd check --create",
+                src->retention_slot, src->retention_slot);
         else if (strcmp(PQgetvalue(res, 0, 3), "lost") == 0)
             /* max_slot_wal_keep_size removed WAL it kept: nothing can be
              * replayed from it, and a replay's copy of it fails. */
-            problem(c,
-                    "retention slot '%s' has lost required WAL (wal_status lost: "
-                    "max_slot_wal_keep_size removed it), so nothing can be replayed from it; "
-                    "drop it with SELECT pg_drop_replication_slot('%s') and run outboxd check "
-                    "--create (or restart the relay) to create it anew: events committed after "
-                    "that can be replayed",
-                    src->retention_slot, src->retention_slot);
+            retention_problem(
+                c,
+                "retention slot '%s' has lost required WAL (wal_status lost: "
+                "max_slot_wal_keep_size removed it), so nothing can be replayed from it; "
+                "drop it with SELECT pg_drop_replication_slot('%s') and run outboxd check "
+                "--create (or restart the relay) to create it anew: events committed after "
+                "that can be replayed",
+                src->retention_slot, src->retention_slot);
         PQclear(res);
         return;
     }
@@ -1295,11 +1472,12 @@ static void check_retention_slot(check_t *c)
         return;
     }
     if (!src->create_slot || !c->wal_ok || !c->role_ok || !c->pub_exists) {
-        problem(c,
-                "retention slot '%s' (replay_window) does not exist; run outboxd check --create "
-                "or start the relay (create_slot: true) to create it, or create it with: SELECT "
-                "pg_copy_logical_replication_slot('%s', '%s')",
-                src->retention_slot, src->slot, src->retention_slot);
+        retention_problem(
+            c,
+            "retention slot '%s' (replay_window) does not exist; run outboxd check --create "
+            "or start the relay (create_slot: true) to create it, or create it with: SELECT "
+            "pg_copy_logical_replication_slot('%s', '%s')",
+            src->retention_slot, src->slot, src->retention_slot);
         return;
     }
     char err[1024];
@@ -1317,7 +1495,7 @@ static void check_retention_slot(check_t *c)
                   1, params, err, sizeof(err));
     }
     if (!res) {
-        problem(c, "could not create retention slot '%s': %s", src->retention_slot, err);
+        retention_problem(c, "could not create retention slot '%s': %s", src->retention_slot, err);
         return;
     }
     LOG_INFO(src->name,
@@ -1400,6 +1578,7 @@ int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, b
         .report = report,
         .simple = true,
         .server_version = PQserverVersion(conn),
+        .relay = true,
     };
     if (!too_old(&c)) /* a 9.x walsender takes no SQL: say only that */
         run_checks(&c);

@@ -296,15 +296,29 @@ bool outboxd_reload_poll(outboxd_reload_t *r, outboxd_source_t *const *sources, 
     }
     if (!r->waiting)
         return false;
+    size_t applied = 0, refused = 0;
     for (size_t i = 0; i < n && i < r->initial->n_sources; i++) {
         if (!sources[i] || outboxd_source_done(sources[i]) ||
             !find_source(r->latest, r->initial->sources[i].name))
             continue;
         if (outboxd_source_applied(sources[i]) < r->gen)
             return false;
+        if (outboxd_source_refused(sources[i]) == r->gen)
+            refused++;
+        else
+            applied++;
     }
     r->waiting = false;
-    LOG_INFO(NULL, "reload: configuration %llu applied by every source",
-             (unsigned long long)r->gen);
+    if (refused)
+        /* Each such source logged its ERROR (why, and that it keeps its
+         * running configuration); a fix of the file and another SIGHUP
+         * hands the configuration over again. */
+        LOG_WARN(NULL,
+                 "reload: configuration %llu applied by %zu source(s) and refused by %zu, which "
+                 "keep their running configuration (see their reload ERROR)",
+                 (unsigned long long)r->gen, applied, refused);
+    else
+        LOG_INFO(NULL, "reload: configuration %llu applied by every source",
+                 (unsigned long long)r->gen);
     return true;
 }

@@ -22,9 +22,10 @@
 
 /* How often the retention slot is advanced, and how long to wait before
  * connecting again after its connection failed. */
-#define RETENTION_ADVANCE_MS 1000
-#define RETENTION_RETRY_MS   10000
-#define RETENTION_STEP_BYTES (128ULL << 20) /* WAL decoded by one advance at most */
+#define RETENTION_ADVANCE_MS    1000
+#define RETENTION_RETRY_MS      10000
+#define RETENTION_LOST_CHECK_MS 30000
+#define RETENTION_STEP_BYTES    (128ULL << 20) /* WAL decoded by one advance at most */
 /* A replay commits its Kafka transaction at least this often. */
 #define REPLAY_COMMIT_MS 1000
 #define PROGRESS_LOG_MS  10000
@@ -104,12 +105,15 @@ struct outboxd_retention {
     int64_t next_connect_ms;
     int64_t last_warn_ms;
     outboxd_lsn_t advanced; /* where the retention slot is, as far as we know */
+    bool lost;              /* invalidated by PostgreSQL: its own warning */
+    int64_t lost_warn_ms;
+    int64_t lost_checked_ms;
 };
 
 static void retention_warn(outboxd_retention_t *r, const char *what, const char *why)
 {
     int64_t now = outboxd_now_ms();
-    if (r->last_warn_ms && now - r->last_warn_ms < 60000)
+    if (r->lost || (r->last_warn_ms && now - r->last_warn_ms < 60000))
         return;
     r->last_warn_ms = now;
     LOG_WARN(r->src->name,
@@ -201,6 +205,47 @@ static bool retention_connect(outboxd_retention_t *r)
     return r->conn != NULL;
 }
 
+/*
+ * Whether PostgreSQL invalidated the slot (max_slot_wal_keep_size): then
+ * every advance fails for good and nothing can be replayed from it. Said
+ * with the fix, once a minute (re-creating it is the operator's call: it
+ * gives up the window's past for good). Asked after a failed advance and
+ * every RETENTION_LOST_CHECK_MS, since a window of hours attempts no
+ * advance for that long.
+ */
+static void check_lost(outboxd_retention_t *r)
+{
+    r->lost_checked_ms = outboxd_now_ms();
+    if (!r->conn)
+        return;
+    const char *params[1] = {r->src->retention_slot};
+    char err[256];
+    PGresult *res = outboxd_pg_exec_bounded(
+        r->conn,
+        "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND "
+        "(restart_lsn IS NULL OR wal_status = 'lost')",
+        1, params, NULL, r->timeout_ms, &r->stop, err, sizeof(err));
+    if (!res) {
+        PQfinish(r->conn); /* unusable now: opened again later */
+        r->conn = NULL;
+        r->next_connect_ms = outboxd_now_ms() + RETENTION_RETRY_MS;
+        return;
+    }
+    /* PostgreSQL 12 has no wal_status: an error, taken as not lost. */
+    r->lost = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0;
+    PQclear(res);
+    int64_t now = outboxd_now_ms();
+    if (r->lost && (!r->lost_warn_ms || now - r->lost_warn_ms >= 60000)) {
+        r->lost_warn_ms = now;
+        LOG_WARN(r->src->name,
+                 "retention slot %s has lost required WAL: PostgreSQL invalidated it "
+                 "(max_slot_wal_keep_size), so nothing before now can be replayed; drop it with "
+                 "SELECT pg_drop_replication_slot('%s') and run `outboxd check --create` (or "
+                 "restart the relay) to start a new window",
+                 r->src->retention_slot, r->src->retention_slot);
+    }
+}
+
 /* One turn of the thread: advance to the window's target if it moved. */
 static void retention_turn(outboxd_retention_t *r)
 {
@@ -214,8 +259,11 @@ static void retention_turn(outboxd_retention_t *r)
      * the window starts before it first moves. */
     if (!any || (!r->conn && (outboxd_now_ms() < r->next_connect_ms || !retention_connect(r))))
         return;
-    if (!target || target <= r->advanced)
+    if (!target || target <= r->advanced) {
+        if (outboxd_now_ms() - r->lost_checked_ms >= RETENTION_LOST_CHECK_MS)
+            check_lost(r);
         return;
+    }
     /* The advance decodes everything up to the target, in one query that is
      * given up at the time limit: after a long silence the window may have
      * moved far, so catch up by steps (one a turn). */
@@ -234,8 +282,11 @@ static void retention_turn(outboxd_retention_t *r)
                         "pg_catalog.pg_replication_slots WHERE slot_name = $1)))",
                         2, params, &lsn)) {
         r->advanced = lsn;
+        r->lost = false;
         outboxd_stats_retention(retention_stats(r), lsn);
+        return;
     }
+    check_lost(r);
 }
 
 static void *retention_run(void *arg)
@@ -733,6 +784,19 @@ static int replay_change(replay_t *rp, const outboxd_pgo_msg_t *msg, outboxd_lsn
               : outboxd_buf_printf(&rp->topic, "%s%s", rec.topic,
                                    rp->a->topic_suffix ? rp->a->topic_suffix : ".replay"))) {
         snprintf(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    if (strcmp(rp->topic.data, rp->conf->checkpoint_topic) == 0 ||
+        strcmp(rp->topic.data, rp->conf->dead_letter_topic) == 0) {
+        /* Only a suffix gets here (--to-topic is checked at the start): an
+         * event topic plus the suffix would be the relay's own topic. */
+        bool ck = strcmp(rp->topic.data, rp->conf->checkpoint_topic) == 0;
+        snprintf(errstr, errstr_size,
+                 "--topic-suffix: the event of topic %s would be replayed into %s, the relay's %s "
+                 "topic (relay.%s): choose another suffix or --to-topic",
+                 rec.topic, rp->topic.data, ck ? "checkpoint" : "dead-letter",
+                 ck ? "checkpoint_topic" : "dead_letter_topic");
+        rp->refused = true;
         return -1;
     }
     count_topic(rp, rp->topic.data);

@@ -253,6 +253,7 @@ struct outboxd_source {
     const outboxd_config_t *taking;    /* being applied */
     const outboxd_config_t *sink_conf; /* the sink and its producers were built from it */
     atomic_uint_fast64_t applied_gen;
+    atomic_uint_fast64_t refused_gen; /* the last generation it could not build */
 };
 
 /* The idle loop's poll: long enough to matter, short enough for the
@@ -291,6 +292,7 @@ outboxd_source_t *outboxd_source_new(const outboxd_config_t *conf, const outboxd
     s->idle_poll_ms = idle_poll_for(conf);
     atomic_init(&s->reload_pending, false);
     atomic_init(&s->applied_gen, 0);
+    atomic_init(&s->refused_gen, 0);
     pthread_mutex_init(&s->reload_mu, NULL);
     s->dec = outboxd_pgo_decoder_new();
     s->retention = outboxd_retention_new(src, conf->wal_receiver_timeout_ms);
@@ -1865,6 +1867,7 @@ static int apply_reload(outboxd_source_t *s)
         LOG_ERROR(s->name, "reload: %s; this source keeps its running configuration", err);
         outboxd_router_destroy(rt);
         outboxd_cdc_destroy(cd);
+        atomic_store(&s->refused_gen, gen); /* before done: main reads them in that order */
         reload_done(s, gen);
         return 0;
     }
@@ -1984,6 +1987,11 @@ bool outboxd_source_uses(outboxd_source_t *s, const outboxd_config_t *conf)
 uint64_t outboxd_source_applied(outboxd_source_t *s)
 {
     return atomic_load(&s->applied_gen);
+}
+
+uint64_t outboxd_source_refused(outboxd_source_t *s)
+{
+    return atomic_load(&s->refused_gen);
 }
 
 /* Another outboxd (a second instance for failover) holds the slot; waiting

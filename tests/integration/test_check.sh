@@ -84,6 +84,83 @@ expect_check "$WORK/notowner.yaml" 1 \
     fail "check without --create left a publication behind"
 psql_db "$DB1C" -c "DROP OWNED BY $ROLE1C" -c "DROP ROLE $ROLE1C" >/dev/null
 
+# 1d. Publications and roles.
+cdc_config() { # cdc_config FILE DB [SCOPE]: a cdc table (public.items) beside the outbox
+    {
+        config_header
+        cat <<EOF2
+  - name: $2
+    dsn: "host=$PGHOST port=$PGPORT dbname=$2 user=$PGUSER"
+    slot: "${2}_${RUN_ID}"
+    publication: "outboxd_pub"
+    publication_scope: ${3:-tables}
+    tables:
+      - table: public.outbox
+        topic: "$RUN_ID.ev.\${aggregatetype}"
+      - table: public.items
+        mode: cdc
+        topic: "$RUN_ID.items"
+        format: json
+        json_schemas: false
+        snapshot: never
+EOF2
+    } >"$1"
+}
+# An existing publication that publishes no deletes: a cdc table's deletes
+# would never arrive.
+DB1D=cops_$RUN_ID
+create_outbox_db "$DB1D"
+psql_db "$DB1D" -c "CREATE TABLE items (id int PRIMARY KEY, v text)" >/dev/null
+psql_db "$DB1D" -c "CREATE PUBLICATION outboxd_pub FOR TABLE outbox, items WITH (publish = 'insert, update')" >/dev/null
+cdc_config "$WORK/ops.yaml" "$DB1D"
+expect_check "$WORK/ops.yaml" 1 \
+    "source $DB1D: publication 'outboxd_pub' does not publish deletes (cdc); run: ALTER PUBLICATION \"outboxd_pub\" SET (publish = 'insert, update, delete')"
+# publication_scope: all with a cdc table publishes updates and deletes of
+# every table: one without a replica identity would then refuse UPDATE and
+# DELETE, so the publication is not created; without cdc tables it
+# publishes inserts only (test_recreated_table updates such a table).
+DB1E=cscope_$RUN_ID
+create_outbox_db "$DB1E"
+psql_db "$DB1E" -c "CREATE TABLE items (id int PRIMARY KEY, v text)" -c "CREATE TABLE nokey (v int)" >/dev/null
+cdc_config "$WORK/scope.yaml" "$DB1E" all
+expect_check "$WORK/scope.yaml" 1 \
+    "source $DB1E: publication 'outboxd_pub' (publication_scope: all) would publish updates and deletes of every table in its scope, as cdc tables need, and PostgreSQL then refuses UPDATE and DELETE on each of them without a replica identity: public.nokey; give each a primary key"
+rc=0
+"$OUTBOXD_BIN" check --create -c "$WORK/scope.yaml" >"$WORK/scope-create.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && [ "$(psql_db "$DB1E" -c "SELECT count(*) FROM pg_publication WHERE pubname = 'outboxd_pub'")" = 0 ] ||
+    fail "check --create made the publication over a table without a replica identity (exit $rc): $(cat "$WORK/scope-create.out")"
+psql_db "$DB1E" -c "ALTER TABLE nokey REPLICA IDENTITY FULL" >/dev/null
+"$OUTBOXD_BIN" check --create -c "$WORK/scope.yaml" >"$WORK/scope-create.out" 2>&1 ||
+    fail "check --create with every table keyed: $(cat "$WORK/scope-create.out")"
+grep -q "FOR ALL TABLES WITH (publish = 'insert, update, delete')" "$WORK/scope-create.out" ||
+    fail "the FOR ALL TABLES publication does not name its publish list: $(cat "$WORK/scope-create.out")"
+# A row filter the configuration does not name (a reused publication's):
+# the rows it leaves out would never be relayed (PostgreSQL 15+).
+if [ "$(psql_db postgres -c "SHOW server_version_num")" -ge 150000 ]; then
+    DB1F=cfilt_$RUN_ID
+    create_outbox_db "$DB1F"
+    psql_db "$DB1F" -c "CREATE PUBLICATION outboxd_pub FOR TABLE outbox WHERE (aggregatetype <> 'draft')" >/dev/null
+    write_config "$WORK/filter.yaml" "$DB1F"
+    expect_check "$WORK/filter.yaml" 1 \
+        "source $DB1F: publication 'outboxd_pub' publishes only the rows of public.outbox that match WHERE (aggregatetype <> 'draft'::text), but no row_filter is configured"
+fi
+# Amazon RDS grants replication by membership in rds_replication (the
+# role's REPLICATION attribute stays false there): not a problem.
+ROLE1G=crds_$RUN_ID
+psql_db postgres -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') THEN CREATE ROLE rds_replication NOLOGIN; END IF; END \$\$" >/dev/null
+psql_db "$DB" -c "CREATE ROLE $ROLE1G LOGIN IN ROLE rds_replication" >/dev/null
+sed "s/ user=$PGUSER\"/ user=$ROLE1G\"/" "$WORK/good.yaml" >"$WORK/rds.yaml"
+"$OUTBOXD_BIN" check -c "$WORK/rds.yaml" >"$WORK/rds.out" 2>&1 || true
+grep -q "source $DB: " "$WORK/rds.out" || fail "test setup: no report for $DB: $(cat "$WORK/rds.out")"
+grep -q "may not use replication" "$WORK/rds.out" &&
+    fail "a member of rds_replication was refused: $(cat "$WORK/rds.out")"
+psql_db "$DB" -c "REVOKE rds_replication FROM $ROLE1G" >/dev/null
+"$OUTBOXD_BIN" check -c "$WORK/rds.yaml" >"$WORK/rds.out" 2>&1 || true
+grep -q "role '$ROLE1G' may not use replication" "$WORK/rds.out" ||
+    fail "a role without replication was not refused: $(cat "$WORK/rds.out")"
+psql_db "$DB" -c "DROP ROLE $ROLE1G" >/dev/null
+log "publications and roles: as expected"
+
 # 2. A missing outbox column.
 DB2=ccol_$RUN_ID
 create_outbox_db "$DB2"

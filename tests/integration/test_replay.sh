@@ -13,7 +13,8 @@
 #   4. A source with a short window: the relay advances its retention slot,
 #      and a replay from before the window is refused naming where it starts.
 #   5. Clear errors: unknown source, no retention slot, --to-lsn before
-#      --from-lsn.
+#      --from-lsn, a target that is the checkpoint or dead-letter topic, a
+#      target that refuses the records for good.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 source "$here/writers.sh"
@@ -263,6 +264,11 @@ expect_error "exclude each other" -c "$WORK/outboxd.yaml" --source "$DB" --from-
     --topic-suffix .a --to-topic b
 expect_error "is the relay's checkpoint topic (relay.checkpoint_topic)" -c "$WORK/outboxd.yaml" \
     --source "$DB" --from-lsn "$X" --to-topic "$RUN_ID.checkpoints"
+# A suffix that makes an event topic the relay's dead-letter topic (checked
+# per event, as the suffix is appended to each event's topic).
+sed "s/^  dead_letter_topic: .*/  dead_letter_topic: \"$RUN_ID.ev.$DB.dl\"/" "$WORK/outboxd.yaml" >"$WORK/dl.yaml"
+expect_error "would be replayed into $RUN_ID.ev.$DB.dl, the relay's dead-letter topic" -c "$WORK/dl.yaml" \
+    --source "$DB" --from-lsn "$X" --to-lsn "$Y" --topic-suffix .dl --dry-run
 # A target that refuses the records for good (max.message.bytes below
 # them): a rerun would stop at the same record, so it is exit 2, naming it.
 "$STACK_SH" topic-create "$RUN_ID.small" 1 max.message.bytes=100 >&2

@@ -27,7 +27,16 @@ static void pg_hints(void **state)
     assert_non_null(strstr(h, "check password_file"));
     h = outboxd_connhint_pg("FATAL:  pg_hba.conf rejects connection for host \"127.0.0.1\", "
                             "user \"u\", database \"d\", no encryption");
-    assert_non_null(strstr(h, "sslmode=verify-full"));
+    assert_non_null(strstr(h, "only over TLS; set sslmode=verify-full"));
+    /* sslmode=prefer: TLS was tried and refused too, so TLS is not the fix. */
+    h = outboxd_connhint_pg("FATAL:  no pg_hba.conf entry for host \"10.0.0.5\", user \"u\", "
+                            "database \"d\", SSL encryption\nFATAL:  no pg_hba.conf entry for "
+                            "host \"10.0.0.5\", user \"u\", database \"d\", no encryption");
+    assert_non_null(strstr(h, "over TLS or without; add one"));
+    assert_null(strstr(h, "sslmode"));
+    h = outboxd_connhint_pg("FATAL:  no pg_hba.conf entry for host \"10.0.0.5\", user \"u\", "
+                            "database \"d\", no encryption");
+    assert_non_null(strstr(h, "without TLS; add one"));
     h = outboxd_connhint_pg("server does not support SSL, but SSL was required");
     assert_non_null(strstr(h, "ssl = off"));
     assert_null(outboxd_connhint_pg("connection to server at \"127.0.0.1\", port 1 failed: "

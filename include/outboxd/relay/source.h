@@ -72,5 +72,8 @@ bool outboxd_source_uses(outboxd_source_t *s, const outboxd_config_t *conf);
 /* The last generation the thread applied (or refused with an ERROR); 0 for
  * the configuration it was created with. */
 uint64_t outboxd_source_applied(outboxd_source_t *s);
+/* The last reload generation this source could not build (it kept its
+ * running configuration and logged why), 0 if none. */
+uint64_t outboxd_source_refused(outboxd_source_t *s);
 
 #endif
