@@ -602,12 +602,13 @@ static table_info_t *load_info(outboxd_snapshot_t *sn, int timeout_ms, const cha
 {
     *fatal = false;
     const char *p[2] = {nsp, relname};
-    PGresult *res = sn_query(sn, timeout_ms,
-                             "SELECT c.oid, c.relreplident FROM pg_catalog.pg_class c JOIN "
-                             "pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                             "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN "
-                             "('r', 'p')",
-                             2, p, "reading the table's catalog entry", errstr, errstr_size);
+    PGresult *res =
+        sn_query(sn, timeout_ms,
+                 "SELECT c.oid, c.relreplident, c.relkind FROM pg_catalog.pg_class c JOIN "
+                 "pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                 "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN "
+                 "('r', 'p')",
+                 2, p, "reading the table's catalog entry", errstr, errstr_size);
     if (!res)
         return NULL;
     if (PQntuples(res) != 1) {
@@ -626,7 +627,21 @@ static table_info_t *load_info(outboxd_snapshot_t *sn, int timeout_ms, const cha
     snprintf(oid, sizeof(oid), "%s", PQgetvalue(res, 0, 0));
     ti->rel.oid = (uint32_t)strtoul(oid, NULL, 10);
     ti->rel.replident = PQgetvalue(res, 0, 1)[0];
+    /* A plain table may have inheritance children, whose rows the stream
+     * names by the children (and so ignores): read the table's own rows
+     * only. A partitioned table has none of its own (its partitions'
+     * arrive under its name, publish_via_partition_root). */
+    bool only = PQgetvalue(res, 0, 2)[0] == 'r';
     PQclear(res);
+    /* The publication sends only the rows its WHERE takes (row_filter,
+     * PostgreSQL 15+; pgsetup makes sure the publication has the
+     * configured one): the snapshot reads the same rows, or rows whose
+     * changes never arrive would stay with consumers for good. */
+    const char *filter = NULL;
+    for (size_t i = 0; i < sn->src->n_tables; i++)
+        if (strcmp(sn->src->tables[i].schema, nsp) == 0 &&
+            strcmp(sn->src->tables[i].name, relname) == 0)
+            filter = sn->src->tables[i].row_filter;
     ti->name = xstrdup_printf("%s.%s", nsp, relname);
     ti->rel.nspname = strdup(nsp);
     ti->rel.relname = strdup(relname);
@@ -725,11 +740,14 @@ static table_info_t *load_info(outboxd_snapshot_t *sn, int timeout_ms, const cha
     if (ok && qn && qr) {
         /* A row constructor comparison walks the primary key index in
          * order, as ORDER BY does: one index range scan per chunk. */
-        ti->first_sql = xstrdup_printf("SELECT %s FROM %s.%s ORDER BY %s LIMIT $1", cols.data, qn,
-                                       qr, keys.data);
+        const char *from = only ? "ONLY " : "";
+        ti->first_sql = xstrdup_printf("SELECT %s FROM %s%s.%s%s%s%s ORDER BY %s LIMIT $1",
+                                       cols.data, from, qn, qr, filter ? " WHERE (" : "",
+                                       filter ? filter : "", filter ? ")" : "", keys.data);
         ti->next_sql =
-            xstrdup_printf("SELECT %s FROM %s.%s WHERE (%s) > (%s) ORDER BY %s LIMIT $%d",
-                           cols.data, qn, qr, keys.data, params.data, keys.data, npk + 1);
+            xstrdup_printf("SELECT %s FROM %s%s.%s WHERE %s%s%s(%s) > (%s) ORDER BY %s LIMIT $%d",
+                           cols.data, from, qn, qr, filter ? "(" : "", filter ? filter : "",
+                           filter ? ") AND " : "", keys.data, params.data, keys.data, npk + 1);
         ti->cmp_sql = xstrdup_printf("SELECT ROW(%s) > ROW(%s)", cmp_a.data, cmp_b.data);
     }
     PQfreemem(qn);
