@@ -1271,9 +1271,31 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
         bool fatal = false;
         table_info_t *ti =
             t ? load_info(sn, run_bound(sn), t->schema, t->name, &fatal, err, sizeof(err)) : NULL;
+        if (!ti && (fatal || !t)) {
+            /* A table that cannot be read (no primary key, gone, no longer
+             * a cdc table): skipped with an ERROR, not a source that stops
+             * at every start. Not marked done, so a snapshot: initial table
+             * is tried again at the next start (once fixed, it is read). */
+            LOG_ERROR(sn->name,
+                      "snapshot of %s skipped: %s; its rows that exist are not read (its changes "
+                      "stream as usual); once fixed, request a snapshot with the signal table, "
+                      "or restart the relay for a snapshot: initial table",
+                      tname, t ? err : "it is no longer configured as a cdc table");
+            json_object_set_new(run, "i", json_integer((json_int_t)(i + 1)));
+            json_object_set_new(run, "key", json_null());
+            first_of_session = false;
+            if (i + 1 >= json_array_size(tables)) {
+                /* The run ends here: committed as any last chunk is. */
+                json_object_del(sn->state, "run");
+                run = NULL;
+                rc = commit_chunk(&e, outboxd_now_us());
+                break;
+            }
+            continue;
+        }
         if (!ti) {
-            LOG_READ_FAILED(sn, "snapshot of %s: %s", tname, t ? err : "not configured");
-            rc = fatal ? -2 : -1;
+            LOG_READ_FAILED(sn, "snapshot of %s: %s", tname, err);
+            rc = -1;
             break;
         }
         json_t *key = json_object_get(run, "key");
