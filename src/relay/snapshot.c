@@ -50,6 +50,21 @@
  * the last segment's point, on tables with more than one segment, i.e. only
  * after a crash during the snapshot).
  *
+ * Reading a table again
+ * ---------------------
+ * The skip rule is exact for a consumer that starts with none of the
+ * table's rows. A table read while consumers may hold rows from the stream
+ * already (a snapshot requested with the signal table, a table switched
+ * from snapshot: never to initial or added by a reload, a when_needed
+ * table read again) gets no segment: the stream publishes every change of
+ * its from the stream's position M on, also those before P, after the
+ * snapshot's rows. A change committed before P is then seen twice (in its
+ * row and as itself), but the consumer's copy converges to the table: a
+ * row deleted between M and P is deleted (skipped, its delete would leave
+ * the consumer's old copy of the row for good), one deleted and inserted
+ * again ends inserted. At least once for that window, as Debezium's
+ * blocking snapshot.
+ *
  * Streaming starts only when the run has finished (a stop or a failure
  * during the run resumes it at the next connect). Segments are forgotten once
  * the stream's checkpoint is past their point (nothing below it can come
@@ -393,6 +408,19 @@ static int store_state(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, char *e
     return 0;
 }
 
+/* Table name is read in the run without skipping streamed changes (see
+ * "Reading a table again" above). */
+static void mark_replay(json_t *run, const char *name)
+{
+    json_t *r = json_object_get(run, "replay");
+    if (!json_is_array(r)) {
+        r = json_array();
+        json_object_set_new(run, "replay", r);
+    }
+    if (!in_array(r, name))
+        json_array_append_new(r, json_string(name));
+}
+
 int outboxd_snapshot_prepare(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, const char *saved,
                              bool positions_lost, char *errstr, size_t errstr_size)
 {
@@ -507,6 +535,11 @@ int outboxd_snapshot_prepare(outboxd_snapshot_t *sn, outboxd_checkpoint_t *ck, c
             tables = json_object_get(run, "tables");
         }
         json_array_append_new(tables, json_string(n));
+        /* The source has streamed before: this table's changes may have
+         * been published already (snapshot: never switched to initial, a
+         * table added by a reload, when_needed after lost positions). */
+        if (ck->commit_lsn)
+            mark_replay(run, n);
     }
     if (run && (size_t)json_integer_value(json_object_get(run, "i")) >= json_array_size(tables)) {
         json_object_del(sn->state, "run");
@@ -854,6 +887,15 @@ static int truncate_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder_
                  "read before it were published by the snapshot and are emptied by it: "
                  "re-snapshot the table if consumers must hold them");
     return seen == msg->u.truncate.nrels ? 1 : 0;
+}
+
+bool outboxd_snapshot_truncate_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_relation_t *rel,
+                                         outboxd_lsn_t commit_lsn)
+{
+    if (!sn || !rel)
+        return false;
+    seg_table_t *st = seg_table(sn, rel->nspname, rel->relname);
+    return st && commit_lsn < st->min_p;
 }
 
 int outboxd_snapshot_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder_t *dec,
@@ -1302,7 +1344,16 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
         /* This table's segment under this snapshot. */
         json_t *seg =
             json_pack("[O,s]", json_is_array(key) && first_of_session ? key : json_null(), points);
-        if (json_is_array(key) && first_of_session) {
+        if (in_array(json_object_get(run, "replay"), tname)) {
+            /* Consumers may hold the table's rows already (see "Reading a
+             * table again" above): no segment, nothing skipped. */
+            json_decref(seg);
+            json_object_del(segs, tname);
+            if (!(json_is_array(key) && first_of_session)) {
+                key = json_null();
+                json_object_set_new(run, "key", json_null());
+            }
+        } else if (json_is_array(key) && first_of_session) {
             json_t *list = json_object_get(segs, tname);
             if (!json_is_array(list)) {
                 list = json_array();
@@ -1654,6 +1705,7 @@ int outboxd_snapshot_apply_request(outboxd_snapshot_t *sn, outboxd_checkpoint_t 
         }
         if (!in_array(tables, n))
             json_array_append_new(tables, json_string(n));
+        mark_replay(run, n);
     }
     json_array_clear(sn->requested);
     sn->pending = true;

@@ -9,8 +9,10 @@
 # and deletes throughout. The relay is SIGKILLed once during the ad-hoc read
 # and must resume it at restart. Checked with read_committed:
 #   - the first relay started the read on the signal without reconnecting;
-#   - no key has two "r" events, nor a "c" after its "r" (a change already
-#     in the row read was published again);
+#   - no key has two "r" events (changes committed between the stream's
+#     position and the snapshot's point are published after the rows: the
+#     consumers hold the table already, and a delete there must reach them;
+#     test_cdc_snapshot_again);
 #   - every row of the table has an "r" or a "c";
 #   - replaying the events per key gives exactly the table's rows;
 #   - exactly one event carries source.snapshot "last".
@@ -183,8 +185,12 @@ rows = {}
 for line in open(sys.argv[2]):
     i, val, pad = line.rstrip("\n").split("\t")
     rows[i] = (val, pad)
+# Consumers held the table's rows (it streamed before the signal): the
+# changes committed between the stream's position and the snapshot's point
+# are published after the rows (at least once; snapshot.c, "Reading a table
+# again"), so a "c" may follow an "r"; a key is still read once.
 for k, s in seq.items():
-    if s.count("r") > 1 or ("r" in s and "c" in s[s.index("r"):]):
+    if s.count("r") > 1:
         bad.append(f"key {k}: events {s}")
 for k in rows:
     if not ({"r", "c"} & set(seq.get(k, []))):

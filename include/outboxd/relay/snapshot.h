@@ -99,6 +99,13 @@ int outboxd_snapshot_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder
                                const outboxd_pgo_msg_t *msg, outboxd_lsn_t commit_lsn, char *errstr,
                                size_t errstr_size);
 
+/* For a TRUNCATE that outboxd_snapshot_reflected publishes (not every
+ * table it names was read after it): whether this one of its tables was
+ * (every snapshot of its rows saw the TRUNCATE), so its 't' event must be
+ * left out. sn may be NULL. */
+bool outboxd_snapshot_truncate_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_relation_t *rel,
+                                         outboxd_lsn_t commit_lsn);
+
 /*
  * Ad-hoc snapshots (sources[].signal_table). Whether rel is the source's
  * signal table.
