@@ -69,8 +69,8 @@ sources:
         snapshot: initial
 EOF2
 }
-# The chunk reads: SELECT "id", "v" FROM "public"."snap_t" [WHERE ...] ORDER BY ...
-CHUNK_PREFIX='SELECT "id", "v" FROM "public"."snap_t"'
+# The chunk reads: SELECT "id", "v" FROM ONLY "public"."snap_t" [WHERE ...] ORDER BY ...
+CHUNK_PREFIX='SELECT "id", "v" FROM ONLY "public"."snap_t"'
 
 # --- 1. a stop while the read is silent ------------------------------------
 start_silence_proxy stopproxy "$CHUNK_PREFIX" 1
