@@ -954,6 +954,20 @@ int outboxd_snapshot_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder
                 sg = &st->segs[j];
                 break;
             }
+            int nk = 0;
+            while (st->segs[j].key[nk])
+                nk++;
+            if (nk != ti->npk) {
+                /* The primary key changed since the segment was read: the
+                 * keys cannot be compared. Publishing is the safe side (a
+                 * change seen twice, never one lost). */
+                LOG_WARN(sn->name,
+                         "the primary key of %s changed during its snapshot (%d columns, %d "
+                         "when read): its change is published without reconciliation",
+                         ti->name, ti->npk, nk);
+                result = 2;
+                break;
+            }
             int a = key_after(sn, ti, key, st->segs[j].key, errstr, errstr_size);
             if (a == -2) {
                 result = -1;
@@ -966,6 +980,8 @@ int outboxd_snapshot_reflected(outboxd_snapshot_t *sn, const outboxd_pgo_decoder
         }
         if (result == 0)
             result = commit_lsn < sg->p ? 1 : 0;
+        else if (result == 2)
+            result = 0;
     }
     for (int k = 0; k < ti->npk; k++)
         free(vals[k]);
@@ -1007,6 +1023,8 @@ static int emit(void *opaque, const outboxd_record_t *rec, bool dead_letter, con
     if (e->pos_ok)
         e->rec_row[e->n_rec++] = e->row;
     e->st = outboxd_sink_produce(e->io->sink, rec, e->err, sizeof(e->err));
+    if (e->st == OUTBOXD_SINK_MISSING_TOPIC && e->pos_ok)
+        e->n_rec--; /* nothing was produced */
     if (e->st != OUTBOXD_SINK_OK)
         return 1;
     if (dead_letter) {
@@ -1385,13 +1403,20 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 for (size_t k = 0; k < json_array_size(key) && k < 32; k++)
                     params[np++] = json_string_value(json_array_get(key, k));
                 if (np != ti->npk) {
-                    LOG_ERROR(sn->name,
-                              "snapshot of %s: the checkpoint's key has %d values but the primary "
-                              "key now has %d columns (changed during the snapshot); set the "
-                              "table's snapshot to never, or drop the checkpoint to start over",
-                              tname, np, ti->npk);
-                    rc = -2;
-                    break;
+                    /* The primary key changed during the snapshot: the keys
+                     * read so far say nothing in the new order. The table
+                     * is read again from its start under this snapshot
+                     * (its rows read before are published again, as r). */
+                    LOG_WARN(sn->name,
+                             "snapshot of %s: the checkpoint's key has %d values but the primary "
+                             "key now has %d columns (changed during the snapshot); reading the "
+                             "table again from its start",
+                             tname, np, ti->npk);
+                    if (!in_array(json_object_get(run, "replay"), tname))
+                        json_object_set_new(segs, tname, json_pack("[[n,s]]", points));
+                    json_object_set_new(run, "key", json_null());
+                    key = json_null();
+                    np = 0;
                 }
             }
             params[np++] = limit;
@@ -1460,6 +1485,16 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 } else {
                     cr = outboxd_cdc_change(io->cdc, &ti->rel, 'r', NULL, &after, &si, emit, &e,
                                             err, sizeof(err));
+                    if (cr != 0 && cr != OUTBOXD_CDC_RETRY && e.st == OUTBOXD_SINK_MISSING_TOPIC &&
+                        sn->conf->missing_topic == OUTBOXD_MISSING_TOPIC_DEAD_LETTER) {
+                        /* As a streamed change: the row goes to the
+                         * dead-letter topic, the snapshot goes on. */
+                        char reason[700];
+                        snprintf(reason, sizeof(reason), "%s (relay.missing_topic: dead_letter)",
+                                 e.err);
+                        cr = outboxd_cdc_dead_letter(io->cdc, &ti->rel, 'r', NULL, &after, &si,
+                                                     reason, emit, &e, err, sizeof(err));
+                    }
                 }
                 if (cr == 0)
                     continue;

@@ -6,7 +6,8 @@
 #    fix, rewinds back off exponentially up to reconnect_max_backoff_ms
 #    (no hot loop), another source goes on meanwhile, and once the topic is
 #    created every event arrives exactly once;
-#  - dead_letter: the row goes to the dead-letter topic with the reason;
+#  - dead_letter: the row goes to the dead-letter topic with the reason, a
+#    snapshot's rows too (the snapshot finishes);
 #  - create: outboxd creates the topic with create_topic_partitions;
 #  - a topic deleted while in use is reported and waited for the same way
 #    (librdkafka's abort then fails fatally; the sink replaces its producers).
@@ -139,6 +140,21 @@ stop_relay_ok "$relay" "relay (missing_topic: wait)"
 
 log "missing_topic: dead_letter"
 sed -i 's/^relay:/relay:\n  missing_topic: dead_letter/' "$WORK/outboxd.yaml"
+# A cdc table snapshotted at this start, into a topic that does not exist:
+# its rows go to the dead-letter topic too (before: the snapshot retried the
+# chunk for ever and the whole source, outbox included, stood still).
+psql_db "$DBA" -c "CREATE TABLE snapt (id int PRIMARY KEY, v text)" \
+    -c "INSERT INTO snapt SELECT i, 'row ' || i FROM generate_series(1, 3) i" >/dev/null
+python3 - "$WORK/outboxd.yaml" "$DBA" "$RUN_ID" <<'PY'
+import sys
+path, db, run = sys.argv[1:4]
+lines = open(path).read().split("\n")
+at = lines.index(f"  - name: {db}")
+t = next(i for i in range(at, len(lines)) if lines[i] == "    tables:")
+lines[t + 1:t + 1] = ["      - table: public.snapt", "        mode: cdc", "        snapshot: initial",
+                      "        format: json", f'        topic: "{run}.cdcmissing"']
+open(path, "w").write("\n".join(lines))
+PY
 start_relay "$WORK/outboxd.yaml" relay2
 relay=$RELAY_PID
 psql_db "$DBA" <<SQL >/dev/null
@@ -154,6 +170,9 @@ cut -c1-600 "$WORK/dlt.json" >&2
 [ "$(grep -c "missing2" "$WORK/dlt.json")" -eq 1 ] || fail "the missing2 row is not in the dead-letter topic once"
 grep -q "topic '$RUN_ID.ev.missing2' does not exist.*relay.missing_topic: dead_letter" "$WORK/dlt.json" ||
     fail "no missing-topic reason in the dead letter"
+n=$(grep -c "topic '$RUN_ID.cdcmissing' does not exist.*relay.missing_topic: dead_letter" "$WORK/dlt.json" || true)
+[ "$n" -eq 3 ] || fail "the snapshot's 3 rows for the missing topic: $n dead letters, expected 3"
+grep -q "snapshot finished" "$WORK/relay2.log" || fail "the snapshot into a missing topic did not finish"
 stop_relay_ok "$relay" "relay (missing_topic: dead_letter)"
 
 log "missing_topic: create"
