@@ -23,7 +23,6 @@
 #include "outboxd/common/log.h"
 #include "outboxd/common/registry.h"
 
-#define MAX_BACKOFF_MS  5000
 #define MAX_SECRET_SIZE 8192
 
 typedef struct schema {
@@ -49,7 +48,6 @@ struct outboxd_encoder {
     outboxd_registry_t *reg;
     char *store_dir;
     outboxd_buf_t subject;
-    int backoff_ms;
 };
 
 /* ---- setup -------------------------------------------------------------- */
@@ -519,14 +517,6 @@ static int store_schema(outboxd_encoder_t *enc, schema_t *s, char *errstr, size_
     return 0;
 }
 
-/* Waits before the caller rewinds for another try (see encoder.h). */
-static void back_off(outboxd_encoder_t *enc)
-{
-    int wait = enc->backoff_ms ? enc->backoff_ms : 250;
-    enc->backoff_ms = wait * 2 > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : wait * 2;
-    usleep((useconds_t)wait * 1000);
-}
-
 /*
  * Resets out and writes the header for schema s on topic.
  * 0; 1 with reason (rejected for good); -1 with errstr (try again).
@@ -557,10 +547,8 @@ static int frame(outboxd_encoder_t *enc, schema_t *s, const char *topic, outboxd
         enc->reg, enc->subject.data, outboxd_avsc_text(s->avsc), &id, err, sizeof(err));
     if (st == OUTBOXD_REGISTRY_RETRY) {
         snprintf(errstr, errstr_size, "%s", err);
-        back_off(enc);
         return -1;
     }
-    enc->backoff_ms = 0;
     if (st == OUTBOXD_REGISTRY_REJECTED) {
         /* The registry's text is cut so the schema's name always fits. */
         snprintf(reason, reason_size, "schema %s (fingerprint %016" PRIx64 "): %.480s", name,
@@ -597,10 +585,8 @@ int outboxd_encoder_registered(outboxd_encoder_t *enc, const char *subject, cons
         outboxd_registry_id(enc->reg, subject, schema_text, &id, err, sizeof(err));
     if (st == OUTBOXD_REGISTRY_RETRY) {
         snprintf(errstr, errstr_size, "%s", err);
-        back_off(enc);
         return -1;
     }
-    enc->backoff_ms = 0;
     if (st == OUTBOXD_REGISTRY_REJECTED) {
         /* Debezium's task fails here; outboxd dead-letters the row and goes
          * on (the registry's rejection is cached, so this is not a request
@@ -779,7 +765,6 @@ int outboxd_encoder_dead_letter(outboxd_encoder_t *enc, const outboxd_dead_lette
     if (rc > 0) {
         /* Nowhere else to put it: stop the stream until this is fixed. */
         snprintf(errstr, errstr_size, "the dead-letter schema was rejected: %s", reason);
-        back_off(enc);
         return -1;
     }
     if (rc < 0)

@@ -46,9 +46,10 @@ size_t outboxd_encoder_n_types(const outboxd_encoder_t *enc);
  * Returns 0; 1 when the event cannot be encoded for good (payload does not
  * match its schema, registry rejects the schema): reason filled, the caller
  * dead-letters the change; -1 when it should be tried again later (registry
- * unreachable, OOM): errstr filled, the caller rewinds. Before returning -1
- * for an unreachable registry it waits (backoff growing to 5 s), so a
- * rewind-and-replay loop does not spin.
+ * unreachable, OOM): errstr filled, the caller rewinds. It does not wait:
+ * the caller's own backoff does (a source's rewind backoff, growing while
+ * rewinds make no progress), so a loop thread shared with other sources is
+ * never put to sleep for one source's registry.
  */
 int outboxd_encoder_event(outboxd_encoder_t *enc, const outboxd_envelope_t *ev,
                           outboxd_value_format_t format, const char *topic, outboxd_buf_t *out,
@@ -60,7 +61,7 @@ int outboxd_encoder_event(outboxd_encoder_t *enc, const outboxd_envelope_t *ev,
  * converter does: <topic>-key / <topic>-value, the text as is); the caller
  * appends the datum. Returns as outboxd_encoder_event: 0; 1 with reason
  * (the registry rejects the schema, or there is no registry); -1 with
- * errstr after a backoff (registry unreachable, OOM).
+ * errstr (registry unreachable, OOM; the caller backs off).
  */
 int outboxd_encoder_registered(outboxd_encoder_t *enc, const char *subject, const char *schema_text,
                                outboxd_buf_t *out, char *reason, size_t reason_size, char *errstr,
