@@ -21,6 +21,7 @@
 
 #include "outboxd/relay/config.h"
 #include "outboxd/common/log.h"
+#include "outboxd/common/registry.h"
 #include "outboxd/relay/encoder.h"
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/preflight.h"
@@ -108,6 +109,43 @@ static void usage(FILE *f)
  * relay that never starts would keep WAL for ever. --create makes what
  * create_publication / create_slot allow (as run does at its start), for
  * a slot that must exist before the first outbox rows are written. */
+/*
+ * Typed payloads give each event type its own record (<Type>Envelope); with
+ * the topic-name strategy every type on a topic shares the subject
+ * <topic>-value, and a registry with a compatibility rule (Confluent's
+ * default BACKWARD) refuses a second record name there, dead-lettering
+ * that type's events. Said at the start (run and check) unless every outbox
+ * topic template names the type column (one type per topic).
+ */
+static void warn_typed_subjects(const outboxd_config_t *conf)
+{
+    if (!conf->schemas_dir || !conf->schema_registry_url ||
+        conf->subject_name_strategy != OUTBOXD_SUBJECT_TOPIC_NAME)
+        return;
+    for (size_t i = 0; i < conf->n_sources; i++) {
+        for (size_t j = 0; j < conf->sources[i].n_tables; j++) {
+            const outboxd_table_conf_t *t = &conf->sources[i].tables[j];
+            if (t->mode != OUTBOXD_MODE_OUTBOX)
+                continue;
+            char want[300];
+            snprintf(want, sizeof(want), "${%s}", t->columns.type ? t->columns.type : "type");
+            if (t->topic && strstr(t->topic, want))
+                continue;
+            LOG_WARN(NULL,
+                     "relay.schemas_dir with schema_registry.subject_name_strategy topic-name: "
+                     "the event types of one topic (sources[%zu].tables[%zu], topic %s) share "
+                     "the subject <topic>-value, and a registry that checks compatibility "
+                     "(Confluent's default, BACKWARD) refuses a second type's record there, "
+                     "sending its events to the dead-letter topic; set "
+                     "schema_registry.subject_name_strategy: topic-record-name (or put "
+                     "${%s} in the topic)",
+                     i, j, t->topic ? t->topic : "outbox.event.${aggregatetype}",
+                     t->columns.type ? t->columns.type : "type");
+            return;
+        }
+    }
+}
+
 static int cmd_check(const outboxd_config_t *conf, bool create)
 {
     int problems = 0;
@@ -634,6 +672,7 @@ int main(int argc, char **argv)
     }
     outboxd_buf_free(&pre);
 
+    warn_typed_subjects(conf);
     if (conf->metrics_ready_min_sources > (int)conf->n_sources) {
         fprintf(stderr,
                 "%s: metrics.ready_min_sources: %d is more than the %zu configured source(s) "

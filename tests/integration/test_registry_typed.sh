@@ -108,6 +108,14 @@ ls "$WORK/schemas" >&2
 [ "$(ls "$WORK/schemas" | grep -c '^[0-9a-f]\{16\}\.avsc$')" -eq 4 ] ||
     fail "expected 4 stored schemas (envelope, typed envelope, payload record, string)"
 
+# With the default strategy (topic-name), the types of a topic would share
+# one subject: run and check warn, naming the fix.
+grep -v "subject_name_strategy" "$WORK/a.yaml" >"$WORK/a-topicname.yaml"
+"$OUTBOXD_BIN" check -c "$WORK/a-topicname.yaml" >"$WORK/tn.out" 2>&1 || true
+grep -q "share the subject <topic>-value.*set schema_registry.subject_name_strategy: topic-record-name" "$WORK/tn.out" ||
+    fail "no warning for typed payloads under the topic-name strategy: $(head -5 "$WORK/tn.out")"
+grep -q "subject_name_strategy topic-name" "$WORK/relay-a.log" && fail "warned although the strategy is topic-record-name"
+
 stop_relay_ok "$ra" relay-a
 stop_relay_ok "$rb" relay-b
 drop_source "$DBA" "${DBA}_${RUN_ID}"
