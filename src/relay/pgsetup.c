@@ -870,7 +870,8 @@ static void missing_publication(check_t *c)
                     "outboxd run or check --create) it would be younger than the slot, and "
                     "pgoutput cannot decode the changes in between; run outboxd check --create, "
                     "which creates it and names the pg_replication_slot_advance that skips them "
-                    "(none of them was published)",
+                    "(rows written to the tables in that stretch are then not relayed: write "
+                    "them again if they matter)",
                     src->slot, src->publication);
         else if (!c->tables_ok || !identity_ok || c->conn_lost)
             problem(c,
@@ -1312,8 +1313,9 @@ static void check_slot_predates(check_t *c)
                   outboxd_buf_printf(&sql, ", '%s')", c->pub_created_lsn);
         problem(c,
                 "replication slot '%s' is older than publication '%s', which was just "
-                "created, so pgoutput cannot decode the changes in between; skip them (none "
-                "of them was published) with: %s",
+                "created, so pgoutput cannot decode the changes in between; skip them with: "
+                "%s (rows written to the tables in that stretch are then not relayed: write "
+                "them again if they matter)",
                 c->src->slot, c->src->publication,
                 ok ? sql.data : "SELECT pg_replication_slot_advance(<slot>, <lsn>)");
         outboxd_buf_free(&sql);

@@ -285,7 +285,21 @@ static int read_result_after_copy(outboxd_repl_t *r, char *errstr, size_t errstr
     /* The COPY ended: the server says why in the following result. */
     PGresult *res = PQgetResult(r->conn);
     if (res && PQresultStatus(res) != PGRES_COMMAND_OK) {
-        snprintf(errstr, errstr_size, "replication stream ended: %s", PQresultErrorMessage(res));
+        const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        /* pgoutput looks a publication up as of each change it decodes: a
+         * publication created (or re-created) after the slot's position is
+         * "missing" for the changes before it, at every reconnect. */
+        bool pub_missing = primary && strncmp(primary, "publication \"", 13) == 0 &&
+                           strstr(primary, "\" does not exist");
+        snprintf(errstr, errstr_size, "replication stream ended: %s%s", PQresultErrorMessage(res),
+                 pub_missing
+                     ? "; if that publication exists now, it was created after the slot's "
+                       "position (the CONTEXT above names the LSN decoding is stuck at): "
+                       "pgoutput cannot decode the changes before it existed. Skip them with "
+                       "SELECT pg_replication_slot_advance('<slot>', pg_current_wal_lsn()) "
+                       "while the relay is stopped; rows committed in that stretch, outbox rows "
+                       "included, are then not relayed: write them again if they matter"
+                     : "");
     } else {
         /* A clean end of COPY (the server shutting down, or the walsender
          * ending the stream) often carries no message at all. */

@@ -65,6 +65,16 @@ expect_check "$WORK/slotfirst.yaml" 1 \
     "problem(s) found"
 [ "$(psql_db "$DB1B" -c "SELECT count(*) FROM pg_publication WHERE pubname = 'outboxd_pub'")" = 0 ] ||
     fail "check without --create created the publication"
+# A row written now, before the publication exists: check --create makes
+# the publication and names the advance, and what it costs (the row is not
+# relayed: pgoutput either fails on it or, on newer minor releases, skips
+# it for want of the publication).
+psql_db "$DB1B" -c "SELECT write_events('early', 'e-1', 1)" >/dev/null
+rc=0
+"$OUTBOXD_BIN" check --create -c "$WORK/slotfirst.yaml" >"$WORK/slotfirst.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "is older than publication 'outboxd_pub', which was just created.*pg_replication_slot_advance.*rows written to the tables in that stretch are then not relayed" "$WORK/slotfirst.out" ||
+    fail "check --create over an older slot (exit $rc): $(cat "$WORK/slotfirst.out")"
+drop_source "$DB1B" "${DB1B}_${RUN_ID}"
 
 # 1c. A role with REPLICATION that may not create the publication (it owns
 #     no table): check creates nothing, but tries the publication's DDL in a
