@@ -1534,8 +1534,8 @@ static void run_checks(check_t *c)
     PQsetNoticeProcessor(c->conn, before, NULL);
 }
 
-int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
-                          bool *created_slot)
+static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
+                             bool *created_slot, bool relay, int timeout_ms, atomic_int *stop)
 {
     if (created_slot)
         *created_slot = false;
@@ -1556,18 +1556,51 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
                                            "password_file if the server asks for a password\n");
         return -1;
     }
+    if (timeout_ms > 0) {
+        /* In a source's loop: a query that only waits for a lock (an
+         * ALTER PUBLICATION behind a long transaction) is cancelled by the
+         * server before the bound gives the connection up. */
+        char set[96];
+        snprintf(set, sizeof(set), "SET statement_timeout = %d", timeout_ms / 2);
+        PGresult *res =
+            outboxd_pg_exec_bounded(conn, set, 0, NULL, NULL, timeout_ms, stop, err, sizeof(err));
+        if (!res) {
+            PQfinish(conn);
+            outboxd_buf_printf(report, "source %s: check failed: ", src->name);
+            append_flat(report, err);
+            outboxd_buf_append_str(report, "\n");
+            return 1;
+        }
+        PQclear(res);
+    }
     check_t c = {
         .src = src,
         .conn = conn,
         .create = create,
         .report = report,
         .server_version = PQserverVersion(conn),
+        .timeout_ms = timeout_ms,
+        .stop = stop,
+        .relay = relay,
     };
     run_checks(&c);
     PQfinish(conn);
     if (created_slot)
         *created_slot = c.slot_created;
     return c.problems;
+}
+
+int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
+                          bool *created_slot)
+{
+    return check_on_new_conn(src, create, report, created_slot, false, 0, NULL);
+}
+
+int outboxd_pgsetup_check_in_loop(const outboxd_source_conf_t *src, int timeout_ms,
+                                  atomic_int *stop, outboxd_buf_t *report, bool *created_slot)
+{
+    return check_on_new_conn(src, true, report, created_slot, true,
+                             outboxd_pgsetup_loop_bound(timeout_ms), stop);
 }
 
 int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, bool create,

@@ -1911,7 +1911,9 @@ static int apply_reload(outboxd_source_t *s)
     if (new_tables && s->repl) {
         /* Added tables join a publication outboxd manages, as at start. */
         outboxd_buf_t report = {0};
-        if (outboxd_pgsetup_check(s->src, true, &report, NULL) != 0 && report.data) {
+        if (outboxd_pgsetup_check_in_loop(s->src, s->conf->wal_receiver_timeout_ms, s->stop,
+                                          &report, NULL) != 0 &&
+            report.data) {
             char *save = NULL;
             for (char *line = strtok_r(report.data, "\n", &save); line;
                  line = strtok_r(NULL, "\n", &save))
@@ -2096,7 +2098,10 @@ static int connect_postgres(outboxd_source_t *s)
          * IDENTIFY_SYSTEM, and not a connect_timeout (the second would wait
          * as long). */
         bool explain = !opened && !atomic_load(s->stop) && !strstr(err, "timeout expired");
-        int problems = explain ? outboxd_pgsetup_check(s->src, true, &report, &created_slot) : 0;
+        int problems = explain
+                           ? outboxd_pgsetup_check_in_loop(s->src, s->conf->wal_receiver_timeout_ms,
+                                                           s->stop, &report, &created_slot)
+                           : 0;
         if (created_slot)
             s->connect_created_slot = true;
         if (problems != 0 && report.data) {

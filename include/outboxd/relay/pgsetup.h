@@ -33,6 +33,15 @@
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot);
 
+/* outboxd_pgsetup_check with create, for a source's own loop (after a
+ * refused replication connection, for tables a reload added): every query
+ * bounded as the catalog watch's are (outboxd_pgsetup_loop_bound of
+ * timeout_ms, statement_timeout half of it, abandoned when *stop is set),
+ * and the retention slot's problems are warnings, as in the relay's check
+ * at connect. */
+int outboxd_pgsetup_check_in_loop(const outboxd_source_conf_t *src, int timeout_ms,
+                                  atomic_int *stop, outboxd_buf_t *report, bool *created_slot);
+
 /*
  * The same checks on a source's open replication connection (replication=
  * database, in command mode), so a starting source opens one connection, not
