@@ -1132,9 +1132,37 @@ static int replay_prepare(replay_t *rp, char *errstr, size_t errstr_size)
     if (!rp->marker)
         LOG_DEBUG(rp->rname, "no end marker (%s): the end is taken when decoding reaches it", err);
 
+    /* Two replays of one source started at the same moment could both find
+     * the copy unused below (and one drop the other's): a session advisory
+     * lock, held until this replay's connection closes (a crash releases
+     * it), decides first. */
+    const char *p2[1] = {rp->rslot};
+    char got[8];
+    /* A replay just killed: its backend ends (and lets go) within moments;
+     * wait for that (bounded) rather than call it a running one. */
+    for (int i = 0; i < 100; i++) {
+        rc = query_value(&rp->pg, rp->conf->wal_receiver_timeout_ms, rp->stop,
+                         "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('outboxd "
+                         "replay'), pg_catalog.hashtext($1))::text",
+                         1, p2, got, sizeof(got), err, sizeof(err));
+        if (rc <= 0 || strcmp(got, "true") == 0 || atomic_load(rp->stop))
+            break;
+        usleep(100 * 1000);
+    }
+    if (rc <= 0) {
+        snprintf(errstr, errstr_size, "source %s: %s", src->name,
+                 rc < 0 ? err : "no answer to pg_try_advisory_lock");
+        return 1;
+    }
+    if (strcmp(got, "true") != 0) {
+        snprintf(errstr, errstr_size,
+                 "source %s: another replay is running (it holds the replay lock of slot %s); "
+                 "wait for it to finish",
+                 src->name, rp->rslot);
+        return 2;
+    }
     /* A copy left over by a replay that crashed is dropped; one in use
      * means another replay of this source runs now. */
-    const char *p2[1] = {rp->rslot};
     char pid[32];
     /* A replay just killed: its walsender notices the closed socket within
      * moments; wait for that (bounded) rather than call it a running one. */

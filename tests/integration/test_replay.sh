@@ -264,6 +264,20 @@ expect_error "exclude each other" -c "$WORK/outboxd.yaml" --source "$DB" --from-
     --topic-suffix .a --to-topic b
 expect_error "is the relay's checkpoint topic (relay.checkpoint_topic)" -c "$WORK/outboxd.yaml" \
     --source "$DB" --from-lsn "$X" --to-topic "$RUN_ID.checkpoints"
+# Another replay of the source running (here: its lock held by a session of
+# our own, as a replay started at the same moment would hold it): refused,
+# after waiting 10 s for a just-killed one to let go.
+psql_db "$DB" -c "SELECT pg_advisory_lock(hashtext('outboxd replay'), hashtext('${SLOT}_replay'))" -c "SELECT pg_sleep(60)" >/dev/null 2>&1 &
+locker=$!
+BG_PIDS+=("$locker")
+for _ in $(seq 1 100); do
+    [ "$(psql_db "$DB" -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = hashtext('${SLOT}_replay')::oid")" = 1 ] && break
+    sleep 0.1
+done
+expect_error "another replay is running (it holds the replay lock of slot ${SLOT}_replay)" -c "$WORK/outboxd.yaml" \
+    --source "$DB" --from-lsn "$X" --to-lsn "$Y" --dry-run
+psql_db "$DB" -c "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('${SLOT}_replay')::oid" >/dev/null
+wait "$locker" 2>/dev/null || true
 # A suffix that makes an event topic the relay's dead-letter topic (checked
 # per event, as the suffix is appended to each event's topic).
 sed "s/^  dead_letter_topic: .*/  dead_letter_topic: \"$RUN_ID.ev.$DB.dl\"/" "$WORK/outboxd.yaml" >"$WORK/dl.yaml"
