@@ -26,9 +26,13 @@ const char *outboxd_connhint_pg(const char *m)
     if (strstr(m, "server does not support SSL"))
         return "the server does not offer TLS (ssl = off); enable TLS on the server, or "
                "check sslmode in the dsn";
-    /* libpq with sslmode=prefer tries TLS, then without: both refusals are
-     * in the message, and TLS is not the answer then. */
-    if (strstr(m, "pg_hba.conf") && strstr(m, "SSL encryption"))
+    /* libpq with sslmode=prefer tries TLS, then without, and reports both
+     * attempts: a password refused in one of them is the answer then. */
+    if (strstr(m, "password authentication failed") || strstr(m, "SCRAM authentication") ||
+        strstr(m, "no password supplied"))
+        return "check password_file (the role's password) and user in the dsn";
+    /* Both refusals by pg_hba: TLS is not the answer. */
+    if (strstr(m, "pg_hba.conf") && strstr(m, "SSL encryption") && strstr(m, "no encryption"))
         return "no pg_hba.conf line lets this user in from this host, over TLS or without; add "
                "one (host or hostssl, this database and user, this address) and reload "
                "PostgreSQL";
@@ -40,9 +44,6 @@ const char *outboxd_connhint_pg(const char *m)
                "this database and user, this address) and reload PostgreSQL, or if the server "
                "takes it only over TLS (hostssl) set sslmode=verify-full and sslrootcert in the "
                "dsn";
-    if (strstr(m, "password authentication failed") || strstr(m, "SCRAM authentication") ||
-        strstr(m, "no password supplied"))
-        return "check password_file (the role's password) and user in the dsn";
     return NULL;
 }
 

@@ -846,10 +846,14 @@ static void missing_publication(check_t *c)
         outboxd_buf_free(&sql);
         return;
     }
-    /* A new publication publishes updates and deletes (the default), so it
-     * must not be created over a table that would then refuse them. */
+    /* A new publication publishes updates and deletes (the default; a wide
+     * one only what the tables need), so it must not be created over a
+     * table that would then refuse them. */
     bool identity_ok = true;
-    for (size_t i = 0; i < src->n_tables; i++) {
+    pub_ops_t ops = needed_ops(src);
+    bool wide = src->publication_scope == OUTBOXD_PUB_ALL ||
+                (src->publication_scope == OUTBOXD_PUB_SCHEMA && src->n_tables > 0);
+    for (size_t i = 0; i < src->n_tables && (!wide || ops.upd || ops.del); i++) {
         if (c->tables[i].found && !c->tables[i].has_identity) {
             identity_problem(c, &src->tables[i], " (once the publication is created)");
             identity_ok = false;
@@ -947,9 +951,19 @@ static void publish_ops_problem(check_t *c, const PGresult *pub, pub_ops_t need)
         first = false;
     }
     ok = ok && outboxd_buf_append_str(&sql, "')");
-    problem(c, "publication '%s' does not publish %s; run: %s", c->src->publication,
+    /* A publication over all tables or whole schemas that starts
+     * publishing updates or deletes makes PostgreSQL refuse them on every
+     * table in its scope without a replica identity. */
+    bool wide = field_true(pub, 0, 4) || c->src->publication_scope == OUTBOXD_PUB_SCHEMA;
+    bool adds_upd_del = (want[1] && !has[1]) || (want[2] && !has[2]);
+    problem(c, "publication '%s' does not publish %s; run: %s%s", c->src->publication,
             missing.data ? missing.data : "what the tables need",
-            ok ? sql.data : "ALTER PUBLICATION <publication> SET (publish = '...')");
+            ok ? sql.data : "ALTER PUBLICATION <publication> SET (publish = '...')",
+            wide && adds_upd_del
+                ? " (it covers all tables or whole schemas: first give every table in its scope "
+                  "a primary key or REPLICA IDENTITY, or PostgreSQL refuses UPDATE and DELETE "
+                  "on those without one)"
+                : "");
     outboxd_buf_free(&missing);
     outboxd_buf_free(&sql);
 }
@@ -1215,12 +1229,30 @@ static void check_row_filter(check_t *c, const outboxd_table_conf_t *t)
                       outboxd_buf_append_str(&fix, " DROP TABLE ") &&
                       append_table(c->conn, &fix, t) && outboxd_buf_append_str(&fix, "; ") &&
                       alter_add_table_sql(c, t, &fix) && outboxd_buf_append_str(&fix, "; COMMIT");
-            problem(c,
-                    "publication '%s' publishes only the rows of %s.%s that match WHERE %s, but "
-                    "no row_filter is configured, so the others would never be relayed: set "
-                    "row_filter to that expression if it is meant, or publish every row with: %s",
-                    c->src->publication, t->schema, t->name, PQgetvalue(res, 0, 1),
-                    ok ? fix.data : "ALTER PUBLICATION ... DROP TABLE ...; ... ADD TABLE ...");
+            const char *how =
+                ok ? fix.data : "ALTER PUBLICATION ... DROP TABLE ...; ... ADD TABLE ...";
+            if (t->mode == OUTBOXD_MODE_CDC) {
+                problem(c,
+                        "publication '%s' publishes only the rows of %s.%s that match WHERE %s, "
+                        "but no row_filter is configured, so the others would never be relayed "
+                        "(and a snapshot would publish them): set row_filter to that expression "
+                        "if it is meant, or publish every row with: %s",
+                        c->src->publication, t->schema, t->name, PQgetvalue(res, 0, 1), how);
+            } else if (c->relay) {
+                /* An outbox table takes no row_filter: a filter someone put
+                 * on the publication may be deliberate (internal types). */
+                LOG_WARN(c->src->name,
+                         "publication '%s' publishes only the rows of outbox table %s.%s that "
+                         "match WHERE %s: the others are never relayed; if that is not meant, "
+                         "publish every row with: %s",
+                         c->src->publication, t->schema, t->name, PQgetvalue(res, 0, 1), how);
+            } else {
+                note(c,
+                     "publication '%s' publishes only the rows of outbox table %s.%s that match "
+                     "WHERE %s: the others are never relayed; if that is not meant, publish "
+                     "every row with: %s",
+                     c->src->publication, t->schema, t->name, PQgetvalue(res, 0, 1), how);
+            }
             outboxd_buf_free(&fix);
         }
         PQclear(res);
@@ -1566,6 +1598,8 @@ static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outb
             outboxd_pg_exec_bounded(conn, set, 0, NULL, NULL, timeout_ms, stop, err, sizeof(err));
         if (!res) {
             PQfinish(conn);
+            if (stop && atomic_load(stop))
+                return -1; /* interrupted by the relay stopping: not a problem */
             outboxd_buf_printf(report, "source %s: check failed: ", src->name);
             append_flat(report, err);
             outboxd_buf_append_str(report, "\n");
@@ -1587,6 +1621,8 @@ static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outb
     PQfinish(conn);
     if (created_slot)
         *created_slot = c.slot_created;
+    if (stop && atomic_load(stop))
+        return -1; /* queries cut short by a stop are no problems */
     return c.problems;
 }
 

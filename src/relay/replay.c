@@ -113,7 +113,9 @@ struct outboxd_retention {
 static void retention_warn(outboxd_retention_t *r, const char *what, const char *why)
 {
     int64_t now = outboxd_now_ms();
-    if (r->lost || (r->last_warn_ms && now - r->last_warn_ms < 60000))
+    /* Lost: its own warning says it all, while connected (a keeper that
+     * cannot connect says so). */
+    if ((r->lost && r->conn) || (r->last_warn_ms && now - r->last_warn_ms < 60000))
         return;
     r->last_warn_ms = now;
     LOG_WARN(r->src->name,

@@ -34,6 +34,11 @@ static void pg_hints(void **state)
                             "host \"10.0.0.5\", user \"u\", database \"d\", no encryption");
     assert_non_null(strstr(h, "over TLS or without; add one"));
     assert_null(strstr(h, "sslmode"));
+    /* sslmode=prefer, hostnossl only, wrong password: the password is the cause. */
+    h = outboxd_connhint_pg("FATAL:  no pg_hba.conf entry for host \"10.0.0.5\", user \"u\", "
+                            "database \"d\", SSL encryption\nFATAL:  password authentication "
+                            "failed for user \"u\"");
+    assert_non_null(strstr(h, "check password_file"));
     h = outboxd_connhint_pg("FATAL:  no pg_hba.conf entry for host \"10.0.0.5\", user \"u\", "
                             "database \"d\", no encryption");
     assert_non_null(strstr(h, "without TLS; add one"));

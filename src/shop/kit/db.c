@@ -274,7 +274,10 @@ void outboxd_shop_pool_put(outboxd_shop_pool_t *p, PGconn *conn)
 {
     if (!conn)
         return;
-    if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) {
+    /* A session on a server in recovery (25006: a failover, a standby)
+     * would refuse every write of the requests that get it next. */
+    if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE ||
+        strcmp(last_sqlstate, "25006") == 0) {
         PQfinish(conn);
         return;
     }
