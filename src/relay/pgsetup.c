@@ -643,6 +643,14 @@ static bool append_row_filter(check_t *c, outboxd_buf_t *sql, const outboxd_tabl
 
 static void check_row_filter(check_t *c, const outboxd_table_conf_t *t);
 
+/* A publication over every table or whole schemas, not only the
+ * configured tables (a schema scope without tables is a FOR TABLE one). */
+static bool wide_scope(const outboxd_source_conf_t *src)
+{
+    return src->publication_scope == OUTBOXD_PUB_ALL ||
+           (src->publication_scope == OUTBOXD_PUB_SCHEMA && src->n_tables > 0);
+}
+
 /* What this source's tables need a publication to publish. */
 typedef struct pub_ops {
     bool ins, upd, del, trunc;
@@ -665,8 +673,7 @@ static pub_ops_t needed_ops(const outboxd_source_conf_t *src)
 static bool create_publication_sql(check_t *c, outboxd_buf_t *sql)
 {
     const outboxd_source_conf_t *src = c->src;
-    bool wide = src->publication_scope == OUTBOXD_PUB_ALL ||
-                (src->publication_scope == OUTBOXD_PUB_SCHEMA && src->n_tables > 0);
+    bool wide = wide_scope(src);
     bool ok = outboxd_buf_append_str(sql, "CREATE PUBLICATION ") &&
               append_ident(c->conn, sql, src->publication);
     if (src->publication_scope == OUTBOXD_PUB_ALL) {
@@ -789,9 +796,9 @@ static bool usable_slot_exists(check_t *c)
 static bool scope_identity_ok(check_t *c)
 {
     const outboxd_source_conf_t *src = c->src;
-    bool all = src->publication_scope == OUTBOXD_PUB_ALL;
-    if (!all && (src->publication_scope != OUTBOXD_PUB_SCHEMA || src->n_tables == 0))
+    if (!wide_scope(src))
         return true;
+    bool all = src->publication_scope == OUTBOXD_PUB_ALL;
     pub_ops_t o = needed_ops(src);
     if (!o.upd && !o.del)
         return true;
@@ -851,8 +858,7 @@ static void missing_publication(check_t *c)
      * table that would then refuse them. */
     bool identity_ok = true;
     pub_ops_t ops = needed_ops(src);
-    bool wide = src->publication_scope == OUTBOXD_PUB_ALL ||
-                (src->publication_scope == OUTBOXD_PUB_SCHEMA && src->n_tables > 0);
+    bool wide = wide_scope(src);
     for (size_t i = 0; i < src->n_tables && (!wide || ops.upd || ops.del); i++) {
         if (c->tables[i].found && !c->tables[i].has_identity) {
             identity_problem(c, &src->tables[i], " (once the publication is created)");
@@ -1566,6 +1572,34 @@ static void run_checks(check_t *c)
     PQsetNoticeProcessor(c->conn, before, NULL);
 }
 
+/*
+ * For a check in a source's loop: the session's statement_timeout is half
+ * the bound, so a query that only waits for a lock (an ALTER PUBLICATION
+ * behind a long transaction) is cancelled by the server, and reported as
+ * such, before the bound gives the connection up. 0; else conn is closed:
+ * -1 when a stop interrupted it (not a problem), 1 with the failure in
+ * report ("source NAME: WHAT failed: ...").
+ */
+static int bound_session(PGconn *conn, const outboxd_source_conf_t *src, int timeout_ms,
+                         atomic_int *stop, const char *what, outboxd_buf_t *report)
+{
+    char set[96], err[1024];
+    snprintf(set, sizeof(set), "SET statement_timeout = %d", timeout_ms / 2);
+    PGresult *res =
+        outboxd_pg_exec_bounded(conn, set, 0, NULL, NULL, timeout_ms, stop, err, sizeof(err));
+    if (res) {
+        PQclear(res);
+        return 0;
+    }
+    PQfinish(conn);
+    if (stop && atomic_load(stop))
+        return -1;
+    outboxd_buf_printf(report, "source %s: %s failed: ", src->name, what);
+    append_flat(report, err);
+    outboxd_buf_append_str(report, "\n");
+    return 1;
+}
+
 static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                              bool *created_slot, bool relay, int timeout_ms, atomic_int *stop)
 {
@@ -1589,23 +1623,9 @@ static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outb
         return -1;
     }
     if (timeout_ms > 0) {
-        /* In a source's loop: a query that only waits for a lock (an
-         * ALTER PUBLICATION behind a long transaction) is cancelled by the
-         * server before the bound gives the connection up. */
-        char set[96];
-        snprintf(set, sizeof(set), "SET statement_timeout = %d", timeout_ms / 2);
-        PGresult *res =
-            outboxd_pg_exec_bounded(conn, set, 0, NULL, NULL, timeout_ms, stop, err, sizeof(err));
-        if (!res) {
-            PQfinish(conn);
-            if (stop && atomic_load(stop))
-                return -1; /* interrupted by the relay stopping: not a problem */
-            outboxd_buf_printf(report, "source %s: check failed: ", src->name);
-            append_flat(report, err);
-            outboxd_buf_append_str(report, "\n");
-            return 1;
-        }
-        PQclear(res);
+        int rc = bound_session(conn, src, timeout_ms, stop, "check", report);
+        if (rc != 0)
+            return rc;
     }
     check_t c = {
         .src = src,
@@ -1678,20 +1698,9 @@ int outboxd_pgsetup_watch(const outboxd_source_conf_t *src, int timeout_ms, atom
             return -1;
         }
         /* A stuck catalog must not hold up the stream for long. */
-        char set[96];
-        snprintf(set, sizeof(set), "SET statement_timeout = %d", timeout_ms / 2);
-        PGresult *res =
-            outboxd_pg_exec_bounded(conn, set, 0, NULL, NULL, timeout_ms, stop, err, sizeof(err));
-        if (!res) {
-            PQfinish(conn);
-            if (stop && atomic_load(stop))
-                return -1; /* interrupted by the relay stopping: not a problem */
-            outboxd_buf_printf(report, "source %s: catalog check failed: ", src->name);
-            append_flat(report, err);
-            outboxd_buf_append_str(report, "\n");
-            return 1;
-        }
-        PQclear(res);
+        int rc = bound_session(conn, src, timeout_ms, stop, "catalog check", report);
+        if (rc != 0)
+            return rc;
         *connp = conn;
     }
     check_t c = {
