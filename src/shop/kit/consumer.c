@@ -298,35 +298,15 @@ static void ensure_conn(outboxd_shop_consumer_t *c)
 static void clean_text(const void *p, size_t n, size_t max, char *out, size_t out_size)
 {
     const unsigned char *b = p;
-    size_t i = 0, cut = 0;
-    bool ok = true;
-    while (ok && i < n) {
-        unsigned char c0 = b[i];
-        size_t len = c0 < 0x80             ? 1
-                     : (c0 & 0xE0) == 0xC0 ? 2
-                     : (c0 & 0xF0) == 0xE0 ? 3
-                     : (c0 & 0xF8) == 0xF0 ? 4
-                                           : 0;
-        ok = c0 != 0 && len > 0 && i + len <= n && !(len == 2 && c0 < 0xC2) &&
-             !(len == 4 && c0 > 0xF4);
-        for (size_t k = 1; ok && k < len; k++)
-            ok = (b[i + k] & 0xC0) == 0x80;
-        if (ok && len == 3) {
-            unsigned cp = ((c0 & 0x0Fu) << 12) | ((b[i + 1] & 0x3Fu) << 6) | (b[i + 2] & 0x3Fu);
-            ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
-        }
-        if (ok && len == 4) {
-            unsigned cp = ((c0 & 0x07u) << 18) | ((b[i + 1] & 0x3Fu) << 12) |
-                          ((b[i + 2] & 0x3Fu) << 6) | (b[i + 3] & 0x3Fu);
-            ok = cp >= 0x10000 && cp <= 0x10FFFF;
-        }
-        if (ok) {
-            i += len;
-            if (i <= max && i < out_size)
-                cut = i;
-        }
-    }
-    if (ok) {
+    /* jansson's check of UTF-8 (what the database will insist on too). */
+    json_t *valid = memchr(b, 0, n) ? NULL : json_stringn((const char *)b, n);
+    if (valid) {
+        json_decref(valid);
+        size_t cut = n < max ? n : max;
+        if (cut > out_size - 1)
+            cut = out_size - 1;
+        while (cut > 0 && cut < n && (b[cut] & 0xC0) == 0x80)
+            cut--; /* not inside a character */
         memcpy(out, b, cut);
         out[cut] = '\0';
         return;
