@@ -109,20 +109,28 @@ static void server_stop(server_t *s)
     free(s);
 }
 
-static outboxd_registry_t *client(server_t *s, long ttl, const char *user, const char *token)
+/* A client of the test server at path, registering (auto_register) or
+ * only looking schemas up. */
+static outboxd_registry_t *client_at(server_t *s, const char *path, long ttl, const char *user,
+                                     const char *token, bool auto_register)
 {
     char url[64], err[256];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/apis/ccompat/v7/", s->port);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", s->port, path);
     outboxd_registry_conf_t rc = {.url = url,
                                   .username = user,
                                   .password = user ? "s3cret" : NULL,
                                   .bearer_token = token,
                                   .timeout_ms = 5000,
                                   .cache_ttl_ms = ttl,
-                                  .auto_register = true};
+                                  .auto_register = auto_register};
     outboxd_registry_t *reg = outboxd_registry_new(&rc, err, sizeof(err));
     assert_non_null(reg);
     return reg;
+}
+
+static outboxd_registry_t *client(server_t *s, long ttl, const char *user, const char *token)
+{
+    return client_at(s, "/apis/ccompat/v7/", ttl, user, token, true);
 }
 
 static void test_register_and_cache(void **state)
@@ -237,11 +245,7 @@ static void test_error_codes(void **state)
     assert_int_equal(id, 3);
     outboxd_registry_destroy(reg);
 
-    char url[64];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", s->port);
-    outboxd_registry_conf_t rc = {.url = url, .timeout_ms = 5000, .auto_register = false};
-    reg = outboxd_registry_new(&rc, err, sizeof(err));
-    assert_non_null(reg);
+    reg = client_at(s, "/", 0, NULL, NULL, false);
     assert_int_equal(outboxd_registry_id(reg, "m2", "\"int\"", &id, err, sizeof(err)),
                      OUTBOXD_REGISTRY_RETRY);
     assert_non_null(strstr(err, "without a registry error code"));
