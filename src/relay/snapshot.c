@@ -95,11 +95,30 @@ typedef struct table_info {
     outboxd_pgo_relation_t rel;
     int *pk; /* indices into rel.cols, in primary-key order */
     int npk;
-    bool pk_int;     /* every key column is int2/int4/int8: compared here */
-    char *cmp_sql;   /* SELECT ROW(key casts) > ROW(...) for other key types */
-    char *first_sql; /* first chunk */
-    char *next_sql;  /* chunks after a key */
+    bool pk_int;      /* every key column is int2/int4/int8: compared here */
+    char *cmp_sql;    /* SELECT ROW(key casts) > ROW(...) for other key types */
+    char *first_sql;  /* first chunk */
+    char *next_sql;   /* chunks after a key */
+    double row_bytes; /* bytes per row of the last chunk read (0: none yet) */
 } table_info_t;
+
+/* A chunk holds about this many bytes of rows at most, besides
+ * max_batch_events rows: its rows are in memory twice until its Kafka
+ * commit (libpq's result, librdkafka's queue), so a bound in rows alone
+ * would keep 5,000 rows of 1 MB (10 GB) resident. The first chunk a session
+ * reads of a table is FIRST_CHUNK_ROWS rows; the bytes per row measured on
+ * each chunk size the next. (The catalog's size cannot: TOAST compresses.) */
+#define CHUNK_BYTES      ((double)(16 << 20))
+#define FIRST_CHUNK_ROWS 64
+
+/* Rows the next chunk of ti asks for, at most max_rows. */
+static int chunk_rows(const table_info_t *ti, int max_rows)
+{
+    if (ti->row_bytes <= 0)
+        return max_rows < FIRST_CHUNK_ROWS ? max_rows : FIRST_CHUNK_ROWS;
+    double rows = CHUNK_BYTES / ti->row_bytes;
+    return rows >= max_rows ? max_rows : rows < 1 ? 1 : (int)rows;
+}
 
 /* One segment of a snapshotted table: keys after `key` (NULL: from the
  * start) were read under a snapshot at consistent point p. */
@@ -1226,18 +1245,34 @@ static int later_rows(outboxd_snapshot_t *sn, json_t *tables, size_t i, char *er
         const outboxd_table_conf_t *t = cdc_table(sn, name);
         if (!t)
             continue;
+        /* The rows the table's chunks will read (load_info): its row_filter,
+         * a plain table's own rows (not its inheritance children's), a
+         * partitioned table's partitions'; else the "last" marker is put on
+         * no row when the later tables have only rows the snapshot skips. */
         char *qn = PQescapeIdentifier(sn->conn, t->schema, strlen(t->schema));
         char *qr = PQescapeIdentifier(sn->conn, t->name, strlen(t->name));
-        char *sql = qn && qr ? xstrdup_printf("SELECT EXISTS (SELECT 1 FROM %s.%s)", qn, qr) : NULL;
+        const char *f = t->row_filter ? t->row_filter : "true";
+        char *sql = qn && qr
+                        ? xstrdup_printf("SELECT EXISTS (SELECT 1 FROM ONLY %s.%s WHERE (%s)) OR "
+                                         "(coalesce((SELECT c.relkind = 'p' FROM "
+                                         "pg_catalog.pg_class c WHERE c.oid = $1::regclass), "
+                                         "false) AND EXISTS (SELECT 1 FROM %s.%s WHERE (%s)))",
+                                         qn, qr, f, qn, qr, f)
+                        : NULL;
+        char *reg = qn && qr ? xstrdup_printf("%s.%s", qn, qr) : NULL;
         PQfreemem(qn);
         PQfreemem(qr);
-        if (!sql) {
+        if (!sql || !reg) {
+            free(sql);
+            free(reg);
             snprintf(errstr, errstr_size, "out of memory");
             return -1;
         }
-        PGresult *res = sn_query(sn, run_bound(sn), sql, 0, NULL,
-                                 "looking for rows in later tables", errstr, errstr_size);
+        const char *p[1] = {reg};
+        PGresult *res = sn_query(sn, run_bound(sn), sql, 1, p, "looking for rows in later tables",
+                                 errstr, errstr_size);
         free(sql);
+        free(reg);
         if (!res)
             return -1;
         bool any = PQgetvalue(res, 0, 0)[0] == 't';
@@ -1401,8 +1436,9 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             if (io->keepalive)
                 io->keepalive(io->opaque);
             int64_t t0 = outboxd_now_us();
+            int rows = chunk_rows(ti, chunk);
             char limit[16];
-            snprintf(limit, sizeof(limit), "%d", chunk + 1);
+            snprintf(limit, sizeof(limit), "%d", rows + 1);
             const char *params[34];
             int np = 0;
             if (json_is_array(key)) {
@@ -1436,9 +1472,9 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             }
             int64_t t_read = outboxd_now_us();
             int n = PQntuples(res);
-            bool more = n > chunk;
+            bool more = n > rows;
             if (more)
-                n = chunk;
+                n = rows;
             bool final = false;
             if (!more) {
                 int later = later_rows(sn, tables, i, err, sizeof(err));
@@ -1467,6 +1503,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             e.pos_ok = !outboxd_sink_in_txn(io->sink);
             for (size_t k = 0; k < sn->n_refused; k++)
                 sn->refused[k].used = false;
+            size_t bytes = 0;
             for (int r = 0; r < n && rc == 0; r++) {
                 for (int c = 0; c < ti->rel.ncols; c++) {
                     if (PQgetisnull(res, r, c)) {
@@ -1475,6 +1512,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                         datums[c] = (outboxd_pgo_datum_t){.kind = 't',
                                                           .data = PQgetvalue(res, r, c),
                                                           .len = (uint32_t)PQgetlength(res, r, c)};
+                        bytes += datums[c].len;
                     }
                 }
                 outboxd_pgo_tuple_t after = {.ncols = ti->rel.ncols, .cols = datums};
@@ -1525,6 +1563,8 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 PQclear(res);
                 break;
             }
+            if (n > 0)
+                ti->row_bytes = (double)(bytes + (size_t)ti->rel.ncols * 8) / n;
             if (n > 0) {
                 json_t *nk = json_array();
                 for (int k = 0; k < ti->npk; k++)
@@ -1561,10 +1601,10 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                     LOG_INFO(sn->name, "the refused chunk is in; producing in batches again");
                 }
                 LOG_DEBUG(sn->name,
-                          "snapshot of %s: %llu rows published (chunk of %d: read %.1f ms, "
-                          "encode+produce %.1f ms, commit %.1f ms)",
-                          tname, (unsigned long long)table_rows, n, (double)(t_read - t0) / 1e3,
-                          (double)(t_prod - t_read) / 1e3,
+                          "snapshot of %s: %llu rows published (chunk of %d rows, %zu bytes: "
+                          "read %.1f ms, encode+produce %.1f ms, commit %.1f ms)",
+                          tname, (unsigned long long)table_rows, n, bytes,
+                          (double)(t_read - t0) / 1e3, (double)(t_prod - t_read) / 1e3,
                           (double)(outboxd_now_us() - t_prod) / 1e3);
             }
             PQclear(res);
