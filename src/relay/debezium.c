@@ -10,7 +10,8 @@
  * - value: the payload column; with table.expand.json.payload parsed and
  *   printed again by Jackson; with envelope placements a struct
  *   {payload, alias...}; NULL payload: null (a tombstone when
- *   route.tombstone.on.empty.payload);
+ *   route.tombstone.on.empty.payload, which also takes an empty or blank
+ *   text);
  * - headers: "id" and the header placements (SimpleHeaderConverter);
  * - timestamp: table.field.event.timestamp (a timestamp column) in ms;
  * - with an AvroConverter, key and value are the Connect schema (the
@@ -30,6 +31,7 @@
 #include <string.h>
 
 #include "outboxd/common/avro_json.h"
+#include "outboxd/relay/router.h"
 
 /* PostgreSQL type oids whose rendering differs from their text. */
 #define OID_BOOL   16
@@ -52,11 +54,128 @@ static bool is_int_type(uint32_t oid)
 
 /* ---- Java regex -> POSIX ERE ---- */
 
+/* Groups a topic regex match keeps (regexec's nmatch): the whole match,
+ * the anchor group added around the regex, and the regex's own. */
+#define MAX_GROUPS 32
+
+/* The POSIX text of a Java class escape (\d \w \s, also \D \W \S outside
+ * brackets), for use inside a bracket expression (in) or alone; NULL: not a
+ * class escape. java.util.regex's classes are ASCII unless
+ * UNICODE_CHARACTER_CLASS, which a topic regex cannot set. */
+static const char *class_escape(char c, bool in)
+{
+    switch (c) {
+    case 'd':
+        return in ? "0-9" : "[0-9]";
+    case 'w':
+        return in ? "A-Za-z0-9_" : "[A-Za-z0-9_]";
+    case 's':
+        return in ? "[:space:]" : "[[:space:]]";
+    case 'D':
+        return in ? NULL : "[^0-9]";
+    case 'W':
+        return in ? NULL : "[^A-Za-z0-9_]";
+    case 'S':
+        return in ? NULL : "[^[:space:]]";
+    default:
+        return NULL;
+    }
+}
+
+/* Translates the Java bracket expression at *pp ('[') into POSIX; *pp is
+ * left on its ']'. In POSIX brackets a backslash is a literal and ']' '-'
+ * '^' are special by position: escapes become class names or literals, and
+ * the literals ] - ^ are placed where POSIX reads them as literals. */
+static int translate_bracket(const char **pp, const char *java, outboxd_buf_t *ere, char *errstr,
+                             size_t errstr_size)
+{
+    const char *p = *pp + 1;
+    bool neg = *p == '^';
+    if (neg)
+        p++;
+    bool lit_close = false, lit_dash = false, lit_caret = false;
+    outboxd_buf_t body = {0};
+    if (*p == ']') { /* Java: a ']' first is a literal too */
+        lit_close = true;
+        p++;
+    }
+    for (; *p && *p != ']'; p++) {
+        if (*p == '\\' && p[1]) {
+            p++;
+            const char *cls = class_escape(*p, true);
+            if (cls) {
+                outboxd_buf_append_str(&body, cls);
+            } else if (*p == ']') {
+                lit_close = true;
+            } else if (*p == '-') {
+                lit_dash = true;
+            } else if (*p == '^') {
+                lit_caret = true;
+            } else if (ispunct((unsigned char)*p)) {
+                outboxd_buf_append(&body, p, 1); /* \. \\ \[ ...: the character */
+            } else {
+                snprintf(errstr, errstr_size,
+                         "'%.200s' uses \\%c in a character class, which outboxd does not "
+                         "translate to POSIX (inside [...] only \\d \\w \\s and escaped "
+                         "punctuation)",
+                         java, *p);
+                outboxd_buf_free(&body);
+                return -1;
+            }
+            continue;
+        }
+        if (*p == '[' || (*p == '&' && p[1] == '&')) {
+            snprintf(errstr, errstr_size,
+                     "'%.200s' nests or intersects character classes, which outboxd does not "
+                     "translate to POSIX",
+                     java);
+            outboxd_buf_free(&body);
+            return -1;
+        }
+        if (*p == '^') {
+            lit_caret = true;
+            continue;
+        }
+        if (*p == '-' && (p[1] == ']' || body.len == 0)) {
+            lit_dash = true; /* first or last: a literal in both */
+            continue;
+        }
+        outboxd_buf_append(&body, p, 1);
+    }
+    if (*p != ']') {
+        snprintf(errstr, errstr_size, "unbalanced [ in '%.200s'", java);
+        outboxd_buf_free(&body);
+        return -1;
+    }
+    outboxd_buf_append_str(ere, neg ? "[^" : "[");
+    if (lit_close)
+        outboxd_buf_append_str(ere, "]");
+    if (body.len)
+        outboxd_buf_append(ere, body.data, body.len);
+    if (lit_caret)
+        outboxd_buf_append_str(ere, "^");
+    if (lit_dash)
+        outboxd_buf_append_str(ere, "-");
+    if (!lit_close && !body.len && !lit_caret && !lit_dash) {
+        /* Java refuses [] and [^] (an empty class) too. */
+        snprintf(errstr, errstr_size, "empty character class in '%.200s'", java);
+        outboxd_buf_free(&body);
+        return -1;
+    }
+    outboxd_buf_append_str(ere, "]");
+    outboxd_buf_free(&body);
+    *pp = p;
+    return 0;
+}
+
 /*
  * Translates the subset of java.util.regex that topic regexes use: named
  * groups (?<name>...), non-capturing groups (?:...) (made capturing, group
- * numbers mapped back), \d \w \s. names[j] / map[j]: the POSIX group of Java
- * group j (1-based). Other (? constructs are refused.
+ * numbers mapped back), character classes, \d \w \s \D \W \S, escaped
+ * punctuation. names[j] / map[j]: the POSIX group of Java group j
+ * (1-based). Other (? constructs and escapes (\b, \t, \p{...}, back
+ * references, ...) are refused: copied as they are, POSIX would read them
+ * differently and route events to other topics without a word.
  */
 static int translate_regex(const char *java, outboxd_buf_t *ere, char ***names, int **map,
                            size_t *n_java, char *errstr, size_t errstr_size)
@@ -66,32 +185,24 @@ static int translate_regex(const char *java, outboxd_buf_t *ere, char ***names, 
     for (const char *p = java; *p; p++) {
         if (*p == '\\' && p[1]) {
             p++;
-            const char *cls = *p == 'd'   ? "[0-9]"
-                              : *p == 'w' ? "[A-Za-z0-9_]"
-                              : *p == 's' ? "[[:space:]]"
-                                          : NULL;
-            if (cls)
+            const char *cls = class_escape(*p, false);
+            if (cls) {
                 outboxd_buf_append_str(ere, cls);
-            else {
+            } else if (ispunct((unsigned char)*p)) {
                 char e[2] = {'\\', *p};
                 outboxd_buf_append(ere, e, 2);
+            } else {
+                snprintf(errstr, errstr_size,
+                         "'%.200s' uses \\%c, which outboxd does not translate to POSIX (only "
+                         "\\d \\w \\s \\D \\W \\S and escaped punctuation)",
+                         java, *p);
+                return -1;
             }
             continue;
         }
-        if (*p == '[') { /* copy a bracket expression as is */
-            const char *q = p + 1;
-            if (*q == '^')
-                q++;
-            if (*q == ']')
-                q++;
-            while (*q && *q != ']')
-                q++;
-            if (!*q) {
-                snprintf(errstr, errstr_size, "unbalanced [ in '%.200s'", java);
+        if (*p == '[') {
+            if (translate_bracket(&p, java, ere, errstr, errstr_size) < 0)
                 return -1;
-            }
-            outboxd_buf_append(ere, p, (size_t)(q - p + 1));
-            p = q;
             continue;
         }
         if (*p == '(') {
@@ -145,6 +256,12 @@ static int translate_regex(const char *java, outboxd_buf_t *ere, char ***names, 
             return -1;
         }
         outboxd_buf_append(ere, p, 1);
+    }
+    if (posix >= MAX_GROUPS) {
+        /* The match keeps MAX_GROUPS groups: a replacement naming a later
+         * one would come out empty. */
+        snprintf(errstr, errstr_size, "'%.200s' has more than %d groups", java, MAX_GROUPS - 2);
+        return -1;
     }
     outboxd_buf_append_str(ere, ")$");
     return 0;
@@ -250,6 +367,22 @@ static int parse_bool(const char *key, const char *v, bool *out, char *errstr, s
     return 0;
 }
 
+/* s without its leading and trailing white space (in place). */
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1]))
+        *--end = '\0';
+    return s;
+}
+
+/* Placements a record can carry: the headers are the "id" header and one
+ * per header placement, the envelope one field per placement, both in
+ * fixed arrays of OUTBOXD_MAX_HEADERS (router.c). */
+#define MAX_PLACES (OUTBOXD_MAX_HEADERS - 1)
+
 static int parse_placements(outboxd_dbz_t *d, const char *key, const char *v, char *errstr,
                             size_t errstr_size)
 {
@@ -257,19 +390,28 @@ static int parse_placements(outboxd_dbz_t *d, const char *key, const char *v, ch
     if (!copy)
         goto oom;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        while (isspace((unsigned char)*item))
-            item++;
-        char *end = item + strlen(item);
-        while (end > item && isspace((unsigned char)end[-1]))
-            *--end = '\0';
+        item = trim(item);
         if (!*item)
             continue;
+        /* Each part trimmed, as Debezium's EventRouterConfigDefinition. */
         char *col = item, *where = strchr(item, ':'), *alias = NULL;
         if (where) {
             *where++ = '\0';
             alias = strchr(where, ':');
-            if (alias)
+            if (alias) {
                 *alias++ = '\0';
+                alias = trim(alias);
+            }
+            where = trim(where);
+            col = trim(col);
+        }
+        if (d->n_places >= MAX_PLACES) {
+            snprintf(errstr, errstr_size,
+                     "%s: more than %d placements (outboxd carries at most %d per record); "
+                     "place fewer columns",
+                     key, MAX_PLACES, MAX_PLACES);
+            free(copy);
+            return -1;
         }
         outboxd_dbz_where_t w;
         if (!where || !*col) {
@@ -619,7 +761,7 @@ int outboxd_dbz_topic(const outboxd_dbz_t *d, const char *v, size_t len, outboxd
     char *s = outboxd_strndup(v, len);
     if (!s)
         return -1;
-    regmatch_t m[32];
+    regmatch_t m[MAX_GROUPS];
     size_t nm = d->re_groups < 32 ? d->re_groups : 32;
     bool ok = true;
     if (strlen(s) == len && regexec(&d->re, s, nm, m, 0) == 0) {
@@ -769,23 +911,6 @@ static bool dump_json(const json_t *v, bool keep_nulls, outboxd_buf_t *out)
     return false;
 }
 
-int outboxd_dbz_expand_json(const char *v, size_t len, bool keep_nulls, outboxd_buf_t *out,
-                            char *reason, size_t reason_size)
-{
-    json_error_t jerr;
-    /* jsonb keeps its keys in one order; jansson keeps insertion order. */
-    json_t *j = json_loadb(v, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-    if (!j) {
-        snprintf(reason, reason_size,
-                 "payload is not JSON, which table.expand.json.payload needs: %s (at offset %d)",
-                 jerr.text, jerr.position);
-        return 1;
-    }
-    bool ok = dump_json(j, keep_nulls, out);
-    json_decref(j);
-    return ok ? 0 : -1;
-}
-
 /* A column value as a JSON value of the Connect type Debezium gives it:
  * integers and booleans as such, floats as Java doubles, others strings. */
 static bool column_json(outboxd_buf_t *out, const char *v, size_t len, uint32_t oid)
@@ -838,14 +963,28 @@ static int payload_json(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, ou
     return json_str(out, p->data, p->len) ? 0 : -1;
 }
 
+/* Debezium's "empty payload" (EventRouterDelegate): null, or a text that
+ * Java's trim() leaves empty (every character <= U+0020). */
+static bool empty_payload(const outboxd_dbz_field_t *p)
+{
+    if (!p->data)
+        return true;
+    for (size_t i = 0; i < p->len; i++)
+        if ((unsigned char)p->data[i] > 0x20)
+            return false;
+    return true;
+}
+
 int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload,
                       const outboxd_dbz_field_t *env, size_t n_env, outboxd_buf_t *out,
                       bool *tombstone, char *reason, size_t reason_size)
 {
     outboxd_buf_reset(out);
     /* StringConverter renders a null value as a null record value, so a
-     * NULL payload is a tombstone with it whatever the option says. */
-    *tombstone = !payload->data && (d->tombstone_on_empty || !d->value_json);
+     * NULL payload is a tombstone with it whatever the option says; with
+     * the option an empty or blank text is one too, as with Debezium. */
+    *tombstone =
+        (!payload->data && !d->value_json) || (d->tombstone_on_empty && empty_payload(payload));
     if (*tombstone)
         return 0;
     if (!d->value_json)
@@ -1280,6 +1419,10 @@ static cs_t *json_array_schema(const outboxd_dbz_t *d, const char *key, const js
         }
     }
     cs_t *item = NULL;
+    /* Objects: their schemas merged in array order. Debezium merges a
+     * HashSet of them, whose order follows Java identity hash codes (it can
+     * change with each worker start): the fields of objects of different
+     * shapes can come in another order there (README). */
     if (ref && json_is_object(ref)) {
         json_array_foreach(a, i, e)
         {
@@ -1466,6 +1609,95 @@ static int expand_avro(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_
     return 0;
 }
 
+/* JsonConverter's JSON of the value JsonSchemaData.toConnectData makes of
+ * v for schema c: a struct's fields in the schema's order, each present
+ * (null when v lacks it), numbers as their Connect type prints. false when
+ * v does not fit c (or out of memory). */
+static bool json_text(outboxd_buf_t *o, const cs_t *c, const json_t *v)
+{
+    if (!v || json_is_null(v))
+        return outboxd_buf_append_str(o, "null");
+    switch (c->type) {
+    case CS_STRING:
+        return json_is_string(v) && json_str(o, json_string_value(v), json_string_length(v));
+    case CS_BOOL:
+        return json_is_boolean(v) && outboxd_buf_append_str(o, json_is_true(v) ? "true" : "false");
+    case CS_INT16:
+    case CS_INT32:
+    case CS_INT64:
+        return json_is_integer(v) &&
+               outboxd_buf_printf(o, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    case CS_FLOAT32:
+    case CS_FLOAT64:
+        return json_is_number(v) && java_double(o, json_number_value(v));
+    case CS_BYTES:
+        return false; /* only ever null */
+    case CS_ARRAY: {
+        if (!json_is_array(v))
+            return false;
+        bool ok = outboxd_buf_append(o, "[", 1);
+        for (size_t i = 0; ok && i < json_array_size(v); i++)
+            ok = (i == 0 || outboxd_buf_append(o, ",", 1)) &&
+                 json_text(o, c->items, json_array_get(v, i));
+        return ok && outboxd_buf_append(o, "]", 1);
+    }
+    case CS_STRUCT: {
+        if (!json_is_object(v))
+            return false;
+        bool ok = outboxd_buf_append(o, "{", 1);
+        for (size_t i = 0; ok && i < c->n; i++)
+            ok = (i == 0 || outboxd_buf_append(o, ",", 1)) &&
+                 json_str(o, c->fnames[i], strlen(c->fnames[i])) && outboxd_buf_append(o, ":", 1) &&
+                 json_text(o, c->fields[i], json_object_get(v, c->fnames[i]));
+        return ok && outboxd_buf_append(o, "}", 1);
+    }
+    }
+    return false;
+}
+
+int outboxd_dbz_expand_json(const char *v, size_t len, bool keep_nulls, outboxd_buf_t *out,
+                            char *reason, size_t reason_size)
+{
+    (void)reason;
+    (void)reason_size;
+    size_t at = out->len;
+    /* Debezium expands only a text that starts with { or [ and parses;
+     * otherwise (a jsonb scalar, text that is not JSON: Debezium logs a
+     * warning) the payload stays the string. */
+    json_t *j = NULL;
+    if (len > 0 && (v[0] == '{' || v[0] == '['))
+        j = json_loadb(v, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!j)
+        return json_str(out, v, len) ? 0 : -1;
+    bool ok;
+    if (json_is_array(j)) {
+        /* A top-level array: printed as Jackson does (not through a
+         * Connect schema; see README, expanded payload corner cases). */
+        ok = dump_json(j, keep_nulls, out);
+    } else {
+        outboxd_dbz_t d = {.keep_null_fields = keep_nulls};
+        cs_t *c = json_schema(&d, "payload", j);
+        if (!c) {
+            json_decref(j);
+            return -1;
+        }
+        if (c == EXPAND_FAILS || c == &skip_field) {
+            /* JsonSchemaData refused it (an empty or mixed array, one of
+             * only nulls, ...): Debezium keeps the string. */
+            ok = json_str(out, v, len);
+        } else {
+            ok = json_text(out, c, j);
+            cs_free(c);
+            if (!ok) {
+                out->len = at; /* a value its own schema does not fit */
+                ok = json_str(out, v, len);
+            }
+        }
+    }
+    json_decref(j);
+    return ok ? 0 : -1;
+}
+
 /* ---- key and value ---- */
 
 int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
@@ -1531,8 +1763,9 @@ int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *rout
         has_env = has_env || d->places[i].where == OUTBOXD_DBZ_ENVELOPE;
     /* Without envelope placements the value is the payload, and a null
      * payload a null value, which the converter writes as a null record
-     * value, whatever route.tombstone.on.empty.payload says. */
-    *tombstone = !payload->data && (d->tombstone_on_empty || !has_env);
+     * value, whatever route.tombstone.on.empty.payload says (which also
+     * makes an empty or blank text one). */
+    *tombstone = (!payload->data && !has_env) || (d->tombstone_on_empty && empty_payload(payload));
     if (*tombstone)
         return 0;
     int rc = -1;

@@ -90,6 +90,91 @@ static void test_topic_regex_groups(void **state)
     outboxd_dbz_destroy(d);
 }
 
+/* Java escapes inside [...] and \D \W \S: in a POSIX bracket a backslash
+ * is a literal, so copied as they were [\w.-] matched only 'w' '.' '-' and
+ * events went to the unrouted topic without a word. */
+static void topic_is(const char *regex, const char *value, const char *want)
+{
+    char err[512];
+    const char *kv[] = {"value.converter", STRCONV, "route.topic.regex", regex, NULL};
+    outboxd_dbz_t *d = dbz(kv, err);
+    if (!d)
+        fail_msg("%s: %s", regex, err);
+    outboxd_buf_t b = {0};
+    assert_int_equal(outboxd_dbz_topic(d, value, strlen(value), &b), 0);
+    if (strcmp(b.data, want) != 0)
+        fail_msg("regex %s, value %s: topic '%s', expected '%s'", regex, value, b.data, want);
+    outboxd_buf_free(&b);
+    outboxd_dbz_destroy(d);
+}
+
+static void test_topic_regex_classes(void **state)
+{
+    (void)state;
+    topic_is("(?<routedByValue>[\\w.-]+)", "order.v2-x", "outbox.event.order.v2-x");
+    topic_is("(?<routedByValue>[\\w.-]+)", "a b", "a b");
+    topic_is("(?<routedByValue>[\\d]+)x", "42x", "outbox.event.42");
+    topic_is("(?<routedByValue>[^\\s]+)", "a b", "a b");
+    topic_is("(?<routedByValue>[^\\s]+)", "ab", "outbox.event.ab");
+    topic_is("(?<routedByValue>[a\\-z]+)", "a-z", "outbox.event.a-z");
+    topic_is("(?<routedByValue>[a\\-z]+)", "b", "b");
+    topic_is("(?<routedByValue>[\\]x]+)", "]x]", "outbox.event.]x]");
+    topic_is("(?<routedByValue>[\\^a]+)", "^a", "outbox.event.^a");
+    topic_is("(?<routedByValue>\\D+)", "orders", "outbox.event.orders");
+    topic_is("(?<routedByValue>\\D+)", "ab1", "ab1");
+    topic_is("(?<routedByValue>\\W)(?<x>\\S+)", ".ab", "outbox.event..");
+    topic_is("(?<routedByValue>\\w+)\\.v", "order.v", "outbox.event.order");
+    topic_is("(?<routedByValue>\\w+)\\.v", "orderxv", "orderxv");
+    char err[512];
+    const char *refused[] = {"\\t",    "[\\p{L}]+", "\\p{L}+", "[a-z&&[^b]]", "[a[b]]",
+                             "(a)\\1", "\\bx",      "[\\D]",   NULL};
+    for (size_t i = 0; refused[i]; i++) {
+        const char *kv[] = {"value.converter", STRCONV, "route.topic.regex", refused[i], NULL};
+        outboxd_dbz_t *d = dbz(kv, err);
+        if (d)
+            fail_msg("route.topic.regex %s was taken", refused[i]);
+        assert_non_null(strstr(err, "route.topic.regex"));
+        assert_non_null(strstr(err, "POSIX"));
+    }
+    /* 31 groups (with the whole match and the anchor group: 33 > 32). */
+    outboxd_buf_t many = {0};
+    for (int i = 0; i < 31; i++)
+        outboxd_buf_append_str(&many, "(a)");
+    outboxd_buf_append(&many, "", 1);
+    const char *kv[] = {"value.converter", STRCONV, "route.topic.regex", many.data, NULL};
+    assert_null(dbz(kv, err));
+    assert_non_null(strstr(err, "more than 30 groups"));
+    outboxd_buf_free(&many);
+}
+
+/* Each part of a placement trimmed, as Debezium; more placements than a
+ * record carries refused (they were dropped without a word). */
+static void test_placements(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *kv[] = {"value.converter", JSONCONV, "table.fields.additional.placement",
+                        " type : header : eventType , region:envelope: regionName", NULL};
+    outboxd_dbz_t *d = dbz(kv, err);
+    if (!d)
+        fail_msg("%s", err);
+    assert_int_equal(d->n_places, 2);
+    assert_string_equal(d->places[0].column, "type");
+    assert_string_equal(d->places[0].alias, "eventType");
+    assert_int_equal(d->places[0].where, OUTBOXD_DBZ_HEADER);
+    assert_string_equal(d->places[1].column, "region");
+    assert_string_equal(d->places[1].alias, "regionName");
+    outboxd_dbz_destroy(d);
+    outboxd_buf_t many = {0};
+    for (int i = 0; i < 32; i++)
+        outboxd_buf_printf(&many, "%sc%d:envelope", i ? "," : "", i);
+    const char *kv2[] = {"value.converter", JSONCONV, "table.fields.additional.placement",
+                         many.data, NULL};
+    assert_null(dbz(kv2, err));
+    assert_non_null(strstr(err, "more than 31 placements"));
+    outboxd_buf_free(&many);
+}
+
 static void test_config_errors(void **state)
 {
     (void)state;
@@ -188,11 +273,24 @@ static void test_expand_json(void **state)
     expand("{\"s\": \"tab\\there \\\"q\\\" \\\\ a/b \\u0001 日本\"}", false,
            "{\"s\":\"tab\\there \\\"q\\\" \\\\ a/b \\u0001 日本\"}");
     expand("{\"n\": {\"t\": true, \"f\": false}}", false, "{\"n\":{\"t\":true,\"f\":false}}");
-    outboxd_buf_t b = {0};
-    char reason[256];
-    assert_int_equal(outboxd_dbz_expand_json("{nope", 5, false, &b, reason, sizeof(reason)), 1);
-    assert_non_null(strstr(reason, "table.expand.json.payload"));
-    outboxd_buf_free(&b);
+    /* Through the Connect schema JsonSchemaData infers, as JsonConverter
+     * prints the struct: an empty array has no schema (the field is left
+     * out); objects of an array merge into one struct, each printed with
+     * every field (null where it lacks one). */
+    expand("{\"id\": 1, \"tags\": [], \"n\": 2}", false, "{\"id\":1,\"n\":2}");
+    expand("{\"l\": [{\"a\": 1}, {\"b\": \"x\"}]}", false,
+           "{\"l\":[{\"a\":1,\"b\":null},{\"a\":null,\"b\":\"x\"}]}");
+    /* Where Debezium's expansion fails or does not apply, the payload stays
+     * the string: arrays mixing types or integers and fractions, arrays of
+     * only nulls, a text not starting with { or [ (a jsonb scalar), text
+     * that is not JSON (Debezium logs a warning; before, outboxd
+     * dead-lettered the row). */
+    expand("{\"p\": [10, 12.5]}", false, "\"{\\\"p\\\": [10, 12.5]}\"");
+    expand("{\"p\": [1, \"x\"]}", false, "\"{\\\"p\\\": [1, \\\"x\\\"]}\"");
+    expand("{\"p\": [null]}", false, "\"{\\\"p\\\": [null]}\"");
+    expand("\"abc\"", false, "\"\\\"abc\\\"\"");
+    expand("42", false, "\"42\"");
+    expand("{nope", false, "\"{nope\"");
 }
 
 static void test_values(void **state)
@@ -247,6 +345,12 @@ static void test_values(void **state)
     assert_int_equal(outboxd_dbz_value(d, &p, env, 2, &b, &tomb, reason, sizeof(reason)), 0);
     assert_buf(&b, "{\"payload\":{\"a\":1},\"eventType\":\"Created\",\"version\":7}");
     assert_int_equal(outboxd_dbz_value(d, &pnull, env, 3, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_true(tomb);
+    /* Debezium's "empty payload" is also a text its trim() empties. */
+    outboxd_dbz_field_t pblank = {"payload", " \n\t", 3, 25}, pempty = {"payload", "", 0, 25};
+    assert_int_equal(outboxd_dbz_value(d, &pblank, env, 3, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_true(tomb);
+    assert_int_equal(outboxd_dbz_value(d, &pempty, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
     assert_true(tomb);
     outboxd_buf_t h = {0};
     assert_int_equal(outboxd_dbz_header_text("f", 1, 16, &h), 0);
@@ -616,9 +720,13 @@ static void test_router_dead_letters(void **state)
     assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
     assert_non_null(strstr(err, "route.by.field column 'aggregatetype' is NULL"));
     set(f, 1, "order");
+    /* A payload that is not JSON stays the string, as with Debezium
+     * (which logs a warning); it was dead-lettered before. */
     set(f, 4, "{not json");
-    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
-    assert_non_null(strstr(err, "table.expand.json.payload"));
+    assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_EVENT);
+    const char *want = "{\"payload\":\"{not json\",";
+    if (rec.value_len < strlen(want) || memcmp(rec.value, want, strlen(want)) != 0)
+        fail_msg("value %.*s", (int)rec.value_len, (const char *)rec.value);
     set(f, 4, "{}");
     set(f, 8, "-1");
     assert_int_equal(route(f, &rec, err), OUTBOXD_ROUTE_DEAD_LETTER);
@@ -728,6 +836,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topic_default),
         cmocka_unit_test(test_topic_regex_groups),
+        cmocka_unit_test(test_topic_regex_classes),
+        cmocka_unit_test(test_placements),
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_key_converters),
         cmocka_unit_test(test_expand_json),

@@ -93,10 +93,14 @@ int outboxd_dbz_key(const outboxd_dbz_t *d, const char *v, size_t len, uint32_t 
  * true/false, other types their PostgreSQL text). Appends; 0 or -1 (OOM). */
 int outboxd_dbz_header_text(const char *v, size_t len, uint32_t type_oid, outboxd_buf_t *out);
 
-/* jsonb text re-serialised as Debezium's table.expand.json.payload and
- * Jackson print it: compact, key order kept, fractional numbers as Java
- * doubles, null fields dropped unless keep_nulls. Appends. 0; 1 when the
- * text is not JSON (reason filled); -1 (OOM). */
+/* The payload text as Debezium's table.expand.json.payload and its
+ * JsonConverter print it: an object through the Connect schema
+ * JsonSchemaData infers (compact, key order kept, fractional numbers as Java
+ * doubles, null fields and empty arrays left out unless keep_nulls, merged
+ * objects of an array each with every field); where that inference fails,
+ * or the text does not start with { or [ or is not JSON, the JSON string of
+ * the text, as Debezium keeps it. Appends. 0; -1 (OOM). reason is unused
+ * (kept for the callers' shape). */
 int outboxd_dbz_expand_json(const char *v, size_t len, bool keep_nulls, outboxd_buf_t *out,
                             char *reason, size_t reason_size);
 
