@@ -812,10 +812,10 @@ static bool json_str(outboxd_buf_t *out, const char *s, size_t len)
     return ok && outboxd_buf_append(out, s + run, len - run) && outboxd_buf_append(out, "\"", 1);
 }
 
-/* A double as Java's Double.toString prints it: the shortest digits that
- * read back as the same double; plain between 1e-3 and 1e7, else
- * d.dddE[-]n. */
-static bool java_double(outboxd_buf_t *out, double x)
+/* A double as Java's Double.toString prints it (Float.toString with
+ * single: the value is a float): the shortest digits that read back as the
+ * same value; plain between 1e-3 and 1e7, else d.dddE[-]n. */
+static bool java_number(outboxd_buf_t *out, double x, bool single)
 {
     if (isnan(x))
         return outboxd_buf_append_str(out, "NaN");
@@ -826,7 +826,7 @@ static bool java_double(outboxd_buf_t *out, double x)
     char e[40];
     for (int prec = 0; prec < 17; prec++) {
         snprintf(e, sizeof(e), "%.*e", prec, x);
-        if (strtod(e, NULL) == x)
+        if (single ? strtof(e, NULL) == (float)x : strtod(e, NULL) == x)
             break;
     }
     /* e: [-]d[.ddd]e[+-]xx */
@@ -866,6 +866,11 @@ static bool java_double(outboxd_buf_t *out, double x)
              outboxd_buf_printf(out, "E%d", exp10);
     }
     return ok;
+}
+
+static bool java_double(outboxd_buf_t *out, double x)
+{
+    return java_number(out, x, false);
 }
 
 static bool dump_json(const json_t *v, bool keep_nulls, outboxd_buf_t *out)
@@ -924,7 +929,8 @@ static bool column_json(outboxd_buf_t *out, const char *v, size_t len, uint32_t 
     if (oid == OID_FLOAT4 || oid == OID_FLOAT8) {
         char tmp[64];
         snprintf(tmp, sizeof(tmp), "%.*s", (int)(len < 63 ? len : 63), v);
-        return java_double(out, strtod(tmp, NULL));
+        double x = strtod(tmp, NULL);
+        return oid == OID_FLOAT4 ? java_number(out, (double)(float)x, true) : java_double(out, x);
     }
     return json_str(out, v, len);
 }
@@ -944,9 +950,17 @@ int outboxd_dbz_key(const outboxd_dbz_t *d, const char *v, size_t len, uint32_t 
 int outboxd_dbz_header_text(const char *v, size_t len, uint32_t type_oid, outboxd_buf_t *out)
 {
     bool ok;
-    if (type_oid == OID_BOOL)
+    if (type_oid == OID_BOOL) {
         ok = outboxd_buf_append_str(out, len && v[0] == 't' ? "true" : "false");
-    else
+    } else if (type_oid == OID_FLOAT4 || type_oid == OID_FLOAT8) {
+        /* Connect's FLOAT32/FLOAT64 as text: Java's Float/Double.toString
+         * (1.0 where PostgreSQL prints 1, 1.0E-4 where it prints 0.0001). */
+        char tmp[64];
+        snprintf(tmp, sizeof(tmp), "%.*s", (int)(len < 63 ? len : 63), v);
+        double x = strtod(tmp, NULL);
+        ok =
+            java_number(out, type_oid == OID_FLOAT4 ? (double)(float)x : x, type_oid == OID_FLOAT4);
+    } else
         ok = outboxd_buf_append(out, v, len);
     return ok ? 0 : -1;
 }

@@ -15,7 +15,8 @@
 #   fields and empty arrays (dropped by Debezium), arrays of objects,
 #   payloads Debezium leaves as strings (an array of integers and
 #   fractions, a jsonb scalar), fractional numbers, headers with NULL values, booleans,
-#   envelope fields, an explicit partition column on some rows (the rest by
+#   envelope fields, a float8 header (Java's Double.toString), an explicit
+#   partition column on some rows (the rest by
 #   the murmur2 partitioner), the event timestamp column;
 # - outbox_s, StringConverter key and value: the jsonb text as PostgreSQL
 #   prints it, NULL payloads (null values), routed by the type column with
@@ -66,7 +67,8 @@ CREATE TABLE outbox (
     region text,
     version int4,
     part int4,
-    ts timestamp(6) NOT NULL);
+    ts timestamp(6) NOT NULL,
+    weight float8);
 CREATE TABLE outbox_s (
     event_id uuid PRIMARY KEY,
     aggregatetype text NOT NULL,
@@ -87,7 +89,7 @@ for s in "${SUFFIXES[@]}" "${SUFFIXES_S[@]}"; do TOPICS+=("$DPFX$s" "$OPFX$s"); 
 "$PY" "$(dirname "$0")/dbz_compare.py" create "$KAFKA_BOOTSTRAP" 3 "${TOPICS[@]}"
 
 # The EventRouter properties, shared verbatim by both sides.
-PLACEMENT="type:header:eventType,tenant:header,flag:header,region:envelope:regionName,version:envelope,part:partition"
+PLACEMENT="type:header:eventType,tenant:header,flag:header,region:envelope:regionName,version:envelope,part:partition,weight:header"
 cat >"$WORK/outboxd.yaml" <<EOF
 kafka:
   bootstrap_servers: "$KAFKA_BOOTSTRAP"
@@ -223,13 +225,16 @@ SELECT i,
        CASE WHEN i % 6 = 0 THEN NULL ELSE (ARRAY['eu', 'us', 'apac-東'])[1 + i % 3] END AS region,
        CASE WHEN i % 9 = 0 THEN NULL ELSE i % 4 END AS version,
        CASE WHEN i % 5 = 0 THEN i % 3 END AS part,
-       timestamp '2026-01-01 00:00:00' + i * interval '1.234567 second' AS ts
+       timestamp '2026-01-01 00:00:00' + i * interval '1.234567 second' AS ts,
+       -- not i * 1e20: JDK 17's Double.toString prints one digit more than
+       -- the shortest for some of those (README), which outboxd does not copy
+       (ARRAY[NULL, i / 8.0, i * 1e-5, i * 1e9, i::float8, -0.1 * i])[1 + i % 6]::float8 AS weight
 FROM generate_series(1, $N) AS i;
 SQL
 for ((t = 0; t < N / PER_TXN; t++)); do
     w="i > $((t * PER_TXN)) AND i <= $(((t + 1) * PER_TXN))"
     echo "BEGIN;"
-    echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts FROM src WHERE $w ORDER BY i;"
+    echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts, weight FROM src WHERE $w ORDER BY i;"
     echo "INSERT INTO outbox_s SELECT md5('s' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, i::int8 * 1000000007 FROM src WHERE $w ORDER BY i;"
     echo "COMMIT;"
 done >"$WORK/inserts.sql"

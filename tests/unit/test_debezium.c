@@ -355,6 +355,27 @@ static void test_values(void **state)
     outboxd_buf_t h = {0};
     assert_int_equal(outboxd_dbz_header_text("f", 1, 16, &h), 0);
     assert_buf(&h, "false");
+    /* float4 / float8 as Java's Float / Double.toString (Connect's text of
+     * FLOAT32 / FLOAT64 in a header or a StringConverter key). */
+    const char *floats[][3] = {{"1", "701", "1.0"},
+                               {"0.0001", "701", "1.0E-4"},
+                               {"1e+20", "701", "1.0E20"},
+                               {"-2.5", "701", "-2.5"},
+                               {"NaN", "701", "NaN"},
+                               {"-Infinity", "701", "-Infinity"},
+                               {"0.1", "700", "0.1"},
+                               {"3.4028235e+38", "700", "3.4028235E38"},
+                               {"12345678", "701", "1.2345678E7"}};
+    for (size_t i = 0; i < sizeof(floats) / sizeof(floats[0]); i++) {
+        outboxd_buf_reset(&h);
+        assert_int_equal(outboxd_dbz_header_text(floats[i][0], strlen(floats[i][0]),
+                                                 (uint32_t)atoi(floats[i][1]), &h),
+                         0);
+        outboxd_buf_append(&h, "", 1);
+        if (strcmp(h.data, floats[i][2]) != 0)
+            fail_msg("%s (oid %s): '%s', expected '%s'", floats[i][0], floats[i][1], h.data,
+                     floats[i][2]);
+    }
     outboxd_buf_free(&h);
     outboxd_buf_free(&b);
     outboxd_dbz_destroy(d);
