@@ -26,7 +26,8 @@
  *
  * Chunks and crashes
  * ------------------
- * Rows are read by primary key, a chunk (relay.max_batch_events rows) per
+ * Rows are read by primary key, a chunk (at most relay.max_batch_events
+ * rows, sized to about CHUNK_BYTES from the previous chunk's rows) per
  * query (keyset pagination: WHERE (pk) > (last key) ORDER BY pk LIMIT n), and
  * each chunk is one Kafka transaction whose checkpoint record carries the
  * progress: the run's tables, the current one and the last key published.
@@ -165,6 +166,12 @@ struct outboxd_snapshot {
      * to a whole batch): it is replayed one record per request to find the
      * one Kafka refuses, instead of dead-lettering a guess. */
     bool isolating;
+    /* The rows and table of the chunk being read: a chunk given up (Kafka
+     * refused it, the connection failed) is read again with as many rows,
+     * so the retry finds its refused record in the same chunk (the bytes
+     * per row measured are lost with the session). */
+    int retry_rows;
+    char retry_table[300];
     bool dlt_error_logged; /* the dead-letter topic refuses even a small record */
 };
 
@@ -1245,18 +1252,21 @@ static int later_rows(outboxd_snapshot_t *sn, json_t *tables, size_t i, char *er
         const outboxd_table_conf_t *t = cdc_table(sn, name);
         if (!t)
             continue;
-        /* The rows the table's chunks will read (load_info): its row_filter,
-         * a plain table's own rows (not its inheritance children's), a
-         * partitioned table's partitions'; else the "last" marker is put on
-         * no row when the later tables have only rows the snapshot skips. */
+        /* The rows the table's chunks will read (load_info): none without a
+         * primary key (skipped), its row_filter, a plain table's own rows
+         * (not its inheritance children's), a partitioned table's
+         * partitions'; else the "last" marker is put on no row when the
+         * later tables have only rows the snapshot skips. */
         char *qn = PQescapeIdentifier(sn->conn, t->schema, strlen(t->schema));
         char *qr = PQescapeIdentifier(sn->conn, t->name, strlen(t->name));
         const char *f = t->row_filter ? t->row_filter : "true";
         char *sql = qn && qr
-                        ? xstrdup_printf("SELECT EXISTS (SELECT 1 FROM ONLY %s.%s WHERE (%s)) OR "
+                        ? xstrdup_printf("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+                                         "WHERE i.indrelid = $1::regclass AND i.indisprimary) "
+                                         "AND (EXISTS (SELECT 1 FROM ONLY %s.%s WHERE (%s)) OR "
                                          "(coalesce((SELECT c.relkind = 'p' FROM "
                                          "pg_catalog.pg_class c WHERE c.oid = $1::regclass), "
-                                         "false) AND EXISTS (SELECT 1 FROM %s.%s WHERE (%s)))",
+                                         "false) AND EXISTS (SELECT 1 FROM %s.%s WHERE (%s))))",
                                          qn, qr, f, qn, qr, f)
                         : NULL;
         char *reg = qn && qr ? xstrdup_printf("%s.%s", qn, qr) : NULL;
@@ -1437,6 +1447,10 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                 io->keepalive(io->opaque);
             int64_t t0 = outboxd_now_us();
             int rows = chunk_rows(ti, chunk);
+            if (sn->retry_rows > 0 && strcmp(sn->retry_table, tname) == 0)
+                rows = sn->retry_rows < chunk ? sn->retry_rows : chunk;
+            sn->retry_rows = rows;
+            snprintf(sn->retry_table, sizeof(sn->retry_table), "%s", tname);
             char limit[16];
             snprintf(limit, sizeof(limit), "%d", rows + 1);
             const char *params[34];
@@ -1593,6 +1607,7 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                     PQclear(res);
                     break;
                 }
+                sn->retry_rows = 0; /* this chunk is in */
                 /* Dead letters of refused rows are in Kafka now. */
                 clear_refused(sn, true);
                 if (sn->isolating) {
@@ -1608,8 +1623,10 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
                           (double)(outboxd_now_us() - t_prod) / 1e3);
             }
             PQclear(res);
-            if (!more)
+            if (!more) {
+                sn->retry_rows = 0;
                 break;
+            }
         }
         if (rc == 0)
             LOG_INFO(sn->name, "snapshot of %s: %llu rows in this run", tname,
