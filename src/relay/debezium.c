@@ -83,9 +83,12 @@ static const char *class_escape(char c, bool in)
 }
 
 /* Translates the Java bracket expression at *pp ('[') into POSIX; *pp is
- * left on its ']'. In POSIX brackets a backslash is a literal and ']' '-'
- * '^' are special by position: escapes become class names or literals, and
- * the literals ] - ^ are placed where POSIX reads them as literals. */
+ * left on its ']'. In a POSIX bracket a backslash is a literal and ']' '-'
+ * '^' '[' are special by position, so the elements keep their order and
+ * Java's escaped literals become collating symbols ([.].] [.-.] [.^.]
+ * [.[.]), which POSIX reads as those characters anywhere (also as range
+ * ends, as Java reads them); a '-' right after a class escape is a literal
+ * in Java ([\w-.]) and is written [.-.] too. */
 static int translate_bracket(const char **pp, const char *java, outboxd_buf_t *ere, char *errstr,
                              size_t errstr_size)
 {
@@ -93,26 +96,24 @@ static int translate_bracket(const char **pp, const char *java, outboxd_buf_t *e
     bool neg = *p == '^';
     if (neg)
         p++;
-    bool lit_close = false, lit_dash = false, lit_caret = false;
     outboxd_buf_t body = {0};
-    if (*p == ']') { /* Java: a ']' first is a literal too */
-        lit_close = true;
+    bool after_class = false; /* the last element was \d \w or \s */
+    if (*p == ']') {          /* a ']' first is a literal */
+        outboxd_buf_append_str(&body, "[.].]");
         p++;
     }
     for (; *p && *p != ']'; p++) {
         if (*p == '\\' && p[1]) {
             p++;
             const char *cls = class_escape(*p, true);
+            after_class = cls != NULL;
             if (cls) {
                 outboxd_buf_append_str(&body, cls);
-            } else if (*p == ']') {
-                lit_close = true;
-            } else if (*p == '-') {
-                lit_dash = true;
-            } else if (*p == '^') {
-                lit_caret = true;
+            } else if (strchr("]-^[", *p)) {
+                char sym[6] = {'[', '.', *p, '.', ']', '\0'};
+                outboxd_buf_append_str(&body, sym);
             } else if (ispunct((unsigned char)*p)) {
-                outboxd_buf_append(&body, p, 1); /* \. \\ \[ ...: the character */
+                outboxd_buf_append(&body, p, 1); /* \. \\ \/ ...: the character */
             } else {
                 snprintf(errstr, errstr_size,
                          "'%.200s' uses \\%c in a character class, which outboxd does not "
@@ -132,36 +133,25 @@ static int translate_bracket(const char **pp, const char *java, outboxd_buf_t *e
             outboxd_buf_free(&body);
             return -1;
         }
-        if (*p == '^') {
-            lit_caret = true;
-            continue;
-        }
-        if (*p == '-' && (p[1] == ']' || body.len == 0)) {
-            lit_dash = true; /* first or last: a literal in both */
-            continue;
-        }
-        outboxd_buf_append(&body, p, 1);
+        if (*p == '-' && after_class)
+            outboxd_buf_append_str(&body, "[.-.]");
+        else
+            outboxd_buf_append(&body, p, 1);
+        after_class = false;
     }
     if (*p != ']') {
         snprintf(errstr, errstr_size, "unbalanced [ in '%.200s'", java);
         outboxd_buf_free(&body);
         return -1;
     }
-    outboxd_buf_append_str(ere, neg ? "[^" : "[");
-    if (lit_close)
-        outboxd_buf_append_str(ere, "]");
-    if (body.len)
-        outboxd_buf_append(ere, body.data, body.len);
-    if (lit_caret)
-        outboxd_buf_append_str(ere, "^");
-    if (lit_dash)
-        outboxd_buf_append_str(ere, "-");
-    if (!lit_close && !body.len && !lit_caret && !lit_dash) {
+    if (!body.len) {
         /* Java refuses [] and [^] (an empty class) too. */
         snprintf(errstr, errstr_size, "empty character class in '%.200s'", java);
         outboxd_buf_free(&body);
         return -1;
     }
+    outboxd_buf_append_str(ere, neg ? "[^" : "[");
+    outboxd_buf_append(ere, body.data, body.len);
     outboxd_buf_append_str(ere, "]");
     outboxd_buf_free(&body);
     *pp = p;
@@ -188,9 +178,13 @@ static int translate_regex(const char *java, outboxd_buf_t *ere, char ***names, 
             const char *cls = class_escape(*p, false);
             if (cls) {
                 outboxd_buf_append_str(ere, cls);
-            } else if (ispunct((unsigned char)*p)) {
+            } else if (strchr(".[]{}()\\*+?^$|", *p)) {
                 char e[2] = {'\\', *p};
-                outboxd_buf_append(ere, e, 2);
+                outboxd_buf_append(ere, e, 2); /* special in ERE too */
+            } else if (ispunct((unsigned char)*p)) {
+                /* A literal in ERE as it stands: GNU reads \< \> \` \'
+                 * as anchors, so the backslash goes. */
+                outboxd_buf_append(ere, p, 1);
             } else {
                 snprintf(errstr, errstr_size,
                          "'%.200s' uses \\%c, which outboxd does not translate to POSIX (only "

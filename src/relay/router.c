@@ -922,8 +922,8 @@ static int dbz_avro_frame(outboxd_router_t *rt, const char *what, outboxd_buf_t 
 /*
  * A row of a Debezium drop-in table: the record Debezium's EventRouter would
  * write through the configured converters (debezium.h). Rows Debezium could
- * not route (NULL route.by.field value, a topic Kafka cannot take, payload
- * that is not JSON with table.expand.json.payload) are dead-lettered.
+ * not route (NULL route.by.field value, a topic Kafka cannot take) are
+ * dead-lettered; a payload that is not JSON stays the string, as there.
  */
 static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
                          const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,

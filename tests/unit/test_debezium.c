@@ -125,6 +125,19 @@ static void test_topic_regex_classes(void **state)
     topic_is("(?<routedByValue>\\W)(?<x>\\S+)", ".ab", "outbox.event..");
     topic_is("(?<routedByValue>\\w+)\\.v", "order.v", "outbox.event.order");
     topic_is("(?<routedByValue>\\w+)\\.v", "orderxv", "orderxv");
+    /* The order of a class kept: a '-' after a class escape is a literal,
+     * ^ ] - [ escaped are literals wherever they stand. */
+    topic_is("(?<routedByValue>[\\w-.]+)", "a-b.c", "outbox.event.a-b.c");
+    topic_is("(?<routedByValue>[\\w-a]+)", "`", "`");
+    topic_is("(?<routedByValue>[-^]+)", "-^", "outbox.event.-^");
+    topic_is("(?<routedByValue>[-^]+)", "a", "a");
+    topic_is("(?<routedByValue>[\\^]+)", "^^", "outbox.event.^^");
+    topic_is("(?<routedByValue>[\\^]+)", "a", "a");
+    topic_is("(?<routedByValue>[a\\]]+)", "]a", "outbox.event.]a");
+    topic_is("(?<routedByValue>[!-\\]]+)", "]!", "outbox.event.]!");
+    topic_is("(?<routedByValue>[\\[.]+)", "[.", "outbox.event.[.");
+    /* Escaped punctuation GNU would read as an anchor is the character. */
+    topic_is("(?<routedByValue>x\\<y)", "x<y", "outbox.event.x<y");
     char err[512];
     const char *refused[] = {"\\t",    "[\\p{L}]+", "\\p{L}+", "[a-z&&[^b]]", "[a[b]]",
                              "(a)\\1", "\\bx",      "[\\D]",   NULL};
@@ -136,7 +149,21 @@ static void test_topic_regex_classes(void **state)
         assert_non_null(strstr(err, "route.topic.regex"));
         assert_non_null(strstr(err, "POSIX"));
     }
-    /* 31 groups (with the whole match and the anchor group: 33 > 32). */
+    /* 30 groups fit; 31 (with the whole match and the anchor group: 33 >
+     * 32) do not. */
+    outboxd_buf_t fit = {0};
+    for (int i = 0; i < 29; i++)
+        outboxd_buf_append_str(&fit, "(a)");
+    outboxd_buf_append_str(&fit, "(?<routedByValue>b)");
+    outboxd_buf_append(&fit, "", 1);
+    outboxd_buf_t v30 = {0};
+    for (int i = 0; i < 29; i++)
+        outboxd_buf_append_str(&v30, "a");
+    outboxd_buf_append_str(&v30, "b");
+    outboxd_buf_append(&v30, "", 1);
+    topic_is(fit.data, v30.data, "outbox.event.b");
+    outboxd_buf_free(&fit);
+    outboxd_buf_free(&v30);
     outboxd_buf_t many = {0};
     for (int i = 0; i < 31; i++)
         outboxd_buf_append_str(&many, "(a)");
