@@ -51,12 +51,8 @@ EOF
 prepare_sources "$WORK/outboxd.yaml"
 start_relay "$WORK/outboxd.yaml"
 relay=$RELAY_PID
-for _ in $(seq 1 1200); do
-    grep -q "snapshot finished" "$WORK/relay.log" && break
-    kill -0 "$relay" 2>/dev/null || fail "the relay exited during the snapshot"
-    sleep 0.1
-done
-grep -q "snapshot finished" "$WORK/relay.log" || fail "the snapshot did not finish within 120 s"
+wait_log "$WORK/relay.log" "snapshot finished" 120 "the snapshot did not finish"
+kill -0 "$relay" 2>/dev/null || fail "the relay exited after the snapshot"
 peak=$(peak_rss_kb "$relay")
 psql_db "$DB" -c "UPDATE big SET pad = 'after' WHERE id = 7" >/dev/null
 wait_drained "$DB" "$SLOT"
