@@ -13,8 +13,8 @@
 # (alone, nor in the batch it shares with its neighbours). After the
 # snapshot, 10 inserts and one update are streamed. At the end, read with
 # read_committed:
-#   - the chunk holding BIG is refused as a whole once, and read again
-#     with as many rows, BIG going to the dead-letter topic;
+#   - the chunk holding BIG is refused as a whole at most once, and read
+#     again with as many rows, BIG going to the dead-letter topic;
 #   - every row but BIG has exactly one "r" event, BIG none; the streamed
 #     changes are there exactly once; one event carries snapshot "last";
 #   - the dead-letter topic has exactly one record: BIG's row, with the
@@ -73,13 +73,15 @@ grep -q "snapshot finished" "$WORK/relay.log" ||
     fail "the snapshot did not finish within 180 s ($(grep -c 'resuming from the last committed chunk\|retrying in' "$WORK/relay.log") retries logged)"
 grep "snapshot row sent to dead-letter topic\|goes to the dead-letter topic" "$WORK/relay.log" | cut -c1-300 >&2 || true
 # The refused chunk is read again as it was (as many rows), so BIG is found
-# in it at the first retry: one refusal of the whole chunk, one "is in".
-# (Reading a first chunk of 64 rows after the reconnect committed rows
-# without BIG, logged "is in" and had the next chunk refused again: 4 times.)
+# in it at the first retry: at most one refusal of the whole chunk and one
+# "is in" (none when librdkafka happened to send BIG in a batch of its own,
+# which the relay then names at once). (Reading a first chunk of 64 rows
+# after the reconnect committed rows without BIG, logged "is in" and had the
+# next chunk refused again: 4 times.)
 together=$(grep -c "records of one chunk together" "$WORK/relay.log" || true)
 isin=$(grep -c "the refused chunk is in" "$WORK/relay.log" || true)
-[ "$together" = 1 ] && [ "$isin" = 1 ] ||
-    fail "the chunk holding row $BIG was refused together $together time(s) and logged in $isin time(s), expected once each"
+[ "$together" -le 1 ] && [ "$isin" -le 1 ] ||
+    fail "the chunk holding row $BIG was refused together $together time(s) and logged in $isin time(s), expected at most once each"
 
 psql_db "$DB" -c "INSERT INTO items SELECT i, 1, 'new ' || i FROM generate_series($ROWS + 1, $ROWS + 10) AS i" \
     -c "UPDATE items SET v = 2 WHERE id = 5" >/dev/null
