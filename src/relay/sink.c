@@ -120,8 +120,12 @@ struct outboxd_sink {
     size_t refused_size;
     char refused_reason[256];
     uint64_t n_refused; /* records refused for good in the open transaction */
-    uint64_t ck_seq;    /* number of the checkpoint record; 0 before commit */
-    bool ck_refused;    /* Kafka refused the checkpoint record itself */
+    /* The broker refused a record of the open transaction (a delivery
+     * report, not a local refusal): its producer is replaced after the abort
+     * (see refresh_producer). */
+    bool broker_refused;
+    uint64_t ck_seq; /* number of the checkpoint record; 0 before commit */
+    bool ck_refused; /* Kafka refused the checkpoint record itself */
     char ck_refused_reason[256];
     /* Replaying a transaction whose refused records could not be told apart
      * (a whole batch refused): every record waits for its delivery report
@@ -317,6 +321,7 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     const char *topic = rd_kafka_topic_name(m->rkt);
     if (refused_for_good(m->err)) {
         note_refused(s, (uint64_t)(uintptr_t)m->_private, m->len + m->key_len, m->err, topic);
+        s->broker_refused = true;
     } else if (unknown_topic(m->err)) {
         /* Deleted while in use: checked again (and reported) on replay. */
         forget_topic(s, topic);
@@ -1112,6 +1117,58 @@ static int64_t abort_limit_ms(rd_kafka_t *rk)
 }
 
 /*
+ * After the broker refused a record for good (too large, invalid), librdkafka
+ * (2.0.2 at least) aborts the transaction without bumping the producer's
+ * epoch: the partition's sequence numbers keep the refused record's gap, the
+ * producer's next transaction fails with OUT_OF_ORDER_SEQUENCE_NUMBER
+ * ("requires epoch bump", then "Local: Erroneous state") and only the one after
+ * it gets through, a retry cycle (1 s, then 2 s of backoff) lost for every
+ * producer that carried a refusal. A new producer with the same
+ * transactional.id starts a new epoch with sequences from 0, for one
+ * InitProducerId round trip. Failing that, the producers are all replaced
+ * (reset_needed), as for a fatal producer-state error.
+ */
+static outboxd_sink_status_t refresh_producer(outboxd_sink_t *s, char *errstr, size_t errstr_size)
+{
+    if (s->slot) {
+        if (replace_slot_producer(s, errstr, errstr_size) < 0) {
+            s->reset_needed = true;
+            return OUTBOXD_SINK_FATAL;
+        }
+        return OUTBOXD_SINK_OK; /* borrow() runs init_transactions if it has not */
+    }
+    int i = s->cur;
+    rd_kafka_t *rk = new_producer(s, s->txnids[i], errstr, errstr_size);
+    if (!rk) {
+        s->reset_needed = true;
+        return OUTBOXD_SINK_FATAL;
+    }
+    rd_kafka_destroy(s->rks[i]); /* idle: its transaction was aborted */
+    s->rk = s->rks[i] = rk;
+    s->rk_ready[i] = false;
+    set_clear(&s->warm[i]); /* the new producer knows no topic */
+    int64_t deadline = outboxd_now_ms() + TXN_CALL_TIMEOUT_MS;
+    for (;;) {
+        if (s->keepalive)
+            s->keepalive(s->opaque);
+        rd_kafka_error_t *err = rd_kafka_init_transactions(rk, INIT_STEP_MS);
+        if (!err)
+            break;
+        if (!rd_kafka_error_is_retriable(err) || rd_kafka_error_is_fatal(err) ||
+            outboxd_now_ms() >= deadline) {
+            classify(s, err, "init_transactions of a new producer after a refused record", errstr,
+                     errstr_size);
+            s->reset_needed = true;
+            return OUTBOXD_SINK_FATAL;
+        }
+        rd_kafka_error_destroy(err);
+    }
+    s->rk_ready[i] = true;
+    LOG_DEBUG(s->src->name, "replaced producer %s after a refused record", s->txnids[i]);
+    return OUTBOXD_SINK_OK;
+}
+
+/*
  * Retries a timed-out abort, but not for ever. With librdkafka 2.0.2 an abort
  * that needs an epoch bump (messages timed out after a broker restart) was
  * seen to time out for minutes on end, the producer never delivering to the
@@ -1131,6 +1188,12 @@ static outboxd_sink_status_t abort_txn(outboxd_sink_t *s, char *errstr, size_t e
         if (!err) {
             s->in_txn = false;
             forget_topics(s);
+            if (s->broker_refused) {
+                s->broker_refused = false;
+                outboxd_sink_status_t rst = refresh_producer(s, errstr, errstr_size);
+                if (rst != OUTBOXD_SINK_OK)
+                    return rst;
+            }
             rotate(s);
             return OUTBOXD_SINK_OK;
         }
@@ -1191,6 +1254,7 @@ static outboxd_sink_status_t begin(outboxd_sink_t *s, char *errstr, size_t errst
     s->refused_seq = 0;
     s->refused_size = 0;
     s->n_refused = 0;
+    s->broker_refused = false;
     s->ck_seq = 0;
     s->ck_refused = false;
     s->missing_topic[0] = '\0';
