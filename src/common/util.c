@@ -56,6 +56,71 @@ bool outboxd_buf_printf(outboxd_buf_t *b, const char *fmt, ...)
     return true;
 }
 
+bool outboxd_buf_base64(outboxd_buf_t *b, const void *data, size_t len)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (!outboxd_buf_reserve(b, (len + 2) / 3 * 4))
+        return false;
+    const unsigned char *p = data;
+    char *o = b->data + b->len;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        *o++ = tab[(v >> 18) & 63];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = i + 1 < len ? tab[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < len ? tab[v & 63] : '=';
+    }
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0'; /* reserve keeps room for it */
+    return true;
+}
+
+/* bytea text: see util.h. */
+bool outboxd_bytea_parse(const char *s, size_t len, outboxd_buf_t *out)
+{
+    outboxd_buf_reset(out);
+    if (len >= 2 && s[0] == '\\' && s[1] == 'x') {
+        if ((len - 2) % 2 || !outboxd_buf_reserve(out, (len - 2) / 2 + 1))
+            return false;
+        for (size_t i = 2; i < len; i += 2) {
+            int v = 0;
+            for (int k = 0; k < 2; k++) {
+                char c = s[i + (size_t)k];
+                int h = c >= '0' && c <= '9'   ? c - '0'
+                        : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                        : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                               : -1;
+                if (h < 0)
+                    return false;
+                v = v * 16 + h;
+            }
+            out->data[out->len++] = (char)v;
+        }
+        out->data[out->len] = '\0';
+        return true;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '\\') {
+            if (i + 1 < len && s[i + 1] == '\\') {
+                i++;
+            } else if (i + 3 < len) {
+                c = (char)(((s[i + 1] - '0') << 6) | ((s[i + 2] - '0') << 3) | (s[i + 3] - '0'));
+                i += 3;
+            } else {
+                return false;
+            }
+        }
+        if (!outboxd_buf_append(out, &c, 1))
+            return false;
+    }
+    return true;
+}
+
 void outboxd_buf_reset(outboxd_buf_t *b)
 {
     b->len = 0;

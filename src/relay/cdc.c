@@ -584,48 +584,6 @@ static bool parse_interval(const char *s, size_t len, int64_t *us)
     return true;
 }
 
-/* bytea text (hex "\x..." or escape format) into out. */
-static bool parse_bytea(const char *s, size_t len, outboxd_buf_t *out)
-{
-    outboxd_buf_reset(out);
-    if (len >= 2 && s[0] == '\\' && s[1] == 'x') {
-        if ((len - 2) % 2 || !outboxd_buf_reserve(out, (len - 2) / 2 + 1))
-            return false;
-        for (size_t i = 2; i < len; i += 2) {
-            int v = 0;
-            for (int k = 0; k < 2; k++) {
-                char c = s[i + (size_t)k];
-                int h = c >= '0' && c <= '9'   ? c - '0'
-                        : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                        : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                               : -1;
-                if (h < 0)
-                    return false;
-                v = v * 16 + h;
-            }
-            out->data[out->len++] = (char)v;
-        }
-        out->data[out->len] = '\0';
-        return true;
-    }
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c == '\\') {
-            if (i + 1 < len && s[i + 1] == '\\') {
-                i++;
-            } else if (i + 3 < len) {
-                c = (char)(((s[i + 1] - '0') << 6) | ((s[i + 2] - '0') << 3) | (s[i + 3] - '0'));
-                i += 3;
-            } else {
-                return false;
-            }
-        }
-        if (!outboxd_buf_append(out, &c, 1))
-            return false;
-    }
-    return true;
-}
-
 /*
  * numeric text -> two's-complement big-endian unscaled bytes with the given
  * scale (scale < 0: as many as the text has; *scale_out gets it). Returns
@@ -782,7 +740,7 @@ static int convert(outboxd_cdc_kind_t kind, int32_t kmod, const char *s, size_t 
         v->l = s[0] == 't';
         return 0;
     case OUTBOXD_CDC_T_BYTES:
-        if (!parse_bytea(s, len, scratch))
+        if (!outboxd_bytea_parse(s, len, scratch))
             return bad(reason, reason_size, "bytea", s, len);
         v->tag = V_BYTES;
         v->s = scratch->data ? scratch->data : "";
@@ -1012,34 +970,8 @@ static bool json_str(outboxd_buf_t *b, const char *s, size_t n)
 
 static bool json_base64(outboxd_buf_t *b, const char *s, size_t n)
 {
-    static const char tb[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    if (!outboxd_buf_reserve(b, (n + 2) / 3 * 4 + 2))
-        return false;
-    char *o = b->data + b->len;
-    *o++ = '"';
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        *o++ = tb[u[i] >> 2];
-        *o++ = tb[((u[i] & 3) << 4) | (u[i + 1] >> 4)];
-        *o++ = tb[((u[i + 1] & 15) << 2) | (u[i + 2] >> 6)];
-        *o++ = tb[u[i + 2] & 63];
-    }
-    if (i < n) {
-        *o++ = tb[u[i] >> 2];
-        if (i + 1 < n) {
-            *o++ = tb[((u[i] & 3) << 4) | (u[i + 1] >> 4)];
-            *o++ = tb[(u[i + 1] & 15) << 2];
-        } else {
-            *o++ = tb[(u[i] & 3) << 4];
-            *o++ = '=';
-        }
-        *o++ = '=';
-    }
-    *o++ = '"';
-    b->len = (size_t)(o - b->data);
-    b->data[b->len] = '\0'; /* reserve keeps room for it */
-    return true;
+    return outboxd_buf_append(b, "\"", 1) && outboxd_buf_base64(b, s, n) &&
+           outboxd_buf_append(b, "\"", 1);
 }
 
 static bool json_val(outboxd_buf_t *b, const val_t *v)

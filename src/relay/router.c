@@ -543,25 +543,12 @@ static long utf8_invalid_at(const char *s, size_t len)
 /* Standard base64 (RFC 4648, padded) of len bytes; NULL on OOM. */
 static char *base64(const char *data, size_t len)
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const unsigned char *p = (const unsigned char *)data;
-    char *out = malloc((len + 2) / 3 * 4 + 1);
-    if (!out)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < len)
-            v |= p[i + 2];
-        out[o++] = tab[(v >> 18) & 63];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tab[v & 63] : '=';
+    outboxd_buf_t b = {0};
+    if (!outboxd_buf_base64(&b, data, len) || !b.data) {
+        outboxd_buf_free(&b);
+        return len ? NULL : strdup("");
     }
-    out[o] = '\0';
-    return out;
+    return b.data;
 }
 
 /* Bytes of column data a tuple holds, before any copy or encoding. */

@@ -26,6 +26,12 @@ bool outboxd_buf_printf(outboxd_buf_t *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void outboxd_buf_reset(outboxd_buf_t *b);
 void outboxd_buf_free(outboxd_buf_t *b);
+/* Appends the standard base64 of data (RFC 4648: padded, no line breaks). */
+bool outboxd_buf_base64(outboxd_buf_t *b, const void *data, size_t len);
+
+/* PostgreSQL's bytea text (hex "\x..." or the escape format) decoded into
+ * out (reset first); false on malformed text or OOM. */
+bool outboxd_bytea_parse(const char *s, size_t len, outboxd_buf_t *out);
 
 /* "16/B374D848" form; out must hold OUTBOXD_LSN_STRLEN bytes. */
 #define OUTBOXD_LSN_STRLEN 24
