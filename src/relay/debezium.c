@@ -35,6 +35,7 @@
 
 /* PostgreSQL type oids whose rendering differs from their text. */
 #define OID_BOOL   16
+#define OID_BYTEA  17
 #define OID_INT8   20
 #define OID_INT2   21
 #define OID_INT4   23
@@ -449,10 +450,40 @@ oom:
     return -1;
 }
 
+/*
+ * Value converters that pass a bytea payload on as it is. Debezium's
+ * PostgreSQL connector hands bytea over as a ByteBuffer. BinaryDataConverter
+ * (Debezium 2 and 3; ByteBufferConverter in 1.x) writes its bytes and gives
+ * any other value (schema not BYTES) to its delegate.converter.type, failing
+ * the task without one; Kafka's ByteArrayConverter takes ByteBuffers too (3.x)
+ * and fails on anything else. Debezium's own ByteArrayConverter takes byte[]
+ * only: with a bytea it fails (or hands the ByteBuffer to its delegate).
+ */
+static const char *bytes_converter(const char *v, bool *delegates)
+{
+    static const char *const names[] = {"io.debezium.converters.BinaryDataConverter",
+                                        "io.debezium.converters.ByteBufferConverter",
+                                        "org.apache.kafka.connect.converters.ByteArrayConverter"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(v, names[i]) == 0) {
+            *delegates = i < 2;
+            return names[i];
+        }
+    return NULL;
+}
+
 static int parse_converter(const char *key, const char *v, bool *json, bool *avro, char *errstr,
                            size_t errstr_size)
 {
     *json = *avro = false;
+    if (strcmp(v, "io.debezium.converters.ByteArrayConverter") == 0) {
+        snprintf(errstr, errstr_size,
+                 "%s: '%.100s' fails on a bytea payload of Debezium's PostgreSQL connector "
+                 "(a ByteBuffer there, and it takes byte[] only); use "
+                 "io.debezium.converters.BinaryDataConverter, which outboxd supports",
+                 key, v);
+        return -1;
+    }
     if (strcmp(v, "org.apache.kafka.connect.json.JsonConverter") == 0)
         *json = true;
     else if (strcmp(v, "io.apicurio.registry.utils.converter.AvroConverter") == 0 ||
@@ -567,6 +598,7 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
     const char *replacement = "outbox.event.${routedByValue}";
     const char *c_id = NULL, *c_key = NULL, *c_payload = NULL, *c_route = NULL;
     bool have_value_conv = false;
+    const char *delegate = NULL; /* value.converter.delegate.converter.type */
     char **names = NULL;
     int *map = NULL;
     size_t n_java = 0;
@@ -626,9 +658,15 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
         } else if (strcmp(k, "key.converter") == 0)
             rc = parse_converter(k, v, &d->key_json, &d->key_avro, errstr, errstr_size);
         else if (strcmp(k, "value.converter") == 0) {
-            rc = parse_converter(k, v, &d->value_json, &d->value_avro, errstr, errstr_size);
+            d->value_bytes = bytes_converter(v, &d->value_bytes_delegates);
+            if (!d->value_bytes)
+                rc = parse_converter(k, v, &d->value_json, &d->value_avro, errstr, errstr_size);
             have_value_conv = true;
-        } else if (strncmp(k, "key.converter.", 14) == 0)
+        } else if (strcmp(k, "value.converter.delegate.converter.type") == 0)
+            delegate = v;
+        else if (strncmp(k, "value.converter.delegate.converter.type.", 40) == 0)
+            rc = converter_setting(k, k + 40, v, errstr, errstr_size);
+        else if (strncmp(k, "key.converter.", 14) == 0)
             rc = converter_setting(k, k + 14, v, errstr, errstr_size);
         else if (strncmp(k, "value.converter.", 16) == 0)
             rc = converter_setting(k, k + 16, v, errstr, errstr_size);
@@ -649,6 +687,38 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
                  "connector config)");
         goto fail;
     }
+    if (delegate && !(d->value_bytes && d->value_bytes_delegates)) {
+        snprintf(errstr, errstr_size,
+                 "value.converter.delegate.converter.type is a setting of "
+                 "io.debezium.converters.BinaryDataConverter, not of the value.converter "
+                 "configured");
+        goto fail;
+    }
+    if (delegate) {
+        bool avro = false;
+        if (parse_converter("value.converter.delegate.converter.type", delegate, &d->value_json,
+                            &avro, errstr, errstr_size) < 0)
+            goto fail;
+        if (avro) {
+            snprintf(errstr, errstr_size,
+                     "value.converter.delegate.converter.type: an AvroConverter as the delegate "
+                     "of %s is not supported (JsonConverter or StringConverter are)",
+                     d->value_bytes);
+            goto fail;
+        }
+        d->value_delegate = true;
+    }
+    for (size_t i = 0; i < d->n_places; i++)
+        if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE && d->value_bytes && !d->value_delegate) {
+            snprintf(errstr, errstr_size,
+                     "table.fields.additional.placement: %s:envelope makes the value a struct, "
+                     "which %s %s (Debezium's task fails on every row)",
+                     d->places[i].column, d->value_bytes,
+                     d->value_bytes_delegates
+                         ? "passes to value.converter.delegate.converter.type, and none is set"
+                         : "cannot write");
+            goto fail;
+        }
     for (size_t i = 0; i < d->n_places; i++)
         if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE && !d->value_json && !d->value_avro) {
             snprintf(errstr, errstr_size,
@@ -912,10 +982,23 @@ static bool dump_json(const json_t *v, bool keep_nulls, outboxd_buf_t *out)
 
 /* A column value as a JSON value of the Connect type Debezium gives it:
  * integers and booleans as such, floats as Java doubles, others strings. */
+/* bytea: Connect BYTES (a ByteBuffer), which JsonConverter writes as a
+ * base64 string (Jackson's binary node). */
+static bool bytea_json(outboxd_buf_t *out, const char *v, size_t len)
+{
+    outboxd_buf_t raw = {0};
+    bool ok = outboxd_bytea_parse(v, len, &raw) && outboxd_buf_append(out, "\"", 1) &&
+              outboxd_buf_base64(out, raw.data, raw.len) && outboxd_buf_append(out, "\"", 1);
+    outboxd_buf_free(&raw);
+    return ok;
+}
+
 static bool column_json(outboxd_buf_t *out, const char *v, size_t len, uint32_t oid)
 {
     if (!v)
         return outboxd_buf_append_str(out, "null");
+    if (oid == OID_BYTEA)
+        return bytea_json(out, v, len);
     if (is_int_type(oid))
         return outboxd_buf_append(out, v, len);
     if (oid == OID_BOOL)
@@ -946,6 +1029,11 @@ int outboxd_dbz_header_text(const char *v, size_t len, uint32_t type_oid, outbox
     bool ok;
     if (type_oid == OID_BOOL) {
         ok = outboxd_buf_append_str(out, len && v[0] == 't' ? "true" : "false");
+    } else if (type_oid == OID_BYTEA) {
+        /* Connect's Values text of BYTES: base64. */
+        outboxd_buf_t raw = {0};
+        ok = outboxd_bytea_parse(v, len, &raw) && outboxd_buf_base64(out, raw.data, raw.len);
+        outboxd_buf_free(&raw);
     } else if (type_oid == OID_FLOAT4 || type_oid == OID_FLOAT8) {
         /* Connect's FLOAT32/FLOAT64 as text: Java's Float/Double.toString
          * (1.0 where PostgreSQL prints 1, 1.0E-4 where it prints 0.0001). */
@@ -965,6 +1053,9 @@ static int payload_json(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, ou
 {
     if (!p->data)
         return outboxd_buf_append_str(out, "null") ? 0 : -1;
+    /* Not a string: Debezium does not expand it ("payload is not a string"). */
+    if (p->type_oid == OID_BYTEA)
+        return bytea_json(out, p->data, p->len) ? 0 : -1;
     if (d->expand_json)
         return outboxd_dbz_expand_json(p->data, p->len, d->keep_null_fields, out, reason,
                                        reason_size);
@@ -977,6 +1068,9 @@ static bool empty_payload(const outboxd_dbz_field_t *p)
 {
     if (!p->data)
         return true;
+    /* A bytea payload is a ByteBuffer, whose toString() is never blank. */
+    if (p->type_oid == OID_BYTEA)
+        return false;
     for (size_t i = 0; i < p->len; i++)
         if ((unsigned char)p->data[i] > 0x20)
             return false;
@@ -988,6 +1082,30 @@ int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload
                       bool *tombstone, char *reason, size_t reason_size)
 {
     outboxd_buf_reset(out);
+    if (d->value_bytes && n_env == 0 && payload->type_oid == OID_BYTEA) {
+        /* BinaryDataConverter, ByteArrayConverter: the bytes as they are,
+         * null for NULL. */
+        *tombstone = !payload->data;
+        if (*tombstone)
+            return 0;
+        if (!outboxd_bytea_parse(payload->data, payload->len, out)) {
+            snprintf(reason, reason_size, "payload column '%s': malformed bytea text",
+                     payload->name);
+            return 1;
+        }
+        return 0;
+    }
+    if (d->value_bytes && !d->value_delegate &&
+        !(d->tombstone_on_empty && empty_payload(payload))) {
+        snprintf(reason, reason_size,
+                 "value.converter %s takes a bytea payload, and payload column '%s' is of "
+                 "another type (oid %u)%s (Debezium's task fails on this row)",
+                 d->value_bytes, payload->name, payload->type_oid,
+                 d->value_bytes_delegates
+                     ? "; set value.converter.delegate.converter.type for such values"
+                     : "");
+        return 1;
+    }
     /* StringConverter renders a null value as a null record value, so a
      * NULL payload is a tombstone with it whatever the option says; with
      * the option an empty or blank text is one too, as with Debezium. */
@@ -1144,6 +1262,8 @@ static cs_t *column_schema(const outboxd_dbz_t *d, const char *col, uint32_t oid
         return cs_new(CS_FLOAT64, opt, NULL, 0);
     case OID_BOOL:
         return cs_new(CS_BOOL, opt, NULL, 0);
+    case OID_BYTEA:
+        return cs_new(CS_BYTES, opt, NULL, 0);
     }
     *unsupported = true;
     return NULL;
@@ -1331,6 +1451,14 @@ static int column_datum(outboxd_buf_t *o, const cs_t *c, const char *v, size_t l
         return outboxd_avro_write_string(o, v, len) ? 0 : -1;
     if (c->type == CS_BOOL)
         return outboxd_buf_append(o, len && v[0] == 't' ? "\1" : "\0", 1) ? 0 : -1;
+    if (c->type == CS_BYTES) {
+        outboxd_buf_t raw = {0};
+        bool ok = outboxd_bytea_parse(v, len, &raw) &&
+                  outboxd_avro_write_long(o, (int64_t)raw.len) &&
+                  outboxd_buf_append(o, raw.data, raw.len);
+        outboxd_buf_free(&raw);
+        return ok ? 0 : -1;
+    }
     snprintf(tmp, sizeof(tmp), "%.*s", (int)(len < 63 ? len : 63), v);
     errno = 0;
     if (c->type == CS_FLOAT32 || c->type == CS_FLOAT64) {
@@ -1780,7 +1908,7 @@ int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *rout
     cs_t *pc = NULL, *st = NULL;
     outboxd_buf_t pdatum = {0}, key = {0};
     bool fallback = true, unsupported;
-    if (d->expand_json && payload->data) {
+    if (d->expand_json && payload->data && payload->type_oid != OID_BYTEA) {
         if (expand_avro(d, payload, &pc, &pdatum, &fallback) < 0)
             goto out;
     }
@@ -1790,7 +1918,7 @@ int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *rout
         if (!pc && unsupported) {
             snprintf(reason, reason_size,
                      "payload column '%s' has a type (oid %u) outboxd does not render through "
-                     "an AvroConverter (jsonb, json, text, varchar)",
+                     "an AvroConverter (jsonb, json, text, varchar, bytea)",
                      payload->name, payload->type_oid);
             rc = 1;
             goto out;

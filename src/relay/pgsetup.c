@@ -41,6 +41,7 @@
 #include "outboxd/common/log.h"
 
 /* Type OIDs from PostgreSQL's pg_type.dat; they never change between versions. */
+#define BYTEA_OID   17
 #define TEXT_OID    25
 #define JSON_OID    114
 #define VARCHAR_OID 1043
@@ -608,13 +609,14 @@ static void check_columns(check_t *c)
                 long type = atol(PQgetvalue(res, row, 1));
                 /* The payload is relayed as JSON text; other types (bytea in
                  * particular) would arrive as their text output, which is
-                 * not what a consumer expects. */
+                 * not what a consumer expects. A Debezium drop-in table
+                 * writes bytea as Debezium does (its converters' bytes). */
                 if (type != JSONB_OID && type != JSON_OID && type != TEXT_OID &&
-                    type != VARCHAR_OID)
+                    type != VARCHAR_OID && !(type == BYTEA_OID && t->n_debezium))
                     problem(c,
                             "column '%s' of %s.%s (configured as %s) is %s, but the payload "
-                            "must be jsonb, json, text or varchar; change the column's type "
-                            "(jsonb is recommended)",
+                            "must be jsonb, json, text or varchar (or bytea with a debezium: "
+                            "block); change the column's type (jsonb is recommended)",
                             refs[r].name, t->schema, t->name, key, PQgetvalue(res, row, 2));
             }
         }

@@ -65,6 +65,22 @@ cleanup() {
     for ps in "${PEEK_SLOTS[@]}"; do
         drop_source "${ps%%:*}" "${ps#*:}"
     done
+    # A failed test may not reach its own drops: its outbox databases and
+    # their slots go here, so that no slot holds the shared server's WAL for
+    # the rest of the run.
+    if [ $rc -ne 0 ]; then
+        local db
+        for db in "${OUTBOX_DBS[@]}"; do
+            # A killed relay's walsender may still hold its slot a moment.
+            for _ in 1 2 3 4 5; do
+                psql_db postgres -c "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '$db' AND active" \
+                    -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$db' AND NOT active" >/dev/null 2>&1 || true
+                [ "$(psql_db postgres -c "SELECT count(*) FROM pg_replication_slots WHERE database = '$db'" 2>/dev/null)" = 0 ] && break
+                sleep 0.2
+            done
+            psql_db postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+        done
+    fi
     if [ $rc -ne 0 ]; then
         log "exit $rc; relay logs follow (last 60 lines each)"
         for f in "$WORK"/relay*.log; do
@@ -93,8 +109,10 @@ RUN_ID="t$(date +%s%N | tail -c 9)$$"
 # write_events() function that writes N rows for one key in the caller's
 # transaction, numbering them per key (the row lock on seqs serializes
 # writers of one key, so seq order is commit order).
+OUTBOX_DBS=()
 create_outbox_db() {
     local db=$1
+    OUTBOX_DBS+=("$db")
     psql_db postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
     psql_db postgres -c "CREATE DATABASE \"$db\"" >/dev/null
     psql_db "$db" <<'SQL'

@@ -19,7 +19,8 @@
 #   librdkafka's), NULL payloads (null values), routed by a two-group regex,
 #   header placements, a partition column, the event timestamp;
 # - outbox_v: the payload as Debezium's io.debezium.data.Json string in an
-#   envelope {payload, regionName, version, flag} named after topic.prefix,
+#   envelope {payload, regionName, version, flag, sig (bytea: Avro bytes)}
+#   named after topic.prefix,
 #   table and the route, with table.field.event.schema.version (connect.version
 #   of the value record: 1, 2, 3 or none), key a NOT NULL column ("string",
 #   outboxd.columns.not.null), NULL payloads inside the envelope.
@@ -86,7 +87,8 @@ CREATE TABLE outbox_v (
     version int4,
     flag boolean,
     sv int4,
-    ts timestamp(6) NOT NULL);
+    ts timestamp(6) NOT NULL,
+    sig bytea);
 CREATE PUBLICATION dbza_pub FOR TABLE outbox_x, outbox_v;
 SQL
 psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('dbzx_$RUN_ID', 'pgoutput')" \
@@ -139,7 +141,7 @@ $(conv)
 EOF
 }
 PLACE_X="type:header:eventType,tenant:header,part:partition"
-PLACE_V="region:envelope:regionName,version:envelope,flag:envelope,type:header:eventType"
+PLACE_V="region:envelope:regionName,version:envelope,flag:envelope,type:header:eventType,sig:envelope"
 {
     connector x outbox_x "dbzx_$RUN_ID" "dbzx"
     cat <<EOF
@@ -248,7 +250,8 @@ SELECT i,
        CASE WHEN i % 6 = 0 THEN NULL ELSE (ARRAY['eu', 'us', 'apac-東'])[1 + i % 3] END AS region,
        CASE WHEN i % 9 = 0 THEN NULL ELSE i % 4 END AS version,
        CASE WHEN i % 11 = 0 THEN NULL ELSE 1 + (i / 7) % 3 END AS sv,
-       timestamp '2026-01-01 00:00:00' + i * interval '1.234567 second' AS ts
+       timestamp '2026-01-01 00:00:00' + i * interval '1.234567 second' AS ts,
+       CASE WHEN i % 10 = 0 THEN NULL WHEN i % 13 = 4 THEN ''::bytea ELSE decode(md5('s' || i), 'hex') END AS sig
 FROM generate_series(1, $N) AS i;
 SQL
 for tbl in x v; do
@@ -258,7 +261,7 @@ for tbl in x v; do
         if [ $tbl = x ]; then
             echo "INSERT INTO outbox_x SELECT id, aggregatetype, aggregateid, type, payload, tenant, part, ts FROM src WHERE $w ORDER BY i;"
         else
-            echo "INSERT INTO outbox_v SELECT md5('v' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, region, version, flag, sv, ts FROM src WHERE $w ORDER BY i;"
+            echo "INSERT INTO outbox_v SELECT md5('v' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, region, version, flag, sv, ts, sig FROM src WHERE $w ORDER BY i;"
         fi
         echo "COMMIT;"
     done >"$WORK/inserts_$tbl.sql"

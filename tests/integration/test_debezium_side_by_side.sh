@@ -21,7 +21,12 @@
 # - outbox_s, StringConverter key and value: the jsonb text as PostgreSQL
 #   prints it, NULL payloads (null values), routed by the type column with
 #   the default regex, the id header from another column, an integer header,
-#   the default (processing) timestamp, which is not compared.
+#   the default (processing) timestamp, which is not compared;
+# - outbox_b, a bytea payload through io.debezium.converters.BinaryDataConverter
+#   (the bytes as they are: empty, NUL and high bytes, NULL with
+#   route.tombstone.on.empty.payload, where an empty bytea is no tombstone),
+#   a bytea header (base64). outbox's JSON envelope has a bytea field too
+#   (JsonConverter: base64).
 # Slow (a Connect JVM): ctest label "sidebyside".
 source "$(dirname "$0")/lib.sh"
 ROOT=${OUTBOXD_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -38,6 +43,7 @@ CONNECTOR="outbox_$RUN_ID"
 extra_cleanup() {
     "$DBZ" delete "$CONNECTOR" >/dev/null 2>&1 || true
     "$DBZ" delete "${CONNECTOR}_s" >/dev/null 2>&1 || true
+    "$DBZ" delete "${CONNECTOR}_b" >/dev/null 2>&1 || true
     [ -n "${STARTED_CONNECT:-}" ] && "$DBZ" stop >/dev/null 2>&1
     for p in "${RELAY_PIDS[@]}"; do own_child "$p" && kill -9 "$p" 2>/dev/null || true; done
     # The connector's task lets go of its slot a moment after the delete.
@@ -50,6 +56,7 @@ extra_cleanup() {
     drop_source "$DB" "obx_$RUN_ID"
     drop_source "$DB" "dbz_$RUN_ID"
     drop_source "$DB" "dbz2_$RUN_ID"
+    drop_source "$DB" "dbz3_$RUN_ID"
     psql_db postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
 }
 
@@ -68,7 +75,8 @@ CREATE TABLE outbox (
     version int4,
     part int4,
     ts timestamp(6) NOT NULL,
-    weight float8);
+    weight float8,
+    sig bytea);
 CREATE TABLE outbox_s (
     event_id uuid PRIMARY KEY,
     aggregatetype text NOT NULL,
@@ -76,20 +84,29 @@ CREATE TABLE outbox_s (
     type text NOT NULL,
     payload jsonb,
     seq int8 NOT NULL);
-CREATE PUBLICATION dbz_pub FOR TABLE outbox, outbox_s;
+CREATE TABLE outbox_b (
+    id uuid PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid text NOT NULL,
+    type text NOT NULL,
+    payload bytea,
+    blob bytea);
+CREATE PUBLICATION dbz_pub FOR TABLE outbox, outbox_s, outbox_b;
 SQL
 psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('dbz_$RUN_ID', 'pgoutput')" \
-    -c "SELECT pg_create_logical_replication_slot('dbz2_$RUN_ID', 'pgoutput')" >/dev/null
+    -c "SELECT pg_create_logical_replication_slot('dbz2_$RUN_ID', 'pgoutput')" \
+    -c "SELECT pg_create_logical_replication_slot('dbz3_$RUN_ID', 'pgoutput')" >/dev/null
 
 # Topics: TYPE -> <prefix>.<letters of TYPE>.x<rest> (route.topic.regex below).
 SUFFIXES=(.order.x .customer.x .Shipment.x .invoice.x_v2)
 SUFFIXES_S=(s.Created s.Updated s.Cancelled)
+SUFFIXES_B=(b.order b.customer b.Shipment b.invoice_v2)
 TOPICS=()
-for s in "${SUFFIXES[@]}" "${SUFFIXES_S[@]}"; do TOPICS+=("$DPFX$s" "$OPFX$s"); done
+for s in "${SUFFIXES[@]}" "${SUFFIXES_S[@]}" "${SUFFIXES_B[@]}"; do TOPICS+=("$DPFX$s" "$OPFX$s"); done
 "$PY" "$(dirname "$0")/dbz_compare.py" create "$KAFKA_BOOTSTRAP" 3 "${TOPICS[@]}"
 
 # The EventRouter properties, shared verbatim by both sides.
-PLACEMENT="type:header:eventType,tenant:header,flag:header,region:envelope:regionName,version:envelope,part:partition,weight:header"
+PLACEMENT="type:header:eventType,tenant:header,flag:header,region:envelope:regionName,version:envelope,part:partition,weight:header,sig:envelope"
 cat >"$WORK/outboxd.yaml" <<EOF
 kafka:
   bootstrap_servers: "$KAFKA_BOOTSTRAP"
@@ -127,6 +144,13 @@ sources:
           route.topic.replacement: "${OPFX}s.\${routedByValue}"
           table.field.event.id: event_id
           table.fields.additional.placement: "seq:header:sequence,aggregatetype:header"
+      - table: public.outbox_b
+        debezium:
+          key.converter: org.apache.kafka.connect.storage.StringConverter
+          value.converter: io.debezium.converters.BinaryDataConverter
+          route.topic.replacement: "${OPFX}b.\${routedByValue}"
+          route.tombstone.on.empty.payload: "true"
+          table.fields.additional.placement: "blob:header"
 EOF
 cat >"$WORK/dbz.json" <<EOF
 {
@@ -176,6 +200,27 @@ cat >"$WORK/dbz_s.json" <<EOF
  "transforms.outbox.table.fields.additional.placement": "seq:header:sequence,aggregatetype:header"
 }
 EOF
+cat >"$WORK/dbz_b.json" <<EOF
+{
+ "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+ "tasks.max": "1",
+ "database.hostname": "$PGHOST", "database.port": "$PGPORT", "database.user": "$PGUSER",
+ "database.password": "unused", "database.dbname": "$DB",
+ "topic.prefix": "${RUN_ID}b",
+ "plugin.name": "pgoutput", "slot.name": "dbz3_$RUN_ID", "publication.name": "dbz_pub",
+ "publication.autocreate.mode": "disabled",
+ "table.include.list": "public.outbox_b",
+ "snapshot.mode": "no_data",
+ "exactly.once.support": "required",
+ "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+ "value.converter": "io.debezium.converters.BinaryDataConverter",
+ "transforms": "outbox",
+ "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+ "transforms.outbox.route.topic.replacement": "${DPFX}b.\${routedByValue}",
+ "transforms.outbox.route.tombstone.on.empty.payload": "true",
+ "transforms.outbox.table.fields.additional.placement": "blob:header"
+}
+EOF
 "$OUTBOXD_BIN" check --create -c "$WORK/outboxd.yaml" >"$WORK/check.log" 2>&1 || {
     cat "$WORK/check.log" >&2
     fail "outboxd check failed"
@@ -188,6 +233,7 @@ t0=$(date +%s)
 "$DBZ" start
 "$DBZ" register "$CONNECTOR" "$WORK/dbz.json"
 "$DBZ" register "${CONNECTOR}_s" "$WORK/dbz_s.json"
+"$DBZ" register "${CONNECTOR}_b" "$WORK/dbz_b.json"
 log "Debezium connector RUNNING after $(($(date +%s) - t0)) s"
 start_relay "$WORK/outboxd.yaml" relay
 
@@ -228,13 +274,19 @@ SELECT i,
        timestamp '2026-01-01 00:00:00' + i * interval '1.234567 second' AS ts,
        -- not i * 1e20: JDK 17's Double.toString prints one digit more than
        -- the shortest for some of those (README), which outboxd does not copy
-       (ARRAY[NULL, i / 8.0, i * 1e-5, i * 1e9, i::float8, -0.1 * i])[1 + i % 6]::float8 AS weight
+       (ARRAY[NULL, i / 8.0, i * 1e-5, i * 1e9, i::float8, -0.1 * i])[1 + i % 6]::float8 AS weight,
+       -- bytea: NULL, empty, NUL and high bytes, a few hundred bytes
+       CASE WHEN i % 10 = 0 THEN NULL
+            WHEN i % 13 = 4 THEN ''::bytea
+            WHEN i % 7 = 2 THEN decode(repeat(md5('b' || i), 10), 'hex') || '\x00ff'::bytea
+            ELSE decode(md5('b' || i), 'hex') END AS bin
 FROM generate_series(1, $N) AS i;
 SQL
 for ((t = 0; t < N / PER_TXN; t++)); do
     w="i > $((t * PER_TXN)) AND i <= $(((t + 1) * PER_TXN))"
     echo "BEGIN;"
-    echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts, weight FROM src WHERE $w ORDER BY i;"
+    echo "INSERT INTO outbox SELECT id, aggregatetype, aggregateid, type, payload, tenant, flag, region, version, part, ts, weight, bin FROM src WHERE $w ORDER BY i;"
+    echo "INSERT INTO outbox_b SELECT md5('b' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, CASE WHEN i % 40 = 3 THEN NULL ELSE bin END, CASE WHEN i % 3 = 0 THEN NULL ELSE decode(md5('h' || i), 'hex') END FROM src WHERE $w ORDER BY i;"
     echo "INSERT INTO outbox_s SELECT md5('s' || id)::uuid, aggregatetype, coalesce(aggregateid, 'none'), type, payload, i::int8 * 1000000007 FROM src WHERE $w ORDER BY i;"
     echo "COMMIT;"
 done >"$WORK/inserts.sql"
@@ -249,8 +301,13 @@ log "outbox_s (StringConverter, jsonb text, routed by type; timestamps not compa
 DBZ_COMPARE_NO_TIMESTAMP=1 "$PY" "$(dirname "$0")/dbz_compare.py" compare "$KAFKA_BOOTSTRAP" "$N" 600 \
     "$DPFX" "$OPFX" "${SUFFIXES_S[@]}" | tee "$WORK/compare_s.log" >&2
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "outbox_s: records differ (see above)"
+log "outbox_b (BinaryDataConverter, bytea payload, bytea header; timestamps not compared):"
+DBZ_COMPARE_NO_TIMESTAMP=1 "$PY" "$(dirname "$0")/dbz_compare.py" compare "$KAFKA_BOOTSTRAP" "$N" 600 \
+    "$DPFX" "$OPFX" "${SUFFIXES_B[@]}" | tee "$WORK/compare_b.log" >&2
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "outbox_b: records differ (see above)"
+grep -q " 0 differences" "$WORK/compare_b.log" || fail "no comparison summary (outbox_b)"
 grep -q " 0 differences" "$WORK/compare.log" || fail "no comparison summary (outbox)"
 grep -q " 0 differences" "$WORK/compare_s.log" || fail "no comparison summary (outbox_s)"
 stop_relay_ok "$RELAY_PID" "outboxd"
 if grep -q "dead-letter topic" "$WORK/relay.log"; then fail "outboxd dead-lettered rows"; fi
-log "PASS: 2 x $N records identical field for field"
+log "PASS: 3 x $N records identical field for field"

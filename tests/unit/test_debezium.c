@@ -272,6 +272,128 @@ static void test_key_converters(void **state)
     outboxd_dbz_destroy(dj);
 }
 
+/* bytea payloads: Debezium's BinaryDataConverter and Kafka's
+ * ByteArrayConverter pass them on as they are; JsonConverter writes Connect
+ * BYTES as base64. */
+#define BBCONV "io.debezium.converters.BinaryDataConverter"
+#define BACONV "org.apache.kafka.connect.converters.ByteArrayConverter"
+static void test_bytea(void **state)
+{
+    (void)state;
+    char err[512], reason[512];
+    outboxd_buf_t b = {0};
+    bool tomb;
+    outboxd_dbz_field_t p = {"payload", "\\x00ff0a", 8, 17}, pnull = {"payload", NULL, 0, 17};
+    outboxd_dbz_field_t pempty = {"payload", "\\x", 2, 17};
+    outboxd_dbz_field_t ptext = {"payload", "{}", 2, 3802};
+
+    const char *bb[] = {"value.converter", BBCONV, "route.tombstone.on.empty.payload", "true",
+                        NULL};
+    outboxd_dbz_t *d = dbz(bb, err);
+    assert_non_null(d);
+    assert_int_equal(outboxd_dbz_value(d, &p, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_false(tomb);
+    assert_int_equal(b.len, 3);
+    assert_memory_equal(b.data, "\x00\xff\n", 3);
+    assert_int_equal(outboxd_dbz_value(d, &pnull, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_true(tomb);
+    /* An empty bytea is no "empty payload": a ByteBuffer's toString() is
+     * never blank. */
+    assert_int_equal(outboxd_dbz_value(d, &pempty, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_false(tomb);
+    assert_int_equal(b.len, 0);
+    /* The same in the escape format (bytea_output = escape), whose empty
+     * text would be blank. */
+    outboxd_dbz_field_t pesc = {"payload", "", 0, 17};
+    assert_int_equal(outboxd_dbz_value(d, &pesc, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_false(tomb);
+    assert_int_equal(b.len, 0);
+    /* Not bytea, and no delegate: Debezium's task fails; the row is
+     * dead-lettered with the fix. */
+    assert_int_equal(outboxd_dbz_value(d, &ptext, NULL, 0, &b, &tomb, reason, sizeof(reason)), 1);
+    assert_non_null(strstr(reason, "value.converter.delegate.converter.type"));
+    outboxd_dbz_destroy(d);
+
+    /* With a JsonConverter delegate: text payloads and envelopes go to it;
+     * bytea in it is base64. */
+    const char *del[] = {"value.converter",
+                         BBCONV,
+                         "value.converter.delegate.converter.type",
+                         JSONCONV,
+                         "value.converter.delegate.converter.type.schemas.enable",
+                         "false",
+                         "table.fields.additional.placement",
+                         "sig:envelope",
+                         NULL};
+    d = dbz(del, err);
+    assert_non_null(d);
+    outboxd_dbz_field_t env[] = {{"sig", "\\x666f6f", 8, 17}};
+    assert_int_equal(outboxd_dbz_value(d, &p, env, 1, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_buf(&b, "{\"payload\":\"AP8K\",\"sig\":\"Zm9v\"}");
+    assert_int_equal(outboxd_dbz_value(d, &ptext, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_buf(&b, "\"{}\"");
+    outboxd_dbz_destroy(d);
+
+    /* JsonConverter, expansion on: a bytea payload is not expanded. */
+    const char *j[] = {"value.converter",
+                       JSONCONV,
+                       "table.expand.json.payload",
+                       "true",
+                       "key.converter",
+                       JSONCONV,
+                       "route.tombstone.on.empty.payload",
+                       "true",
+                       NULL};
+    d = dbz(j, err);
+    assert_int_equal(outboxd_dbz_value(d, &p, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_buf(&b, "\"AP8K\"");
+    /* An empty bytea is no "empty payload", in either text format. */
+    assert_int_equal(outboxd_dbz_value(d, &pesc, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_false(tomb);
+    assert_buf(&b, "\"\"");
+    assert_int_equal(outboxd_dbz_key(d, "\\x666f", 6, 17, &b), 0);
+    assert_buf(&b, "\"Zm8=\"");
+    outboxd_dbz_destroy(d);
+
+    /* Load-time errors: envelopes without a delegate, an Avro delegate, a
+     * delegate for another converter, the ByteArrayConverters. */
+    const char *noenv[] = {"value.converter", BBCONV, "table.fields.additional.placement",
+                           "sig:envelope", NULL};
+    assert_null(dbz(noenv, err));
+    assert_non_null(strstr(err, "sig:envelope makes the value a struct"));
+    const char *avdel[] = {"value.converter", BBCONV, "value.converter.delegate.converter.type",
+                           "io.confluent.connect.avro.AvroConverter", NULL};
+    assert_null(dbz(avdel, err));
+    assert_non_null(strstr(err, "is not supported"));
+    const char *strdel[] = {"value.converter", STRCONV, "value.converter.delegate.converter.type",
+                            JSONCONV, NULL};
+    assert_null(dbz(strdel, err));
+    assert_non_null(strstr(err, "is a setting of " BBCONV));
+    const char *dba[] = {"value.converter", "io.debezium.converters.ByteArrayConverter", NULL};
+    assert_null(dbz(dba, err));
+    assert_non_null(strstr(err, "ByteBuffer"));
+    assert_non_null(strstr(err, BBCONV));
+    const char *badel[] = {"value.converter", BACONV, "value.converter.delegate.converter.type",
+                           JSONCONV, NULL};
+    assert_null(dbz(badel, err));
+    const char *baenv[] = {"value.converter", BACONV, "table.fields.additional.placement",
+                           "sig:envelope", NULL};
+    assert_null(dbz(baenv, err));
+    assert_non_null(strstr(err, "cannot write"));
+
+    /* Kafka's ByteArrayConverter: bytea as it is; anything else fails. */
+    const char *ba[] = {"value.converter", BACONV, NULL};
+    d = dbz(ba, err);
+    assert_non_null(d);
+    assert_int_equal(outboxd_dbz_value(d, &p, NULL, 0, &b, &tomb, reason, sizeof(reason)), 0);
+    assert_int_equal(b.len, 3);
+    assert_int_equal(outboxd_dbz_value(d, &ptext, NULL, 0, &b, &tomb, reason, sizeof(reason)), 1);
+    assert_non_null(strstr(reason, BACONV));
+    assert_null(strstr(reason, "delegate"));
+    outboxd_dbz_destroy(d);
+    outboxd_buf_free(&b);
+}
+
 static void expand(const char *in, bool keep_nulls, const char *want)
 {
     outboxd_buf_t b = {0};
@@ -560,6 +682,14 @@ static void test_avro_key_and_string_value(void **state)
                                             &schema, &datum, &tomb, reason, sizeof(reason)),
                      0);
     assert_true(tomb);
+    /* bytea: Connect BYTES, Avro bytes (expansion does not apply). */
+    outboxd_dbz_field_t bin = {"payload", "\\x00ff0a", 8, 17};
+    assert_int_equal(outboxd_dbz_avro_value(d, "public.outbox", "order", &bin, NULL, 0, NULL,
+                                            &schema, &datum, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_false(tomb);
+    assert_buf(&schema, "[\"null\",\"bytes\"]");
+    assert_hex(&datum, "020600ff0a");
     outboxd_dbz_destroy(d);
     /* A NOT NULL key column: no union. */
     const char *kv2[] = {
@@ -890,6 +1020,7 @@ int main(void)
         cmocka_unit_test(test_key_converters),
         cmocka_unit_test(test_expand_json),
         cmocka_unit_test(test_values),
+        cmocka_unit_test(test_bytea),
         cmocka_unit_test(test_avro_key_and_string_value),
         cmocka_unit_test(test_avro_expanded),
         cmocka_unit_test(test_avro_envelope_version),

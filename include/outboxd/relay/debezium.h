@@ -58,9 +58,18 @@ typedef struct outboxd_dbz {
     bool value_json;         /* value.converter is JsonConverter (else StringConverter) */
     bool key_avro;           /* key.converter is an AvroConverter */
     bool value_avro;         /* value.converter is an AvroConverter */
-    char *col_version;       /* table.field.event.schema.version (an int4 column), or NULL */
-    char *topic_prefix;      /* topic.prefix: names the Avro value record of envelopes */
-    char **not_null;         /* outboxd.columns.not.null: NOT NULL columns (Avro schemas) */
+    /* value.converter passes bytes on (BinaryDataConverter, Kafka's
+     * ByteArrayConverter; the class name, else NULL): a bytea payload without
+     * envelope placements is the value as it is; with BinaryDataConverter
+     * (value_bytes_delegates) any other value goes to
+     * value.converter.delegate.converter.type (value_delegate; value_json
+     * says which); without one the row is dead-lettered. */
+    const char *value_bytes;
+    bool value_bytes_delegates;
+    bool value_delegate;
+    char *col_version;  /* table.field.event.schema.version (an int4 column), or NULL */
+    char *topic_prefix; /* topic.prefix: names the Avro value record of envelopes */
+    char **not_null;    /* outboxd.columns.not.null: NOT NULL columns (Avro schemas) */
     size_t n_not_null;
     /* Debezium caches the value struct's schema, named after the
      * route.by.field value of the first row that made it, per payload schema
@@ -90,7 +99,8 @@ int outboxd_dbz_key(const outboxd_dbz_t *d, const char *v, size_t len, uint32_t 
                     outboxd_buf_t *out);
 
 /* A column value as Connect's SimpleHeaderConverter renders it (booleans
- * true/false, other types their PostgreSQL text). Appends; 0 or -1 (OOM). */
+ * true/false, floats as Java prints them, bytea base64, other types their
+ * PostgreSQL text). Appends; 0 or -1 (OOM or malformed bytea text). */
 int outboxd_dbz_header_text(const char *v, size_t len, uint32_t type_oid, outboxd_buf_t *out);
 
 /* The payload text as Debezium's table.expand.json.payload and its
