@@ -100,23 +100,34 @@ typedef struct table_info {
     char *cmp_sql;    /* SELECT ROW(key casts) > ROW(...) for other key types */
     char *first_sql;  /* first chunk */
     char *next_sql;   /* chunks after a key */
+    char *more_sql;   /* whether a row follows a key */
     double row_bytes; /* bytes per row of the last chunk read (0: none yet) */
+    double est_bytes; /* the catalog's bytes per row (0: none), estimate_row_bytes */
+    bool estimated;   /* estimate_row_bytes ran */
 } table_info_t;
 
 /* A chunk holds about this many bytes of rows at most, besides
  * max_batch_events rows: its rows are in memory twice until its Kafka
  * commit (libpq's result, librdkafka's queue), so a bound in rows alone
- * would keep 5,000 rows of 1 MB (10 GB) resident. The first chunk a session
- * reads of a table is FIRST_CHUNK_ROWS rows; the bytes per row measured on
- * each chunk size the next. (The catalog's size cannot: TOAST compresses.) */
-#define CHUNK_BYTES      ((double)(16 << 20))
-#define FIRST_CHUNK_ROWS 64
+ * would keep 5,000 rows of 1 MB (10 GB) resident. The bytes per row measured
+ * on each chunk size the next. The first chunk a session reads of a table
+ * is at most FIRST_CHUNK_ROWS rows, fewer when the catalog's size per row
+ * says they are large (estimate_row_bytes: a lower bound, TOAST compresses),
+ * and FIRST_CHUNK_BLIND rows when the table is large and its row count
+ * unknown (never analyzed). */
+#define CHUNK_BYTES       ((double)(16 << 20))
+#define FIRST_CHUNK_ROWS  64
+#define FIRST_CHUNK_BLIND 4
 
 /* Rows the next chunk of ti asks for, at most max_rows. */
 static int chunk_rows(const table_info_t *ti, int max_rows)
 {
-    if (ti->row_bytes <= 0)
-        return max_rows < FIRST_CHUNK_ROWS ? max_rows : FIRST_CHUNK_ROWS;
+    if (ti->row_bytes <= 0) {
+        int first = FIRST_CHUNK_ROWS;
+        if (ti->est_bytes > 0 && CHUNK_BYTES / ti->est_bytes < first)
+            first = CHUNK_BYTES / ti->est_bytes < 1 ? 1 : (int)(CHUNK_BYTES / ti->est_bytes);
+        return max_rows < first ? max_rows : first;
+    }
     double rows = CHUNK_BYTES / ti->row_bytes;
     return rows >= max_rows ? max_rows : rows < 1 ? 1 : (int)rows;
 }
@@ -242,6 +253,7 @@ static void free_info(table_info_t *ti)
     free(ti->cmp_sql);
     free(ti->first_sql);
     free(ti->next_sql);
+    free(ti->more_sql);
     free(ti);
 }
 
@@ -810,6 +822,10 @@ static table_info_t *load_info(outboxd_snapshot_t *sn, int timeout_ms, const cha
             xstrdup_printf("SELECT %s FROM %s%s.%s WHERE %s%s%s(%s) > (%s) ORDER BY %s LIMIT $%d",
                            cols.data, from, qn, qr, filter ? "(" : "", filter ? filter : "",
                            filter ? ") AND " : "", keys.data, params.data, keys.data, npk + 1);
+        ti->more_sql =
+            xstrdup_printf("SELECT EXISTS (SELECT 1 FROM %s%s.%s WHERE %s%s%s(%s) > (%s))", from,
+                           qn, qr, filter ? "(" : "", filter ? filter : "", filter ? ") AND " : "",
+                           keys.data, params.data);
         ti->cmp_sql = xstrdup_printf("SELECT ROW(%s) > ROW(%s)", cmp_a.data, cmp_b.data);
     }
     PQfreemem(qn);
@@ -819,7 +835,7 @@ static table_info_t *load_info(outboxd_snapshot_t *sn, int timeout_ms, const cha
     outboxd_buf_free(&params);
     outboxd_buf_free(&cmp_a);
     outboxd_buf_free(&cmp_b);
-    if (!ti->first_sql || !ti->next_sql || !ti->cmp_sql) {
+    if (!ti->first_sql || !ti->next_sql || !ti->more_sql || !ti->cmp_sql) {
         free_info(ti);
         snprintf(errstr, errstr_size, "out of memory");
         return NULL;
@@ -1244,6 +1260,58 @@ static int exec_ok(outboxd_snapshot_t *sn, const char *sql, char *errstr, size_t
 }
 
 /* Whether any table after index i of the run has a row (under the snapshot). */
+/* Before a session's first chunk of ti: the catalog's bytes per row, the
+ * table's heap and TOAST size over its row count (see CHUNK_BYTES). 0, or -1
+ * (errstr). */
+static int estimate_row_bytes(outboxd_snapshot_t *sn, table_info_t *ti, char *errstr,
+                              size_t errstr_size)
+{
+    char oid[16];
+    snprintf(oid, sizeof(oid), "%u", ti->rel.oid);
+    const char *p[1] = {oid};
+    PGresult *res = sn_query(sn, run_bound(sn),
+                             "SELECT pg_catalog.pg_table_size(c.oid)::float8, c.reltuples::float8 "
+                             "FROM pg_catalog.pg_class c WHERE c.oid = $1::oid",
+                             1, p, "estimating a table's row size", errstr, errstr_size);
+    if (!res)
+        return -1;
+    ti->estimated = true;
+    if (PQntuples(res) == 1) {
+        double size = atof(PQgetvalue(res, 0, 0)), tuples = atof(PQgetvalue(res, 0, 1));
+        if (tuples >= 1)
+            ti->est_bytes = size / tuples;
+        else if (size > CHUNK_BYTES) /* never analyzed, and large */
+            ti->est_bytes = CHUNK_BYTES / FIRST_CHUNK_BLIND;
+        /* bytea arrives as hex text: two characters per byte. */
+        for (int c = 0; c < ti->rel.ncols && tuples >= 1; c++)
+            if (ti->rel.cols[c].type_oid == 17) {
+                ti->est_bytes *= 2;
+                break;
+            }
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Whether ti has a row after the key of res's row r (within its
+ * row_filter): 1, 0, or -1 (errstr). Asked instead of reading one row more
+ * than the chunk, which with rows of hundreds of megabytes doubled what a
+ * chunk of one row holds. */
+static int more_rows(outboxd_snapshot_t *sn, const table_info_t *ti, PGresult *res, int r,
+                     char *errstr, size_t errstr_size)
+{
+    const char *params[32];
+    for (int k = 0; k < ti->npk && k < 32; k++)
+        params[k] = PQgetvalue(res, r, ti->pk[k]);
+    PGresult *m = sn_query(sn, run_bound(sn), ti->more_sql, ti->npk < 32 ? ti->npk : 32, params,
+                           "looking for the table's next row", errstr, errstr_size);
+    if (!m)
+        return -1;
+    int more = PQntuples(m) == 1 && strcmp(PQgetvalue(m, 0, 0), "t") == 0;
+    PQclear(m);
+    return more;
+}
+
 static int later_rows(outboxd_snapshot_t *sn, json_t *tables, size_t i, char *errstr,
                       size_t errstr_size)
 {
@@ -1446,13 +1514,25 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             if (io->keepalive)
                 io->keepalive(io->opaque);
             int64_t t0 = outboxd_now_us();
+            if (ti->row_bytes <= 0 && !ti->estimated) {
+                if (estimate_row_bytes(sn, ti, err, sizeof(err)) < 0) {
+                    LOG_READ_FAILED(sn, "snapshot of %s: %s", tname, err);
+                    rc = give_up(&e, -1);
+                    break;
+                }
+                if (ti->est_bytes > 0)
+                    LOG_DEBUG(sn->name,
+                              "snapshot of %s: the catalog says %.0f bytes per row; first chunk "
+                              "of %d rows",
+                              tname, ti->est_bytes, chunk_rows(ti, chunk));
+            }
             int rows = chunk_rows(ti, chunk);
             if (sn->retry_rows > 0 && strcmp(sn->retry_table, tname) == 0)
                 rows = sn->retry_rows < chunk ? sn->retry_rows : chunk;
             sn->retry_rows = rows;
             snprintf(sn->retry_table, sizeof(sn->retry_table), "%s", tname);
             char limit[16];
-            snprintf(limit, sizeof(limit), "%d", rows + 1);
+            snprintf(limit, sizeof(limit), "%d", rows);
             const char *params[34];
             int np = 0;
             if (json_is_array(key)) {
@@ -1486,9 +1566,18 @@ int outboxd_snapshot_run(outboxd_snapshot_t *sn, const outboxd_snapshot_io_t *io
             }
             int64_t t_read = outboxd_now_us();
             int n = PQntuples(res);
-            bool more = n > rows;
-            if (more)
+            bool more = false;
+            if (n >= rows) {
                 n = rows;
+                int m = more_rows(sn, ti, res, n - 1, err, sizeof(err));
+                if (m < 0) {
+                    LOG_READ_FAILED(sn, "snapshot of %s: %s", tname, err);
+                    PQclear(res);
+                    rc = give_up(&e, -1);
+                    break;
+                }
+                more = m > 0;
+            }
             bool final = false;
             if (!more) {
                 int later = later_rows(sn, tables, i, err, sizeof(err));

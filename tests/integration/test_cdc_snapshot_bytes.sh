@@ -12,11 +12,18 @@
 #   - every row has exactly one "r" event in Kafka (read_committed), and a
 #     change after the snapshot streams;
 #   - outside the sanitizer build, the relay's peak RSS stays under 96 MB
-#     (measured 49 MB; with the whole table in one chunk, 133 MB).
+#     (measured 49 MB; with the whole table in one chunk, 133 MB);
+#   - a second table, rnd: RND_ROWS rows of 600 kB of random bytes (TOAST
+#     cannot compress them), analyzed: the catalog's size per row (doubled:
+#     bytea arrives as hex text) makes its first chunk 13 rows (16 MB over
+#     1.2 MB), at most 16 checked, where the fixed first chunk of 64 rows
+#     read the whole table (72 MB of text) at once; every row has one "r"
+#     event.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
 ROWS=400
+RND_ROWS=60
 DB=snapbytes_$RUN_ID
 SLOT="${DB}_slot"
 TOPIC="$RUN_ID.cdc.big"
@@ -31,6 +38,10 @@ psql_db postgres -c "CREATE DATABASE \"$DB\"" >/dev/null
 psql_db "$DB" <<SQL >/dev/null
 CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
 INSERT INTO big SELECT i, repeat(md5(i::text), 4700) FROM generate_series(1, $ROWS) i;
+CREATE TABLE rnd (id bigint PRIMARY KEY, b bytea NOT NULL);
+INSERT INTO rnd SELECT i, decode(string_agg(md5(random()::text || j), ''), 'hex')
+FROM generate_series(1, $RND_ROWS) i, generate_series(1, 37500) j GROUP BY i;
+ANALYZE rnd;
 SQL
 {
     RELAY_LOG_LEVEL=debug config_header
@@ -43,6 +54,12 @@ SQL
       - table: public.big
         mode: cdc
         topic: "$TOPIC"
+        format: json
+        json_schemas: false
+        snapshot: initial
+      - table: public.rnd
+        mode: cdc
+        topic: "$TOPIC.rnd"
         format: json
         json_schemas: false
         snapshot: initial
@@ -71,6 +88,17 @@ awk -v rows="$ROWS" '
         if (sum != rows) { print "the chunks hold " sum " rows, expected " rows; bad = 1 }
         exit bad
     }' "$WORK/chunks" >&2 || fail "snapshot chunks are not bounded in bytes (rows bytes: $(tr '\n' ';' <"$WORK/chunks"))"
+
+sed -n 's/.*snapshot of public\.rnd: [0-9]* rows published (chunk of \([0-9]*\) rows, \([0-9]*\) bytes.*/\1 \2/p' \
+    "$WORK/relay.log" >"$WORK/chunks_rnd"
+log "rnd chunks (rows bytes): $(tr '\n' ';' <"$WORK/chunks_rnd")"
+awk -v rows="$RND_ROWS" '
+    NR == 1 && $1 > 16 { print "the first chunk of rnd has " $1 " rows, expected at most 16"; bad = 1 }
+    { sum += $1 }
+    END { if (sum != rows) { print "the chunks of rnd hold " sum " rows, expected " rows; bad = 1 }; exit bad }' \
+    "$WORK/chunks_rnd" >&2 || fail "the first chunk of rnd is not sized from the catalog (rows bytes: $(tr '\n' ';' <"$WORK/chunks_rnd"))"
+n_rnd=$(consume_json -T "^$TOPIC\.rnd\$" | jq -r '(.value | if type == "string" then fromjson else . end) | select(.op == "r" and (.after.b | length) == 800000) | .after.id' | sort -u | wc -l)
+[ "$n_rnd" -eq "$RND_ROWS" ] || fail "expected $RND_ROWS r events of rnd with 600 kB each, got $n_rnd"
 
 consume_json -T "^$TOPIC\$" | jq -r '(.value | if type == "string" then fromjson else . end) | "\(.op) \(.after.id) \(.after.pad | length)"' >"$WORK/events"
 n_r=$(awk '$1 == "r" && $3 == 150400' "$WORK/events" | awk '{print $2}' | sort -un | wc -l)
