@@ -564,6 +564,15 @@ static colref_t *alloc_colrefs(const outboxd_table_conf_t *t)
     return calloc(7 + t->n_header_columns, sizeof(colref_t));
 }
 
+/* A Debezium drop-in table's value.converter, or NULL. */
+static const char *dbz_value_converter(const outboxd_table_conf_t *t)
+{
+    for (size_t i = 0; i < t->n_debezium; i++)
+        if (strcmp(t->debezium[i].key, "value.converter") == 0)
+            return t->debezium[i].value;
+    return NULL;
+}
+
 /* 4. Every configured column of an outbox table exists; payload is text-like. */
 static void check_columns(check_t *c)
 {
@@ -611,8 +620,19 @@ static void check_columns(check_t *c)
                  * particular) would arrive as their text output, which is
                  * not what a consumer expects. A Debezium drop-in table
                  * writes bytea as Debezium does (its converters' bytes). */
-                if (type != JSONB_OID && type != JSON_OID && type != TEXT_OID &&
-                    type != VARCHAR_OID && !(type == BYTEA_OID && t->n_debezium))
+                const char *conv = dbz_value_converter(t);
+                if (type == BYTEA_OID && conv &&
+                    strcmp(conv, "org.apache.kafka.connect.storage.StringConverter") == 0)
+                    problem(c,
+                            "column '%s' of %s.%s (configured as %s) is bytea, and through "
+                            "value.converter StringConverter Debezium writes a ByteBuffer's "
+                            "toString() (java.nio.HeapByteBuffer[pos=0 lim=...]), not the "
+                            "bytes; set value.converter to "
+                            "io.debezium.converters.BinaryDataConverter (the bytes as they "
+                            "are) or JsonConverter (base64)",
+                            refs[r].name, t->schema, t->name, key);
+                else if (type != JSONB_OID && type != JSON_OID && type != TEXT_OID &&
+                         type != VARCHAR_OID && !(type == BYTEA_OID && t->n_debezium))
                     problem(c,
                             "column '%s' of %s.%s (configured as %s) is %s, but the payload "
                             "must be jsonb, json, text or varchar (or bytea with a debezium: "

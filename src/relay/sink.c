@@ -201,6 +201,8 @@ static void release(outboxd_sink_t *s);
 static void pool_poll_idle(outboxd_sink_pool_t *p);
 static outboxd_sink_status_t pool_start(outboxd_sink_t *s, char *errstr, size_t errstr_size);
 static int replace_slot_producer(outboxd_sink_t *s, char *errstr, size_t errstr_size);
+static int replace_slot_producer_as(outboxd_sink_t *s, bool routine, char *errstr,
+                                    size_t errstr_size);
 
 /* The sink a producer's callback reports to: its own, or for a pool
  * producer the sink that borrowed it (see outboxd_sink_pool_t). */
@@ -1131,7 +1133,7 @@ static int64_t abort_limit_ms(rd_kafka_t *rk)
 static outboxd_sink_status_t refresh_producer(outboxd_sink_t *s, char *errstr, size_t errstr_size)
 {
     if (s->slot) {
-        if (replace_slot_producer(s, errstr, errstr_size) < 0) {
+        if (replace_slot_producer_as(s, true, errstr, errstr_size) < 0) {
             s->reset_needed = true;
             return OUTBOXD_SINK_FATAL;
         }
@@ -1158,7 +1160,10 @@ static outboxd_sink_status_t refresh_producer(outboxd_sink_t *s, char *errstr, s
             outboxd_now_ms() >= deadline) {
             classify(s, err, "init_transactions of a new producer after a refused record", errstr,
                      errstr_size);
-            s->reset_needed = true;
+            /* Fenced: another instance took over, and the source stops
+             * (new producers would fence it back). */
+            if (!s->fenced)
+                s->reset_needed = true;
             return OUTBOXD_SINK_FATAL;
         }
         rd_kafka_error_destroy(err);
@@ -1850,6 +1855,13 @@ static outboxd_sink_status_t pool_start(outboxd_sink_t *s, char *errstr, size_t 
  * resumes it. */
 static int replace_slot_producer(outboxd_sink_t *s, char *errstr, size_t errstr_size)
 {
+    return replace_slot_producer_as(s, false, errstr, errstr_size);
+}
+
+/* routine: after a refused record (refresh_producer), logged at debug. */
+static int replace_slot_producer_as(outboxd_sink_t *s, bool routine, char *errstr,
+                                    size_t errstr_size)
+{
     pool_slot_t *sl = s->slot;
     outboxd_sink_t *h = sl->holder;
     if (h->rk) { /* NULL when an earlier replacement failed */
@@ -1867,7 +1879,10 @@ static int replace_slot_producer(outboxd_sink_t *s, char *errstr, size_t errstr_
         return -1; /* still broken: the next borrower tries again */
     sl->broken = false;
     s->rk = h->rk;
-    LOG_WARN(s->src->name, "replaced pool producer %s", h->txnid);
+    if (routine)
+        LOG_DEBUG(s->src->name, "replaced pool producer %s after a refused record", h->txnid);
+    else
+        LOG_WARN(s->src->name, "replaced pool producer %s", h->txnid);
     for (int attempt = 0; attempt < 3 && !sl->ready; attempt++) {
         if (s->keepalive)
             s->keepalive(s->opaque);

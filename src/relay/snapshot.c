@@ -1259,7 +1259,6 @@ static int exec_ok(outboxd_snapshot_t *sn, const char *sql, char *errstr, size_t
     return 0;
 }
 
-/* Whether any table after index i of the run has a row (under the snapshot). */
 /* Before a session's first chunk of ti: the catalog's bytes per row, the
  * table's heap and TOAST size over its row count (see CHUNK_BYTES). 0, or -1
  * (errstr). */
@@ -1269,21 +1268,35 @@ static int estimate_row_bytes(outboxd_snapshot_t *sn, table_info_t *ti, char *er
     char oid[16];
     snprintf(oid, sizeof(oid), "%u", ti->rel.oid);
     const char *p[1] = {oid};
-    PGresult *res = sn_query(sn, run_bound(sn),
-                             "SELECT pg_catalog.pg_table_size(c.oid)::float8, c.reltuples::float8 "
-                             "FROM pg_catalog.pg_class c WHERE c.oid = $1::oid",
-                             1, p, "estimating a table's row size", errstr, errstr_size);
+    /* A partitioned table's rows are its partitions' (pg_inherits rather
+     * than pg_partition_tree, which PostgreSQL 10 and 11 lack); a plain
+     * table's are its own (read FROM ONLY). A row count is unknown before
+     * the first ANALYZE: -1 from PostgreSQL 14 on, 0 before. */
+    PGresult *res = sn_query(
+        sn, run_bound(sn),
+        "WITH RECURSIVE t(oid) AS (SELECT $1::oid UNION ALL SELECT i.inhrelid FROM "
+        "pg_catalog.pg_inherits i JOIN t ON i.inhparent = t.oid JOIN pg_catalog.pg_class p ON "
+        "p.oid = t.oid WHERE p.relkind = 'p') "
+        "SELECT coalesce(sum(pg_catalog.pg_table_size(c.oid)), 0)::float8, "
+        "coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind <> 'p'), 0)::float8, "
+        "coalesce(bool_or(c.relkind <> 'p' AND c.reltuples <= 0 AND "
+        "pg_catalog.pg_table_size(c.oid) > 0), false) "
+        "FROM t JOIN pg_catalog.pg_class c ON c.oid = t.oid",
+        1, p, "estimating a table's row size", errstr, errstr_size);
     if (!res)
         return -1;
     ti->estimated = true;
     if (PQntuples(res) == 1) {
         double size = atof(PQgetvalue(res, 0, 0)), tuples = atof(PQgetvalue(res, 0, 1));
-        if (tuples >= 1)
+        bool unknown = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
+        if (unknown) {
+            if (size > CHUNK_BYTES) /* never analyzed, and large */
+                ti->est_bytes = CHUNK_BYTES / FIRST_CHUNK_BLIND;
+        } else if (tuples >= 1) {
             ti->est_bytes = size / tuples;
-        else if (size > CHUNK_BYTES) /* never analyzed, and large */
-            ti->est_bytes = CHUNK_BYTES / FIRST_CHUNK_BLIND;
+        }
         /* bytea arrives as hex text: two characters per byte. */
-        for (int c = 0; c < ti->rel.ncols && tuples >= 1; c++)
+        for (int c = 0; c < ti->rel.ncols && !unknown && tuples >= 1; c++)
             if (ti->rel.cols[c].type_oid == 17) {
                 ti->est_bytes *= 2;
                 break;
@@ -1312,6 +1325,7 @@ static int more_rows(outboxd_snapshot_t *sn, const table_info_t *ti, PGresult *r
     return more;
 }
 
+/* Whether any table after index i of the run has a row (under the snapshot). */
 static int later_rows(outboxd_snapshot_t *sn, json_t *tables, size_t i, char *errstr,
                       size_t errstr_size)
 {

@@ -18,7 +18,8 @@
 #     bytea arrives as hex text) makes its first chunk 13 rows (16 MB over
 #     1.2 MB), at most 16 checked, where the fixed first chunk of 64 rows
 #     read the whole table (72 MB of text) at once; every row has one "r"
-#     event.
+#     event. The same for rndp, partitioned (its rows are its partitions':
+#     the parent's own size is 0).
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -42,6 +43,11 @@ CREATE TABLE rnd (id bigint PRIMARY KEY, b bytea NOT NULL);
 INSERT INTO rnd SELECT i, decode(string_agg(md5(random()::text || j), ''), 'hex')
 FROM generate_series(1, $RND_ROWS) i, generate_series(1, 37500) j GROUP BY i;
 ANALYZE rnd;
+CREATE TABLE rndp (id bigint PRIMARY KEY, b bytea NOT NULL) PARTITION BY RANGE (id);
+CREATE TABLE rndp_1 PARTITION OF rndp FOR VALUES FROM (1) TO (31);
+CREATE TABLE rndp_2 PARTITION OF rndp FOR VALUES FROM (31) TO (1000);
+INSERT INTO rndp SELECT * FROM rnd;
+ANALYZE rndp;
 SQL
 {
     RELAY_LOG_LEVEL=debug config_header
@@ -60,6 +66,12 @@ SQL
       - table: public.rnd
         mode: cdc
         topic: "$TOPIC.rnd"
+        format: json
+        json_schemas: false
+        snapshot: initial
+      - table: public.rndp
+        mode: cdc
+        topic: "$TOPIC.rndp"
         format: json
         json_schemas: false
         snapshot: initial
@@ -89,16 +101,18 @@ awk -v rows="$ROWS" '
         exit bad
     }' "$WORK/chunks" >&2 || fail "snapshot chunks are not bounded in bytes (rows bytes: $(tr '\n' ';' <"$WORK/chunks"))"
 
-sed -n 's/.*snapshot of public\.rnd: [0-9]* rows published (chunk of \([0-9]*\) rows, \([0-9]*\) bytes.*/\1 \2/p' \
-    "$WORK/relay.log" >"$WORK/chunks_rnd"
-log "rnd chunks (rows bytes): $(tr '\n' ';' <"$WORK/chunks_rnd")"
-awk -v rows="$RND_ROWS" '
-    NR == 1 && $1 > 16 { print "the first chunk of rnd has " $1 " rows, expected at most 16"; bad = 1 }
-    { sum += $1 }
-    END { if (sum != rows) { print "the chunks of rnd hold " sum " rows, expected " rows; bad = 1 }; exit bad }' \
-    "$WORK/chunks_rnd" >&2 || fail "the first chunk of rnd is not sized from the catalog (rows bytes: $(tr '\n' ';' <"$WORK/chunks_rnd"))"
-n_rnd=$(consume_json -T "^$TOPIC\.rnd\$" | jq -r '(.value | if type == "string" then fromjson else . end) | select(.op == "r" and (.after.b | length) == 800000) | .after.id' | sort -u | wc -l)
-[ "$n_rnd" -eq "$RND_ROWS" ] || fail "expected $RND_ROWS r events of rnd with 600 kB each, got $n_rnd"
+for tb in rnd rndp; do
+    sed -n "s/.*snapshot of public\\.$tb: [0-9]* rows published (chunk of \\([0-9]*\\) rows, \\([0-9]*\\) bytes.*/\\1 \\2/p" \
+        "$WORK/relay.log" >"$WORK/chunks_$tb"
+    log "$tb chunks (rows bytes): $(tr '\n' ';' <"$WORK/chunks_$tb")"
+    awk -v rows="$RND_ROWS" -v tb="$tb" '
+        NR == 1 && $1 > 16 { print "the first chunk of " tb " has " $1 " rows, expected at most 16"; bad = 1 }
+        { sum += $1 }
+        END { if (sum != rows) { print "the chunks of " tb " hold " sum " rows, expected " rows; bad = 1 }; exit bad }' \
+        "$WORK/chunks_$tb" >&2 || fail "the first chunk of $tb is not sized from the catalog (rows bytes: $(tr '\n' ';' <"$WORK/chunks_$tb"))"
+    n_rnd=$(consume_json -T "^$TOPIC\\.$tb\$" | jq -r '(.value | if type == "string" then fromjson else . end) | select(.op == "r" and (.after.b | length) == 800000) | .after.id' | sort -u | wc -l)
+    [ "$n_rnd" -eq "$RND_ROWS" ] || fail "expected $RND_ROWS r events of $tb with 600 kB each, got $n_rnd"
+done
 
 consume_json -T "^$TOPIC\$" | jq -r '(.value | if type == "string" then fromjson else . end) | "\(.op) \(.after.id) \(.after.pad | length)"' >"$WORK/events"
 n_r=$(awk '$1 == "r" && $3 == 150400' "$WORK/events" | awk '{print $2}' | sort -un | wc -l)

@@ -186,6 +186,35 @@ psql_db "$DB2" -c "ALTER TABLE outbox DROP COLUMN aggregateid"
 write_config "$WORK/col.yaml" "$DB2"
 expect_check "$WORK/col.yaml" 1 "has no column 'aggregateid'" "problem(s) found"
 
+# 2b. A bytea payload: a problem with a plain outbox table and with a
+# Debezium drop-in table through StringConverter (Debezium writes a
+# ByteBuffer's toString()), fine through BinaryDataConverter.
+DB2B=cbin_$RUN_ID
+create_outbox_db "$DB2B"
+psql_db "$DB2B" -c "ALTER TABLE outbox ALTER COLUMN payload TYPE bytea USING convert_to(payload::text, 'UTF8')"
+bin_config() { # bin_config FILE VALUE_CONVERTER
+    {
+        config_header
+        cat <<EOF
+  - name: $DB2B
+    dsn: "host=$PGHOST port=$PGPORT dbname=$DB2B user=$PGUSER"
+    slot: "${DB2B}_$RUN_ID"
+    tables:
+      - table: public.outbox
+        debezium:
+          value.converter: $2
+EOF
+    } >"$1"
+}
+write_config "$WORK/bin_plain.yaml" "$DB2B"
+expect_check "$WORK/bin_plain.yaml" 1 "is bytea, but the payload must be jsonb, json, text or varchar" "problem(s) found"
+bin_config "$WORK/bin_str.yaml" org.apache.kafka.connect.storage.StringConverter
+expect_check "$WORK/bin_str.yaml" 1 "is bytea, and through value.converter StringConverter Debezium writes a ByteBuffer's toString()" "problem(s) found"
+bin_config "$WORK/bin_raw.yaml" io.debezium.converters.BinaryDataConverter
+"$OUTBOXD_BIN" check -c "$WORK/bin_raw.yaml" >"$WORK/check.out" 2>&1 || true
+cat "$WORK/check.out" >&2
+grep -q "bytea" "$WORK/check.out" && fail "check reports a bytea payload through BinaryDataConverter"
+
 # 3. A missing publication that we may not create.
 DB3=cpub_$RUN_ID
 create_outbox_db "$DB3"
