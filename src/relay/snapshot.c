@@ -1280,7 +1280,10 @@ static int estimate_row_bytes(outboxd_snapshot_t *sn, table_info_t *ti, char *er
         "SELECT coalesce(sum(pg_catalog.pg_table_size(c.oid)), 0)::float8, "
         "coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind <> 'p'), 0)::float8, "
         "coalesce(bool_or(c.relkind <> 'p' AND c.reltuples <= 0 AND "
-        "pg_catalog.pg_table_size(c.oid) > 0), false) "
+        "pg_catalog.pg_table_size(c.oid) > 0), false), "
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON "
+        "y.oid = a.atttypid WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT "
+        "a.attisdropped AND 'bytea'::regtype IN (y.oid, y.typbasetype)) "
         "FROM t JOIN pg_catalog.pg_class c ON c.oid = t.oid",
         1, p, "estimating a table's row size", errstr, errstr_size);
     if (!res)
@@ -1295,12 +1298,10 @@ static int estimate_row_bytes(outboxd_snapshot_t *sn, table_info_t *ti, char *er
         } else if (tuples >= 1) {
             ti->est_bytes = size / tuples;
         }
-        /* bytea arrives as hex text: two characters per byte. */
-        for (int c = 0; c < ti->rel.ncols && !unknown && tuples >= 1; c++)
-            if (ti->rel.cols[c].type_oid == 17) {
-                ti->est_bytes *= 2;
-                break;
-            }
+        /* bytea (or a domain over it) arrives as hex text: two characters
+         * per byte. */
+        if (!unknown && strcmp(PQgetvalue(res, 0, 3), "t") == 0)
+            ti->est_bytes *= 2;
     }
     PQclear(res);
     return 0;
