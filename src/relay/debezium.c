@@ -980,19 +980,25 @@ static bool dump_json(const json_t *v, bool keep_nulls, outboxd_buf_t *out)
     return false;
 }
 
-/* A column value as a JSON value of the Connect type Debezium gives it:
- * integers and booleans as such, floats as Java doubles, others strings. */
-/* bytea: Connect BYTES (a ByteBuffer), which JsonConverter writes as a
- * base64 string (Jackson's binary node). */
-static bool bytea_json(outboxd_buf_t *out, const char *v, size_t len)
+/* bytea text as base64: Connect BYTES (a ByteBuffer) as JsonConverter
+ * (Jackson's binary node) and Connect's Values text (headers) write it. */
+static bool bytea_base64(outboxd_buf_t *out, const char *v, size_t len)
 {
     outboxd_buf_t raw = {0};
-    bool ok = outboxd_bytea_parse(v, len, &raw) && outboxd_buf_append(out, "\"", 1) &&
-              outboxd_buf_base64(out, raw.data, raw.len) && outboxd_buf_append(out, "\"", 1);
+    bool ok = outboxd_bytea_parse(v, len, &raw) && outboxd_buf_base64(out, raw.data, raw.len);
     outboxd_buf_free(&raw);
     return ok;
 }
 
+static bool bytea_json(outboxd_buf_t *out, const char *v, size_t len)
+{
+    return outboxd_buf_append(out, "\"", 1) && bytea_base64(out, v, len) &&
+           outboxd_buf_append(out, "\"", 1);
+}
+
+/* A column value as a JSON value of the Connect type Debezium gives it:
+ * integers and booleans as such, floats as Java doubles, bytea base64,
+ * others strings. */
 static bool column_json(outboxd_buf_t *out, const char *v, size_t len, uint32_t oid)
 {
     if (!v)
@@ -1030,10 +1036,7 @@ int outboxd_dbz_header_text(const char *v, size_t len, uint32_t type_oid, outbox
     if (type_oid == OID_BOOL) {
         ok = outboxd_buf_append_str(out, len && v[0] == 't' ? "true" : "false");
     } else if (type_oid == OID_BYTEA) {
-        /* Connect's Values text of BYTES: base64. */
-        outboxd_buf_t raw = {0};
-        ok = outboxd_bytea_parse(v, len, &raw) && outboxd_buf_base64(out, raw.data, raw.len);
-        outboxd_buf_free(&raw);
+        ok = bytea_base64(out, v, len);
     } else if (type_oid == OID_FLOAT4 || type_oid == OID_FLOAT8) {
         /* Connect's FLOAT32/FLOAT64 as text: Java's Float/Double.toString
          * (1.0 where PostgreSQL prints 1, 1.0E-4 where it prints 0.0001). */

@@ -544,11 +544,11 @@ static long utf8_invalid_at(const char *s, size_t len)
 static char *base64(const char *data, size_t len)
 {
     outboxd_buf_t b = {0};
-    if (!outboxd_buf_base64(&b, data, len) || !b.data) {
+    if (!outboxd_buf_base64(&b, data, len)) {
         outboxd_buf_free(&b);
-        return len ? NULL : strdup("");
+        return NULL;
     }
-    return b.data;
+    return b.data; /* reserve allocates, also for len 0 */
 }
 
 /* Bytes of column data a tuple holds, before any copy or encoding. */
