@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "outboxd/common/avro_json.h"
 #include "outboxd/relay/router.h"
@@ -512,19 +513,19 @@ static bool ends_with(const char *s, const char *tail)
  * A converter's own setting (key.converter.<setting>): the registry's
  * address and credentials are outboxd's schema_registry block, so most are
  * accepted as they are; those that would change the bytes are checked.
+ * schemas.enable (JsonConverter's; other converters ignore it) goes to
+ * *schemas: 1 true, 0 false, as Kafka's ConfigDef reads a boolean.
  */
-static int converter_setting(const char *k, const char *setting, const char *v, char *errstr,
-                             size_t errstr_size)
+static int converter_setting(const char *k, const char *setting, const char *v, int *schemas,
+                             char *errstr, size_t errstr_size)
 {
     if (strcmp(setting, "schemas.enable") == 0) {
-        if (strcmp(v, "false") != 0) {
-            snprintf(errstr, errstr_size,
-                     "%s: only false is supported (JSON with an inline Connect schema is "
-                     "not produced by outboxd)",
-                     k);
-            return -1;
+        if (strcasecmp(v, "true") == 0 || strcasecmp(v, "false") == 0) {
+            *schemas = strcasecmp(v, "true") == 0;
+            return 0;
         }
-        return 0;
+        snprintf(errstr, errstr_size, "%s: expected true or false, got '%.100s'", k, v);
+        return -1;
     }
     const char *bad = NULL;
     if (strcmp(setting, "apicurio.registry.as-confluent") == 0 && strcmp(v, "true") != 0)
@@ -599,6 +600,9 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
     const char *c_id = NULL, *c_key = NULL, *c_payload = NULL, *c_route = NULL;
     bool have_value_conv = false;
     const char *delegate = NULL; /* value.converter.delegate.converter.type */
+    /* schemas.enable of the key, value and delegate converters; JsonConverter's
+     * default is true */
+    int key_schemas = 1, value_schemas = 1, delegate_schemas = 1;
     char **names = NULL;
     int *map = NULL;
     size_t n_java = 0;
@@ -665,11 +669,11 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
         } else if (strcmp(k, "value.converter.delegate.converter.type") == 0)
             delegate = v;
         else if (strncmp(k, "value.converter.delegate.converter.type.", 40) == 0)
-            rc = converter_setting(k, k + 40, v, errstr, errstr_size);
+            rc = converter_setting(k, k + 40, v, &delegate_schemas, errstr, errstr_size);
         else if (strncmp(k, "key.converter.", 14) == 0)
-            rc = converter_setting(k, k + 14, v, errstr, errstr_size);
+            rc = converter_setting(k, k + 14, v, &key_schemas, errstr, errstr_size);
         else if (strncmp(k, "value.converter.", 16) == 0)
-            rc = converter_setting(k, k + 16, v, errstr, errstr_size);
+            rc = converter_setting(k, k + 16, v, &value_schemas, errstr, errstr_size);
         else {
             snprintf(errstr, errstr_size,
                      "unknown or unsupported Debezium property '%.200s' (see README "
@@ -708,6 +712,8 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
         }
         d->value_delegate = true;
     }
+    d->key_schemas = d->key_json && key_schemas;
+    d->value_schemas = d->value_json && (d->value_delegate ? delegate_schemas : value_schemas);
     for (size_t i = 0; i < d->n_places; i++)
         if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE && d->value_bytes && !d->value_delegate) {
             snprintf(errstr, errstr_size,
@@ -728,13 +734,15 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
                      d->places[i].column);
             goto fail;
         }
-    if (!d->topic_prefix && d->value_avro)
+    if (!d->topic_prefix && (d->value_avro || d->value_schemas))
         for (size_t i = 0; i < d->n_places; i++)
             if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE) {
-                /* The value record is named <topic.prefix>.<schema>.<table>.<route>.Value. */
+                /* The value struct is named <topic.prefix>.<schema>.<table>.<route>.Value. */
                 snprintf(errstr, errstr_size,
-                         "topic.prefix (the connector's) is required with AvroConverter and "
-                         "envelope placements: it names the value's Avro record");
+                         "topic.prefix (the connector's) is required with envelope placements "
+                         "and %s: it names the value's %s",
+                         d->value_avro ? "AvroConverter" : "JsonConverter with schemas.enable",
+                         d->value_avro ? "Avro record" : "Connect schema");
                 goto fail;
             }
     if (!d->topic_prefix && !(d->topic_prefix = strdup(""))) {
@@ -1890,6 +1898,89 @@ static const char *struct_route(outboxd_dbz_t *d, const char *key, const char *r
     return vs;
 }
 
+/*
+ * The value struct of envelope placements: {payload (pc, owned from here
+ * on, also on failure), the envelope columns...}, named
+ * <prefix>.<schema>.<table>.<route>.Value after the first row of its payload
+ * schema (or version) since start, as Debezium's cache does, and versioned
+ * by the schema version column. conv names the converter in reasons. 0 with
+ * *out; 1 with reason (a row Debezium could not convert); -1 (OOM).
+ */
+static int value_struct(outboxd_dbz_t *d, const char *table, const char *routed, cs_t *pc,
+                        const outboxd_dbz_field_t *env, size_t n_env,
+                        const outboxd_dbz_field_t *version, const char *conv, cs_t **out,
+                        char *reason, size_t reason_size)
+{
+    *out = NULL;
+    int rc = -1;
+    cs_t *st = NULL;
+    outboxd_buf_t key = {0}, ptext = {0}, name = {0};
+    bool has_version = version && version->data, unsupported;
+    long ver = 0;
+    if (has_version) {
+        char tmp[32], *end;
+        snprintf(tmp, sizeof(tmp), "%.*s", (int)(version->len < 31 ? version->len : 31),
+                 version->data);
+        ver = strtol(tmp, &end, 10);
+        if (*end || version->type_oid != OID_INT4) {
+            snprintf(reason, reason_size,
+                     "table.field.event.schema.version column '%s' must be an int4 column "
+                     "(Debezium reads it as INT32)",
+                     version->name);
+            rc = 1;
+            goto out;
+        }
+    }
+    if (d->col_version) {
+        if (!outboxd_buf_printf(&key, "v:%ld:%d", ver, has_version))
+            goto out;
+    } else if (!avro_schema(&ptext, pc, NULL, false) || !outboxd_buf_append_str(&key, "p:") ||
+               !outboxd_buf_append(&key, ptext.data, ptext.len)) {
+        goto out;
+    }
+    if (!outboxd_buf_append(&key, "", 1))
+        goto out;
+    const char *route = struct_route(d, key.data, routed);
+    if (!outboxd_buf_printf(&name, "%s%s%s.%s.Value", d->topic_prefix, *d->topic_prefix ? "." : "",
+                            table, route))
+        goto out;
+    if (!(st = cs_new(CS_STRUCT, false, name.data, 0)))
+        goto out;
+    if (has_version) {
+        /* SchemaBuilder.version(): Connect's version, any int (a version
+         * of 0 or less is still one). */
+        st->version = (int)ver;
+        st->has_version = true;
+    }
+    bool added = cs_add(st, "payload", pc);
+    pc = NULL;
+    if (!added)
+        goto out;
+    for (size_t i = 0; i < n_env; i++) {
+        cs_t *f = column_schema(d, env[i].name, env[i].type_oid, &unsupported);
+        if (!f && unsupported) {
+            snprintf(reason, reason_size,
+                     "envelope column '%s' has a type (oid %u) outboxd does not render through "
+                     "%s (text, varchar, uuid, json, integers, floats, boolean, bytea)",
+                     env[i].name, env[i].type_oid, conv);
+            rc = 1;
+            goto out;
+        }
+        if (!f || !cs_add(st, env[i].name, f))
+            goto out;
+    }
+    *out = st;
+    st = NULL;
+    rc = 0;
+out:
+    cs_free(pc);
+    cs_free(st);
+    outboxd_buf_free(&key);
+    outboxd_buf_free(&ptext);
+    outboxd_buf_free(&name);
+    return rc;
+}
+
 int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *routed,
                            const outboxd_dbz_field_t *payload, const outboxd_dbz_field_t *env,
                            size_t n_env, const outboxd_dbz_field_t *version, outboxd_buf_t *schema,
@@ -1909,7 +2000,7 @@ int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *rout
         return 0;
     int rc = -1;
     cs_t *pc = NULL, *st = NULL;
-    outboxd_buf_t pdatum = {0}, key = {0};
+    outboxd_buf_t pdatum = {0};
     bool fallback = true, unsupported;
     if (d->expand_json && payload->data && payload->type_oid != OID_BYTEA) {
         if (expand_avro(d, payload, &pc, &pdatum, &fallback) < 0)
@@ -1951,75 +2042,12 @@ int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *rout
         rc = 0;
         goto out;
     }
-    /* The value struct: payload and the envelope columns; named
-     * <prefix>.<schema>.<table>.<route>.Value after the first row of its
-     * payload schema (or version) since start, as Debezium's cache does. */
-    outboxd_buf_t ptext = {0};
-    bool has_version = version && version->data;
-    long ver = 0;
-    if (has_version) {
-        char tmp[32], *end;
-        snprintf(tmp, sizeof(tmp), "%.*s", (int)(version->len < 31 ? version->len : 31),
-                 version->data);
-        ver = strtol(tmp, &end, 10);
-        if (*end || version->type_oid != OID_INT4) {
-            snprintf(reason, reason_size,
-                     "table.field.event.schema.version column '%s' must be an int4 column "
-                     "(Debezium reads it as INT32)",
-                     version->name);
-            rc = 1;
-            goto out;
-        }
-    }
-    if (d->col_version) {
-        if (!outboxd_buf_printf(&key, "v:%ld:%d", ver, has_version))
-            goto out;
-    } else {
-        if (!avro_schema(&ptext, pc, NULL, false) || !outboxd_buf_append_str(&key, "p:") ||
-            !outboxd_buf_append(&key, ptext.data, ptext.len)) {
-            outboxd_buf_free(&ptext);
-            goto out;
-        }
-        outboxd_buf_free(&ptext);
-    }
-    if (!outboxd_buf_append(&key, "", 1))
-        goto out;
-    const char *route = struct_route(d, key.data, routed);
-    outboxd_buf_t name = {0};
-    if (!outboxd_buf_printf(&name, "%s%s%s.%s.Value", d->topic_prefix, *d->topic_prefix ? "." : "",
-                            table, route)) {
-        outboxd_buf_free(&name);
-        goto out;
-    }
-    st = cs_new(CS_STRUCT, false, name.data, 0);
-    outboxd_buf_free(&name);
-    if (!st)
-        goto out;
-    if (has_version) {
-        /* SchemaBuilder.version(): Connect's version, any int; Avro's
-         * connect.version property (a version of 0 or less is still one). */
-        st->version = (int)ver;
-        st->has_version = true;
-    }
-    if (!cs_add(st, "payload", pc)) {
-        pc = NULL;
-        goto out;
-    }
-    cs_t *payload_schema = pc;
+    rc = value_struct(d, table, routed, pc, env, n_env, version, "an AvroConverter", &st, reason,
+                      reason_size);
     pc = NULL;
-    for (size_t i = 0; i < n_env; i++) {
-        cs_t *f = column_schema(d, env[i].name, env[i].type_oid, &unsupported);
-        if (!f && unsupported) {
-            snprintf(reason, reason_size,
-                     "envelope column '%s' has a type (oid %u) outboxd does not render through "
-                     "an AvroConverter (text, varchar, uuid, json, integers, floats, boolean)",
-                     env[i].name, env[i].type_oid);
-            rc = 1;
-            goto out;
-        }
-        if (!f || !cs_add(st, env[i].name, f))
-            goto out;
-    }
+    if (rc != 0)
+        goto out;
+    rc = -1;
     if (!avro_names_ok(st, reason, reason_size)) {
         rc = 1;
         goto out;
@@ -2027,7 +2055,7 @@ int outboxd_dbz_avro_value(outboxd_dbz_t *d, const char *table, const char *rout
     if (!avro_schema(schema, st, NULL, true))
         goto out;
     /* payload: optional in the struct (a union) */
-    if (payload_schema->optional) {
+    if (st->fields[0]->optional) {
         if (!payload->data) {
             if (!outboxd_avro_write_long(datum, 0))
                 goto out;
@@ -2057,6 +2085,216 @@ out:
     cs_free(pc);
     cs_free(st);
     outboxd_buf_free(&pdatum);
-    outboxd_buf_free(&key);
+    return rc;
+}
+
+/* ---- JsonConverter with schemas.enable (its default) ---- */
+
+static const char *connect_type(cs_type_t t)
+{
+    switch (t) {
+    case CS_STRING:
+        return "string";
+    case CS_INT16:
+        return "int16";
+    case CS_INT32:
+        return "int32";
+    case CS_INT64:
+        return "int64";
+    case CS_FLOAT32:
+        return "float";
+    case CS_FLOAT64:
+        return "double";
+    case CS_BOOL:
+        return "boolean";
+    case CS_BYTES:
+        return "bytes";
+    case CS_ARRAY:
+        return "array";
+    case CS_STRUCT:
+        return "struct";
+    }
+    return "string";
+}
+
+/* A Connect schema as JsonConverter.asJsonSchema writes it: type (with its
+ * fields or items), optional, name, version; fname, a struct field's name,
+ * last ("field"). */
+static bool connect_schema_json(outboxd_buf_t *o, const cs_t *c, const char *fname)
+{
+    bool ok = outboxd_buf_printf(o, "{\"type\":\"%s\"", connect_type(c->type));
+    if (c->type == CS_ARRAY)
+        ok = ok && outboxd_buf_append_str(o, ",\"items\":") &&
+             connect_schema_json(o, c->items, NULL);
+    if (c->type == CS_STRUCT) {
+        ok = ok && outboxd_buf_append_str(o, ",\"fields\":[");
+        for (size_t i = 0; ok && i < c->n; i++)
+            ok = (i == 0 || outboxd_buf_append(o, ",", 1)) &&
+                 connect_schema_json(o, c->fields[i], c->fnames[i]);
+        ok = ok && outboxd_buf_append(o, "]", 1);
+    }
+    ok = ok && outboxd_buf_printf(o, ",\"optional\":%s", c->optional ? "true" : "false");
+    if (c->name)
+        ok = ok && outboxd_buf_append_str(o, ",\"name\":") && json_str(o, c->name, strlen(c->name));
+    if (c->has_version)
+        ok = ok && outboxd_buf_printf(o, ",\"version\":%d", c->version);
+    if (fname)
+        ok = ok && outboxd_buf_append_str(o, ",\"field\":") && json_str(o, fname, strlen(fname));
+    return ok && outboxd_buf_append(o, "}", 1);
+}
+
+/* A column's value under its schema c: null for SQL NULL, or 1 (reason)
+ * when c says the column is NOT NULL (JsonConverter refuses a null for a
+ * required schema). */
+static int column_json_checked(outboxd_buf_t *o, const cs_t *c, const outboxd_dbz_field_t *f,
+                               char *reason, size_t reason_size)
+{
+    if (!f->data && !c->optional) {
+        snprintf(reason, reason_size, "column '%s' is NULL but listed in outboxd.columns.not.null",
+                 f->name);
+        return 1;
+    }
+    return column_json(o, f->data, f->len, f->type_oid) ? 0 : -1;
+}
+
+int outboxd_dbz_schema_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
+                           outboxd_buf_t *out, char *reason, size_t reason_size)
+{
+    outboxd_buf_reset(out);
+    bool unsupported;
+    cs_t *c = column_schema(d, key->name, key->type_oid, &unsupported);
+    if (!c && unsupported) {
+        snprintf(reason, reason_size,
+                 "key column '%s' has a type (oid %u) outboxd does not render through a "
+                 "JsonConverter with schemas.enable (text, varchar, uuid, json, integers, floats, "
+                 "boolean, bytea)",
+                 key->name, key->type_oid);
+        return 1;
+    }
+    if (!c)
+        return -1;
+    int rc = outboxd_buf_append_str(out, "{\"schema\":") && connect_schema_json(out, c, NULL) &&
+                     outboxd_buf_append_str(out, ",\"payload\":")
+                 ? column_json_checked(out, c, key, reason, reason_size)
+                 : -1;
+    if (rc == 0 && !outboxd_buf_append(out, "}", 1))
+        rc = -1;
+    cs_free(c);
+    return rc;
+}
+
+/* The expanded payload's schema and JSON text, or *fallback where
+ * Debezium's expansion fails and the payload stays the string (as
+ * expand_avro; a top-level array is one: JsonSchemaData makes a Struct of
+ * its schema, which throws). */
+static int expand_text(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_t **schema,
+                       outboxd_buf_t *text, bool *fallback)
+{
+    *fallback = true;
+    *schema = NULL;
+    if (p->len == 0 || p->data[0] != '{')
+        return 0;
+    json_t *j = json_loadb(p->data, p->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!j || !json_is_object(j)) {
+        json_decref(j);
+        return 0;
+    }
+    cs_t *c = json_schema(d, d->col_payload, j);
+    if (c == EXPAND_FAILS || c == &skip_field) {
+        json_decref(j);
+        return 0;
+    }
+    if (!c) {
+        json_decref(j);
+        return -1;
+    }
+    size_t at = text->len;
+    if (json_text(text, c, j)) {
+        *schema = c;
+        *fallback = false;
+    } else {
+        text->len = at; /* a value its own schema does not fit: the string */
+        cs_free(c);
+    }
+    json_decref(j);
+    return 0;
+}
+
+int outboxd_dbz_schema_value(outboxd_dbz_t *d, const char *table, const char *routed,
+                             const outboxd_dbz_field_t *payload, const outboxd_dbz_field_t *env,
+                             size_t n_env, const outboxd_dbz_field_t *version, outboxd_buf_t *out,
+                             bool *tombstone, char *reason, size_t reason_size)
+{
+    /* A bytea payload alone through BinaryDataConverter: its bytes; and
+     * without JsonConverter's schemas the value has none. */
+    if (!d->value_schemas || (d->value_bytes && n_env == 0 && payload->type_oid == OID_BYTEA))
+        return outboxd_dbz_value(d, payload, env, n_env, out, tombstone, reason, reason_size);
+    outboxd_buf_reset(out);
+    /* A null value has a schema here (the payload's, or the struct), so a
+     * NULL payload is a tombstone only with the option, as with Debezium. */
+    *tombstone = d->tombstone_on_empty && empty_payload(payload);
+    if (*tombstone)
+        return 0;
+    int rc = -1;
+    cs_t *pc = NULL, *st = NULL;
+    outboxd_buf_t ptext = {0};
+    bool fallback = true, unsupported;
+    if (d->expand_json && payload->data && payload->type_oid != OID_BYTEA &&
+        expand_text(d, payload, &pc, &ptext, &fallback) < 0)
+        goto out;
+    if (fallback) {
+        pc = column_schema(d, payload->name, payload->type_oid, &unsupported);
+        if (!pc && unsupported) {
+            snprintf(reason, reason_size,
+                     "payload column '%s' has a type (oid %u) outboxd does not render through a "
+                     "JsonConverter with schemas.enable (jsonb, json, text, varchar, bytea)",
+                     payload->name, payload->type_oid);
+            rc = 1;
+            goto out;
+        }
+        if (!pc)
+            goto out;
+        outboxd_buf_reset(&ptext);
+        rc = column_json_checked(&ptext, pc, payload, reason, reason_size);
+        if (rc != 0)
+            goto out;
+        rc = -1;
+    }
+    bool has_env = false;
+    for (size_t i = 0; i < d->n_places; i++)
+        has_env = has_env || d->places[i].where == OUTBOXD_DBZ_ENVELOPE;
+    if (!has_env) {
+        if (outboxd_buf_append_str(out, "{\"schema\":") && connect_schema_json(out, pc, NULL) &&
+            outboxd_buf_append_str(out, ",\"payload\":") &&
+            outboxd_buf_append(out, ptext.data ? ptext.data : "", ptext.len) &&
+            outboxd_buf_append(out, "}", 1))
+            rc = 0;
+        goto out;
+    }
+    rc = value_struct(d, table, routed, pc, env, n_env, version,
+                      "a JsonConverter with schemas.enable", &st, reason, reason_size);
+    pc = NULL;
+    if (rc != 0)
+        goto out;
+    rc = -1;
+    if (!outboxd_buf_append_str(out, "{\"schema\":") || !connect_schema_json(out, st, NULL) ||
+        !outboxd_buf_append_str(out, ",\"payload\":{\"payload\":") ||
+        !outboxd_buf_append(out, ptext.data ? ptext.data : "", ptext.len))
+        goto out;
+    for (size_t i = 0; i < n_env; i++) {
+        if (!outboxd_buf_append(out, ",", 1) || !json_str(out, env[i].name, strlen(env[i].name)) ||
+            !outboxd_buf_append(out, ":", 1))
+            goto out;
+        rc = column_json_checked(out, st->fields[i + 1], &env[i], reason, reason_size);
+        if (rc != 0)
+            goto out;
+        rc = -1;
+    }
+    if (outboxd_buf_append_str(out, "}}"))
+        rc = 0;
+out:
+    cs_free(pc);
+    cs_free(st);
+    outboxd_buf_free(&ptext);
     return rc;
 }

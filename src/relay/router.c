@@ -991,11 +991,13 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     bool tombstone = false;
     int rc;
     errstr[0] = '\0';
+    /* The schema version column and the routed value name a value's schema
+     * (Avro, JsonConverter with schemas.enable). */
+    const outboxd_pgo_datum_t *vd = b->c_version >= 0 ? datum(t, b->c_version) : NULL;
+    outboxd_dbz_field_t ver = {d->col_version, has_text(vd) ? vd->data : NULL,
+                               has_text(vd) ? vd->len : 0,
+                               b->c_version >= 0 ? rel->cols[b->c_version].type_oid : 0};
     if (d->value_avro) {
-        const outboxd_pgo_datum_t *vd = b->c_version >= 0 ? datum(t, b->c_version) : NULL;
-        outboxd_dbz_field_t ver = {d->col_version, has_text(vd) ? vd->data : NULL,
-                                   has_text(vd) ? vd->len : 0,
-                                   b->c_version >= 0 ? rel->cols[b->c_version].type_oid : 0};
         char *routed = outboxd_strndup(route->data, route->len);
         if (!routed)
             goto oom;
@@ -1010,6 +1012,15 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
             goto oom;
         if (rc < 0)
             return -1; /* registry unreachable: rewind, try again */
+    } else if (d->value_schemas) {
+        char *routed = outboxd_strndup(route->data, route->len);
+        if (!routed)
+            goto oom;
+        rc = outboxd_dbz_schema_value(b->dbz, b->table_name, routed, &payload, env, n_env, &ver,
+                                      &rt->value, &tombstone, reason, sizeof(reason));
+        free(routed);
+        if (rc < 0)
+            goto oom;
     } else {
         rc = outboxd_dbz_value(d, &payload, env, n_env, &rt->value, &tombstone, reason,
                                sizeof(reason));
@@ -1038,7 +1049,8 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
      * they no longer move. */
     const outboxd_pgo_datum_t *kd = datum(t, b->c_key);
     /* A NULL key: no key with StringConverter, the bytes null with
-     * JsonConverter (the key field has a schema). */
+     * JsonConverter (the key field has a schema), {"schema": ..., "payload":
+     * null} with its schemas.enable. */
     bool has_key = has_text(kd) || d->key_json;
     if (has_key && d->key_avro) {
         errstr[0] = '\0';
@@ -1052,6 +1064,14 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
             goto oom;
         if (rc < 0)
             return -1;
+        if (rc > 0)
+            return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
+    } else if (has_key && d->key_schemas) {
+        outboxd_dbz_field_t kf = {d->col_key, has_text(kd) ? (kd->data ? kd->data : "") : NULL,
+                                  has_text(kd) ? kd->len : 0, rel->cols[b->c_key].type_oid};
+        rc = outboxd_dbz_schema_key(d, &kf, &rt->dbz_key, reason, sizeof(reason));
+        if (rc < 0)
+            goto oom;
         if (rc > 0)
             return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     } else if (has_key && outboxd_dbz_key(d, has_text(kd) ? (kd->data ? kd->data : "") : NULL,

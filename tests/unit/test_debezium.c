@@ -180,8 +180,13 @@ static void test_placements(void **state)
 {
     (void)state;
     char err[512];
-    const char *kv[] = {"value.converter", JSONCONV, "table.fields.additional.placement",
-                        " type : header : eventType , region:envelope: regionName", NULL};
+    const char *kv[] = {"value.converter",
+                        JSONCONV,
+                        "value.converter.schemas.enable",
+                        "false",
+                        "table.fields.additional.placement",
+                        " type : header : eventType , region:envelope: regionName",
+                        NULL};
     outboxd_dbz_t *d = dbz(kv, err);
     if (!d)
         fail_msg("%s", err);
@@ -217,10 +222,10 @@ static void test_config_errors(void **state)
     assert_null(dbz(proto, err));
     assert_non_null(strstr(err, "ProtobufConverter"));
     assert_non_null(strstr(err, "AvroConverter"));
-    const char *schemas[] = {"value.converter", JSONCONV, "value.converter.schemas.enable", "true",
+    const char *schemas[] = {"value.converter", JSONCONV, "value.converter.schemas.enable", "yes",
                              NULL};
     assert_null(dbz(schemas, err));
-    assert_non_null(strstr(err, "schemas.enable"));
+    assert_non_null(strstr(err, "value.converter.schemas.enable: expected true or false"));
     const char *place[] = {"value.converter", JSONCONV, "table.fields.additional.placement",
                            "type:body", NULL};
     assert_null(dbz(place, err));
@@ -475,6 +480,8 @@ static void test_values(void **state)
     /* Expanded, tombstone on empty payload, envelope fields in order. */
     const char *e[] = {"value.converter",
                        JSONCONV,
+                       "value.converter.schemas.enable",
+                       "false",
                        "table.expand.json.payload",
                        "true",
                        "route.tombstone.on.empty.payload",
@@ -542,6 +549,7 @@ static const char *CONFIG =
     "      - table: public.outbox\n"
     "        debezium:\n"
     "          key.converter: org.apache.kafka.connect.json.JsonConverter\n"
+    "          key.converter.schemas.enable: \"false\"\n"
     "          value.converter: org.apache.kafka.connect.json.JsonConverter\n"
     "          value.converter.schemas.enable: \"false\"\n"
     "          transforms.outbox.type: io.debezium.transforms.outbox.EventRouter\n"
@@ -645,6 +653,147 @@ static void assert_hex(const outboxd_buf_t *b, const char *hex)
         snprintf(got + 2 * i, 3, "%02x", (unsigned char)b->data[i]);
     if (strcmp(got, hex) != 0)
         fail_msg("got %s, want %s", got, hex);
+}
+
+/* JsonConverter's schemas.enable (its default when not set): the Connect
+ * schema beside the value, as JsonConverter writes it. */
+static void test_json_schemas(void **state)
+{
+    (void)state;
+    char err[512], reason[256];
+    bool tomb = true;
+    outboxd_buf_t b = {0};
+    const char *def[] = {
+        "key.converter", JSONCONV, "value.converter", JSONCONV, "outboxd.columns.not.null",
+        "aggregateid",   NULL};
+    outboxd_dbz_t *d = dbz(def, err);
+    if (!d)
+        fail_msg("%s", err);
+    assert_true(d->key_schemas);
+    assert_true(d->value_schemas);
+    outboxd_dbz_field_t k = {"aggregateid", "order-1", 7, 25};
+    assert_int_equal(outboxd_dbz_schema_key(d, &k, &b, reason, sizeof(reason)), 0);
+    assert_buf(&b, "{\"schema\":{\"type\":\"string\",\"optional\":false},\"payload\":\"order-1\"}");
+    k.data = NULL;
+    k.len = 0;
+    assert_int_equal(outboxd_dbz_schema_key(d, &k, &b, reason, sizeof(reason)), 1);
+    assert_non_null(strstr(reason, "'aggregateid' is NULL but listed in outboxd.columns.not.null"));
+    outboxd_dbz_field_t kn = {"n", "42", 2, 20}, kb = {"b", "\\x00ff", 6, 17};
+    assert_int_equal(outboxd_dbz_schema_key(d, &kn, &b, reason, sizeof(reason)), 0);
+    assert_buf(&b, "{\"schema\":{\"type\":\"int64\",\"optional\":true},\"payload\":42}");
+    assert_int_equal(outboxd_dbz_schema_key(d, &kb, &b, reason, sizeof(reason)), 0);
+    assert_buf(&b, "{\"schema\":{\"type\":\"bytes\",\"optional\":true},\"payload\":\"AP8=\"}");
+    outboxd_dbz_field_t kd = {"day", "2026-01-01", 10, 1082};
+    assert_int_equal(outboxd_dbz_schema_key(d, &kd, &b, reason, sizeof(reason)), 1);
+    assert_non_null(strstr(reason, "key column 'day' has a type (oid 1082)"));
+    /* The payload alone: the Json string, a NULL one null under its schema. */
+    outboxd_dbz_field_t p = {"payload", "{\"a\": 1}", 8, 3802}, pnull = {"payload", NULL, 0, 3802};
+    assert_int_equal(outboxd_dbz_schema_value(d, "public.outbox", "order", &p, NULL, 0, NULL, &b,
+                                              &tomb, reason, sizeof(reason)),
+                     0);
+    assert_false(tomb);
+    assert_buf(&b, "{\"schema\":{\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data."
+                   "Json\",\"version\":1},\"payload\":\"{\\\"a\\\": 1}\"}");
+    tomb = true;
+    assert_int_equal(outboxd_dbz_schema_value(d, "public.outbox", "order", &pnull, NULL, 0, NULL,
+                                              &b, &tomb, reason, sizeof(reason)),
+                     0);
+    assert_false(tomb);
+    assert_buf(&b, "{\"schema\":{\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data."
+                   "Json\",\"version\":1},\"payload\":null}");
+    outboxd_dbz_destroy(d);
+
+    /* Expanded, in the envelope struct named after topic.prefix, versioned. */
+    const char *e[] = {"value.converter",
+                       JSONCONV,
+                       "topic.prefix",
+                       "pfx",
+                       "table.expand.json.payload",
+                       "true",
+                       "table.field.event.schema.version",
+                       "version",
+                       "table.fields.additional.placement",
+                       "region:envelope:regionName,flag:envelope",
+                       "outboxd.columns.not.null",
+                       "flag",
+                       NULL};
+    d = dbz(e, err);
+    if (!d)
+        fail_msg("%s", err);
+    const char *ptext = "{\"a\": 1, \"b\": {\"c\": \"x\"}, \"n\": null}";
+    outboxd_dbz_field_t px = {"payload", ptext, strlen(ptext), 3802};
+    outboxd_dbz_field_t env[] = {{"regionName", "eu", 2, 25}, {"flag", "t", 1, 16}};
+    outboxd_dbz_field_t ver = {"version", "3", 1, 23};
+    assert_int_equal(outboxd_dbz_schema_value(d, "public.outbox", "order", &px, env, 2, &ver, &b,
+                                              &tomb, reason, sizeof(reason)),
+                     0);
+    assert_buf(&b,
+               "{\"schema\":{\"type\":\"struct\",\"fields\":[{\"type\":\"struct\",\"fields\":[{"
+               "\"type\":\"int32\",\"optional\":true,\"field\":\"a\"},{\"type\":\"struct\","
+               "\"fields\":[{\"type\":\"string\",\"optional\":true,\"field\":\"c\"}],\"optional\":"
+               "true,\"name\":\"payload.b\",\"field\":\"b\"}],\"optional\":true,\"name\":"
+               "\"payload\",\"field\":\"payload\"},{\"type\":\"string\",\"optional\":true,"
+               "\"field\":\"regionName\"},{\"type\":\"boolean\",\"optional\":false,\"field\":"
+               "\"flag\"}],\"optional\":false,\"name\":\"pfx.public.outbox.order.Value\","
+               "\"version\":3},\"payload\":{\"payload\":{\"a\":1,\"b\":{\"c\":\"x\"}},"
+               "\"regionName\":\"eu\",\"flag\":true}}");
+    /* A top-level array is not expanded here (Debezium's expansion throws). */
+    outboxd_dbz_field_t pa = {"payload", "[1, 2]", 6, 3802};
+    ver.data = NULL;
+    assert_int_equal(outboxd_dbz_schema_value(d, "public.outbox", "customer", &pa, env, 2, &ver, &b,
+                                              &tomb, reason, sizeof(reason)),
+                     0);
+    assert_non_null(strstr((char *)b.data, "\"payload\":{\"payload\":\"[1, 2]\","));
+    /* no version column value: a struct without a version */
+    assert_non_null(
+        strstr((char *)b.data, "\"name\":\"pfx.public.outbox.customer.Value\"},\"payload\":"));
+    env[1].data = NULL;
+    assert_int_equal(outboxd_dbz_schema_value(d, "public.outbox", "order", &px, env, 2, &ver, &b,
+                                              &tomb, reason, sizeof(reason)),
+                     1);
+    assert_non_null(strstr(reason, "'flag' is NULL but listed"));
+    outboxd_dbz_destroy(d);
+    /* Without topic.prefix an envelope struct has no name. */
+    const char *nopfx[] = {"value.converter", JSONCONV, "table.fields.additional.placement",
+                           "region:envelope", NULL};
+    assert_null(dbz(nopfx, err));
+    assert_non_null(strstr(err, "topic.prefix"));
+
+    /* Other converters ignore the setting; BinaryDataConverter's delegate
+     * has its own, and a bytea payload alone is its bytes either way. */
+    const char *str[] = {"value.converter", STRCONV, "value.converter.schemas.enable", "TRUE",
+                         NULL};
+    d = dbz(str, err);
+    if (!d)
+        fail_msg("%s", err);
+    assert_false(d->value_schemas);
+    outboxd_dbz_destroy(d);
+    const char *bin[] = {"value.converter", "io.debezium.converters.BinaryDataConverter",
+                         "value.converter.delegate.converter.type", JSONCONV, NULL};
+    d = dbz(bin, err);
+    if (!d)
+        fail_msg("%s", err);
+    assert_true(d->value_schemas);
+    outboxd_dbz_field_t pbin = {"payload", "\\x00ff", 6, 17};
+    assert_int_equal(outboxd_dbz_schema_value(d, "public.outbox", "order", &pbin, NULL, 0, NULL, &b,
+                                              &tomb, reason, sizeof(reason)),
+                     0);
+    assert_int_equal(b.len, 2);
+    assert_memory_equal(b.data, "\x00\xff", 2);
+    outboxd_dbz_destroy(d);
+    const char *bin_off[] = {"value.converter",
+                             "io.debezium.converters.BinaryDataConverter",
+                             "value.converter.delegate.converter.type",
+                             JSONCONV,
+                             "value.converter.delegate.converter.type.schemas.enable",
+                             "false",
+                             NULL};
+    d = dbz(bin_off, err);
+    if (!d)
+        fail_msg("%s", err);
+    assert_false(d->value_schemas);
+    outboxd_dbz_destroy(d);
+    outboxd_buf_free(&b);
 }
 
 static void test_avro_key_and_string_value(void **state)
@@ -1021,6 +1170,7 @@ int main(void)
         cmocka_unit_test(test_expand_json),
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_bytea),
+        cmocka_unit_test(test_json_schemas),
         cmocka_unit_test(test_avro_key_and_string_value),
         cmocka_unit_test(test_avro_expanded),
         cmocka_unit_test(test_avro_envelope_version),

@@ -2,7 +2,7 @@
  * Debezium drop-in: records as Debezium's outbox EventRouter
  * (io.debezium.transforms.outbox.EventRouter, Debezium 3.0) emits them
  * through Kafka Connect's StringConverter or JsonConverter
- * (schemas.enable=false), or an AvroConverter with a Confluent-compatible
+ * (with or without schemas.enable), or an AvroConverter with a Confluent-compatible
  * registry (Confluent's wire format; the Connect schema translated to Avro
  * as Confluent's AvroData does, which Apicurio's converter copies), so that a table switched from
  * Debezium to outboxd changes nothing a consumer sees: topic, partition, key bytes, value bytes,
@@ -57,7 +57,12 @@ typedef struct outboxd_dbz {
     bool key_json;           /* key.converter is JsonConverter (else StringConverter) */
     bool value_json;         /* value.converter is JsonConverter (else StringConverter) */
     bool key_avro;           /* key.converter is an AvroConverter */
-    bool value_avro;         /* value.converter is an AvroConverter */
+    /* JsonConverter's schemas.enable (its default: true): the record is
+     * {"schema": <Connect schema>, "payload": <value>} (key_json /
+     * value_json with it, the delegate's setting for a delegate) */
+    bool key_schemas;
+    bool value_schemas;
+    bool value_avro; /* value.converter is an AvroConverter */
     /* value.converter passes bytes on (BinaryDataConverter, Kafka's
      * ByteArrayConverter; the class name, else NULL): a bytea payload without
      * envelope placements is the value as it is; with BinaryDataConverter
@@ -133,6 +138,27 @@ int outboxd_dbz_value(const outboxd_dbz_t *d, const outboxd_dbz_field_t *payload
                       const outboxd_dbz_field_t *env, size_t n_env, outboxd_buf_t *out,
                       bool *tombstone, char *reason, size_t reason_size);
 
+/*
+ * JsonConverter with schemas.enable (key_schemas / value_schemas, its
+ * default): {"schema": <the Connect schema as JsonConverter writes it>,
+ * "payload": <the value>}. The key: the column's schema (optional unless in
+ * outboxd.columns.not.null) and value (NULL: null). Writes out (reset
+ * first). 0; 1 when the column cannot be rendered (reason filled); -1 (OOM).
+ */
+int outboxd_dbz_schema_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
+                           outboxd_buf_t *out, char *reason, size_t reason_size);
+/*
+ * The value, as outboxd_dbz_value but with its schema when value_schemas
+ * (else outboxd_dbz_value itself): the payload's (inferred when expanded),
+ * or the struct of envelope placements named and versioned as with an
+ * AvroConverter (table, routed, version: as outboxd_dbz_avro_value). A NULL
+ * payload is a null payload under its schema, a tombstone only with
+ * route.tombstone.on.empty.payload. 0; 1 with reason; -1 (OOM).
+ */
+int outboxd_dbz_schema_value(outboxd_dbz_t *d, const char *table, const char *routed,
+                             const outboxd_dbz_field_t *payload, const outboxd_dbz_field_t *env,
+                             size_t n_env, const outboxd_dbz_field_t *version, outboxd_buf_t *out,
+                             bool *tombstone, char *reason, size_t reason_size);
 /* Avro converters (key.converter / value.converter AvroConverter). */
 
 /*
