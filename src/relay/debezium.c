@@ -1906,6 +1906,15 @@ static const char *struct_route(outboxd_dbz_t *d, const char *key, const char *r
  * by the schema version column. conv names the converter in reasons. 0 with
  * *out; 1 with reason (a row Debezium could not convert); -1 (OOM).
  */
+/* The column of an envelope field (env fields are named by their alias). */
+static const char *env_column(const outboxd_dbz_t *d, const char *alias)
+{
+    for (size_t i = 0; i < d->n_places; i++)
+        if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE && strcmp(d->places[i].alias, alias) == 0)
+            return d->places[i].column;
+    return alias;
+}
+
 static int value_struct(outboxd_dbz_t *d, const char *table, const char *routed, cs_t *pc,
                         const outboxd_dbz_field_t *env, size_t n_env,
                         const outboxd_dbz_field_t *version, const char *conv, cs_t **out,
@@ -1957,7 +1966,8 @@ static int value_struct(outboxd_dbz_t *d, const char *table, const char *routed,
     if (!added)
         goto out;
     for (size_t i = 0; i < n_env; i++) {
-        cs_t *f = column_schema(d, env[i].name, env[i].type_oid, &unsupported);
+        /* outboxd.columns.not.null names columns, not their aliases */
+        cs_t *f = column_schema(d, env_column(d, env[i].name), env[i].type_oid, &unsupported);
         if (!f && unsupported) {
             snprintf(reason, reason_size,
                      "envelope column '%s' has a type (oid %u) outboxd does not render through "

@@ -31,6 +31,7 @@
 #include "outboxd/relay/pgsetup.h"
 #include "outboxd/relay/pgconn.h"
 #include "outboxd/relay/connhint.h"
+#include "outboxd/relay/debezium.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -642,6 +643,110 @@ static void check_columns(check_t *c)
         }
         free(refs);
         PQclear(res);
+    }
+}
+
+/* A warning: logged at a source's start, a report line (not a problem) in
+ * `outboxd check`. */
+static void warning(check_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void warning(check_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (c->relay) {
+        char *text = NULL;
+        if (vasprintf(&text, fmt, ap) >= 0) {
+            LOG_WARN(c->src->name, "%s", text);
+            free(text);
+        }
+    } else {
+        report_line(c, fmt, ap);
+    }
+    va_end(ap);
+}
+
+static bool csv_has(const outboxd_buf_t *b, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = b->data; p && *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && strncmp(p, name, n) == 0)
+            return true;
+        p = end ? end + 1 : p + len;
+    }
+    return false;
+}
+
+/*
+ * 4b. A Debezium drop-in table whose converters write schemas (an
+ * AvroConverter, or JsonConverter with schemas.enable): Debezium makes the
+ * schema of a NOT NULL column required ("optional": false, no null branch
+ * in Avro), and pgoutput does not tell outboxd which columns are NOT NULL:
+ * outboxd.columns.not.null must list them, or the bytes differ. Warned
+ * about with the value to set, from the catalog.
+ */
+static void check_dbz_not_null(check_t *c)
+{
+    const outboxd_source_conf_t *src = c->src;
+    static const char *sql = "SELECT a.attname, a.attnotnull FROM pg_catalog.pg_attribute a "
+                             "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
+                             "ORDER BY a.attnum";
+    for (size_t i = 0; i < src->n_tables; i++) {
+        const outboxd_table_conf_t *t = &src->tables[i];
+        if (t->mode != OUTBOXD_MODE_OUTBOX || !t->n_debezium || !c->tables[i].found)
+            continue;
+        char err[512];
+        outboxd_dbz_t *d = outboxd_dbz_new(t->debezium, t->n_debezium, err, sizeof(err));
+        if (!d) /* the configuration's own error, reported at load */
+            continue;
+        bool key = d->key_avro || d->key_schemas, value = d->value_avro || d->value_schemas;
+        const char *params[1] = {c->tables[i].oid};
+        PGresult *res =
+            key || value ? query(c, "read a table's NOT NULL columns", sql, 1, params) : NULL;
+        outboxd_buf_t listed = {0}, want = {0}, missing = {0}, extra = {0};
+        for (size_t k = 0; k < d->n_not_null; k++)
+            outboxd_buf_printf(&listed, "%s%s", k ? "," : "", d->not_null[k]);
+        for (int r = 0; res && r < PQntuples(res); r++) {
+            const char *col = PQgetvalue(res, r, 0);
+            bool notnull = strcmp(PQgetvalue(res, r, 1), "t") == 0;
+            bool shown = (key && strcmp(col, d->col_key) == 0) ||
+                         (value && strcmp(col, d->col_payload) == 0);
+            for (size_t p = 0; value && p < d->n_places; p++)
+                shown = shown || (d->places[p].where == OUTBOXD_DBZ_ENVELOPE &&
+                                  strcmp(d->places[p].column, col) == 0);
+            if (!shown)
+                continue;
+            bool is_listed = csv_has(&listed, col);
+            if (notnull)
+                outboxd_buf_printf(&want, "%s%s", want.len ? "," : "", col);
+            if (notnull && !is_listed)
+                outboxd_buf_printf(&missing, "%s%s", missing.len ? ", " : "", col);
+            if (!notnull && is_listed)
+                outboxd_buf_printf(&extra, "%s%s", extra.len ? ", " : "", col);
+        }
+        if (missing.len || extra.len)
+            warning(c,
+                    "table %s.%s: %s%s%s%s%s%s: Debezium's schema of a NOT NULL column is "
+                    "required (\"optional\": false; in Avro no null branch) and of the others "
+                    "optional, and pgoutput does not tell outboxd which are which, so these "
+                    "records would differ from Debezium's; set outboxd.columns.not.null: \"%s\" "
+                    "in its debezium: block",
+                    t->schema, t->name, missing.len ? "NOT NULL column(s) " : "",
+                    missing.len ? missing.data : "",
+                    missing.len ? " not in outboxd.columns.not.null" : "",
+                    extra.len ? (missing.len ? "; NULL-able column(s) " : "NULL-able column(s) ")
+                              : "",
+                    extra.len ? extra.data : "",
+                    extra.len ? " in it (a NULL there is dead-lettered)" : "",
+                    want.len ? want.data : "");
+        PQclear(res);
+        outboxd_buf_free(&listed);
+        outboxd_buf_free(&want);
+        outboxd_buf_free(&missing);
+        outboxd_buf_free(&extra);
+        outboxd_dbz_destroy(d);
     }
 }
 
@@ -1585,6 +1690,7 @@ static void run_checks(check_t *c)
         check_role(c);
         check_tables(c);
         check_columns(c);
+        check_dbz_not_null(c);
         check_publication(c);
         check_slot(c);
         check_retention_slot(c);

@@ -324,6 +324,23 @@ EOF
     cat "$WORK/check.log" >&2
     fail "outboxd check failed"
 }
+# NOT NULL columns: pgoutput does not say which; check compares
+# outboxd.columns.not.null with the catalog where a schema shows them.
+if grep -q "outboxd.columns.not.null" "$WORK/check.log"; then
+    cat "$WORK/check.log" >&2
+    fail "check warned about outboxd.columns.not.null with the right list"
+fi
+sed 's/outboxd.columns.not.null: "aggregateid,flag"/outboxd.columns.not.null: "flag,region"/' \
+    "$WORK/outboxd.yaml" >"$WORK/notnull.yaml"
+"$OUTBOXD_BIN" check -c "$WORK/notnull.yaml" >"$WORK/check_nn.log" 2>&1 || {
+    cat "$WORK/check_nn.log" >&2
+    fail "outboxd check failed on a wrong outboxd.columns.not.null (a warning, not a problem)"
+}
+grep -q 'table public.outbox_j: NOT NULL column(s) aggregateid not in outboxd.columns.not.null; NULL-able column(s) region in it.*set outboxd.columns.not.null: "aggregateid,flag"' \
+    "$WORK/check_nn.log" || {
+    cat "$WORK/check_nn.log" >&2
+    fail "no warning naming outbox_j's NOT NULL columns"
+}
 
 if [ -z "$(cat "$STACK_DIR/connect/connect.pid" 2>/dev/null)" ] || ! kill -0 "$(cat "$STACK_DIR/connect/connect.pid")" 2>/dev/null; then
     STARTED_CONNECT=1

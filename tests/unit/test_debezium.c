@@ -715,7 +715,7 @@ static void test_json_schemas(void **state)
                        "table.fields.additional.placement",
                        "region:envelope:regionName,flag:envelope",
                        "outboxd.columns.not.null",
-                       "flag",
+                       "flag,region", /* columns, not aliases */
                        NULL};
     d = dbz(e, err);
     if (!d)
@@ -732,7 +732,7 @@ static void test_json_schemas(void **state)
                "\"type\":\"int32\",\"optional\":true,\"field\":\"a\"},{\"type\":\"struct\","
                "\"fields\":[{\"type\":\"string\",\"optional\":true,\"field\":\"c\"}],\"optional\":"
                "true,\"name\":\"payload.b\",\"field\":\"b\"}],\"optional\":true,\"name\":"
-               "\"payload\",\"field\":\"payload\"},{\"type\":\"string\",\"optional\":true,"
+               "\"payload\",\"field\":\"payload\"},{\"type\":\"string\",\"optional\":false,"
                "\"field\":\"regionName\"},{\"type\":\"boolean\",\"optional\":false,\"field\":"
                "\"flag\"}],\"optional\":false,\"name\":\"pfx.public.outbox.order.Value\","
                "\"version\":3},\"payload\":{\"payload\":{\"a\":1,\"b\":{\"c\":\"x\"}},"
