@@ -2432,8 +2432,18 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
             (void)r; /* a stop or a reload: both are looked at below */
         }
         outboxd_stats_tick(s->stats);
-        if (!s->repl)
-            (void)apply_reload(s); /* nothing in flight: apply now */
+        if (!s->repl && atomic_load(&s->reload_pending)) {
+            /* Nothing in flight: apply now, and try the new configuration
+             * (tables, a rotated password file's content) at once rather
+             * than after a backoff that may be reconnect_max_backoff_ms. */
+            (void)apply_reload(s);
+            if (!atomic_load(&s->reload_pending) && s->backoff_until_ms > outboxd_now_ms()) {
+                LOG_INFO(s->name, "reload: reconnecting now instead of in %lld ms",
+                         (long long)(s->backoff_until_ms - outboxd_now_ms()));
+                s->backoff_until_ms = 0;
+                s->connect_backoff_ms = CONNECT_MIN_BACKOFF_MS;
+            }
+        }
         if (s->sink)
             outboxd_sink_poll(s->sink);
         int64_t left = s->backoff_until_ms - outboxd_now_ms();
