@@ -517,11 +517,11 @@ static bool ends_with(const char *s, const char *tail)
  * *schemas: 1 true, 0 false, as Kafka's ConfigDef reads a boolean.
  */
 static int converter_setting(const char *k, const char *setting, const char *v, int *schemas,
-                             char *errstr, size_t errstr_size)
+                             int *set, char *errstr, size_t errstr_size)
 {
     if (strcmp(setting, "schemas.enable") == 0) {
         if (strcasecmp(v, "true") == 0 || strcasecmp(v, "false") == 0) {
-            *schemas = strcasecmp(v, "true") == 0;
+            *schemas = *set = strcasecmp(v, "true") == 0;
             return 0;
         }
         snprintf(errstr, errstr_size, "%s: expected true or false, got '%.100s'", k, v);
@@ -603,6 +603,7 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
     /* schemas.enable of the key, value and delegate converters; JsonConverter's
      * default is true */
     int key_schemas = 1, value_schemas = 1, delegate_schemas = 1;
+    int key_schemas_set = -1, value_schemas_set = -1, delegate_schemas_set = -1; /* -1: not set */
     char **names = NULL;
     int *map = NULL;
     size_t n_java = 0;
@@ -669,11 +670,14 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
         } else if (strcmp(k, "value.converter.delegate.converter.type") == 0)
             delegate = v;
         else if (strncmp(k, "value.converter.delegate.converter.type.", 40) == 0)
-            rc = converter_setting(k, k + 40, v, &delegate_schemas, errstr, errstr_size);
+            rc = converter_setting(k, k + 40, v, &delegate_schemas, &delegate_schemas_set, errstr,
+                                   errstr_size);
         else if (strncmp(k, "key.converter.", 14) == 0)
-            rc = converter_setting(k, k + 14, v, &key_schemas, errstr, errstr_size);
+            rc = converter_setting(k, k + 14, v, &key_schemas, &key_schemas_set, errstr,
+                                   errstr_size);
         else if (strncmp(k, "value.converter.", 16) == 0)
-            rc = converter_setting(k, k + 16, v, &value_schemas, errstr, errstr_size);
+            rc = converter_setting(k, k + 16, v, &value_schemas, &value_schemas_set, errstr,
+                                   errstr_size);
         else {
             snprintf(errstr, errstr_size,
                      "unknown or unsupported Debezium property '%.200s' (see README "
@@ -714,6 +718,9 @@ outboxd_dbz_t *outboxd_dbz_new(const outboxd_kv_t *props, size_t n, char *errstr
     }
     d->key_schemas = d->key_json && key_schemas;
     d->value_schemas = d->value_json && (d->value_delegate ? delegate_schemas : value_schemas);
+    d->schemas_implicit =
+        (d->key_json && key_schemas_set < 0) ||
+        (d->value_json && (d->value_delegate ? delegate_schemas_set : value_schemas_set) < 0);
     for (size_t i = 0; i < d->n_places; i++)
         if (d->places[i].where == OUTBOXD_DBZ_ENVELOPE && d->value_bytes && !d->value_delegate) {
             snprintf(errstr, errstr_size,
@@ -1749,8 +1756,13 @@ static int expand_avro(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_
     bool ok = json_datum(datum, c, j, true);
     json_decref(j);
     if (!ok) {
+        /* A value its own (merged) schema does not fit, e.g. objects of
+         * an array with one field as a number and as a string: Debezium's
+         * conversion throws and the payload stays the string, as on the
+         * JSON path (this was an "out of memory" that stopped the stream). */
         cs_free(c);
-        return -1;
+        *fallback = true;
+        return 0;
     }
     *schema = c;
     return 0;

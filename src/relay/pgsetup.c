@@ -679,20 +679,43 @@ static bool csv_has(const outboxd_buf_t *b, const char *name)
     return false;
 }
 
+/* Column types a Debezium drop-in renders with a schema (debezium.c's
+ * column_schema): text, varchar, bpchar, name, json, jsonb, uuid, int2,
+ * int4, int8, oid, float4, float8, boolean, bytea. */
+static bool dbz_schema_type(long oid)
+{
+    static const long ok[] = {25, 1043, 1042, 19,  114, 3802, 2950, 21,
+                              23, 20,   26,   700, 701, 16,   17};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        if (ok[i] == oid)
+            return true;
+    return false;
+}
+
 /*
  * 4b. A Debezium drop-in table whose converters write schemas (an
- * AvroConverter, or JsonConverter with schemas.enable): Debezium makes the
- * schema of a NOT NULL column required ("optional": false, no null branch
- * in Avro), and pgoutput does not tell outboxd which columns are NOT NULL:
- * outboxd.columns.not.null must list them, or the bytes differ. Warned
- * about with the value to set, from the catalog.
+ * AvroConverter, or JsonConverter with schemas.enable, its default):
+ * - said once when JsonConverter's schemas.enable is left to its default
+ *   (the records are {"schema", "payload"}, as Debezium's with that config);
+ * - Debezium makes the schema of a NOT NULL column required ("optional":
+ *   false, no null branch in Avro), and pgoutput does not tell outboxd which
+ *   columns are NOT NULL: outboxd.columns.not.null must list them, or the
+ *   bytes differ. Warned about with the value to set, from the catalog;
+ * - a key, payload or envelope column of a type outboxd renders no schema
+ *   for (a domain among them: pgoutput sends the domain's own type) has its
+ *   rows dead-lettered: warned about, naming the column and type.
  */
-static void check_dbz_not_null(check_t *c)
+static void check_dbz_schemas(check_t *c)
 {
     const outboxd_source_conf_t *src = c->src;
-    static const char *sql = "SELECT a.attname, a.attnotnull FROM pg_catalog.pg_attribute a "
-                             "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
-                             "ORDER BY a.attnum";
+    static const char *sql =
+        "SELECT a.attname, a.attnotnull, t.typtype = 'd', "
+        "(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END), "
+        "pg_catalog.format_type(a.atttypid, a.atttypmod), "
+        "pg_catalog.format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, "
+        "NULL) "
+        "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
     for (size_t i = 0; i < src->n_tables; i++) {
         const outboxd_table_conf_t *t = &src->tables[i];
         if (t->mode != OUTBOXD_MODE_OUTBOX || !t->n_debezium || !c->tables[i].found)
@@ -702,22 +725,50 @@ static void check_dbz_not_null(check_t *c)
         if (!d) /* the configuration's own error, reported at load */
             continue;
         bool key = d->key_avro || d->key_schemas, value = d->value_avro || d->value_schemas;
+        if (d->schemas_implicit) {
+            const char *fmt = "table %s.%s: JsonConverter without schemas.enable writes "
+                              "{\"schema\": ..., \"payload\": ...} records, Kafka Connect's "
+                              "default (Debezium's with this config too); set "
+                              "key.converter.schemas.enable / value.converter.schemas.enable: "
+                              "\"false\" in its debezium: block for the values alone";
+            if (c->relay)
+                LOG_INFO(c->src->name, fmt, t->schema, t->name);
+            else
+                note(c, fmt, t->schema, t->name);
+        }
         const char *params[1] = {c->tables[i].oid};
-        PGresult *res =
-            key || value ? query(c, "read a table's NOT NULL columns", sql, 1, params) : NULL;
+        PGresult *res = key || value ? query(c, "read a table's columns", sql, 1, params) : NULL;
         outboxd_buf_t listed = {0}, want = {0}, missing = {0}, extra = {0};
         for (size_t k = 0; k < d->n_not_null; k++)
             outboxd_buf_printf(&listed, "%s%s", k ? "," : "", d->not_null[k]);
         for (int r = 0; res && r < PQntuples(res); r++) {
             const char *col = PQgetvalue(res, r, 0);
             bool notnull = strcmp(PQgetvalue(res, r, 1), "t") == 0;
-            bool shown = (key && strcmp(col, d->col_key) == 0) ||
-                         (value && strcmp(col, d->col_payload) == 0);
-            for (size_t p = 0; value && p < d->n_places; p++)
-                shown = shown || (d->places[p].where == OUTBOXD_DBZ_ENVELOPE &&
-                                  strcmp(d->places[p].column, col) == 0);
-            if (!shown)
+            bool domain = strcmp(PQgetvalue(res, r, 2), "t") == 0;
+            const char *what = NULL;
+            if (key && strcmp(col, d->col_key) == 0)
+                what = "key";
+            else if (value && strcmp(col, d->col_payload) == 0)
+                what = "payload";
+            for (size_t p = 0; value && !what && p < d->n_places; p++)
+                if (d->places[p].where == OUTBOXD_DBZ_ENVELOPE &&
+                    strcmp(d->places[p].column, col) == 0)
+                    what = "envelope";
+            if (!what)
                 continue;
+            if (domain || !dbz_schema_type(atol(PQgetvalue(res, r, 3))))
+                warning(c,
+                        "table %s.%s: %s column '%s' is %s%s%s, and outboxd renders no schema for "
+                        "it through %s (it does for text, varchar, uuid, json, jsonb, integers, "
+                        "floats, boolean and bytea): its rows go to the dead-letter topic%s",
+                        t->schema, t->name, what, col, PQgetvalue(res, r, 4),
+                        domain ? ", a domain over " : "", domain ? PQgetvalue(res, r, 5) : "",
+                        (strcmp(what, "key") == 0 ? d->key_avro : d->value_avro)
+                            ? "an AvroConverter"
+                            : "a JsonConverter with schemas.enable",
+                        domain ? "; outboxd takes the type pgoutput sends, the domain's, not "
+                                 "its base type: give the column its base type"
+                               : "");
             bool is_listed = csv_has(&listed, col);
             if (notnull)
                 outboxd_buf_printf(&want, "%s%s", want.len ? "," : "", col);
@@ -1690,7 +1741,7 @@ static void run_checks(check_t *c)
         check_role(c);
         check_tables(c);
         check_columns(c);
-        check_dbz_not_null(c);
+        check_dbz_schemas(c);
         check_publication(c);
         check_slot(c);
         check_retention_slot(c);

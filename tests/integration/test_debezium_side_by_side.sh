@@ -121,7 +121,16 @@ CREATE TABLE outbox_k (
     aggregateid text,
     type text NOT NULL,
     payload jsonb);
-CREATE PUBLICATION dbz_pub FOR TABLE outbox, outbox_s, outbox_b, outbox_j, outbox_k;
+-- only checked (outboxd check: column types without a schema)
+CREATE DOMAIN jdom AS jsonb;
+CREATE TABLE outbox_d (
+    id uuid PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid text NOT NULL,
+    type text NOT NULL,
+    payload jdom,
+    at timestamptz);
+CREATE PUBLICATION dbz_pub FOR TABLE outbox, outbox_s, outbox_b, outbox_j, outbox_k, outbox_d;
 SQL
 psql_db "$DB" -c "SELECT pg_create_logical_replication_slot('dbz_$RUN_ID', 'pgoutput')" \
     -c "SELECT pg_create_logical_replication_slot('dbz2_$RUN_ID', 'pgoutput')" \
@@ -324,14 +333,31 @@ EOF
     cat "$WORK/check.log" >&2
     fail "outboxd check failed"
 }
-# NOT NULL columns: pgoutput does not say which; check compares
-# outboxd.columns.not.null with the catalog where a schema shows them.
+# What check says of the schemas: JsonConverter's default schemas.enable
+# (outbox_j, not outbox_k, which sets it); outboxd.columns.not.null
+# compared with the catalog's NOT NULL columns a schema shows (outbox_j's
+# list right, then wrong); columns of a type without a schema (outbox_d, a
+# domain payload and a timestamptz envelope field, only checked).
 if grep -q "outboxd.columns.not.null" "$WORK/check.log"; then
     cat "$WORK/check.log" >&2
     fail "check warned about outboxd.columns.not.null with the right list"
 fi
+grep -q "table public.outbox_j: JsonConverter without schemas.enable writes" "$WORK/check.log" &&
+    ! grep -q "table public.outbox_k: JsonConverter without" "$WORK/check.log" || {
+    cat "$WORK/check.log" >&2
+    fail "check did not say (only) of outbox_j that it writes schemas by default"
+}
 sed 's/outboxd.columns.not.null: "aggregateid,flag"/outboxd.columns.not.null: "flag,region"/' \
     "$WORK/outboxd.yaml" >"$WORK/notnull.yaml"
+cat >>"$WORK/notnull.yaml" <<EOF
+      - table: public.outbox_d
+        debezium:
+          topic.prefix: "${RUN_ID}d"
+          key.converter: org.apache.kafka.connect.json.JsonConverter
+          value.converter: org.apache.kafka.connect.json.JsonConverter
+          route.topic.replacement: "${OPFX}d.\${routedByValue}"
+          table.fields.additional.placement: "at:envelope"
+EOF
 "$OUTBOXD_BIN" check -c "$WORK/notnull.yaml" >"$WORK/check_nn.log" 2>&1 || {
     cat "$WORK/check_nn.log" >&2
     fail "outboxd check failed on a wrong outboxd.columns.not.null (a warning, not a problem)"
@@ -340,6 +366,11 @@ grep -q 'table public.outbox_j: NOT NULL column(s) aggregateid not in outboxd.co
     "$WORK/check_nn.log" || {
     cat "$WORK/check_nn.log" >&2
     fail "no warning naming outbox_j's NOT NULL columns"
+}
+grep -q "table public.outbox_d: payload column 'payload' is jdom, a domain over jsonb.*dead-letter" "$WORK/check_nn.log" &&
+    grep -q "table public.outbox_d: envelope column 'at' is timestamp with time zone.*dead-letter" "$WORK/check_nn.log" || {
+    cat "$WORK/check_nn.log" >&2
+    fail "no warning naming outbox_d's columns without a schema"
 }
 
 if [ -z "$(cat "$STACK_DIR/connect/connect.pid" 2>/dev/null)" ] || ! kill -0 "$(cat "$STACK_DIR/connect/connect.pid")" 2>/dev/null; then

@@ -62,7 +62,8 @@ typedef struct outboxd_dbz {
      * value_json with it, the delegate's setting for a delegate) */
     bool key_schemas;
     bool value_schemas;
-    bool value_avro; /* value.converter is an AvroConverter */
+    bool schemas_implicit; /* a JsonConverter's schemas.enable not set (true) */
+    bool value_avro;       /* value.converter is an AvroConverter */
     /* value.converter passes bytes on (BinaryDataConverter, Kafka's
      * ByteArrayConverter; the class name, else NULL): a bytea payload without
      * envelope placements is the value as it is; with BinaryDataConverter
