@@ -79,7 +79,34 @@ typedef struct check {
      * the replay window (a slot PostgreSQL invalidated must not stop the
      * outbox); `outboxd check` counts them as problems. */
     bool relay;
+    outboxd_pg_domains_t *domains; /* NULL, or where check_dbz_schemas notes domains */
 } check_t;
+
+void outboxd_pg_domains_free(outboxd_pg_domains_t *d)
+{
+    free(d->oid);
+    free(d->base);
+    d->oid = d->base = NULL;
+    d->n = 0;
+}
+
+static void add_domain(check_t *c, uint32_t oid, uint32_t base)
+{
+    outboxd_pg_domains_t *d = c->domains;
+    for (size_t i = 0; i < d->n; i++)
+        if (d->oid[i] == oid)
+            return;
+    uint32_t *o = realloc(d->oid, (d->n + 1) * sizeof(uint32_t));
+    if (o)
+        d->oid = o;
+    uint32_t *b = o ? realloc(d->base, (d->n + 1) * sizeof(uint32_t)) : NULL;
+    if (b)
+        d->base = b;
+    if (!o || !b)
+        return; /* out of memory: that domain's rows are dead-lettered, said so */
+    d->oid[d->n] = oid;
+    d->base[d->n++] = base;
+}
 
 /* One configured column name of an outbox table and the key that set it. */
 typedef struct colref {
@@ -713,7 +740,7 @@ static void check_dbz_schemas(check_t *c)
         "(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END), "
         "pg_catalog.format_type(a.atttypid, a.atttypmod), "
         "pg_catalog.format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, "
-        "NULL) "
+        "NULL), a.atttypid "
         "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
         "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
     for (size_t i = 0; i < src->n_tables; i++) {
@@ -756,19 +783,23 @@ static void check_dbz_schemas(check_t *c)
                     what = "envelope";
             if (!what)
                 continue;
-            if (domain || !dbz_schema_type(atol(PQgetvalue(res, r, 3))))
+            long base = atol(PQgetvalue(res, r, 3));
+            /* A domain is rendered as its base type (one level): the router
+             * learns which from here (the relay's checks). */
+            if (domain && c->domains)
+                add_domain(c, (uint32_t)strtoul(PQgetvalue(res, r, 6), NULL, 10), (uint32_t)base);
+            if (!dbz_schema_type(base))
                 warning(c,
                         "table %s.%s: %s column '%s' is %s%s%s, and outboxd renders no schema for "
                         "it through %s (it does for text, varchar, uuid, json, jsonb, integers, "
-                        "floats, boolean and bytea): its rows go to the dead-letter topic%s",
+                        "floats, boolean and bytea, and domains over them): its rows go to the "
+                        "dead-letter topic%s",
                         t->schema, t->name, what, col, PQgetvalue(res, r, 4),
                         domain ? ", a domain over " : "", domain ? PQgetvalue(res, r, 5) : "",
                         (strcmp(what, "key") == 0 ? d->key_avro : d->value_avro)
                             ? "an AvroConverter"
                             : "a JsonConverter with schemas.enable",
-                        domain ? "; outboxd takes the type pgoutput sends, the domain's, not "
-                                 "its base type: give the column its base type"
-                               : "");
+                        domain ? " (domains are resolved one level)" : "");
             bool is_listed = csv_has(&listed, col);
             if (notnull)
                 outboxd_buf_printf(&want, "%s%s", want.len ? "," : "", col);
@@ -1780,7 +1811,8 @@ static int bound_session(PGconn *conn, const outboxd_source_conf_t *src, int tim
 }
 
 static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
-                             bool *created_slot, bool relay, int timeout_ms, atomic_int *stop)
+                             bool *created_slot, bool relay, int timeout_ms, atomic_int *stop,
+                             outboxd_pg_domains_t *domains)
 {
     if (created_slot)
         *created_slot = false;
@@ -1815,7 +1847,10 @@ static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outb
         .timeout_ms = timeout_ms,
         .stop = stop,
         .relay = relay,
+        .domains = domains,
     };
+    if (domains)
+        outboxd_pg_domains_free(domains);
     run_checks(&c);
     PQfinish(conn);
     if (created_slot)
@@ -1828,20 +1863,25 @@ static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outb
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot)
 {
-    return check_on_new_conn(src, create, report, created_slot, false, 0, NULL);
+    return check_on_new_conn(src, create, report, created_slot, false, 0, NULL, NULL);
 }
 
 int outboxd_pgsetup_check_in_loop(const outboxd_source_conf_t *src, int timeout_ms,
-                                  atomic_int *stop, outboxd_buf_t *report, bool *created_slot)
+                                  atomic_int *stop, outboxd_buf_t *report, bool *created_slot,
+                                  outboxd_pg_domains_t *domains)
 {
     return check_on_new_conn(src, true, report, created_slot, true,
-                             outboxd_pgsetup_loop_bound(timeout_ms), stop);
+                             outboxd_pgsetup_loop_bound(timeout_ms), stop, domains);
 }
 
 int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, bool create,
-                               outboxd_buf_t *report, bool *created_slot, bool *conn_lost)
+                               outboxd_buf_t *report, bool *created_slot, bool *conn_lost,
+                               outboxd_pg_domains_t *domains)
 {
+    if (domains)
+        outboxd_pg_domains_free(domains);
     check_t c = {
+        .domains = domains,
         .src = src,
         .conn = conn,
         .create = create,

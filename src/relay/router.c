@@ -89,6 +89,10 @@ struct outboxd_router {
     outboxd_buf_t dbz_key;  /* Debezium drop-in: the rendered key */
     outboxd_buf_t dbz_hdr;  /* and header texts */
     outboxd_buf_t dbz_schema, dbz_datum, dbz_subject; /* its AvroConverter parts */
+    /* Domain types of its columns and their base types (from the source's
+     * checks: pgoutput sends a domain's own type). */
+    uint32_t *dom_oid, *dom_base;
+    size_t n_dom;
 };
 
 /* Producer default of librdkafka's message.max.bytes: larger records are
@@ -356,6 +360,8 @@ void outboxd_router_destroy(outboxd_router_t *rt)
     outboxd_buf_free(&rt->dbz_schema);
     outboxd_buf_free(&rt->dbz_datum);
     outboxd_buf_free(&rt->dbz_subject);
+    free(rt->dom_oid);
+    free(rt->dom_base);
     outboxd_buf_free(&rt->topic);
     outboxd_buf_free(&rt->value);
     outboxd_buf_free(&rt->scratch);
@@ -912,6 +918,37 @@ static int dbz_avro_frame(outboxd_router_t *rt, const char *what, outboxd_buf_t 
  * not route (NULL route.by.field value, a topic Kafka cannot take) are
  * dead-lettered; a payload that is not JSON stays the string, as there.
  */
+/* A column's type as the Debezium drop-in renders it: a domain's base type
+ * (as Debezium's type registry resolves it), other types as they are. */
+static uint32_t dbz_type(const outboxd_router_t *rt, const outboxd_pgo_relation_t *rel, int col)
+{
+    uint32_t oid = rel->cols[col].type_oid;
+    for (size_t i = 0; i < rt->n_dom; i++)
+        if (rt->dom_oid[i] == oid)
+            return rt->dom_base[i];
+    return oid;
+}
+
+int outboxd_router_set_domains(outboxd_router_t *rt, const uint32_t *oid, const uint32_t *base,
+                               size_t n)
+{
+    uint32_t *o = NULL, *b = NULL;
+    if (n && (!(o = malloc(n * sizeof(uint32_t))) || !(b = malloc(n * sizeof(uint32_t))))) {
+        free(o);
+        return -1;
+    }
+    if (n) {
+        memcpy(o, oid, n * sizeof(uint32_t));
+        memcpy(b, base, n * sizeof(uint32_t));
+    }
+    free(rt->dom_oid);
+    free(rt->dom_base);
+    rt->dom_oid = o;
+    rt->dom_base = b;
+    rt->n_dom = n;
+    return 0;
+}
+
 static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_tuple_t *t,
                          const outboxd_change_ctx_t *ctx, outboxd_record_t *rec, char *errstr,
                          size_t errstr_size)
@@ -975,7 +1012,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     /* Value: the payload, and the envelope placements in configured order. */
     const outboxd_pgo_datum_t *pd = datum(t, b->c_payload);
     outboxd_dbz_field_t payload = {d->col_payload, has_text(pd) ? pd->data : NULL,
-                                   has_text(pd) ? pd->len : 0, rel->cols[b->c_payload].type_oid};
+                                   has_text(pd) ? pd->len : 0, dbz_type(rt, rel, b->c_payload)};
     if (payload.data == NULL && has_text(pd))
         payload.data = ""; /* an empty text is not NULL */
     outboxd_dbz_field_t env[OUTBOXD_MAX_HEADERS];
@@ -986,7 +1023,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
         const outboxd_pgo_datum_t *v = datum(t, b->c_place[i]);
         env[n_env++] =
             (outboxd_dbz_field_t){d->places[i].alias, has_text(v) ? (v->data ? v->data : "") : NULL,
-                                  has_text(v) ? v->len : 0, rel->cols[b->c_place[i]].type_oid};
+                                  has_text(v) ? v->len : 0, dbz_type(rt, rel, b->c_place[i])};
     }
     bool tombstone = false;
     int rc;
@@ -996,7 +1033,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     const outboxd_pgo_datum_t *vd = b->c_version >= 0 ? datum(t, b->c_version) : NULL;
     outboxd_dbz_field_t ver = {d->col_version, has_text(vd) ? vd->data : NULL,
                                has_text(vd) ? vd->len : 0,
-                               b->c_version >= 0 ? rel->cols[b->c_version].type_oid : 0};
+                               b->c_version >= 0 ? dbz_type(rt, rel, b->c_version) : 0};
     if (d->value_avro) {
         char *routed = outboxd_strndup(route->data, route->len);
         if (!routed)
@@ -1055,7 +1092,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
     if (has_key && d->key_avro) {
         errstr[0] = '\0';
         outboxd_dbz_field_t kf = {d->col_key, kd->data ? kd->data : "", kd->len,
-                                  rel->cols[b->c_key].type_oid};
+                                  dbz_type(rt, rel, b->c_key)};
         rc = outboxd_dbz_avro_key(d, &kf, &rt->dbz_schema, &rt->dbz_datum, reason, sizeof(reason));
         if (rc == 0)
             rc = dbz_avro_frame(rt, "key", &rt->dbz_key, reason, sizeof(reason), errstr,
@@ -1068,14 +1105,14 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
             return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     } else if (has_key && d->key_schemas) {
         outboxd_dbz_field_t kf = {d->col_key, has_text(kd) ? (kd->data ? kd->data : "") : NULL,
-                                  has_text(kd) ? kd->len : 0, rel->cols[b->c_key].type_oid};
+                                  has_text(kd) ? kd->len : 0, dbz_type(rt, rel, b->c_key)};
         rc = outboxd_dbz_schema_key(d, &kf, &rt->dbz_key, reason, sizeof(reason));
         if (rc < 0)
             goto oom;
         if (rc > 0)
             return dead_letter_row(rt, b, t, reason, ctx, rec, errstr, errstr_size);
     } else if (has_key && outboxd_dbz_key(d, has_text(kd) ? (kd->data ? kd->data : "") : NULL,
-                                          has_text(kd) ? kd->len : 0, rel->cols[b->c_key].type_oid,
+                                          has_text(kd) ? kd->len : 0, dbz_type(rt, rel, b->c_key),
                                           &rt->dbz_key) < 0)
         goto oom;
     size_t off[OUTBOXD_MAX_HEADERS], len[OUTBOXD_MAX_HEADERS];
@@ -1092,7 +1129,7 @@ static int route_dbz_row(outboxd_router_t *rt, binding_t *b, const outboxd_pgo_t
         off[n_h] = rt->dbz_hdr.len;
         null[n_h] = !has_text(v);
         if (has_text(v) &&
-            outboxd_dbz_header_text(v->data, v->len, rel->cols[col].type_oid, &rt->dbz_hdr) < 0)
+            outboxd_dbz_header_text(v->data, v->len, dbz_type(rt, rel, col), &rt->dbz_hdr) < 0)
             goto oom;
         len[n_h] = rt->dbz_hdr.len - off[n_h];
         n_h++;

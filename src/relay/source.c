@@ -111,7 +111,10 @@ struct outboxd_source {
      * reading its checkpoint (see there); the replication connection stays
      * open in command mode meanwhile. */
     bool connect_resume;
-    bool restart_now;          /* the stream was closed on purpose (a reload): reconnect at once */
+    bool restart_now; /* the stream was closed on purpose (a reload): reconnect at once */
+    /* Domain types of the Debezium drop-in tables' columns, from the last
+     * checks: the router renders them as their base types. */
+    outboxd_pg_domains_t domains;
     bool connect_created_slot; /* made by a connect whose checkpoint is not judged yet */
     outboxd_sink_pool_t *pool; /* relay.kafka_producers > 0: the shared producers */
 
@@ -1435,6 +1438,15 @@ static int check_liveness(outboxd_source_t *s, char *errstr, size_t errstr_size)
 
 static int apply_reload(outboxd_source_t *s);
 
+/* The router renders the domain columns the last checks found as their
+ * base types. */
+static void set_domains(outboxd_source_t *s)
+{
+    if (s->router &&
+        outboxd_router_set_domains(s->router, s->domains.oid, s->domains.base, s->domains.n) < 0)
+        LOG_WARN(s->name, "out of memory noting domain types: their rows are dead-lettered");
+}
+
 /* After the wait stream() asked for: what a poll on this thread did once. */
 static int after_wait(outboxd_source_t *s, const outboxd_loop_wait_t *w)
 {
@@ -1881,6 +1893,7 @@ static int apply_reload(outboxd_source_t *s)
     if (rt) {
         outboxd_router_destroy(s->router);
         s->router = rt;
+        set_domains(s);
     }
     /* NULL when no cdc table is left, or while disconnected: the next
      * connect makes one from the new configuration. */
@@ -1912,7 +1925,7 @@ static int apply_reload(outboxd_source_t *s)
         /* Added tables join a publication outboxd manages, as at start. */
         outboxd_buf_t report = {0};
         if (outboxd_pgsetup_check_in_loop(s->src, s->conf->wal_receiver_timeout_ms, s->stop,
-                                          &report, NULL) != 0 &&
+                                          &report, NULL, &s->domains) != 0 &&
             report.data) {
             char *save = NULL;
             for (char *line = strtok_r(report.data, "\n", &save); line;
@@ -1920,6 +1933,7 @@ static int apply_reload(outboxd_source_t *s)
                 LOG_ERROR(s->name, "reload: %s", line);
         }
         outboxd_buf_free(&report);
+        set_domains(s);
     }
     int rc = 0;
     if (new_messages && s->repl) {
@@ -2100,7 +2114,7 @@ static int connect_postgres(outboxd_source_t *s)
         bool explain = !opened && !atomic_load(s->stop) && !strstr(err, "timeout expired");
         int problems = explain
                            ? outboxd_pgsetup_check_in_loop(s->src, s->conf->wal_receiver_timeout_ms,
-                                                           s->stop, &report, &created_slot)
+                                                           s->stop, &report, &created_slot, NULL)
                            : 0;
         if (created_slot)
             s->connect_created_slot = true;
@@ -2120,7 +2134,8 @@ static int connect_postgres(outboxd_source_t *s)
     outboxd_stats_wal_end(s->stats, s->ident.xlogpos);
     bool lost = false;
     int problems = outboxd_pgsetup_check_repl(s->src, outboxd_repl_pgconn(s->repl), true, &report,
-                                              &created_slot, &lost);
+                                              &created_slot, &lost, &s->domains);
+    set_domains(s);
     if (created_slot)
         s->connect_created_slot = true;
     if (problems != 0 || lost) {
@@ -2216,6 +2231,7 @@ static int connect_source(outboxd_source_t *s)
             close_stream(s);
             return -2;
         }
+        set_domains(s);
     }
     bool any_cdc = false;
     for (size_t i = 0; i < s->src->n_tables; i++)
@@ -2576,6 +2592,7 @@ void outboxd_source_destroy(outboxd_source_t *s)
     close_stream(s);
     outboxd_sink_destroy(s->sink);
     outboxd_router_destroy(s->router);
+    outboxd_pg_domains_free(&s->domains);
     outboxd_cdc_destroy(s->cdc);
     outboxd_snapshot_destroy(s->snap);
     outboxd_pgo_decoder_destroy(s->dec);

@@ -35,7 +35,8 @@
 # - outbox_k, the same with schemas.enable set to true, no envelope: the
 #   expanded payload's schema as the value's, the Json string's where
 #   Debezium does not expand, NULL payloads and NULL keys (a null payload
-#   under its schema, not a tombstone).
+#   under its schema, not a tombstone); its payload column is a domain over
+#   jsonb (pgoutput sends the domain's type; rendered as its base type).
 # Slow (a Connect JVM): ctest label "sidebyside".
 source "$(dirname "$0")/lib.sh"
 ROOT=${OUTBOXD_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -115,14 +116,14 @@ CREATE TABLE outbox_j (
     version int4,
     weight float8,
     sig bytea);
+CREATE DOMAIN jdom AS jsonb;
 CREATE TABLE outbox_k (
     id uuid PRIMARY KEY,
     aggregatetype text NOT NULL,
     aggregateid text,
     type text NOT NULL,
-    payload jsonb);
+    payload jdom);
 -- only checked (outboxd check: column types without a schema)
-CREATE DOMAIN jdom AS jsonb;
 CREATE TABLE outbox_d (
     id uuid PRIMARY KEY,
     aggregatetype text NOT NULL,
@@ -367,7 +368,7 @@ grep -q 'table public.outbox_j: NOT NULL column(s) aggregateid not in outboxd.co
     cat "$WORK/check_nn.log" >&2
     fail "no warning naming outbox_j's NOT NULL columns"
 }
-grep -q "table public.outbox_d: payload column 'payload' is jdom, a domain over jsonb.*dead-letter" "$WORK/check_nn.log" &&
+! grep -q "table public.outbox_d: payload column" "$WORK/check_nn.log" &&
     grep -q "table public.outbox_d: envelope column 'at' is timestamp with time zone.*dead-letter" "$WORK/check_nn.log" || {
     cat "$WORK/check_nn.log" >&2
     fail "no warning naming outbox_d's columns without a schema"

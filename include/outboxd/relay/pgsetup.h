@@ -33,6 +33,15 @@
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot);
 
+/* The domain types of the Debezium drop-in tables' columns and their base
+ * types (one level), found by the checks below when asked for (domains
+ * not NULL: emptied first): see outboxd_router_set_domains. */
+typedef struct outboxd_pg_domains {
+    uint32_t *oid, *base;
+    size_t n;
+} outboxd_pg_domains_t;
+void outboxd_pg_domains_free(outboxd_pg_domains_t *d);
+
 /* outboxd_pgsetup_check with create, for a source's own loop (after a
  * refused replication connection, for tables a reload added): every query
  * bounded as the catalog watch's are (outboxd_pgsetup_loop_bound of
@@ -40,7 +49,8 @@ int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd
  * and the retention slot's problems are warnings, as in the relay's check
  * at connect. */
 int outboxd_pgsetup_check_in_loop(const outboxd_source_conf_t *src, int timeout_ms,
-                                  atomic_int *stop, outboxd_buf_t *report, bool *created_slot);
+                                  atomic_int *stop, outboxd_buf_t *report, bool *created_slot,
+                                  outboxd_pg_domains_t *domains);
 
 /*
  * The same checks on a source's open replication connection (replication=
@@ -52,7 +62,8 @@ int outboxd_pgsetup_check_in_loop(const outboxd_source_conf_t *src, int timeout_
  * ';' outside quotes in it, so it stays one statement).
  */
 int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, bool create,
-                               outboxd_buf_t *report, bool *created_slot, bool *conn_lost);
+                               outboxd_buf_t *report, bool *created_slot, bool *conn_lost,
+                               outboxd_pg_domains_t *domains);
 /*
  * The cheap check a running source repeats every status interval on its own
  * normal connection (*conn, opened on first use, closed and NULLed when

@@ -91,6 +91,14 @@ int outboxd_router_dead_letter_max(outboxd_router_t *rt, const outboxd_pgo_msg_t
                                    size_t max_bytes, outboxd_record_t *rec, char *errstr,
                                    size_t errstr_size);
 
+/* Domain types and their base types (n pairs, copied; replaces those set
+ * before): a Debezium drop-in table renders a column of a domain type as its
+ * base type, as Debezium does (pgoutput sends the domain's own type). The
+ * source sets them from its checks at each connection. 0, or -1 (OOM: the
+ * previous ones stay). */
+int outboxd_router_set_domains(outboxd_router_t *rt, const uint32_t *oid, const uint32_t *base,
+                               size_t n);
+
 /* A Relation message for oid arrived: the next change of that table binds
  * the configured columns to the (possibly changed) relation again. */
 void outboxd_router_forget(outboxd_router_t *rt, uint32_t oid);
