@@ -79,7 +79,7 @@ typedef struct check {
      * the replay window (a slot PostgreSQL invalidated must not stop the
      * outbox); `outboxd check` counts them as problems. */
     bool relay;
-    outboxd_pg_domains_t *domains; /* NULL, or where check_dbz_schemas notes domains */
+    outboxd_pg_domains_t *domains; /* NULL, or where check_columns adds domains */
 } check_t;
 
 void outboxd_pg_domains_free(outboxd_pg_domains_t *d)
@@ -102,8 +102,13 @@ static void add_domain(check_t *c, uint32_t oid, uint32_t base)
     uint32_t *b = o ? realloc(d->base, (d->n + 1) * sizeof(uint32_t)) : NULL;
     if (b)
         d->base = b;
-    if (!o || !b)
-        return; /* out of memory: that domain's rows are dead-lettered, said so */
+    if (!o || !b) {
+        LOG_WARN(c->src->name,
+                 "out of memory noting domain type %u: a column of it is rendered "
+                 "as that type, not its base type, until the next check",
+                 oid);
+        return;
+    }
     d->oid[d->n] = oid;
     d->base[d->n++] = base;
 }
@@ -608,7 +613,8 @@ static void check_columns(check_t *c)
     /* Domains are resolved one level, enough for "CREATE DOMAIN x AS jsonb". */
     static const char *sql = "SELECT a.attname, "
                              "(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END), "
-                             "pg_catalog.format_type(a.atttypid, a.atttypmod) "
+                             "pg_catalog.format_type(a.atttypid, a.atttypmod), "
+                             "t.typtype = 'd', a.atttypid "
                              "FROM pg_catalog.pg_attribute a "
                              "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
                              "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped";
@@ -628,6 +634,13 @@ static void check_columns(check_t *c)
         }
         size_t nrefs = table_colrefs(t, refs);
         int rows = PQntuples(res);
+        /* Every domain column of an outbox table, with its base type (one
+         * level): a Debezium drop-in table renders it as that type, for
+         * whichever column its settings (a reload may change them) use. */
+        for (int k = 0; c->domains && k < rows; k++)
+            if (strcmp(PQgetvalue(res, k, 3), "t") == 0)
+                add_domain(c, (uint32_t)strtoul(PQgetvalue(res, k, 4), NULL, 10),
+                           (uint32_t)strtoul(PQgetvalue(res, k, 1), NULL, 10));
         for (size_t r = 0; r < nrefs; r++) {
             int row = -1;
             for (int k = 0; k < rows && row < 0; k++)
@@ -740,7 +753,7 @@ static void check_dbz_schemas(check_t *c)
         "(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END), "
         "pg_catalog.format_type(a.atttypid, a.atttypmod), "
         "pg_catalog.format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, "
-        "NULL), a.atttypid "
+        "NULL) "
         "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
         "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
     for (size_t i = 0; i < src->n_tables; i++) {
@@ -783,11 +796,9 @@ static void check_dbz_schemas(check_t *c)
                     what = "envelope";
             if (!what)
                 continue;
+            /* A domain is rendered as its base type (one level; the relay
+             * learns which in check_columns). */
             long base = atol(PQgetvalue(res, r, 3));
-            /* A domain is rendered as its base type (one level): the router
-             * learns which from here (the relay's checks). */
-            if (domain && c->domains)
-                add_domain(c, (uint32_t)strtoul(PQgetvalue(res, r, 6), NULL, 10), (uint32_t)base);
             if (!dbz_schema_type(base))
                 warning(c,
                         "table %s.%s: %s column '%s' is %s%s%s, and outboxd renders no schema for "
@@ -1849,8 +1860,6 @@ static int check_on_new_conn(const outboxd_source_conf_t *src, bool create, outb
         .relay = relay,
         .domains = domains,
     };
-    if (domains)
-        outboxd_pg_domains_free(domains);
     run_checks(&c);
     PQfinish(conn);
     if (created_slot)
@@ -1878,8 +1887,6 @@ int outboxd_pgsetup_check_repl(const outboxd_source_conf_t *src, PGconn *conn, b
                                outboxd_buf_t *report, bool *created_slot, bool *conn_lost,
                                outboxd_pg_domains_t *domains)
 {
-    if (domains)
-        outboxd_pg_domains_free(domains);
     check_t c = {
         .domains = domains,
         .src = src,

@@ -115,6 +115,7 @@ struct outboxd_source {
     /* Domain types of the Debezium drop-in tables' columns, from the last
      * checks: the router renders them as their base types. */
     outboxd_pg_domains_t domains;
+    bool reload_applied;       /* apply_reload switched to a new configuration */
     bool connect_created_slot; /* made by a connect whose checkpoint is not judged yet */
     outboxd_sink_pool_t *pool; /* relay.kafka_producers > 0: the shared producers */
 
@@ -1444,7 +1445,8 @@ static void set_domains(outboxd_source_t *s)
 {
     if (s->router &&
         outboxd_router_set_domains(s->router, s->domains.oid, s->domains.base, s->domains.n) < 0)
-        LOG_WARN(s->name, "out of memory noting domain types: their rows are dead-lettered");
+        LOG_WARN(s->name, "out of memory handing the router its domain types: it keeps those it "
+                          "had");
 }
 
 /* After the wait stream() asked for: what a poll on this thread did once. */
@@ -1895,6 +1897,7 @@ static int apply_reload(outboxd_source_t *s)
         s->router = rt;
         set_domains(s);
     }
+    s->reload_applied = true;
     /* NULL when no cdc table is left, or while disconnected: the next
      * connect makes one from the new configuration. */
     outboxd_cdc_destroy(s->cdc);
@@ -2450,14 +2453,18 @@ static outboxd_loop_rc_t step(void *arg, outboxd_loop_wait_t *w)
         outboxd_stats_tick(s->stats);
         if (!s->repl && atomic_load(&s->reload_pending)) {
             /* Nothing in flight: apply now, and try the new configuration
-             * (tables, a rotated password file's content) at once rather
-             * than after a backoff that may be reconnect_max_backoff_ms. */
+             * (tables, a rotated password file's content) once at once
+             * rather than after a backoff that may be
+             * reconnect_max_backoff_ms (which keeps growing if that attempt
+             * fails too: a reload is one early attempt, not a reset). A
+             * refused reload changes nothing, so waits as before. */
+            s->reload_applied = false;
             (void)apply_reload(s);
-            if (!atomic_load(&s->reload_pending) && s->backoff_until_ms > outboxd_now_ms()) {
+            int64_t now = outboxd_now_ms();
+            if (s->reload_applied && s->backoff_until_ms > now) {
                 LOG_INFO(s->name, "reload: reconnecting now instead of in %lld ms",
-                         (long long)(s->backoff_until_ms - outboxd_now_ms()));
+                         (long long)(s->backoff_until_ms - now));
                 s->backoff_until_ms = 0;
-                s->connect_backoff_ms = CONNECT_MIN_BACKOFF_MS;
             }
         }
         if (s->sink)

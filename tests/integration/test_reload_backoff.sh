@@ -5,7 +5,9 @@
 # grows to relay.reconnect_max_backoff_ms) runs out. The source's start
 # fails on a configured table that does not exist; after the retries have
 # grown to 8 s, a reload without that table makes it stream within a few
-# seconds (before the fix it waited out the 8 s), and its rows arrive.
+# seconds (before the fix it waited out the 8 s), and its rows arrive. A
+# reload refused before it (an invalid file) changes nothing: no early
+# attempt.
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
@@ -39,6 +41,13 @@ LOGF=$WORK/relay.log
 start_relay "$CONF" relay
 wait_log "$LOGF" "retrying in 8000 ms" 60 "no 8 s backoff between failed starts"
 grep -q "not_there" "$LOGF" || fail "the failed start does not name the missing table: $(tail -n 5 "$LOGF")"
+cp "$CONF" "$WORK/bad.yaml"
+echo "relay: {bogus_key: 1}" >>"$WORK/bad.yaml"
+cp "$WORK/bad.yaml" "$CONF"
+kill -HUP "$RELAY_PID"
+wait_log "$LOGF" "reload refused" 30 "the invalid file was not refused"
+sleep 1
+! grep -q "reconnecting now" "$LOGF" || fail "a refused reload ended the backoff: $(grep "reconnecting now" "$LOGF")"
 cp "$WORK/good.yaml" "$CONF"
 t0=$(date +%s%N)
 kill -HUP "$RELAY_PID"

@@ -33,9 +33,11 @@
 int outboxd_pgsetup_check(const outboxd_source_conf_t *src, bool create, outboxd_buf_t *report,
                           bool *created_slot);
 
-/* The domain types of the Debezium drop-in tables' columns and their base
- * types (one level), found by the checks below when asked for (domains
- * not NULL: emptied first): see outboxd_router_set_domains. */
+/* The domain types of the outbox tables' columns and their base types (one
+ * level), found by the checks below when asked for (domains not NULL:
+ * added to what it holds; a domain's base type never changes, so entries
+ * stay right, and a check that failed half-way loses none): see
+ * outboxd_router_set_domains. */
 typedef struct outboxd_pg_domains {
     uint32_t *oid, *base;
     size_t n;
