@@ -1859,23 +1859,32 @@ int outboxd_dbz_expand_json(const char *v, size_t len, bool keep_nulls, outboxd_
 
 /* ---- key and value ---- */
 
+/* The key column's schema, or NULL with *rc: 1 (a type no schema is
+ * rendered for, reason naming it and conv) or -1 (OOM). */
+static cs_t *key_schema(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key, const char *conv,
+                        int *rc, char *reason, size_t reason_size)
+{
+    bool unsupported;
+    cs_t *c = column_schema(d, key->name, key->type_oid, &unsupported);
+    *rc = c ? 0 : unsupported ? 1 : -1;
+    if (*rc == 1)
+        snprintf(reason, reason_size,
+                 "key column '%s' has a type (oid %u) outboxd does not render through %s (text, "
+                 "varchar, uuid, json, integers, floats, boolean, bytea)",
+                 key->name, key->type_oid, conv);
+    return c;
+}
+
 int outboxd_dbz_avro_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *key,
                          outboxd_buf_t *schema, outboxd_buf_t *datum, char *reason,
                          size_t reason_size)
 {
     outboxd_buf_reset(schema);
     outboxd_buf_reset(datum);
-    bool unsupported;
-    cs_t *c = column_schema(d, key->name, key->type_oid, &unsupported);
-    if (!c && unsupported) {
-        snprintf(reason, reason_size,
-                 "key column '%s' has a type (oid %u) outboxd does not render through an "
-                 "AvroConverter (text, varchar, uuid, json, integers, floats, boolean)",
-                 key->name, key->type_oid);
-        return 1;
-    }
+    int krc;
+    cs_t *c = key_schema(d, key, "an AvroConverter", &krc, reason, reason_size);
     if (!c)
-        return -1;
+        return krc;
     int rc = avro_schema(schema, c, NULL, true) && outboxd_buf_append(schema, "", 1) ? 0 : -1;
     if (rc == 0) {
         schema->len--;
@@ -2183,18 +2192,10 @@ int outboxd_dbz_schema_key(const outboxd_dbz_t *d, const outboxd_dbz_field_t *ke
                            outboxd_buf_t *out, char *reason, size_t reason_size)
 {
     outboxd_buf_reset(out);
-    bool unsupported;
-    cs_t *c = column_schema(d, key->name, key->type_oid, &unsupported);
-    if (!c && unsupported) {
-        snprintf(reason, reason_size,
-                 "key column '%s' has a type (oid %u) outboxd does not render through a "
-                 "JsonConverter with schemas.enable (text, varchar, uuid, json, integers, floats, "
-                 "boolean, bytea)",
-                 key->name, key->type_oid);
-        return 1;
-    }
+    int krc;
+    cs_t *c = key_schema(d, key, "a JsonConverter with schemas.enable", &krc, reason, reason_size);
     if (!c)
-        return -1;
+        return krc;
     int rc = outboxd_buf_append_str(out, "{\"schema\":") && connect_schema_json(out, c, NULL) &&
                      outboxd_buf_append_str(out, ",\"payload\":")
                  ? column_json_checked(out, c, key, reason, reason_size)

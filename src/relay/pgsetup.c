@@ -172,21 +172,32 @@ static void problem(check_t *c, const char *fmt, ...)
 static void retention_problem(check_t *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* In the relay's own check a WARN line (with suffix), in `outboxd check` a
+ * report line, counted as a problem when count. */
+static void relay_warn_or_report(check_t *c, bool count, const char *suffix, const char *fmt,
+                                 va_list ap) __attribute__((format(printf, 4, 0)));
+
+static void relay_warn_or_report(check_t *c, bool count, const char *suffix, const char *fmt,
+                                 va_list ap)
+{
+    if (c->relay) {
+        char *text = NULL;
+        if (vasprintf(&text, fmt, ap) >= 0) {
+            LOG_WARN(c->src->name, "%s%s", text, suffix);
+            free(text);
+        }
+    } else {
+        c->problems += count;
+        report_line(c, fmt, ap);
+    }
+}
+
 static void retention_problem(check_t *c, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    if (c->relay) {
-        char *text = NULL;
-        if (vasprintf(&text, fmt, ap) >= 0) {
-            LOG_WARN(c->src->name, "%s (the live stream goes on; only replay needs this slot)",
-                     text);
-            free(text);
-        }
-    } else {
-        c->problems++;
-        report_line(c, fmt, ap);
-    }
+    relay_warn_or_report(c, true, " (the live stream goes on; only replay needs this slot)", fmt,
+                         ap);
     va_end(ap);
 }
 
@@ -694,15 +705,7 @@ static void warning(check_t *c, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    if (c->relay) {
-        char *text = NULL;
-        if (vasprintf(&text, fmt, ap) >= 0) {
-            LOG_WARN(c->src->name, "%s", text);
-            free(text);
-        }
-    } else {
-        report_line(c, fmt, ap);
-    }
+    relay_warn_or_report(c, false, "", fmt, ap);
     va_end(ap);
 }
 
