@@ -1725,34 +1725,43 @@ static bool json_datum(outboxd_buf_t *o, const cs_t *c, const json_t *v, bool to
  * string). A JSON number outside 64 bits makes Debezium's toConnectData
  * fail, and so a fallback here too.
  */
+/* The object payload and the schema JsonSchemaData infers for it, or
+ * neither (*j NULL) where Debezium's expansion fails and the payload stays
+ * the string: not an object (a top-level array among them: toConnectData
+ * makes a Struct of an array schema, which throws), or no schema. 0, or -1
+ * (OOM). */
+static int infer_payload(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, json_t **j, cs_t **c)
+{
+    *j = NULL;
+    *c = NULL;
+    if (p->len == 0 || p->data[0] != '{')
+        return 0;
+    json_t *v = json_loadb(p->data, p->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!v || !json_is_object(v)) {
+        json_decref(v);
+        return 0;
+    }
+    cs_t *s = json_schema(d, d->col_payload, v);
+    if (!s || s == EXPAND_FAILS || s == &skip_field) {
+        json_decref(v);
+        return s ? 0 : -1;
+    }
+    *j = v;
+    *c = s;
+    return 0;
+}
+
 static int expand_avro(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_t **schema,
                        outboxd_buf_t *datum, bool *fallback)
 {
-    *fallback = false;
+    *fallback = true;
     *schema = NULL;
-    if (p->len == 0 || (p->data[0] != '{' && p->data[0] != '[')) {
-        *fallback = true;
-        return 0;
-    }
-    json_error_t jerr;
-    json_t *j = json_loadb(p->data, p->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-    /* Top-level arrays: toConnectData makes a Struct of an array schema,
-     * which throws. */
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
-        *fallback = true;
-        return 0;
-    }
-    cs_t *c = json_schema(d, d->col_payload, j);
-    if (c == EXPAND_FAILS || c == &skip_field) {
-        json_decref(j);
-        *fallback = true;
-        return 0;
-    }
-    if (!c) {
-        json_decref(j);
+    json_t *j;
+    cs_t *c;
+    if (infer_payload(d, p, &j, &c) < 0)
         return -1;
-    }
+    if (!j)
+        return 0;
     bool ok = json_datum(datum, c, j, true);
     json_decref(j);
     if (!ok) {
@@ -1761,9 +1770,9 @@ static int expand_avro(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_
          * conversion throws and the payload stays the string, as on the
          * JSON path (this was an "out of memory" that stopped the stream). */
         cs_free(c);
-        *fallback = true;
         return 0;
     }
+    *fallback = false;
     *schema = c;
     return 0;
 }
@@ -2215,22 +2224,12 @@ static int expand_text(const outboxd_dbz_t *d, const outboxd_dbz_field_t *p, cs_
 {
     *fallback = true;
     *schema = NULL;
-    if (p->len == 0 || p->data[0] != '{')
-        return 0;
-    json_t *j = json_loadb(p->data, p->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
-        return 0;
-    }
-    cs_t *c = json_schema(d, d->col_payload, j);
-    if (c == EXPAND_FAILS || c == &skip_field) {
-        json_decref(j);
-        return 0;
-    }
-    if (!c) {
-        json_decref(j);
+    json_t *j;
+    cs_t *c;
+    if (infer_payload(d, p, &j, &c) < 0)
         return -1;
-    }
+    if (!j)
+        return 0;
     size_t at = text->len;
     if (json_text(text, c, j)) {
         *schema = c;

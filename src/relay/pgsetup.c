@@ -745,8 +745,8 @@ static bool dbz_schema_type(long oid)
  *   columns are NOT NULL: outboxd.columns.not.null must list them, or the
  *   bytes differ. Warned about with the value to set, from the catalog;
  * - a key, payload or envelope column of a type outboxd renders no schema
- *   for (a domain among them: pgoutput sends the domain's own type) has its
- *   rows dead-lettered: warned about, naming the column and type.
+ *   for (a domain counts as its base type, one level) has its rows
+ *   dead-lettered: warned about, naming the column and type.
  */
 static void check_dbz_schemas(check_t *c)
 {
